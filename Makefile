@@ -1,0 +1,34 @@
+# edgegw: `make demo` runs the gateway on the embedded demo, `make test` runs every test.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test bench lint sysdeps clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# curl and openssl are the real clients the end-to-end tests drive.
+sysdeps:
+	@command -v curl >/dev/null && command -v openssl >/dev/null || \
+	  (apt-get update -q && apt-get install -y -q curl openssl)
+
+demo: install
+	$(PY) -m edgegw.demo
+
+test: install sysdeps
+	$(PY) -m pytest -q
+
+bench: install
+	bash bench/run.sh
+
+lint: install
+	$(VENV)/bin/ruff check edgegw tests bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info

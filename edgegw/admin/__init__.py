@@ -1,0 +1,158 @@
+"""The admin port: Envoy's endpoints and output shapes, for what the gateway has so far.
+
+Not on the hot path, so it uses asyncio streams and a plain request reader. Every shipped
+config binds it to loopback: it can stop the server (POST /quitquitquit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qs, urlsplit
+
+from .. import __version__, log
+from ..http.codec import REASONS, http_date
+
+if TYPE_CHECKING:
+    from ..server import Server
+
+_log = log.get("admin")
+
+Handler = Callable[[dict[str, list[str]], str], Awaitable[tuple[int, str, bytes]]]
+
+
+class Admin:
+    def __init__(self, server: Server, host: str, port: int, access_log_path: str) -> None:
+        self.server = server
+        self.host = host
+        self.port = port
+        self.access_log_path = access_log_path
+        self._srv: asyncio.AbstractServer | None = None
+        self.routes: dict[str, tuple[str, Handler]] = {
+            "/": ("this page", self.index),
+            "/ready": ("print server state, return 200 if LIVE, otherwise return 503",
+                       self.ready),
+            "/stats": ("print server stats", self.stats),
+            "/clusters": ("upstream cluster status", self.clusters),
+            "/server_info": ("print server version/status information", self.server_info),
+            "/listeners": ("print listener info", self.listeners),
+            "/quitquitquit": ("exit the server", self.quit),
+        }
+        try:
+            if not ipaddress.ip_address(host).is_loopback:
+                _log.warning("admin interface bound to %s:%d, which is not loopback: anyone who "
+                             "can reach it can read the config and stop the server", host, port)
+        except ValueError:
+            pass
+
+    async def start(self) -> None:
+        self._srv = await asyncio.start_server(self._client, self.host, self.port,
+                                               reuse_address=True)
+        sock = self._srv.sockets[0].getsockname()
+        self.port = sock[1]
+        _log.info("admin address: %s:%d", self.host, self.port)
+
+    async def stop(self) -> None:
+        if self._srv is not None:
+            self._srv.close()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method, target, _ = (lines[0].split(" ", 2) + ["", ""])[:3]
+                headers = {k.strip().lower(): v.strip() for k, _, v in
+                           (ln.partition(":") for ln in lines[1:] if ln)}
+                length = int(headers.get("content-length", "0") or 0)
+                if length:
+                    await reader.readexactly(length)
+                code, ctype, body = await self.handle(method, target)
+                close = headers.get("connection", "").lower() == "close"
+                writer.write(
+                    b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n"
+                    b"cache-control: no-cache, max-age=0\r\nx-content-type-options: nosniff\r\n"
+                    b"date: %s\r\nserver: edgegw\r\n%s\r\n"
+                    % (code, REASONS.get(code, b"Unknown"), ctype.encode(), len(body),
+                       http_date(), b"connection: close\r\n" if close else b"")
+                    + (b"" if method == "HEAD" else body))
+                await writer.drain()
+                self._access_log(method, target, code)
+                if close:
+                    break
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    def _access_log(self, method: str, target: str, code: int) -> None:
+        if not self.access_log_path:
+            return
+        try:
+            with open(self.access_log_path, "a", encoding="utf-8") as f:
+                f.write(f'[{time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())}Z] '
+                        f'"{method} {target} HTTP/1.1" {code}\n')
+        except OSError:
+            pass
+
+    async def handle(self, method: str, target: str) -> tuple[int, str, bytes]:
+        url = urlsplit(target)
+        entry = self.routes.get(url.path)
+        if entry is None:
+            return 404, "text/plain", b"invalid path. admin commands are:\n" + self._help()
+        mutating = url.path in ("/quitquitquit",)
+        if mutating and method != "POST":
+            return 405, "text/plain", b"This endpoint requires POST\n"
+        return await entry[1](parse_qs(url.query, keep_blank_values=True), method)
+
+    def _help(self) -> bytes:
+        return "".join(f"  {p}: {d}\n" for p, (d, _) in sorted(self.routes.items())).encode()
+
+    async def index(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
+        return 200, "text/plain", b"admin commands are:\n" + self._help()
+
+    async def ready(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
+        state = self.server.state
+        return (200 if state == "LIVE" else 503), "text/plain", f"{state}\n".encode()
+
+    async def stats(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
+        return 200, "text/plain", self.server.store.text().encode()
+
+    async def clusters(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
+        out = []
+        for c in self.server.clusters.clusters.values():
+            out.append(f"{c.name}::observability_name::{c.name}")
+            for h in c.hosts:
+                p = f"{c.name}::{h.label}::"
+                out += [f"{p}cx_active::{h.cx_active}", f"{p}rq_active::{h.rq_active}",
+                        f"{p}rq_total::{h.rq_total}", f"{p}rq_error::{h.rq_error}",
+                        f"{p}hostname::{h.hostname}", f"{p}health_flags::healthy"]
+        return 200, "text/plain", ("\n".join(out) + "\n").encode()
+
+    async def server_info(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
+        s = self.server
+        doc = {
+            "version": f"edgegw/{__version__}",
+            "state": s.state,
+            "hot_restart_version": "disabled",
+            "command_line_options": s.options,
+            "node": {"id": s.boot.node.id, "cluster": s.boot.node.cluster},
+            "uptime_current_epoch": f"{int(time.time() - s.started)}s",
+            "uptime_all_epochs": f"{int(time.time() - s.started)}s",
+            "pid": os.getpid(),
+        }
+        return 200, "application/json", json.dumps(doc, indent=1).encode()
+
+    async def listeners(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
+        out = "".join(f"{lst.name}::{lst.address[0]}:{lst.address[1]}\n"
+                      for lst in self.server.listeners)
+        return 200, "text/plain", out.encode()
+
+    async def quit(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
+        asyncio.get_running_loop().call_later(0.05, self.server.request_stop)
+        return 200, "text/plain", b"OK\n"

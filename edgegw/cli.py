@@ -1,0 +1,109 @@
+"""The command line, with Envoy's flags and Envoy's exit codes and messages."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from . import __version__, log
+from .config import ConfigError, load_bootstrap
+
+_log = log.get("main")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edgegw", description="Edge TLS gateway configured with Envoy's v3 bootstrap.")
+    p.add_argument("-c", "--config-path", help="path to the bootstrap file (YAML or JSON)")
+    p.add_argument("--config-yaml", help="bootstrap YAML merged over --config-path "
+                   "(protobuf MergeFrom: scalars replace, messages merge, lists append)")
+    p.add_argument("--mode", choices=("serve", "validate"), default="serve",
+                   help="validate: check the config (and the files it names) and exit")
+    p.add_argument("-l", "--log-level", default="info",
+                   help="trace, debug, info, warning, error, critical or off")
+    p.add_argument("--component-log-level", default="",
+                   help="per component levels, e.g. upstream:debug,connection:trace")
+    p.add_argument("--log-path", help="write application logs to this file instead of stderr")
+    p.add_argument("--concurrency", type=int, default=1,
+                   help="worker count (edgegw runs one worker in this version)")
+    p.add_argument("--service-node", help="overrides node.id")
+    p.add_argument("--service-cluster", help="overrides node.cluster")
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    if args.version:
+        print(f"edgegw version: {__version__}/Python/RELEASE")
+        return
+    try:
+        level = log.parse_level(args.log_level)
+        components = log.parse_component_levels(args.component_log_level)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    log.setup(level, components, args.log_path)
+    override = _node_override(args)
+    try:
+        boot = load_bootstrap(args.config_path, _merge_yaml(args.config_yaml, override))
+    except ConfigError as e:
+        for p in e.problems:
+            _log.critical("error initializing configuration '%s': %s",
+                          args.config_path or "--config-yaml", p)
+        if args.mode == "validate":
+            for p in e.problems:
+                print(p, file=sys.stderr)
+        sys.exit(1)
+    if args.mode == "validate":
+        print(f"configuration '{args.config_path or '--config-yaml'}' OK")
+        return
+    if args.concurrency != 1:
+        _log.warning("--concurrency %d: this version runs a single worker", args.concurrency)
+    _serve(boot, vars(args))
+
+
+def _node_override(args: argparse.Namespace) -> str | None:
+    node = {}
+    if args.service_node:
+        node["id"] = args.service_node
+    if args.service_cluster:
+        node["cluster"] = args.service_cluster
+    if not node:
+        return None
+    import json
+
+    return json.dumps({"node": node})
+
+
+def _merge_yaml(config_yaml: str | None, override: str | None) -> str | None:
+    if override is None:
+        return config_yaml
+    if config_yaml is None:
+        return override
+    import yaml
+
+    from .config.source import merge
+
+    return yaml.safe_dump(merge(yaml.safe_load(config_yaml) or {}, yaml.safe_load(override)))
+
+
+def _serve(boot, options) -> None:  # type: ignore[no-untyped-def]
+    from .server import Server
+
+    run = asyncio.run
+    try:
+        import uvloop
+
+        run = uvloop.run
+    except ImportError:
+        _log.warning("uvloop is not installed: running on the default asyncio loop")
+    server = Server(boot, options)
+    try:
+        run(server.run())
+    except OSError as e:
+        _log.critical("cannot start: %s", e)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        pass

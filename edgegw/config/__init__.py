@@ -1,0 +1,86 @@
+"""Bootstrap loading: text → plain data (with origins) → typed model → cross checks.
+
+``load_bootstrap`` is the one entry point; it either returns a ``Bootstrap`` that the runtime
+can build from, or raises ``ConfigError`` carrying every problem found, each naming the config
+path and, where known, the file and line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from .checks import cross_check
+from .model import Bootstrap
+from .source import ConfigError, Path, Source, load
+
+__all__ = ["Bootstrap", "ConfigError", "load_bootstrap", "from_source", "dotted"]
+
+
+def dotted(path: Path) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def problem(src: Source, path: Path, message: str) -> str:
+    where = src.where(path)
+    return f"{dotted(path)}: {message}" + (f" ({where})" if where else "")
+
+
+_UNSUPPORTED_TOP = {
+    "dynamic_resources": (
+        "dynamic resources from a control plane (gRPC/REST xDS) are not supported by edgegw. "
+        "Define listeners and clusters under static_resources, and keep certificates in files"
+    ),
+}
+
+
+def _message(err: dict[str, Any]) -> str:
+    kind = err["type"]
+    loc = err["loc"]
+    if kind == "extra_forbidden":
+        return f"field '{loc[-1]}' is not supported by edgegw"
+    if kind == "missing":
+        return f"required field '{loc[-1]}' is missing"
+    if kind == "literal_error":
+        expected = err.get("ctx", {}).get("expected", "")
+        return f"'{err['input']}' is not supported by edgegw here (supported: {expected})"
+    msg = str(err["msg"])
+    return msg.removeprefix("Value error, ")
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> Path:
+    """Drops pydantic's internal location parts (validator names, union members)."""
+    return tuple(p for p in loc if isinstance(p, int) or not str(p).startswith(("function-", "[")))
+
+
+def from_source(src: Source) -> Bootstrap:
+    problems: list[str] = []
+    data = dict(src.data)
+    for key, why in _UNSUPPORTED_TOP.items():
+        if key in data:
+            sub = data.pop(key)
+            path: Path = (key,)
+            if isinstance(sub, dict) and sub:
+                first = next(iter(sub))
+                path = (key, first)
+                if isinstance(sub[first], dict) and "api_config_source" in sub[first]:
+                    path += ("api_config_source",)
+            problems.append(problem(src, path, why))
+    try:
+        boot = Bootstrap.model_validate(data)
+    except ValidationError as e:
+        for err in e.errors():
+            problems.append(problem(src, _clean_loc(err["loc"]), _message(dict(err))))
+        raise ConfigError(problems) from None
+    problems.extend(problem(src, path, msg) for path, msg in cross_check(boot))
+    if problems:
+        raise ConfigError(problems)
+    return boot
+
+
+def load_bootstrap(config_path: str | None, config_yaml: str | None = None) -> Bootstrap:
+    return from_source(load(config_path, config_yaml))

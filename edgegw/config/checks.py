@@ -1,0 +1,196 @@
+"""Checks that span several parts of a bootstrap, run after the typed model has loaded.
+
+These are the errors Envoy reports when it builds its runtime from a config (unknown cluster,
+duplicate domains, a key that does not match its certificate), reported here at validate time
+with the path of the field to fix.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Iterator
+
+from ..tls.certs import CertError, load_pair, parse_chain, read
+from .model import Bootstrap, Cluster, DataSource, FilterChain, HttpConnectionManager, Listener
+from .source import Path
+
+Problem = tuple[Path, str]
+
+
+def cross_check(boot: Bootstrap) -> list[Problem]:
+    out: list[Problem] = []
+    clusters = boot.static_resources.clusters
+    names = [c.name for c in clusters]
+    for i, c in enumerate(clusters):
+        base: Path = ("static_resources", "clusters", i)
+        if names.index(c.name) != i:
+            out.append((base + ("name",), f"duplicate cluster name '{c.name}'"))
+        out.extend(_check_cluster(c, base))
+    known = set(names)
+    seen_addr: dict[tuple[str, int], int] = {}
+    seen_names: set[str] = set()
+    for i, lst in enumerate(boot.static_resources.listeners):
+        base = ("static_resources", "listeners", i)
+        if lst.name and lst.name in seen_names:
+            out.append((base + ("name",), f"duplicate listener name '{lst.name}'"))
+        seen_names.add(lst.name)
+        sa = lst.address.socket_address
+        key = (sa.address, sa.port_value)
+        if key in seen_addr:
+            out.append((base + ("address",), f"listener address {sa.address}:{sa.port_value} "
+                        f"is already used by listeners[{seen_addr[key]}]"))
+        seen_addr[key] = i
+        out.extend(_check_listener(lst, base, known))
+    if boot.admin.access_log_path:
+        out.extend(_check_writable(boot.admin.access_log_path, ("admin", "access_log_path")))
+    return out
+
+
+def _check_cluster(c: Cluster, base: Path) -> Iterator[Problem]:
+    eps = [(li, ei, e.endpoint) for li, loc in enumerate(c.load_assignment.endpoints)
+           for ei, e in enumerate(loc.lb_endpoints)] if c.load_assignment else []
+    if c.type == "LOGICAL_DNS" and len(eps) != 1:
+        yield (base + ("load_assignment",),
+               "LOGICAL_DNS clusters must have a single locality_lb_endpoint and a single lb_endpoint")
+    for li, ei, ep in eps:
+        path = base + ("load_assignment", "endpoints", li, "lb_endpoints", ei, "endpoint",
+                       "address", "socket_address", "address")
+        if c.type == "STATIC":
+            try:
+                ipaddress.ip_address(ep.address.socket_address.address)
+            except ValueError:
+                yield (path, f"'{ep.address.socket_address.address}' is not an IP address "
+                       "(STATIC clusters take IP addresses; use STRICT_DNS or LOGICAL_DNS "
+                       "for host names)")
+        if ep.address.socket_address.port_value == 0:
+            yield (path[:-1] + ("port_value",), "an endpoint needs a port_value")
+    if c.transport_socket:
+        yield from _check_tls_files(
+            c.transport_socket.typed_config.common_tls_context,
+            base + ("transport_socket", "typed_config", "common_tls_context"),
+        )
+
+
+def _check_tls_files(ctx, base: Path) -> Iterator[Problem]:  # type: ignore[no-untyped-def]
+    for i, cert in enumerate(ctx.tls_certificates):
+        try:
+            load_pair(cert.certificate_chain, cert.private_key)
+        except CertError as e:
+            yield (base + ("tls_certificates", i), str(e))
+    vc = ctx.validation_context
+    if vc and vc.trusted_ca:
+        yield from _check_ca(vc.trusted_ca, base + ("validation_context", "trusted_ca"))
+    for i, m in enumerate(vc.match_typed_subject_alt_names if vc else []):
+        if m.matcher.safe_regex:
+            yield from _check_regex(m.matcher.safe_regex.regex,
+                                    base + ("validation_context", "match_typed_subject_alt_names", i))
+
+
+def _check_ca(ds: DataSource, path: Path) -> Iterator[Problem]:
+    try:
+        parse_chain(read(ds), "trusted_ca")
+    except CertError as e:
+        yield (path, str(e))
+
+
+def _check_regex(regex: str, path: Path) -> Iterator[Problem]:
+    try:
+        re.compile(regex)
+    except re.error as e:
+        yield (path, f"invalid regex '{regex}': {e}")
+
+
+_SERVER_NAME = re.compile(r"^(\*\.)?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?$")
+
+
+def _check_listener(lst: Listener, base: Path, clusters: set[str]) -> Iterator[Problem]:
+    chains: list[tuple[Path, FilterChain]] = [
+        (base + ("filter_chains", i), fc) for i, fc in enumerate(lst.filter_chains)
+    ]
+    if lst.default_filter_chain:
+        chains.append((base + ("default_filter_chain",), lst.default_filter_chain))
+    seen: dict[tuple[str, str, str], Path] = {}
+    for path, fc in chains:
+        m = fc.filter_chain_match
+        for j, name in enumerate(m.server_names):
+            if not _SERVER_NAME.match(name):
+                yield (path + ("filter_chain_match", "server_names", j),
+                       f"invalid server name '{name}': use an exact name or a '*.' prefix "
+                       "wildcard such as '*.example.com'")
+        if path[-1] != "default_filter_chain":
+            for key in _match_keys(fc):
+                if key in seen:
+                    yield (path + ("filter_chain_match",),
+                           "multiple filter chains with the same matching rules are defined "
+                           f"(same as {_short(seen[key])})")
+                    break
+                seen[key] = path
+        if fc.transport_socket:
+            yield from _check_tls_files(
+                fc.transport_socket.typed_config.common_tls_context,
+                path + ("transport_socket", "typed_config", "common_tls_context"),
+            )
+        for k, f in enumerate(fc.filters):
+            yield from _check_hcm(f.typed_config, path + ("filters", k, "typed_config"), clusters)
+
+
+def _short(path: Path) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path[2:]).lstrip(".")
+
+
+def _match_keys(fc: FilterChain) -> Iterator[tuple[str, str, str]]:
+    m = fc.filter_chain_match
+    for sn in m.server_names or [""]:
+        for alpn in m.application_protocols or [""]:
+            yield (sn.lower(), m.transport_protocol, alpn)
+
+
+def _check_hcm(hcm: HttpConnectionManager, base: Path, clusters: set[str]) -> Iterator[Problem]:
+    filters = hcm.http_filters
+    for i, f in enumerate(filters[:-1]):
+        yield (base + ("http_filters", i), f"'{f.name}': the router must be the last HTTP filter "
+               "and edgegw supports no other HTTP filter yet")
+    rc = hcm.route_config
+    domains: dict[str, int] = {}
+    for v, vh in enumerate(rc.virtual_hosts):
+        vpath = base + ("route_config", "virtual_hosts", v)
+        for d, dom in enumerate(vh.domains):
+            key = dom.lower()
+            if key in domains:
+                yield (vpath + ("domains", d), f"only unique values for domains are permitted: "
+                       f"'{dom}' is also in virtual_hosts[{domains[key]}]")
+            domains.setdefault(key, v)
+            if "*" in dom and dom != "*" and not (dom.startswith("*") ^ dom.endswith("*")):
+                yield (vpath + ("domains", d), f"invalid domain '{dom}': a wildcard is '*', "
+                       "'*.suffix' or 'prefix*'")
+        for r, route in enumerate(vh.routes):
+            rpath = vpath + ("routes", r)
+            if route.route and route.route.cluster not in clusters:
+                yield (rpath + ("route", "cluster"),
+                       f"route: unknown cluster '{route.route.cluster}'")
+            if route.match.safe_regex:
+                yield from _check_regex(route.match.safe_regex.regex,
+                                        rpath + ("match", "safe_regex", "regex"))
+            for h, hm in enumerate(route.match.headers):
+                rx = hm.safe_regex_match or (hm.string_match and hm.string_match.safe_regex)
+                if rx:
+                    yield from _check_regex(rx.regex, rpath + ("match", "headers", h))
+            if route.direct_response and route.direct_response.body:
+                try:
+                    read(route.direct_response.body)
+                except CertError as e:
+                    yield (rpath + ("direct_response", "body"), str(e))
+    for i, log in enumerate(hcm.access_log):
+        if log.sink == "file":
+            yield from _check_writable(log.path, base + ("access_log", i, "typed_config", "path"))
+
+
+def _check_writable(path: str, where: Path) -> Iterator[Problem]:
+    parent = os.path.dirname(os.path.abspath(path)) or "."
+    if os.path.exists(path):
+        if not os.access(path, os.W_OK):
+            yield (where, f"cannot write to '{path}'")
+    elif not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        yield (where, f"cannot create '{path}': directory '{parent}' is missing or read-only")

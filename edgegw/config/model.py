@@ -1,0 +1,573 @@
+"""The typed model of the Envoy v3 bootstrap subset that edgegw supports.
+
+Each class mirrors one Envoy proto message and keeps Envoy's field names and defaults. A field
+that is not declared here is refused (``extra="forbid"``): a config that edgegw accepts must
+mean to edgegw what it means to Envoy, so nothing is ever silently ignored. ``typed_config``
+blocks are checked against the ``@type`` URLs we understand, and the bare names that older
+tutorials print (``envoy.filters.http.router`` with no typed_config) are accepted too.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+T = "type.googleapis.com/envoy."
+HCM_TYPE = T + "extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+ROUTER_TYPE = T + "extensions.filters.http.router.v3.Router"
+TLS_INSPECTOR_TYPE = T + "extensions.filters.listener.tls_inspector.v3.TlsInspector"
+DOWNSTREAM_TLS_TYPE = T + "extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+UPSTREAM_TLS_TYPE = T + "extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+STDOUT_LOG_TYPE = T + "extensions.access_loggers.stream.v3.StdoutAccessLog"
+STDERR_LOG_TYPE = T + "extensions.access_loggers.stream.v3.StderrAccessLog"
+FILE_LOG_TYPE = T + "extensions.access_loggers.file.v3.FileAccessLog"
+HTTP_OPTIONS_TYPE = T + "extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+class Msg(BaseModel):
+    """Base of every config message: immutable, unknown fields refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+_DURATION = re.compile(r"^(-?\d+(?:\.\d{1,9})?)s$")
+
+
+def _duration(v: Any) -> float:
+    """Protobuf Duration in JSON/YAML form (``"1.5s"``) or as ``{seconds, nanos}``."""
+    if isinstance(v, str):
+        m = _DURATION.match(v.strip())
+        if m:
+            return float(m.group(1))
+    elif isinstance(v, dict) and set(v) <= {"seconds", "nanos"}:
+        return int(v.get("seconds", 0)) + int(v.get("nanos", 0)) / 1e9
+    raise PydanticCustomError(
+        "duration", "'{value}' is not a duration; write seconds with an 's', e.g. \"5s\" or \"0.25s\"",
+        {"value": v},
+    )
+
+
+Duration = Annotated[float, BeforeValidator(_duration)]
+
+
+def _typed(*urls: str) -> BeforeValidator:
+    """Checks a ``typed_config``'s ``@type`` and hands the rest to the declared model."""
+
+    def check(v: Any) -> Any:
+        if not isinstance(v, dict):
+            raise PydanticCustomError("typed_config", "typed_config must be a mapping with an \"@type\"")
+        url = v.get("@type")
+        if url is None:
+            raise PydanticCustomError("typed_config", "typed_config has no \"@type\"")
+        if url not in urls:
+            raise PydanticCustomError(
+                "unsupported_type",
+                "\"@type\": {url} is not supported by edgegw here (supported: {urls})",
+                {"url": url, "urls": ", ".join(urls)},
+            )
+        return {k: x for k, x in v.items() if k != "@type"}
+
+    return BeforeValidator(check)
+
+
+def _one_of(model: BaseModel, names: tuple[str, ...], required: bool = True) -> None:
+    given = [n for n in names if getattr(model, n) not in (None, "", False)]
+    if len(given) > 1:
+        raise ValueError(f"only one of {', '.join(names)} may be set (got {', '.join(given)})")
+    if required and not given:
+        raise ValueError(f"one of {', '.join(names)} must be set")
+
+
+def _named(v: Any, allowed: tuple[str, ...], what: str, typed_required: bool) -> Any:
+    """Checks Envoy's ``{name, typed_config}`` extension blocks that come without a type URL."""
+    if isinstance(v, dict) and "typed_config" not in v:
+        if v.get("name") not in allowed:
+            raise PydanticCustomError(
+                "unsupported_extension",
+                "{what} '{name}' is not supported by edgegw (supported: {allowed})",
+                {"what": what, "name": v.get("name"), "allowed": ", ".join(allowed)},
+            )
+        if typed_required:
+            raise PydanticCustomError(
+                "missing_typed_config", "{what} '{name}' needs a typed_config",
+                {"what": what, "name": v.get("name")},
+            )
+    return v
+
+
+# --- core ---------------------------------------------------------------------------------
+
+
+class SocketAddress(Msg):
+    protocol: Literal["TCP"] = "TCP"
+    address: str
+    port_value: int = Field(ge=0, le=65535)
+
+
+class Address(Msg):
+    socket_address: SocketAddress
+
+
+class DataSource(Msg):
+    filename: str | None = None
+    inline_string: str | None = None
+    inline_bytes: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> DataSource:
+        _one_of(self, ("filename", "inline_string", "inline_bytes"))
+        return self
+
+
+class HeaderValue(Msg):
+    key: str = Field(min_length=1)
+    value: str = ""
+
+
+class HeaderValueOption(Msg):
+    header: HeaderValue
+    append: bool | None = None
+    append_action: Literal[
+        "APPEND_IF_EXISTS_OR_ADD", "ADD_IF_ABSENT", "OVERWRITE_IF_EXISTS_OR_ADD",
+        "OVERWRITE_IF_EXISTS",
+    ] = "APPEND_IF_EXISTS_OR_ADD"
+    keep_empty_value: bool = False
+
+
+class RegexMatcher(Msg):
+    google_re2: dict[str, Any] = {}
+    regex: str
+
+
+class StringMatcher(Msg):
+    exact: str | None = None
+    prefix: str | None = None
+    suffix: str | None = None
+    contains: str | None = None
+    safe_regex: RegexMatcher | None = None
+    ignore_case: bool = False
+
+    @model_validator(mode="after")
+    def _one(self) -> StringMatcher:
+        given = [n for n in ("exact", "prefix", "suffix", "contains", "safe_regex")
+                 if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError("exactly one of exact, prefix, suffix, contains, safe_regex must be set")
+        return self
+
+
+class HttpProtocolOptions(Msg):
+    """``config.core.v3.HttpProtocolOptions``: the options both directions share."""
+
+    idle_timeout: Duration | None = None
+    max_headers_count: int | None = Field(default=None, ge=1)
+
+
+# --- TLS ------------------------------------------------------------------------------------
+
+
+class TlsCertificate(Msg):
+    certificate_chain: DataSource
+    private_key: DataSource
+
+
+TlsVersion = Literal["TLS_AUTO", "TLSv1_0", "TLSv1_1", "TLSv1_2", "TLSv1_3"]
+
+
+class TlsParameters(Msg):
+    tls_minimum_protocol_version: TlsVersion = "TLS_AUTO"
+    tls_maximum_protocol_version: TlsVersion = "TLS_AUTO"
+
+
+class SubjectAltNameMatcher(Msg):
+    san_type: Literal["DNS", "URI", "IP_ADDRESS", "EMAIL"]
+    matcher: StringMatcher
+
+
+class CertificateValidationContext(Msg):
+    trusted_ca: DataSource | None = None
+    match_typed_subject_alt_names: list[SubjectAltNameMatcher] = []
+
+
+class CommonTlsContext(Msg):
+    tls_params: TlsParameters = TlsParameters()
+    tls_certificates: list[TlsCertificate] = []
+    validation_context: CertificateValidationContext | None = None
+    alpn_protocols: list[str] = []
+
+
+class DownstreamTlsContext(Msg):
+    common_tls_context: CommonTlsContext = CommonTlsContext()
+    require_client_certificate: bool = False
+
+    @model_validator(mode="after")
+    def _certs(self) -> DownstreamTlsContext:
+        if not self.common_tls_context.tls_certificates:
+            raise ValueError("a DownstreamTlsContext needs at least one of "
+                             "common_tls_context.tls_certificates")
+        ctx = self.common_tls_context
+        if self.require_client_certificate and not (
+            ctx.validation_context and ctx.validation_context.trusted_ca
+        ):
+            raise ValueError("require_client_certificate needs "
+                             "common_tls_context.validation_context.trusted_ca")
+        return self
+
+
+class UpstreamTlsContext(Msg):
+    common_tls_context: CommonTlsContext = CommonTlsContext()
+    sni: str = Field(default="", max_length=255)
+
+
+_TLS_NAMES = ("envoy.transport_sockets.tls", "tls")
+
+
+class DownstreamTransportSocket(Msg):
+    name: str
+    typed_config: Annotated[DownstreamTlsContext, _typed(DOWNSTREAM_TLS_TYPE)]
+    @model_validator(mode="before")
+    @classmethod
+    def _extension(cls, v: Any) -> Any:
+        return _named(v, _TLS_NAMES, "transport socket", typed_required=True)
+
+
+class UpstreamTransportSocket(Msg):
+    name: str
+    typed_config: Annotated[UpstreamTlsContext, _typed(UPSTREAM_TLS_TYPE)]
+    @model_validator(mode="before")
+    @classmethod
+    def _extension(cls, v: Any) -> Any:
+        return _named(v, _TLS_NAMES, "transport socket", typed_required=True)
+
+
+# --- routes ---------------------------------------------------------------------------------
+
+
+class HeaderMatcher(Msg):
+    name: str = Field(min_length=1)
+    exact_match: str | None = None
+    safe_regex_match: RegexMatcher | None = None
+    present_match: bool | None = None
+    prefix_match: str | None = None
+    suffix_match: str | None = None
+    contains_match: str | None = None
+    string_match: StringMatcher | None = None
+    invert_match: bool = False
+
+
+class RouteMatch(Msg):
+    prefix: str | None = None
+    path: str | None = None
+    safe_regex: RegexMatcher | None = None
+    case_sensitive: bool = True
+    headers: list[HeaderMatcher] = []
+
+    @model_validator(mode="after")
+    def _one(self) -> RouteMatch:
+        given = [n for n in ("prefix", "path", "safe_regex") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError("exactly one of prefix, path, safe_regex must be set")
+        return self
+
+
+class RouteAction(Msg):
+    cluster: str = Field(min_length=1)
+    timeout: Duration | None = None
+    host_rewrite_literal: str | None = None
+    auto_host_rewrite: bool = False
+    prefix_rewrite: str | None = None
+
+    @model_validator(mode="after")
+    def _rewrite(self) -> RouteAction:
+        if self.host_rewrite_literal is not None and self.auto_host_rewrite:
+            raise ValueError("only one of host_rewrite_literal, auto_host_rewrite may be set")
+        return self
+
+
+RedirectCode = Literal[
+    "MOVED_PERMANENTLY", "FOUND", "SEE_OTHER", "TEMPORARY_REDIRECT", "PERMANENT_REDIRECT"
+]
+
+
+class RedirectAction(Msg):
+    https_redirect: bool = False
+    scheme_redirect: str | None = None
+    host_redirect: str | None = None
+    port_redirect: int | None = Field(default=None, ge=0, le=65535)
+    path_redirect: str | None = None
+    prefix_rewrite: str | None = None
+    response_code: RedirectCode = "MOVED_PERMANENTLY"
+    strip_query: bool = False
+
+    @model_validator(mode="after")
+    def _one(self) -> RedirectAction:
+        _one_of(self, ("https_redirect", "scheme_redirect"), required=False)
+        _one_of(self, ("path_redirect", "prefix_rewrite"), required=False)
+        return self
+
+
+class DirectResponseAction(Msg):
+    status: int = Field(ge=200, le=599)
+    body: DataSource | None = None
+
+
+class HeaderMutations(Msg):
+    """The add/remove lists that route_config, virtual hosts and routes all carry."""
+
+    request_headers_to_add: list[HeaderValueOption] = Field(default=[], max_length=1000)
+    request_headers_to_remove: list[str] = []
+    response_headers_to_add: list[HeaderValueOption] = Field(default=[], max_length=1000)
+    response_headers_to_remove: list[str] = []
+
+
+class Route(HeaderMutations):
+    name: str = ""
+    match: RouteMatch
+    route: RouteAction | None = None
+    redirect: RedirectAction | None = None
+    direct_response: DirectResponseAction | None = None
+
+    @model_validator(mode="after")
+    def _action(self) -> Route:
+        _one_of(self, ("route", "redirect", "direct_response"))
+        return self
+
+
+class VirtualHost(HeaderMutations):
+    name: str = Field(min_length=1)
+    domains: list[str] = Field(min_length=1)
+    routes: list[Route] = []
+    require_tls: Literal["NONE", "EXTERNAL_ONLY", "ALL"] = "NONE"
+
+
+class RouteConfiguration(HeaderMutations):
+    name: str = ""
+    virtual_hosts: list[VirtualHost] = []
+    ignore_port_in_host_matching: bool = False
+    validate_clusters: bool | None = None
+
+
+# --- http_connection_manager ----------------------------------------------------------------
+
+
+class Router(Msg):
+    suppress_envoy_headers: bool = False
+
+
+class HttpFilter(Msg):
+    name: str
+    typed_config: Annotated[Router, _typed(ROUTER_TYPE)] | None = None
+    @model_validator(mode="before")
+    @classmethod
+    def _extension(cls, v: Any) -> Any:
+        return _named(v, ("envoy.filters.http.router", "envoy.router"), "HTTP filter",
+                    typed_required=False)
+
+
+class FileAccessLog(Msg):
+    path: str = Field(min_length=1)
+
+
+class StreamAccessLog(Msg):
+    pass
+
+
+class AccessLog(Msg):
+    name: str = ""
+    typed_config: Annotated[
+        dict[str, Any], _typed(STDOUT_LOG_TYPE, STDERR_LOG_TYPE, FILE_LOG_TYPE)
+    ]
+    sink: Literal["stdout", "stderr", "file"] = "stdout"
+    path: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sink(cls, v: Any) -> Any:
+        """Flattens the three logger types into one sink name (and a path for files)."""
+        if not isinstance(v, dict) or not isinstance(v.get("typed_config"), dict):
+            return v
+        tc = v["typed_config"]
+        url = tc.get("@type")
+        body = {k: x for k, x in tc.items() if k != "@type"}
+        if url == FILE_LOG_TYPE:
+            body = FileAccessLog(**body).model_dump()
+            return {**v, "sink": "file", "path": body["path"]}
+        if url in (STDOUT_LOG_TYPE, STDERR_LOG_TYPE):
+            StreamAccessLog(**body)
+            return {**v, "sink": "stdout" if url == STDOUT_LOG_TYPE else "stderr"}
+        return v
+
+
+class CidrRange(Msg):
+    address_prefix: str
+    prefix_len: int = Field(default=0, ge=0, le=128)
+
+
+class InternalAddressConfig(Msg):
+    unix_sockets: bool = False
+    cidr_ranges: list[CidrRange] = []
+
+
+class HttpConnectionManager(Msg):
+    stat_prefix: str = Field(min_length=1)
+    codec_type: Literal["AUTO", "HTTP1"] = "AUTO"
+    route_config: RouteConfiguration
+    http_filters: list[HttpFilter] = []
+    access_log: list[AccessLog] = []
+    use_remote_address: bool = False
+    xff_num_trusted_hops: int = Field(default=0, ge=0)
+    skip_xff_append: bool = False
+    internal_address_config: InternalAddressConfig | None = None
+    server_name: str = ""
+    generate_request_id: bool = True
+    request_headers_timeout: Duration | None = None
+    request_timeout: Duration | None = None
+    stream_idle_timeout: Duration | None = None
+    max_request_headers_kb: int = Field(default=60, ge=1, le=8192)
+    common_http_protocol_options: HttpProtocolOptions | None = None
+
+    @model_validator(mode="after")
+    def _router_last(self) -> HttpConnectionManager:
+        if not self.http_filters:
+            raise ValueError("http_filters must end with envoy.filters.http.router")
+        return self
+
+
+class NetworkFilter(Msg):
+    name: str
+    typed_config: Annotated[HttpConnectionManager, _typed(HCM_TYPE)]
+    @model_validator(mode="before")
+    @classmethod
+    def _extension(cls, v: Any) -> Any:
+        return _named(v, 
+        ("envoy.filters.network.http_connection_manager", "envoy.http_connection_manager"),
+        "network filter", typed_required=True,
+    )
+
+
+# --- listeners ------------------------------------------------------------------------------
+
+
+class TlsInspector(Msg):
+    pass
+
+
+class ListenerFilter(Msg):
+    name: str
+    typed_config: Annotated[TlsInspector, _typed(TLS_INSPECTOR_TYPE)] | None = None
+    @model_validator(mode="before")
+    @classmethod
+    def _extension(cls, v: Any) -> Any:
+        return _named(v, ("envoy.filters.listener.tls_inspector", "envoy.listener.tls_inspector"),
+                    "listener filter", typed_required=False)
+
+
+class FilterChainMatch(Msg):
+    server_names: list[str] = []
+    transport_protocol: Literal["", "tls", "raw_buffer"] = ""
+    application_protocols: list[str] = []
+
+
+class FilterChain(Msg):
+    name: str = ""
+    filter_chain_match: FilterChainMatch = FilterChainMatch()
+    filters: list[NetworkFilter] = Field(min_length=1, max_length=1)
+    transport_socket: DownstreamTransportSocket | None = None
+
+
+class Listener(Msg):
+    name: str = ""
+    address: Address
+    listener_filters: list[ListenerFilter] = []
+    listener_filters_timeout: Duration = 15.0
+    filter_chains: list[FilterChain] = []
+    default_filter_chain: FilterChain | None = None
+    per_connection_buffer_limit_bytes: int = Field(default=1024 * 1024, ge=1)
+
+    @model_validator(mode="after")
+    def _chains(self) -> Listener:
+        if not self.filter_chains and self.default_filter_chain is None:
+            raise ValueError("a listener needs filter_chains or a default_filter_chain")
+        return self
+
+
+# --- clusters -------------------------------------------------------------------------------
+
+
+class Endpoint(Msg):
+    address: Address
+    hostname: str = ""
+
+
+class LbEndpoint(Msg):
+    endpoint: Endpoint
+
+
+class LocalityLbEndpoints(Msg):
+    lb_endpoints: list[LbEndpoint] = []
+
+
+class ClusterLoadAssignment(Msg):
+    cluster_name: str = ""
+    endpoints: list[LocalityLbEndpoints] = []
+
+
+class ExplicitHttpConfig(Msg):
+    http_protocol_options: dict[str, Any] = Field(default={}, max_length=0)
+
+
+class UpstreamHttpProtocolOptions(Msg):
+    """``extensions.upstreams.http.v3.HttpProtocolOptions``: HTTP/1.1 only for now."""
+
+    common_http_protocol_options: HttpProtocolOptions | None = None
+    explicit_http_config: ExplicitHttpConfig | None = None
+
+
+class Cluster(Msg):
+    name: str = Field(min_length=1)
+    type: Literal["STATIC", "STRICT_DNS", "LOGICAL_DNS"] = "STATIC"
+    connect_timeout: Duration = 5.0
+    lb_policy: Literal["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM"] = "ROUND_ROBIN"
+    load_assignment: ClusterLoadAssignment | None = None
+    dns_lookup_family: Literal["AUTO", "V4_ONLY", "V6_ONLY", "V4_PREFERRED", "ALL"] = "AUTO"
+    dns_refresh_rate: Duration = 5.0
+    transport_socket: UpstreamTransportSocket | None = None
+    typed_extension_protocol_options: dict[
+        Literal["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"],
+        Annotated[UpstreamHttpProtocolOptions, _typed(HTTP_OPTIONS_TYPE)],
+    ] = {}
+
+    @property
+    def http_options(self) -> HttpProtocolOptions:
+        opts = self.typed_extension_protocol_options.get(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+        )
+        return (opts and opts.common_http_protocol_options) or HttpProtocolOptions()
+
+
+# --- bootstrap ------------------------------------------------------------------------------
+
+
+class Node(Msg):
+    id: str = ""
+    cluster: str = ""
+    metadata: dict[str, Any] = {}
+
+
+class Admin(Msg):
+    address: Address | None = None
+    access_log_path: str = ""
+
+
+class StaticResources(Msg):
+    listeners: list[Listener] = []
+    clusters: list[Cluster] = []
+
+
+class Bootstrap(Msg):
+    node: Node = Node()
+    admin: Admin = Admin()
+    static_resources: StaticResources = StaticResources()

@@ -1,0 +1,120 @@
+"""The request headers Envoy's connection manager adds and removes before routing.
+
+Mirrors ``conn_manager_utility.cc`` as observed on Envoy 1.40: x-forwarded-for is appended only
+with ``use_remote_address``; an edge request (use_remote_address and a client outside
+internal_address_config) has its x-request-id replaced, x-forwarded-proto overwritten unless
+trusted hops say otherwise, Envoy's internal control headers stripped, and
+x-envoy-external-address set.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import uuid
+from dataclasses import dataclass
+
+from ..config import model as m
+from .router import Headers
+
+EDGE_STRIPPED = frozenset({
+    b"x-envoy-decorator-operation", b"x-envoy-downstream-service-cluster",
+    b"x-envoy-downstream-service-node", b"x-envoy-expected-rq-timeout-ms",
+    b"x-envoy-force-trace", b"x-envoy-internal", b"x-envoy-ip-tags", b"x-envoy-max-retries",
+    b"x-envoy-retry-grpc-on", b"x-envoy-retry-on", b"x-envoy-upstream-alt-stat-name",
+    b"x-envoy-upstream-rq-per-try-timeout-ms", b"x-envoy-upstream-rq-timeout-alt-response",
+    b"x-envoy-upstream-rq-timeout-ms", b"x-envoy-hedge-on-per-try-timeout",
+    b"x-envoy-external-address", b"x-request-id", b"x-forwarded-proto",
+})
+
+
+def _machine_address() -> str:
+    """The first non-loopback address of this machine: what Envoy appends to XFF for a
+    loopback client (it never appends a loopback address)."""
+    try:
+        for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET):
+            addr = str(info[4][0])
+            if not addr.startswith("127."):
+                return addr
+    except OSError:
+        pass
+    return "127.0.0.1"
+
+
+@dataclass
+class ForwardingPolicy:
+    """The HCM settings that decide how a request's origin headers are rewritten."""
+
+    use_remote_address: bool
+    xff_num_trusted_hops: int
+    skip_xff_append: bool
+    generate_request_id: bool
+    internal: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    local_address: str
+
+    @classmethod
+    def from_config(cls, cfg: m.HttpConnectionManager) -> ForwardingPolicy:
+        iac = cfg.internal_address_config
+        nets = tuple(
+            ipaddress.ip_network(f"{c.address_prefix}/{c.prefix_len}", strict=False)
+            for c in (iac.cidr_ranges if iac else [])
+        )
+        return cls(cfg.use_remote_address, cfg.xff_num_trusted_hops, cfg.skip_xff_append,
+                   cfg.generate_request_id, nets,
+                   _machine_address() if cfg.use_remote_address else "")
+
+    def is_internal(self, addr: str | None) -> bool:
+        if not addr or not self.internal:
+            return False
+        try:
+            ip = ipaddress.ip_address(addr)
+        except ValueError:
+            return False
+        return any(ip in n for n in self.internal)
+
+    def apply(self, headers: Headers, remote_ip: str, tls: bool) -> str | None:
+        """Rewrites ``headers`` in place; returns the trusted client address (for logs)."""
+        xff = [v for k, v in headers if k == b"x-forwarded-for"]
+        xff_list = [a.strip() for a in b",".join(xff).decode("latin-1").split(",") if a.strip()]
+        scheme = b"https" if tls else b"http"
+        if self.use_remote_address:
+            client: str | None = None
+            if self.xff_num_trusted_hops > 0 and len(xff_list) >= self.xff_num_trusted_hops:
+                client = xff_list[-self.xff_num_trusted_hops]
+            client = client or remote_ip
+            internal = not xff and self.is_internal(client)
+            if not self.skip_xff_append:
+                appended = self.local_address if remote_ip.startswith("127.") or remote_ip == "::1" \
+                    else remote_ip
+                value = ",".join(xff_list + [appended]).encode("latin-1")
+                headers[:] = [h for h in headers if h[0] != b"x-forwarded-for"]
+                headers.append((b"x-forwarded-for", value))
+            if internal:
+                headers.append((b"x-envoy-internal", b"true"))
+                self._request_id(headers, keep=True)
+                if not any(k == b"x-forwarded-proto" for k, _ in headers):
+                    headers.append((b"x-forwarded-proto", scheme))
+                return client
+            keep_proto = self.xff_num_trusted_hops > 0 and any(
+                k == b"x-forwarded-proto" for k, _ in headers)
+            proto = [h for h in headers if h[0] == b"x-forwarded-proto"] if keep_proto else []
+            headers[:] = [h for h in headers if h[0] not in EDGE_STRIPPED]
+            headers.extend(proto or [(b"x-forwarded-proto", scheme)])
+            headers.append((b"x-envoy-external-address", client.encode("latin-1")))
+            self._request_id(headers, keep=False)
+            return client
+        client = xff_list[-1 - self.xff_num_trusted_hops] if len(xff_list) > \
+            self.xff_num_trusted_hops else None
+        headers[:] = [h for h in headers if h[0] != b"x-envoy-internal"]
+        if not any(k == b"x-forwarded-proto" for k, _ in headers):
+            headers.append((b"x-forwarded-proto", scheme))
+        self._request_id(headers, keep=True)
+        return client
+
+    def _request_id(self, headers: Headers, keep: bool) -> None:
+        if not self.generate_request_id:
+            return
+        if keep and any(k == b"x-request-id" for k, _ in headers):
+            return
+        headers[:] = [h for h in headers if h[0] != b"x-request-id"]
+        headers.append((b"x-request-id", str(uuid.uuid4()).encode()))

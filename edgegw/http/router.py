@@ -1,0 +1,347 @@
+"""route_config compiled for the hot path: virtual host by Host, then route by path and headers.
+
+Everything that can be decided from the config is decided here once: domains are bucketed as
+Envoy buckets them (exact map, suffix and prefix wildcards longest first, one catch-all),
+matchers become small closures, header mutations become lists of operations, redirect and
+direct-response replies are prepared. Matching a request is then dictionary lookups and a walk
+over the vhost's routes in order, first match wins.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..config import model as m
+from ..tls.certs import read
+
+Headers = list[tuple[bytes, bytes]]
+"""Header fields as (lower-case name, value) pairs in arrival order."""
+
+
+def get_header(headers: Headers, name: bytes) -> bytes | None:
+    """The value of ``name``; repeated fields are joined with ',' as Envoy joins them."""
+    found = [v for k, v in headers if k == name]
+    if not found:
+        return None
+    return found[0] if len(found) == 1 else b",".join(found)
+
+
+# --- header mutations -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HeaderOps:
+    """Compiled request_headers_to_add/remove (or the response ones) of one level."""
+
+    remove: frozenset[bytes] = frozenset()
+    add: tuple[tuple[bytes, str, str, bool], ...] = ()
+
+    def apply(self, headers: Headers, expand: Callable[[str], str] | None = None) -> None:
+        if self.remove:
+            headers[:] = [h for h in headers if h[0] not in self.remove]
+        for name, value, action, keep_empty in self.add:
+            v = expand(value) if expand and "%" in value else value
+            if not v and not keep_empty:
+                continue
+            raw = v.encode("latin-1")
+            present = any(k == name for k, _ in headers)
+            if action == "APPEND_IF_EXISTS_OR_ADD":
+                headers.append((name, raw))
+            elif action == "ADD_IF_ABSENT":
+                if not present:
+                    headers.append((name, raw))
+            elif action == "OVERWRITE_IF_EXISTS_OR_ADD":
+                headers[:] = [h for h in headers if h[0] != name]
+                headers.append((name, raw))
+            elif present:  # OVERWRITE_IF_EXISTS
+                headers[:] = [h for h in headers if h[0] != name]
+                headers.append((name, raw))
+
+    def __bool__(self) -> bool:
+        return bool(self.remove or self.add)
+
+
+def _ops(adds: list[m.HeaderValueOption], removes: list[str]) -> HeaderOps:
+    out = []
+    for o in adds:
+        action = o.append_action
+        if o.append is not None:
+            action = "APPEND_IF_EXISTS_OR_ADD" if o.append else "OVERWRITE_IF_EXISTS_OR_ADD"
+        out.append((o.header.key.lower().encode("latin-1"), o.header.value, action,
+                    o.keep_empty_value))
+    return HeaderOps(frozenset(r.lower().encode("latin-1") for r in removes), tuple(out))
+
+
+@dataclass(frozen=True)
+class Mutations:
+    request: HeaderOps
+    response: HeaderOps
+
+
+def _mutations(x: m.HeaderMutations) -> Mutations:
+    return Mutations(_ops(x.request_headers_to_add, x.request_headers_to_remove),
+                     _ops(x.response_headers_to_add, x.response_headers_to_remove))
+
+
+# --- matchers -------------------------------------------------------------------------------
+
+
+def string_matcher(sm: m.StringMatcher) -> Callable[[str], bool]:
+    fold = sm.ignore_case
+    if sm.exact is not None:
+        want = sm.exact.lower() if fold else sm.exact
+        return (lambda v: v.lower() == want) if fold else (lambda v: v == want)
+    if sm.prefix is not None:
+        want = sm.prefix.lower() if fold else sm.prefix
+        return (lambda v: v.lower().startswith(want)) if fold else (lambda v: v.startswith(want))
+    if sm.suffix is not None:
+        want = sm.suffix.lower() if fold else sm.suffix
+        return (lambda v: v.lower().endswith(want)) if fold else (lambda v: v.endswith(want))
+    if sm.contains is not None:
+        want = sm.contains.lower() if fold else sm.contains
+        return (lambda v: want in v.lower()) if fold else (lambda v: want in v)
+    assert sm.safe_regex is not None
+    rx = re.compile(sm.safe_regex.regex)
+    return lambda v: rx.fullmatch(v) is not None
+
+
+def _header_matcher(hm: m.HeaderMatcher) -> Callable[[Headers], bool]:
+    name = hm.name.lower().encode("latin-1")
+    check: Callable[[str], bool] | None
+    if hm.present_match is not None:
+        want_present = hm.present_match
+        check = None
+    elif hm.string_match is not None:
+        check = string_matcher(hm.string_match)
+    elif hm.exact_match is not None:
+        check = string_matcher(m.StringMatcher(exact=hm.exact_match))
+    elif hm.prefix_match is not None:
+        check = string_matcher(m.StringMatcher(prefix=hm.prefix_match))
+    elif hm.suffix_match is not None:
+        check = string_matcher(m.StringMatcher(suffix=hm.suffix_match))
+    elif hm.contains_match is not None:
+        check = string_matcher(m.StringMatcher(contains=hm.contains_match))
+    elif hm.safe_regex_match is not None:
+        check = string_matcher(m.StringMatcher(safe_regex=hm.safe_regex_match))
+    else:
+        want_present, check = True, None
+    invert = hm.invert_match
+
+    def match(headers: Headers) -> bool:
+        value = get_header(headers, name)
+        if check is None:
+            ok = (value is not None) == want_present
+        else:
+            ok = value is not None and check(value.decode("latin-1"))
+        return ok != invert
+
+    return match
+
+
+def _path_matcher(rm: m.RouteMatch) -> Callable[[str], bool]:
+    cs = rm.case_sensitive
+    if rm.prefix is not None:
+        p = rm.prefix if cs else rm.prefix.lower()
+        return (lambda path: path.startswith(p)) if cs else (lambda path: path.lower().startswith(p))
+    if rm.path is not None:
+        p = rm.path if cs else rm.path.lower()
+        return (lambda path: path == p) if cs else (lambda path: path.lower() == p)
+    assert rm.safe_regex is not None
+    rx = re.compile(rm.safe_regex.regex)
+    return lambda path: rx.fullmatch(path) is not None
+
+
+# --- compiled routes ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Forward:
+    """A ``route:`` action: send upstream to a cluster."""
+
+    cluster: str
+    timeout: float
+    host_rewrite: bytes | None
+    auto_host_rewrite: bool
+    prefix: str | None
+    prefix_rewrite: str | None
+
+
+@dataclass(frozen=True)
+class Redirect:
+    https: bool
+    scheme: str | None
+    host: str | None
+    port: int | None
+    path: str | None
+    prefix: str | None
+    prefix_rewrite: str | None
+    status: int
+    strip_query: bool
+
+
+@dataclass(frozen=True)
+class Direct:
+    status: int
+    body: bytes
+
+
+_REDIRECT_CODES = {"MOVED_PERMANENTLY": 301, "FOUND": 302, "SEE_OTHER": 303,
+                   "TEMPORARY_REDIRECT": 307, "PERMANENT_REDIRECT": 308}
+DEFAULT_ROUTE_TIMEOUT = 15.0
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    path_match: Callable[[str], bool]
+    header_matches: tuple[Callable[[Headers], bool], ...]
+    action: Forward | Redirect | Direct
+    mutations: tuple[Mutations, ...]
+    """This route's, its vhost's and the route_config's, in the order Envoy applies them."""
+
+    def matches(self, path: str, headers: Headers) -> bool:
+        if not self.path_match(path):
+            return False
+        for hm in self.header_matches:
+            if not hm(headers):
+                return False
+        return True
+
+
+def _action(r: m.Route) -> Forward | Redirect | Direct:
+    if r.route is not None:
+        a = r.route
+        return Forward(
+            cluster=a.cluster,
+            timeout=DEFAULT_ROUTE_TIMEOUT if a.timeout is None else a.timeout,
+            host_rewrite=a.host_rewrite_literal.encode("latin-1")
+            if a.host_rewrite_literal else None,
+            auto_host_rewrite=a.auto_host_rewrite,
+            prefix=r.match.prefix,
+            prefix_rewrite=a.prefix_rewrite,
+        )
+    if r.redirect is not None:
+        d = r.redirect
+        return Redirect(https=d.https_redirect, scheme=d.scheme_redirect, host=d.host_redirect,
+                        port=d.port_redirect, path=d.path_redirect, prefix=r.match.prefix,
+                        prefix_rewrite=d.prefix_rewrite, status=_REDIRECT_CODES[d.response_code],
+                        strip_query=d.strip_query)
+    assert r.direct_response is not None
+    body = read(r.direct_response.body) if r.direct_response.body else b""
+    return Direct(r.direct_response.status, body)
+
+
+@dataclass
+class VirtualHost:
+    name: str
+    routes: list[Route]
+    require_tls: str
+
+
+@dataclass
+class RouteTable:
+    """One compiled RouteConfiguration."""
+
+    name: str
+    ignore_port: bool
+    exact: dict[str, VirtualHost] = field(default_factory=dict)
+    suffixes: list[tuple[str, VirtualHost]] = field(default_factory=list)
+    prefixes: list[tuple[str, VirtualHost]] = field(default_factory=list)
+    default: VirtualHost | None = None
+
+    def virtual_host(self, host: str) -> VirtualHost | None:
+        """Envoy's order: exact, longest ``*.suffix``, longest ``prefix*``, then ``*``."""
+        host = host.lower()
+        if self.ignore_port or host not in self.exact:
+            host = _strip_port(host) if self.ignore_port else host
+        vh = self.exact.get(host)
+        if vh is not None:
+            return vh
+        for suffix, vh in self.suffixes:
+            if len(host) > len(suffix) and host.endswith(suffix):
+                return vh
+        for prefix, vh in self.prefixes:
+            if len(host) > len(prefix) and host.startswith(prefix):
+                return vh
+        return self.default
+
+    def route(self, host: str, path: str, headers: Headers) -> tuple[VirtualHost | None,
+                                                                      Route | None]:
+        vh = self.virtual_host(host)
+        if vh is None:
+            return None, None
+        for r in vh.routes:
+            if r.matches(path, headers):
+                return vh, r
+        return vh, None
+
+
+def _strip_port(host: str) -> str:
+    if host.startswith("["):
+        end = host.find("]")
+        return host[: end + 1] if end > 0 else host
+    i = host.rfind(":")
+    return host[:i] if i >= 0 and host[i + 1 :].isdigit() else host
+
+
+def compile_routes(rc: m.RouteConfiguration) -> RouteTable:
+    table = RouteTable(rc.name, rc.ignore_port_in_host_matching)
+    top = _mutations(rc)
+    for v in rc.virtual_hosts:
+        vmut = _mutations(v)
+        routes = [
+            Route(
+                name=r.name,
+                path_match=_path_matcher(r.match),
+                header_matches=tuple(_header_matcher(h) for h in r.match.headers),
+                action=_action(r),
+                mutations=tuple(x for x in (_mutations(r), vmut, top)
+                                if x.request or x.response),
+            )
+            for r in v.routes
+        ]
+        vh = VirtualHost(v.name, routes, v.require_tls)
+        for d in v.domains:
+            d = d.lower()
+            if d == "*":
+                table.default = vh
+            elif d.startswith("*"):
+                table.suffixes.append((d[1:], vh))
+            elif d.endswith("*"):
+                table.prefixes.append((d[:-1], vh))
+            else:
+                table.exact[d] = vh
+    table.suffixes.sort(key=lambda x: -len(x[0]))
+    table.prefixes.sort(key=lambda x: -len(x[0]))
+    return table
+
+
+def redirect_location(r: Redirect, scheme: str, host: str, path: str) -> str:
+    """The Location of a redirect, built as Envoy builds it from the request."""
+    new_scheme = "https" if r.https else (r.scheme or scheme)
+    hostname, port = host, ""
+    bare = _strip_port(host)
+    if bare != host:
+        hostname, port = bare, host[len(bare) + 1 :]
+    if r.host is not None:
+        hostname = r.host
+    if r.port is not None:
+        port = str(r.port) if r.port else ""
+    if port and port == {"https": "443", "http": "80"}.get(new_scheme):
+        port = ""
+    if port == "80" and scheme == "http" and r.port is None:
+        port = ""
+    p, q, query = path.partition("?")
+    if r.path is not None:
+        rp, rq, rquery = r.path.partition("?")
+        p = rp
+        if rq:
+            q, query = rq, rquery
+    elif r.prefix_rewrite is not None and r.prefix is not None:
+        p = r.prefix_rewrite + p[len(r.prefix):]
+    if r.strip_query:
+        q = query = ""
+    authority = hostname + (f":{port}" if port else "")
+    return f"{new_scheme}://{authority}{p}{q}{query}"

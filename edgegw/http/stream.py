@@ -1,0 +1,497 @@
+"""One request/response exchange: routing, forwarding upstream and relaying the response.
+
+This is Envoy's router filter plus the response encoder for HTTP/1.1. Bytes move as they
+arrive in both directions; nothing is buffered whole. Local replies (404, 503, 504 …) have
+Envoy's statuses, bodies and response flags.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from .. import log
+from ..accesslog import Record
+from ..upstream.cluster import Cluster, Host
+from ..upstream.pool import ConnectError, UpstreamConnection
+from .codec import HOP_BY_HOP, LAST_CHUNK, chunk, encode_headers, http_date, local_reply, status_line
+from .router import Direct, Forward, Headers, Redirect, Route, get_header, redirect_location
+
+if TYPE_CHECKING:
+    from .conn_manager import DownstreamConnection
+
+_log = log.get("router")
+
+CONNECT_FAILURE = b"upstream connect error or disconnect/reset before headers. reset reason: "
+_RESET_FLAGS = {"connection termination": "UC", "protocol error": "UPE",
+                "connection timeout": "UF", "remote connection failure": "UF"}
+PENDING_BODY_LIMIT = 1024 * 1024
+
+
+class Stream:
+    """A request on a downstream connection, from its head to the end of its response."""
+
+    def __init__(self, conn: DownstreamConnection, method: bytes, url: bytes, headers: Headers,
+                 http11: bool, keep_alive: bool) -> None:
+        self.conn = conn
+        self.method = method
+        self.url = url
+        self.headers = headers
+        self.http11 = http11
+        self.keep_alive = keep_alive
+        self.start_time = time.time()
+        self.start_mono = time.monotonic()
+        self.request_done = False
+        self.response_started = False
+        self.response_done = False
+        self.chunk_in = False
+        self.chunk_out = False
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.code = 0
+        self.flags = "-"
+        self.route: Route | None = None
+        self.cluster: Cluster | None = None
+        self.host: Host | None = None
+        self.upstream: UpstreamConnection | None = None
+        self.upstream_head = b""
+        self.upstream_sent_at = 0.0
+        self.service_time = b""
+        self.timer: asyncio.TimerHandle | None = None
+        self.timeout = 0.0
+        self.reused_attempt = False
+        self.authority = ""
+        self.paused_upstream = False
+        self.upgrade = b""
+
+    # --- request side -------------------------------------------------------------------
+
+    def start(self) -> None:
+        conn = self.conn
+        hcm = conn.hcm
+        st = hcm.stats
+        st.downstream_rq_total.value += 1
+        st.downstream_rq_http1_total.value += 1
+        st.downstream_rq_active.value += 1
+        if not self.http11:
+            self.local(426, b"Upgrade Required", close=True)
+            return
+        if self.upgrade and self.upgrade.lower() != b"h2c":
+            # Envoy answers an upgrade that has no upgrade_configs with 403 (WebSocket: later).
+            self.local(403, b"", close=True)
+            return
+        url = self.url
+        host = get_header(self.headers, b"host")
+        if url[:1] != b"/" and b"://" in url[:8]:
+            rest = url.split(b"://", 1)[1]
+            slash = rest.find(b"/")
+            authority, url = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
+            host = authority
+            self.headers = [h for h in self.headers if h[0] != b"host"] + [(b"host", host)]
+            self.url = url
+        if not host:
+            self.local(400, b"", close=True)
+            return
+        self.authority = host.decode("latin-1")
+        if get_header(self.headers, b"expect") is not None:
+            if get_header(self.headers, b"expect").lower() == b"100-continue":  # type: ignore[union-attr]
+                conn.transport_write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.headers = [h for h in self.headers if h[0] != b"expect"]
+        self.client_address = hcm.forwarding.apply(self.headers, conn.remote_ip, conn.tls)
+        path = self.url.decode("latin-1")
+        vh, route = hcm.routes.route(self.authority, path, self.headers)
+        if route is None:
+            st.no_route.value += 1
+            self.flags = "NR"
+            self.local(404, b"")
+            return
+        self.route = route
+        if vh is not None and vh.require_tls != "NONE" and not conn.tls:
+            self.local(301, b"", extra=[(b"location", (
+                "https://" + self.authority + path).encode("latin-1"))])
+            return
+        action = route.action
+        if isinstance(action, Direct):
+            st.rq_direct_response.value += 1
+            self.local(action.status, action.body, mutate=True)
+            return
+        if isinstance(action, Redirect):
+            st.rq_redirect.value += 1
+            where = redirect_location(action, "https" if conn.tls else "http", self.authority, path)
+            self.local(action.status, b"", extra=[(b"location", where.encode("latin-1"))],
+                       mutate=True)
+            return
+        assert isinstance(action, Forward)
+        self.forward(action, path)
+
+    def forward(self, action: Forward, path: str) -> None:
+        hcm = self.conn.hcm
+        cluster = hcm.clusters.get(action.cluster)
+        if cluster is None:
+            hcm.stats.no_cluster.value += 1
+            self.flags = "NC"
+            self.local(503, b"")
+            return
+        self.cluster = cluster
+        host = cluster.choose()
+        if host is None:
+            cluster.stats.upstream_cx_none_healthy.value += 1
+            self.flags = "UH"
+            self.local(503, b"no healthy upstream")
+            return
+        self.host = host
+        self.timeout = action.timeout
+        self.upstream_head = self._upstream_head(action, host, path)
+        cluster.stats.upstream_rq_total.value += 1
+        cluster.stats.upstream_rq_active.value += 1
+        host.rq_active += 1
+        host.rq_total += 1
+        conn = host.pool.acquire()
+        if conn is not None:
+            self.reused_attempt = True
+            self._attach(conn)
+        else:
+            cluster.stats.upstream_rq_pending_total.value += 1
+            asyncio.ensure_future(self._connect(host))
+
+    def _upstream_head(self, action: Forward, host: Host, path: str) -> bytes:
+        headers = self.headers
+        connection = get_header(headers, b"connection")
+        drop = set(HOP_BY_HOP)
+        if connection:
+            drop.update(t.strip().lower() for t in connection.split(b","))
+        te = get_header(headers, b"transfer-encoding")
+        self.chunk_in = te is not None
+        out: Headers = []
+        for k, v in headers:
+            if k in drop:
+                if k == b"te" and v.lower() == b"trailers":
+                    out.append((k, v))
+                continue
+            out.append((k, v))
+        if action.host_rewrite is not None:
+            out = [(k, action.host_rewrite if k == b"host" else v) for k, v in out]
+        elif action.auto_host_rewrite and host.hostname:
+            original = get_header(out, b"host")
+            out = [(k, host.hostname.encode("latin-1") if k == b"host" else v) for k, v in out]
+            if original is not None:
+                out.append((b"x-envoy-original-host", original))
+        if self.chunk_in:
+            out.append((b"transfer-encoding", b"chunked"))
+        suppress = self.conn.hcm.suppress_envoy_headers
+        if self.timeout > 0 and not suppress:
+            out = [h for h in out if h[0] != b"x-envoy-expected-rq-timeout-ms"]
+            out.append((b"x-envoy-expected-rq-timeout-ms", b"%d" % int(self.timeout * 1000)))
+        if action.prefix_rewrite is not None and action.prefix is not None:
+            path = action.prefix_rewrite + path[len(action.prefix):]
+        assert self.route is not None
+        for mut in self.route.mutations:
+            mut.request.apply(out, self._expand)
+        host_first = sorted(out, key=lambda h: h[0] != b"host")
+        return (self.method + b" " + path.encode("latin-1") + b" HTTP/1.1\r\n"
+                + encode_headers(host_first) + b"\r\n")
+
+    def _expand(self, value: str) -> str:
+        """The few %OPERATORS% that header values may carry."""
+        conn = self.conn
+        return (value.replace("%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%", conn.remote_ip)
+                .replace("%DOWNSTREAM_REMOTE_ADDRESS%", f"{conn.remote_ip}:{conn.remote_port}")
+                .replace("%REQUESTED_SERVER_NAME%", conn.sni or "")
+                .replace("%%", "%"))
+
+    async def _connect(self, host: Host) -> None:
+        try:
+            conn = await host.pool.connect()
+        except ConnectError as e:
+            self._upstream_failed(e.reason, e.detail)
+            return
+        if self.response_done or self.conn.closed:
+            host.pool.release(conn)
+            return
+        self._attach(conn)
+
+    def _attach(self, conn: UpstreamConnection) -> None:
+        self.upstream = conn
+        self.upstream_sent_at = time.monotonic()
+        head_only = self.method == b"HEAD"
+        data = self.upstream_head
+        if self.pending:
+            body = b"".join(self.pending)
+            data += chunk(body) if self.chunk_in else body
+            self.pending = []
+            self.pending_bytes = 0
+            self.conn.flow.resume("pending")
+        if self.request_done and self.chunk_in:
+            data += LAST_CHUNK
+        conn.send(self, data, head_only)
+        if self.request_done and self.timer is None:
+            self._start_timer()
+
+    def request_body(self, data: bytes) -> None:
+        self.bytes_received += len(data)
+        if self.response_done:
+            return
+        up = self.upstream
+        if up is not None:
+            up.write(chunk(data) if self.chunk_in else data)
+        else:
+            self.pending.append(data)
+            self.pending_bytes += len(data)
+            if self.pending_bytes > PENDING_BODY_LIMIT:
+                self.conn.flow.pause("pending")
+
+    def request_complete(self) -> None:
+        self.request_done = True
+        if self.response_done:
+            return
+        if self.upstream is not None:
+            if self.chunk_in:
+                self.upstream.write(LAST_CHUNK)
+            self._start_timer()
+        elif self.cluster is not None:
+            self._start_timer()
+
+    def _start_timer(self) -> None:
+        if self.timeout > 0 and self.timer is None and not self.response_done:
+            self.timer = asyncio.get_running_loop().call_later(self.timeout, self._on_timeout)
+
+    def _on_timeout(self) -> None:
+        self.timer = None
+        if self.response_done:
+            return
+        assert self.cluster is not None
+        self.cluster.stats.upstream_rq_timeout.value += 1
+        self.conn.hcm.stats.downstream_rq_timeout_ut.value += 1
+        self.flags = "UT"
+        self._drop_upstream()
+        if self.response_started:
+            self.conn.abort()
+            self.finish()
+        else:
+            self.local(504, b"upstream request timeout")
+
+    # --- upstream events (ResponseSink) -------------------------------------------------
+
+    def upstream_headers(self, status: int, headers: Headers, keep_alive: bool,
+                         chunked: bool) -> None:
+        if self.response_done:
+            return
+        cluster = self.cluster
+        assert cluster is not None and self.host is not None
+        stats = cluster.stats
+        klass = status // 100
+        if klass == 2:
+            stats.upstream_rq_2xx.value += 1
+        elif klass == 3:
+            stats.upstream_rq_3xx.value += 1
+        elif klass == 4:
+            stats.upstream_rq_4xx.value += 1
+        elif klass == 5:
+            stats.upstream_rq_5xx.value += 1
+            self.host.rq_error += 1
+        else:
+            stats.upstream_rq_1xx.value += 1
+        stats.counter(f"upstream_rq_{status}").value += 1
+        ms = int((time.monotonic() - self.upstream_sent_at) * 1000)
+        self.service_time = b"%d" % ms
+        hcm = self.conn.hcm
+        has_length = False
+        has_date = False
+        out: Headers = []
+        connection = get_header(headers, b"connection")
+        drop = set(HOP_BY_HOP)
+        if connection:
+            drop.update(t.strip().lower() for t in connection.split(b","))
+        drop.add(b"server")
+        for k, v in headers:
+            if k in drop:
+                continue
+            if k == b"content-length":
+                has_length = True
+            elif k == b"date":
+                has_date = True
+            out.append((k, v))
+        if not hcm.suppress_envoy_headers:
+            out.append((b"x-envoy-upstream-service-time", self.service_time))
+        if not has_date:
+            out.append((b"date", http_date()))
+        out.append((b"server", hcm.server_name))
+        no_body = self.method == b"HEAD" or status in (204, 304)
+        if not has_length and not no_body:
+            if self.keep_alive:
+                self.chunk_out = True
+                out.append((b"transfer-encoding", b"chunked"))
+        assert self.route is not None
+        for mut in self.route.mutations:
+            mut.response.apply(out, self._expand)
+        if not self.keep_alive or self.conn.draining:
+            self.keep_alive = False
+            out.append((b"connection", b"close"))
+        self.code = status
+        self.response_started = True
+        self.conn.transport_write(status_line(status) + encode_headers(out) + b"\r\n")
+
+    def upstream_body(self, data: bytes) -> None:
+        if self.response_done or not data:
+            return
+        self.bytes_sent += len(data)
+        self.conn.last_activity = time.monotonic()
+        self.conn.transport_write(chunk(data) if self.chunk_out else data)
+
+    def upstream_complete(self) -> None:
+        if self.response_done:
+            return
+        if self.chunk_out:
+            self.conn.transport_write(LAST_CHUNK)
+        self.upstream = None
+        self.finish()
+
+    def upstream_reset(self, reason: str) -> None:
+        if self.response_done:
+            return
+        self.upstream = None
+        if self.response_started:
+            assert self.cluster is not None
+            self.cluster.stats.upstream_rq_rx_reset.value += 1
+            self.flags = _RESET_FLAGS.get(reason, "UR")
+            self.conn.abort()
+            self.finish()
+            return
+        if self.reused_attempt and self.bytes_received == 0 and not self.chunk_in:
+            # A pooled keep-alive connection that the upstream had already closed: nothing of
+            # this request reached a live server, so try once more on a fresh connection.
+            self.reused_attempt = False
+            assert self.host is not None
+            asyncio.ensure_future(self._connect(self.host))
+            return
+        self._upstream_failed(reason, "")
+
+    def upstream_pause_writing(self) -> None:
+        self.conn.flow.pause("upstream")
+
+    def upstream_resume_writing(self) -> None:
+        self.conn.flow.resume("upstream")
+
+    def _upstream_failed(self, reason: str, detail: str) -> None:
+        if self.response_done:
+            return
+        if self.response_started:
+            self.conn.abort()
+            self.finish()
+            return
+        self.flags = _RESET_FLAGS.get(reason, "UF")
+        body = CONNECT_FAILURE + reason.encode()
+        if detail and detail.startswith("TLS_error"):
+            body += b", transport failure reason: " + detail.encode("latin-1", "replace")
+        self.local(503, body)
+
+    def _drop_upstream(self) -> None:
+        up, self.upstream = self.upstream, None
+        if up is not None:
+            up.detach()
+
+    # --- downstream side ----------------------------------------------------------------
+
+    def pause_upstream(self) -> None:
+        if self.upstream is not None and not self.paused_upstream:
+            self.paused_upstream = True
+            self.upstream.pause_reading()
+
+    def resume_upstream(self) -> None:
+        if self.upstream is not None and self.paused_upstream:
+            self.paused_upstream = False
+            self.upstream.resume_reading()
+
+    def downstream_reset(self) -> None:
+        """The client went away before the response was complete."""
+        if self.response_done:
+            return
+        self.flags = "DC"
+        if self.cluster is not None:
+            self.cluster.stats.upstream_rq_tx_reset.value += 1
+        self._drop_upstream()
+        self.finish()
+
+    def local(self, status: int, body: bytes, close: bool = False,
+              extra: Headers | None = None, mutate: bool = False) -> None:
+        """Sends a reply made by edgegw itself, unless a response has already started."""
+        if self.response_started:
+            self.conn.abort()
+            self.finish()
+            return
+        hcm = self.conn.hcm
+        headers = list(extra or [])
+        if mutate and self.route is not None:
+            for mut in self.route.mutations:
+                mut.response.apply(headers, self._expand)
+        if close or not self.keep_alive or self.conn.draining:
+            close = True
+            self.keep_alive = False
+        self.code = status
+        self.response_started = True
+        self.bytes_sent = len(body)
+        self.conn.transport_write(local_reply(status, body, hcm.server_name, close, headers,
+                                              head=self.method == b"HEAD"))
+        self._drop_upstream()
+        self.finish()
+
+    def finish(self) -> None:
+        if self.response_done:
+            return
+        self.response_done = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        hcm = self.conn.hcm
+        st = hcm.stats
+        st.downstream_rq_active.value -= 1
+        st.downstream_rq_completed.value += 1
+        klass = self.code // 100
+        if klass == 2:
+            st.downstream_rq_2xx.value += 1
+        elif klass == 3:
+            st.downstream_rq_3xx.value += 1
+        elif klass == 4:
+            st.downstream_rq_4xx.value += 1
+        elif klass == 5:
+            st.downstream_rq_5xx.value += 1
+        elif klass == 1:
+            st.downstream_rq_1xx.value += 1
+        if self.cluster is not None and self.host is not None:
+            cs = self.cluster.stats
+            cs.upstream_rq_active.value -= 1
+            cs.upstream_rq_completed.value += 1
+            self.host.rq_active -= 1
+        if hcm.access_logs:
+            self._access_log()
+        self.conn.stream_done(self)
+
+    def _access_log(self) -> None:
+        h = self.headers
+
+        def hv(name: bytes) -> str:
+            v = get_header(h, name)
+            return v.decode("latin-1") if v is not None else "-"
+
+        rec = Record(
+            start=self.start_time,
+            method=self.method.decode("latin-1"),
+            path=self.url.decode("latin-1"),
+            protocol="HTTP/1.1" if self.http11 else "HTTP/1.0",
+            code=self.code,
+            flags=self.flags,
+            bytes_received=self.bytes_received,
+            bytes_sent=self.bytes_sent,
+            duration_ms=int((time.monotonic() - self.start_mono) * 1000),
+            upstream_service_time=self.service_time.decode() or "-",
+            forwarded_for=hv(b"x-forwarded-for"),
+            user_agent=hv(b"user-agent"),
+            request_id=hv(b"x-request-id"),
+            authority=self.authority or "-",
+            upstream_host=self.host.label if self.host else "-",
+        )
+        for logger in self.conn.hcm.access_logs:
+            logger.log(rec)

@@ -1,0 +1,229 @@
+"""Listeners: bind, accept, peek the ClientHello, pick the filter chain, hand over to TLS.
+
+Accepting is done on the raw socket so that the filter chain (and so the certificate) can be
+chosen from the ClientHello before the handshake, as Envoy's tls_inspector does; the socket is
+then given to the event loop's own TLS layer with that chain's SSLContext.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from dataclasses import dataclass
+
+from .. import log
+from ..config import model as m
+from ..http.conn_manager import DownstreamConnection, HttpConnectionManager
+from ..stats import StatSet, Store
+from ..tls.context import ServerTls
+from ..upstream.cluster import ClusterManager
+from .filter_chain import FilterChainIndex
+from .tls_inspector import MAX_HELLO, ClientHello, NeedMore, inspect
+
+_log = log.get("connection")
+
+LISTENER_COUNTERS = (
+    "downstream_cx_total", "downstream_cx_destroy", "no_filter_chain_match",
+    "downstream_listener_filter_error", "downstream_pre_cx_timeout",
+    "ssl.handshake", "ssl.connection_error",
+)
+INSPECTOR_COUNTERS = ("tls_found", "tls_not_found", "sni_found", "sni_not_found",
+                      "alpn_found", "alpn_not_found", "client_hello_too_large")
+HANDSHAKE_TIMEOUT = 10.0
+RETRY_PEEK = 0.005
+
+
+@dataclass
+class Chain:
+    name: str
+    hcm: HttpConnectionManager
+    tls: ServerTls | None
+
+
+def stat_address(sa: m.SocketAddress) -> str:
+    """Envoy's listener stat name part: ``127.0.0.1_8443``, ``[::]_443``."""
+    addr = f"[{sa.address}]" if ":" in sa.address else sa.address
+    return f"{addr}_{sa.port_value}"
+
+
+class Listener:
+    def __init__(self, cfg: m.Listener, clusters: ClusterManager, store: Store) -> None:
+        self.cfg = cfg
+        sa = cfg.address.socket_address
+        self.address = (sa.address, sa.port_value)
+        self.name = cfg.name or f"{sa.address}:{sa.port_value}"
+        prefix = f"listener.{stat_address(sa)}."
+        self.stats = StatSet(store, prefix, LISTENER_COUNTERS, ("downstream_cx_active",))
+        self.inspector = StatSet(store, "tls_inspector.", INSPECTOR_COUNTERS)
+
+        def build(fc: m.FilterChain) -> Chain:
+            tls = ServerTls(fc.transport_socket.typed_config) if fc.transport_socket else None
+            return Chain(fc.name, HttpConnectionManager(fc.filters[0].typed_config, clusters,
+                                                        store), tls)
+
+        self.chains = [build(fc) for fc in cfg.filter_chains]
+        default = build(cfg.default_filter_chain) if cfg.default_filter_chain else None
+        self.index: FilterChainIndex[Chain] = FilterChainIndex(
+            [(fc.filter_chain_match, c) for fc, c in zip(cfg.filter_chains, self.chains,
+                                                          strict=True)], default)
+        all_chains = self.chains + ([default] if default else [])
+        self.all_chains = all_chains
+        self.peek = bool(cfg.listener_filters) or self.index.needs_inspection or any(
+            c.tls for c in all_chains)
+        self.sock: socket.socket | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.open: set[DownstreamConnection] = set()
+
+    def bind(self) -> None:
+        host, port = self.address
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+        sock.setblocking(False)
+        self.sock = sock
+        self.address = sock.getsockname()[:2]
+
+    def start(self) -> None:
+        if self.sock is None:
+            self.bind()
+        assert self.sock is not None
+        self.loop = asyncio.get_running_loop()
+        self.loop.add_reader(self.sock.fileno(), self._accept)
+
+    def stop(self) -> None:
+        if self.sock is not None and self.loop is not None:
+            self.loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+            self.sock = None
+        for c in self.all_chains:
+            c.hcm.close()
+
+    def _accept(self) -> None:
+        assert self.sock is not None
+        for _ in range(64):
+            try:
+                conn, _addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                _log.warning("listener %s: accept failed: %s", self.name, e)
+                return
+            conn.setblocking(False)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.stats.downstream_cx_total.value += 1
+            if self.peek:
+                _Peek(self, conn)
+            else:
+                self.dispatch(conn, ClientHello(tls=False))
+
+    def dispatch(self, conn: socket.socket, hello: ClientHello) -> None:
+        transport = "tls" if hello.tls else "raw_buffer"
+        chain = self.index.find(hello.server_name, transport, hello.alpn)
+        if chain is None:
+            self.stats.no_filter_chain_match.value += 1
+            _log.debug("listener %s: no filter chain matches server name %r", self.name,
+                       hello.server_name)
+            _reset(conn)
+            return
+        assert self.loop is not None
+        asyncio.ensure_future(self._serve(conn, chain, hello))
+
+    async def _serve(self, conn: socket.socket, chain: Chain, hello: ClientHello) -> None:
+        assert self.loop is not None
+        ctx: ssl.SSLContext | None = chain.tls.context_for(hello.server_name) if chain.tls else None
+        self.stats.downstream_cx_active.value += 1
+        proto = DownstreamConnection(chain.hcm, ctx is not None, hello.server_name,
+                                     self.cfg.per_connection_buffer_limit_bytes, self._closed)
+        try:
+            await self.loop.connect_accepted_socket(
+                lambda: proto, conn, ssl=ctx,
+                ssl_handshake_timeout=HANDSHAKE_TIMEOUT if ctx else None)
+        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError) as e:
+            self.stats.downstream_cx_active.value -= 1
+            self.stats.downstream_cx_destroy.value += 1
+            self.stats.counter("ssl.connection_error").value += 1
+            _log.debug("listener %s: TLS handshake failed: %s", self.name, e)
+            conn.close()
+            return
+        if ctx is not None:
+            self.stats.counter("ssl.handshake").value += 1
+        self.open.add(proto)
+
+    def _closed(self) -> None:
+        self.stats.downstream_cx_active.value -= 1
+        self.stats.downstream_cx_destroy.value += 1
+        self.open = {p for p in self.open if not p.closed}
+
+
+class _Peek:
+    """Waits for the ClientHello on a new socket without consuming it (MSG_PEEK)."""
+
+    def __init__(self, listener: Listener, conn: socket.socket) -> None:
+        self.listener = listener
+        self.conn = conn
+        self.fd = conn.fileno()
+        loop = listener.loop
+        assert loop is not None
+        self.loop = loop
+        self.timer = loop.call_later(listener.cfg.listener_filters_timeout, self._timeout)
+        loop.add_reader(self.fd, self._readable)
+
+    def _readable(self) -> None:
+        try:
+            data = self.conn.recv(MAX_HELLO, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop()
+            return
+        if not data:
+            self._drop()
+            return
+        insp = self.listener.inspector
+        try:
+            hello = inspect(data)
+        except NeedMore:
+            if len(data) >= MAX_HELLO:
+                insp.client_hello_too_large.value += 1
+                self._drop()
+                return
+            # Level-triggered readiness would spin on the partial hello: look again shortly.
+            self.loop.remove_reader(self.fd)
+            self.loop.call_later(RETRY_PEEK, self._again)
+            return
+        self.loop.remove_reader(self.fd)
+        self.timer.cancel()
+        if hello.tls:
+            insp.tls_found.value += 1
+            (insp.sni_found if hello.server_name else insp.sni_not_found).value += 1
+            (insp.alpn_found if hello.alpn else insp.alpn_not_found).value += 1
+        else:
+            insp.tls_not_found.value += 1
+        self.listener.dispatch(self.conn, hello)
+
+    def _again(self) -> None:
+        if self.conn.fileno() >= 0 and not self.timer.cancelled():
+            self.loop.add_reader(self.fd, self._readable)
+
+    def _timeout(self) -> None:
+        # Envoy closes a connection whose listener filters time out (continue_on_listener_
+        # filters_timeout is false by default).
+        self.listener.stats.downstream_pre_cx_timeout.value += 1
+        self._drop()
+
+    def _drop(self) -> None:
+        self.loop.remove_reader(self.fd)
+        self.timer.cancel()
+        self.conn.close()
+
+
+def _reset(conn: socket.socket) -> None:
+    """Closes with RST, as Envoy does when no filter chain matches."""
+    try:
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    except OSError:
+        pass
+    conn.close()

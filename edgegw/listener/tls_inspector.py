@@ -1,0 +1,116 @@
+"""Envoy's tls_inspector: read SNI and ALPN from a TLS ClientHello without consuming it.
+
+A pure function over the bytes peeked from a new connection, so that the filter chain (and with
+it the certificate) can be chosen before the handshake starts. A ClientHello may span several
+TCP segments (post-quantum key shares make it ~1.8 KB), so an incomplete one asks for more.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MAX_HELLO = 64 * 1024
+"""Envoy's tls_inspector gives up on hellos larger than this (it uses 64 KiB too)."""
+
+
+class NeedMore(Exception):
+    """The bytes so far are the start of a ClientHello; wait for more."""
+
+
+@dataclass(frozen=True)
+class ClientHello:
+    tls: bool
+    server_name: str | None = None
+    alpn: tuple[str, ...] = ()
+
+
+NOT_TLS = ClientHello(tls=False)
+
+
+def inspect(data: bytes) -> ClientHello:
+    """Parses the first TLS record(s) of a connection; raises NeedMore when incomplete."""
+    if not data:
+        raise NeedMore
+    if data[0] != 0x16:
+        return NOT_TLS
+    if len(data) < 3:
+        raise NeedMore
+    if data[1] != 0x03:
+        return NOT_TLS
+    # The handshake message may be split across several records: join their payloads.
+    payload = bytearray()
+    pos = 0
+    need = None
+    while True:
+        if len(data) < pos + 5:
+            raise NeedMore
+        if data[pos] != 0x16:
+            return NOT_TLS
+        length = int.from_bytes(data[pos + 3 : pos + 5], "big")
+        if len(data) < pos + 5 + length:
+            payload += data[pos + 5 :]
+            if len(payload) >= 4 and payload[0] != 0x01:
+                return NOT_TLS
+            raise NeedMore
+        payload += data[pos + 5 : pos + 5 + length]
+        pos += 5 + length
+        if len(payload) >= 4:
+            if payload[0] != 0x01:
+                return NOT_TLS
+            need = 4 + int.from_bytes(payload[1:4], "big")
+            if need > MAX_HELLO:
+                return NOT_TLS
+            if len(payload) >= need:
+                break
+    return _parse_hello(bytes(payload[4:need]))
+
+
+def _parse_hello(body: bytes) -> ClientHello:
+    try:
+        p = 2 + 32  # client_version, random
+        p += 1 + body[p]  # session_id
+        p += 2 + int.from_bytes(body[p : p + 2], "big")  # cipher_suites
+        p += 1 + body[p]  # compression_methods
+        if p + 2 > len(body):
+            return ClientHello(tls=True)
+        end = p + 2 + int.from_bytes(body[p : p + 2], "big")
+        p += 2
+        sni: str | None = None
+        alpn: tuple[str, ...] = ()
+        while p + 4 <= end:
+            kind = int.from_bytes(body[p : p + 2], "big")
+            size = int.from_bytes(body[p + 2 : p + 4], "big")
+            ext = body[p + 4 : p + 4 + size]
+            p += 4 + size
+            if kind == 0:
+                sni = _server_name(ext)
+            elif kind == 16:
+                alpn = _alpn(ext)
+        return ClientHello(tls=True, server_name=sni, alpn=alpn)
+    except IndexError:
+        return ClientHello(tls=True)
+
+
+def _server_name(ext: bytes) -> str | None:
+    p = 2
+    while p + 3 <= len(ext):
+        kind = ext[p]
+        size = int.from_bytes(ext[p + 1 : p + 3], "big")
+        name = ext[p + 3 : p + 3 + size]
+        p += 3 + size
+        if kind == 0:
+            try:
+                return name.decode("ascii").lower().rstrip(".") or None
+            except UnicodeDecodeError:
+                return None
+    return None
+
+
+def _alpn(ext: bytes) -> tuple[str, ...]:
+    out = []
+    p = 2
+    while p < len(ext):
+        size = ext[p]
+        out.append(ext[p + 1 : p + 1 + size].decode("latin-1"))
+        p += 1 + size
+    return tuple(out)

@@ -1,0 +1,179 @@
+"""Clusters: their hosts (static or resolved by DNS), load balancing and stats.
+
+STATIC clusters take their endpoints as they are; STRICT_DNS resolves every endpoint and uses
+every address; LOGICAL_DNS uses the first address of its single endpoint. Both re-resolve every
+``dns_refresh_rate``; hosts keep their connection pools across refreshes when the address
+stays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+from collections.abc import Iterable
+
+from .. import log
+from ..config import model as m
+from ..stats import StatSet, Store
+from ..tls.context import ClientTls
+from .pool import Pool
+
+_log = log.get("upstream")
+
+CLUSTER_COUNTERS = (
+    "upstream_cx_total", "upstream_cx_http1_total", "upstream_cx_connect_fail",
+    "upstream_cx_connect_timeout", "upstream_cx_destroy", "upstream_cx_idle_timeout",
+    "upstream_cx_destroy_remote_with_active_rq", "upstream_cx_none_healthy",
+    "upstream_rq_total", "upstream_rq_completed", "upstream_rq_timeout",
+    "upstream_rq_1xx", "upstream_rq_2xx", "upstream_rq_3xx", "upstream_rq_4xx", "upstream_rq_5xx",
+    "upstream_rq_rx_reset", "upstream_rq_tx_reset", "upstream_rq_pending_total",
+    "membership_change", "update_attempt", "update_success", "update_failure",
+)
+CLUSTER_GAUGES = ("upstream_cx_active", "upstream_rq_active", "membership_total",
+                  "membership_healthy")
+
+_FAMILIES = {
+    "AUTO": (socket.AF_UNSPEC,), "V4_ONLY": (socket.AF_INET,), "V6_ONLY": (socket.AF_INET6,),
+    "V4_PREFERRED": (socket.AF_INET, socket.AF_INET6), "ALL": (socket.AF_UNSPEC,),
+}
+
+
+class Host:
+    """One upstream address of a cluster, with its pool and counters."""
+
+    def __init__(self, cluster: Cluster, address: str, port: int, hostname: str) -> None:
+        self.cluster = cluster
+        self.address = address
+        self.port = port
+        self.hostname = hostname
+        """What auto_host_rewrite puts in Host: the DNS name or the endpoint's hostname."""
+        self.label = f"{address}:{port}"
+        self.pool = Pool(self)
+        self.cx_active = 0
+        self.rq_active = 0
+        self.rq_total = 0
+        self.rq_error = 0
+
+
+class Cluster:
+    def __init__(self, cfg: m.Cluster, store: Store) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self.stats = StatSet(store, f"cluster.{cfg.name}.", CLUSTER_COUNTERS, CLUSTER_GAUGES)
+        self.connect_timeout = cfg.connect_timeout
+        self.idle_timeout = cfg.http_options.idle_timeout or 3600.0
+        self.buffer_limit = 1024 * 1024
+        self.tls = (ClientTls(cfg.transport_socket.typed_config, cfg.name)
+                    if cfg.transport_socket else None)
+        self.hosts: list[Host] = []
+        self._rr = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self.endpoints = [
+            (e.endpoint.address.socket_address.address,
+             e.endpoint.address.socket_address.port_value, e.endpoint.hostname)
+            for loc in (cfg.load_assignment.endpoints if cfg.load_assignment else [])
+            for e in loc.lb_endpoints
+        ]
+        if cfg.type == "STATIC":
+            self._set_hosts((a, p, h) for a, p, h in self.endpoints)
+
+    async def start(self) -> None:
+        """Resolves DNS clusters once (as Envoy warms clusters), then keeps refreshing."""
+        if self.cfg.type != "STATIC" and self.endpoints:
+            await self.resolve()
+            self._tasks.append(asyncio.ensure_future(self._refresh()))
+        self._tasks.append(asyncio.ensure_future(self._expire_idle()))
+
+    def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for h in self.hosts:
+            h.pool.close_all()
+
+    async def _refresh(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.dns_refresh_rate)
+            await self.resolve()
+
+    async def _expire_idle(self) -> None:
+        period = min(max(self.idle_timeout / 4, 0.5), 30.0)
+        while True:
+            await asyncio.sleep(period)
+            for h in self.hosts:
+                h.pool.expire(self.idle_timeout)
+
+    async def resolve(self) -> None:
+        self.stats.update_attempt.value += 1
+        found: list[tuple[str, int, str]] = []
+        loop = asyncio.get_running_loop()
+        ok = True
+        for name, port, hostname in self.endpoints:
+            addrs: list[str] = []
+            for family in _FAMILIES[self.cfg.dns_lookup_family]:
+                try:
+                    infos = await loop.getaddrinfo(name, port, family=family,
+                                                   type=socket.SOCK_STREAM)
+                except OSError as e:
+                    _log.warning("cluster '%s': DNS resolution of '%s' failed: %s",
+                                 self.name, name, e.strerror or e)
+                    ok = False
+                    continue
+                addrs = list(dict.fromkeys(str(i[4][0]) for i in infos))
+                if addrs:
+                    break
+            if self.cfg.type == "LOGICAL_DNS":
+                addrs = addrs[:1]
+            found.extend((a, port, hostname or name) for a in addrs)
+        if ok:
+            self.stats.update_success.value += 1
+        else:
+            self.stats.update_failure.value += 1
+        if found or ok:
+            self._set_hosts(found)
+
+    def _set_hosts(self, endpoints: Iterable[tuple[str, int, str]]) -> None:
+        old = {(h.address, h.port): h for h in self.hosts}
+        hosts = []
+        for address, port, hostname in endpoints:
+            h = old.pop((address, port), None) or Host(self, address, port, hostname)
+            hosts.append(h)
+        if old or len(hosts) != len(self.hosts):
+            self.stats.membership_change.value += 1
+        for h in old.values():
+            h.pool.close_all()
+        self.hosts = hosts
+        self.stats.membership_total.value = len(hosts)
+        self.stats.membership_healthy.value = len(hosts)
+
+    def choose(self) -> Host | None:
+        """Picks a host by the cluster's lb_policy; None when the cluster has none."""
+        hosts = self.hosts
+        n = len(hosts)
+        if n <= 1:
+            return hosts[0] if n else None
+        policy = self.cfg.lb_policy
+        if policy == "ROUND_ROBIN":
+            self._rr = (self._rr + 1) % n
+            return hosts[self._rr]
+        if policy == "RANDOM":
+            return random.choice(hosts)
+        a, b = random.sample(hosts, 2)  # LEAST_REQUEST: power of two choices
+        return a if a.rq_active <= b.rq_active else b
+
+
+class ClusterManager:
+    """All clusters of a bootstrap, by name."""
+
+    def __init__(self, clusters: list[m.Cluster], store: Store) -> None:
+        self.clusters = {c.name: Cluster(c, store) for c in clusters}
+
+    async def start(self) -> None:
+        await asyncio.gather(*(c.start() for c in self.clusters.values()))
+
+    def stop(self) -> None:
+        for c in self.clusters.values():
+            c.stop()
+
+    def get(self, name: str) -> Cluster | None:
+        return self.clusters.get(name)
