@@ -141,16 +141,19 @@ def _header_matcher(hm: m.HeaderMatcher) -> Callable[[Headers], bool]:
 
 
 def _path_matcher(rm: m.RouteMatch) -> Callable[[str], bool]:
+    """Prefix rules see the whole :path; exact and regex rules see it without the query."""
     cs = rm.case_sensitive
     if rm.prefix is not None:
         p = rm.prefix if cs else rm.prefix.lower()
         return (lambda path: path.startswith(p)) if cs else (lambda path: path.lower().startswith(p))
     if rm.path is not None:
         p = rm.path if cs else rm.path.lower()
-        return (lambda path: path == p) if cs else (lambda path: path.lower() == p)
+        if cs:
+            return lambda path: path.partition("?")[0] == p
+        return lambda path: path.partition("?")[0].lower() == p
     assert rm.safe_regex is not None
     rx = re.compile(rm.safe_regex.regex)
-    return lambda path: rx.fullmatch(path) is not None
+    return lambda path: rx.fullmatch(path.partition("?")[0]) is not None
 
 
 # --- compiled routes ------------------------------------------------------------------------

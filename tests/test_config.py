@@ -1,0 +1,206 @@
+"""Loading bootstraps: the supported subset, merge rules, and errors that name path and line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgegw.config import ConfigError, load_bootstrap
+from edgegw.config.source import merge
+
+from .conftest import SEEDS
+
+HCM_T = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+
+
+def problems(tmp_path: Path, text: str) -> list[str]:
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_bootstrap(str(f))
+    return e.value.problems
+
+
+MINIMAL = f"""
+static_resources:
+  listeners:
+  - name: l
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 10000}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": {HCM_T}
+          stat_prefix: p
+          http_filters: [{{name: envoy.filters.http.router}}]
+          route_config:
+            virtual_hosts:
+            - name: v
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                route: {{cluster: c, timeout: 1.5s}}
+  clusters:
+  - name: c
+    connect_timeout: 0.25s
+    load_assignment:
+      cluster_name: c
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.20, port_value: 80}}}}}}}}]}}]
+"""
+
+
+def test_minimal_config_with_bare_router_loads(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text(MINIMAL)
+    boot = load_bootstrap(str(f))
+    route = boot.static_resources.listeners[0].filter_chains[0].filters[0].typed_config \
+        .route_config.virtual_hosts[0].routes[0].route
+    assert route is not None and route.timeout == 1.5
+    assert boot.static_resources.clusters[0].connect_timeout == 0.25
+
+
+@pytest.mark.parametrize("name", ["simple.yaml", "simple_change_timeout.yaml",
+                                  "envoy-demo.yaml", "envoy-docker.yaml"])
+def test_seed_configs_load(name: str) -> None:
+    load_bootstrap(str(SEEDS / name))
+
+
+def test_seed_retry_config_names_the_unsupported_field_and_line() -> None:
+    with pytest.raises(ConfigError) as e:
+        load_bootstrap(str(SEEDS / "simple_retry.yaml"))
+    [p] = e.value.problems
+    assert "routes[0].route.retry_policy" in p and "not supported by edgegw" in p
+    assert "simple_retry.yaml:29" in p
+
+
+def test_xds_bootstrap_is_refused_clearly() -> None:
+    with pytest.raises(ConfigError) as e:
+        load_bootstrap(str(SEEDS / "xds-bootstrap.yaml"))
+    text = "\n".join(e.value.problems)
+    assert "dynamic_resources.lds_config.api_config_source" in text
+    assert "static_resources" in text
+
+
+def test_unknown_field_is_an_error_with_line(tmp_path: Path) -> None:
+    text = MINIMAL.replace("connect_timeout: 0.25s", "connect_timeout: 0.25s\n    bogus_field: 1")
+    [p] = problems(tmp_path, text)
+    assert p.startswith("static_resources.clusters[0].bogus_field: field 'bogus_field' is not "
+                        "supported by edgegw")
+    line = text.splitlines().index("    bogus_field: 1") + 1
+    assert p.endswith(f"c.yaml:{line})")
+
+
+def test_every_error_is_reported(tmp_path: Path) -> None:
+    text = MINIMAL.replace("cluster: c,", "cluster: nope,").replace("0.25s", "5")
+    ps = problems(tmp_path, text)
+    assert any("connect_timeout" in p and "duration" in p for p in ps)
+    ps = problems(tmp_path, MINIMAL.replace("cluster: c,", "cluster: nope,"))
+    assert any("unknown cluster 'nope'" in p and "route.cluster" in p for p in ps)
+
+
+def test_unsupported_enum_value(tmp_path: Path) -> None:
+    [p] = problems(tmp_path, MINIMAL.replace("  - name: c\n", "  - name: c\n    type: EDS\n"))
+    assert "clusters[0].type" in p and "'EDS' is not supported by edgegw" in p
+
+
+def test_duplicate_domains_are_an_error(tmp_path: Path) -> None:
+    text = MINIMAL.replace("""              - match: {prefix: "/"}
+                route: {cluster: c, timeout: 1.5s}""", """              - match: {prefix: "/"}
+                route: {cluster: c, timeout: 1.5s}
+            - name: w
+              domains: ["a.com", "*"]""")
+    [p] = problems(tmp_path, text)
+    assert "virtual_hosts[1].domains[1]" in p and "unique" in p
+
+
+def test_unknown_typed_config_type(tmp_path: Path) -> None:
+    text = MINIMAL.replace("[{name: envoy.filters.http.router}]",
+                           "[{name: envoy.filters.http.fault, typed_config: "
+                           "{'@type': type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault}}]")
+    [p] = problems(tmp_path, text)
+    assert "http_filters[0].typed_config" in p and "HTTPFault is not supported" in p
+
+
+def test_key_that_does_not_match_certificate(tmp_path: Path, certs: Path) -> None:
+    text = MINIMAL.replace("    filter_chains:\n    - filters:", f"""    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            tls_certificates:
+            - certificate_chain: {{filename: {certs}/a.example.com.pem}}
+              private_key: {{filename: {certs}/b.example.com.key}}
+      filters:""")
+    [p] = problems(tmp_path, text)
+    assert "tls_certificates[0]" in p and "does not match the certificate" in p
+    [p] = problems(tmp_path, text.replace("b.example.com.key", "missing.key"))
+    assert "unable to read file" in p and "missing.key" in p
+
+
+def test_camel_case_json_names_are_accepted(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text(MINIMAL.replace("stat_prefix", "statPrefix").replace("connect_timeout",
+                                                                      "connectTimeout"))
+    load_bootstrap(str(f))
+
+
+def test_merge_follows_protobuf_merge_from() -> None:
+    base = {"admin": {"address": {"socket_address": {"address": "0.0.0.0", "port_value": 9901}}},
+            "static_resources": {"clusters": [{"name": "a"}]}}
+    over = {"admin": {"address": {"socket_address": {"port_value": 9902}}},
+            "static_resources": {"clusters": [{"name": "b"}]}}
+    out = merge(base, over)
+    assert out["admin"]["address"]["socket_address"] == {"address": "0.0.0.0", "port_value": 9902}
+    assert [c["name"] for c in out["static_resources"]["clusters"]] == ["a", "b"]
+
+
+def test_config_yaml_merges_over_file() -> None:
+    boot = load_bootstrap(str(SEEDS / "envoy-demo.yaml"),
+                          (SEEDS / "envoy-override.yaml").read_text())
+    assert boot.admin.address is not None
+    assert boot.admin.address.socket_address.address == "127.0.0.1"
+    assert boot.admin.address.socket_address.port_value == 9902
+    assert boot.static_resources.clusters[0].name == "service_envoyproxy_io"
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edgegw", *args], capture_output=True,
+                          text=True, timeout=30)
+
+
+def test_validate_mode_prints_ok() -> None:
+    r = run_cli("--mode", "validate", "-c", str(SEEDS / "envoy-demo.yaml"))
+    assert r.returncode == 0
+    assert r.stdout == f"configuration '{SEEDS / 'envoy-demo.yaml'}' OK\n"
+
+
+def test_validate_mode_fails_with_every_error(tmp_path: Path) -> None:
+    f = tmp_path / "bad.yaml"
+    f.write_text(MINIMAL.replace("connect_timeout: 0.25s", "connect_timeout: 5").replace(
+        "name: v", "name: v\n              bogus: 1"))
+    r = run_cli("--mode", "validate", "-c", str(f))
+    assert r.returncode == 1
+    assert "connect_timeout: '5' is not a duration" in r.stderr and "field 'bogus'" in r.stderr
+    assert "[critical][main]" in r.stderr
+    f.write_text(MINIMAL.replace("cluster: c,", "cluster: nope,").replace(
+        "stat_prefix: p", "stat_prefix: p\n          access_log: [{typed_config: {'@type': "
+        "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog, "
+        "path: /nonexistent/dir/log}}]"))
+    r = run_cli("--mode", "validate", "-c", str(f))
+    assert r.returncode == 1
+    assert "unknown cluster 'nope'" in r.stderr and "/nonexistent/dir" in r.stderr
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    [p] = problems(tmp_path, "static_resources:\n  listeners: [\n")
+    assert "unable to parse" in p and "c.yaml:" in p
+
+
+def test_version_and_log_levels() -> None:
+    assert run_cli("--version").stdout.startswith("edgegw version: ")
+    r = run_cli("--component-log-level", "nosuch:debug", "--mode", "validate", "-c", "x")
+    assert r.returncode == 1 and "unknown logger component 'nosuch'" in r.stderr
