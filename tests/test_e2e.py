@@ -65,9 +65,10 @@ def test_certificate_is_chosen_by_sni(edge) -> None:
 
 
 def test_unknown_sni_is_closed_and_counted(edge) -> None:
-    before = edge.stats().get("listener.127.0.0.1_%d.no_filter_chain_match" % edge.port, 0)
+    stat = f"listener.127.0.0.1_{edge.port}.no_filter_chain_match"
+    before = edge.stats().get(stat, 0)
     assert served_cert_sans(edge.port, "c.example.com") == ""
-    after = edge.stats()["listener.127.0.0.1_%d.no_filter_chain_match" % edge.port]
+    after = edge.stats()[stat]
     assert after == before + 1
 
 

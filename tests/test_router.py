@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 from edgegw.config import model as m
-from edgegw.http.router import Direct, Forward, HeaderOps, Redirect, compile_routes, \
-    redirect_location
+from edgegw.http.router import (
+    Direct,
+    Forward,
+    HeaderOps,
+    Redirect,
+    compile_routes,
+    redirect_location,
+)
 
 
 def table(vhosts: list[dict], **rc: object):

@@ -442,7 +442,7 @@ class NetworkFilter(Msg):
     @model_validator(mode="before")
     @classmethod
     def _extension(cls, v: Any) -> Any:
-        return _named(v, 
+        return _named(v,
         ("envoy.filters.network.http_connection_manager", "envoy.http_connection_manager"),
         "network filter", typed_required=True,
     )

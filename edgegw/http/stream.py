@@ -15,7 +15,15 @@ from .. import log
 from ..accesslog import Record
 from ..upstream.cluster import Cluster, Host
 from ..upstream.pool import ConnectError, UpstreamConnection
-from .codec import HOP_BY_HOP, LAST_CHUNK, chunk, encode_headers, http_date, local_reply, status_line
+from .codec import (
+    HOP_BY_HOP,
+    LAST_CHUNK,
+    chunk,
+    encode_headers,
+    http_date,
+    local_reply,
+    status_line,
+)
 from .router import Direct, Forward, Headers, Redirect, Route, get_header, redirect_location
 
 if TYPE_CHECKING:

@@ -141,7 +141,7 @@ class Listener:
             await self.loop.connect_accepted_socket(
                 lambda: proto, conn, ssl=ctx,
                 ssl_handshake_timeout=HANDSHAKE_TIMEOUT if ctx else None)
-        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError) as e:
+        except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as e:
             self.stats.downstream_cx_active.value -= 1
             self.stats.downstream_cx_destroy.value += 1
             self.stats.counter("ssl.connection_error").value += 1

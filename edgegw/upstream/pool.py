@@ -239,7 +239,7 @@ class Pool:
                 ),
                 cluster.connect_timeout,
             )
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             stats.upstream_cx_connect_fail.value += 1
             stats.upstream_cx_connect_timeout.value += 1
             raise ConnectError("connection timeout") from None

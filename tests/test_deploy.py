@@ -1,0 +1,116 @@
+"""The shipped configs, docker-compose.yml and Dockerfile, checked without a Docker engine:
+parsed, validated by edgegw and by Envoy, and run natively with the compose command line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from .conftest import ENVOY, ROOT, Backends, Proc, free_port, wait_port
+
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory, certs: Path) -> Path:
+    """A stand-in for /etc/edgegw: configs/ and sds/ as mounted, certs/ made by trustme."""
+    d = tmp_path_factory.mktemp("etc-edgegw")
+    shutil.copytree(ROOT / "configs", d / "configs")
+    shutil.copytree(ROOT / "sds", d / "sds")
+    shutil.copytree(certs, d / "certs")
+    return d
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_shipped_config_validates_in_edgegw_and_envoy(config: Path, workdir: Path) -> None:
+    rel = f"configs/{config.name}"
+    r = subprocess.run([sys.executable, "-m", "edgegw", "--mode", "validate", "-c", rel],
+                       cwd=workdir, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and r.stdout == f"configuration '{rel}' OK\n", r.stderr
+    if "edgegw-only" in config.read_text() or ENVOY is None:
+        return
+    r = subprocess.run([ENVOY, "--mode", "validate", "-c", rel, "--base-id",
+                        str(free_port())], cwd=workdir, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_shipped_configs_bind_admin_to_loopback() -> None:
+    for config in CONFIGS:
+        admin = yaml.safe_load(config.read_text()).get("admin", {})
+        if admin:
+            assert admin["address"]["socket_address"]["address"] == "127.0.0.1", config
+
+
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_compose_publishes_80_and_443_and_not_admin() -> None:
+    gw = compose()["services"]["gateway"]
+    assert sorted(gw["ports"]) == ["443:8443", "80:8080"]
+    mounts = {v.split(":")[1]: v for v in gw["volumes"]}
+    for name in ("configs", "sds", "certs"):
+        assert mounts[f"/etc/edgegw/{name}"] == f"./{name}:/etc/edgegw/{name}:ro"
+    cfg = yaml.safe_load((ROOT / gw["command"][1]).read_text())
+    ports = {lst["address"]["socket_address"]["port_value"]
+             for lst in cfg["static_resources"]["listeners"]}
+    assert ports == {8080, 8443}
+    assert cfg["admin"]["address"]["socket_address"]["port_value"] not in (8080, 8443)
+
+
+def test_dockerfile_matches_compose() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    lines = [ln.split(None, 1) for ln in text.splitlines() if ln and not ln.startswith("#")]
+    instr: dict[str, list[str]] = {}
+    for k, v in lines:
+        instr.setdefault(k, []).append(v)
+    assert instr["WORKDIR"][-1] == "/etc/edgegw"
+    assert json.loads(instr["ENTRYPOINT"][0]) == ["edgegw"]
+    assert set(instr["EXPOSE"][0].split()) == {"8080", "8443"}
+    assert instr["FROM"][0].startswith("python:3.11")
+    assert "USER" in instr
+
+
+def test_compose_command_runs_natively(workdir: Path, backends: Backends, tmp_path: Path) -> None:
+    """Runs the gateway service's exact command in a tree laid out like its mounts, with the
+    compose service names and all-interfaces binds pointed at loopback."""
+    gw = compose()["services"]["gateway"]
+    https, http, admin = free_port(), free_port(), free_port()
+    cfg_path = workdir / gw["command"][1]
+    text = (ROOT / gw["command"][1]).read_text()
+    text = (text.replace("0.0.0.0", "127.0.0.1")
+            .replace("port_value: 8443 }", f"port_value: {https} }}", 1)
+            .replace("port_value: 8080 }", f"port_value: {http} }}", 1)
+            .replace("port_value: 9901", f"port_value: {admin}")
+            .replace("address: backend-a, port_value: 8080", f"address: 127.0.0.20, "
+                     f"port_value: {backends.a[1]}")
+            .replace("address: backend-b, port_value: 8443", f"address: 127.0.0.21, "
+                     f"port_value: {backends.b[1]}"))
+    cfg_path.write_text(text)
+    proc = Proc([sys.executable, "-m", "edgegw", *gw["command"]], tmp_path / "gw.log",
+                cwd=workdir)
+    try:
+        wait_port("127.0.0.1", https)
+        ca = str(workdir / "certs" / "dev-ca.pem")
+        for name, backend in (("a.example.com", "a"), ("b.example.com", "b")):
+            r = subprocess.run(["curl", "-sS", "--cacert", ca, "--resolve",
+                                f"{name}:{https}:127.0.0.1", f"https://{name}:{https}/headers"],
+                               capture_output=True, text=True, timeout=10)
+            assert r.returncode == 0, r.stderr + proc.output()
+            assert json.loads(r.stdout)["backend"] == backend
+        r = httpx.get(f"http://127.0.0.1:{http}/x", headers={"Host": "a.example.com"})
+        assert (r.status_code, r.headers["location"]) == (301, "https://a.example.com/x")
+        assert httpx.get(f"http://127.0.0.1:{admin}/ready").status_code == 200
+        time.sleep(0.2)
+        assert '"GET /headers HTTP/1.1" 200' in proc.output()
+    finally:
+        proc.stop()
