@@ -115,6 +115,9 @@ class DownstreamConnection(asyncio.Protocol):
         self.last_activity = time.monotonic()
         self.head_started = 0.0
         self.watchdog: asyncio.TimerHandle | None = None
+        self.loop = asyncio.get_running_loop()
+        self.route_timer: asyncio.TimerHandle | None = None
+        self.route_timer_at = 0.0
 
     # --- asyncio side -------------------------------------------------------------------
 
@@ -145,6 +148,8 @@ class DownstreamConnection(asyncio.Protocol):
             st.downstream_cx_ssl_active.value -= 1
         if self.watchdog is not None:
             self.watchdog.cancel()
+        if self.route_timer is not None:
+            self.route_timer.cancel()
         if self.active is not None and not self.active.response_done:
             st.downstream_rq_rx_reset.value += 1
             self.active.downstream_reset()
@@ -262,6 +267,29 @@ class DownstreamConnection(asyncio.Protocol):
         self.transport.close()
 
     # --- timeouts -----------------------------------------------------------------------
+
+    def arm_deadline(self, timeout: float) -> float:
+        """Returns the active stream's route deadline, keeping one timer per connection:
+        on keep-alive connections deadlines only move forward, so a timer that fires early
+        just re-arms itself for the current stream instead of one timer per request."""
+        deadline = self.loop.time() + timeout
+        if self.route_timer is None or self.route_timer_at > deadline:
+            if self.route_timer is not None:
+                self.route_timer.cancel()
+            self.route_timer = self.loop.call_at(deadline, self._route_timer_fired)
+            self.route_timer_at = deadline
+        return deadline
+
+    def _route_timer_fired(self) -> None:
+        self.route_timer = None
+        s = self.active
+        if s is None or not s.deadline or s.response_done:
+            return
+        if self.loop.time() >= s.deadline:
+            s.on_timeout()
+        else:
+            self.route_timer = self.loop.call_at(s.deadline, self._route_timer_fired)
+            self.route_timer_at = s.deadline
 
     def _arm_watchdog(self) -> None:
         hcm = self.hcm

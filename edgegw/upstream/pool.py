@@ -31,6 +31,7 @@ class ResponseSink(Protocol):
     def upstream_body(self, data: bytes) -> None: ...
     def upstream_complete(self) -> None: ...
     def upstream_reset(self, reason: str) -> None: ...
+    def flush(self) -> None: ...
     def upstream_pause_writing(self) -> None: ...
     def upstream_resume_writing(self) -> None: ...
 
@@ -84,13 +85,22 @@ class UpstreamConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
+            if self.sink is not None:
+                self.sink.flush()
+        except httptools.HttpParserCallbackError as e:
+            _log.error("internal error while relaying a response from %s: %r",
+                       self.pool.host.label, e.__context__, exc_info=e.__context__)
+            self._fail("internal error")
         except httptools.HttpParserError as e:
             _log.debug("upstream protocol error from %s: %s", self.pool.host.label, e)
-            self.keep_alive = False
-            sink, self.sink = self.sink, None
-            self.close()
-            if sink is not None:
-                sink.upstream_reset("protocol error")
+            self._fail("protocol error")
+
+    def _fail(self, reason: str) -> None:
+        self.keep_alive = False
+        sink, self.sink = self.sink, None
+        self.close()
+        if sink is not None:
+            sink.upstream_reset(reason)
 
     def eof_received(self) -> bool | None:
         # A close-delimited body ends here; httptools finishes it when fed nothing more.
