@@ -7,6 +7,7 @@ is "build new objects, swap one reference". Signals: SIGTERM and SIGINT stop the
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import time
 from typing import Any
@@ -49,6 +50,8 @@ class Server:
         for lst in self.listeners:
             lst.start()
             _log.info("listener '%s' on %s:%d", lst.name, *lst.address)
+        # Config and runtime objects live as long as the server: keep the cyclic GC off them.
+        gc.freeze()
         self.state = "LIVE"
         self.store.gauge("server.live").value = 1
         self.store.gauge("server.concurrency").value = 1

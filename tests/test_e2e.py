@@ -124,6 +124,14 @@ def test_chunked_upstream_response_is_rechunked(edge, certs: Path) -> None:
     assert body.count("chunk ") == 5
 
 
+def test_close_delimited_upstream_body_is_complete(edge, certs: Path) -> None:
+    r = curl(edge.port, certs, "a.example.com", "/unframed")
+    status, headers, body = split(r.stdout)
+    assert r.returncode == 0 and status == 200
+    assert headers["transfer-encoding"] == "chunked"
+    assert body == "body without length\n" * 100
+
+
 def test_expect_100_continue(edge, certs: Path) -> None:
     r = curl(edge.port, certs, "a.example.com", "/anything", "-H", "Expect: 100-continue",
              "--data-binary", "x" * 2000)

@@ -1,7 +1,8 @@
 """A small httpbin-like HTTP/1.1 server that stands in for a private backend.
 
 It answers ``/headers`` (the request as JSON, with the SNI it was reached by), ``/status/N``,
-``/delay/S``, ``/bytes/N``, ``/stream/N`` (chunked), ``/close`` (dies mid-response) and echoes
+``/delay/S``, ``/bytes/N``, ``/stream/N`` (chunked), ``/unframed`` (a body that ends at
+close), ``/close`` (dies mid-response) and echoes
 anything else. The demo and the tests both use it, over plain HTTP or over TLS.
 """
 
@@ -88,6 +89,13 @@ class _Backend(asyncio.Protocol):
             return
         if parts[0] == "stream" and len(parts) > 1:
             await self._chunked(int(parts[1]), not keep)
+            return
+        if parts[0] == "unframed":
+            assert self.transport is not None
+            self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\n"
+                                 + b"body without length\n" * 100)
+            await asyncio.sleep(0.05)
+            self.transport.close()
             return
         if parts[0] == "close":
             assert self.transport is not None

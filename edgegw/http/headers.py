@@ -114,7 +114,8 @@ class ForwardingPolicy:
     def apply(self, headers: Headers, remote_ip: str, tls: bool) -> str | None:
         """Rewrites ``headers`` in place; returns the trusted client address (for logs)."""
         xff = [v for k, v in headers if k == b"x-forwarded-for"]
-        xff_list = [a.strip() for a in b",".join(xff).decode("latin-1").split(",") if a.strip()]
+        xff_list = [a.strip() for a in b",".join(xff).decode("latin-1").split(",") if a.strip()] \
+            if xff else []
         scheme = b"https" if tls else b"http"
         if self.use_remote_address:
             client: str | None = None
@@ -140,13 +141,22 @@ class ForwardingPolicy:
             headers.append((b"x-envoy-external-address", client.encode("latin-1")))
             self._request_id(headers, keep=False)
             return client
-        client = xff_list[-1 - self.xff_num_trusted_hops] if len(xff_list) > \
-            self.xff_num_trusted_hops else None
-        headers[:] = [h for h in headers if h[0] != b"x-envoy-internal"]
-        if not any(k == b"x-forwarded-proto" for k, _ in headers):
+        has_proto = has_id = internal = False
+        for k, _ in headers:
+            if k == b"x-forwarded-proto":
+                has_proto = True
+            elif k == b"x-request-id":
+                has_id = True
+            elif k == b"x-envoy-internal":
+                internal = True
+        if internal:
+            headers[:] = [h for h in headers if h[0] != b"x-envoy-internal"]
+        if not has_proto:
             headers.append((b"x-forwarded-proto", scheme))
-        self._request_id(headers, keep=True)
-        return client
+        if self.generate_request_id and not has_id:
+            headers.append((b"x-request-id", _ids.next()))
+        return xff_list[-1 - self.xff_num_trusted_hops] if len(xff_list) > \
+            self.xff_num_trusted_hops else None
 
     def _request_id(self, headers: Headers, keep: bool) -> None:
         if not self.generate_request_id:

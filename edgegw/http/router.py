@@ -20,6 +20,14 @@ Headers = list[tuple[bytes, bytes]]
 """Header fields as (lower-case name, value) pairs in arrival order."""
 
 
+def first_header(headers: Headers, name: bytes) -> bytes | None:
+    """The first value of ``name``: the cheap lookup for headers that occur once."""
+    for k, v in headers:
+        if k == name:
+            return v
+    return None
+
+
 def get_header(headers: Headers, name: bytes) -> bytes | None:
     """The value of ``name``; repeated fields are joined with ',' as Envoy joins them."""
     found = [v for k, v in headers if k == name]
@@ -167,8 +175,12 @@ class Forward:
     timeout: float
     host_rewrite: bytes | None
     auto_host_rewrite: bool
-    prefix: str | None
-    prefix_rewrite: str | None
+    prefix: bytes | None
+    prefix_rewrite: bytes | None
+
+    @property
+    def timeout_ms(self) -> bytes:
+        return b"%d" % int(self.timeout * 1000)
 
 
 @dataclass(frozen=True)
@@ -222,8 +234,9 @@ def _action(r: m.Route) -> Forward | Redirect | Direct:
             host_rewrite=a.host_rewrite_literal.encode("latin-1")
             if a.host_rewrite_literal else None,
             auto_host_rewrite=a.auto_host_rewrite,
-            prefix=r.match.prefix,
-            prefix_rewrite=a.prefix_rewrite,
+            prefix=r.match.prefix.encode("latin-1") if r.match.prefix is not None else None,
+            prefix_rewrite=a.prefix_rewrite.encode("latin-1")
+            if a.prefix_rewrite is not None else None,
         )
     if r.redirect is not None:
         d = r.redirect

@@ -24,7 +24,16 @@ from .codec import (
     local_reply,
     status_line,
 )
-from .router import Direct, Forward, Headers, Redirect, Route, get_header, redirect_location
+from .router import (
+    Direct,
+    Forward,
+    Headers,
+    Redirect,
+    Route,
+    first_header,
+    get_header,
+    redirect_location,
+)
 
 if TYPE_CHECKING:
     from .conn_manager import DownstreamConnection
@@ -35,6 +44,10 @@ CONNECT_FAILURE = b"upstream connect error or disconnect/reset before headers. r
 _RESET_FLAGS = {"connection termination": "UC", "protocol error": "UPE",
                 "connection timeout": "UF", "remote connection failure": "UF"}
 PENDING_BODY_LIMIT = 1024 * 1024
+REQUEST_DROP = HOP_BY_HOP | {b"host"}
+"""Set aside while copying a request head: hop-by-hop headers, and Host (written first)."""
+REQUEST_DROP_WITH_TIMEOUT = REQUEST_DROP | {b"x-envoy-expected-rq-timeout-ms"}
+RESPONSE_DROP = HOP_BY_HOP | {b"server"}
 
 
 class Stream:
@@ -93,7 +106,7 @@ class Stream:
             self.local(403, b"", close=True)
             return
         url = self.url
-        host = get_header(self.headers, b"host")
+        host = first_header(self.headers, b"host")
         if url[:1] != b"/" and b"://" in url[:8]:
             rest = url.split(b"://", 1)[1]
             slash = rest.find(b"/")
@@ -105,11 +118,12 @@ class Stream:
             self.local(400, b"", close=True)
             return
         self.authority = host.decode("latin-1")
-        if get_header(self.headers, b"expect") is not None:
-            if get_header(self.headers, b"expect").lower() == b"100-continue":  # type: ignore[union-attr]
+        expect = first_header(self.headers, b"expect")
+        if expect is not None:
+            if expect.lower() == b"100-continue":
                 conn.transport_write(b"HTTP/1.1 100 Continue\r\n\r\n")
             self.headers = [h for h in self.headers if h[0] != b"expect"]
-        self.client_address = hcm.forwarding.apply(self.headers, conn.remote_ip, conn.tls)
+        hcm.forwarding.apply(self.headers, conn.remote_ip, conn.tls)
         path = self.url.decode("latin-1")
         vh, route = hcm.routes.route(self.authority, path, self.headers)
         if route is None:
@@ -134,9 +148,9 @@ class Stream:
                        mutate=True)
             return
         assert isinstance(action, Forward)
-        self.forward(action, path)
+        self.forward(action)
 
-    def forward(self, action: Forward, path: str) -> None:
+    def forward(self, action: Forward) -> None:
         hcm = self.conn.hcm
         cluster = hcm.clusters.get(action.cluster)
         if cluster is None:
@@ -153,7 +167,7 @@ class Stream:
             return
         self.host = host
         self.timeout = action.timeout
-        self.upstream_head = self._upstream_head(action, host, path)
+        self.upstream_head = self._upstream_head(action, host)
         cluster.stats.upstream_rq_total.value += 1
         cluster.stats.upstream_rq_active.value += 1
         host.rq_active += 1
@@ -166,44 +180,49 @@ class Stream:
             cluster.stats.upstream_rq_pending_total.value += 1
             asyncio.ensure_future(self._connect(host))
 
-    def _upstream_head(self, action: Forward, host: Host, path: str) -> bytes:
-        headers = self.headers
-        connection = get_header(headers, b"connection")
-        drop = set(HOP_BY_HOP)
-        if connection:
-            drop.update(t.strip().lower() for t in connection.split(b","))
-        te = get_header(headers, b"transfer-encoding")
-        self.chunk_in = te is not None
+    def _upstream_head(self, action: Forward, host: Host) -> bytes:
+        """The request head sent upstream, built in one pass over the client's headers."""
+        hcm = self.conn.hcm
+        add_timeout = self.timeout > 0 and not hcm.suppress_envoy_headers
+        drop = REQUEST_DROP_WITH_TIMEOUT if add_timeout else REQUEST_DROP
         out: Headers = []
-        for k, v in headers:
+        host_value = b""
+        tokens = None
+        for kv in self.headers:
+            k = kv[0]
             if k in drop:
-                if k == b"te" and v.lower() == b"trailers":
-                    out.append((k, v))
+                if k == b"host":
+                    host_value = kv[1]
+                elif k == b"connection":
+                    tokens = kv[1]
+                elif k == b"transfer-encoding":
+                    self.chunk_in = True
+                elif k == b"te" and kv[1].lower() == b"trailers":
+                    out.append(kv)
                 continue
-            out.append((k, v))
+            out.append(kv)
+        if tokens:
+            named = {t.strip().lower() for t in tokens.split(b",")} - {b"host"}
+            out = [kv for kv in out if kv[0] not in named]
         if self.chunk_in:
             out.append((b"transfer-encoding", b"chunked"))
-        suppress = self.conn.hcm.suppress_envoy_headers
-        if self.timeout > 0 and not suppress:
-            out = [h for h in out if h[0] != b"x-envoy-expected-rq-timeout-ms"]
-            out.append((b"x-envoy-expected-rq-timeout-ms", b"%d" % int(self.timeout * 1000)))
+        if add_timeout:
+            out.append((b"x-envoy-expected-rq-timeout-ms", action.timeout_ms))
         assert self.route is not None
         for mut in self.route.mutations:
             mut.request.apply(out, self._expand)
         new_host = action.host_rewrite
         if new_host is None and action.auto_host_rewrite and host.hostname:
-            new_host = host.hostname.encode("latin-1")
+            new_host = host.hostname_bytes
         if new_host is not None:
-            original = get_header(out, b"host")
-            out = [(k, new_host if k == b"host" else v) for k, v in out]
-            if original is not None:
-                out.append((b"x-envoy-original-host", original))
+            out.append((b"x-envoy-original-host", host_value))
+            host_value = new_host
+        path = self.url
         if action.prefix_rewrite is not None and action.prefix is not None:
-            out.append((b"x-envoy-original-path", path.encode("latin-1")))
+            out.append((b"x-envoy-original-path", path))
             path = action.prefix_rewrite + path[len(action.prefix):]
-        host_first = sorted(out, key=lambda h: h[0] != b"host")
-        return (self.method + b" " + path.encode("latin-1") + b" HTTP/1.1\r\n"
-                + encode_headers(host_first) + b"\r\n")
+        return (b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (self.method, path, host_value)
+                + encode_headers(out) + b"\r\n")
 
     def _expand(self, value: str) -> str:
         """The few %OPERATORS% that header values may carry."""
@@ -287,8 +306,7 @@ class Stream:
 
     # --- upstream events (ResponseSink) -------------------------------------------------
 
-    def upstream_headers(self, status: int, headers: Headers, keep_alive: bool,
-                         chunked: bool) -> None:
+    def upstream_headers(self, status: int, headers: Headers, keep_alive: bool) -> None:
         if self.response_done:
             return
         cluster = self.cluster
@@ -306,26 +324,28 @@ class Stream:
             self.host.rq_error += 1
         else:
             stats.upstream_rq_1xx.value += 1
-        stats.counter(f"upstream_rq_{status}").value += 1
+        cluster.status_counter(status).value += 1
         ms = int((time.monotonic() - self.upstream_sent_at) * 1000)
         self.service_time = b"%d" % ms
         hcm = self.conn.hcm
         has_length = False
         has_date = False
+        tokens = None
         out: Headers = []
-        connection = get_header(headers, b"connection")
-        drop = set(HOP_BY_HOP)
-        if connection:
-            drop.update(t.strip().lower() for t in connection.split(b","))
-        drop.add(b"server")
-        for k, v in headers:
-            if k in drop:
+        for kv in headers:
+            k = kv[0]
+            if k in RESPONSE_DROP:
+                if k == b"connection":
+                    tokens = kv[1]
                 continue
             if k == b"content-length":
                 has_length = True
             elif k == b"date":
                 has_date = True
-            out.append((k, v))
+            out.append(kv)
+        if tokens:
+            named = {t.strip().lower() for t in tokens.split(b",")}
+            out = [kv for kv in out if kv[0] not in named]
         if not hcm.suppress_envoy_headers:
             out.append((b"x-envoy-upstream-service-time", self.service_time))
         if not has_date:

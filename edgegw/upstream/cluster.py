@@ -15,7 +15,7 @@ from collections.abc import Iterable
 
 from .. import log
 from ..config import model as m
-from ..stats import StatSet, Store
+from ..stats import Counter, StatSet, Store
 from ..tls.context import ClientTls
 from .pool import Pool
 
@@ -48,6 +48,7 @@ class Host:
         self.port = port
         self.hostname = hostname
         """What auto_host_rewrite puts in Host: the DNS name or the endpoint's hostname."""
+        self.hostname_bytes = hostname.encode("latin-1")
         self.label = f"{address}:{port}"
         self.pool = Pool(self)
         self.cx_active = 0
@@ -67,6 +68,7 @@ class Cluster:
         self.tls = (ClientTls(cfg.transport_socket.typed_config, cfg.name)
                     if cfg.transport_socket else None)
         self.hosts: list[Host] = []
+        self._status_counters: dict[int, Counter] = {}
         self._rr = 0
         self._tasks: list[asyncio.Task[None]] = []
         self.endpoints = [
@@ -77,6 +79,13 @@ class Cluster:
         ]
         if cfg.type == "STATIC":
             self._set_hosts((a, p, h) for a, p, h in self.endpoints)
+
+    def status_counter(self, status: int) -> Counter:
+        """``upstream_rq_<code>``, looked up once per code."""
+        c = self._status_counters.get(status)
+        if c is None:
+            c = self._status_counters[status] = self.stats.counter(f"upstream_rq_{status}")
+        return c
 
     async def start(self) -> None:
         """Resolves DNS clusters once (as Envoy warms clusters), then keeps refreshing."""

@@ -27,7 +27,7 @@ class ResponseSink(Protocol):
     """What a pooled connection reports to the stream that is using it."""
 
     def upstream_headers(self, status: int, headers: list[tuple[bytes, bytes]],
-                         keep_alive: bool, chunked: bool) -> None: ...
+                         keep_alive: bool) -> None: ...
     def upstream_body(self, data: bytes) -> None: ...
     def upstream_complete(self) -> None: ...
     def upstream_reset(self, reason: str) -> None: ...
@@ -56,6 +56,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_only = False
         self.got_response = False
+        self.framed = False
+        """The response has a Content-Length or Transfer-Encoding; else it ends at close."""
         self.keep_alive = True
         self.closed = False
         self.requests = 0
@@ -77,6 +79,10 @@ class UpstreamConnection(asyncio.Protocol):
         stats.upstream_cx_destroy.value += 1
         self.pool.host.cx_active -= 1
         self.pool.forget(self)
+        if self.sink is not None and self.got_response and not self.framed:
+            self.keep_alive = False
+            self._finish()  # a close-delimited body ends with the connection
+            return
         sink, self.sink = self.sink, None
         if sink is not None:
             stats.upstream_cx_destroy_remote_with_active_rq.value += 1
@@ -102,15 +108,6 @@ class UpstreamConnection(asyncio.Protocol):
         if sink is not None:
             sink.upstream_reset(reason)
 
-    def eof_received(self) -> bool | None:
-        # A close-delimited body ends here; httptools finishes it when fed nothing more.
-        if self.sink is not None and self.got_response:
-            try:
-                self.parser.feed_data(b"")
-            except httptools.HttpParserError:
-                pass
-        return None
-
     def pause_writing(self) -> None:
         if self.sink is not None:
             self.sink.upstream_pause_writing()
@@ -123,9 +120,13 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.headers = []
+        self.framed = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
+        name = name.lower()
+        if name == b"content-length" or name == b"transfer-encoding":
+            self.framed = True
+        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -134,9 +135,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.got_response = True
         keep = self.parser.should_keep_alive()
         self.keep_alive = keep
-        chunked = any(k == b"transfer-encoding" for k, _ in self.headers)
         if self.sink is not None:
-            self.sink.upstream_headers(status, self.headers, keep, chunked)
+            self.sink.upstream_headers(status, self.headers, keep)
         if self.head_only or status in (204, 304):
             self._finish()
 
@@ -150,7 +150,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _finish(self) -> None:
         self.got_response = False
-        self.parser = httptools.HttpResponseParser(self)
+        if self.head_only:
+            # The parser still expects the body that a HEAD response announces but never sends.
+            self.parser = httptools.HttpResponseParser(self)
         sink, self.sink = self.sink, None
         if not self.keep_alive:
             self.close()
@@ -188,7 +190,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def close(self) -> None:
         self.keep_alive = False
-        if self.transport is not None:
+        if self.transport is not None and not self.closed:
             self.transport.abort()
         else:
             self.closed = True
