@@ -204,3 +204,28 @@ def test_version_and_log_levels() -> None:
     assert run_cli("--version").stdout.startswith("edgegw version: ")
     r = run_cli("--component-log-level", "nosuch:debug", "--mode", "validate", "-c", "x")
     assert r.returncode == 1 and "unknown logger component 'nosuch'" in r.stderr
+
+
+def test_log_path_and_envoy_log_line_shape(tmp_path: Path, certs: Path) -> None:
+    from .conftest import free_port, wait_port
+
+    port, admin = free_port(), free_port()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(MINIMAL.replace("port_value: 10000", f"port_value: {port}").replace(
+        "static_resources:", f"admin: {{address: {{socket_address: {{address: 127.0.0.1, "
+        f"port_value: {admin}}}}}}}\nstatic_resources:", 1))
+    log = tmp_path / "gw.log"
+    p = subprocess.Popen([sys.executable, "-m", "edgegw", "-c", str(cfg), "--log-path", str(log),
+                          "-l", "warning", "--component-log-level", "main:info"],
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        wait_port("127.0.0.1", port)
+    finally:
+        p.terminate()
+        _, err = p.communicate(timeout=10)
+    lines = log.read_text().splitlines()
+    assert err == ""
+    pattern = r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}\]\[\d+\]\[info\]\[main\] \[edgegw/[\w/]+\.py:\d+\] "
+    assert lines and all(__import__("re").match(pattern, ln) for ln in lines), lines
+    assert any("all dependencies initialized" in ln for ln in lines)
+    assert not any("[admin]" in ln for ln in lines)  # admin stays at warning

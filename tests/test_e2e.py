@@ -253,3 +253,37 @@ def test_ready_and_counters(edge, certs: Path) -> None:
     assert d["http.ingress.downstream_rq_5xx"] == 1
     assert d["cluster.a.upstream_rq_2xx"] == 3 and d["cluster.a.upstream_rq_503"] == 1
     assert after["http.ingress.downstream_cx_active"] >= 0
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_slow_client_back_pressures_the_upstream(edge, certs: Path) -> None:
+    """A client that does not read must not make the gateway buffer the whole response."""
+    size = 96 * 1024 * 1024
+    pid = edge.proc.p.pid
+    base = _rss_kb(pid)
+    s = _tls(edge.port, certs)
+    s.sendall(b"GET /bytes/%d HTTP/1.1\r\nHost: a.example.com\r\nConnection: close\r\n\r\n" % size)
+    time.sleep(1.5)
+    held = _rss_kb(pid) - base
+    assert held < 32 * 1024, f"gateway holds {held} kB for a client that is not reading"
+    total = 0
+    s.settimeout(20)
+    while chunk := s.recv(1 << 20):
+        total += len(chunk)
+    assert total > size  # the whole body (plus the head) arrives once the client reads
+
+
+@pytest.mark.parametrize("flag,version", [("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3")])
+def test_tls_12_and_13_with_http11_alpn(edge, flag: str, version: str) -> None:
+    r = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{edge.port}",
+                        "-servername", "a.example.com", flag, "-alpn", "h2,http/1.1"],
+                       input="", capture_output=True, text=True, timeout=10)
+    out = r.stdout + r.stderr
+    assert f"New, {version}, Cipher is" in out
+    assert "ALPN protocol: http/1.1" in out
