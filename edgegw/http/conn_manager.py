@@ -31,8 +31,7 @@ HCM_COUNTERS = (
     "downstream_cx_total", "downstream_cx_http1_total", "downstream_cx_ssl_total",
     "downstream_cx_destroy", "downstream_cx_protocol_error", "downstream_cx_idle_timeout",
     "downstream_rq_total", "downstream_rq_http1_total", "downstream_rq_completed",
-    "downstream_rq_1xx", "downstream_rq_2xx", "downstream_rq_3xx", "downstream_rq_4xx",
-    "downstream_rq_5xx", "downstream_rq_timeout", "downstream_rq_idle_timeout",
+    "downstream_rq_timeout", "downstream_rq_idle_timeout",
     "downstream_rq_header_timeout", "downstream_rq_rx_reset", "downstream_rq_timeout_ut",
     "no_route", "no_cluster", "rq_direct_response", "rq_redirect",
 )
@@ -44,7 +43,8 @@ class HttpConnectionManager:
 
     def __init__(self, cfg: m.HttpConnectionManager, clusters: ClusterManager,
                  store: Store) -> None:
-        self.stats = StatSet(store, f"http.{cfg.stat_prefix}.", HCM_COUNTERS, HCM_GAUGES)
+        self.stats = StatSet(store, f"http.{cfg.stat_prefix}.", HCM_COUNTERS, HCM_GAUGES,
+                             code_classes="downstream_rq")
         self.routes = compile_routes(cfg.route_config)
         self.clusters = clusters
         self.server_name = (cfg.server_name or "edgegw").encode("latin-1")

@@ -311,20 +311,10 @@ class Stream:
             return
         cluster = self.cluster
         assert cluster is not None and self.host is not None
-        stats = cluster.stats
-        klass = status // 100
-        if klass == 2:
-            stats.upstream_rq_2xx.value += 1
-        elif klass == 3:
-            stats.upstream_rq_3xx.value += 1
-        elif klass == 4:
-            stats.upstream_rq_4xx.value += 1
-        elif klass == 5:
-            stats.upstream_rq_5xx.value += 1
-            self.host.rq_error += 1
-        else:
-            stats.upstream_rq_1xx.value += 1
+        cluster.stats.count_code(status)
         cluster.status_counter(status).value += 1
+        if status >= 500:
+            self.host.rq_error += 1
         ms = int((time.monotonic() - self.upstream_sent_at) * 1000)
         self.service_time = b"%d" % ms
         hcm = self.conn.hcm
@@ -488,17 +478,8 @@ class Stream:
         st = hcm.stats
         st.downstream_rq_active.value -= 1
         st.downstream_rq_completed.value += 1
-        klass = self.code // 100
-        if klass == 2:
-            st.downstream_rq_2xx.value += 1
-        elif klass == 3:
-            st.downstream_rq_3xx.value += 1
-        elif klass == 4:
-            st.downstream_rq_4xx.value += 1
-        elif klass == 5:
-            st.downstream_rq_5xx.value += 1
-        elif klass == 1:
-            st.downstream_rq_1xx.value += 1
+        if self.code:
+            st.count_code(self.code)
         if self.cluster is not None and self.host is not None:
             cs = self.cluster.stats
             cs.upstream_rq_active.value -= 1

@@ -61,13 +61,20 @@ class StatSet:
     """The stats of one component instance under a prefix, as attributes."""
 
     def __init__(self, store: Store, prefix: str, counters: Iterable[str] = (),
-                 gauges: Iterable[str] = ()) -> None:
+                 gauges: Iterable[str] = (), code_classes: str = "") -> None:
         self._store = store
         self._prefix = prefix
+        self._classes = [store.counter(f"{prefix}{code_classes}_{k}xx") if k else Counter()
+                         for k in range(6)] if code_classes else []
         for name in counters:
             setattr(self, name, store.counter(prefix + name))
         for name in gauges:
             setattr(self, name, store.gauge(prefix + name))
+
+    def count_code(self, code: int) -> None:
+        """Bumps ``<kind>_1xx`` … ``<kind>_5xx`` for a response code; the set must declare
+        them with ``code_classes``."""
+        self._classes[code // 100 if 100 <= code < 600 else 5].value += 1
 
     def counter(self, name: str) -> Counter:
         """A stat whose name is only known at run time (e.g. ``upstream_rq_503``)."""

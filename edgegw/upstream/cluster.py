@@ -26,7 +26,6 @@ CLUSTER_COUNTERS = (
     "upstream_cx_connect_timeout", "upstream_cx_destroy", "upstream_cx_idle_timeout",
     "upstream_cx_destroy_remote_with_active_rq", "upstream_cx_none_healthy",
     "upstream_rq_total", "upstream_rq_completed", "upstream_rq_timeout",
-    "upstream_rq_1xx", "upstream_rq_2xx", "upstream_rq_3xx", "upstream_rq_4xx", "upstream_rq_5xx",
     "upstream_rq_rx_reset", "upstream_rq_tx_reset", "upstream_rq_pending_total",
     "membership_change", "update_attempt", "update_success", "update_failure",
 )
@@ -61,7 +60,8 @@ class Cluster:
     def __init__(self, cfg: m.Cluster, store: Store) -> None:
         self.cfg = cfg
         self.name = cfg.name
-        self.stats = StatSet(store, f"cluster.{cfg.name}.", CLUSTER_COUNTERS, CLUSTER_GAUGES)
+        self.stats = StatSet(store, f"cluster.{cfg.name}.", CLUSTER_COUNTERS, CLUSTER_GAUGES,
+                             code_classes="upstream_rq")
         self.connect_timeout = cfg.connect_timeout
         self.idle_timeout = cfg.http_options.idle_timeout or 3600.0
         self.buffer_limit = 1024 * 1024
