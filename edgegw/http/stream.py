@@ -256,7 +256,7 @@ class Stream:
             self.conn.flow.resume("pending")
         if self.request_done and self.chunk_in:
             data += LAST_CHUNK
-        conn.send(self, data, head_only)
+        conn.send(self, data, head_only, complete=self.request_done)
         if self.request_done and not self.deadline:
             self._start_timer()
 
@@ -280,6 +280,7 @@ class Stream:
         if self.upstream is not None:
             if self.chunk_in:
                 self.upstream.write(LAST_CHUNK)
+            self.upstream.request_sent = True
             self._start_timer()
         elif self.cluster is not None:
             self._start_timer()
@@ -474,7 +475,11 @@ class Stream:
             return
         self.response_done = True
         self.deadline = 0.0
-        hcm = self.conn.hcm
+        conn = self.conn
+        if conn.flow.reasons:
+            conn.flow.resume("upstream")
+            conn.flow.resume("pending")
+        hcm = conn.hcm
         st = hcm.stats
         st.downstream_rq_active.value -= 1
         st.downstream_rq_completed.value += 1

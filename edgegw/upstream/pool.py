@@ -59,6 +59,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.framed = False
         """The response has a Content-Length or Transfer-Encoding; else it ends at close."""
         self.keep_alive = True
+        self.request_sent = False
+        """The whole request went out: only then may the connection serve another."""
         self.closed = False
         self.requests = 0
         self.idle_since = 0.0
@@ -154,18 +156,21 @@ class UpstreamConnection(asyncio.Protocol):
             # The parser still expects the body that a HEAD response announces but never sends.
             self.parser = httptools.HttpResponseParser(self)
         sink, self.sink = self.sink, None
-        if not self.keep_alive:
-            self.close()
-        else:
+        if self.keep_alive and self.request_sent:
             self.pool.release(self)
+        else:
+            self.close()
         if sink is not None:
             sink.upstream_complete()
 
     # used by the stream
 
-    def send(self, sink: ResponseSink, data: bytes, head_only: bool) -> None:
+    def send(self, sink: ResponseSink, data: bytes, head_only: bool, complete: bool) -> None:
+        """Starts a request; ``complete`` when ``data`` holds all of it (else the stream sets
+        ``request_sent`` once the rest is written)."""
         self.sink = sink
         self.head_only = head_only
+        self.request_sent = complete
         self.got_response = False
         self.requests += 1
         assert self.transport is not None
