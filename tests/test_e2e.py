@@ -287,3 +287,44 @@ def test_tls_12_and_13_with_http11_alpn(edge, flag: str, version: str) -> None:
     out = r.stdout + r.stderr
     assert f"New, {version}, Cipher is" in out
     assert "ALPN protocol: http/1.1" in out
+
+
+def test_upload_to_a_slow_upstream_is_held_back(edge, certs: Path) -> None:
+    """An upstream that does not read must not make the gateway buffer the whole upload."""
+    size = 96 * 1024 * 1024
+    pid = edge.proc.p.pid
+    base = _rss_kb(pid)
+    s = _tls(edge.port, certs)
+    s.sendall(b"POST /slowread HTTP/1.1\r\nHost: a.example.com\r\nContent-Length: %d\r\n"
+              b"Connection: close\r\n\r\n" % size)
+    s.settimeout(0.5)
+    block = b"u" * (1 << 20)
+    sent = 0
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline and sent < size:
+        try:
+            sent += s.send(block)
+        except (TimeoutError, ssl.SSLWantWriteError):
+            pass
+    held = _rss_kb(pid) - base
+    assert sent < size, "the whole upload went through while the upstream read nothing"
+    assert held < 32 * 1024, f"gateway holds {held} kB of an upload nobody reads"
+    s.settimeout(20)
+    while sent < size:
+        sent += s.send(block[: size - sent])
+    assert json.loads(_read_all(s).split(b"\r\n\r\n", 1)[1])["body_bytes"] == size
+
+
+def test_reused_connection_dropped_by_backend_is_retried_once(edge, certs: Path) -> None:
+    """edgegw-only: a pooled connection that dies before answering is retried for idempotent
+    requests without a body (Envoy would answer 503)."""
+    ctx = ssl.create_default_context(cafile=str(certs / "dev-ca.pem"))
+    before = edge.stats()
+    with httpx.Client(verify=ctx) as client:
+        for path in ("/status/200", "/drop-reused"):
+            r = client.get(f"https://127.0.0.1:{edge.port}{path}",
+                           headers={"Host": "a.example.com"},
+                           extensions={"sni_hostname": "a.example.com"})
+            assert r.status_code == 200, path
+    after = edge.stats()
+    assert after["cluster.a.upstream_cx_total"] - before["cluster.a.upstream_cx_total"] == 2

@@ -2,7 +2,8 @@
 
 It answers ``/headers`` (the request as JSON, with the SNI it was reached by), ``/status/N``,
 ``/delay/S``, ``/bytes/N``, ``/stream/N`` (chunked), ``/unframed`` (a body that ends at
-close), ``/close`` (dies mid-response) and echoes
+close), ``/close`` (dies mid-response), ``/slowread`` (reads the body two seconds late),
+``/drop-reused`` (closes a reused connection without answering) and echoes
 anything else. The demo and the tests both use it, over plain HTTP or over TLS.
 """
 
@@ -30,6 +31,7 @@ class _Backend(asyncio.Protocol):
         self.sni: str | None = None
         self.queue: list[tuple[str, bytes, list[tuple[str, str]], bytes, bool]] = []
         self.busy = False
+        self.served = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -53,6 +55,12 @@ class _Backend(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
+    def on_headers_complete(self) -> None:
+        if self.url.startswith(b"/slowread") and self.transport is not None:
+            # Reads nothing for two seconds: the proxy in front must hold the upload back.
+            self.transport.pause_reading()
+            asyncio.get_running_loop().call_later(2.0, self.transport.resume_reading)
+
     def on_body(self, body: bytes) -> None:
         self.body += body
 
@@ -75,6 +83,12 @@ class _Backend(asyncio.Protocol):
                       body: bytes, keep: bool) -> None:
         path = url.decode("latin-1")
         parts = path.split("?")[0].strip("/").split("/")
+        self.served += 1
+        if parts[0] == "drop-reused" and self.served > 1:
+            # A keep-alive connection the server gave up on just as a request arrived.
+            assert self.transport is not None
+            self.transport.abort()
+            return
         if parts[0] == "status" and len(parts) > 1:
             code = int(parts[1])
             self._write(code, f"status {code} from {self.name}\n".encode(), [], not keep,

@@ -48,6 +48,7 @@ REQUEST_DROP = HOP_BY_HOP | {b"host"}
 """Set aside while copying a request head: hop-by-hop headers, and Host (written first)."""
 REQUEST_DROP_WITH_TIMEOUT = REQUEST_DROP | {b"x-envoy-expected-rq-timeout-ms"}
 RESPONSE_DROP = HOP_BY_HOP | {b"server"}
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 
 class Stream:
@@ -384,7 +385,8 @@ class Stream:
             self.conn.abort()
             self.finish()
             return
-        if self.reused_attempt and self.bytes_received == 0 and not self.chunk_in:
+        if (self.reused_attempt and self.bytes_received == 0 and not self.chunk_in
+                and self.method in IDEMPOTENT):
             # A pooled keep-alive connection that the upstream had already closed: nothing of
             # this request reached a live server, so try once more on a fresh connection.
             self.reused_attempt = False
