@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -26,17 +27,33 @@ edgegw demo is up (Ctrl-C stops it). Try:
 """
 
 
+def _listening(address: str, proc: subprocess.Popen[bytes], timeout: float = 5.0) -> bool:
+    host, _, port = address.rpartition(":")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            socket.create_connection((host, int(port)), timeout=0.2).close()
+            return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
 def main() -> None:
     make("certs")
     procs = [subprocess.Popen([sys.executable, "-m", "edgegw.demo.backend", *args])
              for args in BACKENDS]
-    time.sleep(0.5)
-    gw = subprocess.Popen([sys.executable, "-m", "edgegw", "-c", CONFIG, *sys.argv[1:]])
-    procs.append(gw)
-    time.sleep(1.0)
-    if gw.poll() is None:
-        print(HELP, flush=True)
+    gw = None
     try:
+        for args, p in zip(BACKENDS, procs, strict=True):
+            if not _listening(args[1], p):
+                print(f"demo backend on {args[1]} did not start (is something else using that "
+                      "address?)", file=sys.stderr)
+                sys.exit(1)
+        gw = subprocess.Popen([sys.executable, "-m", "edgegw", "-c", CONFIG, *sys.argv[1:]])
+        procs.append(gw)
+        if _listening("127.0.0.1:8443", gw):
+            print(HELP, flush=True)
         gw.wait()
     except KeyboardInterrupt:
         pass
@@ -49,7 +66,7 @@ def main() -> None:
                 p.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 p.kill()
-    sys.exit(gw.returncode or 0)
+    sys.exit(1 if gw is None else gw.returncode or 0)
 
 
 if __name__ == "__main__":

@@ -92,7 +92,8 @@ class DownstreamConnection(asyncio.Protocol):
     """One client connection speaking HTTP/1.1 (over TLS or not)."""
 
     def __init__(self, hcm: HttpConnectionManager, tls: bool, sni: str | None,
-                 buffer_limit: int, on_close: collections.abc.Callable[[], None] | None = None
+                 buffer_limit: int,
+                 on_close: collections.abc.Callable[[DownstreamConnection], None] | None = None
                  ) -> None:
         self.hcm = hcm
         self.tls = tls
@@ -157,7 +158,7 @@ class DownstreamConnection(asyncio.Protocol):
             s.downstream_reset()
         self.queue.clear()
         if self.on_close is not None:
-            self.on_close()
+            self.on_close(self)
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = time.monotonic()

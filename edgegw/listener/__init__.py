@@ -152,10 +152,10 @@ class Listener:
             self.stats.counter("ssl.handshake").value += 1
         self.open.add(proto)
 
-    def _closed(self) -> None:
+    def _closed(self, proto: DownstreamConnection) -> None:
         self.stats.downstream_cx_active.value -= 1
         self.stats.downstream_cx_destroy.value += 1
-        self.open = {p for p in self.open if not p.closed}
+        self.open.discard(proto)
 
 
 class _Peek:
