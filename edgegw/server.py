@@ -17,6 +17,8 @@ from .admin import Admin
 from .config import Bootstrap
 from .listener import Listener
 from .stats import Store
+from .tls.certs import cert_details, days_left, parse_chain
+from .tls.sds import SecretManager
 from .upstream.cluster import ClusterManager
 
 _log = log.get("main")
@@ -30,8 +32,9 @@ class Server:
         self.state = "PRE_INITIALIZING"
         self.started = time.time()
         self.store.gauge("server.live").value = 0
-        self.clusters = ClusterManager(boot.static_resources.clusters, self.store)
-        self.listeners = [Listener(lc, self.clusters, self.store)
+        self.secrets = SecretManager(boot, self.store)
+        self.clusters = ClusterManager(boot.static_resources.clusters, self.store, self.secrets)
+        self.listeners = [Listener(lc, self.clusters, self.store, self.secrets)
                           for lc in boot.static_resources.listeners]
         self.admin: Admin | None = None
         if boot.admin.address is not None:
@@ -52,10 +55,34 @@ class Server:
             _log.info("listener '%s' on %s:%d", lst.name, *lst.address)
         # Config and runtime objects live as long as the server: keep the cyclic GC off them.
         gc.freeze()
+        self.secrets.start()
         self.state = "LIVE"
         self.store.gauge("server.live").value = 1
         self.store.gauge("server.concurrency").value = 1
         _log.info("all dependencies initialized. starting workers")
+
+    def _tls_objects(self) -> list[Any]:
+        out: list[Any] = [c.tls for lst in self.listeners for c in lst.all_chains if c.tls]
+        out += [c.tls for c in self.clusters.clusters.values() if c.tls]
+        return out
+
+    def certificates(self) -> list[dict[str, Any]]:
+        """Admin /certs: one entry per certificate of each TLS context, as Envoy lists them."""
+        out = []
+        for tls in self._tls_objects():
+            ca = ([cert_details(c, tls.ca_path) for c in parse_chain(tls.ca_pem, "ca")]
+                  if tls.ca_pem else [])
+            for pair, path in tls.pairs() or [(None, "")]:
+                chain = [cert_details(c, path) for c in pair.chain] if pair else []
+                out.append({"ca_cert": ca, "cert_chain": chain})
+        return out
+
+    def update_cert_gauge(self) -> None:
+        """``server.days_until_first_cert_expiring``: the fewest days left on any certificate
+        the gateway presents."""
+        days = [days_left(c) for tls in self._tls_objects() for pair, _ in tls.pairs()
+                for c in pair.chain]
+        self.store.gauge("server.days_until_first_cert_expiring").value = min(days) if days else 0
 
     def request_stop(self) -> None:
         if self._stopped is not None:
@@ -76,6 +103,7 @@ class Server:
         for lst in self.listeners:
             lst.stop()
         self.clusters.stop()
+        self.secrets.stop()
         if self.admin is not None:
             await self.admin.stop()
         _log.info("exiting")

@@ -41,6 +41,7 @@ class Admin:
             "/clusters": ("upstream cluster status", self.clusters),
             "/server_info": ("print server version/status information", self.server_info),
             "/listeners": ("print listener info", self.listeners),
+            "/certs": ("print certs on machine", self.certs),
             "/quitquitquit": ("exit the server", self.quit),
         }
         try:
@@ -121,7 +122,12 @@ class Admin:
         return (200 if state == "LIVE" else 503), "text/plain", f"{state}\n".encode()
 
     async def stats(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
+        self.server.update_cert_gauge()
         return 200, "text/plain", self.server.store.text().encode()
+
+    async def certs(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
+        doc = {"certificates": self.server.certificates()}
+        return 200, "application/json", json.dumps(doc, indent=1).encode()
 
     async def clusters(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
         out = []

@@ -13,7 +13,18 @@ import re
 from collections.abc import Iterator
 
 from ..tls.certs import CertError, load_pair, parse_chain, read
-from .model import Bootstrap, Cluster, DataSource, FilterChain, HttpConnectionManager, Listener
+from ..tls.secrets import SecretError, materialize, read_sds_file
+from .model import (
+    Bootstrap,
+    Cluster,
+    CommonTlsContext,
+    DataSource,
+    FilterChain,
+    HttpConnectionManager,
+    Listener,
+    SdsSecretConfig,
+    Secret,
+)
 from .source import Path
 
 Problem = tuple[Path, str]
@@ -21,13 +32,14 @@ Problem = tuple[Path, str]
 
 def cross_check(boot: Bootstrap) -> list[Problem]:
     out: list[Problem] = []
+    static = {sec.name: sec for sec in boot.static_resources.secrets}
     clusters = boot.static_resources.clusters
     names = [c.name for c in clusters]
     for i, c in enumerate(clusters):
         base: Path = ("static_resources", "clusters", i)
         if names.index(c.name) != i:
             out.append((base + ("name",), f"duplicate cluster name '{c.name}'"))
-        out.extend(_check_cluster(c, base))
+        out.extend(_check_cluster(c, base, static))
     known = set(names)
     seen_addr: dict[tuple[str, int], int] = {}
     seen_names: set[str] = set()
@@ -42,13 +54,59 @@ def cross_check(boot: Bootstrap) -> list[Problem]:
             out.append((base + ("address",), f"listener address {sa.address}:{sa.port_value} "
                         f"is already used by listeners[{seen_addr[key]}]"))
         seen_addr[key] = i
-        out.extend(_check_listener(lst, base, known))
+        out.extend(_check_listener(lst, base, known, static))
     if boot.admin.access_log_path:
         out.extend(_check_writable(boot.admin.access_log_path, ("admin", "access_log_path")))
+    for i, sec in enumerate(boot.static_resources.secrets):
+        try:
+            materialize(sec)
+        except SecretError as e:
+            out.append((("static_resources", "secrets", i), str(e)))
+    if _uses_file_sds(boot) and not (boot.node.id and boot.node.cluster):
+        out.append((("node",), "file-based SDS secrets need node.id and node.cluster to be set "
+                    "(Envoy requires them too)"))
     return out
 
 
-def _check_cluster(c: Cluster, base: Path) -> Iterator[Problem]:
+def _tls_contexts(boot: Bootstrap) -> Iterator[CommonTlsContext]:
+    for lst in boot.static_resources.listeners:
+        for fc in [*lst.filter_chains, *([lst.default_filter_chain]
+                                         if lst.default_filter_chain else [])]:
+            if fc.transport_socket:
+                yield fc.transport_socket.typed_config.common_tls_context
+    for c in boot.static_resources.clusters:
+        if c.transport_socket:
+            yield c.transport_socket.typed_config.common_tls_context
+
+
+def _uses_file_sds(boot: Bootstrap) -> bool:
+    return any(ref.sds_config is not None for ctx in _tls_contexts(boot)
+               for ref in [*ctx.tls_certificate_sds_secret_configs,
+                           *([ctx.validation_context_sds_secret_config]
+                             if ctx.validation_context_sds_secret_config else [])])
+
+
+def _check_sds(ref: SdsSecretConfig, want: str, path: Path,
+               static: dict[str, Secret]) -> Iterator[Problem]:
+    """An SDS reference must name a readable file holding one secret of the right kind."""
+    if ref.sds_config is None:
+        secret = static.get(ref.name)
+        if secret is None:
+            yield (path + ("name",), f"no secret named '{ref.name}' in static_resources.secrets "
+                   "(or give an sds_config with a path_config_source)")
+            return
+    else:
+        try:
+            secret = read_sds_file(ref.sds_config.file, ref.name)
+            materialize(secret)
+        except SecretError as e:
+            yield (path + ("sds_config",), str(e))
+            return
+    if getattr(secret, want) is None:
+        yield (path, f"secret '{ref.name}' has no {want}")
+
+
+def _check_cluster(c: Cluster, base: Path, static: dict[str, Secret]) -> Iterator[Problem]:
     eps = [(li, ei, e.endpoint) for li, loc in enumerate(c.load_assignment.endpoints)
            for ei, e in enumerate(loc.lb_endpoints)] if c.load_assignment else []
     if c.type == "LOGICAL_DNS" and len(eps) != 1:
@@ -69,11 +127,18 @@ def _check_cluster(c: Cluster, base: Path) -> Iterator[Problem]:
     if c.transport_socket:
         yield from _check_tls_files(
             c.transport_socket.typed_config.common_tls_context,
-            base + ("transport_socket", "typed_config", "common_tls_context"),
+            base + ("transport_socket", "typed_config", "common_tls_context"), static,
         )
 
 
-def _check_tls_files(ctx, base: Path) -> Iterator[Problem]:  # type: ignore[no-untyped-def]
+def _check_tls_files(ctx: CommonTlsContext, base: Path,
+                     static: dict[str, Secret]) -> Iterator[Problem]:
+    for i, ref in enumerate(ctx.tls_certificate_sds_secret_configs):
+        yield from _check_sds(ref, "tls_certificate",
+                              base + ("tls_certificate_sds_secret_configs", i), static)
+    if ctx.validation_context_sds_secret_config is not None:
+        yield from _check_sds(ctx.validation_context_sds_secret_config, "validation_context",
+                              base + ("validation_context_sds_secret_config",), static)
     for i, cert in enumerate(ctx.tls_certificates):
         try:
             load_pair(cert.certificate_chain, cert.private_key)
@@ -105,7 +170,8 @@ def _check_regex(regex: str, path: Path) -> Iterator[Problem]:
 _SERVER_NAME = re.compile(r"^(\*\.)?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?$")
 
 
-def _check_listener(lst: Listener, base: Path, clusters: set[str]) -> Iterator[Problem]:
+def _check_listener(lst: Listener, base: Path, clusters: set[str],
+                    static: dict[str, Secret]) -> Iterator[Problem]:
     chains: list[tuple[Path, FilterChain]] = [
         (base + ("filter_chains", i), fc) for i, fc in enumerate(lst.filter_chains)
     ]
@@ -130,7 +196,7 @@ def _check_listener(lst: Listener, base: Path, clusters: set[str]) -> Iterator[P
         if fc.transport_socket:
             yield from _check_tls_files(
                 fc.transport_socket.typed_config.common_tls_context,
-                path + ("transport_socket", "typed_config", "common_tls_context"),
+                path + ("transport_socket", "typed_config", "common_tls_context"), static,
             )
         for k, f in enumerate(fc.filters):
             yield from _check_hcm(f.typed_config, path + ("filters", k, "typed_config"), clusters)

@@ -21,6 +21,7 @@ ROUTER_TYPE = T + "extensions.filters.http.router.v3.Router"
 TLS_INSPECTOR_TYPE = T + "extensions.filters.listener.tls_inspector.v3.TlsInspector"
 DOWNSTREAM_TLS_TYPE = T + "extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 UPSTREAM_TLS_TYPE = T + "extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+SECRET_TYPE = T + "extensions.transport_sockets.tls.v3.Secret"
 STDOUT_LOG_TYPE = T + "extensions.access_loggers.stream.v3.StdoutAccessLog"
 STDERR_LOG_TYPE = T + "extensions.access_loggers.stream.v3.StderrAccessLog"
 FILE_LOG_TYPE = T + "extensions.access_loggers.file.v3.FileAccessLog"
@@ -169,9 +170,50 @@ class HttpProtocolOptions(Msg):
 # --- TLS ------------------------------------------------------------------------------------
 
 
+class WatchedDirectory(Msg):
+    path: str = Field(min_length=1)
+
+
 class TlsCertificate(Msg):
     certificate_chain: DataSource
     private_key: DataSource
+    watched_directory: WatchedDirectory | None = None
+
+
+class PathConfigSource(Msg):
+    path: str = Field(min_length=1)
+    watched_directory: WatchedDirectory | None = None
+
+
+class ConfigSource(Msg):
+    """Where a secret comes from: a file (``path_config_source``, or the deprecated ``path``)."""
+
+    path: str | None = None
+    path_config_source: PathConfigSource | None = None
+    resource_api_version: Literal["AUTO", "V3"] = "AUTO"
+    initial_fetch_timeout: Duration | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> ConfigSource:
+        _one_of(self, ("path", "path_config_source"))
+        return self
+
+    @property
+    def file(self) -> str:
+        return self.path_config_source.path if self.path_config_source else self.path or ""
+
+    @property
+    def watched_directory(self) -> str | None:
+        pcs = self.path_config_source
+        return pcs.watched_directory.path if pcs and pcs.watched_directory else None
+
+
+class SdsSecretConfig(Msg):
+    """A named secret: from an SDS file when ``sds_config`` is set, else from
+    ``static_resources.secrets``."""
+
+    name: str = Field(min_length=1)
+    sds_config: ConfigSource | None = None
 
 
 TlsVersion = Literal["TLS_AUTO", "TLSv1_0", "TLSv1_1", "TLSv1_2", "TLSv1_3"]
@@ -195,8 +237,35 @@ class CertificateValidationContext(Msg):
 class CommonTlsContext(Msg):
     tls_params: TlsParameters = TlsParameters()
     tls_certificates: list[TlsCertificate] = []
+    tls_certificate_sds_secret_configs: list[SdsSecretConfig] = []
     validation_context: CertificateValidationContext | None = None
+    validation_context_sds_secret_config: SdsSecretConfig | None = None
     alpn_protocols: list[str] = []
+
+    @model_validator(mode="after")
+    def _validation(self) -> CommonTlsContext:
+        if self.validation_context and self.validation_context_sds_secret_config:
+            raise ValueError("only one of validation_context, "
+                             "validation_context_sds_secret_config may be set")
+        return self
+
+    @property
+    def has_trust(self) -> bool:
+        vc = self.validation_context
+        return bool(vc and vc.trusted_ca) or self.validation_context_sds_secret_config is not None
+
+
+class Secret(Msg):
+    """``extensions.transport_sockets.tls.v3.Secret``: what an SDS file carries."""
+
+    name: str = Field(min_length=1)
+    tls_certificate: TlsCertificate | None = None
+    validation_context: CertificateValidationContext | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Secret:
+        _one_of(self, ("tls_certificate", "validation_context"))
+        return self
 
 
 class DownstreamTlsContext(Msg):
@@ -205,15 +274,13 @@ class DownstreamTlsContext(Msg):
 
     @model_validator(mode="after")
     def _certs(self) -> DownstreamTlsContext:
-        if not self.common_tls_context.tls_certificates:
-            raise ValueError("a DownstreamTlsContext needs at least one of "
-                             "common_tls_context.tls_certificates")
         ctx = self.common_tls_context
-        if self.require_client_certificate and not (
-            ctx.validation_context and ctx.validation_context.trusted_ca
-        ):
-            raise ValueError("require_client_certificate needs "
-                             "common_tls_context.validation_context.trusted_ca")
+        if not ctx.tls_certificates and not ctx.tls_certificate_sds_secret_configs:
+            raise ValueError("a DownstreamTlsContext needs common_tls_context.tls_certificates "
+                             "or tls_certificate_sds_secret_configs")
+        if self.require_client_certificate and not ctx.has_trust:
+            raise ValueError("require_client_certificate needs a trusted_ca "
+                             "(validation_context or validation_context_sds_secret_config)")
         return self
 
 
@@ -565,6 +632,7 @@ class Admin(Msg):
 class StaticResources(Msg):
     listeners: list[Listener] = []
     clusters: list[Cluster] = []
+    secrets: list[Secret] = []
 
 
 class Bootstrap(Msg):

@@ -17,6 +17,7 @@ from ..config import model as m
 from ..http.conn_manager import DownstreamConnection, HttpConnectionManager
 from ..stats import StatSet, Store
 from ..tls.context import ServerTls
+from ..tls.sds import SecretManager
 from ..upstream.cluster import ClusterManager
 from .filter_chain import FilterChainIndex
 from .tls_inspector import MAX_HELLO, ClientHello, NeedMore, inspect
@@ -48,7 +49,8 @@ def stat_address(sa: m.SocketAddress) -> str:
 
 
 class Listener:
-    def __init__(self, cfg: m.Listener, clusters: ClusterManager, store: Store) -> None:
+    def __init__(self, cfg: m.Listener, clusters: ClusterManager, store: Store,
+                 secrets: SecretManager | None = None) -> None:
         self.cfg = cfg
         sa = cfg.address.socket_address
         self.address = (sa.address, sa.port_value)
@@ -57,8 +59,11 @@ class Listener:
         self.stats = StatSet(store, prefix, LISTENER_COUNTERS, ("downstream_cx_active",))
         self.inspector = StatSet(store, "tls_inspector.", INSPECTOR_COUNTERS)
 
+        updates = store.counter(f"{prefix}server_ssl_socket_factory.ssl_context_update_by_sds")
+
         def build(fc: m.FilterChain) -> Chain:
-            tls = ServerTls(fc.transport_socket.typed_config) if fc.transport_socket else None
+            tls = (ServerTls(fc.transport_socket.typed_config, secrets, updates)
+                   if fc.transport_socket else None)
             return Chain(fc.name, HttpConnectionManager(fc.filters[0].typed_config, clusters,
                                                         store), tls)
 

@@ -108,3 +108,32 @@ def expiry_warning(pair: CertPair, now: dt.datetime | None = None) -> str | None
     if leaf.not_valid_before_utc > now:
         return f"certificate is not valid before {leaf.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC"
     return None
+
+
+def _stamp(t: dt.datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def days_left(cert: x509.Certificate, now: dt.datetime | None = None) -> int:
+    now = now or dt.datetime.now(dt.UTC)
+    return max(0, (cert.not_valid_after_utc - now).days)
+
+
+def cert_details(cert: x509.Certificate, path: str) -> dict[str, object]:
+    """One certificate in the shape of Envoy's admin /certs ``CertificateDetails``."""
+    sans: list[dict[str, str]] = []
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        sans += [{"dns": v} for v in ext.get_values_for_type(x509.DNSName)]
+        sans += [{"uri": v} for v in ext.get_values_for_type(x509.UniformResourceIdentifier)]
+        sans += [{"ip_address": str(v)} for v in ext.get_values_for_type(x509.IPAddress)]
+    except x509.ExtensionNotFound:
+        pass
+    return {
+        "path": path,
+        "serial_number": format(cert.serial_number, "x"),
+        "subject_alt_names": sans,
+        "days_until_expiration": str(days_left(cert)),
+        "valid_from": _stamp(cert.not_valid_before_utc),
+        "expiration_time": _stamp(cert.not_valid_after_utc),
+    }

@@ -2,14 +2,18 @@
 
 Downstream: one SSLContext per certificate, and the certificate is chosen by SNI before the
 handshake (SAN exact, then wildcard, then the first certificate), as Envoy's default
-certificate selector does. Upstream: the configured SNI, verification only when a
-validation_context is given (Envoy's rule), SAN matching by match_typed_subject_alt_names.
+certificate selector does. Upstream: the configured SNI, verification only when a trusted CA
+is given (Envoy's rule), SAN matching by match_typed_subject_alt_names.
+
+Certificates and CAs may come inline, from files, or from SDS secrets; when a secret rotates,
+the contexts are rebuilt and swapped in for new connections, while open ones keep theirs.
 """
 
 from __future__ import annotations
 
 import os
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -17,7 +21,10 @@ from cryptography import x509
 from .. import log
 from ..config import model as m
 from ..http.router import string_matcher
+from ..stats import Counter
 from .certs import CertPair, load_pair, read
+from .sds import SecretManager, Subscription
+from .secrets import CaSecret, CertSecret
 
 _log = log.get("secret")
 
@@ -54,44 +61,116 @@ def _alpn(configured: list[str]) -> list[str]:
     return [p for p in configured if p == "http/1.1"] or ["http/1.1"]
 
 
+class _Sources:
+    """The certificates and trust of one CommonTlsContext: inline/file ones and SDS ones."""
+
+    def __init__(self, common: m.CommonTlsContext, secrets: SecretManager | None,
+                 on_update: Callable[[], None]) -> None:
+        self.static_pairs = [load_pair(c.certificate_chain, c.private_key)
+                             for c in common.tls_certificates]
+        self.static_paths = [c.certificate_chain.filename or "<inline>"
+                             for c in common.tls_certificates]
+        self.cert_subs: list[Subscription] = []
+        self.ca_sub: Subscription | None = None
+        self.static_ca: bytes | None = None
+        self.static_ca_path = ""
+        self.static_san: list[m.SubjectAltNameMatcher] = []
+        vc = common.validation_context
+        if vc is not None:
+            self.static_san = list(vc.match_typed_subject_alt_names)
+            if vc.trusted_ca is not None:
+                self.static_ca = read(vc.trusted_ca)
+                self.static_ca_path = vc.trusted_ca.filename or "<inline>"
+        if common.tls_certificate_sds_secret_configs or common.validation_context_sds_secret_config:
+            if secrets is None:
+                raise ValueError("SDS secrets need a secret manager")
+            self.cert_subs = [secrets.subscribe(c)
+                              for c in common.tls_certificate_sds_secret_configs]
+            if common.validation_context_sds_secret_config is not None:
+                self.ca_sub = secrets.subscribe(common.validation_context_sds_secret_config)
+            for sub in [*self.cert_subs, *([self.ca_sub] if self.ca_sub else [])]:
+                sub.callbacks.append(on_update)
+
+    def pairs(self) -> list[tuple[CertPair, str]]:
+        out = list(zip(self.static_pairs, self.static_paths, strict=True))
+        for sub in self.cert_subs:
+            if isinstance(sub.value, CertSecret):
+                out.append((sub.value.pair, sub.value.chain_path))
+        return out
+
+    def trust(self) -> tuple[bytes | None, str, list[m.SubjectAltNameMatcher]]:
+        if self.ca_sub is not None and isinstance(self.ca_sub.value, CaSecret):
+            v = self.ca_sub.value
+            return v.pem, v.path, list(v.san_matchers)
+        return self.static_ca, self.static_ca_path, self.static_san
+
+
 @dataclass
 class ServerCert:
     names: list[str]
     ctx: ssl.SSLContext
     pair: CertPair
+    path: str
 
 
 class ServerTls:
     """The server side of one filter chain's DownstreamTlsContext."""
 
-    def __init__(self, cfg: m.DownstreamTlsContext) -> None:
-        common = cfg.common_tls_context
+    def __init__(self, cfg: m.DownstreamTlsContext, secrets: SecretManager | None = None,
+                 updates: Counter | None = None) -> None:
+        self.cfg = cfg
+        self.updates = updates
+        self.sources = _Sources(cfg.common_tls_context, secrets, self._updated)
         self.certs: list[ServerCert] = []
-        for c in common.tls_certificates:
-            pair = load_pair(c.certificate_chain, c.private_key)
+        self._exact: dict[str, ssl.SSLContext] = {}
+        self._wild: dict[str, ssl.SSLContext] = {}
+        self.ca_path = ""
+        self.ca_pem: bytes | None = None
+        self._build()
+
+    def _updated(self) -> None:
+        try:
+            self._build()
+        except (ssl.SSLError, ValueError) as e:
+            _log.error("could not rebuild a TLS context after a secret update, keeping the "
+                       "previous one: %s", e)
+            return
+        if self.updates is not None:
+            self.updates.value += 1
+
+    def _build(self) -> None:
+        common = self.cfg.common_tls_context
+        ca_pem, ca_path, _ = self.sources.trust()
+        certs = []
+        for pair, path in self.sources.pairs():
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             _versions(ctx, common.tls_params, ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3)
             ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
             ctx.set_alpn_protocols(_alpn(common.alpn_protocols))
             _load_chain(ctx, pair)
-            vc = common.validation_context
-            if vc and vc.trusted_ca:
-                ctx.load_verify_locations(cadata=read(vc.trusted_ca).decode("ascii"))
-                ctx.verify_mode = (ssl.CERT_REQUIRED if cfg.require_client_certificate
+            if ca_pem:
+                ctx.load_verify_locations(cadata=ca_pem.decode("ascii"))
+                ctx.verify_mode = (ssl.CERT_REQUIRED if self.cfg.require_client_certificate
                                    else ssl.CERT_OPTIONAL)
-            self.certs.append(ServerCert(pair.dns_names(), ctx, pair))
-        self._exact: dict[str, ssl.SSLContext] = {}
-        self._wild: dict[str, ssl.SSLContext] = {}
-        for sc in self.certs:
+            certs.append(ServerCert(pair.dns_names(), ctx, pair, path))
+        exact: dict[str, ssl.SSLContext] = {}
+        wild: dict[str, ssl.SSLContext] = {}
+        for sc in certs:
             for n in sc.names:
                 if n.startswith("*."):
-                    self._wild.setdefault(n[1:], sc.ctx)
+                    wild.setdefault(n[1:], sc.ctx)
                 else:
-                    self._exact.setdefault(n, sc.ctx)
+                    exact.setdefault(n, sc.ctx)
+        self.certs, self._exact, self._wild = certs, exact, wild
+        self.ca_pem, self.ca_path = ca_pem, ca_path
+
+    def pairs(self) -> list[tuple[CertPair, str]]:
+        return [(sc.pair, sc.path) for sc in self.certs]
 
     def context_for(self, sni: str | None) -> ssl.SSLContext:
         """SAN exact match, then a wildcard one level up, then the first certificate."""
-        if sni and len(self.certs) > 1:
+        certs = self.certs
+        if sni and len(certs) > 1:
             ctx = self._exact.get(sni)
             if ctx is not None:
                 return ctx
@@ -100,15 +179,41 @@ class ServerTls:
                 ctx = self._wild.get(sni[dot:])
                 if ctx is not None:
                     return ctx
-        return self.certs[0].ctx
+        return certs[0].ctx
 
 
 class ClientTls:
     """The client side of a cluster's UpstreamTlsContext."""
 
-    def __init__(self, cfg: m.UpstreamTlsContext, cluster: str) -> None:
-        common = cfg.common_tls_context
+    def __init__(self, cfg: m.UpstreamTlsContext, cluster: str,
+                 secrets: SecretManager | None = None, updates: Counter | None = None) -> None:
+        self.cfg = cfg
+        self.cluster = cluster
         self.sni = cfg.sni or None
+        self.updates = updates
+        self.sources = _Sources(cfg.common_tls_context, secrets, self._updated)
+        self.ctx: ssl.SSLContext = None  # type: ignore[assignment]
+        self.san_matchers: list[tuple[str, Callable[[str], bool]]] = []
+        self.ca_path = ""
+        self.ca_pem: bytes | None = None
+        self.client_certs: list[tuple[CertPair, str]] = []
+        self._build()
+        if self.ca_pem is None:
+            _log.warning("cluster '%s': upstream TLS certificates are not verified (no "
+                         "trusted_ca), as in Envoy; set one to verify them", cluster)
+
+    def _updated(self) -> None:
+        try:
+            self._build()
+        except (ssl.SSLError, ValueError) as e:
+            _log.error("cluster '%s': could not rebuild upstream TLS after a secret update, "
+                       "keeping the previous one: %s", self.cluster, e)
+            return
+        if self.updates is not None:
+            self.updates.value += 1
+
+    def _build(self) -> None:
+        common = self.cfg.common_tls_context
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
         # Envoy's client side defaults to TLS 1.2 as its maximum; match it unless configured.
@@ -116,22 +221,22 @@ class ClientTls:
         ctx.options |= ssl.OP_NO_COMPRESSION
         if common.alpn_protocols:
             ctx.set_alpn_protocols(_alpn(common.alpn_protocols))
-        vc = common.validation_context
-        if vc and vc.trusted_ca:
-            ctx.load_verify_locations(cadata=read(vc.trusted_ca).decode("ascii"))
+        ca_pem, ca_path, san = self.sources.trust()
+        if ca_pem:
+            ctx.load_verify_locations(cadata=ca_pem.decode("ascii"))
             ctx.verify_mode = ssl.CERT_REQUIRED
         else:
             ctx.verify_mode = ssl.CERT_NONE
-            _log.warning("cluster '%s': upstream TLS certificates are not verified (no "
-                         "validation_context.trusted_ca), as in Envoy; set one to verify them",
-                         cluster)
-        for c in common.tls_certificates:
-            _load_chain(ctx, load_pair(c.certificate_chain, c.private_key))
+        pairs = self.sources.pairs()
+        for pair, _ in pairs:
+            _load_chain(ctx, pair)
         self.ctx = ctx
-        self.san_matchers = [
-            (s.san_type, string_matcher(s.matcher))
-            for s in (vc.match_typed_subject_alt_names if vc else [])
-        ]
+        self.ca_pem, self.ca_path = ca_pem, ca_path
+        self.client_certs = pairs
+        self.san_matchers = [(s.san_type, string_matcher(s.matcher)) for s in san]
+
+    def pairs(self) -> list[tuple[CertPair, str]]:
+        return self.client_certs
 
     def check_peer(self, sslobj: ssl.SSLObject | None) -> str | None:
         """None when the peer's SANs satisfy match_typed_subject_alt_names, else the reason."""

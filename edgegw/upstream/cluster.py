@@ -17,6 +17,7 @@ from .. import log
 from ..config import model as m
 from ..stats import Counter, StatSet, Store
 from ..tls.context import ClientTls
+from ..tls.sds import SecretManager
 from .pool import Pool
 
 _log = log.get("upstream")
@@ -57,7 +58,7 @@ class Host:
 
 
 class Cluster:
-    def __init__(self, cfg: m.Cluster, store: Store) -> None:
+    def __init__(self, cfg: m.Cluster, store: Store, secrets: SecretManager | None = None) -> None:
         self.cfg = cfg
         self.name = cfg.name
         self.stats = StatSet(store, f"cluster.{cfg.name}.", CLUSTER_COUNTERS, CLUSTER_GAUGES,
@@ -65,7 +66,9 @@ class Cluster:
         self.connect_timeout = cfg.connect_timeout
         self.idle_timeout = cfg.http_options.idle_timeout or 3600.0
         self.buffer_limit = 1024 * 1024
-        self.tls = (ClientTls(cfg.transport_socket.typed_config, cfg.name)
+        updates = store.counter(
+            f"cluster.{cfg.name}.client_ssl_socket_factory.ssl_context_update_by_sds")
+        self.tls = (ClientTls(cfg.transport_socket.typed_config, cfg.name, secrets, updates)
                     if cfg.transport_socket else None)
         self.hosts: list[Host] = []
         self._status_counters: dict[int, Counter] = {}
@@ -174,8 +177,9 @@ class Cluster:
 class ClusterManager:
     """All clusters of a bootstrap, by name."""
 
-    def __init__(self, clusters: list[m.Cluster], store: Store) -> None:
-        self.clusters = {c.name: Cluster(c, store) for c in clusters}
+    def __init__(self, clusters: list[m.Cluster], store: Store,
+                 secrets: SecretManager | None = None) -> None:
+        self.clusters = {c.name: Cluster(c, store, secrets) for c in clusters}
 
     async def start(self) -> None:
         await asyncio.gather(*(c.start() for c in self.clusters.values()))

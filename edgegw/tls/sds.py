@@ -1,0 +1,211 @@
+"""The secret manager: named secrets from SDS files, watched and rotated without a restart.
+
+Envoy reacts only to files moved into place (and to ``watched_directory``). Users and certbot
+hooks also rewrite files in place or ``cp`` over them, Kubernetes swaps a ``..data`` symlink,
+bind mounts and network filesystems deliver no events at all, and events alone miss rotations
+(envoy#39498). So every secret is re-checked by ``stat`` (following symlinks) on a short poll,
+and inotify (through watchfiles) only makes the check happen sooner. A change is debounced,
+read twice and compared, checked (key matches, not expired when the current one is valid) and
+only then swapped in; anything wrong leaves the last good secret serving, with a log line
+naming the file and the problem and a counter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from typing import Any
+
+from .. import log
+from ..config import model as m
+from ..stats import StatSet, Store
+from .secrets import (
+    Material,
+    SecretError,
+    files_of,
+    read_sds_file,
+    stable_materialize,
+    validity_problem,
+)
+
+_log = log.get("secret")
+
+POLL_INTERVAL = 0.25
+DEBOUNCE = 0.05
+SDS_COUNTERS = ("update_attempt", "update_success", "update_rejected", "update_failure",
+                "key_rotation_failed")
+
+Signature = tuple[Any, ...]
+
+
+def _signature(paths: list[str]) -> Signature:
+    out: list[Any] = []
+    for p in paths:
+        try:
+            st = os.stat(p)
+            out.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
+class Subscription:
+    """One named secret and its last good value; others subscribe to its changes."""
+
+    def __init__(self, name: str, source: m.ConfigSource | None, static: m.Secret | None,
+                 store: Store) -> None:
+        self.name = name
+        self.path = source.file if source else None
+        self.watched_directory = source.watched_directory if source else None
+        self.static = static
+        self.stats = StatSet(store, f"sds.{name}.", SDS_COUNTERS)
+        self.value: Material | None = None
+        self.files: list[str] = []
+        self.signature: Signature = ()
+        self.callbacks: list[Callable[[], None]] = []
+
+    def _read(self) -> tuple[m.Secret, Material]:
+        secret = read_sds_file(self.path, self.name) if self.path else self.static
+        if secret is None:
+            raise SecretError(f"secret '{self.name}' is not in static_resources.secrets")
+        return secret, stable_materialize(secret)
+
+    def _watch_list(self, secret: m.Secret) -> list[str]:
+        return ([self.path] if self.path else []) + files_of(secret)
+
+    def load(self) -> None:
+        """The first load, at start: a failure here is a configuration error."""
+        secret, mat = self._read()
+        self.value = mat
+        self.files = self._watch_list(secret)
+        self.signature = _signature(self.files)
+        problem = validity_problem(mat)
+        if problem:
+            _log.warning("secret '%s': %s", self.name, problem)
+
+    def changed(self) -> bool:
+        return _signature(self.files) != self.signature
+
+    def refresh(self) -> bool:
+        """Reloads after a change; True when a new value was swapped in."""
+        sig = _signature(self.files)
+        self.stats.update_attempt.value += 1
+        try:
+            secret, mat = self._read()
+        except SecretError as e:
+            self.signature = sig  # look again only when something changes again
+            self.stats.update_rejected.value += 1
+            self.stats.key_rotation_failed.value += 1
+            _log.warning("secret '%s': update rejected, still serving the previous one: %s",
+                         self.name, e)
+            return False
+        self.files = self._watch_list(secret)
+        self.signature = _signature(self.files)
+        if self.value is not None and mat.digest == self.value.digest:
+            return False
+        if self.value is not None and validity_problem(self.value) is None:
+            problem = validity_problem(mat)
+            if problem:
+                self.stats.update_rejected.value += 1
+                self.stats.key_rotation_failed.value += 1
+                _log.warning("secret '%s': update rejected, still serving the previous one: "
+                             "%s", self.name, problem)
+                return False
+        self.value = mat
+        self.stats.update_success.value += 1
+        _log.info("secret '%s' updated from %s", self.name, self.path or "static_resources")
+        for cb in self.callbacks:
+            cb()
+        return True
+
+
+class SecretManager:
+    """All secrets of the running config, watched together."""
+
+    def __init__(self, boot: m.Bootstrap, store: Store) -> None:
+        self.store = store
+        self.static = {s.name: s for s in boot.static_resources.secrets}
+        self.subs: dict[tuple[str, str | None], Subscription] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self.mode = os.environ.get("EDGEGW_WATCH", "auto")
+
+    def subscribe(self, cfg: m.SdsSecretConfig) -> Subscription:
+        key = (cfg.name, cfg.sds_config.file if cfg.sds_config else None)
+        sub = self.subs.get(key)
+        if sub is None:
+            sub = Subscription(cfg.name, cfg.sds_config, self.static.get(cfg.name), self.store)
+            sub.load()
+            self.subs[key] = sub
+        return sub
+
+    def start(self) -> None:
+        if self.subs and self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    def directories(self) -> set[str]:
+        dirs = set()
+        for sub in self.subs.values():
+            for f in sub.files:
+                dirs.add(os.path.dirname(os.path.abspath(f)))
+            if sub.watched_directory:
+                dirs.add(os.path.abspath(sub.watched_directory))
+        return {d for d in dirs if os.path.isdir(d)}
+
+    async def _run(self) -> None:
+        files = sum(len(s.files) for s in self.subs.values())
+        how = "by polling only" if self.mode == "poll" else "with file events and polling"
+        _log.info("watching %d secret file(s) %s every %.2fs", files, how, POLL_INTERVAL)
+        watcher = asyncio.ensure_future(self._inotify()) if self.mode != "poll" else None
+        try:
+            while True:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), POLL_INTERVAL)
+                except TimeoutError:
+                    pass
+                self._wake.clear()
+                await self.check()
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+
+    async def check(self) -> None:
+        """Reloads every secret whose files changed and then stayed still for a moment."""
+        changed = [s for s in self.subs.values() if s.changed()]
+        if not changed:
+            return
+        await asyncio.sleep(DEBOUNCE)
+        for sub in changed:
+            before = _signature(sub.files)
+            await asyncio.sleep(0)
+            if _signature(sub.files) == before:
+                sub.refresh()
+
+    async def _inotify(self) -> None:
+        """Wakes the checker on file events (watchfiles/inotify); polling goes on regardless."""
+        try:
+            from watchfiles import awatch
+        except ImportError:
+            _log.info("watchfiles is not installed: watching certificate files by polling")
+            return
+        while True:
+            dirs = sorted(self.directories())
+            if not dirs:
+                return
+            stop = asyncio.Event()
+            try:
+                async for _ in awatch(*dirs, stop_event=stop, debounce=30, step=10,
+                                      recursive=False, rust_timeout=1000, yield_on_timeout=True):
+                    self._wake.set()
+                    if sorted(self.directories()) != dirs:
+                        stop.set()
+            except (OSError, RuntimeError) as e:
+                _log.warning("file events unavailable (%s): watching certificate files by "
+                             "polling every %.2fs", e, POLL_INTERVAL)
+                return

