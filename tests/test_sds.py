@@ -349,3 +349,88 @@ def test_sds_rotation_matches_envoy(sds_gateway, site: Site) -> None:
     for g in gws:
         wait_serial(g.port, site.ca_file, serial, within=2.0)
         assert g.stats()["sds.site_a.update_success"] >= 1, g.kind
+
+
+UTLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+HTTP_OPTS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+def test_upstream_trust_and_client_certificate_rotate(gateway, tmp_path: Path, certs: Path,
+                                                      ca: trustme.CA) -> None:
+    """Upstream mTLS from SDS files: a wrong CA is fixed by rewriting its file, and a new
+    client certificate is presented on new upstream connections."""
+    import sys
+
+    from .conftest import Proc, wait_port
+
+    sds = tmp_path / "sds"
+    sds.mkdir()
+    client_ca = trustme.CA()
+    client_ca.cert_pem.write_to_path(str(tmp_path / "client-ca.pem"))
+    bport = free_port("127.0.0.21")
+    backend = Proc([sys.executable, "-m", "edgegw.demo.backend", "--listen",
+                    f"127.0.0.21:{bport}", "--name", "mtls", "--cert",
+                    str(certs / "b.internal.pem"), "--key", str(certs / "b.internal.key"),
+                    "--client-ca", str(tmp_path / "client-ca.pem")], tmp_path / "b.log")
+    try:
+        wait_port("127.0.0.21", bport)
+        trust = tmp_path / "trust.pem"
+        trust.write_bytes((certs / "dev-ca.pem").read_bytes())  # the wrong CA at first
+        (sds / "trust.yaml").write_text(yaml.safe_dump({"resources": [{
+            "@type": SECRET, "name": "backend_ca", "validation_context": {
+                "trusted_ca": {"filename": str(trust)}}}]}))
+
+        def issue_client() -> str:
+            leaf = client_ca.issue_cert("gateway.internal")
+            leaf.private_key_pem.write_to_path(str(tmp_path / "client.key"))
+            (tmp_path / "client.pem").write_bytes(b"".join(b.bytes() for b in
+                                                           leaf.cert_chain_pems))
+            return format(x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes())
+                          .serial_number, "x")
+
+        first = issue_client()
+        (sds / "client.yaml").write_text(yaml.safe_dump({"resources": [{
+            "@type": SECRET, "name": "client_cert", "tls_certificate": {
+                "certificate_chain": {"filename": str(tmp_path / "client.pem")},
+                "private_key": {"filename": str(tmp_path / "client.key")}}}]}))
+
+        def ref(name: str, file: str) -> dict:
+            return {"name": name, "sds_config": {"path_config_source": {
+                "path": str(sds / file)}}}
+
+        port = free_port()
+        cluster = static_cluster("b", "127.0.0.21", bport, transport_socket={
+            "name": "envoy.transport_sockets.tls", "typed_config": {
+                "@type": UTLS, "sni": "b.internal", "common_tls_context": {
+                    "tls_certificate_sds_secret_configs": [ref("client_cert", "client.yaml")],
+                    "validation_context_sds_secret_config": ref("backend_ca", "trust.yaml")}}},
+            typed_extension_protocol_options={
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": HTTP_OPTS, "explicit_http_config": {"http_protocol_options": {}},
+                    "common_http_protocol_options": {"idle_timeout": "0.2s"}}})
+        g = gateway({"node": {"id": "t", "cluster": "t"}, "static_resources": {
+            "listeners": [{"name": "plain", "address": addr("127.0.0.1", port),
+                           "filter_chains": [{"filters": [hcm([{
+                               "name": "b", "domains": ["*"],
+                               "routes": [route("/", "b")]}])]}]}],
+            "clusters": [cluster]}})
+
+        def get() -> httpx.Response:
+            return httpx.get(f"http://127.0.0.1:{port}/headers", timeout=5)
+
+        assert get().status_code == 503  # not verified against the wrong CA
+        trust.write_bytes((certs / "backend-ca.pem").read_bytes())
+        deadline = time.monotonic() + 2
+        while (r := get()).status_code != 200:
+            assert time.monotonic() < deadline, r.text
+            time.sleep(0.05)
+        assert r.json()["client_cert_serial"] == first
+        second = issue_client()
+        deadline = time.monotonic() + 5
+        while get().json()["client_cert_serial"] != second:
+            assert time.monotonic() < deadline
+            time.sleep(0.8)  # let the pooled connection idle out: new ones use the new cert
+        name = "cluster.b.client_ssl_socket_factory.ssl_context_update_by_sds"
+        assert g.stats()[name] >= 2
+    finally:
+        backend.stop()

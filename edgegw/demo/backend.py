@@ -29,6 +29,7 @@ class _Backend(asyncio.Protocol):
         self.url = b""
         self.body = bytearray()
         self.sni: str | None = None
+        self.client_serial: str | None = None
         self.queue: list[tuple[str, bytes, list[tuple[str, str]], bytes, bool]] = []
         self.busy = False
         self.served = 0
@@ -38,7 +39,12 @@ class _Backend(asyncio.Protocol):
         sslobj = transport.get_extra_info("ssl_object")
         if sslobj is not None:
             self.sni = getattr(sslobj, "server_hostname", None) or getattr(sslobj, "sni", None)
-            self.sni = transport.get_extra_info("edgegw_sni", self.sni)
+            peer = sslobj.getpeercert(binary_form=True)
+            if peer:
+                from cryptography import x509
+
+                self.client_serial = format(x509.load_der_x509_certificate(peer).serial_number,
+                                            "x")
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -125,6 +131,7 @@ class _Backend(asyncio.Protocol):
             "header_list": headers,
             "body_bytes": len(body),
             "tls_server_name": self.sni,
+            "client_cert_serial": self.client_serial,
         }
         payload = (json.dumps(doc, indent=1) + "\n").encode()
         self._write(200, payload, [("content-type", "application/json")], not keep,
@@ -160,9 +167,13 @@ class _Backend(asyncio.Protocol):
             self.transport.close()
 
 
-def _sni_context(cert: str, key: str, expect_sni: str | None) -> ssl.SSLContext:
+def _sni_context(cert: str, key: str, expect_sni: str | None,
+                 client_ca: str | None = None) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
+    if client_ca:
+        ctx.load_verify_locations(client_ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED
 
     def remember(sslobj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> int | None:
         sslobj.sni = name  # type: ignore[attr-defined]
@@ -175,8 +186,9 @@ def _sni_context(cert: str, key: str, expect_sni: str | None) -> ssl.SSLContext:
 
 
 async def serve(host: str, port: int, name: str, cert: str | None = None,
-                key: str | None = None, expect_sni: str | None = None) -> asyncio.Server:
-    ctx = _sni_context(cert, key, expect_sni) if cert and key else None
+                key: str | None = None, expect_sni: str | None = None,
+                client_ca: str | None = None) -> asyncio.Server:
+    ctx = _sni_context(cert, key, expect_sni, client_ca) if cert and key else None
     loop = asyncio.get_running_loop()
     return await loop.create_server(lambda: _Backend(name), host, port, ssl=ctx,
                                     reuse_address=True)
@@ -189,11 +201,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cert")
     ap.add_argument("--key")
     ap.add_argument("--expect-sni", help="refuse TLS handshakes for any other SNI")
+    ap.add_argument("--client-ca", help="require client certificates issued by this CA")
     a = ap.parse_args(argv)
     host, _, port = a.listen.rpartition(":")
 
     async def run() -> None:
-        server = await serve(host, int(port), a.name, a.cert, a.key, a.expect_sni)
+        server = await serve(host, int(port), a.name, a.cert, a.key, a.expect_sni, a.client_ca)
         scheme = "https" if a.cert else "http"
         print(f"backend '{a.name}' on {scheme}://{a.listen} (pid {os.getpid()})", file=sys.stderr,
               flush=True)
