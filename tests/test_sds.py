@@ -434,3 +434,68 @@ def test_upstream_trust_and_client_certificate_rotate(gateway, tmp_path: Path, c
         assert g.stats()[name] >= 2
     finally:
         backend.stop()
+
+
+def test_drop_in_certificate_directory(gateway, site: Site, backends: Backends) -> None:
+    """edgegw-only: certificates dropped into the chain's certificate_directory are served
+    for their SANs without a config change; broken drops never replace working ones."""
+    drop = site.root / "drop"
+    drop.mkdir()
+    cfg = site.config(free_port(), backends)
+    port = cfg["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"]
+    chain_cfg = cfg["static_resources"]["listeners"][0]["filter_chains"][0]
+    chain_cfg["metadata"] = {"filter_metadata": {"edgegw": {"certificate_directory": str(drop)}}}
+    g = gateway(cfg)
+
+    def serial_for(name: str) -> int:
+        ctx = ssl.create_default_context(cafile=str(site.ca_file))
+        ctx.check_hostname = False
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+                ctx.wrap_socket(raw, server_hostname=name) as s:
+            der = s.getpeercert(binary_form=True)
+        assert der is not None
+        return x509.load_der_x509_certificate(der).serial_number
+
+    def wait_for(name: str, serial: int) -> None:
+        deadline = time.monotonic() + 1.5
+        while serial_for(name) != serial:
+            assert time.monotonic() < deadline, f"{name} not served"
+            time.sleep(0.05)
+
+    def leaf(name: str, **kw: object) -> tuple[bytes, bytes, int]:
+        c = site.ca.issue_cert(name, **kw)  # type: ignore[arg-type]
+        pem = b"".join(b.bytes() for b in c.cert_chain_pems)
+        return pem, c.private_key_pem.bytes(), x509.load_pem_x509_certificate(pem).serial_number
+
+    assert serial_for("c.example.com") == site.serial  # unknown name: the default certificate
+    pem, key, c_serial = leaf("c.example.com")
+    (drop / "c.example.com.key").write_bytes(key)
+    (drop / "c.example.com.crt").write_bytes(pem)
+    wait_for("c.example.com", c_serial)
+    pem, key, d_serial = leaf("d.example.com")
+    (drop / "d.example.com.pem").write_bytes(pem + key)
+    wait_for("d.example.com", d_serial)
+    pem, key, e_serial = leaf("*.e.example.com")
+    (drop / "e.example.com").mkdir()
+    (drop / "e.example.com" / "privkey.pem").write_bytes(key)
+    (drop / "e.example.com" / "fullchain.pem").write_bytes(pem)
+    wait_for("www.e.example.com", e_serial)
+    assert serial_for("a.example.com") == site.serial
+
+    now = dt.datetime.now(dt.UTC)
+    pem, key, _ = leaf("c.example.com", not_before=now - dt.timedelta(days=9),
+                       not_after=now - dt.timedelta(days=1))
+    (drop / "c.example.com.key").write_bytes(key)
+    (drop / "c.example.com.crt").write_bytes(pem)
+    _, other_key, _ = leaf("x.example.com")
+    (drop / "x.example.com.crt").write_bytes(leaf("x.example.com")[0])
+    (drop / "x.example.com.key").write_bytes(other_key)
+    deadline = time.monotonic() + 2
+    while g.stats().get("edgegw.certificate_directory.rejected", 0) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert serial_for("c.example.com") == c_serial
+    assert serial_for("x.example.com") == site.serial
+    log = g.proc.output()
+    assert "'c.example.com' not loaded (still serving the previous one)" in log
+    assert "'x.example.com' not loaded" in log and "does not match" in log

@@ -193,6 +193,19 @@ def _check_listener(lst: Listener, base: Path, clusters: set[str],
                            f"(same as {_short(seen[key])})")
                     break
                 seen[key] = path
+        ours = fc.metadata.filter_metadata.get("edgegw") if fc.metadata else None
+        if ours is not None:
+            mpath = path + ("metadata", "filter_metadata", "edgegw")
+            for key in ours:
+                if key != "certificate_directory":
+                    yield (mpath + (key,), f"'{key}' is not an edgegw setting (known: "
+                           "certificate_directory)")
+            cdir = ours.get("certificate_directory")
+            if cdir is not None and not os.path.isdir(str(cdir)):
+                yield (mpath + ("certificate_directory",), f"'{cdir}' is not a directory")
+            if cdir is not None and not fc.transport_socket:
+                yield (mpath + ("certificate_directory",), "a certificate directory needs a "
+                       "TLS transport_socket on the same filter chain")
         if fc.transport_socket:
             yield from _check_tls_files(
                 fc.transport_socket.typed_config.common_tls_context,

@@ -538,8 +538,16 @@ class FilterChainMatch(Msg):
     application_protocols: list[str] = []
 
 
+class Metadata(Msg):
+    """``config.core.v3.Metadata``: Envoy keeps it and ignores it; edgegw reads its own
+    ``edgegw`` namespace (the drop-in certificate directory)."""
+
+    filter_metadata: dict[str, dict[str, Any]] = {}
+
+
 class FilterChain(Msg):
     name: str = ""
+    metadata: Metadata | None = None
     filter_chain_match: FilterChainMatch = FilterChainMatch()
     filters: list[NetworkFilter] = Field(min_length=1, max_length=1)
     transport_socket: DownstreamTransportSocket | None = None

@@ -16,6 +16,7 @@ from .. import log
 from ..config import model as m
 from ..http.conn_manager import DownstreamConnection, HttpConnectionManager
 from ..stats import StatSet, Store
+from ..tls.cert_dir import directory_of
 from ..tls.context import ServerTls
 from ..tls.sds import SecretManager
 from ..upstream.cluster import ClusterManager
@@ -62,8 +63,8 @@ class Listener:
         updates = store.counter(f"{prefix}server_ssl_socket_factory.ssl_context_update_by_sds")
 
         def build(fc: m.FilterChain) -> Chain:
-            tls = (ServerTls(fc.transport_socket.typed_config, secrets, updates)
-                   if fc.transport_socket else None)
+            tls = (ServerTls(fc.transport_socket.typed_config, secrets, updates,
+                             directory_of(fc)) if fc.transport_socket else None)
             return Chain(fc.name, HttpConnectionManager(fc.filters[0].typed_config, clusters,
                                                         store), tls)
 

@@ -65,7 +65,7 @@ class _Sources:
     """The certificates and trust of one CommonTlsContext: inline/file ones and SDS ones."""
 
     def __init__(self, common: m.CommonTlsContext, secrets: SecretManager | None,
-                 on_update: Callable[[], None]) -> None:
+                 on_update: Callable[[], None], cert_dir: str | None = None) -> None:
         self.static_pairs = [load_pair(c.certificate_chain, c.private_key)
                              for c in common.tls_certificates]
         self.static_paths = [c.certificate_chain.filename or "<inline>"
@@ -90,12 +90,18 @@ class _Sources:
                 self.ca_sub = secrets.subscribe(common.validation_context_sds_secret_config)
             for sub in [*self.cert_subs, *([self.ca_sub] if self.ca_sub else [])]:
                 sub.callbacks.append(on_update)
+        self.cert_dir = None
+        if cert_dir is not None and secrets is not None:
+            self.cert_dir = secrets.directory(cert_dir)
+            self.cert_dir.callbacks.append(on_update)
 
     def pairs(self) -> list[tuple[CertPair, str]]:
         out = list(zip(self.static_pairs, self.static_paths, strict=True))
         for sub in self.cert_subs:
             if isinstance(sub.value, CertSecret):
                 out.append((sub.value.pair, sub.value.chain_path))
+        if self.cert_dir is not None:
+            out += self.cert_dir.pairs()
         return out
 
     def trust(self) -> tuple[bytes | None, str, list[m.SubjectAltNameMatcher]]:
@@ -117,10 +123,10 @@ class ServerTls:
     """The server side of one filter chain's DownstreamTlsContext."""
 
     def __init__(self, cfg: m.DownstreamTlsContext, secrets: SecretManager | None = None,
-                 updates: Counter | None = None) -> None:
+                 updates: Counter | None = None, cert_dir: str | None = None) -> None:
         self.cfg = cfg
         self.updates = updates
-        self.sources = _Sources(cfg.common_tls_context, secrets, self._updated)
+        self.sources = _Sources(cfg.common_tls_context, secrets, self._updated, cert_dir)
         self.certs: list[ServerCert] = []
         self._exact: dict[str, ssl.SSLContext] = {}
         self._wild: dict[str, ssl.SSLContext] = {}

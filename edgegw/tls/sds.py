@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import log
 from ..config import model as m
@@ -29,6 +29,9 @@ from .secrets import (
     validity_problem,
 )
 
+if TYPE_CHECKING:
+    from .cert_dir import CertDirectory
+
 _log = log.get("secret")
 
 POLL_INTERVAL = 0.25
@@ -39,7 +42,7 @@ SDS_COUNTERS = ("update_attempt", "update_success", "update_rejected", "update_f
 Signature = tuple[Any, ...]
 
 
-def _signature(paths: list[str]) -> Signature:
+def signature_of(paths: list[str]) -> Signature:
     out: list[Any] = []
     for p in paths:
         try:
@@ -79,17 +82,17 @@ class Subscription:
         secret, mat = self._read()
         self.value = mat
         self.files = self._watch_list(secret)
-        self.signature = _signature(self.files)
+        self.signature = signature_of(self.files)
         problem = validity_problem(mat)
         if problem:
             _log.warning("secret '%s': %s", self.name, problem)
 
     def changed(self) -> bool:
-        return _signature(self.files) != self.signature
+        return signature_of(self.files) != self.signature
 
     def refresh(self) -> bool:
         """Reloads after a change; True when a new value was swapped in."""
-        sig = _signature(self.files)
+        sig = signature_of(self.files)
         self.stats.update_attempt.value += 1
         try:
             secret, mat = self._read()
@@ -101,7 +104,7 @@ class Subscription:
                          self.name, e)
             return False
         self.files = self._watch_list(secret)
-        self.signature = _signature(self.files)
+        self.signature = signature_of(self.files)
         if self.value is not None and mat.digest == self.value.digest:
             return False
         if self.value is not None and validity_problem(self.value) is None:
@@ -127,6 +130,7 @@ class SecretManager:
         self.store = store
         self.static = {s.name: s for s in boot.static_resources.secrets}
         self.subs: dict[tuple[str, str | None], Subscription] = {}
+        self.cert_dirs: dict[str, CertDirectory] = {}
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self.mode = os.environ.get("EDGEGW_WATCH", "auto")
@@ -140,8 +144,20 @@ class SecretManager:
             self.subs[key] = sub
         return sub
 
+    def directory(self, path: str) -> CertDirectory:
+        """The drop-in certificate directory at ``path`` (edgegw-only), watched with the rest."""
+        from .cert_dir import CertDirectory
+
+        d = self.cert_dirs.get(path)
+        if d is None:
+            d = self.cert_dirs[path] = CertDirectory(path, self.store)
+        return d
+
+    def _watched(self) -> list[Subscription | CertDirectory]:
+        return [*self.subs.values(), *self.cert_dirs.values()]
+
     def start(self) -> None:
-        if self.subs and self._task is None:
+        if self._watched() and self._task is None:
             self._task = asyncio.ensure_future(self._run())
 
     def stop(self) -> None:
@@ -151,7 +167,7 @@ class SecretManager:
 
     def directories(self) -> set[str]:
         dirs = set()
-        for sub in self.subs.values():
+        for sub in self._watched():
             for f in sub.files:
                 dirs.add(os.path.dirname(os.path.abspath(f)))
             if sub.watched_directory:
@@ -159,7 +175,7 @@ class SecretManager:
         return {d for d in dirs if os.path.isdir(d)}
 
     async def _run(self) -> None:
-        files = sum(len(s.files) for s in self.subs.values())
+        files = sum(len(s.files) for s in self._watched())
         how = "by polling only" if self.mode == "poll" else "with file events and polling"
         _log.info("watching %d secret file(s) %s every %.2fs", files, how, POLL_INTERVAL)
         watcher = asyncio.ensure_future(self._inotify()) if self.mode != "poll" else None
@@ -177,15 +193,12 @@ class SecretManager:
 
     async def check(self) -> None:
         """Reloads every secret whose files changed and then stayed still for a moment."""
-        changed = [s for s in self.subs.values() if s.changed()]
+        changed = [s for s in self._watched() if s.changed()]
         if not changed:
             return
         await asyncio.sleep(DEBOUNCE)
         for sub in changed:
-            before = _signature(sub.files)
-            await asyncio.sleep(0)
-            if _signature(sub.files) == before:
-                sub.refresh()
+            sub.refresh()
 
     async def _inotify(self) -> None:
         """Wakes the checker on file events (watchfiles/inotify); polling goes on regardless."""

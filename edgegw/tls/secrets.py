@@ -82,7 +82,7 @@ def read_sds_file(path: str, name: str) -> m.Secret:
     return secret
 
 
-def _digest(*parts: bytes) -> bytes:
+def digest(*parts: bytes) -> bytes:
     h = hashlib.sha256()
     for p in parts:
         h.update(len(p).to_bytes(8, "big"))
@@ -98,7 +98,7 @@ def materialize(secret: m.Secret) -> Material:
             pair = load_pair(tc.certificate_chain, tc.private_key)
             warn_if_key_readable(tc.private_key)
             return CertSecret(pair, describe(tc.certificate_chain).strip("'"),
-                              _digest(pair.chain_pem, pair.key_pem))
+                              digest(pair.chain_pem, pair.key_pem))
         vc = secret.validation_context
         assert vc is not None
         if vc.trusted_ca is None:
@@ -106,7 +106,7 @@ def materialize(secret: m.Secret) -> Material:
         pem = read(vc.trusted_ca)
         certs = parse_chain(pem, f"trusted_ca {describe(vc.trusted_ca)}")
         return CaSecret(pem, certs, describe(vc.trusted_ca).strip("'"),
-                        tuple(vc.match_typed_subject_alt_names), _digest(pem))
+                        tuple(vc.match_typed_subject_alt_names), digest(pem))
     except CertError as e:
         raise SecretError(str(e)) from None
 

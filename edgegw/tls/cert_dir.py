@@ -1,0 +1,161 @@
+"""Drop-in certificate directory (an edgegw extension, not part of Envoy).
+
+A filter chain whose metadata says
+``filter_metadata: {edgegw: {certificate_directory: certs/}}`` also serves every certificate
+found in that directory, chosen by SNI against its SANs after the configured ones:
+
+* ``NAME.crt`` / ``NAME.pem`` / ``NAME.cer`` with ``NAME.key``,
+* one ``NAME.pem`` holding both the chain and the key,
+* certbot's layout, ``NAME/fullchain.pem`` with ``NAME/privkey.pem``.
+
+Envoy accepts and ignores the metadata, so the config stays valid Envoy config. Adding a site
+is dropping its files in; a broken or half-written pair never replaces a working one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from cryptography.hazmat.primitives import serialization
+
+from .. import log
+from ..config import model as m
+from ..stats import StatSet, Store
+from .certs import CertError, CertPair, load_pair
+from .sds import Signature, signature_of
+from .secrets import CertSecret, digest, validity_problem
+
+_log = log.get("secret")
+
+CERT_SUFFIXES = (".crt", ".pem", ".cer")
+
+
+def directory_of(fc: m.FilterChain) -> str | None:
+    """The drop-in directory a filter chain's metadata names, if any."""
+    ours = fc.metadata.filter_metadata.get("edgegw") if fc.metadata else None
+    path = ours.get("certificate_directory") if isinstance(ours, dict) else None
+    return str(path) if path else None
+
+
+def _candidates(root: str) -> dict[str, tuple[str, str]]:
+    """Certificate and key files by site name, as the three layouts pair them."""
+    try:
+        entries = sorted(os.listdir(root))
+    except OSError:
+        return {}
+    names = set(entries)
+    out: dict[str, tuple[str, str]] = {}
+    for e in entries:
+        if e.startswith("."):
+            continue
+        full = os.path.join(root, e)
+        if os.path.isdir(full):
+            chain, key = os.path.join(full, "fullchain.pem"), os.path.join(full, "privkey.pem")
+            if os.path.isfile(chain) and os.path.isfile(key):
+                out[e] = (chain, key)
+            continue
+        stem, ext = os.path.splitext(e)
+        if ext not in CERT_SUFFIXES:
+            continue
+        if f"{stem}.key" in names:
+            out.setdefault(stem, (full, os.path.join(root, f"{stem}.key")))
+        elif ext == ".pem":
+            out.setdefault(stem, (full, full))
+    return out
+
+
+def _has_key(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return b"PRIVATE KEY-----" in f.read()
+    except OSError:
+        return False
+
+
+class CertDirectory:
+    """The certificates of one drop-in directory, rescanned when anything in it changes."""
+
+    def __init__(self, path: str, store: Store) -> None:
+        self.path = path
+        self.watched_directory = path
+        self.stats = StatSet(store, "edgegw.certificate_directory.",
+                             ("loaded", "rejected", "scans"))
+        self.good: dict[str, CertSecret] = {}
+        self.bad: dict[str, Signature] = {}
+        self.callbacks: list[Callable[[], None]] = []
+        self.files: list[str] = []
+        self.signature: Signature = ()
+        self._scan()
+
+    def _listing(self) -> list[str]:
+        files = [self.path]
+        for chain, key in _candidates(self.path).values():
+            files += [chain] if chain == key else [chain, key]
+        return files
+
+    def changed(self) -> bool:
+        return self._listing() != self.files or signature_of(self.files) != self.signature
+
+    def refresh(self) -> bool:
+        if self._scan():
+            for cb in self.callbacks:
+                cb()
+            return True
+        return False
+
+    def _scan(self) -> bool:
+        """Loads new and changed pairs; True when the set of served certificates changed."""
+        self.stats.scans.value += 1
+        found = _candidates(self.path)
+        changed = False
+        for name in [n for n in self.good if n not in found]:
+            del self.good[name]
+            changed = True
+        for name, (chain, key) in found.items():
+            sig = signature_of([chain, key])
+            if self.bad.get(name) == sig:
+                continue
+            if chain == key and not _has_key(chain):
+                continue  # a certificate alone (a CA, or a chain whose key is yet to come)
+            try:
+                pair = self._load(chain, key)
+            except CertError as e:
+                self._reject(name, sig, str(e))
+                continue
+            current = self.good.get(name)
+            if current is not None and current.digest == pair.digest:
+                continue
+            problem = validity_problem(pair)
+            if problem and (current is None or validity_problem(current) is None):
+                self._reject(name, sig, problem)
+                continue
+            self.good[name] = pair
+            self.bad.pop(name, None)
+            self.stats.loaded.value += 1
+            _log.info("certificate directory %s: serving '%s' for %s", self.path, name,
+                      ", ".join(pair.pair.dns_names()))
+            changed = True
+        self.files = self._listing()
+        self.signature = signature_of(self.files)
+        return changed
+
+    def _load(self, chain: str, key: str) -> CertSecret:
+        pair = load_pair(m.DataSource(filename=chain), m.DataSource(filename=key))
+        if chain == key:  # one file with both: hand OpenSSL the two parts apart
+            certs = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in pair.chain)
+            key_pem = serialization.load_pem_private_key(pair.key_pem, None).private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption())
+            pair = CertPair(certs, key_pem, pair.chain)
+        return CertSecret(pair, chain, digest(pair.chain_pem, pair.key_pem))
+
+    def _reject(self, name: str, sig: Signature, why: str) -> None:
+        self.bad[name] = sig
+        self.stats.rejected.value += 1
+        kept = " (still serving the previous one)" if name in self.good else ""
+        _log.warning("certificate directory %s: '%s' not loaded%s: %s", self.path, name, kept,
+                     why)
+
+    def pairs(self) -> list[tuple[CertPair, str]]:
+        return [(s.pair, s.chain_path) for _, s in sorted(self.good.items())]
