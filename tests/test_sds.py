@@ -301,7 +301,9 @@ def test_five_hundred_rotations_leave_memory_and_fds_flat(sds_gateway, site: Sit
 
 
 def test_admin_certs_and_expiry_gauge(sds_gateway, site: Site) -> None:
+    site.key.chmod(0o644)
     g = sds_gateway()
+    assert f"private key '{site.key}' is readable by other users" in g.proc.output()
     doc = httpx.get(f"http://127.0.0.1:{g.admin_port}/certs").json()
     [entry] = doc["certificates"]
     [leaf] = entry["cert_chain"]
