@@ -266,3 +266,34 @@ def test_upstream_tls_with_wrong_ca_fails_like_envoy(pair, backends: Backends,
     assert bodies["envoy"] == bodies["edgegw"] == (
         b"upstream connect error or disconnect/reset before headers. reset reason: "
         b"remote connection failure")
+
+
+def test_counters_match_envoy(pair, backends: Backends) -> None:
+    """The same requests leave the same Envoy-named counters under both."""
+    gws = pair(lambda port: local_reply_config(backends, port))
+    names = [
+        "http.ingress.downstream_rq_total", "http.ingress.downstream_rq_2xx",
+        "http.ingress.downstream_rq_3xx", "http.ingress.downstream_rq_4xx",
+        "http.ingress.downstream_rq_5xx", "http.ingress.no_route", "http.ingress.rq_total",
+        "http.ingress.rq_redirect", "http.ingress.rq_direct_response",
+        "http.ingress.downstream_cx_total",
+        "cluster.a.upstream_rq_total", "cluster.a.upstream_rq_2xx", "cluster.a.upstream_rq_5xx",
+        "cluster.a.upstream_rq_200", "cluster.a.upstream_rq_503", "cluster.a.upstream_rq_504",
+        "cluster.a.upstream_rq_completed", "cluster.a.upstream_rq_timeout",
+        "cluster.dead.upstream_cx_connect_fail", "cluster.dead.upstream_rq_503",
+        "cluster.dead.upstream_rq_5xx", "cluster.dead.upstream_rq_total",
+        "cluster.dead.upstream_rq_pending_total", "cluster.dead.upstream_rq_completed",
+        "cluster.dead.upstream_rq_pending_failure_eject",
+        "cluster.empty.upstream_cx_none_healthy",
+    ]
+    seen = {}
+    for kind, (gw, port) in gws.items():
+        for path in ("/status/200", "/status/200", "/status/503", "/dead", "/empty",
+                     "/delay/2", "/redirect", "/direct"):
+            exchange(port, request(path))
+        exchange(port, request("/", host="nowhere.example"))
+        stats = gw.stats()
+        seen[kind] = {n: stats.get(n) for n in names}
+    assert seen["envoy"] == seen["edgegw"], "\n".join(
+        f"{n}: envoy={seen['envoy'][n]} edgegw={seen['edgegw'][n]}" for n in names
+        if seen["envoy"][n] != seen["edgegw"][n])

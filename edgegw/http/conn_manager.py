@@ -33,7 +33,7 @@ HCM_COUNTERS = (
     "downstream_rq_total", "downstream_rq_http1_total", "downstream_rq_completed",
     "downstream_rq_timeout", "downstream_rq_idle_timeout",
     "downstream_rq_header_timeout", "downstream_rq_rx_reset", "downstream_rq_timeout_ut",
-    "no_route", "no_cluster", "rq_direct_response", "rq_redirect",
+    "no_route", "no_cluster", "rq_total", "rq_direct_response", "rq_redirect",
 )
 HCM_GAUGES = ("downstream_cx_active", "downstream_cx_ssl_active", "downstream_rq_active")
 

@@ -125,6 +125,7 @@ class Stream:
                 conn.transport_write(b"HTTP/1.1 100 Continue\r\n\r\n")
             self.headers = [h for h in self.headers if h[0] != b"expect"]
         hcm.forwarding.apply(self.headers, conn.remote_ip, conn.tls)
+        st.rq_total.value += 1
         path = self.url.decode("latin-1")
         vh, route = hcm.routes.route(self.authority, path, self.headers)
         if route is None:
@@ -143,7 +144,7 @@ class Stream:
             self.local(action.status, action.body, mutate=True)
             return
         if isinstance(action, Redirect):
-            st.rq_redirect.value += 1
+            st.rq_direct_response.value += 1  # Envoy's rq_redirect is for internal redirects
             where = redirect_location(action, "https" if conn.tls else "http", self.authority, path)
             self.local(action.status, b"", extra=[(b"location", where.encode("latin-1"))],
                        mutate=True)
@@ -169,7 +170,6 @@ class Stream:
         self.host = host
         self.timeout = action.timeout
         self.upstream_head = self._upstream_head(action, host)
-        cluster.stats.upstream_rq_total.value += 1
         cluster.stats.upstream_rq_active.value += 1
         host.rq_active += 1
         host.rq_total += 1
@@ -245,7 +245,10 @@ class Stream:
         self._attach(conn)
 
     def _attach(self, conn: UpstreamConnection) -> None:
+        """Sends the request on a connection (Envoy counts upstream_rq_total here)."""
         self.upstream = conn
+        assert self.cluster is not None
+        self.cluster.stats.upstream_rq_total.value += 1
         self.upstream_sent_at = time.monotonic()
         head_only = self.method == b"HEAD"
         data = self.upstream_head
@@ -304,6 +307,7 @@ class Stream:
             self.conn.abort()
             self.finish()
         else:
+            self._charge(504)
             self.local(504, b"upstream request timeout")
 
     # --- upstream events (ResponseSink) -------------------------------------------------
@@ -417,10 +421,19 @@ class Stream:
             self.finish()
             return
         self.flags = _RESET_FLAGS.get(reason, "UF")
+        if self.flags == "UF" and self.cluster is not None:
+            self.cluster.stats.upstream_rq_pending_failure_eject.value += 1
+        self._charge(503)
         if detail:
             _log.debug("upstream %s: %s (%s)", self.host.label if self.host else "-", reason,
                        detail)
         self.local(503, CONNECT_FAILURE + reason.encode())
+
+    def _charge(self, code: int) -> None:
+        """Counts a reply made on the upstream's behalf against the cluster, as Envoy does."""
+        if self.cluster is not None:
+            self.cluster.stats.count_code(code)
+            self.cluster.status_counter(code).value += 1
 
     def _drop_upstream(self) -> None:
         up, self.upstream = self.upstream, None
