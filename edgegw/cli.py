@@ -7,7 +7,8 @@ import asyncio
 import sys
 
 from . import __version__, log
-from .config import ConfigError, load_bootstrap
+from .config import ConfigError, from_source
+from .config.source import load
 
 _log = log.get("main")
 
@@ -47,7 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     log.setup(level, components, args.log_path)
     override = _node_override(args)
     try:
-        boot = load_bootstrap(args.config_path, _merge_yaml(args.config_yaml, override))
+        src = load(args.config_path, _merge_yaml(args.config_yaml, override))
+        boot = from_source(src)
     except ConfigError as e:
         for p in e.problems:
             _log.critical("error initializing configuration '%s': %s",
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.concurrency != 1:
         _log.warning("--concurrency %d: this version runs a single worker", args.concurrency)
-    _serve(boot, vars(args))
+    _serve(boot, vars(args), src.data)
 
 
 def _node_override(args: argparse.Namespace) -> str | None:
@@ -89,7 +91,7 @@ def _merge_yaml(config_yaml: str | None, override: str | None) -> str | None:
     return yaml.safe_dump(merge(yaml.safe_load(config_yaml) or {}, yaml.safe_load(override)))
 
 
-def _serve(boot, options) -> None:  # type: ignore[no-untyped-def]
+def _serve(boot, options, raw) -> None:  # type: ignore[no-untyped-def]
     from .server import Server
 
     run = asyncio.run
@@ -99,7 +101,7 @@ def _serve(boot, options) -> None:  # type: ignore[no-untyped-def]
         run = uvloop.run
     except ImportError:
         _log.warning("uvloop is not installed: running on the default asyncio loop")
-    server = Server(boot, options)
+    server = Server(boot, options, raw)
     try:
         run(server.run())
     except OSError as e:

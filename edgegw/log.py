@@ -125,3 +125,9 @@ def set_level(component: str | None, level: int) -> None:
     names = COMPONENTS if component is None else (component,)
     for name in names:
         get(name).setLevel(level)
+
+
+def level_name(component: str) -> str:
+    """A component's current level as Envoy's /logging prints it."""
+    lvl = get(component).level
+    return "off" if lvl > logging.CRITICAL else _NAMES.get(lvl, "info")

@@ -25,8 +25,11 @@ _log = log.get("main")
 
 
 class Server:
-    def __init__(self, boot: Bootstrap, options: dict[str, Any] | None = None) -> None:
+    def __init__(self, boot: Bootstrap, options: dict[str, Any] | None = None,
+                 raw_config: dict[str, Any] | None = None) -> None:
         self.boot = boot
+        self.raw_config = raw_config if raw_config is not None else boot.model_dump(
+            exclude_defaults=True)
         self.options = options or {}
         self.store = Store()
         self.state = "PRE_INITIALIZING"

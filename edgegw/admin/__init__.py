@@ -10,6 +10,7 @@ import asyncio
 import ipaddress
 import json
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -17,6 +18,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from .. import __version__, log
 from ..http.codec import REASONS, http_date
+from ..stats import render
+from . import dump
 
 if TYPE_CHECKING:
     from ..server import Server
@@ -38,6 +41,9 @@ class Admin:
             "/ready": ("print server state, return 200 if LIVE, otherwise return 503",
                        self.ready),
             "/stats": ("print server stats", self.stats),
+            "/stats/prometheus": ("print server stats in prometheus format", self.prometheus),
+            "/config_dump": ("dump current Envoy configs", self.config_dump),
+            "/logging": ("query/change logging levels", self.logging),
             "/clusters": ("upstream cluster status", self.clusters),
             "/server_info": ("print server version/status information", self.server_info),
             "/listeners": ("print listener info", self.listeners),
@@ -106,7 +112,7 @@ class Admin:
         entry = self.routes.get(url.path)
         if entry is None:
             return 404, "text/plain", b"invalid path. admin commands are:\n" + self._help()
-        mutating = url.path in ("/quitquitquit",)
+        mutating = url.path in ("/quitquitquit", "/logging")
         if mutating and method != "POST":
             return 405, "text/plain", b"This endpoint requires POST\n"
         return await entry[1](parse_qs(url.query, keep_blank_values=True), method)
@@ -123,21 +129,78 @@ class Admin:
 
     async def stats(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
         self.server.update_cert_gauge()
-        return 200, "text/plain", self.server.store.text().encode()
+        fmt = (q.get("format") or [""])[0]
+        flt = (q.get("filter") or [None])[0]
+        used = "usedonly" in q
+        try:
+            if fmt == "json":
+                return 200, "application/json", render.as_json(self.server.store, flt,
+                                                               used).encode()
+            if fmt == "prometheus":
+                return 200, "text/plain; version=0.0.4", render.prometheus(
+                    self.server.store, flt, used).encode()
+            if fmt not in ("", "text"):
+                return 400, "text/plain", b"usage: /stats?format=(json|prometheus|text)\n"
+            return 200, "text/plain", render.text(self.server.store, flt, used).encode()
+        except re.error as e:
+            return 400, "text/plain", f"Invalid re2 regex: {e}\n".encode()
+
+    async def prometheus(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
+        return await self.stats({**q, "format": ["prometheus"]}, method)
+
+    async def config_dump(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
+        resource = (q.get("resource") or [None])[0]
+        mask = (q.get("mask") or [None])[0]
+        configs = dump.build(self.server.raw_config, self.server.started,
+                             self.server.secrets.dump())
+        doc = dump.select(configs, resource, mask)
+        return 200, "application/json", json.dumps(doc, indent=2).encode()
+
+    async def logging(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
+        if method != "POST":
+            return 405, "text/plain", b"This endpoint requires POST\n"
+        try:
+            for key, values in q.items():
+                level = log.parse_level(values[0] if values else "")
+                if key == "level":
+                    log.set_level(None, level)
+                elif key in log.COMPONENTS:
+                    log.set_level(key, level)
+                else:
+                    raise ValueError(f"unknown logger '{key}'")
+        except ValueError as e:
+            return 404, "text/plain", f"error: {e}\n".encode() + self._loggers()
+        return 200, "text/plain", self._loggers()
+
+    def _loggers(self) -> bytes:
+        lines = "".join(f"  {name}: {log.level_name(name)}\n" for name in log.COMPONENTS)
+        return ("active loggers:\n" + lines).encode()
 
     async def certs(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
         doc = {"certificates": self.server.certificates()}
         return 200, "application/json", json.dumps(doc, indent=1).encode()
 
     async def clusters(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
+        clusters = list(self.server.clusters.clusters.values())
+        if (q.get("format") or [""])[0] == "json":
+            doc = {"cluster_statuses": [{
+                "name": c.name, "observability_name": c.name,
+                "host_statuses": [{
+                    "address": {"socket_address": {"address": h.address, "port_value": h.port}},
+                    "stats": [{"name": n, "value": str(v)} for n, v in h.counters()]
+                    + [{"type": "GAUGE", "name": n, "value": str(v)} for n, v in h.gauges()],
+                    "health_status": {"eds_health_status": "HEALTHY"},
+                    "weight": 1, "hostname": h.hostname, "locality": {}}
+                    for h in c.hosts]} for c in clusters]}
+            return 200, "application/json", json.dumps(doc, indent=1).encode()
         out = []
-        for c in self.server.clusters.clusters.values():
-            out.append(f"{c.name}::observability_name::{c.name}")
+        for c in clusters:
+            out += [f"{c.name}::observability_name::{c.name}", f"{c.name}::added_via_api::false"]
             for h in c.hosts:
                 p = f"{c.name}::{h.label}::"
-                out += [f"{p}cx_active::{h.cx_active}", f"{p}rq_active::{h.rq_active}",
-                        f"{p}rq_total::{h.rq_total}", f"{p}rq_error::{h.rq_error}",
-                        f"{p}hostname::{h.hostname}", f"{p}health_flags::healthy"]
+                out += [f"{p}{n}::{v}" for n, v in sorted([*h.counters(), *h.gauges()])]
+                out += [f"{p}hostname::{h.hostname}", f"{p}health_flags::healthy",
+                        f"{p}weight::1"]
         return 200, "text/plain", ("\n".join(out) + "\n").encode()
 
     async def server_info(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:

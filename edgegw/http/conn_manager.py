@@ -32,7 +32,7 @@ HCM_COUNTERS = (
     "downstream_cx_destroy", "downstream_cx_protocol_error", "downstream_cx_idle_timeout",
     "downstream_rq_total", "downstream_rq_http1_total", "downstream_rq_completed",
     "downstream_rq_timeout", "downstream_rq_idle_timeout",
-    "downstream_rq_header_timeout", "downstream_rq_rx_reset", "downstream_rq_timeout_ut",
+    "downstream_rq_header_timeout", "downstream_rq_rx_reset",
     "no_route", "no_cluster", "rq_total", "rq_direct_response", "rq_redirect",
 )
 HCM_GAUGES = ("downstream_cx_active", "downstream_cx_ssl_active", "downstream_rq_active")
@@ -44,7 +44,7 @@ class HttpConnectionManager:
     def __init__(self, cfg: m.HttpConnectionManager, clusters: ClusterManager,
                  store: Store) -> None:
         self.stats = StatSet(store, f"http.{cfg.stat_prefix}.", HCM_COUNTERS, HCM_GAUGES,
-                             code_classes="downstream_rq")
+                             code_classes="downstream_rq", histograms=("downstream_rq_time",))
         self.routes = compile_routes(cfg.route_config)
         self.clusters = clusters
         self.server_name = (cfg.server_name or "edgegw").encode("latin-1")

@@ -172,7 +172,6 @@ class Stream:
         self.upstream_head = self._upstream_head(action, host)
         cluster.stats.upstream_rq_active.value += 1
         host.rq_active += 1
-        host.rq_total += 1
         conn = host.pool.acquire()
         if conn is not None:
             self.reused_attempt = True
@@ -247,8 +246,9 @@ class Stream:
     def _attach(self, conn: UpstreamConnection) -> None:
         """Sends the request on a connection (Envoy counts upstream_rq_total here)."""
         self.upstream = conn
-        assert self.cluster is not None
+        assert self.cluster is not None and self.host is not None
         self.cluster.stats.upstream_rq_total.value += 1
+        self.host.rq_total += 1
         self.upstream_sent_at = time.monotonic()
         head_only = self.method == b"HEAD"
         data = self.upstream_head
@@ -298,9 +298,9 @@ class Stream:
         self.deadline = 0.0
         if self.response_done:
             return
-        assert self.cluster is not None
+        assert self.cluster is not None and self.host is not None
         self.cluster.stats.upstream_rq_timeout.value += 1
-        self.conn.hcm.stats.downstream_rq_timeout_ut.value += 1
+        self.host.rq_timeout += 1
         self.flags = "UT"
         self._drop_upstream()
         if self.response_started:
@@ -376,6 +376,8 @@ class Stream:
             self.out.append(LAST_CHUNK)
         self.flush()
         self.upstream = None
+        assert self.cluster is not None
+        self.cluster.record_rq_time((time.monotonic() - self.upstream_sent_at) * 1000)
         self.finish()
 
     def upstream_reset(self, reason: str) -> None:
@@ -431,6 +433,8 @@ class Stream:
 
     def _charge(self, code: int) -> None:
         """Counts a reply made on the upstream's behalf against the cluster, as Envoy does."""
+        if self.host is not None:
+            self.host.rq_error += 1
         if self.cluster is not None:
             self.cluster.stats.count_code(code)
             self.cluster.status_counter(code).value += 1
@@ -500,6 +504,7 @@ class Stream:
         st.downstream_rq_completed.value += 1
         if self.code:
             st.count_code(self.code)
+        st.downstream_rq_time.record((time.monotonic() - self.start_mono) * 1000)
         if self.cluster is not None and self.host is not None:
             cs = self.cluster.stats
             cs.upstream_rq_active.value -= 1

@@ -28,8 +28,9 @@ _log = log.get("connection")
 LISTENER_COUNTERS = (
     "downstream_cx_total", "downstream_cx_destroy", "no_filter_chain_match",
     "downstream_listener_filter_error", "downstream_pre_cx_timeout",
-    "ssl.handshake", "ssl.connection_error",
 )
+TLS_COUNTERS = ("ssl.handshake", "ssl.connection_error",
+                "server_ssl_socket_factory.ssl_context_update_by_sds")
 INSPECTOR_COUNTERS = ("tls_found", "tls_not_found", "sni_found", "sni_not_found",
                       "alpn_found", "alpn_not_found", "client_hello_too_large")
 HANDSHAKE_TIMEOUT = 10.0
@@ -60,7 +61,11 @@ class Listener:
         self.stats = StatSet(store, prefix, LISTENER_COUNTERS, ("downstream_cx_active",))
         self.inspector = StatSet(store, "tls_inspector.", INSPECTOR_COUNTERS)
 
-        updates = store.counter(f"{prefix}server_ssl_socket_factory.ssl_context_update_by_sds")
+        tls_chains = [fc for fc in [*cfg.filter_chains, *([cfg.default_filter_chain]
+                                                          if cfg.default_filter_chain else [])]
+                      if fc.transport_socket]
+        self.tls_stats = StatSet(store, prefix, TLS_COUNTERS if tls_chains else ())
+        updates = store.counter(prefix + TLS_COUNTERS[2]) if tls_chains else None
 
         def build(fc: m.FilterChain) -> Chain:
             tls = (ServerTls(fc.transport_socket.typed_config, secrets, updates,
@@ -150,12 +155,12 @@ class Listener:
         except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as e:
             self.stats.downstream_cx_active.value -= 1
             self.stats.downstream_cx_destroy.value += 1
-            self.stats.counter("ssl.connection_error").value += 1
+            self.tls_stats.counter("ssl.connection_error").value += 1
             _log.debug("listener %s: TLS handshake failed: %s", self.name, e)
             conn.close()
             return
         if ctx is not None:
-            self.stats.counter("ssl.handshake").value += 1
+            self.tls_stats.counter("ssl.handshake").value += 1
         self.open.add(proto)
 
     def _closed(self, proto: DownstreamConnection) -> None:

@@ -1,13 +1,19 @@
-"""Counters and gauges with Envoy's names, kept in one store per process.
+"""Counters, gauges and histograms with Envoy's names, kept in one store per process.
 
 Each component declares its stats together in one tuple (as Envoy's ``ALL_*_STATS`` macros do)
 and gets a ``StatSet`` whose attributes are the live objects, so the hot path pays one
-attribute lookup and an integer add. The admin port renders the store as Envoy's /stats text.
+attribute lookup and an integer add. Rendering (Envoy's text, JSON and Prometheus shapes with
+Envoy's tag extraction) lives in ``render``.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable
+
+BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000,
+           300000, 600000, 1800000, 3600000)
+"""Envoy's default histogram bucket bounds (milliseconds)."""
 
 
 class Counter:
@@ -28,12 +34,48 @@ class Gauge:
         self.value = 0
 
 
+class Histogram:
+    """Counts of recorded values per Envoy bucket, with their sum."""
+
+    __slots__ = ("counts", "sum", "count")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKETS) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def record(self, value: float) -> None:
+        self.counts[bisect.bisect_left(BUCKETS, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def cumulative(self) -> list[int]:
+        out, total = [], 0
+        for c in self.counts[:-1]:
+            total += c
+            out.append(total)
+        return out
+
+    def quantile(self, q: float) -> float | None:
+        """An upper-bound estimate of a quantile from the buckets (None when empty)."""
+        if not self.count:
+            return None
+        rank = q * self.count
+        total = 0
+        for i, c in enumerate(self.counts):
+            total += c
+            if total >= rank and c:
+                return float(BUCKETS[i]) if i < len(BUCKETS) else float(BUCKETS[-1])
+        return float(BUCKETS[-1])
+
+
 class Store:
     """All stats of this process, by full Envoy name."""
 
     def __init__(self) -> None:
         self.counters: dict[str, Counter] = {}
         self.gauges: dict[str, Gauge] = {}
+        self.histograms: dict[str, Histogram] = {}
 
     def counter(self, name: str) -> Counter:
         c = self.counters.get(name)
@@ -47,34 +89,45 @@ class Store:
             g = self.gauges[name] = Gauge()
         return g
 
+    def histogram(self, name: str) -> Histogram:
+        h = self.histograms.get(name)
+        if h is None:
+            h = self.histograms[name] = Histogram()
+        return h
+
     def values(self) -> dict[str, int]:
         out = {n: c.value for n, c in self.counters.items()}
         out.update((n, g.value) for n, g in self.gauges.items())
         return out
-
-    def text(self) -> str:
-        """Envoy's plain /stats output: ``name: value`` lines sorted by name."""
-        return "".join(f"{n}: {v}\n" for n, v in sorted(self.values().items()))
 
 
 class StatSet:
     """The stats of one component instance under a prefix, as attributes."""
 
     def __init__(self, store: Store, prefix: str, counters: Iterable[str] = (),
-                 gauges: Iterable[str] = (), code_classes: str = "") -> None:
+                 gauges: Iterable[str] = (), code_classes: str = "",
+                 histograms: Iterable[str] = (), lazy_classes: bool = False) -> None:
         self._store = store
         self._prefix = prefix
-        self._classes = [store.counter(f"{prefix}{code_classes}_{k}xx") if k else Counter()
-                         for k in range(6)] if code_classes else []
+        self._class_prefix = f"{prefix}{code_classes}_"
+        self._classes: list[Counter | None] = [
+            None if lazy_classes or not k else store.counter(f"{self._class_prefix}{k}xx")
+            for k in range(6)] if code_classes else []
         for name in counters:
             setattr(self, name, store.counter(prefix + name))
         for name in gauges:
             setattr(self, name, store.gauge(prefix + name))
+        for name in histograms:
+            setattr(self, name, store.histogram(prefix + name))
 
     def count_code(self, code: int) -> None:
         """Bumps ``<kind>_1xx`` … ``<kind>_5xx`` for a response code; the set must declare
         them with ``code_classes``."""
-        self._classes[code // 100 if 100 <= code < 600 else 5].value += 1
+        k = code // 100 if 100 <= code < 600 else 5
+        c = self._classes[k]
+        if c is None:  # created on first use, as Envoy creates the cluster's code stats
+            c = self._classes[k] = self._store.counter(f"{self._class_prefix}{k}xx")
+        c.value += 1
 
     def counter(self, name: str) -> Counter:
         """A stat whose name is only known at run time (e.g. ``upstream_rq_503``)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +43,11 @@ SDS_COUNTERS = ("update_attempt", "update_success", "update_rejected", "update_f
 Signature = tuple[Any, ...]
 
 
+def _now() -> str:
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
+
+
 def signature_of(paths: list[str]) -> Signature:
     out: list[Any] = []
     for p in paths:
@@ -64,6 +70,8 @@ class Subscription:
         self.static = static
         self.stats = StatSet(store, f"sds.{name}.", SDS_COUNTERS)
         self.value: Material | None = None
+        self.secret: m.Secret | None = None
+        self.updated_at = ""
         self.files: list[str] = []
         self.signature: Signature = ()
         self.callbacks: list[Callable[[], None]] = []
@@ -80,7 +88,8 @@ class Subscription:
     def load(self) -> None:
         """The first load, at start: a failure here is a configuration error."""
         secret, mat = self._read()
-        self.value = mat
+        self.value, self.secret = mat, secret
+        self.updated_at = _now()
         self.files = self._watch_list(secret)
         self.signature = signature_of(self.files)
         problem = validity_problem(mat)
@@ -115,7 +124,8 @@ class Subscription:
                 _log.warning("secret '%s': update rejected, still serving the previous one: "
                              "%s", self.name, problem)
                 return False
-        self.value = mat
+        self.value, self.secret = mat, secret
+        self.updated_at = _now()
         self.stats.update_success.value += 1
         _log.info("secret '%s' updated from %s", self.name, self.path or "static_resources")
         for cb in self.callbacks:
@@ -155,6 +165,18 @@ class SecretManager:
 
     def _watched(self) -> list[Subscription | CertDirectory]:
         return [*self.subs.values(), *self.cert_dirs.values()]
+
+    def dump(self) -> list[dict[str, Any]]:
+        """The SDS secrets in /config_dump's ``dynamic_active_secrets`` shape."""
+        out = []
+        for sub in self.subs.values():
+            if sub.path is None or sub.secret is None:
+                continue
+            out.append({"name": sub.name, "version_info": str(sub.stats.update_success.value),
+                        "last_updated": sub.updated_at,
+                        "secret": {"@type": m.SECRET_TYPE,
+                                   **sub.secret.model_dump(exclude_none=True)}})
+        return out
 
     def start(self) -> None:
         if self._watched() and self._task is None:

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 
 from .. import log
 from ..config import model as m
-from ..stats import Counter, StatSet, Store
+from ..stats import Counter, Histogram, StatSet, Store
 from ..tls.context import ClientTls
 from ..tls.sds import SecretManager
 from .pool import Pool
@@ -53,9 +53,21 @@ class Host:
         self.label = f"{address}:{port}"
         self.pool = Pool(self)
         self.cx_active = 0
+        self.cx_total = 0
+        self.cx_connect_fail = 0
         self.rq_active = 0
         self.rq_total = 0
         self.rq_error = 0
+        self.rq_timeout = 0
+
+    def counters(self) -> list[tuple[str, int]]:
+        """Per-host counters in /clusters, as Envoy names them."""
+        return [("cx_connect_fail", self.cx_connect_fail), ("cx_total", self.cx_total),
+                ("rq_error", self.rq_error), ("rq_success", self.rq_total - self.rq_error),
+                ("rq_timeout", self.rq_timeout), ("rq_total", self.rq_total)]
+
+    def gauges(self) -> list[tuple[str, int]]:
+        return [("cx_active", self.cx_active), ("rq_active", self.rq_active)]
 
 
 class Cluster:
@@ -63,14 +75,17 @@ class Cluster:
         self.cfg = cfg
         self.name = cfg.name
         self.stats = StatSet(store, f"cluster.{cfg.name}.", CLUSTER_COUNTERS, CLUSTER_GAUGES,
-                             code_classes="upstream_rq")
+                             code_classes="upstream_rq", lazy_classes=True,
+                             histograms=("upstream_cx_connect_ms",))
+        self._rq_time: Histogram | None = None
         self.connect_timeout = cfg.connect_timeout
         self.idle_timeout = cfg.http_options.idle_timeout or 3600.0
         self.buffer_limit = 1024 * 1024
-        updates = store.counter(
-            f"cluster.{cfg.name}.client_ssl_socket_factory.ssl_context_update_by_sds")
-        self.tls = (ClientTls(cfg.transport_socket.typed_config, cfg.name, secrets, updates)
-                    if cfg.transport_socket else None)
+        self.tls = None
+        if cfg.transport_socket:
+            updates = store.counter(
+                f"cluster.{cfg.name}.client_ssl_socket_factory.ssl_context_update_by_sds")
+            self.tls = ClientTls(cfg.transport_socket.typed_config, cfg.name, secrets, updates)
         self.hosts: list[Host] = []
         self._status_counters: dict[int, Counter] = {}
         self._rr = 0
@@ -83,6 +98,12 @@ class Cluster:
         ]
         if cfg.type == "STATIC":
             self._set_hosts((a, p, h) for a, p, h in self.endpoints)
+
+    def record_rq_time(self, ms: float) -> None:
+        """``upstream_rq_time``, created on first use as Envoy's router creates it."""
+        if self._rq_time is None:
+            self._rq_time = self.stats._store.histogram(f"cluster.{self.name}.upstream_rq_time")
+        self._rq_time.record(ms)
 
     def status_counter(self, status: int) -> Counter:
         """``upstream_rq_<code>``, looked up once per code."""

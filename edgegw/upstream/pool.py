@@ -238,14 +238,22 @@ class Pool:
             conn.close()
         self.idle.clear()
 
+    def _failed(self, e: ConnectError) -> ConnectError:
+        self.host.cluster.stats.upstream_cx_connect_fail.value += 1
+        self.host.cx_connect_fail += 1
+        _log.debug("connect to %s failed: %s", self.host.label, e)
+        return e
+
     async def connect(self) -> UpstreamConnection:
         host = self.host
         cluster: Cluster = host.cluster
         stats = cluster.stats
         stats.upstream_cx_total.value += 1
         stats.upstream_cx_http1_total.value += 1
+        host.cx_total += 1
         loop = asyncio.get_running_loop()
         tls = cluster.tls
+        started = time.monotonic()
         try:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(
@@ -256,27 +264,23 @@ class Pool:
                 ),
                 cluster.connect_timeout,
             )
-        except TimeoutError:
-            stats.upstream_cx_connect_fail.value += 1
-            stats.upstream_cx_connect_timeout.value += 1
-            raise ConnectError("connection timeout") from None
-        except ssl.SSLError as e:
-            stats.upstream_cx_connect_fail.value += 1
-            _log.debug("TLS handshake with %s failed: %s", host.label, e)
-            raise ConnectError("remote connection failure",
-                               f"TLS_error:{e.reason or e.strerror}") from None
-        except OSError as e:
-            stats.upstream_cx_connect_fail.value += 1
-            _log.debug("connect to %s failed: %s", host.label, e)
-            raise ConnectError("remote connection failure", e.strerror or str(e)) from None
-        if tls is not None and tls.san_matchers:
-            why = tls.check_peer(conn.transport.get_extra_info("ssl_object") if conn.transport
-                                 else None)
+            why = tls.check_peer(conn.transport.get_extra_info("ssl_object")) \
+                if tls is not None and tls.san_matchers and conn.transport else None
             if why:
-                stats.upstream_cx_connect_fail.value += 1
                 conn.close()
-                _log.debug("upstream %s rejected: %s", host.label, why)
                 raise ConnectError("remote connection failure", why)
+        except TimeoutError:
+            stats.upstream_cx_connect_timeout.value += 1
+            raise self._failed(ConnectError("connection timeout")) from None
+        except ssl.SSLError as e:
+            raise self._failed(ConnectError("remote connection failure",
+                                            f"TLS_error:{e.reason or e.strerror}")) from None
+        except OSError as e:
+            raise self._failed(ConnectError("remote connection failure",
+                                            e.strerror or str(e))) from None
+        except ConnectError as e:
+            raise self._failed(e) from None
         assert conn.transport is not None
         conn.transport.set_write_buffer_limits(high=cluster.buffer_limit)
+        stats.upstream_cx_connect_ms.record((time.monotonic() - started) * 1000)
         return conn
