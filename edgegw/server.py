@@ -87,6 +87,14 @@ class Server:
                 for c in pair.chain]
         self.store.gauge("server.days_until_first_cert_expiring").value = min(days) if days else 0
 
+    def reopen_logs(self) -> None:
+        """SIGUSR1: reopen access log files (after logrotate moved them), as Envoy does."""
+        for lst in self.listeners:
+            for chain in lst.all_chains:
+                for logger in chain.hcm.access_logs:
+                    logger.reopen()
+        _log.info("reopening access logs")
+
     def request_stop(self) -> None:
         if self._stopped is not None:
             self._stopped.set()
@@ -96,6 +104,7 @@ class Server:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGUSR1, self.reopen_logs)
         assert self._stopped is not None
         await self._stopped.wait()
         _log.info("shutting down")

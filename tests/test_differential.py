@@ -297,3 +297,44 @@ def test_counters_match_envoy(pair, backends: Backends) -> None:
     assert seen["envoy"] == seen["edgegw"], "\n".join(
         f"{n}: envoy={seen['envoy'][n]} edgegw={seen['edgegw'][n]}" for n in names
         if seen["envoy"][n] != seen["edgegw"][n])
+
+
+FILE_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
+TEXT_FORMAT = ('%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL% %RESPONSE_CODE% '
+               '%RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% "%REQ(USER-AGENT)%" '
+               '"%REQ(:AUTHORITY)%" %UPSTREAM_CLUSTER% %RESPONSE_CODE_DETAILS% '
+               '%REQ(USER-AGENT):4% %REQ(X-MISSING)% %ROUTE_NAME% 100%%\n')
+JSON_FORMAT = {"code": "%RESPONSE_CODE%", "method": "%REQ(:METHOD)%", "flags":
+               "%RESPONSE_FLAGS%", "missing": "%REQ(X-NOPE)%", "mixed": "%REQ(:METHOD)% %PROTOCOL%",
+               "bytes": "%BYTES_SENT%", "path": "%REQ(:PATH)%"}
+
+
+def test_access_log_formats_match_envoy(pair, backends: Backends, tmp_path: Path) -> None:
+    def cfg(port: int) -> dict:
+        c = local_reply_config(backends, port)
+        tc = c["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        tc["access_log"] = [
+            {"name": "envoy.access_loggers.file", "typed_config": {
+                "@type": FILE_LOG, "path": str(tmp_path / f"text-{port}.log"),
+                "log_format": {"text_format_source": {"inline_string": TEXT_FORMAT}}}},
+            {"name": "envoy.access_loggers.file", "typed_config": {
+                "@type": FILE_LOG, "path": str(tmp_path / f"json-{port}.log"),
+                "log_format": {"json_format": JSON_FORMAT}}},
+        ]
+        return c
+
+    gws = pair(cfg)
+    logs = {}
+    for kind, (_, port) in gws.items():
+        for path in ("/status/200", "/dead", "/delay/2", "/direct", "/redirect/x", "/exact"):
+            exchange(port, request(path))
+        exchange(port, request("/", host="nowhere.example"))
+        deadline = time.monotonic() + 10
+        files = [tmp_path / f"text-{port}.log", tmp_path / f"json-{port}.log"]
+        while not all(f.exists() and f.read_text().count("\n") >= 7 for f in files):
+            assert time.monotonic() < deadline, kind
+            time.sleep(0.1)
+        logs[kind] = [f.read_text().splitlines() for f in files]
+    assert logs["envoy"][0] == logs["edgegw"][0], "\n".join(
+        f"{a}\n{b}\n" for a, b in zip(logs["envoy"][0], logs["edgegw"][0], strict=True) if a != b)
+    assert [json.loads(x) for x in logs["envoy"][1]] == [json.loads(x) for x in logs["edgegw"][1]]

@@ -12,6 +12,7 @@ import os
 import re
 from collections.abc import Iterator
 
+from ..accesslog.format import compile_template
 from ..tls.certs import CertError, load_pair, parse_chain, read
 from ..tls.secrets import SecretError, materialize, read_sds_file
 from .model import (
@@ -262,8 +263,15 @@ def _check_hcm(hcm: HttpConnectionManager, base: Path, clusters: set[str]) -> It
                 except CertError as e:
                     yield (rpath + ("direct_response", "body"), str(e))
     for i, log in enumerate(hcm.access_log):
-        if log.sink == "file":
-            yield from _check_writable(log.path, base + ("access_log", i, "typed_config", "path"))
+        where = base + ("access_log", i, "typed_config")
+        if log.typed_config.kind == "file":
+            yield from _check_writable(log.typed_config.path, where + ("path",))
+        template = log.typed_config.template
+        if template is not None:
+            try:
+                compile_template(template)
+            except ValueError as e:
+                yield (where, str(e))
 
 
 def _check_writable(path: str, where: Path) -> Iterator[Problem]:

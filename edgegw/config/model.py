@@ -434,38 +434,68 @@ class HttpFilter(Msg):
                     typed_required=False)
 
 
-class FileAccessLog(Msg):
-    path: str = Field(min_length=1)
+class SubstitutionFormatString(Msg):
+    """An access log format: a text template or a JSON object of templates."""
+
+    text_format: str | None = None
+    text_format_source: DataSource | None = None
+    json_format: dict[str, Any] | None = None
+    omit_empty_values: bool = False
+    content_type: str = ""
+
+    @model_validator(mode="after")
+    def _one(self) -> SubstitutionFormatString:
+        _one_of(self, ("text_format", "text_format_source", "json_format"))
+        return self
 
 
-class StreamAccessLog(Msg):
-    pass
+_LOG_KINDS = {STDOUT_LOG_TYPE: "stdout", STDERR_LOG_TYPE: "stderr", FILE_LOG_TYPE: "file"}
+
+
+def _access_log_type(v: Any) -> Any:
+    """Checks the logger's ``@type`` and records which of the three sinks it is."""
+    if not isinstance(v, dict) or "@type" not in v:
+        raise PydanticCustomError("typed_config", "typed_config must be a mapping with an \"@type\"")
+    kind = _LOG_KINDS.get(v["@type"])
+    if kind is None:
+        raise PydanticCustomError(
+            "unsupported_type", "\"@type\": {url} is not supported by edgegw here (supported: "
+            "{urls})", {"url": v["@type"], "urls": ", ".join(_LOG_KINDS)})
+    if "kind" in v:
+        raise PydanticCustomError("extra_forbidden", "field 'kind' is not supported by edgegw")
+    return {**{k: x for k, x in v.items() if k != "@type"}, "kind": kind}
+
+
+class AccessLogSink(Msg):
+    """Stdout/StderrAccessLog or FileAccessLog (``kind`` comes from the ``@type``)."""
+
+    kind: Literal["stdout", "stderr", "file"]
+    path: str = ""
+    log_format: SubstitutionFormatString | None = None
+    format: str | None = None
+    json_format: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _fields(self) -> AccessLogSink:
+        if self.kind == "file" and not self.path:
+            raise ValueError("a FileAccessLog needs a path")
+        if self.kind != "file" and (self.path or self.format or self.json_format):
+            raise ValueError(f"a {self.kind} access log takes only log_format")
+        _one_of(self, ("log_format", "format", "json_format"), required=False)
+        return self
+
+    @property
+    def template(self) -> SubstitutionFormatString | None:
+        if self.format is not None:
+            return SubstitutionFormatString(text_format=self.format)
+        if self.json_format is not None:
+            return SubstitutionFormatString(json_format=self.json_format)
+        return self.log_format
 
 
 class AccessLog(Msg):
     name: str = ""
-    typed_config: Annotated[
-        dict[str, Any], _typed(STDOUT_LOG_TYPE, STDERR_LOG_TYPE, FILE_LOG_TYPE)
-    ]
-    sink: Literal["stdout", "stderr", "file"] = "stdout"
-    path: str = ""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _sink(cls, v: Any) -> Any:
-        """Flattens the three logger types into one sink name (and a path for files)."""
-        if not isinstance(v, dict) or not isinstance(v.get("typed_config"), dict):
-            return v
-        tc = v["typed_config"]
-        url = tc.get("@type")
-        body = {k: x for k, x in tc.items() if k != "@type"}
-        if url == FILE_LOG_TYPE:
-            body = FileAccessLog(**body).model_dump()
-            return {**v, "sink": "file", "path": body["path"]}
-        if url in (STDOUT_LOG_TYPE, STDERR_LOG_TYPE):
-            StreamAccessLog(**body)
-            return {**v, "sink": "stdout" if url == STDOUT_LOG_TYPE else "stderr"}
-        return v
+    typed_config: Annotated[AccessLogSink, BeforeValidator(_access_log_type)]
 
 
 class CidrRange(Msg):

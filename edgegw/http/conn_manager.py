@@ -105,6 +105,7 @@ class DownstreamConnection(asyncio.Protocol):
         self.flow: FlowControl = None  # type: ignore[assignment]
         self.remote_ip = ""
         self.remote_port = 0
+        self.local_address = ""
         self.active: Stream | None = None
         self.receiving: Stream | None = None
         self.queue: collections.deque[Stream] = collections.deque()
@@ -129,6 +130,9 @@ class DownstreamConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.remote_ip, self.remote_port = peer[0], peer[1]
+        local = transport.get_extra_info("sockname")
+        if local:
+            self.local_address = f"{local[0]}:{local[1]}"
         st = self.hcm.stats
         st.downstream_cx_total.value += 1
         st.downstream_cx_http1_total.value += 1

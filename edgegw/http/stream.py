@@ -12,7 +12,6 @@ import time
 from typing import TYPE_CHECKING
 
 from .. import log
-from ..accesslog import Record
 from ..upstream.cluster import Cluster, Host
 from ..upstream.pool import ConnectError, UpstreamConnection
 from .codec import (
@@ -31,7 +30,6 @@ from .router import (
     Redirect,
     Route,
     first_header,
-    get_header,
     redirect_location,
 )
 
@@ -89,6 +87,10 @@ class Stream:
         self.authority = ""
         self.paused_upstream = False
         self.upgrade = b""
+        self.details = ""
+        """Envoy's RESPONSE_CODE_DETAILS: why the response is what it is."""
+        self.failure_reason = ""
+        self.resp_headers: Headers = []
 
     # --- request side -------------------------------------------------------------------
 
@@ -100,10 +102,12 @@ class Stream:
         st.downstream_rq_http1_total.value += 1
         st.downstream_rq_active.value += 1
         if not self.http11:
+            self.details = "low_version"
             self.local(426, b"Upgrade Required", close=True)
             return
         if self.upgrade and self.upgrade.lower() != b"h2c":
             # Envoy answers an upgrade that has no upgrade_configs with 403 (WebSocket: later).
+            self.details = "upgrade_failed"
             self.local(403, b"", close=True)
             return
         url = self.url
@@ -116,6 +120,7 @@ class Stream:
             self.headers = [h for h in self.headers if h[0] != b"host"] + [(b"host", host)]
             self.url = url
         if not host:
+            self.details = "missing_host_header"
             self.local(400, b"", close=True)
             return
         self.authority = host.decode("latin-1")
@@ -131,6 +136,7 @@ class Stream:
         if route is None:
             st.no_route.value += 1
             self.flags = "NR"
+            self.details = "route_not_found"
             self.local(404, b"")
             return
         self.route = route
@@ -141,10 +147,12 @@ class Stream:
         action = route.action
         if isinstance(action, Direct):
             st.rq_direct_response.value += 1
+            self.details = "direct_response"
             self.local(action.status, action.body, mutate=True)
             return
         if isinstance(action, Redirect):
             st.rq_direct_response.value += 1  # Envoy's rq_redirect is for internal redirects
+            self.details = "direct_response"
             where = redirect_location(action, "https" if conn.tls else "http", self.authority, path)
             self.local(action.status, b"", extra=[(b"location", where.encode("latin-1"))],
                        mutate=True)
@@ -165,6 +173,7 @@ class Stream:
         if host is None:
             cluster.stats.upstream_cx_none_healthy.value += 1
             self.flags = "UH"
+            self.details = "no_healthy_upstream"
             self.local(503, b"no healthy upstream")
             return
         self.host = host
@@ -308,6 +317,7 @@ class Stream:
             self.finish()
         else:
             self._charge(504)
+            self.details = "response_timeout"
             self.local(504, b"upstream request timeout")
 
     # --- upstream events (ResponseSink) -------------------------------------------------
@@ -360,6 +370,8 @@ class Stream:
             out.append((b"connection", b"close"))
         self.code = status
         self.response_started = True
+        self.details = "via_upstream"
+        self.resp_headers = out
         self.out.append(status_line(status) + encode_headers(out) + b"\r\n")
 
     def upstream_body(self, data: bytes) -> None:
@@ -426,6 +438,9 @@ class Stream:
         if self.flags == "UF" and self.cluster is not None:
             self.cluster.stats.upstream_rq_pending_failure_eject.value += 1
         self._charge(503)
+        self.details = ("upstream_reset_before_response_started{" + reason.replace(" ", "_")
+                        + ("|" + detail.replace(" ", "_") if detail else "") + "}")
+        self.failure_reason = detail
         if detail:
             _log.debug("upstream %s: %s (%s)", self.host.label if self.host else "-", reason,
                        detail)
@@ -484,6 +499,7 @@ class Stream:
         self.code = status
         self.response_started = True
         self.bytes_sent = len(body)
+        self.resp_headers = headers
         self.conn.transport_write(local_reply(status, body, hcm.server_name, close, headers,
                                               head=self.method == b"HEAD"))
         self._drop_upstream()
@@ -510,33 +526,9 @@ class Stream:
             cs.upstream_rq_active.value -= 1
             cs.upstream_rq_completed.value += 1
             self.host.rq_active -= 1
-        if hcm.access_logs:
-            self._access_log()
+        for logger in hcm.access_logs:
+            logger.log(self)
         self.conn.stream_done(self)
 
-    def _access_log(self) -> None:
-        h = self.headers
-
-        def hv(name: bytes) -> str:
-            v = get_header(h, name)
-            return v.decode("latin-1") if v is not None else "-"
-
-        rec = Record(
-            start=self.start_time,
-            method=self.method.decode("latin-1"),
-            path=self.url.decode("latin-1"),
-            protocol="HTTP/1.1" if self.http11 else "HTTP/1.0",
-            code=self.code,
-            flags=self.flags,
-            bytes_received=self.bytes_received,
-            bytes_sent=self.bytes_sent,
-            duration_ms=int((time.monotonic() - self.start_mono) * 1000),
-            upstream_service_time=self.service_time.decode() or "-",
-            forwarded_for=hv(b"x-forwarded-for"),
-            user_agent=hv(b"user-agent"),
-            request_id=hv(b"x-request-id"),
-            authority=self.authority or "-",
-            upstream_host=self.host.label if self.host else "-",
-        )
-        for logger in self.conn.hcm.access_logs:
-            logger.log(rec)
+    def duration_ms(self) -> int:
+        return int((time.monotonic() - self.start_mono) * 1000)

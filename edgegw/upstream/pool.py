@@ -277,7 +277,7 @@ class Pool:
                                             f"TLS_error:{e.reason or e.strerror}")) from None
         except OSError as e:
             raise self._failed(ConnectError("remote connection failure",
-                                            e.strerror or str(e))) from None
+                                            f"delayed_connect_error: {e.strerror or e}")) from None
         except ConnectError as e:
             raise self._failed(e) from None
         assert conn.transport is not None
