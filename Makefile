@@ -13,10 +13,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# curl and openssl are the real clients the end-to-end tests drive.
+# curl, openssl and chromium are the real clients the end-to-end tests drive.
 sysdeps:
-	@command -v curl >/dev/null && command -v openssl >/dev/null || \
-	  (apt-get update -q && apt-get install -y -q curl openssl)
+	@command -v curl >/dev/null && command -v openssl >/dev/null && command -v chromium >/dev/null || \
+	  (apt-get update -q && apt-get install -y -q curl openssl chromium)
 
 demo: install
 	$(PY) -m edgegw.demo

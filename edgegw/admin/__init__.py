@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 from .. import __version__, log
 from ..http.codec import REASONS, http_date
 from ..stats import render
-from . import dump
+from . import dump, status
 
 if TYPE_CHECKING:
     from ..server import Server
@@ -48,6 +48,8 @@ class Admin:
             "/server_info": ("print server version/status information", self.server_info),
             "/listeners": ("print listener info", self.listeners),
             "/certs": ("print certs on machine", self.certs),
+            "/status": ("status page for people (edgegw)", self.status_page),
+            "/status.json": ("the status page's data (edgegw)", self.status_json),
             "/quitquitquit": ("exit the server", self.quit),
         }
         try:
@@ -175,6 +177,14 @@ class Admin:
     def _loggers(self) -> bytes:
         lines = "".join(f"  {name}: {log.level_name(name)}\n" for name in log.COMPONENTS)
         return ("active loggers:\n" + lines).encode()
+
+    async def status_page(self, q: dict[str, list[str]], method: str
+                          ) -> tuple[int, str, bytes]:
+        return 200, "text/html; charset=utf-8", status.PAGE.encode()
+
+    async def status_json(self, q: dict[str, list[str]], method: str
+                          ) -> tuple[int, str, bytes]:
+        return 200, "application/json", json.dumps(status.status_doc(self.server)).encode()
 
     async def certs(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
         doc = {"certificates": self.server.certificates()}

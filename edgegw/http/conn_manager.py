@@ -43,6 +43,7 @@ class HttpConnectionManager:
 
     def __init__(self, cfg: m.HttpConnectionManager, clusters: ClusterManager,
                  store: Store) -> None:
+        self.stat_prefix = cfg.stat_prefix
         self.stats = StatSet(store, f"http.{cfg.stat_prefix}.", HCM_COUNTERS, HCM_GAUGES,
                              code_classes="downstream_rq", histograms=("downstream_rq_time",))
         self.routes = compile_routes(cfg.route_config)
