@@ -229,3 +229,22 @@ def test_log_path_and_envoy_log_line_shape(tmp_path: Path, certs: Path) -> None:
     assert lines and all(__import__("re").match(pattern, ln) for ln in lines), lines
     assert any("all dependencies initialized" in ln for ln in lines)
     assert not any("[admin]" in ln for ln in lines)  # admin stays at warning
+
+
+def test_admin_bound_beyond_loopback_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    """Checked without binding: tests never listen beyond loopback."""
+    import logging
+
+    from edgegw.admin import Admin
+
+    root = logging.getLogger("edgegw")
+    saved, root.propagate = root.propagate, True
+    try:
+        with caplog.at_level(logging.WARNING, logger="edgegw.admin"):
+            Admin(server=None, host="0.0.0.0", port=9901, access_log_path="")  # type: ignore[arg-type]
+            Admin(server=None, host="127.0.0.1", port=9901, access_log_path="")  # type: ignore[arg-type]
+    finally:
+        root.propagate = saved
+    warnings = [r.getMessage() for r in caplog.records if r.name == "edgegw.admin"]
+    assert len(warnings) == 1
+    assert "0.0.0.0:9901" in warnings[0] and "stop the server" in warnings[0]
