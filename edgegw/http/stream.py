@@ -325,12 +325,7 @@ class Stream:
     def upstream_headers(self, status: int, headers: Headers, keep_alive: bool) -> None:
         if self.response_done:
             return
-        cluster = self.cluster
-        assert cluster is not None and self.host is not None
-        cluster.stats.count_code(status)
-        cluster.status_counter(status).value += 1
-        if status >= 500:
-            self.host.rq_error += 1
+        self._charge(status)
         ms = int((time.monotonic() - self.upstream_sent_at) * 1000)
         self.service_time = b"%d" % ms
         hcm = self.conn.hcm
@@ -447,8 +442,9 @@ class Stream:
         self.local(503, CONNECT_FAILURE + reason.encode())
 
     def _charge(self, code: int) -> None:
-        """Counts a reply made on the upstream's behalf against the cluster, as Envoy does."""
-        if self.host is not None:
+        """Counts a response code against the cluster (also replies made on the upstream's
+        behalf, as Envoy does)."""
+        if self.host is not None and code >= 500:
             self.host.rq_error += 1
         if self.cluster is not None:
             self.cluster.stats.count_code(code)
