@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import signal
 import time
 from typing import Any
@@ -32,7 +33,9 @@ class Server:
             exclude_defaults=True)
         self.options = options or {}
         self.store = Store()
-        self.state = "PRE_INITIALIZING"
+        self._state = "PRE_INITIALIZING"
+        self.health_failed = False
+        """Set by POST /healthcheck/fail: the server reports DRAINING until /healthcheck/ok."""
         self.started = time.time()
         self.store.gauge("server.live").value = 0
         self.secrets = SecretManager(boot, self.store)
@@ -47,7 +50,7 @@ class Server:
 
     async def start(self) -> None:
         self._stopped = asyncio.Event()
-        self.state = "INITIALIZING"
+        self._state = "INITIALIZING"
         if self.admin is not None:
             await self.admin.start()
         _log.info("loading %d cluster(s)", len(self.clusters.clusters))
@@ -59,10 +62,25 @@ class Server:
         # Config and runtime objects live as long as the server: keep the cyclic GC off them.
         gc.freeze()
         self.secrets.start()
-        self.state = "LIVE"
-        self.store.gauge("server.live").value = 1
+        self._state = "LIVE"
         self.store.gauge("server.concurrency").value = 1
         _log.info("all dependencies initialized. starting workers")
+
+    @property
+    def state(self) -> str:
+        return "DRAINING" if self.health_failed and self._state == "LIVE" else self._state
+
+    def update_server_gauges(self) -> None:
+        """The server.* gauges Envoy keeps, refreshed when the admin port is read."""
+        g = self.store.gauge
+        g("server.live").value = int(self.state == "LIVE")
+        g("server.state").value = {"LIVE": 0, "DRAINING": 1, "PRE_INITIALIZING": 2,
+                                   "INITIALIZING": 3}[self._state]
+        g("server.uptime").value = int(time.time() - self.started)
+        with open("/proc/self/statm") as f:
+            g("server.memory_allocated").value = int(f.read().split()[1]) * os.sysconf(
+                "SC_PAGE_SIZE")
+        self.update_cert_gauge()
 
     def _tls_objects(self) -> list[Any]:
         out: list[Any] = [c.tls for lst in self.listeners for c in lst.all_chains if c.tls]
@@ -111,7 +129,7 @@ class Server:
         await self.stop()
 
     async def stop(self) -> None:
-        self.state = "DRAINING"
+        self._state = "DRAINING"
         for lst in self.listeners:
             lst.stop()
         self.clusters.stop()

@@ -171,3 +171,18 @@ def test_tls_listener_stat_names_are_envoys(gateway, backends: Backends, certs: 
         seen[kind] = names(admin(gw, "/stats").text)
     extra = {n for n in seen["edgegw"] - seen["envoy"] if not n.startswith("edgegw.")}
     assert extra == set(), "\n".join(sorted(extra))
+
+
+def test_healthcheck_fail_and_ok(both) -> None:
+    for kind, gw in both.items():
+        assert admin(gw, "/healthcheck/fail").status_code == 405, kind
+        assert admin(gw, "/healthcheck/fail", "POST").text == "OK\n", kind
+        r = admin(gw, "/ready")
+        assert (r.status_code, r.text) == (503, "DRAINING\n"), kind
+        assert admin(gw, "/server_info").json()["state"] == "DRAINING", kind
+        assert "server.live: 0" in admin(gw, "/stats?filter=^server\\.live$").text, kind
+        assert admin(gw, "/healthcheck/ok", "POST").text == "OK\n", kind
+        assert admin(gw, "/ready").text == "LIVE\n", kind
+        stats = admin(gw, "/stats?filter=^server\\.").text
+        assert "server.live: 1" in stats and "server.uptime: " in stats, kind
+        assert "server.memory_allocated: " in stats, kind

@@ -51,6 +51,8 @@ class Admin:
             "/status": ("status page for people (edgegw)", self.status_page),
             "/status.json": ("the status page's data (edgegw)", self.status_json),
             "/quitquitquit": ("exit the server", self.quit),
+            "/healthcheck/fail": ("cause the server to fail health checks", self.hc_fail),
+            "/healthcheck/ok": ("cause the server to pass health checks", self.hc_ok),
         }
         try:
             if not ipaddress.ip_address(host).is_loopback:
@@ -114,7 +116,8 @@ class Admin:
         entry = self.routes.get(url.path)
         if entry is None:
             return 404, "text/plain", b"invalid path. admin commands are:\n" + self._help()
-        mutating = url.path in ("/quitquitquit", "/logging")
+        mutating = url.path in ("/quitquitquit", "/logging", "/healthcheck/fail",
+                                "/healthcheck/ok")
         if mutating and method != "POST":
             return 405, "text/plain", b"This endpoint requires POST\n"
         return await entry[1](parse_qs(url.query, keep_blank_values=True), method)
@@ -130,7 +133,7 @@ class Admin:
         return (200 if state == "LIVE" else 503), "text/plain", f"{state}\n".encode()
 
     async def stats(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
-        self.server.update_cert_gauge()
+        self.server.update_server_gauges()
         fmt = (q.get("format") or [""])[0]
         flt = (q.get("filter") or [None])[0]
         used = "usedonly" in q
@@ -231,6 +234,14 @@ class Admin:
         out = "".join(f"{lst.name}::{lst.address[0]}:{lst.address[1]}\n"
                       for lst in self.server.listeners)
         return 200, "text/plain", out.encode()
+
+    async def hc_fail(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
+        self.server.health_failed = True
+        return 200, "text/plain", b"OK\n"
+
+    async def hc_ok(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
+        self.server.health_failed = False
+        return 200, "text/plain", b"OK\n"
 
     async def quit(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
         asyncio.get_running_loop().call_later(0.05, self.server.request_stop)
