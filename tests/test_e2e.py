@@ -333,3 +333,15 @@ def test_reused_connection_dropped_by_backend_is_retried_once(edge, certs: Path)
             assert r.status_code == 200, path
     after = edge.stats()
     assert after["cluster.a.upstream_cx_total"] - before["cluster.a.upstream_cx_total"] == 2
+
+
+def test_drain_listeners_closes_the_door_and_lets_open_requests_finish(edge, certs: Path) -> None:
+    s = _tls(edge.port, certs)
+    s.sendall(b"GET /delay/0.5 HTTP/1.1\r\nHost: a.example.com\r\n\r\n")
+    time.sleep(0.1)
+    r = httpx.post(f"http://127.0.0.1:{edge.admin_port}/drain_listeners")
+    assert r.status_code == 200
+    out = _read_all(s)
+    assert out.startswith(b"HTTP/1.1 200 OK") and b"connection: close" in out
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", edge.port), timeout=2).close()

@@ -53,6 +53,7 @@ class Admin:
             "/quitquitquit": ("exit the server", self.quit),
             "/healthcheck/fail": ("cause the server to fail health checks", self.hc_fail),
             "/healthcheck/ok": ("cause the server to pass health checks", self.hc_ok),
+            "/drain_listeners": ("drain listeners", self.drain_listeners),
         }
         try:
             if not ipaddress.ip_address(host).is_loopback:
@@ -117,7 +118,7 @@ class Admin:
         if entry is None:
             return 404, "text/plain", b"invalid path. admin commands are:\n" + self._help()
         mutating = url.path in ("/quitquitquit", "/logging", "/healthcheck/fail",
-                                "/healthcheck/ok")
+                                "/healthcheck/ok", "/drain_listeners")
         if mutating and method != "POST":
             return 405, "text/plain", b"This endpoint requires POST\n"
         return await entry[1](parse_qs(url.query, keep_blank_values=True), method)
@@ -241,6 +242,12 @@ class Admin:
 
     async def hc_ok(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
         self.server.health_failed = False
+        return 200, "text/plain", b"OK\n"
+
+    async def drain_listeners(self, q: dict[str, list[str]], method: str
+                              ) -> tuple[int, str, bytes]:
+        for lst in self.server.listeners:
+            lst.drain()
         return 200, "text/plain", b"OK\n"
 
     async def quit(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:

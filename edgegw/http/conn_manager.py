@@ -264,6 +264,11 @@ class DownstreamConnection(asyncio.Protocol):
             nxt.start()
             return
 
+    def drain(self) -> None:
+        self.draining = True
+        if self.active is None and not self.closed:
+            self.transport.close()
+
     def _protocol_error(self, code: int, body: bytes) -> None:
         self.hcm.stats.downstream_cx_protocol_error.value += 1
         if self.active is not None and self.active.response_started:

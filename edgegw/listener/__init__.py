@@ -104,11 +104,21 @@ class Listener:
         self.loop = asyncio.get_running_loop()
         self.loop.add_reader(self.sock.fileno(), self._accept)
 
-    def stop(self) -> None:
+    def drain(self) -> None:
+        """Stops accepting; open connections answer with ``connection: close`` and idle ones
+        close now (Envoy's drain for HTTP/1.1)."""
+        self._close_socket()
+        for proto in list(self.open):
+            proto.drain()
+
+    def _close_socket(self) -> None:
         if self.sock is not None and self.loop is not None:
             self.loop.remove_reader(self.sock.fileno())
             self.sock.close()
             self.sock = None
+
+    def stop(self) -> None:
+        self._close_socket()
         for c in self.all_chains:
             c.hcm.close()
 
