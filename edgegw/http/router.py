@@ -177,10 +177,8 @@ class Forward:
     auto_host_rewrite: bool
     prefix: bytes | None
     prefix_rewrite: bytes | None
-
-    @property
-    def timeout_ms(self) -> bytes:
-        return b"%d" % int(self.timeout * 1000)
+    timeout_ms: bytes = b""
+    """x-envoy-expected-rq-timeout-ms, formatted once."""
 
 
 @dataclass(frozen=True)
@@ -228,9 +226,11 @@ class Route:
 def _action(r: m.Route) -> Forward | Redirect | Direct:
     if r.route is not None:
         a = r.route
+        timeout = DEFAULT_ROUTE_TIMEOUT if a.timeout is None else a.timeout
         return Forward(
             cluster=a.cluster,
-            timeout=DEFAULT_ROUTE_TIMEOUT if a.timeout is None else a.timeout,
+            timeout=timeout,
+            timeout_ms=b"%d" % int(timeout * 1000),
             host_rewrite=a.host_rewrite_literal.encode("latin-1")
             if a.host_rewrite_literal else None,
             auto_host_rewrite=a.auto_host_rewrite,
