@@ -66,6 +66,16 @@ class Site:
                 "certificate_chain": {"filename": str(crt)},
                 "private_key": {"filename": str(key)}}}]}))
 
+    def move_in_new_secret(self) -> int:
+        """Envoy's own rotation: new files, and a new SDS file moved into the watched dir."""
+        chain, key, serial = self.issue()
+        crt2, key2 = self.certs / "v2.crt", self.certs / "v2.key"
+        crt2.write_bytes(chain)
+        key2.write_bytes(key)
+        self.write_secret(self.sds / ".site_a.yaml.tmp", crt2, key2)
+        os.rename(self.sds / ".site_a.yaml.tmp", self.sds / "site_a.yaml")
+        return serial
+
     def config(self, port: int, backends: Backends) -> dict:
         ts = {"name": "envoy.transport_sockets.tls", "typed_config": {
             "@type": DTLS, "common_tls_context": {"tls_certificate_sds_secret_configs": [{
@@ -176,12 +186,7 @@ def test_rotation_by_polling_alone(sds_gateway, site: Site) -> None:
 
 def test_new_secret_file_renamed_into_watched_directory(sds_gateway, site: Site) -> None:
     g = sds_gateway()
-    chain, key, serial = site.issue()
-    crt2, key2 = site.certs / "v2.crt", site.certs / "v2.key"
-    crt2.write_bytes(chain)
-    key2.write_bytes(key)
-    site.write_secret(site.sds / ".site_a.yaml.tmp", crt2, key2)
-    os.rename(site.sds / ".site_a.yaml.tmp", site.sds / "site_a.yaml")
+    serial = site.move_in_new_secret()
     wait_serial(g.port, site.ca_file, serial)
 
 
@@ -342,12 +347,7 @@ def test_sds_rotation_matches_envoy(sds_gateway, site: Site) -> None:
     """Envoy's own rotation scheme (a new secret file moved into the watched directory) works
     the same under both."""
     gws = [sds_gateway("envoy"), sds_gateway("edgegw")]
-    chain, key, serial = site.issue()
-    crt2, key2 = site.certs / "v2.crt", site.certs / "v2.key"
-    crt2.write_bytes(chain)
-    key2.write_bytes(key)
-    site.write_secret(site.sds / ".tmp.yaml", crt2, key2)
-    os.rename(site.sds / ".tmp.yaml", site.sds / "site_a.yaml")
+    serial = site.move_in_new_secret()
     for g in gws:
         wait_serial(g.port, site.ca_file, serial, within=2.0)
         assert g.stats()["sds.site_a.update_success"] >= 1, g.kind
