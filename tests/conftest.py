@@ -217,6 +217,9 @@ def edge_config(certs: Path, backends: Backends, port: int, **hcm_extra: object)
     vhosts = [
         {"name": "a", "domains": ["a.example.com", "a.example.com:*"], "routes": [
             route("/slow/", "a", timeout="0.5s", prefix_rewrite="/"),
+            route("/retry/", "a", prefix_rewrite="/", retry_policy={
+                "retry_on": "5xx", "num_retries": 3,
+                "retry_back_off": {"base_interval": "0.01s"}}),
             route("/dead", "dead"),
             route("/empty", "empty"),
             route("/", "a")]},

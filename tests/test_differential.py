@@ -338,3 +338,62 @@ def test_access_log_formats_match_envoy(pair, backends: Backends, tmp_path: Path
     assert logs["envoy"][0] == logs["edgegw"][0], "\n".join(
         f"{a}\n{b}\n" for a, b in zip(logs["envoy"][0], logs["edgegw"][0], strict=True) if a != b)
     assert [json.loads(x) for x in logs["envoy"][1]] == [json.loads(x) for x in logs["edgegw"][1]]
+
+
+RETRY_STATS = ("upstream_rq_retry", "upstream_rq_retry_limit_exceeded", "upstream_rq_retry_success",
+               "upstream_rq_retry_backoff_exponential", "retry.upstream_rq_500",
+               "retry.upstream_rq_5xx", "retry.upstream_rq_completed", "upstream_rq_total",
+               "upstream_rq_500", "upstream_rq_5xx", "upstream_rq_200", "upstream_rq_completed",
+               "upstream_cx_connect_fail", "upstream_rq_503", "upstream_rq_per_try_timeout",
+               "upstream_rq_timeout", "upstream_rq_504", "upstream_cx_destroy")
+
+
+def test_seed_retry_scenario_counts_like_envoy(pair, backends: Backends) -> None:
+    """The reference material's run: three GET /status/500 with num_retries 3 show
+    upstream_rq_retry 9, upstream_rq_retry_limit_exceeded 3, retry.upstream_rq_500 9."""
+    gws = pair(lambda port: seed("simple_retry.yaml", backends, port))
+    seen = {}
+    for kind, (gw, port) in gws.items():
+        for _ in range(3):
+            assert parse(exchange(port, request("/status/500")))[0] == 500
+        assert parse(exchange(port, request("/status/200")))[0] == 200
+        stats = gw.stats()
+        seen[kind] = {n: stats.get(f"cluster.httpbin_service.{n}") for n in RETRY_STATS}
+    assert seen["edgegw"]["upstream_rq_retry"] == 9
+    assert seen["edgegw"]["upstream_rq_retry_limit_exceeded"] == 3
+    assert seen["edgegw"]["retry.upstream_rq_500"] == 9
+    assert seen["envoy"] == seen["edgegw"], "\n".join(
+        f"{n}: envoy={seen['envoy'][n]} edgegw={seen['edgegw'][n]}" for n in RETRY_STATS
+        if seen["envoy"][n] != seen["edgegw"][n])
+
+
+def test_retry_on_connect_failure_and_per_try_timeout_like_envoy(pair, backends: Backends) -> None:
+    def cfg(port: int) -> dict:
+        c = local_reply_config(backends, port)
+        vh = c["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+            "typed_config"]["route_config"]["virtual_hosts"][0]
+        vh["routes"][0]["route"]["retry_policy"] = {"retry_on": "connect-failure",
+                                                    "num_retries": 2}
+        vh["routes"][-1]["route"]["retry_policy"] = {
+            "retry_on": "5xx", "num_retries": 1, "per_try_timeout": "0.2s",
+            "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts",
+                                      "typed_config": {"@type": "type.googleapis.com/envoy."
+                                                       "extensions.retry.host.previous_hosts.v3."
+                                                       "PreviousHostsPredicate"}}]}
+        return c
+
+    gws = pair(cfg)
+    replies, seen = {}, {}
+    for kind, (gw, port) in gws.items():
+        replies[kind] = [parse(exchange(port, request(p)))[::2] for p in
+                         ("/dead", "/delay/1", "/status/200")]
+        stats = gw.stats()
+        seen[kind] = {f"{c}.{n}": stats.get(f"cluster.{c}.{n}") for c in ("a", "dead")
+                      for n in RETRY_STATS}
+    assert replies["envoy"] == replies["edgegw"]
+    assert replies["edgegw"][0] == (503, b"upstream connect error or disconnect/reset before "
+                                    b"headers. retried and the latest reset reason: remote "
+                                    b"connection failure")
+    assert seen["envoy"] == seen["edgegw"], "\n".join(
+        f"{n}: envoy={seen['envoy'][n]} edgegw={seen['edgegw'][n]}" for n in seen["envoy"]
+        if seen["envoy"][n] != seen["edgegw"][n])

@@ -345,3 +345,26 @@ def test_drain_listeners_closes_the_door_and_lets_open_requests_finish(edge, cer
     assert out.startswith(b"HTTP/1.1 200 OK") and b"connection: close" in out
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", edge.port), timeout=2).close()
+
+
+def test_retries_replay_the_body_and_report_urx_when_exhausted(edge, certs: Path,
+                                                               tmp_path: Path) -> None:
+    blob = tmp_path / "body"
+    blob.write_bytes(b"r" * 300_000)
+    token = f"t{time.monotonic_ns()}"
+    r = curl(edge.port, certs, "a.example.com", f"/retry/flaky/{token}/2", "--data-binary",
+             f"@{blob}")
+    status, _, body = split(r.stdout)
+    assert status == 200 and json.loads(body)["body_bytes"] == 300_000
+    r = curl(edge.port, certs, "a.example.com", f"/retry/flaky/{token}x/9")
+    assert split(r.stdout)[0] == 503
+    stats = edge.stats()
+    assert stats["cluster.a.upstream_rq_retry"] == 5
+    assert stats["cluster.a.upstream_rq_retry_success"] == 1
+    assert stats["cluster.a.upstream_rq_retry_limit_exceeded"] == 1
+
+
+def test_no_retry_once_the_response_has_started(edge, certs: Path) -> None:
+    r = curl(edge.port, certs, "a.example.com", "/retry/close")
+    assert r.returncode != 0  # cut off mid-body: reset, not retried, not passed off as whole
+    assert edge.stats()["cluster.a.upstream_rq_retry"] == 0

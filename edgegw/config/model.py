@@ -340,9 +340,53 @@ class RouteMatch(Msg):
         return self
 
 
+RETRY_ON = ("5xx", "gateway-error", "reset", "connect-failure", "retriable-4xx",
+            "refused-stream", "retriable-status-codes")
+PREVIOUS_HOSTS = "envoy.retry_host_predicates.previous_hosts"
+PREVIOUS_HOSTS_TYPE = T + "extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+
+
+class RetryBackOff(Msg):
+    base_interval: Duration
+    max_interval: Duration | None = None
+
+
+class PreviousHosts(Msg):
+    pass
+
+
+class RetryHostPredicate(Msg):
+    name: Literal["envoy.retry_host_predicates.previous_hosts"]
+    typed_config: Annotated[PreviousHosts, _typed(PREVIOUS_HOSTS_TYPE)]
+    """Required: Envoy 1.40 refuses the bare name too."""
+
+
+class RetryPolicy(Msg):
+    retry_on: str = ""
+    num_retries: int = Field(default=1, ge=0)
+    per_try_timeout: Duration | None = None
+    retry_back_off: RetryBackOff | None = None
+    retriable_status_codes: list[int] = []
+    retry_host_predicate: list[RetryHostPredicate] = []
+    host_selection_retry_max_attempts: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _conditions(self) -> RetryPolicy:
+        for c in self.conditions:
+            if c not in RETRY_ON:
+                raise ValueError(f"retry_on '{c}' is not supported by edgegw (supported: "
+                                 f"{', '.join(RETRY_ON)})")
+        return self
+
+    @property
+    def conditions(self) -> list[str]:
+        return [c.strip() for c in self.retry_on.split(",") if c.strip()]
+
+
 class RouteAction(Msg):
     cluster: str = Field(min_length=1)
     timeout: Duration | None = None
+    retry_policy: RetryPolicy | None = None
     host_rewrite_literal: str | None = None
     auto_host_rewrite: bool = False
     prefix_rewrite: str | None = None
@@ -408,6 +452,7 @@ class VirtualHost(HeaderMutations):
     domains: list[str] = Field(min_length=1)
     routes: list[Route] = []
     require_tls: Literal["NONE", "EXTERNAL_ONLY", "ALL"] = "NONE"
+    retry_policy: RetryPolicy | None = None
 
 
 class RouteConfiguration(HeaderMutations):

@@ -3,7 +3,8 @@
 It answers ``/headers`` (the request as JSON, with the SNI it was reached by), ``/status/N``,
 ``/delay/S``, ``/bytes/N``, ``/stream/N`` (chunked), ``/unframed`` (a body that ends at
 close), ``/close`` (dies mid-response), ``/slowread`` (reads the body two seconds late),
-``/drop-reused`` (closes a reused connection without answering) and echoes
+``/drop-reused`` (closes a reused connection without answering), ``/flaky/TOKEN/N`` (503 for
+the first N requests) and echoes
 anything else. The demo and the tests both use it, over plain HTTP or over TLS.
 """
 
@@ -18,6 +19,8 @@ import sys
 from http import HTTPStatus
 
 import httptools
+
+_FLAKY: dict[str, int] = {}
 
 
 class _Backend(asyncio.Protocol):
@@ -110,6 +113,12 @@ class _Backend(asyncio.Protocol):
         if parts[0] == "stream" and len(parts) > 1:
             await self._chunked(int(parts[1]), not keep)
             return
+        if parts[0] == "flaky" and len(parts) > 2:
+            # /flaky/TOKEN/N: the first N requests with this token get 503, then the echo.
+            seen = _FLAKY[parts[1]] = _FLAKY.get(parts[1], 0) + 1
+            if seen <= int(parts[2]):
+                self._write(503, b"flaky\n", [], not keep)
+                return
         if parts[0] == "unframed":
             assert self.transport is not None
             self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\n"

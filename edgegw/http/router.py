@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from ..config import model as m
 from ..tls.certs import read
+from .retry import Retry, policy_for
 
 Headers = list[tuple[bytes, bytes]]
 """Header fields as (lower-case name, value) pairs in arrival order."""
@@ -179,6 +180,7 @@ class Forward:
     prefix_rewrite: bytes | None
     timeout_ms: bytes = b""
     """x-envoy-expected-rq-timeout-ms, formatted once."""
+    retry: Retry | None = None
 
 
 @dataclass(frozen=True)
@@ -223,7 +225,7 @@ class Route:
         return True
 
 
-def _action(r: m.Route) -> Forward | Redirect | Direct:
+def _action(r: m.Route, vhost: m.VirtualHost) -> Forward | Redirect | Direct:
     if r.route is not None:
         a = r.route
         timeout = DEFAULT_ROUTE_TIMEOUT if a.timeout is None else a.timeout
@@ -231,6 +233,7 @@ def _action(r: m.Route) -> Forward | Redirect | Direct:
             cluster=a.cluster,
             timeout=timeout,
             timeout_ms=b"%d" % int(timeout * 1000),
+            retry=policy_for(a, vhost),
             host_rewrite=a.host_rewrite_literal.encode("latin-1")
             if a.host_rewrite_literal else None,
             auto_host_rewrite=a.auto_host_rewrite,
@@ -312,7 +315,7 @@ def compile_routes(rc: m.RouteConfiguration) -> RouteTable:
                 name=r.name,
                 path_match=_path_matcher(r.match),
                 header_matches=tuple(_header_matcher(h) for h in r.match.headers),
-                action=_action(r),
+                action=_action(r, v),
                 mutations=tuple(x for x in (_mutations(r), vmut, top)
                                 if x.request or x.response),
             )

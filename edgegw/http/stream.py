@@ -23,6 +23,7 @@ from .codec import (
     local_reply,
     status_line,
 )
+from .retry import RETRY_BUFFER_LIMIT, Retry
 from .router import (
     Direct,
     Forward,
@@ -91,6 +92,16 @@ class Stream:
         """Envoy's RESPONSE_CODE_DETAILS: why the response is what it is."""
         self.failure_reason = ""
         self.resp_headers: Headers = []
+        self.action: Forward | None = None
+        self.retry: Retry | None = None
+        self.attempt = 0
+        self.retries_done = 0
+        self.body_copy: list[bytes] | None = None
+        """The request body kept for replay while a retry is still possible."""
+        self.body_copy_bytes = 0
+        self.tried: list[Host] = []
+        self.retry_handle: asyncio.TimerHandle | None = None
+        self.try_handle: asyncio.TimerHandle | None = None
 
     # --- request side -------------------------------------------------------------------
 
@@ -176,18 +187,28 @@ class Stream:
             self.details = "no_healthy_upstream"
             self.local(503, b"no healthy upstream")
             return
-        self.host = host
+        self.action = action
         self.timeout = action.timeout
-        self.upstream_head = self._upstream_head(action, host)
+        self.retry = action.retry
+        if self.retry is not None and self.retry.num_retries:
+            self.body_copy = []
         cluster.stats.upstream_rq_active.value += 1
+        self._send_to(host)
+
+    def _send_to(self, host: Host) -> None:
+        """Starts an attempt on ``host``: a pooled connection if one is idle, else a new one."""
+        assert self.action is not None and self.cluster is not None
+        self.host = host
+        self.attempt += 1
+        self.upstream_head = self._upstream_head(self.action, host)
         host.rq_active += 1
         conn = host.pool.acquire()
         if conn is not None:
             self.reused_attempt = True
             self._attach(conn)
         else:
-            cluster.stats.upstream_rq_pending_total.value += 1
-            asyncio.ensure_future(self._connect(host))
+            self.cluster.stats.upstream_rq_pending_total.value += 1
+            asyncio.ensure_future(self._connect(host, self.attempt))
 
     def _upstream_head(self, action: Forward, host: Host) -> bytes:
         """The request head sent upstream, built in one pass over the client's headers."""
@@ -241,13 +262,14 @@ class Stream:
                 .replace("%REQUESTED_SERVER_NAME%", conn.sni or "")
                 .replace("%%", "%"))
 
-    async def _connect(self, host: Host) -> None:
+    async def _connect(self, host: Host, attempt: int) -> None:
         try:
             conn = await host.pool.connect()
         except ConnectError as e:
-            self._upstream_failed(e.reason, e.detail)
+            if attempt == self.attempt:
+                self._upstream_failed(e.reason, e.detail, connect=True)
             return
-        if self.response_done or self.conn.closed:
+        if self.response_done or self.conn.closed or attempt != self.attempt:
             host.pool.release(conn)
             return
         self._attach(conn)
@@ -261,6 +283,8 @@ class Stream:
         self.upstream_sent_at = time.monotonic()
         head_only = self.method == b"HEAD"
         data = self.upstream_head
+        if self.attempt > 1 and self.body_copy:
+            self.pending = list(self.body_copy)
         if self.pending:
             body = b"".join(self.pending)
             data += chunk(body) if self.chunk_in else body
@@ -270,11 +294,16 @@ class Stream:
         if self.request_done and self.chunk_in:
             data += LAST_CHUNK
         conn.send(self, data, head_only, complete=self.request_done)
-        if self.request_done and not self.deadline:
+        if self.request_done:
             self._start_timer()
 
     def request_body(self, data: bytes) -> None:
         self.bytes_received += len(data)
+        if self.body_copy is not None:
+            self.body_copy.append(data)
+            self.body_copy_bytes += len(data)
+            if self.body_copy_bytes > RETRY_BUFFER_LIMIT:
+                self.body_copy = None  # too large to replay: no retries for this request
         if self.response_done:
             return
         up = self.upstream
@@ -299,16 +328,83 @@ class Stream:
             self._start_timer()
 
     def _start_timer(self) -> None:
-        """The route timeout runs from the end of the request (Envoy's global timeout)."""
-        if self.timeout > 0 and not self.deadline and not self.response_done:
+        """The route timeout runs from the end of the request (Envoy's global timeout); a
+        retry policy's per_try_timeout runs from the end of each attempt's request."""
+        if self.response_done:
+            return
+        if self.timeout > 0 and not self.deadline:
             self.deadline = self.conn.arm_deadline(self.timeout)
+        if self.retry is not None and self.retry.per_try_timeout and self.try_handle is None \
+                and self.upstream is not None:
+            self.try_handle = self.conn.loop.call_later(self.retry.per_try_timeout,
+                                                        self._on_try_timeout)
 
-    def on_timeout(self) -> None:
+    def _on_try_timeout(self) -> None:
+        self.try_handle = None
+        if self.response_done or self.response_started:
+            return
+        assert self.cluster is not None and self.retry is not None
+        self.cluster.stats.upstream_rq_per_try_timeout.value += 1
+        if self.retry.retriable_failure(False):
+            if self._can_retry():
+                self._retry_attempt()
+                return
+            self.cluster.stats.upstream_rq_retry_limit_exceeded.value += 1
+        self.on_timeout(per_try=True)
+
+    # --- retries ------------------------------------------------------------------------
+
+    def _can_retry(self) -> bool:
+        return (self.retry is not None and self.retries_done < self.retry.num_retries
+                and self.body_copy is not None and not self.response_started
+                and not self.response_done)
+
+    def _retry_attempt(self) -> None:
+        """Abandons this attempt and schedules the next after Envoy's back-off."""
+        assert self.retry is not None and self.cluster is not None and self.host is not None
+        self.retries_done += 1
+        stats = self.cluster.stats
+        stats.upstream_rq_retry.value += 1
+        stats.upstream_rq_retry_backoff_exponential.value += 1
+        self._cancel_try_timer()
+        self._drop_upstream()
+        self.host.rq_active -= 1
+        self.tried.append(self.host)
+        self.retry_handle = self.conn.loop.call_later(
+            self.retry.backoff(self.retries_done), self._retry_now)
+
+    def _retry_now(self) -> None:
+        self.retry_handle = None
+        if self.response_done:
+            return
+        assert self.cluster is not None and self.retry is not None
+        host = None
+        for _ in range(self.retry.host_attempts):
+            host = self.cluster.choose()
+            if host is None or not self.retry.previous_hosts or host not in self.tried:
+                break
+        if host is None:
+            self.host = None
+            self.flags = "UH"
+            self.details = "no_healthy_upstream"
+            self.local(503, b"no healthy upstream")
+            return
+        self.reused_attempt = False
+        self._send_to(host)
+
+    def _cancel_try_timer(self) -> None:
+        if self.try_handle is not None:
+            self.try_handle.cancel()
+            self.try_handle = None
+
+    def on_timeout(self, per_try: bool = False) -> None:
+        """The route timeout (or the last attempt's per_try_timeout) ran out."""
         self.deadline = 0.0
         if self.response_done:
             return
         assert self.cluster is not None and self.host is not None
-        self.cluster.stats.upstream_rq_timeout.value += 1
+        if not per_try:
+            self.cluster.stats.upstream_rq_timeout.value += 1
         self.host.rq_timeout += 1
         self.flags = "UT"
         self._drop_upstream()
@@ -325,6 +421,20 @@ class Stream:
     def upstream_headers(self, status: int, headers: Headers, keep_alive: bool) -> None:
         if self.response_done:
             return
+        self._cancel_try_timer()
+        retry = self.retry
+        if retry is not None and retry.retriable_status(status):
+            if self._can_retry():
+                self._charge_retried(status)
+                self._retry_attempt()
+                return
+            if self.retries_done or retry.num_retries == 0:
+                assert self.cluster is not None
+                self.cluster.stats.upstream_rq_retry_limit_exceeded.value += 1
+                self.flags = "URX"
+        elif self.retries_done:
+            assert self.cluster is not None
+            self.cluster.stats.upstream_rq_retry_success.value += 1
         self._charge(status)
         ms = int((time.monotonic() - self.upstream_sent_at) * 1000)
         self.service_time = b"%d" % ms
@@ -403,8 +513,9 @@ class Stream:
             # A pooled keep-alive connection that the upstream had already closed: nothing of
             # this request reached a live server, so try once more on a fresh connection.
             self.reused_attempt = False
-            assert self.host is not None
-            asyncio.ensure_future(self._connect(self.host))
+            assert self.host is not None and self.cluster is not None
+            self.cluster.stats.upstream_rq_pending_total.value += 1
+            asyncio.ensure_future(self._connect(self.host, self.attempt))
             return
         self._upstream_failed(reason, "")
 
@@ -422,13 +533,20 @@ class Stream:
     def upstream_resume_writing(self) -> None:
         self.conn.flow.resume("upstream")
 
-    def _upstream_failed(self, reason: str, detail: str) -> None:
+    def _upstream_failed(self, reason: str, detail: str, connect: bool = False) -> None:
         if self.response_done:
             return
         if self.response_started:
             self.conn.abort()
             self.finish()
             return
+        self._cancel_try_timer()
+        if self.retry is not None and self.retry.retriable_failure(connect):
+            if self._can_retry():
+                self._retry_attempt()
+                return
+            assert self.cluster is not None
+            self.cluster.stats.upstream_rq_retry_limit_exceeded.value += 1
         self.flags = _RESET_FLAGS.get(reason, "UF")
         if self.flags == "UF" and self.cluster is not None:
             self.cluster.stats.upstream_rq_pending_failure_eject.value += 1
@@ -439,7 +557,21 @@ class Stream:
         if detail:
             _log.debug("upstream %s: %s (%s)", self.host.label if self.host else "-", reason,
                        detail)
-        self.local(503, CONNECT_FAILURE + reason.encode())
+        body = CONNECT_FAILURE + reason.encode()
+        if self.retries_done:
+            self.flags += ",URX"
+            body = body.replace(b"reset reason: ", b"retried and the latest reset reason: ")
+        self.local(503, body)
+
+    def _charge_retried(self, code: int) -> None:
+        """A response that is retried is counted under ``retry.``, as Envoy counts it."""
+        assert self.cluster is not None and self.host is not None
+        c = self.cluster.stats.counter
+        c(f"retry.upstream_rq_{code}").value += 1
+        c(f"retry.upstream_rq_{code // 100}xx").value += 1
+        c("retry.upstream_rq_completed").value += 1
+        if code >= 500:
+            self.host.rq_error += 1
 
     def _charge(self, code: int) -> None:
         """Counts a response code against the cluster (also replies made on the upstream's
@@ -506,6 +638,10 @@ class Stream:
             return
         self.response_done = True
         self.deadline = 0.0
+        self._cancel_try_timer()
+        if self.retry_handle is not None:
+            self.retry_handle.cancel()
+            self.retry_handle = None
         conn = self.conn
         if conn.flow.reasons:
             conn.flow.resume("upstream")

@@ -28,7 +28,9 @@ CLUSTER_COUNTERS = (
     "upstream_cx_destroy_remote_with_active_rq", "upstream_cx_none_healthy",
     "upstream_rq_total", "upstream_rq_completed", "upstream_rq_timeout",
     "upstream_rq_rx_reset", "upstream_rq_tx_reset", "upstream_rq_pending_total",
-    "upstream_rq_pending_failure_eject",
+    "upstream_rq_pending_failure_eject", "upstream_rq_per_try_timeout", "upstream_rq_retry",
+    "upstream_rq_retry_success", "upstream_rq_retry_limit_exceeded", "upstream_rq_retry_overflow",
+    "upstream_rq_retry_backoff_exponential",
     "membership_change", "update_attempt", "update_success", "update_failure",
 )
 CLUSTER_GAUGES = ("upstream_cx_active", "upstream_rq_active", "membership_total",

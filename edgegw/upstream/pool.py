@@ -239,7 +239,9 @@ class Pool:
         self.idle.clear()
 
     def _failed(self, e: ConnectError) -> ConnectError:
-        self.host.cluster.stats.upstream_cx_connect_fail.value += 1
+        stats = self.host.cluster.stats
+        stats.upstream_cx_connect_fail.value += 1
+        stats.upstream_cx_destroy.value += 1
         self.host.cx_connect_fail += 1
         _log.debug("connect to %s failed: %s", self.host.label, e)
         return e
