@@ -63,17 +63,20 @@ def test_minimal_config_with_bare_router_loads(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", ["simple.yaml", "simple_change_timeout.yaml",
-                                  "envoy-demo.yaml", "envoy-docker.yaml"])
+                                  "simple_retry.yaml", "envoy-demo.yaml", "envoy-docker.yaml"])
 def test_seed_configs_load(name: str) -> None:
     load_bootstrap(str(SEEDS / name))
 
 
-def test_seed_retry_config_names_the_unsupported_field_and_line() -> None:
+def test_unsupported_field_in_a_seed_names_the_path_and_line(tmp_path: Path) -> None:
+    f = tmp_path / "hedged.yaml"
+    f.write_text((SEEDS / "simple_retry.yaml").read_text().replace("retry_policy:",
+                                                                    "hedge_policy:"))
     with pytest.raises(ConfigError) as e:
-        load_bootstrap(str(SEEDS / "simple_retry.yaml"))
+        load_bootstrap(str(f))
     [p] = e.value.problems
-    assert "routes[0].route.retry_policy" in p and "not supported by edgegw" in p
-    assert "simple_retry.yaml:29" in p
+    assert "routes[0].route.hedge_policy" in p and "not supported by edgegw" in p
+    assert "hedged.yaml:29" in p
 
 
 def test_xds_bootstrap_is_refused_clearly() -> None:
