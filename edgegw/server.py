@@ -81,6 +81,8 @@ class Server:
             g("server.memory_allocated").value = int(f.read().split()[1]) * os.sysconf(
                 "SC_PAGE_SIZE")
         self.update_cert_gauge()
+        for c in self.clusters.clusters.values():
+            c.update_breakers()
 
     def _tls_objects(self) -> list[Any]:
         out: list[Any] = [c.tls for lst in self.listeners for c in lst.all_chains if c.tls]

@@ -397,3 +397,51 @@ def test_retry_on_connect_failure_and_per_try_timeout_like_envoy(pair, backends:
     assert seen["envoy"] == seen["edgegw"], "\n".join(
         f"{n}: envoy={seen['envoy'][n]} edgegw={seen['edgegw'][n]}" for n in seen["envoy"]
         if seen["envoy"][n] != seen["edgegw"][n])
+
+
+BREAKER_STATS = ("upstream_cx_overflow", "upstream_rq_pending_overflow", "upstream_rq_pending_total",
+                 "upstream_rq_active_overflow",
+                 "upstream_cx_total", "upstream_rq_total", "upstream_rq_503", "upstream_rq_200",
+                 "upstream_rq_completed", "upstream_rq_retry_overflow",
+                 "circuit_breakers.default.cx_open", "circuit_breakers.default.rq_pending_open")
+
+
+@pytest.mark.parametrize("limits,paths", [
+    ({"max_connections": 1, "max_pending_requests": 1}, ["/delay/0.6"] * 3),
+    ({"max_requests": 1}, ["/delay/0.6"] * 2),
+    ({"max_retries": 0}, ["/flaky/{t}/1"]),
+], ids=["connections-and-pending", "requests", "retries"])
+def test_circuit_breakers_like_envoy(pair, backends: Backends, limits: dict,
+                                     paths: list[str]) -> None:
+    import threading
+
+    def cfg(port: int) -> dict:
+        c = local_reply_config(backends, port)
+        a = c["static_resources"]["clusters"][0]
+        a["circuit_breakers"] = {"thresholds": [{"priority": "DEFAULT", **limits}]}
+        vh = c["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+            "typed_config"]["route_config"]["virtual_hosts"][0]
+        vh["routes"][-1]["route"] = {"cluster": "a", "retry_policy": {"retry_on": "5xx"}}
+        return c
+
+    gws = pair(cfg)
+    seen = {}
+    for kind, (gw, port) in gws.items():
+        token = f"{kind}{time.monotonic_ns()}"
+        replies: list[tuple[int, dict[str, str], bytes]] = []
+
+        def one(path: str, port: int, out: list) -> None:
+            out.append(parse(exchange(port, request(path))))
+
+        threads = []
+        for p in paths:
+            threads.append(threading.Thread(target=one, args=(p.format(t=token), port, replies)))
+            threads[-1].start()
+            time.sleep(0.1)
+        for t in threads:
+            t.join()
+        overflow = [r for r in replies if r[1].get("x-envoy-overloaded")]
+        stats = gw.stats()
+        seen[kind] = (sorted(r[0] for r in replies), [(r[0], stable(r[1]), r[2]) for r in overflow],
+                      {n: stats.get(f"cluster.a.{n}") for n in BREAKER_STATS})
+    assert seen["envoy"] == seen["edgegw"], f"\nenvoy:  {seen['envoy']}\nedgegw: {seen['edgegw']}"

@@ -676,6 +676,23 @@ class UpstreamHttpProtocolOptions(Msg):
     explicit_http_config: ExplicitHttpConfig | None = None
 
 
+class Thresholds(Msg):
+    priority: Literal["DEFAULT", "HIGH"] = "DEFAULT"
+    max_connections: int = Field(default=1024, ge=0)
+    max_pending_requests: int = Field(default=1024, ge=0)
+    max_requests: int = Field(default=1024, ge=0)
+    max_retries: int = Field(default=3, ge=0)
+    track_remaining: bool = False
+
+
+class CircuitBreakers(Msg):
+    thresholds: list[Thresholds] = []
+
+    @property
+    def default(self) -> Thresholds:
+        return next((t for t in self.thresholds if t.priority == "DEFAULT"), Thresholds())
+
+
 class Cluster(Msg):
     name: str = Field(min_length=1)
     type: Literal["STATIC", "STRICT_DNS", "LOGICAL_DNS"] = "STATIC"
@@ -685,6 +702,7 @@ class Cluster(Msg):
     dns_lookup_family: Literal["AUTO", "V4_ONLY", "V6_ONLY", "V4_PREFERRED", "ALL"] = "AUTO"
     dns_refresh_rate: Duration = 5.0
     transport_socket: UpstreamTransportSocket | None = None
+    circuit_breakers: CircuitBreakers = CircuitBreakers()
     typed_extension_protocol_options: dict[
         Literal["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"],
         Annotated[UpstreamHttpProtocolOptions, _typed(HTTP_OPTIONS_TYPE)],

@@ -102,6 +102,14 @@ class Stream:
         self.tried: list[Host] = []
         self.retry_handle: asyncio.TimerHandle | None = None
         self.try_handle: asyncio.TimerHandle | None = None
+        self.attached = False
+        """Counted in the cluster's attached requests (what max_requests limits)."""
+        self.rq_counted = False
+        """Counted in the cluster's upstream_rq_active (until finish)."""
+        self.pending_counted = False
+        """This stream waits for a connection (upstream_rq_pending_active)."""
+        self.waiting_on: Host | None = None
+        """The host whose pool queue this stream is in (max_connections reached)."""
 
     # --- request side -------------------------------------------------------------------
 
@@ -193,6 +201,7 @@ class Stream:
         if self.retry is not None and self.retry.num_retries:
             self.body_copy = []
         cluster.stats.upstream_rq_active.value += 1
+        self.rq_counted = True
         self._send_to(host)
 
     def _send_to(self, host: Host) -> None:
@@ -206,9 +215,64 @@ class Stream:
         if conn is not None:
             self.reused_attempt = True
             self._attach(conn)
-        else:
-            self.cluster.stats.upstream_rq_pending_total.value += 1
+            return
+        cluster = self.cluster
+        stats, limits = cluster.stats, cluster.limits
+        if stats.upstream_rq_pending_active.value >= limits.max_pending_requests:
+            stats.upstream_rq_pending_overflow.value += 1
+            self._overflow()
+            return
+        stats.upstream_rq_pending_total.value += 1
+        stats.upstream_rq_pending_active.value += 1
+        self.pending_counted = True
+        if cluster.connections < limits.max_connections:
             asyncio.ensure_future(self._connect(host, self.attempt))
+        else:
+            stats.upstream_cx_overflow.value += 1
+            self.waiting_on = host
+            host.pool.waiters.append(self)
+
+    def take_connection(self, conn: UpstreamConnection) -> bool:
+        """A pool hands a freed connection to this waiting stream; False if it left."""
+        if self.waiting_on is None or self.response_done:
+            return False
+        self.waiting_on = None
+        self._attach(conn)
+        return True
+
+    def open_connection(self) -> bool:
+        """A pool lets this waiting stream open a connection of its own."""
+        host, self.waiting_on = self.waiting_on, None
+        if host is None or self.response_done:
+            return False
+        asyncio.ensure_future(self._connect(host, self.attempt))
+        return True
+
+    def _detach_count(self) -> None:
+        if self.attached:
+            self.attached = False
+            assert self.cluster is not None
+            self.cluster.attached -= 1
+
+    def _unpend(self) -> None:
+        if self.pending_counted:
+            self.pending_counted = False
+            assert self.cluster is not None
+            self.cluster.stats.upstream_rq_pending_active.value -= 1
+        if self.waiting_on is not None:
+            try:
+                self.waiting_on.pool.waiters.remove(self)
+            except ValueError:
+                pass
+            self.waiting_on = None
+
+    def _overflow(self) -> None:
+        """A circuit breaker is open: Envoy's 503 with x-envoy-overloaded."""
+        self.flags = "UO"
+        self.details = "overflow"
+        self._charge(503)
+        self.local(503, CONNECT_FAILURE + b"overflow",
+                   extra=[(b"x-envoy-overloaded", b"true")])
 
     def _upstream_head(self, action: Forward, host: Host) -> bytes:
         """The request head sent upstream, built in one pass over the client's headers."""
@@ -275,9 +339,19 @@ class Stream:
         self._attach(conn)
 
     def _attach(self, conn: UpstreamConnection) -> None:
-        """Sends the request on a connection (Envoy counts upstream_rq_total here)."""
-        self.upstream = conn
+        """Sends the request on a connection (Envoy counts upstream_rq_total here, and checks
+        max_requests here: an overflowing request leaves the connection to the pool)."""
+        self._unpend()
         assert self.cluster is not None and self.host is not None
+        cluster = self.cluster
+        if cluster.attached >= cluster.limits.max_requests:
+            cluster.stats.upstream_rq_active_overflow.value += 1
+            self.host.pool.release(conn)
+            self._overflow()
+            return
+        cluster.attached += 1
+        self.attached = True
+        self.upstream = conn
         self.cluster.stats.upstream_rq_total.value += 1
         self.host.rq_total += 1
         self.upstream_sent_at = time.monotonic()
@@ -355,19 +429,28 @@ class Stream:
     # --- retries ------------------------------------------------------------------------
 
     def _can_retry(self) -> bool:
-        return (self.retry is not None and self.retries_done < self.retry.num_retries
+        if not (self.retry is not None and self.retries_done < self.retry.num_retries
                 and self.body_copy is not None and not self.response_started
-                and not self.response_done)
+                and not self.response_done):
+            return False
+        assert self.cluster is not None
+        if not self.retries_done and self.cluster.retrying >= self.cluster.limits.max_retries:
+            self.cluster.stats.upstream_rq_retry_overflow.value += 1
+            return False
+        return True
 
     def _retry_attempt(self) -> None:
         """Abandons this attempt and schedules the next after Envoy's back-off."""
         assert self.retry is not None and self.cluster is not None and self.host is not None
+        if not self.retries_done:
+            self.cluster.retrying += 1
         self.retries_done += 1
         stats = self.cluster.stats
         stats.upstream_rq_retry.value += 1
         stats.upstream_rq_retry_backoff_exponential.value += 1
         self._cancel_try_timer()
         self._drop_upstream()
+        self._detach_count()
         self.host.rq_active -= 1
         self.tried.append(self.host)
         self.retry_handle = self.conn.loop.call_later(
@@ -638,6 +721,7 @@ class Stream:
             return
         self.response_done = True
         self.deadline = 0.0
+        self._unpend()
         self._cancel_try_timer()
         if self.retry_handle is not None:
             self.retry_handle.cancel()
@@ -653,11 +737,15 @@ class Stream:
         if self.code:
             st.count_code(self.code)
         st.downstream_rq_time.record((time.monotonic() - self.start_mono) * 1000)
-        if self.cluster is not None and self.host is not None:
-            cs = self.cluster.stats
-            cs.upstream_rq_active.value -= 1
-            cs.upstream_rq_completed.value += 1
-            self.host.rq_active -= 1
+        if self.retries_done and self.cluster is not None:
+            self.cluster.retrying -= 1
+        self._detach_count()
+        if self.rq_counted:
+            assert self.cluster is not None
+            self.cluster.stats.upstream_rq_active.value -= 1
+            self.cluster.stats.upstream_rq_completed.value += 1
+            if self.host is not None:
+                self.host.rq_active -= 1
         for logger in hcm.access_logs:
             logger.log(self)
         self.conn.stream_done(self)

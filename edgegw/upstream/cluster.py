@@ -30,11 +30,13 @@ CLUSTER_COUNTERS = (
     "upstream_rq_rx_reset", "upstream_rq_tx_reset", "upstream_rq_pending_total",
     "upstream_rq_pending_failure_eject", "upstream_rq_per_try_timeout", "upstream_rq_retry",
     "upstream_rq_retry_success", "upstream_rq_retry_limit_exceeded", "upstream_rq_retry_overflow",
-    "upstream_rq_retry_backoff_exponential",
+    "upstream_rq_retry_backoff_exponential", "upstream_cx_overflow",
+    "upstream_rq_pending_overflow", "upstream_rq_active_overflow",
     "membership_change", "update_attempt", "update_success", "update_failure",
 )
-CLUSTER_GAUGES = ("upstream_cx_active", "upstream_rq_active", "membership_total",
-                  "membership_healthy")
+CLUSTER_GAUGES = ("upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_active",
+                  "membership_total", "membership_healthy")
+BREAKER_GAUGES = ("cx_open", "cx_pool_open", "rq_pending_open", "rq_open", "rq_retry_open")
 
 _FAMILIES = {
     "AUTO": (socket.AF_UNSPEC,), "V4_ONLY": (socket.AF_INET,), "V6_ONLY": (socket.AF_INET6,),
@@ -80,6 +82,16 @@ class Cluster:
                              code_classes="upstream_rq", lazy_classes=True,
                              histograms=("upstream_cx_connect_ms",))
         self._rq_time: Histogram | None = None
+        self.limits = cfg.circuit_breakers.default
+        self.breakers = StatSet(store, f"cluster.{cfg.name}.circuit_breakers.default.", (),
+                                BREAKER_GAUGES)
+        StatSet(store, f"cluster.{cfg.name}.circuit_breakers.high.", (), BREAKER_GAUGES)
+        self.connections = 0
+        """Open and opening upstream connections (what max_connections limits)."""
+        self.attached = 0
+        """Requests sent on a connection and not finished (what max_requests limits)."""
+        self.retrying = 0
+        """Requests with a retry under way (what max_retries limits)."""
         self.connect_timeout = cfg.connect_timeout
         self.idle_timeout = cfg.http_options.idle_timeout or 3600.0
         self.buffer_limit = 1024 * 1024
@@ -100,6 +112,15 @@ class Cluster:
         ]
         if cfg.type == "STATIC":
             self._set_hosts((a, p, h) for a, p, h in self.endpoints)
+
+    def update_breakers(self) -> None:
+        """The *_open gauges: 1 while a circuit breaker is at its limit, as Envoy shows them."""
+        b, lim, st = self.breakers, self.limits, self.stats
+        b.cx_open.value = int(self.connections >= lim.max_connections)
+        b.rq_pending_open.value = int(st.upstream_rq_pending_active.value
+                                      >= lim.max_pending_requests)
+        b.rq_open.value = int(self.attached >= lim.max_requests)
+        b.rq_retry_open.value = int(self.retrying >= lim.max_retries)
 
     def record_rq_time(self, ms: float) -> None:
         """``upstream_rq_time``, created on first use as Envoy's router creates it."""

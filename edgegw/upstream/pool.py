@@ -9,9 +9,10 @@ stream that owns it receives the parsed response through four calls: ``upstream_
 from __future__ import annotations
 
 import asyncio
+import collections
 import ssl
 import time
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httptools
 
@@ -80,7 +81,9 @@ class UpstreamConnection(asyncio.Protocol):
         stats.upstream_cx_active.value -= 1
         stats.upstream_cx_destroy.value += 1
         self.pool.host.cx_active -= 1
+        self.pool.host.cluster.connections -= 1
         self.pool.forget(self)
+        self.pool.wake()
         if self.sink is not None and self.got_response and not self.framed:
             self.keep_alive = False
             self._finish()  # a close-delimited body ends with the connection
@@ -207,6 +210,8 @@ class Pool:
     def __init__(self, host: Host) -> None:
         self.host = host
         self.idle: list[UpstreamConnection] = []
+        self.waiters: collections.deque[Any] = collections.deque()
+        """Streams waiting for a connection because max_connections is reached."""
 
     def acquire(self) -> UpstreamConnection | None:
         while self.idle:
@@ -216,8 +221,20 @@ class Pool:
         return None
 
     def release(self, conn: UpstreamConnection) -> None:
+        """A connection is free: the first waiting stream gets it, else it goes idle."""
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if waiter.take_connection(conn):
+                return
         conn.idle_since = time.monotonic()
         self.idle.append(conn)
+
+    def wake(self) -> None:
+        """A connection went away: a waiting stream may open a new one now."""
+        cluster = self.host.cluster
+        while self.waiters and cluster.connections < cluster.limits.max_connections:
+            if self.waiters.popleft().open_connection():
+                return
 
     def forget(self, conn: UpstreamConnection) -> None:
         try:
@@ -239,6 +256,8 @@ class Pool:
         self.idle.clear()
 
     def _failed(self, e: ConnectError) -> ConnectError:
+        self.host.cluster.connections -= 1
+        self.wake()
         stats = self.host.cluster.stats
         stats.upstream_cx_connect_fail.value += 1
         stats.upstream_cx_destroy.value += 1
@@ -253,6 +272,7 @@ class Pool:
         stats.upstream_cx_total.value += 1
         stats.upstream_cx_http1_total.value += 1
         host.cx_total += 1
+        cluster.connections += 1
         loop = asyncio.get_running_loop()
         tls = cluster.tls
         started = time.monotonic()
