@@ -251,3 +251,14 @@ def test_admin_bound_beyond_loopback_is_warned_about(caplog: pytest.LogCaptureFi
     warnings = [r.getMessage() for r in caplog.records if r.name == "edgegw.admin"]
     assert len(warnings) == 1
     assert "0.0.0.0:9901" in warnings[0] and "stop the server" in warnings[0]
+
+
+def test_weighted_clusters_are_checked(tmp_path: Path) -> None:
+    wc = "weighted_clusters: {clusters: [{name: c, weight: 1}, {name: nope, weight: 1}]}"
+    ps = problems(tmp_path, MINIMAL.replace("route: {cluster: c, timeout: 1.5s}",
+                                            "route: {" + wc + "}"))
+    assert any("weighted_clusters.clusters[1].name" in p and "unknown cluster 'nope'" in p
+               for p in ps)
+    ps = problems(tmp_path, MINIMAL.replace("route: {cluster: c, timeout: 1.5s}",
+                                            "route: {cluster: c, " + wc + "}"))
+    assert any("only one of cluster, weighted_clusters" in p for p in ps)

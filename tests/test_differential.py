@@ -13,6 +13,7 @@ import ssl
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -445,3 +446,27 @@ def test_circuit_breakers_like_envoy(pair, backends: Backends, limits: dict,
         seen[kind] = (sorted(r[0] for r in replies), [(r[0], stable(r[1]), r[2]) for r in overflow],
                       {n: stats.get(f"cluster.a.{n}") for n in BREAKER_STATS})
     assert seen["envoy"] == seen["edgegw"], f"\nenvoy:  {seen['envoy']}\nedgegw: {seen['edgegw']}"
+
+
+def test_weighted_clusters_shift_traffic_like_envoy(pair, backends: Backends) -> None:
+    def cfg(port: int) -> dict:
+        c = local_reply_config(backends, port)
+        c["static_resources"]["clusters"].append(
+            static_cluster("b", *backends.b, transport_socket={
+                "name": "envoy.transport_sockets.tls", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
+                             "UpstreamTlsContext", "sni": "b.internal"}}))
+        vh = c["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+            "typed_config"]["route_config"]["virtual_hosts"][0]
+        vh["routes"][-1]["route"] = {"weighted_clusters": {"clusters": [
+            {"name": "a", "weight": 75}, {"name": "b", "weight": 25}]}}
+        return c
+
+    gws = pair(cfg)
+    for kind, (_, port) in gws.items():
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={
+                "Host": "a.example.com"}) as client:
+            backends_seen = [client.get("/headers").json()["backend"] for _ in range(200)]
+        share = backends_seen.count("a") / 200
+        assert 0.6 < share < 0.9, (kind, share)
+        assert set(backends_seen) == {"a", "b"}, kind

@@ -247,9 +247,14 @@ def _check_hcm(hcm: HttpConnectionManager, base: Path, clusters: set[str]) -> It
                        "'*.suffix' or 'prefix*'")
         for r, route in enumerate(vh.routes):
             rpath = vpath + ("routes", r)
-            if route.route and route.route.cluster not in clusters:
+            if route.route and route.route.cluster and route.route.cluster not in clusters:
                 yield (rpath + ("route", "cluster"),
                        f"route: unknown cluster '{route.route.cluster}'")
+            wc = route.route.weighted_clusters if route.route else None
+            for w, cw in enumerate(wc.clusters if wc else []):
+                if cw.name not in clusters:
+                    yield (rpath + ("route", "weighted_clusters", "clusters", w, "name"),
+                           f"route: unknown cluster '{cw.name}'")
             if route.match.safe_regex:
                 yield from _check_regex(route.match.safe_regex.regex,
                                         rpath + ("match", "safe_regex", "regex"))

@@ -383,8 +383,31 @@ class RetryPolicy(Msg):
         return [c.strip() for c in self.retry_on.split(",") if c.strip()]
 
 
+class ClusterWeight(Msg):
+    name: str = Field(min_length=1)
+    weight: int = Field(default=0, ge=0)
+
+
+class WeightedCluster(Msg):
+    """Traffic shifting: each request goes to one cluster, chosen by weight."""
+
+    clusters: list[ClusterWeight] = Field(min_length=1)
+    total_weight: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _weights(self) -> WeightedCluster:
+        total = sum(c.weight for c in self.clusters)
+        if total <= 0:
+            raise ValueError("the weights of weighted_clusters must add up to more than 0")
+        if self.total_weight is not None and self.total_weight != total:
+            raise ValueError(f"total_weight {self.total_weight} is not the sum of the weights "
+                             f"({total})")
+        return self
+
+
 class RouteAction(Msg):
-    cluster: str = Field(min_length=1)
+    cluster: str | None = Field(default=None, min_length=1)
+    weighted_clusters: WeightedCluster | None = None
     timeout: Duration | None = None
     retry_policy: RetryPolicy | None = None
     host_rewrite_literal: str | None = None
@@ -393,6 +416,7 @@ class RouteAction(Msg):
 
     @model_validator(mode="after")
     def _rewrite(self) -> RouteAction:
+        _one_of(self, ("cluster", "weighted_clusters"))
         if self.host_rewrite_literal is not None and self.auto_host_rewrite:
             raise ValueError("only one of host_rewrite_literal, auto_host_rewrite may be set")
         return self

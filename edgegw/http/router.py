@@ -9,6 +9,7 @@ over the vhost's routes in order, first match wins.
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -170,7 +171,7 @@ def _path_matcher(rm: m.RouteMatch) -> Callable[[str], bool]:
 
 @dataclass(frozen=True)
 class Forward:
-    """A ``route:`` action: send upstream to a cluster."""
+    """A ``route:`` action: send upstream to a cluster (or one of weighted clusters)."""
 
     cluster: str
     timeout: float
@@ -181,6 +182,17 @@ class Forward:
     timeout_ms: bytes = b""
     """x-envoy-expected-rq-timeout-ms, formatted once."""
     retry: Retry | None = None
+    weighted: tuple[tuple[int, str], ...] = ()
+    """(cumulative weight, cluster) for weighted_clusters; empty for a single cluster."""
+
+    def pick_cluster(self) -> str:
+        if not self.weighted:
+            return self.cluster
+        r = random.randrange(self.weighted[-1][0])
+        for bound, name in self.weighted:
+            if r < bound:
+                return name
+        return self.weighted[-1][1]
 
 
 @dataclass(frozen=True)
@@ -229,8 +241,13 @@ def _action(r: m.Route, vhost: m.VirtualHost) -> Forward | Redirect | Direct:
     if r.route is not None:
         a = r.route
         timeout = DEFAULT_ROUTE_TIMEOUT if a.timeout is None else a.timeout
+        weighted: list[tuple[int, str]] = []
+        for cw in a.weighted_clusters.clusters if a.weighted_clusters else []:
+            if cw.weight:
+                weighted.append(((weighted[-1][0] if weighted else 0) + cw.weight, cw.name))
         return Forward(
-            cluster=a.cluster,
+            cluster=a.cluster or weighted[0][1],
+            weighted=tuple(weighted),
             timeout=timeout,
             timeout_ms=b"%d" % int(timeout * 1000),
             retry=policy_for(a, vhost),

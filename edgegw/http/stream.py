@@ -181,7 +181,7 @@ class Stream:
 
     def forward(self, action: Forward) -> None:
         hcm = self.conn.hcm
-        cluster = hcm.clusters.get(action.cluster)
+        cluster = hcm.clusters.get(action.pick_cluster())
         if cluster is None:
             hcm.stats.no_cluster.value += 1
             self.flags = "NC"
