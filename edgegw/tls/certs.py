@@ -99,17 +99,6 @@ def _public(key: object) -> bytes:
     )
 
 
-def expiry_warning(pair: CertPair, now: dt.datetime | None = None) -> str | None:
-    """A sentence for the log when the leaf is expired or not yet valid, else None."""
-    now = now or dt.datetime.now(dt.UTC)
-    leaf = pair.leaf
-    if leaf.not_valid_after_utc < now:
-        return f"certificate expired on {leaf.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC"
-    if leaf.not_valid_before_utc > now:
-        return f"certificate is not valid before {leaf.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC"
-    return None
-
-
 def _stamp(t: dt.datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
