@@ -112,12 +112,13 @@ class ForwardingPolicy:
         return any(ip in n for n in self.internal)
 
     def apply(self, headers: Headers, remote_ip: str, tls: bool) -> str | None:
-        """Rewrites ``headers`` in place; returns the trusted client address (for logs)."""
-        xff = [v for k, v in headers if k == b"x-forwarded-for"]
-        xff_list = [a.strip() for a in b",".join(xff).decode("latin-1").split(",") if a.strip()] \
-            if xff else []
+        """Rewrites ``headers`` in place; with use_remote_address, returns the trusted client
+        address. Without it Envoy leaves x-forwarded-for alone, so it is not even parsed."""
         scheme = b"https" if tls else b"http"
         if self.use_remote_address:
+            xff = [v for k, v in headers if k == b"x-forwarded-for"]
+            xff_list = [a.strip() for a in b",".join(xff).decode("latin-1").split(",")
+                        if a.strip()]
             client: str | None = None
             if self.xff_num_trusted_hops > 0 and len(xff_list) >= self.xff_num_trusted_hops:
                 client = xff_list[-self.xff_num_trusted_hops]
@@ -155,8 +156,7 @@ class ForwardingPolicy:
             headers.append((b"x-forwarded-proto", scheme))
         if self.generate_request_id and not has_id:
             headers.append((b"x-request-id", _ids.next()))
-        return xff_list[-1 - self.xff_num_trusted_hops] if len(xff_list) > \
-            self.xff_num_trusted_hops else None
+        return None
 
     def _request_id(self, headers: Headers, keep: bool) -> None:
         if not self.generate_request_id:

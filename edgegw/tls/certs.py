@@ -37,6 +37,11 @@ def read(ds: DataSource) -> bytes:
         raise CertError("inline_bytes is not valid base64") from None
 
 
+def path_of(ds: DataSource) -> str:
+    """The file a DataSource names, or ``<inline>`` (as Envoy's /certs shows it)."""
+    return ds.filename if ds.filename is not None else "<inline>"
+
+
 def describe(ds: DataSource) -> str:
     return f"'{ds.filename}'" if ds.filename is not None else "<inline>"
 

@@ -22,7 +22,7 @@ from .. import log
 from ..config import model as m
 from ..http.router import string_matcher
 from ..stats import Counter
-from .certs import CertPair, load_pair, read
+from .certs import CertPair, load_pair, path_of, read
 from .sds import SecretManager, Subscription
 from .secrets import CaSecret, CertSecret
 
@@ -68,8 +68,7 @@ class _Sources:
                  on_update: Callable[[], None], cert_dir: str | None = None) -> None:
         self.static_pairs = [load_pair(c.certificate_chain, c.private_key)
                              for c in common.tls_certificates]
-        self.static_paths = [c.certificate_chain.filename or "<inline>"
-                             for c in common.tls_certificates]
+        self.static_paths = [path_of(c.certificate_chain) for c in common.tls_certificates]
         self.cert_subs: list[Subscription] = []
         self.ca_sub: Subscription | None = None
         self.static_ca: bytes | None = None
@@ -80,7 +79,7 @@ class _Sources:
             self.static_san = list(vc.match_typed_subject_alt_names)
             if vc.trusted_ca is not None:
                 self.static_ca = read(vc.trusted_ca)
-                self.static_ca_path = vc.trusted_ca.filename or "<inline>"
+                self.static_ca_path = path_of(vc.trusted_ca)
         if common.tls_certificate_sds_secret_configs or common.validation_context_sds_secret_config:
             if secrets is None:
                 raise ValueError("SDS secrets need a secret manager")

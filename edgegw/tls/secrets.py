@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from .. import log
 from ..config import model as m
-from .certs import CertError, CertPair, describe, load_pair, parse_chain, read
+from .certs import CertError, CertPair, describe, load_pair, parse_chain, path_of, read
 
 _log = log.get("secret")
 
@@ -97,7 +97,7 @@ def materialize(secret: m.Secret) -> Material:
             tc = secret.tls_certificate
             pair = load_pair(tc.certificate_chain, tc.private_key)
             warn_if_key_readable(tc.private_key)
-            return CertSecret(pair, describe(tc.certificate_chain).strip("'"),
+            return CertSecret(pair, path_of(tc.certificate_chain),
                               digest(pair.chain_pem, pair.key_pem))
         vc = secret.validation_context
         assert vc is not None
@@ -105,7 +105,7 @@ def materialize(secret: m.Secret) -> Material:
             raise SecretError(f"secret '{secret.name}': validation_context has no trusted_ca")
         pem = read(vc.trusted_ca)
         certs = parse_chain(pem, f"trusted_ca {describe(vc.trusted_ca)}")
-        return CaSecret(pem, certs, describe(vc.trusted_ca).strip("'"),
+        return CaSecret(pem, certs, path_of(vc.trusted_ca),
                         tuple(vc.match_typed_subject_alt_names), digest(pem))
     except CertError as e:
         raise SecretError(str(e)) from None
