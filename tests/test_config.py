@@ -121,10 +121,19 @@ def test_duplicate_domains_are_an_error(tmp_path: Path) -> None:
 
 def test_unknown_typed_config_type(tmp_path: Path) -> None:
     text = MINIMAL.replace("[{name: envoy.filters.http.router}]",
-                           "[{name: envoy.filters.http.fault, typed_config: "
-                           "{'@type': type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault}}]")
+                           "[{name: envoy.filters.http.cors, typed_config: "
+                           "{'@type': type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors}}"
+                           ", {name: envoy.filters.http.router}]")
     [p] = problems(tmp_path, text)
-    assert "http_filters[0].typed_config" in p and "HTTPFault is not supported" in p
+    assert "http_filters[0].typed_config" in p and "is not supported by edgegw" in p
+
+
+def test_router_must_be_last(tmp_path: Path) -> None:
+    fault = ("{name: envoy.filters.http.fault, typed_config: {'@type': type.googleapis.com/"
+             "envoy.extensions.filters.http.fault.v3.HTTPFault}}")
+    [p] = problems(tmp_path, MINIMAL.replace("[{name: envoy.filters.http.router}]",
+                                             f"[{fault}]"))
+    assert "http_filters[0].name" in p and "must be envoy.filters.http.router" in p
 
 
 def test_key_that_does_not_match_certificate(tmp_path: Path, certs: Path) -> None:

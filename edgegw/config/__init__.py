@@ -54,7 +54,8 @@ def _message(err: dict[str, Any]) -> str:
 
 def _clean_loc(loc: tuple[Any, ...]) -> Path:
     """Drops pydantic's internal location parts (validator names, union members)."""
-    return tuple(p for p in loc if isinstance(p, int) or not str(p).startswith(("function-", "[")))
+    return tuple(p for p in loc if isinstance(p, int)
+                 or not str(p).startswith(("function-", "[", "type.googleapis.com/")))
 
 
 def from_source(src: Source) -> Bootstrap:

@@ -229,9 +229,14 @@ def _match_keys(fc: FilterChain) -> Iterator[tuple[str, str, str]]:
 
 def _check_hcm(hcm: HttpConnectionManager, base: Path, clusters: set[str]) -> Iterator[Problem]:
     filters = hcm.http_filters
-    for i, f in enumerate(filters[:-1]):
-        yield (base + ("http_filters", i), f"'{f.name}': the router must be the last HTTP filter "
-               "and edgegw supports no other HTTP filter yet")
+    for i, f in enumerate(filters):
+        last = i == len(filters) - 1
+        if (f.kind == "router") != last:
+            yield (base + ("http_filters", i, "name"),
+                   f"'{f.name}': the router must be the last HTTP filter (edgegw also has "
+                   "envoy.filters.http.fault and envoy.filters.http.local_ratelimit before it)"
+                   if not last else
+                   f"'{f.name}': the last HTTP filter must be envoy.filters.http.router")
     rc = hcm.route_config
     domains: dict[str, int] = {}
     for v, vh in enumerate(rc.virtual_hosts):
@@ -250,6 +255,10 @@ def _check_hcm(hcm: HttpConnectionManager, base: Path, clusters: set[str]) -> It
             if route.route and route.route.cluster and route.route.cluster not in clusters:
                 yield (rpath + ("route", "cluster"),
                        f"route: unknown cluster '{route.route.cluster}'")
+            for k, mp in enumerate(route.route.request_mirror_policies if route.route else []):
+                if mp.cluster not in clusters:
+                    yield (rpath + ("route", "request_mirror_policies", k, "cluster"),
+                           f"route: unknown cluster '{mp.cluster}'")
             wc = route.route.weighted_clusters if route.route else None
             for w, cw in enumerate(wc.clusters if wc else []):
                 if cw.name not in clusters:

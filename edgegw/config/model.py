@@ -10,9 +10,17 @@ tutorials print (``envoy.filters.http.router`` with no typed_config) are accepte
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 T = "type.googleapis.com/envoy."
@@ -26,6 +34,8 @@ STDOUT_LOG_TYPE = T + "extensions.access_loggers.stream.v3.StdoutAccessLog"
 STDERR_LOG_TYPE = T + "extensions.access_loggers.stream.v3.StderrAccessLog"
 FILE_LOG_TYPE = T + "extensions.access_loggers.file.v3.FileAccessLog"
 HTTP_OPTIONS_TYPE = T + "extensions.upstreams.http.v3.HttpProtocolOptions"
+FAULT_TYPE = T + "extensions.filters.http.fault.v3.HTTPFault"
+LOCAL_RATELIMIT_TYPE = T + "extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
 
 
 class Msg(BaseModel):
@@ -97,6 +107,29 @@ def _named(v: Any, allowed: tuple[str, ...], what: str, typed_required: bool) ->
                 {"what": what, "name": v.get("name")},
             )
     return v
+
+
+class TypedMsg(Msg):
+    """A message that arrives as one member of a union chosen by its ``@type``."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_type(cls, v: Any) -> Any:
+        return {k: x for k, x in v.items() if k != "@type"} if isinstance(v, dict) else v
+
+
+def _by_type(*members: tuple[str, type[TypedMsg]]) -> Any:
+    """A ``typed_config`` that may be any of several messages, told apart by ``@type``."""
+    urls = ", ".join(u for u, _ in members)
+    union = tuple(Annotated[model, Tag(url)] for url, model in members)
+    return Annotated[
+        Union[union],  # type: ignore[valid-type]  # noqa: UP007
+        Discriminator(lambda v: v.get("@type") if isinstance(v, dict) else
+                      next(u for u, model in members if isinstance(v, model)),
+                      custom_error_type="unsupported_type",
+                      custom_error_message=f"this \"@type\" is not supported by edgegw here "
+                                           f"(supported: {urls})"),
+    ]
 
 
 # --- core ---------------------------------------------------------------------------------
@@ -405,9 +438,66 @@ class WeightedCluster(Msg):
         return self
 
 
+class FractionalPercent(Msg):
+    numerator: int = Field(default=0, ge=0)
+    denominator: Literal["HUNDRED", "TEN_THOUSAND", "MILLION"] = "HUNDRED"
+
+    @property
+    def fraction(self) -> float:
+        scale = {"HUNDRED": 100, "TEN_THOUSAND": 10_000, "MILLION": 1_000_000}[self.denominator]
+        return min(self.numerator / scale, 1.0)
+
+
+class RuntimeFractionalPercent(Msg):
+    default_value: FractionalPercent
+    runtime_key: str = ""
+    """Accepted for Envoy compatibility; edgegw has no runtime layer, so the default holds."""
+
+
+class HashHeader(Msg):
+    header_name: str = Field(min_length=1)
+
+
+class HashCookie(Msg):
+    name: str = Field(min_length=1)
+
+
+class HashConnectionProperties(Msg):
+    source_ip: bool = False
+
+
+class HashQueryParameter(Msg):
+    name: str = Field(min_length=1)
+
+
+class HashPolicy(Msg):
+    """What a RING_HASH or MAGLEV cluster hashes to pick a host (sticky sessions)."""
+
+    header: HashHeader | None = None
+    cookie: HashCookie | None = None
+    connection_properties: HashConnectionProperties | None = None
+    query_parameter: HashQueryParameter | None = None
+    terminal: bool = False
+
+    @model_validator(mode="after")
+    def _one(self) -> HashPolicy:
+        _one_of(self, ("header", "cookie", "connection_properties", "query_parameter"))
+        return self
+
+
+class RequestMirrorPolicy(Msg):
+    """Shadowing: a copy of each request goes to another cluster; its answer is dropped."""
+
+    cluster: str = Field(min_length=1)
+    runtime_fraction: RuntimeFractionalPercent | None = None
+    disable_shadow_host_suffix_append: bool = False
+
+
 class RouteAction(Msg):
     cluster: str | None = Field(default=None, min_length=1)
     weighted_clusters: WeightedCluster | None = None
+    hash_policy: list[HashPolicy] = []
+    request_mirror_policies: list[RequestMirrorPolicy] = []
     timeout: Duration | None = None
     retry_policy: RetryPolicy | None = None
     host_rewrite_literal: str | None = None
@@ -458,8 +548,80 @@ class HeaderMutations(Msg):
     response_headers_to_remove: list[str] = []
 
 
+class Router(TypedMsg):
+    suppress_envoy_headers: bool = False
+
+
+class FaultDelay(Msg):
+    fixed_delay: Duration | None = None
+    header_delay: dict[str, Any] | None = Field(default=None, max_length=0)
+    percentage: FractionalPercent = FractionalPercent()
+
+    @model_validator(mode="after")
+    def _one(self) -> FaultDelay:
+        _one_of(self, ("fixed_delay", "header_delay"))
+        return self
+
+
+class FaultAbort(Msg):
+    http_status: int | None = Field(default=None, ge=200, lt=600)
+    header_abort: dict[str, Any] | None = Field(default=None, max_length=0)
+    percentage: FractionalPercent = FractionalPercent()
+
+    @model_validator(mode="after")
+    def _one(self) -> FaultAbort:
+        _one_of(self, ("http_status", "header_abort"))
+        return self
+
+
+class HTTPFault(TypedMsg):
+    """envoy.filters.http.fault: injected delays and aborts, to rehearse failures."""
+
+    delay: FaultDelay | None = None
+    abort: FaultAbort | None = None
+    upstream_cluster: str = ""
+    headers: list[HeaderMatcher] = []
+    max_active_faults: int | None = Field(default=None, ge=0)
+
+
+class TokenBucket(Msg):
+    max_tokens: int = Field(ge=1)
+    tokens_per_fill: int = Field(default=1, ge=1)
+    fill_interval: Duration = Field(gt=0)
+
+
+def _http_status(v: Any) -> Any:
+    names = {"TooManyRequests": 429, "ServiceUnavailable": 503, "Forbidden": 403,
+             "BadRequest": 400, "InternalServerError": 500}
+    return names.get(v, v) if isinstance(v, str) else v
+
+
+class HttpStatus(Msg):
+    code: Annotated[int, BeforeValidator(_http_status)] = Field(ge=200, lt=600)
+
+
+class LocalRateLimit(TypedMsg):
+    """envoy.filters.http.local_ratelimit: a token bucket in front of the routes."""
+
+    stat_prefix: str = Field(min_length=1)
+    status: HttpStatus | None = None
+    token_bucket: TokenBucket | None = None
+    filter_enabled: RuntimeFractionalPercent | None = None
+    filter_enforced: RuntimeFractionalPercent | None = None
+    request_headers_to_add_when_not_enforced: list[HeaderValueOption] = []
+    response_headers_to_add: list[HeaderValueOption] = []
+    local_rate_limit_per_downstream_connection: bool = False
+    enable_x_ratelimit_headers: Literal["OFF", "DRAFT_VERSION_03"] = "OFF"
+
+
+HttpFilterConfig = _by_type((ROUTER_TYPE, Router), (FAULT_TYPE, HTTPFault),
+                            (LOCAL_RATELIMIT_TYPE, LocalRateLimit))
+PerFilterConfig = _by_type((FAULT_TYPE, HTTPFault), (LOCAL_RATELIMIT_TYPE, LocalRateLimit))
+
+
 class Route(HeaderMutations):
     name: str = ""
+    typed_per_filter_config: dict[str, PerFilterConfig] = {}
     match: RouteMatch
     route: RouteAction | None = None
     redirect: RedirectAction | None = None
@@ -477,6 +639,7 @@ class VirtualHost(HeaderMutations):
     routes: list[Route] = []
     require_tls: Literal["NONE", "EXTERNAL_ONLY", "ALL"] = "NONE"
     retry_policy: RetryPolicy | None = None
+    typed_per_filter_config: dict[str, PerFilterConfig] = {}
 
 
 class RouteConfiguration(HeaderMutations):
@@ -489,18 +652,26 @@ class RouteConfiguration(HeaderMutations):
 # --- http_connection_manager ----------------------------------------------------------------
 
 
-class Router(Msg):
-    suppress_envoy_headers: bool = False
-
-
 class HttpFilter(Msg):
     name: str
-    typed_config: Annotated[Router, _typed(ROUTER_TYPE)] | None = None
+    typed_config: HttpFilterConfig | None = None
+
     @model_validator(mode="before")
     @classmethod
     def _extension(cls, v: Any) -> Any:
+        if isinstance(v, dict) and "typed_config" not in v and v.get("name") in (
+                "envoy.filters.http.fault", "envoy.filters.http.local_ratelimit"):
+            raise PydanticCustomError("missing_typed_config",
+                                      "HTTP filter '{name}' needs a typed_config", v)
         return _named(v, ("envoy.filters.http.router", "envoy.router"), "HTTP filter",
-                    typed_required=False)
+                      typed_required=False)
+
+    @property
+    def kind(self) -> str:
+        """router, fault or local_ratelimit (a bare name is the router)."""
+        c = self.typed_config
+        return ("fault" if isinstance(c, HTTPFault) else
+                "local_ratelimit" if isinstance(c, LocalRateLimit) else "router")
 
 
 class SubstitutionFormatString(Msg):
@@ -678,6 +849,7 @@ class Endpoint(Msg):
 
 class LbEndpoint(Msg):
     endpoint: Endpoint
+    load_balancing_weight: int = Field(default=1, ge=1)
 
 
 class LocalityLbEndpoints(Msg):
@@ -717,11 +889,153 @@ class CircuitBreakers(Msg):
         return next((t for t in self.thresholds if t.priority == "DEFAULT"), Thresholds())
 
 
+class Int64Range(Msg):
+    """[start, end): a range of HTTP statuses."""
+
+    start: int = 0
+    end: int = 0
+
+
+class HttpHealthCheck(Msg):
+    host: str = ""
+    path: str = Field(min_length=1)
+    method: Literal["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "TRACE", "PATCH"] = "GET"
+    request_headers_to_add: list[HeaderValueOption] = Field(default=[], max_length=1000)
+    request_headers_to_remove: list[str] = []
+    expected_statuses: list[Int64Range] = []
+    retriable_statuses: list[Int64Range] = []
+
+    @model_validator(mode="after")
+    def _ranges(self) -> HttpHealthCheck:
+        for r in (*self.expected_statuses, *self.retriable_statuses):
+            if not 100 <= r.start < r.end <= 600:
+                raise ValueError(f"status range [{r.start}, {r.end}) must lie within [100, 600)")
+        return self
+
+
+class Payload(Msg):
+    text: str | None = None
+    """Hex-encoded bytes, as Envoy writes them."""
+
+    @model_validator(mode="after")
+    def _hex(self) -> Payload:
+        try:
+            bytes.fromhex(self.text or "")
+        except ValueError:
+            raise ValueError(f"text '{self.text}' is not hex-encoded bytes") from None
+        return self
+
+
+class TcpHealthCheck(Msg):
+    send: Payload | None = None
+    receive: list[Payload] = []
+
+
+class HealthCheck(Msg):
+    """Active health checking of every host of a cluster (Envoy's core.v3.HealthCheck)."""
+
+    timeout: Duration = Field(gt=0)
+    interval: Duration = Field(gt=0)
+    initial_jitter: Duration = 0.0
+    interval_jitter: Duration = 0.0
+    interval_jitter_percent: int = Field(default=0, ge=0)
+    unhealthy_threshold: int = Field(ge=0)
+    healthy_threshold: int = Field(ge=0)
+    reuse_connection: bool = True
+    no_traffic_interval: Duration = Field(default=60.0, gt=0)
+    no_traffic_healthy_interval: Duration | None = Field(default=None, gt=0)
+    unhealthy_interval: Duration | None = Field(default=None, gt=0)
+    unhealthy_edge_interval: Duration | None = Field(default=None, gt=0)
+    healthy_edge_interval: Duration | None = Field(default=None, gt=0)
+    always_log_health_check_failures: bool = False
+    http_health_check: HttpHealthCheck | None = None
+    tcp_health_check: TcpHealthCheck | None = None
+
+    @model_validator(mode="after")
+    def _kind(self) -> HealthCheck:
+        _one_of(self, ("http_health_check", "tcp_health_check"))
+        return self
+
+
+class OutlierDetection(Msg):
+    """Passive health: hosts that keep failing leave the pool for a while (Envoy's
+    cluster.v3.OutlierDetection, defaults included)."""
+
+    consecutive_5xx: int = Field(default=5, ge=0)
+    consecutive_gateway_failure: int = Field(default=5, ge=0)
+    interval: Duration = Field(default=10.0, gt=0)
+    base_ejection_time: Duration = Field(default=30.0, gt=0)
+    max_ejection_time: Duration = Field(default=300.0, gt=0)
+    max_ejection_time_jitter: Duration = 0.0
+    max_ejection_percent: int = Field(default=10, ge=0, le=100)
+    enforcing_consecutive_5xx: int = Field(default=100, ge=0, le=100)
+    enforcing_consecutive_gateway_failure: int = Field(default=0, ge=0, le=100)
+    enforcing_success_rate: int = Field(default=100, ge=0, le=100)
+    success_rate_minimum_hosts: int = Field(default=5, ge=0)
+    success_rate_request_volume: int = Field(default=100, ge=0)
+    success_rate_stdev_factor: int = Field(default=1900, ge=0)
+    failure_percentage_threshold: int = Field(default=85, ge=0, le=100)
+    enforcing_failure_percentage: int = Field(default=0, ge=0, le=100)
+    failure_percentage_minimum_hosts: int = Field(default=5, ge=0)
+    failure_percentage_request_volume: int = Field(default=50, ge=0)
+    split_external_local_origin_errors: Literal[False] = False
+    successful_active_health_check_uneject_host: bool = True
+    always_eject_one_host: bool = False
+
+
+class Percent(Msg):
+    value: float = Field(ge=0, le=100)
+
+
+class ConsistentHashingLbConfig(Msg):
+    use_hostname_for_hashing: bool = False
+
+
+class CommonLbConfig(Msg):
+    healthy_panic_threshold: Percent | None = None
+    consistent_hashing_lb_config: ConsistentHashingLbConfig = ConsistentHashingLbConfig()
+
+
+class RingHashLbConfig(Msg):
+    minimum_ring_size: int = Field(default=1024, ge=1, le=8388608)
+    maximum_ring_size: int = Field(default=8388608, ge=1, le=8388608)
+    hash_function: Literal["XX_HASH"] = "XX_HASH"
+
+    @model_validator(mode="after")
+    def _sizes(self) -> RingHashLbConfig:
+        if self.minimum_ring_size > self.maximum_ring_size:
+            raise ValueError(f"minimum_ring_size ({self.minimum_ring_size}) > maximum_ring_size "
+                             f"({self.maximum_ring_size})")
+        return self
+
+
+class MaglevLbConfig(Msg):
+    table_size: int = Field(default=65537, ge=1, le=5000011)
+
+    @model_validator(mode="after")
+    def _prime(self) -> MaglevLbConfig:
+        n = self.table_size
+        if n < 2 or any(n % d == 0 for d in range(2, int(n ** 0.5) + 1)):
+            raise ValueError("The table size of maglev must be prime number")
+        return self
+
+
+class LeastRequestLbConfig(Msg):
+    choice_count: int = Field(default=2, ge=2)
+
+
 class Cluster(Msg):
     name: str = Field(min_length=1)
     type: Literal["STATIC", "STRICT_DNS", "LOGICAL_DNS"] = "STATIC"
     connect_timeout: Duration = 5.0
-    lb_policy: Literal["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM"] = "ROUND_ROBIN"
+    lb_policy: Literal["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH",
+                       "MAGLEV"] = "ROUND_ROBIN"
+    common_lb_config: CommonLbConfig = CommonLbConfig()
+    ring_hash_lb_config: RingHashLbConfig | None = None
+    maglev_lb_config: MaglevLbConfig | None = None
+    least_request_lb_config: LeastRequestLbConfig | None = None
+    health_checks: list[HealthCheck] = []
+    outlier_detection: OutlierDetection | None = None
     load_assignment: ClusterLoadAssignment | None = None
     dns_lookup_family: Literal["AUTO", "V4_ONLY", "V6_ONLY", "V4_PREFERRED", "ALL"] = "AUTO"
     dns_refresh_rate: Duration = 5.0

@@ -21,7 +21,9 @@ from ..config import model as m
 from ..stats import StatSet, Store
 from ..upstream.cluster import ClusterManager
 from .codec import local_reply
+from .fault import FaultFilter
 from .headers import ForwardingPolicy
+from .local_ratelimit import LocalRateLimitFilter, TokenBucket
 from .router import compile_routes
 from .stream import Stream
 
@@ -59,7 +61,15 @@ class HttpConnectionManager:
                                     else cfg.stream_idle_timeout)
         self.access_logs = [AccessLogger(a) for a in cfg.access_log]
         router = cfg.http_filters[-1].typed_config if cfg.http_filters else None
-        self.suppress_envoy_headers = bool(router and router.suppress_envoy_headers)
+        self.suppress_envoy_headers = isinstance(router, m.Router) and \
+            router.suppress_envoy_headers
+        self.filters: list[tuple[str, FaultFilter | LocalRateLimitFilter]] = []
+        """The HTTP filters before the router, with the names per-route configs use."""
+        for f in cfg.http_filters[:-1]:
+            if isinstance(f.typed_config, m.HTTPFault):
+                self.filters.append((f.name, FaultFilter(f.typed_config, store, cfg.stat_prefix)))
+            elif isinstance(f.typed_config, m.LocalRateLimit):
+                self.filters.append((f.name, LocalRateLimitFilter(f.typed_config, store)))
 
     def close(self) -> None:
         for a in self.access_logs:
@@ -121,6 +131,8 @@ class DownstreamConnection(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.route_timer: asyncio.TimerHandle | None = None
         self.route_timer_at = 0.0
+        self.buckets: dict[int, TokenBucket] = {}
+        """Per-connection token buckets (local_rate_limit_per_downstream_connection)."""
 
     # --- asyncio side -------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from ..config import model as m
 from ..tls.certs import read
+from .hash_policy import HashFn, compile_hash_policy
 from .retry import Retry, policy_for
 
 Headers = list[tuple[bytes, bytes]]
@@ -73,7 +74,7 @@ class HeaderOps:
         return bool(self.remove or self.add)
 
 
-def _ops(adds: list[m.HeaderValueOption], removes: list[str]) -> HeaderOps:
+def header_ops(adds: list[m.HeaderValueOption], removes: list[str]) -> HeaderOps:
     out = []
     for o in adds:
         action = o.append_action
@@ -91,8 +92,8 @@ class Mutations:
 
 
 def _mutations(x: m.HeaderMutations) -> Mutations:
-    return Mutations(_ops(x.request_headers_to_add, x.request_headers_to_remove),
-                     _ops(x.response_headers_to_add, x.response_headers_to_remove))
+    return Mutations(header_ops(x.request_headers_to_add, x.request_headers_to_remove),
+                     header_ops(x.response_headers_to_add, x.response_headers_to_remove))
 
 
 # --- matchers -------------------------------------------------------------------------------
@@ -117,7 +118,7 @@ def string_matcher(sm: m.StringMatcher) -> Callable[[str], bool]:
     return lambda v: rx.fullmatch(v) is not None
 
 
-def _header_matcher(hm: m.HeaderMatcher) -> Callable[[Headers], bool]:
+def header_matcher(hm: m.HeaderMatcher) -> Callable[[Headers], bool]:
     name = hm.name.lower().encode("latin-1")
     check: Callable[[str], bool] | None
     if hm.present_match is not None:
@@ -184,6 +185,10 @@ class Forward:
     retry: Retry | None = None
     weighted: tuple[tuple[int, str], ...] = ()
     """(cumulative weight, cluster) for weighted_clusters; empty for a single cluster."""
+    hash: HashFn | None = None
+    """The hash_policy, for RING_HASH and MAGLEV clusters."""
+    mirrors: tuple[tuple[str, float, bool], ...] = ()
+    """request_mirror_policies: (cluster, fraction of requests, append -shadow to Host)."""
 
     def pick_cluster(self) -> str:
         if not self.weighted:
@@ -227,6 +232,8 @@ class Route:
     action: Forward | Redirect | Direct
     mutations: tuple[Mutations, ...]
     """This route's, its vhost's and the route_config's, in the order Envoy applies them."""
+    filter_configs: dict[str, object] = field(default_factory=dict)
+    """typed_per_filter_config by filter name, the route's over its virtual host's."""
 
     def matches(self, path: str, headers: Headers) -> bool:
         if not self.path_match(path):
@@ -257,6 +264,11 @@ def _action(r: m.Route, vhost: m.VirtualHost) -> Forward | Redirect | Direct:
             prefix=r.match.prefix.encode("latin-1") if r.match.prefix is not None else None,
             prefix_rewrite=a.prefix_rewrite.encode("latin-1")
             if a.prefix_rewrite is not None else None,
+            hash=compile_hash_policy(a.hash_policy),
+            mirrors=tuple((mp.cluster, mp.runtime_fraction.default_value.fraction
+                           if mp.runtime_fraction else 1.0,
+                           not mp.disable_shadow_host_suffix_append)
+                          for mp in a.request_mirror_policies),
         )
     if r.redirect is not None:
         d = r.redirect
@@ -331,10 +343,11 @@ def compile_routes(rc: m.RouteConfiguration) -> RouteTable:
             Route(
                 name=r.name,
                 path_match=_path_matcher(r.match),
-                header_matches=tuple(_header_matcher(h) for h in r.match.headers),
+                header_matches=tuple(header_matcher(h) for h in r.match.headers),
                 action=_action(r, v),
                 mutations=tuple(x for x in (_mutations(r), vmut, top)
                                 if x.request or x.response),
+                filter_configs={**v.typed_per_filter_config, **r.typed_per_filter_config},
             )
             for r in v.routes
         ]

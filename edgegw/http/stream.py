@@ -8,7 +8,9 @@ Envoy's statuses, bodies and response flags.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .. import log
@@ -30,9 +32,11 @@ from .router import (
     Headers,
     Redirect,
     Route,
+    VirtualHost,
     first_header,
     redirect_location,
 )
+from .shadow import Shadow, shadow_host
 
 if TYPE_CHECKING:
     from .conn_manager import DownstreamConnection
@@ -75,6 +79,7 @@ class Stream:
         self.code = 0
         self.flags = "-"
         self.route: Route | None = None
+        self.vhost: VirtualHost | None = None
         self.cluster: Cluster | None = None
         self.host: Host | None = None
         self.upstream: UpstreamConnection | None = None
@@ -110,6 +115,15 @@ class Stream:
         """This stream waits for a connection (upstream_rq_pending_active)."""
         self.waiting_on: Host | None = None
         """The host whose pool queue this stream is in (max_connections reached)."""
+        self.hash: int | None = None
+        """The route's hash_policy value, for RING_HASH and MAGLEV clusters."""
+        self.filter_index = 0
+        self.pause_handle: asyncio.TimerHandle | None = None
+        self.pause_abandoned: Callable[[], None] | None = None
+        self.response_hooks: list[Callable[[Headers], None]] = []
+        """Filters' additions to the response headers (e.g. x-ratelimit-*)."""
+        self.shadows: list[tuple[Cluster, bool]] = []
+        """Mirror clusters waiting for the end of the request (cluster, -shadow suffix)."""
 
     # --- request side -------------------------------------------------------------------
 
@@ -151,14 +165,47 @@ class Stream:
         hcm.forwarding.apply(self.headers, conn.remote_ip, conn.tls)
         st.rq_total.value += 1
         path = self.url.decode("latin-1")
-        vh, route = hcm.routes.route(self.authority, path, self.headers)
+        self.vhost, self.route = hcm.routes.route(self.authority, path, self.headers)
+        self.continue_filters()
+
+    def continue_filters(self) -> None:
+        """Runs the HTTP filters before the router, in order; one may reply or pause."""
+        filters = self.conn.hcm.filters
+        while self.filter_index < len(filters):
+            name, f = filters[self.filter_index]
+            self.filter_index += 1
+            cfg = self.route.filter_configs.get(name) if self.route is not None else None
+            if not f.on_request(self, cfg):
+                return
+        self._route()
+
+    def pause_for(self, delay: float, then: Callable[[], bool],
+                  abandoned: Callable[[], None]) -> None:
+        """A filter holds the request for ``delay`` seconds, then ``then`` says go on or not;
+        ``abandoned`` runs instead if the stream ends first (the client left)."""
+        def wake() -> None:
+            self.pause_handle = self.pause_abandoned = None
+            if then():
+                self.continue_filters()
+        self.pause_handle = self.conn.loop.call_later(delay, wake)
+        self.pause_abandoned = abandoned
+
+    def add_flag(self, flag: str) -> None:
+        self.flags = flag if self.flags == "-" else f"{self.flags},{flag}"
+
+    def _route(self) -> None:
+        """The router filter: local answers, redirects, or forwarding upstream."""
+        conn = self.conn
+        hcm = conn.hcm
+        st = hcm.stats
+        path = self.url.decode("latin-1")
+        vh, route = self.vhost, self.route
         if route is None:
             st.no_route.value += 1
             self.flags = "NR"
             self.details = "route_not_found"
             self.local(404, b"")
             return
-        self.route = route
         if vh is not None and vh.require_tls != "NONE" and not conn.tls:
             self.local(301, b"", extra=[(b"location", (
                 "https://" + self.authority + path).encode("latin-1"))])
@@ -188,7 +235,9 @@ class Stream:
             self.local(503, b"")
             return
         self.cluster = cluster
-        host = cluster.choose()
+        if action.hash is not None:
+            self.hash = action.hash(self.headers, self.url, self.conn.remote_ip)
+        host = cluster.choose(self.hash)
         if host is None:
             cluster.stats.upstream_cx_none_healthy.value += 1
             self.flags = "UH"
@@ -200,9 +249,38 @@ class Stream:
         self.retry = action.retry
         if self.retry is not None and self.retry.num_retries:
             self.body_copy = []
+        for name, fraction, suffix in action.mirrors:
+            mirror = hcm.clusters.get(name)
+            if mirror is not None and (fraction >= 1.0 or random.random() < fraction):
+                self.shadows.append((mirror, suffix))
+                if self.body_copy is None:
+                    self.body_copy = []
         cluster.stats.upstream_rq_active.value += 1
         self.rq_counted = True
         self._send_to(host)
+        if self.request_done:
+            self._send_shadows()
+
+    def _send_shadows(self) -> None:
+        """Mirrors the (complete) request to each shadow cluster, fire and forget."""
+        shadows, self.shadows = self.shadows, []
+        if self.body_copy is None or self.action is None:
+            return  # the body outgrew the buffer: Envoy drops the shadow too
+        body = b"".join(self.body_copy)
+        if self.chunk_in:
+            body = (chunk(body) if body else b"") + LAST_CHUNK
+        for cluster, suffix in shadows:
+            host = cluster.choose(self.hash)
+            if host is None:
+                cluster.stats.upstream_cx_none_healthy.value += 1
+                continue
+            head = self._upstream_head(self.action, host)
+            if suffix:
+                line, _, rest = head.partition(b"\r\nhost: ")
+                value, _, rest = rest.partition(b"\r\n")
+                head = line + b"\r\nhost: " + shadow_host(value) + b"\r\n" + rest
+            shadow = Shadow(cluster, host, head, body, self.timeout)
+            asyncio.ensure_future(shadow.run())
 
     def _send_to(self, host: Host) -> None:
         """Starts an attempt on ``host``: a pooled connection if one is idle, else a new one."""
@@ -391,6 +469,8 @@ class Stream:
 
     def request_complete(self) -> None:
         self.request_done = True
+        if self.shadows:
+            self._send_shadows()
         if self.response_done:
             return
         if self.upstream is not None:
@@ -419,6 +499,8 @@ class Stream:
             return
         assert self.cluster is not None and self.retry is not None
         self.cluster.stats.upstream_rq_per_try_timeout.value += 1
+        if self.host is not None:
+            self.cluster.report(self.host, 504)
         if self.retry.retriable_failure(False):
             if self._can_retry():
                 self._retry_attempt()
@@ -462,8 +544,8 @@ class Stream:
             return
         assert self.cluster is not None and self.retry is not None
         host = None
-        for _ in range(self.retry.host_attempts):
-            host = self.cluster.choose()
+        for attempt in range(self.retry.host_attempts):
+            host = self.cluster.choose(self.hash, attempt)
             if host is None or not self.retry.previous_hosts or host not in self.tried:
                 break
         if host is None:
@@ -488,6 +570,7 @@ class Stream:
         assert self.cluster is not None and self.host is not None
         if not per_try:
             self.cluster.stats.upstream_rq_timeout.value += 1
+            self.cluster.report(self.host, 504)
         self.host.rq_timeout += 1
         self.flags = "UT"
         self._drop_upstream()
@@ -505,6 +588,8 @@ class Stream:
         if self.response_done:
             return
         self._cancel_try_timer()
+        assert self.cluster is not None and self.host is not None
+        self.cluster.report(self.host, status)
         retry = self.retry
         if retry is not None and retry.retriable_status(status):
             if self._can_retry():
@@ -553,6 +638,8 @@ class Stream:
         assert self.route is not None
         for mut in self.route.mutations:
             mut.response.apply(out, self._expand)
+        for hook in self.response_hooks:
+            hook(out)
         if not self.keep_alive or self.conn.draining:
             self.keep_alive = False
             out.append((b"connection", b"close"))
@@ -624,6 +711,8 @@ class Stream:
             self.finish()
             return
         self._cancel_try_timer()
+        if self.host is not None and self.cluster is not None:
+            self.cluster.report(self.host, 503)
         if self.retry is not None and self.retry.retriable_failure(connect):
             if self._can_retry():
                 self._retry_attempt()
@@ -704,6 +793,8 @@ class Stream:
         if mutate and self.route is not None:
             for mut in self.route.mutations:
                 mut.response.apply(headers, self._expand)
+        for hook in self.response_hooks:
+            hook(headers)
         if close or not self.keep_alive or self.conn.draining:
             close = True
             self.keep_alive = False
@@ -720,6 +811,11 @@ class Stream:
         if self.response_done:
             return
         self.response_done = True
+        if self.pause_handle is not None:
+            self.pause_handle.cancel()
+            if self.pause_abandoned is not None:
+                self.pause_abandoned()
+            self.pause_handle = self.pause_abandoned = None
         self.deadline = 0.0
         self._unpend()
         self._cancel_try_timer()

@@ -1,15 +1,16 @@
-"""Clusters: their hosts (static or resolved by DNS), load balancing and stats.
+"""Clusters: their hosts (static or resolved by DNS), their health, load balancing and stats.
 
 STATIC clusters take their endpoints as they are; STRICT_DNS resolves every endpoint and uses
 every address; LOGICAL_DNS uses the first address of its single endpoint. Both re-resolve every
 ``dns_refresh_rate``; hosts keep their connection pools across refreshes when the address
-stays.
+stays. A host is healthy unless active health checking failed it or outlier detection ejected
+it; the load balancer picks among healthy hosts, or among all of them when too few are healthy
+(Envoy's panic threshold, 50 % by default, with Envoy's 1.4 overprovisioning factor).
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
 import socket
 from collections.abc import Iterable
 
@@ -18,6 +19,9 @@ from ..config import model as m
 from ..stats import Counter, Histogram, StatSet, Store
 from ..tls.context import ClientTls
 from ..tls.sds import SecretManager
+from . import lb
+from .health import HealthChecker
+from .outlier import HostMonitor, OutlierDetector
 from .pool import Pool
 
 _log = log.get("upstream")
@@ -33,9 +37,11 @@ CLUSTER_COUNTERS = (
     "upstream_rq_retry_backoff_exponential", "upstream_cx_overflow",
     "upstream_rq_pending_overflow", "upstream_rq_active_overflow",
     "membership_change", "update_attempt", "update_success", "update_failure",
+    "lb_healthy_panic",
 )
 CLUSTER_GAUGES = ("upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_active",
-                  "membership_total", "membership_healthy")
+                  "membership_total", "membership_healthy", "membership_degraded",
+                  "membership_excluded")
 BREAKER_GAUGES = ("cx_open", "cx_pool_open", "rq_pending_open", "rq_open", "rq_retry_open")
 
 _FAMILIES = {
@@ -47,14 +53,20 @@ _FAMILIES = {
 class Host:
     """One upstream address of a cluster, with its pool and counters."""
 
-    def __init__(self, cluster: Cluster, address: str, port: int, hostname: str) -> None:
+    def __init__(self, cluster: Cluster, address: str, port: int, hostname: str,
+                 weight: int = 1) -> None:
         self.cluster = cluster
         self.address = address
         self.port = port
+        self.weight = weight
+        self.failed_active_hc = False
+        self.ejected = False
+        """Out of the pool by outlier detection (Envoy's /failed_outlier_check)."""
+        self.monitor = HostMonitor()
         self.hostname = hostname
         """What auto_host_rewrite puts in Host: the DNS name or the endpoint's hostname."""
         self.hostname_bytes = hostname.encode("latin-1")
-        self.label = f"{address}:{port}"
+        self.label = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
         self.pool = Pool(self)
         self.cx_active = 0
         self.cx_total = 0
@@ -63,6 +75,16 @@ class Host:
         self.rq_total = 0
         self.rq_error = 0
         self.rq_timeout = 0
+
+    @property
+    def healthy(self) -> bool:
+        return not (self.failed_active_hc or self.ejected)
+
+    def health_flags(self) -> str:
+        """As /clusters prints them: ``healthy`` or ``/failed_active_hc/failed_outlier_check``."""
+        flags = ("/failed_active_hc" if self.failed_active_hc else "") + \
+            ("/failed_outlier_check" if self.ejected else "")
+        return flags or "healthy"
 
     def counters(self) -> list[tuple[str, int]]:
         """Per-host counters in /clusters, as Envoy names them."""
@@ -102,16 +124,24 @@ class Cluster:
             self.tls = ClientTls(cfg.transport_socket.typed_config, cfg.name, secrets, updates)
         self.hosts: list[Host] = []
         self._status_counters: dict[int, Counter] = {}
-        self._rr = 0
         self._tasks: list[asyncio.Task[None]] = []
         self.endpoints = [
             (e.endpoint.address.socket_address.address,
-             e.endpoint.address.socket_address.port_value, e.endpoint.hostname)
+             e.endpoint.address.socket_address.port_value, e.endpoint.hostname,
+             e.load_balancing_weight)
             for loc in (cfg.load_assignment.endpoints if cfg.load_assignment else [])
             for e in loc.lb_endpoints
         ]
+        panic = cfg.common_lb_config.healthy_panic_threshold
+        self.panic_threshold = 50.0 if panic is None else panic.value
+        self.panic = False
+        self.lb: lb.LoadBalancer = lb.build(cfg, [])
+        self.health_checker = (HealthChecker(self, cfg.health_checks[0], store)
+                               if cfg.health_checks else None)
+        self.outlier = (OutlierDetector(self, cfg.outlier_detection, store)
+                        if cfg.outlier_detection else None)
         if cfg.type == "STATIC":
-            self._set_hosts((a, p, h) for a, p, h in self.endpoints)
+            self._set_hosts(self.endpoints)
 
     def update_breakers(self) -> None:
         """The *_open gauges: 1 while a circuit breaker is at its limit, as Envoy shows them."""
@@ -136,15 +166,28 @@ class Cluster:
         return c
 
     async def start(self) -> None:
-        """Resolves DNS clusters once (as Envoy warms clusters), then keeps refreshing."""
+        """Warms the cluster as Envoy does: resolves DNS once and runs a first round of health
+        checks before serving; then keeps refreshing and checking."""
         if self.cfg.type != "STATIC" and self.endpoints:
             await self.resolve()
             self._tasks.append(asyncio.ensure_future(self._refresh()))
         self._tasks.append(asyncio.ensure_future(self._expire_idle()))
+        if self.outlier is not None:
+            self.outlier.start()
+        if self.health_checker is not None:
+            try:
+                await self.health_checker.start()
+            except TimeoutError:
+                _log.warning("cluster '%s': first health checks did not finish in time",
+                             self.name)
 
     def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
+        if self.health_checker is not None:
+            self.health_checker.stop()
+        if self.outlier is not None:
+            self.outlier.stop()
         for h in self.hosts:
             h.pool.close_all()
 
@@ -162,10 +205,10 @@ class Cluster:
 
     async def resolve(self) -> None:
         self.stats.update_attempt.value += 1
-        found: list[tuple[str, int, str]] = []
+        found: list[tuple[str, int, str, int]] = []
         loop = asyncio.get_running_loop()
         ok = True
-        for name, port, hostname in self.endpoints:
+        for name, port, hostname, weight in self.endpoints:
             addrs: list[str] = []
             for family in _FAMILIES[self.cfg.dns_lookup_family]:
                 try:
@@ -181,7 +224,7 @@ class Cluster:
                     break
             if self.cfg.type == "LOGICAL_DNS":
                 addrs = addrs[:1]
-            found.extend((a, port, hostname or name) for a in addrs)
+            found.extend((a, port, hostname or name, weight) for a in addrs)
         if ok:
             self.stats.update_success.value += 1
         else:
@@ -189,34 +232,54 @@ class Cluster:
         if found or ok:
             self._set_hosts(found)
 
-    def _set_hosts(self, endpoints: Iterable[tuple[str, int, str]]) -> None:
+    def _set_hosts(self, endpoints: Iterable[tuple[str, int, str, int]]) -> None:
         old = {(h.address, h.port): h for h in self.hosts}
         hosts = []
-        for address, port, hostname in endpoints:
-            h = old.pop((address, port), None) or Host(self, address, port, hostname)
+        for address, port, hostname, weight in endpoints:
+            h = old.pop((address, port), None) or Host(self, address, port, hostname, weight)
+            h.weight = weight
             hosts.append(h)
         if old or len(hosts) != len(self.hosts):
             self.stats.membership_change.value += 1
         for h in old.values():
             h.pool.close_all()
+            if h.ejected and self.outlier is not None:
+                self.outlier.stats.ejections_active.value -= 1
         self.hosts = hosts
         self.stats.membership_total.value = len(hosts)
-        self.stats.membership_healthy.value = len(hosts)
+        if self.health_checker is not None and self._tasks:
+            self.health_checker.sync_hosts()
+        self.health_changed()
 
-    def choose(self) -> Host | None:
-        """Picks a host by the cluster's lb_policy; None when the cluster has none."""
-        hosts = self.hosts
-        n = len(hosts)
-        if n <= 1:
-            return hosts[0] if n else None
-        policy = self.cfg.lb_policy
-        if policy == "ROUND_ROBIN":
-            self._rr = (self._rr + 1) % n
-            return hosts[self._rr]
-        if policy == "RANDOM":
-            return random.choice(hosts)
-        a, b = random.sample(hosts, 2)  # LEAST_REQUEST: power of two choices
-        return a if a.rq_active <= b.rq_active else b
+    def health_changed(self) -> None:
+        """Rebuilds the load balancer over the hosts it may use now (and the health gauges)."""
+        healthy = [h for h in self.hosts if h.healthy]
+        self.stats.membership_healthy.value = len(healthy)
+        total = len(self.hosts)
+        self.panic = bool(total) and min(100.0, 140.0 * len(healthy) / total) \
+            < self.panic_threshold
+        self.lb = lb.build(self.cfg, self.hosts if self.panic else healthy)
+        store = self.stats._store
+        prefix = f"cluster.{self.name}."
+        if isinstance(self.lb, lb.RingHash):
+            store.gauge(prefix + "ring_hash_lb.size").value = len(self.lb.ring)
+            store.gauge(prefix + "ring_hash_lb.min_hashes_per_host").value = self.lb.min_hashes
+            store.gauge(prefix + "ring_hash_lb.max_hashes_per_host").value = self.lb.max_hashes
+        elif isinstance(self.lb, lb.Maglev):
+            store.gauge(prefix + "maglev_lb.min_entries_per_host").value = self.lb.min_entries
+            store.gauge(prefix + "maglev_lb.max_entries_per_host").value = self.lb.max_entries
+
+    def choose(self, hash: int | None = None, attempt: int = 0) -> Host | None:
+        """Picks a host by the cluster's lb_policy; None when there is none to pick."""
+        if self.panic:
+            self.stats.lb_healthy_panic.value += 1
+        return self.lb.choose(hash, attempt)
+
+    def report(self, host: Host, code: int) -> None:
+        """An upstream result for outlier detection (connect failures and resets as 503,
+        timeouts as 504)."""
+        if self.outlier is not None:
+            self.outlier.put_status(host, code)
 
 
 class ClusterManager:
