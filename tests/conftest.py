@@ -100,6 +100,23 @@ def backends(certs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         p.stop()
 
 
+@pytest.fixture
+def backend(tmp_path: Path) -> Iterator:
+    """Starts extra demo backends for one test: ``backend("127.0.0.22", "c")`` → (ip, port)."""
+    procs: list[Proc] = []
+
+    def start(ip: str, name: str) -> tuple[str, int]:
+        port = free_port(ip)
+        procs.append(Proc([sys.executable, "-m", "edgegw.demo.backend", "--listen",
+                           f"{ip}:{port}", "--name", name], tmp_path / f"{name}.log"))
+        wait_port(ip, port)
+        return ip, port
+
+    yield start
+    for p in procs:
+        p.stop()
+
+
 class Gateway:
     """A gateway process (edgegw or Envoy) running one config; admin on a free port."""
 

@@ -78,7 +78,9 @@ def envoyize(config: dict) -> dict:
     for lst in out["static_resources"]["listeners"]:
         for fc in lst["filter_chains"]:
             for f in fc["filters"]:
-                f["typed_config"]["http_filters"] = [ROUTER]
+                f["typed_config"]["http_filters"] = [
+                    ROUTER if "typed_config" not in hf else hf
+                    for hf in f["typed_config"]["http_filters"]]
     return out
 
 

@@ -203,8 +203,11 @@ class Admin:
                     "address": {"socket_address": {"address": h.address, "port_value": h.port}},
                     "stats": [{"name": n, "value": str(v)} for n, v in h.counters()]
                     + [{"type": "GAUGE", "name": n, "value": str(v)} for n, v in h.gauges()],
-                    "health_status": {"eds_health_status": "HEALTHY"},
-                    "weight": 1, "hostname": h.hostname, "locality": {}}
+                    "health_status": {"eds_health_status": "HEALTHY",
+                                      **({"failed_active_health_check": True}
+                                         if h.failed_active_hc else {}),
+                                      **({"failed_outlier_check": True} if h.ejected else {})},
+                    "weight": h.weight, "hostname": h.hostname, "locality": {}}
                     for h in c.hosts]} for c in clusters]}
             return 200, "application/json", json.dumps(doc, indent=1).encode()
         out = []
@@ -213,8 +216,8 @@ class Admin:
             for h in c.hosts:
                 p = f"{c.name}::{h.label}::"
                 out += [f"{p}{n}::{v}" for n, v in sorted([*h.counters(), *h.gauges()])]
-                out += [f"{p}hostname::{h.hostname}", f"{p}health_flags::healthy",
-                        f"{p}weight::1"]
+                out += [f"{p}hostname::{h.hostname}", f"{p}health_flags::{h.health_flags()}",
+                        f"{p}weight::{h.weight}"]
         return 200, "text/plain", ("\n".join(out) + "\n").encode()
 
     async def server_info(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:

@@ -4,7 +4,8 @@ It answers ``/headers`` (the request as JSON, with the SNI it was reached by), `
 ``/delay/S``, ``/bytes/N``, ``/stream/N`` (chunked), ``/unframed`` (a body that ends at
 close), ``/close`` (dies mid-response), ``/slowread`` (reads the body two seconds late),
 ``/drop-reused`` (closes a reused connection without answering), ``/flaky/TOKEN/N`` (503 for
-the first N requests) and echoes
+the first N requests), ``/control/sick`` and ``/control/well`` (while sick, every other request
+gets 503), ``/seen`` (the last requests' method, path, Host and user-agent) and echoes
 anything else. The demo and the tests both use it, over plain HTTP or over TLS.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import os
 import ssl
@@ -21,6 +23,8 @@ from http import HTTPStatus
 import httptools
 
 _FLAKY: dict[str, int] = {}
+_SEEN: collections.deque[dict[str, str]] = collections.deque(maxlen=200)
+_STATE = {"sick": False}
 
 
 class _Backend(asyncio.Protocol):
@@ -93,6 +97,20 @@ class _Backend(asyncio.Protocol):
         path = url.decode("latin-1")
         parts = path.split("?")[0].strip("/").split("/")
         self.served += 1
+        if parts[0] == "control" and len(parts) > 1:
+            _STATE["sick"] = parts[1] == "sick"
+            self._write(200, f"{self.name} is {parts[1]}\n".encode(), [], not keep)
+            return
+        if parts[0] == "seen":
+            self._write(200, json.dumps(list(_SEEN)).encode(),
+                        [("content-type", "application/json")], not keep)
+            return
+        names = {k.lower(): v for k, v in headers}
+        _SEEN.append({"method": method, "path": path, "host": names.get("host", ""),
+                      "user-agent": names.get("user-agent", "")})
+        if _STATE["sick"]:
+            self._write(503, f"{self.name} is sick\n".encode(), [], not keep)
+            return
         if parts[0] == "drop-reused" and self.served > 1:
             # A keep-alive connection the server gave up on just as a request arrived.
             assert self.transport is not None

