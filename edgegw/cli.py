@@ -28,6 +28,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--log-path", help="write application logs to this file instead of stderr")
     p.add_argument("--concurrency", type=int, default=1,
                    help="worker count (edgegw runs one worker in this version)")
+    p.add_argument("--drain-time-s", type=float, default=600,
+                   help="on SIGTERM, how long open connections may take to finish (seconds)")
     p.add_argument("--service-node", help="overrides node.id")
     p.add_argument("--service-cluster", help="overrides node.cluster")
     p.add_argument("--version", action="store_true", help="print the version and exit")

@@ -1,7 +1,8 @@
 """The running gateway: builds the runtime from a bootstrap and owns its lifecycle.
 
 Runtime objects are built from the immutable config model in one place, so that a later reload
-is "build new objects, swap one reference". Signals: SIGTERM and SIGINT stop the server.
+is "build new objects, swap one reference". Signals: SIGTERM and SIGINT drain and stop the
+server (a second one stops it at once), SIGUSR1 reopens access logs.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class Server:
             sa = boot.admin.address.socket_address
             self.admin = Admin(self, sa.address, sa.port_value, boot.admin.access_log_path)
         self._stopped: asyncio.Event | None = None
+        self._drained: asyncio.Event | None = None
 
     async def start(self) -> None:
         self._stopped = asyncio.Event()
@@ -116,8 +118,37 @@ class Server:
         _log.info("reopening access logs")
 
     def request_stop(self) -> None:
-        if self._stopped is not None:
-            self._stopped.set()
+        """Drain, then stop (SIGTERM, SIGINT, POST /quitquitquit); asked twice, stop now."""
+        if self._stopped is None:
+            return
+        if self._stopped.is_set() and self._drained is not None:
+            _log.info("asked again: not waiting for the drain")
+            self._drained.set()
+        self._stopped.set()
+
+    def open_connections(self) -> int:
+        return sum(len(lst.open) for lst in self.listeners)
+
+    async def drain(self, limit: float) -> None:
+        """Stops accepting, closes idle keep-alive connections and lets busy ones finish their
+        request (answered with ``connection: close``), for at most ``limit`` seconds."""
+        self._state = "DRAINING"
+        self._drained = asyncio.Event()
+        for lst in self.listeners:
+            lst.drain()
+        deadline = time.monotonic() + limit
+        if self.open_connections():
+            _log.info("draining %d open connection(s), for at most %.0fs",
+                      self.open_connections(), limit)
+        while self.open_connections() and time.monotonic() < deadline \
+                and not self._drained.is_set():
+            try:
+                await asyncio.wait_for(self._drained.wait(), 0.05)
+            except TimeoutError:
+                pass
+        if self.open_connections():
+            _log.warning("drain time over: closing %d connection(s) still open",
+                         self.open_connections())
 
     async def run(self) -> None:
         await self.start()
@@ -128,6 +159,7 @@ class Server:
         assert self._stopped is not None
         await self._stopped.wait()
         _log.info("shutting down")
+        await self.drain(float(self.options.get("drain_time_s") or 600))
         await self.stop()
 
     async def stop(self) -> None:

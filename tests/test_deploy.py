@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -112,5 +113,12 @@ def test_compose_command_runs_natively(workdir: Path, backends: Backends, tmp_pa
         assert httpx.get(f"http://127.0.0.1:{admin}/ready").status_code == 200
         time.sleep(0.2)
         assert '"GET /headers HTTP/1.1" 200' in proc.output()
+        # docker stop: SIGTERM, then SIGKILL after stop_grace_period; edgegw drains and exits 0
+        # before that (its --drain-time-s is shorter than the grace period).
+        grace = float(gw["stop_grace_period"].rstrip("s"))
+        drain = float(gw["command"][gw["command"].index("--drain-time-s") + 1])
+        assert drain < grace
+        proc.p.send_signal(signal.SIGTERM)
+        assert proc.p.wait(timeout=grace) == 0
     finally:
         proc.stop()

@@ -265,7 +265,7 @@ class DownstreamConnection(asyncio.Protocol):
         self.last_activity = time.monotonic()
         if self.closed:
             return
-        if not s.keep_alive or not s.request_done and self.receiving is s:
+        if not s.keep_alive or (not s.request_done and self.receiving is s) or self.draining:
             self.transport.close()
             return
         if self.queue:
