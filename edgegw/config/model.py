@@ -374,7 +374,7 @@ class RouteMatch(Msg):
 
 
 RETRY_ON = ("5xx", "gateway-error", "reset", "connect-failure", "retriable-4xx",
-            "refused-stream", "retriable-status-codes")
+            "refused-stream", "retriable-status-codes", "retriable-headers", "envoy-ratelimited")
 PREVIOUS_HOSTS = "envoy.retry_host_predicates.previous_hosts"
 PREVIOUS_HOSTS_TYPE = T + "extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
 
@@ -382,6 +382,18 @@ PREVIOUS_HOSTS_TYPE = T + "extensions.retry.host.previous_hosts.v3.PreviousHosts
 class RetryBackOff(Msg):
     base_interval: Duration
     max_interval: Duration | None = None
+
+
+class ResetHeader(Msg):
+    name: str = Field(min_length=1)
+    format: Literal["SECONDS", "UNIX_TIMESTAMP"] = "SECONDS"
+
+
+class RateLimitedRetryBackOff(Msg):
+    """Back off as long as the upstream asks (``Retry-After: 5``) before retrying."""
+
+    reset_headers: list[ResetHeader] = Field(min_length=1)
+    max_interval: Duration = Field(default=300.0, gt=0)
 
 
 class PreviousHosts(Msg):
@@ -400,6 +412,8 @@ class RetryPolicy(Msg):
     per_try_timeout: Duration | None = None
     retry_back_off: RetryBackOff | None = None
     retriable_status_codes: list[int] = []
+    retriable_headers: list[HeaderMatcher] = []
+    rate_limited_retry_back_off: RateLimitedRetryBackOff | None = None
     retry_host_predicate: list[RetryHostPredicate] = []
     host_selection_retry_max_attempts: int = Field(default=0, ge=0)
 

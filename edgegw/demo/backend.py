@@ -4,7 +4,7 @@ It answers ``/headers`` (the request as JSON, with the SNI it was reached by), `
 ``/delay/S``, ``/bytes/N``, ``/stream/N`` (chunked), ``/unframed`` (a body that ends at
 close), ``/close`` (dies mid-response), ``/slowread`` (reads the body two seconds late),
 ``/drop-reused`` (closes a reused connection without answering), ``/flaky/TOKEN/N`` (503 for
-the first N requests), ``/control/sick`` and ``/control/well`` (while sick, every other request
+the first N requests; ``?retry-after=S`` adds that header), ``/control/sick`` and ``/control/well`` (while sick, every other request
 gets 503), ``/seen`` (the last requests' method, path, Host and user-agent) and echoes
 anything else. The demo and the tests both use it, over plain HTTP or over TLS.
 """
@@ -135,7 +135,10 @@ class _Backend(asyncio.Protocol):
             # /flaky/TOKEN/N: the first N requests with this token get 503, then the echo.
             seen = _FLAKY[parts[1]] = _FLAKY.get(parts[1], 0) + 1
             if seen <= int(parts[2]):
-                self._write(503, b"flaky\n", [], not keep)
+                _, _, query = path.partition("?")
+                extra = [("retry-after", query.removeprefix("retry-after="))] \
+                    if query.startswith("retry-after=") else []
+                self._write(503, b"flaky\n", extra, not keep)
                 return
         if parts[0] == "unframed":
             assert self.transport is not None

@@ -257,7 +257,7 @@ def _action(r: m.Route, vhost: m.VirtualHost) -> Forward | Redirect | Direct:
             weighted=tuple(weighted),
             timeout=timeout,
             timeout_ms=b"%d" % int(timeout * 1000),
-            retry=policy_for(a, vhost),
+            retry=policy_for(a, vhost, header_matcher),
             host_rewrite=a.host_rewrite_literal.encode("latin-1")
             if a.host_rewrite_literal else None,
             auto_host_rewrite=a.auto_host_rewrite,

@@ -521,22 +521,27 @@ class Stream:
             return False
         return True
 
-    def _retry_attempt(self) -> None:
-        """Abandons this attempt and schedules the next after Envoy's back-off."""
+    def _retry_attempt(self, asked: float | None = None) -> None:
+        """Abandons this attempt and schedules the next after Envoy's back-off (or after what
+        the upstream asked for, under rate_limited_retry_back_off)."""
         assert self.retry is not None and self.cluster is not None and self.host is not None
         if not self.retries_done:
             self.cluster.retrying += 1
         self.retries_done += 1
         stats = self.cluster.stats
         stats.upstream_rq_retry.value += 1
-        stats.upstream_rq_retry_backoff_exponential.value += 1
+        if asked is not None:
+            stats.upstream_rq_retry_backoff_ratelimited.value += 1
+            wait = self.retry.ratelimited_backoff(asked)
+        else:
+            stats.upstream_rq_retry_backoff_exponential.value += 1
+            wait = self.retry.backoff(self.retries_done)
         self._cancel_try_timer()
         self._drop_upstream()
         self._detach_count()
         self.host.rq_active -= 1
         self.tried.append(self.host)
-        self.retry_handle = self.conn.loop.call_later(
-            self.retry.backoff(self.retries_done), self._retry_now)
+        self.retry_handle = self.conn.loop.call_later(wait, self._retry_now)
 
     def _retry_now(self) -> None:
         self.retry_handle = None
@@ -591,10 +596,10 @@ class Stream:
         assert self.cluster is not None and self.host is not None
         self.cluster.report(self.host, status)
         retry = self.retry
-        if retry is not None and retry.retriable_status(status):
+        if retry is not None and retry.retriable_response(status, headers):
             if self._can_retry():
                 self._charge_retried(status)
-                self._retry_attempt()
+                self._retry_attempt(retry.reset_interval(headers))
                 return
             if self.retries_done or retry.num_retries == 0:
                 assert self.cluster is not None
