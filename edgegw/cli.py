@@ -65,7 +65,14 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.concurrency != 1:
         _log.warning("--concurrency %d: this version runs a single worker", args.concurrency)
-    _serve(boot, vars(args), src.data)
+    config_yaml = _merge_yaml(args.config_yaml, override)
+
+    def loader():  # type: ignore[no-untyped-def]
+        """The same files and flags again, for a config reload."""
+        src = load(args.config_path, config_yaml)
+        return from_source(src), src.data
+
+    _serve(boot, vars(args), src.data, loader)
 
 
 def _node_override(args: argparse.Namespace) -> str | None:
@@ -93,7 +100,7 @@ def _merge_yaml(config_yaml: str | None, override: str | None) -> str | None:
     return yaml.safe_dump(merge(yaml.safe_load(config_yaml) or {}, yaml.safe_load(override)))
 
 
-def _serve(boot, options, raw) -> None:  # type: ignore[no-untyped-def]
+def _serve(boot, options, raw, loader) -> None:  # type: ignore[no-untyped-def]
     from .server import Server
 
     run = asyncio.run
@@ -103,7 +110,7 @@ def _serve(boot, options, raw) -> None:  # type: ignore[no-untyped-def]
         run = uvloop.run
     except ImportError:
         _log.warning("uvloop is not installed: running on the default asyncio loop")
-    server = Server(boot, options, raw)
+    server = Server(boot, options, raw, loader)
     try:
         run(server.run())
     except OSError as e:

@@ -2,7 +2,8 @@
 
 Runtime objects are built from the immutable config model in one place, so that a later reload
 is "build new objects, swap one reference". Signals: SIGTERM and SIGINT drain and stop the
-server (a second one stops it at once), SIGUSR1 reopens access logs.
+server (a second one stops it at once), SIGHUP reloads the config, SIGUSR1 reopens access
+logs.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import gc
 import os
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 from . import log
 from .admin import Admin
-from .config import Bootstrap
+from .config import Bootstrap, ConfigError
 from .listener import Listener
 from .stats import Store
 from .tls.certs import cert_details, days_left, parse_chain
@@ -28,7 +30,8 @@ _log = log.get("main")
 
 class Server:
     def __init__(self, boot: Bootstrap, options: dict[str, Any] | None = None,
-                 raw_config: dict[str, Any] | None = None) -> None:
+                 raw_config: dict[str, Any] | None = None,
+                 loader: Callable[[], tuple[Bootstrap, dict[str, Any]]] | None = None) -> None:
         self.boot = boot
         self.raw_config = raw_config if raw_config is not None else boot.model_dump(
             exclude_defaults=True)
@@ -39,16 +42,113 @@ class Server:
         """Set by POST /healthcheck/fail: the server reports DRAINING until /healthcheck/ok."""
         self.started = time.time()
         self.store.gauge("server.live").value = 0
-        self.secrets = SecretManager(boot, self.store)
-        self.clusters = ClusterManager(boot.static_resources.clusters, self.store, self.secrets)
-        self.listeners = [Listener(lc, self.clusters, self.store, self.secrets)
-                          for lc in boot.static_resources.listeners]
+        self.secrets, self.clusters, self.listeners = self._build(boot)
+        self.loader = loader
+        """Reads and checks the config again (the command line's files): what reloads use."""
+        self.retiring: list[asyncio.Task[None]] = []
+        self.retired_listeners: list[Listener] = []
+        """Listeners of previous configs whose connections are still finishing."""
+        self._reload_lock: asyncio.Lock | None = None
         self.admin: Admin | None = None
         if boot.admin.address is not None:
             sa = boot.admin.address.socket_address
             self.admin = Admin(self, sa.address, sa.port_value, boot.admin.access_log_path)
         self._stopped: asyncio.Event | None = None
         self._drained: asyncio.Event | None = None
+
+    def _build(self, boot: Bootstrap) -> tuple[SecretManager, ClusterManager, list[Listener]]:
+        """The runtime objects of one config: what a reload builds anew and swaps in."""
+        secrets = SecretManager(boot, self.store)
+        clusters = ClusterManager(boot.static_resources.clusters, self.store, secrets)
+        listeners = [Listener(lc, clusters, self.store, secrets)
+                     for lc in boot.static_resources.listeners]
+        return secrets, clusters, listeners
+
+    async def reload(self, why: str) -> bool:
+        """Loads the config again and swaps it in if it is valid (edgegw-only; Envoy's own
+        way is xDS). New requests use the new config, requests in flight finish on the old
+        one, listening sockets stay open; an invalid config changes nothing and is reported
+        with the errors --mode validate prints."""
+        loader = self.loader
+        if loader is None:
+            _log.warning("config reload (%s): no config file to reload", why)
+            return False
+        if self._reload_lock is None:
+            self._reload_lock = asyncio.Lock()
+        async with self._reload_lock:
+            return await self._reload(loader, why)
+
+    async def _reload(self, loader: Any, why: str) -> bool:
+        counter = self.store.counter
+        counter("edgegw.config_reload.attempt").value += 1
+        try:
+            boot, raw = loader()
+        except ConfigError as e:
+            for p in e.problems:
+                _log.error("config reload (%s) rejected, still serving the previous config: %s",
+                           why, p)
+            counter("edgegw.config_reload.rejected").value += 1
+            return False
+        if raw == self.raw_config:
+            _log.info("config reload (%s): the config is unchanged", why)
+            return True
+        if boot.admin.model_dump() != self.boot.admin.model_dump():
+            _log.warning("config reload (%s): admin changes take effect after a restart", why)
+        try:
+            secrets, clusters, listeners = self._build(boot)
+        except (OSError, ValueError) as e:
+            _log.error("config reload (%s) rejected, still serving the previous config: %s",
+                       why, e)
+            counter("edgegw.config_reload.rejected").value += 1
+            return False
+        old_keys = {lst.key: lst for lst in self.listeners}
+        try:
+            for lst in listeners:
+                if lst.key not in old_keys or lst.key[1] == 0:
+                    lst.bind()
+            await clusters.start()
+        except OSError as e:
+            for lst in listeners:
+                if lst.key not in old_keys and lst.sock is not None:
+                    lst.sock.close()
+            clusters.stop()
+            _log.error("config reload (%s) rejected, still serving the previous config: %s",
+                       why, e)
+            counter("edgegw.config_reload.rejected").value += 1
+            return False
+        old_listeners, old_clusters, old_secrets = self.listeners, self.clusters, self.secrets
+        for lst in listeners:
+            old = old_keys.pop(lst.key, None)
+            if old is not None and lst.sock is None:
+                lst.adopt(old)
+            lst.start()
+        for old in old_keys.values():
+            old.drain()
+        self.retired_listeners += old_listeners
+        self.boot, self.raw_config = boot, raw
+        self.secrets, self.clusters, self.listeners = secrets, clusters, listeners
+        secrets.start()
+        self.retiring.append(asyncio.ensure_future(
+            self._retire(old_listeners, old_clusters, old_secrets)))
+        counter("edgegw.config_reload.success").value += 1
+        _log.info("config reload (%s): now serving the new config (%d listener(s), %d "
+                  "cluster(s))", why, len(listeners), len(clusters.clusters))
+        return True
+
+    async def _retire(self, listeners: list[Listener], clusters: ClusterManager,
+                      secrets: SecretManager) -> None:
+        """Stops what the previous config ran once its last connection is gone (requests in
+        flight finish on it), or after the drain time."""
+        deadline = time.monotonic() + float(self.options.get("drain_time_s") or 600)
+        while any(lst.open for lst in listeners) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        for lst in listeners:
+            for proto in list(lst.open):
+                proto.abort()
+            lst.stop()
+            self.retired_listeners.remove(lst)
+        clusters.stop()
+        secrets.stop()
 
     async def start(self) -> None:
         self._stopped = asyncio.Event()
@@ -127,7 +227,23 @@ class Server:
         self._stopped.set()
 
     def open_connections(self) -> int:
-        return sum(len(lst.open) for lst in self.listeners)
+        return sum(len(lst.open) for lst in [*self.listeners, *self.retired_listeners])
+
+    async def _watch(self, path: str) -> None:
+        """Reloads when the config file changes: written in place, replaced by a rename, or
+        a symlink swapped (as Kubernetes ConfigMaps do); the directory is watched so all
+        three are seen."""
+        import watchfiles
+
+        target = os.path.realpath(path)
+        folder = os.path.dirname(os.path.abspath(path))
+        async for changes in watchfiles.awatch(folder, debounce=200, step=50,
+                                               stop_event=self._stopped):
+            now = os.path.realpath(path)
+            if now != target or any(os.path.realpath(p) == now or p == os.path.abspath(path)
+                                    for _, p in changes):
+                target = now
+                await self.reload(f"{os.path.basename(path)} changed")
 
     async def drain(self, limit: float) -> None:
         """Stops accepting, closes idle keep-alive connections and lets busy ones finish their
@@ -156,6 +272,11 @@ class Server:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGUSR1, self.reopen_logs)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(
+            self.reload("SIGHUP")))
+        if self.loader is not None and self.options.get("config_path"):
+            self.retiring.append(asyncio.ensure_future(
+                self._watch(self.options["config_path"])))
         assert self._stopped is not None
         await self._stopped.wait()
         _log.info("shutting down")
@@ -164,7 +285,9 @@ class Server:
 
     async def stop(self) -> None:
         self._state = "DRAINING"
-        for lst in self.listeners:
+        for task in self.retiring:
+            task.cancel()
+        for lst in [*self.listeners, *self.retired_listeners]:
             lst.stop()
         self.clusters.stop()
         self.secrets.stop()

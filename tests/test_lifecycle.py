@@ -75,3 +75,104 @@ def test_drain_time_bounds_the_wait(gateway, backend, tmp_path) -> None:
     t.join(10)
     assert isinstance(result["r"], httpx.HTTPError)  # cut off after the drain time
     assert "drain time over" in proc.output()
+
+
+def _client_loop(port: int, stop: threading.Event, seen: list) -> None:
+    """Keep-alive requests as fast as they go; records each status and x-version."""
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+        while not stop.is_set():
+            try:
+                r = client.get("/headers", headers={"host": "a"})
+                seen.append((r.status_code, r.headers.get("x-version")))
+            except httpx.HTTPError as e:
+                seen.append((repr(e), None))
+
+
+def _versioned(port: int, c: tuple[str, int], version: str) -> dict:
+    return config(port, [cluster("app", [c])], routes=[
+        {"match": {"prefix": "/"}, "route": {"cluster": "app"},
+         "response_headers_to_add": [{"header": {"key": "x-version", "value": version}}]}])
+
+
+def test_reload_swaps_routes_under_load_without_a_failure(gateway, backend) -> None:
+    import yaml
+
+    c = backend("127.0.0.22", "c")
+    port = free_port()
+    gw = gateway(_versioned(port, c, "1"))
+    stop, seen = threading.Event(), []
+    loop = threading.Thread(target=_client_loop, args=(port, stop, seen))
+    loop.start()
+    time.sleep(0.3)
+    # Write the new version aside and rename it over the config, as editors and deploy tools do.
+    new = gw.path.with_suffix(".new")
+    new.write_text(yaml.safe_dump({**_versioned(port, c, "2"), "admin": gw.config["admin"]}))
+    new.rename(gw.path)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and (not seen or seen[-1][1] != "2"):
+        time.sleep(0.05)
+    time.sleep(0.3)
+    stop.set()
+    loop.join(5)
+    assert seen and seen[-1] == (200, "2")
+    assert {s for s, _ in seen} == {200}, [s for s in seen if s[0] != 200][:3]
+    versions = [v for _, v in seen]
+    assert versions.index("2") > 0 and "1" not in versions[versions.index("2"):]
+    assert gw.stats()["edgegw.config_reload.success"] == 1
+
+
+def test_an_invalid_config_is_rejected_and_the_old_one_keeps_serving(gateway, backend) -> None:
+    c = backend("127.0.0.22", "c")
+    port = free_port()
+    gw = gateway(_versioned(port, c, "1"))
+    import yaml
+
+    bad = yaml.safe_load(gw.path.read_text())
+    vh = bad["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+        "typed_config"]["route_config"]["virtual_hosts"][0]
+    vh["routes"][0]["route"]["retry_polcy"] = {}
+    gw.path.write_text(yaml.safe_dump(bad))
+    gw.proc.p.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and "rejected" not in gw.proc.output():
+        time.sleep(0.05)
+    out = gw.proc.output()
+    assert "config reload (SIGHUP) rejected, still serving the previous config" in out
+    assert "retry_polcy" in out and "is not supported by edgegw" in out
+    r = httpx.get(f"http://127.0.0.1:{port}/headers", headers={"host": "a"}, timeout=5)
+    assert (r.status_code, r.headers["x-version"]) == (200, "1")
+    stats = gw.stats()
+    assert stats["edgegw.config_reload.rejected"] >= 1
+    assert stats.get("edgegw.config_reload.success", 0) == 0
+
+
+def test_reload_follows_a_symlink_swap(gateway, backend, tmp_path) -> None:
+    import sys
+
+    import yaml
+
+    from .conftest import Proc, wait_port
+
+    c = backend("127.0.0.22", "c")
+    port, admin = free_port(), free_port()
+    admin_cfg = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}}
+    for v in ("1", "2"):
+        (tmp_path / f"v{v}.yaml").write_text(yaml.safe_dump(
+            {**_versioned(port, c, v), "admin": admin_cfg}))
+    link = tmp_path / "current.yaml"
+    link.symlink_to(tmp_path / "v1.yaml")
+    proc = Proc([sys.executable, "-m", "edgegw", "-c", str(link)], tmp_path / "gw.log")
+    try:
+        wait_port("127.0.0.1", port)
+        url = f"http://127.0.0.1:{port}/headers"
+        assert httpx.get(url, headers={"host": "a"}).headers["x-version"] == "1"
+        tmp = tmp_path / "next.yaml"
+        tmp.symlink_to(tmp_path / "v2.yaml")
+        tmp.rename(link)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and httpx.get(
+                url, headers={"host": "a"}).headers["x-version"] != "2":
+            time.sleep(0.05)
+        assert httpx.get(url, headers={"host": "a"}).headers["x-version"] == "2"
+    finally:
+        proc.stop()

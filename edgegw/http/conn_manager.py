@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+from typing import TYPE_CHECKING
 
 import httptools
 
@@ -26,6 +27,9 @@ from .headers import ForwardingPolicy
 from .local_ratelimit import LocalRateLimitFilter, TokenBucket
 from .router import compile_routes
 from .stream import Stream
+
+if TYPE_CHECKING:
+    from ..listener.tls_inspector import ClientHello
 
 _log = log.get("http")
 
@@ -107,6 +111,11 @@ class DownstreamConnection(asyncio.Protocol):
                  on_close: collections.abc.Callable[[DownstreamConnection], None] | None = None
                  ) -> None:
         self.hcm = hcm
+        """The settings for the next request; a config reload may point it at new ones."""
+        self.cx_stats = hcm.stats
+        """Where this connection's own gauges and counters live (fixed at accept)."""
+        self.hello: ClientHello | None = None
+        """What the filter chain was chosen by, to choose again after a reload."""
         self.tls = tls
         self.sni = sni
         self.buffer_limit = buffer_limit
@@ -146,7 +155,7 @@ class DownstreamConnection(asyncio.Protocol):
         local = transport.get_extra_info("sockname")
         if local:
             self.local_address = f"{local[0]}:{local[1]}"
-        st = self.hcm.stats
+        st = self.cx_stats
         st.downstream_cx_total.value += 1
         st.downstream_cx_http1_total.value += 1
         st.downstream_cx_active.value += 1
@@ -159,7 +168,7 @@ class DownstreamConnection(asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
-        st = self.hcm.stats
+        st = self.cx_stats
         st.downstream_cx_active.value -= 1
         st.downstream_cx_destroy.value += 1
         if self.tls:

@@ -60,6 +60,8 @@ class Stream:
     def __init__(self, conn: DownstreamConnection, method: bytes, url: bytes, headers: Headers,
                  http11: bool, keep_alive: bool) -> None:
         self.conn = conn
+        self.hcm = conn.hcm
+        """The settings this request runs under to its end, even if a reload swaps them."""
         self.method = method
         self.url = url
         self.headers = headers
@@ -129,7 +131,7 @@ class Stream:
 
     def start(self) -> None:
         conn = self.conn
-        hcm = conn.hcm
+        hcm = self.hcm
         st = hcm.stats
         st.downstream_rq_total.value += 1
         st.downstream_rq_http1_total.value += 1
@@ -170,7 +172,7 @@ class Stream:
 
     def continue_filters(self) -> None:
         """Runs the HTTP filters before the router, in order; one may reply or pause."""
-        filters = self.conn.hcm.filters
+        filters = self.hcm.filters
         while self.filter_index < len(filters):
             name, f = filters[self.filter_index]
             self.filter_index += 1
@@ -196,7 +198,7 @@ class Stream:
     def _route(self) -> None:
         """The router filter: local answers, redirects, or forwarding upstream."""
         conn = self.conn
-        hcm = conn.hcm
+        hcm = self.hcm
         st = hcm.stats
         path = self.url.decode("latin-1")
         vh, route = self.vhost, self.route
@@ -227,7 +229,7 @@ class Stream:
         self.forward(action)
 
     def forward(self, action: Forward) -> None:
-        hcm = self.conn.hcm
+        hcm = self.hcm
         cluster = hcm.clusters.get(action.pick_cluster())
         if cluster is None:
             hcm.stats.no_cluster.value += 1
@@ -354,7 +356,7 @@ class Stream:
 
     def _upstream_head(self, action: Forward, host: Host) -> bytes:
         """The request head sent upstream, built in one pass over the client's headers."""
-        hcm = self.conn.hcm
+        hcm = self.hcm
         add_timeout = self.timeout > 0 and not hcm.suppress_envoy_headers
         drop = REQUEST_DROP_WITH_TIMEOUT if add_timeout else REQUEST_DROP
         out: Headers = []
@@ -611,7 +613,7 @@ class Stream:
         self._charge(status)
         ms = int((time.monotonic() - self.upstream_sent_at) * 1000)
         self.service_time = b"%d" % ms
-        hcm = self.conn.hcm
+        hcm = self.hcm
         has_length = False
         has_date = False
         tokens = None
@@ -793,7 +795,7 @@ class Stream:
             self.conn.abort()
             self.finish()
             return
-        hcm = self.conn.hcm
+        hcm = self.hcm
         headers = list(extra or [])
         if mutate and self.route is not None:
             for mut in self.route.mutations:
@@ -831,7 +833,7 @@ class Stream:
         if conn.flow.reasons:
             conn.flow.resume("upstream")
             conn.flow.resume("pending")
-        hcm = conn.hcm
+        hcm = self.hcm
         st = hcm.stats
         st.downstream_rq_active.value -= 1
         st.downstream_rq_completed.value += 1

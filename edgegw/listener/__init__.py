@@ -104,6 +104,31 @@ class Listener:
         self.loop = asyncio.get_running_loop()
         self.loop.add_reader(self.sock.fileno(), self._accept)
 
+    @property
+    def key(self) -> tuple[str, int]:
+        """The configured address: what a reloaded config's listener is matched by."""
+        sa = self.cfg.address.socket_address
+        return sa.address, sa.port_value
+
+    def adopt(self, old: Listener) -> None:
+        """Takes over a listener of the previous config at the same address: its socket (no
+        connection is refused during a reload) and its open connections, whose next requests
+        use this config's filter chain; one that no chain here matches is drained."""
+        if old.sock is not None and old.loop is not None:
+            old.loop.remove_reader(old.sock.fileno())
+        self.sock, old.sock = old.sock, None
+        for proto in list(old.open):
+            hello = proto.hello
+            chain = self.index.find(hello.server_name, "tls" if hello.tls else "raw_buffer",
+                                    hello.alpn) if hello is not None else None
+            if chain is None or (chain.tls is not None) != proto.tls:
+                proto.drain()
+                continue
+            old.open.discard(proto)
+            proto.hcm = chain.hcm
+            proto.on_close = self._closed
+            self.open.add(proto)
+
     def drain(self) -> None:
         """Stops accepting; open connections answer with ``connection: close`` and idle ones
         close now (Envoy's drain for HTTP/1.1)."""
@@ -158,6 +183,7 @@ class Listener:
         self.stats.downstream_cx_active.value += 1
         proto = DownstreamConnection(chain.hcm, ctx is not None, hello.server_name,
                                      self.cfg.per_connection_buffer_limit_bytes, self._closed)
+        proto.hello = hello
         try:
             await self.loop.connect_accepted_socket(
                 lambda: proto, conn, ssl=ctx,
