@@ -19,6 +19,7 @@ from typing import Any
 from . import log
 from .admin import Admin
 from .config import Bootstrap, ConfigError
+from .config.dynamic import files as dynamic_files
 from .listener import Listener
 from .stats import Store
 from .tls.certs import cert_details, days_left, parse_chain
@@ -41,6 +42,8 @@ class Server:
         self.health_failed = False
         """Set by POST /healthcheck/fail: the server reports DRAINING until /healthcheck/ok."""
         self.started = time.time()
+        self.loaded_at = self.started
+        """When the config now served was loaded (its last_updated in /config_dump)."""
         self.store.gauge("server.live").value = 0
         self.secrets, self.clusters, self.listeners = self._build(boot)
         self.loader = loader
@@ -89,7 +92,7 @@ class Server:
                            why, p)
             counter("edgegw.config_reload.rejected").value += 1
             return False
-        if raw == self.raw_config:
+        if raw == self.raw_config and boot.dynamic == self.boot.dynamic:
             _log.info("config reload (%s): the config is unchanged", why)
             return True
         if boot.admin.model_dump() != self.boot.admin.model_dump():
@@ -126,6 +129,7 @@ class Server:
             old.drain()
         self.retired_listeners += old_listeners
         self.boot, self.raw_config = boot, raw
+        self.loaded_at = time.time()
         self.secrets, self.clusters, self.listeners = secrets, clusters, listeners
         secrets.start()
         self.retiring.append(asyncio.ensure_future(
@@ -229,21 +233,28 @@ class Server:
     def open_connections(self) -> int:
         return sum(len(lst.open) for lst in [*self.listeners, *self.retired_listeners])
 
-    async def _watch(self, path: str) -> None:
-        """Reloads when the config file changes: written in place, replaced by a rename, or
-        a symlink swapped (as Kubernetes ConfigMaps do); the directory is watched so all
-        three are seen."""
+    def watched_files(self) -> list[str]:
+        """The files a change of which reloads the config: -c and the LDS/CDS files."""
+        path = self.options.get("config_path")
+        return [p for p in (path, *dynamic_files(self.raw_config).values()) if p]
+
+    async def _watch(self) -> None:
+        """Reloads when a config file changes: written in place, replaced by a rename, or a
+        symlink swapped (as Kubernetes ConfigMaps do); directories are watched so all three
+        are seen. The set of files is read again after each reload."""
         import watchfiles
 
-        target = os.path.realpath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        async for changes in watchfiles.awatch(folder, debounce=200, step=50,
-                                               stop_event=self._stopped):
-            now = os.path.realpath(path)
-            if now != target or any(os.path.realpath(p) == now or p == os.path.abspath(path)
-                                    for _, p in changes):
-                target = now
-                await self.reload(f"{os.path.basename(path)} changed")
+        while self._stopped is not None and not self._stopped.is_set():
+            paths = {os.path.abspath(p): os.path.realpath(p) for p in self.watched_files()}
+            folders = sorted({os.path.dirname(p) for p in paths})
+            async for changes in watchfiles.awatch(*folders, debounce=200, step=50,
+                                                   stop_event=self._stopped):
+                touched = {os.path.abspath(p) for _, p in changes}
+                hit = [p for p, real in paths.items()
+                       if p in touched or real in touched or os.path.realpath(p) != real]
+                if hit:
+                    await self.reload(f"{os.path.basename(hit[0])} changed")
+                    break
 
     async def drain(self, limit: float) -> None:
         """Stops accepting, closes idle keep-alive connections and lets busy ones finish their
@@ -274,9 +285,8 @@ class Server:
         loop.add_signal_handler(signal.SIGUSR1, self.reopen_logs)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(
             self.reload("SIGHUP")))
-        if self.loader is not None and self.options.get("config_path"):
-            self.retiring.append(asyncio.ensure_future(
-                self._watch(self.options["config_path"])))
+        if self.loader is not None and self.watched_files():
+            self.retiring.append(asyncio.ensure_future(self._watch()))
         assert self._stopped is not None
         await self._stopped.wait()
         _log.info("shutting down")

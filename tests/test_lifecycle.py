@@ -176,3 +176,84 @@ def test_reload_follows_a_symlink_swap(gateway, backend, tmp_path) -> None:
         assert httpx.get(url, headers={"host": "a"}).headers["x-version"] == "2"
     finally:
         proc.stop()
+
+
+LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
+CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+
+
+def _xds_files(folder, port: int, host: tuple[str, int], kind: str) -> dict:
+    """A bootstrap with listeners and clusters in LDS/CDS files, as Envoy reads them."""
+    import yaml
+
+    from .conftest import ROUTER, addr, hcm
+
+    base = config(port, [cluster("app", [host])])
+    lst = base["static_resources"]["listeners"][0]
+    lst["filter_chains"][0]["filters"] = [hcm(lst["filter_chains"][0]["filters"][0][
+        "typed_config"]["route_config"]["virtual_hosts"])]
+    lst["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"] = [ROUTER]
+    lst["address"] = addr("127.0.0.1", port)
+    (folder / f"lds-{kind}.yaml").write_text(yaml.safe_dump(
+        {"resources": [{"@type": LDS, **lst}]}))
+    write_cds(folder / f"cds-{kind}.yaml", host)
+    return {"node": {"id": "edge", "cluster": "edge"}, "dynamic_resources": {
+        "lds_config": {"path_config_source": {"path": str(folder / f"lds-{kind}.yaml")},
+                       "resource_api_version": "V3"},
+        "cds_config": {"path_config_source": {"path": str(folder / f"cds-{kind}.yaml")},
+                       "resource_api_version": "V3"}}}
+
+
+def write_cds(path, host: tuple[str, int]) -> None:
+    """Writes beside and renames into place: Envoy only sees files that are moved in."""
+    import yaml
+
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump({"resources": [{"@type": CDS, **cluster("app", [host])}]}))
+    tmp.rename(path)
+
+
+def test_lds_and_cds_files_serve_and_reload_like_envoy(gateway, backend, tmp_path) -> None:
+    c, d = backend("127.0.0.22", "c"), backend("127.0.0.23", "d")
+    seen = {}
+    for kind in ("envoy", "edgegw"):
+        port = free_port()
+        gw = gateway(_xds_files(tmp_path, port, c, kind), kind=kind)
+        url = f"http://127.0.0.1:{port}/headers"
+        first = httpx.get(url, headers={"host": "a"}, timeout=5).json()["backend"]
+        dump = httpx.get(f"http://127.0.0.1:{gw.admin_port}/config_dump", timeout=5).json()
+        dyn = {k: [e.get("name") or e["cluster"]["name"] for e in cfg.get(k, [])]
+               for cfg in dump["configs"] for k in ("dynamic_listeners",
+                                                    "dynamic_active_clusters") if k in cfg}
+        write_cds(tmp_path / f"cds-{kind}.yaml", d)
+        deadline = time.monotonic() + 5
+        after = first
+        while time.monotonic() < deadline and after != "d":
+            after = httpx.get(url, headers={"host": "a"}, timeout=5).json()["backend"]
+            time.sleep(0.05)
+        seen[kind] = (first, after, dyn)
+    assert seen["edgegw"] == seen["envoy"]
+    assert seen["edgegw"] == ("c", "d", {"dynamic_listeners": ["plain"],
+                                         "dynamic_active_clusters": ["app"]})
+
+
+def test_a_bad_lds_file_is_named_with_its_line(tmp_path) -> None:
+    import yaml
+
+    from edgegw.config import ConfigError, load_bootstrap
+
+    boot = _xds_files(tmp_path, free_port(), ("127.0.0.22", 80), "x")
+    lds = tmp_path / "lds-x.yaml"
+    doc = yaml.safe_load(lds.read_text())
+    doc["resources"][0]["per_connection_buffer_limit_bytez"] = 1
+    lds.write_text(yaml.safe_dump(doc))
+    main = tmp_path / "boot.yaml"
+    main.write_text(yaml.safe_dump(boot))
+    try:
+        load_bootstrap(str(main))
+        raise AssertionError("the bad LDS file was accepted")
+    except ConfigError as e:
+        [p] = e.problems
+    assert p.startswith(f"{lds}: resources[0].per_connection_buffer_limit_bytez: field ")
+    line = next(i for i, t in enumerate(lds.read_text().splitlines(), 1) if "bytez" in t)
+    assert p.endswith(f"({lds}:{line})")

@@ -157,8 +157,8 @@ class Admin:
     async def config_dump(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
         resource = (q.get("resource") or [None])[0]
         mask = (q.get("mask") or [None])[0]
-        configs = dump.build(self.server.raw_config, self.server.started,
-                             self.server.secrets.dump())
+        configs = dump.build(self.server.raw_config, self.server.loaded_at,
+                             self.server.secrets.dump(), self.server.boot.dynamic)
         doc = dump.select(configs, resource, mask)
         return 200, "application/json", json.dumps(doc, indent=2).encode()
 

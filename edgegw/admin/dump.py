@@ -35,9 +35,9 @@ def _stamp(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
 
 
-def _routes(raw: dict[str, Any]) -> list[dict[str, Any]]:
+def _routes(listeners: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
-    for lst in raw.get("static_resources", {}).get("listeners", []):
+    for lst in listeners:
         for fc in lst.get("filter_chains", []) + ([lst["default_filter_chain"]]
                                                    if "default_filter_chain" in lst else []):
             for f in fc.get("filters", []):
@@ -47,21 +47,36 @@ def _routes(raw: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def build(raw: dict[str, Any], loaded_at: float, secrets: list[dict[str, Any]]
-          ) -> list[dict[str, Any]]:
+def build(raw: dict[str, Any], loaded_at: float, secrets: list[dict[str, Any]],
+          dynamic: dict[str, list[dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
+    """``dynamic``: listeners and clusters from LDS/CDS files, dumped as Envoy dumps
+    resources it received (``dynamic_listeners``, ``dynamic_active_clusters``)."""
     raw = redact(copy.deepcopy(raw))
+    dyn = redact(copy.deepcopy(dynamic or {}))
     stamp = _stamp(loaded_at)
     sr = raw.get("static_resources", {})
+    clusters: dict[str, Any] = {"@type": ADMIN + "ClustersConfigDump", "static_clusters": [
+        {"cluster": {"@type": CLUSTER, **c}, "last_updated": stamp}
+        for c in sr.get("clusters", [])]}
+    if dyn.get("clusters"):
+        clusters["dynamic_active_clusters"] = [
+            {"version_info": "", "cluster": {"@type": CLUSTER, **c}, "last_updated": stamp}
+            for c in dyn["clusters"]]
+    listeners: dict[str, Any] = {"@type": ADMIN + "ListenersConfigDump", "static_listeners": [
+        {"listener": {"@type": LISTENER, **lst}, "last_updated": stamp}
+        for lst in sr.get("listeners", [])]}
+    if dyn.get("listeners"):
+        listeners["dynamic_listeners"] = [
+            {"name": lst.get("name", ""), "active_state": {
+                "version_info": "", "listener": {"@type": LISTENER, **lst},
+                "last_updated": stamp}} for lst in dyn["listeners"]]
     return [
         {"@type": ADMIN + "BootstrapConfigDump", "bootstrap": raw, "last_updated": stamp},
-        {"@type": ADMIN + "ClustersConfigDump", "static_clusters": [
-            {"cluster": {"@type": CLUSTER, **c}, "last_updated": stamp}
-            for c in sr.get("clusters", [])]},
-        {"@type": ADMIN + "ListenersConfigDump", "static_listeners": [
-            {"listener": {"@type": LISTENER, **lst}, "last_updated": stamp}
-            for lst in sr.get("listeners", [])]},
+        clusters,
+        listeners,
         {"@type": ADMIN + "RoutesConfigDump", "static_route_configs": [
-            {"route_config": rc, "last_updated": stamp} for rc in _routes(raw)]},
+            {"route_config": rc, "last_updated": stamp}
+            for rc in _routes([*sr.get("listeners", []), *dyn.get("listeners", [])])]},
         {"@type": ADMIN + "SecretsConfigDump",
          "static_secrets": [{"name": s.get("name"), "last_updated": stamp,
                              "secret": {"@type": SECRET, **s}}
@@ -73,6 +88,8 @@ def build(raw: dict[str, Any], loaded_at: float, secrets: list[dict[str, Any]]
 _ITEM_TYPES = {
     "static_clusters": "ClustersConfigDump.StaticCluster",
     "static_listeners": "ListenersConfigDump.StaticListener",
+    "dynamic_listeners": "ListenersConfigDump.DynamicListener",
+    "dynamic_active_clusters": "ClustersConfigDump.DynamicCluster",
     "static_route_configs": "RoutesConfigDump.StaticRouteConfig",
     "static_secrets": "SecretsConfigDump.StaticSecret",
     "dynamic_active_secrets": "SecretsConfigDump.DynamicSecret",

@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from .checks import cross_check
+from .dynamic import expand
 from .model import Bootstrap
 from .source import ConfigError, Path, Source, load
 
@@ -25,17 +26,15 @@ def dotted(path: Path) -> str:
     return out or "(top level)"
 
 
-def problem(src: Source, path: Path, message: str) -> str:
+def problem(src: Source, path: Path, message: str,
+            names: dict[Path, str] | None = None) -> str:
     where = src.where(path)
-    return f"{dotted(path)}: {message}" + (f" ({where})" if where else "")
-
-
-_UNSUPPORTED_TOP = {
-    "dynamic_resources": (
-        "dynamic resources from a control plane (gRPC/REST xDS) are not supported by edgegw. "
-        "Define listeners and clusters under static_resources, and keep certificates in files"
-    ),
-}
+    shown = dotted(path)
+    for prefix, name in (names or {}).items():
+        if path[:len(prefix)] == prefix:
+            rest = dotted(("x",) + path[len(prefix):])[1:]
+            shown = name + rest
+    return f"{shown}: {message}" + (f" ({where})" if where else "")
 
 
 def _message(err: dict[str, Any]) -> str:
@@ -59,27 +58,18 @@ def _clean_loc(loc: tuple[Any, ...]) -> Path:
 
 
 def from_source(src: Source) -> Bootstrap:
+    src, dynamic, names = expand(src)
     problems: list[str] = []
-    data = dict(src.data)
-    for key, why in _UNSUPPORTED_TOP.items():
-        if key in data:
-            sub = data.pop(key)
-            path: Path = (key,)
-            if isinstance(sub, dict) and sub:
-                first = next(iter(sub))
-                path = (key, first)
-                if isinstance(sub[first], dict) and "api_config_source" in sub[first]:
-                    path += ("api_config_source",)
-            problems.append(problem(src, path, why))
     try:
-        boot = Bootstrap.model_validate(data)
+        boot = Bootstrap.model_validate(src.data)
     except ValidationError as e:
         for err in e.errors():
-            problems.append(problem(src, _clean_loc(err["loc"]), _message(dict(err))))
+            problems.append(problem(src, _clean_loc(err["loc"]), _message(dict(err)), names))
         raise ConfigError(problems) from None
-    problems.extend(problem(src, path, msg) for path, msg in cross_check(boot))
+    problems.extend(problem(src, path, msg, names) for path, msg in cross_check(boot))
     if problems:
         raise ConfigError(problems)
+    boot._dynamic = dynamic
     return boot
 
 

@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PrivateAttr,
     Tag,
     model_validator,
 )
@@ -1092,3 +1093,10 @@ class Bootstrap(Msg):
     node: Node = Node()
     admin: Admin = Admin()
     static_resources: StaticResources = StaticResources()
+    _dynamic: dict[str, list[dict[str, Any]]] = PrivateAttr(default_factory=dict)
+    """Listeners and clusters read from dynamic_resources' LDS/CDS files, as written (they
+    are also in static_resources); set by the loader."""
+
+    @property
+    def dynamic(self) -> dict[str, list[dict[str, Any]]]:
+        return self._dynamic
