@@ -164,7 +164,8 @@ class Bench:
                 cfg = self.work / f"{name}.yaml"
                 cfg.write_text(yaml.safe_dump(self.envoy_config(port)))
                 if name == "edgegw":
-                    args = [str(ROOT / ".venv/bin/edgegw"), "-c", str(cfg), "-l", "warning"]
+                    args = [str(ROOT / ".venv/bin/edgegw"), "-c", str(cfg), "-l", "warning",
+                            "--concurrency", "1"]
                 else:
                     envoy = shutil.which("envoy", path=str(ROOT / ".venv/bin")) or "envoy"
                     args = [envoy, "-c", str(cfg), "--concurrency", "1", "-l", "warning",

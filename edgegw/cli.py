@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 
 from . import __version__, log
@@ -26,8 +27,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--component-log-level", default="",
                    help="per component levels, e.g. upstream:debug,connection:trace")
     p.add_argument("--log-path", help="write application logs to this file instead of stderr")
-    p.add_argument("--concurrency", type=int, default=1,
-                   help="worker count (edgegw runs one worker in this version)")
+    p.add_argument("--concurrency", type=int, default=os.cpu_count() or 1,
+                   help="worker processes (default: one per core); 1 runs a single process")
+    p.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--admin-socket", help=argparse.SUPPRESS)
     p.add_argument("--drain-time-s", type=float, default=600,
                    help="on SIGTERM, how long open connections may take to finish (seconds)")
     p.add_argument("--service-node", help="overrides node.id")
@@ -37,6 +40,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
     if args.version:
         print(f"edgegw version: {__version__}/Python/RELEASE")
@@ -63,8 +67,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.mode == "validate":
         print(f"configuration '{args.config_path or '--config-yaml'}' OK")
         return
-    if args.concurrency != 1:
-        _log.warning("--concurrency %d: this version runs a single worker", args.concurrency)
+    if args.concurrency < 1:
+        _log.critical("--concurrency must be at least 1")
+        sys.exit(1)
+    if args.concurrency > 1 and args.worker is None:
+        _supervise(boot, argv, args)
+        return
     config_yaml = _merge_yaml(args.config_yaml, override)
 
     def loader():  # type: ignore[no-untyped-def]
@@ -100,9 +108,7 @@ def _merge_yaml(config_yaml: str | None, override: str | None) -> str | None:
     return yaml.safe_dump(merge(yaml.safe_load(config_yaml) or {}, yaml.safe_load(override)))
 
 
-def _serve(boot, options, raw, loader) -> None:  # type: ignore[no-untyped-def]
-    from .server import Server
-
+def _run(main) -> None:  # type: ignore[no-untyped-def]
     run = asyncio.run
     try:
         import uvloop
@@ -110,11 +116,32 @@ def _serve(boot, options, raw, loader) -> None:  # type: ignore[no-untyped-def]
         run = uvloop.run
     except ImportError:
         _log.warning("uvloop is not installed: running on the default asyncio loop")
-    server = Server(boot, options, raw, loader)
     try:
-        run(server.run())
+        run(main)
     except OSError as e:
         _log.critical("cannot start: %s", e)
         sys.exit(1)
     except KeyboardInterrupt:
         pass
+
+
+def _supervise(boot, argv: list[str], args: argparse.Namespace) -> None:  # type: ignore[no-untyped-def]
+    """--concurrency N > 1: a supervisor and N workers, each given the same command line."""
+    from .workers import Supervisor
+
+    rest, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--concurrency":
+            skip = True
+        elif not a.startswith("--concurrency="):
+            rest.append(a)
+    rest += ["--concurrency", str(args.concurrency)]
+    _run(Supervisor(boot, rest, args.concurrency, vars(args)).run())
+
+
+def _serve(boot, options, raw, loader) -> None:  # type: ignore[no-untyped-def]
+    from .server import Server
+
+    _run(Server(boot, options, raw, loader).run())

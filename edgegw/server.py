@@ -45,6 +45,8 @@ class Server:
         self.loaded_at = self.started
         """When the config now served was loaded (its last_updated in /config_dump)."""
         self.store.gauge("server.live").value = 0
+        self.worker: int | None = self.options.get("worker")
+        """This process's number under a supervisor (--concurrency N), else None."""
         self.secrets, self.clusters, self.listeners = self._build(boot)
         self.loader = loader
         """Reads and checks the config again (the command line's files): what reloads use."""
@@ -53,7 +55,9 @@ class Server:
         """Listeners of previous configs whose connections are still finishing."""
         self._reload_lock: asyncio.Lock | None = None
         self.admin: Admin | None = None
-        if boot.admin.address is not None:
+        if self.options.get("admin_socket"):
+            self.admin = Admin(self, "", 0, "", unix_path=self.options["admin_socket"])
+        elif boot.admin.address is not None:
             sa = boot.admin.address.socket_address
             self.admin = Admin(self, sa.address, sa.port_value, boot.admin.access_log_path)
         self._stopped: asyncio.Event | None = None
@@ -65,6 +69,8 @@ class Server:
         clusters = ClusterManager(boot.static_resources.clusters, self.store, secrets)
         listeners = [Listener(lc, clusters, self.store, secrets)
                      for lc in boot.static_resources.listeners]
+        for lst in listeners:
+            lst.reuse_port = self.worker is not None
         return secrets, clusters, listeners
 
     async def reload(self, why: str) -> bool:
@@ -169,7 +175,8 @@ class Server:
         gc.freeze()
         self.secrets.start()
         self._state = "LIVE"
-        self.store.gauge("server.concurrency").value = 1
+        self.store.gauge("server.concurrency").value = int(self.options.get("concurrency") or 1) \
+            if self.worker is not None else 1
         _log.info("all dependencies initialized. starting workers")
 
     @property

@@ -134,7 +134,8 @@ class Gateway:
             args = [ENVOY, "-c", str(self.path), "--concurrency", "1", "-l", "warning",
                     "--base-id", str(self.admin_port), "--drain-time-s", "1"]
         else:
-            args = [sys.executable, "-m", "edgegw", "-c", str(self.path), "-l", "debug"]
+            args = [sys.executable, "-m", "edgegw", "-c", str(self.path), "-l", "debug",
+                    "--concurrency", "1"]
         self.proc = Proc(args, workdir / f"{kind}-{self.admin_port}.log")
         self._wait_ready()
 

@@ -13,7 +13,7 @@ import os
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from .. import __version__, log
@@ -30,10 +30,13 @@ Handler = Callable[[dict[str, list[str]], str], Awaitable[tuple[int, str, bytes]
 
 
 class Admin:
-    def __init__(self, server: Server, host: str, port: int, access_log_path: str) -> None:
+    def __init__(self, server: Server, host: str, port: int, access_log_path: str,
+                 unix_path: str = "") -> None:
         self.server = server
         self.host = host
         self.port = port
+        self.unix_path = unix_path
+        """A worker's admin socket, which only its supervisor talks to."""
         self.access_log_path = access_log_path
         self._srv: asyncio.AbstractServer | None = None
         self.routes: dict[str, tuple[str, Handler]] = {
@@ -54,15 +57,20 @@ class Admin:
             "/healthcheck/fail": ("cause the server to fail health checks", self.hc_fail),
             "/healthcheck/ok": ("cause the server to pass health checks", self.hc_ok),
             "/drain_listeners": ("drain listeners", self.drain_listeners),
+            "/edgegw/store": ("every stat, raw, for the worker supervisor (edgegw)",
+                              self.raw_store),
         }
         try:
-            if not ipaddress.ip_address(host).is_loopback:
+            if not unix_path and not ipaddress.ip_address(host).is_loopback:
                 _log.warning("admin interface bound to %s:%d, which is not loopback: anyone who "
                              "can reach it can read the config and stop the server", host, port)
         except ValueError:
             pass
 
     async def start(self) -> None:
+        if self.unix_path:
+            self._srv = await asyncio.start_unix_server(self._client, self.unix_path)
+            return
         self._srv = await asyncio.start_server(self._client, self.host, self.port,
                                                reuse_address=True)
         sock = self._srv.sockets[0].getsockname()
@@ -195,30 +203,14 @@ class Admin:
         return 200, "application/json", json.dumps(doc, indent=1).encode()
 
     async def clusters(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
-        clusters = list(self.server.clusters.clusters.values())
+        doc = clusters_doc(self.server)
         if (q.get("format") or [""])[0] == "json":
-            doc = {"cluster_statuses": [{
-                "name": c.name, "observability_name": c.name,
-                "host_statuses": [{
-                    "address": {"socket_address": {"address": h.address, "port_value": h.port}},
-                    "stats": [{"name": n, "value": str(v)} for n, v in h.counters()]
-                    + [{"type": "GAUGE", "name": n, "value": str(v)} for n, v in h.gauges()],
-                    "health_status": {"eds_health_status": "HEALTHY",
-                                      **({"failed_active_health_check": True}
-                                         if h.failed_active_hc else {}),
-                                      **({"failed_outlier_check": True} if h.ejected else {})},
-                    "weight": h.weight, "hostname": h.hostname, "locality": {}}
-                    for h in c.hosts]} for c in clusters]}
             return 200, "application/json", json.dumps(doc, indent=1).encode()
-        out = []
-        for c in clusters:
-            out += [f"{c.name}::observability_name::{c.name}", f"{c.name}::added_via_api::false"]
-            for h in c.hosts:
-                p = f"{c.name}::{h.label}::"
-                out += [f"{p}{n}::{v}" for n, v in sorted([*h.counters(), *h.gauges()])]
-                out += [f"{p}hostname::{h.hostname}", f"{p}health_flags::{h.health_flags()}",
-                        f"{p}weight::{h.weight}"]
-        return 200, "text/plain", ("\n".join(out) + "\n").encode()
+        return 200, "text/plain", clusters_text(doc).encode()
+
+    async def raw_store(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
+        self.server.update_server_gauges()
+        return 200, "application/json", json.dumps(self.server.store.dump()).encode()
 
     async def server_info(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
         s = self.server
@@ -256,3 +248,41 @@ class Admin:
     async def quit(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
         asyncio.get_running_loop().call_later(0.05, self.server.request_stop)
         return 200, "text/plain", b"OK\n"
+
+
+def clusters_doc(server: Server) -> dict[str, Any]:
+    """/clusters?format=json, as Envoy shapes it."""
+    return {"cluster_statuses": [{
+        "name": c.name, "observability_name": c.name,
+        "host_statuses": [{
+            "address": {"socket_address": {"address": h.address, "port_value": h.port}},
+            "stats": [{"name": n, "value": str(v)} for n, v in h.counters()]
+            + [{"type": "GAUGE", "name": n, "value": str(v)} for n, v in h.gauges()],
+            "health_status": {"eds_health_status": "HEALTHY",
+                              **({"failed_active_health_check": True}
+                                 if h.failed_active_hc else {}),
+                              **({"failed_outlier_check": True} if h.ejected else {})},
+            "weight": h.weight, "hostname": h.hostname, "locality": {}}
+            for h in c.hosts]} for c in server.clusters.clusters.values()]}
+
+
+def clusters_text(doc: dict[str, Any]) -> str:
+    """/clusters as text, from the JSON document (so that workers' documents can be added up
+    first)."""
+    out = []
+    for c in doc["cluster_statuses"]:
+        name = c["name"]
+        out += [f"{name}::observability_name::{name}", f"{name}::added_via_api::false"]
+        for h in c.get("host_statuses", []):
+            sa = h["address"]["socket_address"]
+            addr = sa["address"]
+            label = f"[{addr}]:{sa['port_value']}" if ":" in addr else f"{addr}:{sa['port_value']}"
+            p = f"{name}::{label}::"
+            out += [f"{p}{st['name']}::{st['value']}"
+                    for st in sorted(h["stats"], key=lambda st: st["name"])]
+            hs = h["health_status"]
+            flags = ("/failed_active_hc" if hs.get("failed_active_health_check") else "") + \
+                ("/failed_outlier_check" if hs.get("failed_outlier_check") else "")
+            out += [f"{p}hostname::{h['hostname']}", f"{p}health_flags::{flags or 'healthy'}",
+                    f"{p}weight::{h['weight']}"]
+    return "\n".join(out) + "\n"

@@ -85,12 +85,16 @@ class Listener:
         self.sock: socket.socket | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.open: set[DownstreamConnection] = set()
+        self.reuse_port = False
+        """Workers each bind the address with SO_REUSEPORT; the kernel spreads connections."""
 
     def bind(self) -> None:
         host, port = self.address
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         sock.listen(1024)
         sock.setblocking(False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable
+from typing import Any
 
 BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000,
            300000, 600000, 1800000, 3600000)
@@ -95,10 +96,49 @@ class Store:
             h = self.histograms[name] = Histogram()
         return h
 
+    def dump(self) -> dict[str, Any]:
+        """Everything, raw, for the supervisor to add up over workers."""
+        return {"counters": {n: c.value for n, c in self.counters.items()},
+                "gauges": {n: g.value for n, g in self.gauges.items()},
+                "histograms": {n: [h.counts, h.sum, h.count]
+                               for n, h in self.histograms.items()}}
+
+    @classmethod
+    def merged(cls, dumps: list[dict[str, Any]]) -> Store:
+        """Workers' stores as one: counters and histograms add up; gauges that count things
+        in progress (``*_active``, memory) add up, the others (membership, health, state)
+        are the same fact seen by each worker and keep the highest value."""
+        out = cls()
+        for d in dumps:
+            for n, v in d["counters"].items():
+                out.counter(n).value += v
+            for n, v in d["gauges"].items():
+                g = out.gauges.get(n)
+                if g is None:
+                    out.gauge(n).value = v
+                elif _additive(n):
+                    g.value += v
+                else:
+                    g.value = max(g.value, v)
+            for n, (counts, total, count) in d["histograms"].items():
+                h = out.histogram(n)
+                h.counts = [a + b for a, b in zip(h.counts, counts, strict=True)]
+                h.sum += total
+                h.count += count
+        return out
+
     def values(self) -> dict[str, int]:
         out = {n: c.value for n, c in self.counters.items()}
         out.update((n, g.value) for n, g in self.gauges.items())
         return out
+
+
+def _additive(name: str) -> bool:
+    """Gauges that count this process's own connections, requests or memory."""
+    if ".outlier_detection." in name:
+        return False  # each worker ejects the same failing host: one ejection, not N
+    last = name.rsplit(".", 1)[-1]
+    return last.endswith("_active") or last in ("memory_allocated", "active_faults")
 
 
 class StatSet:

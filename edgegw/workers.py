@@ -1,0 +1,335 @@
+"""--concurrency N: N worker processes behind one admin port, and a supervisor that keeps them.
+
+Python runs one thread of Python at a time, so edgegw uses every core the way nginx does:
+processes. Each worker is a whole gateway (the same command line, plus ``--worker I``) that
+binds every listener with SO_REUSEPORT, so the kernel spreads new connections over them, and
+serves its admin API on a private Unix socket. The supervisor serves the configured admin
+port: stats are added up over workers (counters and histograms sum; gauges of things in
+progress sum, gauges of shared facts such as membership take the highest), /clusters adds up
+host counters, commands (logging levels, health check fail/ok, drain) go to every worker, and
+the rest is answered by the first worker. A worker that dies is started again (logged, counted
+in ``edgegw.worker_restarts``). SIGTERM drains every worker, then the supervisor exits; SIGHUP
+and SIGUSR1 are passed on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from typing import Any
+
+from . import __version__, log
+from .admin import Admin, clusters_text
+from .config import Bootstrap
+from .stats import Store, render
+
+_log = log.get("main")
+
+READY_TIMEOUT = 60.0
+
+
+class Worker:
+    def __init__(self, index: int, socket_path: str) -> None:
+        self.index = index
+        self.socket_path = socket_path
+        self.proc: asyncio.subprocess.Process | None = None
+        self.started = 0.0
+        self.ready = False
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid if self.proc is not None else 0
+
+    async def ask(self, method: str, target: str) -> tuple[int, str, bytes]:
+        """One admin request to this worker over its Unix socket."""
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_unix_connection(self.socket_path), 5)
+        try:
+            writer.write(f"{method} {target} HTTP/1.1\r\nhost: worker\r\nconnection: close\r\n"
+                         f"content-length: 0\r\n\r\n".encode())
+            raw = await asyncio.wait_for(reader.read(), 30)
+        finally:
+            writer.close()
+        head, _, body = raw.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        ctype = next((ln.split(":", 1)[1].strip() for ln in lines[1:]
+                      if ln.lower().startswith("content-type:")), "text/plain")
+        return int(lines[0].split()[1]), ctype, body
+
+
+class Supervisor:
+    def __init__(self, boot: Bootstrap, argv: list[str], count: int,
+                 options: dict[str, Any]) -> None:
+        self.boot = boot
+        self.argv = argv
+        self.options = options
+        self.store = Store()
+        self.restarts = self.store.counter("edgegw.worker_restarts")
+        self.started = time.time()
+        self.health_failed = False
+        self.stopping = False
+        self.folder = tempfile.mkdtemp(prefix="edgegw-workers-")
+        self.workers = [Worker(i, os.path.join(self.folder, f"worker-{i}.sock"))
+                        for i in range(count)]
+        self.admin: SupervisorAdmin | None = None
+        if boot.admin.address is not None:
+            sa = boot.admin.address.socket_address
+            self.admin = SupervisorAdmin(self, sa.address, sa.port_value,
+                                         boot.admin.access_log_path)
+        self._done = asyncio.Event()
+
+    # --- workers ----------------------------------------------------------------------------
+
+    async def _spawn(self, w: Worker) -> None:
+        if os.path.exists(w.socket_path):
+            os.unlink(w.socket_path)
+        w.ready = False
+        w.started = time.monotonic()
+        w.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "edgegw", *self.argv, "--worker", str(w.index),
+            "--admin-socket", w.socket_path)
+        _log.info("worker %d started (pid %d)", w.index, w.pid)
+
+    async def _wait_ready(self, w: Worker) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline and w.proc is not None and w.proc.returncode is None:
+            try:
+                code, _, _ = await w.ask("GET", "/ready")
+                if code == 200:
+                    w.ready = True
+                    return
+            except (OSError, ValueError, IndexError, TimeoutError):
+                pass
+            await asyncio.sleep(0.05)
+
+    async def _keep(self, w: Worker) -> None:
+        """Waits on a worker; one that exits while the server runs is started again, with a
+        growing pause if it keeps dying at once (a bad config file, a port taken…)."""
+        pause = 0.5
+        while True:
+            assert w.proc is not None
+            code = await w.proc.wait()
+            if self.stopping:
+                return
+            lived = time.monotonic() - w.started
+            self.restarts.value += 1
+            _log.error("worker %d (pid %d) exited with status %s after %.1fs: starting it again",
+                       w.index, w.pid, code, lived)
+            pause = 0.5 if lived > 10 else min(pause * 2, 30.0)
+            await asyncio.sleep(pause if lived < 10 else 0)
+            if self.stopping:
+                return
+            await self._spawn(w)
+            await self._wait_ready(w)
+
+    def _signal_all(self, sig: int) -> None:
+        for w in self.workers:
+            if w.proc is not None and w.proc.returncode is None:
+                try:
+                    w.proc.send_signal(sig)
+                except ProcessLookupError:
+                    pass
+
+    def request_stop(self) -> None:
+        """SIGTERM/SIGINT or /quitquitquit: every worker drains; asked twice, they stop now."""
+        if self.stopping:
+            self._signal_all(signal.SIGTERM)
+            return
+        self.stopping = True
+        _log.info("shutting down: draining %d worker(s)", len(self.workers))
+        self._signal_all(signal.SIGTERM)
+        asyncio.ensure_future(self._finish())
+
+    async def _finish(self) -> None:
+        await asyncio.gather(*(w.proc.wait() for w in self.workers if w.proc is not None))
+        self._done.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        for sig in (signal.SIGHUP, signal.SIGUSR1):
+            loop.add_signal_handler(sig, self._signal_all, sig)
+        if self.admin is not None:
+            await self.admin.start()
+        for w in self.workers:
+            await self._spawn(w)
+        await asyncio.gather(*(self._wait_ready(w) for w in self.workers))
+        keepers = [asyncio.ensure_future(self._keep(w)) for w in self.workers]
+        _log.info("%d workers serving", sum(w.ready for w in self.workers))
+        await self._done.wait()
+        for k in keepers:
+            k.cancel()
+        if self.admin is not None:
+            await self.admin.stop()
+        for w in self.workers:
+            if os.path.exists(w.socket_path):
+                os.unlink(w.socket_path)
+        os.rmdir(self.folder)
+        _log.info("exiting")
+
+    # --- what the admin port asks -----------------------------------------------------------
+
+    def live(self) -> list[Worker]:
+        return [w for w in self.workers if w.ready and w.proc is not None
+                and w.proc.returncode is None]
+
+    async def ask_all(self, method: str, target: str) -> list[tuple[int, str, bytes]]:
+        results = await asyncio.gather(*(w.ask(method, target) for w in self.live()),
+                                       return_exceptions=True)
+        return [r for r in results if not isinstance(r, BaseException)]
+
+    async def ask_one(self, method: str, target: str) -> tuple[int, str, bytes]:
+        for w in self.live():
+            try:
+                return await w.ask(method, target)
+            except (OSError, TimeoutError, ValueError, IndexError):
+                continue
+        return 503, "text/plain", b"no worker is serving\n"
+
+    async def merged_store(self) -> Store:
+        answers = await self.ask_all("GET", "/edgegw/store")
+        return Store.merged([json.loads(body) for code, _, body in answers if code == 200]
+                            + [self.store.dump()])
+
+
+class SupervisorAdmin(Admin):
+    """The configured admin port under --concurrency N: Envoy's endpoints over all workers."""
+
+    def __init__(self, sup: Supervisor, host: str, port: int, access_log_path: str) -> None:
+        super().__init__(sup, host, port, access_log_path)  # type: ignore[arg-type]
+        self.sup = sup
+
+    async def _forward(self, path: str, q: dict[str, list[str]], method: str
+                       ) -> tuple[int, str, bytes]:
+        query = "&".join(f"{k}={v}" if v else k for k, vs in q.items() for v in vs or [""])
+        return await self.sup.ask_one(method, path + (f"?{query}" if query else ""))
+
+    async def _broadcast(self, path: str, q: dict[str, list[str]], method: str
+                         ) -> tuple[int, str, bytes]:
+        query = "&".join(f"{k}={v}" if v else k for k, vs in q.items() for v in vs or [""])
+        answers = await self.sup.ask_all(method, path + (f"?{query}" if query else ""))
+        return answers[0] if answers else (503, "text/plain", b"no worker is serving\n")
+
+    async def ready(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
+        if self.sup.stopping or self.sup.health_failed:
+            return 503, "text/plain", b"DRAINING\n"
+        states = [body.decode().strip() for _, _, body in await self.sup.ask_all("GET",
+                                                                                 "/ready")]
+        if len(states) < len(self.sup.workers):
+            return 503, "text/plain", b"INITIALIZING\n"
+        bad = [s for s in states if s != "LIVE"]
+        return (503, "text/plain", f"{bad[0]}\n".encode()) if bad else (
+            200, "text/plain", b"LIVE\n")
+
+    async def stats(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
+        store = await self.sup.merged_store()
+        store.gauge("server.concurrency").value = len(self.sup.workers)
+        fmt = (q.get("format") or [""])[0]
+        flt = (q.get("filter") or [None])[0]
+        used = "usedonly" in q
+        if fmt == "json":
+            return 200, "application/json", render.as_json(store, flt, used).encode()
+        if fmt == "prometheus":
+            return 200, "text/plain; version=0.0.4", render.prometheus(store, flt,
+                                                                        used).encode()
+        if fmt not in ("", "text"):
+            return 400, "text/plain", b"usage: /stats?format=(json|prometheus|text)\n"
+        return 200, "text/plain", render.text(store, flt, used).encode()
+
+    async def raw_store(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
+        return 200, "application/json", json.dumps((await self.sup.merged_store()).dump()
+                                                   ).encode()
+
+    async def clusters(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
+        docs = [json.loads(body) for code, _, body in
+                await self.sup.ask_all("GET", "/clusters?format=json") if code == 200]
+        if not docs:
+            return 503, "text/plain", b"no worker is serving\n"
+        doc = _add_clusters(docs)
+        if (q.get("format") or [""])[0] == "json":
+            return 200, "application/json", json.dumps(doc, indent=1).encode()
+        return 200, "text/plain", clusters_text(doc).encode()
+
+    async def server_info(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
+        sup = self.sup
+        doc = {"version": f"edgegw/{__version__}",
+               "state": "DRAINING" if sup.stopping else "LIVE",
+               "hot_restart_version": "disabled",
+               "command_line_options": {k: v for k, v in sup.options.items()
+                                        if isinstance(v, (str, int, float, bool, type(None)))},
+               "node": {"id": sup.boot.node.id, "cluster": sup.boot.node.cluster},
+               "uptime_current_epoch": f"{int(time.time() - sup.started)}s",
+               "uptime_all_epochs": f"{int(time.time() - sup.started)}s",
+               "pid": os.getpid(),
+               "workers": [{"index": w.index, "pid": w.pid, "ready": w.ready,
+                            "admin_socket": w.socket_path} for w in sup.workers]}
+        return 200, "application/json", json.dumps(doc, indent=1).encode()
+
+    async def config_dump(self, q: dict[str, list[str]], method: str
+                          ) -> tuple[int, str, bytes]:
+        return await self._forward("/config_dump", q, method)
+
+    async def listeners(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
+        return await self._forward("/listeners", q, method)
+
+    async def certs(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
+        return await self._forward("/certs", q, method)
+
+    async def status_json(self, q: dict[str, list[str]], method: str
+                          ) -> tuple[int, str, bytes]:
+        return await self._forward("/status.json", q, method)
+
+    async def logging(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
+        if method == "POST":  # the supervisor's own log too
+            for key, values in q.items():
+                if key == "level" or key in log.COMPONENTS:
+                    try:
+                        log.set_level(None if key == "level" else key,
+                                      log.parse_level(values[0] if values else ""))
+                    except ValueError:
+                        pass
+        return await self._broadcast("/logging", q, method)
+
+    async def hc_fail(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
+        self.sup.health_failed = True
+        return await self._broadcast("/healthcheck/fail", q, method)
+
+    async def hc_ok(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
+        self.sup.health_failed = False
+        return await self._broadcast("/healthcheck/ok", q, method)
+
+    async def drain_listeners(self, q: dict[str, list[str]], method: str
+                              ) -> tuple[int, str, bytes]:
+        return await self._broadcast("/drain_listeners", q, method)
+
+    async def quit(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
+        asyncio.get_running_loop().call_later(0.05, self.sup.request_stop)
+        return 200, "text/plain", b"OK\n"
+
+
+def _add_clusters(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Workers' /clusters documents as one: host counters and gauges add up; health is the
+    first worker's."""
+    out = json.loads(json.dumps(docs[0]))
+    for other in docs[1:]:
+        for c, oc in zip(out["cluster_statuses"], other["cluster_statuses"], strict=False):
+            hosts = {(h["address"]["socket_address"]["address"],
+                      h["address"]["socket_address"]["port_value"]): h
+                     for h in c.get("host_statuses", [])}
+            for oh in oc.get("host_statuses", []):
+                sa = oh["address"]["socket_address"]
+                h = hosts.get((sa["address"], sa["port_value"]))
+                if h is None:
+                    continue
+                mine = {st["name"]: st for st in h["stats"]}
+                for st in oh["stats"]:
+                    if st["name"] in mine:
+                        mine[st["name"]]["value"] = str(int(mine[st["name"]]["value"])
+                                                        + int(st["value"]))
+    return out
