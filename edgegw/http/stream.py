@@ -55,7 +55,67 @@ IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"
 
 
 class Stream:
-    """A request on a downstream connection, from its head to the end of its response."""
+    """A request on a downstream connection, from its head to the end of its response.
+
+    Defaults live on the class and only what changes is set on the instance: a stream is made
+    per request, and most of its fields keep their defaults on the common path.
+    """
+
+    request_done = False
+    response_started = False
+    response_done = False
+    chunk_in = False
+    chunk_out = False
+    pending_bytes = 0
+    bytes_received = 0
+    bytes_sent = 0
+    code = 0
+    flags = "-"
+    route: Route | None = None
+    vhost: VirtualHost | None = None
+    cluster: Cluster | None = None
+    host: Host | None = None
+    upstream: UpstreamConnection | None = None
+    upstream_head = b""
+    upstream_sent_at = 0.0
+    service_time = b""
+    deadline = 0.0
+    timeout = 0.0
+    reused_attempt = False
+    authority = ""
+    paused_upstream = False
+    upgrade = b""
+    details = ""
+    """Envoy's RESPONSE_CODE_DETAILS: why the response is what it is."""
+    failure_reason = ""
+    resp_headers: Headers = []  # noqa: RUF012 (replaced, never mutated in place)
+    action: Forward | None = None
+    retry: Retry | None = None
+    attempt = 0
+    retries_done = 0
+    body_copy: list[bytes] | None = None
+    """The request body kept for replay while a retry (or a mirror) may need it."""
+    body_copy_bytes = 0
+    tried: tuple[Host, ...] = ()
+    retry_handle: asyncio.TimerHandle | None = None
+    try_handle: asyncio.TimerHandle | None = None
+    attached = False
+    """Counted in the cluster's attached requests (what max_requests limits)."""
+    rq_counted = False
+    """Counted in the cluster's upstream_rq_active (until finish)."""
+    pending_counted = False
+    """This stream waits for a connection (upstream_rq_pending_active)."""
+    waiting_on: Host | None = None
+    """The host whose pool queue this stream is in (max_connections reached)."""
+    hash: int | None = None
+    """The route's hash_policy value, for RING_HASH and MAGLEV clusters."""
+    filter_index = 0
+    pause_handle: asyncio.TimerHandle | None = None
+    pause_abandoned: Callable[[], None] | None = None
+    response_hooks: tuple[Callable[[Headers], None], ...] = ()
+    """Filters' additions to the response headers (e.g. x-ratelimit-*)."""
+    shadows: tuple[tuple[Cluster, bool], ...] = ()
+    """Mirror clusters waiting for the end of the request (cluster, -shadow suffix)."""
 
     def __init__(self, conn: DownstreamConnection, method: bytes, url: bytes, headers: Headers,
                  http11: bool, keep_alive: bool) -> None:
@@ -69,63 +129,11 @@ class Stream:
         self.keep_alive = keep_alive
         self.start_time = time.time()
         self.start_mono = time.monotonic()
-        self.request_done = False
-        self.response_started = False
-        self.response_done = False
-        self.chunk_in = False
-        self.chunk_out = False
         self.pending: list[bytes] = []
-        self.pending_bytes = 0
-        self.bytes_received = 0
-        self.bytes_sent = 0
-        self.code = 0
-        self.flags = "-"
-        self.route: Route | None = None
-        self.vhost: VirtualHost | None = None
-        self.cluster: Cluster | None = None
-        self.host: Host | None = None
-        self.upstream: UpstreamConnection | None = None
-        self.upstream_head = b""
-        self.upstream_sent_at = 0.0
-        self.service_time = b""
-        self.deadline = 0.0
         self.out: list[bytes] = []
-        self.timeout = 0.0
-        self.reused_attempt = False
-        self.authority = ""
-        self.paused_upstream = False
-        self.upgrade = b""
-        self.details = ""
-        """Envoy's RESPONSE_CODE_DETAILS: why the response is what it is."""
-        self.failure_reason = ""
-        self.resp_headers: Headers = []
-        self.action: Forward | None = None
-        self.retry: Retry | None = None
-        self.attempt = 0
-        self.retries_done = 0
-        self.body_copy: list[bytes] | None = None
-        """The request body kept for replay while a retry is still possible."""
-        self.body_copy_bytes = 0
-        self.tried: list[Host] = []
-        self.retry_handle: asyncio.TimerHandle | None = None
-        self.try_handle: asyncio.TimerHandle | None = None
-        self.attached = False
-        """Counted in the cluster's attached requests (what max_requests limits)."""
-        self.rq_counted = False
-        """Counted in the cluster's upstream_rq_active (until finish)."""
-        self.pending_counted = False
-        """This stream waits for a connection (upstream_rq_pending_active)."""
-        self.waiting_on: Host | None = None
-        """The host whose pool queue this stream is in (max_connections reached)."""
-        self.hash: int | None = None
-        """The route's hash_policy value, for RING_HASH and MAGLEV clusters."""
-        self.filter_index = 0
-        self.pause_handle: asyncio.TimerHandle | None = None
-        self.pause_abandoned: Callable[[], None] | None = None
-        self.response_hooks: list[Callable[[Headers], None]] = []
-        """Filters' additions to the response headers (e.g. x-ratelimit-*)."""
-        self.shadows: list[tuple[Cluster, bool]] = []
-        """Mirror clusters waiting for the end of the request (cluster, -shadow suffix)."""
+
+    def add_response_hook(self, hook: Callable[[Headers], None]) -> None:
+        self.response_hooks = (*self.response_hooks, hook)
 
     # --- request side -------------------------------------------------------------------
 
@@ -254,7 +262,7 @@ class Stream:
         for name, fraction, suffix in action.mirrors:
             mirror = hcm.clusters.get(name)
             if mirror is not None and (fraction >= 1.0 or random.random() < fraction):
-                self.shadows.append((mirror, suffix))
+                self.shadows = (*self.shadows, (mirror, suffix))
                 if self.body_copy is None:
                     self.body_copy = []
         cluster.stats.upstream_rq_active.value += 1
@@ -265,7 +273,7 @@ class Stream:
 
     def _send_shadows(self) -> None:
         """Mirrors the (complete) request to each shadow cluster, fire and forget."""
-        shadows, self.shadows = self.shadows, []
+        shadows, self.shadows = self.shadows, ()
         if self.body_copy is None or self.action is None:
             return  # the body outgrew the buffer: Envoy drops the shadow too
         body = b"".join(self.body_copy)
@@ -542,7 +550,7 @@ class Stream:
         self._drop_upstream()
         self._detach_count()
         self.host.rq_active -= 1
-        self.tried.append(self.host)
+        self.tried = (*self.tried, self.host)
         self.retry_handle = self.conn.loop.call_later(wait, self._retry_now)
 
     def _retry_now(self) -> None:
