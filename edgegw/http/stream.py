@@ -1,8 +1,9 @@
 """One request/response exchange: routing, forwarding upstream and relaying the response.
 
-This is Envoy's router filter plus the response encoder for HTTP/1.1. Bytes move as they
-arrive in both directions; nothing is buffered whole. Local replies (404, 503, 504 …) have
-Envoy's statuses, bodies and response flags.
+This is Envoy's router filter plus the response encoder for HTTP/1.1; each attempt upstream
+(retries make several) is an ``UpstreamRequest``. Bytes move as they arrive in both
+directions; nothing is buffered whole. Local replies (404, 503, 504 …) have Envoy's statuses,
+bodies and response flags.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from typing import TYPE_CHECKING
 
 from .. import log
 from ..upstream.cluster import Cluster, Host
-from ..upstream.pool import ConnectError, UpstreamConnection
 from .codec import (
     HOP_BY_HOP,
     LAST_CHUNK,
@@ -37,6 +37,7 @@ from .router import (
     redirect_location,
 )
 from .shadow import Shadow, shadow_host
+from .upstream_request import UpstreamRequest
 
 if TYPE_CHECKING:
     from .conn_manager import DownstreamConnection
@@ -51,7 +52,6 @@ REQUEST_DROP = HOP_BY_HOP | {b"host"}
 """Set aside while copying a request head: hop-by-hop headers, and Host (written first)."""
 REQUEST_DROP_WITH_TIMEOUT = REQUEST_DROP | {b"x-envoy-expected-rq-timeout-ms"}
 RESPONSE_DROP = HOP_BY_HOP | {b"server"}
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 
 class Stream:
@@ -75,15 +75,13 @@ class Stream:
     vhost: VirtualHost | None = None
     cluster: Cluster | None = None
     host: Host | None = None
-    upstream: UpstreamConnection | None = None
-    upstream_head = b""
-    upstream_sent_at = 0.0
+    """The host of the latest attempt (what access logs and counters name)."""
+    req: UpstreamRequest | None = None
+    """The attempt under way."""
     service_time = b""
     deadline = 0.0
     timeout = 0.0
-    reused_attempt = False
     authority = ""
-    paused_upstream = False
     upgrade = b""
     details = ""
     """Envoy's RESPONSE_CODE_DETAILS: why the response is what it is."""
@@ -98,15 +96,8 @@ class Stream:
     body_copy_bytes = 0
     tried: tuple[Host, ...] = ()
     retry_handle: asyncio.TimerHandle | None = None
-    try_handle: asyncio.TimerHandle | None = None
-    attached = False
-    """Counted in the cluster's attached requests (what max_requests limits)."""
     rq_counted = False
     """Counted in the cluster's upstream_rq_active (until finish)."""
-    pending_counted = False
-    """This stream waits for a connection (upstream_rq_pending_active)."""
-    waiting_on: Host | None = None
-    """The host whose pool queue this stream is in (max_connections reached)."""
     hash: int | None = None
     """The route's hash_policy value, for RING_HASH and MAGLEV clusters."""
     filter_index = 0
@@ -293,68 +284,14 @@ class Stream:
             asyncio.ensure_future(shadow.run())
 
     def _send_to(self, host: Host) -> None:
-        """Starts an attempt on ``host``: a pooled connection if one is idle, else a new one."""
+        """Starts an attempt on ``host`` (an ``UpstreamRequest`` gets it a connection)."""
         assert self.action is not None and self.cluster is not None
         self.host = host
         self.attempt += 1
-        self.upstream_head = self._upstream_head(self.action, host)
-        host.rq_active += 1
-        conn = host.pool.acquire()
-        if conn is not None:
-            self.reused_attempt = True
-            self._attach(conn)
-            return
-        cluster = self.cluster
-        stats, limits = cluster.stats, cluster.limits
-        if stats.upstream_rq_pending_active.value >= limits.max_pending_requests:
-            stats.upstream_rq_pending_overflow.value += 1
-            self._overflow()
-            return
-        stats.upstream_rq_pending_total.value += 1
-        stats.upstream_rq_pending_active.value += 1
-        self.pending_counted = True
-        if cluster.connections < limits.max_connections:
-            asyncio.ensure_future(self._connect(host, self.attempt))
-        else:
-            stats.upstream_cx_overflow.value += 1
-            self.waiting_on = host
-            host.pool.waiters.append(self)
+        self.req = UpstreamRequest(self, host, self._upstream_head(self.action, host))
+        self.req.start()
 
-    def take_connection(self, conn: UpstreamConnection) -> bool:
-        """A pool hands a freed connection to this waiting stream; False if it left."""
-        if self.waiting_on is None or self.response_done:
-            return False
-        self.waiting_on = None
-        self._attach(conn)
-        return True
-
-    def open_connection(self) -> bool:
-        """A pool lets this waiting stream open a connection of its own."""
-        host, self.waiting_on = self.waiting_on, None
-        if host is None or self.response_done:
-            return False
-        asyncio.ensure_future(self._connect(host, self.attempt))
-        return True
-
-    def _detach_count(self) -> None:
-        if self.attached:
-            self.attached = False
-            assert self.cluster is not None
-            self.cluster.attached -= 1
-
-    def _unpend(self) -> None:
-        if self.pending_counted:
-            self.pending_counted = False
-            assert self.cluster is not None
-            self.cluster.stats.upstream_rq_pending_active.value -= 1
-        if self.waiting_on is not None:
-            try:
-                self.waiting_on.pool.waiters.remove(self)
-            except ValueError:
-                pass
-            self.waiting_on = None
-
-    def _overflow(self) -> None:
+    def overflow(self) -> None:
         """A circuit breaker is open: Envoy's 503 with x-envoy-overloaded."""
         self.flags = "UO"
         self.details = "overflow"
@@ -414,50 +351,18 @@ class Stream:
                 .replace("%REQUESTED_SERVER_NAME%", conn.sni or "")
                 .replace("%%", "%"))
 
-    async def _connect(self, host: Host, attempt: int) -> None:
-        try:
-            conn = await host.pool.connect()
-        except ConnectError as e:
-            if attempt == self.attempt:
-                self._upstream_failed(e.reason, e.detail, connect=True)
-            return
-        if self.response_done or self.conn.closed or attempt != self.attempt:
-            host.pool.release(conn)
-            return
-        self._attach(conn)
-
-    def _attach(self, conn: UpstreamConnection) -> None:
-        """Sends the request on a connection (Envoy counts upstream_rq_total here, and checks
-        max_requests here: an overflowing request leaves the connection to the pool)."""
-        self._unpend()
-        assert self.cluster is not None and self.host is not None
-        cluster = self.cluster
-        if cluster.attached >= cluster.limits.max_requests:
-            cluster.stats.upstream_rq_active_overflow.value += 1
-            self.host.pool.release(conn)
-            self._overflow()
-            return
-        cluster.attached += 1
-        self.attached = True
-        self.upstream = conn
-        self.cluster.stats.upstream_rq_total.value += 1
-        self.host.rq_total += 1
-        self.upstream_sent_at = time.monotonic()
-        head_only = self.method == b"HEAD"
-        data = self.upstream_head
+    def take_body(self) -> bytes:
+        """The body received so far, for an attempt that just got its connection (a retry
+        replays it all); the attempt streams the rest."""
         if self.attempt > 1 and self.body_copy:
             self.pending = list(self.body_copy)
-        if self.pending:
-            body = b"".join(self.pending)
-            data += chunk(body) if self.chunk_in else body
-            self.pending = []
-            self.pending_bytes = 0
-            self.conn.flow.resume("pending")
-        if self.request_done and self.chunk_in:
-            data += LAST_CHUNK
-        conn.send(self, data, head_only, complete=self.request_done)
-        if self.request_done:
-            self._start_timer()
+        if not self.pending:
+            return b""
+        body = b"".join(self.pending)
+        self.pending = []
+        self.pending_bytes = 0
+        self.conn.flow.resume("pending")
+        return body
 
     def request_body(self, data: bytes) -> None:
         self.bytes_received += len(data)
@@ -468,10 +373,7 @@ class Stream:
                 self.body_copy = None  # too large to replay: no retries for this request
         if self.response_done:
             return
-        up = self.upstream
-        if up is not None:
-            up.write(chunk(data) if self.chunk_in else data)
-        else:
+        if self.req is None or not self.req.write(data):
             self.pending.append(data)
             self.pending_bytes += len(data)
             if self.pending_bytes > PENDING_BODY_LIMIT:
@@ -483,34 +385,28 @@ class Stream:
             self._send_shadows()
         if self.response_done:
             return
-        if self.upstream is not None:
-            if self.chunk_in:
-                self.upstream.write(LAST_CHUNK)
-            self.upstream.request_sent = True
-            self._start_timer()
+        if self.req is not None and self.req.end_request():
+            self.request_sent()
         elif self.cluster is not None:
-            self._start_timer()
+            self.request_sent()
 
-    def _start_timer(self) -> None:
+    def request_sent(self) -> None:
         """The route timeout runs from the end of the request (Envoy's global timeout); a
         retry policy's per_try_timeout runs from the end of each attempt's request."""
         if self.response_done:
             return
         if self.timeout > 0 and not self.deadline:
             self.deadline = self.conn.arm_deadline(self.timeout)
-        if self.retry is not None and self.retry.per_try_timeout and self.try_handle is None \
-                and self.upstream is not None:
-            self.try_handle = self.conn.loop.call_later(self.retry.per_try_timeout,
-                                                        self._on_try_timeout)
+        if self.retry is not None and self.retry.per_try_timeout and self.req is not None:
+            self.req.arm_per_try(self.retry.per_try_timeout, self._on_try_timeout)
 
-    def _on_try_timeout(self) -> None:
-        self.try_handle = None
-        if self.response_done or self.response_started:
+    def _on_try_timeout(self, req: UpstreamRequest) -> None:
+        req.try_timer = None
+        if req is not self.req or self.response_done or self.response_started:
             return
         assert self.cluster is not None and self.retry is not None
         self.cluster.stats.upstream_rq_per_try_timeout.value += 1
-        if self.host is not None:
-            self.cluster.report(self.host, 504)
+        self.cluster.report(req.host, 504)
         if self.retry.retriable_failure(False):
             if self._can_retry():
                 self._retry_attempt()
@@ -546,10 +442,7 @@ class Stream:
         else:
             stats.upstream_rq_retry_backoff_exponential.value += 1
             wait = self.retry.backoff(self.retries_done)
-        self._cancel_try_timer()
-        self._drop_upstream()
-        self._detach_count()
-        self.host.rq_active -= 1
+        self._end_attempt()
         self.tried = (*self.tried, self.host)
         self.retry_handle = self.conn.loop.call_later(wait, self._retry_now)
 
@@ -569,13 +462,12 @@ class Stream:
             self.details = "no_healthy_upstream"
             self.local(503, b"no healthy upstream")
             return
-        self.reused_attempt = False
         self._send_to(host)
 
-    def _cancel_try_timer(self) -> None:
-        if self.try_handle is not None:
-            self.try_handle.cancel()
-            self.try_handle = None
+    def _end_attempt(self) -> None:
+        req, self.req = self.req, None
+        if req is not None:
+            req.release()
 
     def on_timeout(self, per_try: bool = False) -> None:
         """The route timeout (or the last attempt's per_try_timeout) ran out."""
@@ -588,7 +480,7 @@ class Stream:
             self.cluster.report(self.host, 504)
         self.host.rq_timeout += 1
         self.flags = "UT"
-        self._drop_upstream()
+        self._end_attempt()
         if self.response_started:
             self.conn.abort()
             self.finish()
@@ -597,14 +489,15 @@ class Stream:
             self.details = "response_timeout"
             self.local(504, b"upstream request timeout")
 
-    # --- upstream events (ResponseSink) -------------------------------------------------
+    # --- the response, as the current UpstreamRequest relays it ---------------------------
 
-    def upstream_headers(self, status: int, headers: Headers, keep_alive: bool) -> None:
-        if self.response_done:
+    def upstream_headers(self, req: UpstreamRequest, status: int, headers: Headers,
+                         keep_alive: bool) -> None:
+        if self.response_done or req is not self.req:
             return
-        self._cancel_try_timer()
-        assert self.cluster is not None and self.host is not None
-        self.cluster.report(self.host, status)
+        req.cancel_per_try()
+        assert self.cluster is not None
+        self.cluster.report(req.host, status)
         retry = self.retry
         if retry is not None and retry.retriable_response(status, headers):
             if self._can_retry():
@@ -619,7 +512,7 @@ class Stream:
             assert self.cluster is not None
             self.cluster.stats.upstream_rq_retry_success.value += 1
         self._charge(status)
-        ms = int((time.monotonic() - self.upstream_sent_at) * 1000)
+        ms = int((time.monotonic() - req.sent_at) * 1000)
         self.service_time = b"%d" % ms
         hcm = self.hcm
         has_length = False
@@ -671,21 +564,20 @@ class Stream:
         self.conn.last_activity = time.monotonic()
         self.out.append(chunk(data) if self.chunk_out else data)
 
-    def upstream_complete(self) -> None:
+    def upstream_complete(self, req: UpstreamRequest) -> None:
         if self.response_done:
             return
         if self.chunk_out:
             self.out.append(LAST_CHUNK)
         self.flush()
-        self.upstream = None
         assert self.cluster is not None
-        self.cluster.record_rq_time((time.monotonic() - self.upstream_sent_at) * 1000)
+        self.cluster.record_rq_time((time.monotonic() - req.sent_at) * 1000)
         self.finish()
 
     def upstream_reset(self, reason: str) -> None:
+        """The connection failed after the request went out (before or during the response)."""
         if self.response_done:
             return
-        self.upstream = None
         if self.response_started:
             assert self.cluster is not None
             self.cluster.stats.upstream_rq_rx_reset.value += 1
@@ -693,16 +585,7 @@ class Stream:
             self.conn.abort()
             self.finish()
             return
-        if (self.reused_attempt and self.bytes_received == 0 and not self.chunk_in
-                and self.method in IDEMPOTENT):
-            # A pooled keep-alive connection that the upstream had already closed: nothing of
-            # this request reached a live server, so try once more on a fresh connection.
-            self.reused_attempt = False
-            assert self.host is not None and self.cluster is not None
-            self.cluster.stats.upstream_rq_pending_total.value += 1
-            asyncio.ensure_future(self._connect(self.host, self.attempt))
-            return
-        self._upstream_failed(reason, "")
+        self.upstream_failed(reason, "")
 
     def flush(self) -> None:
         """Writes what the upstream's last read produced in one go: a small response's head
@@ -712,20 +595,16 @@ class Stream:
             self.out.clear()
             self.conn.transport_write(data)
 
-    def upstream_pause_writing(self) -> None:
-        self.conn.flow.pause("upstream")
-
-    def upstream_resume_writing(self) -> None:
-        self.conn.flow.resume("upstream")
-
-    def _upstream_failed(self, reason: str, detail: str, connect: bool = False) -> None:
+    def upstream_failed(self, reason: str, detail: str, connect: bool = False) -> None:
+        """No response: the connection could not be made or broke before one came."""
         if self.response_done:
             return
         if self.response_started:
             self.conn.abort()
             self.finish()
             return
-        self._cancel_try_timer()
+        if self.req is not None:
+            self.req.cancel_per_try()
         if self.host is not None and self.cluster is not None:
             self.cluster.report(self.host, 503)
         if self.retry is not None and self.retry.retriable_failure(connect):
@@ -769,22 +648,15 @@ class Stream:
             self.cluster.stats.count_code(code)
             self.cluster.status_counter(code).value += 1
 
-    def _drop_upstream(self) -> None:
-        up, self.upstream = self.upstream, None
-        if up is not None:
-            up.detach()
-
     # --- downstream side ----------------------------------------------------------------
 
     def pause_upstream(self) -> None:
-        if self.upstream is not None and not self.paused_upstream:
-            self.paused_upstream = True
-            self.upstream.pause_reading()
+        if self.req is not None:
+            self.req.pause_reading()
 
     def resume_upstream(self) -> None:
-        if self.upstream is not None and self.paused_upstream:
-            self.paused_upstream = False
-            self.upstream.resume_reading()
+        if self.req is not None:
+            self.req.resume_reading()
 
     def downstream_reset(self) -> None:
         """The client went away before the response was complete."""
@@ -793,7 +665,7 @@ class Stream:
         self.flags = "DC"
         if self.cluster is not None:
             self.cluster.stats.upstream_rq_tx_reset.value += 1
-        self._drop_upstream()
+        self._end_attempt()
         self.finish()
 
     def local(self, status: int, body: bytes, close: bool = False,
@@ -819,7 +691,7 @@ class Stream:
         self.resp_headers = headers
         self.conn.transport_write(local_reply(status, body, hcm.server_name, close, headers,
                                               head=self.method == b"HEAD"))
-        self._drop_upstream()
+        self._end_attempt()
         self.finish()
 
     def finish(self) -> None:
@@ -832,8 +704,7 @@ class Stream:
                 self.pause_abandoned()
             self.pause_handle = self.pause_abandoned = None
         self.deadline = 0.0
-        self._unpend()
-        self._cancel_try_timer()
+        self._end_attempt()
         if self.retry_handle is not None:
             self.retry_handle.cancel()
             self.retry_handle = None
@@ -850,13 +721,10 @@ class Stream:
         st.downstream_rq_time.record((time.monotonic() - self.start_mono) * 1000)
         if self.retries_done and self.cluster is not None:
             self.cluster.retrying -= 1
-        self._detach_count()
         if self.rq_counted:
             assert self.cluster is not None
             self.cluster.stats.upstream_rq_active.value -= 1
             self.cluster.stats.upstream_rq_completed.value += 1
-            if self.host is not None:
-                self.host.rq_active -= 1
         for logger in hcm.access_logs:
             logger.log(self)
         self.conn.stream_done(self)

@@ -2,8 +2,9 @@
 
 A pool is a stack of idle connections (the most recently used first, so that idle ones age out
 at the bottom) and a way to open a new one. A connection serves one request at a time; the
-stream that owns it receives the parsed response through four calls: ``upstream_headers``,
-``upstream_body``, ``upstream_complete`` and ``upstream_reset``.
+request that owns it (an ``UpstreamRequest``, or a shadow) receives the parsed response through
+four calls: ``upstream_headers``, ``upstream_body``, ``upstream_complete`` and
+``upstream_reset``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ _log = log.get("upstream")
 
 
 class ResponseSink(Protocol):
-    """What a pooled connection reports to the stream that is using it."""
+    """What a pooled connection reports to the request that is using it."""
 
     def upstream_headers(self, status: int, headers: list[tuple[bytes, bytes]],
                          keep_alive: bool) -> None: ...
