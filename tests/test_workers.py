@@ -12,6 +12,7 @@ import yaml
 
 from .conftest import Proc, free_port, wait_port
 from .test_health import cluster, config
+from .test_sds import ca, served_serial, site  # noqa: F401 (fixtures)
 
 
 def worker_stats(sock: str) -> dict[str, int]:
@@ -79,5 +80,37 @@ def test_workers_share_the_port_and_the_admin_adds_them_up(backend, tmp_path) ->
         for pid in pids:
             assert not os.path.exists(f"/proc/{pid}") or \
                 open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+    finally:
+        proc.stop()
+
+
+def test_certificate_rotation_reaches_every_worker(site, backends, tmp_path) -> None:
+    port, admin = free_port(), free_port()
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text(yaml.safe_dump({**site.config(port, backends), "admin": {
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}}}))
+    proc = Proc([sys.executable, "-m", "edgegw", "-c", str(cfg), "--concurrency", "2"],
+                tmp_path / "gw.log")
+    try:
+        wait_port("127.0.0.1", admin)
+        deadline = time.monotonic() + 20
+        while httpx.get(f"http://127.0.0.1:{admin}/ready").status_code != 200:
+            assert time.monotonic() < deadline, proc.output()
+            time.sleep(0.1)
+        workers = httpx.get(f"http://127.0.0.1:{admin}/server_info").json()["workers"]
+        new = site.move_in_new_secret()
+
+        def serials(sock: str) -> set[int]:
+            with httpx.Client(transport=httpx.HTTPTransport(uds=sock), timeout=5) as c:
+                doc = c.get("http://worker/certs").json()
+            return {int(cert["serial_number"], 16) for entry in doc["certificates"]
+                    for cert in entry["cert_chain"]}
+
+        deadline = time.monotonic() + 5
+        while not all(new in serials(w["admin_socket"]) for w in workers):
+            assert time.monotonic() < deadline, [serials(w["admin_socket"]) for w in workers]
+            time.sleep(0.05)
+        # And what clients get, over many new connections spread by the kernel: only the new one.
+        assert {served_serial(port, site.ca_file) for _ in range(20)} == {new}
     finally:
         proc.stop()
