@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -18,7 +19,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+import trustme
 import yaml
+from cryptography import x509
 
 from edgegw.demo.certs import make
 
@@ -263,3 +266,96 @@ def edge_config(certs: Path, backends: Backends, port: int, **hcm_extra: object)
                 static_cluster("dead", "127.0.0.20", free_port("127.0.0.20")),
                 {"name": "empty", "type": "STATIC", "connect_timeout": "1s"},
             ]}}
+
+
+# --- certificates from SDS files -------------------------------------------------------------
+
+SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> trustme.CA:
+    c = trustme.CA()
+    c.cert_pem.write_to_path(str(tmp_path_factory.mktemp("sds-ca") / "ca.pem"))
+    return c
+
+
+class Site:
+    """A tree like a user's: certs/ with the files, sds/ with the Secret that names them."""
+
+    def __init__(self, root: Path, ca: trustme.CA) -> None:
+        self.root = root
+        self.ca = ca
+        self.certs = root / "certs"
+        self.sds = root / "sds"
+        self.certs.mkdir(parents=True)
+        self.sds.mkdir()
+        self.ca_file = root / "ca.pem"
+        ca.cert_pem.write_to_path(str(self.ca_file))
+        self.crt = self.certs / "a.example.com.crt"
+        self.key = self.certs / "a.example.com.key"
+        self.serial = self.write_pair()
+        self.write_secret(self.sds / "site_a.yaml", self.crt, self.key)
+
+    def issue(self, **kw: object) -> tuple[bytes, bytes, int]:
+        leaf = self.ca.issue_cert("a.example.com", **kw)  # type: ignore[arg-type]
+        chain = b"".join(b.bytes() for b in leaf.cert_chain_pems)
+        serial = x509.load_pem_x509_certificate(chain).serial_number
+        return chain, leaf.private_key_pem.bytes(), serial
+
+    def write_pair(self, **kw: object) -> int:
+        chain, key, serial = self.issue(**kw)
+        self.key.write_bytes(key)
+        self.crt.write_bytes(chain)
+        return serial
+
+    def write_secret(self, path: Path, crt: Path, key: Path, name: str = "site_a") -> None:
+        path.write_text(yaml.safe_dump({"resources": [{
+            "@type": SECRET, "name": name, "tls_certificate": {
+                "certificate_chain": {"filename": str(crt)},
+                "private_key": {"filename": str(key)}}}]}))
+
+    def move_in_new_secret(self) -> int:
+        """Envoy's own rotation: new files, and a new SDS file moved into the watched dir."""
+        chain, key, serial = self.issue()
+        crt2, key2 = self.certs / "v2.crt", self.certs / "v2.key"
+        crt2.write_bytes(chain)
+        key2.write_bytes(key)
+        self.write_secret(self.sds / ".site_a.yaml.tmp", crt2, key2)
+        os.rename(self.sds / ".site_a.yaml.tmp", self.sds / "site_a.yaml")
+        return serial
+
+    def config(self, port: int, backends: Backends) -> dict:
+        ts = {"name": "envoy.transport_sockets.tls", "typed_config": {
+            "@type": DTLS, "common_tls_context": {"tls_certificate_sds_secret_configs": [{
+                "name": "site_a", "sds_config": {"path_config_source": {
+                    "path": str(self.sds / "site_a.yaml"),
+                    "watched_directory": {"path": str(self.sds)}},
+                    "resource_api_version": "V3"}}]}}}
+        return {"node": {"id": "test", "cluster": "test"}, "static_resources": {
+            "listeners": [{"name": "https", "address": addr("127.0.0.1", port),
+                           "filter_chains": [{"transport_socket": ts, "filters": [hcm([
+                               {"name": "a", "domains": ["*"],
+                                "routes": [route("/", "a")]}])]}]}],
+            "clusters": [static_cluster("a", *backends.a)]}}
+
+
+def served_serial(port: int, ca_file: Path) -> int:
+    ctx = ssl.create_default_context(cafile=str(ca_file))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+            ctx.wrap_socket(raw, server_hostname="a.example.com") as s:
+        der = s.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def wait_serial(port: int, ca_file: Path, serial: int, within: float = 1.0) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < within:
+        if served_serial(port, ca_file) == serial:
+            return time.monotonic() - start
+        time.sleep(0.02)
+    raise AssertionError(f"serial {serial:x} not served within {within}s")
+
+
+@pytest.fixture
+def site(tmp_path: Path, ca: trustme.CA) -> Site:
+    return Site(tmp_path / "site", ca)

@@ -10,9 +10,8 @@ import time
 import httpx
 import yaml
 
-from .conftest import Proc, free_port, wait_port
+from .conftest import Proc, free_port, served_serial, wait_port
 from .test_health import cluster, config
-from .test_sds import ca, served_serial, site  # noqa: F401 (fixtures)
 
 
 def worker_stats(sock: str) -> dict[str, int]:
