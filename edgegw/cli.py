@@ -27,7 +27,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--component-log-level", default="",
                    help="per component levels, e.g. upstream:debug,connection:trace")
     p.add_argument("--log-path", help="write application logs to this file instead of stderr")
-    p.add_argument("--concurrency", type=int, default=os.cpu_count() or 1,
+    p.add_argument("--concurrency", type=int, default=len(os.sched_getaffinity(0)) or 1,
                    help="worker processes (default: one per core); 1 runs a single process")
     p.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     p.add_argument("--admin-socket", help=argparse.SUPPRESS)
@@ -73,6 +73,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.concurrency > 1 and args.worker is None:
         _supervise(boot, argv, args)
         return
+    if args.worker is not None:
+        from .workers import die_with_supervisor
+
+        die_with_supervisor()
     config_yaml = _merge_yaml(args.config_yaml, override)
 
     def loader():  # type: ignore[no-untyped-def]

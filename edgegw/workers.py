@@ -90,9 +90,11 @@ class Supervisor:
             os.unlink(w.socket_path)
         w.ready = False
         w.started = time.monotonic()
+        # A session of its own: a terminal's Ctrl-C reaches the supervisor alone, which passes
+        # it on once (drain), not twice (stop at once).
         w.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "edgegw", *self.argv, "--worker", str(w.index),
-            "--admin-socket", w.socket_path)
+            "--admin-socket", w.socket_path, start_new_session=True)
         _log.info("worker %d started (pid %d)", w.index, w.pid)
 
     async def _wait_ready(self, w: Worker) -> None:
@@ -333,3 +335,16 @@ def _add_clusters(docs: list[dict[str, Any]]) -> dict[str, Any]:
                         mine[st["name"]]["value"] = str(int(mine[st["name"]]["value"])
                                                         + int(st["value"]))
     return out
+
+
+def die_with_supervisor() -> None:
+    """In a worker: be sent SIGTERM if the supervisor dies, so no orphan keeps the ports."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:
+        os.kill(os.getpid(), signal.SIGTERM)  # the supervisor was already gone

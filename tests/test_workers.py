@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 import time
 
 import httpx
+import pytest
 import yaml
 
 from .conftest import Proc, free_port, served_serial, wait_port
@@ -111,5 +113,40 @@ def test_certificate_rotation_reaches_every_worker(site, backends, tmp_path) -> 
             time.sleep(0.05)
         # And what clients get, over many new connections spread by the kernel: only the new one.
         assert {served_serial(port, site.ca_file) for _ in range(20)} == {new}
+    finally:
+        proc.stop()
+
+
+def test_workers_do_not_outlive_a_killed_supervisor(backend, tmp_path) -> None:
+    c = backend("127.0.0.22", "c")
+    port, admin = free_port(), free_port()
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text(yaml.safe_dump({**config(port, [cluster("app", [c])]), "admin": {
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}}}))
+    proc = Proc([sys.executable, "-m", "edgegw", "-c", str(cfg), "--concurrency", "2"],
+                tmp_path / "gw.log")
+    try:
+        wait_port("127.0.0.1", admin)
+        deadline = time.monotonic() + 20
+        while httpx.get(f"http://127.0.0.1:{admin}/ready").status_code != 200:
+            assert time.monotonic() < deadline, proc.output()
+            time.sleep(0.1)
+        pids = [w["pid"] for w in
+                httpx.get(f"http://127.0.0.1:{admin}/server_info").json()["workers"]]
+        proc.p.kill()
+        proc.p.wait(5)
+        deadline = time.monotonic() + 10
+
+        def alive(pid: int) -> bool:
+            try:
+                return open(f"/proc/{pid}/stat").read().split()[2] != "Z"
+            except OSError:
+                return False
+
+        while any(alive(p) for p in pids):
+            assert time.monotonic() < deadline, "workers outlived their supervisor"
+            time.sleep(0.1)
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
     finally:
         proc.stop()
