@@ -63,10 +63,12 @@ class Server:
         self._stopped: asyncio.Event | None = None
         self._drained: asyncio.Event | None = None
 
-    def _build(self, boot: Bootstrap) -> tuple[SecretManager, ClusterManager, list[Listener]]:
-        """The runtime objects of one config: what a reload builds anew and swaps in."""
+    def _build(self, boot: Bootstrap, previous: ClusterManager | None = None
+               ) -> tuple[SecretManager, ClusterManager, list[Listener]]:
+        """The runtime objects of one config: what a reload builds anew and swaps in
+        (unchanged plain clusters are carried over from ``previous``)."""
         secrets = SecretManager(boot, self.store)
-        clusters = ClusterManager(boot.static_resources.clusters, self.store, secrets)
+        clusters = ClusterManager(boot.static_resources.clusters, self.store, secrets, previous)
         listeners = [Listener(lc, clusters, self.store, secrets)
                      for lc in boot.static_resources.listeners]
         for lst in listeners:
@@ -104,7 +106,7 @@ class Server:
         if boot.admin.model_dump() != self.boot.admin.model_dump():
             _log.warning("config reload (%s): admin changes take effect after a restart", why)
         try:
-            secrets, clusters, listeners = self._build(boot)
+            secrets, clusters, listeners = self._build(boot, self.clusters)
         except (OSError, ValueError) as e:
             _log.error("config reload (%s) rejected, still serving the previous config: %s",
                        why, e)
@@ -120,7 +122,7 @@ class Server:
             for lst in listeners:
                 if lst.key not in old_keys and lst.sock is not None:
                     lst.sock.close()
-            clusters.stop()
+            clusters.stop(keep=self.clusters)
             _log.error("config reload (%s) rejected, still serving the previous config: %s",
                        why, e)
             counter("edgegw.config_reload.rejected").value += 1
@@ -157,7 +159,7 @@ class Server:
                 proto.abort()
             lst.stop()
             self.retired_listeners.remove(lst)
-        clusters.stop()
+        clusters.stop(keep=self.clusters)
         secrets.stop()
 
     async def start(self) -> None:

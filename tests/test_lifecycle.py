@@ -257,3 +257,40 @@ def test_a_bad_lds_file_is_named_with_its_line(tmp_path) -> None:
     assert p.startswith(f"{lds}: resources[0].per_connection_buffer_limit_bytez: field ")
     line = next(i for i, t in enumerate(lds.read_text().splitlines(), 1) if "bytez" in t)
     assert p.endswith(f"({lds}:{line})")
+
+
+def test_reload_keeps_unchanged_clusters_and_their_health(gateway, backend) -> None:
+    """A route change does not reset a cluster that stayed the same: its health check state
+    and pooled connections carry over, as Envoy leaves an unchanged cluster alone."""
+    import yaml
+
+    c = backend("127.0.0.22", "c")
+    dead = ("127.0.0.23", free_port("127.0.0.23"))
+    hc = {"timeout": "0.5s", "interval": "30s", "no_traffic_interval": "30s",
+          "unhealthy_threshold": 1, "healthy_threshold": 1, "tcp_health_check": {}}
+    port = free_port()
+    gw = gateway({**_versioned(port, c, "1"), "static_resources": {
+        **_versioned(port, c, "1")["static_resources"],
+        "clusters": [cluster("app", [c]), cluster("checked", [dead], health_checks=[hc])]}})
+    url = f"http://127.0.0.1:{port}/headers"
+    with httpx.Client(timeout=5) as client:
+        assert client.get(url, headers={"host": "a"}).headers["x-version"] == "1"
+        before = gw.stats()
+        new = yaml.safe_load(gw.path.read_text())
+        vh = new["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+            "typed_config"]["route_config"]["virtual_hosts"][0]
+        vh["routes"][0]["response_headers_to_add"][0]["header"]["value"] = "2"
+        tmp = gw.path.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(new))
+        tmp.rename(gw.path)
+        deadline = time.monotonic() + 5
+        while client.get(url, headers={"host": "a"}).headers["x-version"] != "2":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    after = gw.stats()
+    assert after["edgegw.config_reload.success"] == 1
+    # No new health check ran (interval 30 s): the cluster was not built again.
+    assert after["cluster.checked.health_check.attempt"] == \
+        before["cluster.checked.health_check.attempt"] == 1
+    # The keep-alive connection to the backend was reused across the reload.
+    assert after["cluster.app.upstream_cx_total"] == before["cluster.app.upstream_cx_total"]

@@ -284,18 +284,39 @@ class Cluster:
 
 
 class ClusterManager:
-    """All clusters of a bootstrap, by name."""
+    """All clusters of a bootstrap, by name.
+
+    Built again by a config reload with the previous manager at hand: a cluster whose config
+    did not change is carried over as it is (its pooled connections, health check and outlier
+    state stay), as Envoy leaves a cluster alone when CDS sends it unchanged. Clusters with a
+    transport socket are always built anew, since their certificates belong to the previous
+    config's secret manager.
+    """
 
     def __init__(self, clusters: list[m.Cluster], store: Store,
-                 secrets: SecretManager | None = None) -> None:
-        self.clusters = {c.name: Cluster(c, store, secrets) for c in clusters}
+                 secrets: SecretManager | None = None,
+                 previous: ClusterManager | None = None) -> None:
+        self.clusters: dict[str, Cluster] = {}
+        self.kept: set[str] = set()
+        """Names of the clusters carried over from the previous manager (already started)."""
+        for c in clusters:
+            old = previous.clusters.get(c.name) if previous is not None else None
+            if old is not None and old.cfg == c and c.transport_socket is None:
+                self.clusters[c.name] = old
+                self.kept.add(c.name)
+            else:
+                self.clusters[c.name] = Cluster(c, store, secrets)
 
     async def start(self) -> None:
-        await asyncio.gather(*(c.start() for c in self.clusters.values()))
+        await asyncio.gather(*(c.start() for n, c in self.clusters.items()
+                               if n not in self.kept))
 
-    def stop(self) -> None:
+    def stop(self, keep: ClusterManager | None = None) -> None:
+        """Stops every cluster, but those that ``keep`` (the next config's manager) took."""
+        taken = set(keep.clusters.values()) if keep is not None else set()
         for c in self.clusters.values():
-            c.stop()
+            if c not in taken:
+                c.stop()
 
     def get(self, name: str) -> Cluster | None:
         return self.clusters.get(name)
