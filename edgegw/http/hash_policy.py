@@ -3,28 +3,34 @@
 Envoy's rules: each policy that finds its input yields xxHash64 of it (several values of a
 header are sorted first); results are combined by rotating the running hash one bit left and
 xor-ing; a ``terminal`` policy that produced a hash ends the walk. No input, no hash: the
-balancer then picks at random.
+balancer then picks at random. A cookie policy with a ``ttl`` makes the cookie when the client
+has none (its value from the connection's two addresses, as Envoy makes it) and sends it with
+the response, so that a browser sticks to one backend from its first request.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
 import xxhash
 
 from ..config import model as m
 
+if TYPE_CHECKING:
+    from .stream import Stream
+
 Headers = list[tuple[bytes, bytes]]
-HashFn = Callable[[Headers, bytes, str], "int | None"]
-"""(request headers, path with query, client IP) → the hash, or None."""
+HashFn = Callable[["Stream"], "int | None"]
+"""The request (its headers, path, connection) → the hash, or None."""
 
 _MASK = (1 << 64) - 1
 
 
 def _header(name: bytes) -> HashFn:
-    def run(headers: Headers, path: bytes, ip: str) -> int | None:
-        values = sorted(v for k, v in headers if k == name)
+    def run(s: Stream) -> int | None:
+        values = sorted(v for k, v in s.headers if k == name)
         if not values:
             return None
         h = 0
@@ -34,26 +40,55 @@ def _header(name: bytes) -> HashFn:
     return run
 
 
-def _cookie(name: str) -> HashFn:
-    def run(headers: Headers, path: bytes, ip: str) -> int | None:
-        for k, v in headers:
-            if k != b"cookie":
-                continue
-            for part in v.decode("latin-1").split(";"):
-                key, _, value = part.strip().partition("=")
-                if key == name:
-                    return xxhash.xxh64_intdigest(value.encode("latin-1"))
-        return None
+def cookie_value(headers: Headers, name: str) -> str | None:
+    """A cookie's value from the request, unquoted, as Envoy parses it."""
+    for k, v in headers:
+        if k != b"cookie":
+            continue
+        for part in v.decode("latin-1").split(";"):
+            key, _, value = part.strip().partition("=")
+            if key == name:
+                if len(value) >= 2 and value[0] == value[-1] == '"':
+                    value = value[1:-1]
+                return value
+    return None
+
+
+def _cookie(c: m.HashCookie) -> HashFn:
+    def run(s: Stream) -> int | None:
+        value = cookie_value(s.headers, c.name)
+        if value is None and c.ttl is not None:
+            value = _new_cookie(s, c)
+        return xxhash.xxh64_intdigest(value.encode("latin-1")) if value else None
     return run
 
 
-def _source_ip(headers: Headers, path: bytes, ip: str) -> int | None:
+def _new_cookie(s: Stream, c: m.HashCookie) -> str:
+    """Envoy's generated cookie: hex xxHash64 of the client's and the listener's addresses,
+    sent back as ``name="value"; Max-Age=ttl; Path=path; HttpOnly``."""
+    conn = s.conn
+    remote = (f"[{conn.remote_ip}]:{conn.remote_port}" if ":" in conn.remote_ip
+              else f"{conn.remote_ip}:{conn.remote_port}")
+    value = format(xxhash.xxh64_intdigest((remote + conn.local_address).encode()), "016x")
+    parts = [f'{c.name}="{value}"']
+    if c.ttl:
+        parts.append(f"Max-Age={int(c.ttl)}")
+    if c.path:
+        parts.append(f"Path={c.path}")
+    parts.append("HttpOnly")
+    header = (b"set-cookie", "; ".join(parts).encode("latin-1"))
+    s.add_response_hook(lambda headers: headers.append(header))
+    return value
+
+
+def _source_ip(s: Stream) -> int | None:
+    ip = s.conn.remote_ip
     return xxhash.xxh64_intdigest(ip.encode()) if ip else None
 
 
 def _query(name: str) -> HashFn:
-    def run(headers: Headers, path: bytes, ip: str) -> int | None:
-        _, _, query = path.partition(b"?")
+    def run(s: Stream) -> int | None:
+        _, _, query = s.url.partition(b"?")
         for key, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
             if key == name:
                 return xxhash.xxh64_intdigest(value.encode("latin-1"))
@@ -65,7 +100,7 @@ def _method(p: m.HashPolicy) -> HashFn | None:
     if p.header is not None:
         return _header(p.header.header_name.lower().encode("latin-1"))
     if p.cookie is not None:
-        return _cookie(p.cookie.name)
+        return _cookie(p.cookie)
     if p.query_parameter is not None:
         return _query(p.query_parameter.name)
     if p.connection_properties is not None and p.connection_properties.source_ip:
@@ -79,10 +114,10 @@ def compile_hash_policy(policies: list[m.HashPolicy]) -> HashFn | None:
     if not methods:
         return None
 
-    def run(headers: Headers, path: bytes, ip: str) -> int | None:
+    def run(s: Stream) -> int | None:
         h: int | None = None
         for fn, terminal in methods:
-            new = fn(headers, path, ip)
+            new = fn(s)
             if new is not None:
                 old = ((h << 1) | (h >> 63)) & _MASK if h is not None else 0
                 h = old ^ new

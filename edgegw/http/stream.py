@@ -237,7 +237,7 @@ class Stream:
             return
         self.cluster = cluster
         if action.hash is not None:
-            self.hash = action.hash(self.headers, self.url, self.conn.remote_ip)
+            self.hash = action.hash(self)
         host = cluster.choose(self.hash)
         if host is None:
             cluster.stats.upstream_cx_none_healthy.value += 1
