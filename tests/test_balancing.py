@@ -144,7 +144,8 @@ def test_generated_sticky_cookie_matches_envoy(gateway, backend) -> None:
                                                        "path": "/"}}])])
         gateway(envoyize(cfg) if kind == "envoy" else cfg, kind=kind)
         sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-        local = "%s:%d" % sock.getsockname()
+        ip, lport = sock.getsockname()[:2]
+        local = f"{ip}:{lport}"
         sock.sendall(b"GET /headers HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
         raw = b""
         while chunk := sock.recv(65536):
