@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -232,6 +233,10 @@ def test_log_path_and_envoy_log_line_shape(tmp_path: Path, certs: Path) -> None:
                          stderr=subprocess.PIPE, text=True)
     try:
         wait_port("127.0.0.1", port)
+        deadline = time.monotonic() + 10  # the port opens just before the line is written
+        while "all dependencies initialized" not in log.read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
     finally:
         p.terminate()
         _, err = p.communicate(timeout=10)
@@ -271,3 +276,17 @@ def test_weighted_clusters_are_checked(tmp_path: Path) -> None:
     ps = problems(tmp_path, MINIMAL.replace("route: {cluster: c, timeout: 1.5s}",
                                             "route: {cluster: c, " + wc + "}"))
     assert any("only one of cluster, weighted_clusters" in p for p in ps)
+
+
+def test_every_module_imports_on_its_own() -> None:
+    """A newcomer can open any module first: no import order hides a circular import."""
+    from .conftest import ROOT
+
+    mods = sorted(p.relative_to(ROOT).with_suffix("").as_posix().replace("/", ".")
+                  .removesuffix(".__init__") for p in (ROOT / "edgegw").rglob("*.py")
+                  if p.name != "__main__.py")
+    procs = {m: subprocess.Popen([sys.executable, "-c", f"import {m}"],
+                                 stderr=subprocess.PIPE, text=True) for m in mods}
+    failed = {m: p.communicate()[1].strip().splitlines()[-1] for m, p in procs.items()
+              if p.wait() != 0}
+    assert not failed, failed

@@ -11,7 +11,6 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .checks import cross_check
 from .dynamic import expand
 from .model import Bootstrap
 from .source import ConfigError, Path, Source, load
@@ -66,6 +65,10 @@ def from_source(src: Source) -> Bootstrap:
         for err in e.errors():
             problems.append(problem(src, _clean_loc(err["loc"]), _message(dict(err)), names))
         raise ConfigError(problems) from None
+    # Imported here: the checks read certificate and log-format modules that themselves
+    # import the config model, so importing them with this package would be circular.
+    from .checks import cross_check
+
     problems.extend(problem(src, path, msg, names) for path, msg in cross_check(boot))
     if problems:
         raise ConfigError(problems)
