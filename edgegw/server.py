@@ -28,6 +28,9 @@ from .upstream.cluster import ClusterManager
 
 _log = log.get("main")
 
+CONFIG_POLL = 0.5
+"""Seconds between looks at the config files for changes."""
+
 
 class Server:
     def __init__(self, boot: Bootstrap, options: dict[str, Any] | None = None,
@@ -249,21 +252,31 @@ class Server:
 
     async def _watch(self) -> None:
         """Reloads when a config file changes: written in place, replaced by a rename, or a
-        symlink swapped (as Kubernetes ConfigMaps do); directories are watched so all three
-        are seen. The set of files is read again after each reload."""
-        import watchfiles
+        symlink swapped (as Kubernetes ConfigMaps do). Checked twice a second by stat rather
+        than with file events: a config directory may hold busy files (logs, a web root) whose
+        events would keep a watcher thread waking beside the event loop."""
 
+        def seen() -> dict[str, tuple[str, int, int, int]]:
+            out = {}
+            for p in self.watched_files():
+                try:
+                    st = os.stat(p)
+                except OSError:
+                    out[p] = ("", 0, 0, 0)
+                    continue
+                out[p] = (os.path.realpath(p), st.st_ino, st.st_mtime_ns, st.st_size)
+            return out
+
+        last = seen()
         while self._stopped is not None and not self._stopped.is_set():
-            paths = {os.path.abspath(p): os.path.realpath(p) for p in self.watched_files()}
-            folders = sorted({os.path.dirname(p) for p in paths})
-            async for changes in watchfiles.awatch(*folders, debounce=200, step=50,
-                                                   stop_event=self._stopped):
-                touched = {os.path.abspath(p) for _, p in changes}
-                hit = [p for p, real in paths.items()
-                       if p in touched or real in touched or os.path.realpath(p) != real]
-                if hit:
-                    await self.reload(f"{os.path.basename(hit[0])} changed")
-                    break
+            await asyncio.sleep(CONFIG_POLL)
+            now = seen()
+            if now != last:
+                changed = next((p for p in now if now[p] != last.get(p)), next(iter(now)))
+                await asyncio.sleep(CONFIG_POLL)  # let a writer finish
+                await self.reload(f"{os.path.basename(changed)} changed")
+                now = seen()
+            last = now
 
     async def drain(self, limit: float) -> None:
         """Stops accepting, closes idle keep-alive connections and lets busy ones finish their
