@@ -241,3 +241,21 @@ def test_retry_decisions_on_rate_limited_and_header_matched_responses() -> None:
     at = rl.reset_interval([(b"x-reset", str(time.time() + 4).encode())])
     assert at is not None and 3 < at <= 4
     assert 3 <= rl.ratelimited_backoff(3) <= 4.5
+
+
+def test_health_checks_speak_the_clusters_tls_with_its_sni(gateway, backends, certs) -> None:
+    """A TLS cluster is checked over TLS with the cluster's SNI: backend b only accepts
+    b.internal, so the cluster with the wrong SNI is failed by its checks."""
+    from .conftest import upstream_tls
+
+    port = free_port()
+    gw = gateway(config(port, [
+        cluster("good", [backends.b], transport_socket=upstream_tls(certs),
+                health_checks=[HTTP_HC]),
+        cluster("wrong_sni", [backends.b], transport_socket=upstream_tls(certs, sni="x.internal"),
+                health_checks=[HTTP_HC]),
+    ], routes=[route("/", "good")]))
+    label = f"{backends.b[0]}:{backends.b[1]}"
+    wait_for(lambda: flags(gw.admin_port, "wrong_sni").get(label) == "/failed_active_hc")
+    assert flags(gw.admin_port, "good") == {label: "healthy"}
+    assert served_by(port, 2) == {"b": 2}

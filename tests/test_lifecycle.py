@@ -294,3 +294,48 @@ def test_reload_keeps_unchanged_clusters_and_their_health(gateway, backend) -> N
         before["cluster.checked.health_check.attempt"] == 1
     # The keep-alive connection to the backend was reused across the reload.
     assert after["cluster.app.upstream_cx_total"] == before["cluster.app.upstream_cx_total"]
+
+
+def test_reload_moves_a_listener_to_a_new_port(gateway, backend) -> None:
+    import yaml
+
+    c = backend("127.0.0.22", "c")
+    old_port, new_port = free_port(), free_port()
+    gw = gateway(_versioned(old_port, c, "1"))
+    assert httpx.get(f"http://127.0.0.1:{old_port}/headers", headers={"host": "a"}).status_code \
+        == 200
+    moved = yaml.safe_load(gw.path.read_text())
+    moved["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = \
+        new_port
+    tmp = gw.path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(moved))
+    tmp.rename(gw.path)
+    from .conftest import wait_port
+
+    wait_port("127.0.0.1", new_port)
+    assert httpx.get(f"http://127.0.0.1:{new_port}/headers", headers={"host": "a"}).status_code \
+        == 200
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", old_port), timeout=1).close()
+        except OSError:
+            break
+        assert time.monotonic() < deadline, "the old port still accepts"
+        time.sleep(0.05)
+    # A bad port (taken by another socket) is rejected and the current one keeps serving.
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    taken = blocker.getsockname()[1]
+    moved["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = taken
+    tmp.write_text(yaml.safe_dump(moved))
+    tmp.rename(gw.path)
+    deadline = time.monotonic() + 5
+    while "rejected" not in gw.proc.output():
+        assert time.monotonic() < deadline, gw.proc.output()[-2000:]
+        time.sleep(0.05)
+    assert "Address already in use" in gw.proc.output()
+    assert httpx.get(f"http://127.0.0.1:{new_port}/headers", headers={"host": "a"}).status_code \
+        == 200
+    blocker.close()
