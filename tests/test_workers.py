@@ -150,3 +150,34 @@ def test_workers_do_not_outlive_a_killed_supervisor(backend, tmp_path) -> None:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
     finally:
         proc.stop()
+
+
+def test_a_config_change_reaches_every_worker(backend, tmp_path) -> None:
+    from .test_lifecycle import _versioned
+
+    c = backend("127.0.0.22", "c")
+    port, admin = free_port(), free_port()
+    cfg = tmp_path / "gw.yaml"
+    admin_cfg = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}}
+    cfg.write_text(yaml.safe_dump({**_versioned(port, c, "1"), "admin": admin_cfg}))
+    proc = Proc([sys.executable, "-m", "edgegw", "-c", str(cfg), "--concurrency", "2"],
+                tmp_path / "gw.log")
+    try:
+        wait_port("127.0.0.1", admin)
+        deadline = time.monotonic() + 20
+        while httpx.get(f"http://127.0.0.1:{admin}/ready").status_code != 200:
+            assert time.monotonic() < deadline, proc.output()
+            time.sleep(0.1)
+        tmp = cfg.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump({**_versioned(port, c, "2"), "admin": admin_cfg}))
+        tmp.rename(cfg)
+        deadline = time.monotonic() + 5
+        while "edgegw.config_reload.success: 2\n" not in httpx.get(
+                f"http://127.0.0.1:{admin}/stats").text:
+            assert time.monotonic() < deadline, proc.output()[-2000:]
+            time.sleep(0.1)
+        versions = {httpx.get(f"http://127.0.0.1:{port}/headers", headers={
+            "host": "a", "connection": "close"}).headers["x-version"] for _ in range(20)}
+        assert versions == {"2"}
+    finally:
+        proc.stop()
