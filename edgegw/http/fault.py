@@ -12,11 +12,12 @@ flight (``faults_overflow``).
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..config import model as m
 from ..stats import StatSet, Store
-from .router import Forward, first_header, header_matcher
+from .router import Forward, Headers, first_header, header_matcher
 
 if TYPE_CHECKING:
     from .stream import Stream
@@ -41,12 +42,16 @@ class FaultFilter:
     def __init__(self, cfg: m.HTTPFault, store: Store, hcm_prefix: str) -> None:
         self.cfg = cfg
         self.stats = StatSet(store, f"http.{hcm_prefix}.fault.", FAULT_COUNTERS, FAULT_GAUGES)
-        self.matchers = [header_matcher(h) for h in cfg.headers]
+        self.matchers: dict[int, list[Callable[[Headers], bool]]] = {
+            id(cfg): [header_matcher(h) for h in cfg.headers]}
+        """Compiled ``headers`` of this filter's config and of each per-route one, by id."""
 
     def on_request(self, s: Stream, cfg: object) -> bool:
         """True to go on with the next filter; False when this filter replied or paused."""
         c = cfg if isinstance(cfg, m.HTTPFault) else self.cfg
-        matchers = self.matchers if c is self.cfg else [header_matcher(h) for h in c.headers]
+        matchers = self.matchers.get(id(c))
+        if matchers is None:
+            matchers = self.matchers[id(c)] = [header_matcher(h) for h in c.headers]
         if not all(match(s.headers) for match in matchers):
             return True
         if c.upstream_cluster:
