@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from typing import Any
+from urllib.parse import urlencode
 
 from . import __version__, log
 from .admin import Admin, clusters_text
@@ -209,13 +210,11 @@ class SupervisorAdmin(Admin):
 
     async def _forward(self, path: str, q: dict[str, list[str]], method: str
                        ) -> tuple[int, str, bytes]:
-        query = "&".join(f"{k}={v}" if v else k for k, vs in q.items() for v in vs or [""])
-        return await self.sup.ask_one(method, path + (f"?{query}" if query else ""))
+        return await self.sup.ask_one(method, _target(path, q))
 
     async def _broadcast(self, path: str, q: dict[str, list[str]], method: str
                          ) -> tuple[int, str, bytes]:
-        query = "&".join(f"{k}={v}" if v else k for k, vs in q.items() for v in vs or [""])
-        answers = await self.sup.ask_all(method, path + (f"?{query}" if query else ""))
+        answers = await self.sup.ask_all(method, _target(path, q))
         return answers[0] if answers else (503, "text/plain", b"no worker is serving\n")
 
     async def ready(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
@@ -313,6 +312,12 @@ class SupervisorAdmin(Admin):
     async def quit(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
         asyncio.get_running_loop().call_later(0.05, self.sup.request_stop)
         return 200, "text/plain", b"OK\n"
+
+
+def _target(path: str, q: dict[str, list[str]]) -> str:
+    """The request target for a worker: the same path and (re-encoded) query."""
+    query = urlencode(q, doseq=True)
+    return f"{path}?{query}" if query else path
 
 
 def _add_clusters(docs: list[dict[str, Any]]) -> dict[str, Any]:

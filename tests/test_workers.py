@@ -168,3 +168,21 @@ def test_a_config_change_reaches_every_worker(backend, supervised) -> None:
         assert time.monotonic() < deadline, gw.proc.output()[-2000:]
         time.sleep(0.1)
     assert {get(port).headers["x-version"] for _ in range(20)} == {"2"}
+
+
+def test_admin_commands_and_queries_reach_the_workers(backend, supervised) -> None:
+    c = backend("127.0.0.22", "c")
+    gw = supervised(config(free_port(), [cluster("app", [c])]))
+    # A query with characters that need encoding reaches the worker intact.
+    dump = httpx.get(f"{gw.admin}/config_dump", params={"resource": "static_clusters",
+                                                        "mask": "cluster.name"}).json()
+    assert [d["cluster"]["name"] for d in dump["configs"]] == ["app"]
+    r = httpx.post(f"{gw.admin}/logging", params={"upstream": "debug"})
+    assert r.status_code == 200 and "upstream: debug" in r.text
+    for w in gw.workers():
+        with httpx.Client(transport=httpx.HTTPTransport(uds=w["admin_socket"])) as client:
+            assert "upstream: debug" in client.post("http://worker/logging").text
+    assert httpx.post(f"{gw.admin}/healthcheck/fail").status_code == 200
+    assert httpx.get(f"{gw.admin}/ready").text == "DRAINING\n"
+    assert httpx.post(f"{gw.admin}/healthcheck/ok").status_code == 200
+    assert httpx.get(f"{gw.admin}/ready").text == "LIVE\n"
