@@ -116,14 +116,16 @@ class Server:
             counter("edgegw.config_reload.rejected").value += 1
             return False
         old_keys = {lst.key: lst for lst in self.listeners}
+        bound: list[Listener] = []
         try:
             for lst in listeners:
                 if lst.key not in old_keys or lst.key[1] == 0:
                     lst.bind()
+                    bound.append(lst)
             await clusters.start()
         except OSError as e:
-            for lst in listeners:
-                if lst.key not in old_keys and lst.sock is not None:
+            for lst in bound:
+                if lst.sock is not None:
                     lst.sock.close()
             clusters.stop(keep=self.clusters)
             _log.error("config reload (%s) rejected, still serving the previous config: %s",
