@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from .. import __version__, log
+from ..config.model import address_string
 from ..http.codec import REASONS, http_date
 from ..stats import render
 from . import dump, status
@@ -276,7 +277,7 @@ def clusters_text(doc: dict[str, Any]) -> str:
         for h in c.get("host_statuses", []):
             sa = h["address"]["socket_address"]
             addr = sa["address"]
-            label = f"[{addr}]:{sa['port_value']}" if ":" in addr else f"{addr}:{sa['port_value']}"
+            label = address_string(addr, sa["port_value"])
             p = f"{name}::{label}::"
             out += [f"{p}{st['name']}::{st['value']}"
                     for st in sorted(h["stats"], key=lambda st: st["name"])]

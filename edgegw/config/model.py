@@ -142,6 +142,11 @@ class SocketAddress(Msg):
     port_value: int = Field(ge=0, le=65535)
 
 
+def address_string(ip: str, port: int) -> str:
+    """An address as Envoy writes one (``Address::asString``): ``1.2.3.4:80``, ``[::1]:80``."""
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
 class Address(Msg):
     socket_address: SocketAddress
 

@@ -10,6 +10,9 @@ import time
 from email.utils import formatdate
 from http import HTTPStatus
 
+Headers = list[tuple[bytes, bytes]]
+"""Header fields as (lower-case name, value) pairs in arrival order."""
+
 HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade",
     b"te", b"trailer", b"http2-settings",
@@ -44,7 +47,7 @@ class _DateCache:
 http_date = _DateCache().get
 
 
-def encode_headers(headers: list[tuple[bytes, bytes]]) -> bytes:
+def encode_headers(headers: Headers) -> bytes:
     out: list[bytes] = []
     for k, v in headers:  # measured: faster than formatting each line
         out += (k, b": ", v, b"\r\n")
@@ -59,7 +62,7 @@ LAST_CHUNK = b"0\r\n\r\n"
 
 
 def local_reply(code: int, body: bytes, server: bytes, close: bool = False,
-                extra: list[tuple[bytes, bytes]] | None = None, head: bool = False) -> bytes:
+                extra: Headers | None = None, head: bool = False) -> bytes:
     """A response edgegw makes itself, in the shape of Envoy's local replies."""
     lines = []
     if body:

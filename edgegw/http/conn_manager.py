@@ -154,8 +154,7 @@ class DownstreamConnection(asyncio.Protocol):
             self.remote_ip, self.remote_port = peer[0], peer[1]
         local = transport.get_extra_info("sockname")
         if local:
-            self.local_address = (f"[{local[0]}]:{local[1]}" if ":" in local[0]
-                                  else f"{local[0]}:{local[1]}")
+            self.local_address = m.address_string(local[0], local[1])
         st = self.cx_stats
         st.downstream_cx_total.value += 1
         st.downstream_cx_http1_total.value += 1

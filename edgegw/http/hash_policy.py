@@ -17,11 +17,11 @@ from urllib.parse import parse_qsl
 import xxhash
 
 from ..config import model as m
+from .codec import Headers
 
 if TYPE_CHECKING:
     from .stream import Stream
 
-Headers = list[tuple[bytes, bytes]]
 HashFn = Callable[["Stream"], "int | None"]
 """The request (its headers, path, connection) → the hash, or None."""
 
@@ -67,8 +67,7 @@ def _new_cookie(s: Stream, c: m.HashCookie) -> str:
     """Envoy's generated cookie: hex xxHash64 of the client's and the listener's addresses,
     sent back as ``name="value"; Max-Age=ttl; Path=path; HttpOnly``."""
     conn = s.conn
-    remote = (f"[{conn.remote_ip}]:{conn.remote_port}" if ":" in conn.remote_ip
-              else f"{conn.remote_ip}:{conn.remote_port}")
+    remote = m.address_string(conn.remote_ip, conn.remote_port)
     value = format(xxhash.xxh64_intdigest((remote + conn.local_address).encode()), "016x")
     parts = [f'{c.name}="{value}"']
     if c.ttl:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from ..config import model as m
 from ..stats import StatSet, Store
+from .codec import Headers
 from .router import HeaderOps, header_ops
 
 if TYPE_CHECKING:
@@ -118,13 +119,13 @@ class LocalRateLimitFilter:
         st.enforced.value += 1
         s.add_flag("RL")
         s.details = "local_rate_limited"
-        headers: list[tuple[bytes, bytes]] = []
+        headers: Headers = []
         limit.response_ops.apply(headers)
         s.local(limit.status, b"local_rate_limited", extra=headers)
         return False
 
     @staticmethod
-    def _x_headers(headers: list[tuple[bytes, bytes]], limit: _Limit,
+    def _x_headers(headers: Headers, limit: _Limit,
                    bucket: TokenBucket) -> None:
         headers += [(b"x-ratelimit-limit", b"%d" % bucket.max),
                     (b"x-ratelimit-remaining", b"%d" % bucket.remaining()),

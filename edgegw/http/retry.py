@@ -15,8 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..config import model as m
-
-Headers = list[tuple[bytes, bytes]]
+from .codec import Headers
 
 RETRY_BUFFER_LIMIT = 1024 * 1024
 """Bodies up to this size are kept for replay; a larger body turns retries off (Envoy)."""

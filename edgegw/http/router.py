@@ -16,11 +16,9 @@ from dataclasses import dataclass, field
 
 from ..config import model as m
 from ..tls.certs import read
+from .codec import Headers
 from .hash_policy import HashFn, compile_hash_policy
 from .retry import Retry, policy_for
-
-Headers = list[tuple[bytes, bytes]]
-"""Header fields as (lower-case name, value) pairs in arrival order."""
 
 
 def first_header(headers: Headers, name: bytes) -> bytes | None:

@@ -14,6 +14,7 @@ import asyncio
 from .. import log
 from ..upstream.cluster import Cluster, Host
 from ..upstream.pool import ConnectError, UpstreamConnection
+from .codec import Headers
 
 _log = log.get("router")
 
@@ -83,7 +84,7 @@ class Shadow:
 
     # ResponseSink: the response is read and dropped.
 
-    def upstream_headers(self, status: int, headers: list[tuple[bytes, bytes]],
+    def upstream_headers(self, status: int, headers: Headers,
                          keep_alive: bool) -> None:
         self.status = status
         self._count(status)

@@ -67,7 +67,7 @@ class Host:
         self.hostname = hostname
         """What auto_host_rewrite puts in Host: the DNS name or the endpoint's hostname."""
         self.hostname_bytes = hostname.encode("latin-1")
-        self.label = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+        self.label = m.address_string(address, port)
         self.pool = Pool(self)
         self.cx_active = 0
         self.cx_total = 0
@@ -80,12 +80,6 @@ class Host:
     @property
     def healthy(self) -> bool:
         return not (self.failed_active_hc or self.ejected)
-
-    def health_flags(self) -> str:
-        """As /clusters prints them: ``healthy`` or ``/failed_active_hc/failed_outlier_check``."""
-        flags = ("/failed_active_hc" if self.failed_active_hc else "") + \
-            ("/failed_outlier_check" if self.ejected else "")
-        return flags or "healthy"
 
     def counters(self) -> list[tuple[str, int]]:
         """Per-host counters in /clusters, as Envoy names them."""
