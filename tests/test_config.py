@@ -12,7 +12,7 @@ import pytest
 from edgegw.config import ConfigError, load_bootstrap
 from edgegw.config.source import merge
 
-from .conftest import SEEDS
+from .conftest import EXAMPLES, TEST_CONFIGS
 
 HCM_T = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 
@@ -63,26 +63,30 @@ def test_minimal_config_with_bare_router_loads(tmp_path: Path) -> None:
     assert boot.static_resources.clusters[0].connect_timeout == 0.25
 
 
-@pytest.mark.parametrize("name", ["simple.yaml", "simple_change_timeout.yaml",
-                                  "simple_retry.yaml", "envoy-demo.yaml", "envoy-docker.yaml"])
-def test_seed_configs_load(name: str) -> None:
-    load_bootstrap(str(SEEDS / name))
+@pytest.mark.parametrize("path", [TEST_CONFIGS / "tutorial-simple.yaml",
+                                  TEST_CONFIGS / "tutorial-timeout.yaml",
+                                  TEST_CONFIGS / "tutorial-retry.yaml",
+                                  TEST_CONFIGS / "tutorial-docker.yaml",
+                                  EXAMPLES / "front-proxy.yaml"], ids=lambda p: p.name)
+def test_tutorial_configs_load(path: Path) -> None:
+    load_bootstrap(str(path))
 
 
-def test_unsupported_field_in_a_seed_names_the_path_and_line(tmp_path: Path) -> None:
+def test_unsupported_field_in_a_tutorial_config_names_the_path_and_line(tmp_path: Path) -> None:
     f = tmp_path / "hedged.yaml"
-    f.write_text((SEEDS / "simple_retry.yaml").read_text().replace("retry_policy:",
-                                                                    "hedge_policy:"))
+    text = (TEST_CONFIGS / "tutorial-retry.yaml").read_text()
+    line = text.splitlines().index("                  retry_policy:") + 1
+    f.write_text(text.replace("retry_policy:", "hedge_policy:"))
     with pytest.raises(ConfigError) as e:
         load_bootstrap(str(f))
     [p] = e.value.problems
     assert "routes[0].route.hedge_policy" in p and "not supported by edgegw" in p
-    assert "hedged.yaml:29" in p
+    assert f"hedged.yaml:{line}" in p
 
 
 def test_xds_bootstrap_is_refused_clearly() -> None:
     with pytest.raises(ConfigError) as e:
-        load_bootstrap(str(SEEDS / "xds-bootstrap.yaml"))
+        load_bootstrap(str(TEST_CONFIGS / "xds-bootstrap.yaml"))
     text = "\n".join(e.value.problems)
     assert "dynamic_resources.lds_config.api_config_source" in text
     assert "static_resources" in text
@@ -172,12 +176,12 @@ def test_merge_follows_protobuf_merge_from() -> None:
 
 
 def test_config_yaml_merges_over_file() -> None:
-    boot = load_bootstrap(str(SEEDS / "envoy-demo.yaml"),
-                          (SEEDS / "envoy-override.yaml").read_text())
+    boot = load_bootstrap(str(EXAMPLES / "front-proxy.yaml"),
+                          (EXAMPLES / "admin-override.yaml").read_text())
     assert boot.admin.address is not None
     assert boot.admin.address.socket_address.address == "127.0.0.1"
     assert boot.admin.address.socket_address.port_value == 9902
-    assert boot.static_resources.clusters[0].name == "service_envoyproxy_io"
+    assert boot.static_resources.clusters[0].name == "backend_b"
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -186,9 +190,9 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_validate_mode_prints_ok() -> None:
-    r = run_cli("--mode", "validate", "-c", str(SEEDS / "envoy-demo.yaml"))
+    r = run_cli("--mode", "validate", "-c", str(EXAMPLES / "front-proxy.yaml"))
     assert r.returncode == 0
-    assert r.stdout == f"configuration '{SEEDS / 'envoy-demo.yaml'}' OK\n"
+    assert r.stdout == f"configuration '{EXAMPLES / 'front-proxy.yaml'}' OK\n"
 
 
 def test_validate_mode_fails_with_every_error(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import yaml
 
 from .conftest import ENVOY, ROOT, Backends, Proc, free_port, wait_port
 
-CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml")) + sorted((ROOT / "configs").glob("examples/*.yaml"))
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory, certs: Path) -> Path:
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
 def test_shipped_config_validates_in_edgegw_and_envoy(config: Path, workdir: Path) -> None:
-    rel = f"configs/{config.name}"
+    rel = str(config.relative_to(ROOT))
     r = subprocess.run([sys.executable, "-m", "edgegw", "--mode", "validate", "-c", rel],
                        cwd=workdir, capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and r.stdout == f"configuration '{rel}' OK\n", r.stderr

@@ -18,7 +18,7 @@ import yaml
 
 from .conftest import (
     ENVOY,
-    SEEDS,
+    TEST_CONFIGS,
     Backends,
     addr,
     edge_config,
@@ -70,9 +70,9 @@ def stable(headers: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k not in VOLATILE}
 
 
-def seed(name: str, backends: Backends, port: int) -> dict:
-    """A seed config pointed at the local httpbin-like backend, listener on loopback."""
-    cfg = yaml.safe_load((SEEDS / name).read_text())
+def tutorial(name: str, backends: Backends, port: int) -> dict:
+    """A tutorial config pointed at the local httpbin-like backend, listener on loopback."""
+    cfg = yaml.safe_load((TEST_CONFIGS / name).read_text())
     cfg.pop("admin", None)
     lst = cfg["static_resources"]["listeners"][0]
     lst["address"] = addr("127.0.0.1", port)
@@ -81,8 +81,8 @@ def seed(name: str, backends: Backends, port: int) -> dict:
     return cfg
 
 
-def test_seed_simple_yaml_forwards_the_same_request(pair, backends: Backends) -> None:
-    gws = pair(lambda port: seed("simple.yaml", backends, port))
+def test_tutorial_simple_yaml_forwards_the_same_request(pair, backends: Backends) -> None:
+    gws = pair(lambda port: tutorial("tutorial-simple.yaml", backends, port))
     seen = {}
     for kind, (_, port) in gws.items():
         status, headers, body = parse(exchange(port, request("/headers", host="proxy:15001",
@@ -100,8 +100,8 @@ def test_seed_simple_yaml_forwards_the_same_request(pair, backends: Backends) ->
     assert dict(elist)["host"] == "127.0.0.20"  # auto_host_rewrite to the endpoint's name
 
 
-def test_seed_timeout_variant(pair, backends: Backends) -> None:
-    gws = pair(lambda port: seed("simple_change_timeout.yaml", backends, port))
+def test_tutorial_timeout_variant(pair, backends: Backends) -> None:
+    gws = pair(lambda port: tutorial("tutorial-timeout.yaml", backends, port))
     for _, port in gws.values():
         status, _, body = parse(exchange(port, request("/delay/0.5")))
         assert status == 200
@@ -322,17 +322,17 @@ RETRY_STATS = ("upstream_rq_retry", "upstream_rq_retry_limit_exceeded", "upstrea
                "upstream_rq_timeout", "upstream_rq_504", "upstream_cx_destroy")
 
 
-def test_seed_retry_scenario_counts_like_envoy(pair, backends: Backends) -> None:
+def test_tutorial_retry_scenario_counts_like_envoy(pair, backends: Backends) -> None:
     """The reference material's run: three GET /status/500 with num_retries 3 show
     upstream_rq_retry 9, upstream_rq_retry_limit_exceeded 3, retry.upstream_rq_500 9."""
-    gws = pair(lambda port: seed("simple_retry.yaml", backends, port))
+    gws = pair(lambda port: tutorial("tutorial-retry.yaml", backends, port))
     seen = {}
     for kind, (gw, port) in gws.items():
         for _ in range(3):
             assert parse(exchange(port, request("/status/500")))[0] == 500
         assert parse(exchange(port, request("/status/200")))[0] == 200
         stats = gw.stats()
-        seen[kind] = {n: stats.get(f"cluster.httpbin_service.{n}") for n in RETRY_STATS}
+        seen[kind] = {n: stats.get(f"cluster.app.{n}") for n in RETRY_STATS}
     assert seen["edgegw"]["upstream_rq_retry"] == 9
     assert seen["edgegw"]["upstream_rq_retry_limit_exceeded"] == 3
     assert seen["edgegw"]["retry.upstream_rq_500"] == 9
