@@ -29,6 +29,7 @@ bench: install
 
 lint: install
 	$(VENV)/bin/ruff check edgegw tests bench
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) build *.egg-info

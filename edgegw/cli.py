@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         die_with_supervisor()
     config_yaml = _merge_yaml(args.config_yaml, override)
 
-    def loader():  # type: ignore[no-untyped-def]
+    def loader():
         """The same files and flags again, for a config reload."""
         src = load(args.config_path, config_yaml)
         return from_source(src), src.data
@@ -112,7 +112,7 @@ def _merge_yaml(config_yaml: str | None, override: str | None) -> str | None:
     return yaml.safe_dump(merge(yaml.safe_load(config_yaml) or {}, yaml.safe_load(override)))
 
 
-def _run(main) -> None:  # type: ignore[no-untyped-def]
+def _run(main) -> None:
     run = asyncio.run
     try:
         import uvloop
@@ -129,7 +129,7 @@ def _run(main) -> None:  # type: ignore[no-untyped-def]
         pass
 
 
-def _supervise(boot, argv: list[str], args: argparse.Namespace) -> None:  # type: ignore[no-untyped-def]
+def _supervise(boot, argv: list[str], args: argparse.Namespace) -> None:
     """--concurrency N > 1: a supervisor and N workers, each given the same command line."""
     from .workers import Supervisor
 
@@ -145,7 +145,7 @@ def _supervise(boot, argv: list[str], args: argparse.Namespace) -> None:  # type
     _run(Supervisor(boot, rest, args.concurrency, vars(args)).run())
 
 
-def _serve(boot, options, raw, loader) -> None:  # type: ignore[no-untyped-def]
+def _serve(boot, options, raw, loader) -> None:
     from .server import Server
 
     _run(Server(boot, options, raw, loader).run())

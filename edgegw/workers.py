@@ -232,7 +232,7 @@ class SupervisorAdmin(Admin):
         store = await self.sup.merged_store()
         store.gauge("server.concurrency").value = len(self.sup.workers)
         fmt = (q.get("format") or [""])[0]
-        flt = (q.get("filter") or [None])[0]
+        flt = next(iter(q.get("filter") or []), None)
         used = "usedonly" in q
         if fmt == "json":
             return 200, "application/json", render.as_json(store, flt, used).encode()

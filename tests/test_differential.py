@@ -421,6 +421,33 @@ def test_circuit_breakers_like_envoy(pair, backends: Backends, limits: dict,
     assert seen["envoy"] == seen["edgegw"], f"\nenvoy:  {seen['envoy']}\nedgegw: {seen['edgegw']}"
 
 
+def test_max_connections_across_hosts_starves_no_host_like_envoy(pair, backends: Backends,
+                                                                  backend) -> None:
+    """Two hosts behind round robin with max_connections 1: the first host's idle keep-alive
+    connection holds the only slot, yet the second host's requests are served (Envoy lets a
+    host with no connection open one), instead of waiting for the route timeout."""
+    second = backend("127.0.0.22", "c")
+
+    def cfg(port: int) -> dict:
+        c = local_reply_config(backends, port)
+        a = c["static_resources"]["clusters"][0]
+        a["load_assignment"]["endpoints"][0]["lb_endpoints"].append(
+            {"endpoint": {"address": addr(*second)}})
+        a["circuit_breakers"] = {"thresholds": [{"priority": "DEFAULT", "max_connections": 1}]}
+        return c
+
+    gws = pair(cfg)
+    seen = {}
+    for kind, (gw, port) in gws.items():
+        replies = [parse(exchange(port, request("/headers"))) for _ in range(6)]
+        backends_seen = [json.loads(r[2])["backend"] if r[0] == 200 else r[0] for r in replies]
+        stats = gw.stats()
+        seen[kind] = (sorted(backends_seen), stats.get("cluster.a.upstream_cx_total"),
+                      stats.get("cluster.a.upstream_rq_200"))
+    assert seen["edgegw"] == (["a"] * 3 + ["c"] * 3, 2, 6)
+    assert seen["envoy"] == seen["edgegw"]
+
+
 def test_weighted_clusters_shift_traffic_like_envoy(pair, backends: Backends) -> None:
     def cfg(port: int) -> dict:
         c = local_reply_config(backends, port)

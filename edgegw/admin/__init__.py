@@ -145,7 +145,7 @@ class Admin:
     async def stats(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
         self.server.update_server_gauges()
         fmt = (q.get("format") or [""])[0]
-        flt = (q.get("filter") or [None])[0]
+        flt = next(iter(q.get("filter") or []), None)
         used = "usedonly" in q
         try:
             if fmt == "json":
@@ -164,8 +164,8 @@ class Admin:
         return await self.stats({**q, "format": ["prometheus"]}, method)
 
     async def config_dump(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
-        resource = (q.get("resource") or [None])[0]
-        mask = (q.get("mask") or [None])[0]
+        resource = next(iter(q.get("resource") or []), None)
+        mask = next(iter(q.get("mask") or []), None)
         configs = dump.build(self.server.raw_config, self.server.loaded_at,
                              self.server.secrets.dump(), self.server.boot.dynamic)
         doc = dump.select(configs, resource, mask)

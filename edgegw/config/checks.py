@@ -197,9 +197,9 @@ def _check_listener(lst: Listener, base: Path, clusters: set[str],
         ours = fc.metadata.filter_metadata.get("edgegw") if fc.metadata else None
         if ours is not None:
             mpath = path + ("metadata", "filter_metadata", "edgegw")
-            for key in ours:
-                if key != "certificate_directory":
-                    yield (mpath + (key,), f"'{key}' is not an edgegw setting (known: "
+            for setting in ours:
+                if setting != "certificate_directory":
+                    yield (mpath + (setting,), f"'{setting}' is not an edgegw setting (known: "
                            "certificate_directory)")
             cdir = ours.get("certificate_directory")
             if cdir is not None and not os.path.isdir(str(cdir)):

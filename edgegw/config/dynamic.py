@@ -86,7 +86,7 @@ def expand(src: Source) -> tuple[Source, dict[str, list[dict[str, Any]]], dict[P
                             f"({path}:1)")
             continue
         base = len(static.get(field) or [])
-        items = []
+        items: list[dict[str, Any]] = []
         for i, res in enumerate(resources):
             if not isinstance(res, dict) or res.get("@type") != url:
                 problems.append(f"{path}: resources[{i}]: \"@type\" must be {url} "

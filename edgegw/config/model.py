@@ -10,7 +10,7 @@ tutorials print (``envoy.filters.http.router`` with no typed_config) are accepte
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import (
     BaseModel,
@@ -124,7 +124,7 @@ def _by_type(*members: tuple[str, type[TypedMsg]]) -> Any:
     urls = ", ".join(u for u, _ in members)
     union = tuple(Annotated[model, Tag(url)] for url, model in members)
     return Annotated[
-        Union[union],  # type: ignore[valid-type]  # noqa: UP007
+        Union[union],  # noqa: UP007
         Discriminator(lambda v: v.get("@type") if isinstance(v, dict) else
                       next(u for u, model in members if isinstance(v, model)),
                       custom_error_type="unsupported_type",
@@ -637,9 +637,13 @@ class LocalRateLimit(TypedMsg):
     enable_x_ratelimit_headers: Literal["OFF", "DRAFT_VERSION_03"] = "OFF"
 
 
-HttpFilterConfig = _by_type((ROUTER_TYPE, Router), (FAULT_TYPE, HTTPFault),
-                            (LOCAL_RATELIMIT_TYPE, LocalRateLimit))
-PerFilterConfig = _by_type((FAULT_TYPE, HTTPFault), (LOCAL_RATELIMIT_TYPE, LocalRateLimit))
+if TYPE_CHECKING:  # what the discriminated unions below hold, for the type checker
+    HttpFilterConfig = Router | HTTPFault | LocalRateLimit
+    PerFilterConfig = HTTPFault | LocalRateLimit
+else:
+    HttpFilterConfig = _by_type((ROUTER_TYPE, Router), (FAULT_TYPE, HTTPFault),
+                                (LOCAL_RATELIMIT_TYPE, LocalRateLimit))
+    PerFilterConfig = _by_type((FAULT_TYPE, HTTPFault), (LOCAL_RATELIMIT_TYPE, LocalRateLimit))
 
 
 class Route(HeaderMutations):

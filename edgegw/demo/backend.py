@@ -211,7 +211,7 @@ def _sni_context(cert: str, key: str, expect_sni: str | None,
             return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
         return None
 
-    ctx.sni_callback = remember  # type: ignore[assignment]
+    ctx.sni_callback = remember
     return ctx
 
 

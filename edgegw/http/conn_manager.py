@@ -19,7 +19,7 @@ import httptools
 from .. import log
 from ..accesslog import AccessLogger
 from ..config import model as m
-from ..stats import StatSet, Store
+from ..stats import Counter, Gauge, Histogram, StatSet, Store
 from ..upstream.cluster import ClusterManager
 from .codec import local_reply
 from .fault import FaultFilter
@@ -33,15 +33,32 @@ if TYPE_CHECKING:
 
 _log = log.get("http")
 
-HCM_COUNTERS = (
-    "downstream_cx_total", "downstream_cx_http1_total", "downstream_cx_ssl_total",
-    "downstream_cx_destroy", "downstream_cx_protocol_error", "downstream_cx_idle_timeout",
-    "downstream_rq_total", "downstream_rq_http1_total", "downstream_rq_completed",
-    "downstream_rq_timeout", "downstream_rq_idle_timeout",
-    "downstream_rq_header_timeout", "downstream_rq_rx_reset",
-    "no_route", "no_cluster", "rq_total", "rq_direct_response", "rq_redirect",
-)
-HCM_GAUGES = ("downstream_cx_active", "downstream_cx_ssl_active", "downstream_rq_active")
+
+class HcmStats(StatSet):
+    """``http.<stat_prefix>.*``: Envoy's connection manager stats (a subset)."""
+
+    downstream_cx_total: Counter
+    downstream_cx_http1_total: Counter
+    downstream_cx_ssl_total: Counter
+    downstream_cx_destroy: Counter
+    downstream_cx_protocol_error: Counter
+    downstream_cx_idle_timeout: Counter
+    downstream_rq_total: Counter
+    downstream_rq_http1_total: Counter
+    downstream_rq_completed: Counter
+    downstream_rq_timeout: Counter
+    downstream_rq_idle_timeout: Counter
+    downstream_rq_header_timeout: Counter
+    downstream_rq_rx_reset: Counter
+    no_route: Counter
+    no_cluster: Counter
+    rq_total: Counter
+    rq_direct_response: Counter
+    rq_redirect: Counter
+    downstream_cx_active: Gauge
+    downstream_cx_ssl_active: Gauge
+    downstream_rq_active: Gauge
+    downstream_rq_time: Histogram
 
 
 class HttpConnectionManager:
@@ -50,8 +67,7 @@ class HttpConnectionManager:
     def __init__(self, cfg: m.HttpConnectionManager, clusters: ClusterManager,
                  store: Store) -> None:
         self.stat_prefix = cfg.stat_prefix
-        self.stats = StatSet(store, f"http.{cfg.stat_prefix}.", HCM_COUNTERS, HCM_GAUGES,
-                             code_classes="downstream_rq", histograms=("downstream_rq_time",))
+        self.stats = HcmStats(store, f"http.{cfg.stat_prefix}.", code_classes="downstream_rq")
         self.routes = compile_routes(cfg.route_config)
         self.clusters = clusters
         self.server_name = (cfg.server_name or "edgegw").encode("latin-1")

@@ -16,14 +16,22 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..config import model as m
-from ..stats import StatSet, Store
+from ..stats import Counter, Gauge, StatSet, Store
 from .router import Forward, Headers, first_header, header_matcher
 
 if TYPE_CHECKING:
     from .stream import Stream
 
-FAULT_COUNTERS = ("delays_injected", "aborts_injected", "faults_overflow")
-FAULT_GAUGES = ("active_faults",)
+
+class FaultStats(StatSet):
+    """``http.<stat_prefix>.fault.*``."""
+
+    delays_injected: Counter
+    aborts_injected: Counter
+    faults_overflow: Counter
+    active_faults: Gauge
+
+
 _SCALE = {"HUNDRED": 100, "TEN_THOUSAND": 10_000, "MILLION": 1_000_000}
 
 
@@ -41,7 +49,7 @@ def _roll(pct: m.FractionalPercent, header: bytes | None) -> bool:
 class FaultFilter:
     def __init__(self, cfg: m.HTTPFault, store: Store, hcm_prefix: str) -> None:
         self.cfg = cfg
-        self.stats = StatSet(store, f"http.{hcm_prefix}.fault.", FAULT_COUNTERS, FAULT_GAUGES)
+        self.stats = FaultStats(store, f"http.{hcm_prefix}.fault.")
         self.matchers: dict[int, list[Callable[[Headers], bool]]] = {
             id(cfg): [header_matcher(h) for h in cfg.headers]}
         """Compiled ``headers`` of this filter's config and of each per-route one, by id."""

@@ -18,14 +18,21 @@ import time
 from typing import TYPE_CHECKING
 
 from ..config import model as m
-from ..stats import StatSet, Store
+from ..stats import Counter, StatSet, Store
 from .codec import Headers
 from .router import HeaderOps, header_ops
 
 if TYPE_CHECKING:
     from .stream import Stream
 
-LRL_COUNTERS = ("enabled", "ok", "rate_limited", "enforced")
+
+class LocalRateLimitStats(StatSet):
+    """``<stat_prefix>.http_local_rate_limit.*``."""
+
+    enabled: Counter
+    ok: Counter
+    rate_limited: Counter
+    enforced: Counter
 
 
 class TokenBucket:
@@ -68,7 +75,7 @@ class _Limit:
 
     def __init__(self, cfg: m.LocalRateLimit, store: Store) -> None:
         self.cfg = cfg
-        self.stats = StatSet(store, f"{cfg.stat_prefix}.http_local_rate_limit.", LRL_COUNTERS)
+        self.stats = LocalRateLimitStats(store, f"{cfg.stat_prefix}.http_local_rate_limit.")
         self.bucket = TokenBucket(cfg.token_bucket) if cfg.token_bucket else None
         self.status = cfg.status.code if cfg.status else 429
         self.response_ops = header_ops(cfg.response_headers_to_add, [])

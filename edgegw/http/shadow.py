@@ -13,7 +13,7 @@ import asyncio
 
 from .. import log
 from ..upstream.cluster import Cluster, Host
-from ..upstream.pool import ConnectError, UpstreamConnection
+from ..upstream.pool import UpstreamConnection, Waiter
 from .codec import Headers
 
 _log = log.get("router")
@@ -44,43 +44,54 @@ class Shadow:
         self.timeout = timeout
         self.done = asyncio.get_running_loop().create_future()
         self.status = 0
+        self.waiter: Waiter | None = None
+        self.conn: UpstreamConnection | None = None
 
     async def run(self) -> None:
         cluster, host = self.cluster, self.host
         stats = cluster.stats
         stats.upstream_rq_active.value += 1
         host.rq_active += 1
-        conn: UpstreamConnection | None = None
         try:
-            conn = host.pool.acquire()
-            if conn is None:
-                conn = await host.pool.connect()
-            stats.upstream_rq_total.value += 1
-            host.rq_total += 1
-            conn.send(self, self.data, False, complete=True)
+            self.waiter = host.pool.request(self)
             await asyncio.wait_for(asyncio.shield(self.done), self.timeout or None)
-        except ConnectError as e:
-            self._count(503)
-            _log.debug("shadow to cluster '%s' failed: %s", cluster.name, e)
         except TimeoutError:
             stats.upstream_rq_timeout.value += 1
             self._count(504)
-            self._drop(conn)
+            if self.waiter is not None:
+                host.pool.cancel(self.waiter)
+            if self.conn is not None:
+                self.conn.detach()
         finally:
             stats.upstream_rq_active.value -= 1
             stats.upstream_rq_completed.value += 1
             host.rq_active -= 1
-
-    @staticmethod
-    def _drop(conn: UpstreamConnection | None) -> None:
-        if conn is not None:
-            conn.detach()
 
     def _count(self, code: int) -> None:
         self.cluster.stats.count_code(code)
         self.cluster.status_counter(code).value += 1
         if code >= 500:
             self.host.rq_error += 1
+
+    # PoolClient: the pool applies the shadow cluster's circuit breakers to the copy too.
+
+    def pool_ready(self, conn: UpstreamConnection, reused: bool) -> None:
+        self.waiter = None
+        self.conn = conn
+        self.cluster.stats.upstream_rq_total.value += 1
+        self.host.rq_total += 1
+        conn.send(self, self.data, False, complete=True)
+
+    def pool_overflow(self) -> None:
+        self.waiter = None
+        self._count(503)
+        self.upstream_complete()
+
+    def pool_failure(self, reason: str, detail: str) -> None:
+        self.waiter = None
+        self._count(503)
+        _log.debug("shadow to cluster '%s' failed: %s %s", self.cluster.name, reason, detail)
+        self.upstream_complete()
 
     # ResponseSink: the response is read and dropped.
 
@@ -93,10 +104,11 @@ class Shadow:
         pass
 
     def upstream_complete(self) -> None:
+        self.conn = None
         if not self.done.done():
             self.done.set_result(None)
 
-    def upstream_reset(self, reason: str) -> None:
+    def upstream_reset(self, reason: str, stale: bool) -> None:
         self.cluster.stats.upstream_rq_rx_reset.value += 1
         if not self.status:
             self._count(503)

@@ -1,10 +1,9 @@
 """One attempt at sending a request upstream (Envoy's ``upstream_request.cc``).
 
 The stream decides where a request goes and whether to try again; an ``UpstreamRequest`` does
-one try: it gets a connection to its host (an idle pooled one, a new one, or the next one freed
-when ``max_connections`` is reached, with the circuit breakers checked on the way), sends the
-head and the body received so far, streams the rest, runs the per-try timeout, and hands the
-response back to the stream. ``release`` ends the try, whatever state it is in.
+one try: it asks its host's pool for a connection (the pool decides which, and applies the
+circuit breakers), sends the head and the body received so far, streams the rest, runs the
+per-try timeout, and hands the response back to the stream. ``release`` ends the try, whatever state it is in.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..upstream.cluster import Host
-from ..upstream.pool import ConnectError, UpstreamConnection
+from ..upstream.pool import UpstreamConnection, Waiter
 from .codec import LAST_CHUNK, chunk
 
 if TYPE_CHECKING:
@@ -35,93 +34,42 @@ class UpstreamRequest:
         self.sent_at = 0.0
         self.reused = False
         """On a pooled keep-alive connection (which the upstream may have closed meanwhile)."""
-        self.attached = False
-        """Counted in the cluster's attached requests (what max_requests limits)."""
-        self.pending = False
-        """Counted in upstream_rq_pending_active: waiting for a connection."""
-        self.waiting = False
-        """In the host pool's queue of requests waiting for a freed connection."""
+        self.waiter: Waiter | None = None
+        """Our place in the host pool's queue while we wait for a connection."""
+        self.stale_retried = False
         self.paused = False
         self.done = False
         self.try_timer: asyncio.TimerHandle | None = None
         host.rq_active += 1
 
-    # --- getting a connection ---------------------------------------------------------------
+    # --- getting a connection (PoolClient) --------------------------------------------------
 
-    def start(self) -> None:
-        conn = self.host.pool.acquire()
-        if conn is not None:
-            self.reused = True
-            self._attach(conn)
-            return
-        stats, limits = self.cluster.stats, self.cluster.limits
-        if stats.upstream_rq_pending_active.value >= limits.max_pending_requests:
-            stats.upstream_rq_pending_overflow.value += 1
-            self.stream.overflow()
-            return
-        stats.upstream_rq_pending_total.value += 1
-        stats.upstream_rq_pending_active.value += 1
-        self.pending = True
-        if self.cluster.connections < limits.max_connections:
-            asyncio.ensure_future(self._connect())
-        else:
-            stats.upstream_cx_overflow.value += 1
-            self.waiting = True
-            self.host.pool.waiters.append(self)
+    def start(self, fresh: bool = False) -> None:
+        self.waiter = self.host.pool.request(self, fresh)
 
-    def take_connection(self, conn: UpstreamConnection) -> bool:
-        """The pool hands a freed connection to this waiting request; False if it left."""
-        if not self.waiting or self.done:
-            return False
-        self.waiting = False
-        self._attach(conn)
-        return True
-
-    def open_connection(self) -> bool:
-        """The pool lets this waiting request open a connection of its own."""
-        if not self.waiting or self.done:
-            return False
-        self.waiting = False
-        asyncio.ensure_future(self._connect())
-        return True
-
-    async def _connect(self) -> None:
-        try:
-            conn = await self.host.pool.connect()
-        except ConnectError as e:
-            if not self.done:
-                self.stream.upstream_failed(e.reason, e.detail, connect=True)
-            return
+    def pool_ready(self, conn: UpstreamConnection, reused: bool) -> None:
+        self.waiter = None
         if self.done or self.stream.conn.closed:
             self.host.pool.release(conn)
             return
+        self.reused = reused
         self._attach(conn)
 
-    def _unpend(self) -> None:
-        if self.pending:
-            self.pending = False
-            self.cluster.stats.upstream_rq_pending_active.value -= 1
-        if self.waiting:
-            self.waiting = False
-            try:
-                self.host.pool.waiters.remove(self)
-            except ValueError:
-                pass
+    def pool_overflow(self) -> None:
+        self.waiter = None
+        if not self.done:
+            self.stream.overflow()
+
+    def pool_failure(self, reason: str, detail: str) -> None:
+        self.waiter = None
+        if not self.done:
+            self.stream.upstream_failed(reason, detail, connect=True)
 
     # --- sending ----------------------------------------------------------------------------
 
     def _attach(self, conn: UpstreamConnection) -> None:
-        """Sends the request on a connection. Envoy counts upstream_rq_total here and checks
-        max_requests here: an overflowing request leaves the connection to the pool."""
-        self._unpend()
+        """Sends the request on a connection (Envoy counts upstream_rq_total here)."""
         cluster = self.cluster
-        if cluster.attached >= cluster.limits.max_requests:
-            cluster.stats.upstream_rq_active_overflow.value += 1
-            self.host.pool.release(conn)
-            self.stream.overflow()
-            return
-        cluster.attached += 1
-        self.attached = True
         self.conn = conn
         cluster.stats.upstream_rq_total.value += 1
         self.host.rq_total += 1
@@ -179,10 +127,9 @@ class UpstreamRequest:
             return
         self.done = True
         self.cancel_per_try()
-        self._unpend()
-        if self.attached:
-            self.attached = False
-            self.cluster.attached -= 1
+        if self.waiter is not None:
+            self.host.pool.cancel(self.waiter)
+            self.waiter = None
         self.host.rq_active -= 1
         conn, self.conn = self.conn, None
         if conn is not None:
@@ -203,21 +150,18 @@ class UpstreamRequest:
         if not self.done:
             self.stream.upstream_complete(self)
 
-    def upstream_reset(self, reason: str) -> None:
+    def upstream_reset(self, reason: str, stale: bool) -> None:
         self.conn = None
         if self.done:
             return
         s = self.stream
-        if (not s.response_started and self.reused and s.bytes_received == 0
-                and not s.chunk_in and s.method in IDEMPOTENT):
+        if (stale and not self.stale_retried and not s.response_started
+                and s.bytes_received == 0 and not s.chunk_in and s.method in IDEMPOTENT):
             # A pooled keep-alive connection that the upstream had already closed: nothing of
-            # this request reached a live server, so try once more on a fresh connection.
-            self.reused = False
-            if self.attached:
-                self.attached = False
-                self.cluster.attached -= 1
-            self.cluster.stats.upstream_rq_pending_total.value += 1
-            asyncio.ensure_future(self._connect())
+            # this request reached a live server, so try once more on a new connection, through
+            # the pool and its circuit breakers like any request (edgegw-only).
+            self.stale_retried = True
+            self.start(fresh=True)
             return
         s.upstream_reset(reason)
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from .. import log
 from ..config import model as m
 from ..http.conn_manager import DownstreamConnection, HttpConnectionManager
-from ..stats import StatSet, Store
+from ..stats import Counter, Gauge, StatSet, Store
 from ..tls.cert_dir import directory_of
-from ..tls.context import ServerTls
+from ..tls.context import ServerTls, SslStats
 from ..tls.sds import SecretManager
 from ..upstream.cluster import ClusterManager
 from .filter_chain import FilterChainIndex
@@ -25,14 +25,29 @@ from .tls_inspector import MAX_HELLO, ClientHello, NeedMore, inspect
 
 _log = log.get("connection")
 
-LISTENER_COUNTERS = (
-    "downstream_cx_total", "downstream_cx_destroy", "no_filter_chain_match",
-    "downstream_listener_filter_error", "downstream_pre_cx_timeout",
-)
-TLS_COUNTERS = ("ssl.handshake", "ssl.connection_error",
-                "server_ssl_socket_factory.ssl_context_update_by_sds")
-INSPECTOR_COUNTERS = ("tls_found", "tls_not_found", "sni_found", "sni_not_found",
-                      "alpn_found", "alpn_not_found", "client_hello_too_large")
+class ListenerStats(StatSet):
+    """``listener.<address>.*``."""
+
+    downstream_cx_total: Counter
+    downstream_cx_destroy: Counter
+    no_filter_chain_match: Counter
+    downstream_listener_filter_error: Counter
+    downstream_pre_cx_timeout: Counter
+    downstream_cx_active: Gauge
+
+
+class TlsInspectorStats(StatSet):
+    """``tls_inspector.*``, shared by every listener, as in Envoy."""
+
+    tls_found: Counter
+    tls_not_found: Counter
+    sni_found: Counter
+    sni_not_found: Counter
+    alpn_found: Counter
+    alpn_not_found: Counter
+    client_hello_too_large: Counter
+
+
 HANDSHAKE_TIMEOUT = 10.0
 RETRY_PEEK = 0.005
 
@@ -58,14 +73,15 @@ class Listener:
         self.address = (sa.address, sa.port_value)
         self.name = cfg.name or f"{sa.address}:{sa.port_value}"
         prefix = f"listener.{stat_address(sa)}."
-        self.stats = StatSet(store, prefix, LISTENER_COUNTERS, ("downstream_cx_active",))
-        self.inspector = StatSet(store, "tls_inspector.", INSPECTOR_COUNTERS)
+        self.stats = ListenerStats(store, prefix)
+        self.inspector = TlsInspectorStats(store, "tls_inspector.")
 
         tls_chains = [fc for fc in [*cfg.filter_chains, *([cfg.default_filter_chain]
                                                           if cfg.default_filter_chain else [])]
                       if fc.transport_socket]
-        self.tls_stats = StatSet(store, prefix, TLS_COUNTERS if tls_chains else ())
-        updates = store.counter(prefix + TLS_COUNTERS[2]) if tls_chains else None
+        self.ssl = SslStats(store, prefix + "ssl.") if tls_chains else None
+        updates = store.counter(prefix + "server_ssl_socket_factory.ssl_context_update_by_sds") \
+            if tls_chains else None
 
         def build(fc: m.FilterChain) -> Chain:
             tls = (ServerTls(fc.transport_socket.typed_config, secrets, updates,
@@ -195,12 +211,15 @@ class Listener:
         except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as e:
             self.stats.downstream_cx_active.value -= 1
             self.stats.downstream_cx_destroy.value += 1
-            self.tls_stats.counter("ssl.connection_error").value += 1
+            if self.ssl is not None:
+                self.ssl.connection_error.value += 1
             _log.debug("listener %s: TLS handshake failed: %s", self.name, e)
             conn.close()
             return
-        if ctx is not None:
-            self.tls_stats.counter("ssl.handshake").value += 1
+        if ctx is not None and self.ssl is not None:
+            self.ssl.handshake.value += 1
+            if proto.transport is not None and not proto.transport.get_extra_info("peercert"):
+                self.ssl.no_certificate.value += 1
         self.open.add(proto)
 
     def _closed(self, proto: DownstreamConnection) -> None:

@@ -55,7 +55,7 @@ class FilterChainIndex(Generic[T]):
         return [c for c in self.chains if not c[0].server_names]
 
 
-def _narrow(chains: list[tuple[FilterChainMatch, T]], specific, general  # type: ignore[no-untyped-def]
+def _narrow(chains: list[tuple[FilterChainMatch, T]], specific, general
             ) -> list[tuple[FilterChainMatch, T]]:
     best = [c for c in chains if specific(c[0])]
     return best or [c for c in chains if general(c[0])]

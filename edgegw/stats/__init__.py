@@ -1,7 +1,7 @@
 """Counters, gauges and histograms with Envoy's names, kept in one store per process.
 
-Each component declares its stats together in one tuple (as Envoy's ``ALL_*_STATS`` macros do)
-and gets a ``StatSet`` whose attributes are the live objects, so the hot path pays one
+Each component declares its stats together in one ``StatSet`` subclass (as Envoy's
+``ALL_*_STATS`` macros do) whose attributes are the live objects, so the hot path pays one
 attribute lookup and an integer add. Rendering (Envoy's text, JSON and Prometheus shapes with
 Envoy's tag extraction) lives in ``render``.
 """
@@ -9,8 +9,7 @@ Envoy's tag extraction) lives in ``render``.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000,
            300000, 600000, 1800000, 3600000)
@@ -133,6 +132,10 @@ class Store:
         return out
 
 
+_KINDS = {"Counter": "counter", "Gauge": "gauge", "Histogram": "histogram"}
+"""Annotation → the Store method that makes that kind of stat."""
+
+
 def _additive(name: str) -> bool:
     """Gauges that count this process's own connections, requests or memory."""
     if ".outlier_detection." in name:
@@ -142,23 +145,34 @@ def _additive(name: str) -> bool:
 
 
 class StatSet:
-    """The stats of one component instance under a prefix, as attributes."""
+    """The stats of one component instance under a prefix, as attributes.
 
-    def __init__(self, store: Store, prefix: str, counters: Iterable[str] = (),
-                 gauges: Iterable[str] = (), code_classes: str = "",
-                 histograms: Iterable[str] = (), lazy_classes: bool = False) -> None:
+    A component declares its stats once, as annotations of a subclass (Envoy's ``ALL_*_STATS``
+    macro lists): ``upstream_cx_total: Counter``. The attribute name is the stat name, so a
+    misspelt stat fails the type check, not production.
+    """
+
+    _declared: ClassVar[tuple[tuple[str, str], ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        declared: dict[str, str] = dict(cls._declared)
+        for name, kind in cls.__dict__.get("__annotations__", {}).items():
+            kind = kind if isinstance(kind, str) else kind.__name__
+            if kind in _KINDS:
+                declared[name] = kind
+        cls._declared = tuple(declared.items())
+
+    def __init__(self, store: Store, prefix: str, code_classes: str = "",
+                 lazy_classes: bool = False) -> None:
         self._store = store
         self._prefix = prefix
         self._class_prefix = f"{prefix}{code_classes}_"
         self._classes: list[Counter | None] = [
             None if lazy_classes or not k else store.counter(f"{self._class_prefix}{k}xx")
             for k in range(6)] if code_classes else []
-        for name in counters:
-            setattr(self, name, store.counter(prefix + name))
-        for name in gauges:
-            setattr(self, name, store.gauge(prefix + name))
-        for name in histograms:
-            setattr(self, name, store.histogram(prefix + name))
+        for name, kind in self._declared:
+            setattr(self, name, getattr(store, _KINDS[kind])(prefix + name))
 
     def count_code(self, code: int) -> None:
         """Bumps ``<kind>_1xx`` … ``<kind>_5xx`` for a response code; the set must declare

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 
 from .. import log
 from ..config import model as m
-from ..stats import StatSet, Store
+from ..stats import Counter, StatSet, Store
 from .certs import CertError, CertPair, load_pair
 from .sds import Signature, signature_of
 from .secrets import CertSecret, digest, validity_problem
@@ -73,14 +73,21 @@ def _has_key(path: str) -> bool:
         return False
 
 
+class CertDirectoryStats(StatSet):
+    """``edgegw.certificate_directory.*`` (edgegw-only)."""
+
+    loaded: Counter
+    rejected: Counter
+    scans: Counter
+
+
 class CertDirectory:
     """The certificates of one drop-in directory, rescanned when anything in it changes."""
 
     def __init__(self, path: str, store: Store) -> None:
         self.path = path
         self.watched_directory = path
-        self.stats = StatSet(store, "edgegw.certificate_directory.",
-                             ("loaded", "rejected", "scans"))
+        self.stats = CertDirectoryStats(store, "edgegw.certificate_directory.")
         self.good: dict[str, CertSecret] = {}
         self.bad: dict[str, Signature] = {}
         self.callbacks: list[Callable[[], None]] = []

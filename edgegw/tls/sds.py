@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import log
 from ..config import model as m
-from ..stats import StatSet, Store
+from ..stats import Counter, StatSet, Store
 from .secrets import (
     Material,
     SecretError,
@@ -37,8 +37,17 @@ _log = log.get("secret")
 
 POLL_INTERVAL = 0.25
 DEBOUNCE = 0.05
-SDS_COUNTERS = ("update_attempt", "update_success", "update_rejected", "update_failure",
-                "key_rotation_failed")
+
+
+class SdsStats(StatSet):
+    """``sds.<secret name>.*``."""
+
+    update_attempt: Counter
+    update_success: Counter
+    update_rejected: Counter
+    update_failure: Counter
+    key_rotation_failed: Counter
+
 
 Signature = tuple[Any, ...]
 
@@ -68,7 +77,7 @@ class Subscription:
         self.path = source.file if source else None
         self.watched_directory = source.watched_directory if source else None
         self.static = static
-        self.stats = StatSet(store, f"sds.{name}.", SDS_COUNTERS)
+        self.stats = SdsStats(store, f"sds.{name}.")
         self.value: Material | None = None
         self.secret: m.Secret | None = None
         self.updated_at = ""

@@ -16,8 +16,8 @@ from collections.abc import Iterable
 
 from .. import log
 from ..config import model as m
-from ..stats import Counter, Histogram, StatSet, Store
-from ..tls.context import ClientTls
+from ..stats import Counter, Gauge, Histogram, StatSet, Store
+from ..tls.context import ClientTls, SslStats
 from ..tls.sds import SecretManager
 from . import lb
 from .health import HealthChecker
@@ -26,24 +26,59 @@ from .pool import Pool
 
 _log = log.get("upstream")
 
-CLUSTER_COUNTERS = (
-    "upstream_cx_total", "upstream_cx_http1_total", "upstream_cx_connect_fail",
-    "upstream_cx_connect_timeout", "upstream_cx_destroy", "upstream_cx_idle_timeout",
-    "upstream_cx_destroy_remote_with_active_rq", "upstream_cx_none_healthy",
-    "upstream_rq_total", "upstream_rq_completed", "upstream_rq_timeout",
-    "upstream_rq_rx_reset", "upstream_rq_tx_reset", "upstream_rq_pending_total",
-    "upstream_rq_pending_failure_eject", "upstream_rq_per_try_timeout", "upstream_rq_retry",
-    "upstream_rq_retry_success", "upstream_rq_retry_limit_exceeded", "upstream_rq_retry_overflow",
-    "upstream_rq_retry_backoff_exponential", "upstream_rq_retry_backoff_ratelimited",
-    "upstream_cx_overflow",
-    "upstream_rq_pending_overflow", "upstream_rq_active_overflow",
-    "membership_change", "update_attempt", "update_success", "update_failure",
-    "lb_healthy_panic",
-)
-CLUSTER_GAUGES = ("upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_active",
-                  "membership_total", "membership_healthy", "membership_degraded",
-                  "membership_excluded")
-BREAKER_GAUGES = ("cx_open", "cx_pool_open", "rq_pending_open", "rq_open", "rq_retry_open")
+
+class ClusterStats(StatSet):
+    """``cluster.<name>.*``: Envoy's cluster traffic stats (a subset)."""
+
+    upstream_cx_total: Counter
+    upstream_cx_http1_total: Counter
+    upstream_cx_connect_fail: Counter
+    upstream_cx_connect_timeout: Counter
+    upstream_cx_destroy: Counter
+    upstream_cx_idle_timeout: Counter
+    upstream_cx_destroy_remote_with_active_rq: Counter
+    upstream_cx_none_healthy: Counter
+    upstream_rq_total: Counter
+    upstream_rq_completed: Counter
+    upstream_rq_timeout: Counter
+    upstream_rq_rx_reset: Counter
+    upstream_rq_tx_reset: Counter
+    upstream_rq_pending_total: Counter
+    upstream_rq_pending_failure_eject: Counter
+    upstream_rq_per_try_timeout: Counter
+    upstream_rq_retry: Counter
+    upstream_rq_retry_success: Counter
+    upstream_rq_retry_limit_exceeded: Counter
+    upstream_rq_retry_overflow: Counter
+    upstream_rq_retry_backoff_exponential: Counter
+    upstream_rq_retry_backoff_ratelimited: Counter
+    upstream_cx_overflow: Counter
+    upstream_rq_pending_overflow: Counter
+    upstream_rq_active_overflow: Counter
+    membership_change: Counter
+    update_attempt: Counter
+    update_success: Counter
+    update_failure: Counter
+    lb_healthy_panic: Counter
+    upstream_cx_active: Gauge
+    upstream_rq_active: Gauge
+    upstream_rq_pending_active: Gauge
+    membership_total: Gauge
+    membership_healthy: Gauge
+    membership_degraded: Gauge
+    membership_excluded: Gauge
+    upstream_cx_connect_ms: Histogram
+
+
+class BreakerStats(StatSet):
+    """``cluster.<name>.circuit_breakers.<priority>.*``."""
+
+    cx_open: Gauge
+    cx_pool_open: Gauge
+    rq_pending_open: Gauge
+    rq_open: Gauge
+    rq_retry_open: Gauge
+
 
 _FAMILIES = {
     "AUTO": (socket.AF_UNSPEC,), "V4_ONLY": (socket.AF_INET,), "V6_ONLY": (socket.AF_INET6,),
@@ -95,28 +130,28 @@ class Cluster:
     def __init__(self, cfg: m.Cluster, store: Store, secrets: SecretManager | None = None) -> None:
         self.cfg = cfg
         self.name = cfg.name
-        self.stats = StatSet(store, f"cluster.{cfg.name}.", CLUSTER_COUNTERS, CLUSTER_GAUGES,
-                             code_classes="upstream_rq", lazy_classes=True,
-                             histograms=("upstream_cx_connect_ms",))
+        self.stats = ClusterStats(store, f"cluster.{cfg.name}.", code_classes="upstream_rq",
+                                  lazy_classes=True)
         self._rq_time: Histogram | None = None
         self.limits = cfg.circuit_breakers.default
-        self.breakers = StatSet(store, f"cluster.{cfg.name}.circuit_breakers.default.", (),
-                                BREAKER_GAUGES)
-        StatSet(store, f"cluster.{cfg.name}.circuit_breakers.high.", (), BREAKER_GAUGES)
+        self.breakers = BreakerStats(store, f"cluster.{cfg.name}.circuit_breakers.default.")
+        BreakerStats(store, f"cluster.{cfg.name}.circuit_breakers.high.")
         self.connections = 0
-        """Open and opening upstream connections (what max_connections limits)."""
+        """Open and opening upstream connections, kept by the host pools (max_connections)."""
         self.attached = 0
-        """Requests sent on a connection and not finished (what max_requests limits)."""
+        """Requests on a connection, kept by the host pools (what max_requests limits)."""
         self.retrying = 0
         """Requests with a retry under way (what max_retries limits)."""
         self.connect_timeout = cfg.connect_timeout
         self.idle_timeout = cfg.http_options.idle_timeout or 3600.0
         self.buffer_limit = 1024 * 1024
         self.tls = None
+        self.ssl: SslStats | None = None
         if cfg.transport_socket:
             updates = store.counter(
                 f"cluster.{cfg.name}.client_ssl_socket_factory.ssl_context_update_by_sds")
             self.tls = ClientTls(cfg.transport_socket.typed_config, cfg.name, secrets, updates)
+            self.ssl = SslStats(store, f"cluster.{cfg.name}.ssl.")
         self.hosts: list[Host] = []
         self._status_counters: dict[int, Counter] = {}
         self._tasks: list[asyncio.Task[None]] = []

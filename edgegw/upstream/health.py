@@ -24,16 +24,25 @@ import httptools
 
 from .. import log
 from ..config import model as m
-from ..stats import StatSet, Store
+from ..stats import Counter, Gauge, StatSet, Store
 
 if TYPE_CHECKING:
     from .cluster import Cluster, Host
 
 _log = log.get("hc")
 
-HC_COUNTERS = ("attempt", "success", "failure", "passive_failure", "network_failure",
-               "verify_cluster")
-HC_GAUGES = ("healthy", "degraded")
+
+class HealthCheckStats(StatSet):
+    """``cluster.<name>.health_check.*``."""
+
+    attempt: Counter
+    success: Counter
+    failure: Counter
+    passive_failure: Counter
+    network_failure: Counter
+    verify_cluster: Counter
+    healthy: Gauge
+    degraded: Gauge
 
 
 class _Failure(Exception):
@@ -58,8 +67,7 @@ class HealthChecker:
     def __init__(self, cluster: Cluster, cfg: m.HealthCheck, store: Store) -> None:
         self.cluster = cluster
         self.cfg = cfg
-        self.stats = StatSet(store, f"cluster.{cluster.name}.health_check.", HC_COUNTERS,
-                             HC_GAUGES)
+        self.stats = HealthCheckStats(store, f"cluster.{cluster.name}.health_check.")
         self.sessions: dict[Host, Session] = {}
         http = cfg.http_health_check
         self.request = b""

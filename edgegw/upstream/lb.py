@@ -142,6 +142,21 @@ class RingHash(LoadBalancer):
         return self.ring[i][1]
 
 
+class _MaglevEntry:
+    """One host's walk through the Maglev table: its permutation and how far it got."""
+
+    __slots__ = ("host", "weight", "offset", "skip", "target", "next", "count")
+
+    def __init__(self, key: str, host: Host, weight: float, n: int) -> None:
+        self.host = host
+        self.weight = weight
+        self.offset = _xxh64(key.encode()) % n
+        self.skip = _xxh64(key.encode(), 1) % (n - 1) + 1
+        self.target = 0.0
+        self.next = 0
+        self.count = 0
+
+
 class Maglev(LoadBalancer):
     """Maglev lookup table (Envoy's maglev_lb): minimal disruption when hosts come and go."""
 
@@ -156,32 +171,29 @@ class Maglev(LoadBalancer):
             return
         n = table_size
         top = max(w for _, _, w in weights)
-        entries = [[_xxh64(k.encode()) % n, _xxh64(k.encode(), 1) % (n - 1) + 1, w, 0.0, 0, 0, h]
-                   for k, h, w in weights]  # offset, skip, weight, target, next, count, host
+        entries = [_MaglevEntry(k, h, w, n) for k, h, w in weights]
         slots: list[int] = [-1] * n
         filled = 0
         for iteration in itertools.count(1):
             for idx, e in enumerate(entries):
                 if filled == n:
                     break
-                if iteration * e[2] < e[3]:
+                if iteration * e.weight < e.target:
                     continue
-                e[3] += top
-                offset, skip, nxt = e[0], e[1], e[4]
-                c = (offset + skip * nxt) % n
+                e.target += top
+                c = (e.offset + e.skip * e.next) % n
                 while slots[c] >= 0:
-                    nxt += 1
-                    c = (offset + skip * nxt) % n
+                    e.next += 1
+                    c = (e.offset + e.skip * e.next) % n
                 slots[c] = idx
-                e[4] = nxt + 1
-                e[5] += 1
+                e.next += 1
+                e.count += 1
                 filled += 1
             if filled == n:
                 break
-        by_index = [e[6] for e in entries]
-        self.table = [by_index[i] for i in slots]
-        self.min_entries = min(e[5] for e in entries)
-        self.max_entries = max(e[5] for e in entries)
+        self.table = [entries[i].host for i in slots]
+        self.min_entries = min(e.count for e in entries)
+        self.max_entries = max(e.count for e in entries)
 
     def choose(self, hash: int | None, attempt: int = 0) -> Host | None:
         if not self.table:

@@ -19,22 +19,31 @@ from typing import TYPE_CHECKING
 
 from .. import log
 from ..config import model as m
-from ..stats import StatSet, Store
+from ..stats import Counter, Gauge, StatSet, Store
 
 if TYPE_CHECKING:
     from .cluster import Cluster, Host
 
 _log = log.get("upstream")
 
-OUTLIER_COUNTERS = (
-    "ejections_enforced_total", "ejections_total", "ejections_overflow",
-    "ejections_consecutive_5xx", "ejections_enforced_consecutive_5xx",
-    "ejections_detected_consecutive_5xx", "ejections_enforced_consecutive_gateway_failure",
-    "ejections_detected_consecutive_gateway_failure", "ejections_success_rate",
-    "ejections_enforced_success_rate", "ejections_detected_success_rate",
-    "ejections_enforced_failure_percentage", "ejections_detected_failure_percentage",
-)
-OUTLIER_GAUGES = ("ejections_active",)
+
+class OutlierStats(StatSet):
+    """``cluster.<name>.outlier_detection.*``, as Envoy names them."""
+
+    ejections_enforced_total: Counter
+    ejections_total: Counter
+    ejections_overflow: Counter
+    ejections_consecutive_5xx: Counter
+    ejections_enforced_consecutive_5xx: Counter
+    ejections_detected_consecutive_5xx: Counter
+    ejections_enforced_consecutive_gateway_failure: Counter
+    ejections_detected_consecutive_gateway_failure: Counter
+    ejections_success_rate: Counter
+    ejections_enforced_success_rate: Counter
+    ejections_detected_success_rate: Counter
+    ejections_enforced_failure_percentage: Counter
+    ejections_detected_failure_percentage: Counter
+    ejections_active: Gauge
 
 
 class HostMonitor:
@@ -59,8 +68,7 @@ class OutlierDetector:
     def __init__(self, cluster: Cluster, cfg: m.OutlierDetection, store: Store) -> None:
         self.cluster = cluster
         self.cfg = cfg
-        self.stats = StatSet(store, f"cluster.{cluster.name}.outlier_detection.",
-                             OUTLIER_COUNTERS, OUTLIER_GAUGES)
+        self.stats = OutlierStats(store, f"cluster.{cluster.name}.outlier_detection.")
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:

@@ -1,19 +1,30 @@
-"""Keep-alive connections to one upstream host, and the protocol that reads its responses.
+"""Connections to one upstream host: one state machine that owns every assignment and limit.
 
-A pool is a stack of idle connections (the most recently used first, so that idle ones age out
-at the bottom) and a way to open a new one. A connection serves one request at a time; the
-request that owns it (an ``UpstreamRequest``, or a shadow) receives the parsed response through
-four calls: ``upstream_headers``, ``upstream_body``, ``upstream_complete`` and
-``upstream_reset``.
+In the style of httpcore's connection pool and Envoy's ``conn_pool_base.cc``:
+- each connection has an explicit ``State`` (connecting, idle, busy, closed);
+- a request that cannot have a connection at once waits as data (a ``Waiter`` in a queue);
+- ``Pool._assign`` is the one method that gives connections to waiters and opens new ones.
+
+The circuit breakers are enforced here and nowhere else, for every kind of user (a routed
+request, its stale-connection retry, a mirrored copy): ``max_pending_requests`` when a request
+has to wait, ``max_connections`` when a connection would be opened, ``max_requests`` when a
+request is put on a connection. The limits count per cluster while pools are per host, so, as
+Envoy does, a host with no connection at all may always open one: otherwise its waiters could
+wait forever behind the idle connections of other hosts.
+
+A connection serves one request at a time; the request that owns it receives the parsed
+response through the ``ResponseSink`` calls.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import enum
 import ssl
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Protocol
 
 import httptools
 
@@ -32,10 +43,22 @@ class ResponseSink(Protocol):
                          keep_alive: bool) -> None: ...
     def upstream_body(self, data: bytes) -> None: ...
     def upstream_complete(self) -> None: ...
-    def upstream_reset(self, reason: str) -> None: ...
+    def upstream_reset(self, reason: str, stale: bool) -> None:
+        """``stale``: a reused keep-alive connection closed before any byte of a response,
+        the one case where nothing of the request can have reached a live server."""
     def flush(self) -> None: ...
     def upstream_pause_writing(self) -> None: ...
     def upstream_resume_writing(self) -> None: ...
+
+
+class PoolClient(Protocol):
+    """What asks a pool for a connection: it hears exactly one of these three."""
+
+    def pool_ready(self, conn: UpstreamConnection, reused: bool) -> None: ...
+    def pool_overflow(self) -> None:
+        """A circuit breaker is open (Envoy's ``UO``)."""
+    def pool_failure(self, reason: str, detail: str) -> None:
+        """Connecting failed (Envoy's purge of pending streams on a connect failure)."""
 
 
 class ConnectError(Exception):
@@ -47,11 +70,36 @@ class ConnectError(Exception):
         self.detail = detail
 
 
+class State(enum.Enum):
+    CONNECTING = "connecting"
+    IDLE = "idle"
+    BUSY = "busy"
+    CLOSED = "closed"
+
+
+class Waiter:
+    """A request waiting for a connection. ``fresh`` waiters take only a new connection."""
+
+    __slots__ = ("client", "fresh", "overflowed")
+
+    def __init__(self, client: PoolClient, fresh: bool) -> None:
+        self.client = client
+        self.fresh = fresh
+        self.overflowed = False
+        """Counted once in upstream_cx_overflow."""
+
+
+Opener = Callable[["UpstreamConnection"], Awaitable[None]]
+"""Opens the transport of a new connection (its protocol is the connection) or raises
+``ConnectError``; unit tests pass fakes."""
+
+
 class UpstreamConnection(asyncio.Protocol):
     """One HTTP/1.1 connection to a host; parses responses with httptools."""
 
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
+        self.state = State.CONNECTING
         self.transport: asyncio.Transport | None = None
         self.sink: ResponseSink | None = None
         self.parser = httptools.HttpResponseParser(self)
@@ -63,38 +111,41 @@ class UpstreamConnection(asyncio.Protocol):
         self.keep_alive = True
         self.request_sent = False
         """The whole request went out: only then may the connection serve another."""
-        self.closed = False
         self.requests = 0
+        self.response_bytes = 0
+        """Bytes of the current request's response received so far."""
         self.idle_since = 0.0
+
+    @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
 
     # asyncio side
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.pool.host.cluster.stats.upstream_cx_active.value += 1
-        self.pool.host.cx_active += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.closed:
+        if self.state is State.CLOSED:
             return
-        self.closed = True
-        stats = self.pool.host.cluster.stats
-        stats.upstream_cx_active.value -= 1
-        stats.upstream_cx_destroy.value += 1
-        self.pool.host.cx_active -= 1
-        self.pool.host.cluster.connections -= 1
-        self.pool.forget(self)
-        self.pool.wake()
-        if self.sink is not None and self.got_response and not self.framed:
+        connected = self.state is not State.CONNECTING
+        self.state = State.CLOSED
+        if not connected:
+            return  # the opener reports the failure
+        sink = self.sink
+        if sink is not None and self.got_response and not self.framed:
             self.keep_alive = False
+            self.pool.closed(self)
             self._finish()  # a close-delimited body ends with the connection
             return
-        sink, self.sink = self.sink, None
+        self.sink = None
+        self.pool.closed(self, with_request=sink is not None)
         if sink is not None:
-            stats.upstream_cx_destroy_remote_with_active_rq.value += 1
-            sink.upstream_reset("connection termination")
+            sink.upstream_reset("connection termination",
+                                stale=self.requests > 1 and self.response_bytes == 0)
 
     def data_received(self, data: bytes) -> None:
+        self.response_bytes += len(data)
         try:
             self.parser.feed_data(data)
             if self.sink is not None:
@@ -108,11 +159,10 @@ class UpstreamConnection(asyncio.Protocol):
             self._fail("protocol error")
 
     def _fail(self, reason: str) -> None:
-        self.keep_alive = False
         sink, self.sink = self.sink, None
         self.close()
         if sink is not None:
-            sink.upstream_reset(reason)
+            sink.upstream_reset(reason, stale=False)
 
     def pause_writing(self) -> None:
         if self.sink is not None:
@@ -160,22 +210,24 @@ class UpstreamConnection(asyncio.Protocol):
             # The parser still expects the body that a HEAD response announces but never sends.
             self.parser = httptools.HttpResponseParser(self)
         sink, self.sink = self.sink, None
-        if self.keep_alive and self.request_sent:
-            self.pool.release(self)
-        else:
-            self.close()
+        if self.state is State.BUSY:
+            if self.keep_alive and self.request_sent:
+                self.pool.release(self)
+            else:
+                self.close()
         if sink is not None:
             sink.upstream_complete()
 
-    # used by the stream
+    # used by the request that holds the connection
 
     def send(self, sink: ResponseSink, data: bytes, head_only: bool, complete: bool) -> None:
-        """Starts a request; ``complete`` when ``data`` holds all of it (else the stream sets
+        """Starts a request; ``complete`` when ``data`` holds all of it (else the request sets
         ``request_sent`` once the rest is written)."""
         self.sink = sink
         self.head_only = head_only
         self.request_sent = complete
         self.got_response = False
+        self.response_bytes = 0
         self.requests += 1
         assert self.transport is not None
         self.transport.write(data)
@@ -193,117 +245,250 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def detach(self) -> None:
-        """The stream gave up on this response (timeout, client gone): never reuse it."""
+        """The request gave up on this response (timeout, client gone): never reuse it."""
         self.sink = None
         self.close()
 
     def close(self) -> None:
         self.keep_alive = False
-        if self.transport is not None and not self.closed:
+        if self.state is State.CLOSED:
+            return
+        if self.state is not State.CONNECTING:
+            self.pool.closed(self)
+        self.state = State.CLOSED
+        if self.transport is not None:
             self.transport.abort()
-        else:
-            self.closed = True
 
 
 class Pool:
-    """Idle keep-alive connections to one host, most recently used first."""
+    """Connections to one host and the requests waiting for them."""
 
-    def __init__(self, host: Host) -> None:
+    def __init__(self, host: Host, opener: Opener | None = None) -> None:
         self.host = host
+        self.cluster: Cluster = host.cluster
+        self.open = opener or self._open_tcp
         self.idle: list[UpstreamConnection] = []
-        self.waiters: collections.deque[Any] = collections.deque()
-        """Streams waiting for a connection because max_connections is reached."""
+        """Most recently used last, so that the oldest age out from the front."""
+        self.busy = 0
+        self.connecting = 0
+        self.waiters: collections.deque[Waiter] = collections.deque()
 
-    def acquire(self) -> UpstreamConnection | None:
-        while self.idle:
-            conn = self.idle.pop()
-            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
-                return conn
-        return None
+    # --- what requests call -----------------------------------------------------------------
+
+    def request(self, client: PoolClient, fresh: bool = False) -> Waiter | None:
+        """Asks for a connection. The client hears ``pool_ready``, ``pool_overflow`` or
+        ``pool_failure``, maybe before this returns; the waiter returned (None when the
+        answer was immediate) is what ``cancel`` takes."""
+        if not fresh:
+            conn = self._take_idle()
+            if conn is not None:
+                self._attach(client, conn, reused=True)
+                return None
+        stats, limits = self.cluster.stats, self.cluster.limits
+        if stats.upstream_rq_pending_active.value >= limits.max_pending_requests:
+            stats.upstream_rq_pending_overflow.value += 1
+            client.pool_overflow()
+            return None
+        stats.upstream_rq_pending_total.value += 1
+        stats.upstream_rq_pending_active.value += 1
+        waiter = Waiter(client, fresh)
+        self.waiters.append(waiter)
+        self._assign()
+        return waiter
+
+    def cancel(self, waiter: Waiter) -> None:
+        """The request left before it got a connection."""
+        try:
+            self.waiters.remove(waiter)
+        except ValueError:
+            return
+        self.cluster.stats.upstream_rq_pending_active.value -= 1
 
     def release(self, conn: UpstreamConnection) -> None:
-        """A connection is free: the first waiting stream gets it, else it goes idle."""
-        while self.waiters:
-            waiter = self.waiters.popleft()
-            if waiter.take_connection(conn):
-                return
+        """A connection finished a request and may serve another."""
+        self._unbusy()
+        conn.state = State.IDLE
         conn.idle_since = time.monotonic()
         self.idle.append(conn)
+        self._assign()
 
-    def wake(self) -> None:
-        """A connection went away: a waiting stream may open a new one now."""
-        cluster = self.host.cluster
-        while self.waiters and cluster.connections < cluster.limits.max_connections:
-            if self.waiters.popleft().open_connection():
-                return
-
-    def forget(self, conn: UpstreamConnection) -> None:
-        try:
+    def closed(self, conn: UpstreamConnection, with_request: bool = False) -> None:
+        """A connected connection is gone, closed by either side."""
+        if conn.state is State.IDLE:
             self.idle.remove(conn)
-        except ValueError:
-            pass
+        elif conn.state is State.BUSY:
+            self._unbusy()
+        host, stats = self.host, self.cluster.stats
+        stats.upstream_cx_active.value -= 1
+        stats.upstream_cx_destroy.value += 1
+        if with_request:
+            stats.upstream_cx_destroy_remote_with_active_rq.value += 1
+        host.cx_active -= 1
+        self.cluster.connections -= 1
+        self._assign()
 
     def expire(self, idle_timeout: float) -> None:
-        """Closes connections idle for longer than idle_timeout (oldest are at the bottom)."""
+        """Closes connections idle for longer than idle_timeout."""
         cutoff = time.monotonic() - idle_timeout
         while self.idle and self.idle[0].idle_since < cutoff:
-            conn = self.idle.pop(0)
-            self.host.cluster.stats.upstream_cx_idle_timeout.value += 1
-            conn.close()
+            self.cluster.stats.upstream_cx_idle_timeout.value += 1
+            self.idle[0].close()
 
     def close_all(self) -> None:
-        for conn in list(self.idle):
+        """The host left the cluster or the cluster stopped: idle connections go now, busy
+        ones when their response ends."""
+        while self.idle:
+            self.idle[0].close()
+
+    # --- the decisions ----------------------------------------------------------------------
+
+    def _take_idle(self) -> UpstreamConnection | None:
+        while self.idle:
+            conn = self.idle.pop()
+            transport = conn.transport
+            if transport is not None and not transport.is_closing():
+                return conn
+            self.idle.append(conn)
             conn.close()
-        self.idle.clear()
+        return None
 
-    def _failed(self, e: ConnectError) -> ConnectError:
-        self.host.cluster.connections -= 1
-        self.wake()
-        stats = self.host.cluster.stats
-        stats.upstream_cx_connect_fail.value += 1
-        stats.upstream_cx_destroy.value += 1
-        self.host.cx_connect_fail += 1
-        _log.debug("connect to %s failed: %s", self.host.label, e)
-        return e
+    def _assign(self) -> None:
+        """Gives idle connections to waiters in order, then opens connections for the waiters
+        that no connection in progress will serve, as far as ``max_connections`` allows."""
+        while self.idle:
+            waiter = next((w for w in self.waiters if not w.fresh), None)
+            if waiter is None:
+                break
+            conn = self._take_idle()
+            if conn is None:
+                break
+            self._unqueue(waiter)
+            self._attach(waiter.client, conn, reused=True)
+        cluster = self.cluster
+        while len(self.waiters) > self.connecting:
+            if cluster.connections >= cluster.limits.max_connections:
+                waiter = self.waiters[self.connecting]
+                if not waiter.overflowed:
+                    waiter.overflowed = True
+                    cluster.stats.upstream_cx_overflow.value += 1
+                if self.idle or self.busy or self.connecting:
+                    break
+            self._connect()
 
-    async def connect(self) -> UpstreamConnection:
-        host = self.host
-        cluster: Cluster = host.cluster
+    def _unqueue(self, waiter: Waiter) -> None:
+        self.waiters.remove(waiter)
+        self.cluster.stats.upstream_rq_pending_active.value -= 1
+
+    def _attach(self, client: PoolClient, conn: UpstreamConnection, reused: bool) -> None:
+        """Puts a request on a connection; ``max_requests`` (requests on connections, summed
+        over the cluster's hosts) is checked here, as Envoy does: an overflowing request
+        leaves the connection in the pool."""
+        cluster = self.cluster
+        if cluster.attached >= cluster.limits.max_requests:
+            cluster.stats.upstream_rq_active_overflow.value += 1
+            conn.state = State.IDLE
+            self.idle.append(conn)
+            client.pool_overflow()
+            return
+        conn.state = State.BUSY
+        self.busy += 1
+        cluster.attached += 1
+        client.pool_ready(conn, reused)
+
+    def _unbusy(self) -> None:
+        self.busy -= 1
+        self.cluster.attached -= 1
+
+    def _connect(self) -> None:
+        host, cluster = self.host, self.cluster
         stats = cluster.stats
         stats.upstream_cx_total.value += 1
         stats.upstream_cx_http1_total.value += 1
         host.cx_total += 1
         cluster.connections += 1
-        loop = asyncio.get_running_loop()
-        tls = cluster.tls
+        self.connecting += 1
+        asyncio.ensure_future(self._connecting(UpstreamConnection(self)))
+
+    async def _connecting(self, conn: UpstreamConnection) -> None:
         started = time.monotonic()
         try:
-            _, conn = await asyncio.wait_for(
+            await self.open(conn)
+            if conn.state is State.CLOSED:
+                raise ConnectError("remote connection failure", "closed while connecting")
+        except ConnectError as e:
+            self.connecting -= 1
+            self._connect_failed(conn, e)
+            return
+        self.connecting -= 1
+        stats = self.cluster.stats
+        stats.upstream_cx_active.value += 1
+        stats.upstream_cx_connect_ms.record((time.monotonic() - started) * 1000)
+        self.host.cx_active += 1
+        if self.waiters:
+            waiter = self.waiters[0]
+            self._unqueue(waiter)
+            self._attach(waiter.client, conn, reused=False)
+        else:
+            conn.state = State.IDLE
+            conn.idle_since = time.monotonic()
+            self.idle.append(conn)
+        self._assign()
+
+    def _connect_failed(self, conn: UpstreamConnection, e: ConnectError) -> None:
+        """Envoy fails every waiting request when a connect fails, so that each can decide
+        (retry elsewhere, answer 503); requests that arrive meanwhile are not failed."""
+        conn.state = State.CLOSED
+        if conn.transport is not None:
+            conn.transport.abort()
+        host, cluster = self.host, self.cluster
+        stats = cluster.stats
+        cluster.connections -= 1
+        stats.upstream_cx_connect_fail.value += 1
+        stats.upstream_cx_destroy.value += 1
+        if e.reason == "connection timeout":
+            stats.upstream_cx_connect_timeout.value += 1
+        host.cx_connect_fail += 1
+        _log.debug("connect to %s failed: %s", host.label, e)
+        purged = list(self.waiters)
+        self.waiters.clear()
+        stats.upstream_rq_pending_active.value -= len(purged)
+        for w in purged:
+            w.client.pool_failure(e.reason, e.detail)
+        self._assign()
+
+    async def _open_tcp(self, conn: UpstreamConnection) -> None:
+        """TCP, and TLS with the cluster's SNI and peer checks, within connect_timeout."""
+        cluster, host = self.cluster, self.host
+        tls = cluster.tls
+        loop = asyncio.get_running_loop()
+        try:
+            transport, _ = await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: UpstreamConnection(self), host.address, host.port,
+                    lambda: conn, host.address, host.port,
                     ssl=tls.ctx if tls else None,
                     server_hostname=(tls.sni or "") if tls else None,
                     ssl_handshake_timeout=cluster.connect_timeout if tls else None,
                 ),
                 cluster.connect_timeout,
             )
-            why = tls.check_peer(conn.transport.get_extra_info("ssl_object")) \
-                if tls is not None and tls.san_matchers and conn.transport else None
-            if why:
-                conn.close()
-                raise ConnectError("remote connection failure", why)
         except TimeoutError:
-            stats.upstream_cx_connect_timeout.value += 1
-            raise self._failed(ConnectError("connection timeout")) from None
+            raise ConnectError("connection timeout") from None
+        except ssl.SSLCertVerificationError as e:
+            cluster.ssl.fail_verify_error.value += 1  # type: ignore[union-attr]
+            raise ConnectError("remote connection failure",
+                               f"TLS_error:{e.reason or e.strerror}") from None
         except ssl.SSLError as e:
-            raise self._failed(ConnectError("remote connection failure",
-                                            f"TLS_error:{e.reason or e.strerror}")) from None
+            cluster.ssl.connection_error.value += 1  # type: ignore[union-attr]
+            raise ConnectError("remote connection failure",
+                               f"TLS_error:{e.reason or e.strerror}") from None
         except OSError as e:
-            raise self._failed(ConnectError("remote connection failure",
-                                            f"delayed_connect_error: {e.strerror or e}")) from None
-        except ConnectError as e:
-            raise self._failed(e) from None
-        assert conn.transport is not None
-        conn.transport.set_write_buffer_limits(high=cluster.buffer_limit)
-        stats.upstream_cx_connect_ms.record((time.monotonic() - started) * 1000)
-        return conn
+            raise ConnectError("remote connection failure",
+                               f"delayed_connect_error: {e.strerror or e}") from None
+        if tls is not None and cluster.ssl is not None:
+            why = tls.check_peer(transport.get_extra_info("ssl_object")) \
+                if tls.san_matchers else None
+            if why:
+                cluster.ssl.fail_verify_san.value += 1
+                raise ConnectError("remote connection failure", why)
+            cluster.ssl.handshake.value += 1
+        transport.set_write_buffer_limits(high=cluster.buffer_limit)
