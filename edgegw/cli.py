@@ -74,9 +74,9 @@ def main(argv: list[str] | None = None) -> None:
         _supervise(boot, argv, args)
         return
     if args.worker is not None:
-        from .workers import die_with_supervisor
+        from .workers import die_with_parent
 
-        die_with_supervisor()
+        die_with_parent()
     config_yaml = _merge_yaml(args.config_yaml, override)
 
     def loader():

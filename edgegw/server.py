@@ -20,6 +20,7 @@ from . import log
 from .admin import Admin
 from .config import Bootstrap, ConfigError
 from .config.dynamic import files as dynamic_files
+from .config.source import FileSignature, file_signature
 from .listener import Listener
 from .stats import Store
 from .tls.certs import cert_details, days_left, parse_chain
@@ -50,6 +51,8 @@ class Server:
         self.store.gauge("server.live").value = 0
         self.worker: int | None = self.options.get("worker")
         """This process's number under a supervisor (--concurrency N), else None."""
+        self.config_seen: dict[str, FileSignature] = dict(boot.files_seen)
+        """The config files as they were when the config now served was read."""
         self.secrets, self.clusters, self.listeners = self._build(boot)
         self.loader = loader
         """Reads and checks the config again (the command line's files): what reloads use."""
@@ -98,11 +101,13 @@ class Server:
         try:
             boot, raw = loader()
         except ConfigError as e:
+            self.config_seen = self._config_files_now()  # not again until it changes again
             for p in e.problems:
                 _log.error("config reload (%s) rejected, still serving the previous config: %s",
                            why, p)
             counter("edgegw.config_reload.rejected").value += 1
             return False
+        self.config_seen = dict(boot.files_seen)
         if raw == self.raw_config and boot.dynamic == self.boot.dynamic:
             _log.info("config reload (%s): the config is unchanged", why)
             return True
@@ -252,33 +257,24 @@ class Server:
         path = self.options.get("config_path")
         return [p for p in (path, *dynamic_files(self.raw_config).values()) if p]
 
+    def _config_files_now(self) -> dict[str, FileSignature]:
+        return {p: file_signature(p) for p in self.watched_files()}
+
     async def _watch(self) -> None:
         """Reloads when a config file changes: written in place, replaced by a rename, or a
         symlink swapped (as Kubernetes ConfigMaps do). Checked twice a second by stat rather
         than with file events: a config directory may hold busy files (logs, a web root) whose
-        events would keep a watcher thread waking beside the event loop."""
-
-        def seen() -> dict[str, tuple[str, int, int, int]]:
-            out = {}
-            for p in self.watched_files():
-                try:
-                    st = os.stat(p)
-                except OSError:
-                    out[p] = ("", 0, 0, 0)
-                    continue
-                out[p] = (os.path.realpath(p), st.st_ino, st.st_mtime_ns, st.st_size)
-            return out
-
-        last = seen()
+        events would keep a watcher thread waking beside the event loop. What a change is
+        measured against is the files as they were when the config was read, so a change
+        made while the gateway was starting is seen too."""
         while self._stopped is not None and not self._stopped.is_set():
             await asyncio.sleep(CONFIG_POLL)
-            now = seen()
-            if now != last:
+            now = self._config_files_now()
+            if now != self.config_seen:
+                last = self.config_seen
                 changed = next((p for p in now if now[p] != last.get(p)), next(iter(now)))
                 await asyncio.sleep(CONFIG_POLL)  # let a writer finish
                 await self.reload(f"{os.path.basename(changed)} changed")
-                now = seen()
-            last = now
 
     async def drain(self, limit: float) -> None:
         """Stops accepting, closes idle keep-alive connections and lets busy ones finish their

@@ -27,6 +27,7 @@ from urllib.parse import urlencode
 from . import __version__, log
 from .admin import Admin, clusters_text
 from .config import Bootstrap
+from .listener import check_addresses_free
 from .stats import Store, render
 
 _log = log.get("main")
@@ -158,11 +159,23 @@ class Supervisor:
             loop.add_signal_handler(sig, self.request_stop)
         for sig in (signal.SIGHUP, signal.SIGUSR1):
             loop.add_signal_handler(sig, self._signal_all, sig)
+        check_addresses_free(self.boot.static_resources.listeners)
         if self.admin is not None:
             await self.admin.start()
         for w in self.workers:
             await self._spawn(w)
         await asyncio.gather(*(self._wait_ready(w) for w in self.workers))
+        failed = [w for w in self.workers if not w.ready]
+        if failed and not self.stopping:
+            self.stopping = True
+            self._signal_all(signal.SIGTERM)
+            await asyncio.gather(*(w.proc.wait() for w in self.workers if w.proc is not None))
+            if self.admin is not None:
+                await self.admin.stop()
+            self._cleanup()
+            _log.critical("worker %d did not start (its error is above): stopping",
+                          failed[0].index)
+            raise SystemExit(1)
         keepers = [asyncio.ensure_future(self._keep(w)) for w in self.workers]
         _log.info("%d workers serving", sum(w.ready for w in self.workers))
         await self._done.wait()
@@ -170,11 +183,14 @@ class Supervisor:
             k.cancel()
         if self.admin is not None:
             await self.admin.stop()
+        self._cleanup()
+        _log.info("exiting")
+
+    def _cleanup(self) -> None:
         for w in self.workers:
             if os.path.exists(w.socket_path):
                 os.unlink(w.socket_path)
         os.rmdir(self.folder)
-        _log.info("exiting")
 
     # --- what the admin port asks -----------------------------------------------------------
 
@@ -342,8 +358,9 @@ def _add_clusters(docs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def die_with_supervisor() -> None:
-    """In a worker: be sent SIGTERM if the supervisor dies, so no orphan keeps the ports."""
+def die_with_parent() -> None:
+    """Be sent SIGTERM when the parent (a supervisor, ``make demo``) dies, so that no orphan
+    keeps the ports."""
     try:
         import ctypes
 

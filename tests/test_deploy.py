@@ -4,8 +4,10 @@ parsed, validated by edgegw and by Envoy, and run natively with the compose comm
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -122,3 +124,42 @@ def test_compose_command_runs_natively(workdir: Path, backends: Backends, tmp_pa
         assert proc.p.wait(timeout=grace) == 0
     finally:
         proc.stop()
+
+
+DEMO_PORTS = [("127.0.0.1", 8443), ("127.0.0.1", 8080), ("127.0.0.1", 9901),
+              ("127.0.0.20", 8080), ("127.0.0.21", 8443)]
+
+
+def listening(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_the_demo_stopped_with_sigterm_leaves_nothing_running(tmp_path: Path) -> None:
+    """``make demo`` then ``kill`` (or make passing on SIGTERM): the backends and the gateway
+    go too, and every demo port is free again."""
+    if any(listening(*a) for a in DEMO_PORTS):
+        pytest.skip("a demo port is in use on this machine")
+    shutil.copytree(ROOT / "configs", tmp_path / "configs")
+    shutil.copytree(ROOT / "sds", tmp_path / "sds")
+    demo = Proc([sys.executable, "-m", "edgegw.demo"], tmp_path / "demo.log", cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 30
+        while "edgegw demo is up" not in demo.output():
+            assert demo.p.poll() is None and time.monotonic() < deadline, demo.output()
+            time.sleep(0.1)
+        assert all(listening(*a) for a in DEMO_PORTS)
+        children = [int(p) for p in
+                    open(f"/proc/{demo.p.pid}/task/{demo.p.pid}/children").read().split()]
+        assert len(children) == 3  # two backends and the gateway
+        demo.p.send_signal(signal.SIGTERM)
+        assert demo.p.wait(timeout=15) == 0
+    finally:
+        demo.stop()
+    for pid in children:
+        assert not os.path.exists(f"/proc/{pid}") or \
+            open(f"/proc/{pid}/stat").read().split()[2] == "Z", f"pid {pid} still runs"
+    assert not any(listening(*a) for a in DEMO_PORTS)

@@ -173,7 +173,47 @@ def test_reload_follows_a_symlink_swap(gateway, backend, tmp_path) -> None:
         while time.monotonic() < deadline and httpx.get(
                 url, headers={"host": "a"}).headers["x-version"] != "2":
             time.sleep(0.05)
-        assert httpx.get(url, headers={"host": "a"}).headers["x-version"] == "2"
+        assert httpx.get(url, headers={"host": "a"}).headers["x-version"] == "2", proc.output()
+    finally:
+        proc.stop()
+
+
+def test_a_config_change_made_while_the_gateway_starts_is_not_missed(backend, tmp_path) -> None:
+    """The watcher compares with the files as they were read, not as they are once the
+    gateway is up: here the file changes while the first health checks hold the start."""
+    import sys
+
+    import yaml
+
+    from .conftest import Proc, wait_port
+
+    c = backend("127.0.0.22", "c")
+    port = free_port()
+    path = tmp_path / "gw.yaml"
+
+    def write(version: str) -> None:
+        cfg = _versioned(port, c, version)
+        cfg["static_resources"]["clusters"][0]["health_checks"] = [{
+            "timeout": "3s", "interval": "10s", "unhealthy_threshold": 1,
+            "healthy_threshold": 1, "http_health_check": {"path": "/delay/1"}}]
+        path.write_text(yaml.safe_dump(cfg))
+
+    write("1")
+    proc = Proc([sys.executable, "-m", "edgegw", "-c", str(path), "-l", "debug"],
+                tmp_path / "gw.log")
+    try:
+        deadline = time.monotonic() + 10
+        while "loading 1 cluster(s)" not in proc.output():
+            assert time.monotonic() < deadline, proc.output()
+            time.sleep(0.02)
+        write("2")  # while the first health check (1 s) is still out
+        wait_port("127.0.0.1", port)
+        url = f"http://127.0.0.1:{port}/headers"
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and httpx.get(
+                url, headers={"host": "a"}).headers.get("x-version") != "2":
+            time.sleep(0.05)
+        assert httpx.get(url, headers={"host": "a"}).headers["x-version"] == "2", proc.output()
     finally:
         proc.stop()
 

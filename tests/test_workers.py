@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -186,3 +187,23 @@ def test_admin_commands_and_queries_reach_the_workers(backend, supervised) -> No
     assert httpx.get(f"{gw.admin}/ready").text == "DRAINING\n"
     assert httpx.post(f"{gw.admin}/healthcheck/ok").status_code == 200
     assert httpx.get(f"{gw.admin}/ready").text == "LIVE\n"
+
+
+@pytest.mark.parametrize("concurrency", ["1", "2"])
+def test_a_second_gateway_on_a_taken_port_exits_and_names_the_address(
+        backend, supervised, tmp_path: Path, concurrency: str) -> None:
+    """Workers bind with SO_REUSEPORT, which would let a second gateway share the port
+    unnoticed: it must refuse to start instead, naming the address."""
+    c = backend("127.0.0.22", "c")
+    port = free_port()
+    cfg = config(port, [cluster("app", [c])])
+    supervised(cfg)
+    path = tmp_path / "second.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    started = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "edgegw", "-c", str(path), "--concurrency",
+                        concurrency], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1, r.stderr
+    assert f"cannot bind 127.0.0.1:{port}: Address already in use" in r.stderr
+    assert time.monotonic() - started < 10
+    assert "worker 0 started" not in r.stderr  # refused before any worker ran

@@ -73,6 +73,7 @@ def from_source(src: Source) -> Bootstrap:
     if problems:
         raise ConfigError(problems)
     boot._dynamic = dynamic
+    boot._files_seen = src.files_seen
     return boot
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .source import ConfigError, Path, Source, parse
+from .source import ConfigError, Path, Source, file_signature, parse
 
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -65,8 +65,10 @@ def expand(src: Source) -> tuple[Source, dict[str, list[dict[str, Any]]], dict[P
     origins = dict(src.origins)
     names: dict[Path, str] = {}
     read: dict[str, list[dict[str, Any]]] = {}
+    seen = dict(src.files_seen)
     for key, path in files(src.data).items():
         field, url = KINDS[key]
+        seen[path] = file_signature(path)
         try:
             with open(path, encoding="utf-8") as f:
                 text = f.read()
@@ -103,4 +105,4 @@ def expand(src: Source) -> tuple[Source, dict[str, list[dict[str, Any]]], dict[P
     if problems:
         raise ConfigError(problems)
     data["static_resources"] = static
-    return Source(data, origins), read, names
+    return Source(data, origins, seen), read, names

@@ -1109,6 +1109,13 @@ class Bootstrap(Msg):
     """Listeners and clusters read from dynamic_resources' LDS/CDS files, as written (they
     are also in static_resources); set by the loader."""
 
+    _files_seen: dict[str, tuple[str, int, int, int]] = PrivateAttr(default_factory=dict)
+    """The config files as they were when they were read; set by the loader."""
+
     @property
     def dynamic(self) -> dict[str, list[dict[str, Any]]]:
         return self._dynamic
+
+    @property
+    def files_seen(self) -> dict[str, tuple[str, int, int, int]]:
+        return self._files_seen

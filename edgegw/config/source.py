@@ -8,6 +8,7 @@ that every error can point at the line the user has to change. ``--config-yaml``
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,12 +26,27 @@ class ConfigError(Exception):
         self.problems = problems
 
 
+FileSignature = tuple[str, int, int, int]
+
+
+def file_signature(path: str) -> FileSignature:
+    """What tells a changed file: its target (a swapped symlink), inode, mtime and size."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ("", 0, 0, 0)
+    return (os.path.realpath(path), st.st_ino, st.st_mtime_ns, st.st_size)
+
+
 @dataclass
 class Source:
     """Merged bootstrap data and the origin (``file:line``) of each path."""
 
     data: dict[str, Any]
     origins: dict[Path, str] = field(default_factory=dict)
+    files_seen: dict[str, FileSignature] = field(default_factory=dict)
+    """Each file read, as it was just before it was read: what the config watcher compares
+    with, so that a change made while the gateway starts is not missed."""
 
     def where(self, path: Path) -> str | None:
         """The origin of ``path`` or of its nearest ancestor that has one."""
@@ -126,7 +142,7 @@ def merge_sources(base: Source, over: Source) -> Source:
     for path, where in over.origins.items():
         shifted[_shift(path, base.data, over.data)] = where
     origins.update(shifted)
-    return Source(merge(base.data, over.data), origins)
+    return Source(merge(base.data, over.data), origins, {**base.files_seen, **over.files_seen})
 
 
 def _shift(path: Path, base: Any, over: Any) -> Path:
@@ -151,12 +167,14 @@ def load(config_path: str | None, config_yaml: str | None) -> Source:
         raise ConfigError(["no configuration given: use -c FILE and/or --config-yaml TEXT"])
     src: Source | None = None
     if config_path:
+        seen = file_signature(config_path)
         try:
             with open(config_path, encoding="utf-8") as f:
                 text = f.read()
         except OSError as e:
             raise ConfigError([f"unable to read file: {config_path}: {e.strerror}"]) from None
         src = parse(text, config_path)
+        src.files_seen[config_path] = seen
     if config_yaml:
         over = parse(config_yaml, "--config-yaml")
         src = over if src is None else merge_sources(src, over)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+from ..workers import die_with_parent
 from .certs import make
 
 CONFIG = "configs/demo.yaml"
@@ -39,10 +40,18 @@ def _listening(address: str, proc: subprocess.Popen[bytes], timeout: float = 5.0
     return False
 
 
+def _stop(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 def main() -> None:
+    # SIGTERM (what `kill` and make send) stops the backends and the gateway, as Ctrl-C does;
+    # and each of them dies with this process even if it is killed outright.
+    signal.signal(signal.SIGTERM, _stop)
+    die_with_parent()
     make("certs")
-    procs = [subprocess.Popen([sys.executable, "-m", "edgegw.demo.backend", *args])
-             for args in BACKENDS]
+    procs = [subprocess.Popen([sys.executable, "-m", "edgegw.demo.backend", *args],
+                              preexec_fn=die_with_parent) for args in BACKENDS]
     gw = None
     try:
         for args, p in zip(BACKENDS, procs, strict=True):
@@ -50,7 +59,8 @@ def main() -> None:
                 print(f"demo backend on {args[1]} did not start (is something else using that "
                       "address?)", file=sys.stderr)
                 sys.exit(1)
-        gw = subprocess.Popen([sys.executable, "-m", "edgegw", "-c", CONFIG, *sys.argv[1:]])
+        gw = subprocess.Popen([sys.executable, "-m", "edgegw", "-c", CONFIG, *sys.argv[1:]],
+                              preexec_fn=die_with_parent)
         procs.append(gw)
         if _listening("127.0.0.1:8443", gw):
             print(HELP, flush=True)

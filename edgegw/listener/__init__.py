@@ -105,13 +105,7 @@ class Listener:
         """Workers each bind the address with SO_REUSEPORT; the kernel spreads connections."""
 
     def bind(self) -> None:
-        host, port = self.address
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if self.reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
+        sock = _bound(self.name, self.address, self.reuse_port)
         sock.listen(1024)
         sock.setblocking(False)
         self.sock = sock
@@ -226,6 +220,33 @@ class Listener:
         self.stats.downstream_cx_active.value -= 1
         self.stats.downstream_cx_destroy.value += 1
         self.open.discard(proto)
+
+
+def _bound(name: str, address: tuple[str, int], reuse_port: bool) -> socket.socket:
+    """A socket bound to a listener's address; the error names the listener and address."""
+    host, port = address
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise OSError(e.errno, f"listener '{name}' cannot bind {m.address_string(host, port)}: "
+                               f"{e.strerror}") from None
+    return sock
+
+
+def check_addresses_free(listeners: list[m.Listener]) -> None:
+    """Raises the bind error a listener would get. Workers bind with SO_REUSEPORT, which lets
+    a second gateway of the same user share a port unnoticed; a socket without it cannot join
+    a port someone listens on, so the supervisor tries that first."""
+    for cfg in listeners:
+        sa = cfg.address.socket_address
+        if sa.port_value:
+            _bound(cfg.name or m.address_string(sa.address, sa.port_value),
+                   (sa.address, sa.port_value), reuse_port=False).close()
 
 
 class _Peek:
