@@ -16,8 +16,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..config import model as m
+from ..matchers import first_header, header_matcher
 from ..stats import Counter, Gauge, StatSet, Store
-from .router import Forward, Headers, first_header, header_matcher
+from .codec import Headers
+from .router import Forward
 
 if TYPE_CHECKING:
     from .stream import Stream

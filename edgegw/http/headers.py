@@ -15,7 +15,7 @@ import socket
 from dataclasses import dataclass
 
 from ..config import model as m
-from .router import Headers
+from .codec import Headers
 
 EDGE_STRIPPED = frozenset({
     b"x-envoy-decorator-operation", b"x-envoy-downstream-service-cluster",

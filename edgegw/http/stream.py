@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .. import log
+from ..matchers import first_header
 from ..upstream.cluster import Cluster, Host
 from .codec import (
     HOP_BY_HOP,
@@ -33,7 +34,6 @@ from .router import (
     Redirect,
     Route,
     VirtualHost,
-    first_header,
     redirect_location,
 )
 from .shadow import Shadow, shadow_host

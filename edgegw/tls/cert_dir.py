@@ -23,8 +23,7 @@ from .. import log
 from ..config import model as m
 from ..stats import Counter, StatSet, Store
 from .certs import CertError, CertPair, load_pair
-from .sds import Signature, signature_of
-from .secrets import CertSecret, digest, validity_problem
+from .secrets import CertSecret, Signature, digest, signature_of, validity_problem
 
 _log = log.get("secret")
 

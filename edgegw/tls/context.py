@@ -21,7 +21,7 @@ from cryptography import x509
 
 from .. import log
 from ..config import model as m
-from ..http.router import string_matcher
+from ..matchers import string_matcher
 from ..stats import Counter, StatSet
 from .certs import CertPair, load_pair, path_of, read
 from .sds import SecretManager, Subscription

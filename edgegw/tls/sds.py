@@ -24,8 +24,10 @@ from ..stats import Counter, StatSet, Store
 from .secrets import (
     Material,
     SecretError,
+    Signature,
     files_of,
     read_sds_file,
+    signature_of,
     stable_materialize,
     validity_problem,
 )
@@ -49,23 +51,9 @@ class SdsStats(StatSet):
     key_rotation_failed: Counter
 
 
-Signature = tuple[Any, ...]
-
-
 def _now() -> str:
     t = time.time()
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
-
-
-def signature_of(paths: list[str]) -> Signature:
-    out: list[Any] = []
-    for p in paths:
-        try:
-            st = os.stat(p)
-            out.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
-        except OSError:
-            out.append(None)
-    return tuple(out)
 
 
 class Subscription:

@@ -12,6 +12,7 @@ import hashlib
 import os
 import stat
 from dataclasses import dataclass
+from typing import Any
 
 import yaml
 from cryptography import x509
@@ -167,3 +168,18 @@ def files_of(secret: m.Secret) -> list[str]:
         if secret.validation_context.trusted_ca.filename:
             out.append(secret.validation_context.trusted_ca.filename)
     return out
+
+
+Signature = tuple[Any, ...]
+"""What tells that certificate files changed: device, inode, size and times of each."""
+
+
+def signature_of(paths: list[str]) -> Signature:
+    out: list[Any] = []
+    for p in paths:
+        try:
+            st = os.stat(p)
+            out.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+        except OSError:
+            out.append(None)
+    return tuple(out)

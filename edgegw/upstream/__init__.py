@@ -1,0 +1,2 @@
+"""Envoy's cluster manager: clusters and hosts, load balancing, health checking, outlier
+detection and the connection pools."""
