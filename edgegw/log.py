@@ -23,10 +23,11 @@ COMPONENTS = (
     "http",
     "router",
     "upstream",
+    "hc",
     "secret",
     "admin",
-    "filter",
 )
+"""Envoy's logger names that edgegw logs under, no more: each is used by some module."""
 
 LEVELS = {
     "trace": TRACE,
@@ -129,5 +130,8 @@ def set_level(component: str | None, level: int) -> None:
 
 def level_name(component: str) -> str:
     """A component's current level as Envoy's /logging prints it."""
-    lvl = get(component).level
-    return "off" if lvl > logging.CRITICAL else _NAMES.get(lvl, "info")
+    return name_of(get(component).level)
+
+
+def name_of(level: int) -> str:
+    return "off" if level > logging.CRITICAL else _NAMES.get(level, "info")

@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import log
-from .admin import Admin
+from . import __version__, log
+from .admin import Admin, clusters_doc, dump, listener_statuses, status
 from .config import Bootstrap, ConfigError
 from .config.dynamic import files as dynamic_files
 from .config.source import FileSignature, file_signature
@@ -28,6 +28,7 @@ from .tls.sds import SecretManager
 from .upstream.cluster import ClusterManager
 
 _log = log.get("main")
+_config_log = log.get("config")
 
 CONFIG_POLL = 0.5
 """Seconds between looks at the config files for changes."""
@@ -88,7 +89,7 @@ class Server:
         with the errors --mode validate prints."""
         loader = self.loader
         if loader is None:
-            _log.warning("config reload (%s): no config file to reload", why)
+            _config_log.warning("config reload (%s): no config file to reload", why)
             return False
         if self._reload_lock is None:
             self._reload_lock = asyncio.Lock()
@@ -103,20 +104,20 @@ class Server:
         except ConfigError as e:
             self.config_seen = self._config_files_now()  # not again until it changes again
             for p in e.problems:
-                _log.error("config reload (%s) rejected, still serving the previous config: %s",
+                _config_log.error("config reload (%s) rejected, still serving the previous config: %s",
                            why, p)
             counter("edgegw.config_reload.rejected").value += 1
             return False
         self.config_seen = dict(boot.files_seen)
         if raw == self.raw_config and boot.dynamic == self.boot.dynamic:
-            _log.info("config reload (%s): the config is unchanged", why)
+            _config_log.info("config reload (%s): the config is unchanged", why)
             return True
         if boot.admin.model_dump() != self.boot.admin.model_dump():
-            _log.warning("config reload (%s): admin changes take effect after a restart", why)
+            _config_log.warning("config reload (%s): admin changes take effect after a restart", why)
         try:
             secrets, clusters, listeners = self._build(boot, self.clusters)
         except (OSError, ValueError) as e:
-            _log.error("config reload (%s) rejected, still serving the previous config: %s",
+            _config_log.error("config reload (%s) rejected, still serving the previous config: %s",
                        why, e)
             counter("edgegw.config_reload.rejected").value += 1
             return False
@@ -133,7 +134,7 @@ class Server:
                 if lst.sock is not None:
                     lst.sock.close()
             clusters.stop(keep=self.clusters)
-            _log.error("config reload (%s) rejected, still serving the previous config: %s",
+            _config_log.error("config reload (%s) rejected, still serving the previous config: %s",
                        why, e)
             counter("edgegw.config_reload.rejected").value += 1
             return False
@@ -153,7 +154,7 @@ class Server:
         self.retiring.append(asyncio.ensure_future(
             self._retire(old_listeners, old_clusters, old_secrets)))
         counter("edgegw.config_reload.success").value += 1
-        _log.info("config reload (%s): now serving the new config (%d listener(s), %d "
+        _config_log.info("config reload (%s): now serving the new config (%d listener(s), %d "
                   "cluster(s))", why, len(listeners), len(clusters.clusters))
         return True
 
@@ -177,9 +178,9 @@ class Server:
         self._state = "INITIALIZING"
         if self.admin is not None:
             await self.admin.start()
-        _log.info("loading %d cluster(s)", len(self.clusters.clusters))
+        _config_log.info("loading %d cluster(s)", len(self.clusters.clusters))
         await self.clusters.start()
-        _log.info("loading %d listener(s)", len(self.listeners))
+        _config_log.info("loading %d listener(s)", len(self.listeners))
         for lst in self.listeners:
             lst.start()
             _log.info("listener '%s' on %s:%d", lst.name, *lst.address)
@@ -224,6 +225,51 @@ class Server:
                 chain = [cert_details(c, path) for c in pair.chain] if pair else []
                 out.append({"ca_cert": ca, "cert_chain": chain})
         return out
+
+    # --- AdminBackend: what the admin port reads and commands ----------------------------
+
+    async def current_state(self) -> str:
+        return self.state
+
+    async def stats_store(self) -> Store:
+        self.update_server_gauges()
+        return self.store
+
+    async def clusters_doc(self) -> dict[str, Any]:
+        return clusters_doc(self.clusters)
+
+    async def config_dump_doc(self) -> list[dict[str, Any]]:
+        return dump.build(self.raw_config, self.loaded_at, self.secrets.dump(),
+                          self.boot.dynamic)
+
+    async def certs_doc(self) -> dict[str, Any]:
+        return {"certificates": self.certificates(), "rejected": self.secrets.rejected()}
+
+    async def listeners_doc(self) -> dict[str, Any]:
+        return listener_statuses(self.listeners)
+
+    async def status_doc(self) -> dict[str, Any]:
+        return status.status_doc(self.state, self.started, self.listeners, self.clusters,
+                                 self.store, self.secrets.rejected())
+
+    async def server_info_doc(self) -> dict[str, Any]:
+        uptime = f"{int(time.time() - self.started)}s"
+        return {"version": f"edgegw/{__version__}", "state": self.state,
+                "hot_restart_version": "disabled", "command_line_options": self.options,
+                "node": {"id": self.boot.node.id, "cluster": self.boot.node.cluster},
+                "uptime_current_epoch": uptime, "uptime_all_epochs": uptime,
+                "pid": os.getpid()}
+
+    async def set_log_levels(self, levels: list[tuple[str | None, int]]) -> None:
+        for component, level in levels:
+            log.set_level(component, level)
+
+    async def set_health_failed(self, failed: bool) -> None:
+        self.health_failed = failed
+
+    async def drain_listeners(self) -> None:
+        for lst in self.listeners:
+            lst.drain()
 
     def update_cert_gauge(self) -> None:
         """``server.days_until_first_cert_expiring``: the fewest days left on any certificate

@@ -25,10 +25,10 @@ from typing import Any
 from urllib.parse import urlencode
 
 from . import __version__, log
-from .admin import Admin, clusters_text
+from .admin import Admin
 from .config import Bootstrap
 from .listener import check_addresses_free
-from .stats import Store, render
+from .stats import Store
 
 _log = log.get("main")
 
@@ -78,11 +78,10 @@ class Supervisor:
         self.folder = tempfile.mkdtemp(prefix="edgegw-workers-")
         self.workers = [Worker(i, os.path.join(self.folder, f"worker-{i}.sock"))
                         for i in range(count)]
-        self.admin: SupervisorAdmin | None = None
+        self.admin: Admin | None = None
         if boot.admin.address is not None:
             sa = boot.admin.address.socket_address
-            self.admin = SupervisorAdmin(self, sa.address, sa.port_value,
-                                         boot.admin.access_log_path)
+            self.admin = Admin(self, sa.address, sa.port_value, boot.admin.access_log_path)
         self._done = asyncio.Event()
 
     # --- workers ----------------------------------------------------------------------------
@@ -216,118 +215,140 @@ class Supervisor:
         return Store.merged([json.loads(body) for code, _, body in answers if code == 200]
                             + [self.store.dump()])
 
+    async def docs(self, target: str) -> list[dict[str, Any]]:
+        """Every live worker's JSON answer to a GET."""
+        return [json.loads(body) for code, _, body in await self.ask_all("GET", target)
+                if code == 200]
 
-class SupervisorAdmin(Admin):
-    """The configured admin port under --concurrency N: Envoy's endpoints over all workers."""
+    async def broadcast(self, target: str) -> None:
+        await self.ask_all("POST", target)
 
-    def __init__(self, sup: Supervisor, host: str, port: int, access_log_path: str) -> None:
-        super().__init__(sup, host, port, access_log_path)  # type: ignore[arg-type]
-        self.sup = sup
+    # --- AdminBackend: the admin port speaks for every worker -------------------------------
 
-    async def _forward(self, path: str, q: dict[str, list[str]], method: str
-                       ) -> tuple[int, str, bytes]:
-        return await self.sup.ask_one(method, _target(path, q))
+    async def current_state(self) -> str:
+        if self.stopping or self.health_failed:
+            return "DRAINING"
+        states = [body.decode().strip() for _, _, body in await self.ask_all("GET", "/ready")]
+        if len(states) < len(self.workers):
+            return "INITIALIZING"
+        return next((s for s in states if s != "LIVE"), "LIVE")
 
-    async def _broadcast(self, path: str, q: dict[str, list[str]], method: str
-                         ) -> tuple[int, str, bytes]:
-        answers = await self.sup.ask_all(method, _target(path, q))
-        return answers[0] if answers else (503, "text/plain", b"no worker is serving\n")
+    async def stats_store(self) -> Store:
+        store = await self.merged_store()
+        store.gauge("server.concurrency").value = len(self.workers)
+        return store
 
-    async def ready(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
-        if self.sup.stopping or self.sup.health_failed:
-            return 503, "text/plain", b"DRAINING\n"
-        states = [body.decode().strip() for _, _, body in await self.sup.ask_all("GET",
-                                                                                 "/ready")]
-        if len(states) < len(self.sup.workers):
-            return 503, "text/plain", b"INITIALIZING\n"
-        bad = [s for s in states if s != "LIVE"]
-        return (503, "text/plain", f"{bad[0]}\n".encode()) if bad else (
-            200, "text/plain", b"LIVE\n")
+    async def clusters_doc(self) -> dict[str, Any]:
+        docs = await self.docs("/clusters?format=json")
+        return _add_clusters(docs) if docs else {"cluster_statuses": []}
 
-    async def stats(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
-        store = await self.sup.merged_store()
-        store.gauge("server.concurrency").value = len(self.sup.workers)
-        fmt = (q.get("format") or [""])[0]
-        flt = next(iter(q.get("filter") or []), None)
-        used = "usedonly" in q
-        if fmt == "json":
-            return 200, "application/json", render.as_json(store, flt, used).encode()
-        if fmt == "prometheus":
-            return 200, "text/plain; version=0.0.4", render.prometheus(store, flt,
-                                                                        used).encode()
-        if fmt not in ("", "text"):
-            return 400, "text/plain", b"usage: /stats?format=(json|prometheus|text)\n"
-        return 200, "text/plain", render.text(store, flt, used).encode()
-
-    async def raw_store(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
-        return 200, "application/json", json.dumps((await self.sup.merged_store()).dump()
-                                                   ).encode()
-
-    async def clusters(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
-        docs = [json.loads(body) for code, _, body in
-                await self.sup.ask_all("GET", "/clusters?format=json") if code == 200]
+    async def config_dump_doc(self) -> list[dict[str, Any]]:
+        """One dump when the workers agree; while a reload has reached some workers and not
+        others, each repeated field holds the entries of both configs."""
+        docs = [d["configs"] for d in await self.docs("/config_dump")]
         if not docs:
-            return 503, "text/plain", b"no worker is serving\n"
-        doc = _add_clusters(docs)
-        if (q.get("format") or [""])[0] == "json":
-            return 200, "application/json", json.dumps(doc, indent=1).encode()
-        return 200, "text/plain", clusters_text(doc).encode()
+            return []
+        out = json.loads(json.dumps(docs[0]))
+        for other in docs[1:]:
+            for mine, theirs in zip(out, other, strict=False):
+                for key, value in theirs.items():
+                    if isinstance(value, list) and isinstance(mine.get(key), list):
+                        _union(mine[key], value)
+        return out
 
-    async def server_info(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
-        sup = self.sup
-        doc = {"version": f"edgegw/{__version__}",
-               "state": "DRAINING" if sup.stopping else "LIVE",
-               "hot_restart_version": "disabled",
-               "command_line_options": {k: v for k, v in sup.options.items()
-                                        if isinstance(v, (str, int, float, bool, type(None)))},
-               "node": {"id": sup.boot.node.id, "cluster": sup.boot.node.cluster},
-               "uptime_current_epoch": f"{int(time.time() - sup.started)}s",
-               "uptime_all_epochs": f"{int(time.time() - sup.started)}s",
-               "pid": os.getpid(),
-               "workers": [{"index": w.index, "pid": w.pid, "ready": w.ready,
-                            "admin_socket": w.socket_path} for w in sup.workers]}
-        return 200, "application/json", json.dumps(doc, indent=1).encode()
+    async def certs_doc(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"certificates": [], "rejected": []}
+        for doc in await self.docs("/certs"):
+            _union(out["certificates"], doc.get("certificates", []))
+            _union(out["rejected"], doc.get("rejected", []))
+        return out
 
-    async def config_dump(self, q: dict[str, list[str]], method: str
-                          ) -> tuple[int, str, bytes]:
-        return await self._forward("/config_dump", q, method)
+    async def listeners_doc(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"listener_statuses": []}
+        for doc in await self.docs("/listeners?format=json"):
+            _union(out["listener_statuses"], doc["listener_statuses"])
+        return out
 
-    async def listeners(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
-        return await self._forward("/listeners", q, method)
+    async def status_doc(self) -> dict[str, Any]:
+        docs = await self.docs("/status.json")
+        if not docs:
+            return {"version": __version__, "state": await self.current_state(),
+                    "uptime_s": int(time.time() - self.started), "time": time.time(),
+                    "sites": [], "clusters": [], "rejected_certificates": []}
+        out = _add_status(docs)
+        out["state"] = await self.current_state()
+        out["uptime_s"] = int(time.time() - self.started)
+        out["workers"] = [{"index": w.index, "pid": w.pid, "ready": w.ready}
+                          for w in self.workers]
+        return out
 
-    async def certs(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
-        return await self._forward("/certs", q, method)
+    async def server_info_doc(self) -> dict[str, Any]:
+        uptime = f"{int(time.time() - self.started)}s"
+        return {"version": f"edgegw/{__version__}",
+                "state": "DRAINING" if self.stopping else "LIVE",
+                "hot_restart_version": "disabled",
+                "command_line_options": {k: v for k, v in self.options.items()
+                                         if isinstance(v, (str, int, float, bool, type(None)))},
+                "node": {"id": self.boot.node.id, "cluster": self.boot.node.cluster},
+                "uptime_current_epoch": uptime, "uptime_all_epochs": uptime,
+                "pid": os.getpid(),
+                "workers": [{"index": w.index, "pid": w.pid, "ready": w.ready,
+                             "admin_socket": w.socket_path} for w in self.workers]}
 
-    async def status_json(self, q: dict[str, list[str]], method: str
-                          ) -> tuple[int, str, bytes]:
-        return await self._forward("/status.json", q, method)
+    async def set_log_levels(self, levels: list[tuple[str | None, int]]) -> None:
+        for component, level in levels:
+            log.set_level(component, level)  # the supervisor's own log too
+        query = urlencode([(c or "level", log.name_of(lv)) for c, lv in levels])
+        await self.broadcast(f"/logging?{query}")
 
-    async def logging(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
-        if method == "POST":  # the supervisor's own log too
-            for key, values in q.items():
-                if key == "level" or key in log.COMPONENTS:
-                    try:
-                        log.set_level(None if key == "level" else key,
-                                      log.parse_level(values[0] if values else ""))
-                    except ValueError:
-                        pass
-        return await self._broadcast("/logging", q, method)
+    async def set_health_failed(self, failed: bool) -> None:
+        self.health_failed = failed
+        await self.broadcast("/healthcheck/fail" if failed else "/healthcheck/ok")
 
-    async def hc_fail(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
-        self.sup.health_failed = True
-        return await self._broadcast("/healthcheck/fail", q, method)
+    async def drain_listeners(self) -> None:
+        await self.broadcast("/drain_listeners")
 
-    async def hc_ok(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
-        self.sup.health_failed = False
-        return await self._broadcast("/healthcheck/ok", q, method)
 
-    async def drain_listeners(self, q: dict[str, list[str]], method: str
-                              ) -> tuple[int, str, bytes]:
-        return await self._broadcast("/drain_listeners", q, method)
+def _union(into: list[Any], more: list[Any]) -> None:
+    """Appends the entries of ``more`` that ``into`` does not hold yet (when each worker
+    loaded them is not what tells them apart)."""
+    seen = {_identity(x) for x in into}
+    for x in more:
+        key = _identity(x)
+        if key not in seen:
+            seen.add(key)
+            into.append(x)
 
-    async def quit(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
-        asyncio.get_running_loop().call_later(0.05, self.sup.request_stop)
-        return 200, "text/plain", b"OK\n"
+
+def _identity(entry: Any) -> str:
+    if isinstance(entry, dict):
+        entry = {k: v for k, v in entry.items() if k != "last_updated"}
+    return json.dumps(entry, sort_keys=True)
+
+
+def _add_status(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Workers' status documents as one: request counts add up, a host is healthy only if
+    every worker finds it so, and every refused certificate file is listed."""
+    out = json.loads(json.dumps(docs[0]))
+    for other in docs[1:]:
+        for part, key in (("sites", "id"), ("clusters", "name")):
+            mine = {x[key]: x for x in out[part]}
+            for x in other[part]:
+                m = mine.get(x[key])
+                if m is None:
+                    continue
+                for f in ("requests", "errors", "connect_failures"):
+                    if f in x:
+                        m[f] += x[f]
+                hosts = {h["address"]: h for h in m.get("hosts", [])}
+                for h in x.get("hosts", []):
+                    mh = hosts.get(h["address"])
+                    if mh is not None:
+                        mh["healthy"] = mh["healthy"] and h["healthy"]
+                        for f in ("cx_active", "rq_active", "rq_total", "rq_error"):
+                            mh[f] += h[f]
+        _union(out["rejected_certificates"], other.get("rejected_certificates", []))
+    return out
 
 
 def _target(path: str, q: dict[str, list[str]]) -> str:

@@ -12,7 +12,7 @@ import pytest
 from edgegw.config import ConfigError, load_bootstrap
 from edgegw.config.source import merge
 
-from .conftest import EXAMPLES, TEST_CONFIGS
+from .conftest import EXAMPLES, ROOT, TEST_CONFIGS
 
 HCM_T = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 
@@ -262,8 +262,8 @@ def test_admin_bound_beyond_loopback_is_warned_about(caplog: pytest.LogCaptureFi
     saved, root.propagate = root.propagate, True
     try:
         with caplog.at_level(logging.WARNING, logger="edgegw.admin"):
-            Admin(server=None, host="0.0.0.0", port=9901, access_log_path="")  # type: ignore[arg-type]
-            Admin(server=None, host="127.0.0.1", port=9901, access_log_path="")  # type: ignore[arg-type]
+            Admin(backend=None, host="0.0.0.0", port=9901, access_log_path="")  # type: ignore[arg-type]
+            Admin(backend=None, host="127.0.0.1", port=9901, access_log_path="")  # type: ignore[arg-type]
     finally:
         root.propagate = saved
     warnings = [r.getMessage() for r in caplog.records if r.name == "edgegw.admin"]
@@ -284,8 +284,6 @@ def test_weighted_clusters_are_checked(tmp_path: Path) -> None:
 
 def test_every_module_imports_on_its_own() -> None:
     """A newcomer can open any module first: no import order hides a circular import."""
-    from .conftest import ROOT
-
     mods = sorted(p.relative_to(ROOT).with_suffix("").as_posix().replace("/", ".")
                   .removesuffix(".__init__") for p in (ROOT / "edgegw").rglob("*.py")
                   if p.name != "__main__.py")
@@ -294,3 +292,16 @@ def test_every_module_imports_on_its_own() -> None:
     failed = {m: p.communicate()[1].strip().splitlines()[-1] for m, p in procs.items()
               if p.wait() != 0}
     assert not failed, failed
+
+
+def test_log_components_are_exactly_those_the_code_logs_under() -> None:
+    import re
+
+    from edgegw import log
+
+    used = {name for p in (ROOT / "edgegw").rglob("*.py")
+            for name in re.findall(r'log\.get\("(\w+)"\)', p.read_text())}
+    assert used == set(log.COMPONENTS)
+    assert log.parse_component_levels("hc:debug,config:trace")
+    with pytest.raises(ValueError):
+        log.parse_component_levels("filter:debug")

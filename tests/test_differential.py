@@ -164,6 +164,31 @@ def test_replies_match_envoy(pair, backends: Backends, raw: bytes) -> None:
     assert stable(eh) == stable(gh)
 
 
+@pytest.mark.parametrize("raw", [
+    b"POST /anything HTTP/1.1\r\nHost: a.example.com\r\nContent-Length: 10\r\n\r\nabc",
+    b"GET / HTTP/1.1\r\nHost: a.exam",
+], ids=["body-incomplete", "head-incomplete"])
+def test_request_timeout_like_envoy(pair, backends: Backends, raw: bytes) -> None:
+    """request_timeout: the whole request within 1 s, else 408 and downstream_rq_timeout."""
+    def cfg(port: int) -> dict:
+        c = local_reply_config(backends, port)
+        c["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+            "typed_config"]["request_timeout"] = "1s"
+        return c
+
+    gws = pair(cfg)
+    seen = {}
+    for kind, (gw, port) in gws.items():
+        started = time.monotonic()
+        status, headers, body = parse(exchange(port, raw))
+        took = time.monotonic() - started
+        assert 0.9 < took < 3, (kind, took)
+        seen[kind] = (status, stable(headers), body,
+                      gw.stats().get("http.ingress.downstream_rq_timeout"))
+    assert seen["edgegw"][0] == 408
+    assert seen["envoy"] == seen["edgegw"], f"\nenvoy:  {seen['envoy']}\nedgegw: {seen['edgegw']}"
+
+
 def test_forwarded_request_matches_envoy(pair, backends: Backends) -> None:
     gws = pair(lambda port: local_reply_config(backends, port))
     for path in ("/rewrite/headers?x=1", "/exact?q=1", "/hdr", "/headers"):

@@ -83,6 +83,9 @@ def test_http_health_check_takes_a_sick_host_out_and_back(gateway, backend) -> N
     control(c, "sick")
     wait_for(lambda: flags(gw.admin_port, "app")[f"{c[0]}:{c[1]}"] == "/failed_active_hc")
     assert served_by(port, 10) == {"d": 10}
+    status = httpx.get(f"http://127.0.0.1:{gw.admin_port}/status.json").json()
+    assert {h["address"]: h["healthy"] for h in status["clusters"][0]["hosts"]} == {
+        f"{c[0]}:{c[1]}": False, f"{d[0]}:{d[1]}": True}
     stats = gw.stats()
     assert stats["cluster.app.membership_healthy"] == 1
     assert stats["cluster.app.health_check.healthy"] == 1

@@ -142,6 +142,41 @@ def test_certificate_rotation_reaches_every_worker(site, backends, supervised) -
     assert {served_serial(port, site.ca_file) for _ in range(20)} == {new}
 
 
+def test_the_admin_port_tells_the_truth_about_every_worker(site, backends, supervised) -> None:
+    """A broken certificate file is one rejected update (not one per worker), and /certs and
+    /status name it; /listeners, /status and the ssl stats describe the workers together."""
+    port = free_port()
+    gw = supervised(site.config(port, backends))
+    for _ in range(4):
+        served_serial(port, site.ca_file)  # handshakes spread over the workers
+    pem = site.crt.read_bytes()
+    site.crt.write_bytes(pem[: len(pem) // 2])
+    deadline = time.monotonic() + 5
+    while any(worker_stats(w["admin_socket"]).get("sds.site_a.update_rejected") != 1
+              for w in gw.workers()):
+        assert time.monotonic() < deadline, gw.proc.output()[-2000:]
+        time.sleep(0.05)
+    stats = gw.stats()
+    assert "sds.site_a.update_rejected: 1\n" in stats
+    assert f"listener.127.0.0.1_{port}.ssl.handshake: 4\n" in stats
+    certs = httpx.get(f"{gw.admin}/certs").json()
+    assert [(r["name"], r["file"]) for r in certs["rejected"]] == [("site_a", str(
+        site.sds / "site_a.yaml"))]
+    assert len(certs["certificates"]) == 1  # the same served certificate, listed once
+    status = httpx.get(f"{gw.admin}/status.json").json()
+    assert [r["name"] for r in status["rejected_certificates"]] == ["site_a"]
+    assert status["sites"][0]["requests"] == 0 and len(status["workers"]) == 2
+    assert status["clusters"][0]["hosts"][0]["healthy"] is True
+    listeners = httpx.get(f"{gw.admin}/listeners", params={"format": "json"}).json()
+    assert listeners == {"listener_statuses": [{"name": "https", "local_address": {
+        "socket_address": {"address": "127.0.0.1", "port_value": port}}}]}
+    site.write_pair()  # fixed: the problem goes away everywhere
+    deadline = time.monotonic() + 5
+    while httpx.get(f"{gw.admin}/certs").json()["rejected"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
 def test_workers_do_not_outlive_a_killed_supervisor(backend, supervised) -> None:
     c = backend("127.0.0.22", "c")
     port = free_port()
@@ -165,10 +200,13 @@ def test_a_config_change_reaches_every_worker(backend, supervised) -> None:
     tmp.write_text(yaml.safe_dump({**_versioned(port, c, "2"), "admin": gw.admin_cfg}))
     tmp.rename(gw.path)
     deadline = time.monotonic() + 5
-    while "edgegw.config_reload.success: 2\n" not in gw.stats():
+    while any(worker_stats(w["admin_socket"]).get("edgegw.config_reload.success") != 1
+              for w in gw.workers()):
         assert time.monotonic() < deadline, gw.proc.output()[-2000:]
         time.sleep(0.1)
     assert {get(port).headers["x-version"] for _ in range(20)} == {"2"}
+    # One change of the file, reloaded by each worker, is one reload (as Envoy counts it).
+    assert "edgegw.config_reload.success: 1\n" in gw.stats()
 
 
 def test_admin_commands_and_queries_reach_the_workers(backend, supervised) -> None:

@@ -9,21 +9,22 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
-import os
 import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
-from .. import __version__, log
+from .. import log
 from ..config.model import address_string
 from ..http.codec import REASONS, http_date
 from ..stats import render
 from . import dump, status
+from .backend import AdminBackend, Doc
 
 if TYPE_CHECKING:
-    from ..server import Server
+    from ..listener import Listener
+    from ..upstream.cluster import ClusterManager
 
 _log = log.get("admin")
 
@@ -31,9 +32,9 @@ Handler = Callable[[dict[str, list[str]], str], Awaitable[tuple[int, str, bytes]
 
 
 class Admin:
-    def __init__(self, server: Server, host: str, port: int, access_log_path: str,
+    def __init__(self, backend: AdminBackend, host: str, port: int, access_log_path: str,
                  unix_path: str = "") -> None:
-        self.server = server
+        self.backend = backend
         self.host = host
         self.port = port
         self.unix_path = unix_path
@@ -139,24 +140,23 @@ class Admin:
         return 200, "text/plain", b"admin commands are:\n" + self._help()
 
     async def ready(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
-        state = self.server.state
+        state = await self.backend.current_state()
         return (200 if state == "LIVE" else 503), "text/plain", f"{state}\n".encode()
 
     async def stats(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
-        self.server.update_server_gauges()
-        fmt = (q.get("format") or [""])[0]
-        flt = next(iter(q.get("filter") or []), None)
+        fmt = _arg(q, "format") or ""
+        flt = _arg(q, "filter")
         used = "usedonly" in q
+        if fmt not in ("", "text", "json", "prometheus"):
+            return 400, "text/plain", b"usage: /stats?format=(json|prometheus|text)\n"
+        store = await self.backend.stats_store()
         try:
             if fmt == "json":
-                return 200, "application/json", render.as_json(self.server.store, flt,
-                                                               used).encode()
+                return 200, "application/json", render.as_json(store, flt, used).encode()
             if fmt == "prometheus":
                 return 200, "text/plain; version=0.0.4", render.prometheus(
-                    self.server.store, flt, used).encode()
-            if fmt not in ("", "text"):
-                return 400, "text/plain", b"usage: /stats?format=(json|prometheus|text)\n"
-            return 200, "text/plain", render.text(self.server.store, flt, used).encode()
+                    store, flt, used).encode()
+            return 200, "text/plain", render.text(store, flt, used).encode()
         except re.error as e:
             return 400, "text/plain", f"Invalid re2 regex: {e}\n".encode()
 
@@ -164,27 +164,24 @@ class Admin:
         return await self.stats({**q, "format": ["prometheus"]}, method)
 
     async def config_dump(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
-        resource = next(iter(q.get("resource") or []), None)
-        mask = next(iter(q.get("mask") or []), None)
-        configs = dump.build(self.server.raw_config, self.server.loaded_at,
-                             self.server.secrets.dump(), self.server.boot.dynamic)
-        doc = dump.select(configs, resource, mask)
+        configs = await self.backend.config_dump_doc()
+        doc = dump.select(configs, _arg(q, "resource"), _arg(q, "mask"))
         return 200, "application/json", json.dumps(doc, indent=2).encode()
 
     async def logging(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
-        if method != "POST":
-            return 405, "text/plain", b"This endpoint requires POST\n"
+        levels: list[tuple[str | None, int]] = []
         try:
             for key, values in q.items():
                 level = log.parse_level(values[0] if values else "")
                 if key == "level":
-                    log.set_level(None, level)
+                    levels.append((None, level))
                 elif key in log.COMPONENTS:
-                    log.set_level(key, level)
+                    levels.append((key, level))
                 else:
                     raise ValueError(f"unknown logger '{key}'")
         except ValueError as e:
             return 404, "text/plain", f"error: {e}\n".encode() + self._loggers()
+        await self.backend.set_log_levels(levels)
         return 200, "text/plain", self._loggers()
 
     def _loggers(self) -> bytes:
@@ -197,61 +194,70 @@ class Admin:
 
     async def status_json(self, q: dict[str, list[str]], method: str
                           ) -> tuple[int, str, bytes]:
-        return 200, "application/json", json.dumps(status.status_doc(self.server)).encode()
+        return 200, "application/json", json.dumps(await self.backend.status_doc()).encode()
 
     async def certs(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
-        doc = {"certificates": self.server.certificates()}
+        doc = await self.backend.certs_doc()
         return 200, "application/json", json.dumps(doc, indent=1).encode()
 
     async def clusters(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
-        doc = clusters_doc(self.server)
-        if (q.get("format") or [""])[0] == "json":
+        doc = await self.backend.clusters_doc()
+        if _arg(q, "format") == "json":
             return 200, "application/json", json.dumps(doc, indent=1).encode()
         return 200, "text/plain", clusters_text(doc).encode()
 
     async def raw_store(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
-        self.server.update_server_gauges()
-        return 200, "application/json", json.dumps(self.server.store.dump()).encode()
+        store = await self.backend.stats_store()
+        return 200, "application/json", json.dumps(store.dump()).encode()
 
     async def server_info(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
-        s = self.server
-        doc = {
-            "version": f"edgegw/{__version__}",
-            "state": s.state,
-            "hot_restart_version": "disabled",
-            "command_line_options": s.options,
-            "node": {"id": s.boot.node.id, "cluster": s.boot.node.cluster},
-            "uptime_current_epoch": f"{int(time.time() - s.started)}s",
-            "uptime_all_epochs": f"{int(time.time() - s.started)}s",
-            "pid": os.getpid(),
-        }
+        doc = await self.backend.server_info_doc()
         return 200, "application/json", json.dumps(doc, indent=1).encode()
 
     async def listeners(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
-        out = "".join(f"{lst.name}::{lst.address[0]}:{lst.address[1]}\n"
-                      for lst in self.server.listeners)
+        doc = await self.backend.listeners_doc()
+        if _arg(q, "format") == "json":
+            return 200, "application/json", json.dumps(doc, indent=1).encode()
+        out = "".join(f"{lst['name']}::{_address(lst['local_address'])}\n"
+                      for lst in doc["listener_statuses"])
         return 200, "text/plain", out.encode()
 
     async def hc_fail(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
-        self.server.health_failed = True
+        await self.backend.set_health_failed(True)
         return 200, "text/plain", b"OK\n"
 
     async def hc_ok(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
-        self.server.health_failed = False
+        await self.backend.set_health_failed(False)
         return 200, "text/plain", b"OK\n"
 
     async def drain_listeners(self, q: dict[str, list[str]], method: str
                               ) -> tuple[int, str, bytes]:
-        for lst in self.server.listeners:
-            lst.drain()
+        await self.backend.drain_listeners()
         return 200, "text/plain", b"OK\n"
 
     async def quit(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
-        asyncio.get_running_loop().call_later(0.05, self.server.request_stop)
+        asyncio.get_running_loop().call_later(0.05, self.backend.request_stop)
         return 200, "text/plain", b"OK\n"
 
 
-def clusters_doc(server: Server) -> dict[str, Any]:
+def _arg(q: dict[str, list[str]], name: str) -> str | None:
+    """The first value of a query parameter."""
+    return next(iter(q.get(name) or []), None)
+
+
+def _address(a: dict[str, Any]) -> str:
+    sa = a["socket_address"]
+    return address_string(sa["address"], sa["port_value"])
+
+
+def listener_statuses(listeners: list[Listener]) -> Doc:
+    """``/listeners?format=json``, as Envoy shapes it."""
+    return {"listener_statuses": [
+        {"name": lst.name, "local_address": {"socket_address": {
+            "address": lst.address[0], "port_value": lst.address[1]}}} for lst in listeners]}
+
+
+def clusters_doc(clusters: ClusterManager) -> Doc:
     """/clusters?format=json, as Envoy shapes it."""
     return {"cluster_statuses": [{
         "name": c.name, "observability_name": c.name,
@@ -264,7 +270,7 @@ def clusters_doc(server: Server) -> dict[str, Any]:
                                  if h.failed_active_hc else {}),
                               **({"failed_outlier_check": True} if h.ejected else {})},
             "weight": h.weight, "hostname": h.hostname, "locality": {}}
-            for h in c.hosts]} for c in server.clusters.clusters.values()]}
+            for h in c.hosts]} for c in clusters.clusters.values()]}
 
 
 def clusters_text(doc: dict[str, Any]) -> str:

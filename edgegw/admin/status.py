@@ -14,13 +14,19 @@ from .. import __version__
 from ..tls.certs import days_left
 
 if TYPE_CHECKING:
-    from ..server import Server
+    from ..listener import Listener
+    from ..stats import Store
+    from ..upstream.cluster import ClusterManager
 
 
-def status_doc(server: Server) -> dict[str, Any]:
+def status_doc(state: str, started: float, listeners: list[Listener],
+               clusters: ClusterManager, store: Store,
+               rejected: list[dict[str, Any]]) -> dict[str, Any]:
+    """``rejected``: certificate files on disk that were refused (the previous ones are
+    served, but the gateway would not start on these)."""
     sites = []
-    stats = server.store.values()
-    for lst in server.listeners:
+    stats = store.values()
+    for lst in listeners:
         for i, chain in enumerate(lst.all_chains):
             certs = []
             if chain.tls is not None:
@@ -40,21 +46,21 @@ def status_doc(server: Server) -> dict[str, Any]:
                 "requests": stats.get(http + "downstream_rq_total", 0),
                 "errors": stats.get(http + "downstream_rq_5xx", 0),
             })
-    clusters = []
-    for c in server.clusters.clusters.values():
+    cluster_docs = []
+    for c in clusters.clusters.values():
         prefix = f"cluster.{c.name}."
-        clusters.append({
+        cluster_docs.append({
             "name": c.name, "type": c.cfg.type,
             "requests": stats.get(prefix + "upstream_rq_total", 0),
             "errors": stats.get(prefix + "upstream_rq_5xx", 0),
             "connect_failures": stats.get(prefix + "upstream_cx_connect_fail", 0),
-            "hosts": [{"address": h.label, "hostname": h.hostname, "healthy": True,
+            "hosts": [{"address": h.label, "hostname": h.hostname, "healthy": h.healthy,
                        "cx_active": h.cx_active, "rq_active": h.rq_active,
                        "rq_total": h.rq_total, "rq_error": h.rq_error} for h in c.hosts],
         })
-    return {"version": __version__, "state": server.state,
-            "uptime_s": int(time.time() - server.started), "time": time.time(),
-            "sites": sites, "clusters": clusters}
+    return {"version": __version__, "state": state,
+            "uptime_s": int(time.time() - started), "time": time.time(),
+            "sites": sites, "clusters": cluster_docs, "rejected_certificates": rejected}
 
 
 PAGE = """<!doctype html>
@@ -75,6 +81,8 @@ PAGE = """<!doctype html>
 </style></head><body>
 <header><h1>edgegw</h1><span id="state">loading…</span><span id="uptime"></span></header>
 <main>
+ <section id="rejected" hidden><h2 class="bad">Certificate files refused</h2><p>The gateway
+  serves the previous certificate; it would not start with these files.</p><ul></ul></section>
  <section><h2>Sites</h2><table id="sites"><thead><tr><th>Listener</th><th>Domains</th>
   <th>Certificates</th><th>Requests/s</th><th>5xx/s</th></tr></thead><tbody></tbody></table></section>
  <section><h2>Clusters</h2><table id="clusters"><thead><tr><th>Cluster</th><th>Hosts</th>
@@ -99,6 +107,11 @@ async function refresh() {
   document.getElementById("state").innerHTML =
     `state <b>${esc(cur.state)}</b> · version ${esc(cur.version)}`;
   document.getElementById("uptime").textContent = `up ${cur.uptime_s} s`;
+  const rej = document.getElementById("rejected");
+  rej.hidden = !cur.rejected_certificates.length;
+  rej.querySelector("ul").innerHTML = cur.rejected_certificates.map(r =>
+    `<li><b>${esc(r.name)}</b> <span class="num">${esc(r.file)}</span>: ${esc(r.problem)}
+     <small>(since ${esc(r.since)})</small></li>`).join("");
   document.querySelector("#sites tbody").innerHTML = cur.sites.map(s => `<tr>
     <td><b>${esc(s.listener)}</b><br><span class="num">${esc(s.address)}</span>${s.tls ? " · TLS" : ""}</td>
     <td>${s.domains.map(d => `<span class="pill">${esc(d)}</span>`).join(" ")}</td>

@@ -77,6 +77,9 @@ class HttpConnectionManager:
         self.max_headers = opts.max_headers_count or 100
         self.idle_timeout = 3600.0 if opts.idle_timeout is None else opts.idle_timeout
         self.request_headers_timeout = cfg.request_headers_timeout or 0.0
+        self.request_timeout = cfg.request_timeout or 0.0
+        """Envoy's: the whole request must arrive within it (disarmed once a response
+        starts); 0 disables it, the default."""
         self.stream_idle_timeout = (300.0 if cfg.stream_idle_timeout is None
                                     else cfg.stream_idle_timeout)
         self.access_logs = [AccessLogger(a) for a in cfg.access_log]
@@ -342,7 +345,7 @@ class DownstreamConnection(asyncio.Protocol):
     def _arm_watchdog(self) -> None:
         hcm = self.hcm
         periods = [t for t in (hcm.idle_timeout, hcm.stream_idle_timeout,
-                               hcm.request_headers_timeout) if t > 0]
+                               hcm.request_headers_timeout, hcm.request_timeout) if t > 0]
         if periods:
             delay = max(min(periods) / 4, 0.05)
             self.watchdog = asyncio.get_running_loop().call_later(delay, self._check_timeouts)
@@ -355,18 +358,26 @@ class DownstreamConnection(asyncio.Protocol):
         now = time.monotonic()
         hcm = self.hcm
         s = self.active
-        if (hcm.request_headers_timeout and self.head_started
-                and now - self.head_started > hcm.request_headers_timeout):
-            hcm.stats.downstream_rq_header_timeout.value += 1
-            self.transport.write(local_reply(408, b"request header timeout", hcm.server_name,
-                                             close=True))
-            self.transport.close()
-            return
+        for limit, counter, body in (
+                (hcm.request_headers_timeout, hcm.stats.downstream_rq_header_timeout,
+                 b"request header timeout"),
+                (hcm.request_timeout, hcm.stats.downstream_rq_timeout, b"request timeout")):
+            if limit and self.head_started and now - self.head_started > limit:
+                counter.value += 1  # the head is still incomplete: there is no stream yet
+                self.transport.write(local_reply(408, body, hcm.server_name, close=True))
+                self.transport.close()
+                return
         if s is None and not self.head_started:
             if hcm.idle_timeout and now - self.last_activity > hcm.idle_timeout:
                 hcm.stats.downstream_cx_idle_timeout.value += 1
                 self.transport.close()
                 return
+        elif (s is not None and hcm.request_timeout and not s.request_done
+              and not s.response_started and now - s.start_mono > hcm.request_timeout):
+            hcm.stats.downstream_rq_timeout.value += 1
+            s.details = "request_overall_timeout"
+            s.keep_alive = False
+            s.local(408, b"request timeout", close=True)
         elif s is not None and hcm.stream_idle_timeout:
             last = max(self.last_activity, s.start_mono)
             if now - last > hcm.stream_idle_timeout and not s.response_done:

@@ -106,11 +106,14 @@ class Store:
     def merged(cls, dumps: list[dict[str, Any]]) -> Store:
         """Workers' stores as one: counters and histograms add up; gauges that count things
         in progress (``*_active``, memory) add up, the others (membership, health, state)
-        are the same fact seen by each worker and keep the highest value."""
+        are the same fact seen by each worker and keep the highest value, and so do the
+        counters of what every worker does once for the same cause (a certificate update, a
+        config reload, a DNS refresh, a health check round), which Envoy does once."""
         out = cls()
         for d in dumps:
             for n, v in d["counters"].items():
-                out.counter(n).value += v
+                c = out.counter(n)
+                c.value = max(c.value, v) if _shared(n) else c.value + v
             for n, v in d["gauges"].items():
                 g = out.gauges.get(n)
                 if g is None:
@@ -134,6 +137,18 @@ class Store:
 
 _KINDS = {"Counter": "counter", "Gauge": "gauge", "Histogram": "histogram"}
 """Annotation → the Store method that makes that kind of stat."""
+
+
+_SHARED_PREFIXES = ("sds.", "edgegw.certificate_directory.", "edgegw.config_reload.")
+_SHARED_PARTS = (".health_check.", ".outlier_detection.")
+_SHARED_LAST = ("ssl_context_update_by_sds", "update_attempt", "update_success",
+                "update_failure", "membership_change")
+
+
+def _shared(name: str) -> bool:
+    """Counters of one fact that each worker sees and counts for itself."""
+    return (name.startswith(_SHARED_PREFIXES) or any(p in name for p in _SHARED_PARTS)
+            or name.rsplit(".", 1)[-1] in _SHARED_LAST)
 
 
 def _additive(name: str) -> bool:

@@ -23,7 +23,14 @@ from .. import log
 from ..config import model as m
 from ..stats import Counter, StatSet, Store
 from .certs import CertError, CertPair, load_pair
-from .secrets import CertSecret, Signature, digest, signature_of, validity_problem
+from .secrets import (
+    CertSecret,
+    Signature,
+    digest,
+    now_stamp,
+    signature_of,
+    validity_problem,
+)
 
 _log = log.get("secret")
 
@@ -89,6 +96,8 @@ class CertDirectory:
         self.stats = CertDirectoryStats(store, "edgegw.certificate_directory.")
         self.good: dict[str, CertSecret] = {}
         self.bad: dict[str, Signature] = {}
+        self.problems: dict[str, dict[str, str]] = {}
+        """Files on disk that were refused, by pair name, until they are fixed or removed."""
         self.callbacks: list[Callable[[], None]] = []
         self.files: list[str] = []
         self.signature: Signature = ()
@@ -118,6 +127,8 @@ class CertDirectory:
         for name in [n for n in self.good if n not in found]:
             del self.good[name]
             changed = True
+        for name in [n for n in self.problems if n not in found]:
+            del self.problems[name]
         for name, (chain, key) in found.items():
             sig = signature_of([chain, key])
             if self.bad.get(name) == sig:
@@ -131,6 +142,7 @@ class CertDirectory:
                 continue
             current = self.good.get(name)
             if current is not None and current.digest == pair.digest:
+                self.problems.pop(name, None)
                 continue
             problem = validity_problem(pair)
             if problem and (current is None or validity_problem(current) is None):
@@ -138,6 +150,7 @@ class CertDirectory:
                 continue
             self.good[name] = pair
             self.bad.pop(name, None)
+            self.problems.pop(name, None)
             self.stats.loaded.value += 1
             _log.info("certificate directory %s: serving '%s' for %s", self.path, name,
                       ", ".join(pair.pair.dns_names()))
@@ -158,6 +171,8 @@ class CertDirectory:
 
     def _reject(self, name: str, sig: Signature, why: str) -> None:
         self.bad[name] = sig
+        self.problems[name] = {"name": name, "file": _candidates(self.path).get(
+            name, ("", ""))[0], "problem": why, "since": now_stamp()}
         self.stats.rejected.value += 1
         kept = " (still serving the previous one)" if name in self.good else ""
         _log.warning("certificate directory %s: '%s' not loaded%s: %s", self.path, name, kept,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +25,7 @@ from .secrets import (
     SecretError,
     Signature,
     files_of,
+    now_stamp,
     read_sds_file,
     signature_of,
     stable_materialize,
@@ -51,11 +51,6 @@ class SdsStats(StatSet):
     key_rotation_failed: Counter
 
 
-def _now() -> str:
-    t = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
-
-
 class Subscription:
     """One named secret and its last good value; others subscribe to its changes."""
 
@@ -72,6 +67,16 @@ class Subscription:
         self.files: list[str] = []
         self.signature: Signature = ()
         self.callbacks: list[Callable[[], None]] = []
+        self.problem: dict[str, str] | None = None
+        """The file on disk that was refused, until it is fixed."""
+
+    def _reject(self, why: str) -> None:
+        self.stats.update_rejected.value += 1
+        self.stats.key_rotation_failed.value += 1
+        self.problem = {"name": self.name, "file": self.path or "", "problem": why,
+                        "since": now_stamp()}
+        _log.warning("secret '%s': update rejected, still serving the previous one: %s",
+                     self.name, why)
 
     def _read(self) -> tuple[m.Secret, Material]:
         secret = read_sds_file(self.path, self.name) if self.path else self.static
@@ -86,7 +91,7 @@ class Subscription:
         """The first load, at start: a failure here is a configuration error."""
         secret, mat = self._read()
         self.value, self.secret = mat, secret
-        self.updated_at = _now()
+        self.updated_at = now_stamp()
         self.files = self._watch_list(secret)
         self.signature = signature_of(self.files)
         problem = validity_problem(mat)
@@ -104,25 +109,21 @@ class Subscription:
             secret, mat = self._read()
         except SecretError as e:
             self.signature = sig  # look again only when something changes again
-            self.stats.update_rejected.value += 1
-            self.stats.key_rotation_failed.value += 1
-            _log.warning("secret '%s': update rejected, still serving the previous one: %s",
-                         self.name, e)
+            self._reject(str(e))
             return False
         self.files = self._watch_list(secret)
         self.signature = signature_of(self.files)
         if self.value is not None and mat.digest == self.value.digest:
+            self.problem = None
             return False
         if self.value is not None and validity_problem(self.value) is None:
             problem = validity_problem(mat)
             if problem:
-                self.stats.update_rejected.value += 1
-                self.stats.key_rotation_failed.value += 1
-                _log.warning("secret '%s': update rejected, still serving the previous one: "
-                             "%s", self.name, problem)
+                self._reject(problem)
                 return False
+        self.problem = None
         self.value, self.secret = mat, secret
-        self.updated_at = _now()
+        self.updated_at = now_stamp()
         self.stats.update_success.value += 1
         _log.info("secret '%s' updated from %s", self.name, self.path or "static_resources")
         for cb in self.callbacks:
@@ -173,6 +174,13 @@ class SecretManager:
                         "last_updated": sub.updated_at,
                         "secret": {"@type": m.SECRET_TYPE,
                                    **sub.secret.model_dump(exclude_none=True)}})
+        return out
+
+    def rejected(self) -> list[dict[str, str]]:
+        """Certificate files on disk that were refused (the previous ones are served)."""
+        out = [sub.problem for sub in self.subs.values() if sub.problem is not None]
+        for d in self.cert_dirs.values():
+            out.extend(d.problems.values())
         return out
 
     def start(self) -> None:

@@ -11,6 +11,7 @@ import datetime as dt
 import hashlib
 import os
 import stat
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -183,3 +184,9 @@ def signature_of(paths: list[str]) -> Signature:
         except OSError:
             out.append(None)
     return tuple(out)
+
+
+def now_stamp() -> str:
+    """Now, as Envoy stamps config dumps: ``2026-12-01T22:04:28.718Z``."""
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
