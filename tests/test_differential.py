@@ -473,6 +473,23 @@ def test_max_connections_across_hosts_starves_no_host_like_envoy(pair, backends:
     assert seen["envoy"] == seen["edgegw"]
 
 
+def test_track_remaining_breaker_gauges_like_envoy(pair, backends: Backends) -> None:
+    def cfg(port: int) -> dict:
+        c = local_reply_config(backends, port)
+        c["static_resources"]["clusters"][0]["circuit_breakers"] = {"thresholds": [
+            {"priority": "DEFAULT", "max_connections": 7, "track_remaining": True}]}
+        return c
+
+    gws = pair(cfg)
+    seen = {}
+    for kind, (gw, port) in gws.items():
+        assert parse(exchange(port, request("/headers")))[0] == 200
+        seen[kind] = {n: v for n, v in gw.stats().items()
+                      if n.startswith("cluster.a.circuit_breakers.default.")}
+    assert seen["edgegw"]["cluster.a.circuit_breakers.default.remaining_cx"] in (6, 7)
+    assert seen["envoy"] == seen["edgegw"]
+
+
 def test_weighted_clusters_shift_traffic_like_envoy(pair, backends: Backends) -> None:
     def cfg(port: int) -> dict:
         c = local_reply_config(backends, port)

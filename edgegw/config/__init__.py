@@ -46,6 +46,10 @@ def _message(err: dict[str, Any]) -> str:
     if kind == "literal_error":
         expected = err.get("ctx", {}).get("expected", "")
         return f"'{err['input']}' is not supported by edgegw here (supported: {expected})"
+    if kind == "string_type" and isinstance(err.get("input"), bool):
+        return (f"expected a string, got the boolean {str(err['input']).lower()}: YAML (as "
+                "Envoy reads it) takes y, n, yes, no, on, off, true and false unquoted as "
+                "booleans; quote the value")
     msg = str(err["msg"])
     return msg.removeprefix("Value error, ")
 

@@ -55,7 +55,11 @@ def cross_check(boot: Bootstrap) -> list[Problem]:
             out.append((base + ("address",), f"listener address {sa.address}:{sa.port_value} "
                         f"is already used by listeners[{seen_addr[key]}]"))
         seen_addr[key] = i
+        out.extend(_check_ip(sa.address, base + ("address", "socket_address", "address")))
         out.extend(_check_listener(lst, base, known, static))
+    if boot.admin.address is not None:
+        out.extend(_check_ip(boot.admin.address.socket_address.address,
+                             ("admin", "address", "socket_address", "address")))
     if boot.admin.access_log_path:
         out.extend(_check_writable(boot.admin.access_log_path, ("admin", "access_log_path")))
     for i, sec in enumerate(boot.static_resources.secrets):
@@ -105,6 +109,14 @@ def _check_sds(ref: SdsSecretConfig, want: str, path: Path,
             return
     if getattr(secret, want) is None:
         yield (path, f"secret '{ref.name}' has no {want}")
+
+
+def _check_ip(address: str, path: Path) -> Iterator[Problem]:
+    """Listeners and the admin port bind IP addresses, as in Envoy ("malformed IP address")."""
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        yield (path, f"malformed IP address: {address}")
 
 
 def _check_cluster(c: Cluster, base: Path, static: dict[str, Secret]) -> Iterator[Problem]:

@@ -46,6 +46,8 @@ class Msg(BaseModel):
 
 
 _DURATION = re.compile(r"^(-?\d+(?:\.\d{1,9})?)s$")
+"""Negative durations parse (they are valid protobuf), then every edgegw field refuses them,
+as Envoy's validation rules do for the fields edgegw supports."""
 
 
 def _duration(v: Any) -> float:
@@ -53,16 +55,49 @@ def _duration(v: Any) -> float:
     if isinstance(v, str):
         m = _DURATION.match(v.strip())
         if m:
-            return float(m.group(1))
+            return _non_negative(float(m.group(1)), v)
     elif isinstance(v, dict) and set(v) <= {"seconds", "nanos"}:
-        return int(v.get("seconds", 0)) + int(v.get("nanos", 0)) / 1e9
+        return _non_negative(int(v.get("seconds", 0)) + int(v.get("nanos", 0)) / 1e9, v)
     raise PydanticCustomError(
         "duration", "'{value}' is not a duration; write seconds with an 's', e.g. \"5s\" or \"0.25s\"",
         {"value": v},
     )
 
 
+def _non_negative(seconds: float, v: Any) -> float:
+    if seconds < 0:
+        raise PydanticCustomError("duration", "'{value}' is negative; a duration here must be "
+                                  "0s or more", {"value": v})
+    return seconds
+
+
 Duration = Annotated[float, BeforeValidator(_duration)]
+
+
+def _bool(v: Any) -> Any:
+    """Protobuf's JSON booleans: true/false, or the strings "true"/"false"; never a number
+    (pydantic alone would take 1 for true, where Envoy refuses it)."""
+    if isinstance(v, bool):
+        return v
+    if v in ("true", "false"):
+        return v == "true"
+    raise PydanticCustomError("bool", "'{value}' is not a boolean; write true or false",
+                              {"value": v})
+
+
+Bool = Annotated[bool, BeforeValidator(_bool)]
+
+
+def _int(v: Any) -> Any:
+    """Protobuf's JSON integers: numbers or strings of digits, never a boolean."""
+    if isinstance(v, bool):
+        raise PydanticCustomError("int", "'{value}' is not an integer", {"value": v})
+    return v
+
+
+Int = Annotated[int, BeforeValidator(_int)]
+UInt32 = Annotated[int, BeforeValidator(_int), Field(le=2**32 - 1)]
+"""Envoy's uint32 fields (ports, limits, counts, percentages)."""
 
 
 def _typed(*urls: str) -> BeforeValidator:
@@ -139,7 +174,7 @@ def _by_type(*members: tuple[str, type[TypedMsg]]) -> Any:
 class SocketAddress(Msg):
     protocol: Literal["TCP"] = "TCP"
     address: str
-    port_value: int = Field(ge=0, le=65535)
+    port_value: UInt32 = Field(ge=0, le=65535)
 
 
 def address_string(ip: str, port: int) -> str:
@@ -169,12 +204,12 @@ class HeaderValue(Msg):
 
 class HeaderValueOption(Msg):
     header: HeaderValue
-    append: bool | None = None
+    append: Bool | None = None
     append_action: Literal[
         "APPEND_IF_EXISTS_OR_ADD", "ADD_IF_ABSENT", "OVERWRITE_IF_EXISTS_OR_ADD",
         "OVERWRITE_IF_EXISTS",
     ] = "APPEND_IF_EXISTS_OR_ADD"
-    keep_empty_value: bool = False
+    keep_empty_value: Bool = False
 
 
 class RegexMatcher(Msg):
@@ -188,7 +223,7 @@ class StringMatcher(Msg):
     suffix: str | None = None
     contains: str | None = None
     safe_regex: RegexMatcher | None = None
-    ignore_case: bool = False
+    ignore_case: Bool = False
 
     @model_validator(mode="after")
     def _one(self) -> StringMatcher:
@@ -203,7 +238,7 @@ class HttpProtocolOptions(Msg):
     """``config.core.v3.HttpProtocolOptions``: the options both directions share."""
 
     idle_timeout: Duration | None = None
-    max_headers_count: int | None = Field(default=None, ge=1)
+    max_headers_count: UInt32 | None = Field(default=None, ge=1)
 
 
 # --- TLS ------------------------------------------------------------------------------------
@@ -309,7 +344,7 @@ class Secret(Msg):
 
 class DownstreamTlsContext(Msg):
     common_tls_context: CommonTlsContext = CommonTlsContext()
-    require_client_certificate: bool = False
+    require_client_certificate: Bool = False
 
     @model_validator(mode="after")
     def _certs(self) -> DownstreamTlsContext:
@@ -356,19 +391,19 @@ class HeaderMatcher(Msg):
     name: str = Field(min_length=1)
     exact_match: str | None = None
     safe_regex_match: RegexMatcher | None = None
-    present_match: bool | None = None
+    present_match: Bool | None = None
     prefix_match: str | None = None
     suffix_match: str | None = None
     contains_match: str | None = None
     string_match: StringMatcher | None = None
-    invert_match: bool = False
+    invert_match: Bool = False
 
 
 class RouteMatch(Msg):
     prefix: str | None = None
     path: str | None = None
     safe_regex: RegexMatcher | None = None
-    case_sensitive: bool = True
+    case_sensitive: Bool = True
     headers: list[HeaderMatcher] = []
 
     @model_validator(mode="after")
@@ -414,14 +449,14 @@ class RetryHostPredicate(Msg):
 
 class RetryPolicy(Msg):
     retry_on: str = ""
-    num_retries: int = Field(default=1, ge=0)
+    num_retries: UInt32 = Field(default=1, ge=0)
     per_try_timeout: Duration | None = None
     retry_back_off: RetryBackOff | None = None
     retriable_status_codes: list[int] = []
     retriable_headers: list[HeaderMatcher] = []
     rate_limited_retry_back_off: RateLimitedRetryBackOff | None = None
     retry_host_predicate: list[RetryHostPredicate] = []
-    host_selection_retry_max_attempts: int = Field(default=0, ge=0)
+    host_selection_retry_max_attempts: UInt32 = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _conditions(self) -> RetryPolicy:
@@ -438,14 +473,14 @@ class RetryPolicy(Msg):
 
 class ClusterWeight(Msg):
     name: str = Field(min_length=1)
-    weight: int = Field(default=0, ge=0)
+    weight: UInt32 = Field(default=0, ge=0)
 
 
 class WeightedCluster(Msg):
     """Traffic shifting: each request goes to one cluster, chosen by weight."""
 
     clusters: list[ClusterWeight] = Field(min_length=1)
-    total_weight: int | None = Field(default=None, ge=1)
+    total_weight: UInt32 | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _weights(self) -> WeightedCluster:
@@ -459,7 +494,7 @@ class WeightedCluster(Msg):
 
 
 class FractionalPercent(Msg):
-    numerator: int = Field(default=0, ge=0)
+    numerator: UInt32 = Field(default=0, ge=0)
     denominator: Literal["HUNDRED", "TEN_THOUSAND", "MILLION"] = "HUNDRED"
 
     @property
@@ -486,7 +521,7 @@ class HashCookie(Msg):
 
 
 class HashConnectionProperties(Msg):
-    source_ip: bool = False
+    source_ip: Bool = False
 
 
 class HashQueryParameter(Msg):
@@ -500,7 +535,7 @@ class HashPolicy(Msg):
     cookie: HashCookie | None = None
     connection_properties: HashConnectionProperties | None = None
     query_parameter: HashQueryParameter | None = None
-    terminal: bool = False
+    terminal: Bool = False
 
     @model_validator(mode="after")
     def _one(self) -> HashPolicy:
@@ -513,7 +548,7 @@ class RequestMirrorPolicy(Msg):
 
     cluster: str = Field(min_length=1)
     runtime_fraction: RuntimeFractionalPercent | None = None
-    disable_shadow_host_suffix_append: bool = False
+    disable_shadow_host_suffix_append: Bool = False
 
 
 class RouteAction(Msg):
@@ -524,7 +559,7 @@ class RouteAction(Msg):
     timeout: Duration | None = None
     retry_policy: RetryPolicy | None = None
     host_rewrite_literal: str | None = None
-    auto_host_rewrite: bool = False
+    auto_host_rewrite: Bool = False
     prefix_rewrite: str | None = None
 
     @model_validator(mode="after")
@@ -541,14 +576,14 @@ RedirectCode = Literal[
 
 
 class RedirectAction(Msg):
-    https_redirect: bool = False
+    https_redirect: Bool = False
     scheme_redirect: str | None = None
     host_redirect: str | None = None
-    port_redirect: int | None = Field(default=None, ge=0, le=65535)
+    port_redirect: UInt32 | None = Field(default=None, ge=0, le=65535)
     path_redirect: str | None = None
     prefix_rewrite: str | None = None
     response_code: RedirectCode = "MOVED_PERMANENTLY"
-    strip_query: bool = False
+    strip_query: Bool = False
 
     @model_validator(mode="after")
     def _one(self) -> RedirectAction:
@@ -558,7 +593,7 @@ class RedirectAction(Msg):
 
 
 class DirectResponseAction(Msg):
-    status: int = Field(ge=200, le=599)
+    status: UInt32 = Field(ge=200, le=599)
     body: DataSource | None = None
 
 
@@ -572,7 +607,7 @@ class HeaderMutations(Msg):
 
 
 class Router(TypedMsg):
-    suppress_envoy_headers: bool = False
+    suppress_envoy_headers: Bool = False
 
 
 class FaultDelay(Msg):
@@ -587,7 +622,7 @@ class FaultDelay(Msg):
 
 
 class FaultAbort(Msg):
-    http_status: int | None = Field(default=None, ge=200, lt=600)
+    http_status: UInt32 | None = Field(default=None, ge=200, lt=600)
     header_abort: dict[str, Any] | None = Field(default=None, max_length=0)
     percentage: FractionalPercent = FractionalPercent()
 
@@ -604,12 +639,12 @@ class HTTPFault(TypedMsg):
     abort: FaultAbort | None = None
     upstream_cluster: str = ""
     headers: list[HeaderMatcher] = []
-    max_active_faults: int | None = Field(default=None, ge=0)
+    max_active_faults: UInt32 | None = Field(default=None, ge=0)
 
 
 class TokenBucket(Msg):
-    max_tokens: int = Field(ge=1)
-    tokens_per_fill: int = Field(default=1, ge=1)
+    max_tokens: UInt32 = Field(ge=1)
+    tokens_per_fill: UInt32 = Field(default=1, ge=1)
     fill_interval: Duration = Field(gt=0)
 
 
@@ -633,7 +668,7 @@ class LocalRateLimit(TypedMsg):
     filter_enforced: RuntimeFractionalPercent | None = None
     request_headers_to_add_when_not_enforced: list[HeaderValueOption] = []
     response_headers_to_add: list[HeaderValueOption] = []
-    local_rate_limit_per_downstream_connection: bool = False
+    local_rate_limit_per_downstream_connection: Bool = False
     enable_x_ratelimit_headers: Literal["OFF", "DRAFT_VERSION_03"] = "OFF"
 
 
@@ -672,8 +707,9 @@ class VirtualHost(HeaderMutations):
 class RouteConfiguration(HeaderMutations):
     name: str = ""
     virtual_hosts: list[VirtualHost] = []
-    ignore_port_in_host_matching: bool = False
-    validate_clusters: bool | None = None
+    ignore_port_in_host_matching: Bool = False
+    validate_clusters: Literal[True] | None = None
+    """edgegw always checks that routes name known clusters (false is refused)."""
 
 
 # --- http_connection_manager ----------------------------------------------------------------
@@ -707,7 +743,7 @@ class SubstitutionFormatString(Msg):
     text_format: str | None = None
     text_format_source: DataSource | None = None
     json_format: dict[str, Any] | None = None
-    omit_empty_values: bool = False
+    omit_empty_values: Bool = False
     content_type: str = ""
 
     @model_validator(mode="after")
@@ -767,11 +803,11 @@ class AccessLog(Msg):
 
 class CidrRange(Msg):
     address_prefix: str
-    prefix_len: int = Field(default=0, ge=0, le=128)
+    prefix_len: UInt32 = Field(default=0, ge=0, le=128)
 
 
 class InternalAddressConfig(Msg):
-    unix_sockets: bool = False
+    unix_sockets: Bool = False
     cidr_ranges: list[CidrRange] = []
 
 
@@ -781,16 +817,16 @@ class HttpConnectionManager(Msg):
     route_config: RouteConfiguration
     http_filters: list[HttpFilter] = []
     access_log: list[AccessLog] = []
-    use_remote_address: bool = False
-    xff_num_trusted_hops: int = Field(default=0, ge=0)
-    skip_xff_append: bool = False
+    use_remote_address: Bool = False
+    xff_num_trusted_hops: UInt32 = Field(default=0, ge=0)
+    skip_xff_append: Bool = False
     internal_address_config: InternalAddressConfig | None = None
     server_name: str = ""
-    generate_request_id: bool = True
+    generate_request_id: Bool = True
     request_headers_timeout: Duration | None = None
     request_timeout: Duration | None = None
     stream_idle_timeout: Duration | None = None
-    max_request_headers_kb: int = Field(default=60, ge=1, le=8192)
+    max_request_headers_kb: UInt32 = Field(default=60, ge=1, le=8192)
     common_http_protocol_options: HttpProtocolOptions | None = None
 
     @model_validator(mode="after")
@@ -857,7 +893,7 @@ class Listener(Msg):
     listener_filters_timeout: Duration = 15.0
     filter_chains: list[FilterChain] = []
     default_filter_chain: FilterChain | None = None
-    per_connection_buffer_limit_bytes: int = Field(default=1024 * 1024, ge=1)
+    per_connection_buffer_limit_bytes: UInt32 = Field(default=1024 * 1024, ge=1)
 
     @model_validator(mode="after")
     def _chains(self) -> Listener:
@@ -876,7 +912,7 @@ class Endpoint(Msg):
 
 class LbEndpoint(Msg):
     endpoint: Endpoint
-    load_balancing_weight: int = Field(default=1, ge=1)
+    load_balancing_weight: UInt32 = Field(default=1, ge=1)
 
 
 class LocalityLbEndpoints(Msg):
@@ -901,11 +937,11 @@ class UpstreamHttpProtocolOptions(Msg):
 
 class Thresholds(Msg):
     priority: Literal["DEFAULT", "HIGH"] = "DEFAULT"
-    max_connections: int = Field(default=1024, ge=0)
-    max_pending_requests: int = Field(default=1024, ge=0)
-    max_requests: int = Field(default=1024, ge=0)
-    max_retries: int = Field(default=3, ge=0)
-    track_remaining: bool = False
+    max_connections: UInt32 = Field(default=1024, ge=0)
+    max_pending_requests: UInt32 = Field(default=1024, ge=0)
+    max_requests: UInt32 = Field(default=1024, ge=0)
+    max_retries: UInt32 = Field(default=3, ge=0)
+    track_remaining: Bool = False
 
 
 class CircuitBreakers(Msg):
@@ -919,8 +955,8 @@ class CircuitBreakers(Msg):
 class Int64Range(Msg):
     """[start, end): a range of HTTP statuses."""
 
-    start: int = 0
-    end: int = 0
+    start: Int = 0
+    end: Int = 0
 
 
 class HttpHealthCheck(Msg):
@@ -965,16 +1001,16 @@ class HealthCheck(Msg):
     interval: Duration = Field(gt=0)
     initial_jitter: Duration = 0.0
     interval_jitter: Duration = 0.0
-    interval_jitter_percent: int = Field(default=0, ge=0)
-    unhealthy_threshold: int = Field(ge=0)
-    healthy_threshold: int = Field(ge=0)
-    reuse_connection: bool = True
+    interval_jitter_percent: UInt32 = Field(default=0, ge=0)
+    unhealthy_threshold: UInt32 = Field(ge=0)
+    healthy_threshold: UInt32 = Field(ge=0)
+    reuse_connection: Bool = True
     no_traffic_interval: Duration = Field(default=60.0, gt=0)
     no_traffic_healthy_interval: Duration | None = Field(default=None, gt=0)
     unhealthy_interval: Duration | None = Field(default=None, gt=0)
     unhealthy_edge_interval: Duration | None = Field(default=None, gt=0)
     healthy_edge_interval: Duration | None = Field(default=None, gt=0)
-    always_log_health_check_failures: bool = False
+    always_log_health_check_failures: Bool = False
     http_health_check: HttpHealthCheck | None = None
     tcp_health_check: TcpHealthCheck | None = None
 
@@ -988,26 +1024,26 @@ class OutlierDetection(Msg):
     """Passive health: hosts that keep failing leave the pool for a while (Envoy's
     cluster.v3.OutlierDetection, defaults included)."""
 
-    consecutive_5xx: int = Field(default=5, ge=0)
-    consecutive_gateway_failure: int = Field(default=5, ge=0)
+    consecutive_5xx: UInt32 = Field(default=5, ge=0)
+    consecutive_gateway_failure: UInt32 = Field(default=5, ge=0)
     interval: Duration = Field(default=10.0, gt=0)
     base_ejection_time: Duration = Field(default=30.0, gt=0)
     max_ejection_time: Duration = Field(default=300.0, gt=0)
     max_ejection_time_jitter: Duration = 0.0
-    max_ejection_percent: int = Field(default=10, ge=0, le=100)
-    enforcing_consecutive_5xx: int = Field(default=100, ge=0, le=100)
-    enforcing_consecutive_gateway_failure: int = Field(default=0, ge=0, le=100)
-    enforcing_success_rate: int = Field(default=100, ge=0, le=100)
-    success_rate_minimum_hosts: int = Field(default=5, ge=0)
-    success_rate_request_volume: int = Field(default=100, ge=0)
-    success_rate_stdev_factor: int = Field(default=1900, ge=0)
-    failure_percentage_threshold: int = Field(default=85, ge=0, le=100)
-    enforcing_failure_percentage: int = Field(default=0, ge=0, le=100)
-    failure_percentage_minimum_hosts: int = Field(default=5, ge=0)
-    failure_percentage_request_volume: int = Field(default=50, ge=0)
+    max_ejection_percent: UInt32 = Field(default=10, ge=0, le=100)
+    enforcing_consecutive_5xx: UInt32 = Field(default=100, ge=0, le=100)
+    enforcing_consecutive_gateway_failure: UInt32 = Field(default=0, ge=0, le=100)
+    enforcing_success_rate: UInt32 = Field(default=100, ge=0, le=100)
+    success_rate_minimum_hosts: UInt32 = Field(default=5, ge=0)
+    success_rate_request_volume: UInt32 = Field(default=100, ge=0)
+    success_rate_stdev_factor: UInt32 = Field(default=1900, ge=0)
+    failure_percentage_threshold: UInt32 = Field(default=85, ge=0, le=100)
+    enforcing_failure_percentage: UInt32 = Field(default=0, ge=0, le=100)
+    failure_percentage_minimum_hosts: UInt32 = Field(default=5, ge=0)
+    failure_percentage_request_volume: UInt32 = Field(default=50, ge=0)
     split_external_local_origin_errors: Literal[False] = False
-    successful_active_health_check_uneject_host: bool = True
-    always_eject_one_host: bool = False
+    successful_active_health_check_uneject_host: Bool = True
+    always_eject_one_host: Bool = False
 
 
 class Percent(Msg):
@@ -1015,7 +1051,7 @@ class Percent(Msg):
 
 
 class ConsistentHashingLbConfig(Msg):
-    use_hostname_for_hashing: bool = False
+    use_hostname_for_hashing: Bool = False
 
 
 class CommonLbConfig(Msg):
@@ -1024,8 +1060,8 @@ class CommonLbConfig(Msg):
 
 
 class RingHashLbConfig(Msg):
-    minimum_ring_size: int = Field(default=1024, ge=1, le=8388608)
-    maximum_ring_size: int = Field(default=8388608, ge=1, le=8388608)
+    minimum_ring_size: UInt32 = Field(default=1024, ge=1, le=8388608)
+    maximum_ring_size: UInt32 = Field(default=8388608, ge=1, le=8388608)
     hash_function: Literal["XX_HASH"] = "XX_HASH"
 
     @model_validator(mode="after")
@@ -1037,7 +1073,7 @@ class RingHashLbConfig(Msg):
 
 
 class MaglevLbConfig(Msg):
-    table_size: int = Field(default=65537, ge=1, le=5000011)
+    table_size: UInt32 = Field(default=65537, ge=1, le=5000011)
 
     @model_validator(mode="after")
     def _prime(self) -> MaglevLbConfig:
@@ -1048,13 +1084,13 @@ class MaglevLbConfig(Msg):
 
 
 class LeastRequestLbConfig(Msg):
-    choice_count: int = Field(default=2, ge=2)
+    choice_count: UInt32 = Field(default=2, ge=2)
 
 
 class Cluster(Msg):
     name: str = Field(min_length=1)
     type: Literal["STATIC", "STRICT_DNS", "LOGICAL_DNS"] = "STATIC"
-    connect_timeout: Duration = 5.0
+    connect_timeout: Duration = Field(default=5.0, gt=0)
     lb_policy: Literal["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH",
                        "MAGLEV"] = "ROUND_ROBIN"
     common_lb_config: CommonLbConfig = CommonLbConfig()

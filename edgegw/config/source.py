@@ -81,7 +81,11 @@ def _origins(node: yaml.Node, name: str, path: Path, out: dict[Path, str]) -> No
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys, which protobuf's parser also refuses."""
+    """SafeLoader that refuses duplicate keys, which protobuf's parser also refuses, and reads
+    ``y`` and ``n`` as booleans, as Envoy's YAML parser does (``node: {id: n}`` is not a
+    string to Envoy)."""
+
+    bool_values = {**yaml.SafeLoader.bool_values, "y": True, "n": False}
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
@@ -93,6 +97,10 @@ class _Loader(yaml.SafeLoader):
                 )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:y|Y|n|N)$"),
+                              list("yYnN"))
 
 
 def parse(text: str, name: str) -> Source:

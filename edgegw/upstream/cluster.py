@@ -80,6 +80,16 @@ class BreakerStats(StatSet):
     rq_retry_open: Gauge
 
 
+class RemainingStats(BreakerStats):
+    """With ``track_remaining``: how far each breaker is from its limit, as Envoy shows it."""
+
+    remaining_cx: Gauge
+    remaining_cx_pools: Gauge
+    remaining_pending: Gauge
+    remaining_rq: Gauge
+    remaining_retries: Gauge
+
+
 _FAMILIES = {
     "AUTO": (socket.AF_UNSPEC,), "V4_ONLY": (socket.AF_INET,), "V6_ONLY": (socket.AF_INET6,),
     "V4_PREFERRED": (socket.AF_INET, socket.AF_INET6), "ALL": (socket.AF_UNSPEC,),
@@ -134,7 +144,9 @@ class Cluster:
                                   lazy_classes=True)
         self._rq_time: Histogram | None = None
         self.limits = cfg.circuit_breakers.default
-        self.breakers = BreakerStats(store, f"cluster.{cfg.name}.circuit_breakers.default.")
+        prefix = f"cluster.{cfg.name}.circuit_breakers.default."
+        self.breakers: BreakerStats = RemainingStats(store, prefix) \
+            if self.limits.track_remaining else BreakerStats(store, prefix)
         BreakerStats(store, f"cluster.{cfg.name}.circuit_breakers.high.")
         self.connections = 0
         """Open and opening upstream connections, kept by the host pools (max_connections)."""
@@ -181,6 +193,14 @@ class Cluster:
                                       >= lim.max_pending_requests)
         b.rq_open.value = int(self.attached >= lim.max_requests)
         b.rq_retry_open.value = int(self.retrying >= lim.max_retries)
+        if isinstance(b, RemainingStats):
+            b.remaining_cx.value = max(lim.max_connections - self.connections, 0)
+            # max_connection_pools is unlimited; Envoy counts a host's pool from its first use
+            b.remaining_cx_pools.value = 2**64 - 1 - sum(1 for h in self.hosts if h.cx_total)
+            b.remaining_pending.value = max(lim.max_pending_requests
+                                            - st.upstream_rq_pending_active.value, 0)
+            b.remaining_rq.value = max(lim.max_requests - self.attached, 0)
+            b.remaining_retries.value = max(lim.max_retries - self.retrying, 0)
 
     def record_rq_time(self, ms: float) -> None:
         """``upstream_rq_time``, created on first use as Envoy's router creates it."""

@@ -1,0 +1,70 @@
+"""No field is silently ignored: every field the config model accepts is read by the runtime,
+or it is listed here with the reason it needs no reading."""
+
+from __future__ import annotations
+
+import re
+import typing
+
+from pydantic import BaseModel
+
+from edgegw.config import model as m
+
+from .conftest import ROOT
+
+NEEDS_NO_READING = {
+    "SocketAddress.protocol": "only TCP is accepted, which is what edgegw does",
+    "HttpConnectionManager.codec_type": "only AUTO and HTTP1 are accepted: HTTP/1.1",
+    "RegexMatcher.google_re2": "an empty marker in Envoy; it holds no setting",
+    "RuntimeFractionalPercent.runtime_key": "no runtime layer, so Envoy's default_value "
+                                            "applies, as in Envoy without a runtime",
+    "WeightedCluster.total_weight": "checked at load against the weights",
+    "RetryPolicy.retry_on": "parsed at load into the model's retry conditions",
+    "RouteConfiguration.validate_clusters": "only true is accepted: clusters are checked",
+    "AccessLogSink.log_format": "read through the model's format property",
+    "SubstitutionFormatString.content_type": "Envoy ignores it in access logs too",
+    "InternalAddressConfig.unix_sockets": "edgegw listens on no Unix socket",
+    "RingHashLbConfig.hash_function": "only XX_HASH is accepted",
+    "OutlierDetection.split_external_local_origin_errors": "only false is accepted",
+    "ClusterLoadAssignment.cluster_name": "Envoy reads it only for EDS, which edgegw refuses",
+    "CircuitBreakers.thresholds": "read through the model's default property",
+    "Thresholds.priority": "read through the model's default property",
+    "Cluster.typed_extension_protocol_options": "read through the model's http_options",
+    "UpstreamHttpProtocolOptions.explicit_http_config": "only HTTP/1.1 is accepted",
+    "ExplicitHttpConfig.http_protocol_options": "only the empty (default) options",
+}
+
+
+def _models(annotation: typing.Any) -> typing.Iterator[type[BaseModel]]:
+    for arg in typing.get_args(annotation):
+        yield from _models(arg)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield annotation
+
+
+def accepted_fields() -> list[str]:
+    seen: set[type[BaseModel]] = set()
+    out: list[str] = []
+
+    def walk(cls: type[BaseModel]) -> None:
+        if cls in seen:
+            return
+        seen.add(cls)
+        for name, f in cls.model_fields.items():
+            out.append(f"{cls.__name__}.{name}")
+            for sub in _models(f.annotation):
+                walk(sub)
+
+    for root in (m.Bootstrap, m.Router, m.HTTPFault, m.LocalRateLimit):
+        walk(root)
+    return out
+
+
+def test_every_accepted_field_is_read_by_the_runtime_or_needs_no_reading() -> None:
+    runtime = "\n".join(p.read_text() for p in (ROOT / "edgegw").rglob("*.py")
+                        if p != ROOT / "edgegw" / "config" / "model.py")
+    unread = [f for f in accepted_fields()
+              if not re.search(rf"\.{f.split('.')[1]}\b|[\"']{f.split('.')[1]}[\"']", runtime)]
+    assert sorted(set(unread) - set(NEEDS_NO_READING)) == []
+    assert sorted(set(NEEDS_NO_READING) - set(unread)) == []  # the list stays exact
+    assert len(accepted_fields()) > 200
