@@ -1,0 +1,80 @@
+"""Envoy's ``config.core`` and ``type.matcher`` messages: addresses, data sources, header
+values, string matchers."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from .base import Bool, Duration, Msg, UInt32, one_of
+
+
+class SocketAddress(Msg):
+    protocol: Literal["TCP"] = "TCP"
+    address: str
+    port_value: UInt32 = Field(ge=0, le=65535)
+
+
+def address_string(ip: str, port: int) -> str:
+    """An address as Envoy writes one (``Address::asString``): ``1.2.3.4:80``, ``[::1]:80``."""
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+class Address(Msg):
+    socket_address: SocketAddress
+
+
+class DataSource(Msg):
+    filename: str | None = None
+    inline_string: str | None = None
+    inline_bytes: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> DataSource:
+        one_of(self, ("filename", "inline_string", "inline_bytes"))
+        return self
+
+
+class HeaderValue(Msg):
+    key: str = Field(min_length=1)
+    value: str = ""
+
+
+class HeaderValueOption(Msg):
+    header: HeaderValue
+    append: Bool | None = None
+    append_action: Literal[
+        "APPEND_IF_EXISTS_OR_ADD", "ADD_IF_ABSENT", "OVERWRITE_IF_EXISTS_OR_ADD",
+        "OVERWRITE_IF_EXISTS",
+    ] = "APPEND_IF_EXISTS_OR_ADD"
+    keep_empty_value: Bool = False
+
+
+class RegexMatcher(Msg):
+    google_re2: dict[str, Any] = {}
+    regex: str
+
+
+class StringMatcher(Msg):
+    exact: str | None = None
+    prefix: str | None = None
+    suffix: str | None = None
+    contains: str | None = None
+    safe_regex: RegexMatcher | None = None
+    ignore_case: Bool = False
+
+    @model_validator(mode="after")
+    def _one(self) -> StringMatcher:
+        given = [n for n in ("exact", "prefix", "suffix", "contains", "safe_regex")
+                 if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError("exactly one of exact, prefix, suffix, contains, safe_regex must be set")
+        return self
+
+
+class HttpProtocolOptions(Msg):
+    """``config.core.v3.HttpProtocolOptions``: the options both directions share."""
+
+    idle_timeout: Duration | None = None
+    max_headers_count: UInt32 | None = Field(default=None, ge=1)

@@ -1,0 +1,157 @@
+"""``http_connection_manager``: its settings, access logs and HTTP filter list."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+from .base import (
+    FILE_LOG_TYPE,
+    HCM_TYPE,
+    STDERR_LOG_TYPE,
+    STDOUT_LOG_TYPE,
+    Bool,
+    Duration,
+    Msg,
+    UInt32,
+    named_filter,
+    one_of,
+    typed_as,
+)
+from .core import DataSource, HttpProtocolOptions
+from .route import HTTPFault, HttpFilterConfig, LocalRateLimit, RouteConfiguration
+
+
+class HttpFilter(Msg):
+    name: str
+    typed_config: HttpFilterConfig | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _extension(cls, v: Any) -> Any:
+        if isinstance(v, dict) and "typed_config" not in v and v.get("name") in (
+                "envoy.filters.http.fault", "envoy.filters.http.local_ratelimit"):
+            raise PydanticCustomError("missing_typed_config",
+                                      "HTTP filter '{name}' needs a typed_config", v)
+        return named_filter(v, ("envoy.filters.http.router", "envoy.router"), "HTTP filter",
+                      typed_required=False)
+
+    @property
+    def kind(self) -> str:
+        """router, fault or local_ratelimit (a bare name is the router)."""
+        c = self.typed_config
+        return ("fault" if isinstance(c, HTTPFault) else
+                "local_ratelimit" if isinstance(c, LocalRateLimit) else "router")
+
+
+class SubstitutionFormatString(Msg):
+    """An access log format: a text template or a JSON object of templates."""
+
+    text_format: str | None = None
+    text_format_source: DataSource | None = None
+    json_format: dict[str, Any] | None = None
+    omit_empty_values: Bool = False
+    content_type: str = ""
+
+    @model_validator(mode="after")
+    def _one(self) -> SubstitutionFormatString:
+        one_of(self, ("text_format", "text_format_source", "json_format"))
+        return self
+
+
+_LOG_KINDS = {STDOUT_LOG_TYPE: "stdout", STDERR_LOG_TYPE: "stderr", FILE_LOG_TYPE: "file"}
+
+
+def _access_log_type(v: Any) -> Any:
+    """Checks the logger's ``@type`` and records which of the three sinks it is."""
+    if not isinstance(v, dict) or "@type" not in v:
+        raise PydanticCustomError("typed_config", "typed_config must be a mapping with an \"@type\"")
+    kind = _LOG_KINDS.get(v["@type"])
+    if kind is None:
+        raise PydanticCustomError(
+            "unsupported_type", "\"@type\": {url} is not supported by edgegw here (supported: "
+            "{urls})", {"url": v["@type"], "urls": ", ".join(_LOG_KINDS)})
+    if "kind" in v:
+        raise PydanticCustomError("extra_forbidden", "field 'kind' is not supported by edgegw")
+    return {**{k: x for k, x in v.items() if k != "@type"}, "kind": kind}
+
+
+class AccessLogSink(Msg):
+    """Stdout/StderrAccessLog or FileAccessLog (``kind`` comes from the ``@type``)."""
+
+    kind: Literal["stdout", "stderr", "file"]
+    path: str = ""
+    log_format: SubstitutionFormatString | None = None
+    format: str | None = None
+    json_format: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _fields(self) -> AccessLogSink:
+        if self.kind == "file" and not self.path:
+            raise ValueError("a FileAccessLog needs a path")
+        if self.kind != "file" and (self.path or self.format or self.json_format):
+            raise ValueError(f"a {self.kind} access log takes only log_format")
+        one_of(self, ("log_format", "format", "json_format"), required=False)
+        return self
+
+    @property
+    def template(self) -> SubstitutionFormatString | None:
+        if self.format is not None:
+            return SubstitutionFormatString(text_format=self.format)
+        if self.json_format is not None:
+            return SubstitutionFormatString(json_format=self.json_format)
+        return self.log_format
+
+
+class AccessLog(Msg):
+    name: str = ""
+    typed_config: Annotated[AccessLogSink, BeforeValidator(_access_log_type)]
+
+
+class CidrRange(Msg):
+    address_prefix: str
+    prefix_len: UInt32 = Field(default=0, ge=0, le=128)
+
+
+class InternalAddressConfig(Msg):
+    unix_sockets: Bool = False
+    cidr_ranges: list[CidrRange] = []
+
+
+class HttpConnectionManager(Msg):
+    stat_prefix: str = Field(min_length=1)
+    codec_type: Literal["AUTO", "HTTP1"] = "AUTO"
+    route_config: RouteConfiguration
+    http_filters: list[HttpFilter] = []
+    access_log: list[AccessLog] = []
+    use_remote_address: Bool = False
+    xff_num_trusted_hops: UInt32 = Field(default=0, ge=0)
+    skip_xff_append: Bool = False
+    internal_address_config: InternalAddressConfig | None = None
+    server_name: str = ""
+    generate_request_id: Bool = True
+    request_headers_timeout: Duration | None = None
+    request_timeout: Duration | None = None
+    stream_idle_timeout: Duration | None = None
+    max_request_headers_kb: UInt32 = Field(default=60, ge=1, le=8192)
+    common_http_protocol_options: HttpProtocolOptions | None = None
+
+    @model_validator(mode="after")
+    def _router_last(self) -> HttpConnectionManager:
+        if not self.http_filters:
+            raise ValueError("http_filters must end with envoy.filters.http.router")
+        return self
+
+
+class NetworkFilter(Msg):
+    name: str
+    typed_config: Annotated[HttpConnectionManager, typed_as(HCM_TYPE)]
+    @model_validator(mode="before")
+    @classmethod
+    def _extension(cls, v: Any) -> Any:
+        return named_filter(v,
+        ("envoy.filters.network.http_connection_manager", "envoy.http_connection_manager"),
+        "network filter", typed_required=True,
+    )

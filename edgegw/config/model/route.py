@@ -1,0 +1,349 @@
+"""``route_config``: virtual hosts, routes and their actions, retry and hash policies, and
+the HTTP filters' configs (router, fault, local_ratelimit)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, model_validator
+
+from .base import (
+    FAULT_TYPE,
+    LOCAL_RATELIMIT_TYPE,
+    ROUTER_TYPE,
+    Bool,
+    Duration,
+    Msg,
+    T,
+    TypedMsg,
+    UInt32,
+    by_type,
+    one_of,
+    typed_as,
+)
+from .core import DataSource, HeaderValueOption, RegexMatcher, StringMatcher
+
+
+class HeaderMatcher(Msg):
+    name: str = Field(min_length=1)
+    exact_match: str | None = None
+    safe_regex_match: RegexMatcher | None = None
+    present_match: Bool | None = None
+    prefix_match: str | None = None
+    suffix_match: str | None = None
+    contains_match: str | None = None
+    string_match: StringMatcher | None = None
+    invert_match: Bool = False
+
+
+class RouteMatch(Msg):
+    prefix: str | None = None
+    path: str | None = None
+    safe_regex: RegexMatcher | None = None
+    case_sensitive: Bool = True
+    headers: list[HeaderMatcher] = []
+
+    @model_validator(mode="after")
+    def _one(self) -> RouteMatch:
+        given = [n for n in ("prefix", "path", "safe_regex") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError("exactly one of prefix, path, safe_regex must be set")
+        return self
+
+
+RETRY_ON = ("5xx", "gateway-error", "reset", "connect-failure", "retriable-4xx",
+            "refused-stream", "retriable-status-codes", "retriable-headers", "envoy-ratelimited")
+PREVIOUS_HOSTS = "envoy.retry_host_predicates.previous_hosts"
+PREVIOUS_HOSTS_TYPE = T + "extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+
+
+class RetryBackOff(Msg):
+    base_interval: Duration
+    max_interval: Duration | None = None
+
+
+class ResetHeader(Msg):
+    name: str = Field(min_length=1)
+    format: Literal["SECONDS", "UNIX_TIMESTAMP"] = "SECONDS"
+
+
+class RateLimitedRetryBackOff(Msg):
+    """Back off as long as the upstream asks (``Retry-After: 5``) before retrying."""
+
+    reset_headers: list[ResetHeader] = Field(min_length=1)
+    max_interval: Duration = Field(default=300.0, gt=0)
+
+
+class PreviousHosts(Msg):
+    pass
+
+
+class RetryHostPredicate(Msg):
+    name: Literal["envoy.retry_host_predicates.previous_hosts"]
+    typed_config: Annotated[PreviousHosts, typed_as(PREVIOUS_HOSTS_TYPE)]
+    """Required: Envoy 1.40 refuses the bare name too."""
+
+
+class RetryPolicy(Msg):
+    retry_on: str = ""
+    num_retries: UInt32 = Field(default=1, ge=0)
+    per_try_timeout: Duration | None = None
+    retry_back_off: RetryBackOff | None = None
+    retriable_status_codes: list[int] = []
+    retriable_headers: list[HeaderMatcher] = []
+    rate_limited_retry_back_off: RateLimitedRetryBackOff | None = None
+    retry_host_predicate: list[RetryHostPredicate] = []
+    host_selection_retry_max_attempts: UInt32 = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _conditions(self) -> RetryPolicy:
+        for c in self.conditions:
+            if c not in RETRY_ON:
+                raise ValueError(f"retry_on '{c}' is not supported by edgegw (supported: "
+                                 f"{', '.join(RETRY_ON)})")
+        return self
+
+    @property
+    def conditions(self) -> list[str]:
+        return [c.strip() for c in self.retry_on.split(",") if c.strip()]
+
+
+class ClusterWeight(Msg):
+    name: str = Field(min_length=1)
+    weight: UInt32 = Field(default=0, ge=0)
+
+
+class WeightedCluster(Msg):
+    """Traffic shifting: each request goes to one cluster, chosen by weight."""
+
+    clusters: list[ClusterWeight] = Field(min_length=1)
+    total_weight: UInt32 | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _weights(self) -> WeightedCluster:
+        total = sum(c.weight for c in self.clusters)
+        if total <= 0:
+            raise ValueError("the weights of weighted_clusters must add up to more than 0")
+        if self.total_weight is not None and self.total_weight != total:
+            raise ValueError(f"total_weight {self.total_weight} is not the sum of the weights "
+                             f"({total})")
+        return self
+
+
+class FractionalPercent(Msg):
+    numerator: UInt32 = Field(default=0, ge=0)
+    denominator: Literal["HUNDRED", "TEN_THOUSAND", "MILLION"] = "HUNDRED"
+
+    @property
+    def fraction(self) -> float:
+        scale = {"HUNDRED": 100, "TEN_THOUSAND": 10_000, "MILLION": 1_000_000}[self.denominator]
+        return min(self.numerator / scale, 1.0)
+
+
+class RuntimeFractionalPercent(Msg):
+    default_value: FractionalPercent
+    runtime_key: str = ""
+    """Accepted for Envoy compatibility; edgegw has no runtime layer, so the default holds."""
+
+
+class HashHeader(Msg):
+    header_name: str = Field(min_length=1)
+
+
+class HashCookie(Msg):
+    name: str = Field(min_length=1)
+    ttl: Duration | None = None
+    """When set, a client without the cookie gets one (Envoy's generated cookie)."""
+    path: str = ""
+
+
+class HashConnectionProperties(Msg):
+    source_ip: Bool = False
+
+
+class HashQueryParameter(Msg):
+    name: str = Field(min_length=1)
+
+
+class HashPolicy(Msg):
+    """What a RING_HASH or MAGLEV cluster hashes to pick a host (sticky sessions)."""
+
+    header: HashHeader | None = None
+    cookie: HashCookie | None = None
+    connection_properties: HashConnectionProperties | None = None
+    query_parameter: HashQueryParameter | None = None
+    terminal: Bool = False
+
+    @model_validator(mode="after")
+    def _one(self) -> HashPolicy:
+        one_of(self, ("header", "cookie", "connection_properties", "query_parameter"))
+        return self
+
+
+class RequestMirrorPolicy(Msg):
+    """Shadowing: a copy of each request goes to another cluster; its answer is dropped."""
+
+    cluster: str = Field(min_length=1)
+    runtime_fraction: RuntimeFractionalPercent | None = None
+    disable_shadow_host_suffix_append: Bool = False
+
+
+class RouteAction(Msg):
+    cluster: str | None = Field(default=None, min_length=1)
+    weighted_clusters: WeightedCluster | None = None
+    hash_policy: list[HashPolicy] = []
+    request_mirror_policies: list[RequestMirrorPolicy] = []
+    timeout: Duration | None = None
+    retry_policy: RetryPolicy | None = None
+    host_rewrite_literal: str | None = None
+    auto_host_rewrite: Bool = False
+    prefix_rewrite: str | None = None
+
+    @model_validator(mode="after")
+    def _rewrite(self) -> RouteAction:
+        one_of(self, ("cluster", "weighted_clusters"))
+        if self.host_rewrite_literal is not None and self.auto_host_rewrite:
+            raise ValueError("only one of host_rewrite_literal, auto_host_rewrite may be set")
+        return self
+
+
+RedirectCode = Literal[
+    "MOVED_PERMANENTLY", "FOUND", "SEE_OTHER", "TEMPORARY_REDIRECT", "PERMANENT_REDIRECT"
+]
+
+
+class RedirectAction(Msg):
+    https_redirect: Bool = False
+    scheme_redirect: str | None = None
+    host_redirect: str | None = None
+    port_redirect: UInt32 | None = Field(default=None, ge=0, le=65535)
+    path_redirect: str | None = None
+    prefix_rewrite: str | None = None
+    response_code: RedirectCode = "MOVED_PERMANENTLY"
+    strip_query: Bool = False
+
+    @model_validator(mode="after")
+    def _one(self) -> RedirectAction:
+        one_of(self, ("https_redirect", "scheme_redirect"), required=False)
+        one_of(self, ("path_redirect", "prefix_rewrite"), required=False)
+        return self
+
+
+class DirectResponseAction(Msg):
+    status: UInt32 = Field(ge=200, le=599)
+    body: DataSource | None = None
+
+
+class HeaderMutations(Msg):
+    """The add/remove lists that route_config, virtual hosts and routes all carry."""
+
+    request_headers_to_add: list[HeaderValueOption] = Field(default=[], max_length=1000)
+    request_headers_to_remove: list[str] = []
+    response_headers_to_add: list[HeaderValueOption] = Field(default=[], max_length=1000)
+    response_headers_to_remove: list[str] = []
+
+
+class Router(TypedMsg):
+    suppress_envoy_headers: Bool = False
+
+
+class FaultDelay(Msg):
+    fixed_delay: Duration | None = None
+    header_delay: dict[str, Any] | None = Field(default=None, max_length=0)
+    percentage: FractionalPercent = FractionalPercent()
+
+    @model_validator(mode="after")
+    def _one(self) -> FaultDelay:
+        one_of(self, ("fixed_delay", "header_delay"))
+        return self
+
+
+class FaultAbort(Msg):
+    http_status: UInt32 | None = Field(default=None, ge=200, lt=600)
+    header_abort: dict[str, Any] | None = Field(default=None, max_length=0)
+    percentage: FractionalPercent = FractionalPercent()
+
+    @model_validator(mode="after")
+    def _one(self) -> FaultAbort:
+        one_of(self, ("http_status", "header_abort"))
+        return self
+
+
+class HTTPFault(TypedMsg):
+    """envoy.filters.http.fault: injected delays and aborts, to rehearse failures."""
+
+    delay: FaultDelay | None = None
+    abort: FaultAbort | None = None
+    upstream_cluster: str = ""
+    headers: list[HeaderMatcher] = []
+    max_active_faults: UInt32 | None = Field(default=None, ge=0)
+
+
+class TokenBucket(Msg):
+    max_tokens: UInt32 = Field(ge=1)
+    tokens_per_fill: UInt32 = Field(default=1, ge=1)
+    fill_interval: Duration = Field(gt=0)
+
+
+def _http_status(v: Any) -> Any:
+    names = {"TooManyRequests": 429, "ServiceUnavailable": 503, "Forbidden": 403,
+             "BadRequest": 400, "InternalServerError": 500}
+    return names.get(v, v) if isinstance(v, str) else v
+
+
+class HttpStatus(Msg):
+    code: Annotated[int, BeforeValidator(_http_status)] = Field(ge=200, lt=600)
+
+
+class LocalRateLimit(TypedMsg):
+    """envoy.filters.http.local_ratelimit: a token bucket in front of the routes."""
+
+    stat_prefix: str = Field(min_length=1)
+    status: HttpStatus | None = None
+    token_bucket: TokenBucket | None = None
+    filter_enabled: RuntimeFractionalPercent | None = None
+    filter_enforced: RuntimeFractionalPercent | None = None
+    request_headers_to_add_when_not_enforced: list[HeaderValueOption] = []
+    response_headers_to_add: list[HeaderValueOption] = []
+    local_rate_limit_per_downstream_connection: Bool = False
+    enable_x_ratelimit_headers: Literal["OFF", "DRAFT_VERSION_03"] = "OFF"
+
+
+if TYPE_CHECKING:  # what the discriminated unions below hold, for the type checker
+    HttpFilterConfig = Router | HTTPFault | LocalRateLimit
+    PerFilterConfig = HTTPFault | LocalRateLimit
+else:
+    HttpFilterConfig = by_type((ROUTER_TYPE, Router), (FAULT_TYPE, HTTPFault),
+                                (LOCAL_RATELIMIT_TYPE, LocalRateLimit))
+    PerFilterConfig = by_type((FAULT_TYPE, HTTPFault), (LOCAL_RATELIMIT_TYPE, LocalRateLimit))
+
+
+class Route(HeaderMutations):
+    name: str = ""
+    typed_per_filter_config: dict[str, PerFilterConfig] = {}
+    match: RouteMatch
+    route: RouteAction | None = None
+    redirect: RedirectAction | None = None
+    direct_response: DirectResponseAction | None = None
+
+    @model_validator(mode="after")
+    def _action(self) -> Route:
+        one_of(self, ("route", "redirect", "direct_response"))
+        return self
+
+
+class VirtualHost(HeaderMutations):
+    name: str = Field(min_length=1)
+    domains: list[str] = Field(min_length=1)
+    routes: list[Route] = []
+    require_tls: Literal["NONE", "EXTERNAL_ONLY", "ALL"] = "NONE"
+    retry_policy: RetryPolicy | None = None
+    typed_per_filter_config: dict[str, PerFilterConfig] = {}
+
+
+class RouteConfiguration(HeaderMutations):
+    name: str = ""
+    virtual_hosts: list[VirtualHost] = []
+    ignore_port_in_host_matching: Bool = False
+    validate_clusters: Literal[True] | None = None
+    """edgegw always checks that routes name known clusters (false is refused)."""

@@ -1,0 +1,159 @@
+"""TLS: ``DownstreamTlsContext``, ``UpstreamTlsContext``, SDS secret configs and ``Secret``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, model_validator
+
+from .base import (
+    DOWNSTREAM_TLS_TYPE,
+    UPSTREAM_TLS_TYPE,
+    Bool,
+    Duration,
+    Msg,
+    named_filter,
+    one_of,
+    typed_as,
+)
+from .core import DataSource, StringMatcher
+
+
+class WatchedDirectory(Msg):
+    path: str = Field(min_length=1)
+
+
+class TlsCertificate(Msg):
+    certificate_chain: DataSource
+    private_key: DataSource
+    watched_directory: WatchedDirectory | None = None
+
+
+class PathConfigSource(Msg):
+    path: str = Field(min_length=1)
+    watched_directory: WatchedDirectory | None = None
+
+
+class ConfigSource(Msg):
+    """Where a secret comes from: a file (``path_config_source``, or the deprecated ``path``)."""
+
+    path: str | None = None
+    path_config_source: PathConfigSource | None = None
+    resource_api_version: Literal["AUTO", "V3"] = "AUTO"
+    initial_fetch_timeout: Duration | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> ConfigSource:
+        one_of(self, ("path", "path_config_source"))
+        return self
+
+    @property
+    def file(self) -> str:
+        return self.path_config_source.path if self.path_config_source else self.path or ""
+
+    @property
+    def watched_directory(self) -> str | None:
+        pcs = self.path_config_source
+        return pcs.watched_directory.path if pcs and pcs.watched_directory else None
+
+
+class SdsSecretConfig(Msg):
+    """A named secret: from an SDS file when ``sds_config`` is set, else from
+    ``static_resources.secrets``."""
+
+    name: str = Field(min_length=1)
+    sds_config: ConfigSource | None = None
+
+
+TlsVersion = Literal["TLS_AUTO", "TLSv1_0", "TLSv1_1", "TLSv1_2", "TLSv1_3"]
+
+
+class TlsParameters(Msg):
+    tls_minimum_protocol_version: TlsVersion = "TLS_AUTO"
+    tls_maximum_protocol_version: TlsVersion = "TLS_AUTO"
+
+
+class SubjectAltNameMatcher(Msg):
+    san_type: Literal["DNS", "URI", "IP_ADDRESS", "EMAIL"]
+    matcher: StringMatcher
+
+
+class CertificateValidationContext(Msg):
+    trusted_ca: DataSource | None = None
+    match_typed_subject_alt_names: list[SubjectAltNameMatcher] = []
+
+
+class CommonTlsContext(Msg):
+    tls_params: TlsParameters = TlsParameters()
+    tls_certificates: list[TlsCertificate] = []
+    tls_certificate_sds_secret_configs: list[SdsSecretConfig] = []
+    validation_context: CertificateValidationContext | None = None
+    validation_context_sds_secret_config: SdsSecretConfig | None = None
+    alpn_protocols: list[str] = []
+
+    @model_validator(mode="after")
+    def _validation(self) -> CommonTlsContext:
+        if self.validation_context and self.validation_context_sds_secret_config:
+            raise ValueError("only one of validation_context, "
+                             "validation_context_sds_secret_config may be set")
+        return self
+
+    @property
+    def has_trust(self) -> bool:
+        vc = self.validation_context
+        return bool(vc and vc.trusted_ca) or self.validation_context_sds_secret_config is not None
+
+
+class Secret(Msg):
+    """``extensions.transport_sockets.tls.v3.Secret``: what an SDS file carries."""
+
+    name: str = Field(min_length=1)
+    tls_certificate: TlsCertificate | None = None
+    validation_context: CertificateValidationContext | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Secret:
+        one_of(self, ("tls_certificate", "validation_context"))
+        return self
+
+
+class DownstreamTlsContext(Msg):
+    common_tls_context: CommonTlsContext = CommonTlsContext()
+    require_client_certificate: Bool = False
+
+    @model_validator(mode="after")
+    def _certs(self) -> DownstreamTlsContext:
+        ctx = self.common_tls_context
+        if not ctx.tls_certificates and not ctx.tls_certificate_sds_secret_configs:
+            raise ValueError("a DownstreamTlsContext needs common_tls_context.tls_certificates "
+                             "or tls_certificate_sds_secret_configs")
+        if self.require_client_certificate and not ctx.has_trust:
+            raise ValueError("require_client_certificate needs a trusted_ca "
+                             "(validation_context or validation_context_sds_secret_config)")
+        return self
+
+
+class UpstreamTlsContext(Msg):
+    common_tls_context: CommonTlsContext = CommonTlsContext()
+    sni: str = Field(default="", max_length=255)
+
+
+_TLS_NAMES = ("envoy.transport_sockets.tls", "tls")
+
+
+class DownstreamTransportSocket(Msg):
+    name: str
+    typed_config: Annotated[DownstreamTlsContext, typed_as(DOWNSTREAM_TLS_TYPE)]
+    @model_validator(mode="before")
+    @classmethod
+    def _extension(cls, v: Any) -> Any:
+        return named_filter(v, _TLS_NAMES, "transport socket", typed_required=True)
+
+
+class UpstreamTransportSocket(Msg):
+    name: str
+    typed_config: Annotated[UpstreamTlsContext, typed_as(UPSTREAM_TLS_TYPE)]
+    @model_validator(mode="before")
+    @classmethod
+    def _extension(cls, v: Any) -> Any:
+        return named_filter(v, _TLS_NAMES, "transport socket", typed_required=True)
