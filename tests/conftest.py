@@ -6,6 +6,7 @@ on 127.0.0.20 and 127.0.0.21. Ports are picked free at run time so tests can run
 
 from __future__ import annotations
 
+import collections
 import copy
 import os
 import shutil
@@ -15,7 +16,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -160,6 +161,10 @@ class Gateway:
                 pass
             time.sleep(0.1)
         raise TimeoutError(f"{self.kind} not ready:\n{self.proc.output()}")
+
+    def wait_requests_active(self, n: int, prefix: str = "http.ingress.") -> None:
+        """Until n requests are in the gateway (sent, and not yet answered)."""
+        wait_for(lambda: self.stats().get(prefix + "downstream_rq_active") == n)
 
     def stats(self) -> dict[str, int]:
         text = httpx.get(f"http://127.0.0.1:{self.admin_port}/stats", timeout=5).text
@@ -391,3 +396,142 @@ def pair(gateway):
         return out
 
     return start
+
+
+# --- requests and configs shared by the test modules ---------------------------------------
+
+
+VOLATILE = {"date", "x-envoy-upstream-service-time", "x-request-id", "server"}
+
+
+def exchange(port: int, data: bytes, sni: str | None = None, ca: Path | None = None,
+             timeout: float = 5.0) -> bytes:
+    """Sends raw bytes (over TLS when sni is given) and reads until the server closes."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    if sni:
+        ctx = ssl.create_default_context(cafile=str(ca)) if ca else ssl._create_unverified_context()
+        sock = ctx.wrap_socket(sock, server_hostname=sni)
+    sock.sendall(data)
+    out = b""
+    try:
+        while chunk := sock.recv(65536):
+            out += chunk
+    except (TimeoutError, ConnectionError, ssl.SSLError):
+        out += b"<reset>"
+    sock.close()
+    return out
+
+
+def parse(raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers: dict[str, str] = {}
+    for ln in lines[1:]:
+        k, _, v = ln.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return int(lines[0].split()[1]), headers, body
+
+
+def request(path: str, host: str = "a.example.com", extra: str = "", close: bool = True) -> bytes:
+    return (f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: difftest\r\n{extra}"
+            + ("Connection: close\r\n" if close else "") + "\r\n").encode()
+
+
+def stable(headers: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k not in VOLATILE}
+
+
+def local_reply_config(backends: Backends, port: int) -> dict:
+    routes = [
+        {"match": {"prefix": "/dead"}, "route": {"cluster": "dead"}},
+        {"match": {"prefix": "/empty"}, "route": {"cluster": "empty"}},
+        {"match": {"prefix": "/redirect"}, "redirect": {"https_redirect": True}},
+        {"match": {"prefix": "/moved"}, "redirect": {"host_redirect": "new.example.com",
+                                                      "path_redirect": "/landing",
+                                                      "response_code": "FOUND"}},
+        {"match": {"prefix": "/direct"}, "direct_response": {
+            "status": 418, "body": {"inline_string": "short and stout\n"}}},
+        {"match": {"prefix": "/rewrite/"}, "route": {"cluster": "a", "prefix_rewrite": "/",
+                                                     "host_rewrite_literal": "rewritten.internal"},
+         "response_headers_to_add": [{"header": {"key": "x-route", "value": "rewrite"}}]},
+        {"match": {"path": "/exact"}, "route": {"cluster": "a"}},
+        {"match": {"prefix": "/hdr", "headers": [{"name": "x-canary", "string_match": {
+            "exact": "yes"}}]}, "route": {"cluster": "a"}},
+        {"match": {"prefix": "/"}, "route": {"cluster": "a", "timeout": "0.5s"}},
+    ]
+    return {"static_resources": {
+        "listeners": [{"name": "plain", "address": addr("127.0.0.1", port),
+                       "filter_chains": [{"filters": [hcm([
+                           {"name": "a", "domains": ["a.example.com"], "routes": routes,
+                            "request_headers_to_add": [{"header": {"key": "x-vhost",
+                                                                   "value": "a"}}]}])]}]}],
+        "clusters": [static_cluster("a", *backends.a),
+                     static_cluster("dead", "127.0.0.20", free_port("127.0.0.20")),
+                     {"name": "empty", "type": "STATIC", "connect_timeout": "1s"}]}}
+
+
+def cluster(name: str, hosts: list[tuple[str, int]], **extra: object) -> dict:
+    return {"name": name, "type": "STATIC", "connect_timeout": "0.5s", "load_assignment": {
+        "cluster_name": name, "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": addr(*h)}} for h in hosts]}]}, **extra}
+
+
+def config(port: int, clusters: list[dict], routes: list[dict] | None = None,
+           **hcm_extra: object) -> dict:
+    routes = routes or [route("/", clusters[0]["name"])]
+    return {"static_resources": {
+        "listeners": [{"name": "plain", "address": addr("127.0.0.1", port),
+                       "filter_chains": [{"filters": [hcm(
+                           [{"name": "all", "domains": ["*"], "routes": routes}],
+                           **hcm_extra)]}]}],
+        "clusters": clusters}}
+
+
+def served_by(port: int, n: int, path: str = "/headers") -> collections.Counter[str]:
+    """Which backend answered each of n requests ('503' when none did)."""
+    seen: collections.Counter[str] = collections.Counter()
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as c:
+        for _ in range(n):
+            r = c.get(path, headers={"host": "a.example.com"})
+            seen[r.json()["backend"] if r.status_code == 200 else str(r.status_code)] += 1
+    return seen
+
+
+def clusters_text(admin_port: int) -> str:
+    return httpx.get(f"http://127.0.0.1:{admin_port}/clusters", timeout=5).text
+
+
+def flags(admin_port: int, cluster_name: str) -> dict[str, str]:
+    out = {}
+    for line in clusters_text(admin_port).splitlines():
+        parts = line.split("::")
+        if len(parts) == 4 and parts[0] == cluster_name and parts[2] == "health_flags":
+            out[parts[1]] = parts[3]
+    return out
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.05)
+
+
+def control(host: tuple[str, int], state: str) -> None:
+    httpx.get(f"http://{host[0]}:{host[1]}/control/{state}", timeout=5)
+
+
+def curl(port: int, certs: Path, host: str, path: str, *args: str,
+         timeout: float = 10) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["curl", "-sS", "--cacert", str(certs / "dev-ca.pem"), "--resolve",
+         f"{host}:{port}:127.0.0.1", *([] if "-I" in args else ["-D", "-"]),
+         f"https://{host}:{port}{path}", *args],
+        capture_output=True, text=True, timeout=timeout)
+
+
+def versioned(port: int, c: tuple[str, int], version: str) -> dict:
+    return config(port, [cluster("app", [c])], routes=[
+        {"match": {"prefix": "/"}, "route": {"cluster": "app"},
+         "response_headers_to_add": [{"header": {"key": "x-version", "value": version}}]}])

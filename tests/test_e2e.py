@@ -13,16 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import Backends, edge_config, free_port
-
-
-def curl(port: int, certs: Path, host: str, path: str, *args: str,
-         timeout: float = 10) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["curl", "-sS", "--cacert", str(certs / "dev-ca.pem"), "--resolve",
-         f"{host}:{port}:127.0.0.1", *([] if "-I" in args else ["-D", "-"]),
-         f"https://{host}:{port}{path}", *args],
-        capture_output=True, text=True, timeout=timeout)
+from .conftest import Backends, curl, edge_config, free_port, wait_for
 
 
 def split(out: str) -> tuple[int, dict[str, str], str]:
@@ -257,7 +248,7 @@ def test_ready_and_counters(edge, certs: Path) -> None:
     assert d["http.ingress.downstream_rq_2xx"] == 3
     assert d["http.ingress.downstream_rq_5xx"] == 1
     assert d["cluster.a.upstream_rq_2xx"] == 3 and d["cluster.a.upstream_rq_503"] == 1
-    assert after["http.ingress.downstream_cx_active"] >= 0
+    wait_for(lambda: edge.stats()["http.ingress.downstream_cx_active"] == 0)  # curl is gone
 
 
 def _rss_kb(pid: int) -> int:
@@ -274,8 +265,11 @@ def test_slow_client_back_pressures_the_upstream(edge, certs: Path) -> None:
     base = _rss_kb(pid)
     s = _tls(edge.port, certs)
     s.sendall(b"GET /bytes/%d HTTP/1.1\r\nHost: a.example.com\r\nConnection: close\r\n\r\n" % size)
-    time.sleep(1.5)
-    held = _rss_kb(pid) - base
+    edge.wait_requests_active(1)
+    held = 0
+    for _ in range(15):  # watch the gateway's memory while the backend pushes and nobody reads
+        held = max(held, _rss_kb(pid) - base)
+        time.sleep(0.1)
     assert held < 32 * 1024, f"gateway holds {held} kB for a client that is not reading"
     total = 0
     s.settimeout(20)
@@ -338,7 +332,7 @@ def test_reused_connection_dropped_by_backend_is_retried_once(edge, certs: Path)
 def test_drain_listeners_closes_the_door_and_lets_open_requests_finish(edge, certs: Path) -> None:
     s = _tls(edge.port, certs)
     s.sendall(b"GET /delay/0.5 HTTP/1.1\r\nHost: a.example.com\r\n\r\n")
-    time.sleep(0.1)
+    edge.wait_requests_active(1)
     r = httpx.post(f"http://127.0.0.1:{edge.admin_port}/drain_listeners")
     assert r.status_code == 200
     out = _read_all(s)

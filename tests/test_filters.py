@@ -7,9 +7,18 @@ import time
 import httpx
 import pytest
 
-from .conftest import ENVOY, ROUTER, free_port, route
-from .test_differential import VOLATILE, exchange, parse, request
-from .test_health import cluster, config
+from .conftest import (
+    ENVOY,
+    ROUTER,
+    VOLATILE,
+    cluster,
+    config,
+    exchange,
+    free_port,
+    parse,
+    request,
+    route,
+)
 
 FAULT = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
 LRL = "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"

@@ -6,71 +6,29 @@ Envoy's behaviour is the question, the same config under real Envoy.
 
 from __future__ import annotations
 
-import collections
 import time
-from collections.abc import Callable
 
 import httpx
 import pytest
 
-from .conftest import ENVOY, addr, free_port, hcm, route
-from .test_differential import exchange, parse, request
+from .conftest import (
+    ENVOY,
+    cluster,
+    config,
+    control,
+    exchange,
+    flags,
+    free_port,
+    parse,
+    request,
+    route,
+    served_by,
+    wait_for,
+)
 
 HTTP_HC = {"timeout": "0.5s", "interval": "0.2s", "no_traffic_interval": "0.2s",
            "unhealthy_threshold": 2, "healthy_threshold": 2,
            "http_health_check": {"path": "/health", "host": "health.internal"}}
-
-
-def cluster(name: str, hosts: list[tuple[str, int]], **extra: object) -> dict:
-    return {"name": name, "type": "STATIC", "connect_timeout": "0.5s", "load_assignment": {
-        "cluster_name": name, "endpoints": [{"lb_endpoints": [
-            {"endpoint": {"address": addr(*h)}} for h in hosts]}]}, **extra}
-
-
-def config(port: int, clusters: list[dict], routes: list[dict] | None = None,
-           **hcm_extra: object) -> dict:
-    routes = routes or [route("/", clusters[0]["name"])]
-    return {"static_resources": {
-        "listeners": [{"name": "plain", "address": addr("127.0.0.1", port),
-                       "filter_chains": [{"filters": [hcm(
-                           [{"name": "all", "domains": ["*"], "routes": routes}],
-                           **hcm_extra)]}]}],
-        "clusters": clusters}}
-
-
-def served_by(port: int, n: int, path: str = "/headers") -> collections.Counter[str]:
-    """Which backend answered each of n requests ('503' when none did)."""
-    seen: collections.Counter[str] = collections.Counter()
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as c:
-        for _ in range(n):
-            r = c.get(path, headers={"host": "a.example.com"})
-            seen[r.json()["backend"] if r.status_code == 200 else str(r.status_code)] += 1
-    return seen
-
-
-def clusters_text(admin_port: int) -> str:
-    return httpx.get(f"http://127.0.0.1:{admin_port}/clusters", timeout=5).text
-
-
-def flags(admin_port: int, cluster_name: str) -> dict[str, str]:
-    out = {}
-    for line in clusters_text(admin_port).splitlines():
-        parts = line.split("::")
-        if len(parts) == 4 and parts[0] == cluster_name and parts[2] == "health_flags":
-            out[parts[1]] = parts[3]
-    return out
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)
-
-
-def control(host: tuple[str, int], state: str) -> None:
-    httpx.get(f"http://{host[0]}:{host[1]}/control/{state}", timeout=5)
 
 
 def test_http_health_check_takes_a_sick_host_out_and_back(gateway, backend) -> None:

@@ -9,9 +9,7 @@ import time
 
 import httpx
 
-from .conftest import free_port
-from .test_differential import parse
-from .test_health import cluster, config
+from .conftest import cluster, config, free_port, parse, versioned, wait_for
 
 
 def test_sigterm_drains_idle_and_busy_connections_then_exits_0(gateway, backend) -> None:
@@ -23,7 +21,7 @@ def test_sigterm_drains_idle_and_busy_connections_then_exits_0(gateway, backend)
     assert idle.recv(65536).startswith(b"HTTP/1.1 200")
     busy = socket.create_connection(("127.0.0.1", port), timeout=5)
     busy.sendall(b"GET /delay/1 HTTP/1.1\r\nHost: a\r\n\r\n")
-    time.sleep(0.2)
+    gw.wait_requests_active(1)
     sent = time.monotonic()
     gw.proc.p.send_signal(signal.SIGTERM)
     assert idle.recv(65536) == b""  # the idle keep-alive connection is closed at once
@@ -88,30 +86,25 @@ def _client_loop(port: int, stop: threading.Event, seen: list) -> None:
                 seen.append((repr(e), None))
 
 
-def _versioned(port: int, c: tuple[str, int], version: str) -> dict:
-    return config(port, [cluster("app", [c])], routes=[
-        {"match": {"prefix": "/"}, "route": {"cluster": "app"},
-         "response_headers_to_add": [{"header": {"key": "x-version", "value": version}}]}])
-
-
 def test_reload_swaps_routes_under_load_without_a_failure(gateway, backend) -> None:
     import yaml
 
     c = backend("127.0.0.22", "c")
     port = free_port()
-    gw = gateway(_versioned(port, c, "1"))
+    gw = gateway(versioned(port, c, "1"))
     stop, seen = threading.Event(), []
     loop = threading.Thread(target=_client_loop, args=(port, stop, seen))
     loop.start()
-    time.sleep(0.3)
+    wait_for(lambda: len(seen) >= 20)
     # Write the new version aside and rename it over the config, as editors and deploy tools do.
     new = gw.path.with_suffix(".new")
-    new.write_text(yaml.safe_dump({**_versioned(port, c, "2"), "admin": gw.config["admin"]}))
+    new.write_text(yaml.safe_dump({**versioned(port, c, "2"), "admin": gw.config["admin"]}))
     new.rename(gw.path)
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and (not seen or seen[-1][1] != "2"):
         time.sleep(0.05)
-    time.sleep(0.3)
+    switched = len(seen)
+    wait_for(lambda: len(seen) >= switched + 20)  # and the new config keeps serving
     stop.set()
     loop.join(5)
     assert seen and seen[-1] == (200, "2")
@@ -124,7 +117,7 @@ def test_reload_swaps_routes_under_load_without_a_failure(gateway, backend) -> N
 def test_an_invalid_config_is_rejected_and_the_old_one_keeps_serving(gateway, backend) -> None:
     c = backend("127.0.0.22", "c")
     port = free_port()
-    gw = gateway(_versioned(port, c, "1"))
+    gw = gateway(versioned(port, c, "1"))
     import yaml
 
     bad = yaml.safe_load(gw.path.read_text())
@@ -158,7 +151,7 @@ def test_reload_follows_a_symlink_swap(gateway, backend, tmp_path) -> None:
     admin_cfg = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}}
     for v in ("1", "2"):
         (tmp_path / f"v{v}.yaml").write_text(yaml.safe_dump(
-            {**_versioned(port, c, v), "admin": admin_cfg}))
+            {**versioned(port, c, v), "admin": admin_cfg}))
     link = tmp_path / "current.yaml"
     link.symlink_to(tmp_path / "v1.yaml")
     proc = Proc([sys.executable, "-m", "edgegw", "-c", str(link)], tmp_path / "gw.log")
@@ -192,7 +185,7 @@ def test_a_config_change_made_while_the_gateway_starts_is_not_missed(backend, tm
     path = tmp_path / "gw.yaml"
 
     def write(version: str) -> None:
-        cfg = _versioned(port, c, version)
+        cfg = versioned(port, c, version)
         cfg["static_resources"]["clusters"][0]["health_checks"] = [{
             "timeout": "3s", "interval": "10s", "unhealthy_threshold": 1,
             "healthy_threshold": 1, "http_health_check": {"path": "/delay/1"}}]
@@ -309,8 +302,8 @@ def test_reload_keeps_unchanged_clusters_and_their_health(gateway, backend) -> N
     hc = {"timeout": "0.5s", "interval": "30s", "no_traffic_interval": "30s",
           "unhealthy_threshold": 1, "healthy_threshold": 1, "tcp_health_check": {}}
     port = free_port()
-    gw = gateway({**_versioned(port, c, "1"), "static_resources": {
-        **_versioned(port, c, "1")["static_resources"],
+    gw = gateway({**versioned(port, c, "1"), "static_resources": {
+        **versioned(port, c, "1")["static_resources"],
         "clusters": [cluster("app", [c]), cluster("checked", [dead], health_checks=[hc])]}})
     url = f"http://127.0.0.1:{port}/headers"
     with httpx.Client(timeout=5) as client:
@@ -341,7 +334,7 @@ def test_reload_moves_a_listener_to_a_new_port(gateway, backend) -> None:
 
     c = backend("127.0.0.22", "c")
     old_port, new_port = free_port(), free_port()
-    gw = gateway(_versioned(old_port, c, "1"))
+    gw = gateway(versioned(old_port, c, "1"))
     assert httpx.get(f"http://127.0.0.1:{old_port}/headers", headers={"host": "a"}).status_code \
         == 200
     moved = yaml.safe_load(gw.path.read_text())

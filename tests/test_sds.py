@@ -29,6 +29,7 @@ from .conftest import (
     route,
     served_serial,
     static_cluster,
+    wait_for,
     wait_serial,
 )
 
@@ -149,8 +150,9 @@ def test_certificate_written_before_its_key_loads_when_the_key_arrives(sds_gatew
                                                                        site: Site) -> None:
     g = sds_gateway()
     chain, key, serial = site.issue()
+    attempts = g.stats().get("sds.site_a.update_attempt", 0)
     site.crt.write_bytes(chain)
-    time.sleep(0.6)
+    wait_for(lambda: g.stats().get("sds.site_a.update_attempt", 0) > attempts)
     assert served_serial(g.port, site.ca_file) == site.serial
     site.key.write_bytes(key)
     wait_serial(g.port, site.ca_file, serial)

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from .conftest import Backends, edge_config, free_port
-from .test_e2e import curl
+from .conftest import Backends, curl, edge_config, free_port
 
 CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is installed by make sysdeps")

@@ -15,9 +15,7 @@ import httpx
 import pytest
 import yaml
 
-from .conftest import Proc, free_port, served_serial, wait_port
-from .test_health import cluster, config
-from .test_lifecycle import _versioned
+from .conftest import Proc, cluster, config, free_port, served_serial, versioned, wait_port
 
 
 def admin_config(port: int) -> dict:
@@ -195,9 +193,9 @@ def test_workers_do_not_outlive_a_killed_supervisor(backend, supervised) -> None
 def test_a_config_change_reaches_every_worker(backend, supervised) -> None:
     c = backend("127.0.0.22", "c")
     port = free_port()
-    gw = supervised(_versioned(port, c, "1"))
+    gw = supervised(versioned(port, c, "1"))
     tmp = gw.path.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump({**_versioned(port, c, "2"), "admin": gw.admin_cfg}))
+    tmp.write_text(yaml.safe_dump({**versioned(port, c, "2"), "admin": gw.admin_cfg}))
     tmp.rename(gw.path)
     deadline = time.monotonic() + 5
     while any(worker_stats(w["admin_socket"]).get("edgegw.config_reload.success") != 1
