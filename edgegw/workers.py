@@ -322,7 +322,7 @@ def _union(into: list[Any], more: list[Any]) -> None:
 
 def _identity(entry: Any) -> str:
     if isinstance(entry, dict):
-        entry = {k: v for k, v in entry.items() if k != "last_updated"}
+        entry = {k: v for k, v in entry.items() if k not in ("last_updated", "since")}
     return json.dumps(entry, sort_keys=True)
 
 
