@@ -27,6 +27,7 @@ from .conftest import (
     request,
     stable,
     static_cluster,
+    wait_for,
 )
 
 pytestmark = [pytest.mark.envoy,
@@ -366,10 +367,13 @@ def test_circuit_breakers_like_envoy(pair, backends: Backends, limits: dict,
             out.append(parse(exchange(port, request(path))))
 
         threads = []
-        for p in paths:
+        for i, p in enumerate(paths):
             threads.append(threading.Thread(target=one, args=(p.format(t=token), port, replies)))
             threads[-1].start()
-            time.sleep(0.1)
+            # in order: each request is in the gateway (or answered) before the next leaves
+            wait_for(lambda i=i, gw=gw, out=replies: gw.stats().get(
+                "http.ingress.downstream_rq_active", 0)
+                + len(out) >= i + 1)
         for t in threads:
             t.join()
         overflow = [r for r in replies if r[1].get("x-envoy-overloaded")]

@@ -65,7 +65,7 @@ def test_drain_time_bounds_the_wait(gateway, backend, tmp_path) -> None:
 
     t = threading.Thread(target=slow)
     t.start()
-    time.sleep(0.3)
+    wait_for(lambda: gw.stats().get("http.ingress.downstream_rq_active") == 1)  # same admin
     sent = time.monotonic()
     proc.p.send_signal(signal.SIGTERM)
     assert proc.p.wait(timeout=5) == 0
