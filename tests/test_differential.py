@@ -21,7 +21,9 @@ from .conftest import (
     Backends,
     addr,
     edge_config,
+    envoyize,
     exchange,
+    free_port,
     local_reply_config,
     parse,
     request,
@@ -75,6 +77,17 @@ def test_tutorial_timeout_variant(pair, backends: Backends) -> None:
     assert stable(replies["envoy"][1]) == stable(replies["edgegw"][1])
 
 
+@pytest.fixture(scope="module")
+def local_pair(module_gateway, backends: Backends) -> dict:
+    """local_reply_config under Envoy and edgegw, shared by the tests that only compare."""
+    out = {}
+    for kind in ("envoy", "edgegw"):
+        port = free_port()
+        cfg = local_reply_config(backends, port)
+        out[kind] = (module_gateway(envoyize(cfg) if kind == "envoy" else cfg, kind=kind), port)
+    return out
+
+
 @pytest.mark.parametrize("raw", [
     request("/dead"), request("/empty"), request("/redirect/x?y=1"), request("/moved/q"),
     request("/direct"), request("/delay/2"), request("/nothing", host="unknown.example"),
@@ -90,8 +103,8 @@ def test_tutorial_timeout_variant(pair, backends: Backends) -> None:
 ], ids=["connect-failure", "no-host", "https-redirect", "redirect", "direct", "timeout",
         "no-route", "upstream-503", "upstream-204", "garbage", "http10",
         "no-host-header", "cl-and-te", "huge-header", "too-many-headers"])
-def test_replies_match_envoy(pair, backends: Backends, raw: bytes) -> None:
-    gws = pair(lambda port: local_reply_config(backends, port))
+def test_replies_match_envoy(local_pair, raw: bytes) -> None:
+    gws = local_pair
     replies = {k: parse(exchange(port, raw)) for k, (_, port) in gws.items()}
     (es, eh, eb), (gs, gh, gb) = replies["envoy"], replies["edgegw"]
     assert (es, eb) == (gs, gb)
@@ -123,8 +136,8 @@ def test_request_timeout_like_envoy(pair, backends: Backends, raw: bytes) -> Non
     assert seen["envoy"] == seen["edgegw"], f"\nenvoy:  {seen['envoy']}\nedgegw: {seen['edgegw']}"
 
 
-def test_forwarded_request_matches_envoy(pair, backends: Backends) -> None:
-    gws = pair(lambda port: local_reply_config(backends, port))
+def test_forwarded_request_matches_envoy(local_pair) -> None:
+    gws = local_pair
     for path in ("/rewrite/headers?x=1", "/exact?q=1", "/hdr", "/headers"):
         seen = {}
         for kind, (_, port) in gws.items():
