@@ -27,8 +27,10 @@ from .conftest import (
     local_reply_config,
     parse,
     request,
+    route,
     stable,
     static_cluster,
+    upstream_tls,
     wait_for,
 )
 
@@ -438,6 +440,44 @@ def test_track_remaining_breaker_gauges_like_envoy(pair, backends: Backends) -> 
                       if n.startswith("cluster.a.circuit_breakers.default.")}
     assert seen["edgegw"]["cluster.a.circuit_breakers.default.remaining_cx"] in (6, 7)
     assert seen["envoy"] == seen["edgegw"]
+
+
+def test_tls_stats_per_listener_and_cluster_like_envoy(pair, certs: Path,
+                                                      backends: Backends) -> None:
+    """ssl.handshake, no_certificate, connection_error on the listener; handshake,
+    fail_verify_san and fail_verify_error on clusters, counted as Envoy counts them."""
+    def cfg(port: int) -> dict:
+        c = edge_config(certs, backends, port)
+        wrong_san = upstream_tls(certs)
+        wrong_san["typed_config"]["common_tls_context"]["validation_context"][
+            "match_typed_subject_alt_names"] = [{"san_type": "DNS",
+                                                  "matcher": {"exact": "wrong.internal"}}]
+        wrong_ca = upstream_tls(certs)
+        wrong_ca["typed_config"]["common_tls_context"]["validation_context"]["trusted_ca"] = {
+            "filename": str(certs / "dev-ca.pem")}
+        c["static_resources"]["clusters"] += [
+            static_cluster("san", *backends.b, transport_socket=wrong_san),
+            static_cluster("ca", *backends.b, transport_socket=wrong_ca)]
+        for fc in c["static_resources"]["listeners"][0]["filter_chains"]:
+            vh = fc["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]
+            vh["routes"] = [route("/san/", "san"), route("/ca/", "ca"), route("/b/", "b"),
+                            *vh["routes"]]
+        return c
+
+    gws = pair(cfg)
+    seen = {}
+    for kind, (gw, port) in gws.items():
+        for path in ("/b/headers", "/b/headers", "/san/x", "/ca/x"):
+            exchange(port, request(path), sni="a.example.com", ca=certs / "dev-ca.pem")
+        exchange(port, b"not a TLS hello\r\n\r\n", sni=None)
+        stats = gw.stats()
+        seen[kind] = {n.replace(f"_{port}.", "_PORT."): v for n, v in stats.items()
+                      if ".ssl." in n
+                      and not any(x in n for x in (".ciphers.", ".curves.", ".sigalgs.",
+                                                   ".versions.", ".certificate."))
+                      and (v or n.endswith(("handshake", "fail_verify_san")))}
+    assert seen["edgegw"]["cluster.san.ssl.fail_verify_san"] >= 1
+    assert seen["envoy"] == seen["edgegw"], f"\nenvoy:  {seen['envoy']}\nedgegw: {seen['edgegw']}"
 
 
 def test_weighted_clusters_shift_traffic_like_envoy(pair, backends: Backends) -> None:
