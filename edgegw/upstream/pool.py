@@ -355,6 +355,8 @@ class Pool:
     def _assign(self) -> None:
         """Gives idle connections to waiters in order, then opens connections for the waiters
         that no connection in progress will serve, as far as ``max_connections`` allows."""
+        if not self.waiters:
+            return  # the common case, on every response: nobody waits
         while self.idle:
             waiter = next((w for w in self.waiters if not w.fresh), None)
             if waiter is None:
