@@ -368,3 +368,21 @@ def test_a_fresh_request_never_takes_an_idle_connection(fresh: bool) -> None:
         assert len(be.connects) == (2 if fresh else 1)
         assert first.heard[-1] == "complete"
     run(t)
+
+
+def test_an_idle_connection_closed_by_the_backend_leaves_the_pool() -> None:
+    async def t() -> None:
+        c, be = make_cluster()
+        host = c.hosts[0]
+        first = await served(host, be)
+        assert first.conn is not None and host.pool.idle == [first.conn]
+        be.transports[0].remote_close()
+        assert host.pool.idle == [] and c.connections == 0
+        assert first.conn.state is State.CLOSED
+        assert stat(c, "upstream_cx_active") == 0 and stat(c, "upstream_cx_destroy") == 1
+        host.pool.close_all()  # nothing left to close: returns at once
+        again = Client(host)
+        await settle()
+        assert len(be.connects) == 2 and again.heard == []
+    run(t)
+

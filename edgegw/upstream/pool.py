@@ -128,18 +128,19 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.state is State.CLOSED:
             return
-        connected = self.state is not State.CONNECTING
-        self.state = State.CLOSED
-        if not connected:
+        if self.state is State.CONNECTING:
+            self.state = State.CLOSED
             return  # the opener reports the failure
         sink = self.sink
+        self.keep_alive = False
         if sink is not None and self.got_response and not self.framed:
-            self.keep_alive = False
-            self.pool.closed(self)
+            self.pool.closed(self)  # told while the state still says where the pool keeps it
+            self.state = State.CLOSED
             self._finish()  # a close-delimited body ends with the connection
             return
         self.sink = None
         self.pool.closed(self, with_request=sink is not None)
+        self.state = State.CLOSED
         if sink is not None:
             sink.upstream_reset("connection termination",
                                 stale=self.requests > 1 and self.response_bytes == 0)
@@ -330,15 +331,15 @@ class Pool:
     def expire(self, idle_timeout: float) -> None:
         """Closes connections idle for longer than idle_timeout."""
         cutoff = time.monotonic() - idle_timeout
-        while self.idle and self.idle[0].idle_since < cutoff:
+        for conn in [c for c in self.idle if c.idle_since < cutoff]:
             self.cluster.stats.upstream_cx_idle_timeout.value += 1
-            self.idle[0].close()
+            conn.close()
 
     def close_all(self) -> None:
         """The host left the cluster or the cluster stopped: idle connections go now, busy
         ones when their response ends."""
-        while self.idle:
-            self.idle[0].close()
+        for conn in list(self.idle):
+            conn.close()
 
     # --- the decisions ----------------------------------------------------------------------
 
