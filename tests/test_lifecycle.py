@@ -372,3 +372,32 @@ def test_reload_moves_a_listener_to_a_new_port(gateway, backend) -> None:
     assert httpx.get(f"http://127.0.0.1:{new_port}/headers", headers={"host": "a"}).status_code \
         == 200
     blocker.close()
+
+
+def test_a_backend_restart_behind_pooled_connections_loses_no_request(gateway, tmp_path) -> None:
+    """The backend goes away and comes back on the same address: the pooled keep-alive
+    connections it closed leave the pool, and the next requests are served on new ones."""
+    import sys
+
+    from .conftest import Proc, wait_port
+
+    port, be_port = free_port(), free_port("127.0.0.22")
+    args = [sys.executable, "-m", "edgegw.demo.backend", "--listen", f"127.0.0.22:{be_port}",
+            "--name", "c"]
+    first = Proc(args, tmp_path / "c1.log")
+    wait_port("127.0.0.22", be_port)
+    gw = gateway(config(port, [cluster("app", [("127.0.0.22", be_port)])]))
+    url = f"http://127.0.0.1:{port}/headers"
+    assert all(httpx.get(url, headers={"host": "a"}).status_code == 200 for _ in range(3))
+    assert gw.stats()["cluster.app.upstream_cx_active"] == 1  # one idle pooled connection
+    first.stop()
+    wait_for(lambda: gw.stats()["cluster.app.upstream_cx_active"] == 0)
+    second = Proc(args, tmp_path / "c2.log")
+    try:
+        wait_port("127.0.0.22", be_port)
+        assert [httpx.get(url, headers={"host": "a"}, timeout=5).status_code
+                for _ in range(3)] == [200] * 3
+        assert gw.stats()["cluster.app.upstream_cx_total"] == 2
+    finally:
+        second.stop()
+
