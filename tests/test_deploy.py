@@ -17,7 +17,7 @@ import httpx
 import pytest
 import yaml
 
-from .conftest import ENVOY, ROOT, Backends, Proc, free_port, wait_port
+from .conftest import ENVOY, ROOT, Backends, Proc, free_port, wait_for, wait_port
 
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml")) + sorted((ROOT / "configs").glob("examples/*.yaml"))
 
@@ -112,7 +112,8 @@ def test_compose_command_runs_natively(workdir: Path, backends: Backends, tmp_pa
             assert json.loads(r.stdout)["backend"] == backend
         r = httpx.get(f"http://127.0.0.1:{http}/x", headers={"Host": "a.example.com"})
         assert (r.status_code, r.headers["location"]) == (301, "https://a.example.com/x")
-        assert httpx.get(f"http://127.0.0.1:{admin}/ready").status_code == 200
+        # /ready says LIVE once every worker is (the first may serve before the second is up)
+        wait_for(lambda: httpx.get(f"http://127.0.0.1:{admin}/ready").status_code == 200)
         deadline = time.monotonic() + 5
         while '"GET /headers HTTP/1.1" 200' not in proc.output():  # the access log line
             assert time.monotonic() < deadline, proc.output()

@@ -109,6 +109,10 @@ class Admin:
                     break
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
             pass
+        except asyncio.CancelledError:
+            # Stopping with a client connected: end quietly (Python 3.11's streams print a
+            # traceback for a handler that ends cancelled).
+            pass
         finally:
             writer.close()
 
