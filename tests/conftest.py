@@ -179,19 +179,24 @@ class Gateway:
         self.proc.stop()
 
 
-@pytest.fixture
-def gateway(tmp_path: Path) -> Iterator:
-    """Starts gateways (``gateway(config)`` or ``gateway(config, kind="envoy")``)."""
+def _gateways(workdir: Path) -> Iterator:
+    """Yields a starter of gateways in workdir; stops what it started when resumed."""
     started: list[Gateway] = []
 
     def start(config: dict, kind: str = "edgegw") -> Gateway:
-        g = Gateway(kind, config, tmp_path)
+        g = Gateway(kind, config, workdir)
         started.append(g)
         return g
 
     yield start
     for g in started:
         g.stop()
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator:
+    """Starts gateways (``gateway(config)`` or ``gateway(config, kind="envoy")``)."""
+    yield from _gateways(tmp_path)
 
 
 # --- config builders ------------------------------------------------------------------------
@@ -386,17 +391,7 @@ def envoyize(config: dict) -> dict:
 @pytest.fixture(scope="module")
 def module_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     """``gateway`` for configs that a whole module's tests share (started once)."""
-    workdir = tmp_path_factory.mktemp("gateways")
-    started: list[Gateway] = []
-
-    def start(config: dict, kind: str = "edgegw") -> Gateway:
-        g = Gateway(kind, config, workdir)
-        started.append(g)
-        return g
-
-    yield start
-    for g in started:
-        g.stop()
+    yield from _gateways(tmp_path_factory.mktemp("gateways"))
 
 
 @pytest.fixture
