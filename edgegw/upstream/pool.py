@@ -308,9 +308,7 @@ class Pool:
     def release(self, conn: UpstreamConnection) -> None:
         """A connection finished a request and may serve another."""
         self._unbusy()
-        conn.state = State.IDLE
-        conn.idle_since = time.monotonic()
-        self.idle.append(conn)
+        self._to_idle(conn)
         self._assign()
 
     def closed(self, conn: UpstreamConnection, with_request: bool = False) -> None:
@@ -344,14 +342,18 @@ class Pool:
     # --- the decisions ----------------------------------------------------------------------
 
     def _take_idle(self) -> UpstreamConnection | None:
+        """The most recently used idle connection that is still open."""
         while self.idle:
-            conn = self.idle.pop()
-            transport = conn.transport
-            if transport is not None and not transport.is_closing():
-                return conn
-            self.idle.append(conn)
-            conn.close()
+            conn = self.idle[-1]
+            if conn.transport is not None and not conn.transport.is_closing():
+                return self.idle.pop()
+            conn.close()  # leaves the idle list through closed()
         return None
+
+    def _to_idle(self, conn: UpstreamConnection) -> None:
+        conn.state = State.IDLE
+        conn.idle_since = time.monotonic()
+        self.idle.append(conn)
 
     def _assign(self) -> None:
         """Gives idle connections to waiters in order, then opens connections for the waiters
@@ -389,8 +391,7 @@ class Pool:
         cluster = self.cluster
         if cluster.attached >= cluster.limits.max_requests:
             cluster.stats.upstream_rq_active_overflow.value += 1
-            conn.state = State.IDLE
-            self.idle.append(conn)
+            self._to_idle(conn)
             client.pool_overflow()
             return
         conn.state = State.BUSY
@@ -432,9 +433,7 @@ class Pool:
             self._unqueue(waiter)
             self._attach(waiter.client, conn, reused=False)
         else:
-            conn.state = State.IDLE
-            conn.idle_since = time.monotonic()
-            self.idle.append(conn)
+            self._to_idle(conn)
         self._assign()
 
     def _connect_failed(self, conn: UpstreamConnection, e: ConnectError) -> None:
