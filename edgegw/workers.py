@@ -4,10 +4,11 @@ Python runs one thread of Python at a time, so edgegw uses every core the way ng
 processes. Each worker is a whole gateway (the same command line, plus ``--worker I``) that
 binds every listener with SO_REUSEPORT, so the kernel spreads new connections over them, and
 serves its admin API on a private Unix socket. The supervisor serves the configured admin
-port: stats are added up over workers (counters and histograms sum; gauges of things in
-progress sum, gauges of shared facts such as membership take the highest), /clusters adds up
-host counters, commands (logging levels, health check fail/ok, drain) go to every worker, and
-the rest is answered by the first worker. A worker that dies is started again (logged, counted
+port as an ``AdminBackend`` over all workers: stats are added up (counters and histograms
+sum, except those of facts every worker counts for itself; gauges of things in progress sum,
+gauges of shared facts such as membership take the highest), /clusters and /status add up
+host counters, /certs, /listeners and /config_dump list what any worker serves, and commands
+(logging levels, health check fail/ok, drain) go to every worker. A worker that dies is started again (logged, counted
 in ``edgegw.worker_restarts``). SIGTERM drains every worker, then the supervisor exits; SIGHUP
 and SIGUSR1 are passed on.
 """
@@ -202,14 +203,6 @@ class Supervisor:
                                        return_exceptions=True)
         return [r for r in results if not isinstance(r, BaseException)]
 
-    async def ask_one(self, method: str, target: str) -> tuple[int, str, bytes]:
-        for w in self.live():
-            try:
-                return await w.ask(method, target)
-            except (OSError, TimeoutError, ValueError, IndexError):
-                continue
-        return 503, "text/plain", b"no worker is serving\n"
-
     async def merged_store(self) -> Store:
         answers = await self.ask_all("GET", "/edgegw/store")
         return Store.merged([json.loads(body) for code, _, body in answers if code == 200]
@@ -349,12 +342,6 @@ def _add_status(docs: list[dict[str, Any]]) -> dict[str, Any]:
                             mh[f] += h[f]
         _union(out["rejected_certificates"], other.get("rejected_certificates", []))
     return out
-
-
-def _target(path: str, q: dict[str, list[str]]) -> str:
-    """The request target for a worker: the same path and (re-encoded) query."""
-    query = urlencode(q, doseq=True)
-    return f"{path}?{query}" if query else path
 
 
 def _add_clusters(docs: list[dict[str, Any]]) -> dict[str, Any]:

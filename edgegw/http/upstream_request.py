@@ -3,7 +3,8 @@
 The stream decides where a request goes and whether to try again; an ``UpstreamRequest`` does
 one try: it asks its host's pool for a connection (the pool decides which, and applies the
 circuit breakers), sends the head and the body received so far, streams the rest, runs the
-per-try timeout, and hands the response back to the stream. ``release`` ends the try, whatever state it is in.
+per-try timeout, and hands the response back to the stream. ``release`` ends the try,
+whatever state it is in.
 """
 
 from __future__ import annotations
@@ -32,11 +33,10 @@ class UpstreamRequest:
         self.head = head
         self.conn: UpstreamConnection | None = None
         self.sent_at = 0.0
-        self.reused = False
-        """On a pooled keep-alive connection (which the upstream may have closed meanwhile)."""
         self.waiter: Waiter | None = None
         """Our place in the host pool's queue while we wait for a connection."""
         self.stale_retried = False
+        """The once-only retry after a stale keep-alive connection was used."""
         self.paused = False
         self.done = False
         self.try_timer: asyncio.TimerHandle | None = None
@@ -52,7 +52,6 @@ class UpstreamRequest:
         if self.done or self.stream.conn.closed:
             self.host.pool.release(conn)
             return
-        self.reused = reused
         self._attach(conn)
 
     def pool_overflow(self) -> None:
