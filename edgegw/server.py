@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import __version__, log
-from .admin import Admin, clusters_doc, dump, listener_statuses, status
+from . import log
+from .admin import Admin, clusters_doc, dump, listener_statuses, server_info, status
 from .config import Bootstrap, ConfigError
 from .config.dynamic import files as dynamic_files
 from .config.source import FileSignature, file_signature
@@ -103,24 +103,18 @@ class Server:
             boot, raw = loader()
         except ConfigError as e:
             self.config_seen = self._config_files_now()  # not again until it changes again
-            for p in e.problems:
-                _config_log.error("config reload (%s) rejected, still serving the previous config: %s",
-                           why, p)
-            counter("edgegw.config_reload.rejected").value += 1
-            return False
+            return self._rejected(why, *e.problems)
         self.config_seen = dict(boot.files_seen)
         if raw == self.raw_config and boot.dynamic == self.boot.dynamic:
             _config_log.info("config reload (%s): the config is unchanged", why)
             return True
         if boot.admin.model_dump() != self.boot.admin.model_dump():
-            _config_log.warning("config reload (%s): admin changes take effect after a restart", why)
+            _config_log.warning("config reload (%s): admin changes take effect after a restart",
+                                why)
         try:
             secrets, clusters, listeners = self._build(boot, self.clusters)
         except (OSError, ValueError) as e:
-            _config_log.error("config reload (%s) rejected, still serving the previous config: %s",
-                       why, e)
-            counter("edgegw.config_reload.rejected").value += 1
-            return False
+            return self._rejected(why, e)
         old_keys = {lst.key: lst for lst in self.listeners}
         bound: list[Listener] = []
         try:
@@ -134,10 +128,7 @@ class Server:
                 if lst.sock is not None:
                     lst.sock.close()
             clusters.stop(keep=self.clusters)
-            _config_log.error("config reload (%s) rejected, still serving the previous config: %s",
-                       why, e)
-            counter("edgegw.config_reload.rejected").value += 1
-            return False
+            return self._rejected(why, e)
         old_listeners, old_clusters, old_secrets = self.listeners, self.clusters, self.secrets
         for lst in listeners:
             old = old_keys.pop(lst.key, None)
@@ -253,12 +244,7 @@ class Server:
                                  self.store, self.secrets.rejected())
 
     async def server_info_doc(self) -> dict[str, Any]:
-        uptime = f"{int(time.time() - self.started)}s"
-        return {"version": f"edgegw/{__version__}", "state": self.state,
-                "hot_restart_version": "disabled", "command_line_options": self.options,
-                "node": {"id": self.boot.node.id, "cluster": self.boot.node.cluster},
-                "uptime_current_epoch": uptime, "uptime_all_epochs": uptime,
-                "pid": os.getpid()}
+        return server_info(self.state, self.options, self.boot.node, self.started)
 
     async def set_log_levels(self, levels: list[tuple[str | None, int]]) -> None:
         for component, level in levels:
@@ -321,6 +307,13 @@ class Server:
                 changed = next((p for p in now if now[p] != last.get(p)), next(iter(now)))
                 await asyncio.sleep(CONFIG_POLL)  # let a writer finish
                 await self.reload(f"{os.path.basename(changed)} changed")
+
+    def _rejected(self, why: str, *problems: object) -> bool:
+        for p in problems:
+            _config_log.error("config reload (%s) rejected, still serving the previous config: "
+                              "%s", why, p)
+        self.store.counter("edgegw.config_reload.rejected").value += 1
+        return False
 
     async def drain(self, limit: float) -> None:
         """Stops accepting, closes idle keep-alive connections and lets busy ones finish their

@@ -8,8 +8,8 @@ port as an ``AdminBackend`` over all workers: stats are added up (counters and h
 sum, except those of facts every worker counts for itself; gauges of things in progress sum,
 gauges of shared facts such as membership take the highest), /clusters and /status add up
 host counters, /certs, /listeners and /config_dump list what any worker serves, and commands
-(logging levels, health check fail/ok, drain) go to every worker. A worker that dies is started again (logged, counted
-in ``edgegw.worker_restarts``). SIGTERM drains every worker, then the supervisor exits; SIGHUP
+(logging levels, health check fail/ok, drain) go to every worker. A worker that dies is
+started again (logged, counted in ``edgegw.worker_restarts``). SIGTERM drains every worker, then the supervisor exits; SIGHUP
 and SIGUSR1 are passed on.
 """
 
@@ -26,7 +26,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from . import __version__, log
-from .admin import Admin
+from .admin import Admin, server_info
 from .config import Bootstrap
 from .listener import check_addresses_free
 from .stats import Store
@@ -276,17 +276,11 @@ class Supervisor:
         return out
 
     async def server_info_doc(self) -> dict[str, Any]:
-        uptime = f"{int(time.time() - self.started)}s"
-        return {"version": f"edgegw/{__version__}",
-                "state": "DRAINING" if self.stopping else "LIVE",
-                "hot_restart_version": "disabled",
-                "command_line_options": {k: v for k, v in self.options.items()
-                                         if isinstance(v, (str, int, float, bool, type(None)))},
-                "node": {"id": self.boot.node.id, "cluster": self.boot.node.cluster},
-                "uptime_current_epoch": uptime, "uptime_all_epochs": uptime,
-                "pid": os.getpid(),
-                "workers": [{"index": w.index, "pid": w.pid, "ready": w.ready,
-                             "admin_socket": w.socket_path} for w in self.workers]}
+        doc = server_info("DRAINING" if self.stopping else "LIVE", self.options, self.boot.node,
+                          self.started)
+        doc["workers"] = [{"index": w.index, "pid": w.pid, "ready": w.ready,
+                           "admin_socket": w.socket_path} for w in self.workers]
+        return doc
 
     async def set_log_levels(self, levels: list[tuple[str | None, int]]) -> None:
         for component, level in levels:

@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import os
 import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
-from .. import log
+from .. import __version__, log
 from ..config.model import address_string
 from ..http.codec import REASONS, http_date
 from ..stats import render
@@ -23,6 +24,7 @@ from . import dump, status
 from .backend import AdminBackend, Doc
 
 if TYPE_CHECKING:
+    from ..config.model import Node
     from ..listener import Listener
     from ..upstream.cluster import ClusterManager
 
@@ -252,6 +254,17 @@ def _arg(q: dict[str, list[str]], name: str) -> str | None:
 def _address(a: dict[str, Any]) -> str:
     sa = a["socket_address"]
     return address_string(sa["address"], sa["port_value"])
+
+
+def server_info(state: str, options: dict[str, Any], node: Node, started: float) -> Doc:
+    """``/server_info``, as Envoy shapes it (the options that JSON can carry)."""
+    uptime = f"{int(time.time() - started)}s"
+    return {"version": f"edgegw/{__version__}", "state": state,
+            "hot_restart_version": "disabled",
+            "command_line_options": {k: v for k, v in options.items()
+                                     if isinstance(v, (str, int, float, bool, type(None)))},
+            "node": {"id": node.id, "cluster": node.cluster},
+            "uptime_current_epoch": uptime, "uptime_all_epochs": uptime, "pid": os.getpid()}
 
 
 def listener_statuses(listeners: list[Listener]) -> Doc:
