@@ -6,7 +6,7 @@ import collections
 import uuid
 
 from edgegw.config import model as m
-from edgegw.http.codec import chunk, local_reply, status_line
+from edgegw.http.codec.http1 import chunk, local_reply, status_line
 from edgegw.http.headers import ForwardingPolicy, _RequestIds
 from edgegw.stats import Store
 from edgegw.upstream.cluster import Cluster

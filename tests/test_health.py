@@ -174,7 +174,7 @@ def test_retry_waits_as_long_as_retry_after_asks_like_envoy(pair, backend) -> No
 
 def test_retry_decisions_on_rate_limited_and_header_matched_responses() -> None:
     from edgegw.config import model as m
-    from edgegw.http.retry import Retry
+    from edgegw.http.router.retry import Retry
     from edgegw.matchers import header_matcher
 
     def policy(**p: object) -> Retry:

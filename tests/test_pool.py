@@ -13,9 +13,11 @@ from typing import Any
 import pytest
 
 from edgegw.config import model as m
+from edgegw.http.codec import RequestHead
+from edgegw.http.codec.http1 import Http1Connection as UpstreamConnection
 from edgegw.stats import Store
 from edgegw.upstream.cluster import Cluster, Host
-from edgegw.upstream.pool import ConnectError, State, UpstreamConnection
+from edgegw.upstream.pool import ConnectError, State
 
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
 
@@ -88,7 +90,8 @@ class Client:
     def pool_ready(self, conn: UpstreamConnection, reused: bool) -> None:
         self.heard.append("ready")
         self.conn, self.reused = conn, reused
-        conn.send(self, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n", False, complete=True)
+        conn.new_stream(self).encode_headers(
+            RequestHead(b"GET", b"/", [(b"host", b"x")], "HTTP/1.1"), True)
 
     def pool_overflow(self) -> None:
         self.heard.append("overflow")
@@ -98,13 +101,16 @@ class Client:
 
     # ResponseSink
     def upstream_headers(self, status: int, headers: list[tuple[bytes, bytes]],
-                         keep_alive: bool) -> None:
+                         end_stream: bool) -> None:
         self.heard.append(f"status {status}")
+        if end_stream:
+            self.heard.append("complete")
 
-    def upstream_body(self, data: bytes) -> None:
-        pass
+    def upstream_data(self, data: bytes, end_stream: bool) -> None:
+        if end_stream:
+            self.heard.append("complete")
 
-    def upstream_complete(self) -> None:
+    def upstream_trailers(self, trailers: list[tuple[bytes, bytes]]) -> None:
         self.heard.append("complete")
 
     def upstream_reset(self, reason: str, stale: bool) -> None:
@@ -113,10 +119,7 @@ class Client:
     def flush(self) -> None:
         pass
 
-    def upstream_pause_writing(self) -> None:
-        pass
-
-    def upstream_resume_writing(self) -> None:
+    def upstream_write_blocked(self, blocked: bool) -> None:
         pass
 
 
@@ -168,7 +171,7 @@ def test_a_released_connection_is_reused_by_the_next_request() -> None:
         assert first.heard == ["ready"] and first.reused is False
         be.transports[0].respond()
         assert first.heard == ["ready", "status 200", "complete"]
-        assert host.pool.idle == [first.conn] and first.conn.state is State.IDLE
+        assert host.pool.idle == [first.conn] and first.conn.state is State.READY
         second = Client(host)
         assert second.heard == ["ready"] and second.reused is True
         assert second.conn is first.conn and len(be.connects) == 1

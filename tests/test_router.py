@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from edgegw.config import model as m
-from edgegw.http.router import (
+from edgegw.http.router.table import (
     Direct,
     Forward,
     HeaderOps,

@@ -74,7 +74,7 @@ def _header(which: str, arg: str | None) -> Op:
             if name == ":method":
                 return s.method.decode("latin-1")
             if name == ":path":
-                return s.url.decode("latin-1")
+                return s.path.decode("latin-1")
             if name == ":scheme":
                 return "https" if s.conn.tls else "http"
             headers = s.headers
@@ -104,7 +104,7 @@ OPERATORS: dict[str, Callable[[str | None], Op]] = {
     "START_TIME": _time,
     "REQ": lambda a: _header("REQ", a),
     "RESP": lambda a: _header("RESP", a),
-    "PROTOCOL": lambda a: lambda s: "HTTP/1.1" if s.http11 else "HTTP/1.0",
+    "PROTOCOL": lambda a: lambda s: s.protocol,
     "RESPONSE_CODE": lambda a: lambda s: s.code,
     "RESPONSE_CODE_DETAILS": lambda a: lambda s: s.details or None,
     "RESPONSE_FLAGS": lambda a: lambda s: s.flags,  # "-" when none, in JSON too (Envoy)

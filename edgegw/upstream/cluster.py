@@ -16,13 +16,14 @@ from collections.abc import Iterable
 
 from .. import log
 from ..config import model as m
+from ..http.codec.http1 import Http1Connection
 from ..stats import Counter, Gauge, Histogram, StatSet, Store
 from ..tls.context import ClientTls, SslStats
 from ..tls.sds import SecretManager
 from . import lb
 from .health import HealthChecker
 from .outlier import HostMonitor, OutlierDetector
-from .pool import Pool
+from .pool import ClientCodec, Pool
 
 _log = log.get("upstream")
 
@@ -32,6 +33,7 @@ class ClusterStats(StatSet):
 
     upstream_cx_total: Counter
     upstream_cx_http1_total: Counter
+    upstream_cx_http2_total: Counter
     upstream_cx_connect_fail: Counter
     upstream_cx_connect_timeout: Counter
     upstream_cx_destroy: Counter
@@ -157,6 +159,9 @@ class Cluster:
         self.connect_timeout = cfg.connect_timeout
         self.idle_timeout = cfg.http_options.idle_timeout or 3600.0
         self.buffer_limit = 1024 * 1024
+        self.http2 = False
+        self.client_codec: ClientCodec = Http1Connection
+        """The protocol object of a new connection (the cluster's HttpProtocolOptions)."""
         self.tls = None
         self.ssl: SslStats | None = None
         if cfg.transport_socket:

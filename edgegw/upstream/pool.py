@@ -12,8 +12,9 @@ request is put on a connection. The limits count per cluster while pools are per
 Envoy does, a host with no connection at all may always open one: otherwise its waiters could
 wait forever behind the idle connections of other hosts.
 
-A connection serves one request at a time; the request that owns it receives the parsed
-response through the ``ResponseSink`` calls.
+A connection's codec says how many requests it carries at once (one on HTTP/1.1, the peer's
+SETTINGS on HTTP/2): a connection is READY while it can take another, BUSY when full. Each
+request opens a stream on it and hears its response through the ``ResponseSink`` calls.
 """
 
 from __future__ import annotations
@@ -24,37 +25,50 @@ import enum
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Protocol
-
-import httptools
+from typing import TYPE_CHECKING, Protocol, cast
 
 from .. import log
 
 if TYPE_CHECKING:
+    from ..http.codec import RequestEncoder, ResponseSink
     from .cluster import Cluster, Host
 
 _log = log.get("upstream")
 
 
-class ResponseSink(Protocol):
-    """What a pooled connection reports to the request that is using it."""
+class State(enum.Enum):
+    CONNECTING = "connecting"
+    READY = "ready"
+    """Open, and able to take another request."""
+    BUSY = "busy"
+    """Carrying as many requests as it can."""
+    CLOSED = "closed"
 
-    def upstream_headers(self, status: int, headers: list[tuple[bytes, bytes]],
-                         keep_alive: bool) -> None: ...
-    def upstream_body(self, data: bytes) -> None: ...
-    def upstream_complete(self) -> None: ...
-    def upstream_reset(self, reason: str, stale: bool) -> None:
-        """``stale``: a reused keep-alive connection closed before any byte of a response,
-        the one case where nothing of the request can have reached a live server."""
-    def flush(self) -> None: ...
-    def upstream_pause_writing(self) -> None: ...
-    def upstream_resume_writing(self) -> None: ...
+
+class ClientConnection(Protocol):
+    """What the pool needs of a connection; a client codec (HTTP/1.1 or HTTP/2) is one."""
+
+    state: State
+    capacity: int
+    """How many requests it may carry at once (1 on HTTP/1.1)."""
+    streams: int
+    requests: int
+    idle_since: float
+    protocol: str
+
+    def usable(self) -> bool: ...
+    def new_stream(self, sink: ResponseSink) -> RequestEncoder: ...
+    def close(self) -> None: ...
+
+
+ClientCodec = Callable[["Pool"], ClientConnection]
+"""Makes a connection's protocol object: the cluster chooses it from its protocol options."""
 
 
 class PoolClient(Protocol):
     """What asks a pool for a connection: it hears exactly one of these three."""
 
-    def pool_ready(self, conn: UpstreamConnection, reused: bool) -> None: ...
+    def pool_ready(self, conn: ClientConnection, reused: bool) -> None: ...
     def pool_overflow(self) -> None:
         """A circuit breaker is open (Envoy's ``UO``)."""
     def pool_failure(self, reason: str, detail: str) -> None:
@@ -70,13 +84,6 @@ class ConnectError(Exception):
         self.detail = detail
 
 
-class State(enum.Enum):
-    CONNECTING = "connecting"
-    IDLE = "idle"
-    BUSY = "busy"
-    CLOSED = "closed"
-
-
 class Waiter:
     """A request waiting for a connection. ``fresh`` waiters take only a new connection."""
 
@@ -89,176 +96,9 @@ class Waiter:
         """Counted once in upstream_cx_overflow."""
 
 
-Opener = Callable[["UpstreamConnection"], Awaitable[None]]
+Opener = Callable[[ClientConnection], Awaitable[None]]
 """Opens the transport of a new connection (its protocol is the connection) or raises
 ``ConnectError``; unit tests pass fakes."""
-
-
-class UpstreamConnection(asyncio.Protocol):
-    """One HTTP/1.1 connection to a host; parses responses with httptools."""
-
-    def __init__(self, pool: Pool) -> None:
-        self.pool = pool
-        self.state = State.CONNECTING
-        self.transport: asyncio.Transport | None = None
-        self.sink: ResponseSink | None = None
-        self.parser = httptools.HttpResponseParser(self)
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.head_only = False
-        self.got_response = False
-        self.framed = False
-        """The response has a Content-Length or Transfer-Encoding; else it ends at close."""
-        self.keep_alive = True
-        self.request_sent = False
-        """The whole request went out: only then may the connection serve another."""
-        self.requests = 0
-        self.response_bytes = 0
-        """Bytes of the current request's response received so far."""
-        self.idle_since = 0.0
-
-    @property
-    def closed(self) -> bool:
-        return self.state is State.CLOSED
-
-    # asyncio side
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.state is State.CLOSED:
-            return
-        if self.state is State.CONNECTING:
-            self.state = State.CLOSED
-            return  # the opener reports the failure
-        sink = self.sink
-        self.keep_alive = False
-        if sink is not None and self.got_response and not self.framed:
-            self.pool.closed(self)  # told while the state still says where the pool keeps it
-            self.state = State.CLOSED
-            self._finish()  # a close-delimited body ends with the connection
-            return
-        self.sink = None
-        self.pool.closed(self, with_request=sink is not None)
-        self.state = State.CLOSED
-        if sink is not None:
-            sink.upstream_reset("connection termination",
-                                stale=self.requests > 1 and self.response_bytes == 0)
-
-    def data_received(self, data: bytes) -> None:
-        self.response_bytes += len(data)
-        try:
-            self.parser.feed_data(data)
-            if self.sink is not None:
-                self.sink.flush()
-        except httptools.HttpParserCallbackError as e:
-            _log.error("internal error while relaying a response from %s: %r",
-                       self.pool.host.label, e.__context__, exc_info=e.__context__)
-            self._fail("internal error")
-        except httptools.HttpParserError as e:
-            _log.debug("upstream protocol error from %s: %s", self.pool.host.label, e)
-            self._fail("protocol error")
-
-    def _fail(self, reason: str) -> None:
-        sink, self.sink = self.sink, None
-        self.close()
-        if sink is not None:
-            sink.upstream_reset(reason, stale=False)
-
-    def pause_writing(self) -> None:
-        if self.sink is not None:
-            self.sink.upstream_pause_writing()
-
-    def resume_writing(self) -> None:
-        if self.sink is not None:
-            self.sink.upstream_resume_writing()
-
-    # httptools side
-
-    def on_message_begin(self) -> None:
-        self.headers = []
-        self.framed = False
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        name = name.lower()
-        if name == b"content-length" or name == b"transfer-encoding":
-            self.framed = True
-        self.headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        status = self.parser.get_status_code()
-        if status < 200 and status != 101:
-            return  # 100 Continue and friends: Envoy does not pass them on by default.
-        self.got_response = True
-        keep = self.parser.should_keep_alive()
-        self.keep_alive = keep
-        if self.sink is not None:
-            self.sink.upstream_headers(status, self.headers, keep)
-        if self.head_only or status in (204, 304):
-            self._finish()
-
-    def on_body(self, body: bytes) -> None:
-        if self.sink is not None:
-            self.sink.upstream_body(body)
-
-    def on_message_complete(self) -> None:
-        if self.got_response and not self.head_only:
-            self._finish()
-
-    def _finish(self) -> None:
-        self.got_response = False
-        if self.head_only:
-            # The parser still expects the body that a HEAD response announces but never sends.
-            self.parser = httptools.HttpResponseParser(self)
-        sink, self.sink = self.sink, None
-        if self.state is State.BUSY:
-            if self.keep_alive and self.request_sent:
-                self.pool.release(self)
-            else:
-                self.close()
-        if sink is not None:
-            sink.upstream_complete()
-
-    # used by the request that holds the connection
-
-    def send(self, sink: ResponseSink, data: bytes, head_only: bool, complete: bool) -> None:
-        """Starts a request; ``complete`` when ``data`` holds all of it (else the request sets
-        ``request_sent`` once the rest is written)."""
-        self.sink = sink
-        self.head_only = head_only
-        self.request_sent = complete
-        self.got_response = False
-        self.response_bytes = 0
-        self.requests += 1
-        assert self.transport is not None
-        self.transport.write(data)
-
-    def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.write(data)
-
-    def pause_reading(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.resume_reading()
-
-    def detach(self) -> None:
-        """The request gave up on this response (timeout, client gone): never reuse it."""
-        self.sink = None
-        self.close()
-
-    def close(self) -> None:
-        self.keep_alive = False
-        if self.state is State.CLOSED:
-            return
-        if self.state is not State.CONNECTING:
-            self.pool.closed(self)
-        self.state = State.CLOSED
-        if self.transport is not None:
-            self.transport.abort()
 
 
 class Pool:
@@ -268,8 +108,9 @@ class Pool:
         self.host = host
         self.cluster: Cluster = host.cluster
         self.open = opener or self._open_tcp
-        self.idle: list[UpstreamConnection] = []
-        """Most recently used last, so that the oldest age out from the front."""
+        self.idle: list[ClientConnection] = []
+        """READY connections, most recently used last, so that the oldest age out from the
+        front."""
         self.busy = 0
         self.connecting = 0
         self.waiters: collections.deque[Waiter] = collections.deque()
@@ -305,18 +146,25 @@ class Pool:
             return
         self.cluster.stats.upstream_rq_pending_active.value -= 1
 
-    def release(self, conn: UpstreamConnection) -> None:
-        """A connection finished a request and may serve another."""
-        self._unbusy()
-        self._to_idle(conn)
+    def release(self, conn: ClientConnection) -> None:
+        """A request on the connection is done and the connection may serve another."""
+        conn.streams -= 1
+        self.cluster.attached -= 1
+        if conn.state is State.BUSY:
+            self.busy -= 1
+            self._to_idle(conn)
+        elif conn.streams == 0:
+            conn.idle_since = time.monotonic()
         self._assign()
 
-    def closed(self, conn: UpstreamConnection, with_request: bool = False) -> None:
+    def closed(self, conn: ClientConnection, with_request: bool = False) -> None:
         """A connected connection is gone, closed by either side."""
-        if conn.state is State.IDLE:
+        if conn.state is State.READY:
             self.idle.remove(conn)
         elif conn.state is State.BUSY:
-            self._unbusy()
+            self.busy -= 1
+        self.cluster.attached -= conn.streams
+        conn.streams = 0
         host, stats = self.host, self.cluster.stats
         stats.upstream_cx_active.value -= 1
         stats.upstream_cx_destroy.value += 1
@@ -329,7 +177,7 @@ class Pool:
     def expire(self, idle_timeout: float) -> None:
         """Closes connections idle for longer than idle_timeout."""
         cutoff = time.monotonic() - idle_timeout
-        for conn in [c for c in self.idle if c.idle_since < cutoff]:
+        for conn in [c for c in self.idle if c.streams == 0 and c.idle_since < cutoff]:
             self.cluster.stats.upstream_cx_idle_timeout.value += 1
             conn.close()
 
@@ -341,17 +189,17 @@ class Pool:
 
     # --- the decisions ----------------------------------------------------------------------
 
-    def _take_idle(self) -> UpstreamConnection | None:
-        """The most recently used idle connection that is still open."""
+    def _take_idle(self) -> ClientConnection | None:
+        """The most recently used ready connection that is still open."""
         while self.idle:
             conn = self.idle[-1]
-            if conn.transport is not None and not conn.transport.is_closing():
-                return self.idle.pop()
+            if conn.usable():
+                return conn
             conn.close()  # leaves the idle list through closed()
         return None
 
-    def _to_idle(self, conn: UpstreamConnection) -> None:
-        conn.state = State.IDLE
+    def _to_idle(self, conn: ClientConnection) -> None:
+        conn.state = State.READY
         conn.idle_since = time.monotonic()
         self.idle.append(conn)
 
@@ -384,36 +232,40 @@ class Pool:
         self.waiters.remove(waiter)
         self.cluster.stats.upstream_rq_pending_active.value -= 1
 
-    def _attach(self, client: PoolClient, conn: UpstreamConnection, reused: bool) -> None:
+    def _attach(self, client: PoolClient, conn: ClientConnection, reused: bool) -> None:
         """Puts a request on a connection; ``max_requests`` (requests on connections, summed
         over the cluster's hosts) is checked here, as Envoy does: an overflowing request
         leaves the connection in the pool."""
         cluster = self.cluster
         if cluster.attached >= cluster.limits.max_requests:
             cluster.stats.upstream_rq_active_overflow.value += 1
-            self._to_idle(conn)
+            if conn.state is State.CONNECTING:
+                self._to_idle(conn)
             client.pool_overflow()
             return
-        conn.state = State.BUSY
-        self.busy += 1
+        conn.streams += 1
         cluster.attached += 1
+        if conn.streams >= conn.capacity:
+            if conn.state is State.READY:
+                self.idle.remove(conn)
+            conn.state = State.BUSY
+            self.busy += 1
+        elif conn.state is State.CONNECTING:
+            self._to_idle(conn)
         client.pool_ready(conn, reused)
-
-    def _unbusy(self) -> None:
-        self.busy -= 1
-        self.cluster.attached -= 1
 
     def _connect(self) -> None:
         host, cluster = self.host, self.cluster
         stats = cluster.stats
         stats.upstream_cx_total.value += 1
-        stats.upstream_cx_http1_total.value += 1
+        (stats.upstream_cx_http2_total if cluster.http2 else
+         stats.upstream_cx_http1_total).value += 1
         host.cx_total += 1
         cluster.connections += 1
         self.connecting += 1
-        asyncio.ensure_future(self._connecting(UpstreamConnection(self)))
+        asyncio.ensure_future(self._connecting(cluster.client_codec(self)))
 
-    async def _connecting(self, conn: UpstreamConnection) -> None:
+    async def _connecting(self, conn: ClientConnection) -> None:
         started = time.monotonic()
         try:
             await self.open(conn)
@@ -436,12 +288,10 @@ class Pool:
             self._to_idle(conn)
         self._assign()
 
-    def _connect_failed(self, conn: UpstreamConnection, e: ConnectError) -> None:
+    def _connect_failed(self, conn: ClientConnection, e: ConnectError) -> None:
         """Envoy fails every waiting request when a connect fails, so that each can decide
         (retry elsewhere, answer 503); requests that arrive meanwhile are not failed."""
-        conn.state = State.CLOSED
-        if conn.transport is not None:
-            conn.transport.abort()
+        conn.close()
         host, cluster = self.host, self.cluster
         stats = cluster.stats
         cluster.connections -= 1
@@ -458,7 +308,7 @@ class Pool:
             w.client.pool_failure(e.reason, e.detail)
         self._assign()
 
-    async def _open_tcp(self, conn: UpstreamConnection) -> None:
+    async def _open_tcp(self, conn: ClientConnection) -> None:
         """TCP, and TLS with the cluster's SNI and peer checks, within connect_timeout."""
         cluster, host = self.cluster, self.host
         tls = cluster.tls
@@ -466,7 +316,7 @@ class Pool:
         try:
             transport, _ = await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: conn, host.address, host.port,
+                    lambda: cast(asyncio.Protocol, conn), host.address, host.port,
                     ssl=tls.ctx if tls else None,
                     server_hostname=(tls.sni or "") if tls else None,
                     ssl_handshake_timeout=cluster.connect_timeout if tls else None,

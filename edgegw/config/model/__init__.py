@@ -129,6 +129,7 @@ from .route import (
     Router,
     RuntimeFractionalPercent,
     TokenBucket,
+    UpgradeConfig,
     VirtualHost,
     WeightedCluster,
 )
@@ -238,6 +239,7 @@ __all__ = [
     "RingHashLbConfig",
     "Route",
     "RouteAction",
+    "UpgradeConfig",
     "RouteConfiguration",
     "RouteMatch",
     "Router",

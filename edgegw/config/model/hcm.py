@@ -21,7 +21,13 @@ from .base import (
     typed_as,
 )
 from .core import DataSource, HttpProtocolOptions
-from .route import HTTPFault, HttpFilterConfig, LocalRateLimit, RouteConfiguration
+from .route import (
+    HTTPFault,
+    HttpFilterConfig,
+    LocalRateLimit,
+    RouteConfiguration,
+    UpgradeConfig,
+)
 
 
 class HttpFilter(Msg):
@@ -137,6 +143,7 @@ class HttpConnectionManager(Msg):
     stream_idle_timeout: Duration | None = None
     max_request_headers_kb: UInt32 = Field(default=60, ge=1, le=8192)
     common_http_protocol_options: HttpProtocolOptions | None = None
+    upgrade_configs: list[UpgradeConfig] = []
 
     @model_validator(mode="after")
     def _router_last(self) -> HttpConnectionManager:

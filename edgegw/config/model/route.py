@@ -188,6 +188,13 @@ class RequestMirrorPolicy(Msg):
     disable_shadow_host_suffix_append: Bool = False
 
 
+class UpgradeConfig(Msg):
+    """An upgrade the connection manager (or a route) allows, such as ``websocket``."""
+
+    upgrade_type: str = Field(min_length=1)
+    enabled: Bool = True
+
+
 class RouteAction(Msg):
     cluster: str | None = Field(default=None, min_length=1)
     weighted_clusters: WeightedCluster | None = None
@@ -198,6 +205,7 @@ class RouteAction(Msg):
     host_rewrite_literal: str | None = None
     auto_host_rewrite: Bool = False
     prefix_rewrite: str | None = None
+    upgrade_configs: list[UpgradeConfig] = []
 
     @model_validator(mode="after")
     def _rewrite(self) -> RouteAction:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 
-from .. import log
-from ..upstream.cluster import Cluster, Host
-from ..upstream.pool import UpstreamConnection, Waiter
-from .codec import Headers
+from ... import log
+from ...upstream.cluster import Cluster, Host
+from ...upstream.pool import ClientConnection, Waiter
+from ..codec import Headers, RequestEncoder, RequestHead
 
 _log = log.get("router")
 
@@ -36,16 +36,17 @@ def shadow_host(host: bytes) -> bytes:
 class Shadow:
     """One mirrored request: connect, send, read the response to its end, keep nothing."""
 
-    def __init__(self, cluster: Cluster, host: Host, head: bytes, body: bytes,
+    def __init__(self, cluster: Cluster, host: Host, head: RequestHead, body: bytes,
                  timeout: float) -> None:
         self.cluster = cluster
         self.host = host
-        self.data = head + body
+        self.head = head
+        self.body = body
         self.timeout = timeout
         self.done = asyncio.get_running_loop().create_future()
         self.status = 0
         self.waiter: Waiter | None = None
-        self.conn: UpstreamConnection | None = None
+        self.encoder: RequestEncoder | None = None
 
     async def run(self) -> None:
         cluster, host = self.cluster, self.host
@@ -60,8 +61,8 @@ class Shadow:
             self._count(504)
             if self.waiter is not None:
                 host.pool.cancel(self.waiter)
-            if self.conn is not None:
-                self.conn.detach()
+            if self.encoder is not None:
+                self.encoder.reset()
         finally:
             stats.upstream_rq_active.value -= 1
             stats.upstream_rq_completed.value += 1
@@ -75,36 +76,43 @@ class Shadow:
 
     # PoolClient: the pool applies the shadow cluster's circuit breakers to the copy too.
 
-    def pool_ready(self, conn: UpstreamConnection, reused: bool) -> None:
+    def pool_ready(self, conn: ClientConnection, reused: bool) -> None:
         self.waiter = None
-        self.conn = conn
         self.cluster.stats.upstream_rq_total.value += 1
         self.host.rq_total += 1
-        conn.send(self, self.data, False, complete=True)
+        encoder = self.encoder = conn.new_stream(self)
+        encoder.encode_headers(self.head, not self.body)
+        if self.body:
+            encoder.encode_data(self.body, True)
 
     def pool_overflow(self) -> None:
         self.waiter = None
         self._count(503)
-        self.upstream_complete()
+        self._done()
 
     def pool_failure(self, reason: str, detail: str) -> None:
         self.waiter = None
         self._count(503)
         _log.debug("shadow to cluster '%s' failed: %s %s", self.cluster.name, reason, detail)
-        self.upstream_complete()
+        self._done()
 
     # ResponseSink: the response is read and dropped.
 
-    def upstream_headers(self, status: int, headers: Headers,
-                         keep_alive: bool) -> None:
+    def upstream_headers(self, status: int, headers: Headers, end_stream: bool) -> None:
         self.status = status
         self._count(status)
+        if end_stream:
+            self._done()
 
-    def upstream_body(self, data: bytes) -> None:
-        pass
+    def upstream_data(self, data: bytes, end_stream: bool) -> None:
+        if end_stream:
+            self._done()
 
-    def upstream_complete(self) -> None:
-        self.conn = None
+    def upstream_trailers(self, trailers: Headers) -> None:
+        self._done()
+
+    def _done(self) -> None:
+        self.encoder = None
         if not self.done.done():
             self.done.set_result(None)
 
@@ -112,13 +120,10 @@ class Shadow:
         self.cluster.stats.upstream_rq_rx_reset.value += 1
         if not self.status:
             self._count(503)
-        self.upstream_complete()
+        self._done()
 
     def flush(self) -> None:
         pass
 
-    def upstream_pause_writing(self) -> None:
-        pass
-
-    def upstream_resume_writing(self) -> None:
+    def upstream_write_blocked(self, blocked: bool) -> None:
         pass

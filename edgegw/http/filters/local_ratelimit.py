@@ -17,13 +17,14 @@ import random
 import time
 from typing import TYPE_CHECKING
 
-from ..config import model as m
-from ..stats import Counter, StatSet, Store
-from .codec import Headers
-from .router import HeaderOps, header_ops
+from ...config import model as m
+from ...stats import Counter, StatSet, Store
+from ..codec import Headers
+from ..filter import register
+from ..router.table import HeaderOps, header_ops
 
 if TYPE_CHECKING:
-    from .stream import Stream
+    from ..filter import FilterCallbacks
 
 
 class LocalRateLimitStats(StatSet):
@@ -82,7 +83,7 @@ class _Limit:
         self.request_ops: HeaderOps = header_ops(cfg.request_headers_to_add_when_not_enforced,
                                                  [])
 
-    def bucket_for(self, s: Stream) -> TokenBucket | None:
+    def bucket_for(self, s: FilterCallbacks) -> TokenBucket | None:
         if self.bucket is None or not self.cfg.local_rate_limit_per_downstream_connection:
             return self.bucket
         buckets = s.conn.buckets
@@ -93,8 +94,9 @@ class _Limit:
         return b
 
 
+@register(m.LocalRateLimit)
 class LocalRateLimitFilter:
-    def __init__(self, cfg: m.LocalRateLimit, store: Store) -> None:
+    def __init__(self, cfg: m.LocalRateLimit, store: Store, hcm_prefix: str) -> None:
         self.store = store
         self.own = _Limit(cfg, store)
         self.per_route: dict[int, _Limit] = {}
@@ -107,7 +109,7 @@ class LocalRateLimitFilter:
             limit = self.per_route[id(cfg)] = _Limit(cfg, self.store)
         return limit
 
-    def on_request(self, s: Stream, cfg: object) -> bool:
+    def decode_headers(self, s: FilterCallbacks, cfg: object) -> bool:
         limit = self._limit(cfg)
         bucket = limit.bucket_for(s)
         if bucket is None or not _on(limit.cfg.filter_enabled):
@@ -125,10 +127,10 @@ class LocalRateLimitFilter:
             return True
         st.enforced.value += 1
         s.add_flag("RL")
-        s.details = "local_rate_limited"
         headers: Headers = []
         limit.response_ops.apply(headers)
-        s.local(limit.status, b"local_rate_limited", extra=headers)
+        s.send_local_reply(limit.status, b"local_rate_limited", "local_rate_limited",
+                           extra=headers)
         return False
 
     @staticmethod

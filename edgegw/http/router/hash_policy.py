@@ -16,11 +16,11 @@ from urllib.parse import parse_qsl
 
 import xxhash
 
-from ..config import model as m
-from .codec import Headers
+from ...config import model as m
+from ..codec import Headers
 
 if TYPE_CHECKING:
-    from .stream import Stream
+    from ..stream import Stream
 
 HashFn = Callable[["Stream"], "int | None"]
 """The request (its headers, path, connection) → the hash, or None."""
@@ -87,7 +87,7 @@ def _source_ip(s: Stream) -> int | None:
 
 def _query(name: str) -> HashFn:
     def run(s: Stream) -> int | None:
-        _, _, query = s.url.partition(b"?")
+        _, _, query = s.path.partition(b"?")
         for key, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
             if key == name:
                 return xxhash.xxh64_intdigest(value.encode("latin-1"))

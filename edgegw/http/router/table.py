@@ -14,10 +14,10 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..config import model as m
-from ..matchers import header_matcher
-from ..tls.certs import read
-from .codec import Headers
+from ...config import model as m
+from ...matchers import header_matcher
+from ...tls.certs import read
+from ..codec import Headers
 from .hash_policy import HashFn, compile_hash_policy
 from .retry import Retry, policy_for
 
@@ -164,6 +164,8 @@ class Route:
     """This route's, its vhost's and the route_config's, in the order Envoy applies them."""
     filter_configs: dict[str, object] = field(default_factory=dict)
     """typed_per_filter_config by filter name, the route's over its virtual host's."""
+    upgrades: dict[str, bool] = field(default_factory=dict)
+    """The route action's upgrade_configs: enabled by upgrade type (lower case)."""
 
     def matches(self, path: str, headers: Headers) -> bool:
         if not self.path_match(path):
@@ -278,6 +280,8 @@ def compile_routes(rc: m.RouteConfiguration) -> RouteTable:
                 mutations=tuple(x for x in (_mutations(r), vmut, top)
                                 if x.request or x.response),
                 filter_configs={**v.typed_per_filter_config, **r.typed_per_filter_config},
+                upgrades={u.upgrade_type.lower(): u.enabled
+                          for u in (r.route.upgrade_configs if r.route else [])},
             )
             for r in v.routes
         ]

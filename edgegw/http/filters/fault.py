@@ -15,14 +15,15 @@ import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..config import model as m
-from ..matchers import first_header, header_matcher
-from ..stats import Counter, Gauge, StatSet, Store
-from .codec import Headers
-from .router import Forward
+from ...config import model as m
+from ...matchers import first_header, header_matcher
+from ...stats import Counter, Gauge, StatSet, Store
+from ..codec import Headers
+from ..filter import register
+from ..router.table import Forward
 
 if TYPE_CHECKING:
-    from .stream import Stream
+    from ..filter import FilterCallbacks
 
 
 class FaultStats(StatSet):
@@ -48,6 +49,7 @@ def _roll(pct: m.FractionalPercent, header: bytes | None) -> bool:
     return random.randrange(scale) < min(numerator, scale)
 
 
+@register(m.HTTPFault)
 class FaultFilter:
     def __init__(self, cfg: m.HTTPFault, store: Store, hcm_prefix: str) -> None:
         self.cfg = cfg
@@ -56,7 +58,7 @@ class FaultFilter:
             id(cfg): [header_matcher(h) for h in cfg.headers]}
         """Compiled ``headers`` of this filter's config and of each per-route one, by id."""
 
-    def on_request(self, s: Stream, cfg: object) -> bool:
+    def decode_headers(self, s: FilterCallbacks, cfg: object) -> bool:
         """True to go on with the next filter; False when this filter replied or paused."""
         c = cfg if isinstance(cfg, m.HTTPFault) else self.cfg
         matchers = self.matchers.get(id(c))
@@ -85,7 +87,7 @@ class FaultFilter:
             return False
         return self._abort(s, c, counted=False)
 
-    def _delay(self, c: m.HTTPFault, s: Stream) -> float:
+    def _delay(self, c: m.HTTPFault, s: FilterCallbacks) -> float:
         d = c.delay
         if d is None:
             return 0.0
@@ -103,13 +105,13 @@ class FaultFilter:
     def _abandoned(self) -> None:
         self.stats.active_faults.value -= 1
 
-    def _after_delay(self, s: Stream, c: m.HTTPFault, counted: bool) -> bool:
+    def _after_delay(self, s: FilterCallbacks, c: m.HTTPFault, counted: bool) -> bool:
         go_on = self._abort(s, c, counted)
         if go_on:
             self.stats.active_faults.value -= 1
         return go_on
 
-    def _abort(self, s: Stream, c: m.HTTPFault, counted: bool) -> bool:
+    def _abort(self, s: FilterCallbacks, c: m.HTTPFault, counted: bool) -> bool:
         a = c.abort
         status = 0
         if a is not None:
@@ -131,6 +133,5 @@ class FaultFilter:
         if counted:
             st.active_faults.value -= 1
         s.add_flag("FI")
-        s.details = "fault_filter_abort"
-        s.local(status, b"fault filter abort")
+        s.send_local_reply(status, b"fault filter abort", "fault_filter_abort")
         return False

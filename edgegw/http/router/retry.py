@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..config import model as m
-from .codec import Headers
+from ...config import model as m
+from ..codec import Headers
 
 RETRY_BUFFER_LIMIT = 1024 * 1024
 """Bodies up to this size are kept for replay; a larger body turns retries off (Envoy)."""

@@ -1,0 +1,176 @@
+"""The boundary between the protocol-neutral core and a codec per protocol (Envoy's codec.h).
+
+A server codec turns a client's bytes into streams and their events, and the responses it is
+given back into bytes; a client codec does the same for requests sent upstream. Above this
+line nothing knows whether HTTP/1.1 or HTTP/2 is spoken: requests are a ``RequestHead`` (Host
+stays a header, as HTTP/1.1 writes it; HTTP/2's ``:authority`` becomes it), then data,
+trailers and an end, and responses are a status, headers, data and trailers.
+"""
+
+from __future__ import annotations
+
+import time
+from asyncio import Transport
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Protocol
+
+Headers = list[tuple[bytes, bytes]]
+"""Header fields as (lower-case name, value) pairs in arrival order."""
+
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade",
+    b"te", b"trailer", b"http2-settings",
+})
+"""Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1)."""
+
+REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+
+
+class RequestHead:
+    """What a codec knows of a request once its headers are in."""
+
+    __slots__ = ("headers", "method", "path", "protocol", "scheme", "upgrade")
+
+    def __init__(self, method: bytes, path: bytes, headers: Headers, protocol: str,
+                 upgrade: bytes = b"", scheme: bytes = b"") -> None:
+        self.method = method
+        self.path = path
+        self.headers = headers
+        self.protocol = protocol
+        """``HTTP/1.0``, ``HTTP/1.1`` or ``HTTP/2``, as access logs print it."""
+        self.upgrade = upgrade
+        """The Upgrade header of an HTTP/1.1 upgrade request (``websocket``), else empty."""
+        self.scheme = scheme
+
+
+# --- the server side: a codec feeds streams, a stream answers through its encoder ---------
+
+
+class ResponseEncoder(Protocol):
+    """How a stream's response goes to the client. Writes are gathered until ``flush`` or
+    the end of the response, so that a small response leaves in one record."""
+
+    def encode_100_continue(self) -> None: ...
+    def encode_headers(self, status: int, headers: Headers, end_stream: bool,
+                       close: bool = False) -> None:
+        """``close``: no further request may use this connection (HTTP/1.1 says so with
+        ``connection: close``; HTTP/2 has nothing to close)."""
+    def encode_data(self, data: bytes, end_stream: bool) -> None: ...
+    def encode_trailers(self, trailers: Headers) -> None: ...
+    def flush(self) -> None: ...
+    def reset(self) -> None:
+        """Abandons the response: the client must never take a cut one for a whole one."""
+    def read_disable(self, reason: str, disable: bool) -> None:
+        """Stops (or resumes) taking this stream's request body from the client."""
+
+
+class StreamDecoder(Protocol):
+    """What a codec tells a stream after its head (the stream is Envoy's ActiveStream)."""
+
+    def decode_data(self, data: bytes) -> None: ...
+    def decode_trailers(self, trailers: Headers) -> None: ...
+    def decode_end(self) -> None: ...
+    def decode_reset(self) -> None:
+        """The client reset the stream or the connection is gone."""
+    def write_blocked(self, blocked: bool) -> None:
+        """The client is not reading this stream's response fast enough (or is again)."""
+
+
+class ServerCallbacks(Protocol):
+    """What a server codec asks of the connection manager."""
+
+    def new_stream(self, head: RequestHead, encoder: ResponseEncoder,
+                   end_stream: bool) -> StreamDecoder: ...
+    def protocol_error(self, details: str) -> None:
+        """The client broke the protocol; the codec has answered or reset as it must."""
+
+
+class ServerCodec(Protocol):
+    protocol: str
+    head_started: float
+    """When an incomplete request head began arriving (0 when none is): for
+    request_headers_timeout."""
+
+    def feed(self, data: bytes) -> None: ...
+    def idle(self) -> bool:
+        """No stream is open and none is arriving."""
+    def drain(self) -> None:
+        """Let the streams under way finish and accept no new one (GOAWAY, or
+        ``connection: close`` on the next response)."""
+    def close_with(self, status: int, body: bytes) -> None:
+        """Answers a request that never became a stream (its head timed out), and closes."""
+    def connection_lost(self) -> None: ...
+
+
+# --- the client side: a pooled connection takes requests, a sink hears the response -------
+
+
+class ResponseSink(Protocol):
+    """What an upstream connection reports to the request that is using it."""
+
+    def upstream_headers(self, status: int, headers: Headers, end_stream: bool) -> None: ...
+    def upstream_data(self, data: bytes, end_stream: bool) -> None: ...
+    def upstream_trailers(self, trailers: Headers) -> None: ...
+    def upstream_reset(self, reason: str, stale: bool) -> None:
+        """``stale``: a reused keep-alive connection closed before any byte of a response,
+        the one case where nothing of the request can have reached a live server."""
+    def flush(self) -> None:
+        """The connection's last read is processed: pass on what it produced."""
+    def upstream_write_blocked(self, blocked: bool) -> None: ...
+
+
+class RequestEncoder(Protocol):
+    """One request on an upstream connection."""
+
+    def encode_headers(self, head: RequestHead, end_stream: bool) -> None: ...
+    def encode_data(self, data: bytes, end_stream: bool) -> None: ...
+    def encode_trailers(self, trailers: Headers) -> None: ...
+    def read_disable(self, disable: bool) -> None: ...
+    def reset(self) -> None:
+        """The request gave up on its response (timeout, client gone)."""
+
+
+# --- shared helpers --------------------------------------------------------------------------
+
+
+class _DateCache:
+    """The Date header value, formatted at most once a second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = b""
+
+    def get(self) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._value = formatdate(now, usegmt=True).encode()
+        return self._value
+
+
+http_date = _DateCache().get
+
+
+def connection_tokens(value: bytes | None) -> set[bytes]:
+    """The header names a Connection header lists: they describe this hop only."""
+    return {t.strip().lower() for t in value.split(b",")} if value else set()
+
+
+class FlowControl:
+    """Why reading from a transport is paused; it resumes when no reason is left."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+        self.reasons: set[str] = set()
+
+    def pause(self, reason: str) -> None:
+        if not self.reasons:
+            self.transport.pause_reading()
+        self.reasons.add(reason)
+
+    def resume(self, reason: str) -> None:
+        if reason in self.reasons:
+            self.reasons.discard(reason)
+            if not self.reasons and not self.transport.is_closing():
+                self.transport.resume_reading()

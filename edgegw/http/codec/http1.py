@@ -1,0 +1,600 @@
+"""HTTP/1.1 both ways: httptools (llhttp) parses, this module writes every HTTP/1 byte.
+
+llhttp is strict by default: it already refuses Content-Length with Transfer-Encoding, bad
+chunk sizes and bare LFs in chunk lines. What is HTTP/1's own stays here: keep-alive and
+``connection: close``, chunked framing, ``100 Continue``, pipelining (one response at a time,
+in order; requests that arrive meanwhile wait with reading paused) and the switch to raw bytes
+after an upgrade. Trailers of chunked messages are dropped, as Envoy does unless
+``enable_trailers`` is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from typing import TYPE_CHECKING
+
+import httptools
+
+from ... import log
+from ...upstream.pool import State
+from . import (
+    REASONS,
+    FlowControl,
+    Headers,
+    RequestHead,
+    ResponseSink,
+    ServerCallbacks,
+    StreamDecoder,
+    http_date,
+)
+
+if TYPE_CHECKING:
+    from ...upstream.pool import Pool
+
+_log = log.get("http")
+
+_STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in REASONS.items()}
+LAST_CHUNK = b"0\r\n\r\n"
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def status_line(code: int) -> bytes:
+    line = _STATUS_LINES.get(code)
+    return line if line is not None else b"HTTP/1.1 %d Unknown\r\n" % code
+
+
+def encode_headers(headers: Headers) -> bytes:
+    out: list[bytes] = []
+    for k, v in headers:  # measured: faster than formatting each line
+        out += (k, b": ", v, b"\r\n")
+    return b"".join(out)
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def local_reply(code: int, body: bytes, server: bytes, close: bool = False) -> bytes:
+    """A reply the codec makes itself when no stream can (the request could not be parsed),
+    in the shape of Envoy's local replies."""
+    lines = []
+    if body:
+        lines.append((b"content-length", b"%d" % len(body)))
+        lines.append((b"content-type", b"text/plain"))
+    lines.append((b"date", http_date()))
+    lines.append((b"server", server))
+    if close:
+        lines.append((b"connection", b"close"))
+    if not body:
+        lines.append((b"content-length", b"0"))
+    return status_line(code) + encode_headers(lines) + b"\r\n" + body
+
+
+class _TooLarge(Exception):
+    pass
+
+
+# --- the server side ------------------------------------------------------------------------
+
+
+class _Response:
+    """The encoder of one request's response (Envoy's ResponseEncoderImpl)."""
+
+    __slots__ = ("chunked", "codec", "done", "head_only", "keep_alive", "out", "upgrade")
+
+    def __init__(self, codec: Http1ServerCodec, head_only: bool, keep_alive: bool,
+                 upgrade: bool) -> None:
+        self.codec = codec
+        self.head_only = head_only
+        self.keep_alive = keep_alive
+        self.upgrade = upgrade
+        self.chunked = False
+        self.done = False
+        self.out: list[bytes] = []
+
+    def encode_100_continue(self) -> None:
+        self.codec.write(CONTINUE)
+
+    def encode_headers(self, status: int, headers: Headers, end_stream: bool,
+                       close: bool = False) -> None:
+        codec = self.codec
+        if close or codec.draining or (self.upgrade and status != 101):
+            self.keep_alive = False
+        extra: Headers = []
+        if status != 101 and not (self.head_only or status in (204, 304)) and not any(
+                k == b"content-length" for k, _ in headers):
+            if end_stream:
+                extra.append((b"content-length", b"0"))
+            elif self.keep_alive:
+                self.chunked = True
+                extra.append((b"transfer-encoding", b"chunked"))
+            else:
+                pass  # HTTP/1.0 or closing: the body ends with the connection
+        if not self.keep_alive and status != 101:
+            extra.append((b"connection", b"close"))
+        self.out.append(status_line(status) + encode_headers(headers) + encode_headers(extra)
+                        + b"\r\n")
+        if status == 101:
+            codec.upgraded = True
+        if end_stream:
+            self._end()
+
+    def encode_data(self, data: bytes, end_stream: bool) -> None:
+        if data and not self.head_only:
+            self.out.append(chunk(data) if self.chunked else data)
+        if end_stream:
+            if self.chunked:
+                self.out.append(LAST_CHUNK)
+            self._end()
+
+    def encode_trailers(self, trailers: Headers) -> None:
+        self.encode_data(b"", True)
+
+    def flush(self) -> None:
+        if self.out:
+            out = self.out
+            self.codec.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+
+    def reset(self) -> None:
+        self.done = True
+        self.codec.abort()
+
+    def read_disable(self, reason: str, disable: bool) -> None:
+        flow = self.codec.flow
+        if disable:
+            flow.pause(reason)
+        else:
+            flow.resume(reason)
+
+    def _end(self) -> None:
+        self.flush()
+        self.done = True
+        self.codec.response_done(self)
+
+
+class _Waiting:
+    """A pipelined request parsed while an earlier response is still going out: its events
+    are kept until its turn."""
+
+    __slots__ = ("end_stream", "events", "head", "keep_alive")
+
+    def __init__(self, head: RequestHead, end_stream: bool, keep_alive: bool) -> None:
+        self.head = head
+        self.end_stream = end_stream
+        self.keep_alive = keep_alive
+        self.events: list[bytes | None] = []
+        """Body pieces, then None for the end."""
+
+    def decode_data(self, data: bytes) -> None:
+        self.events.append(data)
+
+    def decode_end(self) -> None:
+        self.events.append(None)
+
+
+class Http1ServerCodec:
+    """HTTP/1.1 from one client connection."""
+
+    protocol = "HTTP/1.1"
+
+    def __init__(self, callbacks: ServerCallbacks, transport: asyncio.Transport,
+                 flow: FlowControl, server_name: bytes, max_header_bytes: int,
+                 max_headers: int) -> None:
+        self.callbacks = callbacks
+        self.transport = transport
+        self.flow = flow
+        self.server_name = server_name
+        self.max_header_bytes = max_header_bytes
+        self.max_headers = max_headers
+        self.parser = httptools.HttpRequestParser(self)
+        self.head_started = 0.0
+        self.draining = False
+        self.upgraded = False
+        """A 101 went out: from now on bytes flow raw both ways."""
+        self.closed = False
+        self.response: _Response | None = None
+        """The response being written; None between requests."""
+        self.decoder: StreamDecoder | None = None
+        """The stream whose response is being written."""
+        self.receiving: StreamDecoder | _Waiting | None = None
+        """Where the body being parsed goes: the current stream, or a waiting request."""
+        self.receiving_done = True
+        self.current_complete = True
+        """The request whose response is being written has been read to its end."""
+        self.waiting: collections.deque[_Waiting] = collections.deque()
+        self.raw = False
+        """The request head was an upgrade: what follows is not HTTP/1 (llhttp stops)."""
+        self.h_url = b""
+        self.h_headers: Headers = []
+        self.h_bytes = 0
+        self.h_length = False
+        self.h_chunked = False
+        self.in_trailers = False
+
+    def feed(self, data: bytes) -> None:
+        if self.raw:
+            if self.receiving is not None and not self.closed:
+                self.receiving.decode_data(data)
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as e:
+            if isinstance(e.__context__, _TooLarge):
+                self._error(431, b"Request Header Fields Too Large", "header_overflow")
+            else:
+                _log.error("internal error while handling a request: %r", e.__context__,
+                           exc_info=e.__context__)
+                self._error(500, b"", "internal_error")
+        except httptools.HttpParserUpgrade as e:
+            rest = data[e.args[0]:]
+            if not self.raw:
+                self.raw = True  # an h2c upgrade: llhttp parses no more, the connection ends
+            elif rest and self.receiving is not None:
+                self.receiving.decode_data(rest)
+        except httptools.HttpParserError as e:
+            _log.debug("malformed request: %s", e)
+            self._error(400, b"Bad Request", "codec_error")
+
+    def idle(self) -> bool:
+        return self.response is None and not self.head_started and not self.waiting
+
+    def drain(self) -> None:
+        self.draining = True
+        if self.idle():
+            self.transport.close()
+
+    def connection_lost(self) -> None:
+        self.closed = True
+        decoder, self.decoder = self.decoder, None
+        self.response = None
+        self.waiting.clear()
+        if decoder is not None:
+            decoder.decode_reset()
+
+    # --- httptools callbacks ------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.h_url = b""
+        self.h_headers = []
+        self.h_bytes = 0
+        self.h_length = self.h_chunked = self.in_trailers = False
+        self.head_started = time.monotonic()
+
+    def on_url(self, url: bytes) -> None:
+        self.h_url += url
+        self.h_bytes += len(url)
+        if self.h_bytes > self.max_header_bytes:
+            raise _TooLarge
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.in_trailers:
+            return
+        name = name.lower()
+        self.h_bytes += len(name) + len(value)
+        self.h_headers.append((name, value))
+        if name == b"content-length":
+            self.h_length = value.strip() != b"0"
+        elif name == b"transfer-encoding":
+            self.h_chunked = True
+        if self.h_bytes > self.max_header_bytes or len(self.h_headers) > self.max_headers:
+            raise _TooLarge
+
+    def on_headers_complete(self) -> None:
+        self.head_started = 0.0
+        self.in_trailers = True
+        p = self.parser
+        version = p.get_http_version()
+        keep_alive = p.should_keep_alive()
+        upgrade = b""
+        if p.should_upgrade():
+            keep_alive = False  # llhttp parses nothing after an upgrade head
+            value = next((v for k, v in self.h_headers if k == b"upgrade"), b"")
+            if value.lower() != b"h2c":  # Envoy ignores an h2c upgrade: serve it as HTTP/1.1
+                upgrade = value
+                self.raw = True
+        head = RequestHead(p.get_method(), self.h_url, self.h_headers, f"HTTP/{version}",
+                           upgrade)
+        end_stream = not (self.h_length or self.h_chunked or upgrade)
+        self.receiving_done = end_stream
+        if self.response is None and not self.waiting:
+            decoder = self._start(head, end_stream, keep_alive)
+            self.receiving = None if end_stream else decoder
+        else:
+            w = _Waiting(head, end_stream, keep_alive)
+            self.waiting.append(w)
+            self.receiving = w
+            self.flow.pause("pipeline")
+
+    def on_body(self, body: bytes) -> None:
+        if self.receiving is not None:
+            self.receiving.decode_data(body)
+
+    def on_message_complete(self) -> None:
+        if self.raw:
+            return  # an upgraded request does not end here: its tunnel does
+        target, self.receiving = self.receiving, None
+        if not self.receiving_done:
+            self.receiving_done = True
+            if not isinstance(target, _Waiting):
+                self.current_complete = True
+            if target is not None:
+                target.decode_end()
+
+    # --- streams ------------------------------------------------------------------------
+
+    def _start(self, head: RequestHead, end_stream: bool, keep_alive: bool) -> StreamDecoder:
+        response = _Response(self, head.method == b"HEAD", keep_alive and not self.draining,
+                             bool(head.upgrade))
+        self.response = response
+        self.current_complete = end_stream
+        decoder = self.callbacks.new_stream(head, response, end_stream)
+        if not response.done:
+            self.decoder = decoder
+        return decoder
+
+    def response_done(self, response: _Response) -> None:
+        if response is not self.response:
+            return
+        self.response = None
+        decoder, self.decoder = self.decoder, None
+        if self.closed:
+            return
+        if (not response.keep_alive or self.upgraded or self.draining
+                or not self.current_complete):
+            self.transport.close()  # (a request body still arriving cannot be skipped)
+            return
+        if self.waiting:
+            w = self.waiting.popleft()
+            if not self.waiting:
+                self.flow.resume("pipeline")
+            decoder = self._start(w.head, w.end_stream, w.keep_alive)
+            if self.receiving is w:
+                self.receiving = decoder
+            for ev in w.events:
+                if ev is None:
+                    self.current_complete = True
+                    decoder.decode_end()
+                else:
+                    decoder.decode_data(ev)
+
+    # --- writing ------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if not self.closed:
+            self.transport.write(data)
+
+    def abort(self) -> None:
+        if not self.closed:
+            self.transport.abort()
+
+    def _error(self, code: int, body: bytes, details: str) -> None:
+        self.callbacks.protocol_error(details)
+        if self.response is not None:
+            self.abort()  # a response is under way: it cannot be followed by an error
+            return
+        self.close_with(code, body)
+
+    def close_with(self, status: int, body: bytes) -> None:
+        self.write(local_reply(status, body, self.server_name, close=True))
+        self.transport.close()
+
+
+# --- the client side ------------------------------------------------------------------------
+
+
+class Http1Connection(asyncio.Protocol):
+    """One HTTP/1.1 connection to a host: one request at a time, so the connection is also
+    that request's encoder."""
+
+    capacity = 1
+    protocol = "HTTP/1.1"
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.state = State.CONNECTING
+        self.transport: asyncio.Transport | None = None
+        self.sink: ResponseSink | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.headers: Headers = []
+        self.head_only = False
+        self.got_response = False
+        self.framed = False
+        """The response has a Content-Length or Transfer-Encoding; else it ends at close."""
+        self.keep_alive = True
+        self.request_sent = False
+        """The whole request went out: only then may the connection serve another."""
+        self.chunked = False
+        self.upgrade = False
+        self.raw = False
+        self.requests = 0
+        self.streams = 0
+        self.response_bytes = 0
+        """Bytes of the current request's response received so far."""
+        self.idle_since = 0.0
+
+    @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
+
+    def usable(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
+
+    # asyncio side
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.state is State.CLOSED:
+            return
+        if self.state is State.CONNECTING:
+            self.state = State.CLOSED
+            return  # the opener reports the failure
+        sink = self.sink
+        self.keep_alive = False
+        if sink is not None and ((self.got_response and not self.framed) or self.raw):
+            self.pool.closed(self)  # told while the state still says where the pool keeps it
+            self.state = State.CLOSED
+            self.sink = None
+            sink.upstream_data(b"", True)  # a close-delimited body (or a tunnel) ends here
+            return
+        self.sink = None
+        self.pool.closed(self, with_request=sink is not None)
+        self.state = State.CLOSED
+        if sink is not None:
+            sink.upstream_reset("connection termination",
+                                stale=self.requests > 1 and self.response_bytes == 0)
+
+    def data_received(self, data: bytes) -> None:
+        self.response_bytes += len(data)
+        sink = self.sink
+        if self.raw:
+            if sink is not None:
+                sink.upstream_data(data, False)
+                sink.flush()
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as e:
+            _log.error("internal error while relaying a response from %s: %r",
+                       self.pool.host.label, e.__context__, exc_info=e.__context__)
+            self._fail("internal error")
+            return
+        except httptools.HttpParserUpgrade as e:
+            rest = data[e.args[0]:]
+            if self.raw and rest and self.sink is not None:
+                self.sink.upstream_data(rest, False)
+        except httptools.HttpParserError as e:
+            _log.debug("upstream protocol error from %s: %s", self.pool.host.label, e)
+            self._fail("protocol error")
+            return
+        if sink is not None:
+            sink.flush()
+
+    def _fail(self, reason: str) -> None:
+        sink, self.sink = self.sink, None
+        self.close()
+        if sink is not None:
+            sink.upstream_reset(reason, stale=False)
+
+    def pause_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.upstream_write_blocked(True)
+
+    def resume_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.upstream_write_blocked(False)
+
+    # httptools side
+
+    def on_message_begin(self) -> None:
+        self.headers = []
+        self.framed = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.got_response:
+            return  # a trailer
+        name = name.lower()
+        if name == b"content-length" or name == b"transfer-encoding":
+            self.framed = True
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if status < 200 and status != 101:
+            return  # 100 Continue and friends: Envoy does not pass them on by default.
+        self.got_response = True
+        self.keep_alive = self.parser.should_keep_alive()
+        if status == 101 and self.upgrade:
+            self.raw = True
+            self.keep_alive = False
+        if self.head_only or status in (204, 304):
+            self._finish(status)
+        elif self.sink is not None:
+            self.sink.upstream_headers(status, self.headers, False)
+
+    def on_body(self, body: bytes) -> None:
+        if self.sink is not None:
+            self.sink.upstream_data(body, False)
+
+    def on_message_complete(self) -> None:
+        if self.got_response and not self.head_only and not self.raw:
+            self._finish(0)
+
+    def _finish(self, status: int) -> None:
+        """The response is complete (``status`` when it had headers only)."""
+        self.got_response = False
+        if self.head_only:
+            # The parser still expects the body that a HEAD response announces but never sends.
+            self.parser = httptools.HttpResponseParser(self)
+        sink, self.sink = self.sink, None
+        if self.state is State.BUSY:
+            if self.keep_alive and self.request_sent:
+                self.pool.release(self)
+            else:
+                self.close()
+        if sink is not None:
+            if status:
+                sink.upstream_headers(status, self.headers, True)
+            else:
+                sink.upstream_data(b"", True)
+
+    # the request (RequestEncoder)
+
+    def new_stream(self, sink: ResponseSink) -> Http1Connection:
+        self.sink = sink
+        self.got_response = False
+        self.response_bytes = 0
+        self.requests += 1
+        return self
+
+    def encode_headers(self, head: RequestHead, end_stream: bool) -> None:
+        self.head_only = head.method == b"HEAD"
+        self.upgrade = bool(head.upgrade)
+        self.request_sent = end_stream
+        headers = head.headers
+        self.chunked = not end_stream and not self.upgrade and not any(
+            k == b"content-length" for k, _ in headers)
+        data = b"%s %s HTTP/1.1\r\n%s%s\r\n" % (
+            head.method, head.path, encode_headers(headers),
+            b"transfer-encoding: chunked\r\n" if self.chunked else b"")
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def encode_data(self, data: bytes, end_stream: bool) -> None:
+        if self.transport is None or self.closed:
+            return
+        if data:
+            self.transport.write(chunk(data) if self.chunked else data)
+        if end_stream:
+            if self.chunked:
+                self.transport.write(LAST_CHUNK)
+            self.request_sent = True
+
+    def encode_trailers(self, trailers: Headers) -> None:
+        self.encode_data(b"", True)
+
+    def read_disable(self, disable: bool) -> None:
+        if self.transport is not None and not self.closed:
+            if disable:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
+
+    def reset(self) -> None:
+        """The request gave up on this response (timeout, client gone): never reuse it."""
+        self.sink = None
+        self.close()
+
+    def close(self) -> None:
+        self.keep_alive = False
+        if self.state is State.CLOSED:
+            return
+        if self.state is not State.CONNECTING:
+            self.pool.closed(self)
+        self.state = State.CLOSED
+        if self.transport is not None:
+            self.transport.abort()

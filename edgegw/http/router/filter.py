@@ -1,0 +1,526 @@
+"""envoy.filters.http.router: the last HTTP filter, which answers locally or forwards upstream.
+
+It sees its stream only through the filter callbacks, as Envoy's router does. It answers
+redirects and direct responses, picks the cluster and host, builds the upstream request, and
+makes attempts (``UpstreamRequest``), retrying under the route's retry policy; it runs the
+route timeout and per-try timeouts and sends mirrored copies. Bytes move as they arrive in
+both directions; nothing is buffered whole, except a body kept for a retry or a mirror.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import TYPE_CHECKING
+
+from ... import log
+from ...upstream.cluster import Cluster, Host
+from ..codec import HOP_BY_HOP, Headers, RequestHead, connection_tokens
+from .retry import RETRY_BUFFER_LIMIT, Retry
+from .shadow import Shadow, shadow_host
+from .table import Direct, Forward, Redirect, redirect_location
+from .upstream_request import UpstreamRequest
+
+if TYPE_CHECKING:
+    from ..stream import Stream
+
+_log = log.get("router")
+
+CONNECT_FAILURE = b"upstream connect error or disconnect/reset before headers. reset reason: "
+_RESET_FLAGS = {"connection termination": "UC", "protocol error": "UPE",
+                "connection timeout": "UF", "remote connection failure": "UF"}
+PENDING_BODY_LIMIT = 1024 * 1024
+REQUEST_DROP = HOP_BY_HOP | {b"host"}
+"""Set aside while copying a request's headers: hop-by-hop headers, and Host (put first)."""
+REQUEST_DROP_WITH_TIMEOUT = REQUEST_DROP | {b"x-envoy-expected-rq-timeout-ms"}
+RESPONSE_DROP = HOP_BY_HOP | {b"server"}
+UPGRADE_KEEP = (b"upgrade", b"connection")
+
+
+class Router:
+    """The router filter of one stream (Envoy makes one per stream too)."""
+
+    action: Forward | None = None
+    retry: Retry | None = None
+    timeout = 0.0
+    attempt = 0
+    retries_done = 0
+    req: UpstreamRequest | None = None
+    """The attempt under way."""
+    pending_bytes = 0
+    body_copy: list[bytes] | None = None
+    """The request body kept for replay while a retry (or a mirror) may need it."""
+    body_copy_bytes = 0
+    tried: tuple[Host, ...] = ()
+    retry_handle: asyncio.TimerHandle | None = None
+    rq_counted = False
+    """Counted in the cluster's upstream_rq_active (until the stream ends)."""
+    hash: int | None = None
+    """The route's hash_policy value, for RING_HASH and MAGLEV clusters."""
+    shadows: tuple[tuple[Cluster, bool], ...] = ()
+    """Mirror clusters waiting for the end of the request (cluster, -shadow suffix)."""
+    service_time = b""
+    sent = False
+    """The route timeout has been armed (the request's end went upstream)."""
+
+    def __init__(self, cb: Stream) -> None:
+        self.cb = cb
+        self.pending: list[bytes] = []
+
+    # --- the request ------------------------------------------------------------------------
+
+    def decode_headers(self) -> None:
+        cb = self.cb
+        hcm = cb.hcm
+        st = hcm.stats
+        vh, route = cb.vhost, cb.route
+        if route is None:
+            st.no_route.value += 1
+            cb.flags = "NR"
+            cb.send_local_reply(404, b"", "route_not_found")
+            return
+        conn = cb.conn
+        path = cb.path.decode("latin-1")
+        if vh is not None and vh.require_tls != "NONE" and not conn.tls:
+            cb.send_local_reply(301, b"", extra=[(b"location", (
+                "https://" + cb.authority + path).encode("latin-1"))])
+            return
+        action = route.action
+        if isinstance(action, Direct):
+            st.rq_direct_response.value += 1
+            cb.send_local_reply(action.status, action.body, "direct_response", mutate=True)
+            return
+        if isinstance(action, Redirect):
+            st.rq_direct_response.value += 1  # Envoy's rq_redirect is for internal redirects
+            where = redirect_location(action, "https" if conn.tls else "http", cb.authority, path)
+            cb.send_local_reply(action.status, b"", "direct_response",
+                                extra=[(b"location", where.encode("latin-1"))], mutate=True)
+            return
+        assert isinstance(action, Forward)
+        self.forward(action)
+
+    def forward(self, action: Forward) -> None:
+        cb = self.cb
+        hcm = cb.hcm
+        cluster = hcm.clusters.get(action.pick_cluster())
+        if cluster is None:
+            hcm.stats.no_cluster.value += 1
+            cb.flags = "NC"
+            cb.send_local_reply(503, b"")
+            return
+        cb.cluster = cluster
+        if action.hash is not None:
+            self.hash = action.hash(cb)
+        host = cluster.choose(self.hash)
+        if host is None:
+            cluster.stats.upstream_cx_none_healthy.value += 1
+            cb.flags = "UH"
+            cb.send_local_reply(503, b"no healthy upstream", "no_healthy_upstream")
+            return
+        self.action = action
+        self.timeout = action.timeout
+        self.retry = action.retry
+        if self.retry is not None and self.retry.num_retries:
+            self.body_copy = []
+        for name, fraction, suffix in action.mirrors:
+            mirror = hcm.clusters.get(name)
+            if mirror is not None and (fraction >= 1.0 or random.random() < fraction):
+                self.shadows = (*self.shadows, (mirror, suffix))
+                if self.body_copy is None:
+                    self.body_copy = []
+        cluster.stats.upstream_rq_active.value += 1
+        self.rq_counted = True
+        self._send_to(host)
+
+    def decode_data(self, data: bytes) -> None:
+        if self.body_copy is not None:
+            self.body_copy.append(data)
+            self.body_copy_bytes += len(data)
+            if self.body_copy_bytes > RETRY_BUFFER_LIMIT:
+                self.body_copy = None  # too large to replay: no retries for this request
+        if self.req is None or not self.req.write(data):
+            self.pending.append(data)
+            self.pending_bytes += len(data)
+            if self.pending_bytes > PENDING_BODY_LIMIT:
+                self.cb.read_disable("pending", True)
+
+    def decode_trailers(self, trailers: Headers) -> None:
+        self.decode_end()
+
+    def decode_end(self) -> None:
+        if self.shadows:
+            self._send_shadows()
+        if self.req is not None and self.req.end_request():
+            self.request_sent()
+        elif self.cb.cluster is not None:
+            self.request_sent()
+
+    def take_body(self) -> bytes:
+        """The body received so far, for an attempt that just got its connection (a retry
+        replays it all); the attempt streams the rest."""
+        if self.attempt > 1 and self.body_copy:
+            self.pending = list(self.body_copy)
+        if not self.pending:
+            return b""
+        body = b"".join(self.pending)
+        self.pending = []
+        self.pending_bytes = 0
+        self.cb.read_disable("pending", False)
+        return body
+
+    def request_sent(self) -> None:
+        """The route timeout runs from the end of the request (Envoy's global timeout); a
+        retry policy's per_try_timeout runs from the end of each attempt's request."""
+        cb = self.cb
+        if cb.response_done:
+            return
+        if self.timeout > 0 and not self.sent:
+            self.sent = True
+            cb.arm_deadline(self.timeout)
+        if self.retry is not None and self.retry.per_try_timeout and self.req is not None:
+            self.req.arm_per_try(self.retry.per_try_timeout, self._on_try_timeout)
+
+    def _send_to(self, host: Host) -> None:
+        """Starts an attempt on ``host`` (an ``UpstreamRequest`` gets it a connection)."""
+        assert self.action is not None
+        cb = self.cb
+        cb.host = host
+        self.attempt += 1
+        self.req = UpstreamRequest(self, host, self.upstream_head(self.action, host))
+        self.req.start()
+
+    def upstream_head(self, action: Forward, host: Host) -> RequestHead:
+        """The request as it goes upstream, built in one pass over the client's headers."""
+        cb = self.cb
+        add_timeout = self.timeout > 0 and not cb.hcm.suppress_envoy_headers
+        drop = REQUEST_DROP_WITH_TIMEOUT if add_timeout else REQUEST_DROP
+        upgrade = cb.head.upgrade
+        out: Headers = [(b"host", b"")]
+        host_value = b""
+        tokens = None
+        for kv in cb.headers:
+            k = kv[0]
+            if k in drop:
+                if k == b"host":
+                    host_value = kv[1]
+                elif k == b"connection":
+                    tokens = kv[1]
+                elif k == b"te" and kv[1].lower() == b"trailers":
+                    out.append(kv)
+                elif upgrade and k == b"upgrade":
+                    out.append(kv)
+                continue
+            out.append(kv)
+        if tokens:
+            named = connection_tokens(tokens) - {b"host", b"upgrade"}
+            out = [kv for kv in out if kv[0] not in named]
+        if upgrade:
+            out.append((b"connection", b"upgrade"))
+        if add_timeout:
+            out.append((b"x-envoy-expected-rq-timeout-ms", action.timeout_ms))
+        assert cb.route is not None
+        for mut in cb.route.mutations:
+            mut.request.apply(out, cb.expand)
+        new_host = action.host_rewrite
+        if new_host is None and action.auto_host_rewrite and host.hostname:
+            new_host = host.hostname_bytes
+        if new_host is not None:
+            out.append((b"x-envoy-original-host", host_value))
+            host_value = new_host
+        out[0] = (b"host", host_value)
+        path = cb.path
+        if action.prefix_rewrite is not None and action.prefix is not None:
+            out.append((b"x-envoy-original-path", path))
+            path = action.prefix_rewrite + path[len(action.prefix):]
+        return RequestHead(cb.method, path, out, cb.protocol, upgrade,
+                           b"https" if cb.conn.tls else b"http")
+
+    def _send_shadows(self) -> None:
+        """Mirrors the (complete) request to each shadow cluster, fire and forget."""
+        shadows, self.shadows = self.shadows, ()
+        if self.body_copy is None or self.action is None:
+            return  # the body outgrew the buffer: Envoy drops the shadow too
+        body = b"".join(self.body_copy)
+        for cluster, suffix in shadows:
+            host = cluster.choose(self.hash)
+            if host is None:
+                cluster.stats.upstream_cx_none_healthy.value += 1
+                continue
+            head = self.upstream_head(self.action, host)
+            if suffix:
+                head.headers[0] = (b"host", shadow_host(head.headers[0][1]))
+            shadow = Shadow(cluster, host, head, body, self.timeout)
+            asyncio.ensure_future(shadow.run())
+
+    # --- what an attempt reports ------------------------------------------------------------
+
+    def overflow(self) -> None:
+        """A circuit breaker is open: Envoy's 503 with x-envoy-overloaded."""
+        cb = self.cb
+        cb.flags = "UO"
+        self._charge(503)
+        cb.send_local_reply(503, CONNECT_FAILURE + b"overflow", "overflow",
+                            extra=[(b"x-envoy-overloaded", b"true")])
+
+    def upstream_headers(self, req: UpstreamRequest, status: int, headers: Headers,
+                         end_stream: bool) -> None:
+        cb = self.cb
+        if cb.response_done or req is not self.req:
+            return
+        req.cancel_per_try()
+        cluster = cb.cluster
+        assert cluster is not None
+        cluster.report(req.host, status)
+        retry = self.retry
+        if retry is not None and retry.retriable_response(status, headers):
+            if self._can_retry():
+                self._charge_retried(status)
+                self._retry_attempt(retry.reset_interval(headers))
+                return
+            if self.retries_done or retry.num_retries == 0:
+                cluster.stats.upstream_rq_retry_limit_exceeded.value += 1
+                cb.flags = "URX"
+        elif self.retries_done:
+            cluster.stats.upstream_rq_retry_success.value += 1
+        self._charge(status)
+        self.service_time = b"%d" % int((time.monotonic() - req.sent_at) * 1000)
+        tokens = None
+        out: Headers = []
+        upgrade = status == 101 and bool(cb.head.upgrade)
+        for kv in headers:
+            k = kv[0]
+            if k in RESPONSE_DROP:
+                if k == b"connection":
+                    tokens = kv[1]
+                    if upgrade:
+                        out.append(kv)
+                elif upgrade and k == b"upgrade":
+                    out.append(kv)
+                continue
+            out.append(kv)
+        if tokens:
+            named = connection_tokens(tokens) - {b"upgrade"}
+            out = [kv for kv in out if kv[0] not in named]
+        if not cb.hcm.suppress_envoy_headers:
+            out.append((b"x-envoy-upstream-service-time", self.service_time))
+        assert cb.route is not None
+        for mut in cb.route.mutations:
+            mut.response.apply(out, cb.expand)
+        cb.details = "via_upstream"
+        if end_stream:
+            self._complete(req)
+        cb.encode_headers(status, out, end_stream)
+
+    def upstream_data(self, req: UpstreamRequest, data: bytes, end_stream: bool) -> None:
+        cb = self.cb
+        if cb.response_done or req is not self.req:
+            return
+        if end_stream:
+            self._complete(req)
+        cb.encode_data(data, end_stream)
+
+    def upstream_trailers(self, req: UpstreamRequest, trailers: Headers) -> None:
+        cb = self.cb
+        if cb.response_done or req is not self.req:
+            return
+        self._complete(req)
+        cb.encode_trailers(trailers)
+
+    def _complete(self, req: UpstreamRequest) -> None:
+        assert self.cb.cluster is not None
+        self.cb.cluster.record_rq_time((time.monotonic() - req.sent_at) * 1000)
+
+    def flush(self) -> None:
+        self.cb.flush()
+
+    def upstream_reset(self, reason: str) -> None:
+        """The connection failed after the request went out (before or during the response)."""
+        cb = self.cb
+        if cb.response_done:
+            return
+        if cb.response_started:
+            assert cb.cluster is not None
+            cb.cluster.stats.upstream_rq_rx_reset.value += 1
+            cb.flags = _RESET_FLAGS.get(reason, "UR")
+            cb.reset_stream()
+            return
+        self.upstream_failed(reason, "")
+
+    def upstream_failed(self, reason: str, detail: str, connect: bool = False) -> None:
+        """No response: the connection could not be made or broke before one came."""
+        cb = self.cb
+        if cb.response_done:
+            return
+        if cb.response_started:
+            cb.reset_stream()
+            return
+        if self.req is not None:
+            self.req.cancel_per_try()
+        cluster = cb.cluster
+        if cb.host is not None and cluster is not None:
+            cluster.report(cb.host, 503)
+        if self.retry is not None and self.retry.retriable_failure(connect):
+            if self._can_retry():
+                self._retry_attempt()
+                return
+            assert cluster is not None
+            cluster.stats.upstream_rq_retry_limit_exceeded.value += 1
+        cb.flags = _RESET_FLAGS.get(reason, "UF")
+        if cb.flags == "UF" and cluster is not None:
+            cluster.stats.upstream_rq_pending_failure_eject.value += 1
+        self._charge(503)
+        cb.failure_reason = detail
+        if detail:
+            _log.debug("upstream %s: %s (%s)", cb.host.label if cb.host else "-", reason, detail)
+        body = CONNECT_FAILURE + reason.encode()
+        if self.retries_done:
+            cb.flags += ",URX"
+            body = body.replace(b"reset reason: ", b"retried and the latest reset reason: ")
+        cb.send_local_reply(503, body, "upstream_reset_before_response_started{"
+                            + reason.replace(" ", "_")
+                            + ("|" + detail.replace(" ", "_") if detail else "") + "}")
+
+    # --- timeouts and retries ---------------------------------------------------------------
+
+    def _on_try_timeout(self, req: UpstreamRequest) -> None:
+        req.try_timer = None
+        cb = self.cb
+        if req is not self.req or cb.response_done or cb.response_started:
+            return
+        assert cb.cluster is not None and self.retry is not None
+        cb.cluster.stats.upstream_rq_per_try_timeout.value += 1
+        cb.cluster.report(req.host, 504)
+        if self.retry.retriable_failure(False):
+            if self._can_retry():
+                self._retry_attempt()
+                return
+            cb.cluster.stats.upstream_rq_retry_limit_exceeded.value += 1
+        self.on_timeout(per_try=True)
+
+    def on_timeout(self, per_try: bool = False) -> None:
+        """The route timeout (or the last attempt's per_try_timeout) ran out."""
+        cb = self.cb
+        if cb.response_done:
+            return
+        assert cb.cluster is not None and cb.host is not None
+        if not per_try:
+            cb.cluster.stats.upstream_rq_timeout.value += 1
+            cb.cluster.report(cb.host, 504)
+        cb.host.rq_timeout += 1
+        cb.flags = "UT"
+        self._end_attempt()
+        if cb.response_started:
+            cb.reset_stream()
+        else:
+            self._charge(504)
+            cb.send_local_reply(504, b"upstream request timeout", "response_timeout")
+
+    def _can_retry(self) -> bool:
+        cb = self.cb
+        if not (self.retry is not None and self.retries_done < self.retry.num_retries
+                and self.body_copy is not None and not cb.response_started
+                and not cb.response_done):
+            return False
+        cluster = cb.cluster
+        assert cluster is not None
+        if not self.retries_done and cluster.retrying >= cluster.limits.max_retries:
+            cluster.stats.upstream_rq_retry_overflow.value += 1
+            return False
+        return True
+
+    def _retry_attempt(self, asked: float | None = None) -> None:
+        """Abandons this attempt and schedules the next after Envoy's back-off (or after what
+        the upstream asked for, under rate_limited_retry_back_off)."""
+        cb = self.cb
+        assert self.retry is not None and cb.cluster is not None and cb.host is not None
+        if not self.retries_done:
+            cb.cluster.retrying += 1
+        self.retries_done += 1
+        stats = cb.cluster.stats
+        stats.upstream_rq_retry.value += 1
+        if asked is not None:
+            stats.upstream_rq_retry_backoff_ratelimited.value += 1
+            wait = self.retry.ratelimited_backoff(asked)
+        else:
+            stats.upstream_rq_retry_backoff_exponential.value += 1
+            wait = self.retry.backoff(self.retries_done)
+        self._end_attempt()
+        self.tried = (*self.tried, cb.host)
+        self.retry_handle = cb.conn.loop.call_later(wait, self._retry_now)
+
+    def _retry_now(self) -> None:
+        self.retry_handle = None
+        cb = self.cb
+        if cb.response_done:
+            return
+        assert cb.cluster is not None and self.retry is not None
+        host = None
+        for attempt in range(self.retry.host_attempts):
+            host = cb.cluster.choose(self.hash, attempt)
+            if host is None or not self.retry.previous_hosts or host not in self.tried:
+                break
+        if host is None:
+            cb.host = None
+            cb.flags = "UH"
+            cb.send_local_reply(503, b"no healthy upstream", "no_healthy_upstream")
+            return
+        self._send_to(host)
+
+    def _end_attempt(self) -> None:
+        req, self.req = self.req, None
+        if req is not None:
+            req.release()
+
+    def _charge_retried(self, code: int) -> None:
+        """A response that is retried is counted under ``retry.``, as Envoy counts it."""
+        cb = self.cb
+        assert cb.cluster is not None and cb.host is not None
+        c = cb.cluster.stats.counter
+        c(f"retry.upstream_rq_{code}").value += 1
+        c(f"retry.upstream_rq_{code // 100}xx").value += 1
+        c("retry.upstream_rq_completed").value += 1
+        if code >= 500:
+            cb.host.rq_error += 1
+
+    def _charge(self, code: int) -> None:
+        """Counts a response code against the cluster (also replies made on the upstream's
+        behalf, as Envoy does)."""
+        cb = self.cb
+        if cb.host is not None and code >= 500:
+            cb.host.rq_error += 1
+        if cb.cluster is not None:
+            cb.cluster.stats.count_code(code)
+            cb.cluster.status_counter(code).value += 1
+
+    # --- the downstream side ----------------------------------------------------------------
+
+    def downstream_write_blocked(self, blocked: bool) -> None:
+        if self.req is not None:
+            self.req.read_disable(blocked)
+
+    def downstream_reset(self) -> None:
+        cb = self.cb
+        if cb.cluster is not None:
+            cb.cluster.stats.upstream_rq_tx_reset.value += 1
+        self._end_attempt()
+
+    def on_local_reply(self) -> None:
+        self._end_attempt()
+
+    def on_destroy(self) -> None:
+        """The stream ended: nothing of this request may linger."""
+        self._end_attempt()
+        if self.retry_handle is not None:
+            self.retry_handle.cancel()
+            self.retry_handle = None
+        cb = self.cb
+        cb.read_disable("upstream", False)
+        cb.read_disable("pending", False)
+        cluster = cb.cluster
+        if self.retries_done and cluster is not None:
+            cluster.retrying -= 1
+        if self.rq_counted:
+            assert cluster is not None
+            cluster.stats.upstream_rq_active.value -= 1
+            cluster.stats.upstream_rq_completed.value += 1
