@@ -206,6 +206,8 @@ class Router:
                     host_value = kv[1]
                 elif k == b"connection":
                     tokens = kv[1]
+                    if upgrade:
+                        out.append(kv)  # Envoy passes an upgrade's Connection as it came
                 elif k == b"te" and kv[1].lower() == b"trailers":
                     out.append(kv)
                 elif upgrade and k == b"upgrade":
@@ -215,8 +217,6 @@ class Router:
         if tokens:
             named = connection_tokens(tokens) - {b"host", b"upgrade"}
             out = [kv for kv in out if kv[0] not in named]
-        if upgrade:
-            out.append((b"connection", b"upgrade"))
         if add_timeout:
             out.append((b"x-envoy-expected-rq-timeout-ms", action.timeout_ms))
         assert cb.route is not None
