@@ -21,7 +21,7 @@ from ..stats import Counter, Gauge, Histogram, StatSet, Store
 from ..upstream.cluster import ClusterManager
 from . import filter as http_filter
 from . import filters as _filters  # noqa: F401 (registers the HTTP filters)
-from .codec import FlowControl, RequestHead, ResponseEncoder, ServerCodec
+from .codec import FlowControl, RequestHead, ResponseEncoder, ServerCodec, http2
 from .codec.http1 import Http1ServerCodec
 from .filters.local_ratelimit import TokenBucket
 from .headers import ForwardingPolicy
@@ -32,6 +32,10 @@ if TYPE_CHECKING:
     from ..listener.tls_inspector import ClientHello
 
 _log = log.get("http")
+
+PREMATURE_RESET_LIFETIME = 1.0
+PREMATURE_RESET_COUNT = 500
+"""Envoy's overload.premature_reset_min_stream_lifetime_seconds and _total_stream_count."""
 
 
 class HcmStats(StatSet):
@@ -53,6 +57,7 @@ class HcmStats(StatSet):
     downstream_rq_idle_timeout: Counter
     downstream_rq_header_timeout: Counter
     downstream_rq_rx_reset: Counter
+    downstream_rq_too_many_premature_resets: Counter
     no_route: Counter
     no_cluster: Counter
     rq_total: Counter
@@ -79,6 +84,9 @@ class HttpConnectionManager:
         self.server_name = (cfg.server_name or "edgegw").encode("latin-1")
         self.forwarding = ForwardingPolicy.from_config(cfg)
         self.max_header_bytes = cfg.max_request_headers_kb * 1024
+        self.codec_type = cfg.codec_type
+        self.http2 = http2.Options(cfg.http2_protocol_options)
+        self.http2_stats = http2.Http2Stats(store, "http2.")
         opts = cfg.common_http_protocol_options or m.HttpProtocolOptions()
         self.max_headers = opts.max_headers_count or 100
         self.idle_timeout = 3600.0 if opts.idle_timeout is None else opts.idle_timeout
@@ -145,6 +153,8 @@ class DownstreamConnection(asyncio.Protocol):
         self.route_timer_at = 0.0
         self.buckets: dict[int, TokenBucket] = {}
         """Per-connection token buckets (local_rate_limit_per_downstream_connection)."""
+        self.closed_streams = 0
+        self.premature_resets = 0
 
     # --- asyncio side -------------------------------------------------------------------
 
@@ -167,14 +177,29 @@ class DownstreamConnection(asyncio.Protocol):
         self._arm_watchdog()
 
     def _make_codec(self, data: bytes) -> ServerCodec:
-        """HTTP/1.1 (HTTP/2 arrives with its own codec)."""
+        """HTTP/2 when TLS chose ``h2`` by ALPN or ``codec_type`` says HTTP2; under AUTO on a
+        plain connection, when the client opens with HTTP/2's preface (prior knowledge, as
+        Envoy does); else HTTP/1.1."""
         hcm = self.hcm
-        codec = Http1ServerCodec(self, self.transport, self.flow, hcm.server_name,
-                                 hcm.max_header_bytes, hcm.max_headers)
         st = self.cx_stats
+        kind = hcm.codec_type
+        if kind == "AUTO":
+            if self.tls:
+                ssl_object = self.transport.get_extra_info("ssl_object")
+                alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+                kind = "HTTP2" if alpn == "h2" else "HTTP1"
+            else:
+                kind = "HTTP2" if data.startswith(http2.PREFACE[:14]) else "HTTP1"
+        if kind == "HTTP2":
+            st.downstream_cx_http2_total.value += 1
+            st.downstream_cx_http2_active.value += 1
+            return http2.Http2ServerCodec(self, self.transport, self.flow, hcm.http2,
+                                          hcm.max_header_bytes, hcm.max_headers,
+                                          hcm.http2_stats)
         st.downstream_cx_http1_total.value += 1
         st.downstream_cx_http1_active.value += 1
-        return codec
+        return Http1ServerCodec(self, self.transport, self.flow, hcm.server_name,
+                                hcm.max_header_bytes, hcm.max_headers)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.closed:
@@ -242,7 +267,22 @@ class DownstreamConnection(asyncio.Protocol):
 
     def stream_done(self, s: Stream) -> None:
         self.streams.discard(s)
-        self.last_activity = time.monotonic()
+        now = self.last_activity = time.monotonic()
+        self.closed_streams += 1
+        if s.flags == "DC" and now - s.start_mono < PREMATURE_RESET_LIFETIME:
+            self.premature_resets += 1
+            self._check_premature_resets()
+
+    def _check_premature_resets(self) -> None:
+        """Envoy's defence against rapid reset (CVE-2023-44487): a connection whose streams
+        are mostly reset by the client within a second of opening is closed."""
+        closed, bad = self.closed_streams, self.premature_resets
+        if (bad * 2 >= PREMATURE_RESET_COUNT if closed < PREMATURE_RESET_COUNT
+                else bad * 2 >= closed) and not self.transport.is_closing():
+            self.cx_stats.downstream_rq_too_many_premature_resets.value += 1
+            _log.debug("closing a connection from %s: too many premature resets",
+                       self.remote_ip)
+            self.transport.abort()
 
     def abort(self) -> None:
         """Resets the connection (the drain time is over)."""

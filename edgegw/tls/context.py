@@ -58,8 +58,8 @@ def _versions(ctx: ssl.SSLContext, p: m.TlsParameters, default_min: ssl.TLSVersi
 
 
 def _alpn(configured: list[str]) -> list[str]:
-    """We speak HTTP/1.1 only: offer it, and never offer a protocol we cannot serve."""
-    return [p for p in configured if p == "http/1.1"] or ["http/1.1"]
+    """The configured protocols we can serve (h2, http/1.1), never one we cannot."""
+    return [p for p in configured if p in ("h2", "http/1.1")] or ["http/1.1"]
 
 
 class SslStats(StatSet):
@@ -210,9 +210,13 @@ class ClientTls:
     """The client side of a cluster's UpstreamTlsContext."""
 
     def __init__(self, cfg: m.UpstreamTlsContext, cluster: str,
-                 secrets: SecretManager | None = None, updates: Counter | None = None) -> None:
+                 secrets: SecretManager | None = None, updates: Counter | None = None,
+                 alpn: list[str] | None = None) -> None:
         self.cfg = cfg
         self.cluster = cluster
+        self.alpn = alpn
+        """What the cluster's protocol offers when the context names no ALPN (Envoy's
+        override: ``h2`` for an HTTP/2 cluster)."""
         self.sni = cfg.sni or None
         self.updates = updates
         self.sources = _Sources(cfg.common_tls_context, secrets, self._updated)
@@ -245,6 +249,8 @@ class ClientTls:
         ctx.options |= ssl.OP_NO_COMPRESSION
         if common.alpn_protocols:
             ctx.set_alpn_protocols(_alpn(common.alpn_protocols))
+        elif self.alpn:
+            ctx.set_alpn_protocols(self.alpn)
         ca_pem, ca_path, san = self.sources.trust()
         if ca_pem:
             ctx.load_verify_locations(cadata=ca_pem.decode("ascii"))

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 
 from .. import log
 from ..config import model as m
+from ..http.codec import http2
 from ..http.codec.http1 import Http1Connection
 from ..stats import Counter, Gauge, Histogram, StatSet, Store
 from ..tls.context import ClientTls, SslStats
@@ -159,15 +160,19 @@ class Cluster:
         self.connect_timeout = cfg.connect_timeout
         self.idle_timeout = cfg.http_options.idle_timeout or 3600.0
         self.buffer_limit = 1024 * 1024
-        self.http2 = False
-        self.client_codec: ClientCodec = Http1Connection
+        h2opts = cfg.http2_options
+        self.http2 = h2opts is not None
+        self.client_codec: ClientCodec = (
+            http2.client_codec(http2.Options(h2opts), store, cfg.name) if self.http2
+            else Http1Connection)
         """The protocol object of a new connection (the cluster's HttpProtocolOptions)."""
         self.tls = None
         self.ssl: SslStats | None = None
         if cfg.transport_socket:
             updates = store.counter(
                 f"cluster.{cfg.name}.client_ssl_socket_factory.ssl_context_update_by_sds")
-            self.tls = ClientTls(cfg.transport_socket.typed_config, cfg.name, secrets, updates)
+            self.tls = ClientTls(cfg.transport_socket.typed_config, cfg.name, secrets, updates,
+                                 alpn=["h2"] if self.http2 else None)
             self.ssl = SslStats(store, f"cluster.{cfg.name}.ssl.")
         self.hosts: list[Host] = []
         self._status_counters: dict[int, Counter] = {}

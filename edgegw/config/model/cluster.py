@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from .base import HTTP_OPTIONS_TYPE, Bool, Duration, Int, Msg, UInt32, one_of, typed_as
-from .core import Address, HeaderValueOption, HttpProtocolOptions
+from .core import Address, HeaderValueOption, Http2ProtocolOptions, HttpProtocolOptions
 from .tls import UpstreamTransportSocket
 
 
@@ -32,11 +32,17 @@ class ClusterLoadAssignment(Msg):
 
 
 class ExplicitHttpConfig(Msg):
-    http_protocol_options: dict[str, Any] = Field(default={}, max_length=0)
+    http_protocol_options: dict[str, Any] | None = Field(default=None, max_length=0)
+    http2_protocol_options: Http2ProtocolOptions | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> ExplicitHttpConfig:
+        one_of(self, ("http_protocol_options", "http2_protocol_options"))
+        return self
 
 
 class UpstreamHttpProtocolOptions(Msg):
-    """``extensions.upstreams.http.v3.HttpProtocolOptions``: HTTP/1.1 only for now."""
+    """``extensions.upstreams.http.v3.HttpProtocolOptions``: the protocol a cluster speaks."""
 
     common_http_protocol_options: HttpProtocolOptions | None = None
     explicit_http_config: ExplicitHttpConfig | None = None
@@ -222,3 +228,12 @@ class Cluster(Msg):
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
         )
         return (opts and opts.common_http_protocol_options) or HttpProtocolOptions()
+
+    @property
+    def http2_options(self) -> Http2ProtocolOptions | None:
+        """Set when the cluster speaks HTTP/2 (explicit_http_config)."""
+        opts = self.typed_extension_protocol_options.get(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+        )
+        explicit = opts.explicit_http_config if opts else None
+        return explicit.http2_protocol_options if explicit else None

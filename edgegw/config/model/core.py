@@ -78,3 +78,17 @@ class HttpProtocolOptions(Msg):
 
     idle_timeout: Duration | None = None
     max_headers_count: UInt32 | None = Field(default=None, ge=1)
+
+
+class Http2ProtocolOptions(Msg):
+    """``config.core.v3.Http2ProtocolOptions`` with Envoy's defaults (a subset)."""
+
+    hpack_table_size: UInt32 = 4096
+    max_concurrent_streams: UInt32 = Field(default=2147483647, ge=1, le=2147483647)
+    initial_stream_window_size: UInt32 = Field(default=268435456, ge=65535, le=2147483647)
+    initial_connection_window_size: UInt32 = Field(default=268435456, ge=65535, le=2147483647)
+    max_outbound_frames: UInt32 = Field(default=10000, ge=1)
+    max_outbound_control_frames: UInt32 = Field(default=1000, ge=1)
+    max_consecutive_inbound_frames_with_empty_payload: UInt32 = 1
+    max_inbound_priority_frames_per_stream: UInt32 = 100
+    max_inbound_window_update_frames_per_data_frame_sent: UInt32 = Field(default=10, ge=1)

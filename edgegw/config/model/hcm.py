@@ -20,7 +20,7 @@ from .base import (
     one_of,
     typed_as,
 )
-from .core import DataSource, HttpProtocolOptions
+from .core import DataSource, Http2ProtocolOptions, HttpProtocolOptions
 from .route import (
     HTTPFault,
     HttpFilterConfig,
@@ -128,7 +128,7 @@ class InternalAddressConfig(Msg):
 
 class HttpConnectionManager(Msg):
     stat_prefix: str = Field(min_length=1)
-    codec_type: Literal["AUTO", "HTTP1"] = "AUTO"
+    codec_type: Literal["AUTO", "HTTP1", "HTTP2"] = "AUTO"
     route_config: RouteConfiguration
     http_filters: list[HttpFilter] = []
     access_log: list[AccessLog] = []
@@ -143,6 +143,7 @@ class HttpConnectionManager(Msg):
     stream_idle_timeout: Duration | None = None
     max_request_headers_kb: UInt32 = Field(default=60, ge=1, le=8192)
     common_http_protocol_options: HttpProtocolOptions | None = None
+    http2_protocol_options: Http2ProtocolOptions | None = None
     upgrade_configs: list[UpgradeConfig] = []
 
     @model_validator(mode="after")
