@@ -13,7 +13,6 @@ from edgegw.config import model as m
 from .conftest import ROOT
 
 NEEDS_NO_READING = {
-    "HttpConnectionManager.codec_type": "only AUTO and HTTP1 are accepted: HTTP/1.1",
     "RegexMatcher.google_re2": "an empty marker in Envoy; it holds no setting",
     "RuntimeFractionalPercent.runtime_key": "no runtime layer, so Envoy's default_value "
                                             "applies, as in Envoy without a runtime",

@@ -86,7 +86,8 @@ class HttpConnectionManager:
         self.max_header_bytes = cfg.max_request_headers_kb * 1024
         self.codec_type = cfg.codec_type
         self.http2 = http2.Options(cfg.http2_protocol_options)
-        self.http2_stats = http2.Http2Stats(store, "http2.")
+        self.store = store
+        self._http2_stats: http2.Http2Stats | None = None
         opts = cfg.common_http_protocol_options or m.HttpProtocolOptions()
         self.max_headers = opts.max_headers_count or 100
         self.idle_timeout = 3600.0 if opts.idle_timeout is None else opts.idle_timeout
@@ -106,6 +107,13 @@ class HttpConnectionManager:
         """The HTTP filters before the router, with the names per-route configs use."""
         self.upgrades = {u.upgrade_type.lower(): u.enabled for u in cfg.upgrade_configs}
         """upgrade_configs: the upgrades the connection manager allows, by type."""
+
+    @property
+    def http2_stats(self) -> http2.Http2Stats:
+        """``http2.*``, made at the first HTTP/2 connection, as Envoy makes them."""
+        if self._http2_stats is None:
+            self._http2_stats = http2.Http2Stats(self.store, "http2.")
+        return self._http2_stats
 
     def upgrade_allowed(self, upgrade: bytes, route: Route | None) -> bool:
         """Envoy's rule: a route's upgrade_configs entry for the type decides; else the HCM's."""

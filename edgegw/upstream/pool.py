@@ -113,6 +113,9 @@ class Pool:
         front."""
         self.busy = 0
         self.connecting = 0
+        self.expected = 0
+        """Requests the connections being opened will take at once (one each on HTTP/1.1),
+        so that no more are opened than the waiters need."""
         self.waiters: collections.deque[Waiter] = collections.deque()
 
     # --- what requests call -----------------------------------------------------------------
@@ -156,6 +159,17 @@ class Pool:
         elif conn.streams == 0:
             conn.idle_since = time.monotonic()
         self._assign()
+
+    def capacity_changed(self, conn: ClientConnection) -> None:
+        """An HTTP/2 server's SETTINGS changed how many requests the connection may carry."""
+        if conn.state is State.READY and conn.streams >= conn.capacity:
+            self.idle.remove(conn)
+            conn.state = State.BUSY
+            self.busy += 1
+        elif conn.state is State.BUSY and conn.streams < conn.capacity:
+            self.busy -= 1
+            self._to_idle(conn)
+            self._assign()
 
     def closed(self, conn: ClientConnection, with_request: bool = False) -> None:
         """A connected connection is gone, closed by either side."""
@@ -218,9 +232,9 @@ class Pool:
             self._unqueue(waiter)
             self._attach(waiter.client, conn, reused=True)
         cluster = self.cluster
-        while len(self.waiters) > self.connecting:
+        while len(self.waiters) > self.expected:
             if cluster.connections >= cluster.limits.max_connections:
-                waiter = self.waiters[self.connecting]
+                waiter = self.waiters[self.expected]
                 if not waiter.overflowed:
                     waiter.overflowed = True
                     cluster.stats.upstream_cx_overflow.value += 1
@@ -263,9 +277,11 @@ class Pool:
         host.cx_total += 1
         cluster.connections += 1
         self.connecting += 1
-        asyncio.ensure_future(self._connecting(cluster.client_codec(self)))
+        conn = cluster.client_codec(self)
+        self.expected += conn.capacity
+        asyncio.ensure_future(self._connecting(conn, conn.capacity))
 
-    async def _connecting(self, conn: ClientConnection) -> None:
+    async def _connecting(self, conn: ClientConnection, expected: int) -> None:
         started = time.monotonic()
         try:
             await self.open(conn)
@@ -273,9 +289,11 @@ class Pool:
                 raise ConnectError("remote connection failure", "closed while connecting")
         except ConnectError as e:
             self.connecting -= 1
+            self.expected -= expected
             self._connect_failed(conn, e)
             return
         self.connecting -= 1
+        self.expected -= expected
         stats = self.cluster.stats
         stats.upstream_cx_active.value += 1
         stats.upstream_cx_connect_ms.record((time.monotonic() - started) * 1000)

