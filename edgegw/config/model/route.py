@@ -195,6 +195,13 @@ class UpgradeConfig(Msg):
     enabled: Bool = True
 
 
+class MaxStreamDuration(Msg):
+    """The gRPC part of ``RouteAction.MaxStreamDuration``: honour a client's grpc-timeout."""
+
+    grpc_timeout_header_max: Duration | None = None
+    grpc_timeout_header_offset: Duration | None = None
+
+
 class RouteAction(Msg):
     cluster: str | None = Field(default=None, min_length=1)
     weighted_clusters: WeightedCluster | None = None
@@ -206,6 +213,7 @@ class RouteAction(Msg):
     auto_host_rewrite: Bool = False
     prefix_rewrite: str | None = None
     upgrade_configs: list[UpgradeConfig] = []
+    max_stream_duration: MaxStreamDuration | None = None
 
     @model_validator(mode="after")
     def _rewrite(self) -> RouteAction:

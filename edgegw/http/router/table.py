@@ -119,6 +119,10 @@ class Forward:
     """The hash_policy, for RING_HASH and MAGLEV clusters."""
     mirrors: tuple[tuple[str, float, bool], ...] = ()
     """request_mirror_policies: (cluster, fraction of requests, append -shadow to Host)."""
+    grpc_timeout_max: float | None = None
+    """max_stream_duration.grpc_timeout_header_max: a gRPC request's grpc-timeout becomes the
+    route timeout, capped by it (0: uncapped); None: grpc-timeout is not honoured."""
+    grpc_timeout_offset: float = 0.0
 
     def pick_cluster(self) -> str:
         if not self.weighted:
@@ -201,6 +205,10 @@ def _action(r: m.Route, vhost: m.VirtualHost) -> Forward | Redirect | Direct:
                            if mp.runtime_fraction else 1.0,
                            not mp.disable_shadow_host_suffix_append)
                           for mp in a.request_mirror_policies),
+            grpc_timeout_max=a.max_stream_duration.grpc_timeout_header_max
+            if a.max_stream_duration else None,
+            grpc_timeout_offset=(a.max_stream_duration.grpc_timeout_header_offset or 0.0)
+            if a.max_stream_duration else 0.0,
         )
     if r.redirect is not None:
         d = r.redirect
