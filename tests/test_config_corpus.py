@@ -22,6 +22,11 @@ pytestmark = [pytest.mark.envoy,
 
 BASE = (TEST_CONFIGS / "corpus-base.yaml").read_text()
 
+PO = ("    typed_extension_protocol_options:\n"
+      "      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n"
+      "        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3."
+      "HttpProtocolOptions\n")
+
 MUTATIONS = [
  ("connect_timeout: 1s", "connect_timeout: 0s"),
  ("connect_timeout: 1s", "connect_timeout: -1s"),
@@ -79,6 +84,18 @@ MUTATIONS = [
  ("type: STATIC", "type: STRICT_DNS"),
  ("type: STATIC", "type: static"),
  ("healthy_threshold: 1", "healthy_threshold: 1\n      no_traffic_interval: 0s"),
+ ("stat_prefix: web", "stat_prefix: web\n          codec_type: HTTP2"),
+ ("stat_prefix: web", "stat_prefix: web\n          codec_type: HTTP3"),
+ ("stat_prefix: web", "stat_prefix: web\n          http2_protocol_options: "
+                      "{max_concurrent_streams: 0}"),
+ ("stat_prefix: web", "stat_prefix: web\n          http2_protocol_options: "
+                      "{initial_stream_window_size: 1000}"),
+ ("stat_prefix: web", "stat_prefix: web\n          upgrade_configs: [{upgrade_type: websocket}]"),
+ ("stat_prefix: web", "stat_prefix: web\n          upgrade_configs: [{enabled: true}]"),
+ ("connect_timeout: 1s", "connect_timeout: 1s\n" + PO + "        auto_config: {}"),
+ ("connect_timeout: 1s", "connect_timeout: 1s\n" + PO
+  + "        explicit_http_config: {http2_protocol_options: {}}"),
+ ("connect_timeout: 1s", "connect_timeout: 1s\n" + PO + "        explicit_http_config: {}"),
 ]
 
 STRICTER = {

@@ -28,8 +28,11 @@ NEEDS_NO_READING = {
     "CircuitBreakers.thresholds": "read through the model's default property",
     "Thresholds.priority": "read through the model's default property",
     "Cluster.typed_extension_protocol_options": "read through the model's http_options",
-    "UpstreamHttpProtocolOptions.explicit_http_config": "only HTTP/1.1 is accepted",
+    "UpstreamHttpProtocolOptions.explicit_http_config": "read through the model's "
+                                                        "http2_options",
+    "UpstreamHttpProtocolOptions.auto_config": "read through the model's auto_http",
     "ExplicitHttpConfig.http_protocol_options": "only the empty (default) options",
+    "AutoHttpConfig.http_protocol_options": "only the empty (default) options",
 }
 
 

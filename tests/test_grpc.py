@@ -227,3 +227,48 @@ def test_grpc_timeout_same_as_envoy(pair, grpc_backend) -> None:
     seen = {kind: slow_call(port, timeout=3) for kind, (_, port) in gws.items()}
     assert seen["edgegw"] == (grpc.StatusCode.DEADLINE_EXCEEDED, "downstream duration timeout")
     assert seen["envoy"] == seen["edgegw"]
+
+
+AUTO = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+    "auto_config": {}}}
+
+
+def test_auto_config_lets_alpn_choose(gateway, certs: Path, backends) -> None:
+    """auto_config: h2 with a backend whose TLS offers it (grpcio), HTTP/1.1 with one that
+    does not (the demo backend b)."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Echo", {
+        "Unary": grpc.unary_unary_rpc_method_handler(_unary)}),))
+    creds = grpc.ssl_server_credentials([((certs / "b.internal.key").read_bytes(),
+                                          (certs / "b.internal.pem").read_bytes())])
+    gport = server.add_secure_port(f"127.0.0.25:{free_port('127.0.0.25')}", creds)
+    server.start()
+    try:
+        port = free_port()
+        cfg = grpc_config(port, ("127.0.0.25", gport))
+        tls = {"name": "envoy.transport_sockets.tls", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
+                     "UpstreamTlsContext", "sni": "b.internal", "common_tls_context": {
+                         "validation_context": {"trusted_ca": {
+                             "filename": str(certs / "backend-ca.pem")}}}}}
+        clusters = cfg["static_resources"]["clusters"]
+        clusters[0].update(typed_extension_protocol_options=AUTO, transport_socket=tls)
+        clusters.append(static_cluster("b", *backends.b, transport_socket=tls,
+                                       typed_extension_protocol_options=AUTO))
+        cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+            "typed_config"]["route_config"]["virtual_hosts"][0]["routes"].insert(
+                0, route("/headers", "b"))
+        gw = gateway(cfg)
+        with channel(port) as ch:
+            assert ch.unary_unary("/test.Echo/Unary")(b"abc", timeout=10) == b"cba"
+        import httpx  # noqa: PLC0415
+        r = httpx.get(f"http://127.0.0.1:{port}/headers", timeout=10)
+        assert r.status_code == 200 and r.json()["backend"] == "b"
+        st = gw.stats()
+        assert st["cluster.grpc.upstream_cx_http2_total"] == 1
+        assert st.get("cluster.grpc.upstream_cx_http1_total", 0) == 0
+        assert st["cluster.b.upstream_cx_http1_total"] == 1
+        assert st.get("cluster.b.upstream_cx_http2_total", 0) == 0
+    finally:
+        server.stop(0)

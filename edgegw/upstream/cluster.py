@@ -160,19 +160,26 @@ class Cluster:
         self.connect_timeout = cfg.connect_timeout
         self.idle_timeout = cfg.http_options.idle_timeout or 3600.0
         self.buffer_limit = 1024 * 1024
-        h2opts = cfg.http2_options
-        self.http2 = h2opts is not None
+        auto = cfg.auto_http
+        h2opts = cfg.http2_options or (auto.http2_protocol_options if auto else None)
+        self.http2 = cfg.http2_options is not None
+        self.auto = auto is not None
+        """auto_config: ALPN picks HTTP/2 or HTTP/1.1 on each new connection."""
+        self.http2_codec: ClientCodec | None = (
+            http2.client_codec(http2.Options(h2opts), store, cfg.name)
+            if self.http2 or self.auto else None)
         self.client_codec: ClientCodec = (
-            http2.client_codec(http2.Options(h2opts), store, cfg.name) if self.http2
-            else Http1Connection)
-        """The protocol object of a new connection (the cluster's HttpProtocolOptions)."""
+            self.http2_codec if self.http2 and self.http2_codec else Http1Connection)
+        """The protocol object of a new connection (the cluster's HttpProtocolOptions); under
+        auto_config, HTTP/1.1's until ALPN says h2."""
         self.tls = None
         self.ssl: SslStats | None = None
         if cfg.transport_socket:
             updates = store.counter(
                 f"cluster.{cfg.name}.client_ssl_socket_factory.ssl_context_update_by_sds")
             self.tls = ClientTls(cfg.transport_socket.typed_config, cfg.name, secrets, updates,
-                                 alpn=["h2"] if self.http2 else None)
+                                 alpn=["h2"] if self.http2 else
+                                 ["h2", "http/1.1"] if self.auto else None)
             self.ssl = SslStats(store, f"cluster.{cfg.name}.ssl.")
         self.hosts: list[Host] = []
         self._status_counters: dict[int, Counter] = {}

@@ -96,9 +96,10 @@ class Waiter:
         """Counted once in upstream_cx_overflow."""
 
 
-Opener = Callable[[ClientConnection], Awaitable[None]]
+Opener = Callable[[ClientConnection], Awaitable[ClientConnection | None]]
 """Opens the transport of a new connection (its protocol is the connection) or raises
-``ConnectError``; unit tests pass fakes."""
+``ConnectError``; returns the connection when ALPN chose another protocol object. Unit tests
+pass fakes."""
 
 
 class Pool:
@@ -272,8 +273,9 @@ class Pool:
         host, cluster = self.host, self.cluster
         stats = cluster.stats
         stats.upstream_cx_total.value += 1
-        (stats.upstream_cx_http2_total if cluster.http2 else
-         stats.upstream_cx_http1_total).value += 1
+        if not cluster.auto:  # (under auto_config, counted once ALPN has chosen)
+            (stats.upstream_cx_http2_total if cluster.http2 else
+             stats.upstream_cx_http1_total).value += 1
         host.cx_total += 1
         cluster.connections += 1
         self.connecting += 1
@@ -284,7 +286,7 @@ class Pool:
     async def _connecting(self, conn: ClientConnection, expected: int) -> None:
         started = time.monotonic()
         try:
-            await self.open(conn)
+            conn = await self.open(conn) or conn
             if conn.state is State.CLOSED:
                 raise ConnectError("remote connection failure", "closed while connecting")
         except ConnectError as e:
@@ -295,6 +297,9 @@ class Pool:
         self.connecting -= 1
         self.expected -= expected
         stats = self.cluster.stats
+        if self.cluster.auto:
+            (stats.upstream_cx_http2_total if conn.protocol == "HTTP/2" else
+             stats.upstream_cx_http1_total).value += 1
         stats.upstream_cx_active.value += 1
         stats.upstream_cx_connect_ms.record((time.monotonic() - started) * 1000)
         self.host.cx_active += 1
@@ -326,15 +331,16 @@ class Pool:
             w.client.pool_failure(e.reason, e.detail)
         self._assign()
 
-    async def _open_tcp(self, conn: ClientConnection) -> None:
+    async def _open_tcp(self, conn: ClientConnection) -> ClientConnection | None:
         """TCP, and TLS with the cluster's SNI and peer checks, within connect_timeout."""
         cluster, host = self.cluster, self.host
         tls = cluster.tls
         loop = asyncio.get_running_loop()
+        proto: asyncio.Protocol = _Deciding() if cluster.auto else cast(asyncio.Protocol, conn)
         try:
             transport, _ = await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: cast(asyncio.Protocol, conn), host.address, host.port,
+                    lambda: proto, host.address, host.port,
                     ssl=tls.ctx if tls else None,
                     server_hostname=(tls.sni or "") if tls else None,
                     ssl_handshake_timeout=cluster.connect_timeout if tls else None,
@@ -362,3 +368,34 @@ class Pool:
                 raise ConnectError("remote connection failure", why)
             cluster.ssl.handshake.value += 1
         transport.set_write_buffer_limits(high=cluster.buffer_limit)
+        if isinstance(proto, _Deciding):
+            ssl_object = transport.get_extra_info("ssl_object")
+            if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2" \
+                    and cluster.http2_codec is not None:
+                conn = cluster.http2_codec(self)
+            return proto.hand_over(transport, conn)
+        return None
+
+
+class _Deciding(asyncio.Protocol):
+    """Holds a new auto_config connection's first bytes until ALPN has chosen its codec."""
+
+    def __init__(self) -> None:
+        self.buffered: list[bytes] = []
+        self.lost = False
+
+    def data_received(self, data: bytes) -> None:
+        self.buffered.append(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+
+    def hand_over(self, transport: asyncio.Transport, conn: ClientConnection) -> ClientConnection:
+        proto = cast(asyncio.Protocol, conn)
+        transport.set_protocol(proto)
+        proto.connection_made(transport)
+        for data in self.buffered:
+            proto.data_received(data)
+        if self.lost:
+            proto.connection_lost(None)
+        return conn

@@ -41,11 +41,24 @@ class ExplicitHttpConfig(Msg):
         return self
 
 
+class AutoHttpConfig(Msg):
+    """HTTP/2 when the upstream's TLS picks ``h2`` by ALPN, else HTTP/1.1."""
+
+    http_protocol_options: dict[str, Any] | None = Field(default=None, max_length=0)
+    http2_protocol_options: Http2ProtocolOptions | None = None
+
+
 class UpstreamHttpProtocolOptions(Msg):
     """``extensions.upstreams.http.v3.HttpProtocolOptions``: the protocol a cluster speaks."""
 
     common_http_protocol_options: HttpProtocolOptions | None = None
     explicit_http_config: ExplicitHttpConfig | None = None
+    auto_config: AutoHttpConfig | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> UpstreamHttpProtocolOptions:
+        one_of(self, ("explicit_http_config", "auto_config"), required=False)
+        return self
 
 
 class Thresholds(Msg):
@@ -222,6 +235,13 @@ class Cluster(Msg):
         Annotated[UpstreamHttpProtocolOptions, typed_as(HTTP_OPTIONS_TYPE)],
     ] = {}
 
+    @model_validator(mode="after")
+    def _alpn_needs_tls(self) -> Cluster:
+        if self.auto_http is not None and self.transport_socket is None:
+            raise ValueError(f"ALPN configured for cluster {self.name} which has a non-ALPN "
+                             "transport socket (auto_config needs TLS)")
+        return self
+
     @property
     def http_options(self) -> HttpProtocolOptions:
         opts = self.typed_extension_protocol_options.get(
@@ -237,3 +257,11 @@ class Cluster(Msg):
         )
         explicit = opts.explicit_http_config if opts else None
         return explicit.http2_protocol_options if explicit else None
+
+    @property
+    def auto_http(self) -> AutoHttpConfig | None:
+        """Set when the cluster lets ALPN choose between HTTP/2 and HTTP/1.1."""
+        opts = self.typed_extension_protocol_options.get(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+        )
+        return opts.auto_config if opts else None

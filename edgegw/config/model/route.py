@@ -191,7 +191,7 @@ class RequestMirrorPolicy(Msg):
 class UpgradeConfig(Msg):
     """An upgrade the connection manager (or a route) allows, such as ``websocket``."""
 
-    upgrade_type: str = Field(min_length=1)
+    upgrade_type: str = ""
     enabled: Bool = True
 
 
