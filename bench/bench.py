@@ -43,6 +43,8 @@ ROOT = Path(__file__).resolve().parent.parent
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 BACKEND = ("127.0.0.20", 18080)
+WS_BACKEND = ("127.0.0.20", 18081)
+WS_PROXIES = ("edgegw", "envoy", "nginx")
 PORTS = {"edgegw": 18443, "nginx": 18445, "haproxy": 18446, "envoy": 18444, "caddy": 18447}
 SMALL = b"x" * 99 + b"\n"
 TOOLS = ROOT / ".venv" / "bin"
@@ -180,7 +182,10 @@ class Bench:
                                              f"keepalive_requests 1000000; "
                                              f"root {self.work}/www; }}")
         self.start("backend", ["nginx", "-c", str(conf)], "0")
+        self.start("ws-backend", [sys.executable, __file__, "--ws-echo", *map(str, WS_BACKEND)],
+                   "0")
         wait_port(*BACKEND)
+        wait_port(*WS_BACKEND)
 
     # --- the proxies ------------------------------------------------------------------------
 
@@ -197,7 +202,9 @@ class Bench:
                                              "typed_config": {
                             "@type": "type.googleapis.com/envoy.extensions.transport_sockets."
                                      "tls.v3.DownstreamTlsContext",
-                            "common_tls_context": {"tls_certificate_sds_secret_configs": [{
+                            "common_tls_context": {
+                                "alpn_protocols": ["h2", "http/1.1"],
+                                "tls_certificate_sds_secret_configs": [{
                                 "name": "a", "sds_config": {"path_config_source": {
                                     "path": str(self.work / "sds.yaml")},
                                     "resource_api_version": "V3"}}]}}},
@@ -206,21 +213,27 @@ class Bench:
                             "@type": "type.googleapis.com/envoy.extensions.filters.network."
                                      "http_connection_manager.v3.HttpConnectionManager",
                             "stat_prefix": "bench",
+                            "upgrade_configs": [{"upgrade_type": "websocket"}],
                             "http_filters": [{"name": "envoy.filters.http.router",
                                               "typed_config": {
                                 "@type": "type.googleapis.com/envoy.extensions.filters.http."
                                          "router.v3.Router"}}],
                             "route_config": {"virtual_hosts": [{
-                                "name": "all", "domains": ["*"], "routes": [{
-                                    "match": {"prefix": "/"},
-                                    "route": {"cluster": "backend"}}],
+                                "name": "all", "domains": ["*"], "routes": [
+                                    {"match": {"prefix": "/ws"}, "route": {"cluster": "ws"}},
+                                    {"match": {"prefix": "/"},
+                                     "route": {"cluster": "backend"}}],
                                 "response_headers_to_add": [{"header": {
                                     "key": "x-config", "value": version}}]}]}}}]}]}],
                 "clusters": [{
                     "name": "backend", "type": "STATIC", "connect_timeout": "1s",
                     "load_assignment": {"cluster_name": "backend", "endpoints": [{
                         "lb_endpoints": [{"endpoint": {"address": {"socket_address": {
-                            "address": BACKEND[0], "port_value": BACKEND[1]}}}}]}]}}]}}
+                            "address": BACKEND[0], "port_value": BACKEND[1]}}}}]}]}},
+                    {"name": "ws", "type": "STATIC", "connect_timeout": "1s",
+                     "load_assignment": {"cluster_name": "ws", "endpoints": [{
+                         "lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                             "address": WS_BACKEND[0], "port_value": WS_BACKEND[1]}}}}]}]}}]}}
 
     def write_config(self, name: str, workers: int, version: str) -> list[str]:
         """Writes ``name``'s config and returns its command line."""
@@ -239,12 +252,15 @@ class Bench:
         if name == "nginx":
             conf = self.nginx_conf("proxy", workers,
                 f"upstream backend {{ server {BACKEND[0]}:{BACKEND[1]}; keepalive 64; }} "
-                f"server {{ listen 127.0.0.1:{port} ssl; "
+                f"server {{ listen 127.0.0.1:{port} ssl http2; "
                 f"ssl_certificate {self.work}/cert.pem; "
                 f"ssl_certificate_key {self.work}/key.pem; keepalive_requests 1000000; "
                 f"location / {{ proxy_pass http://backend; proxy_http_version 1.1; "
                 f"proxy_set_header Connection \"\"; proxy_max_temp_file_size 0; "
-                f"add_header x-config {version}; }} }}")
+                f"add_header x-config {version}; }} "
+                f"location /ws {{ proxy_pass http://{WS_BACKEND[0]}:{WS_BACKEND[1]}; "
+                f"proxy_http_version 1.1; proxy_set_header Upgrade $http_upgrade; "
+                f"proxy_set_header Connection upgrade; proxy_read_timeout 3600s; }} }}")
             return ["nginx", "-c", str(conf)]
         if name == "haproxy":
             conf = self.work / "haproxy.cfg"
@@ -253,14 +269,15 @@ class Bench:
                 f"  stats socket {self.work}/haproxy.sock mode 600 expose-fd listeners\n"
                 f"defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n"
                 f"  timeout server 60s\n  option http-keep-alive\n"
-                f"frontend fe\n  bind 127.0.0.1:{port} ssl crt {self.work}/combined.pem\n"
+                f"frontend fe\n  bind 127.0.0.1:{port} ssl crt {self.work}/combined.pem"
+                f" alpn h2,http/1.1\n"
                 f"  http-response set-header x-config {version}\n  default_backend be\n"
                 f"backend be\n  http-reuse always\n  server s1 {BACKEND[0]}:{BACKEND[1]}\n")
             return ["haproxy", "-W", "-db", "-f", str(conf)]
         conf = self.work / "Caddyfile"
         conf.write_text(
             "{\n  admin 127.0.0.1:12019\n  auto_https off\n  default_sni a.example.com\n"
-            "  servers {\n    protocols h1\n  }\n}\n"
+            "  servers {\n    protocols h1 h2\n  }\n}\n"
             f"https://a.example.com:{port} {{\n  bind 127.0.0.1\n"
             f"  tls {self.work}/cert.pem {self.work}/key.pem\n"
             f"  header x-config {version}\n  reverse_proxy {BACKEND[0]}:{BACKEND[1]}\n}}\n")
@@ -350,6 +367,35 @@ class Bench:
         conns = int(m.group(1))
         return conns / self.seconds, cpu / max(conns, 1) * 1e6
 
+    def h2load(self, name: str) -> float:
+        """HTTP/2 keep-alive: h2load, 4 connections of 32 concurrent streams; requests/s."""
+        r = subprocess.run(
+            ["taskset", "-c", "0", "h2load", "-t1", "-c4", "-m32", "-D", str(self.seconds),
+             "--warm-up-time=1", f"https://127.0.0.1:{PORTS[name]}/small"],
+            capture_output=True, text=True, timeout=self.seconds + 60)
+        m = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", r.stdout)
+        ok = re.search(r"status codes: (\d+) 2xx", r.stdout)
+        if not m or not ok or int(ok.group(1)) == 0:
+            print(f"  h2load {name}: {r.stdout[-300:]}{r.stderr[-300:]}", file=sys.stderr)
+            return 0.0
+        return float(m.group(1))
+
+    def websocket(self, name: str) -> tuple[float, float]:
+        """WebSocket messages: 16 connections echoing 100-byte messages through the proxy;
+        returns messages/s (round trips) and the proxy's CPU µs per message."""
+        pid = self.procs[name].pid
+        cpu0 = cpu_seconds(pid)
+        r = subprocess.run(["taskset", "-c", "0", sys.executable, __file__, "--ws-load",
+                            str(PORTS[name]), str(self.seconds), str(self.work / "ca.pem")],
+                           capture_output=True, text=True, timeout=self.seconds + 60)
+        cpu = cpu_seconds(pid) - cpu0
+        try:
+            count = int(r.stdout.split()[0])
+        except (IndexError, ValueError):
+            print(f"  ws {name}: {r.stderr[-300:]}", file=sys.stderr)
+            return 0.0, 0.0
+        return count / self.seconds, cpu / max(count, 1) * 1e6
+
     def idle(self, name: str, count: int) -> tuple[float, float]:
         """W4: opens ``count`` TLS connections, one request each, holds them; returns how many
         the proxy kept and its RSS per connection (kB)."""
@@ -385,6 +431,40 @@ class Bench:
 
         asyncio.run(run())
         return result["failed"] if result.get("done") else float("nan")
+
+
+async def ws_echo(host: str, port: int) -> None:
+    """The WebSocket backend: echoes every message."""
+    from websockets.asyncio.server import ServerConnection, serve
+
+    async def echo(ws: ServerConnection) -> None:
+        async for msg in ws:
+            await ws.send(msg)
+
+    async with serve(echo, host, port, compression=None):
+        await asyncio.Future()
+
+
+async def ws_load(port: int, seconds: float, ca: str) -> None:
+    """The WebSocket client: 16 connections, each a loop of send and wait for the echo."""
+    from websockets.asyncio.client import connect
+
+    ctx = ssl.create_default_context(cafile=ca)
+    done = 0
+    stop = time.monotonic() + seconds
+
+    async def one() -> None:
+        nonlocal done
+        async with connect(f"wss://a.example.com:{port}/ws", ssl=ctx, compression=None,
+                           host="127.0.0.1", port=port, server_hostname="a.example.com") as ws:
+            msg = b"m" * 100
+            while time.monotonic() < stop:
+                await ws.send(msg)
+                await ws.recv()
+                done += 1
+
+    await asyncio.gather(*(one() for _ in range(16)))
+    print(done)
 
 
 async def hold(port: int, count: int, ca: str, pid: int) -> None:
@@ -424,6 +504,9 @@ ROWS = [("W1 keep-alive req/s", "rps", "higher"), ("W1 p50 ms", "p50_ms", "lower
         ("W2 handshakes/s (client-bound)", "handshakes_s", "higher"),
         ("W2 proxy CPU us/handshake", "cpu_us_per_handshake", "lower"),
         ("W3 1 MiB MB/s", "mb_s", "higher"),
+        ("H2 keep-alive req/s (h2load)", "h2_rps", "higher"),
+        ("WS messages/s (16 conns)", "ws_msgs", "higher"),
+        ("WS proxy CPU us/message", "ws_cpu_us", "lower"),
         ("W4 idle TLS conns held", "idle_held", "higher"),
         ("W4 RSS kB per idle TLS conn", "kb_per_idle", "lower"),
         ("W5 failed reqs (reload+rotation)", "w5_failed", "lower"),
@@ -442,10 +525,18 @@ def main() -> None:
     ap.add_argument("--skip", default="", help="workloads to skip, e.g. W4,W5,all-cores")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.json"))
     ap.add_argument("--hold", nargs=4, help=argparse.SUPPRESS)
+    ap.add_argument("--ws-echo", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--ws-load", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.hold:
         port, count, ca, pid = a.hold
         asyncio.run(hold(int(port), int(count), ca, int(pid)))
+        return
+    if a.ws_echo:
+        asyncio.run(ws_echo(a.ws_echo[0], int(a.ws_echo[1])))
+        return
+    if a.ws_load:
+        asyncio.run(ws_load(int(a.ws_load[0]), float(a.ws_load[1]), a.ws_load[2]))
         return
     which = [p for p in a.proxies.split(",") if p]
     skip = set(a.skip.split(","))
@@ -468,13 +559,19 @@ def main() -> None:
                 w1 = b.wrk(name, "/small", 32)
                 hs, cpu_us = b.handshakes(name)
                 w3 = b.wrk(name, "/1m", 4)
+                h2 = b.h2load(name) if "H2" not in skip else float("nan")
+                ws, ws_cpu = b.websocket(name) if "WS" not in skip and name in WS_PROXIES \
+                    else (float("nan"), float("nan"))
                 for k, v in (("rps", w1["rps"]), ("p50_ms", w1["p50_ms"]),
                              ("p99_ms", w1["p99_ms"]), ("handshakes_s", hs),
-                             ("cpu_us_per_handshake", cpu_us), ("mb_s", w3["mb_s"])):
-                    note(name, k, v)
+                             ("cpu_us_per_handshake", cpu_us), ("mb_s", w3["mb_s"]),
+                             ("h2_rps", h2), ("ws_msgs", ws), ("ws_cpu_us", ws_cpu)):
+                    if v == v:
+                        note(name, k, v)
                 print(f"rep {rep + 1} {name:8s} rps={w1['rps']:8.0f} p50={w1['p50_ms']:5.2f}ms "
                       f"p99={w1['p99_ms']:6.2f}ms hs/s={hs:6.0f} cpu/hs={cpu_us:5.0f}us "
-                      f"1MiB={w3['mb_s']:7.1f}MB/s", file=sys.stderr, flush=True)
+                      f"1MiB={w3['mb_s']:7.1f}MB/s h2={h2:8.0f} ws={ws:7.0f}/s "
+                      f"ws_cpu={ws_cpu:5.1f}us", file=sys.stderr, flush=True)
                 b.stop(name)
         for name in which:
             if "W4" not in skip:

@@ -3,12 +3,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
-for tool in nginx haproxy wrk openssl curl taskset; do
+for tool in nginx haproxy wrk openssl curl taskset h2load; do
   command -v "$tool" >/dev/null || need+=("$tool")
 done
 if [ ${#need[@]} -gt 0 ]; then
   pkgs=()
-  for t in "${need[@]}"; do case $t in taskset) pkgs+=(util-linux);; *) pkgs+=("$t");; esac; done
+  for t in "${need[@]}"; do case $t in taskset) pkgs+=(util-linux);; h2load) pkgs+=(nghttp2-client);; *) pkgs+=("$t");; esac; done
   apt-get update -q && apt-get install -y -q "${pkgs[@]}"
 fi
 [ -x .venv/bin/caddy ] || .venv/bin/pip install -q -e '.[bench]'
