@@ -69,7 +69,7 @@ class Stream:
     early: list[bytes] | None = None
     """Body that arrived while a filter held the request, for the router."""
     filter_index = 0
-    pause_handle: object = None
+    pause_handle: asyncio.TimerHandle | None = None
     pause_abandoned: Callable[[], None] | None = None
     response_hooks: tuple[Callable[[Headers], None], ...] = ()
     """Filters' additions to the response headers (e.g. x-ratelimit-*)."""
@@ -356,7 +356,7 @@ class Stream:
             return
         self.response_done = True
         if self.pause_handle is not None:
-            self.pause_handle.cancel()  # type: ignore[attr-defined]
+            self.pause_handle.cancel()
             if self.pause_abandoned is not None:
                 self.pause_abandoned()
             self.pause_handle = self.pause_abandoned = None

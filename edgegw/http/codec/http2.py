@@ -258,7 +258,9 @@ class Http2ServerCodec:
         self.window_updates = 0
         self.data_frames_sent = 0
         self.control_queued = 0
-        self.flush()
+        self.loop = asyncio.get_running_loop()
+        self.flush_scheduled = False
+        self.write_now()
 
     # --- bytes in -----------------------------------------------------------------------
 
@@ -273,14 +275,13 @@ class Http2ServerCodec:
             if isinstance(e, h2.exceptions.DenialOfServiceError):
                 self.stats.header_overflow.value += 1
             self.callbacks.protocol_error("http2.codec_error")
-            self.flush()
             self._close()
             return
         for ev in events:
             self._event(ev)
             if self.closed:
                 return
-        self.flush()
+        self.write_now()
 
     def _event(self, ev: h2.events.Event) -> None:
         if isinstance(ev, h2.events.DataReceived):
@@ -459,6 +460,14 @@ class Http2ServerCodec:
         self._control_queued()
 
     def flush(self) -> None:
+        """Writes what the streams produced at the end of this turn of the event loop:
+        responses that complete together leave in one TLS record and one syscall."""
+        if not self.flush_scheduled and not self.closed:
+            self.flush_scheduled = True
+            self.loop.call_soon(self.write_now)
+
+    def write_now(self) -> None:
+        self.flush_scheduled = False
         data = self.h2.data_to_send()
         if data and not self.closed:
             self.transport.write(data)
@@ -482,7 +491,7 @@ class Http2ServerCodec:
 
     def _close(self) -> None:
         if not self.closed:
-            self.flush()
+            self.write_now()
             self.transport.close()
         self.closed = True
 
@@ -500,7 +509,7 @@ class Http2ServerCodec:
         frame = GoAwayFrame(0)
         frame.last_stream_id = self.goaway_at
         frame.error_code = 0
-        self.flush()
+        self.write_now()
         self.transport.write(frame.serialize())
         self.stats.goaway_sent.value += 1
         if not self.streams:
@@ -614,6 +623,7 @@ class Http2Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self.active: dict[int, _Request] = {}
         self.goaway = False
+        self.flush_scheduled = False
         self.scheme = b"https" if pool.cluster.tls is not None else b"http"
 
     def usable(self) -> bool:
@@ -624,7 +634,7 @@ class Http2Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.flush()
+        self.write_now()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.state is State.CLOSED:
@@ -651,7 +661,7 @@ class Http2Connection(asyncio.Protocol):
         touched: dict[int, _Request] = {}
         for ev in events:
             self._event(ev, touched)
-        self.flush()
+        self.write_now()
         for r in touched.values():
             if r.sink is not None:
                 r.sink.flush()
@@ -735,6 +745,14 @@ class Http2Connection(asyncio.Protocol):
         self.flush()
 
     def flush(self) -> None:
+        """Writes at the end of this turn of the event loop: requests opened together leave
+        together."""
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.write_now)
+
+    def write_now(self) -> None:
+        self.flush_scheduled = False
         if self.transport is not None and self.state is not State.CLOSED:
             data = self.h2.data_to_send()
             if data:
