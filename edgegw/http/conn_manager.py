@@ -1,10 +1,10 @@
-"""Envoy's http_connection_manager: the downstream connection and its settings.
+"""Envoy's http_connection_manager: one downstream connection and its streams.
 
-``HttpConnectionManager`` is built once per filter chain from the config; each accepted
-connection gets a ``DownstreamConnection``, which picks its codec (from ``codec_type`` and the
-ALPN the TLS handshake chose) and from then on only handles streams: it never knows which
-protocol it speaks. Timeouts (request headers, request, stream idle, connection idle) and the
-drain are Envoy's, with Envoy's replies.
+Each accepted connection gets a ``DownstreamConnection`` under the chain's settings
+(``settings.HttpConnectionManager``). It picks its codec (from ``codec_type`` and the ALPN the
+TLS handshake chose) and from then on only handles streams: it never knows which protocol it
+speaks. Timeouts (request headers, request, stream idle, connection idle) and the drain are
+Envoy's, with Envoy's replies.
 """
 
 from __future__ import annotations
@@ -15,17 +15,11 @@ import time
 from typing import TYPE_CHECKING
 
 from .. import log
-from ..accesslog import AccessLogger
 from ..config import model as m
-from ..stats import Counter, Gauge, Histogram, StatSet, Store
-from ..upstream.cluster import ClusterManager
-from . import filter as http_filter
-from . import filters as _filters  # noqa: F401 (registers the HTTP filters)
 from .codec import FlowControl, RequestHead, ResponseEncoder, ServerCodec, http2
 from .codec.http1 import Http1ServerCodec
 from .filters.local_ratelimit import TokenBucket
-from .headers import ForwardingPolicy
-from .router.table import Route, compile_routes
+from .settings import HttpConnectionManager
 from .stream import Stream
 
 if TYPE_CHECKING:
@@ -36,97 +30,6 @@ _log = log.get("http")
 PREMATURE_RESET_LIFETIME = 1.0
 PREMATURE_RESET_COUNT = 500
 """Envoy's overload.premature_reset_min_stream_lifetime_seconds and _total_stream_count."""
-
-
-class HcmStats(StatSet):
-    """``http.<stat_prefix>.*``: Envoy's connection manager stats (a subset)."""
-
-    downstream_cx_total: Counter
-    downstream_cx_http1_total: Counter
-    downstream_cx_http2_total: Counter
-    downstream_cx_upgrades_total: Counter
-    downstream_cx_ssl_total: Counter
-    downstream_cx_destroy: Counter
-    downstream_cx_protocol_error: Counter
-    downstream_cx_idle_timeout: Counter
-    downstream_rq_total: Counter
-    downstream_rq_http1_total: Counter
-    downstream_rq_http2_total: Counter
-    downstream_rq_completed: Counter
-    downstream_rq_timeout: Counter
-    downstream_rq_idle_timeout: Counter
-    downstream_rq_header_timeout: Counter
-    downstream_rq_rx_reset: Counter
-    downstream_rq_too_many_premature_resets: Counter
-    downstream_rq_max_duration_reached: Counter
-    no_route: Counter
-    no_cluster: Counter
-    rq_total: Counter
-    rq_direct_response: Counter
-    rq_redirect: Counter
-    downstream_cx_active: Gauge
-    downstream_cx_ssl_active: Gauge
-    downstream_cx_http1_active: Gauge
-    downstream_cx_http2_active: Gauge
-    downstream_cx_upgrades_active: Gauge
-    downstream_rq_active: Gauge
-    downstream_rq_time: Histogram
-
-
-class HttpConnectionManager:
-    """The compiled settings of one http_connection_manager filter."""
-
-    def __init__(self, cfg: m.HttpConnectionManager, clusters: ClusterManager,
-                 store: Store) -> None:
-        self.stat_prefix = cfg.stat_prefix
-        self.stats = HcmStats(store, f"http.{cfg.stat_prefix}.", code_classes="downstream_rq")
-        self.routes = compile_routes(cfg.route_config)
-        self.clusters = clusters
-        self.server_name = (cfg.server_name or "edgegw").encode("latin-1")
-        self.forwarding = ForwardingPolicy.from_config(cfg)
-        self.max_header_bytes = cfg.max_request_headers_kb * 1024
-        self.codec_type = cfg.codec_type
-        self.http2 = http2.Options(cfg.http2_protocol_options)
-        self.store = store
-        self._http2_stats: http2.Http2Stats | None = None
-        opts = cfg.common_http_protocol_options or m.HttpProtocolOptions()
-        self.max_headers = opts.max_headers_count or 100
-        self.idle_timeout = 3600.0 if opts.idle_timeout is None else opts.idle_timeout
-        self.request_headers_timeout = cfg.request_headers_timeout or 0.0
-        self.request_timeout = cfg.request_timeout or 0.0
-        """Envoy's: the whole request must arrive within it (disarmed once a response
-        starts); 0 disables it, the default."""
-        self.stream_idle_timeout = (300.0 if cfg.stream_idle_timeout is None
-                                    else cfg.stream_idle_timeout)
-        self.access_logs = [AccessLogger(a) for a in cfg.access_log]
-        router = cfg.http_filters[-1].typed_config if cfg.http_filters else None
-        self.suppress_envoy_headers = isinstance(router, m.Router) and \
-            router.suppress_envoy_headers
-        self.filters: list[tuple[str, http_filter.HttpFilter]] = [
-            (f.name, http_filter.build(f.typed_config, store, cfg.stat_prefix))
-            for f in cfg.http_filters[:-1]]
-        """The HTTP filters before the router, with the names per-route configs use."""
-        self.upgrades = {u.upgrade_type.lower(): u.enabled for u in cfg.upgrade_configs}
-        """upgrade_configs: the upgrades the connection manager allows, by type."""
-
-    @property
-    def http2_stats(self) -> http2.Http2Stats:
-        """``http2.*``, made at the first HTTP/2 connection, as Envoy makes them."""
-        if self._http2_stats is None:
-            self._http2_stats = http2.Http2Stats(self.store, "http2.")
-        return self._http2_stats
-
-    def upgrade_allowed(self, upgrade: bytes, route: Route | None) -> bool:
-        """Envoy's rule: a route's upgrade_configs entry for the type decides; else the HCM's."""
-        kind = upgrade.decode("latin-1").lower()
-        on_route = route.upgrades.get(kind) if route is not None else None
-        return on_route if on_route is not None else self.upgrades.get(kind, False)
-
-    def close(self) -> None:
-        for a in self.access_logs:
-            a.close()
-
-
 
 
 class DownstreamConnection(asyncio.Protocol):

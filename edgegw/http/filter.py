@@ -17,14 +17,30 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from .codec import Headers, RequestHead
 
 if TYPE_CHECKING:
+    import asyncio
+
     from ..stats import Store
     from ..upstream.cluster import Cluster, Host
-    from .conn_manager import DownstreamConnection
     from .router.table import Route, VirtualHost
 
 
+class Downstream(Protocol):
+    """The client connection as filters see it."""
+
+    remote_ip: str
+    remote_port: int
+    local_address: str
+    sni: str | None
+    tls: bool
+    closed: bool
+    loop: asyncio.AbstractEventLoop
+    buckets: dict[int, Any]
+    """Per-connection token buckets (local_rate_limit_per_downstream_connection)."""
+
+
 class FilterCallbacks(Protocol):
-    """The stream as a filter sees it (Envoy's StreamDecoderFilterCallbacks)."""
+    """The stream as a filter sees it (Envoy's StreamDecoderFilterCallbacks): the request,
+    where it is routed, its record (flags, details, upstream), and the ways to answer."""
 
     head: RequestHead
     headers: Headers
@@ -32,11 +48,12 @@ class FilterCallbacks(Protocol):
     authority: str
     path: bytes
     method: bytes
+    protocol: str
     route: Route | None
     vhost: VirtualHost | None
-    conn: DownstreamConnection
     cluster: Cluster | None
     host: Host | None
+    flags: str
     details: str
     failure_reason: str
     request_done: bool
@@ -45,10 +62,12 @@ class FilterCallbacks(Protocol):
     bytes_received: int
     grpc: bool
 
+    @property
+    def conn(self) -> Downstream: ...
     def add_flag(self, flag: str) -> None: ...
     def send_local_reply(self, status: int, body: bytes, details: str = "",
                          extra: Headers | None = None, mutate: bool = False,
-                         close: bool = False) -> None: ...
+                         close: bool = False, grpc_status: bytes | None = None) -> None: ...
     def pause_for(self, delay: float, then: Callable[[], bool],
                   abandoned: Callable[[], None]) -> None:
         """Holds the request ``delay`` seconds; then ``then`` says whether to go on."""
@@ -56,6 +75,15 @@ class FilterCallbacks(Protocol):
         """Something to add to the response headers, local replies included."""
     def expand(self, value: str) -> str:
         """The %OPERATORS% a header value may carry, for this stream."""
+    def read_disable(self, reason: str, disable: bool) -> None:
+        """Stops (or resumes) reading this stream's request body from the client."""
+    def arm_deadline(self, timeout: float) -> None:
+        """Starts the route timeout: ``deadline_passed`` reaches the router when it ends."""
+    def encode_headers(self, status: int, headers: Headers, end_stream: bool) -> None: ...
+    def encode_data(self, data: bytes, end_stream: bool) -> None: ...
+    def encode_trailers(self, trailers: Headers) -> None: ...
+    def flush(self) -> None: ...
+    def reset_stream(self) -> None: ...
 
 
 class HttpFilter(Protocol):

@@ -13,17 +13,32 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from ..matchers import first_header
 from .codec import Headers, RequestHead, ResponseEncoder, http_date
+from .filter import Downstream
 from .router.filter import Router
 from .router.table import Forward
 
 if TYPE_CHECKING:
     from ..upstream.cluster import Cluster, Host
-    from .conn_manager import DownstreamConnection
     from .router.table import Route, VirtualHost
+    from .settings import HttpConnectionManager
+
+
+class Owner(Downstream, Protocol):
+    """What a stream asks of its connection (the connection manager)."""
+
+    hcm: HttpConnectionManager
+    draining: bool
+    last_activity: float
+
+    def count_request(self) -> None: ...
+    def arm_deadline(self, timeout: float) -> float: ...
+    def upgrade_started(self) -> None: ...
+    def upgrade_ended(self) -> None: ...
+    def stream_done(self, s: Stream) -> None: ...
 
 _GRPC_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
 
@@ -79,7 +94,7 @@ class Stream:
     grpc = False
     duration_timer: asyncio.TimerHandle | None = None
 
-    def __init__(self, conn: DownstreamConnection, head: RequestHead, encoder: ResponseEncoder,
+    def __init__(self, conn: Owner, head: RequestHead, encoder: ResponseEncoder,
                  end_stream: bool) -> None:
         self.conn = conn
         self.hcm = conn.hcm
@@ -128,7 +143,6 @@ class Stream:
                 self.encoder.encode_100_continue()
             self.headers = head.headers = [h for h in self.headers if h[0] != b"expect"]
         hcm.forwarding.apply(self.headers, self.conn.remote_ip, self.conn.tls)
-        st.rq_total.value += 1
         self.vhost, self.route = hcm.routes.route(self.authority, path.decode("latin-1"),
                                                   self.headers)
         if head.upgrade and not hcm.upgrade_allowed(head.upgrade, self.route):
@@ -174,7 +188,7 @@ class Stream:
                 return
         if self.response_done:
             return
-        router = self.router = Router(self)
+        router = self.router = Router(self, self.hcm.router)
         router.decode_headers()
         early, self.early = self.early, None
         if early:

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from .. import log
 from ..config import model as m
-from ..http.conn_manager import DownstreamConnection, HttpConnectionManager
+from ..http.conn_manager import DownstreamConnection
+from ..http.settings import HttpConnectionManager
 from ..stats import Counter, Gauge, StatSet, Store
 from ..tls.cert_dir import directory_of
 from ..tls.context import ServerTls, SslStats

@@ -21,28 +21,18 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import enum
 import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol, cast
 
 from .. import log
+from ..http.codec import RequestEncoder, ResponseSink, State
 
 if TYPE_CHECKING:
-    from ..http.codec import RequestEncoder, ResponseSink
     from .cluster import Cluster, Host
 
 _log = log.get("upstream")
-
-
-class State(enum.Enum):
-    CONNECTING = "connecting"
-    READY = "ready"
-    """Open, and able to take another request."""
-    BUSY = "busy"
-    """Carrying as many requests as it can."""
-    CLOSED = "closed"
 
 
 class ClientConnection(Protocol):
@@ -118,6 +108,14 @@ class Pool:
         """Requests the connections being opened will take at once (one each on HTTP/1.1),
         so that no more are opened than the waiters need."""
         self.waiters: collections.deque[Waiter] = collections.deque()
+
+    @property
+    def label(self) -> str:
+        return self.host.label
+
+    @property
+    def secure(self) -> bool:
+        return self.cluster.tls is not None
 
     # --- what requests call -----------------------------------------------------------------
 

@@ -9,11 +9,12 @@ trailers and an end, and responses are a status, headers, data and trailers.
 
 from __future__ import annotations
 
+import enum
 import time
 from asyncio import Transport
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Protocol
+from typing import Any, Protocol
 
 Headers = list[tuple[bytes, bytes]]
 """Header fields as (lower-case name, value) pairs in arrival order."""
@@ -104,6 +105,33 @@ class ServerCodec(Protocol):
 
 
 # --- the client side: a pooled connection takes requests, a sink hears the response -------
+
+
+class State(enum.Enum):
+    """A pooled connection's state, as the pool sees it."""
+
+    CONNECTING = "connecting"
+    READY = "ready"
+    """Open, and able to take another request."""
+    BUSY = "busy"
+    """Carrying as many requests as it can."""
+    CLOSED = "closed"
+
+
+class ConnectionOwner(Protocol):
+    """What a client codec tells the pool its connection belongs to."""
+
+    @property
+    def label(self) -> str:
+        """The upstream host, for log lines."""
+    @property
+    def secure(self) -> bool:
+        """The connection runs over TLS (HTTP/2's ``:scheme``)."""
+    def release(self, conn: Any) -> None:
+        """A request on the connection is over; it may take another."""
+    def closed(self, conn: Any, with_request: bool = False) -> None: ...
+    def capacity_changed(self, conn: Any) -> None:
+        """The peer changed how many requests the connection may carry."""
 
 
 class ResponseSink(Protocol):

@@ -13,25 +13,22 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from typing import TYPE_CHECKING
 
 import httptools
 
 from ... import log
-from ...upstream.pool import State
 from . import (
     REASONS,
+    ConnectionOwner,
     FlowControl,
     Headers,
     RequestHead,
     ResponseSink,
     ServerCallbacks,
+    State,
     StreamDecoder,
     http_date,
 )
-
-if TYPE_CHECKING:
-    from ...upstream.pool import Pool
 
 _log = log.get("http")
 
@@ -392,7 +389,7 @@ class Http1Connection(asyncio.Protocol):
     capacity = 1
     protocol = "HTTP/1.1"
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: ConnectionOwner) -> None:
         self.pool = pool
         self.state = State.CONNECTING
         self.transport: asyncio.Transport | None = None
@@ -460,7 +457,7 @@ class Http1Connection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as e:
             _log.error("internal error while relaying a response from %s: %r",
-                       self.pool.host.label, e.__context__, exc_info=e.__context__)
+                       self.pool.label, e.__context__, exc_info=e.__context__)
             self._fail("internal error")
             return
         except httptools.HttpParserUpgrade as e:
@@ -468,7 +465,7 @@ class Http1Connection(asyncio.Protocol):
             if self.raw and rest and self.sink is not None:
                 self.sink.upstream_data(rest, False)
         except httptools.HttpParserError as e:
-            _log.debug("upstream protocol error from %s: %s", self.pool.host.label, e)
+            _log.debug("upstream protocol error from %s: %s", self.pool.label, e)
             self._fail("protocol error")
             return
         if sink is not None:

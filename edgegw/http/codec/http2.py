@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import h2.config
 import h2.connection
@@ -29,18 +28,16 @@ from hyperframe.frame import GoAwayFrame
 from ... import log
 from ...config import model as m
 from ...stats import Counter, Gauge, StatSet, Store
-from ...upstream.pool import State
 from . import (
+    ConnectionOwner,
     FlowControl,
     Headers,
     RequestHead,
     ResponseSink,
     ServerCallbacks,
+    State,
     StreamDecoder,
 )
-
-if TYPE_CHECKING:
-    from ...upstream.pool import Pool
 
 _log = log.get("http")
 
@@ -561,7 +558,7 @@ class _Request:
                 (b":authority", authority), (b":path", head.path), *_clean(head.headers)],
                 end_stream=end_stream)
         except h2.exceptions.ProtocolError as e:  # e.g. past the server's stream limit
-            _log.debug("cannot open a stream to %s: %r", conn.pool.host.label, e)
+            _log.debug("cannot open a stream to %s: %r", conn.pool.label, e)
             sink, self.sink = self.sink, None
             self.ended = True
             conn.pool.release(conn)
@@ -608,7 +605,7 @@ class Http2Connection(asyncio.Protocol):
 
     protocol = "HTTP/2"
 
-    def __init__(self, pool: Pool, opts: Options, stats: Http2Stats) -> None:
+    def __init__(self, pool: ConnectionOwner, opts: Options, stats: Http2Stats) -> None:
         self.pool = pool
         self.opts = opts
         self.stats = stats
@@ -624,7 +621,7 @@ class Http2Connection(asyncio.Protocol):
         self.active: dict[int, _Request] = {}
         self.goaway = False
         self.flush_scheduled = False
-        self.scheme = b"https" if pool.cluster.tls is not None else b"http"
+        self.scheme = b"https" if pool.secure else b"http"
 
     def usable(self) -> bool:
         return (self.transport is not None and not self.transport.is_closing()
@@ -654,7 +651,7 @@ class Http2Connection(asyncio.Protocol):
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as e:
-            _log.debug("HTTP/2 protocol error from %s: %r", self.pool.host.label, e)
+            _log.debug("HTTP/2 protocol error from %s: %r", self.pool.label, e)
             self.stats.rx_messaging_error.value += 1
             self._fail("protocol error")
             return
@@ -810,12 +807,12 @@ class Http2Connection(asyncio.Protocol):
 
 
 def client_codec(opts: Options, store: Store,
-                 cluster_name: str) -> Callable[[Pool], Http2Connection]:
+                 cluster_name: str) -> Callable[[ConnectionOwner], Http2Connection]:
     """The cluster's factory of HTTP/2 connections; ``cluster.<name>.http2.*`` is made with
     the first connection, as Envoy makes it."""
     made: list[Http2Stats] = []
 
-    def connection(pool: Pool) -> Http2Connection:
+    def connection(pool: ConnectionOwner) -> Http2Connection:
         if not made:
             made.append(Http2Stats(store, f"cluster.{cluster_name}.http2."))
         return Http2Connection(pool, opts, made[0])

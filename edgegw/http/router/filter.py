@@ -15,7 +15,8 @@ import time
 from typing import TYPE_CHECKING
 
 from ... import log
-from ...upstream.cluster import Cluster, Host
+from ...stats import Counter, StatSet, Store
+from ...upstream.cluster import Cluster, ClusterManager, Host
 from ..codec import HOP_BY_HOP, Headers, RequestHead, connection_tokens
 from .retry import RETRY_BUFFER_LIMIT, Retry
 from .shadow import Shadow, shadow_host
@@ -23,7 +24,7 @@ from .table import Direct, Forward, Redirect, redirect_location
 from .upstream_request import UpstreamRequest
 
 if TYPE_CHECKING:
-    from ..stream import Stream
+    from ..filter import FilterCallbacks
 
 _log = log.get("router")
 
@@ -36,6 +37,26 @@ REQUEST_DROP = HOP_BY_HOP | {b"host"}
 REQUEST_DROP_WITH_TIMEOUT = REQUEST_DROP | {b"x-envoy-expected-rq-timeout-ms"}
 RESPONSE_DROP = HOP_BY_HOP | {b"server"}
 UPGRADE_KEEP = (b"upgrade", b"connection")
+
+
+class RouterStats(StatSet):
+    """Envoy's router stats, under ``http.<stat_prefix>.``."""
+
+    no_route: Counter
+    no_cluster: Counter
+    rq_total: Counter
+    rq_direct_response: Counter
+    rq_redirect: Counter
+
+
+class RouterConfig:
+    """What every router of one connection manager shares (Envoy's router FilterConfig)."""
+
+    def __init__(self, clusters: ClusterManager, store: Store, stat_prefix: str,
+                 suppress_envoy_headers: bool) -> None:
+        self.clusters = clusters
+        self.stats = RouterStats(store, f"http.{stat_prefix}.")
+        self.suppress_envoy_headers = suppress_envoy_headers
 
 
 class Router:
@@ -64,16 +85,17 @@ class Router:
     sent = False
     """The route timeout has been armed (the request's end went upstream)."""
 
-    def __init__(self, cb: Stream) -> None:
+    def __init__(self, cb: FilterCallbacks, cfg: RouterConfig) -> None:
         self.cb = cb
+        self.cfg = cfg
         self.pending: list[bytes] = []
 
     # --- the request ------------------------------------------------------------------------
 
     def decode_headers(self) -> None:
         cb = self.cb
-        hcm = cb.hcm
-        st = hcm.stats
+        st = self.cfg.stats
+        st.rq_total.value += 1
         vh, route = cb.vhost, cb.route
         if route is None:
             st.no_route.value += 1
@@ -102,10 +124,10 @@ class Router:
 
     def forward(self, action: Forward) -> None:
         cb = self.cb
-        hcm = cb.hcm
-        cluster = hcm.clusters.get(action.pick_cluster())
+        clusters = self.cfg.clusters
+        cluster = clusters.get(action.pick_cluster())
         if cluster is None:
-            hcm.stats.no_cluster.value += 1
+            self.cfg.stats.no_cluster.value += 1
             cb.flags = "NC"
             cb.send_local_reply(503, b"")
             return
@@ -124,7 +146,7 @@ class Router:
         if self.retry is not None and self.retry.num_retries:
             self.body_copy = []
         for name, fraction, suffix in action.mirrors:
-            mirror = hcm.clusters.get(name)
+            mirror = clusters.get(name)
             if mirror is not None and (fraction >= 1.0 or random.random() < fraction):
                 self.shadows = (*self.shadows, (mirror, suffix))
                 if self.body_copy is None:
@@ -193,7 +215,7 @@ class Router:
     def upstream_head(self, action: Forward, host: Host) -> RequestHead:
         """The request as it goes upstream, built in one pass over the client's headers."""
         cb = self.cb
-        add_timeout = self.timeout > 0 and not cb.hcm.suppress_envoy_headers
+        add_timeout = self.timeout > 0 and not self.cfg.suppress_envoy_headers
         drop = REQUEST_DROP_WITH_TIMEOUT if add_timeout else REQUEST_DROP
         upgrade = cb.head.upgrade
         out: Headers = [(b"host", b"")]
@@ -302,7 +324,7 @@ class Router:
         if tokens:
             named = connection_tokens(tokens) - {b"upgrade"}
             out = [kv for kv in out if kv[0] not in named]
-        if not cb.hcm.suppress_envoy_headers:
+        if not self.cfg.suppress_envoy_headers:
             out.append((b"x-envoy-upstream-service-time", self.service_time))
         assert cb.route is not None
         for mut in cb.route.mutations:

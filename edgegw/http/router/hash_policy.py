@@ -11,7 +11,7 @@ the response, so that a browser sticks to one backend from its first request.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 from urllib.parse import parse_qsl
 
 import xxhash
@@ -19,17 +19,32 @@ import xxhash
 from ...config import model as m
 from ..codec import Headers
 
-if TYPE_CHECKING:
-    from ..stream import Stream
 
-HashFn = Callable[["Stream"], "int | None"]
+class _Peer(Protocol):
+    remote_ip: str
+    remote_port: int
+    local_address: str
+
+
+class Request(Protocol):
+    """What a hash policy reads of a request (the stream provides it)."""
+
+    headers: Headers
+    path: bytes
+
+    @property
+    def conn(self) -> _Peer: ...
+    def add_response_hook(self, hook: Callable[[Headers], None]) -> None: ...
+
+
+HashFn = Callable[[Request], "int | None"]
 """The request (its headers, path, connection) → the hash, or None."""
 
 _MASK = (1 << 64) - 1
 
 
 def _header(name: bytes) -> HashFn:
-    def run(s: Stream) -> int | None:
+    def run(s: Request) -> int | None:
         values = sorted(v for k, v in s.headers if k == name)
         if not values:
             return None
@@ -55,7 +70,7 @@ def cookie_value(headers: Headers, name: str) -> str | None:
 
 
 def _cookie(c: m.HashCookie) -> HashFn:
-    def run(s: Stream) -> int | None:
+    def run(s: Request) -> int | None:
         value = cookie_value(s.headers, c.name)
         if value is None and c.ttl is not None:
             value = _new_cookie(s, c)
@@ -63,7 +78,7 @@ def _cookie(c: m.HashCookie) -> HashFn:
     return run
 
 
-def _new_cookie(s: Stream, c: m.HashCookie) -> str:
+def _new_cookie(s: Request, c: m.HashCookie) -> str:
     """Envoy's generated cookie: hex xxHash64 of the client's and the listener's addresses,
     sent back as ``name="value"; Max-Age=ttl; Path=path; HttpOnly``."""
     conn = s.conn
@@ -80,13 +95,13 @@ def _new_cookie(s: Stream, c: m.HashCookie) -> str:
     return value
 
 
-def _source_ip(s: Stream) -> int | None:
+def _source_ip(s: Request) -> int | None:
     ip = s.conn.remote_ip
     return xxhash.xxh64_intdigest(ip.encode()) if ip else None
 
 
 def _query(name: str) -> HashFn:
-    def run(s: Stream) -> int | None:
+    def run(s: Request) -> int | None:
         _, _, query = s.path.partition(b"?")
         for key, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
             if key == name:
@@ -113,7 +128,7 @@ def compile_hash_policy(policies: list[m.HashPolicy]) -> HashFn | None:
     if not methods:
         return None
 
-    def run(s: Stream) -> int | None:
+    def run(s: Request) -> int | None:
         h: int | None = None
         for fn, terminal in methods:
             new = fn(s)

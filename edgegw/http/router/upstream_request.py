@@ -12,14 +12,30 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from ...upstream.cluster import Host
 from ...upstream.pool import ClientConnection, Waiter
 from ..codec import Headers, RequestEncoder, RequestHead
 
 if TYPE_CHECKING:
-    from .filter import Router
+    from ..filter import FilterCallbacks
+
+
+class Router(Protocol):
+    """What an attempt reports to the router filter that made it."""
+
+    @property
+    def cb(self) -> FilterCallbacks: ...
+    def take_body(self) -> bytes: ...
+    def request_sent(self) -> None: ...
+    def overflow(self) -> None: ...
+    def upstream_failed(self, reason: str, detail: str, connect: bool = False) -> None: ...
+    def upstream_headers(self, req: UpstreamRequest, status: int, headers: Headers,
+                         end_stream: bool) -> None: ...
+    def upstream_data(self, req: UpstreamRequest, data: bytes, end_stream: bool) -> None: ...
+    def upstream_trailers(self, req: UpstreamRequest, trailers: Headers) -> None: ...
+    def upstream_reset(self, reason: str) -> None: ...
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
