@@ -484,3 +484,41 @@ def test_config_plain_h2_via_codec_type(gateway, backends: Backends) -> None:
                         "%{http_version} %{http_code}", f"http://127.0.0.1:{port}/bytes/1"],
                        capture_output=True, text=True, timeout=10)
     assert r.stdout == "2 200", r.stdout + r.stderr
+
+
+def test_a_client_reset_resets_the_upstream_request(h2gw, certs: Path) -> None:
+    c = Raw(h2gw.port, certs)
+    c.client.send_headers(1, [(b":method", b"GET"), (b":scheme", b"https"),
+                              (b":authority", b"a.example.com"), (b":path", b"/delay/3")],
+                          end_stream=True)
+    c.send(c.client.data_to_send())
+    h2gw.wait_requests_active(1)
+    c.client.reset_stream(1, error_code=8)  # CANCEL
+    c.send(c.client.data_to_send())
+    wait_for(lambda: h2gw.stats()["cluster.a.upstream_rq_tx_reset"] == 1)
+    st = h2gw.stats()
+    assert st["http.ingress.downstream_rq_rx_reset"] == 1
+    assert st["cluster.a.upstream_cx_destroy"] == 1  # the HTTP/1.1 connection cannot be reused
+    c.client.send_headers(3, [(b":method", b"GET"), (b":scheme", b"https"),
+                              (b":authority", b"a.example.com"), (b":path", b"/bytes/2")],
+                          end_stream=True)
+    c.send(c.client.data_to_send())  # the connection itself goes on
+    evs = c.events(h2.events.StreamEnded)
+    assert any(isinstance(e, h2.events.DataReceived) and e.data == b"xx" for e in evs)
+    c.close()
+
+
+def test_an_upstream_reset_mid_response_resets_the_stream(h2gw, certs: Path) -> None:
+    """The backend's /close sends 7 bytes of a 1000-byte body, then drops the connection:
+    the client's stream is reset, never ended as if whole."""
+    c = Raw(h2gw.port, certs)
+    c.client.send_headers(1, [(b":method", b"GET"), (b":scheme", b"https"),
+                              (b":authority", b"a.example.com"), (b":path", b"/close")],
+                          end_stream=True)
+    c.send(c.client.data_to_send())
+    evs = c.events(h2.events.StreamReset)
+    assert any(isinstance(e, h2.events.ResponseReceived) for e in evs)
+    assert any(isinstance(e, h2.events.StreamReset) for e in evs)
+    assert not any(isinstance(e, h2.events.StreamEnded) for e in evs)
+    assert h2gw.stats()["cluster.a.upstream_rq_rx_reset"] == 1
+    c.close()
