@@ -163,6 +163,12 @@ class DownstreamConnection(asyncio.Protocol):
     def protocol_error(self, details: str) -> None:
         self.cx_stats.downstream_cx_protocol_error.value += 1
 
+    def reject(self, head: RequestHead, encoder: ResponseEncoder, status: int, body: bytes,
+               details: str, flag: str) -> None:
+        s = Stream(self, head, encoder, True)
+        self.streams.add(s)
+        s.reject(status, body, details, flag)
+
     # --- what streams call --------------------------------------------------------------
 
     def count_request(self) -> None:

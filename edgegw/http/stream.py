@@ -177,6 +177,21 @@ class Stream:
         self.send_local_reply(504 if self.request_done else 408, b"downstream duration timeout",
                               "max_duration_timeout", grpc_status=b"4")
 
+    def reject(self, status: int, body: bytes, details: str, flag: str) -> None:
+        """A request the codec could not read: Envoy answers it from a stream of its own, so
+        it is counted (downstream_rq_4xx) and logged (flag DPE) like any other."""
+        st = self.hcm.stats
+        st.downstream_rq_total.value += 1
+        self.conn.count_request()
+        st.downstream_rq_active.value += 1
+        if flag != "-":
+            self.add_flag(flag)
+        self.send_local_reply(status, body, details, close=True)
+
+    def codec_error(self, status: int, body: bytes, details: str) -> None:
+        self.add_flag("DPE")
+        self.send_local_reply(status, body, details, close=True)
+
     def continue_decoding(self) -> None:
         """Runs the HTTP filters before the router, in order; one may reply or pause."""
         filters = self.hcm.filters

@@ -8,9 +8,12 @@ then given to the event loop's own TLS layer with that chain's SSLContext.
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 import ssl
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from .. import log
 from ..config import model as m
@@ -24,6 +27,8 @@ from ..upstream.cluster import ClusterManager
 from .filter_chain import FilterChainIndex
 from .tls_inspector import MAX_HELLO, ClientHello, NeedMore, inspect
 
+ACCEPT_BACKOFF = 0.1
+ACCEPT_LOG_INTERVAL = 1.0
 _log = log.get("connection")
 
 class ListenerStats(StatSet):
@@ -103,11 +108,13 @@ class Listener:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.open: set[DownstreamConnection] = set()
         self.reuse_port = False
+        self.accept_failures = 0
+        self.accept_logged = 0.0
         """Workers each bind the address with SO_REUSEPORT; the kernel spreads connections."""
 
     def bind(self) -> None:
         sock = _bound(self.name, self.address, self.reuse_port)
-        sock.listen(1024)
+        sock.listen(self.cfg.tcp_backlog_size or somaxconn())
         sock.setblocking(False)
         self.sock = sock
         self.address = sock.getsockname()[:2]
@@ -170,7 +177,7 @@ class Listener:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
-                _log.warning("listener %s: accept failed: %s", self.name, e)
+                self._accept_failed(e)
                 return
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -179,6 +186,27 @@ class Listener:
                 _Peek(self, conn)
             else:
                 self.dispatch(conn, ClientHello(tls=False))
+
+    def _accept_failed(self, e: OSError) -> None:
+        """Out of file descriptors (or memory): stop accepting for a moment instead of
+        spinning on the same error, keep serving the connections already open, and log once
+        a second with a count."""
+        self.accept_failures += 1
+        now = time.monotonic()
+        if now - self.accept_logged >= ACCEPT_LOG_INTERVAL:
+            _log.warning("listener %s: accept failed %d time(s) in the last %.0f s: %s",
+                         self.name, self.accept_failures, ACCEPT_LOG_INTERVAL,
+                         e.strerror or e)
+            self.accept_failures = 0
+            self.accept_logged = now
+        if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM) \
+                and self.sock is not None and self.loop is not None:
+            self.loop.remove_reader(self.sock.fileno())
+            self.loop.call_later(ACCEPT_BACKOFF, self._resume_accepting)
+
+    def _resume_accepting(self) -> None:
+        if self.sock is not None and self.loop is not None:
+            self.loop.add_reader(self.sock.fileno(), self._accept)
 
     def dispatch(self, conn: socket.socket, hello: ClientHello) -> None:
         transport = "tls" if hello.tls else "raw_buffer"
@@ -221,6 +249,14 @@ class Listener:
         self.stats.downstream_cx_active.value -= 1
         self.stats.downstream_cx_destroy.value += 1
         self.open.discard(proto)
+
+
+def somaxconn() -> int:
+    """Envoy's default listen backlog on Linux: net.core.somaxconn."""
+    try:
+        return int(Path("/proc/sys/net/core/somaxconn").read_text())
+    except (OSError, ValueError):
+        return 4096
 
 
 def _bound(name: str, address: tuple[str, int], reuse_port: bool) -> socket.socket:

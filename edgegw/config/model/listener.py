@@ -55,6 +55,7 @@ class Listener(Msg):
     filter_chains: list[FilterChain] = []
     default_filter_chain: FilterChain | None = None
     per_connection_buffer_limit_bytes: UInt32 = Field(default=1024 * 1024, ge=1)
+    tcp_backlog_size: UInt32 | None = None
 
     @model_validator(mode="after")
     def _chains(self) -> Listener:

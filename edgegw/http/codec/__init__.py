@@ -76,6 +76,8 @@ class StreamDecoder(Protocol):
         """The client reset the stream or the connection is gone."""
     def write_blocked(self, blocked: bool) -> None:
         """The client is not reading this stream's response fast enough (or is again)."""
+    def codec_error(self, status: int, body: bytes, details: str) -> None:
+        """The rest of this request could not be parsed."""
 
 
 class ServerCallbacks(Protocol):
@@ -84,7 +86,11 @@ class ServerCallbacks(Protocol):
     def new_stream(self, head: RequestHead, encoder: ResponseEncoder,
                    end_stream: bool) -> StreamDecoder: ...
     def protocol_error(self, details: str) -> None:
-        """The client broke the protocol; the codec has answered or reset as it must."""
+        """The client broke the protocol (counted once per connection)."""
+    def reject(self, head: RequestHead, encoder: ResponseEncoder, status: int, body: bytes,
+               details: str, flag: str) -> None:
+        """Answers a request that never became a stream (unparsable, or its head timed out)
+        and records it as a stream would be: counted and access-logged."""
 
 
 class ServerCodec(Protocol):
@@ -100,7 +106,7 @@ class ServerCodec(Protocol):
         """Let the streams under way finish and accept no new one (GOAWAY, or
         ``connection: close`` on the next response)."""
     def close_with(self, status: int, body: bytes) -> None:
-        """Answers a request that never became a stream (its head timed out), and closes."""
+        """Answers a request whose head never completed (it timed out), and closes."""
     def connection_lost(self) -> None: ...
 
 

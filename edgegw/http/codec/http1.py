@@ -210,8 +210,13 @@ class Http1ServerCodec:
         self.h_length = False
         self.h_chunked = False
         self.in_trailers = False
+        self.broken: tuple[int, bytes, str, str] | None = None
+        """The parser refused a pipelined request: answered once the responses owed before
+        it are out (reading stops; llhttp parses nothing after an error)."""
 
     def feed(self, data: bytes) -> None:
+        if self.broken is not None:
+            return
         if self.raw:
             if self.receiving is not None and not self.closed:
                 self.receiving.decode_data(data)
@@ -336,12 +341,23 @@ class Http1ServerCodec:
         if response is not self.response:
             return
         self.response = None
-        decoder, self.decoder = self.decoder, None
+        self.decoder = None
         if self.closed:
             return
         if (not response.keep_alive or self.upgraded or self.draining
                 or not self.current_complete):
             self.transport.close()  # (a request body still arriving cannot be skipped)
+            return
+        if self.waiting or self.broken is not None:
+            # The next request starts on the next turn of the loop: the one that just ended
+            # finishes (and is logged) first.
+            asyncio.get_running_loop().call_soon(self._next)
+
+    def _next(self) -> None:
+        if self.closed or self.response is not None:
+            return
+        if not self.waiting and self.broken is not None:
+            self._reject(*self.broken)
             return
         if self.waiting:
             w = self.waiting.popleft()
@@ -368,15 +384,34 @@ class Http1ServerCodec:
             self.transport.abort()
 
     def _error(self, code: int, body: bytes, details: str) -> None:
+        """What llhttp refused: the request it was parsing gets the error, as Envoy gives it
+        (response flag DPE, counted and logged); requests before it still get theirs."""
         self.callbacks.protocol_error(details)
-        if self.response is not None:
-            self.abort()  # a response is under way: it cannot be followed by an error
-            return
-        self.close_with(code, body)
+        self.broken = (code, body, details, "DPE")
+        if self.response is None:
+            self._reject(*self.broken)
+        elif not self.current_complete and self.receiving is self.decoder \
+                and self.decoder is not None:
+            self.decoder.codec_error(code, body, details)  # its own body was malformed
+        else:
+            self.flow.pause("error")  # a pipelined request: after the responses owed
+
+    def _reject(self, code: int, body: bytes, details: str, flag: str) -> None:
+        response = _Response(self, False, False, False)
+        self.response = response
+        self.current_complete = True
+        try:
+            method = self.parser.get_method() if self.h_url else b""
+        except httptools.HttpParserError:
+            method = b""
+        self.callbacks.reject(RequestHead(method, self.h_url, self.h_headers, self.protocol),
+                              response, code, body, details, flag)
 
     def close_with(self, status: int, body: bytes) -> None:
-        self.write(local_reply(status, body, self.server_name, close=True))
-        self.transport.close()
+        self.broken = (status, body, "request_header_timeout", "-")
+        self.flow.pause("error")
+        if self.response is None:
+            self._reject(*self.broken)
 
 
 # --- the client side ------------------------------------------------------------------------

@@ -1,0 +1,155 @@
+"""Hostile bytes at the HTTP/1 codec: refused requests leave a trace, and the requests before
+them still get their answers."""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+
+from .conftest import Backends, Proc, cluster, config, exchange, free_port, wait_for, wait_port
+
+FILE_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
+
+
+def logged_config(port: int, backends: Backends, log: Path, **hcm_extra: object) -> dict:
+    return config(port, [cluster("a", [backends.a])], access_log=[{
+        "name": "envoy.access_loggers.file", "typed_config": {
+            "@type": FILE_LOG, "path": str(log), "log_format": {"text_format_source": {
+                "inline_string": "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% "
+                                 "%REQ(:PATH)%\n"}}}}], **hcm_extra)
+
+
+def responses(raw: bytes) -> list[int]:
+    """The status of each response in a stream of them (a body runs into the next head)."""
+    return [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) ", raw)]
+
+
+def test_pipelined_good_bad_good_answers_the_first_then_the_error(gateway, backends: Backends,
+                                                                  tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "access.log"
+    gw = gateway(logged_config(port, backends, log))
+    raw = exchange(port, b"GET /bytes/3 HTTP/1.1\r\nHost: a\r\n\r\n"
+                         b"GET /x HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n"
+                         b"GET /bytes/4 HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert responses(raw) == [200, 400], raw
+    assert raw.count(b"xxx") == 1
+    assert b"connection: close" in raw.split(b"HTTP/1.1 400")[1]
+    st = gw.stats()
+    assert st["http.ingress.downstream_rq_2xx"] == 1
+    assert st["http.ingress.downstream_rq_4xx"] == 1
+    assert st["cluster.a.upstream_rq_total"] == 1  # the third never reached the backend
+    wait_for(lambda: log.exists() and len(log.read_text().splitlines()) == 2)
+    lines = log.read_text().splitlines()
+    assert lines[0].startswith("200 - via_upstream /bytes/3")
+    assert lines[1].startswith("400 DPE codec_error")
+
+
+def test_a_malformed_request_is_logged_and_counted(gateway, backends: Backends,
+                                                   tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "access.log"
+    gw = gateway(logged_config(port, backends, log))
+    raw = exchange(port, b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")  # a smuggling attempt
+    assert responses(raw) == [400]
+    st = gw.stats()
+    assert st["http.ingress.downstream_rq_4xx"] == 1
+    assert st["http.ingress.downstream_cx_protocol_error"] == 1
+    assert st.get("cluster.a.upstream_rq_total", 0) == 0
+    wait_for(lambda: log.exists() and "DPE" in log.read_text())
+
+
+def test_a_bad_chunk_in_a_body_answers_that_request(gateway, backends: Backends) -> None:
+    port = free_port()
+    gw = gateway(config(port, [cluster("a", [backends.a])]))
+    raw = exchange(port, b"POST /delay/0.5 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked"
+                         b"\r\n\r\n3\r\nabc\r\nzz\r\n")
+    assert responses(raw) == [400], raw
+    assert gw.stats()["http.ingress.downstream_rq_4xx"] == 1
+
+
+def test_a_head_that_times_out_is_answered_logged_and_counted(gateway, backends: Backends,
+                                                              tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "access.log"
+    gw = gateway(logged_config(port, backends, log, request_headers_timeout="0.3s"))
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n")
+    started = time.monotonic()
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    assert time.monotonic() - started < 3
+    assert responses(data) == [408] and b"request header timeout" in data
+    s.close()
+    st = gw.stats()
+    assert st["http.ingress.downstream_rq_header_timeout"] == 1
+    assert st["http.ingress.downstream_rq_4xx"] == 1
+    wait_for(lambda: log.exists() and log.read_text().startswith("408 - request_header_timeout"))
+
+
+def listen_backlog(port: int) -> int:
+    """The listening socket's backlog, as the kernel reports it (ss: Send-Q)."""
+    out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True,
+                         timeout=10).stdout.split()
+    return int(out[2])
+
+
+def test_listen_backlog_is_somaxconn_or_tcp_backlog_size(gateway, backends: Backends) -> None:
+    port, port2 = free_port(), free_port()
+    gateway(config(port, [cluster("a", [backends.a])]))
+    cfg = config(port2, [cluster("a", [backends.a])])
+    cfg["static_resources"]["listeners"][0]["tcp_backlog_size"] = 777
+    gateway(cfg)
+    assert listen_backlog(port) == int(Path("/proc/sys/net/core/somaxconn").read_text())
+    assert listen_backlog(port2) == 777
+
+
+def test_out_of_file_descriptors_backs_off_and_keeps_serving(backends: Backends,
+                                                             tmp_path: Path) -> None:
+    """600 idle connections against a 256-descriptor limit: accepting pauses, the log says
+    so about once a second, and a connection already open keeps being served."""
+    port, admin = free_port(), free_port()
+    cfg = {**config(port, [cluster("a", [backends.a])]),
+           "admin": {"address": {"socket_address": {"address": "127.0.0.1",
+                                                    "port_value": admin}}}}
+    path = tmp_path / "gw.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = Proc(["prlimit", "--nofile=256:256", sys.executable, "-m", "edgegw", "-c", str(path),
+                 "--concurrency", "1", "-l", "info"], tmp_path / "gw.log")
+    idle: list[socket.socket] = []
+    try:
+        wait_port("127.0.0.1", port)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as c:
+            assert c.get("/bytes/1").status_code == 200
+            for _ in range(600):
+                idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+            wait_for(lambda: "accept failed" in proc.output())
+            for _ in range(20):
+                assert c.get("/bytes/1").status_code == 200  # the open connection is served
+                time.sleep(0.1)
+        failures = proc.output().count("accept failed")
+        assert 1 <= failures <= 5, failures  # about once a second over ~2 s, not 60,000
+        for s in idle:
+            s.close()
+        idle.clear()
+        wait_for(lambda: _served(port), timeout=10)  # accepting again once descriptors free up
+    finally:
+        for s in idle:
+            s.close()
+        proc.stop()
+
+
+def _served(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/bytes/1", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
