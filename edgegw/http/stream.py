@@ -117,7 +117,7 @@ class Stream:
         st.downstream_rq_total.value += 1
         self.conn.count_request()
         st.downstream_rq_active.value += 1
-        if self.protocol == "HTTP/1.0":
+        if self.protocol in ("HTTP/1.0", "HTTP/0.9"):
             self.send_local_reply(426, b"Upgrade Required", "low_version", close=True)
             return
         head = self.head
@@ -133,6 +133,11 @@ class Stream:
             self.path = head.path = path
         if not host:
             self.send_local_reply(400, b"", "missing_host_header", close=True)
+            return
+        if sum(1 for k, _ in self.headers if k == b"host") > 1:
+            # One request, one authority: routing by one Host while the backend reads another
+            # is how virtual-host checks are bypassed (edgegw-only: Envoy forwards it).
+            self.send_local_reply(400, b"Bad Request", "multiple_host_headers", close=True)
             return
         self.authority = host.decode("latin-1")
         ctype = first_header(self.headers, b"content-type")

@@ -239,6 +239,15 @@ class Http1ServerCodec:
         except httptools.HttpParserError as e:
             _log.debug("malformed request: %s", e)
             self._error(400, b"Bad Request", "codec_error")
+            return
+        if self.broken is None and self.head_started and self.h_url and not self.h_headers \
+                and self.h_url + b"\r\n" in data:
+            # A request line without a version: HTTP/0.9, which llhttp would hold waiting
+            # for headers that never come. Envoy answers 426 and closes.
+            self.broken = (426, b"Upgrade Required", "low_version", "-")
+            self.flow.pause("error")
+            if self.response is None:
+                self._reject(*self.broken)
 
     def idle(self) -> bool:
         return self.response is None and not self.head_started and not self.waiting
