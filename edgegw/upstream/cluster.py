@@ -159,6 +159,9 @@ class Cluster:
         """Requests with a retry under way (what max_retries limits)."""
         self.connect_timeout = cfg.connect_timeout
         self.idle_timeout = cfg.http_options.idle_timeout or 3600.0
+        self.max_response_header_bytes = (cfg.http_options.max_response_headers_kb or 60) * 1024
+        self.max_response_headers = cfg.http_options.max_headers_count or 100
+        """Envoy's response header limits: past them the response is a protocol error (502)."""
         self.buffer_limit = 1024 * 1024
         auto = cfg.auto_http
         h2opts = cfg.http2_options or (auto.http2_protocol_options if auto else None)

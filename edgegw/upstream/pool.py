@@ -117,6 +117,14 @@ class Pool:
     def secure(self) -> bool:
         return self.cluster.tls is not None
 
+    @property
+    def max_header_bytes(self) -> int:
+        return self.cluster.max_response_header_bytes
+
+    @property
+    def max_headers(self) -> int:
+        return self.cluster.max_response_headers
+
     # --- what requests call -----------------------------------------------------------------
 
     def request(self, client: PoolClient, fresh: bool = False) -> Waiter | None:

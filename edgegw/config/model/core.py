@@ -78,6 +78,7 @@ class HttpProtocolOptions(Msg):
 
     idle_timeout: Duration | None = None
     max_headers_count: UInt32 | None = Field(default=None, ge=1)
+    max_response_headers_kb: UInt32 | None = Field(default=None, ge=1, le=8192)
 
 
 class Http2ProtocolOptions(Msg):

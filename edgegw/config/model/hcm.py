@@ -148,6 +148,10 @@ class HttpConnectionManager(Msg):
 
     @model_validator(mode="after")
     def _router_last(self) -> HttpConnectionManager:
+        opts = self.common_http_protocol_options
+        if opts is not None and opts.max_response_headers_kb is not None:
+            raise ValueError("max_response_headers_kb cannot be set on http_connection_manager "
+                             "(it is a cluster's option)")
         if not self.http_filters:
             raise ValueError("http_filters must end with envoy.filters.http.router")
         return self

@@ -133,6 +133,11 @@ class ConnectionOwner(Protocol):
     @property
     def secure(self) -> bool:
         """The connection runs over TLS (HTTP/2's ``:scheme``)."""
+    @property
+    def max_header_bytes(self) -> int:
+        """The response header limits (max_response_headers_kb, max_headers_count)."""
+    @property
+    def max_headers(self) -> int: ...
     def release(self, conn: Any) -> None:
         """A request on the connection is over; it may take another."""
     def closed(self, conn: Any, with_request: bool = False) -> None: ...

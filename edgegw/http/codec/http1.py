@@ -97,7 +97,7 @@ class _Response:
     def encode_headers(self, status: int, headers: Headers, end_stream: bool,
                        close: bool = False) -> None:
         codec = self.codec
-        if close or codec.draining or (self.upgrade and status != 101):
+        if close or codec.draining or (self.upgrade != (status == 101)):
             self.keep_alive = False
         extra: Headers = []
         if status != 101 and not (self.head_only or status in (204, 304)) and not any(
@@ -109,11 +109,11 @@ class _Response:
                 extra.append((b"transfer-encoding", b"chunked"))
             else:
                 pass  # HTTP/1.0 or closing: the body ends with the connection
-        if not self.keep_alive and status != 101:
+        if not self.keep_alive and not (status == 101 and self.upgrade):
             extra.append((b"connection", b"close"))
         self.out.append(status_line(status) + encode_headers(headers) + encode_headers(extra)
                         + b"\r\n")
-        if status == 101:
+        if status == 101 and self.upgrade:
             codec.upgraded = True
         if end_stream:
             self._end()
@@ -454,6 +454,7 @@ class Http1Connection(asyncio.Protocol):
         self.streams = 0
         self.response_bytes = 0
         """Bytes of the current request's response received so far."""
+        self.header_bytes = 0
         self.idle_since = 0.0
 
     @property
@@ -500,6 +501,10 @@ class Http1Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as e:
+            if isinstance(e.__context__, _TooLarge):
+                _log.debug("response headers from %s over the limits", self.pool.label)
+                self._fail("protocol error")
+                return
             _log.error("internal error while relaying a response from %s: %r",
                        self.pool.label, e.__context__, exc_info=e.__context__)
             self._fail("internal error")
@@ -533,6 +538,7 @@ class Http1Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.headers = []
+        self.header_bytes = 0
         self.framed = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -542,6 +548,10 @@ class Http1Connection(asyncio.Protocol):
         if name == b"content-length" or name == b"transfer-encoding":
             self.framed = True
         self.headers.append((name, value))
+        self.header_bytes += len(name) + len(value)
+        if self.header_bytes > self.pool.max_header_bytes or \
+                len(self.headers) > self.pool.max_headers:
+            raise _TooLarge
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -549,10 +559,10 @@ class Http1Connection(asyncio.Protocol):
             return  # 100 Continue and friends: Envoy does not pass them on by default.
         self.got_response = True
         self.keep_alive = self.parser.should_keep_alive()
-        if status == 101 and self.upgrade:
-            self.raw = True
+        if status == 101:
             self.keep_alive = False
-        if self.head_only or status in (204, 304):
+            self.raw = self.upgrade  # unasked for, a 101 ends the response (and the connection)
+        if self.head_only or status in (204, 304) or (status == 101 and not self.upgrade):
             self._finish(status)
         elif self.sink is not None:
             self.sink.upstream_headers(status, self.headers, False)

@@ -611,7 +611,7 @@ class Http2Connection(asyncio.Protocol):
         self.stats = stats
         self.state = State.CONNECTING
         self.transport: asyncio.Transport | None = None
-        self.h2 = _connection(True, opts, 1 << 20)
+        self.h2 = _connection(True, opts, pool.max_header_bytes)
         self.configured = opts.max_concurrent_streams
         self.capacity = min(self.configured, 100)
         """Until the server's SETTINGS say otherwise, as Envoy assumes."""

@@ -399,15 +399,16 @@ class Router:
         cb.flags = _RESET_FLAGS.get(reason, "UF")
         if cb.flags == "UF" and cluster is not None:
             cluster.stats.upstream_rq_pending_failure_eject.value += 1
-        self._charge(503)
+        self._charge(502 if reason == "protocol error" else 503)
         cb.failure_reason = detail
         if detail:
             _log.debug("upstream %s: %s (%s)", cb.host.label if cb.host else "-", reason, detail)
         body = CONNECT_FAILURE + reason.encode()
+        status = 502 if reason == "protocol error" else 503  # Envoy's codes for each
         if self.retries_done:
             cb.flags += ",URX"
             body = body.replace(b"reset reason: ", b"retried and the latest reset reason: ")
-        cb.send_local_reply(503, body, "upstream_reset_before_response_started{"
+        cb.send_local_reply(status, body, "upstream_reset_before_response_started{"
                             + reason.replace(" ", "_")
                             + ("|" + detail.replace(" ", "_") if detail else "") + "}")
 
