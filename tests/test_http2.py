@@ -204,6 +204,13 @@ class Raw:
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
+    def get(self, sid: int, path: str) -> None:
+        """Sends a GET for ``path`` on stream ``sid``, encoded by h2."""
+        self.client.send_headers(sid, [(b":method", b"GET"), (b":scheme", b"https"),
+                                       (b":authority", b"a.example.com"),
+                                       (b":path", path.encode())], end_stream=True)
+        self.send(self.client.data_to_send())
+
     def headers_block(self, path: str = "/bytes/1", extra: list | None = None) -> bytes:
         return self.client.encoder.encode([
             (b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"a.example.com"),
@@ -296,10 +303,7 @@ def h2gw(gateway, certs: Path, backends: Backends):
 
 def test_a_request_by_hand_gets_its_response(h2gw, certs: Path) -> None:
     c = Raw(h2gw.port, certs)
-    c.client.send_headers(1, [(b":method", b"GET"), (b":scheme", b"https"),
-                              (b":authority", b"a.example.com"), (b":path", b"/bytes/7")],
-                          end_stream=True)
-    c.send(c.client.data_to_send())
+    c.get(1, "/bytes/7")
     evs = c.events(h2.events.StreamEnded)
     resp = next(e for e in evs if isinstance(e, h2.events.ResponseReceived))
     assert dict(resp.headers)[b":status"] == b"200"
@@ -420,10 +424,7 @@ def test_ping_flood_from_a_client_that_never_reads(h2gw, certs: Path) -> None:
 def test_a_client_that_never_reads_holds_the_upstream(h2gw, certs: Path) -> None:
     """Response data waits for the client's window; the gateway does not buffer it all."""
     c = Raw(h2gw.port, certs)
-    c.client.send_headers(1, [(b":method", b"GET"), (b":scheme", b"https"),
-                              (b":authority", b"a.example.com"), (b":path", b"/bytes/50000000")],
-                          end_stream=True)
-    c.send(c.client.data_to_send())
+    c.get(1, "/bytes/50000000")
     wait_for(lambda: h2gw.stats()["http2.pending_send_data"] > 0)
     time.sleep(0.5)  # the backend keeps writing; what the gateway holds must stay bounded
     held = h2gw.stats()["http2.pending_send_data"]
@@ -434,10 +435,7 @@ def test_a_client_that_never_reads_holds_the_upstream(h2gw, certs: Path) -> None
 
 def test_drain_sends_goaway_and_lets_streams_finish(h2gw, certs: Path) -> None:
     c = Raw(h2gw.port, certs)
-    c.client.send_headers(1, [(b":method", b"GET"), (b":scheme", b"https"),
-                              (b":authority", b"a.example.com"), (b":path", b"/delay/0.5")],
-                          end_stream=True)
-    c.send(c.client.data_to_send())
+    c.get(1, "/delay/0.5")
     h2gw.wait_requests_active(1)
     httpx.post(f"http://127.0.0.1:{h2gw.admin_port}/drain_listeners?graceful", timeout=5)
     frames = c.frames(timeout=5)  # read until the server closes
@@ -488,10 +486,7 @@ def test_config_plain_h2_via_codec_type(gateway, backends: Backends) -> None:
 
 def test_a_client_reset_resets_the_upstream_request(h2gw, certs: Path) -> None:
     c = Raw(h2gw.port, certs)
-    c.client.send_headers(1, [(b":method", b"GET"), (b":scheme", b"https"),
-                              (b":authority", b"a.example.com"), (b":path", b"/delay/3")],
-                          end_stream=True)
-    c.send(c.client.data_to_send())
+    c.get(1, "/delay/3")
     h2gw.wait_requests_active(1)
     c.client.reset_stream(1, error_code=8)  # CANCEL
     c.send(c.client.data_to_send())
@@ -499,10 +494,7 @@ def test_a_client_reset_resets_the_upstream_request(h2gw, certs: Path) -> None:
     st = h2gw.stats()
     assert st["http.ingress.downstream_rq_rx_reset"] == 1
     assert st["cluster.a.upstream_cx_destroy"] == 1  # the HTTP/1.1 connection cannot be reused
-    c.client.send_headers(3, [(b":method", b"GET"), (b":scheme", b"https"),
-                              (b":authority", b"a.example.com"), (b":path", b"/bytes/2")],
-                          end_stream=True)
-    c.send(c.client.data_to_send())  # the connection itself goes on
+    c.get(3, "/bytes/2")  # the connection itself goes on
     evs = c.events(h2.events.StreamEnded)
     assert any(isinstance(e, h2.events.DataReceived) and e.data == b"xx" for e in evs)
     c.close()
@@ -512,10 +504,7 @@ def test_an_upstream_reset_mid_response_resets_the_stream(h2gw, certs: Path) -> 
     """The backend's /close sends 7 bytes of a 1000-byte body, then drops the connection:
     the client's stream is reset, never ended as if whole."""
     c = Raw(h2gw.port, certs)
-    c.client.send_headers(1, [(b":method", b"GET"), (b":scheme", b"https"),
-                              (b":authority", b"a.example.com"), (b":path", b"/close")],
-                          end_stream=True)
-    c.send(c.client.data_to_send())
+    c.get(1, "/close")
     evs = c.events(h2.events.StreamReset)
     assert any(isinstance(e, h2.events.ResponseReceived) for e in evs)
     assert any(isinstance(e, h2.events.StreamReset) for e in evs)

@@ -97,8 +97,8 @@ class _Response:
     def encode_headers(self, status: int, headers: Headers, end_stream: bool,
                        close: bool = False) -> None:
         codec = self.codec
-        if close or codec.draining or (self.upgrade != (status == 101)):
-            self.keep_alive = False
+        if close or codec.draining or self.upgrade or status == 101:
+            self.keep_alive = False  # (an upgrade's tunnel, or its refusal, ends the connection)
         extra: Headers = []
         if status != 101 and not (self.head_only or status in (204, 304)) and not any(
                 k == b"content-length" for k, _ in headers):
