@@ -301,6 +301,24 @@ def h2gw(gateway, certs: Path, backends: Backends):
     return gw
 
 
+def test_http2_protocol_options_are_what_clients_are_told(gateway, certs: Path,
+                                                          backends: Backends) -> None:
+    port = free_port()
+    gateway(h2_config(certs, backends, port, http2_protocol_options={
+        "max_concurrent_streams": 7, "initial_stream_window_size": 131072,
+        "initial_connection_window_size": 1048576}))
+    c = Raw(port, certs)
+    evs = c.events(h2.events.RemoteSettingsChanged)
+    settings = next(e for e in evs if isinstance(e, h2.events.RemoteSettingsChanged))
+    values = {int(k): v.new_value for k, v in settings.changed_settings.items()}
+    assert values[3] == 7  # SETTINGS_MAX_CONCURRENT_STREAMS
+    assert values[4] == 131072  # SETTINGS_INITIAL_WINDOW_SIZE
+    evs += c.events(h2.events.WindowUpdated, timeout=1)
+    update = next(e for e in evs if isinstance(e, h2.events.WindowUpdated) and not e.stream_id)
+    assert update.delta == 1048576 - 65535  # the connection window, raised at once
+    c.close()
+
+
 def test_a_request_by_hand_gets_its_response(h2gw, certs: Path) -> None:
     c = Raw(h2gw.port, certs)
     c.get(1, "/bytes/7")

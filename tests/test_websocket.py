@@ -9,6 +9,7 @@ request does not end), so a long-lived socket is not cut.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import ssl
 import threading
@@ -97,6 +98,27 @@ def test_messages_flow_both_ways_including_1mb(gateway, certs: Path, ws_backend)
     st = gw.stats()
     assert st["http.ingress.downstream_rq_1xx"] == 1
     assert st["http.ingress.downstream_rq_active"] == 0
+
+
+def test_the_access_log_line_comes_when_the_socket_closes(gateway, certs: Path, ws_backend,
+                                                          tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    port = free_port()
+    gateway(ws_config(certs, port, ws_backend, upgrade_configs=WS, access_log=[{
+        "name": "envoy.access_loggers.file", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3."
+                     "FileAccessLog", "path": str(log), "log_format": {"text_format_source": {
+                         "inline_string": "%RESPONSE_CODE% %BYTES_RECEIVED% %BYTES_SENT% "
+                                          "%UPSTREAM_HOST%\n"}}}}]))
+    noise = os.urandom(1000)  # (permessage-deflate would shrink anything else)
+    with open_ws(port, certs) as ws:
+        ws.send(noise)
+        assert ws.recv(timeout=5) == noise
+        assert not log.exists() or log.read_text() == ""  # still open: nothing logged yet
+    wait_for(lambda: log.exists() and log.read_text() != "")
+    code, received, sent, upstream = log.read_text().split()
+    assert code == "101" and int(received) > 1000 and int(sent) > 1000
+    assert upstream == f"{ws_backend[0]}:{ws_backend[1]}"
 
 
 def test_backend_sees_the_upgrade_headers(gateway, certs: Path, ws_backend) -> None:
