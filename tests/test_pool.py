@@ -279,6 +279,26 @@ def test_a_connect_failure_fails_every_waiting_request_once() -> None:
     run(t)
 
 
+def test_a_connect_that_dies_of_anything_still_fails_its_waiters() -> None:
+    """A backend that closes between the connect and our first use of the transport: the
+    waiters hear a failure, and a later request opens a connection again."""
+    async def t() -> None:
+        c, be = make_cluster()
+        host = c.hosts[0]
+        first = Client(host)
+        await settle()
+        be.connects[-1][1].set_exception(RuntimeError("the handler is closed"))
+        await settle()
+        assert first.heard == ["failure: remote connection failure"]
+        assert host.pool.connecting == 0 and host.pool.expected == 0 and c.connections == 0
+        second = Client(host)
+        await settle()
+        be.accept()
+        await settle()
+        assert second.heard == ["ready"]
+    run(t)
+
+
 def test_a_cancelled_waiter_leaves_the_queue_and_the_connection_serves_the_next() -> None:
     async def t() -> None:
         c, be = make_cluster(max_connections=1)

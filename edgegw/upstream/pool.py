@@ -295,10 +295,13 @@ class Pool:
             conn = await self.open(conn) or conn
             if conn.state is State.CLOSED:
                 raise ConnectError("remote connection failure", "closed while connecting")
-        except ConnectError as e:
+        except (ConnectError, OSError, RuntimeError) as e:
+            # Whatever went wrong, the waiters must hear it: a connect that dies unreported
+            # would leave them (and every later request) waiting for nothing.
             self.connecting -= 1
             self.expected -= expected
-            self._connect_failed(conn, e)
+            self._connect_failed(conn, e if isinstance(e, ConnectError) else ConnectError(
+                "remote connection failure", str(e)))
             return
         self.connecting -= 1
         self.expected -= expected
@@ -373,6 +376,9 @@ class Pool:
                 cluster.ssl.fail_verify_san.value += 1
                 raise ConnectError("remote connection failure", why)
             cluster.ssl.handshake.value += 1
+        if transport.is_closing():
+            # The backend closed (it may have answered something) before we got here.
+            raise ConnectError("remote connection failure", "closed while connecting")
         transport.set_write_buffer_limits(high=cluster.buffer_limit)
         if isinstance(proto, _Deciding):
             ssl_object = transport.get_extra_info("ssl_object")

@@ -31,10 +31,10 @@ REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 class RequestHead:
     """What a codec knows of a request once its headers are in."""
 
-    __slots__ = ("headers", "method", "path", "protocol", "scheme", "upgrade")
+    __slots__ = ("headers", "method", "path", "protocol", "upgrade")
 
     def __init__(self, method: bytes, path: bytes, headers: Headers, protocol: str,
-                 upgrade: bytes = b"", scheme: bytes = b"") -> None:
+                 upgrade: bytes = b"") -> None:
         self.method = method
         self.path = path
         self.headers = headers
@@ -42,7 +42,6 @@ class RequestHead:
         """``HTTP/1.0``, ``HTTP/1.1`` or ``HTTP/2``, as access logs print it."""
         self.upgrade = upgrade
         """The Upgrade header of an HTTP/1.1 upgrade request (``websocket``), else empty."""
-        self.scheme = scheme
 
 
 # --- the server side: a codec feeds streams, a stream answers through its encoder ---------
@@ -100,8 +99,6 @@ class ServerCodec(Protocol):
     request_headers_timeout."""
 
     def feed(self, data: bytes) -> None: ...
-    def idle(self) -> bool:
-        """No stream is open and none is arriving."""
     def drain(self) -> None:
         """Let the streams under way finish and accept no new one (GOAWAY, or
         ``connection: close`` on the next response)."""

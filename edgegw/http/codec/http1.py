@@ -249,12 +249,9 @@ class Http1ServerCodec:
             if self.response is None:
                 self._reject(*self.broken)
 
-    def idle(self) -> bool:
-        return self.response is None and not self.head_started and not self.waiting
-
     def drain(self) -> None:
         self.draining = True
-        if self.idle():
+        if self.response is None and not self.head_started and not self.waiting:
             self.transport.close()
 
     def connection_lost(self) -> None:

@@ -353,7 +353,7 @@ class Http2ServerCodec:
             self.stats.tx_reset.value += 1
             return
         self.opened += 1
-        method = path = scheme = b""
+        method = path = b""
         authority: bytes | None = None
         headers: Headers = []
         cookies: list[bytes] = []
@@ -366,8 +366,6 @@ class Http2ServerCodec:
                     path = v
                 elif k == b":authority":
                     authority = v
-                elif k == b":scheme":
-                    scheme = v
             elif k == b"cookie":
                 cookies.append(v)
             else:
@@ -384,7 +382,7 @@ class Http2ServerCodec:
             self.reset(r, h2.errors.ErrorCodes.PROTOCOL_ERROR)
             return
         r.remote_ended = ended
-        head = RequestHead(method, path, headers, "HTTP/2", scheme=scheme)
+        head = RequestHead(method, path, headers, "HTTP/2")
         decoder = self.callbacks.new_stream(head, r, ended)
         if not r.done:
             r.decoder = decoder
@@ -493,9 +491,6 @@ class Http2ServerCodec:
         self.closed = True
 
     # --- the connection -----------------------------------------------------------------
-
-    def idle(self) -> bool:
-        return not self.streams
 
     def drain(self) -> None:
         """A GOAWAY naming the last stream accepted; streams under way finish."""

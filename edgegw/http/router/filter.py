@@ -263,8 +263,7 @@ class Router:
         if action.prefix_rewrite is not None and action.prefix is not None:
             out.append((b"x-envoy-original-path", path))
             path = action.prefix_rewrite + path[len(action.prefix):]
-        return RequestHead(cb.method, path, out, cb.protocol, upgrade,
-                           b"https" if cb.conn.tls else b"http")
+        return RequestHead(cb.method, path, out, cb.protocol, upgrade)
 
     def _send_shadows(self) -> None:
         """Mirrors the (complete) request to each shadow cluster, fire and forget."""
