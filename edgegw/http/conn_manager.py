@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from .. import log
 from ..config import model as m
+from ..stats import Counter, Gauge
 from .codec import FlowControl, RequestHead, ResponseEncoder, ServerCodec, http2
 from .codec.http1 import Http1ServerCodec
 from .filters.local_ratelimit import TokenBucket
@@ -67,6 +68,9 @@ class DownstreamConnection(asyncio.Protocol):
         """Per-connection token buckets (local_rate_limit_per_downstream_connection)."""
         self.closed_streams = 0
         self.premature_resets = 0
+        self.cx_protocol_active: Gauge | None = None
+        self.rq_protocol_total: Counter | None = None
+        """The protocol's own counters, chosen with the codec."""
 
     # --- asyncio side -------------------------------------------------------------------
 
@@ -104,14 +108,19 @@ class DownstreamConnection(asyncio.Protocol):
                 kind = "HTTP2" if data.startswith(http2.PREFACE[:14]) else "HTTP1"
         if kind == "HTTP2":
             st.downstream_cx_http2_total.value += 1
-            st.downstream_cx_http2_active.value += 1
-            return http2.Http2ServerCodec(self, self.transport, self.flow, hcm.http2,
-                                          hcm.max_header_bytes, hcm.max_headers,
-                                          hcm.http2_stats)
-        st.downstream_cx_http1_total.value += 1
-        st.downstream_cx_http1_active.value += 1
-        return Http1ServerCodec(self, self.transport, self.flow, hcm.server_name,
-                                hcm.max_header_bytes, hcm.max_headers)
+            self.cx_protocol_active = st.downstream_cx_http2_active
+            self.rq_protocol_total = st.downstream_rq_http2_total
+            codec: ServerCodec = http2.Http2ServerCodec(
+                self, self.transport, self.flow, hcm.http2, hcm.max_header_bytes,
+                hcm.max_headers, hcm.http2_stats)
+        else:
+            st.downstream_cx_http1_total.value += 1
+            self.cx_protocol_active = st.downstream_cx_http1_active
+            self.rq_protocol_total = st.downstream_rq_http1_total
+            codec = Http1ServerCodec(self, self.transport, self.flow, hcm.server_name,
+                                     hcm.max_header_bytes, hcm.max_headers)
+        self.cx_protocol_active.value += 1
+        return codec
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.closed:
@@ -122,9 +131,8 @@ class DownstreamConnection(asyncio.Protocol):
         st.downstream_cx_destroy.value += 1
         if self.tls:
             st.downstream_cx_ssl_active.value -= 1
-        if self.codec is not None:
-            (st.downstream_cx_http2_active if self.codec.protocol == "HTTP/2"
-             else st.downstream_cx_http1_active).value -= 1
+        if self.cx_protocol_active is not None:
+            self.cx_protocol_active.value -= 1
         if self.watchdog is not None:
             self.watchdog.cancel()
         if self.route_timer is not None:
@@ -172,9 +180,8 @@ class DownstreamConnection(asyncio.Protocol):
     # --- what streams call --------------------------------------------------------------
 
     def count_request(self) -> None:
-        st = self.cx_stats
-        (st.downstream_rq_http2_total if self.codec is not None and self.codec.protocol == "HTTP/2"
-         else st.downstream_rq_http1_total).value += 1
+        if self.rq_protocol_total is not None:
+            self.rq_protocol_total.value += 1
 
     def upgrade_started(self) -> None:
         self.cx_stats.downstream_cx_upgrades_total.value += 1

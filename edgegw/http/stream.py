@@ -111,12 +111,15 @@ class Stream:
 
     # --- the request, as the codec delivers it ------------------------------------------
 
-    def start(self) -> None:
-        hcm = self.hcm
-        st = hcm.stats
+    def _count(self) -> None:
+        st = self.hcm.stats
         st.downstream_rq_total.value += 1
         self.conn.count_request()
         st.downstream_rq_active.value += 1
+
+    def start(self) -> None:
+        hcm = self.hcm
+        self._count()
         if self.protocol in ("HTTP/1.0", "HTTP/0.9"):
             self.send_local_reply(426, b"Upgrade Required", "low_version", close=True)
             return
@@ -185,10 +188,7 @@ class Stream:
     def reject(self, status: int, body: bytes, details: str, flag: str) -> None:
         """A request the codec could not read: Envoy answers it from a stream of its own, so
         it is counted (downstream_rq_4xx) and logged (flag DPE) like any other."""
-        st = self.hcm.stats
-        st.downstream_rq_total.value += 1
-        self.conn.count_request()
-        st.downstream_rq_active.value += 1
+        self._count()
         if flag != "-":
             self.add_flag(flag)
         self.send_local_reply(status, body, details, close=True)
