@@ -12,6 +12,7 @@ import socket
 import ssl
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import h2.config
@@ -216,17 +217,22 @@ class Raw:
             (b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"a.example.com"),
             (b":path", path.encode()), *(extra or [])])
 
-    def events(self, until: type, timeout: float = 5.0) -> list[h2.events.Event]:
-        """Reads until an event of type ``until`` (or the close) arrives."""
-        seen: list[h2.events.Event] = []
+    def received(self, timeout: float) -> Iterator[bytes]:
+        """What the server sends, read by read, until it closes or ``timeout`` passes."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
                 data = self.sock.recv(65536)
             except (TimeoutError, ssl.SSLError, ConnectionError):
-                break
+                return
             if not data:
-                break
+                return
+            yield data
+
+    def events(self, until: type, timeout: float = 5.0) -> list[h2.events.Event]:
+        """Reads until an event of type ``until`` (or the close) arrives."""
+        seen: list[h2.events.Event] = []
+        for data in self.received(timeout):
             try:
                 evs = self.client.receive_data(data)
             except h2.exceptions.ProtocolError:
@@ -254,14 +260,7 @@ class Raw:
     def frames(self, timeout: float = 5.0) -> list[object]:
         """Every frame the server sends until it closes (h2 itself stops at a GOAWAY)."""
         buf, out = b"", []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                data = self.sock.recv(65536)
-            except (TimeoutError, ssl.SSLError, ConnectionError):
-                break
-            if not data:
-                break
+        for data in self.received(timeout):
             buf += data
             while len(buf) >= 9:
                 f, length = Frame.parse_frame_header(memoryview(buf[:9]))
