@@ -11,9 +11,13 @@ from edgegw.listener.filter_chain import FilterChainIndex
 from edgegw.listener.tls_inspector import NeedMore, inspect
 
 
-def client_hello(sni: str | None, alpn: list[str] | None = None) -> bytes:
+def client_hello(sni: str | None, alpn: list[str] | None = None,
+                 versions: tuple[ssl.TLSVersion, ssl.TLSVersion] | None = None) -> bytes:
     """The first flight of a real OpenSSL client, captured through memory BIOs."""
     ctx = ssl.create_default_context()
+    if versions:
+        ctx.minimum_version, ctx.maximum_version = versions
+        ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
     if alpn:
         ctx.set_alpn_protocols(alpn)
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
@@ -30,6 +34,26 @@ def test_sni_and_alpn_are_read() -> None:
     hello = inspect(client_hello("A.Example.com", ["h2", "http/1.1"]))
     assert hello.tls and hello.server_name == "a.example.com"
     assert hello.alpn == ("h2", "http/1.1")
+
+
+@pytest.mark.parametrize(("lo", "hi", "speaks_12_13"), [
+    (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3, True),
+    (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_3, True),
+    (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_2, True),
+    (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1, False),
+    (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1, False),
+])
+def test_versions_the_client_speaks(lo: ssl.TLSVersion, hi: ssl.TLSVersion,
+                                    speaks_12_13: bool) -> None:
+    hello = inspect(client_hello("a.example.com", versions=(lo, hi)))
+    assert hello.offers(0x0303, 0x0304) is speaks_12_13
+    assert hello.offers(0x0304, 0x0304) is (hi == ssl.TLSVersion.TLSv1_3)
+
+
+def test_grease_is_no_version() -> None:
+    from edgegw.listener.tls_inspector import _versions
+
+    assert _versions(bytes([6, 0x7A, 0x7A, 3, 4, 3, 3])) == (0x0304, 0x0303)
 
 
 def test_no_sni() -> None:

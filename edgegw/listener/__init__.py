@@ -55,6 +55,8 @@ class TlsInspectorStats(StatSet):
 
 
 HANDSHAKE_TIMEOUT = 10.0
+PROTOCOL_VERSION_ALERT = bytes([21, 3, 1, 0, 2, 2, 70])
+"""An alert record (TLS 1.0 framing, which every client reads): fatal, protocol_version."""
 RETRY_PEEK = 0.005
 
 
@@ -223,6 +225,9 @@ class Listener:
     async def _serve(self, conn: socket.socket, chain: Chain, hello: ClientHello) -> None:
         assert self.loop is not None
         ctx: ssl.SSLContext | None = chain.tls.context_for(hello.server_name) if chain.tls else None
+        if ctx is not None and not hello.offers(ctx.minimum_version, ctx.maximum_version):
+            self._refuse_version(conn, hello)
+            return
         self.stats.downstream_cx_active.value += 1
         proto = DownstreamConnection(chain.hcm, ctx is not None, hello.server_name,
                                      self.cfg.per_connection_buffer_limit_bytes, self._closed)
@@ -244,6 +249,22 @@ class Listener:
             if proto.transport is not None and not proto.transport.get_extra_info("peercert"):
                 self.ssl.no_certificate.value += 1
         self.open.add(proto)
+
+    def _refuse_version(self, conn: socket.socket, hello: ClientHello) -> None:
+        """A hello whose versions we do not speak gets the fatal protocol_version alert that
+        OpenSSL would send, here because the loop's TLS layer drops a failed handshake's
+        alert unsent; scanners and old clients then learn why."""
+        if self.ssl is not None:
+            self.ssl.connection_error.value += 1
+        self.stats.downstream_cx_destroy.value += 1
+        _log.debug("listener %s: TLS handshake failed: client offers no version we speak "
+                   "(%s)", self.name, ", ".join(f"{v:#06x}" for v in hello.versions)
+                   or f"{hello.legacy_version:#06x}")
+        try:
+            conn.send(PROTOCOL_VERSION_ALERT)
+        except OSError:
+            pass
+        conn.close()
 
     def _closed(self, proto: DownstreamConnection) -> None:
         self.stats.downstream_cx_active.value -= 1

@@ -22,6 +22,16 @@ class ClientHello:
     tls: bool
     server_name: str | None = None
     alpn: tuple[str, ...] = ()
+    legacy_version: int = 0x0303
+    versions: tuple[int, ...] = ()
+    """The supported_versions extension (TLS 1.3 clients), GREASE left out."""
+
+    def offers(self, lowest: int, highest: int) -> bool:
+        """Whether the client can speak a version in [lowest, highest]. Without
+        supported_versions, a client speaks every version up to its legacy_version."""
+        if self.versions:
+            return any(lowest <= v <= highest for v in self.versions)
+        return self.legacy_version >= lowest
 
 
 NOT_TLS = ClientHello(tls=False)
@@ -67,16 +77,18 @@ def inspect(data: bytes) -> ClientHello:
 
 def _parse_hello(body: bytes) -> ClientHello:
     try:
+        legacy = int.from_bytes(body[0:2], "big")
         p = 2 + 32  # client_version, random
         p += 1 + body[p]  # session_id
         p += 2 + int.from_bytes(body[p : p + 2], "big")  # cipher_suites
         p += 1 + body[p]  # compression_methods
         if p + 2 > len(body):
-            return ClientHello(tls=True)
+            return ClientHello(tls=True, legacy_version=legacy)
         end = p + 2 + int.from_bytes(body[p : p + 2], "big")
         p += 2
         sni: str | None = None
         alpn: tuple[str, ...] = ()
+        versions: tuple[int, ...] = ()
         while p + 4 <= end:
             kind = int.from_bytes(body[p : p + 2], "big")
             size = int.from_bytes(body[p + 2 : p + 4], "big")
@@ -86,7 +98,9 @@ def _parse_hello(body: bytes) -> ClientHello:
                 sni = _server_name(ext)
             elif kind == 16:
                 alpn = _alpn(ext)
-        return ClientHello(tls=True, server_name=sni, alpn=alpn)
+            elif kind == 43:
+                versions = _versions(ext)
+        return ClientHello(True, sni, alpn, legacy, versions)
     except IndexError:
         return ClientHello(tls=True)
 
@@ -114,3 +128,11 @@ def _alpn(ext: bytes) -> tuple[str, ...]:
         out.append(ext[p + 1 : p + 1 + size].decode("latin-1"))
         p += 1 + size
     return tuple(out)
+
+
+def _versions(ext: bytes) -> tuple[int, ...]:
+    """supported_versions: a length byte, then two bytes per version; GREASE (0x?a?a) is
+    dropped so it never counts as a version the client speaks."""
+    body = ext[1 : 1 + ext[0]]
+    out = (int.from_bytes(body[i : i + 2], "big") for i in range(0, len(body) - 1, 2))
+    return tuple(v for v in out if v & 0x0F0F != 0x0A0A)

@@ -11,6 +11,8 @@ the contexts are rebuilt and swapped in for new connections, while open ones kee
 
 from __future__ import annotations
 
+import _ssl
+import ctypes
 import os
 import ssl
 from collections.abc import Callable
@@ -47,14 +49,54 @@ def _load_chain(ctx: ssl.SSLContext, pair: CertPair) -> None:
         os.close(fd)
 
 
-def _versions(ctx: ssl.SSLContext, p: m.TlsParameters, default_min: ssl.TLSVersion,
-              default_max: ssl.TLSVersion) -> None:
+ENVOY_CIPHERS = ("[ECDHE-ECDSA-AES128-GCM-SHA256|ECDHE-ECDSA-CHACHA20-POLY1305]",
+                 "[ECDHE-RSA-AES128-GCM-SHA256|ECDHE-RSA-CHACHA20-POLY1305]",
+                 "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384")
+"""Envoy's default TLS 1.2 suites, both directions: AEAD with forward secrecy only (no CBC,
+so no LUCKY13). TLS 1.3 suites are all AEAD and not configurable, as in Envoy."""
+ENVOY_CURVES = ("X25519", "P-256")
+_PRIORITIZE_CHACHA = 0x00200000
+"""SSL_OP_PRIORITIZE_CHACHA: OpenSSL's stand-in for BoringSSL's ``[AES|CHACHA]`` equal
+preference: a client that puts ChaCha20 first (no AES hardware) gets it."""
+
+
+def _params(ctx: ssl.SSLContext, p: m.TlsParameters, default_min: ssl.TLSVersion,
+            default_max: ssl.TLSVersion) -> None:
+    """tls_params with Envoy's defaults: versions, TLS 1.2 cipher suites, ECDH groups."""
     lo = p.tls_minimum_protocol_version
-    hi = p.tls_maximum_protocol_version
     ctx.minimum_version = _VERSIONS.get(lo, default_min)
-    ctx.maximum_version = _VERSIONS.get(hi, default_max)
+    ctx.maximum_version = _VERSIONS.get(p.tls_maximum_protocol_version, default_max)
+    suites = p.cipher_suites or ENVOY_CIPHERS
+    ciphers = ":".join(n for entry in suites for n in m.cipher_names(entry))
     if lo in ("TLSv1_0", "TLSv1_1"):
-        ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+        ciphers += ":@SECLEVEL=0"  # OpenSSL 3 refuses TLS 1.0/1.1 at any higher level
+    ctx.set_ciphers(ciphers)
+    if any("CHACHA20" in entry for entry in suites):
+        ctx.options |= _PRIORITIZE_CHACHA
+    set_groups(ctx, [m.CURVES[c] for c in p.ecdh_curves or ENVOY_CURVES])
+
+
+_libssl = ctypes.CDLL(_ssl.__file__)
+_libssl.SSL_CTX_get_options.restype = ctypes.c_uint64
+_libssl.SSL_CTX_get_options.argtypes = [ctypes.c_void_p]
+_libssl.SSL_CTX_ctrl.restype = ctypes.c_long
+_libssl.SSL_CTX_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_char_p]
+_SET_GROUPS_LIST = 92  # SSL_CTRL_SET_GROUPS_LIST
+
+
+def set_groups(ctx: ssl.SSLContext, groups: list[str]) -> None:
+    """The key-exchange groups, in order. Python 3.11's ssl can set one group only
+    (set_ecdh_curve), so OpenSSL's SSL_CTX_set1_groups_list is called on the context's
+    SSL_CTX, the first field after the object header; the pointer is checked against the
+    context's own options before use, and one group is set the supported way if it fails."""
+    ptr = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
+    if ptr and _libssl.SSL_CTX_get_options(ptr) == ctx.options:
+        if _libssl.SSL_CTX_ctrl(ptr, _SET_GROUPS_LIST, 0, ":".join(groups).encode()) == 1:
+            return
+        raise ssl.SSLError(f"OpenSSL refused the groups {':'.join(groups)}")
+    _log.warning("cannot set the group list %s on this Python; offering %s only",
+                 ":".join(groups), groups[0])
+    ctx.set_ecdh_curve("prime256v1" if groups[0] == "P-256" else groups[0])
 
 
 def _alpn(configured: list[str]) -> list[str]:
@@ -168,7 +210,7 @@ class ServerTls:
         certs = []
         for pair, path in self.sources.pairs():
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            _versions(ctx, common.tls_params, ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3)
+            _params(ctx, common.tls_params, ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3)
             ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
             ctx.set_alpn_protocols(_alpn(common.alpn_protocols))
             _load_chain(ctx, pair)
@@ -245,7 +287,7 @@ class ClientTls:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
         # Envoy's client side defaults to TLS 1.2 as its maximum; match it unless configured.
-        _versions(ctx, common.tls_params, ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_2)
+        _params(ctx, common.tls_params, ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_2)
         ctx.options |= ssl.OP_NO_COMPRESSION
         if common.alpn_protocols:
             ctx.set_alpn_protocols(_alpn(common.alpn_protocols))

@@ -135,6 +135,7 @@ from .route import (
     WeightedCluster,
 )
 from .tls import (
+    CURVES,
     CertificateValidationContext,
     CommonTlsContext,
     ConfigSource,
@@ -150,9 +151,12 @@ from .tls import (
     UpstreamTlsContext,
     UpstreamTransportSocket,
     WatchedDirectory,
+    cipher_names,
 )
 
 __all__ = [
+    "CURVES",
+    "cipher_names",
     "AccessLog",
     "AccessLogSink",
     "Address",

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ssl
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from .base import (
     DOWNSTREAM_TLS_TYPE,
@@ -68,9 +70,42 @@ class SdsSecretConfig(Msg):
 TlsVersion = Literal["TLS_AUTO", "TLSv1_0", "TLSv1_1", "TLSv1_2", "TLSv1_3"]
 
 
+CURVES = {"X25519": "X25519", "P-256": "P-256", "P-384": "P-384", "P-521": "P-521"}
+"""Envoy's (BoringSSL's) group names that OpenSSL 3.0 also has; the post-quantum hybrids are
+BoringSSL's alone."""
+
+
+def cipher_names(entry: str) -> list[str]:
+    """One cipher_suites entry: a name, or BoringSSL's equal-preference group ``[A|B]``."""
+    return entry.strip("[]").split("|") if entry.startswith("[") else [entry]
+
+
+def _ciphers(v: list[str]) -> list[str]:
+    for entry in v:
+        for name in cipher_names(entry):
+            try:
+                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(name)
+            except ssl.SSLError:
+                raise PydanticCustomError(
+                    "cipher", "'{name}' is not a cipher suite OpenSSL knows (write OpenSSL "
+                    "names, e.g. ECDHE-ECDSA-AES128-GCM-SHA256)", {"name": name}) from None
+    return v
+
+
+def _curves(v: list[str]) -> list[str]:
+    for name in v:
+        if name not in CURVES:
+            raise PydanticCustomError(
+                "curve", "'{name}' is not a curve edgegw supports; use {known}",
+                {"name": name, "known": ", ".join(CURVES)})
+    return v
+
+
 class TlsParameters(Msg):
     tls_minimum_protocol_version: TlsVersion = "TLS_AUTO"
     tls_maximum_protocol_version: TlsVersion = "TLS_AUTO"
+    cipher_suites: Annotated[list[str], AfterValidator(_ciphers)] = []
+    ecdh_curves: Annotated[list[str], AfterValidator(_curves)] = []
 
 
 class SubjectAltNameMatcher(Msg):
