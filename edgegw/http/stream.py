@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 from ..matchers import first_header
 from .codec import Headers, RequestHead, ResponseEncoder, http_date
 from .filter import Downstream
+from .path import Outcome
 from .router.filter import Router
 from .router.table import Forward
 
@@ -123,6 +124,8 @@ class Stream:
         if self.protocol in ("HTTP/1.0", "HTTP/0.9"):
             self.send_local_reply(426, b"Upgrade Required", "low_version", close=True)
             return
+        if hcm.underscores != "ALLOW" and not self._underscores():
+            return
         head = self.head
         path = self.path
         host = first_header(self.headers, b"host")
@@ -142,6 +145,18 @@ class Stream:
             # is how virtual-host checks are bypassed (edgegw-only: Envoy forwards it).
             self.send_local_reply(400, b"Bad Request", "multiple_host_headers", close=True)
             return
+        if hcm.paths.active:
+            outcome, path = hcm.paths.apply(path)
+            if outcome is Outcome.REJECT:
+                hcm.stats.downstream_rq_failed_path_normalization.value += 1
+                self.send_local_reply(400, b"Bad Request", "path_normalization_failed")
+                return
+            self.path = head.path = path
+            if outcome is Outcome.REDIRECT:
+                hcm.stats.downstream_rq_redirected_with_normalized_path.value += 1
+                self.send_local_reply(307, b"", "path_normalization_failed",
+                                      extra=[(b"location", path)])
+                return
         self.authority = host.decode("latin-1")
         ctype = first_header(self.headers, b"content-type")
         self.grpc = ctype is not None and ctype.startswith(b"application/grpc")
@@ -159,6 +174,27 @@ class Stream:
         if self.grpc and self.route is not None:
             self._grpc_deadline()
         self.continue_decoding()
+
+    def _underscores(self) -> bool:
+        """headers_with_underscores_action: the request's header names holding '_' are
+        dropped, or the request refused as Envoy's codecs refuse it (HTTP/1: 400 and close;
+        HTTP/2: the stream reset); False when refused."""
+        if not any(b"_" in k for k, _ in self.headers):
+            return True
+        hcm = self.hcm
+        stats = hcm.http2_stats if self.protocol == "HTTP/2" else hcm.http1_stats
+        if hcm.underscores == "REJECT_REQUEST":
+            stats.requests_rejected_with_underscores_in_headers.value += 1
+            if self.protocol == "HTTP/2":
+                self.details = "http2.unexpected_underscore"
+                self.reset_stream()
+            else:
+                self.codec_error(400, b"Bad Request", "http1.unexpected_underscore")
+            return False
+        kept = [h for h in self.headers if b"_" not in h[0]]
+        stats.dropped_headers_with_underscores.value += len(self.headers) - len(kept)
+        self.headers = self.head.headers = kept
+        return True
 
     def _grpc_deadline(self) -> None:
         """Envoy's max_stream_duration.grpc_timeout_header_max: the client's grpc-timeout

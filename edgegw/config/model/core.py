@@ -79,6 +79,8 @@ class HttpProtocolOptions(Msg):
     idle_timeout: Duration | None = None
     max_headers_count: UInt32 | None = Field(default=None, ge=1)
     max_response_headers_kb: UInt32 | None = Field(default=None, ge=1, le=8192)
+    headers_with_underscores_action: Literal["ALLOW", "REJECT_REQUEST", "DROP_HEADER"] = "ALLOW"
+    """Client request headers only, as in Envoy (a cluster's setting changes nothing)."""
 
 
 class Http2ProtocolOptions(Msg):

@@ -145,6 +145,12 @@ class HttpConnectionManager(Msg):
     common_http_protocol_options: HttpProtocolOptions | None = None
     http2_protocol_options: Http2ProtocolOptions | None = None
     upgrade_configs: list[UpgradeConfig] = []
+    normalize_path: Bool = False
+    merge_slashes: Bool = False
+    path_with_escaped_slashes_action: Literal[
+        "IMPLEMENTATION_SPECIFIC_DEFAULT", "KEEP_UNCHANGED", "REJECT_REQUEST",
+        "UNESCAPE_AND_REDIRECT", "UNESCAPE_AND_FORWARD"] = "IMPLEMENTATION_SPECIFIC_DEFAULT"
+    """The default is Envoy's: KEEP_UNCHANGED."""
 
     @model_validator(mode="after")
     def _router_last(self) -> HttpConnectionManager:

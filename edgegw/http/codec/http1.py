@@ -17,6 +17,7 @@ import time
 import httptools
 
 from ... import log
+from ...stats import Counter, StatSet
 from . import (
     REASONS,
     ConnectionOwner,
@@ -31,6 +32,13 @@ from . import (
 )
 
 _log = log.get("http")
+
+
+class Http1Stats(StatSet):
+    """Envoy's HTTP/1 codec stats (a subset)."""
+
+    dropped_headers_with_underscores: Counter
+    requests_rejected_with_underscores_in_headers: Counter
 
 _STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in REASONS.items()}
 LAST_CHUNK = b"0\r\n\r\n"

@@ -65,6 +65,8 @@ class Http2Stats(StatSet):
     inbound_empty_frames_flood: Counter
     inbound_priority_frames_flood: Counter
     inbound_window_update_frames_flood: Counter
+    dropped_headers_with_underscores: Counter
+    requests_rejected_with_underscores_in_headers: Counter
     streams_active: Gauge
     pending_send_data: Gauge
 
