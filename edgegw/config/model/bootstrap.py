@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import PrivateAttr
+from pydantic import Field, PrivateAttr, model_validator
 
-from .base import Msg
+from .base import Duration, Int, Msg, T, named_filter, typed_as
 from .cluster import Cluster
 from .core import Address
 from .listener import Listener
@@ -30,10 +30,46 @@ class StaticResources(Msg):
     secrets: list[Secret] = []
 
 
+DOWNSTREAM_CONNECTIONS_TYPE = (T + "extensions.resource_monitors.downstream_connections.v3."
+                               "DownstreamConnectionsConfig")
+GLOBAL_CONNECTIONS = "envoy.resource_monitors.global_downstream_max_connections"
+
+
+class DownstreamConnectionsConfig(Msg):
+    max_active_downstream_connections: Int = Field(ge=1)
+
+
+class ResourceMonitor(Msg):
+    """The one monitor edgegw has: the global limit on active downstream connections."""
+
+    name: str
+    typed_config: Annotated[DownstreamConnectionsConfig, typed_as(DOWNSTREAM_CONNECTIONS_TYPE)]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _extension(cls, v: Any) -> Any:
+        return named_filter(v, (GLOBAL_CONNECTIONS,), "resource monitor", typed_required=True)
+
+
+class OverloadManager(Msg):
+    """``overload_manager`` with resource monitors only: the connection limit is proactive
+    (checked at each accept), so it takes no actions, as in Envoy."""
+
+    refresh_interval: Duration | None = None
+    resource_monitors: list[ResourceMonitor] = []
+
+    @property
+    def max_connections(self) -> int | None:
+        limits = [r.typed_config.max_active_downstream_connections
+                  for r in self.resource_monitors]
+        return min(limits) if limits else None
+
+
 class Bootstrap(Msg):
     node: Node = Node()
     admin: Admin = Admin()
     static_resources: StaticResources = StaticResources()
+    overload_manager: OverloadManager = OverloadManager()
     _dynamic: dict[str, list[dict[str, Any]]] = PrivateAttr(default_factory=dict)
     """Listeners and clusters read from dynamic_resources' LDS/CDS files, as written (they
     are also in static_resources); set by the loader."""

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from .base import TLS_INSPECTOR_TYPE, Duration, Msg, UInt32, named_filter, typed_as
+from .base import TLS_INSPECTOR_TYPE, Bool, Duration, Msg, UInt32, named_filter, typed_as
 from .core import Address
 from .hcm import NetworkFilter
 from .tls import DownstreamTransportSocket
@@ -56,6 +56,7 @@ class Listener(Msg):
     default_filter_chain: FilterChain | None = None
     per_connection_buffer_limit_bytes: UInt32 = Field(default=1024 * 1024, ge=1)
     tcp_backlog_size: UInt32 | None = None
+    ignore_global_conn_limit: Bool = False
 
     @model_validator(mode="after")
     def _chains(self) -> Listener:
