@@ -21,9 +21,11 @@ from .conftest import (
     Proc,
     cluster,
     config,
+    edge_config,
     exchange,
     free_port,
     parse,
+    request,
     wait_for,
     wait_port,
 )
@@ -459,3 +461,24 @@ def test_global_connection_limit_same_as_envoy(pair, backends: Backends) -> None
         for s in held:
             s.close()
     assert seen["edgegw"] == seen["envoy"] == (True, True, True)
+
+
+def test_strict_sni_host_answers_421_for_a_host_the_certificate_does_not_name(
+        gateway, certs: Path, backends: Backends) -> None:
+    """edgegw-only, opt-in per filter chain: Host must be a name of the certificate SNI
+    chose. Without it, SNI a.example.com with Host b.example.com reaches b's backend."""
+    port = free_port()
+    cfg = edge_config(certs, backends, port)
+    chains = cfg["static_resources"]["listeners"][0]["filter_chains"]
+    chains[0]["metadata"] = {"filter_metadata": {"edgegw": {"strict_sni_host": True}}}
+    gw = gateway(cfg)
+    ca = certs / "dev-ca.pem"
+
+    def status(sni: str, host: str) -> int:
+        return parse(exchange(port, request("/headers", host=host), sni=sni, ca=ca))[0]
+
+    assert status("a.example.com", "a.example.com") == 200
+    assert status("a.example.com", f"A.example.com:{port}") == 200
+    assert status("a.example.com", "b.example.com") == 421
+    assert status("b.example.com", "a.example.com") == 200  # b's chain is not strict
+    assert gw.stats().get("cluster.b.upstream_rq_total", 0) == 0

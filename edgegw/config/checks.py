@@ -210,9 +210,15 @@ def _check_listener(lst: Listener, base: Path, clusters: set[str],
         if ours is not None:
             mpath = path + ("metadata", "filter_metadata", "edgegw")
             for setting in ours:
-                if setting != "certificate_directory":
+                if setting not in ("certificate_directory", "strict_sni_host"):
                     yield (mpath + (setting,), f"'{setting}' is not an edgegw setting (known: "
-                           "certificate_directory)")
+                           "certificate_directory, strict_sni_host)")
+            strict = ours.get("strict_sni_host")
+            if strict is not None and not isinstance(strict, bool):
+                yield (mpath + ("strict_sni_host",), "strict_sni_host is true or false")
+            if strict and not fc.transport_socket:
+                yield (mpath + ("strict_sni_host",), "strict_sni_host needs a TLS "
+                       "transport_socket on the same filter chain")
             cdir = ours.get("certificate_directory")
             if cdir is not None and not os.path.isdir(str(cdir)):
                 yield (mpath + ("certificate_directory",), f"'{cdir}' is not a directory")

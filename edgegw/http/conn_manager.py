@@ -48,6 +48,9 @@ class DownstreamConnection(asyncio.Protocol):
         """What the filter chain was chosen by, to choose again after a reload."""
         self.tls = tls
         self.sni = sni
+        self.host_names: tuple[frozenset[str], frozenset[str]] | None = None
+        """Strict SNI/Host (edgegw-only): the names of the certificate SNI chose, exact and
+        wildcard suffixes; a request for any other host gets 421. None: not strict."""
         self.buffer_limit = buffer_limit
         self.on_close = on_close
         self.codec: ServerCodec | None = None

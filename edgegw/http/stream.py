@@ -34,6 +34,7 @@ class Owner(Downstream, Protocol):
     hcm: HttpConnectionManager
     draining: bool
     last_activity: float
+    host_names: tuple[frozenset[str], frozenset[str]] | None
 
     def count_request(self) -> None: ...
     def arm_deadline(self, timeout: float) -> float: ...
@@ -42,6 +43,20 @@ class Owner(Downstream, Protocol):
     def stream_done(self, s: Stream) -> None: ...
 
 _GRPC_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
+
+
+def _covers(names: tuple[frozenset[str], frozenset[str]], authority: str) -> bool:
+    """Whether a certificate with these names serves this Host (port dropped): a name, or a
+    wildcard one level up."""
+    host = authority.lower()
+    if host.startswith("["):
+        host = host[: host.find("]") + 1]
+    elif host.count(":") == 1:
+        host = host.rsplit(":", 1)[0]
+    host = host.rstrip(".")
+    exact, wild = names
+    dot = host.find(".")
+    return host in exact or (dot > 0 and host[dot:] in wild)
 
 
 def grpc_timeout(value: bytes | None) -> float | None:
@@ -158,6 +173,10 @@ class Stream:
                                       extra=[(b"location", path)])
                 return
         self.authority = host.decode("latin-1")
+        if self.conn.host_names is not None and not _covers(self.conn.host_names,
+                                                            self.authority):
+            self.send_local_reply(421, b"Misdirected Request", "edgegw.sni_host_mismatch")
+            return
         ctype = first_header(self.headers, b"content-type")
         self.grpc = ctype is not None and ctype.startswith(b"application/grpc")
         expect = first_header(self.headers, b"expect")

@@ -21,7 +21,7 @@ from ..http.conn_manager import DownstreamConnection
 from ..http.settings import HttpConnectionManager
 from ..overload import ConnectionLimit
 from ..stats import Counter, Gauge, StatSet, Store
-from ..tls.cert_dir import directory_of
+from ..tls.cert_dir import directory_of, strict_sni_host
 from ..tls.context import ServerTls, SslStats
 from ..tls.sds import SecretManager
 from ..upstream.cluster import ClusterManager
@@ -67,6 +67,8 @@ class Chain:
     name: str
     hcm: HttpConnectionManager
     tls: ServerTls | None
+    strict_host: bool = False
+    """edgegw-only: requests must be for a name of the certificate SNI chose."""
 
 
 def stat_address(sa: m.SocketAddress) -> str:
@@ -97,7 +99,7 @@ class Listener:
             tls = (ServerTls(fc.transport_socket.typed_config, secrets, updates,
                              directory_of(fc)) if fc.transport_socket else None)
             return Chain(fc.name, HttpConnectionManager(fc.filters[0].typed_config, clusters,
-                                                        store), tls)
+                                                        store), tls, strict_sni_host(fc))
 
         self.chains = [build(fc) for fc in cfg.filter_chains]
         default = build(cfg.default_filter_chain) if cfg.default_filter_chain else None
@@ -241,7 +243,8 @@ class Listener:
 
     async def _serve(self, conn: socket.socket, chain: Chain, hello: ClientHello) -> None:
         assert self.loop is not None
-        ctx: ssl.SSLContext | None = chain.tls.context_for(hello.server_name) if chain.tls else None
+        cert = chain.tls.cert_for(hello.server_name) if chain.tls else None
+        ctx = cert.ctx if cert is not None else None
         if ctx is not None and not hello.offers(ctx.minimum_version, ctx.maximum_version):
             self._refuse_version(conn, hello)
             return
@@ -249,6 +252,8 @@ class Listener:
         proto = DownstreamConnection(chain.hcm, ctx is not None, hello.server_name,
                                      self.cfg.per_connection_buffer_limit_bytes, self._closed)
         proto.hello = hello
+        if cert is not None and chain.strict_host:
+            proto.host_names = cert.host_names
         try:
             await self.loop.connect_accepted_socket(
                 lambda: proto, conn, ssl=ctx,

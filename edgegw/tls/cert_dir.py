@@ -44,6 +44,13 @@ def directory_of(fc: m.FilterChain) -> str | None:
     return str(path) if path else None
 
 
+def strict_sni_host(fc: m.FilterChain) -> bool:
+    """``filter_metadata: {edgegw: {strict_sni_host: true}}``: a request whose Host is not a
+    name of the certificate SNI chose gets 421 Misdirected Request (edgegw-only)."""
+    ours = fc.metadata.filter_metadata.get("edgegw") if fc.metadata else None
+    return isinstance(ours, dict) and ours.get("strict_sni_host") is True
+
+
 def _candidates(root: str) -> dict[str, tuple[str, str]]:
     """Certificate and key files by site name, as the three layouts pair them."""
     try:

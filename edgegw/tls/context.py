@@ -178,6 +178,13 @@ class ServerCert:
     pair: CertPair
     path: str
 
+    @property
+    def host_names(self) -> tuple[frozenset[str], frozenset[str]]:
+        """The names as strict SNI/Host checks them: exact ones, and wildcards' suffixes."""
+        lower = [n.lower() for n in self.names]
+        return (frozenset(n for n in lower if not n.startswith("*.")),
+                frozenset(n[1:] for n in lower if n.startswith("*.")))
+
 
 class ServerTls:
     """The server side of one filter chain's DownstreamTlsContext."""
@@ -188,8 +195,8 @@ class ServerTls:
         self.updates = updates
         self.sources = _Sources(cfg.common_tls_context, secrets, self._updated, cert_dir)
         self.certs: list[ServerCert] = []
-        self._exact: dict[str, ssl.SSLContext] = {}
-        self._wild: dict[str, ssl.SSLContext] = {}
+        self._exact: dict[str, ServerCert] = {}
+        self._wild: dict[str, ServerCert] = {}
         self.ca_path = ""
         self.ca_pem: bytes | None = None
         self._build()
@@ -219,33 +226,33 @@ class ServerTls:
                 ctx.verify_mode = (ssl.CERT_REQUIRED if self.cfg.require_client_certificate
                                    else ssl.CERT_OPTIONAL)
             certs.append(ServerCert(pair.dns_names(), ctx, pair, path))
-        exact: dict[str, ssl.SSLContext] = {}
-        wild: dict[str, ssl.SSLContext] = {}
+        exact: dict[str, ServerCert] = {}
+        wild: dict[str, ServerCert] = {}
         for sc in certs:
             for n in sc.names:
                 if n.startswith("*."):
-                    wild.setdefault(n[1:], sc.ctx)
+                    wild.setdefault(n[1:], sc)
                 else:
-                    exact.setdefault(n, sc.ctx)
+                    exact.setdefault(n, sc)
         self.certs, self._exact, self._wild = certs, exact, wild
         self.ca_pem, self.ca_path = ca_pem, ca_path
 
     def pairs(self) -> list[tuple[CertPair, str]]:
         return [(sc.pair, sc.path) for sc in self.certs]
 
-    def context_for(self, sni: str | None) -> ssl.SSLContext:
+    def cert_for(self, sni: str | None) -> ServerCert:
         """SAN exact match, then a wildcard one level up, then the first certificate."""
         certs = self.certs
         if sni and len(certs) > 1:
-            ctx = self._exact.get(sni)
-            if ctx is not None:
-                return ctx
+            sc = self._exact.get(sni)
+            if sc is not None:
+                return sc
             dot = sni.find(".")
             if dot > 0:
-                ctx = self._wild.get(sni[dot:])
-                if ctx is not None:
-                    return ctx
-        return certs[0].ctx
+                sc = self._wild.get(sni[dot:])
+                if sc is not None:
+                    return sc
+        return certs[0]
 
 
 class ClientTls:
