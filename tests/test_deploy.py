@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -166,3 +167,47 @@ def test_the_demo_stopped_with_sigterm_leaves_nothing_running(tmp_path: Path) ->
         assert not os.path.exists(f"/proc/{pid}") or \
             open(f"/proc/{pid}/stat").read().split()[2] == "Z", f"pid {pid} still runs"
     assert not any(listening(*a) for a in DEMO_PORTS)
+
+
+def test_edge_hardened_config_serves_with_its_protections(workdir: Path, backends: Backends,
+                                                          tmp_path: Path) -> None:
+    """configs/edge-hardened.yaml run as shipped (ports and backends pointed at the test's):
+    sites served over both protocols, and each of its protections seen from a client."""
+    https, http, admin = free_port(), free_port(), free_port()
+    text = ((ROOT / "configs" / "edge-hardened.yaml").read_text()
+            .replace("port_value: 8443 }", f"port_value: {https} }}", 1)
+            .replace("port_value: 8080 }", f"port_value: {http} }}", 1)
+            .replace("port_value: 9901", f"port_value: {admin}")
+            .replace("address: 127.0.0.20, port_value: 8080", f"address: 127.0.0.20, "
+                     f"port_value: {backends.a[1]}")
+            .replace("address: 127.0.0.21, port_value: 8443", f"address: 127.0.0.21, "
+                     f"port_value: {backends.b[1]}"))
+    (workdir / "hardened.yaml").write_text(text)
+    proc = Proc([sys.executable, "-m", "edgegw", "-c", "hardened.yaml", "--concurrency", "1"],
+                tmp_path / "gw.log", cwd=workdir)
+    ca = str(workdir / "certs" / "dev-ca.pem")
+
+    def curl(name: str, path: str, *args: str) -> tuple[str, str]:
+        r = subprocess.run(["curl", "-sS", "-D", "-", "--cacert", ca, "--resolve",
+                            f"{name}:{https}:127.0.0.1", *args,
+                            f"https://{name}:{https}{path}"],
+                           capture_output=True, text=True, timeout=10)
+        head, body = re.split(r"\r?\n\r?\n", r.stdout, maxsplit=1)
+        return head.splitlines()[0], body
+
+    try:
+        wait_port("127.0.0.1", https)
+        for name, backend in (("a.example.com", "a"), ("b.example.com", "b")):
+            status, body = curl(name, "//headers", "--http2", "--path-as-is")
+            assert status.startswith("HTTP/2 200"), status + proc.output()
+            doc = json.loads(body)
+            assert (doc["backend"], doc["path"]) == (backend, "/headers")
+        for proto in ("--http1.1", "--http2"):
+            assert curl("a.example.com", "/x/..%2Fheaders", proto,
+                        "--path-as-is")[0].split()[1] == "307"
+            assert curl("a.example.com", "/headers", proto, "-H", "Host: b.example.com"
+                        )[0].split()[1] == "421"
+        assert curl("a.example.com", "/headers", "--http1.1", "-H", "x_user: admin"
+                    )[0].split()[1] == "400"
+    finally:
+        proc.stop()
