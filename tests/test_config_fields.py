@@ -33,6 +33,11 @@ NEEDS_NO_READING = {
     "UpstreamHttpProtocolOptions.auto_config": "read through the model's auto_http",
     "ExplicitHttpConfig.http_protocol_options": "only the empty (default) options",
     "AutoHttpConfig.http_protocol_options": "only the empty (default) options",
+    "OverloadManager.resource_monitors": "read through the model's max_connections",
+    "DownstreamConnectionsConfig.max_active_downstream_connections": "read through the "
+                                                                     "model's max_connections",
+    "OverloadManager.refresh_interval": "the connection limit is checked at each accept, as "
+                                        "Envoy's proactive monitor is; nothing is sampled",
 }
 
 

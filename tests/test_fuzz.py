@@ -1,0 +1,353 @@
+"""Properties under generated input, bounded so the suite stays fast: the HTTP/1 and HTTP/2
+codecs (any split of valid bytes gives the same events; no input raises), the ClientHello
+parser and config loading (bad input is an answer or a ConfigError, never a traceback)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import h2.config
+import h2.connection
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edgegw.config import ConfigError, load_bootstrap
+from edgegw.http.codec import FlowControl, Headers, RequestHead
+from edgegw.http.codec.http1 import Http1ServerCodec
+from edgegw.http.codec.http2 import Http2ServerCodec, Http2Stats, Options
+from edgegw.listener.tls_inspector import NeedMore, inspect
+from edgegw.stats import Store
+
+FAST = settings(max_examples=150, deadline=None,
+                suppress_health_check=[HealthCheck.too_slow])
+
+
+class Transport(asyncio.Transport):
+    """Records what a codec writes; reading can be paused like a socket's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.out = bytearray()
+        self.closing = False
+
+    def write(self, data: Any) -> None:
+        self.out += data
+
+    def writelines(self, data: Any) -> None:
+        for d in data:
+            self.out += d
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+class Stream:
+    """Answers 200 once its request has ended, as a proxied request is answered."""
+
+    def __init__(self, events: list[tuple[Any, ...]], encoder: Any) -> None:
+        self.events = events
+        self.encoder = encoder
+
+    def answer(self) -> None:
+        self.encoder.encode_headers(200, [(b"content-length", b"0")], True)
+
+    def decode_data(self, data: bytes) -> None:
+        self.events.append(("data", data))
+
+    def decode_trailers(self, trailers: Headers) -> None:
+        self.events.append(("trailers", tuple(trailers)))
+
+    def decode_end(self) -> None:
+        self.events.append(("end",))
+        self.answer()
+
+    def decode_reset(self) -> None:
+        self.events.append(("reset",))
+
+    def write_blocked(self, blocked: bool) -> None:
+        pass
+
+    def codec_error(self, status: int, body: bytes, details: str) -> None:
+        self.events.append(("codec_error", status))
+
+
+class Manager:
+    """The connection manager's side: records each event, lets each stream answer (so that
+    pipelined requests proceed), and answers refused ones as the real one does."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[Any, ...]] = []
+
+    def new_stream(self, head: RequestHead, encoder: Any, end_stream: bool) -> Stream:
+        self.events.append(("head", head.method, head.path, tuple(head.headers), end_stream))
+        stream = Stream(self.events, encoder)
+        if end_stream:
+            stream.answer()
+        return stream
+
+    def protocol_error(self, details: str) -> None:
+        self.events.append(("protocol_error",))
+
+    def reject(self, head: RequestHead, encoder: Any, status: int, body: bytes, details: str,
+               flag: str) -> None:
+        self.events.append(("reject", status))
+        encoder.encode_headers(status, [(b"content-length", b"0")], True, close=True)
+
+
+def merged(events: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Body pieces joined: how a body is cut into reads is not an event."""
+    out: list[tuple[Any, ...]] = []
+    for e in events:
+        if e[0] == "data" and out and out[-1][0] == "data":
+            out[-1] = ("data", out[-1][1] + e[1])
+        elif e[0] != "data" or e[1]:
+            out.append(e)
+    return out
+
+
+class Tracebacks(logging.Handler):
+    """Every log record that carries an exception: there must be none."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info:
+            self.seen.append(record)
+
+
+def run_codec(kind: str, pieces: list[bytes]) -> tuple[list[tuple[Any, ...]], bytes]:
+    """Feeds the pieces to a fresh codec, one read each, letting the loop run between; an
+    exception raised out of feed, in a callback the codec scheduled, or logged, fails."""
+    crashes: list[dict[str, Any]] = []
+    tracebacks = Tracebacks()
+    logging.getLogger().addHandler(tracebacks)
+
+    async def go() -> tuple[list[tuple[Any, ...]], bytes]:
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: crashes.append(ctx))
+        mgr, tr = Manager(), Transport()
+        flow = FlowControl(tr)
+        codec: Any
+        if kind == "h1":
+            codec = Http1ServerCodec(mgr, tr, flow, b"edgegw", 60 * 1024, 100)
+        else:
+            codec = Http2ServerCodec(mgr, tr, flow, Options(None), 60 * 1024, 100,
+                                     Http2Stats(Store(), "http2."))
+        for p in pieces:
+            if tr.closing:
+                break
+            codec.feed(p)
+            for _ in range(3):
+                await asyncio.sleep(0)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        return merged(mgr.events), bytes(tr.out)
+
+    try:
+        out = asyncio.run(go())
+    finally:
+        logging.getLogger().removeHandler(tracebacks)
+    assert not crashes, crashes
+    assert not tracebacks.seen, [r.getMessage() for r in tracebacks.seen]
+    return out
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    out, last = [], 0
+    for p in points:
+        out.append(data[last:p])
+        last = p
+    out.append(data[last:])
+    return [p for p in out if p]
+
+
+TOKEN = st.text("abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=12)
+VALUE = st.text("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 ;=/.,-",
+                max_size=30).map(str.strip)
+PATH = st.lists(TOKEN, max_size=4).map(lambda parts: "/" + "/".join(parts))
+
+
+@st.composite
+def h1_request(draw: st.DrawFn) -> bytes:
+    method = draw(st.sampled_from(["GET", "POST", "PUT", "DELETE", "HEAD"]))
+    headers = [("host", draw(TOKEN) + ".example")]
+    headers += [("x-" + k, v) for k, v in draw(st.lists(st.tuples(TOKEN, VALUE), max_size=5))]
+    body = draw(st.binary(max_size=200)) if method in ("POST", "PUT") else b""
+    framing = b""
+    if body:
+        if draw(st.booleans()):
+            headers.append(("content-length", str(len(body))))
+            framing = body
+        else:
+            headers.append(("transfer-encoding", "chunked"))
+            sizes = draw(st.lists(st.integers(1, 64), max_size=6))
+            pos = 0
+            for n in sizes:
+                piece = body[pos:pos + n]
+                if piece:
+                    framing += b"%x\r\n%s\r\n" % (len(piece), piece)
+                pos += n
+            if pos < len(body):
+                framing += b"%x\r\n%s\r\n" % (len(body) - pos, body[pos:])
+            framing += b"0\r\n\r\n"
+    head = f"{method} {draw(PATH)} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers)
+    return head.encode() + b"\r\n" + framing
+
+
+@FAST
+@given(st.lists(h1_request(), min_size=1, max_size=4), st.lists(st.integers(0, 4096),
+                                                                 max_size=12))
+def test_h1_any_split_of_valid_requests_gives_the_same_events(requests: list[bytes],
+                                                              cuts: list[int]) -> None:
+    data = b"".join(requests)
+    whole = run_codec("h1", [data])
+    assert [e[0] for e in whole[0]].count("head") == len(requests)
+    assert run_codec("h1", split(data, cuts)) == whole
+
+
+MUTATIONS = st.sampled_from([b"\r\n", b"\n", b"\x00", b" ", b":", b"\r", b"\x7f", b"0",
+                             b"chunked", b"Content-Length: 5\r\n", b"Transfer-Encoding: x\r\n",
+                             b"Host: b\r\n", b"\xff", b"GET / HTTP/1.1\r\n"])
+
+
+@FAST
+@given(h1_request(), st.lists(st.tuples(st.integers(0, 4096), MUTATIONS), min_size=1,
+                              max_size=4), st.lists(st.integers(0, 4096), max_size=6))
+def test_h1_mutated_requests_never_raise_and_split_the_same(request: bytes, edits: list,
+                                                            cuts: list[int]) -> None:
+    data = request
+    for at, piece in edits:
+        at %= len(data) + 1
+        data = data[:at] + piece + data[at:]
+    whole = run_codec("h1", [data])
+    assert run_codec("h1", split(data, cuts)) == whole
+
+
+@FAST
+@given(st.binary(max_size=600))
+def test_h1_arbitrary_bytes_never_raise(data: bytes) -> None:
+    events, _ = run_codec("h1", [data])
+    heads = [e for e in events if e[0] == "head"]
+    assert all(h[2].startswith(b"/") or b"://" in h[2] or h[1] in (b"CONNECT", b"OPTIONS")
+               for h in heads)
+
+
+def h2_bytes(requests: list[tuple[str, list[tuple[str, str]], bytes]]) -> bytes:
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    for i, (path, extra, body) in enumerate(requests):
+        sid = 1 + 2 * i
+        client.send_headers(sid, [(":method", "POST" if body else "GET"), (":scheme", "https"),
+                                  (":authority", "a.example"), (":path", path), *extra],
+                            end_stream=not body)
+        if body:
+            client.send_data(sid, body, end_stream=True)
+    return client.data_to_send()
+
+
+H2_REQUEST = st.tuples(PATH, st.lists(st.tuples(TOKEN.map(lambda t: "x-" + t), VALUE),
+                                      max_size=4), st.binary(max_size=300))
+
+
+@FAST
+@given(st.lists(H2_REQUEST, min_size=1, max_size=4), st.lists(st.integers(0, 4096),
+                                                              max_size=12))
+def test_h2_any_split_of_valid_frames_gives_the_same_events(requests: list,
+                                                            cuts: list[int]) -> None:
+    data = h2_bytes(requests)
+    whole = run_codec("h2", [data])
+    assert [e[0] for e in whole[0]].count("head") == len(requests)
+    assert run_codec("h2", split(data, cuts))[0] == whole[0]
+
+
+@FAST
+@given(st.lists(H2_REQUEST, min_size=1, max_size=2), st.lists(
+    st.tuples(st.integers(0, 4096), st.binary(min_size=1, max_size=8)), min_size=1,
+    max_size=4))
+def test_h2_corrupted_frames_never_raise(requests: list, edits: list) -> None:
+    data = h2_bytes(requests)
+    for at, piece in edits:
+        at = 24 + at % (len(data) - 23)  # past the preface, which is checked before h2
+        data = data[:at] + piece + data[at + len(piece):]
+    run_codec("h2", [data])
+
+
+@FAST
+@given(st.binary(max_size=2048), st.lists(st.integers(0, 2048), max_size=8))
+def test_client_hello_parser_answers_every_input(data: bytes, cuts: list[int]) -> None:
+    """Any bytes: a ClientHello (TLS or not) or a request for more, never another error;
+    and every prefix of an answerable input asks for more or answers the same."""
+    try:
+        whole = inspect(data)
+    except NeedMore:
+        return
+    for c in cuts:
+        try:
+            part = inspect(data[: c % (len(data) + 1)])
+        except NeedMore:
+            continue
+        assert part.tls == whole.tls or not whole.tls or c % (len(data) + 1) == len(data)
+
+
+@FAST
+@given(st.binary(min_size=40, max_size=600), st.integers(0, 20))
+def test_client_hello_with_a_real_prefix(tail: bytes, cut: int) -> None:
+    data = bytes([22, 3, 1]) + len(tail).to_bytes(2, "big") + bytes([1]) + \
+        (len(tail) - 4).to_bytes(3, "big") + tail[4:]
+    try:
+        hello = inspect(data[: len(data) - cut])
+    except NeedMore:
+        return
+    assert hello.tls
+
+
+SCALAR = st.one_of(st.none(), st.booleans(), st.integers(-5, 70000), st.text(max_size=12),
+                   st.sampled_from(["1s", "0.5s", "-1s", "TLSv1_2", "ROUND_ROBIN", "STATIC",
+                                    "127.0.0.1", "*", "/", "x-y"]))
+KEYS = st.sampled_from(["static_resources", "listeners", "clusters", "name", "address",
+                        "socket_address", "port_value", "filter_chains", "filters",
+                        "typed_config", "@type", "route_config", "virtual_hosts", "domains",
+                        "routes", "match", "prefix", "route", "cluster", "connect_timeout",
+                        "type", "load_assignment", "endpoints", "lb_endpoints", "endpoint",
+                        "stat_prefix", "http_filters", "admin", "overload_manager",
+                        "transport_socket", "tls_params", "cipher_suites", "x"])
+TREE = st.recursive(SCALAR, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.dictionaries(KEYS, inner, max_size=4)), max_leaves=25)
+
+
+@FAST
+@given(st.dictionaries(KEYS, TREE, max_size=4))
+def test_config_loading_answers_with_a_config_or_a_config_error(doc: dict) -> None:
+    try:
+        load_bootstrap(None, yaml.safe_dump(doc))
+    except ConfigError as e:
+        assert e.problems and all(isinstance(p, str) and p for p in e.problems)
+
+
+@FAST
+@given(st.text(max_size=300))
+def test_any_text_as_config(text: str) -> None:
+    try:
+        load_bootstrap(None, text)
+    except ConfigError as e:
+        assert e.problems
