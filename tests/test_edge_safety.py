@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -482,3 +483,54 @@ def test_strict_sni_host_answers_421_for_a_host_the_certificate_does_not_name(
     assert status("a.example.com", "b.example.com") == 421
     assert status("b.example.com", "a.example.com") == 200  # b's chain is not strict
     assert gw.stats().get("cluster.b.upstream_rq_total", 0) == 0
+
+
+def test_no_flood_makes_the_log_grow_faster_than_a_line_a_second(
+        certs: Path, backends: Backends, tmp_path: Path) -> None:
+    """At the default log level, as users run it: malformed requests, old and broken TLS
+    hellos, unknown names and dropped connections by the hundred add (almost) nothing to
+    the gateway's own log; they are counted in stats instead."""
+    port, plain, admin = free_port(), free_port(), free_port()
+    cfg = edge_config(certs, backends, port)
+    cfg["static_resources"]["listeners"].append(
+        {"name": "plain", "address": {"socket_address": {"address": "127.0.0.1",
+                                                         "port_value": plain}},
+         "filter_chains": [{"filters": cfg["static_resources"]["listeners"][0][
+             "filter_chains"][0]["filters"]}]})
+    cfg["admin"] = {"address": {"socket_address": {"address": "127.0.0.1",
+                                                   "port_value": admin}}}
+    path = tmp_path / "gw.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    log = tmp_path / "gw.log"
+    gw = Proc([sys.executable, "-m", "edgegw", "-c", str(path), "--concurrency", "1"], log)
+    try:
+        wait_port("127.0.0.1", port)
+        wait_port("127.0.0.1", plain)
+        before = len(gw.output().splitlines())
+        started = time.monotonic()
+        bad = [b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked"
+               b"\r\n\r\n", b"GET /x\r\n", b"\x00\xff" * 50, b"GET / HTTP/1.1\r\nBad Header"
+               b"\r\n\r\n", b"GET / HTTP/2.0\r\n\r\n"]
+        tls10 = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}",
+                                "-tls1", "-cipher", "DEFAULT:@SECLEVEL=0", "-servername",
+                                "a.example.com"], input=b"", capture_output=True, timeout=10)
+        assert b"alert number 70" in tls10.stderr + tls10.stdout
+        for i in range(300):
+            exchange(plain, bad[i % len(bad)], timeout=2)
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                s.sendall([b"\x16\x03\x01\x00\x05garbage", b"junk" * 10,
+                           b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc" + b"\x03\x01" + b"\0" * 40,
+                           b""][i % 4])
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                ctx = ssl._create_unverified_context()
+                try:
+                    ctx.wrap_socket(s, server_hostname="unknown.example").close()
+                except (ssl.SSLError, OSError):
+                    pass
+        elapsed = time.monotonic() - started
+        added = gw.output().splitlines()[before:]
+        assert len(added) <= elapsed + 3, "\n".join(added[:20])
+        st = httpx.get(f"http://127.0.0.1:{admin}/stats", timeout=5).text
+        assert "downstream_cx_protocol_error" in st
+    finally:
+        gw.stop()

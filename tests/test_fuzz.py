@@ -351,3 +351,20 @@ def test_any_text_as_config(text: str) -> None:
         load_bootstrap(None, text)
     except ConfigError as e:
         assert e.problems
+
+
+def test_a_header_ending_like_the_url_is_not_http09() -> None:
+    """Found by the split property: a read ending inside the next request's URL, after a
+    header whose value is that URL, once looked like an HTTP/0.9 request line (426)."""
+    data = (b"GET / HTTP/1.1\r\nhost: a\r\nx-0: /\r\n\r\n"
+            b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+    for cut in range(len(data) + 1):
+        events, _ = run_codec("h1", split(data, [cut]))
+        assert [e[0] for e in events] == ["head", "head"], cut
+
+
+def test_http09_is_told_at_any_split() -> None:
+    data = b"GET /x\r\n"
+    for cut in range(len(data) + 1):
+        events, out = run_codec("h1", split(data, [cut]))
+        assert events == [("reject", 426)] and out.startswith(b"HTTP/1.1 426"), cut

@@ -11,6 +11,7 @@ request's record for access logs (Envoy's StreamInfo).
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
@@ -43,6 +44,10 @@ class Owner(Downstream, Protocol):
     def stream_done(self, s: Stream) -> None: ...
 
 _GRPC_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
+
+
+_AUTHORITY = re.compile(rb"[A-Za-z0-9\-._~!$&'()*+,;=:\[\]@%]+")
+"""The bytes an authority may hold (RFC 3986 as nghttp2 checks them, which Envoy uses)."""
 
 
 def _covers(names: tuple[frozenset[str], frozenset[str]], authority: str) -> bool:
@@ -154,6 +159,12 @@ class Stream:
             self.path = head.path = path
         if not host:
             self.send_local_reply(400, b"", "missing_host_header", close=True)
+            return
+        if not _AUTHORITY.fullmatch(host):
+            self.send_local_reply(400, b"Bad Request", "http.invalid_authority", close=True)
+            return
+        if b"#" in path or (path == b"*" and self.method != b"OPTIONS"):
+            self.send_local_reply(400, b"Bad Request", "http.invalid_path", close=True)
             return
         if sum(1 for k, _ in self.headers if k == b"host") > 1:
             # One request, one authority: routing by one Host while the backend reads another

@@ -81,6 +81,10 @@ class _TooLarge(Exception):
     pass
 
 
+class _Refused(Exception):
+    """A head llhttp took that Envoy's codec refuses: (status, body, details)."""
+
+
 # --- the server side ------------------------------------------------------------------------
 
 
@@ -218,6 +222,8 @@ class Http1ServerCodec:
         self.h_length = False
         self.h_chunked = False
         self.in_trailers = False
+        self.line_tail = b""
+        """The end of a request line still without headers (HTTP/0.9 is told by it)."""
         self.broken: tuple[int, bytes, str, str] | None = None
         """The parser refused a pipelined request: answered once the responses owed before
         it are out (reading stops; llhttp parses nothing after an error)."""
@@ -234,6 +240,8 @@ class Http1ServerCodec:
         except httptools.HttpParserCallbackError as e:
             if isinstance(e.__context__, _TooLarge):
                 self._error(431, b"Request Header Fields Too Large", "header_overflow")
+            elif isinstance(e.__context__, _Refused):
+                self._error(*e.__context__.args)
             else:
                 _log.error("internal error while handling a request: %r", e.__context__,
                            exc_info=e.__context__)
@@ -248,14 +256,21 @@ class Http1ServerCodec:
             _log.debug("malformed request: %s", e)
             self._error(400, b"Bad Request", "codec_error")
             return
-        if self.broken is None and self.head_started and self.h_url and not self.h_headers \
-                and self.h_url + b"\r\n" in data:
-            # A request line without a version: HTTP/0.9, which llhttp would hold waiting
-            # for headers that never come. Envoy answers 426 and closes.
-            self.broken = (426, b"Upgrade Required", "low_version", "-")
-            self.flow.pause("error")
-            if self.response is None:
-                self._reject(*self.broken)
+        if self.broken is None and self.head_started and not self.h_headers:
+            # A request line without a version (HTTP/0.9) is one that ends right after its
+            # URL; llhttp would hold it waiting for headers that never come. Envoy answers 426
+            # and closes. (The line may have come in several reads.)
+            self.line_tail = (self.line_tail + data)[-(len(self.h_url) + 3):]
+            if self.h_url and self.line_tail == b" " + self.h_url + b"\r\n":
+                self._http09()
+        elif self.line_tail:
+            self.line_tail = b""
+
+    def _http09(self) -> None:
+        self.broken = (426, b"Upgrade Required", "low_version", "-")
+        self.flow.pause("error")
+        if self.response is None:
+            self._reject(*self.broken)
 
     def drain(self) -> None:
         self.draining = True
@@ -303,6 +318,13 @@ class Http1ServerCodec:
         self.in_trailers = True
         p = self.parser
         version = p.get_http_version()
+        if version not in ("1.1", "1.0"):
+            raise _Refused(426, b"Upgrade Required", "http1.codec_error")  # HTTP/1.2, /2.0
+        if self.h_chunked:
+            codings = [v for k, v in self.h_headers if k == b"transfer-encoding"]
+            if len(codings) != 1 or codings[0].strip().lower() != b"chunked":
+                # Envoy's rule: chunked alone, or 501 (a smuggler's favourite ambiguity)
+                raise _Refused(501, b"Not Implemented", "http1.invalid_transfer_encoding")
         keep_alive = p.should_keep_alive()
         upgrade = b""
         if p.should_upgrade():
