@@ -534,3 +534,43 @@ def test_no_flood_makes_the_log_grow_faster_than_a_line_a_second(
         assert "downstream_cx_protocol_error" in st
     finally:
         gw.stop()
+
+
+def test_a_client_hello_in_pieces_is_waited_for_without_polling(gateway, certs: Path,
+                                                                backends: Backends) -> None:
+    """A ClientHello that arrives in two segments, the second once the gateway holds the
+    first: the listener sleeps until the rest comes (SO_RCVLOWAT, not a re-peek loop; bench
+    W6 measures what stalled hellos cost), then serves."""
+    port = free_port()
+    gw = gateway(edge_config(certs, backends, port))
+    ctx = ssl.create_default_context(cafile=str(certs / "dev-ca.pem"))
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname="a.example.com")
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    hello = outgoing.read()
+    accepted = f"listener.127.0.0.1_{port}.downstream_cx_total"
+    before = gw.stats()[accepted]
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(hello[:40])
+    wait_for(lambda: gw.stats()[accepted] == before + 1)
+    sock.sendall(hello[40:])
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            if out := outgoing.read():
+                sock.sendall(out)
+            incoming.write(sock.recv(65536))
+    sock.sendall(outgoing.read())
+    tls.write(b"GET /headers HTTP/1.1\r\nHost: a.example.com\r\nConnection: close\r\n\r\n")
+    sock.sendall(outgoing.read())
+    got = b""
+    while b"\r\n\r\n" not in got:
+        try:
+            got += tls.read(65536)
+        except ssl.SSLWantReadError:
+            incoming.write(sock.recv(65536))
+    assert got.startswith(b"HTTP/1.1 200"), got[:100]
+    sock.close()

@@ -59,7 +59,6 @@ class TlsInspectorStats(StatSet):
 HANDSHAKE_TIMEOUT = 10.0
 PROTOCOL_VERSION_ALERT = bytes([21, 3, 1, 0, 2, 2, 70])
 """An alert record (TLS 1.0 framing, which every client reads): fatal, protocol_version."""
-RETRY_PEEK = 0.005
 
 
 @dataclass
@@ -342,6 +341,7 @@ class _Peek:
         self.timer = loop.call_later(listener.cfg.listener_filters_timeout, self._timeout)
         loop.add_reader(self.fd, self._readable)
         listener.peeking += 1
+        self.lowat = False
 
     def _readable(self) -> None:
         try:
@@ -362,9 +362,11 @@ class _Peek:
                 insp.client_hello_too_large.value += 1
                 self._drop()
                 return
-            # Level-triggered readiness would spin on the partial hello: look again shortly.
-            self.loop.remove_reader(self.fd)
-            self.loop.call_later(RETRY_PEEK, self._again)
+            # Level-triggered readiness would fire again at once for the bytes already
+            # peeked: have the kernel wake us only when more arrive (no polling, so a
+            # thousand stalled hellos cost nothing while they wait).
+            self.conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, len(data) + 1)
+            self.lowat = True
             return
         self._done()
         if hello.tls:
@@ -374,10 +376,6 @@ class _Peek:
         else:
             insp.tls_not_found.value += 1
         self.listener.dispatch(self.conn, hello)
-
-    def _again(self) -> None:
-        if self.conn.fileno() >= 0 and not self.timer.cancelled():
-            self.loop.add_reader(self.fd, self._readable)
 
     def _timeout(self) -> None:
         # Envoy closes a connection whose listener filters time out (continue_on_listener_
@@ -389,6 +387,11 @@ class _Peek:
         self.loop.remove_reader(self.fd)
         self.timer.cancel()
         self.listener.peeking -= 1
+        if self.lowat:
+            try:
+                self.conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+            except OSError:
+                pass
 
     def _drop(self) -> None:
         self._done()
