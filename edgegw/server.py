@@ -274,7 +274,7 @@ class Server:
         """SIGUSR1: reopen access log files (after logrotate moved them), as Envoy does."""
         for lst in self.listeners:
             for chain in lst.all_chains:
-                for logger in chain.hcm.access_logs:
+                for logger in chain.access_logs:
                     logger.reopen()
         _log.info("reopening access logs")
 

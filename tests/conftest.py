@@ -382,6 +382,8 @@ def envoyize(config: dict) -> dict:
     for lst in out["static_resources"]["listeners"]:
         for fc in lst["filter_chains"]:
             for f in fc["filters"]:
+                if "http_filters" not in f["typed_config"]:
+                    continue  # a tcp_proxy
                 f["typed_config"]["http_filters"] = [
                     ROUTER if "typed_config" not in hf else hf
                     for hf in f["typed_config"]["http_filters"]]

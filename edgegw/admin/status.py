@@ -35,16 +35,26 @@ def status_doc(state: str, started: float, listeners: list[Listener],
                     certs.append({"names": pair.dns_names(), "path": path,
                                   "days_left": days_left(leaf),
                                   "expires": leaf.not_valid_after_utc.strftime("%Y-%m-%d")})
-            routes = chain.hcm.routes
-            domains = sorted(routes.exact) + sorted("*" + s for s, _ in routes.suffixes) + \
-                sorted(p + "*" for p, _ in routes.prefixes) + (["*"] if routes.default else [])
-            http = f"http.{chain.hcm.stat_prefix}."
+            if chain.hcm is not None:
+                routes = chain.hcm.routes
+                domains = sorted(routes.exact) + sorted("*" + s for s, _ in routes.suffixes) + \
+                    sorted(p + "*" for p, _ in routes.prefixes) + (
+                        ["*"] if routes.default else [])
+                http = f"http.{chain.hcm.stat_prefix}."
+                requests = stats.get(http + "downstream_rq_total", 0)
+                errors = stats.get(http + "downstream_rq_5xx", 0)
+            else:  # a TCP proxy: its server names, connections rather than requests
+                assert chain.tcp is not None
+                domains = lst.server_names(chain)
+                tcp = f"tcp.{chain.tcp.stat_prefix}."
+                requests = stats.get(tcp + "downstream_cx_total", 0)
+                errors = stats.get(tcp + "downstream_cx_no_route", 0)
             sites.append({
                 "id": f"{lst.name}#{i}", "listener": lst.name,
                 "address": f"{lst.address[0]}:{lst.address[1]}",
                 "tls": chain.tls is not None, "domains": domains, "certificates": certs,
-                "requests": stats.get(http + "downstream_rq_total", 0),
-                "errors": stats.get(http + "downstream_rq_5xx", 0),
+                "requests": requests, "errors": errors,
+                "kind": "http" if chain.hcm is not None else "tcp",
             })
     cluster_docs = []
     for c in clusters.clusters.values():

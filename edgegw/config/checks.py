@@ -16,6 +16,7 @@ from ..accesslog.format import compile_template
 from ..tls.certs import CertError, load_pair, parse_chain, read
 from ..tls.secrets import SecretError, materialize, read_sds_file
 from .model import (
+    AccessLog,
     Bootstrap,
     Cluster,
     CommonTlsContext,
@@ -25,6 +26,7 @@ from .model import (
     Listener,
     SdsSecretConfig,
     Secret,
+    TcpProxy,
 )
 from .source import Path
 
@@ -231,7 +233,11 @@ def _check_listener(lst: Listener, base: Path, clusters: set[str],
                 path + ("transport_socket", "typed_config", "common_tls_context"), static,
             )
         for k, f in enumerate(fc.filters):
-            yield from _check_hcm(f.typed_config, path + ("filters", k, "typed_config"), clusters)
+            fpath = path + ("filters", k, "typed_config")
+            if isinstance(f.typed_config, TcpProxy):
+                yield from _check_tcp_proxy(f.typed_config, fpath, clusters)
+            else:
+                yield from _check_hcm(f.typed_config, fpath, clusters)
 
 
 def _short(path: Path) -> str:
@@ -243,6 +249,16 @@ def _match_keys(fc: FilterChain) -> Iterator[tuple[str, str, str]]:
     for sn in m.server_names or [""]:
         for alpn in m.application_protocols or [""]:
             yield (sn.lower(), m.transport_protocol, alpn)
+
+
+def _check_tcp_proxy(tcp: TcpProxy, base: Path, clusters: set[str]) -> Iterator[Problem]:
+    if tcp.cluster and tcp.cluster not in clusters:
+        yield (base + ("cluster",), f"unknown cluster '{tcp.cluster}'")
+    for i, c in enumerate(tcp.weighted_clusters.clusters if tcp.weighted_clusters else []):
+        if c.name not in clusters:
+            yield (base + ("weighted_clusters", "clusters", i, "name"),
+                   f"unknown cluster '{c.name}'")
+    yield from _check_access_logs(tcp.access_log, base)
 
 
 def _check_hcm(hcm: HttpConnectionManager, base: Path, clusters: set[str]) -> Iterator[Problem]:
@@ -294,7 +310,11 @@ def _check_hcm(hcm: HttpConnectionManager, base: Path, clusters: set[str]) -> It
                     read(route.direct_response.body)
                 except CertError as e:
                     yield (rpath + ("direct_response", "body"), str(e))
-    for i, log in enumerate(hcm.access_log):
+    yield from _check_access_logs(hcm.access_log, base)
+
+
+def _check_access_logs(logs: list[AccessLog], base: Path) -> Iterator[Problem]:
+    for i, log in enumerate(logs):
         where = base + ("access_log", i, "typed_config")
         if log.typed_config.kind == "file":
             yield from _check_writable(log.typed_config.path, where + ("path",))
@@ -304,7 +324,6 @@ def _check_hcm(hcm: HttpConnectionManager, base: Path, clusters: set[str]) -> It
                 compile_template(template)
             except ValueError as e:
                 yield (where, str(e))
-
 
 def _check_writable(path: str, where: Path) -> Iterator[Problem]:
     parent = os.path.dirname(os.path.abspath(path)) or "."

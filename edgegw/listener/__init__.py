@@ -16,11 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import log
+from ..accesslog import AccessLogger
 from ..config import model as m
 from ..http.conn_manager import DownstreamConnection
 from ..http.settings import HttpConnectionManager
 from ..overload import ConnectionLimit
 from ..stats import Counter, Gauge, StatSet, Store
+from ..tcp.proxy import TcpProxyConfig, TcpSession
 from ..tls.cert_dir import directory_of, strict_sni_host
 from ..tls.context import ServerTls, SslStats
 from ..tls.sds import SecretManager
@@ -63,11 +65,26 @@ PROTOCOL_VERSION_ALERT = bytes([21, 3, 1, 0, 2, 2, 70])
 
 @dataclass
 class Chain:
+    """One filter chain: its TLS (None: plain bytes, or passthrough) and its one network
+    filter, the HTTP connection manager or the TCP proxy."""
+
     name: str
-    hcm: HttpConnectionManager
+    hcm: HttpConnectionManager | None
+    tcp: TcpProxyConfig | None
     tls: ServerTls | None
     strict_host: bool = False
     """edgegw-only: requests must be for a name of the certificate SNI chose."""
+
+    @property
+    def access_logs(self) -> list[AccessLogger]:
+        return (self.hcm or self.tcp).access_logs  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        (self.hcm or self.tcp).close()  # type: ignore[union-attr]
+
+
+Session = DownstreamConnection | TcpSession
+"""What a listener holds for each connection it accepted."""
 
 
 def stat_address(sa: m.SocketAddress) -> str:
@@ -97,8 +114,11 @@ class Listener:
         def build(fc: m.FilterChain) -> Chain:
             tls = (ServerTls(fc.transport_socket.typed_config, secrets, updates,
                              directory_of(fc)) if fc.transport_socket else None)
-            return Chain(fc.name, HttpConnectionManager(fc.filters[0].typed_config, clusters,
-                                                        store), tls, strict_sni_host(fc))
+            typed = fc.filters[0].typed_config
+            if isinstance(typed, m.TcpProxy):
+                return Chain(fc.name, None, TcpProxyConfig(typed, clusters, store), tls)
+            return Chain(fc.name, HttpConnectionManager(typed, clusters, store), None, tls,
+                         strict_sni_host(fc))
 
         self.chains = [build(fc) for fc in cfg.filter_chains]
         default = build(cfg.default_filter_chain) if cfg.default_filter_chain else None
@@ -111,7 +131,7 @@ class Listener:
             c.tls for c in all_chains)
         self.sock: socket.socket | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.open: set[DownstreamConnection] = set()
+        self.open: set[Session] = set()
         self.reuse_port = False
         self.accept_failures = 0
         self.accept_logged = 0.0
@@ -141,6 +161,13 @@ class Listener:
         self.loop = asyncio.get_running_loop()
         self.loop.add_reader(self.sock.fileno(), self._accept)
 
+    def server_names(self, chain: Chain) -> list[str]:
+        """The server names a chain is matched by (for the status page)."""
+        for fc, c in zip(self.cfg.filter_chains, self.chains, strict=True):
+            if c is chain:
+                return list(fc.filter_chain_match.server_names)
+        return []
+
     @property
     def key(self) -> tuple[str, int]:
         """The configured address: what a reloaded config's listener is matched by."""
@@ -155,10 +182,12 @@ class Listener:
             old.loop.remove_reader(old.sock.fileno())
         self.sock, old.sock = old.sock, None
         for proto in list(old.open):
+            if isinstance(proto, TcpSession):
+                continue  # bytes already flow to its upstream: it ends on the old config
             hello = proto.hello
             chain = self.index.find(hello.server_name, "tls" if hello.tls else "raw_buffer",
                                     hello.alpn) if hello is not None else None
-            if chain is None or (chain.tls is not None) != proto.tls:
+            if chain is None or chain.hcm is None or (chain.tls is not None) != proto.tls:
                 proto.drain()
                 continue
             old.open.discard(proto)
@@ -182,7 +211,7 @@ class Listener:
     def stop(self) -> None:
         self._close_socket()
         for c in self.all_chains:
-            c.hcm.close()
+            c.close()
 
     def _accept(self) -> None:
         assert self.sock is not None
@@ -248,11 +277,18 @@ class Listener:
             self._refuse_version(conn, hello)
             return
         self.stats.downstream_cx_active.value += 1
-        proto = DownstreamConnection(chain.hcm, ctx is not None, hello.server_name,
-                                     self.cfg.per_connection_buffer_limit_bytes, self._closed)
+        limit = self.cfg.per_connection_buffer_limit_bytes
+        proto: Session
+        if chain.tcp is not None:
+            proto = TcpSession(chain.tcp, ctx is not None, hello.server_name, limit,
+                               self._closed)
+        else:
+            assert chain.hcm is not None
+            proto = DownstreamConnection(chain.hcm, ctx is not None, hello.server_name, limit,
+                                         self._closed)
+            if cert is not None and chain.strict_host:
+                proto.host_names = cert.host_names
         proto.hello = hello
-        if cert is not None and chain.strict_host:
-            proto.host_names = cert.host_names
         try:
             await self.loop.connect_accepted_socket(
                 lambda: proto, conn, ssl=ctx,
@@ -269,7 +305,8 @@ class Listener:
             self.ssl.handshake.value += 1
             if proto.transport is not None and not proto.transport.get_extra_info("peercert"):
                 self.ssl.no_certificate.value += 1
-        self.open.add(proto)
+        if not proto.closed:
+            self.open.add(proto)
 
     def _refuse_version(self, conn: socket.socket, hello: ClientHello) -> None:
         """A hello whose versions we do not speak gets the fatal protocol_version alert that
@@ -287,7 +324,7 @@ class Listener:
             pass
         conn.close()
 
-    def _closed(self, proto: DownstreamConnection) -> None:
+    def _closed(self, proto: Session) -> None:
         self.stats.downstream_cx_active.value -= 1
         self.stats.downstream_cx_destroy.value += 1
         self.open.discard(proto)

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol, cast
 
 from .. import log
 from ..http.codec import RequestEncoder, ResponseSink, State
+from .connect import ConnectError, connect
 
 if TYPE_CHECKING:
     from .cluster import Cluster, Host
@@ -63,15 +63,6 @@ class PoolClient(Protocol):
         """A circuit breaker is open (Envoy's ``UO``)."""
     def pool_failure(self, reason: str, detail: str) -> None:
         """Connecting failed (Envoy's purge of pending streams on a connect failure)."""
-
-
-class ConnectError(Exception):
-    """Opening a connection failed; ``reason`` is Envoy's reset reason text."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
 
 
 class Waiter:
@@ -341,45 +332,11 @@ class Pool:
         self._assign()
 
     async def _open_tcp(self, conn: ClientConnection) -> ClientConnection | None:
-        """TCP, and TLS with the cluster's SNI and peer checks, within connect_timeout."""
-        cluster, host = self.cluster, self.host
-        tls = cluster.tls
-        loop = asyncio.get_running_loop()
+        """The cluster's transport to the host (see connect); under auto_config, ALPN
+        chooses the protocol object."""
+        cluster = self.cluster
         proto: asyncio.Protocol = _Deciding() if cluster.auto else cast(asyncio.Protocol, conn)
-        try:
-            transport, _ = await asyncio.wait_for(
-                loop.create_connection(
-                    lambda: proto, host.address, host.port,
-                    ssl=tls.ctx if tls else None,
-                    server_hostname=(tls.sni or "") if tls else None,
-                    ssl_handshake_timeout=cluster.connect_timeout if tls else None,
-                ),
-                cluster.connect_timeout,
-            )
-        except TimeoutError:
-            raise ConnectError("connection timeout") from None
-        except ssl.SSLCertVerificationError as e:
-            cluster.ssl.fail_verify_error.value += 1  # type: ignore[union-attr]
-            raise ConnectError("remote connection failure",
-                               f"TLS_error:{e.reason or e.strerror}") from None
-        except ssl.SSLError as e:
-            cluster.ssl.connection_error.value += 1  # type: ignore[union-attr]
-            raise ConnectError("remote connection failure",
-                               f"TLS_error:{e.reason or e.strerror}") from None
-        except OSError as e:
-            raise ConnectError("remote connection failure",
-                               f"delayed_connect_error: {e.strerror or e}") from None
-        if tls is not None and cluster.ssl is not None:
-            why = tls.check_peer(transport.get_extra_info("ssl_object")) \
-                if tls.san_matchers else None
-            if why:
-                cluster.ssl.fail_verify_san.value += 1
-                raise ConnectError("remote connection failure", why)
-            cluster.ssl.handshake.value += 1
-        if transport.is_closing():
-            # The backend closed (it may have answered something) before we got here.
-            raise ConnectError("remote connection failure", "closed while connecting")
-        transport.set_write_buffer_limits(high=cluster.buffer_limit)
+        transport = await connect(cluster, self.host, lambda: proto)
         if isinstance(proto, _Deciding):
             ssl_object = transport.get_extra_info("ssl_object")
             if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2" \

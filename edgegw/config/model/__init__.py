@@ -82,7 +82,6 @@ from .hcm import (
     HttpConnectionManager,
     HttpFilter,
     InternalAddressConfig,
-    NetworkFilter,
     SubstitutionFormatString,
 )
 from .listener import (
@@ -91,6 +90,7 @@ from .listener import (
     Listener,
     ListenerFilter,
     Metadata,
+    NetworkFilter,
     TlsInspector,
 )
 from .route import (
@@ -134,6 +134,7 @@ from .route import (
     VirtualHost,
     WeightedCluster,
 )
+from .tcp import TcpHashPolicy, TcpProxy
 from .tls import (
     CURVES,
     CertificateValidationContext,
@@ -222,6 +223,8 @@ __all__ = [
     "Metadata",
     "Msg",
     "NetworkFilter",
+    "TcpHashPolicy",
+    "TcpProxy",
     "Node",
     "OutlierDetection",
     "PREVIOUS_HOSTS",

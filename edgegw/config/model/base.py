@@ -19,6 +19,7 @@ from pydantic_core import PydanticCustomError
 
 T = "type.googleapis.com/envoy."
 HCM_TYPE = T + "extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+TCP_PROXY_TYPE = T + "extensions.filters.network.tcp_proxy.v3.TcpProxy"
 ROUTER_TYPE = T + "extensions.filters.http.router.v3.Router"
 TLS_INSPECTOR_TYPE = T + "extensions.filters.listener.tls_inspector.v3.TlsInspector"
 DOWNSTREAM_TLS_TYPE = T + "extensions.transport_sockets.tls.v3.DownstreamTlsContext"

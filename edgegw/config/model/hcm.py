@@ -9,16 +9,15 @@ from pydantic_core import PydanticCustomError
 
 from .base import (
     FILE_LOG_TYPE,
-    HCM_TYPE,
     STDERR_LOG_TYPE,
     STDOUT_LOG_TYPE,
     Bool,
     Duration,
     Msg,
+    TypedMsg,
     UInt32,
     named_filter,
     one_of,
-    typed_as,
 )
 from .core import DataSource, Http2ProtocolOptions, HttpProtocolOptions
 from .route import (
@@ -126,7 +125,7 @@ class InternalAddressConfig(Msg):
     cidr_ranges: list[CidrRange] = []
 
 
-class HttpConnectionManager(Msg):
+class HttpConnectionManager(TypedMsg):
     stat_prefix: str = Field(min_length=1)
     codec_type: Literal["AUTO", "HTTP1", "HTTP2"] = "AUTO"
     route_config: RouteConfiguration
@@ -161,15 +160,3 @@ class HttpConnectionManager(Msg):
         if not self.http_filters:
             raise ValueError("http_filters must end with envoy.filters.http.router")
         return self
-
-
-class NetworkFilter(Msg):
-    name: str
-    typed_config: Annotated[HttpConnectionManager, typed_as(HCM_TYPE)]
-    @model_validator(mode="before")
-    @classmethod
-    def _extension(cls, v: Any) -> Any:
-        return named_filter(v,
-        ("envoy.filters.network.http_connection_manager", "envoy.http_connection_manager"),
-        "network filter", typed_required=True,
-    )

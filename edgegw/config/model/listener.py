@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from .base import TLS_INSPECTOR_TYPE, Bool, Duration, Msg, UInt32, named_filter, typed_as
+from .base import (
+    HCM_TYPE,
+    TCP_PROXY_TYPE,
+    TLS_INSPECTOR_TYPE,
+    Bool,
+    Duration,
+    Msg,
+    UInt32,
+    by_type,
+    named_filter,
+    typed_as,
+)
 from .core import Address
-from .hcm import NetworkFilter
+from .hcm import HttpConnectionManager
+from .tcp import TcpProxy
 from .tls import DownstreamTransportSocket
 
 
@@ -24,6 +36,27 @@ class ListenerFilter(Msg):
     def _extension(cls, v: Any) -> Any:
         return named_filter(v, ("envoy.filters.listener.tls_inspector", "envoy.listener.tls_inspector"),
                     "listener filter", typed_required=False)
+
+
+if TYPE_CHECKING:  # what the discriminated union holds, for the type checker
+    NetworkFilterConfig = HttpConnectionManager | TcpProxy
+else:
+    NetworkFilterConfig = by_type((HCM_TYPE, HttpConnectionManager), (TCP_PROXY_TYPE, TcpProxy))
+
+
+class NetworkFilter(Msg):
+    """A filter chain's one network filter: the HTTP connection manager or the TCP proxy."""
+
+    name: str
+    typed_config: NetworkFilterConfig
+
+    @model_validator(mode="before")
+    @classmethod
+    def _extension(cls, v: Any) -> Any:
+        return named_filter(v, ("envoy.filters.network.http_connection_manager",
+                                "envoy.http_connection_manager",
+                                "envoy.filters.network.tcp_proxy", "envoy.tcp_proxy"),
+                            "network filter", typed_required=True)
 
 
 class FilterChainMatch(Msg):
