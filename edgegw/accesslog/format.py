@@ -97,7 +97,11 @@ def _header(which: str, arg: str | None) -> Op:
 
 
 def _address(s: Any) -> str:
-    return f"{s.conn.remote_ip}:{s.conn.remote_port}"
+    return m.address_string(s.conn.remote_ip, s.conn.remote_port)
+
+
+def _direct(s: Any) -> str:
+    return m.address_string(s.conn.direct_remote_ip, s.conn.direct_remote_port)
 
 
 OPERATORS: dict[str, Callable[[str | None], Op]] = {
@@ -115,9 +119,9 @@ OPERATORS: dict[str, Callable[[str | None], Op]] = {
     "UPSTREAM_CLUSTER": lambda a: lambda s: s.cluster.name if s.cluster else None,
     "UPSTREAM_TRANSPORT_FAILURE_REASON": lambda a: lambda s: s.failure_reason or None,
     "DOWNSTREAM_REMOTE_ADDRESS": lambda a: _address,
-    "DOWNSTREAM_DIRECT_REMOTE_ADDRESS": lambda a: _address,
+    "DOWNSTREAM_DIRECT_REMOTE_ADDRESS": lambda a: _direct,
     "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT": lambda a: lambda s: s.conn.remote_ip,
-    "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT": lambda a: lambda s: s.conn.remote_ip,
+    "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT": lambda a: lambda s: s.conn.direct_remote_ip,
     "DOWNSTREAM_LOCAL_ADDRESS": lambda a: lambda s: s.conn.local_address,
     "REQUESTED_SERVER_NAME": lambda a: lambda s: s.conn.sni,
     "ROUTE_NAME": lambda a: lambda s: (s.route.name or None) if s.route else None,

@@ -58,6 +58,11 @@ class DownstreamConnection(asyncio.Protocol):
         self.flow: FlowControl = None  # type: ignore[assignment]
         self.remote_ip = ""
         self.remote_port = 0
+        """The client's address: the PROXY header's when one came, else the peer's."""
+        self.direct_remote_ip = ""
+        self.direct_remote_port = 0
+        self.proxied: tuple[str, int] | None = None
+        self.tlvs: tuple[tuple[int, bytes], ...] = ()
         self.local_address = ""
         self.streams: set[Stream] = set()
         self.closed = False
@@ -83,7 +88,9 @@ class DownstreamConnection(asyncio.Protocol):
         self.transport.set_write_buffer_limits(high=self.buffer_limit)
         peer = transport.get_extra_info("peername")
         if peer:
-            self.remote_ip, self.remote_port = peer[0], peer[1]
+            self.direct_remote_ip, self.direct_remote_port = peer[0], peer[1]
+        self.remote_ip, self.remote_port = self.proxied or (self.direct_remote_ip,
+                                                            self.direct_remote_port)
         local = transport.get_extra_info("sockname")
         if local:
             self.local_address = m.address_string(local[0], local[1])

@@ -27,6 +27,7 @@ from ..tls.cert_dir import directory_of, strict_sni_host
 from ..tls.context import ServerTls, SslStats
 from ..tls.sds import SecretManager
 from ..upstream.cluster import ClusterManager
+from . import proxy_protocol as pp
 from .filter_chain import FilterChainIndex
 from .tls_inspector import MAX_HELLO, ClientHello, NeedMore, inspect
 
@@ -127,8 +128,11 @@ class Listener:
                                                           strict=True)], default)
         all_chains = self.chains + ([default] if default else [])
         self.all_chains = all_chains
-        self.peek = bool(cfg.listener_filters) or self.index.needs_inspection or any(
-            c.tls for c in all_chains)
+        self.peek = any(isinstance(f.config, m.TlsInspector) for f in cfg.listener_filters) \
+            or self.index.needs_inspection or any(c.tls for c in all_chains)
+        """The ClientHello is inspected (peeked) before a chain is chosen."""
+        self.proxy_protocol = ProxyProtocolFilter(cfg.proxy_protocol, store) \
+            if cfg.proxy_protocol is not None else None
         self.sock: socket.socket | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.open: set[Session] = set()
@@ -231,7 +235,7 @@ class Listener:
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.stats.downstream_cx_total.value += 1
-            if self.peek:
+            if self.peek or self.proxy_protocol is not None:
                 _Peek(self, conn)
             else:
                 self.dispatch(conn, ClientHello(tls=False))
@@ -257,7 +261,11 @@ class Listener:
         if self.sock is not None and self.loop is not None:
             self.loop.add_reader(self.sock.fileno(), self._accept)
 
-    def dispatch(self, conn: socket.socket, hello: ClientHello) -> None:
+    def dispatch(self, conn: socket.socket, hello: ClientHello,
+                 proxied: tuple[str, int] | None = None,
+                 tlvs: tuple[tuple[int, bytes], ...] = ()) -> None:
+        """Hands a new connection to its filter chain; ``proxied`` is the client's address
+        from a PROXY header, ``tlvs`` what of it is passed through."""
         transport = "tls" if hello.tls else "raw_buffer"
         chain = self.index.find(hello.server_name, transport, hello.alpn)
         if chain is None:
@@ -267,9 +275,11 @@ class Listener:
             _reset(conn)
             return
         assert self.loop is not None
-        asyncio.ensure_future(self._serve(conn, chain, hello))
+        asyncio.ensure_future(self._serve(conn, chain, hello, proxied, tlvs))
 
-    async def _serve(self, conn: socket.socket, chain: Chain, hello: ClientHello) -> None:
+    async def _serve(self, conn: socket.socket, chain: Chain, hello: ClientHello,
+                     proxied: tuple[str, int] | None,
+                     tlvs: tuple[tuple[int, bytes], ...]) -> None:
         assert self.loop is not None
         cert = chain.tls.cert_for(hello.server_name) if chain.tls else None
         ctx = cert.ctx if cert is not None else None
@@ -289,6 +299,8 @@ class Listener:
             if cert is not None and chain.strict_host:
                 proto.host_names = cert.host_names
         proto.hello = hello
+        proto.proxied = proxied
+        proto.tlvs = tlvs
         try:
             await self.loop.connect_accepted_socket(
                 lambda: proto, conn, ssl=ctx,
@@ -365,8 +377,36 @@ def check_addresses_free(listeners: list[m.Listener]) -> None:
                    (sa.address, sa.port_value), reuse_port=False).close()
 
 
+class ProxyProtoStats(StatSet):
+    """``proxy_proto.[<stat_prefix>.]*``, as Envoy's proxy_protocol filter counts."""
+
+    not_found_disallowed: Counter
+    not_found_allowed: Counter
+
+
+class ProxyVersionStats(StatSet):
+    """``proxy_proto.[<stat_prefix>.]versions.v1.*`` (and v2)."""
+
+    found: Counter
+    disallowed: Counter
+    error: Counter
+
+
+class ProxyProtocolFilter:
+    """A listener's proxy_protocol settings and stats."""
+
+    def __init__(self, cfg: m.ProxyProtocol, store: Store) -> None:
+        self.cfg = cfg
+        prefix = "proxy_proto." + (f"{cfg.stat_prefix}." if cfg.stat_prefix else "")
+        self.stats = ProxyProtoStats(store, prefix)
+        self.versions = {v: ProxyVersionStats(store, f"{prefix}versions.v{v}.") for v in (1, 2)}
+        self.disallowed = {int(v[1]) for v in cfg.disallowed_versions}
+
+
 class _Peek:
-    """Waits for the ClientHello on a new socket without consuming it (MSG_PEEK)."""
+    """Runs the listener filters on a new socket before its filter chain is chosen: the
+    PROXY protocol header (read, and consumed), then the ClientHello (peeked: it stays in the
+    socket for the TLS layer, or for the backend of a passthrough)."""
 
     def __init__(self, listener: Listener, conn: socket.socket) -> None:
         self.listener = listener
@@ -379,10 +419,21 @@ class _Peek:
         loop.add_reader(self.fd, self._readable)
         listener.peeking += 1
         self.lowat = False
+        self.proxy = listener.proxy_protocol
+        """The PROXY header is still to be read (None: read, or none configured)."""
+        self.proxied: tuple[str, int] | None = None
+        self.tlvs: tuple[tuple[int, bytes], ...] = ()
+
+    def _wait_for_more(self, have: int) -> None:
+        """Level-triggered readiness would fire again at once for the bytes already peeked:
+        the kernel wakes us only when more arrive (no polling, so a thousand stalled clients
+        cost nothing while they wait)."""
+        self.conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, have + 1)
+        self.lowat = True
 
     def _readable(self) -> None:
         try:
-            data = self.conn.recv(MAX_HELLO, socket.MSG_PEEK)
+            data = self.conn.recv(MAX_HELLO + pp.V2_MAX, socket.MSG_PEEK)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -391,6 +442,19 @@ class _Peek:
         if not data:
             self._drop()
             return
+        if self.proxy is not None:
+            used = self._proxy_header(data)
+            if used is None:
+                return
+            data = data[used:]
+            if not self.listener.peek:
+                self._done()
+                self.listener.dispatch(self.conn, ClientHello(tls=False), self.proxied,
+                                       self.tlvs)
+                return
+            if not data:
+                self._wait_for_more(0)
+                return
         insp = self.listener.inspector
         try:
             hello = inspect(data)
@@ -399,11 +463,7 @@ class _Peek:
                 insp.client_hello_too_large.value += 1
                 self._drop()
                 return
-            # Level-triggered readiness would fire again at once for the bytes already
-            # peeked: have the kernel wake us only when more arrive (no polling, so a
-            # thousand stalled hellos cost nothing while they wait).
-            self.conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, len(data) + 1)
-            self.lowat = True
+            self._wait_for_more(len(data))
             return
         self._done()
         if hello.tls:
@@ -412,7 +472,51 @@ class _Peek:
             (insp.alpn_found if hello.alpn else insp.alpn_not_found).value += 1
         else:
             insp.tls_not_found.value += 1
-        self.listener.dispatch(self.conn, hello)
+        self.listener.dispatch(self.conn, hello, self.proxied, self.tlvs)
+
+    def _proxy_header(self, data: bytes) -> int | None:
+        """Reads the PROXY header: the bytes it took (0 when there is none and that is
+        allowed), or None when waiting for more or when the connection was dropped."""
+        f = self.proxy
+        assert f is not None
+        try:
+            header = pp.parse(data)
+        except pp.NeedMore:
+            self._wait_for_more(len(data))
+            return None
+        except pp.ProxyProtocolError as e:
+            version = 2 if data.startswith(pp.V2_SIGNATURE) else 1
+            f.versions[version].error.value += 1
+            _log.debug("listener %s: bad PROXY protocol header: %s", self.listener.name, e)
+            self._drop()
+            return None
+        allow = f.cfg.allow_requests_without_proxy_protocol
+        if header is not None and header.version in f.disallowed and allow:
+            header = None  # as Envoy: a version not allowed is then no PROXY header at all
+        if header is None:
+            if not allow:
+                f.stats.not_found_disallowed.value += 1
+                self._drop()
+                return None
+            f.stats.not_found_allowed.value += 1
+            self.proxy = None
+            return 0
+        if header.version in f.disallowed:
+            f.versions[header.version].disallowed.value += 1
+            self._drop()
+            return None
+        f.versions[header.version].found.value += 1
+        taken = b""
+        while len(taken) < header.length:  # consume it: the rest is the client's
+            taken += self.conn.recv(header.length - len(taken))
+        if self.lowat:
+            self.conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+            self.lowat = False
+        self.proxied = header.source
+        keep = f.cfg.pass_through_tlvs
+        self.tlvs = tuple(t for t in header.tlvs if keep is not None and keep.keeps(t[0]))
+        self.proxy = None
+        return header.length
 
     def _timeout(self) -> None:
         # Envoy closes a connection whose listener filters time out (continue_on_listener_

@@ -162,6 +162,8 @@ class TcpSession(asyncio.Protocol):
         but a first read may already be under way)."""
         self.proxied: tuple[str, int] | None = None
         """The client's address as a PROXY protocol header gave it, if one did."""
+        self.tlvs: tuple[tuple[int, bytes], ...] = ()
+        """Its TLVs that pass_through_tlvs keeps (for a PROXY header upstream)."""
 
     @property
     def flags(self) -> str:

@@ -91,6 +91,8 @@ from .listener import (
     ListenerFilter,
     Metadata,
     NetworkFilter,
+    PassThroughTlvs,
+    ProxyProtocol,
     TlsInspector,
 )
 from .route import (
@@ -223,6 +225,8 @@ __all__ = [
     "Metadata",
     "Msg",
     "NetworkFilter",
+    "PassThroughTlvs",
+    "ProxyProtocol",
     "TcpHashPolicy",
     "TcpProxy",
     "Node",

@@ -22,6 +22,7 @@ HCM_TYPE = T + "extensions.filters.network.http_connection_manager.v3.HttpConnec
 TCP_PROXY_TYPE = T + "extensions.filters.network.tcp_proxy.v3.TcpProxy"
 ROUTER_TYPE = T + "extensions.filters.http.router.v3.Router"
 TLS_INSPECTOR_TYPE = T + "extensions.filters.listener.tls_inspector.v3.TlsInspector"
+PROXY_PROTOCOL_TYPE = T + "extensions.filters.listener.proxy_protocol.v3.ProxyProtocol"
 DOWNSTREAM_TLS_TYPE = T + "extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 UPSTREAM_TLS_TYPE = T + "extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 SECRET_TYPE = T + "extensions.transport_sockets.tls.v3.Secret"

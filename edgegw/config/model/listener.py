@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
 from .base import (
     HCM_TYPE,
+    PROXY_PROTOCOL_TYPE,
     TCP_PROXY_TYPE,
     TLS_INSPECTOR_TYPE,
     Bool,
     Duration,
     Msg,
+    TypedMsg,
     UInt32,
     by_type,
     named_filter,
-    typed_as,
 )
 from .core import Address
 from .hcm import HttpConnectionManager
@@ -24,18 +25,66 @@ from .tcp import TcpProxy
 from .tls import DownstreamTransportSocket
 
 
-class TlsInspector(Msg):
+class TlsInspector(TypedMsg):
     pass
+
+
+class PassThroughTlvs(Msg):
+    match_type: Literal["INCLUDE_ALL", "INCLUDE"] = "INCLUDE_ALL"
+    tlv_type: list[UInt32] = []
+
+    def keeps(self, tlv: int) -> bool:
+        return self.match_type == "INCLUDE_ALL" or tlv in self.tlv_type
+
+
+class ProxyProtocol(TypedMsg):
+    """envoy.filters.listener.proxy_protocol (v1 and v2, chosen per connection)."""
+
+    allow_requests_without_proxy_protocol: Bool = False
+    pass_through_tlvs: PassThroughTlvs | None = None
+    disallowed_versions: list[Literal["V1", "V2"]] = []
+    stat_prefix: str = ""
+
+
+TLS_INSPECTOR_NAMES = ("envoy.filters.listener.tls_inspector", "envoy.listener.tls_inspector")
+PROXY_PROTOCOL_NAMES = ("envoy.filters.listener.proxy_protocol", "envoy.listener.proxy_protocol")
+
+if TYPE_CHECKING:
+    ListenerFilterConfig = TlsInspector | ProxyProtocol
+else:
+    ListenerFilterConfig = by_type((TLS_INSPECTOR_TYPE, TlsInspector),
+                                   (PROXY_PROTOCOL_TYPE, ProxyProtocol))
 
 
 class ListenerFilter(Msg):
     name: str
-    typed_config: Annotated[TlsInspector, typed_as(TLS_INSPECTOR_TYPE)] | None = None
+    typed_config: ListenerFilterConfig | None = None
+
     @model_validator(mode="before")
     @classmethod
     def _extension(cls, v: Any) -> Any:
-        return named_filter(v, ("envoy.filters.listener.tls_inspector", "envoy.listener.tls_inspector"),
-                    "listener filter", typed_required=False)
+        return named_filter(v, TLS_INSPECTOR_NAMES + PROXY_PROTOCOL_NAMES, "listener filter",
+                            typed_required=False)
+
+    @property
+    def config(self) -> TlsInspector | ProxyProtocol:
+        """The typed config, or the default one a bare name stands for."""
+        if self.typed_config is not None:
+            return self.typed_config
+        return ProxyProtocol() if self.name in PROXY_PROTOCOL_NAMES else TlsInspector()
+
+
+class FilterChainMatch(Msg):
+    server_names: list[str] = []
+    transport_protocol: Literal["", "tls", "raw_buffer"] = ""
+    application_protocols: list[str] = []
+
+
+class Metadata(Msg):
+    """``config.core.v3.Metadata``: Envoy keeps it and ignores it; edgegw reads its own
+    ``edgegw`` namespace (the drop-in certificate directory)."""
+
+    filter_metadata: dict[str, dict[str, Any]] = {}
 
 
 if TYPE_CHECKING:  # what the discriminated union holds, for the type checker
@@ -59,19 +108,6 @@ class NetworkFilter(Msg):
                             "network filter", typed_required=True)
 
 
-class FilterChainMatch(Msg):
-    server_names: list[str] = []
-    transport_protocol: Literal["", "tls", "raw_buffer"] = ""
-    application_protocols: list[str] = []
-
-
-class Metadata(Msg):
-    """``config.core.v3.Metadata``: Envoy keeps it and ignores it; edgegw reads its own
-    ``edgegw`` namespace (the drop-in certificate directory)."""
-
-    filter_metadata: dict[str, dict[str, Any]] = {}
-
-
 class FilterChain(Msg):
     name: str = ""
     metadata: Metadata | None = None
@@ -90,6 +126,23 @@ class Listener(Msg):
     per_connection_buffer_limit_bytes: UInt32 = Field(default=1024 * 1024, ge=1)
     tcp_backlog_size: UInt32 | None = None
     ignore_global_conn_limit: Bool = False
+
+    @property
+    def proxy_protocol(self) -> ProxyProtocol | None:
+        for f in self.listener_filters:
+            if isinstance(f.config, ProxyProtocol):
+                return f.config
+        return None
+
+    @model_validator(mode="after")
+    def _filters(self) -> Listener:
+        kinds = [type(f.config).__name__ for f in self.listener_filters]
+        if len(set(kinds)) != len(kinds):
+            raise ValueError("listener_filters: each listener filter at most once")
+        if kinds == ["TlsInspector", "ProxyProtocol"]:
+            raise ValueError("listener_filters: put proxy_protocol before tls_inspector (the "
+                             "PROXY header comes before the ClientHello)")
+        return self
 
     @model_validator(mode="after")
     def _chains(self) -> Listener:
