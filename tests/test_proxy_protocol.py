@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from edgegw.listener import proxy_protocol as pp
+from edgegw import proxy_protocol as pp
 
 from .conftest import (
     ENVOY,
@@ -243,7 +243,7 @@ def nginx_pp(tmp_path: Path) -> Iterator[tuple[str, int]]:
 def test_proxy_header_upstream_tells_nginx_the_client(gateway, nginx_pp: tuple[str, int],
                                                       version: str) -> None:
     port = free_port()
-    up = dict(cluster("n", [nginx_pp]))
+    up = dict(cluster("nginx", [nginx_pp]))
     up["transport_socket"] = {"name": "envoy.transport_sockets.upstream_proxy_protocol",
                               "typed_config": {"@type": PP_UP, "config": {"version": version},
                                                "transport_socket": {
@@ -252,7 +252,7 @@ def test_proxy_header_upstream_tells_nginx_the_client(gateway, nginx_pp: tuple[s
     gateway({"static_resources": {
         "listeners": [{"name": "t", "address": addr("127.0.0.1", port), "filter_chains": [
             {"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
-                "@type": TCP, "stat_prefix": "t", "cluster": "n"}}]}]}],
+                "@type": TCP, "stat_prefix": "t", "cluster": "nginx"}}]}]}],
         "clusters": [up]}})
     with socket.create_connection(("127.0.0.1", port), timeout=5,
                                   source_address=("127.0.0.9", 0)) as s:
@@ -263,3 +263,19 @@ def test_proxy_header_upstream_tells_nginx_the_client(gateway, nginx_pp: tuple[s
             raw += chunk
     assert raw.startswith(b"HTTP/1.1 200"), raw[:200]
     assert raw.partition(b"\r\n\r\n")[2].split() == [b"127.0.0.9", str(client_port).encode()]
+
+
+def test_an_http_route_to_a_proxy_protocol_cluster_is_refused(backends: Backends) -> None:
+    from edgegw.config import ConfigError, load_bootstrap
+
+    up = dict(cluster("a", [backends.a]))
+    up["transport_socket"] = {"name": "envoy.transport_sockets.upstream_proxy_protocol",
+                              "typed_config": {"@type": PP_UP, "transport_socket": {
+                                  "typed_config": {"@type": RAW}}}}
+    cfg = {"static_resources": {
+        "listeners": [{"name": "h", "address": addr("127.0.0.1", 1), "filter_chains": [
+            {"filters": [hcm([{"name": "v", "domains": ["*"], "routes": [route("/", "a")]}])]}]}],
+        "clusters": [up]}}
+    with pytest.raises(ConfigError) as e:
+        load_bootstrap(None, json.dumps(cfg))
+    assert "tcp_proxy only" in str(e.value) and "clusters[0].transport_socket" in str(e.value)

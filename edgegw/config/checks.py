@@ -59,6 +59,7 @@ def cross_check(boot: Bootstrap) -> list[Problem]:
         seen_addr[key] = i
         out.extend(_check_ip(sa.address, base + ("address", "socket_address", "address")))
         out.extend(_check_listener(lst, base, known, static))
+    out.extend(_check_proxy_protocol_clusters(boot))
     if boot.admin.address is not None:
         out.extend(_check_ip(boot.admin.address.socket_address.address,
                              ("admin", "address", "socket_address", "address")))
@@ -82,8 +83,39 @@ def _tls_contexts(boot: Bootstrap) -> Iterator[CommonTlsContext]:
             if fc.transport_socket:
                 yield fc.transport_socket.typed_config.common_tls_context
     for c in boot.static_resources.clusters:
-        if c.transport_socket:
-            yield c.transport_socket.typed_config.common_tls_context
+        tls = c.transport_socket.tls if c.transport_socket else None
+        if tls is not None:
+            yield tls.common_tls_context
+
+
+def _check_proxy_protocol_clusters(boot: Bootstrap) -> Iterator[Problem]:
+    """A PROXY protocol upstream socket carries one client's address per connection: edgegw
+    has it on tcp_proxy clusters, where connections are one client's each; HTTP connection
+    pools share theirs, so an HTTP route to such a cluster is refused."""
+    pp_clusters = {i: c.name for i, c in enumerate(boot.static_resources.clusters)
+                   if c.transport_socket and c.transport_socket.proxy_protocol}
+    if not pp_clusters:
+        return
+    names = set(pp_clusters.values())
+    for li, lst in enumerate(boot.static_resources.listeners):
+        for fc in [*lst.filter_chains, *([lst.default_filter_chain]
+                                         if lst.default_filter_chain else [])]:
+            for f in fc.filters:
+                typed = f.typed_config
+                if not isinstance(typed, HttpConnectionManager):
+                    continue
+                for vh in typed.route_config.virtual_hosts:
+                    for r in vh.routes:
+                        action = r.route
+                        used = {action.cluster} | {w.name for w in (
+                            action.weighted_clusters.clusters if action.weighted_clusters
+                            else [])} if action else set()
+                        for name in used & names:
+                            i = next(k for k, n in pp_clusters.items() if n == name)
+                            yield (("static_resources", "clusters", i, "transport_socket"),
+                                   f"cluster '{name}' sends a PROXY protocol header, which "
+                                   "edgegw supports under tcp_proxy only, but an HTTP route "
+                                   f"of listeners[{li}] uses it")
 
 
 def _uses_file_sds(boot: Bootstrap) -> bool:
@@ -139,11 +171,13 @@ def _check_cluster(c: Cluster, base: Path, static: dict[str, Secret]) -> Iterato
                        "for host names)")
         if ep.address.socket_address.port_value == 0:
             yield (path[:-1] + ("port_value",), "an endpoint needs a port_value")
-    if c.transport_socket:
+    tls = c.transport_socket.tls if c.transport_socket else None
+    if tls is not None:
+        inner = () if tls is c.transport_socket.typed_config else (  # type: ignore[union-attr]
+            "transport_socket", "typed_config")
         yield from _check_tls_files(
-            c.transport_socket.typed_config.common_tls_context,
-            base + ("transport_socket", "typed_config", "common_tls_context"), static,
-        )
+            tls.common_tls_context,
+            base + ("transport_socket", "typed_config", *inner, "common_tls_context"), static)
 
 
 def _check_tls_files(ctx: CommonTlsContext, base: Path,

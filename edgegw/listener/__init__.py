@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import log
+from .. import proxy_protocol as pp
 from ..accesslog import AccessLogger
 from ..config import model as m
 from ..http.conn_manager import DownstreamConnection
@@ -27,7 +28,6 @@ from ..tls.cert_dir import directory_of, strict_sni_host
 from ..tls.context import ServerTls, SslStats
 from ..tls.sds import SecretManager
 from ..upstream.cluster import ClusterManager
-from . import proxy_protocol as pp
 from .filter_chain import FilterChainIndex
 from .tls_inspector import MAX_HELLO, ClientHello, NeedMore, inspect
 

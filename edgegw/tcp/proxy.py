@@ -19,6 +19,7 @@ from collections.abc import Callable
 import xxhash
 
 from .. import log
+from .. import proxy_protocol as pp
 from ..accesslog import AccessLogger
 from ..config import model as m
 from ..stats import Counter, StatSet, Store
@@ -222,7 +223,7 @@ class TcpSession(asyncio.Protocol):
             host.cx_active += 1
             self.counted = True
             try:
-                await connect(cluster, host, lambda: self.upstream)
+                await connect(cluster, host, lambda: self.upstream, self._proxy_header(cluster))
             except asyncio.CancelledError:
                 self._close_upstream()  # the client left while we were connecting
                 self._uncount()
@@ -259,6 +260,19 @@ class TcpSession(asyncio.Protocol):
         if self.cfg.idle_timeout:
             self.idle_timer = asyncio.get_running_loop().call_later(self.cfg.idle_timeout,
                                                                     self._idle)
+
+    def _proxy_header(self, cluster: Cluster) -> bytes:
+        """The PROXY protocol header the cluster's transport socket sends first, if any: the
+        client's address (from an incoming PROXY header if one came) and the one it
+        reached; on v2, the incoming TLVs both ends pass through."""
+        cfg = cluster.proxy_protocol
+        if cfg is None:
+            return b""
+        local = self.transport.get_extra_info("sockname") or ("0.0.0.0", 0)
+        keep = cfg.pass_through_tlvs
+        tlvs = tuple(t for t in self.tlvs if keep is not None and keep.keeps(t[0]))
+        return pp.encode(1 if cfg.version == "V1" else 2, (self.remote_ip, self.remote_port),
+                         (local[0], local[1]), tlvs)
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = time.monotonic()

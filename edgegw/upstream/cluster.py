@@ -177,10 +177,14 @@ class Cluster:
         auto_config, HTTP/1.1's until ALPN says h2."""
         self.tls = None
         self.ssl: SslStats | None = None
-        if cfg.transport_socket:
+        self.proxy_protocol = cfg.transport_socket.proxy_protocol if cfg.transport_socket \
+            else None
+        """A PROXY protocol header goes first on each connection (tcp_proxy clusters)."""
+        tls = cfg.transport_socket.tls if cfg.transport_socket else None
+        if tls is not None:
             updates = store.counter(
                 f"cluster.{cfg.name}.client_ssl_socket_factory.ssl_context_update_by_sds")
-            self.tls = ClientTls(cfg.transport_socket.typed_config, cfg.name, secrets, updates,
+            self.tls = ClientTls(tls, cfg.name, secrets, updates,
                                  alpn=["h2"] if self.http2 else
                                  ["h2", "http/1.1"] if self.auto else None)
             self.ssl = SslStats(store, f"cluster.{cfg.name}.ssl.")

@@ -70,6 +70,7 @@ from .core import (
     HeaderValueOption,
     Http2ProtocolOptions,
     HttpProtocolOptions,
+    PassThroughTlvs,
     RegexMatcher,
     SocketAddress,
     StringMatcher,
@@ -91,7 +92,6 @@ from .listener import (
     ListenerFilter,
     Metadata,
     NetworkFilter,
-    PassThroughTlvs,
     ProxyProtocol,
     TlsInspector,
 )

@@ -25,6 +25,9 @@ TLS_INSPECTOR_TYPE = T + "extensions.filters.listener.tls_inspector.v3.TlsInspec
 PROXY_PROTOCOL_TYPE = T + "extensions.filters.listener.proxy_protocol.v3.ProxyProtocol"
 DOWNSTREAM_TLS_TYPE = T + "extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 UPSTREAM_TLS_TYPE = T + "extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+RAW_BUFFER_TYPE = T + "extensions.transport_sockets.raw_buffer.v3.RawBuffer"
+PROXY_PROTOCOL_UPSTREAM_TYPE = (T + "extensions.transport_sockets.proxy_protocol.v3."
+                                "ProxyProtocolUpstreamTransport")
 SECRET_TYPE = T + "extensions.transport_sockets.tls.v3.Secret"
 STDOUT_LOG_TYPE = T + "extensions.access_loggers.stream.v3.StdoutAccessLog"
 STDERR_LOG_TYPE = T + "extensions.access_loggers.stream.v3.StderrAccessLog"

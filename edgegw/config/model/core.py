@@ -95,3 +95,11 @@ class Http2ProtocolOptions(Msg):
     max_consecutive_inbound_frames_with_empty_payload: UInt32 = 1
     max_inbound_priority_frames_per_stream: UInt32 = 100
     max_inbound_window_update_frames_per_data_frame_sent: UInt32 = Field(default=10, ge=1)
+
+
+class PassThroughTlvs(Msg):
+    match_type: Literal["INCLUDE_ALL", "INCLUDE"] = "INCLUDE_ALL"
+    tlv_type: list[UInt32] = []
+
+    def keeps(self, tlv: int) -> bool:
+        return self.match_type == "INCLUDE_ALL" or tlv in self.tlv_type

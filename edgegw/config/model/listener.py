@@ -19,7 +19,7 @@ from .base import (
     by_type,
     named_filter,
 )
-from .core import Address
+from .core import Address, PassThroughTlvs
 from .hcm import HttpConnectionManager
 from .tcp import TcpProxy
 from .tls import DownstreamTransportSocket
@@ -27,14 +27,6 @@ from .tls import DownstreamTransportSocket
 
 class TlsInspector(TypedMsg):
     pass
-
-
-class PassThroughTlvs(Msg):
-    match_type: Literal["INCLUDE_ALL", "INCLUDE"] = "INCLUDE_ALL"
-    tlv_type: list[UInt32] = []
-
-    def keeps(self, tlv: int) -> bool:
-        return self.match_type == "INCLUDE_ALL" or tlv in self.tlv_type
 
 
 class ProxyProtocol(TypedMsg):

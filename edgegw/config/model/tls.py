@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import ssl
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from .base import (
     DOWNSTREAM_TLS_TYPE,
+    PROXY_PROTOCOL_UPSTREAM_TYPE,
+    RAW_BUFFER_TYPE,
     UPSTREAM_TLS_TYPE,
     Bool,
     Duration,
     Msg,
+    TypedMsg,
+    by_type,
     named_filter,
     one_of,
     typed_as,
 )
-from .core import DataSource, StringMatcher
+from .core import DataSource, PassThroughTlvs, StringMatcher
 
 
 class WatchedDirectory(Msg):
@@ -168,9 +172,38 @@ class DownstreamTlsContext(Msg):
         return self
 
 
-class UpstreamTlsContext(Msg):
+class UpstreamTlsContext(TypedMsg):
     common_tls_context: CommonTlsContext = CommonTlsContext()
     sni: str = Field(default="", max_length=255)
+
+
+class RawBuffer(TypedMsg):
+    """Plain TCP: the transport socket inside a PROXY protocol one, when there is no TLS."""
+
+
+class ProxyProtocolConfig(Msg):
+    version: Literal["V1", "V2"] = "V1"
+    pass_through_tlvs: PassThroughTlvs | None = None
+
+
+if TYPE_CHECKING:
+    InnerSocketConfig = UpstreamTlsContext | RawBuffer
+else:
+    InnerSocketConfig = by_type((UPSTREAM_TLS_TYPE, UpstreamTlsContext),
+                                (RAW_BUFFER_TYPE, RawBuffer))
+
+
+class InnerTransportSocket(Msg):
+    name: str = ""
+    typed_config: InnerSocketConfig
+
+
+class ProxyProtocolUpstreamTransport(TypedMsg):
+    """A PROXY protocol header with the client's address before the inner transport's
+    bytes (TLS included)."""
+
+    config: ProxyProtocolConfig = ProxyProtocolConfig()
+    transport_socket: InnerTransportSocket
 
 
 _TLS_NAMES = ("envoy.transport_sockets.tls", "tls")
@@ -185,10 +218,33 @@ class DownstreamTransportSocket(Msg):
         return named_filter(v, _TLS_NAMES, "transport socket", typed_required=True)
 
 
+if TYPE_CHECKING:
+    UpstreamSocketConfig = UpstreamTlsContext | ProxyProtocolUpstreamTransport
+else:
+    UpstreamSocketConfig = by_type((UPSTREAM_TLS_TYPE, UpstreamTlsContext),
+                                   (PROXY_PROTOCOL_UPSTREAM_TYPE, ProxyProtocolUpstreamTransport))
+
+
 class UpstreamTransportSocket(Msg):
     name: str
-    typed_config: Annotated[UpstreamTlsContext, typed_as(UPSTREAM_TLS_TYPE)]
+    typed_config: UpstreamSocketConfig
+
     @model_validator(mode="before")
     @classmethod
     def _extension(cls, v: Any) -> Any:
-        return named_filter(v, _TLS_NAMES, "transport socket", typed_required=True)
+        return named_filter(v, (*_TLS_NAMES, "envoy.transport_sockets.upstream_proxy_protocol"),
+                            "transport socket", typed_required=True)
+
+    @property
+    def tls(self) -> UpstreamTlsContext | None:
+        """The TLS context, on its own or inside a PROXY protocol socket."""
+        t = self.typed_config
+        if isinstance(t, ProxyProtocolUpstreamTransport):
+            inner = t.transport_socket.typed_config
+            return inner if isinstance(inner, UpstreamTlsContext) else None
+        return t
+
+    @property
+    def proxy_protocol(self) -> ProxyProtocolConfig | None:
+        t = self.typed_config
+        return t.config if isinstance(t, ProxyProtocolUpstreamTransport) else None
