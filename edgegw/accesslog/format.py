@@ -97,7 +97,7 @@ def _header(which: str, arg: str | None) -> Op:
 
 
 def _address(s: Any) -> str:
-    return m.address_string(s.conn.remote_ip, s.conn.remote_port)
+    return m.address_string(s.remote_ip, s.remote_port)
 
 
 def _direct(s: Any) -> str:
@@ -120,7 +120,7 @@ OPERATORS: dict[str, Callable[[str | None], Op]] = {
     "UPSTREAM_TRANSPORT_FAILURE_REASON": lambda a: lambda s: s.failure_reason or None,
     "DOWNSTREAM_REMOTE_ADDRESS": lambda a: _address,
     "DOWNSTREAM_DIRECT_REMOTE_ADDRESS": lambda a: _direct,
-    "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT": lambda a: lambda s: s.conn.remote_ip,
+    "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT": lambda a: lambda s: s.remote_ip,
     "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT": lambda a: lambda s: s.conn.direct_remote_ip,
     "DOWNSTREAM_LOCAL_ADDRESS": lambda a: lambda s: s.conn.local_address,
     "REQUESTED_SERVER_NAME": lambda a: lambda s: s.conn.sni,

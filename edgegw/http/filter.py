@@ -49,6 +49,8 @@ class FilterCallbacks(Protocol):
     path: bytes
     method: bytes
     protocol: str
+    remote_ip: str
+    """The client's address for this request (see Stream.remote_ip)."""
     route: Route | None
     vhost: VirtualHost | None
     cluster: Cluster | None

@@ -90,6 +90,13 @@ class _RequestIds:
 _ids = _RequestIds()
 
 
+def _ip_or_none(text: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
+
+
 @dataclass
 class ForwardingPolicy:
     """The HCM settings that decide how a request's origin headers are rewritten."""
@@ -100,6 +107,8 @@ class ForwardingPolicy:
     generate_request_id: bool
     internal: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     local_address: str
+    detectors: tuple[m.XffConfig | m.CustomHeaderConfig, ...] = ()
+    """original_ip_detection_extensions, in order."""
 
     @classmethod
     def from_config(cls, cfg: m.HttpConnectionManager) -> ForwardingPolicy:
@@ -110,7 +119,30 @@ class ForwardingPolicy:
         )
         return cls(cfg.use_remote_address, cfg.xff_num_trusted_hops, cfg.skip_xff_append,
                    cfg.generate_request_id, nets,
-                   _machine_address() if cfg.use_remote_address else "")
+                   _machine_address() if cfg.use_remote_address else "",
+                   tuple(d.typed_config for d in cfg.original_ip_detection_extensions))
+
+    def detect(self, headers: Headers) -> tuple[str | None, bool, int | None]:
+        """original_ip_detection_extensions, tried in order: (the client's address or None,
+        whether it may be trusted as internal, the status to refuse the request with)."""
+        for d in self.detectors:
+            if isinstance(d, m.XffConfig):
+                xff = [a.strip() for a in b",".join(
+                    v for k, v in headers if k == b"x-forwarded-for").decode("latin-1").split(",")
+                    if a.strip()]
+                if len(xff) > d.xff_num_trusted_hops:
+                    ip = _ip_or_none(xff[-1 - d.xff_num_trusted_hops])
+                    if ip is not None:
+                        return ip, False, None
+                continue
+            name = d.header_name.lower().encode("latin-1")
+            value = next((v for k, v in headers if k == name), None)
+            ip = _ip_or_none(value.decode("latin-1").strip()) if value is not None else None
+            if ip is not None:
+                return ip, d.allow_extension_to_set_address_as_trusted, None
+            if d.reject_with_status is not None:
+                return None, False, d.reject_with_status.code
+        return None, False, None
 
     def is_internal(self, addr: str | None) -> bool:
         if not addr or not self.internal:
@@ -121,9 +153,11 @@ class ForwardingPolicy:
             return False
         return any(ip in n for n in self.internal)
 
-    def apply(self, headers: Headers, remote_ip: str, tls: bool) -> str | None:
+    def apply(self, headers: Headers, remote_ip: str, tls: bool,
+              internal: bool = False) -> str | None:
         """Rewrites ``headers`` in place; with use_remote_address, returns the trusted client
-        address. Without it Envoy leaves x-forwarded-for alone, so it is not even parsed."""
+        address. Without it Envoy leaves x-forwarded-for alone, so it is not even parsed;
+        ``internal``: original IP detection found a trusted internal client."""
         scheme = b"https" if tls else b"http"
         if self.use_remote_address:
             xff = [v for k, v in headers if k == b"x-forwarded-for"]
@@ -131,13 +165,14 @@ class ForwardingPolicy:
                         if a.strip()]
             client: str | None = None
             if self.xff_num_trusted_hops > 0 and len(xff_list) >= self.xff_num_trusted_hops:
-                client = xff_list[-self.xff_num_trusted_hops]
+                client = _ip_or_none(xff_list[-self.xff_num_trusted_hops])
             client = client or remote_ip
             internal = not xff and self.is_internal(client)
             if not self.skip_xff_append:
                 appended = self.local_address if remote_ip.startswith("127.") or remote_ip == "::1" \
                     else remote_ip
-                value = ",".join(xff_list + [appended]).encode("latin-1")
+                # Envoy appends to the header as the client wrote it (spaces kept)
+                value = b",".join([*xff, appended.encode("latin-1")])
                 set_header(headers, b"x-forwarded-for", value)
             if internal:
                 headers.append((b"x-envoy-internal", b"true"))
@@ -163,8 +198,9 @@ class ForwardingPolicy:
                 forwarded.append(v)
             elif k in EXTERNAL_STRIPPED:
                 control = True
-        if control and not (len(forwarded) == 1 and b"," not in forwarded[0]
-                            and self.is_internal(forwarded[0].strip().decode("latin-1"))):
+        if control and not internal and not (
+                len(forwarded) == 1 and b"," not in forwarded[0]
+                and self.is_internal(forwarded[0].strip().decode("latin-1"))):
             # Without use_remote_address Envoy takes a request as internal only when its one
             # x-forwarded-for address is internal; any other may not steer Envoy.
             headers[:] = [h for h in headers if h[0] not in EXTERNAL_STRIPPED]

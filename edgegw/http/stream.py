@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
+from ..config import model as m
 from ..matchers import first_header
 from .codec import Headers, RequestHead, ResponseEncoder, http_date
 from .filter import Downstream
@@ -127,6 +128,10 @@ class Stream:
         self.headers = head.headers
         self.protocol = head.protocol
         self.request_done = end_stream
+        self.remote_ip = conn.remote_ip
+        self.remote_port = conn.remote_port
+        """The client's address for this request: the connection's, unless the forwarding
+        rules (trusted hops, original IP detection) found another (its port then 0)."""
         self.start_time = time.time()
         self.start_mono = time.monotonic()
 
@@ -195,7 +200,19 @@ class Stream:
             if expect.lower() == b"100-continue":
                 self.encoder.encode_100_continue()
             self.headers = head.headers = [h for h in self.headers if h[0] != b"expect"]
-        hcm.forwarding.apply(self.headers, self.conn.remote_ip, self.conn.tls)
+        fwd = hcm.forwarding
+        internal = False
+        if fwd.detectors:
+            ip, trusted, reject = fwd.detect(self.headers)
+            if reject is not None:
+                self.send_local_reply(reject, b"", "rejecting_because_detection_failed")
+                return
+            if ip is not None:
+                self.remote_ip, self.remote_port = ip, 0
+                internal = trusted and fwd.is_internal(ip)
+        client = fwd.apply(self.headers, self.conn.remote_ip, self.conn.tls, internal)
+        if client is not None and client != self.conn.remote_ip:
+            self.remote_ip, self.remote_port = client, 0
         self.vhost, self.route = hcm.routes.route(self.authority, path.decode("latin-1"),
                                                   self.headers)
         if head.upgrade and not hcm.upgrade_allowed(head.upgrade, self.route):
@@ -344,8 +361,9 @@ class Stream:
 
     def expand(self, value: str) -> str:
         conn = self.conn
-        return (value.replace("%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%", conn.remote_ip)
-                .replace("%DOWNSTREAM_REMOTE_ADDRESS%", f"{conn.remote_ip}:{conn.remote_port}")
+        return (value.replace("%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%", self.remote_ip)
+                .replace("%DOWNSTREAM_REMOTE_ADDRESS%",
+                         m.address_string(self.remote_ip, self.remote_port))
                 .replace("%REQUESTED_SERVER_NAME%", conn.sni or "")
                 .replace("%%", "%"))
 

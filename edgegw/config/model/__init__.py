@@ -80,10 +80,12 @@ from .hcm import (
     AccessLog,
     AccessLogSink,
     CidrRange,
+    CustomHeaderConfig,
     HttpConnectionManager,
     HttpFilter,
     InternalAddressConfig,
     SubstitutionFormatString,
+    XffConfig,
 )
 from .listener import (
     FilterChain,
@@ -158,6 +160,8 @@ from .tls import (
 )
 
 __all__ = [
+    "CustomHeaderConfig",
+    "XffConfig",
     "CURVES",
     "cipher_names",
     "AccessLog",

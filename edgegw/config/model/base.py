@@ -25,6 +25,9 @@ TLS_INSPECTOR_TYPE = T + "extensions.filters.listener.tls_inspector.v3.TlsInspec
 PROXY_PROTOCOL_TYPE = T + "extensions.filters.listener.proxy_protocol.v3.ProxyProtocol"
 DOWNSTREAM_TLS_TYPE = T + "extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 UPSTREAM_TLS_TYPE = T + "extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+XFF_DETECTION_TYPE = T + "extensions.http.original_ip_detection.xff.v3.XffConfig"
+CUSTOM_HEADER_DETECTION_TYPE = (T + "extensions.http.original_ip_detection.custom_header.v3."
+                                "CustomHeaderConfig")
 RAW_BUFFER_TYPE = T + "extensions.transport_sockets.raw_buffer.v3.RawBuffer"
 PROXY_PROTOCOL_UPSTREAM_TYPE = (T + "extensions.transport_sockets.proxy_protocol.v3."
                                 "ProxyProtocolUpstreamTransport")

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from .base import (
+    CUSTOM_HEADER_DETECTION_TYPE,
     FILE_LOG_TYPE,
     STDERR_LOG_TYPE,
     STDOUT_LOG_TYPE,
+    XFF_DETECTION_TYPE,
     Bool,
     Duration,
     Msg,
     TypedMsg,
     UInt32,
+    by_type,
     named_filter,
     one_of,
 )
@@ -23,6 +26,7 @@ from .core import DataSource, Http2ProtocolOptions, HttpProtocolOptions
 from .route import (
     HTTPFault,
     HttpFilterConfig,
+    HttpStatus,
     LocalRateLimit,
     RouteConfiguration,
     UpgradeConfig,
@@ -125,6 +129,32 @@ class InternalAddressConfig(Msg):
     cidr_ranges: list[CidrRange] = []
 
 
+class XffConfig(TypedMsg):
+    """original_ip_detection's xff extension: the address N trusted hops from the right."""
+
+    xff_num_trusted_hops: UInt32 = 0
+
+
+class CustomHeaderConfig(TypedMsg):
+    """original_ip_detection's custom_header extension: the address a header holds."""
+
+    header_name: str = Field(min_length=1)
+    allow_extension_to_set_address_as_trusted: Bool = False
+    reject_with_status: HttpStatus | None = None
+
+
+if TYPE_CHECKING:
+    IpDetectionConfig = XffConfig | CustomHeaderConfig
+else:
+    IpDetectionConfig = by_type((XFF_DETECTION_TYPE, XffConfig),
+                                (CUSTOM_HEADER_DETECTION_TYPE, CustomHeaderConfig))
+
+
+class OriginalIpDetection(Msg):
+    name: str = ""
+    typed_config: IpDetectionConfig
+
+
 class HttpConnectionManager(TypedMsg):
     stat_prefix: str = Field(min_length=1)
     codec_type: Literal["AUTO", "HTTP1", "HTTP2"] = "AUTO"
@@ -146,6 +176,7 @@ class HttpConnectionManager(TypedMsg):
     upgrade_configs: list[UpgradeConfig] = []
     normalize_path: Bool = False
     merge_slashes: Bool = False
+    original_ip_detection_extensions: list[OriginalIpDetection] = []
     path_with_escaped_slashes_action: Literal[
         "IMPLEMENTATION_SPECIFIC_DEFAULT", "KEEP_UNCHANGED", "REJECT_REQUEST",
         "UNESCAPE_AND_REDIRECT", "UNESCAPE_AND_FORWARD"] = "IMPLEMENTATION_SPECIFIC_DEFAULT"
@@ -159,4 +190,8 @@ class HttpConnectionManager(TypedMsg):
                              "(it is a cluster's option)")
         if not self.http_filters:
             raise ValueError("http_filters must end with envoy.filters.http.router")
+        if self.original_ip_detection_extensions and (self.use_remote_address
+                                                      or self.xff_num_trusted_hops):
+            raise ValueError("original_ip_detection_extensions cannot be used with "
+                             "use_remote_address or xff_num_trusted_hops (as in Envoy)")
         return self

@@ -31,6 +31,8 @@ class Request(Protocol):
 
     headers: Headers
     path: bytes
+    remote_ip: str
+    """The client's address for this request (original IP detection may have set it)."""
 
     @property
     def conn(self) -> _Peer: ...
@@ -96,7 +98,7 @@ def _new_cookie(s: Request, c: m.HashCookie) -> str:
 
 
 def _source_ip(s: Request) -> int | None:
-    ip = s.conn.remote_ip
+    ip = s.remote_ip
     return xxhash.xxh64_intdigest(ip.encode()) if ip else None
 
 
