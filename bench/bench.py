@@ -12,6 +12,9 @@ reported, with every figure also as a ratio edgegw / peer.
   W4  idle TLS connections: 10,000 opened and held (how many the proxy kept) and the proxy's
       RSS per idle connection
   W5  a config reload and a certificate rotation while wrk runs: failed requests (must be 0)
+  P1  TLS passthrough by SNI (the backend terminates TLS): 1 MiB responses over one
+      connection (MB/s), and new connections per second with the proxy's CPU per connection,
+      beside nginx `stream` (ssl_preread) and HAProxy `mode tcp` (req.ssl_sni)
   W6  slow clients: 2,000 connections stalled (half in the TLS handshake, half in the request
       headers) while a normal client (wrk -c4) runs: its p99 with and without them
   W1 on all cores: every proxy with 2 workers (the load generator shares the cores here)
@@ -48,6 +51,9 @@ BACKEND = ("127.0.0.20", 18080)
 WS_BACKEND = ("127.0.0.20", 18081)
 WS_PROXIES = ("edgegw", "envoy", "nginx")
 PORTS = {"edgegw": 18443, "nginx": 18445, "haproxy": 18446, "envoy": 18444, "caddy": 18447}
+TLS_BACKEND = ("127.0.0.20", 18543)
+PT_PORTS = {"edgegw": 18553, "envoy": 18554, "nginx": 18555, "haproxy": 18556}
+"""TLS passthrough listeners (P1)."""
 SMALL = b"x" * 99 + b"\n"
 TOOLS = ROOT / ".venv" / "bin"
 
@@ -184,6 +190,12 @@ class Bench:
                                              f"keepalive_requests 1000000; "
                                              f"root {self.work}/www; }}")
         self.start("backend", ["nginx", "-c", str(conf)], "0")
+        tls_conf = self.nginx_conf("tls-backend", 1, (
+            f"server {{ listen {TLS_BACKEND[0]}:{TLS_BACKEND[1]} ssl; "
+            f"ssl_certificate {self.work}/cert.pem; ssl_certificate_key {self.work}/key.pem; "
+            f"keepalive_requests 1000000; root {self.work}/www; }}"))
+        self.start("tls-backend", ["nginx", "-c", str(tls_conf)], "0")
+        wait_port(*TLS_BACKEND)
         self.start("ws-backend", [sys.executable, __file__, "--ws-echo", *map(str, WS_BACKEND)],
                    "0")
         wait_port(*BACKEND)
@@ -284,6 +296,86 @@ class Bench:
             f"  tls {self.work}/cert.pem {self.work}/key.pem\n"
             f"  header x-config {version}\n  reverse_proxy {BACKEND[0]}:{BACKEND[1]}\n}}\n")
         return [str(TOOLS / "caddy"), "run", "--config", str(conf), "--adapter", "caddyfile"]
+
+    def passthrough_args(self, name: str) -> list[str]:
+        """P1's proxy: SNI a.example.com passed through, unopened, to the TLS backend."""
+        port = PT_PORTS[name]
+        if name in ("edgegw", "envoy"):
+            cfg = {"node": {"id": "bench", "cluster": "bench"}, "static_resources": {
+                "listeners": [{"name": "pt", "address": {"socket_address": {
+                    "address": "127.0.0.1", "port_value": port}},
+                    "listener_filters": [{"name": "envoy.filters.listener.tls_inspector",
+                                          "typed_config": {"@type": "type.googleapis.com/envoy."
+                                          "extensions.filters.listener.tls_inspector.v3."
+                                          "TlsInspector"}}],
+                    "filter_chains": [{"filter_chain_match": {"server_names": ["a.example.com"]},
+                                       "filters": [{"name": "envoy.filters.network.tcp_proxy",
+                                                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network."
+                                 "tcp_proxy.v3.TcpProxy", "stat_prefix": "pt",
+                        "cluster": "tls"}}]}]}],
+                "clusters": [{"name": "tls", "type": "STATIC", "connect_timeout": "1s",
+                              "load_assignment": {"cluster_name": "tls", "endpoints": [{
+                                  "lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                                      "address": TLS_BACKEND[0],
+                                      "port_value": TLS_BACKEND[1]}}}}]}]}}]}}
+            path = self.work / f"{name}-pt.yaml"
+            path.write_text(yaml.safe_dump(cfg))
+            if name == "edgegw":
+                return [str(TOOLS / "edgegw"), "-c", str(path), "-l", "warning",
+                        "--concurrency", "1"]
+            envoy = shutil.which("envoy", path=str(TOOLS)) or "envoy"
+            return [envoy, "-c", str(path), "--concurrency", "1", "-l", "warning",
+                    "--base-id", "78"]
+        if name == "nginx":
+            conf = self.work / "nginx-pt.conf"
+            conf.write_text(
+                "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n"
+                f"worker_processes 1;\ndaemon off;\nuser root;\npid {self.work}/nginx-pt.pid;\n"
+                f"error_log {self.work}/nginx-pt-error.log warn;\n"
+                "events { worker_connections 19000; }\n"
+                "stream { map $ssl_preread_server_name $up { a.example.com "
+                f"{TLS_BACKEND[0]}:{TLS_BACKEND[1]}; }}\n"
+                f"  server {{ listen 127.0.0.1:{port}; ssl_preread on; proxy_pass $up; }} }}\n")
+            return ["nginx", "-c", str(conf)]
+        conf = self.work / "haproxy-pt.cfg"
+        conf.write_text(
+            "global\n  nbthread 1\n  maxconn 9900\ndefaults\n  mode tcp\n"
+            "  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n"
+            f"frontend fe\n  bind 127.0.0.1:{port}\n  tcp-request inspect-delay 5s\n"
+            "  tcp-request content accept if { req.ssl_hello_type 1 }\n"
+            "  use_backend be if { req.ssl_sni -i a.example.com }\n"
+            f"backend be\n  server s1 {TLS_BACKEND[0]}:{TLS_BACKEND[1]}\n")
+        return ["haproxy", "-W", "-db", "-f", str(conf)]
+
+    def passthrough(self, name: str) -> tuple[float, float, float]:
+        """P1: MB/s of 1 MiB responses over one connection, then new connections/s and the
+        proxy's CPU µs per connection (full handshakes, made by the backend)."""
+        key = f"{name}-pt"
+        self.start(key, self.passthrough_args(name), "1")
+        try:
+            wait_port("127.0.0.1", PT_PORTS[name])
+            pid = self.procs[key].pid
+            r = subprocess.run(
+                ["taskset", "-c", "0", "wrk", "-t1", "-c1", f"-d{self.seconds}s", "-s",
+                 str(self.work / "resolve.lua"),
+                 f"https://a.example.com:{PT_PORTS[name]}/1m"],
+                capture_output=True, text=True, timeout=self.seconds + 60)
+            mb = re.search(r"Transfer/sec:\s+([\d.]+)(\w+)", r.stdout)
+            scale = {"B": 1e-6, "KB": 1e-3, "MB": 1.0, "GB": 1e3}
+            mb_s = float(mb.group(1)) * scale.get(mb.group(2), 1.0) if mb else 0.0
+            cpu0 = cpu_seconds(pid)
+            r = subprocess.run(
+                ["taskset", "-c", "0", "openssl", "s_time", "-connect",
+                 f"127.0.0.1:{PT_PORTS[name]}", "-servername", "a.example.com", "-new",
+                 "-time", str(self.seconds)], capture_output=True, text=True,
+                timeout=self.seconds + 30)
+            cpu = cpu_seconds(pid) - cpu0
+            m = re.search(r"(\d+) connections in ([\d.]+)s", r.stdout)
+            conns = int(m.group(1)) if m else 0
+            return mb_s, conns / self.seconds, cpu / max(conns, 1) * 1e6
+        finally:
+            self.stop(key)
 
     def start_proxy(self, name: str, workers: int = 1) -> None:
         free(PORTS[name])
@@ -561,6 +653,9 @@ ROWS = [("W1 keep-alive req/s", "rps", "higher"), ("W1 p50 ms", "p50_ms", "lower
         ("W4 idle TLS conns held", "idle_held", "higher"),
         ("W4 RSS kB per idle TLS conn", "kb_per_idle", "lower"),
         ("W5 failed reqs (reload+rotation)", "w5_failed", "lower"),
+        ("P1 passthrough 1 MiB MB/s (1 conn)", "pt_mb_s", "higher"),
+        ("P1 passthrough new conns/s", "pt_conns_s", "higher"),
+        ("P1 proxy CPU us per passthrough conn", "pt_cpu_us", "lower"),
         ("W6 p99 ms, normal client alone", "w6_p99_alone", "lower"),
         ("W6 p99 ms, 2,000 stalled beside it", "w6_p99_flood", "lower"),
         ("W6 stalled conns held", "w6_stalled", "higher"),
@@ -657,6 +752,13 @@ def main() -> None:
                 print(f"W6 {name:8s} p99 alone={alone:6.2f}ms with {held:.0f} stalled="
                       f"{flood:6.2f}ms", file=sys.stderr, flush=True)
                 b.stop(name)
+            if "P1" not in skip and name in PT_PORTS:
+                mb_s, conns_s, cpu_us = b.passthrough(name)
+                note(name, "pt_mb_s", mb_s)
+                note(name, "pt_conns_s", conns_s)
+                note(name, "pt_cpu_us", cpu_us)
+                print(f"P1 {name:8s} {mb_s:7.1f}MB/s {conns_s:6.0f}conn/s "
+                      f"cpu/conn={cpu_us:5.0f}us", file=sys.stderr, flush=True)
             if "all-cores" not in skip:
                 b.start_proxy(name, workers=2)
                 rps2 = b.wrk(name, "/small", 64)["rps"]

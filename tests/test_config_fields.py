@@ -36,6 +36,8 @@ NEEDS_NO_READING = {
     "OverloadManager.resource_monitors": "read through the model's max_connections",
     "DownstreamConnectionsConfig.max_active_downstream_connections": "read through the "
                                                                      "model's max_connections",
+    "PassThroughTlvs.match_type": "read through the model's keeps()",
+    "PassThroughTlvs.tlv_type": "read through the model's keeps()",
     "OverloadManager.refresh_interval": "the connection limit is checked at each accept, as "
                                         "Envoy's proactive monitor is; nothing is sampled",
 }

@@ -211,3 +211,48 @@ def test_edge_hardened_config_serves_with_its_protections(workdir: Path, backend
                     )[0].split()[1] == "400"
     finally:
         proc.stop()
+
+
+def test_proxy_protocol_override_runs_behind_haproxy(workdir: Path, backends: Backends,
+                                                     tmp_path: Path) -> None:
+    """docker-compose.proxy-protocol.yml's command, run natively behind a real HAProxy that
+    sends PROXY v2: the backend learns the client's address (127.0.0.9), not HAProxy's."""
+    if shutil.which("haproxy") is None:
+        pytest.skip("haproxy (apt) missing")
+    override = yaml.safe_load((ROOT / "docker-compose.proxy-protocol.yml").read_text())
+    command = override["services"]["gateway"]["command"]
+    text = (ROOT / command[1]).read_text()
+    cfg = yaml.safe_load(text)
+    assert all(lst["listener_filters"][0]["name"] == "envoy.filters.listener.proxy_protocol"
+               for lst in cfg["static_resources"]["listeners"])
+    https, http, admin, front = free_port(), free_port(), free_port(), free_port()
+    text = (text.replace("0.0.0.0", "127.0.0.1")
+            .replace("port_value: 8443 }", f"port_value: {https} }}", 1)
+            .replace("port_value: 8080 }", f"port_value: {http} }}", 1)
+            .replace("port_value: 9901", f"port_value: {admin}")
+            .replace("address: backend-a, port_value: 8080",
+                     f"address: 127.0.0.20, port_value: {backends.a[1]}")
+            .replace("address: backend-b, port_value: 8443",
+                     f"address: 127.0.0.21, port_value: {backends.b[1]}"))
+    (workdir / command[1]).write_text(text)
+    conf = tmp_path / "haproxy.cfg"
+    conf.write_text("defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 10s\n"
+                    f"  timeout server 10s\nfrontend fe\n  bind 127.0.0.1:{front}\n"
+                    f"  default_backend be\nbackend be\n  server gw 127.0.0.1:{https} "
+                    "send-proxy-v2\n")
+    gw = Proc([sys.executable, "-m", "edgegw", *command, "--concurrency", "1"],
+              tmp_path / "gw.log", cwd=workdir)
+    ha = Proc(["haproxy", "-db", "-f", str(conf)], tmp_path / "haproxy.log")
+    try:
+        wait_port("127.0.0.1", https)
+        wait_port("127.0.0.1", front)
+        r = subprocess.run(["curl", "-sS", "--interface", "127.0.0.9", "--cacert",
+                            str(workdir / "certs" / "dev-ca.pem"), "--resolve",
+                            f"a.example.com:{front}:127.0.0.1",
+                            f"https://a.example.com:{front}/headers"],
+                           capture_output=True, text=True, timeout=10)
+        assert r.returncode == 0, r.stderr + gw.output()
+        assert json.loads(r.stdout)["headers"]["x-envoy-external-address"] == "127.0.0.9"
+    finally:
+        ha.stop()
+        gw.stop()

