@@ -302,7 +302,7 @@ def _check_hcm(hcm: HttpConnectionManager, base: Path, clusters: set[str]) -> It
         if (f.kind == "router") != last:
             yield (base + ("http_filters", i, "name"),
                    f"'{f.name}': the router must be the last HTTP filter (edgegw also has "
-                   "envoy.filters.http.fault and envoy.filters.http.local_ratelimit before it)"
+                   "envoy.filters.http.fault, local_ratelimit and rbac before it)"
                    if not last else
                    f"'{f.name}': the last HTTP filter must be envoy.filters.http.router")
     rc = hcm.route_config

@@ -100,6 +100,7 @@ from .listener import (
 from .route import (
     PREVIOUS_HOSTS,
     PREVIOUS_HOSTS_TYPE,
+    RBAC,
     RETRY_ON,
     ClusterWeight,
     DirectResponseAction,
@@ -117,9 +118,14 @@ from .route import (
     HttpFilterConfig,
     HttpStatus,
     LocalRateLimit,
+    PathMatcher,
     PerFilterConfig,
+    Permission,
     PreviousHosts,
+    Principal,
     RateLimitedRetryBackOff,
+    RBACPerRoute,
+    RbacRules,
     RedirectAction,
     RedirectCode,
     RequestMirrorPolicy,
@@ -160,6 +166,12 @@ from .tls import (
 )
 
 __all__ = [
+    "PathMatcher",
+    "RBAC",
+    "RBACPerRoute",
+    "Permission",
+    "Principal",
+    "RbacRules",
     "CustomHeaderConfig",
     "XffConfig",
     "CURVES",

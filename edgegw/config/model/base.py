@@ -38,6 +38,8 @@ FILE_LOG_TYPE = T + "extensions.access_loggers.file.v3.FileAccessLog"
 HTTP_OPTIONS_TYPE = T + "extensions.upstreams.http.v3.HttpProtocolOptions"
 FAULT_TYPE = T + "extensions.filters.http.fault.v3.HTTPFault"
 LOCAL_RATELIMIT_TYPE = T + "extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
+RBAC_TYPE = T + "extensions.filters.http.rbac.v3.RBAC"
+RBAC_PER_ROUTE_TYPE = T + "extensions.filters.http.rbac.v3.RBACPerRoute"
 
 
 class Msg(BaseModel):

@@ -3,6 +3,7 @@ values, string matchers."""
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -103,3 +104,20 @@ class PassThroughTlvs(Msg):
 
     def keeps(self, tlv: int) -> bool:
         return self.match_type == "INCLUDE_ALL" or tlv in self.tlv_type
+
+
+class CidrRange(Msg):
+    address_prefix: str
+    prefix_len: UInt32 = Field(default=0, ge=0, le=128)
+
+    @property
+    def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+        return ipaddress.ip_network(f"{self.address_prefix}/{self.prefix_len}", strict=False)
+
+    @model_validator(mode="after")
+    def _valid(self) -> CidrRange:
+        try:
+            self.network  # noqa: B018
+        except ValueError as e:
+            raise ValueError(f"invalid CIDR range: {e}") from None
+        return self

@@ -22,8 +22,9 @@ from .base import (
     named_filter,
     one_of,
 )
-from .core import DataSource, Http2ProtocolOptions, HttpProtocolOptions
+from .core import CidrRange, DataSource, Http2ProtocolOptions, HttpProtocolOptions
 from .route import (
+    RBAC,
     HTTPFault,
     HttpFilterConfig,
     HttpStatus,
@@ -41,7 +42,8 @@ class HttpFilter(Msg):
     @classmethod
     def _extension(cls, v: Any) -> Any:
         if isinstance(v, dict) and "typed_config" not in v and v.get("name") in (
-                "envoy.filters.http.fault", "envoy.filters.http.local_ratelimit"):
+                "envoy.filters.http.fault", "envoy.filters.http.local_ratelimit",
+                "envoy.filters.http.rbac"):
             raise PydanticCustomError("missing_typed_config",
                                       "HTTP filter '{name}' needs a typed_config", v)
         return named_filter(v, ("envoy.filters.http.router", "envoy.router"), "HTTP filter",
@@ -49,10 +51,11 @@ class HttpFilter(Msg):
 
     @property
     def kind(self) -> str:
-        """router, fault or local_ratelimit (a bare name is the router)."""
+        """router, fault, local_ratelimit or rbac (a bare name is the router)."""
         c = self.typed_config
         return ("fault" if isinstance(c, HTTPFault) else
-                "local_ratelimit" if isinstance(c, LocalRateLimit) else "router")
+                "local_ratelimit" if isinstance(c, LocalRateLimit) else
+                "rbac" if isinstance(c, RBAC) else "router")
 
 
 class SubstitutionFormatString(Msg):
@@ -117,11 +120,6 @@ class AccessLogSink(Msg):
 class AccessLog(Msg):
     name: str = ""
     typed_config: Annotated[AccessLogSink, BeforeValidator(_access_log_type)]
-
-
-class CidrRange(Msg):
-    address_prefix: str
-    prefix_len: UInt32 = Field(default=0, ge=0, le=128)
 
 
 class InternalAddressConfig(Msg):

@@ -10,6 +10,8 @@ from pydantic import BeforeValidator, Field, model_validator
 from .base import (
     FAULT_TYPE,
     LOCAL_RATELIMIT_TYPE,
+    RBAC_PER_ROUTE_TYPE,
+    RBAC_TYPE,
     ROUTER_TYPE,
     Bool,
     Duration,
@@ -21,7 +23,7 @@ from .base import (
     one_of,
     typed_as,
 )
-from .core import DataSource, HeaderValueOption, RegexMatcher, StringMatcher
+from .core import CidrRange, DataSource, HeaderValueOption, RegexMatcher, StringMatcher
 
 
 class HeaderMatcher(Msg):
@@ -325,13 +327,97 @@ class LocalRateLimit(TypedMsg):
     enable_x_ratelimit_headers: Literal["OFF", "DRAFT_VERSION_03"] = "OFF"
 
 
+class PathMatcher(Msg):
+    path: StringMatcher
+
+
+class Permission(Msg):
+    """config.rbac.v3.Permission: what a request asks for (one of the fields)."""
+
+    any: Bool | None = None
+    header: HeaderMatcher | None = None
+    url_path: PathMatcher | None = None
+    destination_port: UInt32 | None = Field(default=None, le=65535)
+    and_rules: PermissionSet | None = None
+    or_rules: PermissionSet | None = None
+    not_rule: Permission | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Permission:
+        one_of(self, ("any", "header", "url_path", "destination_port", "and_rules",
+                      "or_rules", "not_rule"))
+        return self
+
+
+class PermissionSet(Msg):
+    rules: list[Permission] = Field(min_length=1)
+
+
+class Authenticated(Msg):
+    principal_name: StringMatcher | None = None
+
+
+class Principal(Msg):
+    """config.rbac.v3.Principal: who asks (one of the fields)."""
+
+    any: Bool | None = None
+    authenticated: Authenticated | None = None
+    source_ip: CidrRange | None = None
+    direct_remote_ip: CidrRange | None = None
+    remote_ip: CidrRange | None = None
+    header: HeaderMatcher | None = None
+    url_path: PathMatcher | None = None
+    and_ids: PrincipalSet | None = None
+    or_ids: PrincipalSet | None = None
+    not_id: Principal | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Principal:
+        one_of(self, ("any", "authenticated", "source_ip", "direct_remote_ip", "remote_ip",
+                      "header", "url_path", "and_ids", "or_ids", "not_id"))
+        return self
+
+
+class PrincipalSet(Msg):
+    ids: list[Principal] = Field(min_length=1)
+
+
+class Policy(Msg):
+    permissions: list[Permission] = Field(min_length=1)
+    principals: list[Principal] = Field(min_length=1)
+
+
+class RbacRules(Msg):
+    """config.rbac.v3.RBAC."""
+
+    action: Literal["ALLOW", "DENY", "LOG"] = "ALLOW"
+    policies: dict[str, Policy] = {}
+
+
+class RBAC(TypedMsg):
+    """envoy.filters.http.rbac: who may reach what, by policies of permissions and
+    principals; ``shadow_rules`` are evaluated and counted, never enforced."""
+
+    rules: RbacRules | None = None
+    shadow_rules: RbacRules | None = None
+    rules_stat_prefix: str = ""
+    shadow_rules_stat_prefix: str = ""
+
+
+class RBACPerRoute(TypedMsg):
+    """A route's RBAC: its own rules, or (with no ``rbac``) the filter off for the route."""
+
+    rbac: RBAC | None = None
+
+
 if TYPE_CHECKING:  # what the discriminated unions below hold, for the type checker
-    HttpFilterConfig = Router | HTTPFault | LocalRateLimit
-    PerFilterConfig = HTTPFault | LocalRateLimit
+    HttpFilterConfig = Router | HTTPFault | LocalRateLimit | RBAC
+    PerFilterConfig = HTTPFault | LocalRateLimit | RBACPerRoute
 else:
     HttpFilterConfig = by_type((ROUTER_TYPE, Router), (FAULT_TYPE, HTTPFault),
-                                (LOCAL_RATELIMIT_TYPE, LocalRateLimit))
-    PerFilterConfig = by_type((FAULT_TYPE, HTTPFault), (LOCAL_RATELIMIT_TYPE, LocalRateLimit))
+                                (LOCAL_RATELIMIT_TYPE, LocalRateLimit), (RBAC_TYPE, RBAC))
+    PerFilterConfig = by_type((FAULT_TYPE, HTTPFault), (LOCAL_RATELIMIT_TYPE, LocalRateLimit),
+                              (RBAC_PER_ROUTE_TYPE, RBACPerRoute))
 
 
 class Route(HeaderMutations):

