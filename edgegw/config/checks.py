@@ -13,10 +13,13 @@ import re
 from collections.abc import Iterator
 
 from ..accesslog.format import compile_template
+from ..http.filters.basic_auth import parse_users
 from ..tls.certs import CertError, load_pair, parse_chain, read
 from ..tls.secrets import SecretError, materialize, read_sds_file
 from .model import (
     AccessLog,
+    BasicAuth,
+    BasicAuthPerRoute,
     Bootstrap,
     Cluster,
     CommonTlsContext,
@@ -295,9 +298,20 @@ def _check_tcp_proxy(tcp: TcpProxy, base: Path, clusters: set[str]) -> Iterator[
     yield from _check_access_logs(tcp.access_log, base)
 
 
+def _check_users(ds: DataSource, where: Path) -> Iterator[Problem]:
+    """A basic_auth users list must load: every htpasswd line, as the filter reads it."""
+    try:
+        parse_users(read(ds).decode("utf-8", "replace"))
+    except (CertError, ValueError) as e:
+        yield (where, f"users: {e}")
+
+
 def _check_hcm(hcm: HttpConnectionManager, base: Path, clusters: set[str]) -> Iterator[Problem]:
     filters = hcm.http_filters
     for i, f in enumerate(filters):
+        if isinstance(f.typed_config, BasicAuth):
+            yield from _check_users(f.typed_config.users,
+                                    base + ("http_filters", i, "typed_config", "users"))
         last = i == len(filters) - 1
         if (f.kind == "router") != last:
             yield (base + ("http_filters", i, "name"),
@@ -318,8 +332,16 @@ def _check_hcm(hcm: HttpConnectionManager, base: Path, clusters: set[str]) -> It
             if "*" in dom and dom != "*" and not (dom.startswith("*") ^ dom.endswith("*")):
                 yield (vpath + ("domains", d), f"invalid domain '{dom}': a wildcard is '*', "
                        "'*.suffix' or 'prefix*'")
+        for name, pf in vh.typed_per_filter_config.items():
+            if isinstance(pf, BasicAuthPerRoute):
+                yield from _check_users(pf.users, vpath + ("typed_per_filter_config", name,
+                                                           "users"))
         for r, route in enumerate(vh.routes):
             rpath = vpath + ("routes", r)
+            for name, pf in route.typed_per_filter_config.items():
+                if isinstance(pf, BasicAuthPerRoute):
+                    yield from _check_users(pf.users, rpath + ("typed_per_filter_config", name,
+                                                               "users"))
             if route.route and route.route.cluster and route.route.cluster not in clusters:
                 yield (rpath + ("route", "cluster"),
                        f"route: unknown cluster '{route.route.cluster}'")

@@ -102,6 +102,8 @@ from .route import (
     PREVIOUS_HOSTS_TYPE,
     RBAC,
     RETRY_ON,
+    BasicAuth,
+    BasicAuthPerRoute,
     ClusterWeight,
     DirectResponseAction,
     FaultAbort,
@@ -166,6 +168,8 @@ from .tls import (
 )
 
 __all__ = [
+    "BasicAuth",
+    "BasicAuthPerRoute",
     "PathMatcher",
     "RBAC",
     "RBACPerRoute",

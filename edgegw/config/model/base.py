@@ -39,6 +39,8 @@ HTTP_OPTIONS_TYPE = T + "extensions.upstreams.http.v3.HttpProtocolOptions"
 FAULT_TYPE = T + "extensions.filters.http.fault.v3.HTTPFault"
 LOCAL_RATELIMIT_TYPE = T + "extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
 RBAC_TYPE = T + "extensions.filters.http.rbac.v3.RBAC"
+BASIC_AUTH_TYPE = T + "extensions.filters.http.basic_auth.v3.BasicAuth"
+BASIC_AUTH_PER_ROUTE_TYPE = T + "extensions.filters.http.basic_auth.v3.BasicAuthPerRoute"
 RBAC_PER_ROUTE_TYPE = T + "extensions.filters.http.rbac.v3.RBACPerRoute"
 
 

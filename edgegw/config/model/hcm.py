@@ -25,6 +25,7 @@ from .base import (
 from .core import CidrRange, DataSource, Http2ProtocolOptions, HttpProtocolOptions
 from .route import (
     RBAC,
+    BasicAuth,
     HTTPFault,
     HttpFilterConfig,
     HttpStatus,
@@ -43,7 +44,7 @@ class HttpFilter(Msg):
     def _extension(cls, v: Any) -> Any:
         if isinstance(v, dict) and "typed_config" not in v and v.get("name") in (
                 "envoy.filters.http.fault", "envoy.filters.http.local_ratelimit",
-                "envoy.filters.http.rbac"):
+                "envoy.filters.http.rbac", "envoy.filters.http.basic_auth"):
             raise PydanticCustomError("missing_typed_config",
                                       "HTTP filter '{name}' needs a typed_config", v)
         return named_filter(v, ("envoy.filters.http.router", "envoy.router"), "HTTP filter",
@@ -51,11 +52,12 @@ class HttpFilter(Msg):
 
     @property
     def kind(self) -> str:
-        """router, fault, local_ratelimit or rbac (a bare name is the router)."""
+        """router or the filter's kind (a bare name is the router)."""
         c = self.typed_config
         return ("fault" if isinstance(c, HTTPFault) else
                 "local_ratelimit" if isinstance(c, LocalRateLimit) else
-                "rbac" if isinstance(c, RBAC) else "router")
+                "rbac" if isinstance(c, RBAC) else
+                "basic_auth" if isinstance(c, BasicAuth) else "router")
 
 
 class SubstitutionFormatString(Msg):

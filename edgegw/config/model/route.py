@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, model_validator
 
 from .base import (
+    BASIC_AUTH_PER_ROUTE_TYPE,
+    BASIC_AUTH_TYPE,
     FAULT_TYPE,
     LOCAL_RATELIMIT_TYPE,
     RBAC_PER_ROUTE_TYPE,
@@ -410,14 +412,29 @@ class RBACPerRoute(TypedMsg):
     rbac: RBAC | None = None
 
 
+class BasicAuth(TypedMsg):
+    """envoy.filters.http.basic_auth: htpasswd ``user:{SHA}base64(sha1(password))`` lines."""
+
+    users: DataSource
+    forward_username_header: str = ""
+    authentication_header: str = ""
+    """Read the credentials from this header instead of Authorization."""
+
+
+class BasicAuthPerRoute(TypedMsg):
+    users: DataSource
+
+
 if TYPE_CHECKING:  # what the discriminated unions below hold, for the type checker
-    HttpFilterConfig = Router | HTTPFault | LocalRateLimit | RBAC
-    PerFilterConfig = HTTPFault | LocalRateLimit | RBACPerRoute
+    HttpFilterConfig = Router | HTTPFault | LocalRateLimit | RBAC | BasicAuth
+    PerFilterConfig = HTTPFault | LocalRateLimit | RBACPerRoute | BasicAuthPerRoute
 else:
     HttpFilterConfig = by_type((ROUTER_TYPE, Router), (FAULT_TYPE, HTTPFault),
-                                (LOCAL_RATELIMIT_TYPE, LocalRateLimit), (RBAC_TYPE, RBAC))
+                                (LOCAL_RATELIMIT_TYPE, LocalRateLimit), (RBAC_TYPE, RBAC),
+                                (BASIC_AUTH_TYPE, BasicAuth))
     PerFilterConfig = by_type((FAULT_TYPE, HTTPFault), (LOCAL_RATELIMIT_TYPE, LocalRateLimit),
-                              (RBAC_PER_ROUTE_TYPE, RBACPerRoute))
+                              (RBAC_PER_ROUTE_TYPE, RBACPerRoute),
+                              (BASIC_AUTH_PER_ROUTE_TYPE, BasicAuthPerRoute))
 
 
 class Route(HeaderMutations):
