@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import asyncio
 
     from ..stats import Store
-    from ..upstream.cluster import Cluster, Host
+    from ..upstream.cluster import Cluster, ClusterManager, Host
     from .router.table import Route, VirtualHost
 
 
@@ -73,6 +73,11 @@ class FilterCallbacks(Protocol):
     def pause_for(self, delay: float, then: Callable[[], bool],
                   abandoned: Callable[[], None]) -> None:
         """Holds the request ``delay`` seconds; then ``then`` says whether to go on."""
+    def continue_decoding(self) -> None:
+        """Goes on with the next filter, after one returned False and did not reply."""
+    @property
+    def clusters(self) -> ClusterManager:
+        """Every cluster, for a filter that calls a service of its own (ext_authz)."""
     def add_response_hook(self, hook: Callable[[Headers], None]) -> None:
         """Something to add to the response headers, local replies included."""
     def expand(self, value: str) -> str:

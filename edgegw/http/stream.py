@@ -25,7 +25,7 @@ from .router.filter import Router
 from .router.table import Forward
 
 if TYPE_CHECKING:
-    from ..upstream.cluster import Cluster, Host
+    from ..upstream.cluster import Cluster, ClusterManager, Host
     from .router.table import Route, VirtualHost
     from .settings import HttpConnectionManager
 
@@ -349,6 +349,10 @@ class Stream:
 
     def add_response_hook(self, hook: Callable[[Headers], None]) -> None:
         self.response_hooks = (*self.response_hooks, hook)
+
+    @property
+    def clusters(self) -> ClusterManager:
+        return self.hcm.clusters
 
     def pause_for(self, delay: float, then: Callable[[], bool],
                   abandoned: Callable[[], None]) -> None:

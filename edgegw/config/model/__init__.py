@@ -106,6 +106,8 @@ from .route import (
     BasicAuthPerRoute,
     ClusterWeight,
     DirectResponseAction,
+    ExtAuthz,
+    ExtAuthzPerRoute,
     FaultAbort,
     FaultDelay,
     FractionalPercent,
@@ -119,6 +121,7 @@ from .route import (
     HTTPFault,
     HttpFilterConfig,
     HttpStatus,
+    ListStringMatcher,
     LocalRateLimit,
     PathMatcher,
     PerFilterConfig,
@@ -168,6 +171,9 @@ from .tls import (
 )
 
 __all__ = [
+    "ExtAuthz",
+    "ExtAuthzPerRoute",
+    "ListStringMatcher",
     "BasicAuth",
     "BasicAuthPerRoute",
     "PathMatcher",

@@ -26,6 +26,7 @@ from .core import CidrRange, DataSource, Http2ProtocolOptions, HttpProtocolOptio
 from .route import (
     RBAC,
     BasicAuth,
+    ExtAuthz,
     HTTPFault,
     HttpFilterConfig,
     HttpStatus,
@@ -44,7 +45,8 @@ class HttpFilter(Msg):
     def _extension(cls, v: Any) -> Any:
         if isinstance(v, dict) and "typed_config" not in v and v.get("name") in (
                 "envoy.filters.http.fault", "envoy.filters.http.local_ratelimit",
-                "envoy.filters.http.rbac", "envoy.filters.http.basic_auth"):
+                "envoy.filters.http.rbac", "envoy.filters.http.basic_auth",
+                "envoy.filters.http.ext_authz"):
             raise PydanticCustomError("missing_typed_config",
                                       "HTTP filter '{name}' needs a typed_config", v)
         return named_filter(v, ("envoy.filters.http.router", "envoy.router"), "HTTP filter",
@@ -57,7 +59,8 @@ class HttpFilter(Msg):
         return ("fault" if isinstance(c, HTTPFault) else
                 "local_ratelimit" if isinstance(c, LocalRateLimit) else
                 "rbac" if isinstance(c, RBAC) else
-                "basic_auth" if isinstance(c, BasicAuth) else "router")
+                "basic_auth" if isinstance(c, BasicAuth) else
+                "ext_authz" if isinstance(c, ExtAuthz) else "router")
 
 
 class SubstitutionFormatString(Msg):

