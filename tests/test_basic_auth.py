@@ -133,3 +133,13 @@ def test_a_bad_htpasswd_line_is_a_config_error(backends: Backends) -> None:
     with pytest.raises(ConfigError) as e:
         load_bootstrap(None, json.dumps(cfg))
     assert "line 2" in str(e.value) and "http_filters[0].typed_config.users" in str(e.value)
+
+
+def test_config_dump_redacts_the_password_hashes(gateway, backends: Backends) -> None:
+    import httpx
+
+    port = free_port()
+    gw = gateway(basic_config(port, backends, {"inline_string": htpasswd(alice="wonder")}))
+    dump = httpx.get(f"http://127.0.0.1:{gw.admin_port}/config_dump", timeout=5).text
+    assert "envoy.filters.http.basic_auth" in dump and "[redacted]" in dump
+    assert "{SHA}" not in dump and "alice" not in dump

@@ -1,7 +1,7 @@
 """/config_dump in Envoy's shape: bootstrap, clusters, listeners, routes and secrets.
 
 Built from the bootstrap exactly as it was given (after ``--config-yaml`` merging), with
-private keys and passwords shown as ``[redacted]``, as Envoy shows them. ``?resource=`` picks
+private keys, passwords and basic_auth users shown as ``[redacted]``, as Envoy shows them. ``?resource=`` picks
 one repeated field across the dumps and ``?mask=`` keeps only the named fields.
 """
 
@@ -20,9 +20,10 @@ REDACTED = "[redacted]"
 
 
 def redact(value: Any, key: str = "") -> Any:
-    """A deep copy with private keys and passwords replaced by ``[redacted]``."""
+    """A deep copy with private keys, passwords and basic_auth users (their hashes) replaced
+    by ``[redacted]``."""
     if isinstance(value, dict):
-        if key in ("private_key", "password"):
+        if key in ("private_key", "password", "users"):  # users: basic_auth's hashes
             return {k: (REDACTED if k in ("inline_string", "inline_bytes") else v)
                     for k, v in value.items()}
         return {k: redact(v, k) for k, v in value.items()}
