@@ -15,6 +15,8 @@ reported, with every figure also as a ratio edgegw / peer.
   P1  TLS passthrough by SNI (the backend terminates TLS): 1 MiB responses over one
       connection (MB/s), and new connections per second with the proxy's CPU per connection,
       beside nginx `stream` (ssl_preread) and HAProxy `mode tcp` (req.ssl_sni)
+  F1  W1 with one more HTTP filter before the router (rbac, basic_auth), edgegw and Envoy:
+      requests/s beside plain W1, i.e. what each filter costs per request
   W6  slow clients: 2,000 connections stalled (half in the TLS handshake, half in the request
       headers) while a normal client (wrk -c4) runs: its p99 with and without them
   W1 on all cores: every proxy with 2 workers (the load generator shares the cores here)
@@ -27,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import hashlib
 import json
 import os
 import re
@@ -119,6 +123,8 @@ class Bench:
         self.work = work
         self.seconds = seconds
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.extra_filter: dict | None = None
+        """F1: an HTTP filter put before the router in edgegw's and Envoy's config."""
         self.ca = trustme.CA()
         self.issue(1)
         self.ca.cert_pem.write_to_path(str(work / "ca.pem"))
@@ -228,7 +234,9 @@ class Bench:
                                      "http_connection_manager.v3.HttpConnectionManager",
                             "stat_prefix": "bench",
                             "upgrade_configs": [{"upgrade_type": "websocket"}],
-                            "http_filters": [{"name": "envoy.filters.http.router",
+                            "http_filters": [*([self.extra_filter] if self.extra_filter
+                                               else []),
+                                             {"name": "envoy.filters.http.router",
                                               "typed_config": {
                                 "@type": "type.googleapis.com/envoy.extensions.filters.http."
                                          "router.v3.Router"}}],
@@ -420,11 +428,12 @@ class Bench:
 
     # --- the workloads ----------------------------------------------------------------------
 
-    def wrk(self, name: str, path: str, conns: int, seconds: int | None = None
-            ) -> dict[str, float]:
+    def wrk(self, name: str, path: str, conns: int, seconds: int | None = None,
+            headers: list[str] | None = None) -> dict[str, float]:
         seconds = seconds or self.seconds
         r = subprocess.run(
             ["taskset", "-c", "0", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency",
+             *(a for h in headers or [] for a in ("-H", h)),
              "-s", str(self.work / "resolve.lua"),
              f"https://a.example.com:{PORTS[name]}{path}"],
             capture_output=True, text=True, timeout=seconds + 60)
@@ -521,6 +530,33 @@ class Bench:
             helper.terminate()
             helper.wait(timeout=30)
         return alone, flood, held
+
+    def filter_cost(self, name: str) -> dict[str, float]:
+        """F1: W1 with one more HTTP filter before the router (rbac, basic_auth):
+        requests/s of each, to set beside plain W1 (issue aim: each costs < 10 %)."""
+        users = "alice:{SHA}" + base64.b64encode(hashlib.sha1(b"wonder").digest()).decode()
+        filters = {
+            "rbac": ({"name": "envoy.filters.http.rbac", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+                "rules": {"action": "ALLOW", "policies": {"lan": {
+                    "permissions": [{"any": True}],
+                    "principals": [{"remote_ip": {"address_prefix": "127.0.0.0",
+                                                  "prefix_len": 8}}]}}}}}, []),
+            "basic_auth": ({"name": "envoy.filters.http.basic_auth", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.basic_auth.v3."
+                         "BasicAuth", "users": {"inline_string": users}}},
+                ["Authorization: Basic " + base64.b64encode(b"alice:wonder").decode()]),
+        }
+        out = {}
+        for label, (f, headers) in filters.items():
+            self.extra_filter = f
+            try:
+                self.start_proxy(name)
+                out[label] = self.wrk(name, "/small", 32, headers=headers)["rps"]
+                self.stop(name)
+            finally:
+                self.extra_filter = None
+        return out
 
     def under_change(self, name: str) -> float:
         """W5: wrk for 8 s with a reload at 2 s and a certificate rotation at 5 s; returns the
@@ -656,6 +692,8 @@ ROWS = [("W1 keep-alive req/s", "rps", "higher"), ("W1 p50 ms", "p50_ms", "lower
         ("P1 passthrough 1 MiB MB/s (1 conn)", "pt_mb_s", "higher"),
         ("P1 passthrough new conns/s", "pt_conns_s", "higher"),
         ("P1 proxy CPU us per passthrough conn", "pt_cpu_us", "lower"),
+        ("F1 W1 req/s with rbac", "rps_rbac", "higher"),
+        ("F1 W1 req/s with basic_auth", "rps_basic_auth", "higher"),
         ("W6 p99 ms, normal client alone", "w6_p99_alone", "lower"),
         ("W6 p99 ms, 2,000 stalled beside it", "w6_p99_flood", "lower"),
         ("W6 stalled conns held", "w6_stalled", "higher"),
@@ -743,6 +781,13 @@ def main() -> None:
                 note(name, "w5_failed", failed)
                 print(f"W5 {name:8s} failed={failed}", file=sys.stderr, flush=True)
                 b.stop(name)
+            if "F1" not in skip and name in ("edgegw", "envoy"):
+                for label, rps in b.filter_cost(name).items():
+                    note(name, f"rps_{label}", rps)
+                    base = statistics.median(runs[name]["rps"]) if runs[name].get("rps") else 0
+                    cost = (1 - rps / base) * 100 if base else float("nan")
+                    print(f"F1 {name:8s} {label:10s} rps={rps:8.0f} (costs {cost:.0f} % of W1)",
+                          file=sys.stderr, flush=True)
             if "W6" not in skip:
                 b.start_proxy(name)
                 alone, flood, held = b.slow_clients(name, a.stalled)
