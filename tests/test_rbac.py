@@ -136,3 +136,51 @@ def test_an_rbac_field_edgegw_lacks_is_a_config_error(backends: Backends, tmp_pa
     with pytest.raises(ConfigError) as e:
         load_bootstrap(None, json.dumps(cfg))
     assert "requested_server_name" in str(e.value) and "permissions[0]" in str(e.value)
+
+
+NET_RBAC = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC"
+TCP = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+
+
+def net_config(port: int, backends: Backends, terminal: str) -> dict:
+    rbac = {"name": "envoy.filters.network.rbac", "typed_config": {
+        "@type": NET_RBAC, "stat_prefix": "lan_only", "rules": {"action": "ALLOW", "policies": {
+            "lan": {"permissions": [{"destination_port": port}],
+                    "principals": [{"direct_remote_ip": {"address_prefix": "127.0.0.8",
+                                                         "prefix_len": 31}}]}}}}}
+    if terminal == "tcp":
+        last = {"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+            "@type": TCP, "stat_prefix": "t", "cluster": "a"}}
+    else:
+        last = {"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+            "@type": HCM, "stat_prefix": "ingress", "http_filters": [ROUTER],
+            "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"],
+                                                "routes": [route("/", "a")]}]}}}
+    return {"static_resources": {
+        "listeners": [{"name": "net", "address": addr("127.0.0.1", port),
+                       "filter_chains": [{"filters": [rbac, last]}]}],
+        "clusters": [cluster("a", [backends.a])]}}
+
+
+@pytest.mark.parametrize("terminal", ["tcp", "http"])
+def test_network_rbac_same_as_envoy(pair, backends: Backends, terminal: str) -> None:
+    """LAN only for a whole listener: 127.0.0.8 and .9 get through, 127.0.0.10 does not."""
+    gws = pair(lambda port: net_config(port, backends, terminal))
+    seen = {}
+    for kind, (gw, port) in gws.items():
+        got = []
+        for source in ("127.0.0.8", "127.0.0.9", "127.0.0.10"):
+            with socket.create_connection(("127.0.0.1", port), timeout=5,
+                                          source_address=(source, 0)) as s:
+                s.sendall(b"GET /status/200 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                raw = b""
+                try:
+                    while chunk := s.recv(65536):
+                        raw += chunk
+                except ConnectionResetError:
+                    pass
+            got.append(raw.split(b"\r\n", 1)[0])
+        st = gw.stats()
+        seen[kind] = (got, st.get("lan_only.rbac.allowed"), st.get("lan_only.rbac.denied"))
+    assert seen["edgegw"][0][:2] == [b"HTTP/1.1 200 OK"] * 2 and seen["edgegw"][0][2] == b""
+    assert seen["edgegw"] == seen["envoy"]

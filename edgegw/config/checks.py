@@ -273,7 +273,7 @@ def _check_listener(lst: Listener, base: Path, clusters: set[str],
             fpath = path + ("filters", k, "typed_config")
             if isinstance(f.typed_config, TcpProxy):
                 yield from _check_tcp_proxy(f.typed_config, fpath, clusters)
-            else:
+            elif isinstance(f.typed_config, HttpConnectionManager):
                 yield from _check_hcm(f.typed_config, fpath, clusters)
 
 

@@ -62,6 +62,8 @@ class DownstreamConnection(asyncio.Protocol):
         self.direct_remote_ip = ""
         self.direct_remote_port = 0
         self.proxied: tuple[str, int] | None = None
+        self.admit: collections.abc.Callable[[object], bool] | None = None
+        """envoy.filters.network.rbac's check, asked at the first bytes (as Envoy)."""
         self.tlvs: tuple[tuple[int, bytes], ...] = ()
         self.local_address = ""
         self.streams: set[Stream] = set()
@@ -156,6 +158,11 @@ class DownstreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = time.monotonic()
+        if self.admit is not None:  # network RBAC, on the first byte as Envoy
+            admit, self.admit = self.admit, None
+            if not admit(self):
+                self.transport.abort()
+                return
         codec = self.codec
         if codec is None:
             codec = self.codec = self._make_codec(data)

@@ -29,6 +29,7 @@ from ..tls.context import ServerTls, SslStats
 from ..tls.sds import SecretManager
 from ..upstream.cluster import ClusterManager
 from .filter_chain import FilterChainIndex
+from .network_rbac import NetworkRbac
 from .tls_inspector import MAX_HELLO, ClientHello, NeedMore, inspect
 
 ACCEPT_BACKOFF = 0.1
@@ -75,6 +76,8 @@ class Chain:
     tls: ServerTls | None
     strict_host: bool = False
     """edgegw-only: requests must be for a name of the certificate SNI chose."""
+    rbac: NetworkRbac | None = None
+    """envoy.filters.network.rbac before the HCM or TCP proxy, if configured."""
 
     @property
     def access_logs(self) -> list[AccessLogger]:
@@ -115,11 +118,13 @@ class Listener:
         def build(fc: m.FilterChain) -> Chain:
             tls = (ServerTls(fc.transport_socket.typed_config, secrets, updates,
                              directory_of(fc)) if fc.transport_socket else None)
-            typed = fc.filters[0].typed_config
+            typed = fc.terminal
+            rbac = NetworkRbac(fc.network_rbac, store) if fc.network_rbac else None
             if isinstance(typed, m.TcpProxy):
-                return Chain(fc.name, None, TcpProxyConfig(typed, clusters, store), tls)
+                return Chain(fc.name, None, TcpProxyConfig(typed, clusters, store), tls,
+                             rbac=rbac)
             return Chain(fc.name, HttpConnectionManager(typed, clusters, store), None, tls,
-                         strict_sni_host(fc))
+                         strict_sni_host(fc), rbac)
 
         self.chains = [build(fc) for fc in cfg.filter_chains]
         default = build(cfg.default_filter_chain) if cfg.default_filter_chain else None
@@ -299,6 +304,7 @@ class Listener:
             if cert is not None and chain.strict_host:
                 proto.host_names = cert.host_names
         proto.hello = hello
+        proto.admit = chain.rbac.allows if chain.rbac is not None else None
         proto.proxied = proxied
         proto.tlvs = tlvs
         try:

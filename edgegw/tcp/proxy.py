@@ -11,6 +11,7 @@ read brought is kept and sent on connecting). Stats are Envoy's ``tcp.<stat_pref
 from __future__ import annotations
 
 import asyncio
+import collections.abc
 import random
 import socket
 import time
@@ -162,6 +163,9 @@ class TcpSession(asyncio.Protocol):
         """What the client sent before the upstream was connected (reading is paused then,
         but a first read may already be under way)."""
         self.proxied: tuple[str, int] | None = None
+        self.admit: collections.abc.Callable[[object], bool] | None = None
+        """envoy.filters.network.rbac's check, asked as the connection is made (before the
+        upstream is: a server-first backend never greets a refused client)."""
         """The client's address as a PROXY protocol header gave it, if one did."""
         self.tlvs: tuple[tuple[int, bytes], ...] = ()
         """Its TLVs that pass_through_tlvs keeps (for a PROXY header upstream)."""
@@ -183,6 +187,9 @@ class TcpSession(asyncio.Protocol):
         local = transport.get_extra_info("sockname") or ("", 0)
         self.local_address = f"{local[0]}:{local[1]}"
         self.transport.set_write_buffer_limits(high=self.buffer_limit)
+        if self.admit is not None and not self.admit(self):
+            self.transport.abort()  # before a byte goes either way
+            return
         self.cfg.stats.downstream_cx_total.value += 1
         self.transport.pause_reading()
         # (uvloop starts reading an accepted socket after connection_made: pause again then)

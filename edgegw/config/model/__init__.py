@@ -94,6 +94,7 @@ from .listener import (
     ListenerFilter,
     Metadata,
     NetworkFilter,
+    NetworkRbac,
     ProxyProtocol,
     TlsInspector,
 )
@@ -251,6 +252,7 @@ __all__ = [
     "Metadata",
     "Msg",
     "NetworkFilter",
+    "NetworkRbac",
     "PassThroughTlvs",
     "ProxyProtocol",
     "TcpHashPolicy",

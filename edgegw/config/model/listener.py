@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from .base import (
     HCM_TYPE,
+    NETWORK_RBAC_TYPE,
     PROXY_PROTOCOL_TYPE,
     TCP_PROXY_TYPE,
     TLS_INSPECTOR_TYPE,
@@ -21,6 +22,7 @@ from .base import (
 )
 from .core import Address, PassThroughTlvs
 from .hcm import HttpConnectionManager
+from .route import RbacRules
 from .tcp import TcpProxy
 from .tls import DownstreamTransportSocket
 
@@ -79,10 +81,22 @@ class Metadata(Msg):
     filter_metadata: dict[str, dict[str, Any]] = {}
 
 
+class NetworkRbac(TypedMsg):
+    """envoy.filters.network.rbac: principals and permissions (destination_port, any …) for
+    a whole connection, before its HTTP connection manager or TCP proxy."""
+
+    stat_prefix: str = Field(min_length=1)
+    rules: RbacRules | None = None
+    shadow_rules: RbacRules | None = None
+    shadow_rules_stat_prefix: str = ""
+    enforcement_type: Literal["ONE_TIME_ON_FIRST_BYTE"] = "ONE_TIME_ON_FIRST_BYTE"
+
+
 if TYPE_CHECKING:  # what the discriminated union holds, for the type checker
-    NetworkFilterConfig = HttpConnectionManager | TcpProxy
+    NetworkFilterConfig = HttpConnectionManager | TcpProxy | NetworkRbac
 else:
-    NetworkFilterConfig = by_type((HCM_TYPE, HttpConnectionManager), (TCP_PROXY_TYPE, TcpProxy))
+    NetworkFilterConfig = by_type((HCM_TYPE, HttpConnectionManager), (TCP_PROXY_TYPE, TcpProxy),
+                                  (NETWORK_RBAC_TYPE, NetworkRbac))
 
 
 class NetworkFilter(Msg):
@@ -96,7 +110,8 @@ class NetworkFilter(Msg):
     def _extension(cls, v: Any) -> Any:
         return named_filter(v, ("envoy.filters.network.http_connection_manager",
                                 "envoy.http_connection_manager",
-                                "envoy.filters.network.tcp_proxy", "envoy.tcp_proxy"),
+                                "envoy.filters.network.tcp_proxy", "envoy.tcp_proxy",
+                                "envoy.filters.network.rbac"),
                             "network filter", typed_required=True)
 
 
@@ -104,8 +119,28 @@ class FilterChain(Msg):
     name: str = ""
     metadata: Metadata | None = None
     filter_chain_match: FilterChainMatch = FilterChainMatch()
-    filters: list[NetworkFilter] = Field(min_length=1, max_length=1)
+    filters: list[NetworkFilter] = Field(min_length=1, max_length=2)
     transport_socket: DownstreamTransportSocket | None = None
+
+    @model_validator(mode="after")
+    def _terminal(self) -> FilterChain:
+        *first, last = [f.typed_config for f in self.filters]
+        if isinstance(last, NetworkRbac) or any(not isinstance(f, NetworkRbac) for f in first):
+            raise ValueError("filters: the http_connection_manager or tcp_proxy, optionally "
+                             "after one envoy.filters.network.rbac")
+        return self
+
+    @property
+    def terminal(self) -> HttpConnectionManager | TcpProxy:
+        """The filter that handles the bytes (the last one)."""
+        t = self.filters[-1].typed_config
+        assert not isinstance(t, NetworkRbac)
+        return t
+
+    @property
+    def network_rbac(self) -> NetworkRbac | None:
+        t = self.filters[0].typed_config
+        return t if isinstance(t, NetworkRbac) else None
 
 
 class Listener(Msg):

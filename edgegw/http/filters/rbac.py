@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
@@ -44,36 +44,60 @@ class ShadowStats(StatSet):
 
 
 class Request:
-    """What the matchers read of one request, computed once and only as needed."""
+    """What the matchers read of one request or connection, computed only as needed."""
 
-    def __init__(self, cb: FilterCallbacks) -> None:
-        self.cb = cb
+    def __init__(self, headers: Callable[[], Headers], path: bytes, remote_ip: str,
+                 source_ip: str, direct_ip: str, local_address: str, transport: object) -> None:
+        self._make_headers = headers
         self._headers: Headers | None = None
+        self.raw_path = path
+        self.remote_ip = remote_ip
+        """The client (after trusted hops, original IP detection, a PROXY header)."""
+        self.source_ip = source_ip
+        """The connection's client (after a PROXY header)."""
+        self.direct_ip = direct_ip
+        self.local_address = local_address
+        self.transport = transport
+
+    @classmethod
+    def of_stream(cls, cb: FilterCallbacks) -> Request:
+        def headers() -> Headers:
+            host = next((v for k, v in cb.headers if k == b"host"), b"")
+            return [(b":method", cb.method), (b":path", cb.path), (b":authority", host),
+                    *cb.headers]
+
+        conn = cb.conn
+        return cls(headers, cb.path, cb.remote_ip, conn.remote_ip,
+                   getattr(conn, "direct_remote_ip", "") or conn.remote_ip,
+                   conn.local_address, getattr(conn, "transport", None))
+
+    @classmethod
+    def of_connection(cls, conn: Any) -> Request:  # a DownstreamConnection or TcpSession
+        """A connection as the network RBAC filter sees it: addresses, no headers."""
+        return cls(list, b"", conn.remote_ip, conn.remote_ip, conn.direct_remote_ip,
+                   conn.local_address, conn.transport)
 
     @property
     def headers(self) -> Headers:
         """The request's headers with the pseudo-headers Envoy's matchers see."""
         if self._headers is None:
-            cb = self.cb
-            host = next((v for k, v in cb.headers if k == b"host"), b"")
-            self._headers = [(b":method", cb.method), (b":path", cb.path),
-                             (b":authority", host), *cb.headers]
+            self._headers = self._make_headers()
         return self._headers
 
     @property
     def path(self) -> str:
-        return self.cb.path.split(b"?", 1)[0].decode("latin-1")
+        return self.raw_path.split(b"?", 1)[0].decode("latin-1")
 
     @property
     def local_port(self) -> int:
-        _, _, port = self.cb.conn.local_address.rpartition(":")
+        _, _, port = self.local_address.rpartition(":")
         return int(port) if port.isdigit() else 0
 
     def peer_names(self) -> list[str]:
         """The client certificate's URI SANs, then DNS SANs, then subject (Envoy's order
         for ``authenticated.principal_name``); empty without one."""
-        transport = getattr(self.cb.conn, "transport", None)
-        ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+        transport = self.transport
+        ssl_object = getattr(transport, "get_extra_info", lambda _: None)("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         if not der:
             return []
@@ -134,12 +158,11 @@ def principal(p: m.Principal) -> Check:
     if p.any is not None:
         return lambda r: bool(p.any)
     if p.remote_ip is not None:
-        return _in(p.remote_ip, lambda r: r.cb.remote_ip)
+        return _in(p.remote_ip, lambda r: r.remote_ip)
     if p.source_ip is not None:
-        return _in(p.source_ip, lambda r: r.cb.conn.remote_ip)
+        return _in(p.source_ip, lambda r: r.source_ip)
     if p.direct_remote_ip is not None:
-        return _in(p.direct_remote_ip,
-                   lambda r: getattr(r.cb.conn, "direct_remote_ip", "") or r.cb.conn.remote_ip)
+        return _in(p.direct_remote_ip, lambda r: r.direct_ip)
     if p.header is not None:
         return _headers(p.header)
     if p.url_path is not None:
@@ -222,7 +245,7 @@ class RbacFilter:
         c = self._for(route_cfg)
         if c is None:
             return True
-        r = Request(cb)
+        r = Request.of_stream(cb)
         if c.shadow is not None:
             ok, _ = c.shadow.allows(r)
             st = self.shadow_stats
