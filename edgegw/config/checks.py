@@ -13,9 +13,9 @@ import re
 from collections.abc import Iterator
 
 from ..accesslog.format import compile_template
-from ..http.filters.basic_auth import parse_users
 from ..tls.certs import CertError, load_pair, parse_chain, read
 from ..tls.secrets import SecretError, materialize, read_sds_file
+from .htpasswd import parse_users
 from .model import (
     AccessLog,
     BasicAuth,

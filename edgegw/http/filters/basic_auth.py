@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from ... import log
 from ...config import model as m
+from ...config.htpasswd import parse_users
 from ...stats import Counter, StatSet, Store
 from ...tls.certs import CertError, read
 from ..filter import register
@@ -36,32 +37,6 @@ RECHECK = 1.0
 class BasicAuthStats(StatSet):
     allowed: Counter
     denied: Counter
-
-
-def parse_users(text: str) -> dict[str, bytes]:
-    """htpasswd lines to {user: sha1 digest}; ValueError names the first bad line."""
-    users: dict[str, bytes] = {}
-    for n, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line:
-            continue
-        user, sep, hashed = line.partition(":")
-        if not sep or not user:
-            raise ValueError(f"line {n}: expected 'user:{{SHA}}hash'")
-        if not hashed.startswith("{SHA}"):
-            raise ValueError(f"line {n}: user '{user}': only {{SHA}} hashes are supported "
-                             "(htpasswd -s)")
-        try:
-            digest = base64.b64decode(hashed[5:], validate=True)
-        except (binascii.Error, ValueError):
-            digest = b""
-        if len(digest) != 20:
-            raise ValueError(f"line {n}: user '{user}': the {{SHA}} hash is not base64 of a "
-                             "SHA-1 digest")
-        if user in users:
-            raise ValueError(f"line {n}: user '{user}' is listed twice")
-        users[user] = digest
-    return users
 
 
 class Users:
