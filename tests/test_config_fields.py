@@ -38,6 +38,7 @@ NEEDS_NO_READING = {
                                                                      "model's max_connections",
     "PassThroughTlvs.match_type": "read through the model's keeps()",
     "PassThroughTlvs.tlv_type": "read through the model's keeps()",
+    "NetworkRbac.enforcement_type": "only ONE_TIME_ON_FIRST_BYTE is accepted",
     "ExtAuthz.transport_api_version": "only V3 is accepted (it shapes gRPC checks only)",
     "OverloadManager.refresh_interval": "the connection limit is checked at each accept, as "
                                         "Envoy's proactive monitor is; nothing is sampled",
