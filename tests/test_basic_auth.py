@@ -12,15 +12,23 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ENVOY, Backends, Proc, addr, cluster, free_port, route, wait_for, wait_port
+from .conftest import (
+    ENVOY,
+    FILE_LOG,
+    HCM,
+    ROUTER,
+    Backends,
+    Proc,
+    addr,
+    cluster,
+    free_port,
+    route,
+    wait_for,
+    wait_port,
+)
 
 BASIC = "type.googleapis.com/envoy.extensions.filters.http.basic_auth.v3.BasicAuth"
 PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.basic_auth.v3.BasicAuthPerRoute"
-HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3." \
-      "HttpConnectionManager"
-ROUTER = {"name": "envoy.filters.http.router", "typed_config": {
-    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
-FILE_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 
 
 def htpasswd(**users: str) -> str:

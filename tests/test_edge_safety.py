@@ -18,6 +18,7 @@ import yaml
 
 from .conftest import (
     ENVOY,
+    FILE_LOG,
     Backends,
     Proc,
     cluster,
@@ -30,8 +31,6 @@ from .conftest import (
     wait_for,
     wait_port,
 )
-
-FILE_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 
 
 def logged_config(port: int, backends: Backends, log: Path, **hcm_extra: object) -> dict:

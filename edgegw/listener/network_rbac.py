@@ -13,28 +13,18 @@ refuses; here it never does. Stats:
 from __future__ import annotations
 
 from ..config import model as m
-from ..http.filters.rbac import Engine, RbacStats, Request, ShadowStats
+from ..http.filters.rbac import RbacStats, Request, Rules, ShadowStats, join
 from ..stats import Store
 
 
 class NetworkRbac:
     def __init__(self, cfg: m.NetworkRbac, store: Store) -> None:
         prefix = f"{cfg.stat_prefix}.rbac."
-        self.rules = Engine(cfg.rules) if cfg.rules is not None else None
-        self.shadow = Engine(cfg.shadow_rules) if cfg.shadow_rules is not None else None
+        self.rules = Rules(cfg.rules, cfg.shadow_rules)
         self.stats = RbacStats(store, prefix)
-        self.shadow_stats = ShadowStats(store, prefix + (
-            f"{cfg.shadow_rules_stat_prefix}." if cfg.shadow_rules_stat_prefix else ""))
+        self.shadow_stats = ShadowStats(store, join(prefix, cfg.shadow_rules_stat_prefix))
 
     def allows(self, conn: object) -> bool:
         """Whether the connection may go on (counted as Envoy counts it)."""
-        r = Request.of_connection(conn)
-        if self.shadow is not None:
-            ok, _ = self.shadow.allows(r)
-            st = self.shadow_stats
-            (st.shadow_allowed if ok else st.shadow_denied).value += 1
-        if self.rules is None:
-            return True
-        ok, _ = self.rules.allows(r)
-        (self.stats.allowed if ok else self.stats.denied).value += 1
+        ok, _ = self.rules.check(Request.of_connection(conn), self.stats, self.shadow_stats)
         return ok

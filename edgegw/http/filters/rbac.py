@@ -210,13 +210,27 @@ class Engine:
         return True, name
 
 
-class _Compiled:
-    def __init__(self, cfg: m.RBAC) -> None:
-        self.rules = Engine(cfg.rules) if cfg.rules is not None else None
-        self.shadow = Engine(cfg.shadow_rules) if cfg.shadow_rules is not None else None
+class Rules:
+    """Enforced and shadow rules (either may be absent), checked and counted together."""
+
+    def __init__(self, rules: m.RbacRules | None, shadow: m.RbacRules | None) -> None:
+        self.rules = Engine(rules) if rules is not None else None
+        self.shadow = Engine(shadow) if shadow is not None else None
+
+    def check(self, r: Request, stats: RbacStats, shadow_stats: ShadowStats
+              ) -> tuple[bool, str | None]:
+        """(allowed, the policy that decided); shadow rules are counted, never enforced."""
+        if self.shadow is not None:
+            ok, _ = self.shadow.allows(r)
+            (shadow_stats.shadow_allowed if ok else shadow_stats.shadow_denied).value += 1
+        if self.rules is None:
+            return True, None
+        ok, name = self.rules.allows(r)
+        (stats.allowed if ok else stats.denied).value += 1
+        return ok, name
 
 
-def _join(prefix: str, more: str) -> str:
+def join(prefix: str, more: str) -> str:
     """Envoy's statPrefixJoin: a given sub-prefix gets its own dot."""
     return f"{prefix}{more}." if more and not more.endswith(".") else prefix + more
 
@@ -225,38 +239,29 @@ def _join(prefix: str, more: str) -> str:
 class RbacFilter:
     def __init__(self, cfg: m.RBAC, store: Store, hcm_prefix: str) -> None:
         prefix = f"http.{hcm_prefix}.rbac."
-        self.own = _Compiled(cfg)
-        self.stats = RbacStats(store, _join(prefix, cfg.rules_stat_prefix))
+        self.own = Rules(cfg.rules, cfg.shadow_rules)
+        self.stats = RbacStats(store, join(prefix, cfg.rules_stat_prefix))
         """One set of counters for the filter, per-route rules included (as Envoy)."""
-        self.shadow_stats = ShadowStats(store, _join(prefix, cfg.shadow_rules_stat_prefix))
-        self.per_route: dict[int, _Compiled | None] = {}
+        self.shadow_stats = ShadowStats(store, join(prefix, cfg.shadow_rules_stat_prefix))
+        self.per_route: dict[int, Rules | None] = {}
         """Each route's RBACPerRoute, compiled at its first request."""
 
-    def _for(self, route_cfg: object) -> _Compiled | None:
+    def _for(self, route_cfg: object) -> Rules | None:
         if not isinstance(route_cfg, m.RBACPerRoute):
             return self.own
         key = id(route_cfg)
         if key not in self.per_route:
-            self.per_route[key] = (_Compiled(route_cfg.rbac)
-                                   if route_cfg.rbac is not None else None)
+            rbac = route_cfg.rbac
+            self.per_route[key] = Rules(rbac.rules, rbac.shadow_rules) if rbac else None
         return self.per_route[key]
 
     def decode_headers(self, cb: FilterCallbacks, route_cfg: object) -> bool:
         c = self._for(route_cfg)
         if c is None:
             return True
-        r = Request.of_stream(cb)
-        if c.shadow is not None:
-            ok, _ = c.shadow.allows(r)
-            st = self.shadow_stats
-            (st.shadow_allowed if ok else st.shadow_denied).value += 1
-        if c.rules is None:
-            return True
-        ok, name = c.rules.allows(r)
+        ok, name = c.check(Request.of_stream(cb), self.stats, self.shadow_stats)
         if ok:
-            self.stats.allowed.value += 1
             return True
-        self.stats.denied.value += 1
         cb.send_local_reply(403, b"RBAC: access denied",
                             f"rbac_access_denied_matched_policy[{name or 'none'}]")
         return False
