@@ -41,8 +41,3 @@ class TcpProxy(TypedMsg):
     def _cluster(self) -> TcpProxy:
         one_of(self, ("cluster", "weighted_clusters"))
         return self
-
-    def cluster_names(self) -> list[str]:
-        if self.weighted_clusters is not None:
-            return [c.name for c in self.weighted_clusters.clusters]
-        return [self.cluster]
