@@ -40,7 +40,10 @@ class Verify(BaseHTTPRequestHandler):
     seen: list[dict[str, str]] = []
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-        Verify.seen.append({"path": self.path, **{k.lower(): v for k, v in self.headers.items()}})
+        length = int(self.headers.get("content-length") or 0)
+        body = self.rfile.read(length).decode() if length else ""
+        Verify.seen.append({"path": self.path, "body": body,
+                            **{k.lower(): v for k, v in self.headers.items()}})
         cookie = self.headers.get("cookie", "")
         if "slow" in self.path:
             time.sleep(1.5)
@@ -187,3 +190,65 @@ def test_headers_only_the_service_may_set_never_come_from_the_client(
     gateway(authz_config(port, backends, verify, tmp_path / "log"))
     got = ask(port, "/headers", "Cookie: session=anon\r\nRemote-User: root\r\n")
     assert got[0] == 200 and got[1] is None
+
+
+def post(port: int, body: bytes) -> tuple[int, int]:
+    """A POST with a session; (status, the body's length as the backend saw it, or -1)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"POST /headers HTTP/1.1\r\nHost: app.example\r\nCookie: session=alice\r\n"
+                  b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+        raw = b""
+        try:
+            while chunk := s.recv(65536):
+                raw += chunk
+        except ConnectionResetError:
+            pass
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    status = int(head.split()[1])
+    return status, json.loads(rest)["body_bytes"] if status == 200 else -1
+
+
+@pytest.mark.parametrize("partial", [False, True])
+def test_with_request_body_sends_the_body_to_the_service_as_envoy_does(
+        pair, backends: Backends, verify: tuple[str, int], tmp_path: Path,
+        partial: bool) -> None:
+    """Up to max_request_bytes of the body go with the check; a longer body is refused
+    (413), or cut to its first bytes for the service when partial messages are allowed,
+    while the backend still gets all of it."""
+    logs = iter([tmp_path / "e.log", tmp_path / "o.log"])
+    gws = pair(lambda port: authz_config(port, backends, verify, next(logs), with_request_body={
+        "max_request_bytes": 10, "allow_partial_message": partial}))
+    seen = {}
+    for kind, (_, port) in gws.items():
+        Verify.seen.clear()
+        got = [post(port, b) for b in (b"hello", b"0123456789", b"0123456789abcdefghij", b"")]
+        asked = [(s["body"], s.get("content-length"), s.get("x-envoy-auth-partial-body"))
+                 for s in Verify.seen]
+        seen[kind] = got, asked
+    got, asked = seen["edgegw"]
+    assert got[:2] == [(200, 5), (200, 10)]
+    assert asked[0][:2] == ("hello", "5")
+    assert got[2] == ((200, 20) if partial else (413, -1))
+    if partial:
+        assert asked[2][0] == "0123456789"
+    assert seen["edgegw"] == seen["envoy"]
+
+
+def test_config_dump_shows_the_filter_as_envoy_does(
+        pair, backends: Backends, verify: tuple[str, int], tmp_path: Path) -> None:
+    import httpx
+
+    logs = iter([tmp_path / "e.log", tmp_path / "o.log"])
+    gws = pair(lambda port: authz_config(port, backends, verify, next(logs),
+                                         with_request_body={"max_request_bytes": 10}))
+    shown = {}
+    for kind, (gw, _) in gws.items():
+        dump = httpx.get(f"http://127.0.0.1:{gw.admin_port}/config_dump",
+                         params={"resource": "static_listeners"}, timeout=5).json()
+        listener = dump["configs"][0]["listener"]
+        hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        shown[kind] = hcm["http_filters"]
+    # edgegw dumps the config as written; Envoy prints durations with 3, 6 or 9 decimals.
+    assert shown["envoy"][0]["typed_config"]["http_service"]["server_uri"]["timeout"] == "0.500s"
+    shown["envoy"][0]["typed_config"]["http_service"]["server_uri"]["timeout"] = "0.5s"
+    assert shown["edgegw"] == shown["envoy"]

@@ -178,3 +178,65 @@ def test_network_rbac_same_as_envoy(pair, backends: Backends, terminal: str) -> 
         seen[kind] = (got, st.get("lan_only.rbac.allowed"), st.get("lan_only.rbac.denied"))
     assert seen["edgegw"][0][:2] == [b"HTTP/1.1 200 OK"] * 2 and seen["edgegw"][0][2] == b""
     assert seen["edgegw"] == seen["envoy"]
+
+
+def test_authenticated_principal_reads_the_client_certificate_as_envoy_does(
+        pair, backends: Backends, certs: Path, tmp_path: Path) -> None:
+    """mTLS: ``authenticated`` with a principal_name matches the certificate's SANs; with
+    none it matches any TLS connection, even one without a client certificate (Envoy's
+    AuthenticatedMatcher checks only that the connection is TLS)."""
+    import ssl
+
+    import trustme
+
+    from .conftest import DTLS
+
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "clients.pem"))
+    people = {}
+    for who in ("alice", "bob"):
+        leaf = ca.issue_cert(f"{who}.clients.home")
+        leaf.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / f"{who}.pem"))
+        people[who] = tmp_path / f"{who}.pem"
+    rules = {"action": "ALLOW", "policies": {
+        "alice": {"permissions": [ANY], "principals": [{"authenticated": {
+            "principal_name": {"exact": "alice.clients.home"}}}]},
+        "anyone-with-a-cert": {"permissions": [{"url_path": {"path": {"prefix": "/any"}}}],
+                               "principals": [{"authenticated": {}}]}}}
+
+    def config(port: int) -> dict:
+        tls = {"name": "envoy.transport_sockets.tls", "typed_config": {
+            "@type": DTLS, "common_tls_context": {
+                "tls_certificates": [
+                    {"certificate_chain": {"filename": str(certs / "a.example.com.pem")},
+                     "private_key": {"filename": str(certs / "a.example.com.key")}}],
+                "validation_context": {"trusted_ca": {"filename": str(tmp_path / "clients.pem")}}}}}
+        return {"static_resources": {
+            "listeners": [{"name": "h", "address": addr("127.0.0.1", port), "filter_chains": [
+                {"transport_socket": tls, "filters": [
+                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+                        "@type": HCM, "stat_prefix": "ingress",
+                        "http_filters": [{"name": "envoy.filters.http.rbac", "typed_config": {
+                            "@type": RBAC, "rules": rules}}, ROUTER],
+                        "route_config": {"virtual_hosts": [
+                            {"name": "all", "domains": ["*"], "routes": [route("/", "a")]}]}}}]}]}],
+            "clusters": [cluster("a", [backends.a])]}}
+
+    def get(port: int, who: str | None, path: str) -> int:
+        ctx = ssl.create_default_context(cafile=str(certs / "dev-ca.pem"))
+        if who is not None:
+            ctx.load_cert_chain(str(people[who]))
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+                ctx.wrap_socket(raw, server_hostname="a.example.com") as s:
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: a.example.com\r\n"
+                      "Connection: close\r\n\r\n".encode())
+            out = b""
+            while chunk := s.recv(65536):
+                out += chunk
+        return int(out.split(b" ", 2)[1])
+
+    gws = pair(config)
+    cases = [("alice", "/x"), ("bob", "/x"), ("bob", "/any/x"), (None, "/any/x"), (None, "/x")]
+    seen = {kind: [get(port, *c) for c in cases] for kind, (_, port) in gws.items()}
+    assert seen["edgegw"] == [200, 403, 200, 200, 403]
+    assert seen["edgegw"] == seen["envoy"]

@@ -82,6 +82,9 @@ class FilterCallbacks(Protocol):
         """Something to add to the response headers, local replies included."""
     def expand(self, value: str) -> str:
         """The %OPERATORS% a header value may carry, for this stream."""
+    def buffer_body(self, limit: int, then: Callable[[bytes, bool], None]) -> None:
+        """Calls ``then(body, complete)`` once the request's whole body is in, or at least
+        ``limit`` bytes of it; the body stays buffered for the filters after this one."""
     def read_disable(self, reason: str, disable: bool) -> None:
         """Stops (or resumes) reading this stream's request body from the client."""
     def arm_deadline(self, timeout: float) -> None:

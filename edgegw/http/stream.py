@@ -105,6 +105,9 @@ class Stream:
     router: Router | None = None
     early: list[bytes] | None = None
     """Body that arrived while a filter held the request, for the router."""
+    early_size = 0
+    body_wanted: tuple[int, Callable[[bytes, bool], None]] | None = None
+    """A filter waiting for the request's body (buffer_body)."""
     filter_index = 0
     pause_handle: asyncio.TimerHandle | None = None
     pause_abandoned: Callable[[], None] | None = None
@@ -306,10 +309,14 @@ class Stream:
             return
         if self.router is not None:
             self.router.decode_data(data)
-        elif self.early is None:
+            return
+        if self.early is None:
             self.early = [data]
         else:
             self.early.append(data)
+        self.early_size += len(data)
+        if self.body_wanted is not None and self.early_size >= self.body_wanted[0]:
+            self._give_body()
 
     def decode_trailers(self, trailers: Headers) -> None:
         if self.router is not None and not self.response_done:
@@ -321,6 +328,13 @@ class Stream:
         self.request_done = True
         if self.router is not None and not self.response_done:
             self.router.decode_end()
+        elif self.body_wanted is not None:
+            self._give_body()
+
+    def _give_body(self) -> None:
+        assert self.body_wanted is not None
+        then, self.body_wanted = self.body_wanted[1], None
+        then(b"".join(self.early or ()), self.request_done)
 
     def decode_reset(self) -> None:
         """The client went away (or reset the stream) before the response was complete."""
@@ -362,6 +376,11 @@ class Stream:
                 self.continue_decoding()
         self.pause_handle = self.conn.loop.call_later(delay, wake)
         self.pause_abandoned = abandoned
+
+    def buffer_body(self, limit: int, then: Callable[[bytes, bool], None]) -> None:
+        self.body_wanted = (limit, then)
+        if self.request_done or self.early_size >= limit:
+            self._give_body()
 
     def expand(self, value: str) -> str:
         conn = self.conn

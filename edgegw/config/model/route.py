@@ -460,11 +460,23 @@ class HttpService(Msg):
     authorization_response: AuthorizationResponse = AuthorizationResponse()
 
 
+class BufferSettings(Msg):
+    """ext_authz's with_request_body: up to ``max_request_bytes`` of the request's body go to
+    the service with the check; past that the request gets 413, unless
+    ``allow_partial_message`` sends the first bytes alone."""
+
+    max_request_bytes: UInt32 = Field(ge=1)
+    allow_partial_message: Bool = False
+    pack_as_bytes: Bool = False
+    """gRPC service mode only; accepted and meaningless over HTTP, as in Envoy."""
+
+
 class ExtAuthz(TypedMsg):
     """envoy.filters.http.ext_authz in HTTP service mode (Authelia, Authentik,
     oauth2-proxy): each request is first asked of an authorization service."""
 
     http_service: HttpService
+    with_request_body: BufferSettings | None = None
     failure_mode_allow: Bool = False
     status_on_error: HttpStatus | None = None
     transport_api_version: Literal["V3"] = "V3"

@@ -2,8 +2,8 @@
 Authentik's outpost, oauth2-proxy).
 
 Each request is first asked of the authorization service: the same method, the path under
-``path_prefix``, Host, Authorization, Method, Path and Content-Length (0) always, plus the
-headers ``allowed_headers`` matches and ``headers_to_add``. The request waits (paused) for the
+``path_prefix``, Host and Authorization always, plus the headers ``allowed_headers`` matches
+and ``headers_to_add``; with ``with_request_body``, the body's first bytes too. The request waits (paused) for the
 answer, which goes through the cluster's pool like any upstream request.
 - **200**: allowed. Headers matched by ``allowed_upstream_headers`` are set on the request;
   those matched by ``allowed_client_headers_on_success`` are added to the response.
@@ -61,10 +61,12 @@ def _names(lm: m.ListStringMatcher | None) -> Names | None:
 class _Call:
     """One check request to the service: a pool client and the sink of its response."""
 
-    def __init__(self, f: ExtAuthzFilter, cb: FilterCallbacks, head: RequestHead) -> None:
+    def __init__(self, f: ExtAuthzFilter, cb: FilterCallbacks, head: RequestHead,
+                 body: bytes | None) -> None:
         self.f = f
         self.cb = cb
         self.head = head
+        self.request_body = body
         self.status = 0
         self.headers: Headers = []
         self.body = b""
@@ -89,7 +91,11 @@ class _Call:
             self.host.pool.release(conn)
             return
         self.encoder = conn.new_stream(self)
-        self.encoder.encode_headers(self.head, True)
+        if self.request_body:
+            self.encoder.encode_headers(self.head, False)
+            self.encoder.encode_data(self.request_body, True)
+        else:
+            self.encoder.encode_headers(self.head, True)
 
     def pool_overflow(self) -> None:
         self._fail()
@@ -158,6 +164,7 @@ class ExtAuthzFilter:
             (resp.allowed_upstream_headers.patterns if resp.allowed_upstream_headers else [])
             if p.exact is not None)
         """Names only the service may set on the way to the backend (edgegw-only)."""
+        self.with_body = cfg.with_request_body
         self.failure_mode_allow = cfg.failure_mode_allow
         self.status_on_error = cfg.status_on_error.code if cfg.status_on_error else 403
         self.stats = ExtAuthzStats(store, f"http.{hcm_prefix}.ext_authz.")
@@ -166,20 +173,46 @@ class ExtAuthzFilter:
     def decode_headers(self, cb: FilterCallbacks, route_cfg: object) -> bool:
         if isinstance(route_cfg, m.ExtAuthzPerRoute) and route_cfg.disabled:
             return True
+        if self.with_body is not None and not cb.request_done and not cb.head.upgrade:
+            cb.buffer_body(self.with_body.max_request_bytes,
+                           lambda body, complete: self._body_in(cb, body, complete))
+            return False
+        self._check(cb, None)
+        return False
+
+    def _body_in(self, cb: FilterCallbacks, body: bytes, complete: bool) -> None:
+        """with_request_body: the whole body, or its first max_request_bytes when partial
+        messages are allowed; a longer body is refused, as Envoy's buffer limit refuses it."""
+        assert self.with_body is not None
+        limit = self.with_body.max_request_bytes
+        if not complete and not self.with_body.allow_partial_message:
+            if len(body) <= limit:
+                cb.buffer_body(limit + 1, lambda b, c: self._body_in(cb, b, c))
+            else:
+                cb.send_local_reply(413, b"Payload Too Large", "request_payload_too_large",
+                                    close=True)
+            return
+        if not complete:
+            cb.read_disable("ext_authz", True)
+        self._check(cb, body[:limit], partial=len(body) > limit)
+
+    def _check(self, cb: FilterCallbacks, body: bytes | None, partial: bool = False) -> None:
         headers: Headers = [(b"host", cb.authority.encode("latin-1"))]
         for k, v in cb.headers:
             if k != b"host" and (k == b"authorization"
                                  or (self.allowed is not None and self.allowed(k))):
                 headers.append((k, v))
         headers += self.to_add
-        headers.append((b"content-length", b"0"))
+        if body is not None:
+            headers.append((b"x-envoy-auth-partial-body", b"true" if partial else b"false"))
+        headers.append((b"content-length", b"%d" % len(body or b"")))
         head = RequestHead(cb.method, self.prefix + cb.path, headers, "HTTP/1.1")
-        _Call(self, cb, head).start()
-        return False
+        _Call(self, cb, head, body).start()
 
     def answered(self, cb: FilterCallbacks, call: _Call) -> None:
         if cb.response_done:
             return
+        cb.read_disable("ext_authz", False)
         if call.status != 200:
             self.stats.denied.value += 1
             self._count(cb, "denied")
@@ -207,6 +240,7 @@ class ExtAuthzFilter:
     def failed(self, cb: FilterCallbacks) -> None:
         if cb.response_done:
             return
+        cb.read_disable("ext_authz", False)
         self.stats.error.value += 1
         self._count(cb, "error")
         if self.failure_mode_allow:

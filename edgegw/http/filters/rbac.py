@@ -93,6 +93,11 @@ class Request:
         _, _, port = self.local_address.rpartition(":")
         return int(port) if port.isdigit() else 0
 
+    def tls(self) -> bool:
+        transport = self.transport
+        get = getattr(transport, "get_extra_info", None)
+        return get is not None and get("ssl_object") is not None
+
     def peer_names(self) -> list[str]:
         """The client certificate's URI SANs, then DNS SANs, then subject (Envoy's order
         for ``authenticated.principal_name``); empty without one."""
@@ -169,8 +174,10 @@ def principal(p: m.Principal) -> Check:
         return _path(p.url_path)
     if p.authenticated is not None:
         name = p.authenticated.principal_name
-        if name is None:  # any client certificate
-            return lambda r: bool(r.peer_names())
+        if name is None:
+            # As Envoy's AuthenticatedMatcher: any TLS connection, with a client
+            # certificate or without one.
+            return lambda r: r.tls()
         match = string_matcher(name)
         return lambda r: any(match(n) for n in r.peer_names())
     if p.not_id is not None:
