@@ -9,7 +9,7 @@ import sys
 
 from . import __version__, log
 from .config import ConfigError, from_source
-from .config.source import load
+from .sites import load
 
 _log = log.get("main")
 
@@ -41,6 +41,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["expand"]:
+        sys.exit(expand(argv[1:]))
     args = parser().parse_args(argv)
     if args.version:
         print(f"edgegw version: {__version__}/Python/RELEASE")
@@ -58,12 +60,14 @@ def main(argv: list[str] | None = None) -> None:
         boot = from_source(src)
     except ConfigError as e:
         for p in e.problems:
-            _log.critical("error initializing configuration '%s': %s",
-                          args.config_path or "--config-yaml", p)
-        if args.mode == "validate":
-            for p in e.problems:
+            if args.mode == "validate":
                 print(p, file=sys.stderr)
+            else:
+                _log.critical("error initializing configuration '%s': %s",
+                              args.config_path or "--config-yaml", p)
         sys.exit(1)
+    for note in src.notes:
+        _log.warning("%s", note)
     if args.mode == "validate":
         print(f"configuration '{args.config_path or '--config-yaml'}' OK")
         return
@@ -85,6 +89,29 @@ def main(argv: list[str] | None = None) -> None:
         return from_source(src), src.data
 
     _serve(boot, vars(args), src.data, loader)
+
+
+def expand(argv: list[str]) -> int:
+    """``edgegw expand SITES_FILE``: the Envoy bootstrap a sites file stands for, on stdout
+    (what ``envoy -c`` would run); problems on stderr and exit 1."""
+    import yaml
+
+    p = argparse.ArgumentParser(prog="edgegw expand",
+                                description="Print the Envoy bootstrap a sites file expands to.")
+    p.add_argument("sites_file")
+    args = p.parse_args(argv)
+    try:
+        src = load(args.sites_file, None)
+        from_source(src)
+    except ConfigError as e:
+        for problem in e.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    print(f"# Envoy bootstrap expanded by edgegw {__version__} from {args.sites_file}")
+    for note in src.notes:
+        print(f"# note: {note}")
+    print(yaml.safe_dump(src.data, sort_keys=False, width=100), end="")
+    return 0
 
 
 def _node_override(args: argparse.Namespace) -> str | None:

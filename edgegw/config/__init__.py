@@ -7,15 +7,19 @@ path and, where known, the file and line.
 
 from __future__ import annotations
 
+import difflib
+import functools
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from .dynamic import expand
 from .model import Bootstrap
+from .model.base import Msg
 from .source import ConfigError, Path, Source, load
 
-__all__ = ["Bootstrap", "ConfigError", "load_bootstrap", "from_source", "dotted"]
+__all__ = ["Bootstrap", "ConfigError", "load_bootstrap", "from_source", "dotted", "problem",
+           "validation_problems"]
 
 
 def dotted(path: Path) -> str:
@@ -36,11 +40,31 @@ def problem(src: Source, path: Path, message: str,
     return f"{shown}: {message}" + (f" ({where})" if where else "")
 
 
-def _message(err: dict[str, Any]) -> str:
+@functools.cache
+def field_names(base: type[BaseModel]) -> frozenset[str]:
+    """Every field name of ``base`` and its subclasses: what a misspelt name is held against."""
+    names: set[str] = set()
+    todo = [base]
+    while todo:
+        cls = todo.pop()
+        names.update(cls.model_fields)
+        todo += cls.__subclasses__()
+    return frozenset(names)
+
+
+def _close(name: str, known: frozenset[str]) -> str | None:
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.8)
+    return close[0] if close else None
+
+
+def message_of(err: dict[str, Any], model: type[BaseModel] = Msg,
+               unknown: str = "is not supported by edgegw") -> str:
+    """One pydantic error as a user reads it; a near-miss field name gets a suggestion."""
     kind = err["type"]
     loc = err["loc"]
     if kind == "extra_forbidden":
-        return f"field '{loc[-1]}' is not supported by edgegw"
+        close = _close(str(loc[-1]), field_names(model))
+        return f"field '{loc[-1]}' {unknown}" + (f"; did you mean '{close}'?" if close else "")
     if kind == "missing":
         return f"required field '{loc[-1]}' is missing"
     if kind == "literal_error":
@@ -54,7 +78,24 @@ def _message(err: dict[str, Any]) -> str:
     return msg.removeprefix("Value error, ")
 
 
-def _clean_loc(loc: tuple[Any, ...]) -> Path:
+def validation_problems(e: ValidationError, src: Source, model: type[BaseModel] = Msg,
+                        unknown: str = "is not supported by edgegw",
+                        names: dict[Path, str] | None = None) -> list[str]:
+    """Each error once, pointing at its line. A misspelt required field is one mistake, not
+    two: its 'missing' error goes when the unknown name beside it is the suggestion."""
+    errors: list[dict[str, Any]] = [dict(err) for err in e.errors()]
+    misspelt: set[Path] = set()
+    for err in errors:
+        if err["type"] == "extra_forbidden":
+            close = _close(str(err["loc"][-1]), field_names(model))
+            if close is not None:
+                misspelt.add(clean_loc(err["loc"][:-1]) + (close,))
+    return [problem(src, clean_loc(err["loc"]), message_of(err, model, unknown), names)
+            for err in errors
+            if not (err["type"] == "missing" and clean_loc(err["loc"]) in misspelt)]
+
+
+def clean_loc(loc: tuple[Any, ...]) -> Path:
     """Drops pydantic's internal location parts (validator names, union members)."""
     return tuple(p for p in loc if isinstance(p, int)
                  or not str(p).startswith(("function-", "[", "type.googleapis.com/")))
@@ -62,13 +103,12 @@ def _clean_loc(loc: tuple[Any, ...]) -> Path:
 
 def from_source(src: Source) -> Bootstrap:
     src, dynamic, names = expand(src)
+    names = {**src.names, **names}
     problems: list[str] = []
     try:
         boot = Bootstrap.model_validate(src.data)
     except ValidationError as e:
-        for err in e.errors():
-            problems.append(problem(src, _clean_loc(err["loc"]), _message(dict(err)), names))
-        raise ConfigError(problems) from None
+        raise ConfigError(validation_problems(e, src, names=names)) from None
     # Imported here: the checks read certificate and log-format modules that themselves
     # import the config model, so importing them with this package would be circular.
     from .checks import cross_check

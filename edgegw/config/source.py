@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +48,10 @@ class Source:
     files_seen: dict[str, FileSignature] = field(default_factory=dict)
     """Each file read, as it was just before it was read: what the config watcher compares
     with, so that a change made while the gateway starts is not missed."""
+    notes: list[str] = field(default_factory=list)
+    """What the user should know of a config that loads (e.g. a site with no certificate)."""
+    names: dict[Path, str] = field(default_factory=dict)
+    """How errors show a path that was generated (from the sites file) rather than written."""
 
     def where(self, path: Path) -> str | None:
         """The origin of ``path`` or of its nearest ancestor that has one."""
@@ -68,16 +73,17 @@ def snake(key: str) -> str:
     return _CAMEL.sub("_", key).lower()
 
 
-def _origins(node: yaml.Node, name: str, path: Path, out: dict[Path, str]) -> None:
+def _origins(node: yaml.Node, name: str, path: Path, out: dict[Path, str],
+             keys: Callable[[str], str]) -> None:
     out[path] = f"{name}:{node.start_mark.line + 1}"
     if isinstance(node, yaml.MappingNode):
         for k, v in node.value:
-            key = snake(str(k.value))
-            _origins(v, name, path + (key,), out)
+            key = keys(str(k.value))
+            _origins(v, name, path + (key,), out, keys)
             out[path + (key,)] = f"{name}:{k.start_mark.line + 1}"
     elif isinstance(node, yaml.SequenceNode):
         for i, v in enumerate(node.value):
-            _origins(v, name, path + (i,), out)
+            _origins(v, name, path + (i,), out, keys)
 
 
 class _Loader(yaml.SafeLoader):
@@ -117,10 +123,12 @@ def parse(text: str, name: str) -> Source:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([f"{name}:1: the bootstrap must be a mapping (a YAML/JSON object)"])
+    # A sites file's keys are names (hosts, headers, users), not protobuf fields: as written.
+    sites = "sites" in data and "static_resources" not in data
     origins: dict[Path, str] = {}
     if node is not None:
-        _origins(node, name, (), origins)
-    return Source(_snake_keys(data), origins)
+        _origins(node, name, (), origins, str if sites else snake)
+    return Source(data if sites else _snake_keys(data), origins)
 
 
 def _snake_keys(value: Any) -> Any:
@@ -150,7 +158,8 @@ def merge_sources(base: Source, over: Source) -> Source:
     for path, where in over.origins.items():
         shifted[_shift(path, base.data, over.data)] = where
     origins.update(shifted)
-    return Source(merge(base.data, over.data), origins, {**base.files_seen, **over.files_seen})
+    return Source(merge(base.data, over.data), origins, {**base.files_seen, **over.files_seen},
+                  base.notes + over.notes, base.names)
 
 
 def _shift(path: Path, base: Any, over: Any) -> Path:
@@ -169,8 +178,10 @@ def _shift(path: Path, base: Any, over: Any) -> Path:
     return tuple(out)
 
 
-def load(config_path: str | None, config_yaml: str | None) -> Source:
-    """Reads ``-c`` and ``--config-yaml`` as Envoy does; either may be absent, not both."""
+def load(config_path: str | None, config_yaml: str | None,
+         compile_file: Callable[[Source], Source] | None = None) -> Source:
+    """Reads ``-c`` and ``--config-yaml`` as Envoy does; either may be absent, not both.
+    ``compile_file`` turns the ``-c`` file into a bootstrap first (the sites file)."""
     if not config_path and not config_yaml:
         raise ConfigError(["no configuration given: use -c FILE and/or --config-yaml TEXT"])
     src: Source | None = None
@@ -183,6 +194,8 @@ def load(config_path: str | None, config_yaml: str | None) -> Source:
             raise ConfigError([f"unable to read file: {config_path}: {e.strerror}"]) from None
         src = parse(text, config_path)
         src.files_seen[config_path] = seen
+        if compile_file is not None:
+            src = compile_file(src)
     if config_yaml:
         over = parse(config_yaml, "--config-yaml")
         src = over if src is None else merge_sources(src, over)

@@ -51,7 +51,7 @@ def strict_sni_host(fc: m.FilterChain) -> bool:
     return isinstance(ours, dict) and ours.get("strict_sni_host") is True
 
 
-def _candidates(root: str) -> dict[str, tuple[str, str]]:
+def candidates(root: str) -> dict[str, tuple[str, str]]:
     """Certificate and key files by site name, as the three layouts pair them."""
     try:
         entries = sorted(os.listdir(root))
@@ -112,7 +112,7 @@ class CertDirectory:
 
     def _listing(self) -> list[str]:
         files = [self.path]
-        for chain, key in _candidates(self.path).values():
+        for chain, key in candidates(self.path).values():
             files += [chain] if chain == key else [chain, key]
         return files
 
@@ -129,7 +129,7 @@ class CertDirectory:
     def _scan(self) -> bool:
         """Loads new and changed pairs; True when the set of served certificates changed."""
         self.stats.scans.value += 1
-        found = _candidates(self.path)
+        found = candidates(self.path)
         changed = False
         for name in [n for n in self.good if n not in found]:
             del self.good[name]
@@ -178,7 +178,7 @@ class CertDirectory:
 
     def _reject(self, name: str, sig: Signature, why: str) -> None:
         self.bad[name] = sig
-        self.problems[name] = {"name": name, "file": _candidates(self.path).get(
+        self.problems[name] = {"name": name, "file": candidates(self.path).get(
             name, ("", ""))[0], "problem": why, "since": now_stamp()}
         self.stats.rejected.value += 1
         kept = " (still serving the previous one)" if name in self.good else ""

@@ -156,12 +156,17 @@ class _Sources:
             self.cert_dir.callbacks.append(on_update)
 
     def pairs(self) -> list[tuple[CertPair, str]]:
-        out = list(zip(self.static_pairs, self.static_paths, strict=True))
+        """Configured certificates first, then the drop-in directory's. A configured file
+        that lives in the drop-in directory is served as the directory holds it now, so it
+        rotates with the others (edgegw-only; what the sites file relies on)."""
+        dropped = {os.path.normpath(path): (pair, path) for pair, path in self.cert_dir.pairs()} \
+            if self.cert_dir is not None else {}
+        out = [dropped.pop(os.path.normpath(path), (pair, path))
+               for pair, path in zip(self.static_pairs, self.static_paths, strict=True)]
         for sub in self.cert_subs:
             if isinstance(sub.value, CertSecret):
                 out.append((sub.value.pair, sub.value.chain_path))
-        if self.cert_dir is not None:
-            out += self.cert_dir.pairs()
+        out += dropped.values()
         return out
 
     def trust(self) -> tuple[bytes | None, str, list[m.SubjectAltNameMatcher]]:

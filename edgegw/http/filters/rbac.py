@@ -15,6 +15,7 @@ header), ``direct_remote_ip`` the socket peer. Stats: ``http.<stat_prefix>.rbac.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -116,16 +117,64 @@ class Request:
         return [*names, cert.subject.rfc4514_string()]
 
 
+@functools.lru_cache(maxsize=4096)
+def _address(text: str) -> tuple[int, int] | None:
+    """(IP version, the address as an integer), or None for what is not an address. Clients
+    come back again and again, so each text is parsed once."""
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    return ip.version, int(ip)
+
+
 def _in(cidr: m.CidrRange, address: Callable[[Request], str]) -> Check:
     net = cidr.network
+    version, mask, base = net.version, int(net.netmask), int(net.network_address)
 
     def check(r: Request) -> bool:
-        try:
-            return ipaddress.ip_address(address(r)) in net
-        except ValueError:
-            return False
+        ip = _address(address(r))
+        return ip is not None and ip[0] == version and ip[1] & mask == base
 
     return check
+
+
+def _any_of(checks: list[Check]) -> Check:
+    """One check for a list where any may match (a policy's permissions or principals)."""
+    if any(c is ALWAYS for c in checks):
+        return ALWAYS
+    if len(checks) == 1:
+        return checks[0]
+
+    def check(r: Request) -> bool:
+        for c in checks:
+            if c(r):
+                return True
+        return False
+
+    return check
+
+
+def _all_of(checks: list[Check]) -> Check:
+    if len(checks) == 1:
+        return checks[0]
+
+    def check(r: Request) -> bool:
+        for c in checks:
+            if not c(r):
+                return False
+        return True
+
+    return check
+
+
+def ALWAYS(r: Request) -> bool:  # noqa: N802 (a constant, compared by identity)
+    """``any: true``: matches without looking at the request."""
+    return True
+
+
+def NEVER(r: Request) -> bool:  # noqa: N802
+    return False
 
 
 def _headers(hm: m.HeaderMatcher) -> Check:
@@ -140,7 +189,7 @@ def _path(pm: m.PathMatcher) -> Check:
 
 def permission(p: m.Permission) -> Check:
     if p.any is not None:
-        return lambda r: bool(p.any)
+        return ALWAYS if p.any else NEVER
     if p.header is not None:
         return _headers(p.header)
     if p.url_path is not None:
@@ -154,14 +203,12 @@ def permission(p: m.Permission) -> Check:
     group = p.and_rules or p.or_rules
     assert group is not None
     parts = [permission(x) for x in group.rules]
-    if p.and_rules is not None:
-        return lambda r: all(c(r) for c in parts)
-    return lambda r: any(c(r) for c in parts)
+    return _all_of(parts) if p.and_rules is not None else _any_of(parts)
 
 
 def principal(p: m.Principal) -> Check:
     if p.any is not None:
-        return lambda r: bool(p.any)
+        return ALWAYS if p.any else NEVER
     if p.remote_ip is not None:
         return _in(p.remote_ip, lambda r: r.remote_ip)
     if p.source_ip is not None:
@@ -186,9 +233,7 @@ def principal(p: m.Principal) -> Check:
     group = p.and_ids or p.or_ids
     assert group is not None
     parts = [principal(x) for x in group.ids]
-    if p.and_ids is not None:
-        return lambda r: all(c(r) for c in parts)
-    return lambda r: any(c(r) for c in parts)
+    return _all_of(parts) if p.and_ids is not None else _any_of(parts)
 
 
 class Engine:
@@ -197,14 +242,14 @@ class Engine:
     def __init__(self, rules: m.RbacRules) -> None:
         self.action = rules.action
         self.policies = [
-            (name, [permission(p) for p in pol.permissions],
-             [principal(p) for p in pol.principals])
+            (name, _any_of([permission(p) for p in pol.permissions]),
+             _any_of([principal(p) for p in pol.principals]))
             for name, pol in sorted(rules.policies.items())]
 
     def matched(self, r: Request) -> str | None:
         """The first policy that matches, or None."""
-        for name, perms, princs in self.policies:
-            if any(c(r) for c in perms) and any(c(r) for c in princs):
+        for name, perm, princ in self.policies:
+            if perm(r) and princ(r):
                 return name
         return None
 

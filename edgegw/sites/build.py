@@ -1,0 +1,308 @@
+"""The sites file expanded to Envoy's bootstrap: plain data, each part remembering the line of
+the sites file it came from, so that a problem found later points at that line.
+
+Home-lab defaults, each a plain Envoy setting in the expansion:
+- port 80 redirects to HTTPS;
+- WebSocket upgrades on; no route timeout (uploads and long streams), the stream idle
+  timeout (5 min) instead; request headers within 10 s;
+- the client's address passed on (``use_remote_address``); admin on loopback;
+- one TLS filter chain per site, its certificate found in the certificate directory, which is
+  also the chain's drop-in directory (edgegw-only metadata), so renewals are served at once;
+- strict SNI/Host (edgegw-only metadata), and a request for another site on a reused
+  connection gets 421 so that the browser opens one for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography import x509
+
+from ..config.model import base as t
+from ..tls.cert_dir import candidates
+from .model import PathRoute, Site, SitesFile, Url
+
+SYSTEM_CA = "/etc/ssl/certs/ca-certificates.crt"
+Path = tuple[str | int, ...]
+
+
+def cluster_name(site: str, suffix: str = "") -> str:
+    base = site.replace("*.", "wildcard.").replace(".", "_").replace("-", "_")
+    return base + (f"_{suffix}" if suffix else "")
+
+
+def _socket(host: str, port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+def _typed(type_url: str, **fields: Any) -> dict[str, Any]:
+    return {"@type": type_url, **fields}
+
+
+def _covers(pattern: str, name: str) -> bool:
+    pattern, name = pattern.lower(), name.lower()
+    if pattern == name:
+        return True
+    return pattern.startswith("*.") and name.endswith(pattern[1:]) \
+        and "." not in name[: -len(pattern) + 1]
+
+
+def find_certificates(directory: str) -> list[tuple[str, str, list[str]]]:
+    """(chain file, key file, DNS names) of every pair in the directory, in name order."""
+    out = []
+    for _, (chain, key) in sorted(candidates(directory).items()):
+        try:
+            with open(chain, "rb") as f:
+                cert = x509.load_pem_x509_certificate(f.read())
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            names = san.get_values_for_type(x509.DNSName)
+        except (OSError, ValueError, x509.ExtensionNotFound):
+            continue
+        out.append((chain, key, names))
+    return out
+
+
+@dataclass
+class Expansion:
+    """The bootstrap, where each of its parts came from, and what the user should know."""
+
+    bootstrap: dict[str, Any]
+    origins: dict[Path, str] = field(default_factory=dict)
+    names: dict[Path, str] = field(default_factory=dict)
+    """How a generated path is shown in errors: as the sites file's field it came from."""
+    notes: list[str] = field(default_factory=list)
+    """Sites served without TLS yet (no certificate), and such."""
+
+
+class Builder:
+    def __init__(self, sites: SitesFile, where: Callable[[Path], str]) -> None:
+        self.sites = sites
+        self.where = where
+        """The sites file's line of a path in it (``("sites", name, "ca")``)."""
+        self.out = Expansion({})
+        self.clusters: list[dict[str, Any]] = []
+        self.chains: list[dict[str, Any]] = []
+        self.certs = find_certificates(sites.certificates)
+
+    def build(self) -> Expansion:
+        s = self.sites
+        boot: dict[str, Any] = {
+            "node": {"id": "edgegw", "cluster": "edgegw"},
+            "admin": {"address": _socket(*s.admin)},
+            "static_resources": {"listeners": [], "clusters": self.clusters},
+        }
+        for name, site in s.sites.items():
+            if site.passthrough:
+                self._passthrough(name, site)
+            else:
+                self._site(name, site)
+        listeners = boot["static_resources"]["listeners"]
+        if self.chains:
+            listeners.append({
+                "name": "https", "address": _socket(*s.listen.https),
+                "listener_filters": [{"name": "envoy.filters.listener.tls_inspector",
+                                      "typed_config": _typed(t.TLS_INSPECTOR_TYPE)}],
+                "filter_chains": self.chains})
+            for i, chain in enumerate(self.chains):
+                self.out.origins[("static_resources", "listeners", 0, "filter_chains", i)] = \
+                    chain.pop("_origin")
+        if s.listen.http is not None:
+            listeners.append(self._redirect())
+        for i, c in enumerate(self.clusters):
+            self.out.origins[("static_resources", "clusters", i)] = c.pop("_origin")
+        self.out.bootstrap = boot
+        return self.out
+
+    # --- HTTPS sites ------------------------------------------------------------------------
+
+    def _certificate(self, name: str) -> tuple[str, str] | None:
+        for chain, key, names in self.certs:
+            if any(_covers(n, name) for n in names):
+                return chain, key
+        return None
+
+    def _site(self, name: str, site: Site) -> None:
+        found = self._certificate(name)
+        if found is None:
+            self.out.notes.append(
+                f"site {name} ({self.where(('sites', name))}): no certificate for it in "
+                f"{self.sites.certificates} yet (NAME.crt + NAME.key, NAME.pem, or certbot's "
+                "NAME/fullchain.pem + privkey.pem); it is served once one is there")
+            return
+        chain, key = found
+        tls = _typed(t.DOWNSTREAM_TLS_TYPE, common_tls_context={
+            "alpn_protocols": ["h2", "http/1.1"],
+            "tls_certificates": [{"certificate_chain": {"filename": chain},
+                                  "private_key": {"filename": key}}]})
+        self.chains.append({
+            "filter_chain_match": {"server_names": [name]},
+            "metadata": {"filter_metadata": {"edgegw": {
+                "certificate_directory": self.sites.certificates, "strict_sni_host": True}}},
+            "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": tls},
+            "filters": [self._hcm(name, site)],
+            "_origin": self.where(("sites", name))})
+
+    def _hcm(self, name: str, site: Site) -> dict[str, Any]:
+        vhost: dict[str, Any] = {"name": cluster_name(name), "domains": [name],
+                                 "routes": self._routes(name, site)}
+        if site.request_headers:
+            vhost["request_headers_to_add"] = [
+                {"header": {"key": k, "value": v}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+                for k, v in site.request_headers.items()]
+        if site.response_headers:
+            vhost["response_headers_to_add"] = [
+                {"header": {"key": k, "value": v}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+                for k, v in site.response_headers.items()]
+        other = {"name": "other_sites", "domains": ["*"], "routes": [
+            {"match": {"prefix": "/"}, "direct_response": {"status": 421, "body": {
+                "inline_string": "Misdirected Request"}}}]}
+        filters = [*self._access_filters(name, site),
+                   {"name": "envoy.filters.http.router", "typed_config": _typed(t.ROUTER_TYPE)}]
+        return {"name": "envoy.filters.network.http_connection_manager",
+                "typed_config": _typed(
+                    t.HCM_TYPE, stat_prefix="https", use_remote_address=True,
+                    request_headers_timeout="10s", stream_idle_timeout="300s",
+                    upgrade_configs=[{"upgrade_type": "websocket"}],
+                    http_filters=filters,
+                    route_config={"name": cluster_name(name), "ignore_port_in_host_matching": True,
+                                  "virtual_hosts": [vhost, other]})}
+
+    def _routes(self, name: str, site: Site) -> list[dict[str, Any]]:
+        routes = []
+        for i, (prefix, to) in enumerate(sorted(site.paths.items(), key=lambda p: -len(p[0]))):
+            cname = cluster_name(name, f"path{i}")
+            self._cluster(cname, to, ("sites", name, "paths", prefix))
+            action: dict[str, Any] = {"cluster": cname, "timeout": "0s"}
+            if to.strip_prefix:
+                action["prefix_rewrite"] = "/"
+            routes.append({"match": {"prefix": prefix}, "route": action})
+        self._cluster(cluster_name(name), site, ("sites", name))
+        routes.append({"match": {"prefix": "/"},
+                       "route": {"cluster": cluster_name(name), "timeout": "0s"}})
+        return routes
+
+    def _access_filters(self, name: str, site: Site) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        if site.allow:
+            out.append({"name": "envoy.filters.http.rbac",
+                        "typed_config": _typed(t.RBAC_TYPE, rules=self._allow(site))})
+        auth = site.auth
+        if auth is None:
+            return out
+        if auth.forward is not None:
+            cname = cluster_name(name, "auth")
+            self._cluster(cname, PathRoute(upstream=[auth.forward]), ("sites", name, "auth"))
+            headers = [{"exact": h.lower()} for h in auth.forward_headers]
+            out.append({"name": "envoy.filters.http.ext_authz", "typed_config": _typed(
+                t.EXT_AUTHZ_TYPE, transport_api_version="V3", http_service={
+                    "server_uri": {"uri": str(auth.forward), "cluster": cname,
+                                   "timeout": "5s"},
+                    "path_prefix": auth.forward_path,
+                    "authorization_request": {
+                        "allowed_headers": {"patterns": [
+                            {"exact": h} for h in ("cookie", "authorization",
+                                                   "proxy-authorization", "accept",
+                                                   "x-forwarded-for", "x-forwarded-proto")]},
+                        "headers_to_add": [{"key": "x-forwarded-host", "value": name}]},
+                    "authorization_response": {
+                        "allowed_upstream_headers": {"patterns": headers},
+                        "allowed_client_headers_on_success": {"patterns": [
+                            {"exact": "set-cookie"}]}}})})
+            return out
+        if auth.users is not None:
+            users = {"inline_string": "".join(f"{u}:{h}\n" for u, h in auth.users.items())}
+        else:
+            users = {"filename": str(auth.users_file)}
+        out.append({"name": "envoy.filters.http.basic_auth", "typed_config": _typed(
+            t.BASIC_AUTH_TYPE, users=users, forward_username_header="x-remote-user")})
+        return out
+
+    @staticmethod
+    def _allow(site: Site) -> dict[str, Any]:
+        return {"action": "ALLOW", "policies": {"allow": {
+            "permissions": [{"any": True}],
+            "principals": [{"remote_ip": {"address_prefix": str(n.network_address),
+                                          "prefix_len": n.prefixlen}} for n in site.allow]}}}
+
+    # --- clusters ---------------------------------------------------------------------------
+
+    def _cluster(self, cname: str, to: Site | PathRoute, at: Path) -> None:
+        """A cluster for ``to``, written at ``at`` in the sites file."""
+        ups: list[Url] = to.upstream
+        names = any(not u.is_ip for u in ups)
+        cluster: dict[str, Any] = {
+            "name": cname, "type": "STRICT_DNS" if names else "STATIC",
+            "connect_timeout": "5s",
+            "load_assignment": {"cluster_name": cname, "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": _socket(u.host, u.port)}} for u in ups]}]},
+            "_origin": self.where(at)}
+        if len(ups) > 1:
+            check: dict[str, Any] = {"timeout": "3s", "interval": "10s",
+                                     "unhealthy_threshold": 2, "healthy_threshold": 1}
+            health_path = getattr(to, "health_path", None)
+            if health_path:
+                check["http_health_check"] = {"path": health_path}
+            else:
+                check["tcp_health_check"] = {}
+            cluster["health_checks"] = [check]
+        if ups[0].scheme == "https":
+            cluster["transport_socket"] = self._upstream_tls(to, ups[0])
+            if to.ca:
+                ca = ("static_resources", "clusters", len(self.clusters), "transport_socket",
+                      "typed_config", "common_tls_context", "validation_context", "trusted_ca")
+                self.out.origins[ca] = self.where((*at, "ca"))
+                self.out.names[ca] = ".".join(map(str, (*at, "ca")))
+        self.clusters.append(cluster)
+
+    @staticmethod
+    def _upstream_tls(to: Site | PathRoute, url: Url) -> dict[str, Any]:
+        sni = to.sni or (None if url.is_ip else url.host)
+        tls: dict[str, Any] = {"common_tls_context": {}}
+        if sni:
+            tls["sni"] = sni
+        if not to.insecure_skip_verify:
+            san_type, expected = ("DNS", sni) if sni else ("IP_ADDRESS", url.host)
+            tls["common_tls_context"]["validation_context"] = {
+                "trusted_ca": {"filename": to.ca or SYSTEM_CA},
+                "match_typed_subject_alt_names": [
+                    {"san_type": san_type, "matcher": {"exact": expected}}]}
+        return {"name": "envoy.transport_sockets.tls",
+                "typed_config": _typed(t.UPSTREAM_TLS_TYPE, **tls)}
+
+    # --- passthrough and port 80 ------------------------------------------------------------
+
+    def _passthrough(self, name: str, site: Site) -> None:
+        cname = cluster_name(name)
+        plain = PathRoute(upstream=[Url("tcp", u.host, u.port, "") for u in site.upstream])
+        self._cluster(cname, plain, ("sites", name))
+        filters: list[dict[str, Any]] = []
+        if site.allow:
+            filters.append({"name": "envoy.filters.network.rbac", "typed_config": _typed(
+                t.NETWORK_RBAC_TYPE, stat_prefix=cname, rules=self._allow(site))})
+        filters.append({"name": "envoy.filters.network.tcp_proxy", "typed_config": _typed(
+            t.TCP_PROXY_TYPE, stat_prefix=cname, cluster=cname)})
+        self.chains.append({"filter_chain_match": {"server_names": [name]},
+                            "filters": filters, "_origin": self.where(("sites", name))})
+
+    def _redirect(self) -> dict[str, Any]:
+        https_port = self.sites.listen.https[1]
+        redirect: dict[str, Any] = {"https_redirect": True}
+        if https_port != 443:
+            redirect["port_redirect"] = https_port
+        assert self.sites.listen.http is not None
+        return {"name": "http", "address": _socket(*self.sites.listen.http), "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                          "typed_config": _typed(
+                              t.HCM_TYPE, stat_prefix="http", request_headers_timeout="10s",
+                              http_filters=[{"name": "envoy.filters.http.router",
+                                             "typed_config": _typed(t.ROUTER_TYPE)}],
+                              route_config={"virtual_hosts": [
+                                  {"name": "to_https", "domains": ["*"], "routes": [
+                                      {"match": {"prefix": "/"},
+                                       "redirect": redirect}]}]})}]}]}
+
+
+def expand(sites: SitesFile, where: Callable[[Path], str]) -> Expansion:
+    return Builder(sites, where).build()

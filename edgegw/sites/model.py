@@ -1,0 +1,210 @@
+"""The sites file (edgegw-only): a short description of a home lab's sites, checked field by
+field before it is expanded to Envoy's bootstrap (sites/build.py).
+
+```yaml
+listen: {https: 0.0.0.0:443, http: 0.0.0.0:80}
+admin: 127.0.0.1:9901
+certificates: certs/
+sites:
+  a.example.com: http://192.168.1.20:80
+  b.example.com: {upstream: https://192.168.1.21:443, sni: b.internal, ca: certs/lab-ca.pem}
+```
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+_NAME = re.compile(r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}"
+                   r"[a-z0-9])?$")
+_URL = re.compile(r"^(?P<scheme>[a-z0-9]+)://(?P<host>\[[0-9a-fA-F:.]+\]|[^/:\[\]]+)"
+                  r"(?::(?P<port>\d+))?(?P<path>/.*)?$")
+SCHEMES = {"http": 80, "https": 443, "tcp": 0}
+
+
+class SitesMsg(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class Url:
+    """An upstream: ``http://host:port``, ``https://host:port`` or ``tcp://host:port``."""
+
+    scheme: str
+    host: str
+    port: int
+    path: str
+
+    @property
+    def is_ip(self) -> bool:
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            return False
+        return True
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}{self.path}"
+
+
+def parse_url(value: Any) -> Url:
+    if isinstance(value, Url):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"expected a URL such as http://192.168.1.20:8080, got {value!r}")
+    m = _URL.match(value.strip())
+    if not m or m["scheme"] not in SCHEMES:
+        raise ValueError(f"'{value}' is not an upstream URL: write http://HOST:PORT, "
+                         "https://HOST:PORT (the backend speaks TLS) or tcp://HOST:PORT "
+                         "(passthrough)")
+    scheme, host = m["scheme"], m["host"].strip("[]")
+    port = int(m["port"]) if m["port"] else SCHEMES[scheme]
+    if not 0 < port < 65536:
+        raise ValueError(f"'{value}': a port between 1 and 65535 is needed")
+    path = m["path"] or ""
+    if path not in ("", "/"):
+        raise ValueError(f"'{value}': an upstream URL has no path; to send a path prefix "
+                         "elsewhere, use the site's 'paths'")
+    return Url(scheme, host, port, "")
+
+
+UrlField = Annotated[Url, BeforeValidator(parse_url)]
+
+
+def _upstreams(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+Upstreams = Annotated[list[UrlField], BeforeValidator(_upstreams), Field(min_length=1)]
+
+
+def _cidr(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(str(value), strict=False)
+    except ValueError:
+        raise ValueError(f"'{value}' is not an address or range such as 192.168.0.0/16, "
+                         "10.0.0.5 or fd00::/8") from None
+
+
+Cidr = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, BeforeValidator(_cidr)]
+
+
+def _address(value: Any) -> tuple[str, int]:
+    """``HOST:PORT``, ``[V6]:PORT`` or ``:PORT`` (all addresses)."""
+    text = str(value)
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"'{text}' is not an address: write HOST:PORT, e.g. 0.0.0.0:443")
+    host = host.strip("[]") or "0.0.0.0"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"'{text}': the gateway listens on an IP address, not a name") from None
+    return host, int(port)
+
+
+Address = Annotated[tuple[str, int], BeforeValidator(_address)]
+
+
+class Listen(SitesMsg):
+    https: Address = ("0.0.0.0", 443)
+    http: Address | None = ("0.0.0.0", 80)
+    """Plain HTTP: redirects to HTTPS (``null``: no port-80 listener)."""
+
+
+class Auth(SitesMsg):
+    """Who may use a site: basic users (htpasswd ``{SHA}`` hashes, inline or in a file) or
+    a forward-auth service (Authelia, Authentik, oauth2-proxy)."""
+
+    users: dict[str, str] | None = None
+    users_file: str | None = None
+    forward: UrlField | None = None
+    forward_path: str = ""
+    """The service's check path, e.g. /api/authz/ext-authz (Authelia) or
+    /outpost.goauthentik.io/auth/envoy (Authentik); the request's path is appended."""
+    forward_headers: list[str] = ["Remote-User", "Remote-Groups", "Remote-Name",
+                                  "Remote-Email"]
+    """What the service may set on the request for the site (and nobody else may)."""
+
+    @model_validator(mode="after")
+    def _one(self) -> Auth:
+        given = [n for n in ("users", "users_file", "forward") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'users', 'users_file' or 'forward'")
+        for user, hashed in (self.users or {}).items():
+            if not hashed.startswith("{SHA}"):
+                raise ValueError(f"user '{user}': the password must be an htpasswd {{SHA}} "
+                                 "hash, e.g. from `htpasswd -nbs USER PASSWORD`")
+        return self
+
+
+class PathRoute(SitesMsg):
+    upstream: Upstreams
+    sni: str | None = None
+    ca: str | None = None
+    insecure_skip_verify: bool = False
+    strip_prefix: bool = False
+
+
+def _short(value: Any) -> Any:
+    return {"upstream": value} if isinstance(value, str | list) else value
+
+
+class Site(SitesMsg):
+    upstream: Upstreams
+    sni: str | None = None
+    """The name sent to an https:// upstream (default: its host name)."""
+    ca: str | None = None
+    """The CA that signs the https:// upstream's certificate (default: the system's)."""
+    insecure_skip_verify: bool = False
+    allow: list[Cidr] = []
+    auth: Auth | None = None
+    passthrough: bool = False
+    request_headers: dict[str, str] = {}
+    response_headers: dict[str, str] = {}
+    paths: dict[str, Annotated[PathRoute, BeforeValidator(_short)]] = {}
+    health_path: str | None = None
+    """With several upstreams, an HTTP path to check (default: a TCP connect)."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Site:
+        schemes = {u.scheme for u in self.upstream}
+        if len(schemes) > 1:
+            raise ValueError("the upstreams of one site must share one scheme")
+        if self.passthrough:
+            if self.auth or self.paths or self.request_headers or self.response_headers:
+                raise ValueError("a passthrough site forwards TLS unopened: it can have "
+                                 "'allow', but no 'auth', 'paths' or headers")
+        elif "tcp" in schemes:
+            raise ValueError("tcp:// upstreams are for 'passthrough: true' sites")
+        for prefix in self.paths:
+            if not prefix.startswith("/"):
+                raise ValueError(f"path '{prefix}' must start with /")
+        return self
+
+
+def _sites(value: Any) -> Any:
+    if not isinstance(value, dict):
+        return value
+    return {k: _short(v) for k, v in value.items()}
+
+
+class SitesFile(SitesMsg):
+    listen: Listen = Listen()
+    admin: Address = ("127.0.0.1", 9901)
+    certificates: str = "certs"
+    sites: Annotated[dict[str, Site], BeforeValidator(_sites), Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _names(self) -> SitesFile:
+        for name in self.sites:
+            if not _NAME.match(name.lower()):
+                raise ValueError(f"'{name}' is not a host name (a.example.com, or "
+                                 "*.example.com for every subdomain)")
+        return self

