@@ -59,12 +59,9 @@ def main(argv: list[str] | None = None) -> None:
         src = load(args.config_path, _merge_yaml(args.config_yaml, override))
         boot = from_source(src)
     except ConfigError as e:
-        for p in e.problems:
-            if args.mode == "validate":
-                print(p, file=sys.stderr)
-            else:
-                _log.critical("error initializing configuration '%s': %s",
-                              args.config_path or "--config-yaml", p)
+        for p in e.problems:  # each once, in Envoy's shape, validating or serving
+            _log.critical("error initializing configuration '%s': %s",
+                          args.config_path or "--config-yaml", p)
         sys.exit(1)
     for note in src.notes:
         _log.warning("%s", note)

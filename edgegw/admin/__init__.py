@@ -19,6 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 from .. import __version__, log
 from ..config.model import address_string
 from ..http.codec import REASONS, http_date
+from ..listener import bind_hint
 from ..stats import render
 from . import dump, status
 from .backend import AdminBackend, Doc
@@ -75,8 +76,12 @@ class Admin:
         if self.unix_path:
             self._srv = await asyncio.start_unix_server(self._client, self.unix_path)
             return
-        self._srv = await asyncio.start_server(self._client, self.host, self.port,
-                                               reuse_address=True)
+        try:
+            self._srv = await asyncio.start_server(self._client, self.host, self.port,
+                                                   reuse_address=True)
+        except OSError as e:
+            raise OSError(e.errno, f"the admin port cannot bind {self.host}:{self.port}: "
+                                   f"{e.strerror}{bind_hint(e.errno, self.port)}") from None
         sock = self._srv.sockets[0].getsockname()
         self.port = sock[1]
         _log.info("admin address: %s:%d", self.host, self.port)

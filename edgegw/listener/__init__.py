@@ -368,8 +368,19 @@ def _bound(name: str, address: tuple[str, int], reuse_port: bool) -> socket.sock
     except OSError as e:
         sock.close()
         raise OSError(e.errno, f"listener '{name}' cannot bind {m.address_string(host, port)}: "
-                               f"{e.strerror}") from None
+                               f"{e.strerror}{bind_hint(e.errno, port)}") from None
     return sock
+
+
+def bind_hint(err: int | None, port: int) -> str:
+    """What to do about the two bind errors people meet at the edge."""
+    if err == errno.EACCES and port < 1024:
+        return ("; a port below 1024 needs root or the CAP_NET_BIND_SERVICE capability "
+                "(in Docker, listen on 8443 and publish \"443:8443\"; natively, "
+                "setcap cap_net_bind_service=+ep on the Python binary)")
+    if err == errno.EADDRINUSE:
+        return "; another program (another gateway, nginx, Caddy?) is listening there"
+    return ""
 
 
 def check_addresses_free(listeners: list[m.Listener]) -> None:
