@@ -14,10 +14,11 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # curl, openssl and chromium are the real clients the end-to-end tests drive; HAProxy and
-# nginx are the real peers in front of and behind the gateway (PROXY protocol).
+# nginx are the real peers in front of and behind the gateway (PROXY protocol); pebble is a
+# real ACME server and certbot a real ACME client.
 sysdeps:
-	@(for t in curl openssl chromium haproxy nginx; do command -v $$t >/dev/null || exit 1; done) || \
-	  (apt-get update -q && RUNLEVEL=1 apt-get install -y -q curl openssl chromium haproxy nginx)
+	@(for t in curl openssl chromium haproxy nginx pebble certbot; do command -v $$t >/dev/null || exit 1; done) || \
+	  (apt-get update -q && RUNLEVEL=1 apt-get install -y -q curl openssl chromium haproxy nginx pebble certbot)
 
 demo: install
 	$(PY) -m edgegw.demo

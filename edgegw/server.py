@@ -24,6 +24,7 @@ from .config.source import FileSignature, file_signature
 from .listener import Listener
 from .overload import ConnectionLimit
 from .stats import Store
+from .tls.acme import AcmeClient, clients_for
 from .tls.certs import cert_details, days_left, parse_chain
 from .tls.sds import SecretManager
 from .upstream.cluster import ClusterManager
@@ -73,6 +74,8 @@ class Server:
             self.admin = Admin(self, sa.address, sa.port_value, boot.admin.access_log_path)
         self._stopped: asyncio.Event | None = None
         self._drained: asyncio.Event | None = None
+        self.acme: list[AcmeClient] = []
+        """Built-in ACME, run by one process only: the single one, or worker 0."""
 
     def _build(self, boot: Bootstrap, previous: ClusterManager | None = None
                ) -> tuple[SecretManager, ClusterManager, list[Listener]]:
@@ -148,12 +151,26 @@ class Server:
         self.secrets, self.clusters, self.listeners = secrets, clusters, listeners
         self.limit.configure(boot.overload_manager.max_connections)
         secrets.start()
+        self._follow_acme(boot)
         self.retiring.append(asyncio.ensure_future(
             self._retire(old_listeners, old_clusters, old_secrets)))
         counter("edgegw.config_reload.success").value += 1
         _config_log.info("config reload (%s): now serving the new config (%d listener(s), %d "
                   "cluster(s))", why, len(listeners), len(clusters.clusters))
         return True
+
+    def _follow_acme(self, boot: Bootstrap) -> None:
+        """(Re)starts the ACME clients when their settings are new or changed."""
+        if self.worker not in (None, 0):
+            return
+        wanted = [lst.acme for lst in boot.static_resources.listeners if lst.acme is not None]
+        if [c.cfg for c in self.acme] == wanted:
+            return
+        for c in self.acme:
+            c.stop()
+        self.acme = clients_for(boot.static_resources.listeners, self.store)
+        for c in self.acme:
+            c.start()
 
     async def _retire(self, listeners: list[Listener], clusters: ClusterManager,
                       secrets: SecretManager) -> None:
@@ -184,6 +201,7 @@ class Server:
         # Config and runtime objects live as long as the server: keep the cyclic GC off them.
         gc.freeze()
         self.secrets.start()
+        self._follow_acme(self.boot)
         self._state = "LIVE"
         self.store.gauge("server.concurrency").value = int(self.options.get("concurrency") or 1) \
             if self.worker is not None else 1
@@ -371,6 +389,8 @@ class Server:
             lst.stop()
         self.clusters.stop()
         self.secrets.stop()
+        for c in self.acme:
+            c.stop()
         if self.admin is not None:
             await self.admin.stop()
         _log.info("exiting")

@@ -42,7 +42,7 @@ class Lab:
         path.write_text(text)
         return path
 
-    def run(self, *args: str, kind: str = "edgegw") -> Proc:
+    def run(self, *args: str, kind: str = "edgegw", https: bool = True) -> Proc:
         if kind == "envoy":
             assert ENVOY
             cmd = [ENVOY, *args, "--concurrency", "1", "-l", "warning", "--base-id",
@@ -62,7 +62,7 @@ class Lab:
                 pass
             assert time.monotonic() < deadline, proc.output()
             time.sleep(0.1)
-        wait_port("127.0.0.1", self.https)
+        wait_port("127.0.0.1", self.https if https else self.http)
         return proc
 
     def stop(self) -> None:
@@ -256,3 +256,23 @@ def test_envoy_config_typos_get_a_suggestion(tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=30)
     assert "did you mean 'connect_timeout'?" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_port_80_answers_acme_challenges_from_the_webroot(lab: Lab) -> None:
+    """certbot/acme.sh --webroot: the token's file is served on port 80; nothing else of the
+    directory is, and every other path still redirects."""
+    lab.write(two_sites(lab.backends))
+    lab.run("-c", "sites.yaml")
+    challenges = lab.root / "webroot" / ".well-known" / "acme-challenge"
+    challenges.mkdir(parents=True)
+    (challenges / "tok_EN-123").write_text("tok_EN-123.thumbprint")
+    (lab.root / "webroot" / "secret").write_text("not for clients")
+    base = f"http://127.0.0.1:{lab.http}/.well-known/acme-challenge/"
+    r = httpx.get(base + "tok_EN-123", headers={"Host": "a.example.com"})
+    assert (r.status_code, r.text) == (200, "tok_EN-123.thumbprint")
+    assert httpx.get(base + "other", headers={"Host": "a.example.com"}).status_code == 404
+    for probe in ("..%2Fsecret", "../../secret", "a/../../../secret"):
+        r = httpx.get(base + probe, headers={"Host": "a.example.com"})
+        assert "not for clients" not in r.text
+    r = httpx.get(f"http://127.0.0.1:{lab.http}/secret", headers={"Host": "a.example.com"})
+    assert r.status_code == 301

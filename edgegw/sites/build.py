@@ -2,7 +2,8 @@
 the sites file it came from, so that a problem found later points at that line.
 
 Home-lab defaults, each a plain Envoy setting in the expansion:
-- port 80 redirects to HTTPS;
+- port 80 redirects to HTTPS, except ACME HTTP-01 challenges, answered from the webroot
+  (edgegw-only route metadata; Envoy answers 404 there);
 - WebSocket upgrades on; no route timeout (uploads and long streams), the stream idle
   timeout (5 min) instead; request headers within 10 s;
 - the client's address passed on (``use_remote_address``); admin on loopback;
@@ -110,6 +111,9 @@ class Builder:
                     chain.pop("_origin")
         if s.listen.http is not None:
             listeners.append(self._redirect())
+            if s.acme is not None:
+                self.out.origins[("static_resources", "listeners", len(listeners) - 1,
+                                  "metadata")] = self.where(("acme",))
         for i, c in enumerate(self.clusters):
             self.out.origins[("static_resources", "clusters", i)] = c.pop("_origin")
         self.out.bootstrap = boot
@@ -126,10 +130,11 @@ class Builder:
     def _site(self, name: str, site: Site) -> None:
         found = self._certificate(name)
         if found is None:
+            how = ("ACME is obtaining one" if self.acme_names(name) else
+                   "NAME.crt + NAME.key, NAME.pem, or certbot's NAME/fullchain.pem + privkey.pem")
             self.out.notes.append(
                 f"site {name} ({self.where(('sites', name))}): no certificate for it in "
-                f"{self.sites.certificates} yet (NAME.crt + NAME.key, NAME.pem, or certbot's "
-                "NAME/fullchain.pem + privkey.pem); it is served once one is there")
+                f"{self.sites.certificates} yet ({how}); it is served once one is there")
             return
         chain, key = found
         tls = _typed(t.DOWNSTREAM_TLS_TYPE, common_tls_context={
@@ -286,13 +291,30 @@ class Builder:
         self.chains.append({"filter_chain_match": {"server_names": [name]},
                             "filters": filters, "_origin": self.where(("sites", name))})
 
+    def acme_names(self, name: str | None = None) -> list[str]:
+        """The names built-in ACME obtains certificates for (HTTP-01 cannot do wildcards)."""
+        if self.sites.acme is None:
+            return []
+        names = [n for n, s in self.sites.sites.items()
+                 if not s.passthrough and not n.startswith("*.")]
+        return [n for n in names if n == name] if name is not None else names
+
     def _redirect(self) -> dict[str, Any]:
         https_port = self.sites.listen.https[1]
         redirect: dict[str, Any] = {"https_redirect": True}
         if https_port != 443:
             redirect["port_redirect"] = https_port
         assert self.sites.listen.http is not None
-        return {"name": "http", "address": _socket(*self.sites.listen.http), "filter_chains": [
+        listener: dict[str, Any] = {"name": "http", "address": _socket(*self.sites.listen.http)}
+        acme = self.sites.acme
+        if acme is not None:
+            settings = {"email": acme.email, "directory": acme.directory,
+                        "names": self.acme_names(), "certificates": self.sites.certificates,
+                        "webroot": self.sites.webroot, "renew_interval": acme.renew_interval}
+            if acme.ca:
+                settings["ca"] = acme.ca
+            listener["metadata"] = {"filter_metadata": {"edgegw": {"acme": settings}}}
+        return {**listener, "filter_chains": [
             {"filters": [{"name": "envoy.filters.network.http_connection_manager",
                           "typed_config": _typed(
                               t.HCM_TYPE, stat_prefix="http", request_headers_timeout="10s",
@@ -300,6 +322,10 @@ class Builder:
                                              "typed_config": _typed(t.ROUTER_TYPE)}],
                               route_config={"virtual_hosts": [
                                   {"name": "to_https", "domains": ["*"], "routes": [
+                                      {"match": {"prefix": "/.well-known/acme-challenge/"},
+                                       "direct_response": {"status": 404},
+                                       "metadata": {"filter_metadata": {"edgegw": {
+                                           "webroot": self.sites.webroot}}}},
                                       {"match": {"prefix": "/"},
                                        "redirect": redirect}]}]})}]}]}
 

@@ -189,6 +189,16 @@ class Site(SitesMsg):
         return self
 
 
+class AcmeSettings(SitesMsg):
+    """Certificates for every site, obtained and renewed by HTTP-01 (edgegw-only)."""
+
+    email: str = Field(min_length=3)
+    directory: str = "https://acme-v02.api.letsencrypt.org/directory"
+    ca: str | None = None
+    """The CA file of the ACME server's own HTTPS (a test server such as pebble)."""
+    renew_interval: str = "3600s"
+
+
 def _sites(value: Any) -> Any:
     if not isinstance(value, dict):
         return value
@@ -199,10 +209,16 @@ class SitesFile(SitesMsg):
     listen: Listen = Listen()
     admin: Address = ("127.0.0.1", 9901)
     certificates: str = "certs"
+    webroot: str = "webroot"
+    """Port 80 answers ACME HTTP-01 challenges from here (certbot/acme.sh ``--webroot -w``)."""
+    acme: AcmeSettings | None = None
     sites: Annotated[dict[str, Site], BeforeValidator(_sites), Field(min_length=1)]
 
     @model_validator(mode="after")
     def _names(self) -> SitesFile:
+        if self.acme is not None and self.listen.http is None:
+            raise ValueError("acme needs the port-80 listener (listen.http): HTTP-01 "
+                             "challenges come in there")
         for name in self.sites:
             if not _NAME.match(name.lower()):
                 raise ValueError(f"'{name}' is not a host name (a.example.com, or "

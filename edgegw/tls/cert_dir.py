@@ -39,16 +39,14 @@ CERT_SUFFIXES = (".crt", ".pem", ".cer")
 
 def directory_of(fc: m.FilterChain) -> str | None:
     """The drop-in directory a filter chain's metadata names, if any."""
-    ours = fc.metadata.filter_metadata.get("edgegw") if fc.metadata else None
-    path = ours.get("certificate_directory") if isinstance(ours, dict) else None
+    path = fc.metadata.ours("certificate_directory") if fc.metadata else None
     return str(path) if path else None
 
 
 def strict_sni_host(fc: m.FilterChain) -> bool:
     """``filter_metadata: {edgegw: {strict_sni_host: true}}``: a request whose Host is not a
     name of the certificate SNI chose gets 421 Misdirected Request (edgegw-only)."""
-    ours = fc.metadata.filter_metadata.get("edgegw") if fc.metadata else None
-    return isinstance(ours, dict) and ours.get("strict_sni_host") is True
+    return fc.metadata is not None and fc.metadata.ours("strict_sni_host") is True
 
 
 def candidates(root: str) -> dict[str, tuple[str, str]]:

@@ -70,6 +70,7 @@ from .core import (
     HeaderValueOption,
     Http2ProtocolOptions,
     HttpProtocolOptions,
+    Metadata,
     PassThroughTlvs,
     RegexMatcher,
     SocketAddress,
@@ -88,11 +89,11 @@ from .hcm import (
     XffConfig,
 )
 from .listener import (
+    Acme,
     FilterChain,
     FilterChainMatch,
     Listener,
     ListenerFilter,
-    Metadata,
     NetworkFilter,
     NetworkRbac,
     ProxyProtocol,
@@ -245,6 +246,7 @@ __all__ = [
     "LbEndpoint",
     "LeastRequestLbConfig",
     "Listener",
+    "Acme",
     "ListenerFilter",
     "LocalRateLimit",
     "LocalityLbEndpoints",

@@ -121,3 +121,16 @@ class CidrRange(Msg):
         except ValueError as e:
             raise ValueError(f"invalid CIDR range: {e}") from None
         return self
+
+
+class Metadata(Msg):
+    """``config.core.v3.Metadata``: Envoy keeps it and ignores it; edgegw reads its own
+    ``edgegw`` namespace (a filter chain's drop-in certificate directory and strict SNI/Host,
+    a route's ACME webroot)."""
+
+    filter_metadata: dict[str, dict[str, Any]] = {}
+
+    def ours(self, key: str) -> Any:
+        """The value of ``filter_metadata.edgegw.<key>``, or None."""
+        own = self.filter_metadata.get("edgegw")
+        return own.get(key) if isinstance(own, dict) else None

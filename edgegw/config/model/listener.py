@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .base import (
     HCM_TYPE,
@@ -20,7 +20,7 @@ from .base import (
     by_type,
     named_filter,
 )
-from .core import Address, PassThroughTlvs
+from .core import Address, Metadata, PassThroughTlvs
 from .hcm import HttpConnectionManager
 from .route import RbacRules
 from .tcp import TcpProxy
@@ -72,13 +72,6 @@ class FilterChainMatch(Msg):
     server_names: list[str] = []
     transport_protocol: Literal["", "tls", "raw_buffer"] = ""
     application_protocols: list[str] = []
-
-
-class Metadata(Msg):
-    """``config.core.v3.Metadata``: Envoy keeps it and ignores it; edgegw reads its own
-    ``edgegw`` namespace (the drop-in certificate directory)."""
-
-    filter_metadata: dict[str, dict[str, Any]] = {}
 
 
 class NetworkRbac(TypedMsg):
@@ -143,9 +136,47 @@ class FilterChain(Msg):
         return t if isinstance(t, NetworkRbac) else None
 
 
+LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
+
+
+class Acme(Msg):
+    """edgegw-only (the listener's ``metadata.filter_metadata.edgegw.acme``; Envoy keeps and
+    ignores it): certificates for ``names`` obtained and renewed by HTTP-01 and written into
+    ``certificates``, the directory the listener's chains serve from."""
+
+    email: str = Field(min_length=3)
+    directory: str = LETS_ENCRYPT
+    ca: str | None = None
+    """The CA file that signs the ACME server's own HTTPS certificate (a test server such as
+    pebble); the system's trust by default."""
+    names: list[str] = Field(min_length=1)
+    certificates: str = "certs"
+    webroot: str = "webroot"
+    """Where HTTP-01 answers are written; a route with ``edgegw.webroot`` serves them."""
+    renew_interval: Duration = Field(default=3600.0, gt=0)
+    """How often certificates are looked at; each is renewed at two thirds of its life."""
+
+
+class ListenerEdgegw(Msg):
+    acme: Acme | None = None
+
+
+class ListenerFilterMetadata(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    edgegw: ListenerEdgegw | None = None
+
+
+class ListenerMetadata(Msg):
+    """A listener's ``config.core.v3.Metadata``: other namespaces are kept and ignored, as
+    Envoy does; edgegw reads its own."""
+
+    filter_metadata: ListenerFilterMetadata = ListenerFilterMetadata()
+
+
 class Listener(Msg):
     name: str = ""
     address: Address
+    metadata: ListenerMetadata | None = None
     listener_filters: list[ListenerFilter] = []
     listener_filters_timeout: Duration = 15.0
     filter_chains: list[FilterChain] = []
@@ -153,6 +184,11 @@ class Listener(Msg):
     per_connection_buffer_limit_bytes: UInt32 = Field(default=1024 * 1024, ge=1)
     tcp_backlog_size: UInt32 | None = None
     ignore_global_conn_limit: Bool = False
+
+    @property
+    def acme(self) -> Acme | None:
+        own = self.metadata.filter_metadata.edgegw if self.metadata else None
+        return own.acme if own else None
 
     @property
     def proxy_protocol(self) -> ProxyProtocol | None:

@@ -27,7 +27,14 @@ from .base import (
     one_of,
     typed_as,
 )
-from .core import CidrRange, DataSource, HeaderValueOption, RegexMatcher, StringMatcher
+from .core import (
+    CidrRange,
+    DataSource,
+    HeaderValueOption,
+    Metadata,
+    RegexMatcher,
+    StringMatcher,
+)
 
 
 class HeaderMatcher(Msg):
@@ -507,10 +514,17 @@ class Route(HeaderMutations):
     route: RouteAction | None = None
     redirect: RedirectAction | None = None
     direct_response: DirectResponseAction | None = None
+    metadata: Metadata | None = None
+    """edgegw reads ``edgegw.webroot``: a direct_response route that serves ACME HTTP-01
+    challenge files from that directory (Envoy answers the direct response)."""
 
     @model_validator(mode="after")
     def _action(self) -> Route:
         one_of(self, ("route", "redirect", "direct_response"))
+        webroot = self.metadata.ours("webroot") if self.metadata else None
+        if webroot is not None and (self.direct_response is None or not isinstance(webroot, str)):
+            raise ValueError("metadata edgegw.webroot (a directory) needs a direct_response "
+                             "route, whose answer is what Envoy and a missing file give")
         return self
 
 

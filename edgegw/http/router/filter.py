@@ -10,7 +10,9 @@ both directions; nothing is buffered whole, except a body kept for a retry or a 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import re
 import time
 from typing import TYPE_CHECKING
 
@@ -67,6 +69,27 @@ class RouterConfig:
         self.suppress_envoy_headers = suppress_envoy_headers
 
 
+ACME_CHALLENGE = b"/.well-known/acme-challenge/"
+_TOKEN = re.compile(rb"[A-Za-z0-9_-]{1,255}")
+
+
+def challenge(webroot: str, path: bytes) -> bytes | None:
+    """The key authorization an ACME client (certbot --webroot, acme.sh --webroot, edgegw's
+    own) left for this HTTP-01 token in ``webroot``; None when there is none. Only a plain
+    token is looked up: no other file of the directory can be reached."""
+    if not path.startswith(ACME_CHALLENGE):
+        return None
+    token = path[len(ACME_CHALLENGE):].split(b"?", 1)[0]
+    if not _TOKEN.fullmatch(token):
+        return None
+    try:
+        with open(os.path.join(webroot, ".well-known", "acme-challenge", token.decode()),
+                  "rb") as f:
+            return f.read(4096)
+    except OSError:
+        return None
+
+
 class Router:
     """The router filter of one stream (Envoy makes one per stream too)."""
 
@@ -119,6 +142,10 @@ class Router:
         action = route.action
         if isinstance(action, Direct):
             st.rq_direct_response.value += 1
+            answer = challenge(action.webroot, cb.path) if action.webroot else None
+            if answer is not None:
+                cb.send_local_reply(200, answer, "edgegw.acme_challenge")
+                return
             cb.send_local_reply(action.status, action.body, "direct_response", mutate=True)
             return
         if isinstance(action, Redirect):

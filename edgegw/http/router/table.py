@@ -151,6 +151,8 @@ class Redirect:
 class Direct:
     status: int
     body: bytes
+    webroot: str | None = None
+    """edgegw-only: ACME HTTP-01 challenge files are answered from this directory."""
 
 
 _REDIRECT_CODES = {"MOVED_PERMANENTLY": 301, "FOUND": 302, "SEE_OTHER": 303,
@@ -218,7 +220,8 @@ def _action(r: m.Route, vhost: m.VirtualHost) -> Forward | Redirect | Direct:
                         strip_query=d.strip_query)
     assert r.direct_response is not None
     body = read(r.direct_response.body) if r.direct_response.body else b""
-    return Direct(r.direct_response.status, body)
+    webroot = r.metadata.ours("webroot") if r.metadata else None
+    return Direct(r.direct_response.status, body, webroot)
 
 
 @dataclass

@@ -1,0 +1,273 @@
+"""Built-in ACME (edgegw-only): certificates obtained and renewed by HTTP-01, the Caddy way.
+
+For each name of a listener's ``edgegw.acme`` settings, the certificate in the certificate
+directory is looked at every ``renew_interval``. One that is missing, or past two thirds of
+its life, is ordered from the ACME server (the ``acme`` library, certbot's own): the HTTP-01
+answer goes into the webroot, which the port-80 listener serves, and the new chain and key
+are written into the directory as one ``NAME.pem``, renamed into place, so the directory
+watch serves it like any renewal. Until then the old certificate keeps serving.
+
+A failure is logged and tried again later, backing off from a minute to the renew interval.
+A certificate this client did not write (``NAME.crt`` + ``NAME.key``, certbot's folders) is
+never replaced: when it is due, the log says so. Under ``--concurrency N`` one worker renews
+and every worker serves what it writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from .. import log
+from ..config import model as m
+from ..stats import Counter, StatSet, Store
+from .cert_dir import candidates
+
+_log = log.get("secret")
+
+FIRST_RETRY = 60.0
+ACCOUNT_DIR = ".acme"
+"""Inside the certificate directory (a dot folder, which the directory watch skips)."""
+
+
+class AcmeStats(StatSet):
+    """``edgegw.acme.*``."""
+
+    issued: Counter
+    failed: Counter
+    checks: Counter
+
+
+@dataclass
+class NameState:
+    """What the client knows of one name, for /certs, /status and the log."""
+
+    name: str
+    not_after: float = 0.0
+    renew_at: float = 0.0
+    ours: bool = False
+    next_try: float = 0.0
+    failures: int = 0
+    last_error: str = ""
+
+    def doc(self) -> dict[str, Any]:
+        def stamp(t: float) -> str:
+            return datetime.datetime.fromtimestamp(t, datetime.UTC).isoformat(
+                timespec="seconds") if t else ""
+
+        return {"name": self.name, "expires": stamp(self.not_after),
+                "renews_at": stamp(self.renew_at), "managed": self.ours,
+                "failures": self.failures, "last_error": self.last_error,
+                "next_attempt": stamp(self.next_try)}
+
+
+def _current(directory: str, name: str) -> tuple[x509.Certificate, str, str] | None:
+    """The certificate on disk whose names cover ``name`` and lives longest."""
+    best = None
+    for _, (chain, key) in sorted(candidates(directory).items()):
+        try:
+            with open(chain, "rb") as f:
+                cert = x509.load_pem_x509_certificate(f.read())
+            names = cert.extensions.get_extension_for_class(
+                x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+        except (OSError, ValueError, x509.ExtensionNotFound):
+            continue
+        if name.lower() in (n.lower() for n in names) and (
+                best is None or cert.not_valid_after_utc > best[0].not_valid_after_utc):
+            best = (cert, chain, key)
+    return best
+
+
+class AcmeClient:
+    """One listener's ACME settings at work: a task that looks, orders and writes."""
+
+    def __init__(self, cfg: m.Acme, store: Store) -> None:
+        self.cfg = cfg
+        self.stats = AcmeStats(store, "edgegw.acme.")
+        self.states = {n: NameState(n) for n in cfg.names}
+        self._task: asyncio.Task[None] | None = None
+        self._client: Any = None
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _run(self) -> None:
+        while True:
+            self.stats.checks.value += 1
+            for st in self.states.values():
+                self._look(st)
+                if self._due(st) and time.time() >= st.next_try:
+                    await self._renew(st)
+            await asyncio.sleep(self._sleep())
+
+    def _sleep(self) -> float:
+        now = time.time()
+        soonest = now + self.cfg.renew_interval
+        for st in self.states.values():
+            if st.failures and st.next_try < soonest:
+                soonest = st.next_try
+        return max(1.0, soonest - now)
+
+    def _look(self, st: NameState) -> None:
+        found = _current(self.cfg.certificates, st.name)
+        if found is None:
+            st.not_after = st.renew_at = 0.0
+            st.ours = True
+            return
+        cert, chain, key = found
+        start, end = cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp()
+        st.not_after, st.renew_at = end, start + (end - start) * 2 / 3
+        st.ours = chain == key and self._wrote(st.name, chain)
+
+    def _record(self, name: str) -> str:
+        return os.path.join(self.cfg.certificates, ACCOUNT_DIR, f"{name}.sha256")
+
+    def _wrote(self, name: str, path: str) -> bool:
+        """Whether ``path`` is the file this client last wrote for ``name`` (its digest is
+        kept beside the account key): only those are ever replaced."""
+        try:
+            with open(path, "rb") as f, open(self._record(name)) as r:
+                return hashlib.sha256(f.read()).hexdigest() == r.read().strip()
+        except OSError:
+            return False
+
+    def _due(self, st: NameState) -> bool:
+        if st.not_after and time.time() < st.renew_at:
+            return False
+        if not st.ours:
+            if not st.last_error:
+                st.last_error = "due for renewal, but not written by edgegw's ACME client"
+                _log.warning("acme: the certificate for %s in %s is due for renewal, but it was "
+                             "not written by edgegw: renew it yourself, or remove it and edgegw "
+                             "will obtain one", st.name, self.cfg.certificates)
+            return False
+        return True
+
+    async def _renew(self, st: NameState) -> None:
+        _log.info("acme: ordering a certificate for %s from %s", st.name, self.cfg.directory)
+        try:
+            pem = await asyncio.to_thread(self._order, st.name)
+            self._write(st.name, pem)
+        except Exception as e:  # noqa: BLE001 (any failure of the exchange is one outcome)
+            st.failures += 1
+            st.last_error = f"{type(e).__name__}: {e}"[:500]
+            delay = min(FIRST_RETRY * 2 ** (st.failures - 1), self.cfg.renew_interval)
+            st.next_try = time.time() + delay
+            self.stats.failed.value += 1
+            kept = " (the current certificate keeps serving)" if st.not_after else ""
+            _log.error("acme: no certificate for %s this time%s: %s; trying again in %.0f s",
+                       st.name, kept, st.last_error, delay)
+            return
+        st.failures, st.last_error, st.next_try = 0, "", 0.0
+        self.stats.issued.value += 1
+        self._look(st)
+        _log.info("acme: new certificate for %s written to %s (renews after %s)", st.name,
+                  self.cfg.certificates, st.doc()["renews_at"])
+
+    # --- the exchange (in a thread: the acme library is synchronous) -------------------------
+
+    def _account(self) -> Any:
+        # Imported here: the acme library (and requests under it) costs every start that has
+        # no ACME settings a noticeable time.
+        import josepy as jose
+        from acme import client, errors, messages
+
+        if self._client is not None:
+            return self._client
+        key_path = os.path.join(self.cfg.certificates, ACCOUNT_DIR, "account.key")
+        if os.path.exists(key_path):
+            with open(key_path, "rb") as f:
+                key = serialization.load_pem_private_key(f.read(), None)
+        else:
+            key = ec.generate_private_key(ec.SECP256R1())
+            os.makedirs(os.path.dirname(key_path), mode=0o700, exist_ok=True)
+            _write_atomic(key_path, key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption()))
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        jwk = jose.JWKEC(key=key)
+        net = client.ClientNetwork(jwk, alg=jose.ES256, user_agent="edgegw")
+        if self.cfg.ca:
+            net.verify_ssl = self.cfg.ca  # type: ignore[assignment]  # requests takes a path
+        directory = client.ClientV2.get_directory(self.cfg.directory, net)
+        acme = client.ClientV2(directory, net)
+        registration = messages.NewRegistration.from_data(
+            email=self.cfg.email, terms_of_service_agreed=True)
+        try:
+            net.account = acme.new_account(registration)
+        except errors.ConflictError as e:  # this key has an account already
+            net.account = messages.RegistrationResource(uri=e.location,
+                                                        body=messages.Registration())
+        self._client = acme
+        return acme
+
+    def _order(self, name: str) -> bytes:
+        from acme import challenges, crypto_util
+
+        acme = self._account()
+        key = ec.generate_private_key(ec.SECP256R1())
+        key_pem = key.private_bytes(serialization.Encoding.PEM,
+                                    serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+        order = acme.new_order(crypto_util.make_csr(key_pem, [name]))
+        written: list[str] = []
+        try:
+            for authz in order.authorizations:
+                chall = next((c for c in authz.body.challenges
+                              if isinstance(c.chall, challenges.HTTP01)), None)
+                if chall is None:
+                    raise RuntimeError(f"the ACME server offers no HTTP-01 challenge for {name}")
+                response, validation = chall.response_and_validation(acme.net.key)
+                path = os.path.join(self.cfg.webroot, ".well-known", "acme-challenge",
+                                    chall.chall.encode("token"))
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                _write_atomic(path, validation.encode(), mode=0o644)
+                written.append(path)
+                acme.answer_challenge(chall, response)
+            deadline = datetime.datetime.now() + datetime.timedelta(seconds=90)
+            done = acme.poll_and_finalize(order, deadline=deadline)
+        finally:
+            for path in written:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+        return done.fullchain_pem.encode() + key_pem
+
+    def _write(self, name: str, pem: bytes) -> None:
+        path = os.path.join(self.cfg.certificates, f"{name}.pem")
+        if os.path.exists(path) and not self._wrote(name, path):
+            raise RuntimeError(f"{path} appeared meanwhile and was not written by edgegw; "
+                               "it is left as it is")
+        os.makedirs(os.path.dirname(self._record(name)), mode=0o700, exist_ok=True)
+        _write_atomic(self._record(name), hashlib.sha256(pem).hexdigest().encode())
+        _write_atomic(path, pem)
+
+    def status(self) -> list[dict[str, Any]]:
+        return [st.doc() for st in self.states.values()]
+
+
+def _write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
+    """Written beside, then renamed over: a reader sees the old file or the new, whole."""
+    tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def clients_for(listeners: list[m.Listener], store: Store) -> list[AcmeClient]:
+    return [AcmeClient(lst.acme, store) for lst in listeners if lst.acme is not None]

@@ -1,0 +1,201 @@
+"""Certificates that renew themselves, end to end on loopback against Debian's pebble (a real
+ACME server) and its challenge test server answering DNS with 127.0.0.1: edgegw's built-in
+client, certbot in webroot mode, and a renewal while clients keep connecting."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import trustme
+from cryptography import x509
+
+from .conftest import Backends, Proc, free_port, wait_for, wait_port
+from .test_sites import Lab
+
+PEBBLE = shutil.which("pebble")
+CHALLTESTSRV = shutil.which("pebble-challtestsrv")
+pytestmark = pytest.mark.skipif(PEBBLE is None or CHALLTESTSRV is None,
+                                reason="Debian's pebble is missing (make sysdeps)")
+
+
+class Pebble:
+    def __init__(self, root: Path, http_port: int) -> None:
+        root.mkdir()
+        ca = trustme.CA()
+        leaf = ca.issue_cert("127.0.0.1", "localhost")
+        ca.cert_pem.write_to_path(str(root / "ca.pem"))
+        leaf.cert_chain_pems[0].write_to_path(str(root / "cert.pem"))
+        leaf.private_key_pem.write_to_path(str(root / "key.pem"))
+        self.ca = root / "ca.pem"
+        dns, dns_admin = free_port(), free_port()
+        self.port, self.admin = free_port(), free_port()
+        (root / "pebble.json").write_text(json.dumps({"pebble": {
+            "listenAddress": f"127.0.0.1:{self.port}",
+            "managementListenAddress": f"127.0.0.1:{self.admin}",
+            "certificate": str(root / "cert.pem"), "privateKey": str(root / "key.pem"),
+            "httpPort": http_port, "tlsPort": free_port(), "ocspResponderURL": "",
+            "externalAccountBindingRequired": False}}))
+        assert CHALLTESTSRV and PEBBLE
+        self.procs = [
+            Proc([CHALLTESTSRV, "-dns01", f"127.0.0.1:{dns}", "-http01", "", "-https01", "",
+                  "-tlsalpn01", "", "-management", f"127.0.0.1:{dns_admin}",
+                  "-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""], root / "dns.log"),
+            Proc(["env", "PEBBLE_VA_NOSLEEP=1", "PEBBLE_WFE_NONCEREJECT=0", PEBBLE,
+                  "-config", str(root / "pebble.json"), "-dnsserver", f"127.0.0.1:{dns}"],
+                 root / "pebble.log")]
+        wait_port("127.0.0.1", self.port)
+        wait_port("127.0.0.1", self.admin)
+        self.directory = f"https://127.0.0.1:{self.port}/dir"
+
+    def roots(self) -> str:
+        """pebble's issuing root (a new one each run), PEM."""
+        return httpx.get(f"https://127.0.0.1:{self.admin}/roots/0",
+                         verify=ssl.create_default_context(cafile=str(self.ca))).text
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.stop()
+
+
+@pytest.fixture
+def lab(tmp_path: Path, backends: Backends, certs: Path) -> Iterator[Lab]:
+    lab = Lab(tmp_path / "lab", backends, certs)
+    yield lab
+    lab.stop()
+
+
+@pytest.fixture
+def pebble(tmp_path: Path, lab: Lab) -> Iterator[Pebble]:
+    p = Pebble(tmp_path / "pebble", lab.http)
+    yield p
+    p.stop()
+
+
+def served(lab: Lab, name: str, trust: Path) -> x509.Certificate | None:
+    """The certificate the gateway serves for ``name``, if a client trusting ``trust`` takes
+    it and gets an answer through it."""
+    ctx = ssl.create_default_context(cafile=str(trust))
+    try:
+        with socket.create_connection(("127.0.0.1", lab.https), timeout=5) as raw, \
+                ctx.wrap_socket(raw, server_hostname=name) as s:
+            s.sendall(f"GET /headers HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n"
+                      .encode())
+            if not s.recv(12).startswith(b"HTTP/1.1 200"):
+                return None
+            der = s.getpeercert(binary_form=True)
+    except (OSError, ssl.SSLError):
+        return None
+    return x509.load_der_x509_certificate(der) if der else None
+
+
+def sites(lab: Lab, pebble: Pebble) -> str:
+    b = lab.backends
+    return (f"acme: {{email: admin@example.com, directory: '{pebble.directory}', "
+            f"ca: '{pebble.ca}', renew_interval: 1s}}\n"
+            f"sites:\n  a.example.com: http://{b.a[0]}:{b.a[1]}\n")
+
+
+def clear_site(lab: Lab, name: str) -> None:
+    for suffix in (".pem", ".key"):
+        (lab.root / "certs" / f"{name}{suffix}").unlink()
+
+
+def test_builtin_acme_obtains_a_certificate_and_the_site_is_served(lab: Lab,
+                                                                  pebble: Pebble) -> None:
+    clear_site(lab, "a.example.com")
+    lab.write(sites(lab, pebble))
+    proc = lab.run("-c", "sites.yaml")
+    root = lab.root / "pebble-root.pem"
+    root.write_text(pebble.roots())
+    wait_for(lambda: served(lab, "a.example.com", root) is not None, timeout=60)
+    assert (lab.root / "certs" / "a.example.com.pem").stat().st_mode & 0o077 == 0
+    out = proc.output()
+    assert "acme: new certificate for a.example.com" in out
+    stats = httpx.get(f"http://127.0.0.1:{lab.admin}/stats").text
+    assert "edgegw.acme.issued: 1" in stats
+    assert not list((lab.root / "webroot" / ".well-known" / "acme-challenge").iterdir())
+
+
+def test_a_due_certificate_is_renewed_while_clients_keep_connecting(lab: Lab,
+                                                                   pebble: Pebble) -> None:
+    """The certificate on disk was written by edgegw's client (its digest is recorded) and
+    is past two thirds of its life: it is renewed, and no handshake or request fails."""
+    old_ca = trustme.CA()
+    now = datetime.datetime.now(datetime.UTC)
+    old = old_ca.issue_cert("a.example.com", not_before=now - datetime.timedelta(days=80),
+                            not_after=now + datetime.timedelta(days=10))
+    pem = old.private_key_and_cert_chain_pem.bytes()
+    clear_site(lab, "a.example.com")
+    (lab.root / "certs" / "a.example.com.pem").write_bytes(pem)
+    (lab.root / "certs" / ".acme").mkdir()
+    (lab.root / "certs" / ".acme" / "a.example.com.sha256").write_text(
+        hashlib.sha256(pem).hexdigest())
+    old_ca.cert_pem.write_to_path(str(lab.root / "old-ca.pem"))
+    root = lab.root / "pebble-root.pem"
+    root.write_text(pebble.roots())
+    both = lab.root / "both.pem"
+    both.write_text((lab.root / "old-ca.pem").read_text() + root.read_text())
+    lab.write(sites(lab, pebble))
+    failures: list[str] = []
+    done = threading.Event()
+    count = [0]
+
+    def load() -> None:
+        while not done.is_set():
+            if served(lab, "a.example.com", both) is None:
+                failures.append(time.strftime("%H:%M:%S"))
+            count[0] += 1
+
+    lab.run("-c", "sites.yaml")
+    worker = threading.Thread(target=load)
+    worker.start()
+    try:
+        wait_for(lambda: served(lab, "a.example.com", root) is not None, timeout=60)
+        time.sleep(0.5)  # a little more load on the new certificate
+    finally:
+        done.set()
+        worker.join()
+    assert count[0] > 10
+    assert failures == []
+
+
+def test_certbot_in_webroot_mode_renews_into_the_watched_directory(lab: Lab,
+                                                                  pebble: Pebble) -> None:
+    """certbot certonly --webroot while the gateway runs: the challenge is answered on port
+    80, and the certificate certbot writes (its live/ folder is the certificate directory) is
+    served without a restart."""
+    certbot = shutil.which("certbot")
+    if certbot is None:
+        pytest.skip("certbot is missing (make sysdeps)")
+    b = lab.backends
+    (lab.root / "letsencrypt" / "live").mkdir(parents=True)
+    (lab.root / "webroot").mkdir()
+    lab.write(f"sites:\n  a.example.com: http://{b.a[0]}:{b.a[1]}\n")
+    text = (lab.root / "sites.yaml").read_text()
+    (lab.root / "sites.yaml").write_text(
+        text.replace("certificates: certs/", "certificates: letsencrypt/live/"))
+    lab.run("-c", "sites.yaml", https=False)  # no certificate yet: port 80 only
+    r = subprocess.run(
+        [certbot, "certonly", "--webroot", "-w", str(lab.root / "webroot"), "-d",
+         "a.example.com", "--server", pebble.directory, "--agree-tos", "-m",
+         "admin@example.com", "--non-interactive", "--no-eff-email",
+         "--config-dir", str(lab.root / "letsencrypt"), "--work-dir", str(lab.root / "work"),
+         "--logs-dir", str(lab.root / "logs")],
+        capture_output=True, text=True, timeout=120,
+        env={"PATH": "/usr/bin:/bin", "REQUESTS_CA_BUNDLE": str(pebble.ca)})
+    assert r.returncode == 0, r.stdout + r.stderr
+    root = lab.root / "pebble-root.pem"
+    root.write_text(pebble.roots())
+    wait_for(lambda: served(lab, "a.example.com", root) is not None, timeout=30)
