@@ -1,4 +1,4 @@
-# edgegw gateway image. Configs, SDS secrets and certificates are mounted under /etc/edgegw,
+# edgegw gateway image. The sites file, certificates and configs are mounted under /etc/edgegw,
 # which is the working directory, so the relative paths in configs/ work here and in a checkout.
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 edgegw
@@ -10,4 +10,4 @@ WORKDIR /etc/edgegw
 USER edgegw
 EXPOSE 8080 8443
 ENTRYPOINT ["edgegw"]
-CMD ["-c", "configs/compose.yaml"]
+CMD ["-c", "sites.yaml"]

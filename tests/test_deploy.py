@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import trustme
 import yaml
 
 from .conftest import ENVOY, ROOT, Backends, Proc, free_port, wait_for, wait_port
@@ -30,6 +31,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory, certs: Path) -> Path:
     shutil.copytree(ROOT / "configs", d / "configs")
     shutil.copytree(ROOT / "sds", d / "sds")
     shutil.copytree(certs, d / "certs")
+    shutil.copytree(certs, d / "demo-certs")
     return d
 
 
@@ -39,7 +41,15 @@ def test_shipped_config_validates_in_edgegw_and_envoy(config: Path, workdir: Pat
     r = subprocess.run([sys.executable, "-m", "edgegw", "--mode", "validate", "-c", rel],
                        cwd=workdir, capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and r.stdout == f"configuration '{rel}' OK\n", r.stderr
-    if "edgegw-only" in config.read_text() or ENVOY is None:
+    if ENVOY is None:
+        return
+    if "sites" in yaml.safe_load(config.read_text()):  # a sites file: Envoy runs its expansion
+        r = subprocess.run([sys.executable, "-m", "edgegw", "expand", rel], cwd=workdir,
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        rel = "expanded.yaml"
+        (workdir / rel).write_text(r.stdout)
+    elif "edgegw-only" in config.read_text():
         return
     r = subprocess.run([ENVOY, "--mode", "validate", "-c", rel, "--base-id",
                         str(free_port())], cwd=workdir, capture_output=True, text=True,
@@ -48,9 +58,12 @@ def test_shipped_config_validates_in_edgegw_and_envoy(config: Path, workdir: Pat
 
 
 def test_shipped_configs_bind_admin_to_loopback() -> None:
-    for config in CONFIGS:
-        admin = yaml.safe_load(config.read_text()).get("admin", {})
-        if admin:
+    for config in [*CONFIGS, ROOT / "sites.yaml"]:
+        doc = yaml.safe_load(config.read_text())
+        admin = doc.get("admin", {})
+        if "sites" in doc:
+            assert admin.startswith("127.0.0.1:"), config
+        elif admin:
             assert admin["address"]["socket_address"]["address"] == "127.0.0.1", config
 
 
@@ -62,13 +75,24 @@ def test_compose_publishes_80_and_443_and_not_admin() -> None:
     gw = compose()["services"]["gateway"]
     assert sorted(gw["ports"]) == ["443:8443", "80:8080"]
     mounts = {v.split(":")[1]: v for v in gw["volumes"]}
-    for name in ("configs", "sds", "certs"):
-        assert mounts[f"/etc/edgegw/{name}"] == f"./{name}:/etc/edgegw/{name}:ro"
-    cfg = yaml.safe_load((ROOT / gw["command"][1]).read_text())
-    ports = {lst["address"]["socket_address"]["port_value"]
-             for lst in cfg["static_resources"]["listeners"]}
-    assert ports == {8080, 8443}
-    assert cfg["admin"]["address"]["socket_address"]["port_value"] not in (8080, 8443)
+    assert mounts["/etc/edgegw/sites.yaml"] == "./sites.yaml:/etc/edgegw/sites.yaml:ro"
+    assert mounts["/etc/edgegw/certs"] == "./certs:/etc/edgegw/certs"  # ACME writes there
+    assert gw["command"][:2] == ["-c", "sites.yaml"]
+    sites = yaml.safe_load((ROOT / "sites.yaml").read_text())
+    assert (sites["listen"]["https"], sites["listen"]["http"]) == ("0.0.0.0:8443",
+                                                                   "0.0.0.0:8080")
+    assert sites["admin"].startswith("127.0.0.1:")
+
+
+def test_every_service_restarts_and_the_demo_is_a_profile() -> None:
+    services = compose()["services"]
+    for name, svc in services.items():
+        assert svc.get("restart") in ("unless-stopped", "on-failure"), name
+        assert "chown" not in json.dumps(svc), name
+    assert {n for n, s in services.items() if "demo" in s.get("profiles", [])} == {
+        "demo-gateway", "demo-certs", "backend-a", "backend-b"}
+    assert "profiles" not in services["gateway"]
+    assert services["gateway"]["healthcheck"]["test"][:2] == ["CMD", "python"]
 
 
 def test_dockerfile_matches_compose() -> None:
@@ -79,46 +103,58 @@ def test_dockerfile_matches_compose() -> None:
         instr.setdefault(k, []).append(v)
     assert instr["WORKDIR"][-1] == "/etc/edgegw"
     assert json.loads(instr["ENTRYPOINT"][0]) == ["edgegw"]
+    assert json.loads(instr["CMD"][0]) == compose()["services"]["gateway"]["command"][:2]
     assert set(instr["EXPOSE"][0].split()) == {"8080", "8443"}
     assert instr["FROM"][0].startswith("python:3.11")
     assert "USER" in instr
 
 
+def native_sites(text: str, backends: Backends, https: int, http: int, admin: int) -> str:
+    """A shipped sites file as the tests run it: loopback, free ports, the test backends."""
+    return (text.replace("0.0.0.0:8443", f"127.0.0.1:{https}")
+            .replace("0.0.0.0:8080", f"127.0.0.1:{http}")
+            .replace("127.0.0.1:9901", f"127.0.0.1:{admin}")
+            .replace("http://192.168.1.20:80", f"http://127.0.0.20:{backends.a[1]}")
+            .replace("https://192.168.1.21:443", f"https://127.0.0.21:{backends.b[1]}")
+            .replace("http://backend-a:8080", f"http://127.0.0.20:{backends.a[1]}")
+            .replace("https://backend-b:8443", f"https://127.0.0.21:{backends.b[1]}")
+            .replace("certs/internal-ca.pem", "certs/backend-ca.pem"))
+
+
+def healthcheck(svc: dict, admin: int) -> int:
+    """The service's healthcheck command, run here against the admin port given."""
+    cmd = [c.replace("127.0.0.1:9901", f"127.0.0.1:{admin}") for c in svc["healthcheck"]["test"]]
+    assert cmd[0] == "CMD" and cmd[1] == "python"
+    return subprocess.run([sys.executable, *cmd[2:]], capture_output=True, timeout=10).returncode
+
+
+def serves_both_sites(https: int, ca: Path, proc: Proc) -> None:
+    for name, backend in (("a.example.com", "a"), ("b.example.com", "b")):
+        r = subprocess.run(["curl", "-sS", "--cacert", str(ca), "--resolve",
+                            f"{name}:{https}:127.0.0.1", f"https://{name}:{https}/headers"],
+                           capture_output=True, text=True, timeout=10)
+        assert r.returncode == 0, r.stderr + proc.output()
+        assert json.loads(r.stdout)["backend"] == backend
+
+
 def test_compose_command_runs_natively(workdir: Path, backends: Backends, tmp_path: Path) -> None:
-    """Runs the gateway service's exact command in a tree laid out like its mounts, with the
-    compose service names and all-interfaces binds pointed at loopback."""
+    """Runs the gateway service's exact command on the shipped sites.yaml (its upstreams
+    pointed at the test backends, its binds at loopback) in a tree laid out like its
+    mounts; the healthcheck passes, port 80 redirects, SIGTERM drains."""
     gw = compose()["services"]["gateway"]
     https, http, admin = free_port(), free_port(), free_port()
-    cfg_path = workdir / gw["command"][1]
-    text = (ROOT / gw["command"][1]).read_text()
-    text = (text.replace("0.0.0.0", "127.0.0.1")
-            .replace("port_value: 8443 }", f"port_value: {https} }}", 1)
-            .replace("port_value: 8080 }", f"port_value: {http} }}", 1)
-            .replace("port_value: 9901", f"port_value: {admin}")
-            .replace("address: backend-a, port_value: 8080", f"address: 127.0.0.20, "
-                     f"port_value: {backends.a[1]}")
-            .replace("address: backend-b, port_value: 8443", f"address: 127.0.0.21, "
-                     f"port_value: {backends.b[1]}"))
-    cfg_path.write_text(text)
+    (workdir / "sites.yaml").write_text(
+        native_sites((ROOT / "sites.yaml").read_text(), backends, https, http, admin))
+    assert healthcheck(gw, admin) != 0  # nothing listens yet
     proc = Proc([sys.executable, "-m", "edgegw", *gw["command"]], tmp_path / "gw.log",
                 cwd=workdir)
     try:
         wait_port("127.0.0.1", https)
-        ca = str(workdir / "certs" / "dev-ca.pem")
-        for name, backend in (("a.example.com", "a"), ("b.example.com", "b")):
-            r = subprocess.run(["curl", "-sS", "--cacert", ca, "--resolve",
-                                f"{name}:{https}:127.0.0.1", f"https://{name}:{https}/headers"],
-                               capture_output=True, text=True, timeout=10)
-            assert r.returncode == 0, r.stderr + proc.output()
-            assert json.loads(r.stdout)["backend"] == backend
+        serves_both_sites(https, workdir / "certs" / "dev-ca.pem", proc)
         r = httpx.get(f"http://127.0.0.1:{http}/x", headers={"Host": "a.example.com"})
-        assert (r.status_code, r.headers["location"]) == (301, "https://a.example.com/x")
-        # /ready says LIVE once every worker is (the first may serve before the second is up)
-        wait_for(lambda: httpx.get(f"http://127.0.0.1:{admin}/ready").status_code == 200)
-        deadline = time.monotonic() + 5
-        while '"GET /headers HTTP/1.1" 200' not in proc.output():  # the access log line
-            assert time.monotonic() < deadline, proc.output()
-            time.sleep(0.05)
+        assert (r.status_code, r.headers["location"]) == (301,
+                                                          f"https://a.example.com:{https}/x")
+        wait_for(lambda: healthcheck(gw, admin) == 0, timeout=10)
         # docker stop: SIGTERM, then SIGKILL after stop_grace_period; edgegw drains and exits 0
         # before that (its --drain-time-s is shorter than the grace period).
         grace = float(gw["stop_grace_period"].rstrip("s"))
@@ -126,6 +162,50 @@ def test_compose_command_runs_natively(workdir: Path, backends: Backends, tmp_pa
         assert drain < grace
         proc.p.send_signal(signal.SIGTERM)
         assert proc.p.wait(timeout=grace) == 0
+    finally:
+        proc.stop()
+
+
+def test_demo_profile_makes_dev_certificates_only_where_none_exist(
+        backends: Backends, certs: Path, tmp_path: Path) -> None:
+    """The demo-certs service's exact command, twice, in a folder that already holds a real
+    certificate for a.example.com: that one is kept, the rest made once; then the
+    demo-gateway's exact command serves the demo sites with them."""
+    services = compose()["services"]
+    root = tmp_path / "etc-edgegw"
+    shutil.copytree(ROOT / "configs", root / "configs")
+    (root / "demo-certs").mkdir()
+    real = trustme.CA().issue_cert("a.example.com")
+    real.cert_chain_pems[0].write_to_path(str(root / "demo-certs" / "a.example.com.crt"))
+    real.private_key_pem.write_to_path(str(root / "demo-certs" / "a.example.com.key"))
+    before = (root / "demo-certs" / "a.example.com.crt").read_bytes()
+    cmd = services["demo-certs"]["entrypoint"]
+    assert cmd[:3] == ["python", "-m", "edgegw.demo.certs"]
+    for _ in range(2):
+        r = subprocess.run([sys.executable, *cmd[1:]], cwd=root, capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+    assert (root / "demo-certs" / "a.example.com.crt").read_bytes() == before
+    assert not (root / "demo-certs" / "a.example.com.pem").exists()
+    assert "nothing missing" in r.stdout
+    made = sorted(p.name for p in (root / "demo-certs").iterdir())
+    assert "b.example.com.pem" in made and "b.internal.pem" in made
+    demo = services["demo-gateway"]
+    https, http, admin = free_port(), free_port(), free_port()
+    cfg = root / demo["command"][1]
+    cfg.write_text(native_sites(cfg.read_text(), backends, https, http, admin))
+    # the test backends' b.internal comes from the tests' CA: trust that one for this run
+    shutil.copy(certs / "backend-ca.pem", root / "demo-certs" / "backend-ca.pem")
+    proc = Proc([sys.executable, "-m", "edgegw", *demo["command"]], tmp_path / "gw.log",
+                cwd=root)
+    try:
+        wait_port("127.0.0.1", https)
+        r = subprocess.run(["curl", "-sS", "--cacert", str(root / "demo-certs" / "dev-ca.pem"),
+                            "--resolve", f"b.example.com:{https}:127.0.0.1",
+                            f"https://b.example.com:{https}/headers"],
+                           capture_output=True, text=True, timeout=10)
+        assert json.loads(r.stdout)["backend"] == "b", r.stderr + proc.output()
+        wait_for(lambda: healthcheck(demo, admin) == 0, timeout=10)
     finally:
         proc.stop()
 
@@ -213,34 +293,24 @@ def test_edge_hardened_config_serves_with_its_protections(workdir: Path, backend
         proc.stop()
 
 
-def test_proxy_protocol_override_runs_behind_haproxy(workdir: Path, backends: Backends,
-                                                     tmp_path: Path) -> None:
-    """docker-compose.proxy-protocol.yml's command, run natively behind a real HAProxy that
-    sends PROXY v2: the backend learns the client's address (127.0.0.9), not HAProxy's."""
+def test_proxy_protocol_from_a_balancer_in_front(workdir: Path, backends: Backends,
+                                                tmp_path: Path) -> None:
+    """The shipped sites.yaml with ``listen: {proxy_protocol: true}``, run behind a real
+    HAProxy that sends PROXY v2: the backend learns the client's address (127.0.0.9), not
+    HAProxy's."""
     if shutil.which("haproxy") is None:
         pytest.skip("haproxy (apt) missing")
-    override = yaml.safe_load((ROOT / "docker-compose.proxy-protocol.yml").read_text())
-    command = override["services"]["gateway"]["command"]
-    text = (ROOT / command[1]).read_text()
-    cfg = yaml.safe_load(text)
-    assert all(lst["listener_filters"][0]["name"] == "envoy.filters.listener.proxy_protocol"
-               for lst in cfg["static_resources"]["listeners"])
     https, http, admin, front = free_port(), free_port(), free_port(), free_port()
-    text = (text.replace("0.0.0.0", "127.0.0.1")
-            .replace("port_value: 8443 }", f"port_value: {https} }}", 1)
-            .replace("port_value: 8080 }", f"port_value: {http} }}", 1)
-            .replace("port_value: 9901", f"port_value: {admin}")
-            .replace("address: backend-a, port_value: 8080",
-                     f"address: 127.0.0.20, port_value: {backends.a[1]}")
-            .replace("address: backend-b, port_value: 8443",
-                     f"address: 127.0.0.21, port_value: {backends.b[1]}"))
-    (workdir / command[1]).write_text(text)
+    text = native_sites((ROOT / "sites.yaml").read_text(), backends, https, http, admin)
+    text = text.replace(f"  http: 127.0.0.1:{http}\n",
+                        f"  http: 127.0.0.1:{http}\n  proxy_protocol: true\n")
+    (workdir / "pp-sites.yaml").write_text(text)
     conf = tmp_path / "haproxy.cfg"
     conf.write_text("defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 10s\n"
                     f"  timeout server 10s\nfrontend fe\n  bind 127.0.0.1:{front}\n"
                     f"  default_backend be\nbackend be\n  server gw 127.0.0.1:{https} "
                     "send-proxy-v2\n")
-    gw = Proc([sys.executable, "-m", "edgegw", *command, "--concurrency", "1"],
+    gw = Proc([sys.executable, "-m", "edgegw", "-c", "pp-sites.yaml", "--concurrency", "1"],
               tmp_path / "gw.log", cwd=workdir)
     ha = Proc(["haproxy", "-db", "-f", str(conf)], tmp_path / "haproxy.log")
     try:
@@ -252,7 +322,13 @@ def test_proxy_protocol_override_runs_behind_haproxy(workdir: Path, backends: Ba
                             f"https://a.example.com:{front}/headers"],
                            capture_output=True, text=True, timeout=10)
         assert r.returncode == 0, r.stderr + gw.output()
+        # (x-forwarded-for gets the node's address for a loopback client, as in Envoy)
         assert json.loads(r.stdout)["headers"]["x-envoy-external-address"] == "127.0.0.9"
+        direct = subprocess.run(["curl", "-sS", "--cacert", str(workdir / "certs" / "dev-ca.pem"),
+                                 "--resolve", f"a.example.com:{https}:127.0.0.1",
+                                 f"https://a.example.com:{https}/headers"],
+                                capture_output=True, text=True, timeout=10)
+        assert direct.returncode != 0  # no PROXY header: refused
     finally:
         ha.stop()
         gw.stop()

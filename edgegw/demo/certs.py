@@ -1,8 +1,12 @@
 """Development certificates for the demo and the tests, made with trustme.
 
-``certs/dev-ca.pem`` is the CA that clients trust; ``a.example.com`` and ``b.example.com`` are
+``dev-ca.pem`` is the CA that clients trust; ``a.example.com`` and ``b.example.com`` are
 served by the gateway. The HTTPS backend has its own CA (``backend-ca.pem``) and certificate
 for ``b.internal``, so the gateway's upstream TLS is checked against a different trust root.
+
+Nothing that exists is ever overwritten: a name that has a certificate (of any layout the
+gateway reads) keeps it, and a CA whose key is kept (``dev-ca.key``) issues the missing ones,
+so a real certificate dropped in stays, whatever else is deleted.
 """
 
 from __future__ import annotations
@@ -16,39 +20,70 @@ SITES = ("a.example.com", "b.example.com")
 BACKEND_NAME = "b.internal"
 
 
-def write_pair(ca: trustme.CA, name: str, directory: str, *extra: str) -> tuple[str, str]:
+def _has_certificate(directory: str, name: str) -> bool:
+    return any(os.path.exists(os.path.join(directory, name + suffix))
+               for suffix in (".pem", ".crt", ".cer", ".key", ""))
+
+
+def _ca(directory: str, stem: str, organization: str) -> trustme.CA | None:
+    """The CA ``stem`` of the directory (made if absent); None when only its certificate is
+    there (its key was not kept, so it can issue nothing)."""
+    cert, key = os.path.join(directory, f"{stem}.pem"), os.path.join(directory, f"{stem}.key")
+    if os.path.exists(cert):
+        if not os.path.exists(key):
+            return None
+        with open(cert, "rb") as c, open(key, "rb") as k:
+            return trustme.CA.from_pem(c.read(), k.read())
+    ca = trustme.CA(organization_name=organization)
+    ca.private_key_pem.write_to_path(key)
+    os.chmod(key, 0o600)
+    ca.cert_pem.write_to_path(cert)
+    return ca
+
+
+def write_pair(ca: trustme.CA, name: str, directory: str, *extra: str,
+               key_mode: int = 0o600) -> tuple[str, str]:
     cert = ca.issue_cert(name, *extra)
     crt = os.path.join(directory, f"{name}.pem")
     key = os.path.join(directory, f"{name}.key")
     cert.private_key_pem.write_to_path(key)
-    os.chmod(key, 0o600)
+    os.chmod(key, key_mode)
     with open(crt, "wb") as f:
         for blob in cert.cert_chain_pems:
             f.write(blob.bytes())
     return crt, key
 
 
-def make(directory: str, force: bool = False) -> None:
+def make(directory: str, key_mode: int = 0o600) -> list[str]:
+    """Makes what is missing; returns the names it issued certificates for."""
     os.makedirs(directory, exist_ok=True)
-    marker = os.path.join(directory, "dev-ca.pem")
-    if os.path.exists(marker) and not force:
-        return
-    ca = trustme.CA(organization_name="edgegw dev CA")
-    ca.cert_pem.write_to_path(marker)
-    for site in SITES:
-        write_pair(ca, site, directory)
-    backend_ca = trustme.CA(organization_name="edgegw demo backend CA")
-    backend_ca.cert_pem.write_to_path(os.path.join(directory, "backend-ca.pem"))
-    write_pair(backend_ca, BACKEND_NAME, directory)
+    made = []
+    for stem, org, names in (("dev-ca", "edgegw dev CA", SITES),
+                             ("backend-ca", "edgegw demo backend CA", (BACKEND_NAME,))):
+        missing = [n for n in names if not _has_certificate(directory, n)]
+        if not missing:
+            continue
+        ca = _ca(directory, stem, org)
+        if ca is None:
+            print(f"{directory}/{stem}.pem is there without its key: not issuing "
+                  f"{', '.join(missing)}")
+            continue
+        for name in missing:
+            write_pair(ca, name, directory, key_mode=key_mode)
+            made.append(name)
+    return made
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m edgegw.demo.certs", description=__doc__)
     ap.add_argument("--dir", default="certs")
-    ap.add_argument("--force", action="store_true", help="replace existing certificates")
+    ap.add_argument("--readable-keys", action="store_true",
+                    help="keys readable by every user (for a demo container whose gateway runs "
+                         "as another user; never for real keys)")
     a = ap.parse_args()
-    make(a.dir, a.force)
-    print(f"certificates in {a.dir}/")
+    made = make(a.dir, 0o644 if a.readable_keys else 0o600)
+    print(f"certificates in {a.dir}/: " + (f"made {', '.join(made)}" if made else
+                                            "nothing missing, nothing changed"))
 
 
 if __name__ == "__main__":

@@ -103,7 +103,8 @@ class Builder:
         if self.chains:
             listeners.append({
                 "name": "https", "address": _socket(*s.listen.https),
-                "listener_filters": [{"name": "envoy.filters.listener.tls_inspector",
+                "listener_filters": [*self._proxy_protocol(),
+                                     {"name": "envoy.filters.listener.tls_inspector",
                                       "typed_config": _typed(t.TLS_INSPECTOR_TYPE)}],
                 "filter_chains": self.chains})
             for i, chain in enumerate(self.chains):
@@ -291,6 +292,12 @@ class Builder:
         self.chains.append({"filter_chain_match": {"server_names": [name]},
                             "filters": filters, "_origin": self.where(("sites", name))})
 
+    def _proxy_protocol(self) -> list[dict[str, Any]]:
+        if not self.sites.listen.proxy_protocol:
+            return []
+        return [{"name": "envoy.filters.listener.proxy_protocol",
+                 "typed_config": _typed(t.PROXY_PROTOCOL_TYPE)}]
+
     def acme_names(self, name: str | None = None) -> list[str]:
         """The names built-in ACME obtains certificates for (HTTP-01 cannot do wildcards)."""
         if self.sites.acme is None:
@@ -306,6 +313,8 @@ class Builder:
             redirect["port_redirect"] = https_port
         assert self.sites.listen.http is not None
         listener: dict[str, Any] = {"name": "http", "address": _socket(*self.sites.listen.http)}
+        if self.sites.listen.proxy_protocol:
+            listener["listener_filters"] = self._proxy_protocol()
         acme = self.sites.acme
         if acme is not None:
             settings = {"email": acme.email, "directory": acme.directory,

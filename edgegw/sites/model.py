@@ -116,6 +116,9 @@ class Listen(SitesMsg):
     https: Address = ("0.0.0.0", 443)
     http: Address | None = ("0.0.0.0", 80)
     """Plain HTTP: redirects to HTTPS (``null``: no port-80 listener)."""
+    proxy_protocol: bool = False
+    """Every connection comes through a balancer that sends the PROXY protocol (v1 or v2),
+    which carries the client's address."""
 
 
 class Auth(SitesMsg):
