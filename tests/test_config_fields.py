@@ -81,3 +81,13 @@ def test_every_accepted_field_is_read_by_the_runtime_or_needs_no_reading() -> No
     assert sorted(set(unread) - set(NEEDS_NO_READING)) == []
     assert sorted(set(NEEDS_NO_READING) - set(unread)) == []  # the list stays exact
     assert len(accepted_fields()) > 200
+
+
+def test_the_configuration_reference_is_generated_from_the_models() -> None:
+    """docs/reference.md is what the models say today: a field added, removed or changed in
+    a model without regenerating it fails here."""
+    from edgegw.config.reference import render
+    from edgegw.sites.reference import SECTIONS
+
+    assert (ROOT / "docs" / "reference.md").read_text() == render(SECTIONS), (
+        "regenerate it: python -m edgegw.sites.reference > docs/reference.md")

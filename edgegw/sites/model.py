@@ -14,6 +14,7 @@ sites:
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -28,7 +29,7 @@ SCHEMES = {"http": 80, "https": 443, "tcp": 0}
 
 
 class SitesMsg(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,12 @@ class PathRoute(SitesMsg):
 
 
 def _short(value: Any) -> Any:
-    return {"upstream": value} if isinstance(value, str | list) else value
+    if isinstance(value, str | list):
+        return {"upstream": value}
+    if not isinstance(value, dict):
+        raise ValueError(f"expected an upstream URL (http://192.168.1.20:80) or the site's "
+                         f"fields (upstream:, sni:, allow: …), got {value!r}")
+    return value
 
 
 class Site(SitesMsg):
@@ -202,28 +208,37 @@ class AcmeSettings(SitesMsg):
     renew_interval: str = "3600s"
 
 
+def _directory(value: Any) -> Any:
+    if isinstance(value, str) and not os.path.isdir(value):
+        raise ValueError(f"'{value}' is not a directory (relative paths start where the "
+                         f"gateway runs: {os.getcwd()})")
+    return value
+
+
 def _sites(value: Any) -> Any:
     if not isinstance(value, dict):
-        return value
-    return {k: _short(v) for k, v in value.items()}
+        raise ValueError("sites is a mapping of host names to sites, e.g. "
+                         "'a.example.com: http://192.168.1.20:80'")
+    for name in value:
+        if not isinstance(name, str) or not _NAME.match(name.lower()):
+            raise ValueError(f"'{name}' is not a host name (a.example.com, or *.example.com "
+                             "for every subdomain)")
+    return value
 
 
 class SitesFile(SitesMsg):
     listen: Listen = Listen()
     admin: Address = ("127.0.0.1", 9901)
-    certificates: str = "certs"
+    certificates: Annotated[str, BeforeValidator(_directory)] = "certs"
     webroot: str = "webroot"
     """Port 80 answers ACME HTTP-01 challenges from here (certbot/acme.sh ``--webroot -w``)."""
     acme: AcmeSettings | None = None
-    sites: Annotated[dict[str, Site], BeforeValidator(_sites), Field(min_length=1)]
+    sites: Annotated[dict[str, Annotated[Site, BeforeValidator(_short)]],
+                     BeforeValidator(_sites), Field(min_length=1)]
 
     @model_validator(mode="after")
-    def _names(self) -> SitesFile:
+    def _consistent(self) -> SitesFile:
         if self.acme is not None and self.listen.http is None:
             raise ValueError("acme needs the port-80 listener (listen.http): HTTP-01 "
                              "challenges come in there")
-        for name in self.sites:
-            if not _NAME.match(name.lower()):
-                raise ValueError(f"'{name}' is not a host name (a.example.com, or "
-                                 "*.example.com for every subdomain)")
         return self

@@ -50,7 +50,7 @@ RBAC_PER_ROUTE_TYPE = T + "extensions.filters.http.rbac.v3.RBACPerRoute"
 class Msg(BaseModel):
     """Base of every config message: immutable, unknown fields refused."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 _DURATION = re.compile(r"^(-?\d+(?:\.\d{1,9})?)s$")
