@@ -43,6 +43,10 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["expand"]:
         sys.exit(expand(argv[1:]))
+    if argv[:1] == ["certs"]:
+        from .certs_cli import main as certs
+
+        sys.exit(certs(argv[1:]))
     args = parser().parse_args(argv)
     if args.version:
         print(f"edgegw version: {__version__}/Python/RELEASE")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import shutil
 import socket
 import ssl
@@ -276,3 +277,36 @@ def test_port_80_answers_acme_challenges_from_the_webroot(lab: Lab) -> None:
         assert "not for clients" not in r.text
     r = httpx.get(f"http://127.0.0.1:{lab.http}/secret", headers={"Host": "a.example.com"})
     assert r.status_code == 301
+
+
+def test_certs_list_shows_what_is_on_disk_and_served_and_flags_a_bad_pair(lab: Lab) -> None:
+    lab.write(two_sites(lab.backends))
+    lab.run("-c", "sites.yaml")
+    certs = lab.root / "certs"
+    shutil.copy(certs / "a.example.com.pem", certs / "c.example.com.crt")
+    shutil.copy(certs / "b.example.com.key", certs / "c.example.com.key")  # not its key
+    r = subprocess.run([*EDGEGW, "certs", "list", "-c", "sites.yaml"], cwd=lab.root,
+                       capture_output=True, text=True, timeout=30)
+    disk, _, served = r.stdout.partition("Served now:")
+    assert r.returncode == 1  # a problem on disk
+    line = next(ln for ln in disk.splitlines() if "c.example.com.crt" in ln)
+    assert "private key does not match" in line or "does not match" in line, line
+    assert re.search(r"a\.example\.com\.pem +a\.example\.com +edgegw dev CA", disk), disk
+    assert "dev-ca" not in disk  # the CA is not a site's certificate
+    assert "a.example.com" in served and "b.example.com" in served
+
+
+def test_certs_dev_issues_later_names_from_the_same_ca(tmp_path: Path) -> None:
+    for name in ("x.example.com", "y.example.com"):
+        r = subprocess.run([*EDGEGW, "certs", "dev", name, "--dir", str(tmp_path / "d")],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+    before = (tmp_path / "d" / "x.example.com.pem").read_bytes()
+    r = subprocess.run([*EDGEGW, "certs", "dev", "x.example.com", "--dir", str(tmp_path / "d")],
+                       capture_output=True, text=True, timeout=30)
+    assert "nothing changed" in r.stdout
+    assert (tmp_path / "d" / "x.example.com.pem").read_bytes() == before
+    for name in ("x.example.com", "y.example.com"):
+        v = subprocess.run(["openssl", "verify", "-CAfile", str(tmp_path / "d" / "dev-ca.pem"),
+                            str(tmp_path / "d" / f"{name}.pem")], capture_output=True, text=True)
+        assert v.returncode == 0, v.stdout + v.stderr

@@ -49,7 +49,10 @@ def main() -> None:
     # and each of them dies with this process even if it is killed outright.
     signal.signal(signal.SIGTERM, _stop)
     die_with_parent()
-    make("certs")
+    try:
+        make("certs")
+    except ValueError as e:
+        raise SystemExit(f"demo certificates: {e}") from None
     procs = [subprocess.Popen([sys.executable, "-m", "edgegw.demo.backend", *args],
                               preexec_fn=die_with_parent) for args in BACKENDS]
     gw = None

@@ -5,7 +5,7 @@ served by the gateway. The HTTPS backend has its own CA (``backend-ca.pem``) and
 for ``b.internal``, so the gateway's upstream TLS is checked against a different trust root.
 
 Nothing that exists is ever overwritten: a name that has a certificate (of any layout the
-gateway reads) keeps it, and a CA whose key is kept (``dev-ca.key``) issues the missing ones,
+gateway reads) keeps it, and a CA whose key is kept (``.dev-ca.key``) issues the missing ones,
 so a real certificate dropped in stays, whatever else is deleted.
 """
 
@@ -28,7 +28,9 @@ def _has_certificate(directory: str, name: str) -> bool:
 def _ca(directory: str, stem: str, organization: str) -> trustme.CA | None:
     """The CA ``stem`` of the directory (made if absent); None when only its certificate is
     there (its key was not kept, so it can issue nothing)."""
-    cert, key = os.path.join(directory, f"{stem}.pem"), os.path.join(directory, f"{stem}.key")
+    # The CA's key is a dot file: the gateway's drop-in directory skips those, so the CA is
+    # never taken for a site's pair.
+    cert, key = os.path.join(directory, f"{stem}.pem"), os.path.join(directory, f".{stem}.key")
     if os.path.exists(cert):
         if not os.path.exists(key):
             return None
@@ -54,24 +56,28 @@ def write_pair(ca: trustme.CA, name: str, directory: str, *extra: str,
     return crt, key
 
 
-def make(directory: str, key_mode: int = 0o600) -> list[str]:
-    """Makes what is missing; returns the names it issued certificates for."""
+def make_for(directory: str, names: list[str] | tuple[str, ...], ca_stem: str = "dev-ca",
+             organization: str = "edgegw dev CA", key_mode: int = 0o600) -> list[str]:
+    """Certificates from the CA ``ca_stem`` for the names that have none; the names made."""
     os.makedirs(directory, exist_ok=True)
-    made = []
-    for stem, org, names in (("dev-ca", "edgegw dev CA", SITES),
-                             ("backend-ca", "edgegw demo backend CA", (BACKEND_NAME,))):
-        missing = [n for n in names if not _has_certificate(directory, n)]
-        if not missing:
-            continue
-        ca = _ca(directory, stem, org)
-        if ca is None:
-            print(f"{directory}/{stem}.pem is there without its key: not issuing "
-                  f"{', '.join(missing)}")
-            continue
-        for name in missing:
-            write_pair(ca, name, directory, key_mode=key_mode)
-            made.append(name)
-    return made
+    missing = [n for n in names if not _has_certificate(directory, n)]
+    if not missing:
+        return []
+    ca = _ca(directory, ca_stem, organization)
+    if ca is None:
+        raise ValueError(f"{directory}/{ca_stem}.pem is there without its key "
+                         f"(.{ca_stem}.key), so it cannot issue {', '.join(missing)}: move it "
+                         "away to start a new dev CA")
+    for name in missing:
+        write_pair(ca, name, directory, key_mode=key_mode)
+    return missing
+
+
+def make(directory: str, key_mode: int = 0o600) -> list[str]:
+    """The demo's certificates, where missing; returns the names it issued certificates for."""
+    return (make_for(directory, SITES, key_mode=key_mode)
+            + make_for(directory, (BACKEND_NAME,), "backend-ca", "edgegw demo backend CA",
+                       key_mode))
 
 
 def main() -> None:
@@ -81,7 +87,10 @@ def main() -> None:
                     help="keys readable by every user (for a demo container whose gateway runs "
                          "as another user; never for real keys)")
     a = ap.parse_args()
-    made = make(a.dir, 0o644 if a.readable_keys else 0o600)
+    try:
+        made = make(a.dir, 0o644 if a.readable_keys else 0o600)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     print(f"certificates in {a.dir}/: " + (f"made {', '.join(made)}" if made else
                                             "nothing missing, nothing changed"))
 

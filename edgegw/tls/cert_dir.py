@@ -76,7 +76,7 @@ def candidates(root: str) -> dict[str, tuple[str, str]]:
     return out
 
 
-def _has_key(path: str) -> bool:
+def has_key(path: str) -> bool:
     try:
         with open(path, "rb") as f:
             return b"PRIVATE KEY-----" in f.read()
@@ -138,7 +138,7 @@ class CertDirectory:
             sig = signature_of([chain, key])
             if self.bad.get(name) == sig:
                 continue
-            if chain == key and not _has_key(chain):
+            if chain == key and not has_key(chain):
                 continue  # a certificate alone (a CA, or a chain whose key is yet to come)
             try:
                 pair = self._load(chain, key)
