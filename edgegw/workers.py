@@ -324,7 +324,8 @@ def _add_status(docs: list[dict[str, Any]]) -> dict[str, Any]:
                 m = mine.get(x[key])
                 if m is None:
                     continue
-                for f in ("requests", "errors", "connect_failures"):
+                for f in ("requests", "errors", "connect_failures", "time_sum_ms",
+                          "time_count"):
                     if f in x:
                         m[f] += x[f]
                 hosts = {h["address"]: h for h in m.get("hosts", [])}

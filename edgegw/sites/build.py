@@ -168,7 +168,7 @@ class Builder:
                    {"name": "envoy.filters.http.router", "typed_config": _typed(t.ROUTER_TYPE)}]
         return {"name": "envoy.filters.network.http_connection_manager",
                 "typed_config": _typed(
-                    t.HCM_TYPE, stat_prefix="https", use_remote_address=True,
+                    t.HCM_TYPE, stat_prefix=cluster_name(name), use_remote_address=True,
                     request_headers_timeout="10s", stream_idle_timeout="300s",
                     upgrade_configs=[{"upgrade_type": "websocket"}],
                     http_filters=filters,
