@@ -99,7 +99,8 @@ def test_status_page_draws_the_last_hour_as_charts(gateway, certs: Path, backend
     pixels = list(img.get_flattened_data())
 
     def near(rgb: tuple[int, int, int]) -> int:
-        return sum(1 for p in pixels if sum(abs(a - b) for a, b in zip(p, rgb)) < 60)
+        return sum(1 for p in pixels
+                   if sum(abs(a - b) for a, b in zip(p, rgb, strict=True)) < 60)
 
     assert near((37, 99, 235)) > 150, "no request-rate line drawn"  # #2563eb
     assert near((124, 58, 237)) > 100, "no latency line drawn"  # #7c3aed
