@@ -264,8 +264,10 @@ class Server:
         return listener_statuses(self.listeners)
 
     async def status_doc(self) -> dict[str, Any]:
-        return status.status_doc(self.state, self.started, self.listeners, self.clusters,
-                                 self.store, self.secrets.rejected())
+        doc = status.status_doc(self.state, self.started, self.listeners, self.clusters,
+                                self.store, self.secrets.rejected())
+        doc["acme"] = [st for c in self.acme for st in c.status()]
+        return doc
 
     async def server_info_doc(self) -> dict[str, Any]:
         return server_info(self.state, self.options, self.boot.node, self.started)

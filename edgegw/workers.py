@@ -336,6 +336,7 @@ def _add_status(docs: list[dict[str, Any]]) -> dict[str, Any]:
                         for f in ("cx_active", "rq_active", "rq_total", "rq_error"):
                             mh[f] += h[f]
         _union(out["rejected_certificates"], other.get("rejected_certificates", []))
+        out["acme"] = out.get("acme") or other.get("acme", [])  # worker 0's, whichever answers
     return out
 
 

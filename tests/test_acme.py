@@ -125,6 +125,10 @@ def test_builtin_acme_obtains_a_certificate_and_the_site_is_served(lab: Lab,
     assert "acme: new certificate for a.example.com" in out
     stats = httpx.get(f"http://127.0.0.1:{lab.admin}/stats").text
     assert "edgegw.acme.issued: 1" in stats
+    acme = httpx.get(f"http://127.0.0.1:{lab.admin}/status.json").json()["acme"]
+    assert [(a["name"], a["managed"], a["last_error"]) for a in acme] == [
+        ("a.example.com", True, "")]
+    assert acme[0]["expires"] > acme[0]["renews_at"] > "2026"
     assert not list((lab.root / "webroot" / ".well-known" / "acme-challenge").iterdir())
 
 

@@ -13,6 +13,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -310,3 +311,79 @@ def test_certs_dev_issues_later_names_from_the_same_ca(tmp_path: Path) -> None:
         v = subprocess.run(["openssl", "verify", "-CAfile", str(tmp_path / "d" / "dev-ca.pem"),
                             str(tmp_path / "d" / f"{name}.pem")], capture_output=True, text=True)
         assert v.returncode == 0, v.stdout + v.stderr
+
+
+def test_several_upstreams_share_the_load_and_are_health_checked(lab: Lab,
+                                                                 tmp_path: Path) -> None:
+    b = lab.backends
+    other = ("127.0.0.22", free_port("127.0.0.22"))
+    extra = Proc([sys.executable, "-m", "edgegw.demo.backend", "--listen",
+                  f"{other[0]}:{other[1]}", "--name", "a2"], tmp_path / "a2.log")
+    try:
+        wait_port(*other)
+        lab.write(f"sites:\n  a.example.com:\n    upstream: [http://{b.a[0]}:{b.a[1]}, "
+                  f"'http://{other[0]}:{other[1]}']\n    health_path: /headers\n")
+        lab.run("-c", "sites.yaml")
+        served = {json.loads(lab.get("a.example.com")[2])["backend"] for _ in range(6)}
+        assert served == {"a", "a2"}
+        def checked() -> bool:
+            stats = httpx.get(f"http://127.0.0.1:{lab.admin}/stats").text
+            found = re.search(r"cluster\.a_example_com\.health_check\.success: (\d+)", stats)
+            return found is not None and int(found.group(1)) >= 2  # both hosts probed
+
+        wait_for(checked, timeout=10)
+    finally:
+        extra.stop()
+
+
+def test_forward_auth_through_the_sites_file(lab: Lab, tmp_path: Path) -> None:
+    """auth.forward: an Authelia-like service decides; its Remote-User reaches the backend,
+    a forged one never does, and a browser without a session is sent to log in."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Verify(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            if "session=alice" in self.headers.get("cookie", ""):
+                self.send_response(200)
+                self.send_header("Remote-User", "alice")
+            else:
+                self.send_response(302)
+                self.send_header("Location", "https://auth.example.com/")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.27", free_port("127.0.0.27")), Verify)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        b = lab.backends
+        lab.write(f"sites:\n  a.example.com:\n    upstream: http://{b.a[0]}:{b.a[1]}\n"
+                  f"    auth: {{forward: 'http://127.0.0.27:{server.server_address[1]}', "
+                  f"forward_path: /api/authz/ext-authz}}\n")
+        lab.run("-c", "sites.yaml")
+        status, headers, _ = lab.get("a.example.com", extra="Remote-User: root\r\n")
+        assert (status, headers["location"]) == (302, "https://auth.example.com/")
+        status, _, body = lab.get("a.example.com",
+                                  extra="Cookie: session=alice\r\nRemote-User: root\r\n")
+        assert status == 200 and json.loads(body)["headers"]["remote-user"] == "alice"
+    finally:
+        server.shutdown()
+
+
+def test_a_port_in_use_is_named_with_what_to_do(lab: Lab) -> None:
+    from edgegw.listener import bind_hint
+
+    lab.write(two_sites(lab.backends))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", lab.https))
+        taken.listen()
+        r = subprocess.run([*EDGEGW, "-c", "sites.yaml", "--concurrency", "1"], cwd=lab.root,
+                           capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert f"cannot bind 127.0.0.1:{lab.https}: Address already in use; another program" \
+        in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert "CAP_NET_BIND_SERVICE" in bind_hint(13, 443)  # EACCES (this runs as root)
+    assert bind_hint(13, 8443) == ""

@@ -159,7 +159,9 @@ PAGE = """<!doctype html>
  <section id="rejected" hidden><h2 class="bad">Certificate files refused</h2><p>The gateway
   serves the previous certificate; it would not start with these files.</p><ul></ul></section>
  <section><h2>Certificates</h2><table id="certs"><thead><tr><th>Names</th><th>Days left</th>
-  <th>Expires</th><th>File</th></tr></thead><tbody></tbody></table></section>
+  <th>Expires</th><th>File</th></tr></thead><tbody></tbody></table>
+  <div id="acme" hidden><h2>ACME</h2><table><thead><tr><th>Name</th><th>Expires</th>
+  <th>Renews after</th><th>Last problem</th></tr></thead><tbody></tbody></table></div></section>
  <section><h2>Sites <span class="legend">last hour:<i style="background:#2563eb"></i>requests/s
   <i style="background:#dc2626"></i>5xx/s<i style="background:#7c3aed"></i>latency ms</span></h2>
   <table id="sites"><thead><tr><th>Site</th><th>Requests/s</th><th>5xx/s</th><th>Latency</th>
@@ -218,6 +220,13 @@ async function refresh() {
   rej.querySelector("ul").innerHTML = cur.rejected_certificates.map(r =>
     `<li><b>${esc(r.name)}</b> <span class="num">${esc(r.file)}</span>: ${esc(r.problem)}
      <small>(since ${esc(r.since)})</small></li>`).join("");
+  const acme = cur.acme || [];
+  document.getElementById("acme").hidden = !acme.length;
+  document.querySelector("#acme tbody").innerHTML = acme.map(a => `<tr>
+    <td><span class="pill">${esc(a.name)}</span>${a.managed ? "" : " <small>(not written by edgegw)</small>"}</td>
+    <td class="num">${esc(a.expires || "not yet")}</td><td class="num">${esc(a.renews_at)}</td>
+    <td>${a.last_error ? `<span class="bad">${esc(a.last_error)}</span> <small>${a.failures}
+      failure(s), next try ${esc(a.next_attempt)}</small>` : '<span class="ok">none</span>'}</td></tr>`).join("");
   const certs = new Map();
   cur.sites.forEach(s => s.certificates.forEach(c => certs.set(c.path + c.names, c)));
   document.querySelector("#certs tbody").innerHTML = [...certs.values()].sort(
