@@ -23,7 +23,7 @@ from cryptography import x509
 
 from ..config.model import base as t
 from ..tls.cert_dir import candidates
-from .model import PathRoute, Site, SitesFile, Url
+from .model import Site, SitesFile, Upstream, Url
 
 SYSTEM_CA = "/etc/ssl/certs/ca-certificates.crt"
 Path = tuple[str | int, ...]
@@ -199,7 +199,7 @@ class Builder:
             return out
         if auth.forward is not None:
             cname = cluster_name(name, "auth")
-            self._cluster(cname, PathRoute(upstream=[auth.forward]), ("sites", name, "auth"))
+            self._cluster(cname, Upstream(upstream=[auth.forward]), ("sites", name, "auth"))
             headers = [{"exact": h.lower()} for h in auth.forward_headers]
             out.append({"name": "envoy.filters.http.ext_authz", "typed_config": _typed(
                 t.EXT_AUTHZ_TYPE, transport_api_version="V3", http_service={
@@ -234,7 +234,7 @@ class Builder:
 
     # --- clusters ---------------------------------------------------------------------------
 
-    def _cluster(self, cname: str, to: Site | PathRoute, at: Path) -> None:
+    def _cluster(self, cname: str, to: Upstream, at: Path) -> None:
         """A cluster for ``to``, written at ``at`` in the sites file."""
         ups: list[Url] = to.upstream
         names = any(not u.is_ip for u in ups)
@@ -263,7 +263,7 @@ class Builder:
         self.clusters.append(cluster)
 
     @staticmethod
-    def _upstream_tls(to: Site | PathRoute, url: Url) -> dict[str, Any]:
+    def _upstream_tls(to: Upstream, url: Url) -> dict[str, Any]:
         sni = to.sni or (None if url.is_ip else url.host)
         tls: dict[str, Any] = {"common_tls_context": {}}
         if sni:
@@ -281,7 +281,7 @@ class Builder:
 
     def _passthrough(self, name: str, site: Site) -> None:
         cname = cluster_name(name)
-        plain = PathRoute(upstream=[Url("tcp", u.host, u.port, "") for u in site.upstream])
+        plain = Upstream(upstream=[Url("tcp", u.host, u.port, "") for u in site.upstream])
         self._cluster(cname, plain, ("sites", name))
         filters: list[dict[str, Any]] = []
         if site.allow:

@@ -148,11 +148,21 @@ class Auth(SitesMsg):
         return self
 
 
-class PathRoute(SitesMsg):
+class Upstream(SitesMsg):
+    """Where requests go, and how the gateway trusts an https:// upstream."""
+
     upstream: Upstreams
     sni: str | None = None
+    """The name sent to an https:// upstream (default: its host name)."""
     ca: str | None = None
+    """The CA that signs the https:// upstream's certificate (default: the system's)."""
     insecure_skip_verify: bool = False
+    """Take any certificate from the upstream (self-signed appliances)."""
+
+
+class PathRoute(Upstream):
+    """A path prefix of a site sent to another upstream."""
+
     strip_prefix: bool = False
 
 
@@ -165,13 +175,7 @@ def _short(value: Any) -> Any:
     return value
 
 
-class Site(SitesMsg):
-    upstream: Upstreams
-    sni: str | None = None
-    """The name sent to an https:// upstream (default: its host name)."""
-    ca: str | None = None
-    """The CA that signs the https:// upstream's certificate (default: the system's)."""
-    insecure_skip_verify: bool = False
+class Site(Upstream):
     allow: list[Cidr] = []
     auth: Auth | None = None
     passthrough: bool = False
