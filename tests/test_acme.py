@@ -22,7 +22,7 @@ import trustme
 from cryptography import x509
 
 from .conftest import Backends, Proc, free_port, wait_for, wait_port
-from .test_sites import Lab
+from .test_sites import EDGEGW, Lab
 
 PEBBLE = shutil.which("pebble")
 CHALLTESTSRV = shutil.which("pebble-challtestsrv")
@@ -203,3 +203,19 @@ def test_certbot_in_webroot_mode_renews_into_the_watched_directory(lab: Lab,
     root = lab.root / "pebble-root.pem"
     root.write_text(pebble.roots())
     wait_for(lambda: served(lab, "a.example.com", root) is not None, timeout=30)
+
+
+def test_under_several_workers_one_renews_and_all_serve(lab: Lab, pebble: Pebble) -> None:
+    clear_site(lab, "a.example.com")
+    lab.write(sites(lab, pebble))
+    proc = Proc([*EDGEGW, "-c", "sites.yaml", "--concurrency", "2"], lab.root / "gw.log",
+                cwd=lab.root)
+    lab.procs.append(proc)
+    wait_port("127.0.0.1", lab.http)
+    root = lab.root / "pebble-root.pem"
+    root.write_text(pebble.roots())
+    wait_for(lambda: served(lab, "a.example.com", root) is not None, timeout=60)
+    # new connections land on either worker (SO_REUSEPORT): every one is served
+    assert all(served(lab, "a.example.com", root) is not None for _ in range(20))
+    stats = httpx.get(f"http://127.0.0.1:{lab.admin}/stats").text
+    assert "edgegw.acme.issued: 1" in stats  # summed over the workers: one issuance
