@@ -368,3 +368,13 @@ def test_http09_is_told_at_any_split() -> None:
     for cut in range(len(data) + 1):
         events, out = run_codec("h1", split(data, [cut]))
         assert events == [("reject", 426)] and out.startswith(b"HTTP/1.1 426"), cut
+
+
+def test_a_version_less_line_followed_by_junk_gets_426_however_it_is_read() -> None:
+    """Found by the mutation property: the same bytes got 400 in one read and 426 when the
+    read ended right after the line."""
+    data = (b"PUT /000/000/00000/0000\r\n\n00000000 HTTP/1.1\r\nhost: 00.example\r\n"
+            b"x-00000: \r\n\r\n")
+    whole = run_codec("h1", [data])
+    assert whole[0] == [("reject", 426)]
+    assert run_codec("h1", split(data, [25])) == whole

@@ -254,6 +254,12 @@ class Http1ServerCodec:
                 self.receiving.decode_data(rest)
         except httptools.HttpParserError as e:
             _log.debug("malformed request: %s", e)
+            if self.head_started and not self.h_headers and self.h_url and (
+                    b" " + self.h_url + b"\r\n") in self.line_tail + data:
+                # A version-less line refused for what came after it: the same 426 as when
+                # the line's end was the end of a read.
+                self._http09()
+                return
             self._error(400, b"Bad Request", "codec_error")
             return
         if self.broken is None and self.head_started and not self.h_headers:
