@@ -252,3 +252,34 @@ def test_config_dump_shows_the_filter_as_envoy_does(
     assert shown["envoy"][0]["typed_config"]["http_service"]["server_uri"]["timeout"] == "0.500s"
     shown["envoy"][0]["typed_config"]["http_service"]["server_uri"]["timeout"] = "0.5s"
     assert shown["edgegw"] == shown["envoy"]
+
+
+def test_a_service_answering_garbage_never_allows(pair, backends: Backends,
+                                                  tmp_path: Path) -> None:
+    """Bytes that are not HTTP from the auth service: 403 as in Envoy, never the backend."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.27", 0))
+    srv.listen()
+    done = threading.Event()
+
+    def answer() -> None:
+        srv.settimeout(0.2)
+        while not done.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"\x16\x03\x01 this is not HTTP at all\r\n\r\n")
+
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        logs = iter([tmp_path / "e.log", tmp_path / "o.log"])
+        gws = pair(lambda port: authz_config(port, backends, srv.getsockname()[:2], next(logs)))
+        seen = {kind: ask(port, "/headers", "Cookie: session=alice\r\n")[0]
+                for kind, (_, port) in gws.items()}
+        assert seen == {"edgegw": 403, "envoy": 403}
+    finally:
+        done.set()
+        srv.close()
