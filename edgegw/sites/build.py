@@ -19,10 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cryptography import x509
-
 from ..config.model import base as t
-from ..tls.cert_dir import candidates
+from ..tls.cert_dir import on_disk
 from .model import Site, SitesFile, Upstream, Url
 
 SYSTEM_CA = "/etc/ssl/certs/ca-certificates.crt"
@@ -50,21 +48,6 @@ def _covers(pattern: str, name: str) -> bool:
         and "." not in name[: -len(pattern) + 1]
 
 
-def find_certificates(directory: str) -> list[tuple[str, str, list[str]]]:
-    """(chain file, key file, DNS names) of every pair in the directory, in name order."""
-    out = []
-    for _, (chain, key) in sorted(candidates(directory).items()):
-        try:
-            with open(chain, "rb") as f:
-                cert = x509.load_pem_x509_certificate(f.read())
-            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-            names = san.get_values_for_type(x509.DNSName)
-        except (OSError, ValueError, x509.ExtensionNotFound):
-            continue
-        out.append((chain, key, names))
-    return out
-
-
 @dataclass
 class Expansion:
     """The bootstrap, where each of its parts came from, and what the user should know."""
@@ -85,7 +68,7 @@ class Builder:
         self.out = Expansion({})
         self.clusters: list[dict[str, Any]] = []
         self.chains: list[dict[str, Any]] = []
-        self.certs = find_certificates(sites.certificates)
+        self.certs = on_disk(sites.certificates)
 
     def build(self) -> Expansion:
         s = self.sites
@@ -123,7 +106,7 @@ class Builder:
     # --- HTTPS sites ------------------------------------------------------------------------
 
     def _certificate(self, name: str) -> tuple[str, str] | None:
-        for chain, key, names in self.certs:
+        for chain, key, _, names in self.certs:
             if any(_covers(n, name) for n in names):
                 return chain, key
         return None

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from .. import log
 from ..config import model as m
 from ..stats import Counter, StatSet, Store
-from .cert_dir import candidates
+from .cert_dir import on_disk
 
 _log = log.get("secret")
 
@@ -71,19 +71,12 @@ class NameState:
 
 
 def _current(directory: str, name: str) -> tuple[x509.Certificate, str, str] | None:
-    """The certificate on disk whose names cover ``name`` and lives longest."""
+    """The certificate on disk that names ``name`` and lives longest."""
     best = None
-    for _, (chain, key) in sorted(candidates(directory).items()):
-        try:
-            with open(chain, "rb") as f:
-                cert = x509.load_pem_x509_certificate(f.read())
-            names = cert.extensions.get_extension_for_class(
-                x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
-        except (OSError, ValueError, x509.ExtensionNotFound):
-            continue
+    for chain, key, leaf, names in on_disk(directory):
         if name.lower() in (n.lower() for n in names) and (
-                best is None or cert.not_valid_after_utc > best[0].not_valid_after_utc):
-            best = (cert, chain, key)
+                best is None or leaf.not_valid_after_utc > best[0].not_valid_after_utc):
+            best = (leaf, chain, key)
     return best
 
 

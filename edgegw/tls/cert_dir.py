@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from .. import log
@@ -73,6 +74,21 @@ def candidates(root: str) -> dict[str, tuple[str, str]]:
             out.setdefault(stem, (full, os.path.join(root, f"{stem}.key")))
         elif ext == ".pem":
             out.setdefault(stem, (full, full))
+    return out
+
+
+def on_disk(directory: str) -> list[tuple[str, str, x509.Certificate, list[str]]]:
+    """(chain file, key file, leaf, DNS names) of each pair in the directory whose
+    certificate parses, in name order: what a site's certificate is looked up in."""
+    out = []
+    for _, (chain, key) in sorted(candidates(directory).items()):
+        try:
+            with open(chain, "rb") as f:
+                leaf = x509.load_pem_x509_certificate(f.read())
+            san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except (OSError, ValueError, x509.ExtensionNotFound):
+            continue
+        out.append((chain, key, leaf, san.get_values_for_type(x509.DNSName)))
     return out
 
 
