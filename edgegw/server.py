@@ -316,9 +316,11 @@ class Server:
         return sum(len(lst.open) for lst in [*self.listeners, *self.retired_listeners])
 
     def watched_files(self) -> list[str]:
-        """The files a change of which reloads the config: -c and the LDS/CDS files."""
+        """The files a change of which reloads the config: -c, the LDS/CDS files, and what
+        else the config was read from (a sites file's certificate directory)."""
         path = self.options.get("config_path")
-        return [p for p in (path, *dynamic_files(self.raw_config).values()) if p]
+        named = [p for p in (path, *dynamic_files(self.raw_config).values()) if p]
+        return [*named, *(p for p in self.config_seen if p not in named)]
 
     def _config_files_now(self) -> dict[str, FileSignature]:
         return {p: file_signature(p) for p in self.watched_files()}

@@ -219,3 +219,34 @@ def test_under_several_workers_one_renews_and_all_serve(lab: Lab, pebble: Pebble
     assert all(served(lab, "a.example.com", root) is not None for _ in range(20))
     stats = httpx.get(f"http://127.0.0.1:{lab.admin}/stats").text
     assert "edgegw.acme.issued: 1" in stats  # summed over the workers: one issuance
+
+
+def test_an_unreachable_acme_server_keeps_the_old_certificate_and_retries_later(
+        lab: Lab, tmp_path: Path) -> None:
+    """The certificate is due but the ACME server is down: it keeps serving, the failure is
+    logged and shown, and the next attempt is a minute away (backing off)."""
+    old_ca = trustme.CA()
+    now = datetime.datetime.now(datetime.UTC)
+    old = old_ca.issue_cert("a.example.com", not_before=now - datetime.timedelta(days=80),
+                            not_after=now + datetime.timedelta(days=10))
+    pem = old.private_key_and_cert_chain_pem.bytes()
+    clear_site(lab, "a.example.com")
+    (lab.root / "certs" / "a.example.com.pem").write_bytes(pem)
+    (lab.root / "certs" / ".acme").mkdir()
+    (lab.root / "certs" / ".acme" / "a.example.com.sha256").write_text(
+        hashlib.sha256(pem).hexdigest())
+    old_ca.cert_pem.write_to_path(str(lab.root / "old-ca.pem"))
+    b = lab.backends
+    lab.write(f"acme: {{email: admin@example.com, directory: 'https://127.0.0.1:"
+              f"{free_port()}/dir', renew_interval: 600s}}\n"
+              f"sites:\n  a.example.com: http://{b.a[0]}:{b.a[1]}\n")
+    proc = lab.run("-c", "sites.yaml")
+    status = f"http://127.0.0.1:{lab.admin}/status.json"
+    wait_for(lambda: httpx.get(status).json()["acme"][0]["failures"] >= 1, timeout=15)
+    acme = httpx.get(status).json()["acme"][0]
+    assert "ConnectionError" in acme["last_error"] or "Connection" in acme["last_error"]
+    assert served(lab, "a.example.com", lab.root / "old-ca.pem") is not None
+    time.sleep(2)  # the retry waits its minute
+    assert httpx.get(status).json()["acme"][0]["failures"] == 1
+    assert "trying again in 60 s" in proc.output()
+    assert "config reload" not in proc.output()  # nothing the client did reloads the config
