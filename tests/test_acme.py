@@ -132,10 +132,9 @@ def test_builtin_acme_obtains_a_certificate_and_the_site_is_served(lab: Lab,
     assert not list((lab.root / "webroot" / ".well-known" / "acme-challenge").iterdir())
 
 
-def test_a_due_certificate_is_renewed_while_clients_keep_connecting(lab: Lab,
-                                                                   pebble: Pebble) -> None:
-    """The certificate on disk was written by edgegw's client (its digest is recorded) and
-    is past two thirds of its life: it is renewed, and no handshake or request fails."""
+def due_certificate(lab: Lab) -> None:
+    """a.example.com's certificate, 80 days into a 90-day life, recorded as written by
+    edgegw's ACME client (so it is due and may be replaced); its CA is old-ca.pem."""
     old_ca = trustme.CA()
     now = datetime.datetime.now(datetime.UTC)
     old = old_ca.issue_cert("a.example.com", not_before=now - datetime.timedelta(days=80),
@@ -147,6 +146,13 @@ def test_a_due_certificate_is_renewed_while_clients_keep_connecting(lab: Lab,
     (lab.root / "certs" / ".acme" / "a.example.com.sha256").write_text(
         hashlib.sha256(pem).hexdigest())
     old_ca.cert_pem.write_to_path(str(lab.root / "old-ca.pem"))
+
+
+def test_a_due_certificate_is_renewed_while_clients_keep_connecting(lab: Lab,
+                                                                   pebble: Pebble) -> None:
+    """The certificate on disk was written by edgegw's client (its digest is recorded) and
+    is past two thirds of its life: it is renewed, and no handshake or request fails."""
+    due_certificate(lab)
     root = lab.root / "pebble-root.pem"
     root.write_text(pebble.roots())
     both = lab.root / "both.pem"
@@ -225,17 +231,7 @@ def test_an_unreachable_acme_server_keeps_the_old_certificate_and_retries_later(
         lab: Lab, tmp_path: Path) -> None:
     """The certificate is due but the ACME server is down: it keeps serving, the failure is
     logged and shown, and the next attempt is a minute away (backing off)."""
-    old_ca = trustme.CA()
-    now = datetime.datetime.now(datetime.UTC)
-    old = old_ca.issue_cert("a.example.com", not_before=now - datetime.timedelta(days=80),
-                            not_after=now + datetime.timedelta(days=10))
-    pem = old.private_key_and_cert_chain_pem.bytes()
-    clear_site(lab, "a.example.com")
-    (lab.root / "certs" / "a.example.com.pem").write_bytes(pem)
-    (lab.root / "certs" / ".acme").mkdir()
-    (lab.root / "certs" / ".acme" / "a.example.com.sha256").write_text(
-        hashlib.sha256(pem).hexdigest())
-    old_ca.cert_pem.write_to_path(str(lab.root / "old-ca.pem"))
+    due_certificate(lab)
     b = lab.backends
     lab.write(f"acme: {{email: admin@example.com, directory: 'https://127.0.0.1:"
               f"{free_port()}/dir', renew_interval: 600s}}\n"
