@@ -693,6 +693,7 @@ async def hold(port: int, count: int, ca: str, pid: int) -> None:
 
 ROWS = [("W1 keep-alive req/s", "rps", "higher"), ("W1 p50 ms", "p50_ms", "lower"),
         ("W1 p99 ms", "p99_ms", "lower"),
+        ("W1 proxy CPU us/request", "cpu_us_per_req", "lower"),
         ("W2 handshakes/s (client-bound)", "handshakes_s", "higher"),
         ("W2 proxy CPU us/handshake", "cpu_us_per_handshake", "lower"),
         ("W3 1 MiB MB/s", "mb_s", "higher"),
@@ -766,20 +767,25 @@ def main() -> None:
         for rep in range(0 if "core" in skip else a.reps):
             for name in which:
                 b.start_proxy(name)
+                cpu0 = cpu_seconds(b.procs[name].pid)
                 w1 = b.wrk(name, "/small", 32)
+                w1_us = (cpu_seconds(b.procs[name].pid) - cpu0) / max(
+                    w1["rps"] * b.seconds, 1) * 1e6
                 hs, cpu_us = b.handshakes(name)
                 w3 = b.wrk(name, "/1m", 4)
                 h2 = b.h2load(name) if "H2" not in skip else float("nan")
                 ws, ws_cpu = b.websocket(name) if "WS" not in skip and name in WS_PROXIES \
                     else (float("nan"), float("nan"))
                 for k, v in (("rps", w1["rps"]), ("p50_ms", w1["p50_ms"]),
-                             ("p99_ms", w1["p99_ms"]), ("handshakes_s", hs),
+                             ("p99_ms", w1["p99_ms"]), ("cpu_us_per_req", w1_us),
+                             ("handshakes_s", hs),
                              ("cpu_us_per_handshake", cpu_us), ("mb_s", w3["mb_s"]),
                              ("h2_rps", h2), ("ws_msgs", ws), ("ws_cpu_us", ws_cpu)):
                     if v == v:
                         note(name, k, v)
                 print(f"rep {rep + 1} {name:8s} rps={w1['rps']:8.0f} p50={w1['p50_ms']:5.2f}ms "
-                      f"p99={w1['p99_ms']:6.2f}ms hs/s={hs:6.0f} cpu/hs={cpu_us:5.0f}us "
+                      f"p99={w1['p99_ms']:6.2f}ms cpu/req={w1_us:5.1f}us "
+                      f"hs/s={hs:6.0f} cpu/hs={cpu_us:5.0f}us "
                       f"1MiB={w3['mb_s']:7.1f}MB/s h2={h2:8.0f} ws={ws:7.0f}/s "
                       f"ws_cpu={ws_cpu:5.1f}us", file=sys.stderr, flush=True)
                 b.stop(name)
