@@ -94,10 +94,10 @@ def test_redirect_and_direct_actions() -> None:
 
 def test_header_mutations_append_overwrite_add_if_absent_remove() -> None:
     ops = HeaderOps(frozenset({b"x-drop"}), (
-        (b"x-a", "1", "APPEND_IF_EXISTS_OR_ADD", False),
-        (b"x-b", "2", "OVERWRITE_IF_EXISTS_OR_ADD", False),
-        (b"x-c", "3", "ADD_IF_ABSENT", False),
-        (b"x-d", "4", "OVERWRITE_IF_EXISTS", False),
+        (b"x-a", "1", b"1", "APPEND_IF_EXISTS_OR_ADD", False),
+        (b"x-b", "2", b"2", "OVERWRITE_IF_EXISTS_OR_ADD", False),
+        (b"x-c", "3", b"3", "ADD_IF_ABSENT", False),
+        (b"x-d", "4", b"4", "OVERWRITE_IF_EXISTS", False),
     ))
     h = [(b"x-a", b"0"), (b"x-b", b"0"), (b"x-c", b"0"), (b"x-drop", b"z")]
     ops.apply(h)

@@ -47,6 +47,7 @@ class Owner(Downstream, Protocol):
 _GRPC_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
 
 
+_READ_AT_START = frozenset((b"host", b"content-type", b"expect"))
 _AUTHORITY = re.compile(rb"[A-Za-z0-9\-._~!$&'()*+,;=:\[\]@%]+")
 """The bytes an authority may hold (RFC 3986 as nghttp2 checks them, which Envoy uses)."""
 
@@ -156,12 +157,25 @@ class Stream:
             return
         head = self.head
         path = self.path
-        host = first_header(self.headers, b"host")
+        host = ctype = expect = None
+        hosts = 0
+        for k, v in self.headers:  # one pass for the headers the connection manager reads
+            if k in _READ_AT_START:
+                if k == b"host":
+                    hosts += 1
+                    if host is None:
+                        host = v
+                elif k == b"content-type":
+                    if ctype is None:
+                        ctype = v
+                elif expect is None:
+                    expect = v
         if path[:1] != b"/" and b"://" in path[:8]:
             rest = path.split(b"://", 1)[1]
             slash = rest.find(b"/")
             authority, path = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
             host = authority
+            hosts = 1
             self.headers = head.headers = [h for h in self.headers if h[0] != b"host"] + [
                 (b"host", host)]
             self.path = head.path = path
@@ -174,7 +188,7 @@ class Stream:
         if b"#" in path or (path == b"*" and self.method != b"OPTIONS"):
             self.send_local_reply(400, b"Bad Request", "http.invalid_path", close=True)
             return
-        if sum(1 for k, _ in self.headers if k == b"host") > 1:
+        if hosts > 1:
             # One request, one authority: routing by one Host while the backend reads another
             # is how virtual-host checks are bypassed (edgegw-only: Envoy forwards it).
             self.send_local_reply(400, b"Bad Request", "multiple_host_headers", close=True)
@@ -196,9 +210,7 @@ class Stream:
                                                             self.authority):
             self.send_local_reply(421, b"Misdirected Request", "edgegw.sni_host_mismatch")
             return
-        ctype = first_header(self.headers, b"content-type")
         self.grpc = ctype is not None and ctype.startswith(b"application/grpc")
-        expect = first_header(self.headers, b"expect")
         if expect is not None:
             if expect.lower() == b"100-continue":
                 self.encoder.encode_100_continue()
@@ -505,8 +517,9 @@ class Stream:
         if self.duration_timer is not None:
             self.duration_timer.cancel()
             self.duration_timer = None
-        if self.router is not None:
-            self.router.on_destroy()
+        router, self.router = self.router, None
+        if router is not None:
+            router.on_destroy()  # (and the stream-router cycle is gone: no garbage to collect)
         st = self.hcm.stats
         st.downstream_rq_active.value -= 1
         st.downstream_rq_completed.value += 1

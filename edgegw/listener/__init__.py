@@ -139,6 +139,8 @@ class Listener:
         self.proxy_protocol = ProxyProtocolFilter(cfg.proxy_protocol, store) \
             if cfg.proxy_protocol is not None else None
         self.sock: socket.socket | None = None
+        self.family = int(socket.AF_INET)
+        """The socket's address family, as accepted sockets are made with it."""
         self.loop: asyncio.AbstractEventLoop | None = None
         self.open: set[Session] = set()
         self.reuse_port = False
@@ -161,6 +163,7 @@ class Listener:
         sock.listen(self.cfg.tcp_backlog_size or somaxconn())
         sock.setblocking(False)
         self.sock = sock
+        self.family = int(sock.family)
         self.address = sock.getsockname()[:2]
 
     def start(self) -> None:
@@ -190,6 +193,7 @@ class Listener:
         if old.sock is not None and old.loop is not None:
             old.loop.remove_reader(old.sock.fileno())
         self.sock, old.sock = old.sock, None
+        self.family = old.family
         for proto in list(old.open):
             if isinstance(proto, TcpSession):
                 continue  # bytes already flow to its upstream: it ends on the old config
@@ -226,12 +230,15 @@ class Listener:
         assert self.sock is not None
         for _ in range(64):
             try:
-                conn, _addr = self.sock.accept()
+                # socket.accept() without its wrapping: it converts family and type to enums
+                # and makes the socket blocking again, per connection
+                fd, _addr = self.sock._accept()  # type: ignore[attr-defined]
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
                 self._accept_failed(e)
                 return
+            conn = socket.socket(self.family, socket.SOCK_STREAM, 0, fd)
             if self.limit is not None and not self.cfg.ignore_global_conn_limit \
                     and not self.limit.admit():
                 self.stats.downstream_global_cx_overflow.value += 1
@@ -432,14 +439,18 @@ class _Peek:
         loop = listener.loop
         assert loop is not None
         self.loop = loop
-        self.timer = loop.call_later(listener.cfg.listener_filters_timeout, self._timeout)
-        loop.add_reader(self.fd, self._readable)
+        self.timer: asyncio.TimerHandle | None = None
         listener.peeking += 1
         self.lowat = False
+        self.finished = False
         self.proxy = listener.proxy_protocol
         """The PROXY header is still to be read (None: read, or none configured)."""
         self.proxied: tuple[str, int] | None = None
         self.tlvs: tuple[tuple[int, bytes], ...] = ()
+        self._readable()  # the hello is usually there already: then no timer and no reader
+        if not self.finished:
+            self.timer = loop.call_later(listener.cfg.listener_filters_timeout, self._timeout)
+            loop.add_reader(self.fd, self._readable)
 
     def _wait_for_more(self, have: int) -> None:
         """Level-triggered readiness would fire again at once for the bytes already peeked:
@@ -542,8 +553,10 @@ class _Peek:
         self._drop()
 
     def _done(self) -> None:
-        self.loop.remove_reader(self.fd)
-        self.timer.cancel()
+        self.finished = True
+        if self.timer is not None:
+            self.loop.remove_reader(self.fd)
+            self.timer.cancel()
         self.listener.peeking -= 1
         if self.lowat:
             try:

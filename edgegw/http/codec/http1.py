@@ -42,6 +42,7 @@ class Http1Stats(StatSet):
 
 _STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in REASONS.items()}
 LAST_CHUNK = b"0\r\n\r\n"
+_FRAMING = frozenset((b"content-length", b"transfer-encoding"))
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -489,6 +490,8 @@ class Http1Connection(asyncio.Protocol):
         """Bytes of the current request's response received so far."""
         self.header_bytes = 0
         self.idle_since = 0.0
+        self.max_header_bytes = pool.max_header_bytes
+        self.max_headers = pool.max_headers
 
     @property
     def closed(self) -> bool:
@@ -578,12 +581,12 @@ class Http1Connection(asyncio.Protocol):
         if self.got_response:
             return  # a trailer
         name = name.lower()
-        if name == b"content-length" or name == b"transfer-encoding":
+        if name in _FRAMING:
             self.framed = True
-        self.headers.append((name, value))
+        headers = self.headers
+        headers.append((name, value))
         self.header_bytes += len(name) + len(value)
-        if self.header_bytes > self.pool.max_header_bytes or \
-                len(self.headers) > self.pool.max_headers:
+        if self.header_bytes > self.max_header_bytes or len(headers) > self.max_headers:
             raise _TooLarge
 
     def on_headers_complete(self) -> None:
