@@ -474,6 +474,9 @@ class Http1Connection(asyncio.Protocol):
         self.sink: ResponseSink | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.headers: Headers = []
+        self.body: list[bytes] = []
+        """The response body parsed from the current read: passed on once per read (and with
+        the response's end when that is in the same read)."""
         self.head_only = False
         self.got_response = False
         self.framed = False
@@ -554,10 +557,13 @@ class Http1Connection(asyncio.Protocol):
             self._fail("protocol error")
             return
         if sink is not None:
+            if self.body and self.sink is sink:
+                sink.upstream_data(self._take_body(), False)
             sink.flush()
 
     def _fail(self, reason: str) -> None:
         sink, self.sink = self.sink, None
+        self.body = []
         self.close()
         if sink is not None:
             sink.upstream_reset(reason, stale=False)
@@ -605,7 +611,14 @@ class Http1Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         if self.sink is not None:
-            self.sink.upstream_data(body, False)
+            self.body.append(body)
+
+    def _take_body(self) -> bytes:
+        body = self.body
+        if not body:
+            return b""
+        self.body = []
+        return body[0] if len(body) == 1 else b"".join(body)
 
     def on_message_complete(self) -> None:
         if self.got_response and not self.head_only and not self.raw:
@@ -627,12 +640,13 @@ class Http1Connection(asyncio.Protocol):
             if status:
                 sink.upstream_headers(status, self.headers, True)
             else:
-                sink.upstream_data(b"", True)
+                sink.upstream_data(self._take_body(), True)
 
     # the request (RequestEncoder)
 
     def new_stream(self, sink: ResponseSink) -> Http1Connection:
         self.sink = sink
+        self.body = []
         self.got_response = False
         self.response_bytes = 0
         self.requests += 1
