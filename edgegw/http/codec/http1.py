@@ -631,6 +631,7 @@ class Http1Connection(asyncio.Protocol):
             # The parser still expects the body that a HEAD response announces but never sends.
             self.parser = httptools.HttpResponseParser(self)
         sink, self.sink = self.sink, None
+        body = self._take_body()  # (before the release: a waiting request may take over)
         if self.state is State.BUSY:
             if self.keep_alive and self.request_sent:
                 self.pool.release(self)
@@ -640,7 +641,7 @@ class Http1Connection(asyncio.Protocol):
             if status:
                 sink.upstream_headers(status, self.headers, True)
             else:
-                sink.upstream_data(self._take_body(), True)
+                sink.upstream_data(body, True)
 
     # the request (RequestEncoder)
 
