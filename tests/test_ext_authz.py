@@ -22,6 +22,7 @@ from .conftest import (
     Backends,
     addr,
     cluster,
+    exchange,
     free_port,
     route,
     wait_for,
@@ -194,15 +195,9 @@ def test_headers_only_the_service_may_set_never_come_from_the_client(
 
 def post(port: int, body: bytes) -> tuple[int, int]:
     """A POST with a session; (status, the body's length as the backend saw it, or -1)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(b"POST /headers HTTP/1.1\r\nHost: app.example\r\nCookie: session=alice\r\n"
-                  b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
-        raw = b""
-        try:
-            while chunk := s.recv(65536):
-                raw += chunk
-        except ConnectionResetError:
-            pass
+    raw = exchange(port, b"POST /headers HTTP/1.1\r\nHost: app.example\r\n"
+                   b"Cookie: session=alice\r\nContent-Length: %d\r\n"
+                   b"Connection: close\r\n\r\n" % len(body) + body)
     head, _, rest = raw.partition(b"\r\n\r\n")
     status = int(head.split()[1])
     return status, json.loads(rest)["body_bytes"] if status == 200 else -1
