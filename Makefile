@@ -1,9 +1,11 @@
 # edgegw: `make demo` runs the gateway on the embedded demo, `make test` runs every test.
-VENV   := .venv
-PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
+VENV     := .venv
+PY       := $(VENV)/bin/python
+STAMP    := $(VENV)/.installed
+COMPILED := $(VENV)/.compiled
+SOURCES  := $(shell find edgegw -name '*.py')
 
-.PHONY: install demo test bench lint sysdeps clean
+.PHONY: install compile pure demo test test-pure test-compiled bench lint sysdeps clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -13,6 +15,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The request path compiled with mypyc (edgegw/compiled.py lists it), rebuilt when any source
+# changes: a compiled module older than its source would run the old code. `make pure` drops
+# the compiled modules; the package runs the same without them.
+$(COMPILED): $(STAMP) $(SOURCES) setup.py
+	EDGEGW_MYPYC=1 $(PY) setup.py -q build_ext --inplace
+	touch edgegw/compiled__mypyc.*.so $(COMPILED)  # built now, even where no C changed
+
+compile: $(COMPILED)
+
+pure:
+	rm -f $(COMPILED)
+	find edgegw -name '*.so' -delete
+
 # curl, openssl and chromium are the real clients the end-to-end tests drive; HAProxy and
 # nginx are the real peers in front of and behind the gateway (PROXY protocol); pebble is a
 # real ACME server and certbot a real ACME client.
@@ -20,13 +35,22 @@ sysdeps:
 	@(for t in curl openssl chromium haproxy nginx pebble certbot; do command -v $$t >/dev/null || exit 1; done) || \
 	  (apt-get update -q && RUNLEVEL=1 apt-get install -y -q curl openssl chromium haproxy nginx pebble certbot)
 
-demo: install
+demo: compile
 	$(PY) -m edgegw.demo
 
-test: install sysdeps
+# Every test twice: on the plain-Python package, then on the compiled request path (one tree:
+# never both at once).
+.NOTPARALLEL:
+test: test-pure test-compiled
+
+test-pure: install sysdeps pure
 	$(PY) -m pytest -q
 
-bench: install
+test-compiled: install sysdeps compile
+	$(PY) -c 'import edgegw.server, edgegw.compiled as c; assert c.active(), "not compiled"'
+	$(PY) -m pytest -q
+
+bench: compile
 	bash bench/run.sh
 
 lint: install
@@ -35,3 +59,4 @@ lint: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+	find edgegw -name '*.so' -delete

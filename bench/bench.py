@@ -17,6 +17,8 @@ reported, with every figure also as a ratio edgegw / peer.
       beside nginx `stream` (ssl_preread) and HAProxy `mode tcp` (req.ssl_sni)
   F1  W1 with one more HTTP filter before the router (rbac, basic_auth), edgegw and Envoy:
       requests/s beside plain W1, i.e. what each filter costs per request
+  C1  edgegw's compiled request path (mypyc, as the image ships it) against the same code
+      pure, W1 interleaved compiled, pure, pure, compiled …: what compiling gains
   W6  slow clients: 2,000 connections stalled (half in the TLS handshake, half in the request
       headers) while a normal client (wrk -c4) runs: its p99 with and without them
   W1 on all cores: every proxy with 2 workers (the load generator shares the cores here)
@@ -47,6 +49,8 @@ from pathlib import Path
 
 import trustme
 import yaml
+
+from edgegw import compiled
 
 ROOT = Path(__file__).resolve().parent.parent
 TICK = os.sysconf("SC_CLK_TCK")
@@ -125,6 +129,8 @@ class Bench:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.extra_filter: dict | None = None
         """F1: an HTTP filter put before the router in edgegw's and Envoy's config."""
+        self.pure: Path | None = None
+        """C1: a copy of the package without its compiled modules, for edgegw to run."""
         self.ca = trustme.CA()
         self.issue(1)
         self.ca.cert_pem.write_to_path(str(work / "ca.pem"))
@@ -389,7 +395,10 @@ class Bench:
         free(PORTS[name])
         args = self.write_config(name, workers, "1")
         cpus = "1" if workers == 1 else "0-1"
-        self.start(name, args, cpus, {"GOMAXPROCS": str(workers)} if name == "caddy" else None)
+        env = {"GOMAXPROCS": str(workers)} if name == "caddy" else None
+        if name == "edgegw" and self.pure is not None:
+            env = {"PYTHONPATH": str(self.pure)}  # found before the checkout's package
+        self.start(name, args, cpus, env)
         wait_port("127.0.0.1", PORTS[name])
         if check:
             self.check(name)
@@ -571,6 +580,32 @@ class Bench:
         out.update({f"{label}_cpu_us": statistics.median(v) for label, v in cpu.items()})
         return out
 
+    def compiled_gain(self, reps: int) -> dict[str, float]:
+        """C1: W1 on edgegw compiled and pure, in ABBA order (this VM drifts between runs):
+        the median requests/s and proxy CPU µs per request of each."""
+        pure = self.work / "pure"
+        shutil.copytree(ROOT / "edgegw", pure / "edgegw",
+                        ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+        seen: dict[str, list[float]] = {"compiled": [], "pure": []}
+        cpu: dict[str, list[float]] = {"compiled": [], "pure": []}
+        for rep in range(reps):
+            for label in ("compiled", "pure") if rep % 2 == 0 else ("pure", "compiled"):
+                self.pure = pure if label == "pure" else None
+                try:
+                    self.start_proxy("edgegw")
+                    pid = self.procs["edgegw"].pid
+                    before = cpu_seconds(pid)
+                    rps = self.wrk("edgegw", "/small", 32)["rps"]
+                    seen[label].append(rps)
+                    cpu[label].append((cpu_seconds(pid) - before) / max(rps * self.seconds, 1)
+                                      * 1e6)
+                    self.stop("edgegw")
+                finally:
+                    self.pure = None
+        out = {label: statistics.median(v) for label, v in seen.items()}
+        out.update({f"{label}_cpu_us": statistics.median(v) for label, v in cpu.items()})
+        return out
+
     def under_change(self, name: str) -> float:
         """W5: wrk for 8 s with a reload at 2 s and a certificate rotation at 5 s; returns the
         requests that failed. Envoy's static config has no reload (that takes LDS files or a
@@ -712,6 +747,10 @@ ROWS = [("W1 keep-alive req/s", "rps", "higher"), ("W1 p50 ms", "p50_ms", "lower
         ("F1 proxy CPU us/req, no filter", "cpu_us_plain", "lower"),
         ("F1 proxy CPU us/req with rbac", "cpu_us_rbac", "lower"),
         ("F1 proxy CPU us/req with basic_auth", "cpu_us_basic_auth", "lower"),
+        ("C1 W1 req/s, compiled (edgegw only)", "rps_compiled", "higher"),
+        ("C1 W1 req/s, pure Python", "rps_pure", "higher"),
+        ("C1 proxy CPU us/req, compiled", "cpu_us_compiled", "lower"),
+        ("C1 proxy CPU us/req, pure Python", "cpu_us_pure", "lower"),
         ("W6 p99 ms, normal client alone", "w6_p99_alone", "lower"),
         ("W6 p99 ms, 2,000 stalled beside it", "w6_p99_flood", "lower"),
         ("W6 stalled conns held", "w6_stalled", "higher"),
@@ -813,6 +852,16 @@ def main() -> None:
                     cost = (us / got["plain_cpu_us"] - 1) * 100
                     print(f"F1 {name:8s} {label:10s} rps={rps:8.0f} proxy CPU {us:6.1f} us/req "
                           f"(+{cost:.0f} % over no filter)", file=sys.stderr, flush=True)
+            if "C1" not in skip and name == "edgegw" and compiled.library() is not None:
+                got = b.compiled_gain(a.reps)
+                for label in ("compiled", "pure"):
+                    note(name, f"rps_{label}", got[label])
+                    note(name, f"cpu_us_{label}", got[f"{label}_cpu_us"])
+                print(f"C1 edgegw   compiled rps={got['compiled']:8.0f} "
+                      f"cpu/req={got['compiled_cpu_us']:5.1f}us, pure rps={got['pure']:8.0f} "
+                      f"cpu/req={got['pure_cpu_us']:5.1f}us: compiled uses "
+                      f"{(1 - got['compiled_cpu_us'] / got['pure_cpu_us']) * 100:.0f} % less "
+                      f"CPU per request", file=sys.stderr, flush=True)
             if "W6" not in skip:
                 b.start_proxy(name)
                 alone, flood, held = b.slow_clients(name, a.stalled)

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import log
+from . import compiled, log
 from .admin import Admin, clusters_doc, dump, listener_statuses, server_info, status
 from .config import Bootstrap, ConfigError
 from .config.dynamic import files as dynamic_files
@@ -205,6 +205,7 @@ class Server:
         self._state = "LIVE"
         self.store.gauge("server.concurrency").value = int(self.options.get("concurrency") or 1) \
             if self.worker is not None else 1
+        _log.info("request path: %s", "compiled (mypyc)" if compiled.active() else "pure Python")
         _log.info("all dependencies initialized. starting workers")
 
     @property

@@ -126,10 +126,16 @@ class Supervisor:
                        w.index, w.pid, code, lived)
             pause = 0.5 if lived > 10 else min(pause * 2, 30.0)
             await asyncio.sleep(pause if lived < 10 else 0)
-            if self.stopping:
+            if not await self._restart(w):
                 return
-            await self._spawn(w)
-            await self._wait_ready(w)
+
+    async def _restart(self, w: Worker) -> bool:
+        """Starts an exited worker again, unless stopping began during the pause."""
+        if self.stopping:
+            return False
+        await self._spawn(w)
+        await self._wait_ready(w)
+        return True
 
     def _signal_all(self, sig: int) -> None:
         for w in self.workers:

@@ -19,6 +19,8 @@ import pytest
 import trustme
 import yaml
 
+from edgegw import compiled
+
 from .conftest import ENVOY, ROOT, Backends, Proc, free_port, wait_for, wait_port
 
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml")) + sorted((ROOT / "configs").glob("examples/*.yaml"))
@@ -105,8 +107,51 @@ def test_dockerfile_matches_compose() -> None:
     assert json.loads(instr["ENTRYPOINT"][0]) == ["edgegw"]
     assert json.loads(instr["CMD"][0]) == compose()["services"]["gateway"]["command"][:2]
     assert set(instr["EXPOSE"][0].split()) == {"8080", "8443"}
-    assert instr["FROM"][0].startswith("python:3.11")
+    assert [f.split()[0] for f in instr["FROM"]] == ["python:3.11", "python:3.11-slim"]
     assert "USER" in instr
+
+
+def build_stage() -> list[tuple[str, str]]:
+    """The Dockerfile's first stage, as (instruction, arguments) lines."""
+    stage = (ROOT / "Dockerfile").read_text().split("\nFROM ")[1]
+    return [tuple(ln.split(None, 1)) for ln in stage.splitlines()[1:]  # type: ignore[misc]
+            if ln and not ln.startswith("#")]
+
+
+@pytest.mark.skipif(compiled.library() is None,
+                    reason="pure run: the compiled build is tested in `make test-compiled`")
+def test_image_build_stage_makes_a_wheel_whose_request_path_is_compiled(tmp_path: Path) -> None:
+    """The build stage run natively: its COPY lines into a bare folder, its RUN line there.
+    The wheel, installed apart from this checkout, runs the request path compiled."""
+    src, wheels, site = tmp_path / "src", tmp_path / "wheels", tmp_path / "site"
+    src.mkdir()
+    runs = []
+    for op, args in build_stage():
+        if op == "COPY":
+            *names, _ = args.split()
+            for n in names:
+                if (ROOT / n).is_dir():
+                    shutil.copytree(ROOT / n, src / n, ignore=shutil.ignore_patterns(
+                        "*.so", "__pycache__"))
+                else:
+                    shutil.copy(ROOT / n, src / n)
+        elif op == "RUN":
+            runs.append(args)
+    assert len(runs) == 1 and runs[0].startswith("EDGEGW_MYPYC=1 pip wheel "), runs
+    cmd = runs[0].replace("/wheels", str(wheels)).split()
+    r = subprocess.run([sys.executable, "-m", *cmd[1:]], cwd=src, capture_output=True,
+                       text=True, timeout=600, env={**os.environ, "EDGEGW_MYPYC": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    (wheel,) = wheels.glob("edgegw-*.whl")
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
+                        str(site), str(wheel)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    probe = ("import edgegw.server, edgegw.compiled as c; "
+             "print(c.active(), edgegw.server.__file__)")
+    r = subprocess.run([sys.executable, "-P", "-c", probe], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(site)})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["True", str(site / "edgegw" / "server.py")]
 
 
 def native_sites(text: str, backends: Backends, https: int, http: int, admin: int) -> str:

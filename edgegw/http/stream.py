@@ -102,7 +102,6 @@ class Stream:
     details = ""
     """Envoy's RESPONSE_CODE_DETAILS: why the response is what it is."""
     failure_reason = ""
-    resp_headers: Headers = []  # noqa: RUF012 (replaced, never mutated in place)
     router: Router | None = None
     early: list[bytes] | None = None
     """Body that arrived while a filter held the request, for the router."""
@@ -138,6 +137,8 @@ class Stream:
         rules (trusted hops, original IP detection) found another (its port then 0)."""
         self.start_time = time.time()
         self.start_mono = time.monotonic()
+        self.resp_headers: Headers = []
+        """The response's headers as sent (access logs read them)."""
 
     # --- the request, as the codec delivers it ------------------------------------------
 

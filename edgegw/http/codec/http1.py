@@ -15,6 +15,7 @@ import collections
 import time
 
 import httptools
+from mypy_extensions import mypyc_attr
 
 from ... import log
 from ...stats import Counter, StatSet
@@ -34,6 +35,7 @@ from . import (
 _log = log.get("http")
 
 
+@mypyc_attr(native_class=False)  # its stats are made by StatSet.__init_subclass__
 class Http1Stats(StatSet):
     """Envoy's HTTP/1 codec stats (a subset)."""
 
@@ -236,6 +238,11 @@ class Http1ServerCodec:
             if self.receiving is not None and not self.closed:
                 self.receiving.decode_data(data)
             return
+        self._parse(data)
+
+    def _parse(self, data: bytes) -> None:
+        # Apart from feed: the parser's callbacks change self.raw and self.broken, which
+        # feed's early returns would have narrowed (and mypyc compiles by the narrowed type).
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as e:
@@ -537,6 +544,10 @@ class Http1Connection(asyncio.Protocol):
                 sink.upstream_data(data, False)
                 sink.flush()
             return
+        self._parse(data, sink)
+
+    def _parse(self, data: bytes, sink: ResponseSink | None) -> None:
+        # Apart from data_received, for the same reason as the server codec's _parse.
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as e:

@@ -264,8 +264,11 @@ class Http2ServerCodec:
     # --- bytes in -----------------------------------------------------------------------
 
     def feed(self, data: bytes) -> None:
-        if self.closed:
-            return
+        if not self.closed:
+            self._receive(data)
+
+    def _receive(self, data: bytes) -> None:
+        # Apart from feed, whose check would narrow self.closed for mypy: events close it.
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as e:

@@ -16,6 +16,8 @@ import re
 import time
 from typing import TYPE_CHECKING
 
+from mypy_extensions import mypyc_attr
+
 from ... import log
 from ...stats import Counter, StatSet, Store
 from ...upstream.cluster import Cluster, ClusterManager, Host
@@ -49,6 +51,7 @@ RESPONSE_DROP = HOP_BY_HOP | {b"server"}
 UPGRADE_KEEP = (b"upgrade", b"connection")
 
 
+@mypyc_attr(native_class=False)  # its stats are made by StatSet.__init_subclass__
 class RouterStats(StatSet):
     """Envoy's router stats, under ``http.<stat_prefix>.``."""
 
