@@ -19,6 +19,7 @@ install: $(STAMP)
 # changes: a compiled module older than its source would run the old code. `make pure` drops
 # the compiled modules; the package runs the same without them.
 $(COMPILED): $(STAMP) $(SOURCES) setup.py
+	find edgegw -name '*.so' -delete  # (a module taken off the list leaves none behind)
 	EDGEGW_MYPYC=1 $(PY) setup.py -q build_ext --inplace
 	touch edgegw/compiled__mypyc.*.so $(COMPILED)  # built now, even where no C changed
 

@@ -11,8 +11,8 @@ ext_modules = []
 if os.environ.get("EDGEGW_MYPYC") == "1":
     from mypyc.build import mypycify
 
-    modules = runpy.run_path(os.path.join("edgegw", "compiled.py"))["MODULES"]
-    ext_modules = mypycify([m.replace(".", "/") + ".py" for m in modules], opt_level="3",
-                           group_name="edgegw.compiled")
+    compiled = runpy.run_path(os.path.join("edgegw", "compiled.py"))
+    ext_modules = mypycify([os.path.relpath(compiled["source"](m)) for m in compiled["MODULES"]],
+                           opt_level="3", group_name="edgegw.compiled")
 
 setup(ext_modules=ext_modules)

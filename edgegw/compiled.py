@@ -17,13 +17,16 @@ import importlib.machinery
 import os
 import sys
 
-MODULES = (
+MODULES = (  # no package __init__: compiled, it cannot import its submodules (mypyc 1.x–2.4)
     "edgegw.http.codec.http1",
+    "edgegw.http.codec.http2",
     "edgegw.http.conn_manager",
     "edgegw.http.headers",
     "edgegw.http.router.filter",
     "edgegw.http.router.upstream_request",
     "edgegw.http.stream",
+    "edgegw.listener.filter_chain",
+    "edgegw.listener.tls_inspector",
     "edgegw.upstream.pool",
 )
 

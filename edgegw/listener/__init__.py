@@ -295,7 +295,7 @@ class Listener:
         assert self.loop is not None
         cert = chain.tls.cert_for(hello.server_name) if chain.tls else None
         ctx = cert.ctx if cert is not None else None
-        if ctx is not None and not hello.offers(ctx.minimum_version, ctx.maximum_version):
+        if cert is not None and not hello.offers(*cert.versions):
             self._refuse_version(conn, hello)
             return
         self.stats.downstream_cx_active.value += 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import _ssl
 import ctypes
+import functools
 import os
 import ssl
 from collections.abc import Callable
@@ -183,12 +184,18 @@ class ServerCert:
     pair: CertPair
     path: str
 
-    @property
+    @functools.cached_property
     def host_names(self) -> tuple[frozenset[str], frozenset[str]]:
         """The names as strict SNI/Host checks them: exact ones, and wildcards' suffixes."""
         lower = [n.lower() for n in self.names]
         return (frozenset(n for n in lower if not n.startswith("*.")),
                 frozenset(n[1:] for n in lower if n.startswith("*.")))
+
+    @functools.cached_property
+    def versions(self) -> tuple[int, int]:
+        """The context's lowest and highest TLS versions (each read of ``ssl``'s properties
+        builds an enum; the listener checks them per connection)."""
+        return self.ctx.minimum_version, self.ctx.maximum_version
 
 
 class ServerTls:

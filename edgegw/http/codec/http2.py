@@ -24,6 +24,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 from hyperframe.frame import GoAwayFrame
+from mypy_extensions import mypyc_attr
 
 from ... import log
 from ...config import model as m
@@ -52,6 +53,7 @@ asked to pause (Envoy's per-stream buffer limit)."""
 DEFAULT_WINDOW = 65535
 
 
+@mypyc_attr(native_class=False)  # its stats are made by StatSet.__init_subclass__
 class Http2Stats(StatSet):
     """Envoy's HTTP/2 codec stats (a subset)."""
 
