@@ -11,7 +11,7 @@ from typing import Any
 import h2.config
 import h2.connection
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from edgegw.config import ConfigError, load_bootstrap
@@ -233,6 +233,7 @@ MUTATIONS = st.sampled_from([b"\r\n", b"\n", b"\x00", b" ", b":", b"\r", b"\x7f"
 @FAST
 @given(h1_request(), st.lists(st.tuples(st.integers(0, 4096), MUTATIONS), min_size=1,
                               max_size=4), st.lists(st.integers(0, 4096), max_size=6))
+@example(b"GET /00/00/00 HTTP/1.1\r\nhost: 0.example\r\n\r\n", [(11, b"\r\n")], [14])
 def test_h1_mutated_requests_never_raise_and_split_the_same(request: bytes, edits: list,
                                                             cuts: list[int]) -> None:
     data = request

@@ -273,9 +273,11 @@ class Http1ServerCodec:
         if self.broken is None and self.head_started and not self.h_headers:
             # A request line without a version (HTTP/0.9) is one that ends right after its
             # URL; llhttp would hold it waiting for headers that never come. Envoy answers 426
-            # and closes. (The line may have come in several reads.)
+            # and closes. (The line may have come in several reads.) Once a byte follows the
+            # line, llhttp calls it 0.9 itself.
             self.line_tail = (self.line_tail + data)[-(len(self.h_url) + 3):]
-            if self.h_url and self.line_tail == b" " + self.h_url + b"\r\n":
+            if self.h_url and self.line_tail == b" " + self.h_url + b"\r\n" \
+                    or self.parser.get_http_version() == "0.9":
                 self._http09()
         elif self.line_tail:
             self.line_tail = b""
