@@ -21,6 +21,8 @@ MODULES = (  # no package __init__: compiled, it cannot import its submodules (m
     "edgegw.http.codec.http1",
     "edgegw.http.codec.http2",
     "edgegw.http.conn_manager",
+    "edgegw.http.filters.basic_auth",
+    "edgegw.http.filters.rbac",
     "edgegw.http.headers",
     "edgegw.http.router.filter",
     "edgegw.http.router.upstream_request",

@@ -19,6 +19,8 @@ import os
 import time
 from typing import TYPE_CHECKING
 
+from mypy_extensions import mypyc_attr
+
 from ... import log
 from ...config import model as m
 from ...config.htpasswd import parse_users
@@ -35,6 +37,7 @@ RECHECK = 1.0
 VERIFIED_MAX = 1024
 
 
+@mypyc_attr(native_class=False)  # its stats are made by StatSet.__init_subclass__
 class BasicAuthStats(StatSet):
     allowed: Counter
     denied: Counter

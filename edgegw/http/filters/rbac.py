@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
+from mypy_extensions import mypyc_attr
 
 from ...config import model as m
 from ...matchers import header_matcher, string_matcher
@@ -34,11 +35,13 @@ if TYPE_CHECKING:
 Check = Callable[["Request"], bool]
 
 
+@mypyc_attr(native_class=False)  # its stats are made by StatSet.__init_subclass__
 class RbacStats(StatSet):
     allowed: Counter
     denied: Counter
 
 
+@mypyc_attr(native_class=False)  # its stats are made by StatSet.__init_subclass__
 class ShadowStats(StatSet):
     shadow_allowed: Counter
     shadow_denied: Counter
