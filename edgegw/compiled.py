@@ -2,7 +2,7 @@
 
 mypyc turns the modules below into C extensions from their type annotations (``make compile``;
 the Docker image's build stage). They are the ones every request goes through; compiled, a
-request costs about a fifth less CPU (``bench/``). Every module also stays plain Python: a
+request costs a third less CPU (bench C1). Every module also stays plain Python: a
 checkout without the extensions, or a machine without a C compiler, runs the same code pure.
 
 Python imports an extension in preference to the source beside it, so an extension built

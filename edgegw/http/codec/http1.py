@@ -262,8 +262,8 @@ class Http1ServerCodec:
                 self.receiving.decode_data(rest)
         except httptools.HttpParserError as e:
             _log.debug("malformed request: %s", e)
-            if self.head_started and not self.h_headers and self.h_url and (
-                    b" " + self.h_url + b"\r\n") in self.line_tail + data:
+            if self.head_started and not self.h_headers \
+                    and self.parser.get_http_version() == "0.9":
                 # A version-less line refused for what came after it: the same 426 as when
                 # the line's end was the end of a read.
                 self._http09()
@@ -273,8 +273,8 @@ class Http1ServerCodec:
         if self.broken is None and self.head_started and not self.h_headers:
             # A request line without a version (HTTP/0.9) is one that ends right after its
             # URL; llhttp would hold it waiting for headers that never come. Envoy answers 426
-            # and closes. (The line may have come in several reads.) Once a byte follows the
-            # line, llhttp calls it 0.9 itself.
+            # and closes. (The line may have come in several reads; once a byte follows it,
+            # llhttp calls it 0.9 itself.)
             self.line_tail = (self.line_tail + data)[-(len(self.h_url) + 3):]
             if self.h_url and self.line_tail == b" " + self.h_url + b"\r\n" \
                     or self.parser.get_http_version() == "0.9":
