@@ -119,6 +119,43 @@ def test_rbac_same_as_envoy(pair, backends: Backends, tmp_path: Path) -> None:
     assert lines["edgegw"] == lines["envoy"]
 
 
+def allow_list_config(port: int, backends: Backends) -> dict:
+    """An IP allow-list (the rules edgegw decides once per client) with address-only shadow
+    rules on one port, and the destination port in a policy."""
+    rules = {"action": "ALLOW", "policies": {
+        "lan": {"permissions": [ANY], "principals": [LAN]},
+        "this-port": {"permissions": [{"destination_port": port}], "principals": [
+            {"remote_ip": {"address_prefix": "203.0.113.0", "prefix_len": 28}}]}}}
+    shadow = {"action": "DENY", "policies": {"one": {"permissions": [ANY], "principals": [
+        {"not_id": {"remote_ip": {"address_prefix": "10.1.2.3", "prefix_len": 32}}}]}}}
+    return {"static_resources": {
+        "listeners": [{"name": "h", "address": addr("127.0.0.1", port), "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                          "typed_config": {
+                "@type": HCM, "stat_prefix": "ingress", "use_remote_address": True,
+                "xff_num_trusted_hops": 1,
+                "http_filters": [{"name": "envoy.filters.http.rbac", "typed_config": {
+                    "@type": RBAC, "rules": rules, "shadow_rules": shadow}}, ROUTER],
+                "route_config": {"virtual_hosts": [
+                    {"name": "all", "domains": ["*"], "routes": [route("/", "a")]}]}}}]}]}],
+        "clusters": [cluster("a", [backends.a])]}}
+
+
+def test_an_ip_allow_list_decides_every_request_as_envoy(pair, backends: Backends) -> None:
+    """The same clients again and again: each request is still answered and counted."""
+    gws = pair(lambda port: allow_list_config(port, backends))
+    clients = ["10.1.2.3", "198.51.100.7", "203.0.113.5", "10.9.9.9", "203.0.113.99"] * 3
+    seen = {}
+    for kind, (gw, port) in gws.items():
+        got = [ask(port, "GET", "/headers", ip, "")[0] for ip in clients]
+        st = gw.stats()
+        seen[kind] = (got, {k: v for k, v in st.items() if ".rbac." in k})
+    assert seen["edgegw"][0] == [200, 403, 200, 200, 403] * 3
+    assert seen["edgegw"][1]["http.ingress.rbac.allowed"] == 9
+    assert seen["edgegw"][1]["http.ingress.rbac.shadow_denied"] == 12
+    assert seen["edgegw"] == seen["envoy"]
+
+
 def test_an_rbac_field_edgegw_lacks_is_a_config_error(backends: Backends, tmp_path: Path) -> None:
     import json
 

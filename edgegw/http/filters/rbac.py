@@ -50,9 +50,9 @@ class ShadowStats(StatSet):
 class Request:
     """What the matchers read of one request or connection, computed only as needed."""
 
-    def __init__(self, headers: Callable[[], Headers], path: bytes, remote_ip: str,
+    def __init__(self, stream: FilterCallbacks | None, path: bytes, remote_ip: str,
                  source_ip: str, direct_ip: str, local_address: str, transport: object) -> None:
-        self._make_headers = headers
+        self._stream = stream
         self._headers: Headers | None = None
         self.raw_path = path
         self.remote_ip = remote_ip
@@ -65,27 +65,32 @@ class Request:
 
     @classmethod
     def of_stream(cls, cb: FilterCallbacks) -> Request:
-        def headers() -> Headers:
-            host = next((v for k, v in cb.headers if k == b"host"), b"")
-            return [(b":method", cb.method), (b":path", cb.path), (b":authority", host),
-                    *cb.headers]
-
         conn = cb.conn
-        return cls(headers, cb.path, cb.remote_ip, conn.remote_ip,
+        return cls(cb, cb.path, cb.remote_ip, conn.remote_ip,
                    getattr(conn, "direct_remote_ip", "") or conn.remote_ip,
                    conn.local_address, getattr(conn, "transport", None))
 
     @classmethod
     def of_connection(cls, conn: Any) -> Request:  # a DownstreamConnection or TcpSession
         """A connection as the network RBAC filter sees it: addresses, no headers."""
-        return cls(list, b"", conn.remote_ip, conn.remote_ip, conn.direct_remote_ip,
+        return cls(None, b"", conn.remote_ip, conn.remote_ip, conn.direct_remote_ip,
                    conn.local_address, conn.transport)
+
+    def address_key(self) -> tuple[str, str, str, str]:
+        """All that a policy reading only addresses and ports can tell requests by."""
+        return self.remote_ip, self.source_ip, self.direct_ip, self.local_address
 
     @property
     def headers(self) -> Headers:
         """The request's headers with the pseudo-headers Envoy's matchers see."""
         if self._headers is None:
-            self._headers = self._make_headers()
+            cb = self._stream
+            if cb is None:
+                self._headers = []
+            else:
+                host = next((v for k, v in cb.headers if k == b"host"), b"")
+                self._headers = [(b":method", cb.method), (b":path", cb.path),
+                                 (b":authority", host), *cb.headers]
         return self._headers
 
     @property
@@ -265,22 +270,74 @@ class Engine:
         return True, name
 
 
+def _reads_request(p: m.Permission | m.Principal) -> bool:
+    """Whether a rule reads more than addresses and ports: headers, path, client
+    certificate."""
+    if p.header is not None or p.url_path is not None:
+        return True
+    inner: list[m.Permission] | list[m.Principal]
+    if isinstance(p, m.Permission):
+        group = p.and_rules or p.or_rules
+        inner = [p.not_rule] if p.not_rule else group.rules if group else []
+    elif p.authenticated is not None:
+        return True
+    else:
+        ids = p.and_ids or p.or_ids
+        inner = [p.not_id] if p.not_id else ids.ids if ids else []
+    return any(_reads_request(x) for x in inner)
+
+
+def _by_address(rules: m.RbacRules | None) -> bool:
+    return rules is None or not any(
+        any(map(_reads_request, pol.permissions)) or any(map(_reads_request, pol.principals))
+        for pol in rules.policies.values())
+
+
+DECIDED_MAX = 4096
+"""Clients whose decision is kept, for rules that read only addresses."""
+
+Decision = tuple[bool | None, bool | None, str | None]
+"""(shadow rules allow, rules allow, the policy that decided); None: no such rules."""
+
+
 class Rules:
-    """Enforced and shadow rules (either may be absent), checked and counted together."""
+    """Enforced and shadow rules (either may be absent), checked and counted together.
+
+    Rules that read only addresses and ports (an IP allow-list, the common case) decide once
+    per client address and reuse it: the same client asks again and again."""
 
     def __init__(self, rules: m.RbacRules | None, shadow: m.RbacRules | None) -> None:
         self.rules = Engine(rules) if rules is not None else None
         self.shadow = Engine(shadow) if shadow is not None else None
+        self.by_address = _by_address(rules) and _by_address(shadow)
+        self.decided: dict[tuple[str, str, str, str], Decision] = {}
+
+    def _decide(self, r: Request) -> Decision:
+        shadow_ok = self.shadow.allows(r)[0] if self.shadow is not None else None
+        if self.rules is None:
+            return shadow_ok, None, None
+        ok, name = self.rules.allows(r)
+        return shadow_ok, ok, name
 
     def check(self, r: Request, stats: RbacStats, shadow_stats: ShadowStats
               ) -> tuple[bool, str | None]:
         """(allowed, the policy that decided); shadow rules are counted, never enforced."""
-        if self.shadow is not None:
-            ok, _ = self.shadow.allows(r)
-            (shadow_stats.shadow_allowed if ok else shadow_stats.shadow_denied).value += 1
-        if self.rules is None:
+        if self.by_address:
+            key = r.address_key()
+            decision = self.decided.get(key)
+            if decision is None:
+                decision = self._decide(r)
+                if len(self.decided) >= DECIDED_MAX:
+                    self.decided.clear()
+                self.decided[key] = decision
+        else:
+            decision = self._decide(r)
+        shadow_ok, ok, name = decision
+        if shadow_ok is not None:
+            (shadow_stats.shadow_allowed if shadow_ok else shadow_stats.shadow_denied
+             ).value += 1
+        if ok is None:
             return True, None
-        ok, name = self.rules.allows(r)
         (stats.allowed if ok else stats.denied).value += 1
         return ok, name
 
