@@ -28,7 +28,6 @@ MODULES = (  # no package __init__: compiled, it cannot import its submodules (m
     "edgegw.http.router.upstream_request",
     "edgegw.http.stream",
     "edgegw.listener.filter_chain",
-    "edgegw.listener.listener",
     "edgegw.listener.tls_inspector",
     "edgegw.upstream.pool",
 )

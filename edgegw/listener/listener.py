@@ -14,9 +14,6 @@ import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from mypy_extensions import mypyc_attr
 
 from .. import log
 from .. import proxy_protocol as pp
@@ -39,7 +36,6 @@ ACCEPT_BACKOFF = 0.1
 ACCEPT_LOG_INTERVAL = 1.0
 _log = log.get("connection")
 
-@mypyc_attr(native_class=False)  # its stats are made by StatSet.__init_subclass__
 class ListenerStats(StatSet):
     """``listener.<address>.*``."""
 
@@ -52,7 +48,6 @@ class ListenerStats(StatSet):
     downstream_cx_active: Gauge
 
 
-@mypyc_attr(native_class=False)  # its stats are made by StatSet.__init_subclass__
 class TlsInspectorStats(StatSet):
     """``tls_inspector.*``, shared by every listener, as in Envoy."""
 
@@ -196,7 +191,7 @@ class Listener:
         connection is refused during a reload) and its open connections, whose next requests
         use this config's filter chain; one that no chain here matches is drained."""
         if old.sock is not None and old.loop is not None:
-            _stop_reading(old.loop, old.sock.fileno())
+            old.loop.remove_reader(old.sock.fileno())
         self.sock, old.sock = old.sock, None
         self.family = old.family
         for proto in list(old.open):
@@ -222,7 +217,7 @@ class Listener:
 
     def _close_socket(self) -> None:
         if self.sock is not None and self.loop is not None:
-            _stop_reading(self.loop, self.sock.fileno())
+            self.loop.remove_reader(self.sock.fileno())
             self.sock.close()
             self.sock = None
 
@@ -271,7 +266,7 @@ class Listener:
             self.accept_logged = now
         if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM) \
                 and self.sock is not None and self.loop is not None:
-            _stop_reading(self.loop, self.sock.fileno())
+            self.loop.remove_reader(self.sock.fileno())
             self.loop.call_later(ACCEPT_BACKOFF, self._resume_accepting)
 
     def _resume_accepting(self) -> None:
@@ -406,7 +401,6 @@ def check_addresses_free(listeners: list[m.Listener]) -> None:
                    (sa.address, sa.port_value), reuse_port=False).close()
 
 
-@mypyc_attr(native_class=False)  # its stats are made by StatSet.__init_subclass__
 class ProxyProtoStats(StatSet):
     """``proxy_proto.[<stat_prefix>.]*``, as Envoy's proxy_protocol filter counts."""
 
@@ -414,7 +408,6 @@ class ProxyProtoStats(StatSet):
     not_found_allowed: Counter
 
 
-@mypyc_attr(native_class=False)  # its stats are made by StatSet.__init_subclass__
 class ProxyVersionStats(StatSet):
     """``proxy_proto.[<stat_prefix>.]versions.v1.*`` (and v2)."""
 
@@ -562,7 +555,7 @@ class _Peek:
     def _done(self) -> None:
         self.finished = True
         if self.timer is not None:
-            _stop_reading(self.loop, self.fd)
+            self.loop.remove_reader(self.fd)
             self.timer.cancel()
         self.listener.peeking -= 1
         if self.lowat:
@@ -574,12 +567,6 @@ class _Peek:
     def _drop(self) -> None:
         self._done()
         self.conn.close()
-
-
-def _stop_reading(loop: Any, fd: int) -> None:
-    """``loop.remove_reader``, whose result compiled code would check against asyncio's type
-    (bool), which uvloop's (None) is not."""
-    loop.remove_reader(fd)
 
 
 def _reset(conn: socket.socket) -> None:

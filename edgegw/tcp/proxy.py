@@ -16,6 +16,7 @@ import random
 import socket
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import xxhash
 
@@ -26,6 +27,9 @@ from ..config import model as m
 from ..stats import Counter, StatSet, Store
 from ..upstream.cluster import Cluster, ClusterManager, Host
 from ..upstream.connect import ConnectError, connect
+
+if TYPE_CHECKING:
+    from ..listener.tls_inspector import ClientHello
 
 _log = log.get("connection")
 
@@ -121,23 +125,23 @@ class TcpSession(asyncio.Protocol):
     """One downstream connection of a tcp_proxy filter chain (Envoy's TcpProxy::Filter); it
     is also what the access log formats for TCP."""
 
-    method = path = b""
-    headers: list[tuple[bytes, bytes]] = []
-    resp_headers: list[tuple[bytes, bytes]] = []
-    protocol = None
-    code = 0
-    details = ""
-    route = None
-
     def __init__(self, cfg: TcpProxyConfig, tls: bool, sni: str | None, buffer_limit: int,
                  on_close: Callable[[TcpSession], None] | None = None) -> None:
+        self.method = self.path = b""
+        """What the access log reads of a request, which a TCP session has none of."""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.resp_headers: list[tuple[bytes, bytes]] = []
+        self.protocol: str | None = None
+        self.code = 0
+        self.details = ""
+        self.route: object = None
         self.cfg = cfg
         self.tls = tls
         self.sni = sni
         self.buffer_limit = buffer_limit
         self.on_close = on_close
-        self.hello = None
-        self.host_names = None
+        self.hello: ClientHello | None = None
+        self.host_names: tuple[frozenset[str], frozenset[str]] | None = None
         self.conn = self
         """The access log reads connection facts from ``s.conn``; here they are ours."""
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
