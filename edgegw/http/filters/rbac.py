@@ -271,20 +271,21 @@ class Engine:
 
 
 def _reads_request(p: m.Permission | m.Principal) -> bool:
-    """Whether a rule reads more than addresses and ports: headers, path, client
-    certificate."""
-    if p.header is not None or p.url_path is not None:
-        return True
-    inner: list[m.Permission] | list[m.Principal]
+    """Whether a rule may read more than addresses and ports (headers, path, client
+    certificate, or a kind added later): only rules that cannot are decided once per client."""
+    inner: list[m.Permission] | list[m.Principal] | None
     if isinstance(p, m.Permission):
+        if p.any is not None or p.destination_port is not None:
+            return False
         group = p.and_rules or p.or_rules
-        inner = [p.not_rule] if p.not_rule else group.rules if group else []
-    elif p.authenticated is not None:
-        return True
+        inner = [p.not_rule] if p.not_rule else group.rules if group else None
     else:
+        if p.any is not None or p.remote_ip is not None or p.source_ip is not None \
+                or p.direct_remote_ip is not None:
+            return False
         ids = p.and_ids or p.or_ids
-        inner = [p.not_id] if p.not_id else ids.ids if ids else []
-    return any(_reads_request(x) for x in inner)
+        inner = [p.not_id] if p.not_id else ids.ids if ids else None
+    return inner is None or any(_reads_request(x) for x in inner)
 
 
 def _by_address(rules: m.RbacRules | None) -> bool:
