@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import socket
 import sys
 from pathlib import Path
 
@@ -21,7 +20,10 @@ from .conftest import (
     Proc,
     addr,
     cluster,
+    exchange,
     free_port,
+    parse,
+    request,
     route,
     wait_for,
     wait_port,
@@ -71,16 +73,8 @@ CASES = [("/headers", ""), ("/headers", "Authorization: Bearer abc"),
 
 
 def ask(port: int, path: str, extra: str) -> tuple:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(f"GET {path} HTTP/1.1\r\nHost: a\r\n{extra + chr(13) + chr(10) if extra else ''}"
-                  "Connection: close\r\n\r\n".encode())
-        raw = b""
-        while chunk := s.recv(65536):
-            raw += chunk
-    head, _, body = raw.partition(b"\r\n\r\n")
-    lines = head.decode().split("\r\n")
-    headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
-    status = int(lines[0].split()[1])
+    head = request(path, "a", extra + "\r\n" if extra else "")
+    status, headers, body = parse(exchange(port, head))
     if status == 200:
         seen = json.loads(body)["headers"]
         return status, seen.get("x-user"), "authorization" in seen

@@ -23,6 +23,8 @@ from .conftest import (
     config,
     exchange,
     free_port,
+    parse,
+    request,
     route,
     wait_for,
 )
@@ -109,16 +111,7 @@ def authz_config(port: int, backends: Backends, auth: tuple[str, int], log: Path
 
 
 def ask(port: int, path: str, extra: str) -> tuple:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(f"GET {path} HTTP/1.1\r\nHost: app.example\r\n{extra}"
-                  "Connection: close\r\n\r\n".encode())
-        raw = b""
-        while chunk := s.recv(65536):
-            raw += chunk
-    head, _, body = raw.partition(b"\r\n\r\n")
-    lines = head.decode().split("\r\n")
-    headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
-    status = int(lines[0].split()[1])
+    status, headers, body = parse(exchange(port, request(path, "app.example", extra)))
     if status == 200:
         seen = json.loads(body)["headers"] if body.startswith(b"{") else {}
         return (status, seen.get("remote-user"), seen.get("remote-groups"),
