@@ -125,16 +125,16 @@ class TcpSession(asyncio.Protocol):
     """One downstream connection of a tcp_proxy filter chain (Envoy's TcpProxy::Filter); it
     is also what the access log formats for TCP."""
 
+    method = path = b""
+    headers: list[tuple[bytes, bytes]] = []
+    resp_headers: list[tuple[bytes, bytes]] = []
+    protocol = None
+    code = 0
+    details = ""
+    route = None
+
     def __init__(self, cfg: TcpProxyConfig, tls: bool, sni: str | None, buffer_limit: int,
                  on_close: Callable[[TcpSession], None] | None = None) -> None:
-        self.method = self.path = b""
-        """What the access log reads of a request, which a TCP session has none of."""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.resp_headers: list[tuple[bytes, bytes]] = []
-        self.protocol: str | None = None
-        self.code = 0
-        self.details = ""
-        self.route: object = None
         self.cfg = cfg
         self.tls = tls
         self.sni = sni
