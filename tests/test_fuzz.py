@@ -4,10 +4,7 @@ parser and config loading (bad input is an answer or a ConfigError, never a trac
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import os
-from typing import Any
 
 import h2.config
 import h2.connection
@@ -16,162 +13,14 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from edgegw.config import ConfigError, load_bootstrap
-from edgegw.http.codec import FlowControl, Headers, RequestHead
-from edgegw.http.codec.http1 import Http1ServerCodec
-from edgegw.http.codec.http2 import Http2ServerCodec, Http2Stats, Options
 from edgegw.listener.tls_inspector import NeedMore, inspect
-from edgegw.stats import Store
+
+from .codec_harness import run_codec
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow],
                 derandomize=os.environ.get("EDGEGW_FUZZ_EXPLORE") != "1")
 """The same examples every run, so that a run fails only for a change; EDGEGW_FUZZ_EXPLORE=1
 draws new ones (what it finds goes into the test as an ``@example``)."""
-
-
-class Transport(asyncio.Transport):
-    """Records what a codec writes; reading can be paused like a socket's."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.out = bytearray()
-        self.closing = False
-
-    def write(self, data: Any) -> None:
-        self.out += data
-
-    def writelines(self, data: Any) -> None:
-        for d in data:
-            self.out += d
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        self.closing = True
-
-    def abort(self) -> None:
-        self.closing = True
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-
-class Stream:
-    """Answers 200 once its request has ended, as a proxied request is answered."""
-
-    def __init__(self, events: list[tuple[Any, ...]], encoder: Any) -> None:
-        self.events = events
-        self.encoder = encoder
-
-    def answer(self) -> None:
-        self.encoder.encode_headers(200, [(b"content-length", b"0")], True)
-
-    def decode_data(self, data: bytes) -> None:
-        self.events.append(("data", data))
-
-    def decode_trailers(self, trailers: Headers) -> None:
-        self.events.append(("trailers", tuple(trailers)))
-
-    def decode_end(self) -> None:
-        self.events.append(("end",))
-        self.answer()
-
-    def decode_reset(self) -> None:
-        self.events.append(("reset",))
-
-    def write_blocked(self, blocked: bool) -> None:
-        pass
-
-    def codec_error(self, status: int, body: bytes, details: str) -> None:
-        self.events.append(("codec_error", status))
-
-
-class Manager:
-    """The connection manager's side: records each event, lets each stream answer (so that
-    pipelined requests proceed), and answers refused ones as the real one does."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[Any, ...]] = []
-
-    def new_stream(self, head: RequestHead, encoder: Any, end_stream: bool) -> Stream:
-        self.events.append(("head", head.method, head.path, tuple(head.headers), end_stream))
-        stream = Stream(self.events, encoder)
-        if end_stream:
-            stream.answer()
-        return stream
-
-    def protocol_error(self, details: str) -> None:
-        self.events.append(("protocol_error",))
-
-    def reject(self, head: RequestHead, encoder: Any, status: int, body: bytes, details: str,
-               flag: str) -> None:
-        self.events.append(("reject", status))
-        encoder.encode_headers(status, [(b"content-length", b"0")], True, close=True)
-
-
-def merged(events: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """Body pieces joined: how a body is cut into reads is not an event."""
-    out: list[tuple[Any, ...]] = []
-    for e in events:
-        if e[0] == "data" and out and out[-1][0] == "data":
-            out[-1] = ("data", out[-1][1] + e[1])
-        elif e[0] != "data" or e[1]:
-            out.append(e)
-    return out
-
-
-class Tracebacks(logging.Handler):
-    """Every log record that carries an exception: there must be none."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.exc_info:
-            self.seen.append(record)
-
-
-def run_codec(kind: str, pieces: list[bytes]) -> tuple[list[tuple[Any, ...]], bytes]:
-    """Feeds the pieces to a fresh codec, one read each, letting the loop run between; an
-    exception raised out of feed, in a callback the codec scheduled, or logged, fails."""
-    crashes: list[dict[str, Any]] = []
-    tracebacks = Tracebacks()
-    logging.getLogger().addHandler(tracebacks)
-
-    async def go() -> tuple[list[tuple[Any, ...]], bytes]:
-        asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: crashes.append(ctx))
-        mgr, tr = Manager(), Transport()
-        flow = FlowControl(tr)
-        codec: Any
-        if kind == "h1":
-            codec = Http1ServerCodec(mgr, tr, flow, b"edgegw", 60 * 1024, 100)
-        else:
-            codec = Http2ServerCodec(mgr, tr, flow, Options(None), 60 * 1024, 100,
-                                     Http2Stats(Store(), "http2."))
-        for p in pieces:
-            if tr.closing:
-                break
-            codec.feed(p)
-            for _ in range(3):
-                await asyncio.sleep(0)
-        for _ in range(5):
-            await asyncio.sleep(0)
-        return merged(mgr.events), bytes(tr.out)
-
-    try:
-        out = asyncio.run(go())
-    finally:
-        logging.getLogger().removeHandler(tracebacks)
-    assert not crashes, crashes
-    assert not tracebacks.seen, [r.getMessage() for r in tracebacks.seen]
-    return out
 
 
 def split(data: bytes, cuts: list[int]) -> list[bytes]:

@@ -203,6 +203,8 @@ def test_allow_lists_basic_auth_paths_and_headers(lab: Lab) -> None:
     assert status == 200 and doc["backend"] == "a"
     assert doc["headers"]["x-lab"] == "yes" and doc["headers"]["x-remote-user"] == "alice"
     assert headers["strict-transport-security"] == "max-age=63072000"
+    forged = "Authorization: Basic " + base64.b64encode(b"admin:anything").decode() + "\r\n"
+    assert lab.get("a.example.com", "/headers", creds + forged)[0] == 401  # one checked, one not
     status, _, body = lab.get("a.example.com", "/api/headers", creds)
     assert status == 200 and json.loads(body)["backend"] == "b"
     assert json.loads(body)["path"] == "/headers"

@@ -169,10 +169,14 @@ class DownstreamConnection(asyncio.Protocol):
         codec.feed(data)
 
     def pause_writing(self) -> None:
+        if self.codec is not None:
+            self.codec.write_blocked(True)
         for s in list(self.streams):
             s.write_blocked(True)
 
     def resume_writing(self) -> None:
+        if self.codec is not None:
+            self.codec.write_blocked(False)
         for s in list(self.streams):
             s.write_blocked(False)
 
@@ -224,12 +228,14 @@ class DownstreamConnection(asyncio.Protocol):
             self.cx_stats.downstream_rq_too_many_premature_resets.value += 1
             _log.debug("closing a connection from %s: too many premature resets",
                        self.remote_ip)
-            self.transport.abort()
+            self.abort()
 
     def abort(self) -> None:
-        """Resets the connection (the drain time is over)."""
+        """Resets the connection (the drain time is over, or the client abused it), and
+        forgets it at once: the codec handles nothing more of the read under way."""
         if not self.closed:
             self.transport.abort()
+            self.connection_lost(None)
 
     def drain(self) -> None:
         """Envoy's drain: streams under way (upgraded ones too) finish, idle connections

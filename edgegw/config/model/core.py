@@ -85,12 +85,14 @@ class HttpProtocolOptions(Msg):
 
 
 class Http2ProtocolOptions(Msg):
-    """``config.core.v3.Http2ProtocolOptions`` with Envoy's defaults (a subset)."""
+    """``config.core.v3.Http2ProtocolOptions`` with Envoy's defaults (a subset). The proto
+    documents 2³¹−1 streams and 256 MiB windows; Envoy 1.40 advertises 1024 streams, 16 MiB
+    per stream and 24 MiB per connection when they are unset, and so does edgegw."""
 
     hpack_table_size: UInt32 = 4096
-    max_concurrent_streams: UInt32 = Field(default=2147483647, ge=1, le=2147483647)
-    initial_stream_window_size: UInt32 = Field(default=268435456, ge=65535, le=2147483647)
-    initial_connection_window_size: UInt32 = Field(default=268435456, ge=65535, le=2147483647)
+    max_concurrent_streams: UInt32 = Field(default=1024, ge=1, le=2147483647)
+    initial_stream_window_size: UInt32 = Field(default=16777216, ge=65535, le=2147483647)
+    initial_connection_window_size: UInt32 = Field(default=25165824, ge=65535, le=2147483647)
     max_outbound_frames: UInt32 = Field(default=10000, ge=1)
     max_outbound_control_frames: UInt32 = Field(default=1000, ge=1)
     max_consecutive_inbound_frames_with_empty_payload: UInt32 = 1

@@ -104,6 +104,9 @@ class ServerCodec(Protocol):
         ``connection: close`` on the next response)."""
     def close_with(self, status: int, body: bytes) -> None:
         """Answers a request whose head never completed (it timed out), and closes."""
+    def write_blocked(self, blocked: bool) -> None:
+        """The connection's write buffer went above its high-water mark (or back below the
+        low mark): the client is not reading what it asked for."""
     def connection_lost(self) -> None: ...
 
 

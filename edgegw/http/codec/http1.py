@@ -3,8 +3,9 @@
 llhttp is strict by default: it already refuses Content-Length with Transfer-Encoding, bad
 chunk sizes and bare LFs in chunk lines. What is HTTP/1's own stays here: keep-alive and
 ``connection: close``, chunked framing, ``100 Continue``, pipelining (one response at a time,
-in order; requests that arrive meanwhile wait with reading paused) and the switch to raw bytes
-after an upgrade. Trailers of chunked messages are dropped, as Envoy does unless
+in order; requests that arrive meanwhile wait with reading paused; above the connection's write
+high-water mark no new one starts, as in Envoy's connection manager) and the switch to raw
+bytes after an upgrade. Trailers of chunked messages are dropped, as Envoy does unless
 ``enable_trailers`` is set.
 """
 
@@ -230,6 +231,9 @@ class Http1ServerCodec:
         self.broken: tuple[int, bytes, str, str] | None = None
         """The parser refused a pipelined request: answered once the responses owed before
         it are out (reading stops; llhttp parses nothing after an error)."""
+        self.write_full = False
+        """The transport is above its write high-water mark (the client is not reading):
+        no pipelined request starts until it is below the low mark again."""
 
     def feed(self, data: bytes) -> None:
         if self.broken is not None:
@@ -353,7 +357,7 @@ class Http1ServerCodec:
                            upgrade)
         end_stream = not (self.h_length or self.h_chunked or upgrade)
         self.receiving_done = end_stream
-        if self.response is None and not self.waiting:
+        if self.response is None and not self.waiting and not self.write_full:
             decoder = self._start(head, end_stream, keep_alive)
             self.receiving = None if end_stream else decoder
         else:
@@ -400,13 +404,26 @@ class Http1ServerCodec:
                 or not self.current_complete):
             self.transport.close()  # (a request body still arriving cannot be skipped)
             return
-        if self.waiting or self.broken is not None:
+        if (self.waiting or self.broken is not None) and not self.write_full:
             # The next request starts on the next turn of the loop: the one that just ended
             # finishes (and is logged) first.
             asyncio.get_running_loop().call_soon(self._next)
 
+    def write_blocked(self, blocked: bool) -> None:
+        """The client stopped reading (or reads again). Above the high-water mark a client
+        that pipelines without reading would otherwise have every response it asks for
+        buffered here: stop reading its next requests and start none of those parsed."""
+        self.write_full = blocked
+        if blocked:
+            if self.current_complete and not self.raw:
+                self.flow.pause("write")  # (a body still arriving keeps flowing upstream)
+            return
+        self.flow.resume("write")
+        if self.response is None and (self.waiting or self.broken is not None):
+            asyncio.get_running_loop().call_soon(self._next)
+
     def _next(self) -> None:
-        if self.closed or self.response is not None:
+        if self.closed or self.response is not None or self.write_full:
             return
         if not self.waiting and self.broken is not None:
             self._reject(*self.broken)

@@ -4,9 +4,10 @@ h2 owns the framing, HPACK and the state machines; this module maps its events t
 and back, and does what a proxy adds on top:
 - flow control that carries back-pressure: a stream whose reader is slow stops having its
   window credited, so the peer stops sending, and response data waits for the peer's window;
-- Envoy's flood protections (``http2_protocol_options``): queued control frames while the
-  client does not read, empty DATA frames, PRIORITY and WINDOW_UPDATE floods. h2 itself caps
-  CONTINUATION chains and the header list size;
+- Envoy's flood protections (``http2_protocol_options``): frames and control frames queued
+  while the client does not read, empty DATA frames, PRIORITY and WINDOW_UPDATE floods, and
+  streams past ``max_concurrent_streams`` refused one by one. h2 itself caps CONTINUATION
+  chains and the header list size;
 - a graceful GOAWAY on drain, written beside h2 (whose own GOAWAY ends the connection at once).
 Codec stats are Envoy's ``http2.*`` (``cluster.<name>.http2.*`` upstream).
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Any
 
 import h2.config
 import h2.connection
@@ -23,7 +25,9 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
-from hyperframe.frame import GoAwayFrame
+from h2.connection import _decode_headers
+from h2.stream import StreamClosedBy
+from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame, RstStreamFrame
 from mypy_extensions import mypyc_attr
 
 from ... import log
@@ -51,6 +55,8 @@ WRITE_HIGH = 1024 * 1024
 """Response bytes a stream may have waiting for the peer's window before its upstream is
 asked to pause (Envoy's per-stream buffer limit)."""
 DEFAULT_WINDOW = 65535
+CONTROL_FRAMES = frozenset((3, 4, 6))
+"""RST_STREAM, SETTINGS and PING: the frames Envoy counts against max_outbound_control_frames."""
 
 
 @mypyc_attr(native_class=False)  # its stats are made by StatSet.__init_subclass__
@@ -89,10 +95,15 @@ class Options:
         self.max_window_updates_per_data = c.max_inbound_window_update_frames_per_data_frame_sent
 
 
-def _connection(client: bool, opts: Options, max_header_bytes: int) -> h2.connection.H2Connection:
-    conn = h2.connection.H2Connection(h2.config.H2Configuration(
+def _config(client: bool) -> h2.config.H2Configuration:
+    return h2.config.H2Configuration(
         client_side=client, header_encoding=None, validate_outbound_headers=False,
-        normalize_outbound_headers=False))
+        normalize_outbound_headers=False)
+
+
+def _setup(conn: h2.connection.H2Connection, opts: Options, max_header_bytes: int) -> None:
+    """Our settings and windows, and the connection preface."""
+    client = conn.config.client_side
     s = h2.settings.SettingCodes
     values = {s.INITIAL_WINDOW_SIZE: opts.stream_window, s.HEADER_TABLE_SIZE: opts.hpack_table_size,
               s.MAX_HEADER_LIST_SIZE: max_header_bytes}
@@ -105,6 +116,54 @@ def _connection(client: bool, opts: Options, max_header_bytes: int) -> h2.connec
     if opts.connection_window > DEFAULT_WINDOW:
         conn.increment_flow_control_window(opts.connection_window - DEFAULT_WINDOW)
     conn.decoder.max_header_list_size = max_header_bytes
+
+
+@mypyc_attr(native_class=False)  # a subclass of a Python class
+class _ServerConnection(h2.connection.H2Connection):
+    """h2's server side, changed where a flood of HEADERS hurts: a stream past
+    max_concurrent_streams is refused alone (REFUSED_STREAM, as Envoy does; h2 would end the
+    whole connection), and open streams are counted from the codec's own table instead of
+    h2's walk over every stream at each new one (O(n²) under a flood)."""
+
+    def __init__(self, active: dict[int, Any]) -> None:
+        super().__init__(_config(False))
+        self.active = active
+        """The codec's streams: open until both their request and response are done."""
+        self.opened = 0
+        """Streams opened in the read being parsed (the codec hears of them after it)."""
+        self.refused = 0
+        self.prune_at = 64
+
+    def receive_data(self, data: Any) -> list[h2.events.Event]:
+        self.opened = 0
+        if len(self.streams) > self.prune_at:
+            self._open_streams(1)  # h2 forgets closed streams in that walk (now and then)
+            self.prune_at = 2 * len(self.streams) + 64
+        return super().receive_data(data)
+
+    @property
+    def open_inbound_streams(self) -> int:
+        return len(self.active) + self.opened
+
+    def _receive_headers_frame(self, frame: HeadersFrame
+                               ) -> tuple[list[Frame], list[h2.events.Event]]:
+        sid = frame.stream_id
+        if sid in self.streams or sid <= self.highest_inbound_stream_id or not sid % 2:
+            return super()._receive_headers_frame(frame)  # (h2 tells what is wrong)
+        if self.open_inbound_streams < self.local_settings.max_concurrent_streams:
+            result = super()._receive_headers_frame(frame)
+            self.opened += 1
+            return result
+        _decode_headers(self.decoder, frame.data)  # HPACK's state moves on all the same
+        self.highest_inbound_stream_id = sid
+        self._closed_streams[sid] = StreamClosedBy.SEND_RST_STREAM
+        self.refused += 1
+        return [RstStreamFrame(sid, error_code=h2.errors.ErrorCodes.REFUSED_STREAM)], []
+
+
+def _client_connection(opts: Options, max_header_bytes: int) -> h2.connection.H2Connection:
+    conn = h2.connection.H2Connection(_config(True))
+    _setup(conn, opts, max_header_bytes)
     return conn
 
 
@@ -247,8 +306,9 @@ class Http2ServerCodec:
         self.opts = opts
         self.max_headers = max_headers
         self.stats = stats
-        self.h2 = _connection(False, opts, max_header_bytes)
         self.streams: dict[int, _Response] = {}
+        self.h2 = _ServerConnection(self.streams)
+        _setup(self.h2, opts, max_header_bytes)
         self.closed = False
         self.draining = False
         self.goaway_at = 0
@@ -258,7 +318,10 @@ class Http2ServerCodec:
         self.priority_frames = 0
         self.window_updates = 0
         self.data_frames_sent = 0
-        self.control_queued = 0
+        self.queued_frames = 0
+        self.queued_control = 0
+        """Frames (and control frames among them) written since the transport's buffer was
+        last empty: Envoy's outbound frame accounting."""
         self.loop = asyncio.get_running_loop()
         self.flush_scheduled = False
         self.write_now()
@@ -281,6 +344,9 @@ class Http2ServerCodec:
             self.callbacks.protocol_error("http2.codec_error")
             self._close()
             return
+        if self.h2.refused:
+            self.stats.tx_reset.value += self.h2.refused
+            self.h2.refused = 0
         for ev in events:
             self._event(ev)
             if self.closed:
@@ -344,8 +410,6 @@ class Http2ServerCodec:
             self.priority_frames += 1
             if self.priority_frames > self.opts.max_priority_per_stream * (1 + self.opened):
                 self._flood(self.stats.inbound_priority_frames_flood)
-        elif isinstance(ev, h2.events.PingReceived | h2.events.RemoteSettingsChanged):
-            self._control_queued()
         elif isinstance(ev, h2.events.ConnectionTerminated):
             self.draining = True
             if not self.streams:
@@ -459,7 +523,6 @@ class Http2ServerCodec:
             self.stats.tx_reset.value += 1
         except h2.exceptions.StreamClosedError:
             pass
-        self._control_queued()
 
     def flush(self) -> None:
         """Writes what the streams produced at the end of this turn of the event loop:
@@ -472,24 +535,44 @@ class Http2ServerCodec:
         self.flush_scheduled = False
         data = self.h2.data_to_send()
         if data and not self.closed:
+            if not self.transport.get_write_buffer_size():
+                self.queued_frames = self.queued_control = 0  # all went out: none is queued
+            if self._flooded(data):
+                return
             self.transport.write(data)
 
-    def _control_queued(self) -> None:
-        """Counts control frames queued while the client is not reading (PING and SETTINGS
-        floods answer themselves into our buffer otherwise)."""
-        if self.transport.get_write_buffer_size() < WRITE_HIGH:
-            self.control_queued = 0
-            return
-        self.control_queued += 1
-        if self.control_queued > self.opts.max_outbound_control_frames:
+    def _flooded(self, data: bytes) -> bool:
+        """Counts the frames written since the client last took all it was sent, as Envoy
+        counts its outbound buffer (a read's answers are one write): a client that asks
+        (PING, SETTINGS, streams refused or answered) faster than it reads ends with
+        ``outbound_flood`` or ``outbound_control_flood`` instead of growing the buffer."""
+        frames = control = 0
+        at, end = 0, len(data)
+        while at + 9 <= end:
+            frames += 1
+            if data[at + 3] in CONTROL_FRAMES:
+                control += 1
+            at += 9 + int.from_bytes(data[at:at + 3], "big")
+        self.queued_frames += frames
+        self.queued_control += control
+        if self.queued_control > self.opts.max_outbound_control_frames:
             self._flood(self.stats.outbound_control_flood)
+        elif self.queued_frames > self.opts.max_outbound_frames:
+            self._flood(self.stats.outbound_flood)
+        else:
+            return False
+        return True
+
+    def write_blocked(self, blocked: bool) -> None:
+        """Nothing at the connection level: each stream hears it, and queued frames are
+        counted as they are written."""
 
     def _flood(self, counter: Counter) -> None:
         counter.value += 1
         _log.debug("HTTP/2 flood from a client: closing its connection")
+        self.closed = True
         self.callbacks.protocol_error("http2.flood")
         self.transport.abort()
-        self._close()
 
     def _close(self) -> None:
         if not self.closed:
@@ -613,7 +696,7 @@ class Http2Connection(asyncio.Protocol):
         self.stats = stats
         self.state = State.CONNECTING
         self.transport: asyncio.Transport | None = None
-        self.h2 = _connection(True, opts, pool.max_header_bytes)
+        self.h2 = _client_connection(opts, pool.max_header_bytes)
         self.configured = opts.max_concurrent_streams
         self.capacity = min(self.configured, 100)
         """Until the server's SETTINGS say otherwise, as Envoy assumes."""

@@ -102,8 +102,12 @@ class BasicAuthFilter:
         value = None
         for k, v in cb.headers:
             if k == header:
+                if value is not None:
+                    # Envoy joins repeated fields with ',', which no credential survives: an
+                    # app reading the last one would see an identity nobody checked.
+                    return self._deny(cb, "User authentication failed. Invalid basic "
+                                          "credential format.", "invalid_format_for_basic_auth")
                 value = v
-                break
         users = self._users(route_cfg)
         known = self.verified.get(value) if value is not None else None
         if known is not None and known[0] is users:

@@ -198,10 +198,15 @@ class ExtAuthzFilter:
 
     def _check(self, cb: FilterCallbacks, body: bytes | None, partial: bool = False) -> None:
         headers: Headers = [(b"host", cb.authority.encode("latin-1"))]
+        asked: dict[bytes, bytes] = {}
         for k, v in cb.headers:
             if k != b"host" and (k == b"authorization"
                                  or (self.allowed is not None and self.allowed(k))):
-                headers.append((k, v))
+                # A repeated field reaches the service once, its values joined as Envoy
+                # joins them: the service judges every value the backend may read.
+                asked[k] = asked[k] + (b"; " if k == b"cookie" else b",") + v \
+                    if k in asked else v
+        headers += asked.items()
         headers += self.to_add
         if body is not None:
             headers.append((b"x-envoy-auth-partial-body", b"true" if partial else b"false"))

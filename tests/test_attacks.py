@@ -1,0 +1,205 @@
+"""One client against a sites-file gateway, as an attacker on the internet has it: requests
+pipelined on port 80 by a client that never reads, and a flood of HTTP/2 HEADERS from one
+that never reads. Each is bounded in count and time; during each, a bystander must keep
+getting its answers, and the gateway's memory must stay bounded. Envoy runs the expanded
+config beside it, and what each holds is printed side by side."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import h2.config
+import h2.connection
+import h2.events
+import httpx
+import pytest
+from hpack import Encoder
+from hyperframe.frame import HeadersFrame
+
+from .conftest import ENVOY, Backends
+from .test_sites import Lab
+
+MB = 1024 * 1024
+
+
+def rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+class Attacked:
+    """A lab whose gateway (edgegw on the sites file, or Envoy on its expansion) is
+    attacked, with the gateway's RSS and a bystander's answers during the attack."""
+
+    def __init__(self, lab: Lab, pid: int) -> None:
+        self.lab = lab
+        self.pid = pid
+
+    def during(self, attack: Callable[[threading.Event], object]) -> tuple[int, int, int]:
+        """Runs the attack in a thread while a bystander asks for a page and /ready; returns
+        (RSS growth at the attack's end, bystander answers, bystander failures)."""
+        before = rss(self.pid)
+        done = threading.Event()
+        peak = [before]
+        thread = threading.Thread(target=lambda: (attack(done), done.set()), daemon=True)
+        thread.start()
+        ok = failed = 0
+        while not done.is_set() or ok + failed < 5:
+            try:
+                status = self.lab.get("b.example.com", "/headers")[0]
+                ready = httpx.get(f"http://127.0.0.1:{self.lab.admin}/ready", timeout=5)
+                good = status == 200 and ready.status_code == 200
+            except (OSError, httpx.HTTPError):
+                good = False
+            ok, failed = ok + good, failed + (not good)
+            peak[0] = max(peak[0], rss(self.pid))
+        thread.join(30)
+        return max(peak[0], rss(self.pid)) - before, ok, failed
+
+
+def sites(b: Backends) -> str:
+    return (f"sites:\n"
+            f"  a.example.com: http://{b.a[0]}:{b.a[1]}\n"
+            f"  b.example.com: http://{b.a[0]}:{b.a[1]}\n")
+
+
+@pytest.fixture(scope="module")
+def gateways(tmp_path_factory: pytest.TempPathFactory, backends: Backends,
+             certs: Path) -> Iterator[dict[str, Attacked]]:
+    out: dict[str, Attacked] = {}
+    labs: list[Lab] = []
+    for kind in ("edgegw", "envoy") if ENVOY else ("edgegw",):
+        lab = Lab(tmp_path_factory.mktemp(kind), backends, certs)
+        labs.append(lab)
+        lab.write(sites(backends))
+        if kind == "envoy":
+            lab.expand()
+        proc = lab.run("-c", "sites.yaml" if kind == "edgegw" else "envoy.yaml", kind=kind)
+        out[kind] = Attacked(lab, proc.p.pid)
+    yield out
+    for lab in labs:
+        lab.stop()
+
+
+def pipeline_without_reading(port: int, count: int = 50_000) -> Callable[[threading.Event], int]:
+    """GET /<2 kB> pipelined on one connection that never reads, until the gateway stops
+    taking them (a send that waits 2 s) or ``count`` are sent; returns how many were."""
+    line = b"GET /%s HTTP/1.1\r\nHost: a.example.com\r\n\r\n" % (b"x" * 2000)
+
+    def attack(_: threading.Event) -> int:
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(2)
+        sent = 0
+        try:
+            while sent < count:
+                sock.sendall(line * 100)
+                sent += 100
+        except OSError:
+            pass
+        attack.sent = sent  # type: ignore[attr-defined]
+        return sent
+
+    return attack
+
+
+def test_pipelining_without_reading_is_stopped_and_bystanders_are_served(
+        gateways: dict[str, Attacked]) -> None:
+    """The redirect on port 80 answers with no backend involved: a client that pipelines
+    and never reads must not make the gateway buffer every answer (424 MB once)."""
+    seen = {}
+    for kind, gw in gateways.items():
+        attack = pipeline_without_reading(gw.lab.http)
+        grew, ok, failed = gw.during(attack)
+        seen[kind] = (grew // MB, attack.sent, ok, failed)  # type: ignore[attr-defined]
+    print("pipelining without reading (MB grown, requests sent, bystander ok, failed):", seen)
+    grew_mb, sent, ok, failed = seen["edgegw"]
+    assert failed == 0 and ok >= 5
+    assert sent < 50_000  # the gateway stopped reading
+    assert grew_mb < 32, seen
+
+
+def headers_flood(port: int, ca: Path, frames: int = 200_000) -> Callable[[threading.Event], str]:
+    """HEADERS frames on new streams, 13 bytes each once HPACK indexes them, from a client
+    that never reads; returns how the connection ended."""
+
+    def attack(_: threading.Event) -> str:
+        ctx = ssl.create_default_context(cafile=str(ca))
+        ctx.set_alpn_protocols(["h2"])
+        raw = socket.create_connection(("127.0.0.1", port))
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock = ctx.wrap_socket(raw, server_hostname="a.example.com")
+        sock.settimeout(3)
+        client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        client.initiate_connection()
+        enc = Encoder()
+        head = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"a.example.com"),
+                (b":path", b"/bytes/1")]
+        first = HeadersFrame(1, data=enc.encode(head), flags=["END_HEADERS", "END_STREAM"])
+        block = enc.encode(head)  # now all indexed
+        outcome = "sent all"
+        try:
+            sock.sendall(client.data_to_send() + first.serialize())
+            sid = 3
+            while sid < 2 * frames:
+                batch = b"".join(HeadersFrame(s, data=block, flags=["END_HEADERS", "END_STREAM"])
+                                 .serialize() for s in range(sid, sid + 2000, 2))
+                sid += 2000
+                sock.sendall(batch)
+        except OSError as e:
+            outcome = f"ended by the gateway ({type(e).__name__})"
+        attack.outcome = outcome  # type: ignore[attr-defined]
+        sock.close()
+        return outcome
+
+    return attack
+
+
+def test_an_http2_headers_flood_from_a_client_that_never_reads_ends_its_connection(
+        gateways: dict[str, Attacked], certs: Path) -> None:
+    """Once froze every site and the admin port for minutes: streams past 100 are refused,
+    and the frames queued for a client that does not read end its connection."""
+    seen = {}
+    for kind, gw in gateways.items():
+        attack = headers_flood(gw.lab.https, certs / "dev-ca.pem")
+        grew, ok, failed = gw.during(attack)
+        seen[kind] = (grew // MB, attack.outcome, ok, failed)  # type: ignore[attr-defined]
+    print("HTTP/2 HEADERS flood (MB grown, outcome, bystander ok, failed):", seen)
+    grew_mb, outcome, ok, failed = seen["edgegw"]
+    assert failed == 0 and ok >= 5
+    assert outcome.startswith("ended by the gateway"), seen
+    assert grew_mb < 32, seen
+    stats = httpx.get(f"http://127.0.0.1:{gateways['edgegw'].lab.admin}/stats", timeout=5).text
+    floods = {ln.split(":")[0]: int(ln.split(":")[1]) for ln in stats.splitlines()
+              if ln.startswith(("http2.outbound_flood:", "http2.outbound_control_flood:"))}
+    assert sum(floods.values()) >= 1, floods
+
+
+def test_the_sites_file_tells_http2_clients_envoys_edge_limits(gateways: dict[str, Attacked],
+                                                               certs: Path) -> None:
+    """100 streams, 64 KiB per stream and 1 MiB per connection: what a client posting to a
+    slow backend can park in the gateway."""
+    told = {}
+    for kind, gw in gateways.items():
+        ctx = ssl.create_default_context(cafile=str(certs / "dev-ca.pem"))
+        ctx.set_alpn_protocols(["h2"])
+        with socket.create_connection(("127.0.0.1", gw.lab.https), timeout=5) as raw, \
+                ctx.wrap_socket(raw, server_hostname="a.example.com") as sock:
+            client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+            client.initiate_connection()
+            sock.sendall(client.data_to_send())
+            events: list[h2.events.Event] = []
+            while not any(isinstance(e, h2.events.WindowUpdated) for e in events):
+                events += client.receive_data(sock.recv(65536))
+            settings = client.remote_settings
+            told[kind] = (settings.max_concurrent_streams, settings.initial_window_size,
+                          client.outbound_flow_control_window)
+    assert told["edgegw"] == (100, 65536, 1048576)
+    if "envoy" in told:
+        assert told["envoy"] == told["edgegw"]
