@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 from pathlib import Path
 
 import httpx
@@ -201,3 +202,23 @@ def test_healthcheck_fail_and_ok(both) -> None:
         stats = admin(gw, "/stats?filter=^server\\.").text
         assert "server.live: 1" in stats and "server.uptime: " in stats, kind
         assert "server.memory_allocated: " in stats, kind
+
+
+@pytest.mark.parametrize("length", ["-5", "abc", "99999999999"])
+def test_a_bad_content_length_gets_400_and_the_admin_goes_on(both, length: str) -> None:
+    gw = both["edgegw"]
+    raw = exchange(gw.admin_port, f"POST /ready HTTP/1.1\r\nHost: x\r\nContent-Length: {length}"
+                   "\r\n\r\n".encode())
+    assert raw.startswith(b"HTTP/1.1 400 ")
+    assert admin(gw, "/ready").status_code == 200
+    assert "Traceback" not in gw.proc.output()
+
+
+def test_a_partial_head_does_not_hold_the_admin(both) -> None:
+    """A client that sends part of a request and waits is answered 408 after the head
+    timeout, and others are served meanwhile."""
+    gw = both["edgegw"]
+    with socket.create_connection(("127.0.0.1", gw.admin_port), timeout=15) as sock:
+        sock.sendall(b"GET /ready HTTP/1.1\r\nHost: x\r\n")
+        assert admin(gw, "/ready").status_code == 200
+        assert sock.recv(4096).startswith(b"HTTP/1.1 408 ")

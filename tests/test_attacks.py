@@ -203,3 +203,28 @@ def test_the_sites_file_tells_http2_clients_envoys_edge_limits(gateways: dict[st
     assert told["edgegw"] == (100, 65536, 1048576)
     if "envoy" in told:
         assert told["envoy"] == told["edgegw"]
+
+
+def test_a_server_name_with_a_trailing_dot_matches_no_site(gateways: dict[str, Attacked],
+                                                           certs: Path) -> None:
+    """``a.example.com.`` is not ``a.example.com`` to the filter chain match: no chain,
+    the connection is reset, as Envoy does."""
+    seen = {}
+    for kind, gw in gateways.items():
+        ctx = ssl.create_default_context(cafile=str(certs / "dev-ca.pem"))
+        ctx.check_hostname = False
+        try:
+            with socket.create_connection(("127.0.0.1", gw.lab.https), timeout=5) as raw, \
+                    ctx.wrap_socket(raw, server_hostname="a.example.com.") as sock:
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: a.example.com\r\n\r\n")
+                seen[kind] = sock.recv(100)[:12].decode()
+        except OSError as e:
+            seen[kind] = type(e).__name__
+        stats = httpx.get(f"http://127.0.0.1:{gw.lab.admin}/stats", timeout=5).text
+        seen[kind + " unmatched"] = sum(
+            int(ln.rsplit(": ", 1)[1]) for ln in stats.splitlines()
+            if ln.startswith("listener.127.0.0.1_") and ".no_filter_chain_match: " in ln)
+    assert seen["edgegw"] == "ConnectionResetError", seen
+    assert seen["edgegw unmatched"] >= 1
+    if "envoy" in seen:
+        assert seen["envoy"] == seen["edgegw"]

@@ -30,6 +30,12 @@ if TYPE_CHECKING:
     from ..upstream.cluster import ClusterManager
 
 _log = log.get("admin")
+HEAD_TIMEOUT = 10.0
+"""A request must arrive whole within this (the shipped configs' request_headers_timeout);
+a client that sends part of one and waits gets 408 instead of holding its connection."""
+MAX_BODY = 1024 * 1024
+IDLE_TIMEOUT = 3600.0
+"""Between requests, as Envoy's connection idle_timeout."""
 
 Handler = Callable[[dict[str, list[str]], str], Awaitable[tuple[int, str, bytes]]]
 
@@ -107,14 +113,15 @@ class Admin:
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                lines = head.decode("latin-1").split("\r\n")
-                method, target, _ = (lines[0].split(" ", 2) + ["", ""])[:3]
-                headers = {k.strip().lower(): v.strip() for k, _, v in
-                           (ln.partition(":") for ln in lines[1:] if ln)}
-                length = int(headers.get("content-length", "0") or 0)
-                if length:
-                    await reader.readexactly(length)
+                first = await asyncio.wait_for(reader.readexactly(1), IDLE_TIMEOUT)
+                try:
+                    method, target, headers = await asyncio.wait_for(
+                        self._request(first, reader), HEAD_TIMEOUT)
+                except (TimeoutError, ValueError) as e:
+                    code = 408 if isinstance(e, TimeoutError) else 400
+                    writer.write(b"HTTP/1.1 %d %s\r\ncontent-length: 0\r\nconnection: close"
+                                 b"\r\n\r\n" % (code, REASONS[code]))
+                    break
                 code, ctype, body = await self.handle(method, target)
                 close = headers.get("connection", "").lower() == "close"
                 writer.write(
@@ -128,7 +135,8 @@ class Admin:
                 self._access_log(method, target, code)
                 if close:
                     break
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError,
+                TimeoutError):
             pass
         except asyncio.CancelledError:
             # Stopping with a client connected: end quietly (Python 3.11's streams print a
@@ -136,6 +144,23 @@ class Admin:
             pass
         finally:
             writer.close()
+
+    @staticmethod
+    async def _request(first: bytes, reader: asyncio.StreamReader
+                       ) -> tuple[str, str, dict[str, str]]:
+        """One request's head from its first byte on (and its body, skipped); ValueError for
+        a head the data plane would refuse too."""
+        head = first + await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        method, target, _ = (lines[0].split(" ", 2) + ["", ""])[:3]
+        headers = {k.strip().lower(): v.strip() for k, _, v in
+                   (ln.partition(":") for ln in lines[1:] if ln)}
+        length = headers.get("content-length", "0") or "0"
+        if not length.isdigit() or int(length) > MAX_BODY:
+            raise ValueError(f"content-length {length!r}")
+        if int(length):
+            await reader.readexactly(int(length))
+        return method, target, headers
 
     def _access_log(self, method: str, target: str, code: int) -> None:
         if not self.access_log_path:

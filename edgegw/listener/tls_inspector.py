@@ -114,7 +114,7 @@ def _server_name(ext: bytes) -> str | None:
         p += 3 + size
         if kind == 0:
             try:
-                return name.decode("ascii").lower().rstrip(".") or None
+                return name.decode("ascii").lower() or None
             except UnicodeDecodeError:
                 return None
     return None
