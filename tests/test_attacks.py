@@ -63,21 +63,52 @@ class Attacked:
         return max(peak[0], rss(self.pid)) - before, ok, failed
 
 
-def sites(b: Backends) -> str:
+def sites(b: Backends, sink: tuple[str, int]) -> str:
     return (f"sites:\n"
-            f"  a.example.com: http://{b.a[0]}:{b.a[1]}\n"
+            f"  a.example.com:\n"
+            f"    upstream: http://{b.a[0]}:{b.a[1]}\n"
+            f"    paths: {{/upload/: 'http://{sink[0]}:{sink[1]}'}}\n"
             f"  b.example.com: http://{b.a[0]}:{b.a[1]}\n")
 
 
 @pytest.fixture(scope="module")
-def gateways(tmp_path_factory: pytest.TempPathFactory, backends: Backends,
-             certs: Path) -> Iterator[dict[str, Attacked]]:
+def sink() -> Iterator[tuple[str, int]]:
+    """A backend that takes connections and never reads from them (a Raspberry Pi writing
+    to an SD card, at the limit)."""
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    server.bind(("127.0.0.22", 0))
+    server.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield server.getsockname()[:2]
+    stop.set()
+    thread.join()
+    for c in held:
+        c.close()
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def gateways(tmp_path_factory: pytest.TempPathFactory, backends: Backends, certs: Path,
+             sink: tuple[str, int]) -> Iterator[dict[str, Attacked]]:
     out: dict[str, Attacked] = {}
     labs: list[Lab] = []
     for kind in ("edgegw", "envoy") if ENVOY else ("edgegw",):
         lab = Lab(tmp_path_factory.mktemp(kind), backends, certs)
         labs.append(lab)
-        lab.write(sites(backends))
+        lab.write(sites(backends, sink))
         if kind == "envoy":
             lab.expand()
         proc = lab.run("-c", "sites.yaml" if kind == "edgegw" else "envoy.yaml", kind=kind)
@@ -228,3 +259,66 @@ def test_a_server_name_with_a_trailing_dot_matches_no_site(gateways: dict[str, A
     assert seen["edgegw unmatched"] >= 1
     if "envoy" in seen:
         assert seen["envoy"] == seen["edgegw"]
+
+
+def uploads_to_a_backend_that_never_reads(port: int, ca: Path, streams: int = 3,
+                                          each: int = 64 * MB) -> Callable[[threading.Event], int]:
+    """POSTs of ``each`` bytes on ``streams`` streams of one connection, sent as fast as the
+    advertised windows allow, to a path whose backend never reads; sends until no window is
+    left for 2 s. Returns the bytes sent."""
+
+    def attack(_: threading.Event) -> int:
+        ctx = ssl.create_default_context(cafile=str(ca))
+        ctx.set_alpn_protocols(["h2"])
+        raw = socket.create_connection(("127.0.0.1", port))
+        sock = ctx.wrap_socket(raw, server_hostname="a.example.com")
+        sock.settimeout(2)
+        client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        client.initiate_connection()
+        sids = [1 + 2 * i for i in range(streams)]
+        for sid in sids:
+            client.send_headers(sid, [(":method", "POST"), (":scheme", "https"),
+                                      (":authority", "a.example.com"), (":path", "/upload/x"),
+                                      ("content-length", str(each))])
+        sock.sendall(client.data_to_send())
+        left = dict.fromkeys(sids, each)
+        sent = 0
+        chunk = b"u" * 16384
+        try:
+            while any(left.values()):
+                for sid in sids:
+                    size = min(left[sid], client.local_flow_control_window(sid), len(chunk))
+                    if size > 0:
+                        client.send_data(sid, chunk[:size])
+                        left[sid] -= size
+                        sent += size
+                out = client.data_to_send()
+                if out:
+                    sock.sendall(out)
+                elif not any(min(left[sid], client.local_flow_control_window(sid)) > 0
+                             for sid in sids):
+                    client.receive_data(sock.recv(65536))  # WINDOW_UPDATE, or 2 s of none
+        except OSError:
+            pass
+        attack.sent = sent  # type: ignore[attr-defined]
+        sock.close()
+        return sent
+
+    return attack
+
+
+def test_uploads_to_a_backend_that_never_reads_park_a_window_not_the_upload(
+        gateways: dict[str, Attacked], certs: Path) -> None:
+    """HTTP/2 clients that stay inside the advertised windows once parked 258 MB per
+    connection here; a stream whose upstream does not keep up is credited no more."""
+    seen = {}
+    for kind, gw in gateways.items():
+        attack = uploads_to_a_backend_that_never_reads(gw.lab.https, certs / "dev-ca.pem")
+        grew, ok, failed = gw.during(attack)
+        seen[kind] = (grew // MB, attack.sent // MB, ok, failed)  # type: ignore[attr-defined]
+    print("HTTP/2 uploads to a backend that never reads (MB grown, MB sent, bystander ok, "
+          "failed):", seen)
+    grew_mb, sent_mb, ok, failed = seen["edgegw"]
+    assert failed == 0 and ok >= 5
+    assert sent_mb < 16, seen  # the windows and one upstream buffer per stream, not 192 MB
+    assert grew_mb < 32, seen

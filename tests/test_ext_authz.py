@@ -45,7 +45,9 @@ class Verify(BaseHTTPRequestHandler):
         length = int(self.headers.get("content-length") or 0)
         body = self.rfile.read(length).decode() if length else ""
         Verify.seen.append({"path": self.path, "body": body,
-                            **{k.lower(): v for k, v in self.headers.items()}})
+                            **{k.lower(): v for k, v in self.headers.items()},
+                            "authorization": " | ".join(self.headers.get_all("authorization")
+                                                        or [])})
         cookie = self.headers.get("cookie", "")
         if "slow" in self.path:
             time.sleep(1.5)
@@ -123,7 +125,10 @@ def ask(port: int, path: str, extra: str) -> tuple:
 CASES = [("/headers", ""), ("/headers", "Cookie: session=alice\r\n"),
          ("/headers", "Cookie: session=alice\r\nRemote-User: root\r\n"),
          ("/headers", "Accept: application/json\r\n"), ("/public/x", ""),
-         ("/slow", "Cookie: session=alice\r\n")]
+         ("/slow", "Cookie: session=alice\r\n"),
+         # repeated fields reach the service once, every value in it
+         ("/headers", "Cookie: session=anon\r\nCookie: session=alice\r\n"
+                      "Authorization: Basic YQ==\r\nAuthorization: Basic Yg==\r\n")]
 
 
 def test_forward_auth_same_as_envoy(pair, backends: Backends, verify: tuple[str, int],
@@ -135,8 +140,8 @@ def test_forward_auth_same_as_envoy(pair, backends: Backends, verify: tuple[str,
     for kind, (gw, port) in gws.items():
         Verify.seen.clear()
         got = [ask(port, *c) for c in CASES]
-        asked = [(s["path"], s.get("cookie"), s.get("x-forwarded-by"), s.get("host"))
-                 for s in Verify.seen]
+        asked = [(s["path"], s.get("cookie"), s.get("x-forwarded-by"), s.get("host"),
+                  s["authorization"]) for s in Verify.seen]
         st = gw.stats()
         seen[kind] = (got, asked, {k: v for k, v in st.items() if ".ext_authz." in k and
                                    k.rsplit(".", 1)[1] in ("ok", "denied", "error",
@@ -147,6 +152,8 @@ def test_forward_auth_same_as_envoy(pair, backends: Backends, verify: tuple[str,
     assert got[2][1] == "alice"  # the forged Remote-User was overwritten
     assert got[3][:2] == (401, "Unauthorized")
     assert got[5][0] == 403  # the service timed out
+    assert seen["edgegw"][1][-1][1:] == ("session=anon,session=alice", "gateway",
+                                         "app.example", "Basic YQ==,Basic Yg==")
     assert seen["edgegw"] == seen["envoy"]
     for kind in logs:
         wait_for(lambda k=kind: logs[k].exists()

@@ -202,10 +202,10 @@ class ExtAuthzFilter:
         for k, v in cb.headers:
             if k != b"host" and (k == b"authorization"
                                  or (self.allowed is not None and self.allowed(k))):
-                # A repeated field reaches the service once, its values joined as Envoy
-                # joins them: the service judges every value the backend may read.
-                asked[k] = asked[k] + (b"; " if k == b"cookie" else b",") + v \
-                    if k in asked else v
+                # A repeated field reaches the service once, its values joined with ',' as
+                # Envoy joins them (cookies too): the service judges every value the backend
+                # may read.
+                asked[k] = asked[k] + b"," + v if k in asked else v
         headers += asked.items()
         headers += self.to_add
         if body is not None:
