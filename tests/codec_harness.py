@@ -39,6 +39,10 @@ class Transport(asyncio.Transport):
                 self.blocked = True
                 self.codec.write_blocked(True)
 
+    def read(self, size: int) -> None:
+        """The client takes ``size`` bytes of what waits for it (and keeps not reading)."""
+        self.unread = max(0, self.unread - size)
+
     def read_all(self) -> None:
         """The client reads everything, and from now on reads as it comes."""
         self.reading = True

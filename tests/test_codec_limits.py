@@ -187,6 +187,24 @@ def test_h2_pings_from_a_client_that_reads_are_answered() -> None:
     asyncio.run(go())
 
 
+def test_h2_a_client_that_reads_slowly_but_steadily_is_not_a_flood() -> None:
+    """What counts is what waits in the buffer now, not all that went through it since it
+    was last empty: a client always a little behind (a long download on a slow link) is
+    never taken for a flood."""
+
+    async def go() -> None:
+        tr, client = Transport(), Client()
+        tr.reading = False
+        codec = h2_codec(Manager(), tr)
+        for data in ping_reads(client, 100):
+            codec.feed(data)
+            await settle()
+            tr.read(tr.unread - 1000)  # always 1000 bytes behind
+        assert not tr.closing and codec.stats.outbound_control_flood.value == 0
+
+    asyncio.run(go())
+
+
 def test_h2_a_client_that_asks_and_never_reads_is_closed_at_10000_frames() -> None:
     """Each answered request queues HEADERS and DATA: past max_outbound_frames the
     connection ends (``http2.outbound_flood``) instead of the buffer growing."""

@@ -15,6 +15,7 @@ Codec stats are Envoy's ``http2.*`` (``cluster.<name>.http2.*`` upstream).
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections.abc import Callable
 from typing import Any
@@ -320,8 +321,12 @@ class Http2ServerCodec:
         self.data_frames_sent = 0
         self.queued_frames = 0
         self.queued_control = 0
-        """Frames (and control frames among them) written since the transport's buffer was
-        last empty: Envoy's outbound frame accounting."""
+        """Frames (and control frames among them) in the transport's buffer, not yet taken
+        by the client: Envoy's outbound frame accounting."""
+        self.written = 0
+        self.queued: collections.deque[tuple[int, int, int]] = collections.deque()
+        """Each write still (partly) in the buffer: where it ends in the bytes written,
+        and its frames and control frames."""
         self.loop = asyncio.get_running_loop()
         self.flush_scheduled = False
         self.write_now()
@@ -535,17 +540,22 @@ class Http2ServerCodec:
         self.flush_scheduled = False
         data = self.h2.data_to_send()
         if data and not self.closed:
-            if not self.transport.get_write_buffer_size():
-                self.queued_frames = self.queued_control = 0  # all went out: none is queued
             if self._flooded(data):
                 return
             self.transport.write(data)
 
     def _flooded(self, data: bytes) -> bool:
-        """Counts the frames written since the client last took all it was sent, as Envoy
-        counts its outbound buffer (a read's answers are one write): a client that asks
-        (PING, SETTINGS, streams refused or answered) faster than it reads ends with
+        """Counts the frames in the transport's buffer with this write's, as Envoy counts
+        its outbound buffer (a read's answers are one write): a client that asks (PING,
+        SETTINGS, streams refused or answered) faster than it reads ends with
         ``outbound_flood`` or ``outbound_control_flood`` instead of growing the buffer."""
+        queued = self.queued
+        if queued:
+            taken = self.written - self.transport.get_write_buffer_size()
+            while queued and queued[0][0] <= taken:
+                _, frames, control = queued.popleft()
+                self.queued_frames -= frames
+                self.queued_control -= control
         frames = control = 0
         at, end = 0, len(data)
         while at + 9 <= end:
@@ -553,6 +563,8 @@ class Http2ServerCodec:
             if data[at + 3] in CONTROL_FRAMES:
                 control += 1
             at += 9 + int.from_bytes(data[at:at + 3], "big")
+        self.written += len(data)
+        queued.append((self.written, frames, control))
         self.queued_frames += frames
         self.queued_control += control
         if self.queued_control > self.opts.max_outbound_control_frames:
@@ -592,7 +604,9 @@ class Http2ServerCodec:
         frame.last_stream_id = self.goaway_at
         frame.error_code = 0
         self.write_now()
-        self.transport.write(frame.serialize())
+        data = frame.serialize()
+        self.written += len(data)
+        self.transport.write(data)
         self.stats.goaway_sent.value += 1
         if not self.streams:
             self._close()
