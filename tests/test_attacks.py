@@ -320,5 +320,7 @@ def test_uploads_to_a_backend_that_never_reads_park_a_window_not_the_upload(
           "failed):", seen)
     grew_mb, sent_mb, ok, failed = seen["edgegw"]
     assert failed == 0 and ok >= 5
-    assert sent_mb < 16, seen  # the windows and one upstream buffer per stream, not 192 MB
+    # The windows, one upstream buffer per stream and the kernel's socket buffers (11 MB for
+    # both here), not the 192 MB asked: with Envoy's 16/24 MiB defaults it would pass 32.
+    assert sent_mb < 32, seen
     assert grew_mb < 32, seen
