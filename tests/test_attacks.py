@@ -41,13 +41,19 @@ class Attacked:
         self.lab = lab
         self.pid = pid
 
-    def during(self, attack: Callable[[threading.Event], object]) -> tuple[int, int, int]:
+    def during(self, attack: Callable[[], object]) -> tuple[int, object, int, int]:
         """Runs the attack in a thread while a bystander asks for a page and /ready; returns
-        (RSS growth at the attack's end, bystander answers, bystander failures)."""
-        before = rss(self.pid)
+        (RSS growth at its peak in MB, what the attack returned, bystander answers,
+        bystander failures)."""
+        before = peak = rss(self.pid)
+        result: list[object] = [None]
         done = threading.Event()
-        peak = [before]
-        thread = threading.Thread(target=lambda: (attack(done), done.set()), daemon=True)
+
+        def run() -> None:
+            result[0] = attack()
+            done.set()
+
+        thread = threading.Thread(target=run, daemon=True)
         thread.start()
         ok = failed = 0
         while not done.is_set() or ok + failed < 5:
@@ -58,9 +64,9 @@ class Attacked:
             except (OSError, httpx.HTTPError):
                 good = False
             ok, failed = ok + good, failed + (not good)
-            peak[0] = max(peak[0], rss(self.pid))
+            peak = max(peak, rss(self.pid))
         thread.join(30)
-        return max(peak[0], rss(self.pid)) - before, ok, failed
+        return (max(peak, rss(self.pid)) - before) // MB, result[0], ok, failed
 
 
 def sites(b: Backends, sink: tuple[str, int]) -> str:
@@ -118,37 +124,44 @@ def gateways(tmp_path_factory: pytest.TempPathFactory, backends: Backends, certs
         lab.stop()
 
 
-def pipeline_without_reading(port: int, count: int = 50_000) -> Callable[[threading.Event], int]:
+def pipeline_without_reading(port: int, count: int = 50_000) -> int:
     """GET /<2 kB> pipelined on one connection that never reads, until the gateway stops
     taking them (a send that waits 2 s) or ``count`` are sent; returns how many were."""
     line = b"GET /%s HTTP/1.1\r\nHost: a.example.com\r\n\r\n" % (b"x" * 2000)
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(2)
+    sent = 0
+    try:
+        while sent < count:
+            sock.sendall(line * 100)
+            sent += 100
+    except OSError:
+        pass
+    return sent
 
-    def attack(_: threading.Event) -> int:
-        sock = socket.create_connection(("127.0.0.1", port))
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.settimeout(2)
-        sent = 0
-        try:
-            while sent < count:
-                sock.sendall(line * 100)
-                sent += 100
-        except OSError:
-            pass
-        attack.sent = sent  # type: ignore[attr-defined]
-        return sent
 
-    return attack
+def h2_socket(port: int, ca: Path, rcvbuf: int | None = None
+              ) -> tuple[ssl.SSLSocket, h2.connection.H2Connection]:
+    """A TLS connection that chose h2, and an h2 client whose preface is sent."""
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx.set_alpn_protocols(["h2"])
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    if rcvbuf:
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock = ctx.wrap_socket(raw, server_hostname="a.example.com")
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    sock.sendall(client.data_to_send())
+    return sock, client
 
 
 def test_pipelining_without_reading_is_stopped_and_bystanders_are_served(
         gateways: dict[str, Attacked]) -> None:
     """The redirect on port 80 answers with no backend involved: a client that pipelines
     and never reads must not make the gateway buffer every answer (424 MB once)."""
-    seen = {}
-    for kind, gw in gateways.items():
-        attack = pipeline_without_reading(gw.lab.http)
-        grew, ok, failed = gw.during(attack)
-        seen[kind] = (grew // MB, attack.sent, ok, failed)  # type: ignore[attr-defined]
+    seen = {kind: gw.during(lambda gw=gw: pipeline_without_reading(gw.lab.http))
+            for kind, gw in gateways.items()}
     print("pipelining without reading (MB grown, requests sent, bystander ok, failed):", seen)
     grew_mb, sent, ok, failed = seen["edgegw"]
     assert failed == 0 and ok >= 5
@@ -156,51 +169,35 @@ def test_pipelining_without_reading_is_stopped_and_bystanders_are_served(
     assert grew_mb < 32, seen
 
 
-def headers_flood(port: int, ca: Path, frames: int = 200_000) -> Callable[[threading.Event], str]:
+def headers_flood(port: int, ca: Path, frames: int = 200_000) -> str:
     """HEADERS frames on new streams, 13 bytes each once HPACK indexes them, from a client
     that never reads; returns how the connection ended."""
-
-    def attack(_: threading.Event) -> str:
-        ctx = ssl.create_default_context(cafile=str(ca))
-        ctx.set_alpn_protocols(["h2"])
-        raw = socket.create_connection(("127.0.0.1", port))
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock = ctx.wrap_socket(raw, server_hostname="a.example.com")
-        sock.settimeout(3)
-        client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-        client.initiate_connection()
-        enc = Encoder()
-        head = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"a.example.com"),
-                (b":path", b"/bytes/1")]
-        first = HeadersFrame(1, data=enc.encode(head), flags=["END_HEADERS", "END_STREAM"])
-        block = enc.encode(head)  # now all indexed
-        outcome = "sent all"
-        try:
-            sock.sendall(client.data_to_send() + first.serialize())
-            sid = 3
-            while sid < 2 * frames:
-                batch = b"".join(HeadersFrame(s, data=block, flags=["END_HEADERS", "END_STREAM"])
-                                 .serialize() for s in range(sid, sid + 2000, 2))
-                sid += 2000
-                sock.sendall(batch)
-        except OSError as e:
-            outcome = f"ended by the gateway ({type(e).__name__})"
-        attack.outcome = outcome  # type: ignore[attr-defined]
-        sock.close()
-        return outcome
-
-    return attack
+    sock, _ = h2_socket(port, ca, rcvbuf=4096)
+    sock.settimeout(3)
+    enc = Encoder()
+    head = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"a.example.com"),
+            (b":path", b"/bytes/1")]
+    flags = ["END_HEADERS", "END_STREAM"]
+    first = HeadersFrame(1, data=enc.encode(head), flags=flags)
+    block = enc.encode(head)  # now all indexed
+    outcome = "sent all"
+    try:
+        sock.sendall(first.serialize())
+        for sid in range(3, 2 * frames, 2000):
+            sock.sendall(b"".join(HeadersFrame(s, data=block, flags=flags).serialize()
+                                  for s in range(sid, sid + 2000, 2)))
+    except OSError as e:
+        outcome = f"ended by the gateway ({type(e).__name__})"
+    sock.close()
+    return outcome
 
 
 def test_an_http2_headers_flood_from_a_client_that_never_reads_ends_its_connection(
         gateways: dict[str, Attacked], certs: Path) -> None:
     """Once froze every site and the admin port for minutes: streams past 100 are refused,
     and the frames queued for a client that does not read end its connection."""
-    seen = {}
-    for kind, gw in gateways.items():
-        attack = headers_flood(gw.lab.https, certs / "dev-ca.pem")
-        grew, ok, failed = gw.during(attack)
-        seen[kind] = (grew // MB, attack.outcome, ok, failed)  # type: ignore[attr-defined]
+    seen = {kind: gw.during(lambda gw=gw: headers_flood(gw.lab.https, certs / "dev-ca.pem"))
+            for kind, gw in gateways.items()}
     print("HTTP/2 HEADERS flood (MB grown, outcome, bystander ok, failed):", seen)
     grew_mb, outcome, ok, failed = seen["edgegw"]
     assert failed == 0 and ok >= 5
@@ -218,13 +215,8 @@ def test_the_sites_file_tells_http2_clients_envoys_edge_limits(gateways: dict[st
     slow backend can park in the gateway."""
     told = {}
     for kind, gw in gateways.items():
-        ctx = ssl.create_default_context(cafile=str(certs / "dev-ca.pem"))
-        ctx.set_alpn_protocols(["h2"])
-        with socket.create_connection(("127.0.0.1", gw.lab.https), timeout=5) as raw, \
-                ctx.wrap_socket(raw, server_hostname="a.example.com") as sock:
-            client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-            client.initiate_connection()
-            sock.sendall(client.data_to_send())
+        sock, client = h2_socket(gw.lab.https, certs / "dev-ca.pem")
+        with sock:
             events: list[h2.events.Event] = []
             while not any(isinstance(e, h2.events.WindowUpdated) for e in events):
                 events += client.receive_data(sock.recv(65536))
@@ -262,60 +254,47 @@ def test_a_server_name_with_a_trailing_dot_matches_no_site(gateways: dict[str, A
 
 
 def uploads_to_a_backend_that_never_reads(port: int, ca: Path, streams: int = 3,
-                                          each: int = 64 * MB) -> Callable[[threading.Event], int]:
+                                          each: int = 64 * MB) -> int:
     """POSTs of ``each`` bytes on ``streams`` streams of one connection, sent as fast as the
     advertised windows allow, to a path whose backend never reads; sends until no window is
     left for 2 s. Returns the bytes sent."""
-
-    def attack(_: threading.Event) -> int:
-        ctx = ssl.create_default_context(cafile=str(ca))
-        ctx.set_alpn_protocols(["h2"])
-        raw = socket.create_connection(("127.0.0.1", port))
-        sock = ctx.wrap_socket(raw, server_hostname="a.example.com")
-        sock.settimeout(2)
-        client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-        client.initiate_connection()
-        sids = [1 + 2 * i for i in range(streams)]
-        for sid in sids:
-            client.send_headers(sid, [(":method", "POST"), (":scheme", "https"),
-                                      (":authority", "a.example.com"), (":path", "/upload/x"),
-                                      ("content-length", str(each))])
+    sock, client = h2_socket(port, ca)
+    sock.settimeout(2)
+    sids = [1 + 2 * i for i in range(streams)]
+    for sid in sids:
+        client.send_headers(sid, [(":method", "POST"), (":scheme", "https"),
+                                  (":authority", "a.example.com"), (":path", "/upload/x"),
+                                  ("content-length", str(each))])
+    left = dict.fromkeys(sids, each)
+    sent = 0
+    chunk = b"u" * 16384
+    try:
         sock.sendall(client.data_to_send())
-        left = dict.fromkeys(sids, each)
-        sent = 0
-        chunk = b"u" * 16384
-        try:
-            while any(left.values()):
-                for sid in sids:
-                    size = min(left[sid], client.local_flow_control_window(sid), len(chunk))
-                    if size > 0:
-                        client.send_data(sid, chunk[:size])
-                        left[sid] -= size
-                        sent += size
-                out = client.data_to_send()
-                if out:
-                    sock.sendall(out)
-                elif not any(min(left[sid], client.local_flow_control_window(sid)) > 0
-                             for sid in sids):
-                    client.receive_data(sock.recv(65536))  # WINDOW_UPDATE, or 2 s of none
-        except OSError:
-            pass
-        attack.sent = sent  # type: ignore[attr-defined]
-        sock.close()
-        return sent
-
-    return attack
+        while any(left.values()):
+            for sid in sids:
+                size = min(left[sid], client.local_flow_control_window(sid), len(chunk))
+                if size > 0:
+                    client.send_data(sid, chunk[:size])
+                    left[sid] -= size
+                    sent += size
+            out = client.data_to_send()
+            if out:
+                sock.sendall(out)
+            elif not any(min(left[sid], client.local_flow_control_window(sid)) > 0
+                         for sid in sids):
+                client.receive_data(sock.recv(65536))  # WINDOW_UPDATE, or 2 s of none
+    except OSError:
+        pass
+    sock.close()
+    return sent
 
 
 def test_uploads_to_a_backend_that_never_reads_park_a_window_not_the_upload(
         gateways: dict[str, Attacked], certs: Path) -> None:
     """HTTP/2 clients that stay inside the advertised windows once parked 258 MB per
     connection here; a stream whose upstream does not keep up is credited no more."""
-    seen = {}
-    for kind, gw in gateways.items():
-        attack = uploads_to_a_backend_that_never_reads(gw.lab.https, certs / "dev-ca.pem")
-        grew, ok, failed = gw.during(attack)
-        seen[kind] = (grew // MB, attack.sent // MB, ok, failed)  # type: ignore[attr-defined]
+    seen = {kind: gw.during(lambda gw=gw: uploads_to_a_backend_that_never_reads(
+        gw.lab.https, certs / "dev-ca.pem") // MB) for kind, gw in gateways.items()}
     print("HTTP/2 uploads to a backend that never reads (MB grown, MB sent, bystander ok, "
           "failed):", seen)
     grew_mb, sent_mb, ok, failed = seen["edgegw"]
