@@ -130,6 +130,37 @@ def test_h2_streams_past_the_limit_are_refused_one_by_one() -> None:
     asyncio.run(go())
 
 
+def test_h2_a_body_sent_on_a_refused_stream_leaves_the_connection_alone() -> None:
+    """A client that sent its upload's first DATA before it saw REFUSED_STREAM: that stream
+    is answered alone (RST_STREAM) and its bytes still count back to the connection window."""
+
+    async def go() -> None:
+        mgr, tr, client = Manager(body=None), Transport(), Client()
+        codec = h2_codec(mgr, tr, m.Http2ProtocolOptions(max_concurrent_streams=1,
+                                                         initial_connection_window_size=65535))
+        client.events(bytes(tr.out))
+        client.open(1, end=False)
+        client.open(3, end=False)  # refused
+        for _ in range(4):
+            client.h2.send_data(3, b"x" * 16000)
+        codec.feed(client.send())
+        await settle()
+        events = client.events(bytes(tr.out))
+        assert not tr.closing
+        assert not any(isinstance(e, h2.events.ConnectionTerminated) for e in events)
+        resets = {e.stream_id for e in events if isinstance(e, h2.events.StreamReset)}
+        assert resets == {3}
+        credit = sum(e.delta or 0 for e in events
+                     if isinstance(e, h2.events.WindowUpdated) and not e.stream_id)
+        assert credit >= 32_000  # (h2 credits the connection once half its window is used)
+        client.h2.send_data(1, b"y" * 100, end_stream=True)  # the accepted stream goes on
+        codec.feed(client.send())
+        await settle()
+        assert ("data", b"y" * 100) in mgr.events and ("end",) in mgr.events
+
+    asyncio.run(go())
+
+
 def test_h2_streams_answered_between_reads_never_count_against_the_limit() -> None:
     """Open streams are counted from the codec's table (h2 walks all its streams at each new
     one: O(n²) under a flood), and h2 still forgets the streams that closed."""
