@@ -10,7 +10,6 @@ import h2.config
 import h2.connection
 import h2.errors
 import h2.events
-import h2.settings
 from hyperframe.frame import PingFrame
 
 from edgegw.config import model as m

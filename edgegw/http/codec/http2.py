@@ -130,13 +130,13 @@ class _ServerConnection(h2.connection.H2Connection):
         super().__init__(_config(False))
         self.active = active
         """The codec's streams: open until both their request and response are done."""
-        self.opened = 0
+        self.opened_in_read = 0
         """Streams opened in the read being parsed (the codec hears of them after it)."""
         self.refused = 0
         self.prune_at = 64
 
     def receive_data(self, data: Any) -> list[h2.events.Event]:
-        self.opened = 0
+        self.opened_in_read = 0
         if len(self.streams) > self.prune_at:
             self._open_streams(1)  # h2 forgets closed streams in that walk (now and then)
             self.prune_at = 2 * len(self.streams) + 64
@@ -144,7 +144,7 @@ class _ServerConnection(h2.connection.H2Connection):
 
     @property
     def open_inbound_streams(self) -> int:
-        return len(self.active) + self.opened
+        return len(self.active) + self.opened_in_read
 
     def _receive_headers_frame(self, frame: HeadersFrame
                                ) -> tuple[list[Frame], list[h2.events.Event]]:
@@ -153,7 +153,7 @@ class _ServerConnection(h2.connection.H2Connection):
             return super()._receive_headers_frame(frame)  # (h2 tells what is wrong)
         if self.open_inbound_streams < self.local_settings.max_concurrent_streams:
             result = super()._receive_headers_frame(frame)
-            self.opened += 1
+            self.opened_in_read += 1
             return result
         _decode_headers(self.decoder, frame.data)  # HPACK's state moves on all the same
         self.highest_inbound_stream_id = sid
