@@ -1,11 +1,11 @@
 # edgegw gateway image. The sites file, certificates and configs are mounted under /etc/edgegw,
 # which is the working directory, so the relative paths in configs/ work here and in a checkout.
-# The build stage compiles the request path with mypyc (edgegw/compiled.py; it needs gcc and
+# The build stage compiles the request path with mypyc (src/edgegw/compiled.py; it needs gcc and
 # the Python headers); the image itself carries the built wheel, not the compiler.
 FROM python:3.11 AS build
 WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
-COPY edgegw ./edgegw
+COPY src ./src
 RUN EDGEGW_MYPYC=1 pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 FROM python:3.11-slim

@@ -2,32 +2,33 @@
 VENV     := .venv
 PY       := $(VENV)/bin/python
 STAMP    := $(VENV)/.installed
-COMPILED := $(VENV)/.compiled
-SOURCES  := $(shell find edgegw -name '*.py')
 
-.PHONY: install compile pure demo test test-pure test-compiled bench lint sysdeps clean
+.PHONY: install compile demo test test-pure test-compiled bench lint sysdeps clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q --upgrade pip 'setuptools>=68' wheel
 	$(VENV)/bin/pip install -q -e '.[test]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
-# The request path compiled with mypyc (edgegw/compiled.py lists it), rebuilt when any source
-# changes: a compiled module older than its source would run the old code. `make pure` drops
-# the compiled modules; the package runs the same without them.
-$(COMPILED): $(STAMP) $(SOURCES) setup.py
-	find edgegw -name '*.so' -delete  # (a module taken off the list leaves none behind)
-	EDGEGW_MYPYC=1 $(PY) setup.py -q build_ext --inplace
-	touch edgegw/compiled__mypyc.*.so $(COMPILED)  # built now, even where no C changed
+# The source tree always runs as the plain Python it shows. The compiled build is the wheel the
+# Docker image ships (the request path compiled with mypyc; src/edgegw/compiled.py lists it),
+# installed apart in build/compiled and put first on PYTHONPATH where the compiled path is
+# wanted. Its stamp is named by a hash of the sources: any change, however its timestamps
+# look (an edit, a checkout, tar -x), builds it again; nothing else does.
+SOURCES  := $(shell find src -name '*.py' | sort) setup.py pyproject.toml
+BUILT    := build/compiled/.sources-$(shell cat $(SOURCES) | sha256sum | cut -c1-16)
+COMPILED := PYTHONPATH=$(CURDIR)/build/compiled
 
-compile: $(COMPILED)
+$(BUILT): $(STAMP)
+	rm -rf build  # setuptools copies only files newer than its last copy
+	EDGEGW_MYPYC=1 $(PY) -m pip wheel -q --no-deps --no-build-isolation --wheel-dir build/wheel .
+	$(PY) -m pip install -q --no-deps --target build/compiled build/wheel/edgegw-*.whl
+	touch $@
 
-pure:
-	rm -f $(COMPILED)
-	find edgegw -name '*.so' -delete
+compile: $(BUILT)
 
 # curl, openssl and chromium are the real clients the end-to-end tests drive; HAProxy and
 # nginx are the real peers in front of and behind the gateway (PROXY protocol); pebble is a
@@ -37,33 +38,35 @@ sysdeps:
 	  (apt-get update -q && RUNLEVEL=1 apt-get install -y -q curl openssl chromium haproxy nginx pebble certbot)
 
 demo: compile
-	$(PY) -m edgegw.demo
+	$(COMPILED) $(PY) -m edgegw.demo
 
-# Every test once, on the compiled request path (what ships); before it, the plain-Python
-# package on the layer the tests drive in their own process (codecs, fuzz, pool, config, paths,
-# routes, the filter chain match) and on end-to-end smoke tests that prove it runs without the
-# extensions (one tree: never both at once). The compiled run catches all the pure run does.
+# Every test once, on the compiled build (what ships); before it, the source tree's plain Python
+# on the layer the tests drive in their own process (codecs, fuzz, pool, config, paths, routes,
+# the filter chain match) and on end-to-end smoke tests that prove it runs without the
+# extensions. The compiled run catches all the pure run does. Test files run in parallel, one
+# file to a worker (its shared gateways with it); every server takes a free port.
 PURE_TESTS := tests/test_fuzz.py tests/test_codec_limits.py tests/test_codec_and_upstream.py \
               tests/test_pool.py tests/test_config_fields.py tests/test_path.py \
               tests/test_router.py tests/test_listener_matching.py tests/test_compiled.py \
               tests/test_e2e.py tests/test_attacks.py
+PYTEST     := $(PY) -m pytest -q -n 2 --dist loadfile
 .NOTPARALLEL:
 test: test-pure test-compiled
 
-test-pure: install sysdeps pure
-	$(PY) -m pytest -q $(PURE_TESTS)
+test-pure: install sysdeps
+	$(PY) -c 'import edgegw.compiled as c; assert not c.active(), "compiled"'
+	$(PYTEST) $(PURE_TESTS)
 
 test-compiled: install sysdeps compile
-	$(PY) -c 'import edgegw.server, edgegw.compiled as c; assert c.active(), "not compiled"'
-	$(PY) -m pytest -q --durations=25
+	$(COMPILED) $(PY) -c 'import edgegw.compiled as c; assert c.active(), "not compiled"'
+	$(COMPILED) $(PYTEST) --durations=25
 
 bench: compile
-	bash bench/run.sh
+	$(COMPILED) bash bench/run.sh
 
 lint: install
-	$(VENV)/bin/ruff check edgegw tests bench
+	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) build *.egg-info
-	find edgegw -name '*.so' -delete
+	rm -rf $(VENV) build src/*.egg-info

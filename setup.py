@@ -1,6 +1,6 @@
-"""With EDGEGW_MYPYC=1, compiles the request path with mypyc (the modules listed in
-edgegw/compiled.py); otherwise builds the plain-Python package. Everything else is in
-pyproject.toml."""
+"""With EDGEGW_MYPYC=1, the wheel carries the request path compiled with mypyc (the modules
+listed in src/edgegw/compiled.py); otherwise it is the plain-Python package. Everything else is
+in pyproject.toml."""
 
 import os
 import runpy
@@ -11,7 +11,7 @@ ext_modules = []
 if os.environ.get("EDGEGW_MYPYC") == "1":
     from mypyc.build import mypycify
 
-    compiled = runpy.run_path(os.path.join("edgegw", "compiled.py"))
+    compiled = runpy.run_path(os.path.join("src", "edgegw", "compiled.py"))
     ext_modules = mypycify([os.path.relpath(compiled["source"](m)) for m in compiled["MODULES"]],
                            opt_level="3", group_name="edgegw.compiled")
 

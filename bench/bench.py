@@ -133,8 +133,8 @@ class Bench:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.extra_filter: dict | None = None
         """F1: an HTTP filter put before the router in edgegw's and Envoy's config."""
-        self.pure: Path | None = None
-        """C1: a copy of the package without its compiled modules, for edgegw to run."""
+        self.pure = False
+        """C1: edgegw runs the source tree (plain Python) instead of the compiled build."""
         self.ca = trustme.CA()
         self.issue(1)
         self.ca.cert_pem.write_to_path(str(work / "ca.pem"))
@@ -400,8 +400,8 @@ class Bench:
         args = self.write_config(name, workers, "1")
         cpus = "1" if workers == 1 else "0-1"
         env = {"GOMAXPROCS": str(workers)} if name == "caddy" else None
-        if name == "edgegw" and self.pure is not None:
-            env = {"PYTHONPATH": str(self.pure)}  # found before the checkout's package
+        if name == "edgegw" and self.pure:
+            env = {"PYTHONPATH": str(ROOT / "src")}  # found before the compiled build
         self.start(name, args, cpus, env)
         wait_port("127.0.0.1", PORTS[name])
         if check:
@@ -615,14 +615,11 @@ class Bench:
     def compiled_gain(self, reps: int) -> dict[str, float]:
         """C1: W1 on edgegw compiled and pure, in ABBA order (this VM drifts between runs):
         the median requests/s and proxy CPU µs per request of each."""
-        pure = self.work / "pure"
-        shutil.copytree(ROOT / "edgegw", pure / "edgegw",
-                        ignore=shutil.ignore_patterns("*.so", "__pycache__"))
         seen: dict[str, list[float]] = {"compiled": [], "pure": []}
         cpu: dict[str, list[float]] = {"compiled": [], "pure": []}
         for rep in range(reps):
             for label in ("compiled", "pure") if rep % 2 == 0 else ("pure", "compiled"):
-                self.pure = pure if label == "pure" else None
+                self.pure = label == "pure"
                 try:
                     self.start_proxy("edgegw")
                     pid = self.procs["edgegw"].pid
@@ -633,7 +630,7 @@ class Bench:
                                       * 1e6)
                     self.stop("edgegw")
                 finally:
-                    self.pure = None
+                    self.pure = False
         out = {label: statistics.median(v) for label, v in seen.items()}
         out.update({f"{label}_cpu_us": statistics.median(v) for label, v in cpu.items()})
         return out
@@ -932,7 +929,7 @@ def main() -> None:
                     cost = (us / got["plain_cpu_us"] - 1) * 100
                     print(f"F1 {name:8s} {label:10s} rps={rps:8.0f} proxy CPU {us:6.1f} us/req "
                           f"(+{cost:.0f} % over no filter)", file=sys.stderr, flush=True)
-            if "C1" not in skip and name == "edgegw" and compiled.library() is not None:
+            if "C1" not in skip and name == "edgegw" and compiled.active():
                 got = b.compiled_gain(a.reps)
                 for label in ("compiled", "pure"):
                     note(name, f"rps_{label}", got[label])

@@ -28,6 +28,7 @@ from cryptography import x509
 from edgegw.demo.certs import make
 
 ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "src" / "edgegw"
 TEST_CONFIGS = ROOT / "tests" / "configs"
 EXAMPLES = ROOT / "configs" / "examples"
 ENVOY = shutil.which("envoy", path=str(Path(sys.executable).parent)) or shutil.which("envoy")

@@ -1,72 +1,49 @@
-"""The guard against stale compiled modules (edgegw/compiled.py), on a copy of the package's
-entry files: a checkout whose compiled library is older than a compiled module's source
-refuses to start and says how to fix it; an installed package is never second-guessed."""
+"""The source tree always runs as plain Python, whatever was built, and the version says how
+the request path runs (the compiled build lives apart, in build/compiled: `make compile`)."""
 
 from __future__ import annotations
 
-import importlib.machinery
 import os
-import shutil
 import subprocess
 import sys
-from pathlib import Path
+
+import pytest
 
 from edgegw import compiled
 
-from .conftest import ROOT
+from .conftest import PACKAGE, ROOT
 
 
-def fake_checkout(root: Path, with_pyproject: bool = True) -> Path:
-    """The package's __init__ and compiled.py, every compiled module's source, and a compiled
-    library built after all of them."""
-    pkg = root / "edgegw"
-    pkg.mkdir()
-    shutil.copy(ROOT / "edgegw" / "__init__.py", pkg)
-    shutil.copy(ROOT / "edgegw" / "compiled.py", pkg)
-    for m in compiled.MODULES:
-        path = root.joinpath(*m.split(".")).with_suffix(".py")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("")
-        os.utime(path, (1_000_000, 1_000_000))
-    os.utime(pkg / "compiled.py", (1_000_000, 1_000_000))
-    lib = pkg / f"compiled__mypyc{importlib.machinery.EXTENSION_SUFFIXES[0]}"
-    lib.write_bytes(b"")
-    os.utime(lib, (2_000_000, 2_000_000))
-    if with_pyproject:
-        (root / "pyproject.toml").write_text("")
-    return pkg
-
-
-def start(root: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-P", "-c", "import edgegw"], cwd=root,
-                          capture_output=True, text=True, timeout=30,
-                          env={**os.environ, "PYTHONPATH": str(root)})
-
-
-def test_fresh_compiled_modules_start(tmp_path: Path) -> None:
-    fake_checkout(tmp_path)
-    r = start(tmp_path)
+def run_tree(*code: str) -> list[str]:
+    """Lines printed by a fresh interpreter that imports edgegw from the source tree."""
+    r = subprocess.run([sys.executable, "-P", "-c", "; ".join(code)], capture_output=True,
+                       text=True, timeout=60, cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(PACKAGE.parent)})
     assert r.returncode == 0, r.stderr
+    return r.stdout.splitlines()
 
 
-def test_a_source_edited_after_the_build_stops_the_start_with_the_fix(tmp_path: Path) -> None:
-    fake_checkout(tmp_path)
-    (tmp_path / "edgegw" / "http" / "stream.py").write_text("# edited\n")
-    r = start(tmp_path)
-    assert r.returncode == 1
-    assert r.stderr == ("edgegw: edgegw/http/stream.py changed after the compiled modules were "
-                        "built: run `make compile` to rebuild them, or `make pure` to run "
-                        "without them\n")
-
-
-def test_a_changed_list_of_compiled_modules_is_stale_too(tmp_path: Path) -> None:
-    pkg = fake_checkout(tmp_path)
-    os.utime(pkg / "compiled.py")
-    assert "edgegw/compiled.py changed" in start(tmp_path).stderr
-
-
-def test_an_installed_package_is_not_compared(tmp_path: Path) -> None:
-    fake_checkout(tmp_path, with_pyproject=False)
-    (tmp_path / "edgegw" / "http" / "stream.py").write_text("# edited\n")
-    r = start(tmp_path)
+def version(env: dict[str, str]) -> str:
+    r = subprocess.run([sys.executable, "-m", "edgegw", "--version"], capture_output=True,
+                       text=True, timeout=60, env=env)
     assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def test_the_source_tree_runs_its_own_python_and_says_pure() -> None:
+    """Edited or not, the tree's modules are the ones imported: no extension beside them."""
+    stream = PACKAGE / "http" / "stream.py"
+    assert run_tree("import edgegw.http.stream as s", "print(s.__file__)") == [str(stream)]
+    assert not list((PACKAGE.parent).rglob("*.so"))
+    assert version({**os.environ, "PYTHONPATH": str(PACKAGE.parent)}) == \
+        "edgegw version: 0.1.0/Python/RELEASE/pure"
+
+
+@pytest.mark.skipif(not compiled.active(), reason="the source tree: `make test-compiled` runs "
+                    "this on the compiled build")
+def test_the_compiled_build_says_compiled_in_its_version_and_server_info() -> None:
+    assert version(dict(os.environ)) == "edgegw version: 0.1.0/Python/RELEASE/compiled"
+    from edgegw.admin import server_info
+    from edgegw.config.model import Node
+
+    assert server_info("LIVE", {}, Node(), 0.0)["version"] == "edgegw/0.1.0/Python/RELEASE/compiled"

@@ -12,7 +12,7 @@ import pytest
 from edgegw.config import ConfigError, load_bootstrap
 from edgegw.config.source import merge
 
-from .conftest import EXAMPLES, ROOT, TEST_CONFIGS
+from .conftest import EXAMPLES, PACKAGE, TEST_CONFIGS
 
 HCM_T = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 
@@ -284,8 +284,8 @@ def test_weighted_clusters_are_checked(tmp_path: Path) -> None:
 
 def test_every_module_imports_on_its_own() -> None:
     """A newcomer can open any module first: no import order hides a circular import."""
-    mods = sorted(p.relative_to(ROOT).with_suffix("").as_posix().replace("/", ".")
-                  .removesuffix(".__init__") for p in (ROOT / "edgegw").rglob("*.py")
+    mods = sorted(p.relative_to(PACKAGE.parent).with_suffix("").as_posix().replace("/", ".")
+                  .removesuffix(".__init__") for p in (PACKAGE).rglob("*.py")
                   if p.name != "__main__.py")
     procs = {m: subprocess.Popen([sys.executable, "-c", f"import {m}"],
                                  stderr=subprocess.PIPE, text=True) for m in mods}
@@ -299,7 +299,7 @@ def test_log_components_are_exactly_those_the_code_logs_under() -> None:
 
     from edgegw import log
 
-    used = {name for p in (ROOT / "edgegw").rglob("*.py")
+    used = {name for p in (PACKAGE).rglob("*.py")
             for name in re.findall(r'log\.get\("(\w+)"\)', p.read_text())}
     assert used == set(log.COMPONENTS)
     assert log.parse_component_levels("hc:debug,config:trace")

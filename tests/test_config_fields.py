@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from edgegw.config import model as m
 
-from .conftest import ROOT
+from .conftest import PACKAGE, ROOT
 
 NEEDS_NO_READING = {
     "RegexMatcher.google_re2": "an empty marker in Envoy; it holds no setting",
@@ -72,9 +72,9 @@ def accepted_fields() -> list[str]:
 
 
 def test_every_accepted_field_is_read_by_the_runtime_or_needs_no_reading() -> None:
-    model = ROOT / "edgegw" / "config" / "model"
-    sites = ROOT / "edgegw" / "sites"  # writes configs: it names fields without reading them
-    runtime = "\n".join(p.read_text() for p in (ROOT / "edgegw").rglob("*.py")
+    model = PACKAGE / "config" / "model"
+    sites = PACKAGE / "sites"  # writes configs: it names fields without reading them
+    runtime = "\n".join(p.read_text() for p in (PACKAGE).rglob("*.py")
                         if p.parent not in (model, sites))
     unread = [f for f in accepted_fields()
               if not re.search(rf"\.{f.split('.')[1]}\b|[\"']{f.split('.')[1]}[\"']", runtime)]

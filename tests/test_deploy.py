@@ -118,7 +118,7 @@ def build_stage() -> list[tuple[str, str]]:
             if ln and not ln.startswith("#")]
 
 
-@pytest.mark.skipif(compiled.library() is None,
+@pytest.mark.skipif(not compiled.active(),
                     reason="pure run: the compiled build is tested in `make test-compiled`")
 def test_image_build_stage_makes_a_wheel_whose_request_path_is_compiled(tmp_path: Path) -> None:
     """The build stage run natively: its COPY lines into a bare folder, its RUN line there.

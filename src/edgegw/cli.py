@@ -7,7 +7,7 @@ import asyncio
 import os
 import sys
 
-from . import __version__, log
+from . import __version__, compiled, log
 from .config import ConfigError, from_source
 from .sites import load
 
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(certs(argv[1:]))
     args = parser().parse_args(argv)
     if args.version:
-        print(f"edgegw version: {__version__}/Python/RELEASE")
+        print(f"edgegw version: {__version__}/Python/RELEASE/{compiled.build()}")
         return
     try:
         level = log.parse_level(args.log_level)

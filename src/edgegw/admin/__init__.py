@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
-from .. import __version__, log
+from .. import __version__, compiled, log
 from ..config.model import address_string
 from ..http.codec import REASONS, http_date
 from ..listener import bind_hint
@@ -306,7 +306,8 @@ def _address(a: dict[str, Any]) -> str:
 def server_info(state: str, options: dict[str, Any], node: Node, started: float) -> Doc:
     """``/server_info``, as Envoy shapes it (the options that JSON can carry)."""
     uptime = f"{int(time.time() - started)}s"
-    return {"version": f"edgegw/{__version__}", "state": state,
+    return {"version": f"edgegw/{__version__}/Python/RELEASE/{compiled.build()}",
+            "state": state,
             "hot_restart_version": "disabled",
             "command_line_options": {k: v for k, v in options.items()
                                      if isinstance(v, (str, int, float, bool, type(None)))},
