@@ -49,7 +49,7 @@ PURE_TESTS := tests/test_fuzz.py tests/test_codec_limits.py tests/test_codec_and
               tests/test_pool.py tests/test_config_fields.py tests/test_path.py \
               tests/test_router.py tests/test_listener_matching.py tests/test_compiled.py \
               tests/test_e2e.py tests/test_attacks.py
-PYTEST     := $(PY) -m pytest -q -n 2 --dist loadfile
+PYTEST     := $(PY) -m pytest -q -n 3 --dist loadfile
 .NOTPARALLEL:
 test: test-pure test-compiled
 

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import httpx
@@ -120,10 +121,13 @@ def build_stage() -> list[tuple[str, str]]:
 
 @pytest.mark.skipif(not compiled.active(),
                     reason="pure run: the compiled build is tested in `make test-compiled`")
-def test_image_build_stage_makes_a_wheel_whose_request_path_is_compiled(tmp_path: Path) -> None:
+def test_image_build_stage_builds_from_what_it_copies_the_wheel_the_tests_run(
+        tmp_path: Path) -> None:
     """The build stage run natively: its COPY lines into a bare folder, its RUN line there.
-    The wheel, installed apart from this checkout, runs the request path compiled."""
-    src, wheels, site = tmp_path / "src", tmp_path / "wheels", tmp_path / "site"
+    Its command is the one `make compile` runs (the compiled suite runs on that wheel, and
+    test_compiled checks its request path is compiled); built here without mypyc, what the
+    image copies makes a wheel of the same files, the extensions aside."""
+    src, wheels = tmp_path / "src", tmp_path / "wheels"
     src.mkdir()
     runs = []
     for op, args in build_stage():
@@ -132,26 +136,28 @@ def test_image_build_stage_makes_a_wheel_whose_request_path_is_compiled(tmp_path
             for n in names:
                 if (ROOT / n).is_dir():
                     shutil.copytree(ROOT / n, src / n, ignore=shutil.ignore_patterns(
-                        "*.so", "__pycache__"))
+                        "__pycache__", "*.egg-info"))
                 else:
                     shutil.copy(ROOT / n, src / n)
         elif op == "RUN":
             runs.append(args)
     assert len(runs) == 1 and runs[0].startswith("EDGEGW_MYPYC=1 pip wheel "), runs
+    make = (ROOT / "Makefile").read_text()
+    assert "\tEDGEGW_MYPYC=1 $(PY) -m pip wheel -q --no-deps " in make
     cmd = runs[0].replace("/wheels", str(wheels)).split()
-    r = subprocess.run([sys.executable, "-m", *cmd[1:]], cwd=src, capture_output=True,
-                       text=True, timeout=600, env={**os.environ, "EDGEGW_MYPYC": "1"})
+    r = subprocess.run([sys.executable, "-m", *cmd[1:], "--no-build-isolation"], cwd=src,
+                       capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "EDGEGW_MYPYC": "0"})
     assert r.returncode == 0, r.stderr[-3000:]
-    (wheel,) = wheels.glob("edgegw-*.whl")
-    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
-                        str(site), str(wheel)], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr[-3000:]
-    probe = ("import edgegw.server, edgegw.compiled as c; "
-             "print(c.active(), edgegw.server.__file__)")
-    r = subprocess.run([sys.executable, "-P", "-c", probe], cwd=tmp_path, capture_output=True,
-                       text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(site)})
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["True", str(site / "edgegw" / "server.py")]
+
+    def files(wheel: Path) -> set[str]:
+        with zipfile.ZipFile(wheel) as z:
+            return {n for n in z.namelist() if not n.endswith((".so", "/RECORD", "/WHEEL"))}
+
+    (image,) = wheels.glob("edgegw-*.whl")
+    (built,) = (ROOT / "build" / "wheel").glob("edgegw-*.whl")
+    assert files(image) == files(built)
+    assert "edgegw/http/stream.py" in files(image)
 
 
 def native_sites(text: str, backends: Backends, https: int, http: int, admin: int) -> str:
