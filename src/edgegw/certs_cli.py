@@ -24,8 +24,9 @@ from cryptography import x509
 
 from .config import ConfigError, from_source
 from .config import model as m
+from .config.datasource import DataSourceError
 from .tls.cert_dir import candidates, directory_of, has_key
-from .tls.certs import CertError, load_pair
+from .tls.certs import load_pair
 from .tls.secrets import CertSecret, digest, validity_problem
 
 
@@ -59,7 +60,7 @@ def _row(chain: str, key: str) -> dict[str, Any]:
                            "problem": ""}
     try:
         pair = load_pair(m.DataSource(filename=chain), m.DataSource(filename=key))
-    except CertError as e:
+    except DataSourceError as e:
         row["problem"] = str(e)
         return row
     leaf = pair.leaf

@@ -25,6 +25,7 @@ MODULES = (  # no package __init__: compiled, it cannot import its submodules (m
     "edgegw.http.stream",
     "edgegw.listener.filter_chain",
     "edgegw.listener.tls_inspector",
+    "edgegw.rbac",
     "edgegw.upstream.pool",
 )
 

@@ -1,16 +1,22 @@
-"""The PROXY protocol (HAProxy's, v1 text and v2 binary): reading the header a load balancer
-puts before a connection's bytes (Envoy's proxy_protocol listener filter), and writing one
-for an upstream (Envoy's ProxyProtocolUpstreamTransport).
+"""The PROXY protocol (HAProxy's, v1 text and v2 binary), all of it: reading the header a load
+balancer puts before a connection's bytes, Envoy's proxy_protocol listener filter with its
+stats (which headers a listener takes), and writing one for an upstream (Envoy's
+ProxyProtocolUpstreamTransport).
 
 ``parse`` is a pure function over the bytes peeked so far, as the ClientHello inspector is:
 it answers with the header and its length (to be consumed), None when the bytes are no
-PROXY header at all, or raises NeedMore / ProxyProtocolError.
+PROXY header at all, or raises NeedMore / ProxyProtocolError. The listener peeks and
+consumes; ``ProxyProtocolFilter.decide`` says what the bytes mean for that listener.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+
+from .config import model as m
+from .config.model.tls import ProxyProtocolConfig
+from .stats import Counter, StatSet, Store
 
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 V1_PREFIX = b"PROXY "
@@ -25,6 +31,11 @@ class NeedMore(Exception):
 
 class ProxyProtocolError(ValueError):
     """A header that is malformed or that Envoy refuses (e.g. a UDP or Unix address)."""
+
+
+class Refused(Exception):
+    """The listener drops the connection (a bad header, none where one is required, or a
+    version it does not allow); counted already."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +139,73 @@ def _tlvs(b: bytes) -> tuple[tuple[int, bytes], ...]:
         out.append((b[p], b[p + 3 : p + 3 + size]))
         p += 3 + size
     return tuple(out)
+
+
+class ProxyProtoStats(StatSet):
+    """``proxy_proto.[<stat_prefix>.]*``, as Envoy's proxy_protocol filter counts."""
+
+    not_found_disallowed: Counter
+    not_found_allowed: Counter
+
+
+class ProxyVersionStats(StatSet):
+    """``proxy_proto.[<stat_prefix>.]versions.v1.*`` (and v2)."""
+
+    found: Counter
+    disallowed: Counter
+    error: Counter
+
+
+class ProxyProtocolFilter:
+    """A listener's proxy_protocol settings and stats."""
+
+    def __init__(self, cfg: m.ProxyProtocol, store: Store) -> None:
+        self.cfg = cfg
+        prefix = "proxy_proto." + (f"{cfg.stat_prefix}." if cfg.stat_prefix else "")
+        self.stats = ProxyProtoStats(store, prefix)
+        self.versions = {v: ProxyVersionStats(store, f"{prefix}versions.v{v}.") for v in (1, 2)}
+        self.disallowed = {int(v[1]) for v in cfg.disallowed_versions}
+
+    def decide(self, data: bytes) -> ProxyHeader | None:
+        """What the bytes peeked so far mean here, counted as Envoy counts them: the header
+        to consume, or None when there is none and that is allowed. Raises NeedMore, or
+        Refused when the connection is to be dropped."""
+        try:
+            header = parse(data)
+        except ProxyProtocolError as e:
+            self.versions[2 if data.startswith(V2_SIGNATURE) else 1].error.value += 1
+            raise Refused(f"bad PROXY protocol header: {e}") from None
+        allow = self.cfg.allow_requests_without_proxy_protocol
+        if header is not None and header.version in self.disallowed and allow:
+            header = None  # as Envoy: a version not allowed is then no PROXY header at all
+        if header is None:
+            if not allow:
+                self.stats.not_found_disallowed.value += 1
+                raise Refused("no PROXY protocol header")
+            self.stats.not_found_allowed.value += 1
+            return None
+        if header.version in self.disallowed:
+            self.versions[header.version].disallowed.value += 1
+            raise Refused(f"PROXY protocol v{header.version} is not allowed")
+        self.versions[header.version].found.value += 1
+        return header
+
+    def passed_tlvs(self, header: ProxyHeader) -> tuple[tuple[int, bytes], ...]:
+        """The header's TLVs that pass_through_tlvs keeps (for a PROXY header upstream)."""
+        return _kept(self.cfg.pass_through_tlvs, header.tlvs)
+
+
+def _kept(keep: m.PassThroughTlvs | None, tlvs: tuple[tuple[int, bytes], ...]
+          ) -> tuple[tuple[int, bytes], ...]:
+    return tuple(t for t in tlvs if keep is not None and keep.keeps(t[0]))
+
+
+def upstream_header(cfg: ProxyProtocolConfig, source: tuple[str, int],
+                    destination: tuple[str, int], tlvs: tuple[tuple[int, bytes], ...]) -> bytes:
+    """The header a cluster's proxy_protocol transport socket sends first: the client's
+    address and the one it reached; on v2, the incoming TLVs both ends pass through."""
+    return encode(1 if cfg.version == "V1" else 2, source, destination,
+                  _kept(cfg.pass_through_tlvs, tlvs))
 
 
 def encode(version: int, source: tuple[str, int], destination: tuple[str, int],

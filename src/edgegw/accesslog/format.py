@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..config import model as m
-from ..tls.certs import read
+from ..config.datasource import read
 
 DEFAULT_FORMAT = (
     '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '

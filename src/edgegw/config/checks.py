@@ -13,8 +13,9 @@ import re
 from collections.abc import Iterator
 
 from ..accesslog.format import compile_template
-from ..tls.certs import CertError, load_pair, parse_chain, read
+from ..tls.certs import load_pair, parse_chain
 from ..tls.secrets import SecretError, materialize, read_sds_file
+from .datasource import DataSourceError, read
 from .htpasswd import parse_users
 from .model import (
     AccessLog,
@@ -194,7 +195,7 @@ def _check_tls_files(ctx: CommonTlsContext, base: Path,
     for i, cert in enumerate(ctx.tls_certificates):
         try:
             load_pair(cert.certificate_chain, cert.private_key)
-        except CertError as e:
+        except DataSourceError as e:
             yield (base + ("tls_certificates", i), str(e))
     vc = ctx.validation_context
     if vc and vc.trusted_ca:
@@ -208,7 +209,7 @@ def _check_tls_files(ctx: CommonTlsContext, base: Path,
 def _check_ca(ds: DataSource, path: Path) -> Iterator[Problem]:
     try:
         parse_chain(read(ds), "trusted_ca")
-    except CertError as e:
+    except DataSourceError as e:
         yield (path, str(e))
 
 
@@ -302,7 +303,7 @@ def _check_users(ds: DataSource, where: Path) -> Iterator[Problem]:
     """A basic_auth users list must load: every htpasswd line, as the filter reads it."""
     try:
         parse_users(read(ds).decode("utf-8", "replace"))
-    except (CertError, ValueError) as e:
+    except (DataSourceError, ValueError) as e:
         yield (where, f"users: {e}")
 
 
@@ -364,7 +365,7 @@ def _check_hcm(hcm: HttpConnectionManager, base: Path, clusters: set[str]) -> It
             if route.direct_response and route.direct_response.body:
                 try:
                     read(route.direct_response.body)
-                except CertError as e:
+                except DataSourceError as e:
                     yield (rpath + ("direct_response", "body"), str(e))
     yield from _check_access_logs(hcm.access_log, base)
 

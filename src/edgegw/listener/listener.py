@@ -30,7 +30,7 @@ from ..tls.sds import SecretManager
 from ..upstream.cluster import ClusterManager
 from .filter_chain import FilterChainIndex
 from .network_rbac import NetworkRbac
-from .tls_inspector import MAX_HELLO, ClientHello, NeedMore, inspect
+from .tls_inspector import MAX_HELLO, ClientHello, NeedMore, TlsInspectorStats, TooLarge
 
 ACCEPT_BACKOFF = 0.1
 ACCEPT_LOG_INTERVAL = 1.0
@@ -46,18 +46,6 @@ class ListenerStats(StatSet):
     downstream_pre_cx_timeout: Counter
     downstream_global_cx_overflow: Counter
     downstream_cx_active: Gauge
-
-
-class TlsInspectorStats(StatSet):
-    """``tls_inspector.*``, shared by every listener, as in Envoy."""
-
-    tls_found: Counter
-    tls_not_found: Counter
-    sni_found: Counter
-    sni_not_found: Counter
-    alpn_found: Counter
-    alpn_not_found: Counter
-    client_hello_too_large: Counter
 
 
 HANDSHAKE_TIMEOUT = 10.0
@@ -136,7 +124,7 @@ class Listener:
         self.peek = any(isinstance(f.config, m.TlsInspector) for f in cfg.listener_filters) \
             or self.index.needs_inspection or any(c.tls for c in all_chains)
         """The ClientHello is inspected (peeked) before a chain is chosen."""
-        self.proxy_protocol = ProxyProtocolFilter(cfg.proxy_protocol, store) \
+        self.proxy_protocol = pp.ProxyProtocolFilter(cfg.proxy_protocol, store) \
             if cfg.proxy_protocol is not None else None
         self.sock: socket.socket | None = None
         self.family = int(socket.AF_INET)
@@ -401,32 +389,6 @@ def check_addresses_free(listeners: list[m.Listener]) -> None:
                    (sa.address, sa.port_value), reuse_port=False).close()
 
 
-class ProxyProtoStats(StatSet):
-    """``proxy_proto.[<stat_prefix>.]*``, as Envoy's proxy_protocol filter counts."""
-
-    not_found_disallowed: Counter
-    not_found_allowed: Counter
-
-
-class ProxyVersionStats(StatSet):
-    """``proxy_proto.[<stat_prefix>.]versions.v1.*`` (and v2)."""
-
-    found: Counter
-    disallowed: Counter
-    error: Counter
-
-
-class ProxyProtocolFilter:
-    """A listener's proxy_protocol settings and stats."""
-
-    def __init__(self, cfg: m.ProxyProtocol, store: Store) -> None:
-        self.cfg = cfg
-        prefix = "proxy_proto." + (f"{cfg.stat_prefix}." if cfg.stat_prefix else "")
-        self.stats = ProxyProtoStats(store, prefix)
-        self.versions = {v: ProxyVersionStats(store, f"{prefix}versions.v{v}.") for v in (1, 2)}
-        self.disallowed = {int(v[1]) for v in cfg.disallowed_versions}
-
-
 class _Peek:
     """Runs the listener filters on a new socket before its filter chain is chosen: the
     PROXY protocol header (read, and consumed), then the ClientHello (peeked: it stays in the
@@ -483,23 +445,15 @@ class _Peek:
             if not data:
                 self._wait_for_more(0)
                 return
-        insp = self.listener.inspector
         try:
-            hello = inspect(data)
+            hello = self.listener.inspector.inspect(data)
         except NeedMore:
-            if len(data) >= MAX_HELLO:
-                insp.client_hello_too_large.value += 1
-                self._drop()
-                return
             self._wait_for_more(len(data))
             return
+        except TooLarge:
+            self._drop()
+            return
         self._done()
-        if hello.tls:
-            insp.tls_found.value += 1
-            (insp.sni_found if hello.server_name else insp.sni_not_found).value += 1
-            (insp.alpn_found if hello.alpn else insp.alpn_not_found).value += 1
-        else:
-            insp.tls_not_found.value += 1
         self.listener.dispatch(self.conn, hello, self.proxied, self.tlvs)
 
     def _proxy_header(self, data: bytes) -> int | None:
@@ -508,32 +462,17 @@ class _Peek:
         f = self.proxy
         assert f is not None
         try:
-            header = pp.parse(data)
+            header = f.decide(data)
         except pp.NeedMore:
             self._wait_for_more(len(data))
             return None
-        except pp.ProxyProtocolError as e:
-            version = 2 if data.startswith(pp.V2_SIGNATURE) else 1
-            f.versions[version].error.value += 1
-            _log.debug("listener %s: bad PROXY protocol header: %s", self.listener.name, e)
+        except pp.Refused as e:
+            _log.debug("listener %s: %s", self.listener.name, e)
             self._drop()
             return None
-        allow = f.cfg.allow_requests_without_proxy_protocol
-        if header is not None and header.version in f.disallowed and allow:
-            header = None  # as Envoy: a version not allowed is then no PROXY header at all
+        self.proxy = None
         if header is None:
-            if not allow:
-                f.stats.not_found_disallowed.value += 1
-                self._drop()
-                return None
-            f.stats.not_found_allowed.value += 1
-            self.proxy = None
             return 0
-        if header.version in f.disallowed:
-            f.versions[header.version].disallowed.value += 1
-            self._drop()
-            return None
-        f.versions[header.version].found.value += 1
         taken = b""
         while len(taken) < header.length:  # consume it: the rest is the client's
             taken += self.conn.recv(header.length - len(taken))
@@ -541,9 +480,7 @@ class _Peek:
             self.conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
             self.lowat = False
         self.proxied = header.source
-        keep = f.cfg.pass_through_tlvs
-        self.tlvs = tuple(t for t in header.tlvs if keep is not None and keep.keeps(t[0]))
-        self.proxy = None
+        self.tlvs = f.passed_tlvs(header)
         return header.length
 
     def _timeout(self) -> None:

@@ -13,7 +13,7 @@ refuses; here it never does. Stats:
 from __future__ import annotations
 
 from ..config import model as m
-from ..http.filters.rbac import RbacStats, Request, Rules, ShadowStats, join
+from ..rbac import RbacStats, Request, Rules, ShadowStats, join
 from ..stats import Store
 
 

@@ -9,12 +9,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..stats import Counter, StatSet
+
 MAX_HELLO = 64 * 1024
 """Envoy's tls_inspector gives up on hellos larger than this (it uses 64 KiB too)."""
 
 
 class NeedMore(Exception):
     """The bytes so far are the start of a ClientHello; wait for more."""
+
+
+class TooLarge(Exception):
+    """No ClientHello within MAX_HELLO bytes: the connection is dropped (counted)."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,35 @@ class ClientHello:
 
 
 NOT_TLS = ClientHello(tls=False)
+
+
+class TlsInspectorStats(StatSet):
+    """``tls_inspector.*``, shared by every listener, as in Envoy."""
+
+    tls_found: Counter
+    tls_not_found: Counter
+    sni_found: Counter
+    sni_not_found: Counter
+    alpn_found: Counter
+    alpn_not_found: Counter
+    client_hello_too_large: Counter
+
+    def inspect(self, data: bytes) -> ClientHello:
+        """``inspect``, counted. Raises NeedMore, or TooLarge past MAX_HELLO."""
+        try:
+            hello = inspect(data)
+        except NeedMore:
+            if len(data) >= MAX_HELLO:
+                self.client_hello_too_large.value += 1
+                raise TooLarge from None
+            raise
+        if hello.tls:
+            self.tls_found.value += 1
+            (self.sni_found if hello.server_name else self.sni_not_found).value += 1
+            (self.alpn_found if hello.alpn else self.alpn_not_found).value += 1
+        else:
+            self.tls_not_found.value += 1
+        return hello
 
 
 def inspect(data: bytes) -> ClientHello:

@@ -280,10 +280,8 @@ class TcpSession(asyncio.Protocol):
         if cfg is None:
             return b""
         local = self.transport.get_extra_info("sockname") or ("0.0.0.0", 0)
-        keep = cfg.pass_through_tlvs
-        tlvs = tuple(t for t in self.tlvs if keep is not None and keep.keeps(t[0]))
-        return pp.encode(1 if cfg.version == "V1" else 2, (self.remote_ip, self.remote_port),
-                         (local[0], local[1]), tlvs)
+        return pp.upstream_header(cfg, (self.remote_ip, self.remote_port), (local[0], local[1]),
+                                  self.tlvs)
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = time.monotonic()

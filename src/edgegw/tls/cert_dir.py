@@ -22,8 +22,9 @@ from cryptography.hazmat.primitives import serialization
 
 from .. import log
 from ..config import model as m
+from ..config.datasource import DataSourceError
 from ..stats import Counter, StatSet, Store
-from .certs import CertError, CertPair, load_pair
+from .certs import CertPair, load_pair
 from .secrets import (
     CertSecret,
     Signature,
@@ -158,7 +159,7 @@ class CertDirectory:
                 continue  # a certificate alone (a CA, or a chain whose key is yet to come)
             try:
                 pair = self._load(chain, key)
-            except CertError as e:
+            except DataSourceError as e:
                 self._reject(name, sig, str(e))
                 continue
             current = self.good.get(name)

@@ -6,7 +6,6 @@ it) and by the context builder, so the two can never disagree about what is acce
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 from dataclasses import dataclass
 
@@ -14,36 +13,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
+from ..config.datasource import DataSourceError, describe, read
 from ..config.model import DataSource
 
 
-class CertError(Exception):
+class CertError(DataSourceError):
     """A certificate, key or CA that cannot be used; the text says which and why."""
-
-
-def read(ds: DataSource) -> bytes:
-    """The bytes of an Envoy DataSource (a file, an inline string or base64 inline bytes)."""
-    if ds.filename is not None:
-        try:
-            with open(ds.filename, "rb") as f:
-                return f.read()
-        except OSError as e:
-            raise CertError(f"unable to read file '{ds.filename}': {e.strerror}") from None
-    if ds.inline_string is not None:
-        return ds.inline_string.encode()
-    try:
-        return base64.b64decode(ds.inline_bytes or "", validate=True)
-    except ValueError:
-        raise CertError("inline_bytes is not valid base64") from None
-
-
-def path_of(ds: DataSource) -> str:
-    """The file a DataSource names, or ``<inline>`` (as Envoy's /certs shows it)."""
-    return ds.filename if ds.filename is not None else "<inline>"
-
-
-def describe(ds: DataSource) -> str:
-    return f"'{ds.filename}'" if ds.filename is not None else "<inline>"
 
 
 @dataclass(frozen=True)

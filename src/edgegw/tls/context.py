@@ -24,9 +24,10 @@ from cryptography import x509
 
 from .. import log
 from ..config import model as m
+from ..config.datasource import path_of, read
 from ..matchers import string_matcher
 from ..stats import Counter, StatSet
-from .certs import CertPair, load_pair, path_of, read
+from .certs import CertPair, load_pair
 from .sds import SecretManager, Subscription
 from .secrets import CaSecret, CertSecret
 

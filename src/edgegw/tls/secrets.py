@@ -21,7 +21,8 @@ from pydantic import ValidationError
 
 from .. import log
 from ..config import model as m
-from .certs import CertError, CertPair, describe, load_pair, parse_chain, path_of, read
+from ..config.datasource import DataSourceError, describe, path_of, read
+from .certs import CertPair, load_pair, parse_chain
 
 _log = log.get("secret")
 
@@ -109,7 +110,7 @@ def materialize(secret: m.Secret) -> Material:
         certs = parse_chain(pem, f"trusted_ca {describe(vc.trusted_ca)}")
         return CaSecret(pem, certs, path_of(vc.trusted_ca),
                         tuple(vc.match_typed_subject_alt_names), digest(pem))
-    except CertError as e:
+    except DataSourceError as e:
         raise SecretError(str(e)) from None
 
 

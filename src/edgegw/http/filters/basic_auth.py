@@ -23,9 +23,9 @@ from mypy_extensions import mypyc_attr
 
 from ... import log
 from ...config import model as m
+from ...config.datasource import DataSourceError, read
 from ...config.htpasswd import parse_users
 from ...stats import Counter, StatSet, Store
-from ...tls.certs import CertError, read
 from ..filter import register
 from ..headers import set_header
 
@@ -69,7 +69,7 @@ class Users:
                 self.signature = sig
                 try:
                     self.users = parse_users(read(self.source).decode("utf-8", "replace"))
-                except (CertError, ValueError) as e:
+                except (DataSourceError, ValueError) as e:
                     _log.error("basic_auth users file '%s' not loaded, the previous users "
                                "stay: %s", self.source.filename, e)
         return self.users

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ...config import model as m
+from ...config.datasource import read
 from ...matchers import header_matcher
-from ...tls.certs import read
 from ..codec import Headers
 from .hash_policy import HashFn, compile_hash_policy
 from .retry import Retry, policy_for
