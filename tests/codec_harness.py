@@ -162,7 +162,7 @@ class Tracebacks(logging.Handler):
 
 
 def h1_codec(mgr: Manager, tr: Transport) -> Http1ServerCodec:
-    codec = Http1ServerCodec(mgr, tr, FlowControl(tr), b"edgegw", 60 * 1024, 100)
+    codec = Http1ServerCodec(mgr, tr, FlowControl(tr), 60 * 1024, 100)
     tr.codec = codec
     return codec
 

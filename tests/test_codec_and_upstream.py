@@ -6,23 +6,10 @@ import collections
 import uuid
 
 from edgegw.config import model as m
-from edgegw.http.codec.http1 import chunk, local_reply, status_line
+from edgegw.http.codec.http1 import chunk, status_line
 from edgegw.http.headers import ForwardingPolicy, _RequestIds
 from edgegw.stats import Store
 from edgegw.upstream.cluster import Cluster
-
-
-def test_local_reply_has_envoys_shape() -> None:
-    raw = local_reply(503, b"no healthy upstream", b"edgegw")
-    head, _, body = raw.partition(b"\r\n\r\n")
-    lines = head.split(b"\r\n")
-    assert lines[0] == b"HTTP/1.1 503 Service Unavailable"
-    assert [ln.split(b":")[0] for ln in lines[1:]] == [b"content-length", b"content-type",
-                                                      b"date", b"server"]
-    assert b"content-length: 19" in lines and body == b"no healthy upstream"
-    empty = local_reply(404, b"", b"edgegw", close=True)
-    assert empty.endswith(b"connection: close\r\ncontent-length: 0\r\n\r\n")
-    assert b"content-type" not in empty
 
 
 def test_status_line_and_chunks() -> None:
@@ -91,3 +78,12 @@ def test_random_uses_all_hosts_and_empty_cluster_has_none() -> None:
     c = cluster("RANDOM", 4)
     assert len({c.choose().address for _ in range(400)}) == 4  # type: ignore[union-attr]
     assert cluster("ROUND_ROBIN", 0).choose() is None
+
+
+def test_upstream_tls_contexts_are_told_apart_and_hashable() -> None:
+    """Pools and caches key on a cluster's ClientTls: two contexts are two keys."""
+    from edgegw.config import model as m
+    from edgegw.tls.context import ClientTls
+
+    a, b = (ClientTls(m.UpstreamTlsContext(sni=sni), "c") for sni in ("a", "b"))
+    assert a != b and len({a, b, a}) == 2

@@ -252,6 +252,9 @@ TEXT_FORMAT = ('%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL% %RE
                '%RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% "%REQ(USER-AGENT)%" '
                '"%REQ(:AUTHORITY)%" %UPSTREAM_CLUSTER% %RESPONSE_CODE_DETAILS% '
                '%REQ(USER-AGENT):4% %REQ(X-MISSING)% %ROUTE_NAME% 100%%\n')
+FAULT = {"name": "envoy.filters.http.fault", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+    "delay": {"header_delay": {}, "percentage": {"numerator": 100}}}}
 JSON_FORMAT = {"code": "%RESPONSE_CODE%", "method": "%REQ(:METHOD)%", "flags":
                "%RESPONSE_FLAGS%", "missing": "%REQ(X-NOPE)%", "mixed": "%REQ(:METHOD)% %PROTOCOL%",
                "bytes": "%BYTES_SENT%", "path": "%REQ(:PATH)%"}
@@ -269,6 +272,7 @@ def test_access_log_formats_match_envoy(pair, backends: Backends, tmp_path: Path
                 "@type": FILE_LOG, "path": str(tmp_path / f"json-{port}.log"),
                 "log_format": {"json_format": JSON_FORMAT}}},
         ]
+        tc["http_filters"] = [FAULT, *tc["http_filters"]]
         return c
 
     gws = pair(cfg)
@@ -277,15 +281,18 @@ def test_access_log_formats_match_envoy(pair, backends: Backends, tmp_path: Path
         for path in ("/status/200", "/dead", "/delay/2", "/direct", "/redirect/x", "/exact"):
             exchange(port, request(path))
         exchange(port, request("/", host="nowhere.example"))
+        # two flags (a filter's delay, then the upstream's failure): printed in Envoy's order
+        exchange(port, request("/dead", extra="x-envoy-fault-delay-request: 10\r\n"))
         deadline = time.monotonic() + 10
         files = [tmp_path / f"text-{port}.log", tmp_path / f"json-{port}.log"]
-        while not all(f.exists() and f.read_text().count("\n") >= 7 for f in files):
+        while not all(f.exists() and f.read_text().count("\n") >= 8 for f in files):
             assert time.monotonic() < deadline, kind
             time.sleep(0.1)
         logs[kind] = [f.read_text().splitlines() for f in files]
     assert logs["envoy"][0] == logs["edgegw"][0], "\n".join(
         f"{a}\n{b}\n" for a, b in zip(logs["envoy"][0], logs["edgegw"][0], strict=True) if a != b)
     assert [json.loads(x) for x in logs["envoy"][1]] == [json.loads(x) for x in logs["edgegw"][1]]
+    assert json.loads(logs["edgegw"][1][-1])["flags"] == "DI,UF"
 
 
 RETRY_STATS = ("upstream_rq_retry", "upstream_rq_retry_limit_exceeded", "upstream_rq_retry_success",

@@ -7,9 +7,14 @@ Envoy's behaviour is the question, the same config under real Envoy.
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import httpx
 import pytest
+
+from edgegw.config import model as m
+from edgegw.stats import Store
+from edgegw.upstream.health import HealthChecker
 
 from .conftest import (
     ENVOY,
@@ -216,3 +221,23 @@ def test_health_checks_speak_the_clusters_tls_with_its_sni(gateway, backends, ce
     wait_for(lambda: flags(gw.admin_port, "wrong_sni").get(label) == "/failed_active_hc")
     assert flags(gw.admin_port, "good") == {label: "healthy"}
     assert served_by(port, 2) == {"b": 2}
+
+
+def test_health_check_headers_take_the_routers_append_actions() -> None:
+    """Envoy's HeaderParser on the check's request: OVERWRITE_IF_EXISTS replaces a header that
+    is there and adds none that is not; ADD_IF_ABSENT keeps what is there; the default
+    appends."""
+    def add(key: str, value: str, action: str | None = None) -> dict:
+        return {"header": {"key": key, "value": value},
+                **({"append_action": action} if action else {})}
+
+    cfg = m.HealthCheck.model_validate({
+        "timeout": "1s", "interval": "1s", "unhealthy_threshold": 1, "healthy_threshold": 1,
+        "http_health_check": {"path": "/hc", "request_headers_to_add": [
+            add("x-absent", "1", "OVERWRITE_IF_EXISTS"),
+            add("user-agent", "probe", "OVERWRITE_IF_EXISTS"),
+            add("host", "other", "ADD_IF_ABSENT"), add("x-added", "a", "ADD_IF_ABSENT"),
+            add("x-multi", "1"), add("x-multi", "2")]}})
+    hc = HealthChecker(SimpleNamespace(name="c"), cfg, Store())  # type: ignore[arg-type]
+    assert hc.request == (b"GET /hc HTTP/1.1\r\nhost: c\r\nuser-agent: probe\r\nx-added: a\r\n"
+                          b"x-multi: 1\r\nx-multi: 2\r\n\r\n")

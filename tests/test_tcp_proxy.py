@@ -11,9 +11,13 @@ import ssl
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import trustme
+
+from edgegw.accesslog.format import text_formatter
+from edgegw.tcp.proxy import TcpSession
 
 from .conftest import (
     ENVOY,
@@ -293,3 +297,31 @@ def test_tls_passthrough_by_sni_beside_terminated_tls_same_as_envoy(
     assert seen["edgegw"][0] == b"passthrough\n"
     assert seen["edgegw"][1] == b"HTTP/1.1 200 OK"
     assert seen["edgegw"] == seen["envoy"]
+
+
+class _Socket:
+    """A transport as an IPv6 listener's accepted socket shows itself."""
+
+    def __init__(self) -> None:
+        self.aborted = False
+
+    def get_extra_info(self, name: str) -> tuple:
+        return {"peername": ("::1", 5555, 0, 0), "sockname": ("::1", 8443, 0, 0)}[name]
+
+    def set_write_buffer_limits(self, high: int) -> None:
+        pass
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def test_session_addresses_print_as_envoy_prints_them() -> None:
+    """An IPv6 address takes brackets before its port in a tcp_proxy log, as on HTTP."""
+    s = TcpSession(SimpleNamespace(), False, None, 1024)  # type: ignore[arg-type]
+    s.admit = lambda conn: False  # (refused as it is made: no upstream is tried)
+    t = _Socket()
+    s.connection_made(t)  # type: ignore[arg-type]
+    assert t.aborted
+    fmt = text_formatter("%DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% "
+                         "%DOWNSTREAM_DIRECT_REMOTE_ADDRESS% %PROTOCOL% %REQ(:PATH)%")
+    assert fmt(s.info) == "[::1]:8443 [::1]:5555 [::1]:5555 - -"

@@ -23,6 +23,7 @@ MODULES = (  # no package __init__: compiled, it cannot import its submodules (m
     "edgegw.http.router.filter",
     "edgegw.http.router.upstream_request",
     "edgegw.http.stream",
+    "edgegw.http.stream_info",
     "edgegw.listener.filter_chain",
     "edgegw.listener.tls_inspector",
     "edgegw.rbac",

@@ -63,7 +63,7 @@ class Request:
     @classmethod
     def of_stream(cls, cb: FilterCallbacks) -> Request:
         conn = cb.conn
-        return cls(cb, cb.path, cb.remote_ip, conn.remote_ip,
+        return cls(cb, cb.path, cb.info.remote_ip, conn.remote_ip,
                    getattr(conn, "direct_remote_ip", "") or conn.remote_ip,
                    conn.local_address, getattr(conn, "transport", None))
 

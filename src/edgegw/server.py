@@ -24,6 +24,7 @@ from .config.source import FileSignature, file_signature
 from .listener import Listener
 from .overload import ConnectionLimit
 from .stats import Store
+from .tasks import Tasks
 from .tls.acme import AcmeClient, clients_for
 from .tls.certs import cert_details, days_left, parse_chain
 from .tls.sds import SecretManager
@@ -64,7 +65,8 @@ class Server:
         self.secrets, self.clusters, self.listeners = self._build(boot)
         self.loader = loader
         """Reads and checks the config again (the command line's files): what reloads use."""
-        self.retiring: list[asyncio.Task[None]] = []
+        self.background = Tasks()
+        """Retiring old configs, the config file watch, SIGHUP reloads."""
         self._reload_lock: asyncio.Lock | None = None
         self.admin: Admin | None = None
         if self.options.get("admin_socket"):
@@ -152,8 +154,7 @@ class Server:
         self.limit.configure(boot.overload_manager.max_connections)
         secrets.start()
         self._follow_acme(boot)
-        self.retiring.append(asyncio.ensure_future(
-            self._retire(old_listeners, old_clusters, old_secrets)))
+        self.background.start(self._retire(old_listeners, old_clusters, old_secrets))
         counter("edgegw.config_reload.success").value += 1
         _config_log.info("config reload (%s): now serving the new config (%d listener(s), %d "
                   "cluster(s))", why, len(listeners), len(clusters.clusters))
@@ -370,16 +371,18 @@ class Server:
             _log.warning("drain time over: closing %d connection(s) still open",
                          self.open_connections())
 
+    def _on_sighup(self) -> None:
+        self.background.start(self.reload("SIGHUP"))
+
     async def run(self) -> None:
         await self.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGUSR1, self.reopen_logs)
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(
-            self.reload("SIGHUP")))
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         if self.loader is not None and self.watched_files():
-            self.retiring.append(asyncio.ensure_future(self._watch()))
+            self.background.start(self._watch())
         assert self._stopped is not None
         await self._stopped.wait()
         _log.info("shutting down")
@@ -388,8 +391,7 @@ class Server:
 
     async def stop(self) -> None:
         self._state = "DRAINING"
-        for task in self.retiring:
-            task.cancel()
+        self.background.cancel()
         for lst in [*self.listeners, *self.retired_listeners]:
             lst.stop()
         self.clusters.stop()

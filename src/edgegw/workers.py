@@ -76,6 +76,7 @@ class Supervisor:
         self.started = time.time()
         self.health_failed = False
         self.stopping = False
+        self.finishing: asyncio.Task[None] | None = None
         self.folder = tempfile.mkdtemp(prefix="edgegw-workers-")
         self.workers = [Worker(i, os.path.join(self.folder, f"worker-{i}.sock"))
                         for i in range(count)]
@@ -153,7 +154,7 @@ class Supervisor:
         self.stopping = True
         _log.info("shutting down: draining %d worker(s)", len(self.workers))
         self._signal_all(signal.SIGTERM)
-        asyncio.ensure_future(self._finish())
+        self.finishing = asyncio.ensure_future(self._finish())
 
     async def _finish(self) -> None:
         await asyncio.gather(*(w.proc.wait() for w in self.workers if w.proc is not None))

@@ -11,10 +11,11 @@ import queue
 import sys
 import threading
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO
 
 from .. import log
 from ..config import model as m
+from ..http.stream_info import StreamInfo
 from .format import compile_template
 
 _log = log.get("http")
@@ -61,14 +62,14 @@ class _Writer(threading.Thread):
 class AccessLogger:
     def __init__(self, cfg: m.AccessLog) -> None:
         sink = cfg.typed_config
-        self.format: Callable[[Any], str] = compile_template(sink.template)
+        self.format: Callable[[StreamInfo], str] = compile_template(sink.template)
         self.writer = _Writer(sink.kind, sink.path)
         self.writer.start()
         self._pending: list[str] = []
         self._scheduled = False
 
-    def log(self, stream: Any) -> None:
-        self._pending.append(self.format(stream))
+    def log(self, info: StreamInfo) -> None:
+        self._pending.append(self.format(info))
         if not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self.flush)

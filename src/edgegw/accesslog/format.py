@@ -17,6 +17,7 @@ from typing import Any
 
 from ..config import model as m
 from ..config.datasource import read
+from ..http.stream_info import StreamInfo
 
 DEFAULT_FORMAT = (
     '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
@@ -26,7 +27,7 @@ DEFAULT_FORMAT = (
 )
 
 Value = str | int | None
-Op = Callable[[Any], Value]
+Op = Callable[[StreamInfo], Value]
 _TOKEN = re.compile(r"%([A-Z_0-9]+)(?:\(([^)]*)\))?(?::(\d+))?%")
 _NUMERIC = {"RESPONSE_CODE", "BYTES_RECEIVED", "BYTES_SENT", "DURATION"}
 _HOSTNAME = socket.gethostname()
@@ -38,7 +39,7 @@ def _time(fmt: str | None) -> Op:
         return lambda s: _iso(s.start_time)
     parts = re.split(r"(%\d?f|%s)", fmt)
 
-    def render(s: Any) -> str:
+    def render(s: StreamInfo) -> str:
         t = dt.datetime.fromtimestamp(s.start_time, dt.UTC)
         ns = f"{int(round(s.start_time % 1 * 1e9)):09d}"
         out = []
@@ -69,24 +70,28 @@ def _header(which: str, arg: str | None) -> Op:
     if len(names) > 2:
         raise ValueError(f"%{which}({arg})%: at most one alternative header (X?Y)")
 
-    def one(s: Any, name: str) -> str | None:
+    def one(s: StreamInfo, name: str) -> str | None:
         if which == "REQ":
+            if s.request is None:  # (a tcp_proxy session)
+                return None
             if name == ":method":
-                return s.method.decode("latin-1")
+                return s.request.method.decode("latin-1")
             if name == ":path":
-                return s.path.decode("latin-1")
+                return s.request.path.decode("latin-1")
             if name == ":scheme":
-                return "https" if s.conn.tls else "http"
-            headers = s.headers
+                return "https" if s.downstream.tls else "http"
+            headers = s.request.headers
+        elif s.response_headers is not None:
+            headers = s.response_headers
         else:
-            headers = s.resp_headers
+            return None
         key = (_PSEUDO.get(name) if name in _PSEUDO else None) or name.encode("latin-1")
         for k, v in headers:
             if k == key:
                 return v.decode("latin-1")
         return None
 
-    def get(s: Any) -> str | None:
+    def get(s: StreamInfo) -> str | None:
         for name in names:
             v = one(s, name)
             if v is not None:
@@ -96,12 +101,12 @@ def _header(which: str, arg: str | None) -> Op:
     return get
 
 
-def _address(s: Any) -> str:
+def _address(s: StreamInfo) -> str:
     return m.address_string(s.remote_ip, s.remote_port)
 
 
-def _direct(s: Any) -> str:
-    return m.address_string(s.conn.direct_remote_ip, s.conn.direct_remote_port)
+def _direct(s: StreamInfo) -> str:
+    return m.address_string(s.downstream.direct_remote_ip, s.downstream.direct_remote_port)
 
 
 OPERATORS: dict[str, Callable[[str | None], Op]] = {
@@ -111,7 +116,7 @@ OPERATORS: dict[str, Callable[[str | None], Op]] = {
     "PROTOCOL": lambda a: lambda s: s.protocol,
     "RESPONSE_CODE": lambda a: lambda s: s.code,
     "RESPONSE_CODE_DETAILS": lambda a: lambda s: s.details or None,
-    "RESPONSE_FLAGS": lambda a: lambda s: s.flags,  # "-" when none, in JSON too (Envoy)
+    "RESPONSE_FLAGS": lambda a: lambda s: s.flags_text(),  # "-" when none, in JSON too (Envoy)
     "BYTES_RECEIVED": lambda a: lambda s: s.bytes_received,
     "BYTES_SENT": lambda a: lambda s: s.bytes_sent,
     "DURATION": lambda a: lambda s: s.duration_ms(),
@@ -121,9 +126,9 @@ OPERATORS: dict[str, Callable[[str | None], Op]] = {
     "DOWNSTREAM_REMOTE_ADDRESS": lambda a: _address,
     "DOWNSTREAM_DIRECT_REMOTE_ADDRESS": lambda a: _direct,
     "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT": lambda a: lambda s: s.remote_ip,
-    "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT": lambda a: lambda s: s.conn.direct_remote_ip,
-    "DOWNSTREAM_LOCAL_ADDRESS": lambda a: lambda s: s.conn.local_address,
-    "REQUESTED_SERVER_NAME": lambda a: lambda s: s.conn.sni,
+    "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT": lambda a: lambda s: s.downstream.direct_remote_ip,
+    "DOWNSTREAM_LOCAL_ADDRESS": lambda a: lambda s: s.downstream.local_address,
+    "REQUESTED_SERVER_NAME": lambda a: lambda s: s.downstream.sni,
     "ROUTE_NAME": lambda a: lambda s: (s.route.name or None) if s.route else None,
     "HOSTNAME": lambda a: lambda s: _HOSTNAME,
 }
@@ -148,17 +153,17 @@ def _compile_text(text: str) -> list[str | tuple[Op, int | None, str]]:
     return [p for p in pieces if p != ""]
 
 
-def _value(op: Op, maxlen: int | None, s: Any) -> Value:
+def _value(op: Op, maxlen: int | None, s: StreamInfo) -> Value:
     v = op(s)
     if isinstance(v, str) and maxlen is not None:
         v = v[:maxlen]
     return v
 
 
-def text_formatter(text: str, omit_empty: bool = False) -> Callable[[Any], str]:
+def text_formatter(text: str, omit_empty: bool = False) -> Callable[[StreamInfo], str]:
     pieces = _compile_text(text)
 
-    def render(s: Any) -> str:
+    def render(s: StreamInfo) -> str:
         out = []
         for p in pieces:
             if isinstance(p, str):
@@ -171,7 +176,7 @@ def text_formatter(text: str, omit_empty: bool = False) -> Callable[[Any], str]:
     return render
 
 
-def _json_node(node: Any) -> Callable[[Any], Any]:
+def _json_node(node: Any) -> Callable[[StreamInfo], Any]:
     if isinstance(node, dict):
         items = [(k, _json_node(v)) for k, v in node.items()]
         return lambda s: {k: f(s) for k, f in items}
@@ -187,10 +192,11 @@ def _json_node(node: Any) -> Callable[[Any], Any]:
     return fmt
 
 
-def json_formatter(obj: dict[str, Any], omit_empty: bool = False) -> Callable[[Any], str]:
+def json_formatter(obj: dict[str, Any], omit_empty: bool = False
+                   ) -> Callable[[StreamInfo], str]:
     build = _json_node(obj)
 
-    def render(s: Any) -> str:
+    def render(s: StreamInfo) -> str:
         doc = build(s)
         if omit_empty:
             doc = {k: v for k, v in doc.items() if v not in (None, "")}
@@ -199,7 +205,7 @@ def json_formatter(obj: dict[str, Any], omit_empty: bool = False) -> Callable[[A
     return render
 
 
-def compile_template(t: m.SubstitutionFormatString | None) -> Callable[[Any], str]:
+def compile_template(t: m.SubstitutionFormatString | None) -> Callable[[StreamInfo], str]:
     """A formatter for a log_format (or Envoy's default format when there is none)."""
     if t is None:
         return text_formatter(DEFAULT_FORMAT)

@@ -39,6 +39,7 @@ class _Backend(asyncio.Protocol):
         self.client_serial: str | None = None
         self.queue: list[tuple[str, bytes, list[tuple[str, str]], bytes, bool]] = []
         self.busy = False
+        self.serving: asyncio.Task[None] | None = None
         self.served = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -82,7 +83,7 @@ class _Backend(asyncio.Protocol):
         item = (method, self.url, self.headers, bytes(self.body), self.parser.should_keep_alive())
         self.queue.append(item)
         if not self.busy:
-            asyncio.ensure_future(self._serve())
+            self.serving = asyncio.ensure_future(self._serve())
 
     async def _serve(self) -> None:
         self.busy = True

@@ -22,6 +22,7 @@ from .codec.http1 import Http1ServerCodec
 from .filters.local_ratelimit import TokenBucket
 from .settings import HttpConnectionManager
 from .stream import Stream
+from .stream_info import ResponseFlag
 
 if TYPE_CHECKING:
     from ..listener.tls_inspector import ClientHello
@@ -64,7 +65,6 @@ class DownstreamConnection(asyncio.Protocol):
         self.proxied: tuple[str, int] | None = None
         self.admit: collections.abc.Callable[[object], bool] | None = None
         """envoy.filters.network.rbac's check, asked at the first bytes (as Envoy)."""
-        self.tlvs: tuple[tuple[int, bytes], ...] = ()
         self.local_address = ""
         self.streams: set[Stream] = set()
         self.closed = False
@@ -129,8 +129,8 @@ class DownstreamConnection(asyncio.Protocol):
             st.downstream_cx_http1_total.value += 1
             self.cx_protocol_active = st.downstream_cx_http1_active
             self.rq_protocol_total = st.downstream_rq_http1_total
-            codec = Http1ServerCodec(self, self.transport, self.flow, hcm.server_name,
-                                     hcm.max_header_bytes, hcm.max_headers)
+            codec = Http1ServerCodec(self, self.transport, self.flow, hcm.max_header_bytes,
+                                     hcm.max_headers)
         self.cx_protocol_active.value += 1
         return codec
 
@@ -215,7 +215,7 @@ class DownstreamConnection(asyncio.Protocol):
         self.streams.discard(s)
         now = self.last_activity = time.monotonic()
         self.closed_streams += 1
-        if s.flags == "DC" and now - s.start_mono < PREMATURE_RESET_LIFETIME:
+        if ResponseFlag.DC in s.info.flags and now - s.info.start_mono < PREMATURE_RESET_LIFETIME:
             self.premature_resets += 1
             self._check_premature_resets()
 
@@ -300,7 +300,7 @@ class DownstreamConnection(asyncio.Protocol):
                 (hcm.request_timeout, hcm.stats.downstream_rq_timeout, b"request timeout")):
             if limit and head_started and now - head_started > limit and codec is not None:
                 counter.value += 1  # the head is still incomplete: there is no stream yet
-                codec.close_with(408, body)
+                codec.head_timed_out(body)
                 return
         if not self.streams and not head_started:
             if hcm.idle_timeout and now - self.last_activity > hcm.idle_timeout:
@@ -309,14 +309,14 @@ class DownstreamConnection(asyncio.Protocol):
                 return
         for s in list(self.streams):
             if (hcm.request_timeout and not s.request_done and not s.response_started
-                    and not s.upgraded and now - s.start_mono > hcm.request_timeout):
+                    and not s.upgraded and now - s.info.start_mono > hcm.request_timeout):
                 hcm.stats.downstream_rq_timeout.value += 1
                 s.send_local_reply(408, b"request timeout", "request_overall_timeout",
                                    close=True)
             elif hcm.stream_idle_timeout:
-                last = max(self.last_activity, s.start_mono)
+                last = max(self.last_activity, s.info.start_mono)
                 if now - last > hcm.stream_idle_timeout and not s.response_done:
                     hcm.stats.downstream_rq_idle_timeout.value += 1
-                    s.flags = "SI"
+                    s.add_flag(ResponseFlag.SI)
                     s.send_local_reply(408, b"stream timeout", close=True)
         self._arm_watchdog()

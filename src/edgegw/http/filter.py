@@ -15,23 +15,18 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .codec import Headers, RequestHead
+from .stream_info import ConnectionInfo, ResponseFlag, StreamInfo
 
 if TYPE_CHECKING:
     import asyncio
 
     from ..stats import Store
-    from ..upstream.cluster import Cluster, ClusterManager, Host
-    from .router.table import Route, VirtualHost
+    from ..upstream.cluster import ClusterManager
 
 
-class Downstream(Protocol):
+class Downstream(ConnectionInfo, Protocol):
     """The client connection as filters see it."""
 
-    remote_ip: str
-    remote_port: int
-    local_address: str
-    sni: str | None
-    tls: bool
     closed: bool
     loop: asyncio.AbstractEventLoop
     buckets: dict[int, Any]
@@ -40,7 +35,7 @@ class Downstream(Protocol):
 
 class FilterCallbacks(Protocol):
     """The stream as a filter sees it (Envoy's StreamDecoderFilterCallbacks): the request,
-    where it is routed, its record (flags, details, upstream), and the ways to answer."""
+    its record (where it is routed, flags, details, upstream), and the ways to answer."""
 
     head: RequestHead
     headers: Headers
@@ -49,24 +44,15 @@ class FilterCallbacks(Protocol):
     path: bytes
     method: bytes
     protocol: str
-    remote_ip: str
-    """The client's address for this request (see Stream.remote_ip)."""
-    route: Route | None
-    vhost: VirtualHost | None
-    cluster: Cluster | None
-    host: Host | None
-    flags: str
-    details: str
-    failure_reason: str
+    info: StreamInfo
     request_done: bool
     response_started: bool
     response_done: bool
-    bytes_received: int
     grpc: bool
 
     @property
     def conn(self) -> Downstream: ...
-    def add_flag(self, flag: str) -> None: ...
+    def add_flag(self, flag: ResponseFlag) -> None: ...
     def send_local_reply(self, status: int, body: bytes, details: str = "",
                          extra: Headers | None = None, mutate: bool = False,
                          close: bool = False, grpc_status: bytes | None = None) -> None: ...

@@ -4,8 +4,8 @@ The stream knows nothing of the protocol its codec speaks. It counts the request
 what the connection manager checks (Host, upgrades, ``Expect``), routes it, runs the HTTP
 filters in order and hands the request to the router filter, which answers through
 ``encode_*``. Local replies (404, 503, 504 …) have Envoy's statuses, bodies and response
-flags, and become a gRPC status for gRPC requests, as Envoy's do. The stream is also the
-request's record for access logs (Envoy's StreamInfo).
+flags, and become a gRPC status for gRPC requests, as Envoy's do. The stream owns the
+request's record (``StreamInfo``), which filters write and access logs read.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from .filter import Downstream
 from .path import Outcome
 from .router.filter import Router
 from .router.table import Forward
+from .stream_info import ResponseFlag, StreamInfo
 
 if TYPE_CHECKING:
-    from ..upstream.cluster import Cluster, ClusterManager, Host
-    from .router.table import Route, VirtualHost
+    from ..upstream.cluster import ClusterManager
     from .settings import HttpConnectionManager
 
 
@@ -89,19 +89,7 @@ class Stream:
     request_done = False
     response_started = False
     response_done = False
-    bytes_received = 0
-    bytes_sent = 0
-    code = 0
-    flags = "-"
-    route: Route | None = None
-    vhost: VirtualHost | None = None
-    cluster: Cluster | None = None
-    host: Host | None = None
-    """The host of the latest attempt (what access logs and counters name)."""
     authority = ""
-    details = ""
-    """Envoy's RESPONSE_CODE_DETAILS: why the response is what it is."""
-    failure_reason = ""
     router: Router | None = None
     early: list[bytes] | None = None
     """Body that arrived while a filter held the request, for the router."""
@@ -131,14 +119,8 @@ class Stream:
         self.headers = head.headers
         self.protocol = head.protocol
         self.request_done = end_stream
-        self.remote_ip = conn.remote_ip
-        self.remote_port = conn.remote_port
-        """The client's address for this request: the connection's, unless the forwarding
-        rules (trusted hops, original IP detection) found another (its port then 0)."""
-        self.start_time = time.time()
-        self.start_mono = time.monotonic()
-        self.resp_headers: Headers = []
-        """The response's headers as sent (access logs read them)."""
+        self.info = StreamInfo(conn, head.protocol, head)
+        """The request's record, which filters and access logs read."""
 
     # --- the request, as the codec delivers it ------------------------------------------
 
@@ -224,17 +206,18 @@ class Stream:
                 self.send_local_reply(reject, b"", "rejecting_because_detection_failed")
                 return
             if ip is not None:
-                self.remote_ip, self.remote_port = ip, 0
+                self.info.remote_ip, self.info.remote_port = ip, 0
                 internal = trusted and fwd.is_internal(ip)
         client = fwd.apply(self.headers, self.conn.remote_ip, self.conn.tls, internal)
         if client is not None and client != self.conn.remote_ip:
-            self.remote_ip, self.remote_port = client, 0
-        self.vhost, self.route = hcm.routes.route(self.authority, path.decode("latin-1"),
+            self.info.remote_ip, self.info.remote_port = client, 0
+        info = self.info
+        info.vhost, info.route = hcm.routes.route(self.authority, path.decode("latin-1"),
                                                   self.headers)
-        if head.upgrade and not hcm.upgrade_allowed(head.upgrade, self.route):
+        if head.upgrade and not hcm.upgrade_allowed(head.upgrade, self.info.route):
             self.send_local_reply(403, b"", "upgrade_failed", close=True)
             return
-        if self.grpc and self.route is not None:
+        if self.grpc and self.info.route is not None:
             self._grpc_deadline()
         self.continue_decoding()
 
@@ -249,7 +232,7 @@ class Stream:
         if hcm.underscores == "REJECT_REQUEST":
             stats.requests_rejected_with_underscores_in_headers.value += 1
             if self.protocol == "HTTP/2":
-                self.details = "http2.unexpected_underscore"
+                self.info.details = "http2.unexpected_underscore"
                 self.reset_stream()
             else:
                 self.codec_error(400, b"Bad Request", "http1.unexpected_underscore")
@@ -262,7 +245,7 @@ class Stream:
     def _grpc_deadline(self) -> None:
         """Envoy's max_stream_duration.grpc_timeout_header_max: the client's grpc-timeout
         (capped, less the offset) bounds the stream from its start."""
-        action = self.route.action if self.route is not None else None
+        action = self.info.route.action if self.info.route is not None else None
         if not isinstance(action, Forward) or action.grpc_timeout_max is None:
             return
         limit = action.grpc_timeout_max
@@ -280,7 +263,7 @@ class Stream:
         if self.response_done:
             return
         self.hcm.stats.downstream_rq_max_duration_reached.value += 1
-        self.add_flag("DT")
+        self.add_flag(ResponseFlag.DT)
         self.send_local_reply(504 if self.request_done else 408, b"downstream duration timeout",
                               "max_duration_timeout", grpc_status=b"4")
 
@@ -289,11 +272,11 @@ class Stream:
         it is counted (downstream_rq_4xx) and logged (flag DPE) like any other."""
         self._count()
         if flag != "-":
-            self.add_flag(flag)
+            self.add_flag(ResponseFlag[flag])
         self.send_local_reply(status, body, details, close=True)
 
     def codec_error(self, status: int, body: bytes, details: str) -> None:
-        self.add_flag("DPE")
+        self.add_flag(ResponseFlag.DPE)
         self.send_local_reply(status, body, details, close=True)
 
     def continue_decoding(self) -> None:
@@ -302,7 +285,8 @@ class Stream:
         while self.filter_index < len(filters):
             name, f = filters[self.filter_index]
             self.filter_index += 1
-            cfg = self.route.filter_configs.get(name) if self.route is not None else None
+            route = self.info.route
+            cfg = route.filter_configs.get(name) if route is not None else None
             if not f.decode_headers(self, cfg):
                 return
         if self.response_done:
@@ -317,7 +301,7 @@ class Stream:
             router.decode_end()
 
     def decode_data(self, data: bytes) -> None:
-        self.bytes_received += len(data)
+        self.info.bytes_received += len(data)
         if self.response_done:
             return
         if self.router is not None:
@@ -354,7 +338,7 @@ class Stream:
         if self.response_done:
             return
         self.hcm.stats.downstream_rq_rx_reset.value += 1
-        self.flags = "DC"
+        self.info.add_flag(ResponseFlag.DC)
         if self.router is not None:
             self.router.downstream_reset()
         self.finish()
@@ -371,8 +355,8 @@ class Stream:
 
     # --- what filters call (FilterCallbacks) -----------------------------------------------
 
-    def add_flag(self, flag: str) -> None:
-        self.flags = flag if self.flags == "-" else f"{self.flags},{flag}"
+    def add_flag(self, flag: ResponseFlag) -> None:
+        self.info.add_flag(flag)
 
     def add_response_hook(self, hook: Callable[[Headers], None]) -> None:
         self.response_hooks = (*self.response_hooks, hook)
@@ -397,9 +381,9 @@ class Stream:
 
     def expand(self, value: str) -> str:
         conn = self.conn
-        return (value.replace("%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%", self.remote_ip)
+        return (value.replace("%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%", self.info.remote_ip)
                 .replace("%DOWNSTREAM_REMOTE_ADDRESS%",
-                         m.address_string(self.remote_ip, self.remote_port))
+                         m.address_string(self.info.remote_ip, self.info.remote_port))
                 .replace("%REQUESTED_SERVER_NAME%", conn.sni or "")
                 .replace("%%", "%"))
 
@@ -417,17 +401,17 @@ class Stream:
         if self.response_done:
             return
         if details:
-            self.details = details
+            self.info.details = details
         if self.response_started:
             self.reset_stream()
             return
         headers: Headers = list(extra or [])
-        if mutate and self.route is not None:
-            for mut in self.route.mutations:
+        if mutate and self.info.route is not None:
+            for mut in self.info.route.mutations:
                 mut.response.apply(headers, self.expand)
         for hook in self.response_hooks:
             hook(headers)
-        self.bytes_sent = len(body)
+        self.info.bytes_sent = len(body)
         if self.grpc:
             status, body = self._grpc_reply(status, body, headers, grpc_status)
         elif body:
@@ -436,9 +420,9 @@ class Stream:
         headers += [(b"date", http_date()), (b"server", self.hcm.server_name)]
         if not body and not self.grpc:
             headers.append((b"content-length", b"0"))
-        self.code = status
+        self.info.code = status
         self.response_started = True
-        self.resp_headers = headers
+        self.info.response_headers = headers
         if self.router is not None:
             self.router.on_local_reply()
         close = close or self.conn.draining
@@ -468,9 +452,9 @@ class Stream:
         headers.append((b"server", self.hcm.server_name))
         for hook in self.response_hooks:
             hook(headers)
-        self.code = status
+        self.info.code = status
         self.response_started = True
-        self.resp_headers = headers
+        self.info.response_headers = headers
         if status == 101 and self.head.upgrade:
             self.upgraded = True
             self.conn.upgrade_started()
@@ -482,7 +466,7 @@ class Stream:
         if self.response_done:
             return
         if data:
-            self.bytes_sent += len(data)
+            self.info.bytes_sent += len(data)
             self.conn.last_activity = time.monotonic()
         self.encoder.encode_data(data, end_stream)
         if end_stream:
@@ -524,14 +508,13 @@ class Stream:
         st = self.hcm.stats
         st.downstream_rq_active.value -= 1
         st.downstream_rq_completed.value += 1
-        if self.code:
-            st.count_code(self.code)
-        st.downstream_rq_time.record((time.monotonic() - self.start_mono) * 1000)
+        if self.info.code:
+            st.count_code(self.info.code)
+        st.downstream_rq_time.record((time.monotonic() - self.info.start_mono) * 1000)
         if self.upgraded:
             self.conn.upgrade_ended()
         for logger in self.hcm.access_logs:
-            logger.log(self)
+            logger.log(self.info)
         self.conn.stream_done(self)
 
-    def duration_ms(self) -> int:
-        return int((time.monotonic() - self.start_mono) * 1000)
+

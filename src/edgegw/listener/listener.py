@@ -23,6 +23,7 @@ from ..http.conn_manager import DownstreamConnection
 from ..http.settings import HttpConnectionManager
 from ..overload import ConnectionLimit
 from ..stats import Counter, Gauge, StatSet, Store
+from ..tasks import Tasks
 from ..tcp.proxy import TcpProxyConfig, TcpSession
 from ..tls.cert_dir import directory_of, strict_sni_host
 from ..tls.context import ServerTls, SslStats
@@ -131,6 +132,8 @@ class Listener:
         """The socket's address family, as accepted sockets are made with it."""
         self.loop: asyncio.AbstractEventLoop | None = None
         self.open: set[Session] = set()
+        self.serving = Tasks()
+        """Accepted sockets on their way to a connection (TLS handshake under way)."""
         self.reuse_port = False
         self.accept_failures = 0
         self.accept_logged = 0.0
@@ -275,7 +278,7 @@ class Listener:
             _reset(conn)
             return
         assert self.loop is not None
-        asyncio.ensure_future(self._serve(conn, chain, hello, proxied, tlvs))
+        self.serving.start(self._serve(conn, chain, hello, proxied, tlvs))
 
     async def _serve(self, conn: socket.socket, chain: Chain, hello: ClientHello,
                      proxied: tuple[str, int] | None,
@@ -292,6 +295,7 @@ class Listener:
         if chain.tcp is not None:
             proto = TcpSession(chain.tcp, ctx is not None, hello.server_name, limit,
                                self._closed)
+            proto.tlvs = tlvs
         else:
             assert chain.hcm is not None
             proto = DownstreamConnection(chain.hcm, ctx is not None, hello.server_name, limit,
@@ -301,7 +305,6 @@ class Listener:
         proto.hello = hello
         proto.admit = chain.rbac.allows if chain.rbac is not None else None
         proto.proxied = proxied
-        proto.tlvs = tlvs
         try:
             await self.loop.connect_accepted_socket(
                 lambda: proto, conn, ssl=ctx,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mypy_extensions import mypyc_attr
+
 from ..stats import Counter, StatSet
 
 MAX_HELLO = 64 * 1024
@@ -43,6 +45,7 @@ class ClientHello:
 NOT_TLS = ClientHello(tls=False)
 
 
+@mypyc_attr(native_class=False)  # its stats are made by StatSet.__init_subclass__
 class TlsInspectorStats(StatSet):
     """``tls_inspector.*``, shared by every listener, as in Envoy."""
 

@@ -24,8 +24,9 @@ from .. import log
 from .. import proxy_protocol as pp
 from ..accesslog import AccessLogger
 from ..config import model as m
+from ..http.stream_info import ResponseFlag, StreamInfo
 from ..stats import Counter, StatSet, Store
-from ..upstream.cluster import Cluster, ClusterManager, Host
+from ..upstream.cluster import Cluster, ClusterManager
 from ..upstream.connect import ConnectError, connect
 
 if TYPE_CHECKING:
@@ -125,14 +126,6 @@ class TcpSession(asyncio.Protocol):
     """One downstream connection of a tcp_proxy filter chain (Envoy's TcpProxy::Filter); it
     is also what the access log formats for TCP."""
 
-    method = path = b""
-    headers: list[tuple[bytes, bytes]] = []
-    resp_headers: list[tuple[bytes, bytes]] = []
-    protocol = None
-    code = 0
-    details = ""
-    route = None
-
     def __init__(self, cfg: TcpProxyConfig, tls: bool, sni: str | None, buffer_limit: int,
                  on_close: Callable[[TcpSession], None] | None = None) -> None:
         self.cfg = cfg
@@ -142,21 +135,14 @@ class TcpSession(asyncio.Protocol):
         self.on_close = on_close
         self.hello: ClientHello | None = None
         self.host_names: tuple[frozenset[str], frozenset[str]] | None = None
-        self.conn = self
-        """The access log reads connection facts from ``s.conn``; here they are ours."""
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.upstream = _Upstream(self)
-        self.cluster: Cluster | None = None
-        self.host: Host | None = None
         self.remote_ip = self.direct_remote_ip = ""
         self.remote_port = self.direct_remote_port = 0
         self.local_address = ""
-        self.start_time = time.time()
-        self.start_mono = time.monotonic()
-        self.last_activity = self.start_mono
-        self.bytes_received = self.bytes_sent = 0
-        self.flag_list: list[str] = []
-        self.failure_reason = ""
+        self.info: StreamInfo = None  # type: ignore[assignment]
+        """The session's record (from connection_made: its addresses are known then)."""
+        self.last_activity = time.monotonic()
         self.connecting: asyncio.Task[None] | None = None
         self.idle_timer: asyncio.TimerHandle | None = None
         self.down_done = self.up_done = False
@@ -174,13 +160,6 @@ class TcpSession(asyncio.Protocol):
         self.tlvs: tuple[tuple[int, bytes], ...] = ()
         """Its TLVs that pass_through_tlvs keeps (for a PROXY header upstream)."""
 
-    @property
-    def flags(self) -> str:
-        return ",".join(self.flag_list) or "-"
-
-    def duration_ms(self) -> int:
-        return int((time.monotonic() - self.start_mono) * 1000)
-
     # --- the downstream connection ------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -189,7 +168,8 @@ class TcpSession(asyncio.Protocol):
         self.direct_remote_ip, self.direct_remote_port = peer[0], peer[1]
         self.remote_ip, self.remote_port = self.proxied or (peer[0], peer[1])
         local = transport.get_extra_info("sockname") or ("", 0)
-        self.local_address = f"{local[0]}:{local[1]}"
+        self.local_address = m.address_string(local[0], local[1])
+        self.info = StreamInfo(self, None)
         self.transport.set_write_buffer_limits(high=self.buffer_limit)
         if self.admit is not None and not self.admit(self):
             self.transport.abort()  # before a byte goes either way
@@ -208,25 +188,25 @@ class TcpSession(asyncio.Protocol):
         cluster = self.cfg.cluster()
         if cluster is None:
             self.cfg.stats.downstream_cx_no_route.value += 1
-            self.flag_list.append("NR")
+            self.info.add_flag(ResponseFlag.NR)
             self._close_downstream()
             return
-        self.cluster = cluster
+        self.info.cluster = cluster
         key = xxhash.xxh64_intdigest(self.remote_ip.encode()) if self.cfg.hash_source else None
         stats = cluster.stats
         for attempt in range(self.cfg.attempts):
             host = cluster.choose(key, attempt)
             if host is None:
                 stats.upstream_cx_none_healthy.value += 1
-                self.flag_list.append("UH")
+                self.info.add_flag(ResponseFlag.UH)
                 self._close_downstream()
                 return
             if cluster.connections >= cluster.limits.max_connections:
                 stats.upstream_cx_overflow.value += 1
-                self.flag_list.append("UO")
+                self.info.add_flag(ResponseFlag.UO)
                 self._close_downstream()
                 return
-            self.host = host
+            self.info.host = host
             cluster.connections += 1
             stats.upstream_cx_total.value += 1
             stats.upstream_cx_active.value += 1
@@ -247,13 +227,13 @@ class TcpSession(asyncio.Protocol):
                     stats.upstream_cx_connect_timeout.value += 1
                 host.cx_connect_fail += 1
                 cluster.report(host, 503)
-                self.failure_reason = e.detail or e.reason
+                self.info.failure_reason = e.detail or e.reason
                 continue
             break
         else:
-            self.flag_list.append("UF")
+            self.info.add_flag(ResponseFlag.UF)
             if self.cfg.attempts > 1:
-                self.flag_list.append("URX")  # Envoy: the connect attempts ran out
+                self.info.add_flag(ResponseFlag.URX)  # Envoy: the connect attempts ran out
             self._close_downstream()
             return
         if self.closed:
@@ -294,7 +274,7 @@ class TcpSession(asyncio.Protocol):
 
     def _forward(self, up: asyncio.Transport, data: bytes) -> None:
         """Bytes count as received once they go upstream (Envoy reads none before)."""
-        self.bytes_received += len(data)
+        self.info.bytes_received += len(data)
         self.cfg.stats.downstream_cx_rx_bytes_total.value += len(data)
         up.write(data)
 
@@ -332,7 +312,7 @@ class TcpSession(asyncio.Protocol):
 
     def from_upstream(self, data: bytes) -> None:
         self.last_activity = time.monotonic()
-        self.bytes_sent += len(data)
+        self.info.bytes_sent += len(data)
         self.cfg.stats.downstream_cx_tx_bytes_total.value += len(data)
         self.transport.write(data)
 
@@ -394,12 +374,12 @@ class TcpSession(asyncio.Protocol):
             self.transport.abort()
 
     def _uncount(self) -> None:
-        if self.counted and self.cluster is not None and self.host is not None:
+        if self.counted and self.info.cluster is not None and self.info.host is not None:
             self.counted = False
-            self.cluster.connections -= 1
-            self.cluster.stats.upstream_cx_active.value -= 1
-            self.cluster.stats.upstream_cx_destroy.value += 1
-            self.host.cx_active -= 1
+            self.info.cluster.connections -= 1
+            self.info.cluster.stats.upstream_cx_active.value -= 1
+            self.info.cluster.stats.upstream_cx_destroy.value += 1
+            self.info.host.cx_active -= 1
 
     def _maybe_finish(self) -> None:
         up = self.upstream.transport
@@ -409,7 +389,7 @@ class TcpSession(asyncio.Protocol):
             self.idle_timer.cancel()
             self.idle_timer = None
         for a in self.cfg.access_logs:
-            a.log(self)
+            a.log(self.info)
         if self.on_close is not None:
             on_close, self.on_close = self.on_close, None
             on_close(self)

@@ -19,6 +19,7 @@ import asyncio
 import datetime
 import hashlib
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,27 @@ _log = log.get("secret")
 FIRST_RETRY = 60.0
 ACCOUNT_DIR = ".acme"
 """Inside the certificate directory (a dot folder, which the directory watch skips)."""
+
+
+ACME_CHALLENGE = b"/.well-known/acme-challenge/"
+_TOKEN = re.compile(rb"[A-Za-z0-9_-]{1,255}")
+
+
+def challenge_answer(webroot: str, path: bytes) -> bytes | None:
+    """The key authorization an ACME client (certbot --webroot, acme.sh --webroot, edgegw's
+    own) left for this HTTP-01 token in ``webroot``; None when there is none. Only a plain
+    token is looked up: no other file of the directory can be reached."""
+    if not path.startswith(ACME_CHALLENGE):
+        return None
+    token = path[len(ACME_CHALLENGE):].split(b"?", 1)[0]
+    if not _TOKEN.fullmatch(token):
+        return None
+    try:
+        with open(os.path.join(webroot, ".well-known", "acme-challenge", token.decode()),
+                  "rb") as f:
+            return f.read(4096)
+    except OSError:
+        return None
 
 
 class AcmeStats(StatSet):

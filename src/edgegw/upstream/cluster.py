@@ -115,7 +115,7 @@ class Host:
         self.hostname = hostname
         """What auto_host_rewrite puts in Host: the DNS name or the endpoint's hostname."""
         self.hostname_bytes = hostname.encode("latin-1")
-        self.label = m.address_string(address, port)
+        self.label: str = m.address_string(address, port)
         self.pool = Pool(self)
         self.cx_active = 0
         self.cx_total = 0
@@ -142,7 +142,7 @@ class Host:
 class Cluster:
     def __init__(self, cfg: m.Cluster, store: Store, secrets: SecretManager | None = None) -> None:
         self.cfg = cfg
-        self.name = cfg.name
+        self.name: str = cfg.name
         self.stats = ClusterStats(store, f"cluster.{cfg.name}.", code_classes="upstream_rq",
                                   lazy_classes=True)
         self._rq_time: Histogram | None = None

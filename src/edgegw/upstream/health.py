@@ -24,6 +24,7 @@ import httptools
 
 from .. import log
 from ..config import model as m
+from ..http.router.header_parser import header_ops
 from ..stats import Counter, Gauge, StatSet, Store
 
 if TYPE_CHECKING:
@@ -74,16 +75,7 @@ class HealthChecker:
         if http is not None:
             headers = [(b"host", (http.host or cluster.name).encode("latin-1")),
                        (b"user-agent", b"Envoy/HC")]
-            drop = {h.lower().encode() for h in http.request_headers_to_remove}
-            headers = [(k, v) for k, v in headers if k not in drop]
-            for opt in http.request_headers_to_add:
-                key = opt.header.key.lower().encode("latin-1")
-                present = any(k == key for k, _ in headers)
-                if opt.append_action == "ADD_IF_ABSENT" and present:
-                    continue
-                if opt.append is False or opt.append_action.startswith("OVERWRITE"):
-                    headers = [(k, v) for k, v in headers if k != key]
-                headers.append((key, opt.header.value.encode("latin-1")))
+            header_ops(http.request_headers_to_add, http.request_headers_to_remove).apply(headers)
             self.request = (f"{http.method} {http.path} HTTP/1.1\r\n".encode("latin-1")
                             + b"".join(k + b": " + v + b"\r\n" for k, v in headers) + b"\r\n")
             self.expected = [(r.start, r.end) for r in http.expected_statuses] or [(200, 201)]

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 from .. import log
 from ..http.codec import RequestEncoder, ResponseSink, State
+from ..tasks import Tasks
 from .connect import ConnectError, connect
 
 if TYPE_CHECKING:
@@ -95,6 +96,7 @@ class Pool:
         front."""
         self.busy = 0
         self.connecting = 0
+        self.opening = Tasks()
         self.expected = 0
         """Requests the connections being opened will take at once (one each on HTTP/1.1),
         so that no more are opened than the waiters need."""
@@ -278,7 +280,7 @@ class Pool:
         self.connecting += 1
         conn = cluster.client_codec(self)
         self.expected += conn.capacity
-        asyncio.ensure_future(self._connecting(conn, conn.capacity))
+        self.opening.start(self._connecting(conn, conn.capacity))
 
     async def _connecting(self, conn: ClientConnection, expected: int) -> None:
         started = time.monotonic()

@@ -102,8 +102,8 @@ class ServerCodec(Protocol):
     def drain(self) -> None:
         """Let the streams under way finish and accept no new one (GOAWAY, or
         ``connection: close`` on the next response)."""
-    def close_with(self, status: int, body: bytes) -> None:
-        """Answers a request whose head never completed (it timed out), and closes."""
+    def head_timed_out(self, body: bytes) -> None:
+        """Answers 408 to a request whose head never completed in time, and closes."""
     def write_blocked(self, blocked: bool) -> None:
         """The connection's write buffer went above its high-water mark (or back below the
         low mark): the client is not reading what it asked for."""

@@ -30,7 +30,6 @@ from . import (
     ServerCallbacks,
     State,
     StreamDecoder,
-    http_date,
 )
 
 _log = log.get("http")
@@ -63,22 +62,6 @@ def encode_headers(headers: Headers) -> bytes:
 
 def chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
-
-
-def local_reply(code: int, body: bytes, server: bytes, close: bool = False) -> bytes:
-    """A reply the codec makes itself when no stream can (the request could not be parsed),
-    in the shape of Envoy's local replies."""
-    lines = []
-    if body:
-        lines.append((b"content-length", b"%d" % len(body)))
-        lines.append((b"content-type", b"text/plain"))
-    lines.append((b"date", http_date()))
-    lines.append((b"server", server))
-    if close:
-        lines.append((b"connection", b"close"))
-    if not body:
-        lines.append((b"content-length", b"0"))
-    return status_line(code) + encode_headers(lines) + b"\r\n" + body
 
 
 class _TooLarge(Exception):
@@ -194,12 +177,10 @@ class Http1ServerCodec:
     protocol = "HTTP/1.1"
 
     def __init__(self, callbacks: ServerCallbacks, transport: asyncio.Transport,
-                 flow: FlowControl, server_name: bytes, max_header_bytes: int,
-                 max_headers: int) -> None:
+                 flow: FlowControl, max_header_bytes: int, max_headers: int) -> None:
         self.callbacks = callbacks
         self.transport = transport
         self.flow = flow
-        self.server_name = server_name
         self.max_header_bytes = max_header_bytes
         self.max_headers = max_headers
         self.parser = httptools.HttpRequestParser(self)
@@ -476,8 +457,8 @@ class Http1ServerCodec:
         self.callbacks.reject(RequestHead(method, self.h_url, self.h_headers, self.protocol),
                               response, code, body, details, flag)
 
-    def close_with(self, status: int, body: bytes) -> None:
-        self.broken = (status, body, "request_header_timeout", "-")
+    def head_timed_out(self, body: bytes) -> None:
+        self.broken = (408, body, "request_header_timeout", "-")
         self.flow.pause("error")
         if self.response is None:
             self._reject(*self.broken)

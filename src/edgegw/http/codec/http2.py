@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -225,8 +224,7 @@ def _clean(headers: Headers) -> Headers:
 class _Response:
     """The encoder of one stream's response."""
 
-    __slots__ = ("codec", "decoder", "done", "held", "out", "reasons", "remote_ended", "sid",
-                 "started")
+    __slots__ = ("codec", "decoder", "done", "held", "out", "reasons", "remote_ended", "sid")
 
     def __init__(self, codec: Http2ServerCodec, sid: int) -> None:
         self.codec = codec
@@ -238,7 +236,6 @@ class _Response:
         self.reasons: set[str] = set()
         self.held = 0
         """Received bytes not yet credited back while reading is disabled."""
-        self.started = time.monotonic()
 
     def encode_100_continue(self) -> None:
         self.codec.h2.send_headers(self.sid, [(b":status", b"100")])
@@ -611,8 +608,8 @@ class Http2ServerCodec:
         if not self.streams:
             self._close()
 
-    def close_with(self, status: int, body: bytes) -> None:
-        self._close()
+    def head_timed_out(self, body: bytes) -> None:
+        raise AssertionError("an HTTP/2 head arrives whole: head_started stays 0")
 
     def connection_lost(self) -> None:
         self.closed = True

@@ -31,6 +31,7 @@ from ...upstream.pool import ClientConnection
 from ..codec import HOP_BY_HOP, Headers, RequestEncoder, RequestHead
 from ..filter import register
 from ..headers import set_header
+from ..stream_info import ResponseFlag
 
 if TYPE_CHECKING:
     from ...upstream.cluster import Host
@@ -221,7 +222,7 @@ class ExtAuthzFilter:
         if call.status != 200:
             self.stats.denied.value += 1
             self._count(cb, "denied")
-            cb.add_flag("UAEX")
+            cb.add_flag(ResponseFlag.UAEX)
             keep = self.client
             extra = [(k, v) for k, v in call.headers
                      if k not in NOT_TO_CLIENT and (keep is None or keep(k))]
@@ -252,12 +253,12 @@ class ExtAuthzFilter:
             self.stats.failure_mode_allowed.value += 1
             cb.conn.loop.call_soon(cb.continue_decoding)
             return
-        cb.add_flag("UAEX")
+        cb.add_flag(ResponseFlag.UAEX)
         cb.send_local_reply(self.status_on_error, b"", "ext_authz_error")
 
     def _count(self, cb: FilterCallbacks, what: str) -> None:
         """Envoy also counts each answer under the cluster the request is routed to."""
-        action = cb.route.action if cb.route is not None else None
-        name = cb.cluster.name if cb.cluster is not None else getattr(action, "cluster", "")
+        action = cb.info.route.action if cb.info.route is not None else None
+        name = cb.info.cluster.name if cb.info.cluster is not None else getattr(action, "cluster", "")
         if name:
             self.store.counter(f"cluster.{name}.ext_authz.{what}").value += 1

@@ -21,6 +21,7 @@ from ...stats import Counter, Gauge, StatSet, Store
 from ..codec import Headers
 from ..filter import register
 from ..router.table import Forward
+from ..stream_info import ResponseFlag
 
 if TYPE_CHECKING:
     from ..filter import FilterCallbacks
@@ -67,7 +68,7 @@ class FaultFilter:
         if not all(match(s.headers) for match in matchers):
             return True
         if c.upstream_cluster:
-            action = s.route.action if s.route is not None else None
+            action = s.info.route.action if s.info.route is not None else None
             if not isinstance(action, Forward) or action.cluster != c.upstream_cluster:
                 return True
         delay = self._delay(c, s)
@@ -81,7 +82,7 @@ class FaultFilter:
         if delay:
             st.delays_injected.value += 1
             st.active_faults.value += 1
-            s.add_flag("DI")
+            s.add_flag(ResponseFlag.DI)
             s.pause_for(delay, lambda: self._after_delay(s, c, counted=True),
                         self._abandoned)
             return False
@@ -132,6 +133,6 @@ class FaultFilter:
         st.aborts_injected.value += 1
         if counted:
             st.active_faults.value -= 1
-        s.add_flag("FI")
+        s.add_flag(ResponseFlag.FI)
         s.send_local_reply(status, b"fault filter abort", "fault_filter_abort")
         return False

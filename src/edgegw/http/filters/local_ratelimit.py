@@ -21,7 +21,8 @@ from ...config import model as m
 from ...stats import Counter, StatSet, Store
 from ..codec import Headers
 from ..filter import register
-from ..router.table import HeaderOps, header_ops
+from ..router.header_parser import HeaderOps, header_ops
+from ..stream_info import ResponseFlag
 
 if TYPE_CHECKING:
     from ..filter import FilterCallbacks
@@ -126,7 +127,7 @@ class LocalRateLimitFilter:
             limit.request_ops.apply(s.headers)
             return True
         st.enforced.value += 1
-        s.add_flag("RL")
+        s.add_flag(ResponseFlag.RL)
         headers: Headers = []
         limit.response_ops.apply(headers)
         s.send_local_reply(limit.status, b"local_rate_limited", "local_rate_limited",

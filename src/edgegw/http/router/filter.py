@@ -10,9 +10,7 @@ both directions; nothing is buffered whole, except a body kept for a retry or a 
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import re
 import time
 from typing import TYPE_CHECKING
 
@@ -20,8 +18,10 @@ from mypy_extensions import mypyc_attr
 
 from ... import log
 from ...stats import Counter, StatSet, Store
+from ...tls.acme import challenge_answer
 from ...upstream.cluster import Cluster, ClusterManager, Host
 from ..codec import HOP_BY_HOP, Headers, RequestHead, connection_tokens
+from ..stream_info import ResponseFlag
 from .retry import RETRY_BUFFER_LIMIT, Retry
 from .shadow import Shadow, shadow_host
 from .table import Direct, Forward, Redirect, redirect_location
@@ -33,8 +33,8 @@ if TYPE_CHECKING:
 _log = log.get("router")
 
 CONNECT_FAILURE = b"upstream connect error or disconnect/reset before headers. reset reason: "
-_RESET_FLAGS = {"connection termination": "UC", "protocol error": "UPE",
-                "connection timeout": "UF", "remote connection failure": "UF"}
+_RESET_FLAGS = {"connection termination": ResponseFlag.UC, "protocol error": ResponseFlag.UPE,
+                "connection timeout": ResponseFlag.UF, "remote connection failure": ResponseFlag.UF}
 PENDING_BODY_LIMIT = 1024 * 1024
 ROUTER_CONTROL = frozenset({
     b"x-envoy-retry-on", b"x-envoy-retry-grpc-on", b"x-envoy-max-retries",
@@ -70,27 +70,6 @@ class RouterConfig:
         self.clusters = clusters
         self.stats = RouterStats(store, f"http.{stat_prefix}.")
         self.suppress_envoy_headers = suppress_envoy_headers
-
-
-ACME_CHALLENGE = b"/.well-known/acme-challenge/"
-_TOKEN = re.compile(rb"[A-Za-z0-9_-]{1,255}")
-
-
-def challenge(webroot: str, path: bytes) -> bytes | None:
-    """The key authorization an ACME client (certbot --webroot, acme.sh --webroot, edgegw's
-    own) left for this HTTP-01 token in ``webroot``; None when there is none. Only a plain
-    token is looked up: no other file of the directory can be reached."""
-    if not path.startswith(ACME_CHALLENGE):
-        return None
-    token = path[len(ACME_CHALLENGE):].split(b"?", 1)[0]
-    if not _TOKEN.fullmatch(token):
-        return None
-    try:
-        with open(os.path.join(webroot, ".well-known", "acme-challenge", token.decode()),
-                  "rb") as f:
-            return f.read(4096)
-    except OSError:
-        return None
 
 
 class Router:
@@ -130,10 +109,10 @@ class Router:
         cb = self.cb
         st = self.cfg.stats
         st.rq_total.value += 1
-        vh, route = cb.vhost, cb.route
+        vh, route = cb.info.vhost, cb.info.route
         if route is None:
             st.no_route.value += 1
-            cb.flags = "NR"
+            cb.add_flag(ResponseFlag.NR)
             cb.send_local_reply(404, b"", "route_not_found")
             return
         conn = cb.conn
@@ -145,7 +124,7 @@ class Router:
         action = route.action
         if isinstance(action, Direct):
             st.rq_direct_response.value += 1
-            answer = challenge(action.webroot, cb.path) if action.webroot else None
+            answer = challenge_answer(action.webroot, cb.path) if action.webroot else None
             if answer is not None:
                 cb.send_local_reply(200, answer, "edgegw.acme_challenge")
                 return
@@ -166,16 +145,16 @@ class Router:
         cluster = clusters.get(action.pick_cluster())
         if cluster is None:
             self.cfg.stats.no_cluster.value += 1
-            cb.flags = "NC"
+            cb.add_flag(ResponseFlag.NC)
             cb.send_local_reply(503, b"")
             return
-        cb.cluster = cluster
+        cb.info.cluster = cluster
         if action.hash is not None:
             self.hash = action.hash(cb)
         host = cluster.choose(self.hash)
         if host is None:
             cluster.stats.upstream_cx_none_healthy.value += 1
-            cb.flags = "UH"
+            cb.add_flag(ResponseFlag.UH)
             cb.send_local_reply(503, b"no healthy upstream", "no_healthy_upstream")
             return
         self.action = action
@@ -213,7 +192,7 @@ class Router:
             self._send_shadows()
         if self.req is not None and self.req.end_request():
             self.request_sent()
-        elif self.cb.cluster is not None:
+        elif self.cb.info.cluster is not None:
             self.request_sent()
 
     def take_body(self) -> bytes:
@@ -245,7 +224,7 @@ class Router:
         """Starts an attempt on ``host`` (an ``UpstreamRequest`` gets it a connection)."""
         assert self.action is not None
         cb = self.cb
-        cb.host = host
+        cb.info.host = host
         self.attempt += 1
         self.req = UpstreamRequest(self, host, self.upstream_head(self.action, host))
         self.req.start()
@@ -279,8 +258,8 @@ class Router:
             out = [kv for kv in out if kv[0] not in named]
         if add_timeout:
             out.append((b"x-envoy-expected-rq-timeout-ms", action.timeout_ms))
-        assert cb.route is not None
-        for mut in cb.route.mutations:
+        assert cb.info.route is not None
+        for mut in cb.info.route.mutations:
             mut.request.apply(out, cb.expand)
         new_host = action.host_rewrite
         if new_host is None and action.auto_host_rewrite and host.hostname:
@@ -310,14 +289,14 @@ class Router:
             if suffix:
                 head.headers[0] = (b"host", shadow_host(head.headers[0][1]))
             shadow = Shadow(cluster, host, head, body, self.timeout)
-            asyncio.ensure_future(shadow.run())
+            shadow.start()
 
     # --- what an attempt reports ------------------------------------------------------------
 
     def overflow(self) -> None:
         """A circuit breaker is open: Envoy's 503 with x-envoy-overloaded."""
         cb = self.cb
-        cb.flags = "UO"
+        cb.add_flag(ResponseFlag.UO)
         self._charge(503)
         cb.send_local_reply(503, CONNECT_FAILURE + b"overflow", "overflow",
                             extra=[(b"x-envoy-overloaded", b"true")])
@@ -328,7 +307,7 @@ class Router:
         if cb.response_done or req is not self.req:
             return
         req.cancel_per_try()
-        cluster = cb.cluster
+        cluster = cb.info.cluster
         assert cluster is not None
         cluster.report(req.host, status)
         retry = self.retry
@@ -339,7 +318,7 @@ class Router:
                 return
             if self.retries_done or retry.num_retries == 0:
                 cluster.stats.upstream_rq_retry_limit_exceeded.value += 1
-                cb.flags = "URX"
+                cb.add_flag(ResponseFlag.URX)
         elif self.retries_done:
             cluster.stats.upstream_rq_retry_success.value += 1
         self._charge(status)
@@ -363,10 +342,10 @@ class Router:
             out = [kv for kv in out if kv[0] not in named]
         if not self.cfg.suppress_envoy_headers:
             out.append((b"x-envoy-upstream-service-time", self.service_time))
-        assert cb.route is not None
-        for mut in cb.route.mutations:
+        assert cb.info.route is not None
+        for mut in cb.info.route.mutations:
             mut.response.apply(out, cb.expand)
-        cb.details = "via_upstream"
+        cb.info.details = "via_upstream"
         if end_stream:
             self._complete(req)
         cb.encode_headers(status, out, end_stream)
@@ -387,8 +366,8 @@ class Router:
         cb.encode_trailers(trailers)
 
     def _complete(self, req: UpstreamRequest) -> None:
-        assert self.cb.cluster is not None
-        self.cb.cluster.record_rq_time((time.monotonic() - req.sent_at) * 1000)
+        assert self.cb.info.cluster is not None
+        self.cb.info.cluster.record_rq_time((time.monotonic() - req.sent_at) * 1000)
 
     def flush(self) -> None:
         self.cb.flush()
@@ -399,9 +378,9 @@ class Router:
         if cb.response_done:
             return
         if cb.response_started:
-            assert cb.cluster is not None
-            cb.cluster.stats.upstream_rq_rx_reset.value += 1
-            cb.flags = _RESET_FLAGS.get(reason, "UR")
+            assert cb.info.cluster is not None
+            cb.info.cluster.stats.upstream_rq_rx_reset.value += 1
+            cb.add_flag(_RESET_FLAGS.get(reason, ResponseFlag.UR))
             cb.reset_stream()
             return
         self.upstream_failed(reason, "")
@@ -416,26 +395,27 @@ class Router:
             return
         if self.req is not None:
             self.req.cancel_per_try()
-        cluster = cb.cluster
-        if cb.host is not None and cluster is not None:
-            cluster.report(cb.host, 503)
+        cluster = cb.info.cluster
+        if cb.info.host is not None and cluster is not None:
+            cluster.report(cb.info.host, 503)
         if self.retry is not None and self.retry.retriable_failure(connect):
             if self._can_retry():
                 self._retry_attempt()
                 return
             assert cluster is not None
             cluster.stats.upstream_rq_retry_limit_exceeded.value += 1
-        cb.flags = _RESET_FLAGS.get(reason, "UF")
-        if cb.flags == "UF" and cluster is not None:
+        flag = _RESET_FLAGS.get(reason, ResponseFlag.UF)
+        cb.add_flag(flag)
+        if flag is ResponseFlag.UF and cluster is not None:
             cluster.stats.upstream_rq_pending_failure_eject.value += 1
         self._charge(502 if reason == "protocol error" else 503)
-        cb.failure_reason = detail
+        cb.info.failure_reason = detail
         if detail:
-            _log.debug("upstream %s: %s (%s)", cb.host.label if cb.host else "-", reason, detail)
+            _log.debug("upstream %s: %s (%s)", cb.info.host.label if cb.info.host else "-", reason, detail)
         body = CONNECT_FAILURE + reason.encode()
         status = 502 if reason == "protocol error" else 503  # Envoy's codes for each
         if self.retries_done:
-            cb.flags += ",URX"
+            cb.add_flag(ResponseFlag.URX)
             body = body.replace(b"reset reason: ", b"retried and the latest reset reason: ")
         cb.send_local_reply(status, body, "upstream_reset_before_response_started{"
                             + reason.replace(" ", "_")
@@ -448,14 +428,14 @@ class Router:
         cb = self.cb
         if req is not self.req or cb.response_done or cb.response_started:
             return
-        assert cb.cluster is not None and self.retry is not None
-        cb.cluster.stats.upstream_rq_per_try_timeout.value += 1
-        cb.cluster.report(req.host, 504)
+        assert cb.info.cluster is not None and self.retry is not None
+        cb.info.cluster.stats.upstream_rq_per_try_timeout.value += 1
+        cb.info.cluster.report(req.host, 504)
         if self.retry.retriable_failure(False):
             if self._can_retry():
                 self._retry_attempt()
                 return
-            cb.cluster.stats.upstream_rq_retry_limit_exceeded.value += 1
+            cb.info.cluster.stats.upstream_rq_retry_limit_exceeded.value += 1
         self.on_timeout(per_try=True)
 
     def on_timeout(self, per_try: bool = False) -> None:
@@ -463,12 +443,12 @@ class Router:
         cb = self.cb
         if cb.response_done:
             return
-        assert cb.cluster is not None and cb.host is not None
+        assert cb.info.cluster is not None and cb.info.host is not None
         if not per_try:
-            cb.cluster.stats.upstream_rq_timeout.value += 1
-            cb.cluster.report(cb.host, 504)
-        cb.host.rq_timeout += 1
-        cb.flags = "UT"
+            cb.info.cluster.stats.upstream_rq_timeout.value += 1
+            cb.info.cluster.report(cb.info.host, 504)
+        cb.info.host.rq_timeout += 1
+        cb.add_flag(ResponseFlag.UT)
         self._end_attempt()
         if cb.response_started:
             cb.reset_stream()
@@ -482,7 +462,7 @@ class Router:
                 and self.body_copy is not None and not cb.response_started
                 and not cb.response_done):
             return False
-        cluster = cb.cluster
+        cluster = cb.info.cluster
         assert cluster is not None
         if not self.retries_done and cluster.retrying >= cluster.limits.max_retries:
             cluster.stats.upstream_rq_retry_overflow.value += 1
@@ -493,11 +473,11 @@ class Router:
         """Abandons this attempt and schedules the next after Envoy's back-off (or after what
         the upstream asked for, under rate_limited_retry_back_off)."""
         cb = self.cb
-        assert self.retry is not None and cb.cluster is not None and cb.host is not None
+        assert self.retry is not None and cb.info.cluster is not None and cb.info.host is not None
         if not self.retries_done:
-            cb.cluster.retrying += 1
+            cb.info.cluster.retrying += 1
         self.retries_done += 1
-        stats = cb.cluster.stats
+        stats = cb.info.cluster.stats
         stats.upstream_rq_retry.value += 1
         if asked is not None:
             stats.upstream_rq_retry_backoff_ratelimited.value += 1
@@ -506,7 +486,7 @@ class Router:
             stats.upstream_rq_retry_backoff_exponential.value += 1
             wait = self.retry.backoff(self.retries_done)
         self._end_attempt()
-        self.tried = (*self.tried, cb.host)
+        self.tried = (*self.tried, cb.info.host)
         self.retry_handle = cb.conn.loop.call_later(wait, self._retry_now)
 
     def _retry_now(self) -> None:
@@ -514,15 +494,15 @@ class Router:
         cb = self.cb
         if cb.response_done:
             return
-        assert cb.cluster is not None and self.retry is not None
+        assert cb.info.cluster is not None and self.retry is not None
         host = None
         for attempt in range(self.retry.host_attempts):
-            host = cb.cluster.choose(self.hash, attempt)
+            host = cb.info.cluster.choose(self.hash, attempt)
             if host is None or not self.retry.previous_hosts or host not in self.tried:
                 break
         if host is None:
-            cb.host = None
-            cb.flags = "UH"
+            cb.info.host = None
+            cb.add_flag(ResponseFlag.UH)
             cb.send_local_reply(503, b"no healthy upstream", "no_healthy_upstream")
             return
         self._send_to(host)
@@ -535,23 +515,23 @@ class Router:
     def _charge_retried(self, code: int) -> None:
         """A response that is retried is counted under ``retry.``, as Envoy counts it."""
         cb = self.cb
-        assert cb.cluster is not None and cb.host is not None
-        c = cb.cluster.stats.counter
+        assert cb.info.cluster is not None and cb.info.host is not None
+        c = cb.info.cluster.stats.counter
         c(f"retry.upstream_rq_{code}").value += 1
         c(f"retry.upstream_rq_{code // 100}xx").value += 1
         c("retry.upstream_rq_completed").value += 1
         if code >= 500:
-            cb.host.rq_error += 1
+            cb.info.host.rq_error += 1
 
     def _charge(self, code: int) -> None:
         """Counts a response code against the cluster (also replies made on the upstream's
         behalf, as Envoy does)."""
         cb = self.cb
-        if cb.host is not None and code >= 500:
-            cb.host.rq_error += 1
-        if cb.cluster is not None:
-            cb.cluster.stats.count_code(code)
-            cb.cluster.status_counter(code).value += 1
+        if cb.info.host is not None and code >= 500:
+            cb.info.host.rq_error += 1
+        if cb.info.cluster is not None:
+            cb.info.cluster.stats.count_code(code)
+            cb.info.cluster.status_counter(code).value += 1
 
     # --- the downstream side ----------------------------------------------------------------
 
@@ -561,8 +541,8 @@ class Router:
 
     def downstream_reset(self) -> None:
         cb = self.cb
-        if cb.cluster is not None:
-            cb.cluster.stats.upstream_rq_tx_reset.value += 1
+        if cb.info.cluster is not None:
+            cb.info.cluster.stats.upstream_rq_tx_reset.value += 1
         self._end_attempt()
 
     def on_local_reply(self) -> None:
@@ -577,7 +557,7 @@ class Router:
         cb = self.cb
         cb.read_disable("upstream", False)
         cb.read_disable("pending", False)
-        cluster = cb.cluster
+        cluster = cb.info.cluster
         if self.retries_done and cluster is not None:
             cluster.retrying -= 1
         if self.rq_counted:

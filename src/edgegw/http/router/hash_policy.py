@@ -11,13 +11,16 @@ the response, so that a browser sticks to one backend from its first request.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import parse_qsl
 
 import xxhash
 
 from ...config import model as m
 from ..codec import Headers
+
+if TYPE_CHECKING:
+    from ..stream_info import StreamInfo
 
 
 class _Peer(Protocol):
@@ -31,8 +34,9 @@ class Request(Protocol):
 
     headers: Headers
     path: bytes
-    remote_ip: str
-    """The client's address for this request (original IP detection may have set it)."""
+    info: StreamInfo
+    """Its remote_ip: the client's address for this request (original IP detection may have
+    set it)."""
 
     @property
     def conn(self) -> _Peer: ...
@@ -98,7 +102,7 @@ def _new_cookie(s: Request, c: m.HashCookie) -> str:
 
 
 def _source_ip(s: Request) -> int | None:
-    ip = s.remote_ip
+    ip = s.info.remote_ip
     return xxhash.xxh64_intdigest(ip.encode()) if ip else None
 
 

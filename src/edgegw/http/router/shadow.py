@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 
 from ... import log
+from ...tasks import Tasks
 from ...upstream.cluster import Cluster, Host
 from ...upstream.pool import ClientConnection, Waiter
 from ..codec import Headers, RequestEncoder, RequestHead
@@ -33,6 +34,10 @@ def shadow_host(host: bytes) -> bytes:
     return name + b"-shadow" + port
 
 
+RUNNING = Tasks()
+"""Mirrored requests under way: they outlive the stream that started them."""
+
+
 class Shadow:
     """One mirrored request: connect, send, read the response to its end, keep nothing."""
 
@@ -47,6 +52,9 @@ class Shadow:
         self.status = 0
         self.waiter: Waiter | None = None
         self.encoder: RequestEncoder | None = None
+
+    def start(self) -> None:
+        RUNNING.start(self.run())
 
     async def run(self) -> None:
         cluster, host = self.cluster, self.host

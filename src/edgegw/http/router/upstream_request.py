@@ -44,8 +44,8 @@ class UpstreamRequest:
     def __init__(self, router: Router, host: Host, head: RequestHead) -> None:
         self.router = router
         self.cb = router.cb
-        assert self.cb.cluster is not None
-        self.cluster = self.cb.cluster
+        assert self.cb.info.cluster is not None
+        self.cluster = self.cb.info.cluster
         self.host = host
         self.head = head
         self.encoder: RequestEncoder | None = None
@@ -170,7 +170,7 @@ class UpstreamRequest:
             return
         cb = self.cb
         if (stale and not self.stale_retried and not cb.response_started
-                and cb.bytes_received == 0 and self.ended and cb.method in IDEMPOTENT):
+                and cb.info.bytes_received == 0 and self.ended and cb.method in IDEMPOTENT):
             # A pooled keep-alive connection that the upstream had already closed: nothing of
             # this request reached a live server, so try once more on a new connection, through
             # the pool and its circuit breakers like any request (edgegw-only).
