@@ -21,7 +21,7 @@ from hpack import Encoder
 from hyperframe.frame import HeadersFrame
 
 from .conftest import ENVOY, Backends
-from .test_sites import Lab
+from .helpers import Lab
 
 MB = 1024 * 1024
 

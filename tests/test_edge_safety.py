@@ -31,6 +31,7 @@ from .conftest import (
     wait_for,
     wait_port,
 )
+from .helpers import RawBackend
 
 
 def logged_config(port: int, backends: Backends, log: Path, **hcm_extra: object) -> dict:
@@ -259,27 +260,14 @@ def test_envoy_control_headers_from_clients_same_as_envoy(pair, backends: Backen
     assert seen["envoy"] == seen["edgegw"]
 
 
-class BadBackend:
+def bad_backend(answer: bytes) -> RawBackend:
     """A backend that answers every request with the same bytes, then closes."""
+    def serve(conn: socket.socket) -> None:
+        conn.recv(65536)
+        conn.sendall(answer)
+        time.sleep(0.2)
 
-    def __init__(self, answer: bytes) -> None:
-        import threading  # noqa: PLC0415
-
-        self.sock = socket.create_server(("127.0.0.26", free_port("127.0.0.26")))
-        self.address = self.sock.getsockname()[:2]
-        self.answer = answer
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            conn.recv(65536)
-            conn.sendall(self.answer)
-            time.sleep(0.2)
-            conn.close()
+    return RawBackend("127.0.0.26", serve)
 
 
 BIG_HEAD = (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n"
@@ -296,7 +284,7 @@ def test_hostile_backends_same_as_envoy(pair) -> None:
     """200 KB of response headers, 150 of them, an unasked-for 101, a malformed status line:
     the client sees what it sees through Envoy (502 with Envoy's body, or the 101 relayed
     and the connection closed)."""
-    bad = [BadBackend(a) for a in (BIG_HEAD, MANY_HEADERS, UNSOLICITED_101, GARBAGE)]
+    bad = [bad_backend(a) for a in (BIG_HEAD, MANY_HEADERS, UNSOLICITED_101, GARBAGE)]
     names = ["big", "many", "up", "garbage"]
 
     def make(port: int) -> dict:
@@ -320,7 +308,7 @@ def test_hostile_backends_same_as_envoy(pair) -> None:
 
 
 def test_max_response_headers_kb_raises_the_limit(gateway) -> None:
-    bad = BadBackend(BIG_HEAD)
+    bad = bad_backend(BIG_HEAD)
     opts = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
         "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
         "common_http_protocol_options": {"max_response_headers_kb": 250,

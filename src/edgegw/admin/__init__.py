@@ -180,7 +180,7 @@ class Admin:
         mutating = url.path in ("/quitquitquit", "/logging", "/healthcheck/fail",
                                 "/healthcheck/ok", "/drain_listeners")
         if mutating and method != "POST":
-            return 405, "text/plain", b"This endpoint requires POST\n"
+            return 405, "text/plain", f"Method {method} not allowed, POST required.".encode()
         return await entry[1](parse_qs(url.query, keep_blank_values=True), method)
 
     def _help(self) -> bytes:

@@ -1,13 +1,4 @@
-"""HTTP/1.1 both ways: httptools (llhttp) parses, this module writes every HTTP/1 byte.
-
-llhttp is strict by default: it already refuses Content-Length with Transfer-Encoding, bad
-chunk sizes and bare LFs in chunk lines. What is HTTP/1's own stays here: keep-alive and
-``connection: close``, chunked framing, ``100 Continue``, pipelining (one response at a time,
-in order; requests that arrive meanwhile wait with reading paused; above the connection's write
-high-water mark no new one starts, as in Envoy's connection manager) and the switch to raw
-bytes after an upgrade. Trailers of chunked messages are dropped, as Envoy does unless
-``enable_trailers`` is set.
-"""
+"""HTTP/1 from one client connection (the server side)."""
 
 from __future__ import annotations
 
@@ -16,63 +7,29 @@ import collections
 import time
 
 import httptools
-from mypy_extensions import mypyc_attr
 
-from ... import log
-from ...stats import Counter, StatSet
-from . import (
-    REASONS,
-    ConnectionOwner,
+from .... import log
+from .. import (
     FlowControl,
     Headers,
     RequestHead,
-    ResponseSink,
     ServerCallbacks,
-    State,
     StreamDecoder,
+)
+from .common import (
+    CONTINUE,
+    LAST_CHUNK,
+    TooLarge,
+    chunk,
+    encode_headers,
+    status_line,
 )
 
 _log = log.get("http")
 
 
-@mypyc_attr(native_class=False)  # its stats are made by StatSet.__init_subclass__
-class Http1Stats(StatSet):
-    """Envoy's HTTP/1 codec stats (a subset)."""
-
-    dropped_headers_with_underscores: Counter
-    requests_rejected_with_underscores_in_headers: Counter
-
-_STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in REASONS.items()}
-LAST_CHUNK = b"0\r\n\r\n"
-_FRAMING = frozenset((b"content-length", b"transfer-encoding"))
-CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-
-
-def status_line(code: int) -> bytes:
-    line = _STATUS_LINES.get(code)
-    return line if line is not None else b"HTTP/1.1 %d Unknown\r\n" % code
-
-
-def encode_headers(headers: Headers) -> bytes:
-    out: list[bytes] = []
-    for k, v in headers:  # measured: faster than formatting each line
-        out += (k, b": ", v, b"\r\n")
-    return b"".join(out)
-
-
-def chunk(data: bytes) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(data), data)
-
-
-class _TooLarge(Exception):
-    pass
-
-
 class _Refused(Exception):
     """A head llhttp took that Envoy's codec refuses: (status, body, details)."""
-
-
-# --- the server side ------------------------------------------------------------------------
 
 
 class _Response:
@@ -231,7 +188,7 @@ class Http1ServerCodec:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as e:
-            if isinstance(e.__context__, _TooLarge):
+            if isinstance(e.__context__, TooLarge):
                 self._error(431, b"Request Header Fields Too Large", "header_overflow")
             elif isinstance(e.__context__, _Refused):
                 self._error(*e.__context__.args)
@@ -299,7 +256,7 @@ class Http1ServerCodec:
         self.h_url += url
         self.h_bytes += len(url)
         if self.h_bytes > self.max_header_bytes:
-            raise _TooLarge
+            raise TooLarge
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.in_trailers:
@@ -312,7 +269,7 @@ class Http1ServerCodec:
         elif name == b"transfer-encoding":
             self.h_chunked = True
         if self.h_bytes > self.max_header_bytes or len(self.h_headers) > self.max_headers:
-            raise _TooLarge
+            raise TooLarge
 
     def on_headers_complete(self) -> None:
         self.head_started = 0.0
@@ -462,252 +419,3 @@ class Http1ServerCodec:
         self.flow.pause("error")
         if self.response is None:
             self._reject(*self.broken)
-
-
-# --- the client side ------------------------------------------------------------------------
-
-
-class Http1Connection(asyncio.Protocol):
-    """One HTTP/1.1 connection to a host: one request at a time, so the connection is also
-    that request's encoder."""
-
-    capacity = 1
-    protocol = "HTTP/1.1"
-
-    def __init__(self, pool: ConnectionOwner) -> None:
-        self.pool = pool
-        self.state = State.CONNECTING
-        self.transport: asyncio.Transport | None = None
-        self.sink: ResponseSink | None = None
-        self.parser = httptools.HttpResponseParser(self)
-        self.headers: Headers = []
-        self.body: list[bytes] = []
-        """The response body parsed from the current read: passed on once per read (and with
-        the response's end when that is in the same read)."""
-        self.head_only = False
-        self.got_response = False
-        self.framed = False
-        """The response has a Content-Length or Transfer-Encoding; else it ends at close."""
-        self.keep_alive = True
-        self.request_sent = False
-        """The whole request went out: only then may the connection serve another."""
-        self.chunked = False
-        self.upgrade = False
-        self.raw = False
-        self.requests = 0
-        self.streams = 0
-        self.response_bytes = 0
-        """Bytes of the current request's response received so far."""
-        self.header_bytes = 0
-        self.idle_since = 0.0
-        self.max_header_bytes = pool.max_header_bytes
-        self.max_headers = pool.max_headers
-
-    @property
-    def closed(self) -> bool:
-        return self.state is State.CLOSED
-
-    def usable(self) -> bool:
-        return self.transport is not None and not self.transport.is_closing()
-
-    # asyncio side
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.state is State.CLOSED:
-            return
-        if self.state is State.CONNECTING:
-            self.state = State.CLOSED
-            return  # the opener reports the failure
-        sink = self.sink
-        self.keep_alive = False
-        if sink is not None and ((self.got_response and not self.framed) or self.raw):
-            self.pool.closed(self)  # told while the state still says where the pool keeps it
-            self.state = State.CLOSED
-            self.sink = None
-            sink.upstream_data(b"", True)  # a close-delimited body (or a tunnel) ends here
-            return
-        self.sink = None
-        self.pool.closed(self, with_request=sink is not None)
-        self.state = State.CLOSED
-        if sink is not None:
-            sink.upstream_reset("connection termination",
-                                stale=self.requests > 1 and self.response_bytes == 0)
-
-    def data_received(self, data: bytes) -> None:
-        self.response_bytes += len(data)
-        sink = self.sink
-        if self.raw:
-            if sink is not None:
-                sink.upstream_data(data, False)
-                sink.flush()
-            return
-        self._parse(data, sink)
-
-    def _parse(self, data: bytes, sink: ResponseSink | None) -> None:
-        # Apart from data_received, for the same reason as the server codec's _parse.
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserCallbackError as e:
-            if isinstance(e.__context__, _TooLarge):
-                _log.debug("response headers from %s over the limits", self.pool.label)
-                self._fail("protocol error")
-                return
-            _log.error("internal error while relaying a response from %s: %r",
-                       self.pool.label, e.__context__, exc_info=e.__context__)
-            self._fail("internal error")
-            return
-        except httptools.HttpParserUpgrade as e:
-            rest = data[e.args[0]:]
-            if self.raw and rest and self.sink is not None:
-                self.sink.upstream_data(rest, False)
-        except httptools.HttpParserError as e:
-            _log.debug("upstream protocol error from %s: %s", self.pool.label, e)
-            self._fail("protocol error")
-            return
-        if sink is not None:
-            if self.body and self.sink is sink:
-                sink.upstream_data(self._take_body(), False)
-            sink.flush()
-
-    def _fail(self, reason: str) -> None:
-        sink, self.sink = self.sink, None
-        self.body = []
-        self.close()
-        if sink is not None:
-            sink.upstream_reset(reason, stale=False)
-
-    def pause_writing(self) -> None:
-        if self.sink is not None:
-            self.sink.upstream_write_blocked(True)
-
-    def resume_writing(self) -> None:
-        if self.sink is not None:
-            self.sink.upstream_write_blocked(False)
-
-    # httptools side
-
-    def on_message_begin(self) -> None:
-        self.headers = []
-        self.header_bytes = 0
-        self.framed = False
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self.got_response:
-            return  # a trailer
-        name = name.lower()
-        if name in _FRAMING:
-            self.framed = True
-        headers = self.headers
-        headers.append((name, value))
-        self.header_bytes += len(name) + len(value)
-        if self.header_bytes > self.max_header_bytes or len(headers) > self.max_headers:
-            raise _TooLarge
-
-    def on_headers_complete(self) -> None:
-        status = self.parser.get_status_code()
-        if status < 200 and status != 101:
-            return  # 100 Continue and friends: Envoy does not pass them on by default.
-        self.got_response = True
-        self.keep_alive = self.parser.should_keep_alive()
-        if status == 101:
-            self.keep_alive = False
-            self.raw = self.upgrade  # unasked for, a 101 ends the response (and the connection)
-        if self.head_only or status in (204, 304) or (status == 101 and not self.upgrade):
-            self._finish(status)
-        elif self.sink is not None:
-            self.sink.upstream_headers(status, self.headers, False)
-
-    def on_body(self, body: bytes) -> None:
-        if self.sink is not None:
-            self.body.append(body)
-
-    def _take_body(self) -> bytes:
-        body = self.body
-        if not body:
-            return b""
-        self.body = []
-        return body[0] if len(body) == 1 else b"".join(body)
-
-    def on_message_complete(self) -> None:
-        if self.got_response and not self.head_only and not self.raw:
-            self._finish(0)
-
-    def _finish(self, status: int) -> None:
-        """The response is complete (``status`` when it had headers only)."""
-        self.got_response = False
-        if self.head_only:
-            # The parser still expects the body that a HEAD response announces but never sends.
-            self.parser = httptools.HttpResponseParser(self)
-        sink, self.sink = self.sink, None
-        body = self._take_body()  # (before the release: a waiting request may take over)
-        if self.state is State.BUSY:
-            if self.keep_alive and self.request_sent:
-                self.pool.release(self)
-            else:
-                self.close()
-        if sink is not None:
-            if status:
-                sink.upstream_headers(status, self.headers, True)
-            else:
-                sink.upstream_data(body, True)
-
-    # the request (RequestEncoder)
-
-    def new_stream(self, sink: ResponseSink) -> Http1Connection:
-        self.sink = sink
-        self.body = []
-        self.got_response = False
-        self.response_bytes = 0
-        self.requests += 1
-        return self
-
-    def encode_headers(self, head: RequestHead, end_stream: bool) -> None:
-        self.head_only = head.method == b"HEAD"
-        self.upgrade = bool(head.upgrade)
-        self.request_sent = end_stream
-        headers = head.headers
-        self.chunked = not end_stream and not self.upgrade and not any(
-            k == b"content-length" for k, _ in headers)
-        data = b"%s %s HTTP/1.1\r\n%s%s\r\n" % (
-            head.method, head.path, encode_headers(headers),
-            b"transfer-encoding: chunked\r\n" if self.chunked else b"")
-        assert self.transport is not None
-        self.transport.write(data)
-
-    def encode_data(self, data: bytes, end_stream: bool) -> None:
-        if self.transport is None or self.closed:
-            return
-        if data:
-            self.transport.write(chunk(data) if self.chunked else data)
-        if end_stream:
-            if self.chunked:
-                self.transport.write(LAST_CHUNK)
-            self.request_sent = True
-
-    def encode_trailers(self, trailers: Headers) -> None:
-        self.encode_data(b"", True)
-
-    def read_disable(self, disable: bool) -> None:
-        if self.transport is not None and not self.closed:
-            if disable:
-                self.transport.pause_reading()
-            else:
-                self.transport.resume_reading()
-
-    def reset(self) -> None:
-        """The request gave up on this response (timeout, client gone): never reuse it."""
-        self.sink = None
-        self.close()
-
-    def close(self) -> None:
-        self.keep_alive = False
-        if self.state is State.CLOSED:
-            return
-        if self.state is not State.CONNECTING:
-            self.pool.closed(self)
-        self.state = State.CLOSED
-        if self.transport is not None:
-            self.transport.abort()

@@ -1,0 +1,120 @@
+"""What several test modules use: the user's directory a sites-file gateway runs in (``Lab``),
+and a raw TCP backend whose connections a test's function serves (``RawBackend``)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from .conftest import ENVOY, Backends, Proc, free_port, wait_port
+
+EDGEGW = [sys.executable, "-m", "edgegw"]
+
+
+class RawBackend:
+    """A TCP server on a loopback address of its own: each connection is served by
+    ``serve`` on a thread of its own, then closed; ``peers`` lists who connected."""
+
+    def __init__(self, ip: str, serve: Callable[[socket.socket], None]) -> None:
+        self.serve = serve
+        self.sock = socket.create_server((ip, free_port(ip)))
+        self.address: tuple[str, int] = self.sock.getsockname()[:2]
+        self.peers: list[str] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, peer = self.sock.accept()
+            except OSError:
+                return
+            self.peers.append(peer[0])
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        try:
+            self.serve(conn)
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Lab:
+    """A directory as a user has it: certs/ beside sites.yaml, the gateway run inside it."""
+
+    def __init__(self, root: Path, backends: Backends, certs: Path) -> None:
+        self.root = root
+        self.backends = backends
+        shutil.copytree(certs, root / "certs")
+        self.https, self.http, self.admin = free_port(), free_port(), free_port()
+        self.procs: list[Proc] = []
+
+    def write(self, sites: str, **listen: int) -> Path:
+        text = (f"listen:\n  https: 127.0.0.1:{self.https}\n  http: 127.0.0.1:{self.http}\n"
+                f"admin: 127.0.0.1:{self.admin}\ncertificates: certs/\n" + sites)
+        path = self.root / "sites.yaml"
+        path.write_text(text)
+        return path
+
+    def run(self, *args: str, kind: str = "edgegw", https: bool = True) -> Proc:
+        if kind == "envoy":
+            assert ENVOY
+            cmd = [ENVOY, *args, "--concurrency", "1", "-l", "warning", "--base-id",
+                   str(self.admin)]
+        else:
+            cmd = [*EDGEGW, *args, "--concurrency", "1"]
+        proc = Proc(cmd, self.root / f"{kind}.log", cwd=self.root)
+        self.procs.append(proc)
+        deadline = time.monotonic() + 20
+        while True:
+            assert proc.p.poll() is None, proc.output()
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.admin}/ready", timeout=0.5
+                             ).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, proc.output()
+            time.sleep(0.1)
+        wait_port("127.0.0.1", self.https if https else self.http)
+        return proc
+
+    def stop(self) -> None:
+        while self.procs:
+            self.procs.pop().stop()
+
+    def expand(self) -> Path:
+        r = subprocess.run([*EDGEGW, "expand", "sites.yaml"], cwd=self.root,
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        out = self.root / "envoy.yaml"
+        out.write_text(r.stdout)
+        return out
+
+    def get(self, host: str, path: str = "/headers", extra: str = "") -> tuple[int, dict, bytes]:
+        """One HTTPS request with SNI and Host ``host``; (status, headers, body)."""
+        ctx = ssl.create_default_context(cafile=str(self.root / "certs" / "dev-ca.pem"))
+        with socket.create_connection(("127.0.0.1", self.https), timeout=5) as raw, \
+                ctx.wrap_socket(raw, server_hostname=host) as s:
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}"
+                      "Connection: close\r\n\r\n".encode())
+            out = b""
+            while chunk := s.recv(65536):
+                out += chunk
+        head, _, body = out.partition(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+        return int(lines[0].split()[1]), headers, body
