@@ -145,10 +145,16 @@ class Gateway:
             args = [sys.executable, "-m", "edgegw", "-c", str(self.path), "-l", "debug",
                     "--concurrency", "1"]
         self.proc = Proc(args, workdir / f"{kind}-{self.admin_port}.log")
-        self._wait_ready()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.proc.stop()  # (not handed to the test: nothing else would stop it)
+            raise
 
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + 20
+        # A start takes about a second; on two cores busy with three test workers and a C
+        # compiler, Python's imports alone were seen to take 16 s.
+        deadline = time.monotonic() + 40
         while time.monotonic() < deadline:
             if self.proc.p.poll() is not None:
                 raise RuntimeError(f"{self.kind} exited:\n{self.proc.output()}")
