@@ -66,8 +66,6 @@ class FilterCallbacks(Protocol):
         """Every cluster, for a filter that calls a service of its own (ext_authz)."""
     def add_response_hook(self, hook: Callable[[Headers], None]) -> None:
         """Something to add to the response headers, local replies included."""
-    def expand(self, value: str) -> str:
-        """The %OPERATORS% a header value may carry, for this stream."""
     def buffer_body(self, limit: int, then: Callable[[bytes, bool], None]) -> None:
         """Calls ``then(body, complete)`` once the request's whole body is in, or at least
         ``limit`` bytes of it; the body stays buffered for the filters after this one."""

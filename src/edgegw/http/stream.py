@@ -16,10 +16,11 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-from ..config import model as m
 from ..matchers import first_header
+from ..tls.cert_dir import covers
 from .codec import Headers, RequestHead, ResponseEncoder, http_date
 from .filter import Downstream
+from .grpc import grpc_local_reply, grpc_timeout
 from .path import Outcome
 from .router.filter import Router
 from .router.table import Forward
@@ -44,39 +45,10 @@ class Owner(Downstream, Protocol):
     def upgrade_ended(self) -> None: ...
     def stream_done(self, s: Stream) -> None: ...
 
-_GRPC_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
-
 
 _READ_AT_START = frozenset((b"host", b"content-type", b"expect"))
 _AUTHORITY = re.compile(rb"[A-Za-z0-9\-._~!$&'()*+,;=:\[\]@%]+")
 """The bytes an authority may hold (RFC 3986 as nghttp2 checks them, which Envoy uses)."""
-
-
-def _covers(names: tuple[frozenset[str], frozenset[str]], authority: str) -> bool:
-    """Whether a certificate with these names serves this Host (port dropped): a name, or a
-    wildcard one level up."""
-    host = authority.lower()
-    if host.startswith("["):
-        host = host[: host.find("]") + 1]
-    elif host.count(":") == 1:
-        host = host.rsplit(":", 1)[0]
-    host = host.rstrip(".")
-    exact, wild = names
-    dot = host.find(".")
-    return host in exact or (dot > 0 and host[dot:] in wild)
-
-
-def grpc_timeout(value: bytes | None) -> float | None:
-    """A grpc-timeout header (``100m``, ``5S`` …: up to 8 digits and a unit) in seconds."""
-    if not value or len(value) > 9 or not value[:-1].isdigit():
-        return None
-    unit = _GRPC_UNITS.get(value[-1:])
-    return int(value[:-1]) * unit if unit is not None else None
-
-
-_GRPC_STATUS = {400: b"13", 401: b"16", 403: b"7", 404: b"12", 429: b"14", 502: b"14",
-                503: b"14", 504: b"14"}
-"""Envoy's Grpc::Utility::httpToGrpcStatus; anything else is 2 (UNKNOWN)."""
 
 
 class Stream:
@@ -189,7 +161,7 @@ class Stream:
                                       extra=[(b"location", path)])
                 return
         self.authority = host.decode("latin-1")
-        if self.conn.host_names is not None and not _covers(self.conn.host_names,
+        if self.conn.host_names is not None and not covers(self.conn.host_names,
                                                             self.authority):
             self.send_local_reply(421, b"Misdirected Request", "edgegw.sni_host_mismatch")
             return
@@ -379,14 +351,6 @@ class Stream:
         if self.request_done or self.early_size >= limit:
             self._give_body()
 
-    def expand(self, value: str) -> str:
-        conn = self.conn
-        return (value.replace("%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%", self.info.remote_ip)
-                .replace("%DOWNSTREAM_REMOTE_ADDRESS%",
-                         m.address_string(self.info.remote_ip, self.info.remote_port))
-                .replace("%REQUESTED_SERVER_NAME%", conn.sni or "")
-                .replace("%%", "%"))
-
     def arm_deadline(self, timeout: float) -> None:
         self.deadline = self.conn.arm_deadline(timeout)
 
@@ -408,12 +372,12 @@ class Stream:
         headers: Headers = list(extra or [])
         if mutate and self.info.route is not None:
             for mut in self.info.route.mutations:
-                mut.response.apply(headers, self.expand)
+                mut.response.apply(headers, self.info.expand)
         for hook in self.response_hooks:
             hook(headers)
         self.info.bytes_sent = len(body)
         if self.grpc:
-            status, body = self._grpc_reply(status, body, headers, grpc_status)
+            status, body = grpc_local_reply(status, body, headers, grpc_status)
         elif body:
             headers[:0] = [(b"content-length", b"%d" % len(body)),
                            (b"content-type", b"text/plain")]
@@ -432,16 +396,6 @@ class Stream:
         else:
             self.encoder.encode_headers(status, headers, True, close)
         self.finish()
-
-    @staticmethod
-    def _grpc_reply(status: int, body: bytes, headers: Headers,
-                    grpc_status: bytes | None) -> tuple[int, bytes]:
-        """Envoy answers a gRPC request with a trailers-only response: 200, grpc-status."""
-        headers[:0] = [(b"content-type", b"application/grpc"),
-                       (b"grpc-status", grpc_status or _GRPC_STATUS.get(status, b"2"))]
-        if body:
-            headers.insert(2, (b"grpc-message", body))
-        return 200, b""
 
     # --- what the router calls to answer ------------------------------------------------
 

@@ -12,6 +12,8 @@ import enum
 import time
 from typing import TYPE_CHECKING, Protocol
 
+from ..config.model import address_string
+
 if TYPE_CHECKING:
     from ..upstream.cluster import Cluster, Host
     from .codec import Headers, RequestHead
@@ -111,6 +113,15 @@ class StreamInfo:
     def flags_text(self) -> str:
         """``%RESPONSE_FLAGS%``: ``UF,URX``, or ``-`` when none."""
         return ",".join(f.value for f in self.flags) or "-"
+
+    def expand(self, value: str) -> str:
+        """The %OPERATORS% a header value may carry (request_headers_to_add …), for this
+        request."""
+        return (value.replace("%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%", self.remote_ip)
+                .replace("%DOWNSTREAM_REMOTE_ADDRESS%",
+                         address_string(self.remote_ip, self.remote_port))
+                .replace("%REQUESTED_SERVER_NAME%", self.downstream.sni or "")
+                .replace("%%", "%"))
 
     def duration_ms(self) -> int:
         return int((time.monotonic() - self.start_mono) * 1000)

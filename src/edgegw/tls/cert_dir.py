@@ -51,6 +51,20 @@ def strict_sni_host(fc: m.FilterChain) -> bool:
     return fc.metadata is not None and fc.metadata.ours("strict_sni_host") is True
 
 
+def covers(names: tuple[frozenset[str], frozenset[str]], authority: str) -> bool:
+    """Whether a certificate with these names serves this Host (port dropped): a name, or a
+    wildcard one level up."""
+    host = authority.lower()
+    if host.startswith("["):
+        host = host[: host.find("]") + 1]
+    elif host.count(":") == 1:
+        host = host.rsplit(":", 1)[0]
+    host = host.rstrip(".")
+    exact, wild = names
+    dot = host.find(".")
+    return host in exact or (dot > 0 and host[dot:] in wild)
+
+
 def candidates(root: str) -> dict[str, tuple[str, str]]:
     """Certificate and key files by site name, as the three layouts pair them."""
     try:

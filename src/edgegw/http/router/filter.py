@@ -260,7 +260,7 @@ class Router:
             out.append((b"x-envoy-expected-rq-timeout-ms", action.timeout_ms))
         assert cb.info.route is not None
         for mut in cb.info.route.mutations:
-            mut.request.apply(out, cb.expand)
+            mut.request.apply(out, cb.info.expand)
         new_host = action.host_rewrite
         if new_host is None and action.auto_host_rewrite and host.hostname:
             new_host = host.hostname_bytes
@@ -344,7 +344,7 @@ class Router:
             out.append((b"x-envoy-upstream-service-time", self.service_time))
         assert cb.info.route is not None
         for mut in cb.info.route.mutations:
-            mut.response.apply(out, cb.expand)
+            mut.response.apply(out, cb.info.expand)
         cb.info.details = "via_upstream"
         if end_stream:
             self._complete(req)
