@@ -26,6 +26,7 @@ MODULES = (  # no package __init__: compiled, it cannot import its submodules (m
     "edgegw.http.filters.rbac",
     "edgegw.http.headers",
     "edgegw.http.router.filter",
+    "edgegw.http.router.request_headers",
     "edgegw.http.router.upstream_request",
     "edgegw.http.stream",
     "edgegw.http.stream_info",

@@ -20,8 +20,9 @@ from ... import log
 from ...stats import Counter, StatSet, Store
 from ...tls.acme import challenge_answer
 from ...upstream.cluster import Cluster, ClusterManager, Host
-from ..codec import HOP_BY_HOP, Headers, RequestHead, connection_tokens
+from ..codec import HOP_BY_HOP, Headers, connection_tokens
 from ..stream_info import ResponseFlag
+from .request_headers import upstream_head
 from .retry import RETRY_BUFFER_LIMIT, Retry
 from .shadow import Shadow, shadow_host
 from .table import Direct, Forward, Redirect, redirect_location
@@ -36,17 +37,6 @@ CONNECT_FAILURE = b"upstream connect error or disconnect/reset before headers. r
 _RESET_FLAGS = {"connection termination": ResponseFlag.UC, "protocol error": ResponseFlag.UPE,
                 "connection timeout": ResponseFlag.UF, "remote connection failure": ResponseFlag.UF}
 PENDING_BODY_LIMIT = 1024 * 1024
-ROUTER_CONTROL = frozenset({
-    b"x-envoy-retry-on", b"x-envoy-retry-grpc-on", b"x-envoy-max-retries",
-    b"x-envoy-upstream-rq-timeout-ms", b"x-envoy-upstream-rq-per-try-timeout-ms",
-    b"x-envoy-upstream-rq-timeout-alt-response", b"x-envoy-hedge-on-per-try-timeout",
-    b"x-envoy-retriable-status-codes", b"x-envoy-retriable-header-names"})
-"""The router's own request controls: Envoy's router takes them off before forwarding (edgegw
-does not act on them)."""
-REQUEST_DROP = HOP_BY_HOP | ROUTER_CONTROL | {b"host"}
-"""Set aside while copying a request's headers: hop-by-hop headers, the router's controls,
-and Host (put first)."""
-REQUEST_DROP_WITH_TIMEOUT = REQUEST_DROP | {b"x-envoy-expected-rq-timeout-ms"}
 RESPONSE_DROP = HOP_BY_HOP | {b"server"}
 UPGRADE_KEEP = (b"upgrade", b"connection")
 
@@ -226,53 +216,12 @@ class Router:
         cb = self.cb
         cb.info.host = host
         self.attempt += 1
-        self.req = UpstreamRequest(self, host, self.upstream_head(self.action, host))
+        self.req = UpstreamRequest(self, host, upstream_head(self.cb, self.action, host, self._adds_timeout()))
         self.req.start()
 
-    def upstream_head(self, action: Forward, host: Host) -> RequestHead:
-        """The request as it goes upstream, built in one pass over the client's headers."""
-        cb = self.cb
-        add_timeout = self.timeout > 0 and not self.cfg.suppress_envoy_headers
-        drop = REQUEST_DROP_WITH_TIMEOUT if add_timeout else REQUEST_DROP
-        upgrade = cb.head.upgrade
-        out: Headers = [(b"host", b"")]
-        host_value = b""
-        tokens = None
-        for kv in cb.headers:
-            k = kv[0]
-            if k in drop:
-                if k == b"host":
-                    host_value = kv[1]
-                elif k == b"connection":
-                    tokens = kv[1]
-                    if upgrade:
-                        out.append(kv)  # Envoy passes an upgrade's Connection as it came
-                elif k == b"te" and kv[1].lower() == b"trailers":
-                    out.append(kv)
-                elif upgrade and k == b"upgrade":
-                    out.append(kv)
-                continue
-            out.append(kv)
-        if tokens:
-            named = connection_tokens(tokens) - {b"host", b"upgrade"}
-            out = [kv for kv in out if kv[0] not in named]
-        if add_timeout:
-            out.append((b"x-envoy-expected-rq-timeout-ms", action.timeout_ms))
-        assert cb.info.route is not None
-        for mut in cb.info.route.mutations:
-            mut.request.apply(out, cb.info.expand)
-        new_host = action.host_rewrite
-        if new_host is None and action.auto_host_rewrite and host.hostname:
-            new_host = host.hostname_bytes
-        if new_host is not None:
-            out.append((b"x-envoy-original-host", host_value))
-            host_value = new_host
-        out[0] = (b"host", host_value)
-        path = cb.path
-        if action.prefix_rewrite is not None and action.prefix is not None:
-            out.append((b"x-envoy-original-path", path))
-            path = action.prefix_rewrite + path[len(action.prefix):]
-        return RequestHead(cb.method, path, out, cb.protocol, upgrade)
+    def _adds_timeout(self) -> bool:
+        """Whether the upstream request carries x-envoy-expected-rq-timeout-ms."""
+        return self.timeout > 0 and not self.cfg.suppress_envoy_headers
 
     def _send_shadows(self) -> None:
         """Mirrors the (complete) request to each shadow cluster, fire and forget."""
@@ -285,7 +234,7 @@ class Router:
             if host is None:
                 cluster.stats.upstream_cx_none_healthy.value += 1
                 continue
-            head = self.upstream_head(self.action, host)
+            head = upstream_head(self.cb, self.action, host, self._adds_timeout())
             if suffix:
                 head.headers[0] = (b"host", shadow_host(head.headers[0][1]))
             shadow = Shadow(cluster, host, head, body, self.timeout)
