@@ -140,8 +140,8 @@ class TcpSession(asyncio.Protocol):
         self.remote_ip = self.direct_remote_ip = ""
         self.remote_port = self.direct_remote_port = 0
         self.local_address = ""
-        self.info: StreamInfo = None  # type: ignore[assignment]
-        """The session's record (from connection_made: its addresses are known then)."""
+        self.info = StreamInfo(self, None)
+        """The session's record, from the accept on (its client is known at connection_made)."""
         self.last_activity = time.monotonic()
         self.connecting: asyncio.Task[None] | None = None
         self.idle_timer: asyncio.TimerHandle | None = None
@@ -169,7 +169,7 @@ class TcpSession(asyncio.Protocol):
         self.remote_ip, self.remote_port = self.proxied or (peer[0], peer[1])
         local = transport.get_extra_info("sockname") or ("", 0)
         self.local_address = m.address_string(local[0], local[1])
-        self.info = StreamInfo(self, None)
+        self.info.remote_ip, self.info.remote_port = self.remote_ip, self.remote_port
         self.transport.set_write_buffer_limits(high=self.buffer_limit)
         if self.admit is not None and not self.admit(self):
             self.transport.abort()  # before a byte goes either way
