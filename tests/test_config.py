@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -287,10 +289,15 @@ def test_every_module_imports_on_its_own() -> None:
     mods = sorted(p.relative_to(PACKAGE.parent).with_suffix("").as_posix().replace("/", ".")
                   .removesuffix(".__init__") for p in (PACKAGE).rglob("*.py")
                   if p.name != "__main__.py")
-    procs = {m: subprocess.Popen([sys.executable, "-c", f"import {m}"],
-                                 stderr=subprocess.PIPE, text=True) for m in mods}
-    failed = {m: p.communicate()[1].strip().splitlines()[-1] for m, p in procs.items()
-              if p.wait() != 0}
+    def load(m: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", f"import {m}"], capture_output=True,
+                              text=True, timeout=120)
+
+    # As many at once as there are cores: a hundred interpreters started together held the
+    # CPU for 20 s, and every gateway other test files started meanwhile took as long.
+    with ThreadPoolExecutor(os.cpu_count() or 2) as pool:
+        runs = dict(zip(mods, pool.map(load, mods), strict=True))
+    failed = {m: r.stderr.strip().splitlines()[-1] for m, r in runs.items() if r.returncode}
     assert not failed, failed
 
 
