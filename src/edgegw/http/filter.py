@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .codec import Headers, RequestHead
-from .stream_info import ConnectionInfo, ResponseFlag, StreamInfo
+from .stream_info import ConnectionInfo, StreamInfo
 
 if TYPE_CHECKING:
     import asyncio
@@ -52,7 +52,6 @@ class FilterCallbacks(Protocol):
 
     @property
     def conn(self) -> Downstream: ...
-    def add_flag(self, flag: ResponseFlag) -> None: ...
     def send_local_reply(self, status: int, body: bytes, details: str = "",
                          extra: Headers | None = None, mutate: bool = False,
                          close: bool = False, grpc_status: bytes | None = None) -> None: ...

@@ -235,7 +235,7 @@ class Stream:
         if self.response_done:
             return
         self.hcm.stats.downstream_rq_max_duration_reached.value += 1
-        self.add_flag(ResponseFlag.DT)
+        self.info.add_flag(ResponseFlag.DT)
         self.send_local_reply(504 if self.request_done else 408, b"downstream duration timeout",
                               "max_duration_timeout", grpc_status=b"4")
 
@@ -244,11 +244,11 @@ class Stream:
         it is counted (downstream_rq_4xx) and logged (flag DPE) like any other."""
         self._count()
         if flag != "-":
-            self.add_flag(ResponseFlag[flag])
+            self.info.add_flag(ResponseFlag[flag])
         self.send_local_reply(status, body, details, close=True)
 
     def codec_error(self, status: int, body: bytes, details: str) -> None:
-        self.add_flag(ResponseFlag.DPE)
+        self.info.add_flag(ResponseFlag.DPE)
         self.send_local_reply(status, body, details, close=True)
 
     def continue_decoding(self) -> None:
@@ -326,9 +326,6 @@ class Stream:
             self.router.on_timeout()
 
     # --- what filters call (FilterCallbacks) -----------------------------------------------
-
-    def add_flag(self, flag: ResponseFlag) -> None:
-        self.info.add_flag(flag)
 
     def add_response_hook(self, hook: Callable[[Headers], None]) -> None:
         self.response_hooks = (*self.response_hooks, hook)

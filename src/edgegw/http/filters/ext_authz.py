@@ -222,7 +222,7 @@ class ExtAuthzFilter:
         if call.status != 200:
             self.stats.denied.value += 1
             self._count(cb, "denied")
-            cb.add_flag(ResponseFlag.UAEX)
+            cb.info.add_flag(ResponseFlag.UAEX)
             keep = self.client
             extra = [(k, v) for k, v in call.headers
                      if k not in NOT_TO_CLIENT and (keep is None or keep(k))]
@@ -253,7 +253,7 @@ class ExtAuthzFilter:
             self.stats.failure_mode_allowed.value += 1
             cb.conn.loop.call_soon(cb.continue_decoding)
             return
-        cb.add_flag(ResponseFlag.UAEX)
+        cb.info.add_flag(ResponseFlag.UAEX)
         cb.send_local_reply(self.status_on_error, b"", "ext_authz_error")
 
     def _count(self, cb: FilterCallbacks, what: str) -> None:

@@ -82,7 +82,7 @@ class FaultFilter:
         if delay:
             st.delays_injected.value += 1
             st.active_faults.value += 1
-            s.add_flag(ResponseFlag.DI)
+            s.info.add_flag(ResponseFlag.DI)
             s.pause_for(delay, lambda: self._after_delay(s, c, counted=True),
                         self._abandoned)
             return False
@@ -133,6 +133,6 @@ class FaultFilter:
         st.aborts_injected.value += 1
         if counted:
             st.active_faults.value -= 1
-        s.add_flag(ResponseFlag.FI)
+        s.info.add_flag(ResponseFlag.FI)
         s.send_local_reply(status, b"fault filter abort", "fault_filter_abort")
         return False

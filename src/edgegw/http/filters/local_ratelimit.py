@@ -127,7 +127,7 @@ class LocalRateLimitFilter:
             limit.request_ops.apply(s.headers)
             return True
         st.enforced.value += 1
-        s.add_flag(ResponseFlag.RL)
+        s.info.add_flag(ResponseFlag.RL)
         headers: Headers = []
         limit.response_ops.apply(headers)
         s.send_local_reply(limit.status, b"local_rate_limited", "local_rate_limited",

@@ -102,7 +102,7 @@ class Router:
         vh, route = cb.info.vhost, cb.info.route
         if route is None:
             st.no_route.value += 1
-            cb.add_flag(ResponseFlag.NR)
+            cb.info.add_flag(ResponseFlag.NR)
             cb.send_local_reply(404, b"", "route_not_found")
             return
         conn = cb.conn
@@ -135,7 +135,7 @@ class Router:
         cluster = clusters.get(action.pick_cluster())
         if cluster is None:
             self.cfg.stats.no_cluster.value += 1
-            cb.add_flag(ResponseFlag.NC)
+            cb.info.add_flag(ResponseFlag.NC)
             cb.send_local_reply(503, b"")
             return
         cb.info.cluster = cluster
@@ -144,7 +144,7 @@ class Router:
         host = cluster.choose(self.hash)
         if host is None:
             cluster.stats.upstream_cx_none_healthy.value += 1
-            cb.add_flag(ResponseFlag.UH)
+            cb.info.add_flag(ResponseFlag.UH)
             cb.send_local_reply(503, b"no healthy upstream", "no_healthy_upstream")
             return
         self.action = action
@@ -245,7 +245,7 @@ class Router:
     def overflow(self) -> None:
         """A circuit breaker is open: Envoy's 503 with x-envoy-overloaded."""
         cb = self.cb
-        cb.add_flag(ResponseFlag.UO)
+        cb.info.add_flag(ResponseFlag.UO)
         self._charge(503)
         cb.send_local_reply(503, CONNECT_FAILURE + b"overflow", "overflow",
                             extra=[(b"x-envoy-overloaded", b"true")])
@@ -267,7 +267,7 @@ class Router:
                 return
             if self.retries_done or retry.num_retries == 0:
                 cluster.stats.upstream_rq_retry_limit_exceeded.value += 1
-                cb.add_flag(ResponseFlag.URX)
+                cb.info.add_flag(ResponseFlag.URX)
         elif self.retries_done:
             cluster.stats.upstream_rq_retry_success.value += 1
         self._charge(status)
@@ -329,7 +329,7 @@ class Router:
         if cb.response_started:
             assert cb.info.cluster is not None
             cb.info.cluster.stats.upstream_rq_rx_reset.value += 1
-            cb.add_flag(_RESET_FLAGS.get(reason, ResponseFlag.UR))
+            cb.info.add_flag(_RESET_FLAGS.get(reason, ResponseFlag.UR))
             cb.reset_stream()
             return
         self.upstream_failed(reason, "")
@@ -354,7 +354,7 @@ class Router:
             assert cluster is not None
             cluster.stats.upstream_rq_retry_limit_exceeded.value += 1
         flag = _RESET_FLAGS.get(reason, ResponseFlag.UF)
-        cb.add_flag(flag)
+        cb.info.add_flag(flag)
         if flag is ResponseFlag.UF and cluster is not None:
             cluster.stats.upstream_rq_pending_failure_eject.value += 1
         self._charge(502 if reason == "protocol error" else 503)
@@ -364,7 +364,7 @@ class Router:
         body = CONNECT_FAILURE + reason.encode()
         status = 502 if reason == "protocol error" else 503  # Envoy's codes for each
         if self.retries_done:
-            cb.add_flag(ResponseFlag.URX)
+            cb.info.add_flag(ResponseFlag.URX)
             body = body.replace(b"reset reason: ", b"retried and the latest reset reason: ")
         cb.send_local_reply(status, body, "upstream_reset_before_response_started{"
                             + reason.replace(" ", "_")
@@ -397,7 +397,7 @@ class Router:
             cb.info.cluster.stats.upstream_rq_timeout.value += 1
             cb.info.cluster.report(cb.info.host, 504)
         cb.info.host.rq_timeout += 1
-        cb.add_flag(ResponseFlag.UT)
+        cb.info.add_flag(ResponseFlag.UT)
         self._end_attempt()
         if cb.response_started:
             cb.reset_stream()
@@ -451,7 +451,7 @@ class Router:
                 break
         if host is None:
             cb.info.host = None
-            cb.add_flag(ResponseFlag.UH)
+            cb.info.add_flag(ResponseFlag.UH)
             cb.send_local_reply(503, b"no healthy upstream", "no_healthy_upstream")
             return
         self._send_to(host)
