@@ -1,29 +1,30 @@
-"""The codecs driven with bytes alone: a transport that records what they write (and can play
-a client that stops reading), the connection manager's side, and a runner that feeds reads
-one by one. Shared by the fuzz properties and the codec tests."""
+"""The codecs driven with bytes alone, no event loop: a sink that records what they write (and
+can play a client that stops reading), the connection manager's side, and a runner that feeds
+reads one by one. Shared by the fuzz properties, the codec tests and the pool's."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from edgegw.config import model as m
-from edgegw.http.codec import FlowControl, Headers, RequestHead
+from edgegw.http.codec import Headers, RequestHead
 from edgegw.http.codec.http1 import Http1ServerCodec
 from edgegw.http.codec.http2 import Http2ServerCodec, Http2Stats, Options
 from edgegw.stats import Store
 
 
-class Transport(asyncio.Transport):
-    """Records what a codec writes. Reading can be paused like a socket's; a client that
-    stops reading (``reading = False``) leaves what is written from then on in the buffer."""
+class Sink:
+    """A codec's sink: records what the codec writes, and runs what it schedules when the
+    test settles. Reading can be paused like a socket's; a client that stops reading
+    (``reading = False``) leaves what is written from then on in the buffer."""
 
     def __init__(self) -> None:
-        super().__init__()
         self.out = bytearray()
         self.closing = False
-        self.paused = False
+        self.reasons: set[str] = set()
+        self.scheduled: list[Callable[[], None]] = []
         self.reading = True
         self.unread = 0
         self.high = 0
@@ -31,7 +32,11 @@ class Transport(asyncio.Transport):
         self.codec: Any = None
         self.blocked = False
 
-    def write(self, data: Any) -> None:
+    @property
+    def paused(self) -> bool:
+        return bool(self.reasons)
+
+    def write(self, data: bytes) -> None:
         self.out += data
         if not self.reading:
             self.unread += len(data)
@@ -51,27 +56,35 @@ class Transport(asyncio.Transport):
             self.blocked = False
             self.codec.write_blocked(False)
 
-    def writelines(self, data: Any) -> None:
-        for d in data:
-            self.write(d)
-
-    def is_closing(self) -> bool:
-        return self.closing
-
     def close(self) -> None:
         self.closing = True
 
     def abort(self) -> None:
         self.closing = True
 
-    def pause_reading(self) -> None:
-        self.paused = True
+    def is_closing(self) -> bool:
+        return self.closing
 
-    def resume_reading(self) -> None:
-        self.paused = False
+    def pause(self, reason: str) -> None:
+        self.reasons.add(reason)
 
-    def get_write_buffer_size(self) -> int:
+    def resume(self, reason: str) -> None:
+        self.reasons.discard(reason)
+
+    def schedule(self, callback: Callable[[], None]) -> None:
+        self.scheduled.append(callback)
+
+    def buffered(self) -> int:
         return self.unread
+
+    def settle(self) -> None:
+        """Runs what was scheduled, and what that schedules, until nothing is left (as the
+        loop's next turns would)."""
+        for _ in range(100_000):
+            if not self.scheduled:
+                return
+            self.scheduled.pop(0)()
+        raise AssertionError("the codec keeps scheduling work")
 
 
 class Stream:
@@ -161,50 +174,35 @@ class Tracebacks(logging.Handler):
             self.seen.append(record)
 
 
-def h1_codec(mgr: Manager, tr: Transport) -> Http1ServerCodec:
-    codec = Http1ServerCodec(mgr, tr, FlowControl(tr), 60 * 1024, 100)
-    tr.codec = codec
+def h1_codec(mgr: Manager, sink: Sink) -> Http1ServerCodec:
+    codec = Http1ServerCodec(mgr, sink, 60 * 1024, 100)
+    sink.codec = codec
     return codec
 
 
-def h2_codec(mgr: Manager, tr: Transport,
+def h2_codec(mgr: Manager, sink: Sink,
              cfg: m.Http2ProtocolOptions | None = None) -> Http2ServerCodec:
-    """An HTTP/2 server codec (made inside a running loop, as the real one is)."""
-    codec = Http2ServerCodec(mgr, tr, FlowControl(tr), Options(cfg), 60 * 1024, 100,
+    codec = Http2ServerCodec(mgr, sink, Options(cfg), 60 * 1024, 100,
                              Http2Stats(Store(), "http2."))
-    tr.codec = codec
+    sink.codec = codec
     return codec
-
-
-async def settle(turns: int = 5) -> None:
-    """Lets the loop run what the codec scheduled (the next pipelined request, a flush)."""
-    for _ in range(turns):
-        await asyncio.sleep(0)
 
 
 def run_codec(kind: str, pieces: list[bytes]) -> tuple[list[tuple[Any, ...]], bytes]:
-    """Feeds the pieces to a fresh codec, one read each, letting the loop run between; an
-    exception raised out of feed, in a callback the codec scheduled, or logged, fails."""
-    crashes: list[dict[str, Any]] = []
+    """Feeds the pieces to a fresh codec, one read each, running what it scheduled between
+    reads; an exception raised out of feed or a scheduled callback, or logged, fails."""
     tracebacks = Tracebacks()
     logging.getLogger().addHandler(tracebacks)
-
-    async def go() -> tuple[list[tuple[Any, ...]], bytes]:
-        asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: crashes.append(ctx))
-        mgr, tr = Manager(), Transport()
-        codec: Any = h1_codec(mgr, tr) if kind == "h1" else h2_codec(mgr, tr)
+    try:
+        mgr, sink = Manager(), Sink()
+        codec: Any = h1_codec(mgr, sink) if kind == "h1" else h2_codec(mgr, sink)
         for p in pieces:
-            if tr.closing:
+            if sink.closing:
                 break
             codec.feed(p)
-            await settle(3)
-        await settle()
-        return merged(mgr.events), bytes(tr.out)
-
-    try:
-        out = asyncio.run(go())
+            sink.settle()
+        sink.settle()
     finally:
         logging.getLogger().removeHandler(tracebacks)
-    assert not crashes, crashes
     assert not tracebacks.seen, [r.getMessage() for r in tracebacks.seen]
-    return out
+    return merged(mgr.events), bytes(sink.out)

@@ -1,7 +1,7 @@
 """The upstream pool's state machine, driven with fake connections: no sockets.
 
 Each test builds a real Cluster (its stats, limits and hosts) and replaces how its pools open a
-transport, so that the test decides when a connect succeeds or fails and what a backend sends.
+connection, so that the test decides when a connect succeeds or fails and what a backend sends.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from edgegw.stats import Store
 from edgegw.upstream.cluster import Cluster, Host
 from edgegw.upstream.pool import ConnectError, State
 
-from .codec_harness import Transport
+from .codec_harness import Sink
 
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
 
 
-class FakeTransport(Transport):
-    """The harness's transport, on an upstream connection: aborting it loses the
-    connection, as a socket's does."""
+class FakeSink(Sink):
+    """The harness's sink, on an upstream connection: aborting it loses the connection, as a
+    socket's does."""
 
     def __init__(self, conn: UpstreamConnection) -> None:
         super().__init__()
@@ -35,14 +35,14 @@ class FakeTransport(Transport):
     def abort(self) -> None:
         if not self.closing:
             self.closing = True
-            asyncio.get_running_loop().call_soon(self.conn.connection_lost, None)
+            asyncio.get_running_loop().call_soon(self.conn.connection_lost)
 
     def respond(self, data: bytes = OK) -> None:
-        self.conn.data_received(data)
+        self.conn.feed(data)
 
     def remote_close(self) -> None:
         self.closing = True
-        self.conn.connection_lost(None)
+        self.conn.connection_lost()
 
 
 class Backend:
@@ -50,15 +50,15 @@ class Backend:
 
     def __init__(self) -> None:
         self.connects: list[tuple[UpstreamConnection, asyncio.Future[None]]] = []
-        self.transports: list[FakeTransport] = []
+        self.sinks: list[FakeSink] = []
 
     async def open(self, conn: UpstreamConnection) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.connects.append((conn, fut))
         await fut
-        t = FakeTransport(conn)
-        self.transports.append(t)
-        conn.connection_made(t)
+        t = FakeSink(conn)
+        self.sinks.append(t)
+        conn.connected(t)
 
     def accept(self, i: int = -1) -> None:
         self.connects[i][1].set_result(None)
@@ -76,6 +76,7 @@ class Client:
         self.heard: list[str] = []
         self.conn: UpstreamConnection | None = None
         self.reused: bool | None = None
+        self.body = b""
         self.waiter = host.pool.request(self)
 
     def pool_ready(self, conn: UpstreamConnection, reused: bool) -> None:
@@ -90,7 +91,7 @@ class Client:
     def pool_failure(self, reason: str, detail: str) -> None:
         self.heard.append(f"failure: {reason}")
 
-    # ResponseSink
+    # ResponseReceiver
     def upstream_headers(self, status: int, headers: list[tuple[bytes, bytes]],
                          end_stream: bool) -> None:
         self.heard.append(f"status {status}")
@@ -98,6 +99,7 @@ class Client:
             self.heard.append("complete")
 
     def upstream_data(self, data: bytes, end_stream: bool) -> None:
+        self.body += data
         if end_stream:
             self.heard.append("complete")
 
@@ -139,7 +141,7 @@ async def served(host: Host, backend: Backend) -> Client:
     await settle()
     backend.accept()
     await settle()
-    backend.transports[-1].respond()
+    backend.sinks[-1].respond()
     return client
 
 
@@ -160,7 +162,7 @@ def test_a_released_connection_is_reused_by_the_next_request() -> None:
         be.accept()
         await settle()
         assert first.heard == ["ready"] and first.reused is False
-        be.transports[0].respond()
+        be.sinks[0].respond()
         assert first.heard == ["ready", "status 200", "complete"]
         assert host.pool.idle == [first.conn] and first.conn.state is State.READY
         second = Client(host)
@@ -182,7 +184,12 @@ def test_max_connections_queues_requests_until_a_connection_is_freed() -> None:
         be.accept()
         await settle()
         assert first.heard == ["ready"] and second.heard == []
-        be.transports[0].respond()
+        be.sinks[0].respond()
+        # The waiter gets the connection once the codec's callback has returned, never
+        # inside it: the response it was delivering ends whole.
+        assert first.heard[-1] == "complete" and first.body == b"ok"
+        assert second.heard == []
+        await settle()
         assert second.heard == ["ready"] and second.reused is True
         assert stat(c, "upstream_rq_pending_active") == 0
         assert stat(c, "upstream_cx_overflow") == 1  # counted once per waiting request
@@ -199,7 +206,7 @@ def test_a_host_with_no_connection_may_open_one_past_the_cluster_limit() -> None
         await settle()
         be.accept()
         await settle()
-        be.transports[0].respond()
+        be.sinks[0].respond()
         assert a.pool.idle and c.connections == 1
         cb = Client(b)
         await settle()
@@ -209,11 +216,12 @@ def test_a_host_with_no_connection_may_open_one_past_the_cluster_limit() -> None
         assert cb.heard == ["ready"] and c.connections == 2
         assert stat(c, "upstream_cx_overflow") == 1
         # With a connection of its own, B's next requests queue behind it.
-        be.transports[1].respond()
+        be.sinks[1].respond()
         more = [Client(b), Client(b)]
         await settle()
         assert more[0].heard == ["ready"] and more[1].heard == [] and len(be.connects) == 2
-        be.transports[1].respond()
+        be.sinks[1].respond()
+        await settle()
         assert more[1].heard == ["ready"]
         assert ca.heard[-1] == "complete"
     run(t)
@@ -248,7 +256,7 @@ def test_max_requests_is_checked_when_a_request_gets_its_connection() -> None:
         assert second.heard == ["overflow"]
         assert stat(c, "upstream_rq_active_overflow") == 1
         assert be.connects[1][0] in host.pool.idle  # the connection stays pooled
-        be.transports[0].respond()
+        be.sinks[0].respond()
         assert c.attached == 0 and len(host.pool.idle) == 2
         assert first.heard[-1] == "complete"
     run(t)
@@ -301,7 +309,8 @@ def test_a_cancelled_waiter_leaves_the_queue_and_the_connection_serves_the_next(
         await settle()
         be.accept()
         await settle()
-        be.transports[0].respond()
+        be.sinks[0].respond()
+        await settle()
         assert second.heard == [] and third.heard == ["ready"]
         assert first.heard[-1] == "complete"
     run(t)
@@ -316,8 +325,8 @@ def test_idle_connections_expire_oldest_first() -> None:
         be.accept(0)
         be.accept(1)
         await settle()
-        be.transports[0].respond()
-        be.transports[1].respond()
+        be.sinks[0].respond()
+        be.sinks[1].respond()
         assert a.conn is not None and b.conn is not None
         a.conn.idle_since -= 100
         host.pool.expire(50)
@@ -334,7 +343,7 @@ def test_a_stale_keep_alive_close_is_reported_as_stale_only_before_any_response_
         host = c.hosts[0]
         first = await served(host, be)
         reused = Client(host)
-        be.transports[0].remote_close()
+        be.sinks[0].remote_close()
         assert reused.heard == ["ready", "reset: connection termination (stale)"]
         assert stat(c, "upstream_cx_destroy_remote_with_active_rq") == 1
         # A malformed response is a protocol error, never a reason to send the request again.
@@ -342,9 +351,9 @@ def test_a_stale_keep_alive_close_is_reported_as_stale_only_before_any_response_
         await settle()
         be.accept()
         await settle()
-        be.transports[1].respond()
+        be.sinks[1].respond()
         bad = Client(host)
-        be.transports[1].respond(b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n")
+        be.sinks[1].respond(b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n")
         assert bad.heard == ["ready", "reset: protocol error"]
         assert first.heard[-1] == again.heard[-1] == "complete"
     run(t)
@@ -358,7 +367,7 @@ def test_a_connection_closed_by_the_backend_frees_its_slot_for_a_waiter() -> Non
         await settle()
         be.accept()
         await settle()
-        be.transports[0].respond(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0"
+        be.sinks[0].respond(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0"
                                  b"\r\n\r\n")
         await settle()
         assert first.heard == ["ready", "status 200", "complete"]
@@ -390,7 +399,7 @@ def test_an_idle_connection_closed_by_the_backend_leaves_the_pool() -> None:
         host = c.hosts[0]
         first = await served(host, be)
         assert first.conn is not None and host.pool.idle == [first.conn]
-        be.transports[0].remote_close()
+        be.sinks[0].remote_close()
         assert host.pool.idle == [] and c.connections == 0
         assert first.conn.state is State.CLOSED
         assert stat(c, "upstream_cx_active") == 0 and stat(c, "upstream_cx_destroy") == 1

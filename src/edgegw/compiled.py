@@ -28,6 +28,7 @@ MODULES = (  # no package __init__: compiled, it cannot import its submodules (m
     "edgegw.http.router.filter",
     "edgegw.http.router.request_headers",
     "edgegw.http.router.upstream_request",
+    "edgegw.http.sink",
     "edgegw.http.stream",
     "edgegw.http.stream_info",
     "edgegw.listener.filter_chain",

@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING
 from .. import log
 from ..config import model as m
 from ..stats import Counter, Gauge
-from .codec import FlowControl, RequestHead, ResponseEncoder, ServerCodec, http2
+from .codec import RequestHead, ResponseEncoder, ServerCodec, http2
 from .codec.http1 import Http1ServerCodec
 from .filters.local_ratelimit import TokenBucket
 from .settings import HttpConnectionManager
+from .sink import TransportSink
 from .stream import Stream
 from .stream_info import ResponseFlag
 
@@ -56,7 +57,7 @@ class DownstreamConnection(asyncio.Protocol):
         self.on_close = on_close
         self.codec: ServerCodec | None = None
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
-        self.flow: FlowControl = None  # type: ignore[assignment]
+        self.sink: TransportSink = None  # type: ignore[assignment]
         self.remote_ip = ""
         self.remote_port = 0
         """The client's address: the PROXY header's when one came, else the peer's."""
@@ -86,7 +87,7 @@ class DownstreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.flow = FlowControl(self.transport)
+        self.sink = TransportSink(self.transport)
         self.transport.set_write_buffer_limits(high=self.buffer_limit)
         peer = transport.get_extra_info("peername")
         if peer:
@@ -123,14 +124,13 @@ class DownstreamConnection(asyncio.Protocol):
             self.cx_protocol_active = st.downstream_cx_http2_active
             self.rq_protocol_total = st.downstream_rq_http2_total
             codec: ServerCodec = http2.Http2ServerCodec(
-                self, self.transport, self.flow, hcm.http2, hcm.max_header_bytes,
-                hcm.max_headers, hcm.http2_stats)
+                self, self.sink, hcm.http2, hcm.max_header_bytes, hcm.max_headers,
+                hcm.http2_stats)
         else:
             st.downstream_cx_http1_total.value += 1
             self.cx_protocol_active = st.downstream_cx_http1_active
             self.rq_protocol_total = st.downstream_rq_http1_total
-            codec = Http1ServerCodec(self, self.transport, self.flow, hcm.max_header_bytes,
-                                     hcm.max_headers)
+            codec = Http1ServerCodec(self, self.sink, hcm.max_header_bytes, hcm.max_headers)
         self.cx_protocol_active.value += 1
         return codec
 

@@ -14,7 +14,10 @@ wait forever behind the idle connections of other hosts.
 
 A connection's codec says how many requests it carries at once (one on HTTP/1.1, the peer's
 SETTINGS on HTTP/2): a connection is READY while it can take another, BUSY when full. Each
-request opens a stream on it and hears its response through the ``ResponseSink`` calls.
+request opens a stream on it and hears its response through the ``ResponseReceiver`` calls.
+The pool asks a connection whether it can take a request and whether it has been idle too
+long; a connection released inside its codec's callback is given to a waiter only after that
+callback has returned (a waiter taking it over mid-response once emptied a response's body).
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol, cast
 
 from .. import log
-from ..http.codec import RequestEncoder, ResponseSink, State
+from ..http.codec import RequestEncoder, ResponseReceiver, Sink, State
+from ..http.sink import TransportSink
 from ..tasks import Tasks
 from .connect import ConnectError, connect
 
@@ -37,7 +41,8 @@ _log = log.get("upstream")
 
 
 class ClientConnection(Protocol):
-    """What the pool needs of a connection; a client codec (HTTP/1.1 or HTTP/2) is one."""
+    """What the pool needs of a connection; a client codec (HTTP/1.1 or HTTP/2) is one. Its
+    bytes come from the socket through ``_Wire``."""
 
     state: State
     capacity: int
@@ -47,9 +52,16 @@ class ClientConnection(Protocol):
     idle_since: float
     protocol: str
 
-    def usable(self) -> bool: ...
-    def new_stream(self, sink: ResponseSink) -> RequestEncoder: ...
+    def can_take(self) -> bool:
+        """Open, and free for one more request."""
+    def expired(self, cutoff: float) -> bool:
+        """Idle since before ``cutoff``."""
+    def new_stream(self, receiver: ResponseReceiver) -> RequestEncoder: ...
     def close(self) -> None: ...
+    def connected(self, sink: Sink) -> None: ...
+    def feed(self, data: bytes) -> None: ...
+    def write_blocked(self, blocked: bool) -> None: ...
+    def connection_lost(self) -> None: ...
 
 
 ClientCodec = Callable[["Pool"], ClientConnection]
@@ -79,9 +91,9 @@ class Waiter:
 
 
 Opener = Callable[[ClientConnection], Awaitable[ClientConnection | None]]
-"""Opens the transport of a new connection (its protocol is the connection) or raises
-``ConnectError``; returns the connection when ALPN chose another protocol object. Unit tests
-pass fakes."""
+"""Opens the transport of a new connection and connects the connection to it, or raises
+``ConnectError``; returns the connection when ALPN chose another codec. Unit tests pass
+fakes."""
 
 
 class Pool:
@@ -101,6 +113,7 @@ class Pool:
         """Requests the connections being opened will take at once (one each on HTTP/1.1),
         so that no more are opened than the waiters need."""
         self.waiters: collections.deque[Waiter] = collections.deque()
+        self.assign_scheduled = False
 
     @property
     def label(self) -> str:
@@ -158,6 +171,17 @@ class Pool:
             self._to_idle(conn)
         elif conn.streams == 0:
             conn.idle_since = time.monotonic()
+        self._assign_soon()
+
+    def _assign_soon(self) -> None:
+        """Assigns on the loop's next turn: the connection was released (or grew) inside
+        its codec's callback, and a waiter gets it only once that has returned."""
+        if self.waiters and not self.assign_scheduled:
+            self.assign_scheduled = True
+            asyncio.get_running_loop().call_soon(self._assign_later)
+
+    def _assign_later(self) -> None:
+        self.assign_scheduled = False
         self._assign()
 
     def capacity_changed(self, conn: ClientConnection) -> None:
@@ -169,7 +193,7 @@ class Pool:
         elif conn.state is State.BUSY and conn.streams < conn.capacity:
             self.busy -= 1
             self._to_idle(conn)
-            self._assign()
+            self._assign_soon()
 
     def closed(self, conn: ClientConnection, with_request: bool = False) -> None:
         """A connected connection is gone, closed by either side."""
@@ -191,7 +215,7 @@ class Pool:
     def expire(self, idle_timeout: float) -> None:
         """Closes connections idle for longer than idle_timeout."""
         cutoff = time.monotonic() - idle_timeout
-        for conn in [c for c in self.idle if c.streams == 0 and c.idle_since < cutoff]:
+        for conn in [c for c in self.idle if c.expired(cutoff)]:
             self.cluster.stats.upstream_cx_idle_timeout.value += 1
             conn.close()
 
@@ -207,7 +231,7 @@ class Pool:
         """The most recently used ready connection that is still open."""
         while self.idle:
             conn = self.idle[-1]
-            if conn.usable():
+            if conn.can_take():
                 return conn
             conn.close()  # leaves the idle list through closed()
         return None
@@ -335,38 +359,62 @@ class Pool:
 
     async def _open_tcp(self, conn: ClientConnection) -> ClientConnection | None:
         """The cluster's transport to the host (see connect); under auto_config, ALPN
-        chooses the protocol object."""
+        chooses the codec."""
         cluster = self.cluster
-        proto: asyncio.Protocol = _Deciding() if cluster.auto else cast(asyncio.Protocol, conn)
-        transport = await connect(cluster, self.host, lambda: proto)
-        if isinstance(proto, _Deciding):
+        wire = _Wire(None if cluster.auto else conn)
+        transport = await connect(cluster, self.host, lambda: wire)
+        if cluster.auto:
             ssl_object = transport.get_extra_info("ssl_object")
             if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2" \
                     and cluster.http2_codec is not None:
                 conn = cluster.http2_codec(self)
-            return proto.hand_over(transport, conn)
+            wire.attach(conn)
+            return conn
         return None
 
 
-class _Deciding(asyncio.Protocol):
-    """Holds a new auto_config connection's first bytes until ALPN has chosen its codec."""
+class _Wire(asyncio.Protocol):
+    """The socket side of an upstream connection: gives its codec a sink and the bytes that
+    arrive. Under auto_config, holds the first bytes until ALPN has chosen the codec."""
 
-    def __init__(self) -> None:
+    def __init__(self, conn: ClientConnection | None) -> None:
+        self.conn = conn
+        self.transport: asyncio.Transport | None = None
         self.buffered: list[bytes] = []
         self.lost = False
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        if self.conn is not None:
+            self.conn.connected(TransportSink(self.transport))
+
     def data_received(self, data: bytes) -> None:
-        self.buffered.append(data)
+        if self.conn is None:
+            self.buffered.append(data)
+        else:
+            self.conn.feed(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
+        if self.conn is None:
+            self.lost = True
+        else:
+            self.conn.connection_lost()
 
-    def hand_over(self, transport: asyncio.Transport, conn: ClientConnection) -> ClientConnection:
-        proto = cast(asyncio.Protocol, conn)
-        transport.set_protocol(proto)
-        proto.connection_made(transport)
+    def pause_writing(self) -> None:
+        if self.conn is not None:
+            self.conn.write_blocked(True)
+
+    def resume_writing(self) -> None:
+        if self.conn is not None:
+            self.conn.write_blocked(False)
+
+    def attach(self, conn: ClientConnection) -> None:
+        """The codec ALPN chose takes the connection over, and what already arrived."""
+        assert self.transport is not None
+        self.conn = conn
+        conn.connected(TransportSink(self.transport))
         for data in self.buffered:
-            proto.data_received(data)
+            conn.feed(data)
+        self.buffered = []
         if self.lost:
-            proto.connection_lost(None)
-        return conn
+            conn.connection_lost()

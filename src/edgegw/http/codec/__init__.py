@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 import time
-from asyncio import Transport
+from collections.abc import Callable
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any, Protocol
@@ -110,7 +110,29 @@ class ServerCodec(Protocol):
     def connection_lost(self) -> None: ...
 
 
-# --- the client side: a pooled connection takes requests, a sink hears the response -------
+class Sink(Protocol):
+    """Where a codec's bytes go, and the I/O it asks of its connection. Codecs do none
+    themselves (as hypercorn's): bytes in through ``feed``, bytes out through ``write``, so
+    bytes alone test them."""
+
+    def write(self, data: bytes) -> None: ...
+    def close(self) -> None:
+        """Ends the connection once what was written has gone."""
+    def abort(self) -> None:
+        """Ends the connection now, dropping what waits to be written."""
+    def pause(self, reason: str) -> None:
+        """Stops reading, for this reason."""
+    def resume(self, reason: str) -> None:
+        """Reading resumes once no reason is left."""
+    def schedule(self, callback: Callable[[], None]) -> None:
+        """Runs the callback on the event loop's next turn, after what runs now."""
+    def buffered(self) -> int:
+        """Bytes written that the peer has not taken yet."""
+    def is_closing(self) -> bool:
+        """The connection is ending, by either side."""
+
+
+# --- the client side: a pooled connection takes requests, a receiver hears the response ---
 
 
 class State(enum.Enum):
@@ -145,7 +167,7 @@ class ConnectionOwner(Protocol):
         """The peer changed how many requests the connection may carry."""
 
 
-class ResponseSink(Protocol):
+class ResponseReceiver(Protocol):
     """What an upstream connection reports to the request that is using it."""
 
     def upstream_headers(self, status: int, headers: Headers, end_stream: bool) -> None: ...
@@ -194,22 +216,3 @@ http_date = _DateCache().get
 def connection_tokens(value: bytes | None) -> set[bytes]:
     """The header names a Connection header lists: they describe this hop only."""
     return {t.strip().lower() for t in value.split(b",")} if value else set()
-
-
-class FlowControl:
-    """Why reading from a transport is paused; it resumes when no reason is left."""
-
-    def __init__(self, transport: Transport) -> None:
-        self.transport = transport
-        self.reasons: set[str] = set()
-
-    def pause(self, reason: str) -> None:
-        if not self.reasons:
-            self.transport.pause_reading()
-        self.reasons.add(reason)
-
-    def resume(self, reason: str) -> None:
-        if reason in self.reasons:
-            self.reasons.discard(reason)
-            if not self.reasons and not self.transport.is_closing():
-                self.transport.resume_reading()

@@ -104,7 +104,7 @@ class _Call:
     def pool_failure(self, reason: str, detail: str) -> None:
         self._fail()
 
-    # ResponseSink
+    # ResponseReceiver
     def upstream_headers(self, status: int, headers: Headers, end_stream: bool) -> None:
         self.status, self.headers = status, headers
         if end_stream:

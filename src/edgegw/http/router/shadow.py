@@ -104,7 +104,7 @@ class Shadow:
         _log.debug("shadow to cluster '%s' failed: %s %s", self.cluster.name, reason, detail)
         self._done()
 
-    # ResponseSink: the response is read and dropped.
+    # ResponseReceiver: the response is read and dropped.
 
     def upstream_headers(self, status: int, headers: Headers, end_stream: bool) -> None:
         self.status = status

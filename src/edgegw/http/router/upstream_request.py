@@ -145,7 +145,7 @@ class UpstreamRequest:
         if encoder is not None:
             encoder.reset()
 
-    # --- the response (ResponseSink) --------------------------------------------------------
+    # --- the response (ResponseReceiver) --------------------------------------------------------
 
     def upstream_headers(self, status: int, headers: Headers, end_stream: bool) -> None:
         if end_stream:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import httptools
 
 from .... import log
@@ -11,7 +9,8 @@ from .. import (
     ConnectionOwner,
     Headers,
     RequestHead,
-    ResponseSink,
+    ResponseReceiver,
+    Sink,
     State,
 )
 from .common import FRAMING, LAST_CHUNK, TooLarge, chunk, encode_headers
@@ -19,9 +18,9 @@ from .common import FRAMING, LAST_CHUNK, TooLarge, chunk, encode_headers
 _log = log.get("http")
 
 
-class Http1Connection(asyncio.Protocol):
+class Http1Connection:
     """One HTTP/1.1 connection to a host: one request at a time, so the connection is also
-    that request's encoder."""
+    that request's encoder. Its bytes come through ``feed`` and go to its ``Sink``."""
 
     capacity = 1
     protocol = "HTTP/1.1"
@@ -29,8 +28,8 @@ class Http1Connection(asyncio.Protocol):
     def __init__(self, pool: ConnectionOwner) -> None:
         self.pool = pool
         self.state = State.CONNECTING
-        self.transport: asyncio.Transport | None = None
-        self.sink: ResponseSink | None = None
+        self.sink: Sink | None = None
+        self.receiver: ResponseReceiver | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.headers: Headers = []
         self.body: list[bytes] = []
@@ -59,47 +58,57 @@ class Http1Connection(asyncio.Protocol):
     def closed(self) -> bool:
         return self.state is State.CLOSED
 
-    def usable(self) -> bool:
-        return self.transport is not None and not self.transport.is_closing()
+    # what the pool asks
 
-    # asyncio side
+    def can_take(self) -> bool:
+        """Open, and free for a request."""
+        return self.sink is not None and not self.sink.is_closing() and self.streams == 0
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    def is_idle(self) -> bool:
+        return self.streams == 0
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def expired(self, cutoff: float) -> bool:
+        """Idle since before ``cutoff``."""
+        return self.streams == 0 and self.idle_since < cutoff
+
+    # the connection's side
+
+    def connected(self, sink: Sink) -> None:
+        self.sink = sink
+
+    def connection_lost(self) -> None:
         if self.state is State.CLOSED:
             return
         if self.state is State.CONNECTING:
             self.state = State.CLOSED
             return  # the opener reports the failure
-        sink = self.sink
+        receiver = self.receiver
         self.keep_alive = False
-        if sink is not None and ((self.got_response and not self.framed) or self.raw):
+        if receiver is not None and ((self.got_response and not self.framed) or self.raw):
             self.pool.closed(self)  # told while the state still says where the pool keeps it
             self.state = State.CLOSED
-            self.sink = None
-            sink.upstream_data(b"", True)  # a close-delimited body (or a tunnel) ends here
+            self.receiver = None
+            receiver.upstream_data(b"", True)  # a close-delimited body (or a tunnel) ends here
             return
-        self.sink = None
-        self.pool.closed(self, with_request=sink is not None)
+        self.receiver = None
+        self.pool.closed(self, with_request=receiver is not None)
         self.state = State.CLOSED
-        if sink is not None:
-            sink.upstream_reset("connection termination",
+        if receiver is not None:
+            receiver.upstream_reset("connection termination",
                                 stale=self.requests > 1 and self.response_bytes == 0)
 
-    def data_received(self, data: bytes) -> None:
+    def feed(self, data: bytes) -> None:
         self.response_bytes += len(data)
-        sink = self.sink
+        receiver = self.receiver
         if self.raw:
-            if sink is not None:
-                sink.upstream_data(data, False)
-                sink.flush()
+            if receiver is not None:
+                receiver.upstream_data(data, False)
+                receiver.flush()
             return
-        self._parse(data, sink)
+        self._parse(data, receiver)
 
-    def _parse(self, data: bytes, sink: ResponseSink | None) -> None:
-        # Apart from data_received, for the same reason as the server codec's _parse.
+    def _parse(self, data: bytes, receiver: ResponseReceiver | None) -> None:
+        # Apart from feed, for the same reason as the server codec's _parse.
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as e:
@@ -113,31 +122,27 @@ class Http1Connection(asyncio.Protocol):
             return
         except httptools.HttpParserUpgrade as e:
             rest = data[e.args[0]:]
-            if self.raw and rest and self.sink is not None:
-                self.sink.upstream_data(rest, False)
+            if self.raw and rest and self.receiver is not None:
+                self.receiver.upstream_data(rest, False)
         except httptools.HttpParserError as e:
             _log.debug("upstream protocol error from %s: %s", self.pool.label, e)
             self._fail("protocol error")
             return
-        if sink is not None:
-            if self.body and self.sink is sink:
-                sink.upstream_data(self._take_body(), False)
-            sink.flush()
+        if receiver is not None:
+            if self.body and self.receiver is receiver:
+                receiver.upstream_data(self._take_body(), False)
+            receiver.flush()
 
     def _fail(self, reason: str) -> None:
-        sink, self.sink = self.sink, None
+        receiver, self.receiver = self.receiver, None
         self.body = []
         self.close()
-        if sink is not None:
-            sink.upstream_reset(reason, stale=False)
+        if receiver is not None:
+            receiver.upstream_reset(reason, stale=False)
 
-    def pause_writing(self) -> None:
-        if self.sink is not None:
-            self.sink.upstream_write_blocked(True)
-
-    def resume_writing(self) -> None:
-        if self.sink is not None:
-            self.sink.upstream_write_blocked(False)
+    def write_blocked(self, blocked: bool) -> None:
+        if self.receiver is not None:
+            self.receiver.upstream_write_blocked(blocked)
 
     # httptools side
 
@@ -169,11 +174,11 @@ class Http1Connection(asyncio.Protocol):
             self.raw = self.upgrade  # unasked for, a 101 ends the response (and the connection)
         if self.head_only or status in (204, 304) or (status == 101 and not self.upgrade):
             self._finish(status)
-        elif self.sink is not None:
-            self.sink.upstream_headers(status, self.headers, False)
+        elif self.receiver is not None:
+            self.receiver.upstream_headers(status, self.headers, False)
 
     def on_body(self, body: bytes) -> None:
-        if self.sink is not None:
+        if self.receiver is not None:
             self.body.append(body)
 
     def _take_body(self) -> bytes:
@@ -193,23 +198,23 @@ class Http1Connection(asyncio.Protocol):
         if self.head_only:
             # The parser still expects the body that a HEAD response announces but never sends.
             self.parser = httptools.HttpResponseParser(self)
-        sink, self.sink = self.sink, None
+        receiver, self.receiver = self.receiver, None
         body = self._take_body()  # (before the release: a waiting request may take over)
         if self.state is State.BUSY:
             if self.keep_alive and self.request_sent:
                 self.pool.release(self)
             else:
                 self.close()
-        if sink is not None:
+        if receiver is not None:
             if status:
-                sink.upstream_headers(status, self.headers, True)
+                receiver.upstream_headers(status, self.headers, True)
             else:
-                sink.upstream_data(body, True)
+                receiver.upstream_data(body, True)
 
     # the request (RequestEncoder)
 
-    def new_stream(self, sink: ResponseSink) -> Http1Connection:
-        self.sink = sink
+    def new_stream(self, receiver: ResponseReceiver) -> Http1Connection:
+        self.receiver = receiver
         self.body = []
         self.got_response = False
         self.response_bytes = 0
@@ -226,32 +231,32 @@ class Http1Connection(asyncio.Protocol):
         data = b"%s %s HTTP/1.1\r\n%s%s\r\n" % (
             head.method, head.path, encode_headers(headers),
             b"transfer-encoding: chunked\r\n" if self.chunked else b"")
-        assert self.transport is not None
-        self.transport.write(data)
+        assert self.sink is not None
+        self.sink.write(data)
 
     def encode_data(self, data: bytes, end_stream: bool) -> None:
-        if self.transport is None or self.closed:
+        if self.sink is None or self.closed:
             return
         if data:
-            self.transport.write(chunk(data) if self.chunked else data)
+            self.sink.write(chunk(data) if self.chunked else data)
         if end_stream:
             if self.chunked:
-                self.transport.write(LAST_CHUNK)
+                self.sink.write(LAST_CHUNK)
             self.request_sent = True
 
     def encode_trailers(self, trailers: Headers) -> None:
         self.encode_data(b"", True)
 
     def read_disable(self, disable: bool) -> None:
-        if self.transport is not None and not self.closed:
+        if self.sink is not None and not self.closed:
             if disable:
-                self.transport.pause_reading()
+                self.sink.pause("downstream")
             else:
-                self.transport.resume_reading()
+                self.sink.resume("downstream")
 
     def reset(self) -> None:
         """The request gave up on this response (timeout, client gone): never reuse it."""
-        self.sink = None
+        self.receiver = None
         self.close()
 
     def close(self) -> None:
@@ -261,5 +266,5 @@ class Http1Connection(asyncio.Protocol):
         if self.state is not State.CONNECTING:
             self.pool.closed(self)
         self.state = State.CLOSED
-        if self.transport is not None:
-            self.transport.abort()
+        if self.sink is not None:
+            self.sink.abort()

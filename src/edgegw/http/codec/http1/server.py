@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import time
 
@@ -10,10 +9,10 @@ import httptools
 
 from .... import log
 from .. import (
-    FlowControl,
     Headers,
     RequestHead,
     ServerCallbacks,
+    Sink,
     StreamDecoder,
 )
 from .common import (
@@ -96,11 +95,11 @@ class _Response:
         self.codec.abort()
 
     def read_disable(self, reason: str, disable: bool) -> None:
-        flow = self.codec.flow
+        sink = self.codec.sink
         if disable:
-            flow.pause(reason)
+            sink.pause(reason)
         else:
-            flow.resume(reason)
+            sink.resume(reason)
 
     def _end(self) -> None:
         self.flush()
@@ -133,11 +132,10 @@ class Http1ServerCodec:
 
     protocol = "HTTP/1.1"
 
-    def __init__(self, callbacks: ServerCallbacks, transport: asyncio.Transport,
-                 flow: FlowControl, max_header_bytes: int, max_headers: int) -> None:
+    def __init__(self, callbacks: ServerCallbacks, sink: Sink, max_header_bytes: int,
+                 max_headers: int) -> None:
         self.callbacks = callbacks
-        self.transport = transport
-        self.flow = flow
+        self.sink = sink
         self.max_header_bytes = max_header_bytes
         self.max_headers = max_headers
         self.parser = httptools.HttpRequestParser(self)
@@ -170,7 +168,7 @@ class Http1ServerCodec:
         """The parser refused a pipelined request: answered once the responses owed before
         it are out (reading stops; llhttp parses nothing after an error)."""
         self.write_full = False
-        """The transport is above its write high-water mark (the client is not reading):
+        """The connection is above its write high-water mark (the client is not reading):
         no pipelined request starts until it is below the low mark again."""
 
     def feed(self, data: bytes) -> None:
@@ -226,14 +224,14 @@ class Http1ServerCodec:
 
     def _http09(self) -> None:
         self.broken = (426, b"Upgrade Required", "low_version", "-")
-        self.flow.pause("error")
+        self.sink.pause("error")
         if self.response is None:
             self._reject(*self.broken)
 
     def drain(self) -> None:
         self.draining = True
         if self.response is None and not self.head_started and not self.waiting:
-            self.transport.close()
+            self.sink.close()
 
     def connection_lost(self) -> None:
         self.closed = True
@@ -302,7 +300,7 @@ class Http1ServerCodec:
             w = _Waiting(head, end_stream, keep_alive)
             self.waiting.append(w)
             self.receiving = w
-            self.flow.pause("pipeline")
+            self.sink.pause("pipeline")
 
     def on_body(self, body: bytes) -> None:
         if self.receiving is not None:
@@ -340,12 +338,12 @@ class Http1ServerCodec:
             return
         if (not response.keep_alive or self.upgraded or self.draining
                 or not self.current_complete):
-            self.transport.close()  # (a request body still arriving cannot be skipped)
+            self.sink.close()  # (a request body still arriving cannot be skipped)
             return
         if (self.waiting or self.broken is not None) and not self.write_full:
             # The next request starts on the next turn of the loop: the one that just ended
             # finishes (and is logged) first.
-            asyncio.get_running_loop().call_soon(self._next)
+            self.sink.schedule(self._next)
 
     def write_blocked(self, blocked: bool) -> None:
         """The client stopped reading (or reads again). Above the high-water mark a client
@@ -354,11 +352,11 @@ class Http1ServerCodec:
         self.write_full = blocked
         if blocked:
             if self.current_complete and not self.raw:
-                self.flow.pause("write")  # (a body still arriving keeps flowing upstream)
+                self.sink.pause("write")  # (a body still arriving keeps flowing upstream)
             return
-        self.flow.resume("write")
+        self.sink.resume("write")
         if self.response is None and (self.waiting or self.broken is not None):
-            asyncio.get_running_loop().call_soon(self._next)
+            self.sink.schedule(self._next)
 
     def _next(self) -> None:
         if self.closed or self.response is not None or self.write_full:
@@ -369,7 +367,7 @@ class Http1ServerCodec:
         if self.waiting:
             w = self.waiting.popleft()
             if not self.waiting:
-                self.flow.resume("pipeline")
+                self.sink.resume("pipeline")
             decoder = self._start(w.head, w.end_stream, w.keep_alive)
             if self.receiving is w:
                 self.receiving = decoder
@@ -384,11 +382,11 @@ class Http1ServerCodec:
 
     def write(self, data: bytes) -> None:
         if not self.closed:
-            self.transport.write(data)
+            self.sink.write(data)
 
     def abort(self) -> None:
         if not self.closed:
-            self.transport.abort()
+            self.sink.abort()
 
     def _error(self, code: int, body: bytes, details: str) -> None:
         """What llhttp refused: the request it was parsing gets the error, as Envoy gives it
@@ -401,7 +399,7 @@ class Http1ServerCodec:
                 and self.decoder is not None:
             self.decoder.codec_error(code, body, details)  # its own body was malformed
         else:
-            self.flow.pause("error")  # a pipelined request: after the responses owed
+            self.sink.pause("error")  # a pipelined request: after the responses owed
 
     def _reject(self, code: int, body: bytes, details: str, flag: str) -> None:
         response = _Response(self, False, False, False)
@@ -416,6 +414,6 @@ class Http1ServerCodec:
 
     def head_timed_out(self, body: bytes) -> None:
         self.broken = (408, body, "request_header_timeout", "-")
-        self.flow.pause("error")
+        self.sink.pause("error")
         if self.response is None:
             self._reject(*self.broken)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 
 import h2.errors
@@ -15,7 +14,8 @@ from .. import (
     ConnectionOwner,
     Headers,
     RequestHead,
-    ResponseSink,
+    ResponseReceiver,
+    Sink,
     State,
 )
 from .common import Http2Stats, Options, Sender, clean_headers
@@ -27,11 +27,11 @@ _log = log.get("http")
 class _Request:
     """One request on an upstream HTTP/2 connection (RequestEncoder)."""
 
-    __slots__ = ("conn", "ended", "held", "out", "paused", "sid", "sink")
+    __slots__ = ("conn", "ended", "held", "out", "paused", "sid", "receiver")
 
-    def __init__(self, conn: Http2Connection, sink: ResponseSink) -> None:
+    def __init__(self, conn: Http2Connection, receiver: ResponseReceiver) -> None:
         self.conn = conn
-        self.sink: ResponseSink | None = sink
+        self.receiver: ResponseReceiver | None = receiver
         self.sid = 0
         self.out = Sender()
         self.ended = False
@@ -54,11 +54,11 @@ class _Request:
                 end_stream=end_stream)
         except h2.exceptions.ProtocolError as e:  # e.g. past the server's stream limit
             _log.debug("cannot open a stream to %s: %r", conn.pool.label, e)
-            sink, self.sink = self.sink, None
+            receiver, self.receiver = self.receiver, None
             self.ended = True
             conn.pool.release(conn)
-            if sink is not None:
-                sink.upstream_reset("remote refused stream reset", stale=False)
+            if receiver is not None:
+                receiver.upstream_reset("remote refused stream reset", stale=False)
             return
         conn.active[self.sid] = self
         if end_stream:
@@ -91,12 +91,13 @@ class _Request:
     def reset(self) -> None:
         """The request gave up on its response."""
         if not self.ended:
-            self.sink = None
+            self.receiver = None
             self.conn.finish(self, h2.errors.ErrorCodes.CANCEL)
 
 
-class Http2Connection(asyncio.Protocol):
-    """One HTTP/2 connection to a host, carrying up to ``capacity`` requests at once."""
+class Http2Connection:
+    """One HTTP/2 connection to a host, carrying up to ``capacity`` requests at once. Its
+    bytes come through ``feed`` and go to its ``Sink``."""
 
     protocol = "HTTP/2"
 
@@ -105,7 +106,7 @@ class Http2Connection(asyncio.Protocol):
         self.opts = opts
         self.stats = stats
         self.state = State.CONNECTING
-        self.transport: asyncio.Transport | None = None
+        self.sink: Sink | None = None
         self.h2 = client_connection(opts, pool.max_header_bytes)
         self.configured = opts.max_concurrent_streams
         self.capacity = min(self.configured, 100)
@@ -118,17 +119,27 @@ class Http2Connection(asyncio.Protocol):
         self.flush_scheduled = False
         self.scheme = b"https" if pool.secure else b"http"
 
-    def usable(self) -> bool:
-        return (self.transport is not None and not self.transport.is_closing()
-                and not self.goaway)
+    # what the pool asks
 
-    # asyncio side
+    def can_take(self) -> bool:
+        """Open, not going away, and with a stream to spare."""
+        return (self.sink is not None and not self.sink.is_closing() and not self.goaway
+                and self.streams < self.capacity)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    def is_idle(self) -> bool:
+        return self.streams == 0
+
+    def expired(self, cutoff: float) -> bool:
+        """Idle since before ``cutoff``."""
+        return self.streams == 0 and self.idle_since < cutoff
+
+    # the connection's side
+
+    def connected(self, sink: Sink) -> None:
+        self.sink = sink
         self.write_now()
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def connection_lost(self) -> None:
         if self.state is State.CLOSED:
             return
         if self.state is State.CONNECTING:
@@ -139,10 +150,10 @@ class Http2Connection(asyncio.Protocol):
         self.state = State.CLOSED
         for r in active.values():
             r.ended = True
-            if r.sink is not None:
-                r.sink.upstream_reset("connection termination", stale=False)
+            if r.receiver is not None:
+                r.receiver.upstream_reset("connection termination", stale=False)
 
-    def data_received(self, data: bytes) -> None:
+    def feed(self, data: bytes) -> None:
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as e:
@@ -155,8 +166,8 @@ class Http2Connection(asyncio.Protocol):
             self._event(ev, touched)
         self.write_now()
         for r in touched.values():
-            if r.sink is not None:
-                r.sink.flush()
+            if r.receiver is not None:
+                r.receiver.flush()
         if self.goaway and not self.active:
             self.close()
 
@@ -170,10 +181,10 @@ class Http2Connection(asyncio.Protocol):
                     self.h2.acknowledge_received_data(size, ev.stream_id or 0)
                 else:
                     r.held += size
-            if r is None or r.sink is None:
+            if r is None or r.receiver is None:
                 return
             touched[r.sid] = r
-            sink: ResponseSink = r.sink
+            receiver: ResponseReceiver = r.receiver
             if isinstance(ev, h2.events.ResponseReceived):
                 status = 0
                 headers: Headers = []
@@ -185,27 +196,27 @@ class Http2Connection(asyncio.Protocol):
                 end = ev.stream_ended is not None
                 if end:
                     self.finish(r)
-                sink.upstream_headers(status, headers, end)
+                receiver.upstream_headers(status, headers, end)
             elif isinstance(ev, h2.events.DataReceived):
                 end = ev.stream_ended is not None
                 if end:
                     self.finish(r)
-                sink.upstream_data(ev.data or b"", end)
+                receiver.upstream_data(ev.data or b"", end)
             elif isinstance(ev, h2.events.TrailersReceived):
                 self.finish(r)
-                sink.upstream_trailers([(bytes(k), bytes(v)) for k, v in ev.headers or []])
+                receiver.upstream_trailers([(bytes(k), bytes(v)) for k, v in ev.headers or []])
             else:  # a StreamEnded that no frame above carried
                 self.finish(r)
-                sink.upstream_data(b"", True)
+                receiver.upstream_data(b"", True)
         elif isinstance(ev, h2.events.StreamReset):
             self.stats.rx_reset.value += 1
             r = self.active.get(ev.stream_id or 0)
             if r is not None:
-                reset_sink = r.sink
+                reset_receiver = r.receiver
                 self.finish(r)
-                if reset_sink is not None:
+                if reset_receiver is not None:
                     refused = ev.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
-                    reset_sink.upstream_reset("remote refused stream reset" if refused
+                    reset_receiver.upstream_reset("remote refused stream reset" if refused
                                               else "remote reset", stale=False)
         elif isinstance(ev, h2.events.WindowUpdated):
             targets = [self.active[ev.stream_id]] if ev.stream_id in self.active else (
@@ -224,10 +235,10 @@ class Http2Connection(asyncio.Protocol):
             last = ev.last_stream_id or 0
             for sid, r in list(self.active.items()):
                 if sid > last:
-                    refused_sink = r.sink
+                    refused_by = r.receiver
                     self.finish(r)
-                    if refused_sink is not None:
-                        refused_sink.upstream_reset("remote refused stream reset", stale=False)
+                    if refused_by is not None:
+                        refused_by.upstream_reset("remote refused stream reset", stale=False)
 
     def send(self, r: _Request) -> None:
         try:
@@ -239,23 +250,23 @@ class Http2Connection(asyncio.Protocol):
     def flush(self) -> None:
         """Writes at the end of this turn of the event loop: requests opened together leave
         together."""
-        if not self.flush_scheduled:
+        if not self.flush_scheduled and self.sink is not None:
             self.flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self.write_now)
+            self.sink.schedule(self.write_now)
 
     def write_now(self) -> None:
         self.flush_scheduled = False
-        if self.transport is not None and self.state is not State.CLOSED:
+        if self.sink is not None and self.state is not State.CLOSED:
             data = self.h2.data_to_send()
             if data:
-                self.transport.write(data)
+                self.sink.write(data)
 
     def finish(self, r: _Request, code: h2.errors.ErrorCodes | None = None) -> None:
         """The stream is over: its slot goes back to the pool."""
         if r.ended:
             return
         r.ended = True
-        r.sink = None
+        r.receiver = None
         self.active.pop(r.sid, None)
         if code is not None or not r.out.sent_end:
             try:
@@ -272,24 +283,19 @@ class Http2Connection(asyncio.Protocol):
         self.close()
         for r in active.values():
             r.ended = True
-            if r.sink is not None:
-                r.sink.upstream_reset(reason, stale=False)
+            if r.receiver is not None:
+                r.receiver.upstream_reset(reason, stale=False)
 
-    def pause_writing(self) -> None:
+    def write_blocked(self, blocked: bool) -> None:
         for r in self.active.values():
-            if r.sink is not None:
-                r.sink.upstream_write_blocked(True)
-
-    def resume_writing(self) -> None:
-        for r in self.active.values():
-            if r.sink is not None:
-                r.sink.upstream_write_blocked(False)
+            if r.receiver is not None:
+                r.receiver.upstream_write_blocked(blocked)
 
     # the pool's side
 
-    def new_stream(self, sink: ResponseSink) -> _Request:
+    def new_stream(self, receiver: ResponseReceiver) -> _Request:
         self.requests += 1
-        return _Request(self, sink)
+        return _Request(self, receiver)
 
     def close(self) -> None:
         if self.state is State.CLOSED:
@@ -297,8 +303,8 @@ class Http2Connection(asyncio.Protocol):
         if self.state is not State.CONNECTING:
             self.pool.closed(self, with_request=bool(self.active))
         self.state = State.CLOSED
-        if self.transport is not None:
-            self.transport.abort()
+        if self.sink is not None:
+            self.sink.abort()
 
 
 def client_codec(opts: Options, store: Store,

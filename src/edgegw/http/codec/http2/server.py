@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import collections
 
 import h2.errors
@@ -13,10 +12,10 @@ from hyperframe.frame import GoAwayFrame
 from .... import log
 from ....stats import Counter
 from .. import (
-    FlowControl,
     Headers,
     RequestHead,
     ServerCallbacks,
+    Sink,
     StreamDecoder,
 )
 from .common import CONTROL_FRAMES, WRITE_HIGH, Http2Stats, Options, Sender, clean_headers
@@ -99,12 +98,11 @@ class Http2ServerCodec:
     protocol = "HTTP/2"
     head_started = 0.0
 
-    def __init__(self, callbacks: ServerCallbacks, transport: asyncio.Transport,
-                 flow: FlowControl, opts: Options, max_header_bytes: int, max_headers: int,
+    def __init__(self, callbacks: ServerCallbacks, sink: Sink, opts: Options,
+                 max_header_bytes: int, max_headers: int,
                  stats: Http2Stats) -> None:
         self.callbacks = callbacks
-        self.transport = transport
-        self.flow = flow
+        self.sink = sink
         self.opts = opts
         self.max_headers = max_headers
         self.stats = stats
@@ -122,13 +120,12 @@ class Http2ServerCodec:
         self.data_frames_sent = 0
         self.queued_frames = 0
         self.queued_control = 0
-        """Frames (and control frames among them) in the transport's buffer, not yet taken
+        """Frames (and control frames among them) in the connection's write buffer, not yet taken
         by the client: Envoy's outbound frame accounting."""
         self.written = 0
         self.queued: collections.deque[tuple[int, int, int]] = collections.deque()
         """Each write still (partly) in the buffer: where it ends in the bytes written,
         and its frames and control frames."""
-        self.loop = asyncio.get_running_loop()
         self.flush_scheduled = False
         self.write_now()
 
@@ -335,7 +332,7 @@ class Http2ServerCodec:
         responses that complete together leave in one TLS record and one syscall."""
         if not self.flush_scheduled and not self.closed:
             self.flush_scheduled = True
-            self.loop.call_soon(self.write_now)
+            self.sink.schedule(self.write_now)
 
     def write_now(self) -> None:
         self.flush_scheduled = False
@@ -343,16 +340,16 @@ class Http2ServerCodec:
         if data and not self.closed:
             if self._flooded(data):
                 return
-            self.transport.write(data)
+            self.sink.write(data)
 
     def _flooded(self, data: bytes) -> bool:
-        """Counts the frames in the transport's buffer with this write's, as Envoy counts
+        """Counts the frames in the write buffer with this write's, as Envoy counts
         its outbound buffer (a read's answers are one write): a client that asks (PING,
         SETTINGS, streams refused or answered) faster than it reads ends with
         ``outbound_flood`` or ``outbound_control_flood`` instead of growing the buffer."""
         queued = self.queued
         if queued:
-            taken = self.written - self.transport.get_write_buffer_size()
+            taken = self.written - self.sink.buffered()
             while queued and queued[0][0] <= taken:
                 _, frames, control = queued.popleft()
                 self.queued_frames -= frames
@@ -385,12 +382,12 @@ class Http2ServerCodec:
         _log.debug("HTTP/2 flood from a client: closing its connection")
         self.closed = True
         self.callbacks.protocol_error("http2.flood")
-        self.transport.abort()
+        self.sink.abort()
 
     def _close(self) -> None:
         if not self.closed:
             self.write_now()
-            self.transport.close()
+            self.sink.close()
         self.closed = True
 
     # --- the connection -----------------------------------------------------------------
@@ -407,7 +404,7 @@ class Http2ServerCodec:
         self.write_now()
         data = frame.serialize()
         self.written += len(data)
-        self.transport.write(data)
+        self.sink.write(data)
         self.stats.goaway_sent.value += 1
         if not self.streams:
             self._close()
