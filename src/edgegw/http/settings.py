@@ -16,7 +16,7 @@ from . import filters as _filters  # noqa: F401 (registers the HTTP filters)
 from .codec import http1, http2
 from .headers import ForwardingPolicy
 from .path import PathPolicy
-from .router.filter import RouterConfig
+from .router.config import RouterConfig
 from .router.table import Route, compile_routes
 
 

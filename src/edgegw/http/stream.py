@@ -11,7 +11,6 @@ request's record (``StreamInfo``), which filters write and access logs read.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
@@ -21,6 +20,7 @@ from ..tls.cert_dir import covers
 from .codec import Headers, RequestHead, ResponseEncoder, http_date
 from .filter import Downstream
 from .grpc import grpc_local_reply, grpc_timeout
+from .head_checks import check_head
 from .path import Outcome
 from .router.filter import Router
 from .router.table import Forward
@@ -44,11 +44,6 @@ class Owner(Downstream, Protocol):
     def upgrade_started(self) -> None: ...
     def upgrade_ended(self) -> None: ...
     def stream_done(self, s: Stream) -> None: ...
-
-
-_READ_AT_START = frozenset((b"host", b"content-type", b"expect"))
-_AUTHORITY = re.compile(rb"[A-Za-z0-9\-._~!$&'()*+,;=:\[\]@%]+")
-"""The bytes an authority may hold (RFC 3986 as nghttp2 checks them, which Envoy uses)."""
 
 
 class Stream:
@@ -111,43 +106,13 @@ class Stream:
         if hcm.underscores != "ALLOW" and not self._underscores():
             return
         head = self.head
-        path = self.path
-        host = ctype = expect = None
-        hosts = 0
-        for k, v in self.headers:  # one pass for the headers the connection manager reads
-            if k in _READ_AT_START:
-                if k == b"host":
-                    hosts += 1
-                    if host is None:
-                        host = v
-                elif k == b"content-type":
-                    if ctype is None:
-                        ctype = v
-                elif expect is None:
-                    expect = v
-        if path[:1] != b"/" and b"://" in path[:8]:
-            rest = path.split(b"://", 1)[1]
-            slash = rest.find(b"/")
-            authority, path = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
-            host = authority
-            hosts = 1
-            self.headers = head.headers = [h for h in self.headers if h[0] != b"host"] + [
-                (b"host", host)]
-            self.path = head.path = path
-        if not host:
-            self.send_local_reply(400, b"", "missing_host_header", close=True)
+        checked = check_head(head)
+        self.headers = head.headers
+        self.path = path = head.path
+        if checked.refusal is not None:
+            self.send_local_reply(*checked.refusal, close=True)
             return
-        if not _AUTHORITY.fullmatch(host):
-            self.send_local_reply(400, b"Bad Request", "http.invalid_authority", close=True)
-            return
-        if b"#" in path or (path == b"*" and self.method != b"OPTIONS"):
-            self.send_local_reply(400, b"Bad Request", "http.invalid_path", close=True)
-            return
-        if hosts > 1:
-            # One request, one authority: routing by one Host while the backend reads another
-            # is how virtual-host checks are bypassed (edgegw-only: Envoy forwards it).
-            self.send_local_reply(400, b"Bad Request", "multiple_host_headers", close=True)
-            return
+        host, expect = checked.host, checked.expect
         if hcm.paths.active:
             outcome, path = hcm.paths.apply(path)
             if outcome is Outcome.REJECT:
@@ -165,6 +130,7 @@ class Stream:
                                                             self.authority):
             self.send_local_reply(421, b"Misdirected Request", "edgegw.sni_host_mismatch")
             return
+        ctype = checked.content_type
         self.grpc = ctype is not None and ctype.startswith(b"application/grpc")
         if expect is not None:
             if expect.lower() == b"100-continue":

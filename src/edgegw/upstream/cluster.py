@@ -232,6 +232,20 @@ class Cluster:
             self._rq_time = self.stats._store.histogram(f"cluster.{self.name}.upstream_rq_time")
         self._rq_time.record(ms)
 
+    def charge(self, host: Host | None, code: int, retried: bool = False) -> None:
+        """Counts a response code: ``upstream_rq_<code>`` and its class, or, for a response
+        that is retried, the same under ``retry.`` (as Envoy counts them); 5xx on the host."""
+        if host is not None and code >= 500:
+            host.rq_error += 1
+        if retried:
+            c = self.stats.counter
+            c(f"retry.upstream_rq_{code}").value += 1
+            c(f"retry.upstream_rq_{code // 100}xx").value += 1
+            c("retry.upstream_rq_completed").value += 1
+        else:
+            self.stats.count_code(code)
+            self.status_counter(code).value += 1
+
     def status_counter(self, status: int) -> Counter:
         """``upstream_rq_<code>``, looked up once per code."""
         c = self._status_counters.get(status)

@@ -14,17 +14,16 @@ import random
 import time
 from typing import TYPE_CHECKING
 
-from mypy_extensions import mypyc_attr
-
 from ... import log
-from ...stats import Counter, StatSet, Store
 from ...tls.acme import challenge_answer
-from ...upstream.cluster import Cluster, ClusterManager, Host
-from ..codec import HOP_BY_HOP, Headers, connection_tokens
+from ...upstream.cluster import Cluster, Host
+from ..codec import Headers
 from ..stream_info import ResponseFlag
+from .config import RouterConfig
 from .request_headers import upstream_head
+from .response_headers import downstream_headers
 from .retry import RETRY_BUFFER_LIMIT, Retry
-from .shadow import Shadow, shadow_host
+from .shadow import mirror
 from .table import Direct, Forward, Redirect, redirect_location
 from .upstream_request import UpstreamRequest
 
@@ -37,29 +36,6 @@ CONNECT_FAILURE = b"upstream connect error or disconnect/reset before headers. r
 _RESET_FLAGS = {"connection termination": ResponseFlag.UC, "protocol error": ResponseFlag.UPE,
                 "connection timeout": ResponseFlag.UF, "remote connection failure": ResponseFlag.UF}
 PENDING_BODY_LIMIT = 1024 * 1024
-RESPONSE_DROP = HOP_BY_HOP | {b"server"}
-UPGRADE_KEEP = (b"upgrade", b"connection")
-
-
-@mypyc_attr(native_class=False)  # its stats are made by StatSet.__init_subclass__
-class RouterStats(StatSet):
-    """Envoy's router stats, under ``http.<stat_prefix>.``."""
-
-    no_route: Counter
-    no_cluster: Counter
-    rq_total: Counter
-    rq_direct_response: Counter
-    rq_redirect: Counter
-
-
-class RouterConfig:
-    """What every router of one connection manager shares (Envoy's router FilterConfig)."""
-
-    def __init__(self, clusters: ClusterManager, store: Store, stat_prefix: str,
-                 suppress_envoy_headers: bool) -> None:
-        self.clusters = clusters
-        self.stats = RouterStats(store, f"http.{stat_prefix}.")
-        self.suppress_envoy_headers = suppress_envoy_headers
 
 
 class Router:
@@ -216,7 +192,8 @@ class Router:
         cb = self.cb
         cb.info.host = host
         self.attempt += 1
-        self.req = UpstreamRequest(self, host, upstream_head(self.cb, self.action, host, self._adds_timeout()))
+        head = upstream_head(cb, self.action, host, self._adds_timeout())
+        self.req = UpstreamRequest(self, host, head)
         self.req.start()
 
     def _adds_timeout(self) -> bool:
@@ -224,21 +201,12 @@ class Router:
         return self.timeout > 0 and not self.cfg.suppress_envoy_headers
 
     def _send_shadows(self) -> None:
-        """Mirrors the (complete) request to each shadow cluster, fire and forget."""
         shadows, self.shadows = self.shadows, ()
-        if self.body_copy is None or self.action is None:
+        action = self.action
+        if self.body_copy is None or action is None:
             return  # the body outgrew the buffer: Envoy drops the shadow too
-        body = b"".join(self.body_copy)
-        for cluster, suffix in shadows:
-            host = cluster.choose(self.hash)
-            if host is None:
-                cluster.stats.upstream_cx_none_healthy.value += 1
-                continue
-            head = upstream_head(self.cb, self.action, host, self._adds_timeout())
-            if suffix:
-                head.headers[0] = (b"host", shadow_host(head.headers[0][1]))
-            shadow = Shadow(cluster, host, head, body, self.timeout)
-            shadow.start()
+        mirror(shadows, b"".join(self.body_copy), self.hash, self.timeout,
+               lambda host: upstream_head(self.cb, action, host, self._adds_timeout()))
 
     # --- what an attempt reports ------------------------------------------------------------
 
@@ -262,7 +230,7 @@ class Router:
         retry = self.retry
         if retry is not None and retry.retriable_response(status, headers):
             if self._can_retry():
-                self._charge_retried(status)
+                cluster.charge(req.host, status, retried=True)
                 self._retry_attempt(retry.reset_interval(headers))
                 return
             if self.retries_done or retry.num_retries == 0:
@@ -272,28 +240,8 @@ class Router:
             cluster.stats.upstream_rq_retry_success.value += 1
         self._charge(status)
         self.service_time = b"%d" % int((time.monotonic() - req.sent_at) * 1000)
-        tokens = None
-        out: Headers = []
-        upgrade = status == 101 and bool(cb.head.upgrade)
-        for kv in headers:
-            k = kv[0]
-            if k in RESPONSE_DROP:
-                if k == b"connection":
-                    tokens = kv[1]
-                    if upgrade:
-                        out.append(kv)
-                elif upgrade and k == b"upgrade":
-                    out.append(kv)
-                continue
-            out.append(kv)
-        if tokens:
-            named = connection_tokens(tokens) - {b"upgrade"}
-            out = [kv for kv in out if kv[0] not in named]
-        if not self.cfg.suppress_envoy_headers:
-            out.append((b"x-envoy-upstream-service-time", self.service_time))
-        assert cb.info.route is not None
-        for mut in cb.info.route.mutations:
-            mut.response.apply(out, cb.info.expand)
+        out = downstream_headers(cb, status, headers, self.service_time,
+                                 self.cfg.suppress_envoy_headers)
         cb.info.details = "via_upstream"
         if end_stream:
             self._complete(req)
@@ -360,7 +308,8 @@ class Router:
         self._charge(502 if reason == "protocol error" else 503)
         cb.info.failure_reason = detail
         if detail:
-            _log.debug("upstream %s: %s (%s)", cb.info.host.label if cb.info.host else "-", reason, detail)
+            _log.debug("upstream %s: %s (%s)", cb.info.host.label if cb.info.host else "-",
+                       reason, detail)
         body = CONNECT_FAILURE + reason.encode()
         status = 502 if reason == "protocol error" else 503  # Envoy's codes for each
         if self.retries_done:
@@ -461,26 +410,12 @@ class Router:
         if req is not None:
             req.release()
 
-    def _charge_retried(self, code: int) -> None:
-        """A response that is retried is counted under ``retry.``, as Envoy counts it."""
-        cb = self.cb
-        assert cb.info.cluster is not None and cb.info.host is not None
-        c = cb.info.cluster.stats.counter
-        c(f"retry.upstream_rq_{code}").value += 1
-        c(f"retry.upstream_rq_{code // 100}xx").value += 1
-        c("retry.upstream_rq_completed").value += 1
-        if code >= 500:
-            cb.info.host.rq_error += 1
-
     def _charge(self, code: int) -> None:
         """Counts a response code against the cluster (also replies made on the upstream's
         behalf, as Envoy does)."""
-        cb = self.cb
-        if cb.info.host is not None and code >= 500:
-            cb.info.host.rq_error += 1
-        if cb.info.cluster is not None:
-            cb.info.cluster.stats.count_code(code)
-            cb.info.cluster.status_counter(code).value += 1
+        info = self.cb.info
+        if info.cluster is not None:
+            info.cluster.charge(info.host, code)
 
     # --- the downstream side ----------------------------------------------------------------
 

@@ -10,6 +10,7 @@ shadow cluster's stats only.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from ... import log
 from ...tasks import Tasks
@@ -32,6 +33,21 @@ def shadow_host(host: bytes) -> bytes:
         else:
             port = b":" + port
     return name + b"-shadow" + port
+
+
+def mirror(shadows: tuple[tuple[Cluster, bool], ...], body: bytes, hash_key: int | None,
+           timeout: float, head_for: Callable[[Host], RequestHead]) -> None:
+    """Sends a copy of the (complete) request to each shadow cluster (with ``-shadow`` on
+    Host when asked), fire and forget."""
+    for cluster, suffix in shadows:
+        host = cluster.choose(hash_key)
+        if host is None:
+            cluster.stats.upstream_cx_none_healthy.value += 1
+            continue
+        head = head_for(host)
+        if suffix:
+            head.headers[0] = (b"host", shadow_host(head.headers[0][1]))
+        Shadow(cluster, host, head, body, timeout).start()
 
 
 RUNNING = Tasks()
