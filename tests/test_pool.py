@@ -16,7 +16,8 @@ from edgegw.config import model as m
 from edgegw.http.codec import RequestHead
 from edgegw.http.codec.http1 import Http1Connection as UpstreamConnection
 from edgegw.stats import Store
-from edgegw.upstream.cluster import Cluster, Host
+from edgegw.upstream.cluster import Cluster
+from edgegw.upstream.host import Host
 from edgegw.upstream.pool import ConnectError, State
 
 from .codec_harness import Sink

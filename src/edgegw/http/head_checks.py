@@ -15,11 +15,12 @@ _AUTHORITY = re.compile(rb"[A-Za-z0-9\-._~!$&'()*+,;=:\[\]@%]+")
 class Checked:
     """The headers the connection manager reads, or why the request is refused."""
 
-    __slots__ = ("content_type", "expect", "host", "refusal")
+    __slots__ = ("ctype", "expect", "host", "refusal")
 
     def __init__(self) -> None:
         self.host = b""
-        self.content_type: bytes | None = None
+        self.ctype: bytes | None = None
+        """Content-Type."""
         self.expect: bytes | None = None
         self.refusal: tuple[int, bytes, str] | None = None
         """Status, body and details of the local reply (the connection then closes)."""
@@ -50,7 +51,7 @@ def check_head(head: RequestHead) -> Checked:
         hosts = 1
         head.headers = [h for h in head.headers if h[0] != b"host"] + [(b"host", host)]
         head.path = path
-    out.content_type, out.expect = ctype, expect
+    out.ctype, out.expect = ctype, expect
     if not host:
         out.refusal = (400, b"", "missing_host_header")
     elif not _AUTHORITY.fullmatch(host):

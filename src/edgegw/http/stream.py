@@ -130,7 +130,7 @@ class Stream:
                                                             self.authority):
             self.send_local_reply(421, b"Misdirected Request", "edgegw.sni_host_mismatch")
             return
-        ctype = checked.content_type
+        ctype = checked.ctype
         self.grpc = ctype is not None and ctype.startswith(b"application/grpc")
         if expect is not None:
             if expect.lower() == b"100-continue":

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Protocol
 from ..config.model import address_string
 
 if TYPE_CHECKING:
-    from ..upstream.cluster import Cluster, Host
+    from ..upstream.cluster import Cluster
+    from ..upstream.host import Host
     from .codec import Headers, RequestHead
     from .router.table import Route, VirtualHost
 

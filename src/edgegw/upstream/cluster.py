@@ -16,81 +16,15 @@ from collections.abc import Iterable
 
 from .. import log
 from ..config import model as m
-from ..http.codec import http2
-from ..http.codec.http1 import Http1Connection
-from ..stats import Counter, Gauge, Histogram, StatSet, Store
-from ..tls.context import ClientTls, SslStats
+from ..stats import Store
 from ..tls.sds import SecretManager
 from . import lb
+from .cluster_info import ClusterInfo, RemainingStats
 from .health import HealthChecker
-from .outlier import HostMonitor, OutlierDetector
-from .pool import ClientCodec, Pool
+from .host import Host
+from .outlier import OutlierDetector
 
 _log = log.get("upstream")
-
-
-class ClusterStats(StatSet):
-    """``cluster.<name>.*``: Envoy's cluster traffic stats (a subset)."""
-
-    upstream_cx_total: Counter
-    upstream_cx_http1_total: Counter
-    upstream_cx_http2_total: Counter
-    upstream_cx_connect_fail: Counter
-    upstream_cx_connect_timeout: Counter
-    upstream_cx_destroy: Counter
-    upstream_cx_idle_timeout: Counter
-    upstream_cx_destroy_remote_with_active_rq: Counter
-    upstream_cx_none_healthy: Counter
-    upstream_rq_total: Counter
-    upstream_rq_completed: Counter
-    upstream_rq_timeout: Counter
-    upstream_rq_rx_reset: Counter
-    upstream_rq_tx_reset: Counter
-    upstream_rq_pending_total: Counter
-    upstream_rq_pending_failure_eject: Counter
-    upstream_rq_per_try_timeout: Counter
-    upstream_rq_retry: Counter
-    upstream_rq_retry_success: Counter
-    upstream_rq_retry_limit_exceeded: Counter
-    upstream_rq_retry_overflow: Counter
-    upstream_rq_retry_backoff_exponential: Counter
-    upstream_rq_retry_backoff_ratelimited: Counter
-    upstream_cx_overflow: Counter
-    upstream_rq_pending_overflow: Counter
-    upstream_rq_active_overflow: Counter
-    membership_change: Counter
-    update_attempt: Counter
-    update_success: Counter
-    update_failure: Counter
-    lb_healthy_panic: Counter
-    upstream_cx_active: Gauge
-    upstream_rq_active: Gauge
-    upstream_rq_pending_active: Gauge
-    membership_total: Gauge
-    membership_healthy: Gauge
-    membership_degraded: Gauge
-    membership_excluded: Gauge
-    upstream_cx_connect_ms: Histogram
-
-
-class BreakerStats(StatSet):
-    """``cluster.<name>.circuit_breakers.<priority>.*``."""
-
-    cx_open: Gauge
-    cx_pool_open: Gauge
-    rq_pending_open: Gauge
-    rq_open: Gauge
-    rq_retry_open: Gauge
-
-
-class RemainingStats(BreakerStats):
-    """With ``track_remaining``: how far each breaker is from its limit, as Envoy shows it."""
-
-    remaining_cx: Gauge
-    remaining_cx_pools: Gauge
-    remaining_pending: Gauge
-    remaining_rq: Gauge
-    remaining_retries: Gauge
 
 
 _FAMILIES = {
@@ -99,97 +33,12 @@ _FAMILIES = {
 }
 
 
-class Host:
-    """One upstream address of a cluster, with its pool and counters."""
+class Cluster(ClusterInfo):
+    """A cluster's hosts, their health and how one is chosen, over its ``ClusterInfo``."""
 
-    def __init__(self, cluster: Cluster, address: str, port: int, hostname: str,
-                 weight: int = 1) -> None:
-        self.cluster = cluster
-        self.address = address
-        self.port = port
-        self.weight = weight
-        self.failed_active_hc = False
-        self.ejected = False
-        """Out of the pool by outlier detection (Envoy's /failed_outlier_check)."""
-        self.monitor = HostMonitor()
-        self.hostname = hostname
-        """What auto_host_rewrite puts in Host: the DNS name or the endpoint's hostname."""
-        self.hostname_bytes = hostname.encode("latin-1")
-        self.label: str = m.address_string(address, port)
-        self.pool = Pool(self)
-        self.cx_active = 0
-        self.cx_total = 0
-        self.cx_connect_fail = 0
-        self.rq_active = 0
-        self.rq_total = 0
-        self.rq_error = 0
-        self.rq_timeout = 0
-
-    @property
-    def healthy(self) -> bool:
-        return not (self.failed_active_hc or self.ejected)
-
-    def counters(self) -> list[tuple[str, int]]:
-        """Per-host counters in /clusters, as Envoy names them."""
-        return [("cx_connect_fail", self.cx_connect_fail), ("cx_total", self.cx_total),
-                ("rq_error", self.rq_error), ("rq_success", self.rq_total - self.rq_error),
-                ("rq_timeout", self.rq_timeout), ("rq_total", self.rq_total)]
-
-    def gauges(self) -> list[tuple[str, int]]:
-        return [("cx_active", self.cx_active), ("rq_active", self.rq_active)]
-
-
-class Cluster:
     def __init__(self, cfg: m.Cluster, store: Store, secrets: SecretManager | None = None) -> None:
-        self.cfg = cfg
-        self.name: str = cfg.name
-        self.stats = ClusterStats(store, f"cluster.{cfg.name}.", code_classes="upstream_rq",
-                                  lazy_classes=True)
-        self._rq_time: Histogram | None = None
-        self.limits = cfg.circuit_breakers.default
-        prefix = f"cluster.{cfg.name}.circuit_breakers.default."
-        self.breakers: BreakerStats = RemainingStats(store, prefix) \
-            if self.limits.track_remaining else BreakerStats(store, prefix)
-        BreakerStats(store, f"cluster.{cfg.name}.circuit_breakers.high.")
-        self.connections = 0
-        """Open and opening upstream connections, kept by the host pools (max_connections)."""
-        self.attached = 0
-        """Requests on a connection, kept by the host pools (what max_requests limits)."""
-        self.retrying = 0
-        """Requests with a retry under way (what max_retries limits)."""
-        self.connect_timeout = cfg.connect_timeout
-        self.idle_timeout = cfg.http_options.idle_timeout or 3600.0
-        self.max_response_header_bytes = (cfg.http_options.max_response_headers_kb or 60) * 1024
-        self.max_response_headers = cfg.http_options.max_headers_count or 100
-        """Envoy's response header limits: past them the response is a protocol error (502)."""
-        self.buffer_limit = 1024 * 1024
-        auto = cfg.auto_http
-        h2opts = cfg.http2_options or (auto.http2_protocol_options if auto else None)
-        self.http2 = cfg.http2_options is not None
-        self.auto = auto is not None
-        """auto_config: ALPN picks HTTP/2 or HTTP/1.1 on each new connection."""
-        self.http2_codec: ClientCodec | None = (
-            http2.client_codec(http2.Options(h2opts), store, cfg.name)
-            if self.http2 or self.auto else None)
-        self.client_codec: ClientCodec = (
-            self.http2_codec if self.http2 and self.http2_codec else Http1Connection)
-        """The protocol object of a new connection (the cluster's HttpProtocolOptions); under
-        auto_config, HTTP/1.1's until ALPN says h2."""
-        self.tls = None
-        self.ssl: SslStats | None = None
-        self.proxy_protocol = cfg.transport_socket.proxy_protocol if cfg.transport_socket \
-            else None
-        """A PROXY protocol header goes first on each connection (tcp_proxy clusters)."""
-        tls = cfg.transport_socket.tls if cfg.transport_socket else None
-        if tls is not None:
-            updates = store.counter(
-                f"cluster.{cfg.name}.client_ssl_socket_factory.ssl_context_update_by_sds")
-            self.tls = ClientTls(tls, cfg.name, secrets, updates,
-                                 alpn=["h2"] if self.http2 else
-                                 ["h2", "http/1.1"] if self.auto else None)
-            self.ssl = SslStats(store, f"cluster.{cfg.name}.ssl.")
+        super().__init__(cfg, store, secrets)
         self.hosts: list[Host] = []
-        self._status_counters: dict[int, Counter] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.endpoints = [
             (e.endpoint.address.socket_address.address,
@@ -226,12 +75,6 @@ class Cluster:
             b.remaining_rq.value = max(lim.max_requests - self.attached, 0)
             b.remaining_retries.value = max(lim.max_retries - self.retrying, 0)
 
-    def record_rq_time(self, ms: float) -> None:
-        """``upstream_rq_time``, created on first use as Envoy's router creates it."""
-        if self._rq_time is None:
-            self._rq_time = self.stats._store.histogram(f"cluster.{self.name}.upstream_rq_time")
-        self._rq_time.record(ms)
-
     def charge(self, host: Host | None, code: int, retried: bool = False) -> None:
         """Counts a response code: ``upstream_rq_<code>`` and its class, or, for a response
         that is retried, the same under ``retry.`` (as Envoy counts them); 5xx on the host."""
@@ -245,13 +88,6 @@ class Cluster:
         else:
             self.stats.count_code(code)
             self.status_counter(code).value += 1
-
-    def status_counter(self, status: int) -> Counter:
-        """``upstream_rq_<code>``, looked up once per code."""
-        c = self._status_counters.get(status)
-        if c is None:
-            c = self._status_counters[status] = self.stats.counter(f"upstream_rq_{status}")
-        return c
 
     async def start(self) -> None:
         """Warms the cluster as Envoy does: resolves DNS once and runs a first round of health

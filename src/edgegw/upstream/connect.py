@@ -8,10 +8,17 @@ import asyncio
 import socket
 import ssl
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from .cluster import Cluster, Host
+    from .cluster_info import ClusterInfo
+
+
+class Endpoint(Protocol):
+    """Where a connection goes (a cluster's ``Host`` is one)."""
+
+    address: str
+    port: int
 
 
 class ConnectError(Exception):
@@ -23,7 +30,7 @@ class ConnectError(Exception):
         self.detail = detail
 
 
-async def connect(cluster: Cluster, host: Host, protocol: Callable[[], asyncio.Protocol],
+async def connect(cluster: ClusterInfo, host: Endpoint, protocol: Callable[[], asyncio.Protocol],
                   proxy_header: bytes = b"") -> asyncio.Transport:
     """The transport of a new connection to ``host``, or ConnectError."""
     tls = cluster.tls
@@ -69,7 +76,7 @@ async def connect(cluster: Cluster, host: Host, protocol: Callable[[], asyncio.P
     return transport
 
 
-async def _sent_first(host: Host, header: bytes) -> socket.socket:
+async def _sent_first(host: Endpoint, header: bytes) -> socket.socket:
     """A connected socket that has already carried ``header`` (the PROXY protocol line,
     which precedes everything, TLS included)."""
     loop = asyncio.get_running_loop()

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import httptools
 
@@ -28,7 +28,10 @@ from ..http.router.header_parser import header_ops
 from ..stats import Counter, Gauge, StatSet, Store
 
 if TYPE_CHECKING:
-    from .cluster import Cluster, Host
+    from ..tls.context import ClientTls
+    from .cluster_info import ClusterStats
+    from .host import Host
+    from .outlier import OutlierDetector
 
 _log = log.get("hc")
 
@@ -64,8 +67,20 @@ class _Response:
         self.done = True
 
 
+class Checked(Protocol):
+    """The cluster as its health checker sees it (``Cluster`` is one)."""
+
+    name: str
+    hosts: list[Host]
+    tls: ClientTls | None
+    stats: ClusterStats
+    outlier: OutlierDetector | None
+
+    def health_changed(self) -> None: ...
+
+
 class HealthChecker:
-    def __init__(self, cluster: Cluster, cfg: m.HealthCheck, store: Store) -> None:
+    def __init__(self, cluster: Checked, cfg: m.HealthCheck, store: Store) -> None:
         self.cluster = cluster
         self.cfg = cfg
         self.stats = HealthCheckStats(store, f"cluster.{cluster.name}.health_check.")

@@ -20,7 +20,7 @@ import xxhash
 from ..config import model as m
 
 if TYPE_CHECKING:
-    from .cluster import Host
+    from .host import Host
 
 _xxh64 = xxhash.xxh64_intdigest
 

@@ -15,14 +15,14 @@ import asyncio
 import random
 import statistics
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from .. import log
 from ..config import model as m
 from ..stats import Counter, Gauge, StatSet, Store
 
 if TYPE_CHECKING:
-    from .cluster import Cluster, Host
+    from .host import Host, HostMonitor
 
 _log = log.get("upstream")
 
@@ -46,26 +46,17 @@ class OutlierStats(StatSet):
     ejections_active: Gauge
 
 
-class HostMonitor:
-    """What the detector knows of one host."""
+class Watched(Protocol):
+    """The cluster as its outlier detector sees it (``Cluster`` is one)."""
 
-    __slots__ = ("consecutive_5xx", "consecutive_gateway", "total", "success", "ejections",
-                 "ejected_at", "unejected_at")
+    name: str
+    hosts: list[Host]
 
-    def __init__(self) -> None:
-        self.consecutive_5xx = 0
-        self.consecutive_gateway = 0
-        self.total = 0
-        """Requests in the current interval (for success rate and failure percentage)."""
-        self.success = 0
-        self.ejections = 0
-        """Ejection time multiplier: up by one per ejection, down while the host behaves."""
-        self.ejected_at = 0.0
-        self.unejected_at: float | None = None
+    def health_changed(self) -> None: ...
 
 
 class OutlierDetector:
-    def __init__(self, cluster: Cluster, cfg: m.OutlierDetection, store: Store) -> None:
+    def __init__(self, cluster: Watched, cfg: m.OutlierDetection, store: Store) -> None:
         self.cluster = cluster
         self.cfg = cfg
         self.stats = OutlierStats(store, f"cluster.{cluster.name}.outlier_detection.")

@@ -29,43 +29,25 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol, cast
 
 from .. import log
-from ..http.codec import RequestEncoder, ResponseReceiver, Sink, State
+from ..http.codec import ClientConnection, State
 from ..http.sink import TransportSink
 from ..tasks import Tasks
-from .connect import ConnectError, connect
+from .connect import ConnectError, Endpoint, connect
 
 if TYPE_CHECKING:
-    from .cluster import Cluster, Host
+    from .cluster_info import ClusterInfo
 
 _log = log.get("upstream")
 
 
-class ClientConnection(Protocol):
-    """What the pool needs of a connection; a client codec (HTTP/1.1 or HTTP/2) is one. Its
-    bytes come from the socket through ``_Wire``."""
+class PoolHost(Endpoint, Protocol):
+    """What a pool needs of its host (a cluster's ``Host`` is one)."""
 
-    state: State
-    capacity: int
-    """How many requests it may carry at once (1 on HTTP/1.1)."""
-    streams: int
-    requests: int
-    idle_since: float
-    protocol: str
-
-    def can_take(self) -> bool:
-        """Open, and free for one more request."""
-    def expired(self, cutoff: float) -> bool:
-        """Idle since before ``cutoff``."""
-    def new_stream(self, receiver: ResponseReceiver) -> RequestEncoder: ...
-    def close(self) -> None: ...
-    def connected(self, sink: Sink) -> None: ...
-    def feed(self, data: bytes) -> None: ...
-    def write_blocked(self, blocked: bool) -> None: ...
-    def connection_lost(self) -> None: ...
-
-
-ClientCodec = Callable[["Pool"], ClientConnection]
-"""Makes a connection's protocol object: the cluster chooses it from its protocol options."""
+    cluster: ClusterInfo
+    label: str
+    cx_active: int
+    cx_total: int
+    cx_connect_fail: int
 
 
 class PoolClient(Protocol):
@@ -99,9 +81,9 @@ fakes."""
 class Pool:
     """Connections to one host and the requests waiting for them."""
 
-    def __init__(self, host: Host, opener: Opener | None = None) -> None:
+    def __init__(self, host: PoolHost, opener: Opener | None = None) -> None:
         self.host = host
-        self.cluster: Cluster = host.cluster
+        self.cluster: ClusterInfo = host.cluster
         self.open = opener or self._open_tcp
         self.idle: list[ClientConnection] = []
         """READY connections, most recently used last, so that the oldest age out from the

@@ -216,3 +216,31 @@ http_date = _DateCache().get
 def connection_tokens(value: bytes | None) -> set[bytes]:
     """The header names a Connection header lists: they describe this hop only."""
     return {t.strip().lower() for t in value.split(b",")} if value else set()
+
+
+class ClientConnection(Protocol):
+    """What the pool needs of a connection; a client codec (HTTP/1.1 or HTTP/2) is one. Its
+    bytes come through ``feed``, and it writes to the ``Sink`` it was ``connected`` to."""
+
+    state: State
+    capacity: int
+    """How many requests it may carry at once (1 on HTTP/1.1)."""
+    streams: int
+    requests: int
+    idle_since: float
+    protocol: str
+
+    def can_take(self) -> bool:
+        """Open, and free for one more request."""
+    def expired(self, cutoff: float) -> bool:
+        """Idle since before ``cutoff``."""
+    def new_stream(self, receiver: ResponseReceiver) -> RequestEncoder: ...
+    def close(self) -> None: ...
+    def connected(self, sink: Sink) -> None: ...
+    def feed(self, data: bytes) -> None: ...
+    def write_blocked(self, blocked: bool) -> None: ...
+    def connection_lost(self) -> None: ...
+
+
+ClientCodec = Callable[[ConnectionOwner], ClientConnection]
+"""Makes a new connection's codec: the cluster chooses it from its protocol options."""

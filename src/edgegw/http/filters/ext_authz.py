@@ -27,14 +27,13 @@ from typing import TYPE_CHECKING
 from ...config import model as m
 from ...matchers import string_matcher
 from ...stats import Counter, StatSet, Store
-from ...upstream.pool import ClientConnection
-from ..codec import HOP_BY_HOP, Headers, RequestEncoder, RequestHead
+from ..codec import HOP_BY_HOP, ClientConnection, Headers, RequestEncoder, RequestHead
 from ..filter import register
 from ..headers import set_header
 from ..stream_info import ResponseFlag
 
 if TYPE_CHECKING:
-    from ...upstream.cluster import Host
+    from ...upstream.host import Host
     from ..filter import FilterCallbacks
 
 MAX_BODY = 64 * 1024

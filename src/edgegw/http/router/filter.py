@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 
 from ... import log
 from ...tls.acme import challenge_answer
-from ...upstream.cluster import Cluster, Host
+from ...upstream.cluster import Cluster
+from ...upstream.host import Host
 from ..codec import Headers
 from ..stream_info import ResponseFlag
 from .config import RouterConfig

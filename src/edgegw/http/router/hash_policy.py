@@ -11,16 +11,13 @@ the response, so that a browser sticks to one backend from its first request.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 from urllib.parse import parse_qsl
 
 import xxhash
 
 from ...config import model as m
 from ..codec import Headers
-
-if TYPE_CHECKING:
-    from ..stream_info import StreamInfo
 
 
 class _Peer(Protocol):
@@ -29,14 +26,19 @@ class _Peer(Protocol):
     local_address: str
 
 
+class _Client(Protocol):
+    remote_ip: str
+    """The client's address for this request (original IP detection may have set it)."""
+
+
 class Request(Protocol):
     """What a hash policy reads of a request (the stream provides it)."""
 
     headers: Headers
     path: bytes
-    info: StreamInfo
-    """Its remote_ip: the client's address for this request (original IP detection may have
-    set it)."""
+    @property
+    def info(self) -> _Client:
+        """The request's record (``StreamInfo``)."""
 
     @property
     def conn(self) -> _Peer: ...

@@ -10,7 +10,7 @@ from ..codec import HOP_BY_HOP, Headers, RequestHead, connection_tokens
 from .table import Forward
 
 if TYPE_CHECKING:
-    from ...upstream.cluster import Host
+    from ...upstream.host import Host
     from ..filter import FilterCallbacks
 
 ROUTER_CONTROL = frozenset({

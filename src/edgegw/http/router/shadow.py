@@ -14,9 +14,10 @@ from collections.abc import Callable
 
 from ... import log
 from ...tasks import Tasks
-from ...upstream.cluster import Cluster, Host
-from ...upstream.pool import ClientConnection, Waiter
-from ..codec import Headers, RequestEncoder, RequestHead
+from ...upstream.cluster import Cluster
+from ...upstream.host import Host
+from ...upstream.pool import Waiter
+from ..codec import ClientConnection, Headers, RequestEncoder, RequestHead
 
 _log = log.get("router")
 

@@ -14,9 +14,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-from ...upstream.cluster import Host
-from ...upstream.pool import ClientConnection, Waiter
-from ..codec import Headers, RequestEncoder, RequestHead
+from ...upstream.host import Host
+from ...upstream.pool import Waiter
+from ..codec import ClientConnection, Headers, RequestEncoder, RequestHead
 
 if TYPE_CHECKING:
     from ..filter import FilterCallbacks
