@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import enum
 import time
 
 import httptools
@@ -25,6 +26,19 @@ from .common import (
 )
 
 _log = log.get("http")
+
+
+class Phase(enum.Enum):
+    """Where one client connection is; each change is made by ``_enter``."""
+
+    READING = "reading"
+    """Requests are parsed as they come (pipelined ones wait their turn)."""
+    TUNNEL = "tunnel"
+    """An upgrade's head was read: the bytes after it are its tunnel's, not HTTP/1."""
+    REFUSED = "refused"
+    """llhttp refused a request (or its head timed out): nothing more is read, and the
+    refusal is answered once the responses owed before it are out."""
+    CLOSED = "closed"
 
 
 class _Refused(Exception):
@@ -68,8 +82,6 @@ class _Response:
             extra.append((b"connection", b"close"))
         self.out.append(status_line(status) + encode_headers(headers) + encode_headers(extra)
                         + b"\r\n")
-        if status == 101 and self.upgrade:
-            codec.upgraded = True
         if end_stream:
             self._end()
 
@@ -140,10 +152,10 @@ class Http1ServerCodec:
         self.max_headers = max_headers
         self.parser = httptools.HttpRequestParser(self)
         self.head_started = 0.0
+        self.phase = Phase.READING
+        self.refusal: tuple[int, bytes, str, str] = (0, b"", "", "")
+        """In REFUSED: the status, body, details and response flag of its answer."""
         self.draining = False
-        self.upgraded = False
-        """A 101 went out: from now on bytes flow raw both ways."""
-        self.closed = False
         self.response: _Response | None = None
         """The response being written; None between requests."""
         self.decoder: StreamDecoder | None = None
@@ -154,8 +166,6 @@ class Http1ServerCodec:
         self.current_complete = True
         """The request whose response is being written has been read to its end."""
         self.waiting: collections.deque[_Waiting] = collections.deque()
-        self.raw = False
-        """The request head was an upgrade: what follows is not HTTP/1 (llhttp stops)."""
         self.h_url = b""
         self.h_headers: Headers = []
         self.h_bytes = 0
@@ -164,25 +174,50 @@ class Http1ServerCodec:
         self.in_trailers = False
         self.line_tail = b""
         """The end of a request line still without headers (HTTP/0.9 is told by it)."""
-        self.broken: tuple[int, bytes, str, str] | None = None
-        """The parser refused a pipelined request: answered once the responses owed before
-        it are out (reading stops; llhttp parses nothing after an error)."""
         self.write_full = False
         """The connection is above its write high-water mark (the client is not reading):
         no pipelined request starts until it is below the low mark again."""
 
+    @property
+    def closed(self) -> bool:
+        return self.phase is Phase.CLOSED
+
+    def _enter(self, phase: Phase, refusal: tuple[int, bytes, str, str] | None = None,
+               stop_reading: bool = True, by: StreamDecoder | None = None) -> None:
+        """The connection's one change of phase: READING → TUNNEL or REFUSED, any → CLOSED.
+        A refusal is answered by the stream ``by`` (its own body was malformed), at once when
+        no response is owed (reading stops first unless ``stop_reading`` is False), or after
+        the responses owed (reading stops meanwhile)."""
+        if self.phase is Phase.CLOSED or (phase is not Phase.CLOSED
+                                          and self.phase is not Phase.READING):
+            return
+        self.phase = phase
+        if phase is Phase.REFUSED:
+            assert refusal is not None
+            self.refusal = refusal
+            if by is not None:
+                by.codec_error(*refusal[:3])
+            elif self.response is None:
+                if stop_reading:
+                    self.sink.pause("error")
+                self._reject(*refusal)
+            else:
+                self.sink.pause("error")
+        elif phase is Phase.CLOSED:
+            decoder, self.decoder = self.decoder, None
+            self.response = None
+            self.waiting.clear()
+            if decoder is not None:
+                decoder.decode_reset()
+
     def feed(self, data: bytes) -> None:
-        if self.broken is not None:
-            return
-        if self.raw:
-            if self.receiving is not None and not self.closed:
-                self.receiving.decode_data(data)
-            return
-        self._parse(data)
+        phase = self.phase
+        if phase is Phase.READING:
+            self._parse(data)
+        elif phase is Phase.TUNNEL and self.receiving is not None:
+            self.receiving.decode_data(data)
 
     def _parse(self, data: bytes) -> None:
-        # Apart from feed: the parser's callbacks change self.raw and self.broken, which
-        # feed's early returns would have narrowed (and mypyc compiles by the narrowed type).
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as e:
@@ -196,8 +231,8 @@ class Http1ServerCodec:
                 self._error(500, b"", "internal_error")
         except httptools.HttpParserUpgrade as e:
             rest = data[e.args[0]:]
-            if not self.raw:
-                self.raw = True  # an h2c upgrade: llhttp parses no more, the connection ends
+            if self.phase is Phase.READING:  # an h2c upgrade: llhttp parses no more, the
+                self._enter(Phase.TUNNEL)    # connection ends with its response
             elif rest and self.receiving is not None:
                 self.receiving.decode_data(rest)
         except httptools.HttpParserError as e:
@@ -210,7 +245,7 @@ class Http1ServerCodec:
                 return
             self._error(400, b"Bad Request", "codec_error")
             return
-        if self.broken is None and self.head_started and not self.h_headers:
+        if self.phase is Phase.READING and self.head_started and not self.h_headers:
             # A request line without a version (HTTP/0.9) is one that ends right after its
             # URL; llhttp would hold it waiting for headers that never come. Envoy answers 426
             # and closes. (The line may have come in several reads; once a byte follows it,
@@ -223,10 +258,7 @@ class Http1ServerCodec:
             self.line_tail = b""
 
     def _http09(self) -> None:
-        self.broken = (426, b"Upgrade Required", "low_version", "-")
-        self.sink.pause("error")
-        if self.response is None:
-            self._reject(*self.broken)
+        self._enter(Phase.REFUSED, (426, b"Upgrade Required", "low_version", "-"))
 
     def drain(self) -> None:
         self.draining = True
@@ -234,12 +266,7 @@ class Http1ServerCodec:
             self.sink.close()
 
     def connection_lost(self) -> None:
-        self.closed = True
-        decoder, self.decoder = self.decoder, None
-        self.response = None
-        self.waiting.clear()
-        if decoder is not None:
-            decoder.decode_reset()
+        self._enter(Phase.CLOSED)
 
     # --- httptools callbacks ------------------------------------------------------------
 
@@ -288,7 +315,7 @@ class Http1ServerCodec:
             value = next((v for k, v in self.h_headers if k == b"upgrade"), b"")
             if value.lower() != b"h2c":  # Envoy ignores an h2c upgrade: serve it as HTTP/1.1
                 upgrade = value
-                self.raw = True
+                self._enter(Phase.TUNNEL)
         head = RequestHead(p.get_method(), self.h_url, self.h_headers, f"HTTP/{version}",
                            upgrade)
         end_stream = not (self.h_length or self.h_chunked or upgrade)
@@ -307,7 +334,7 @@ class Http1ServerCodec:
             self.receiving.decode_data(body)
 
     def on_message_complete(self) -> None:
-        if self.raw:
+        if self.phase is Phase.TUNNEL:
             return  # an upgraded request does not end here: its tunnel does
         target, self.receiving = self.receiving, None
         if not self.receiving_done:
@@ -336,11 +363,10 @@ class Http1ServerCodec:
         self.decoder = None
         if self.closed:
             return
-        if (not response.keep_alive or self.upgraded or self.draining
-                or not self.current_complete):
+        if not response.keep_alive or self.draining or not self.current_complete:
             self.sink.close()  # (a request body still arriving cannot be skipped)
             return
-        if (self.waiting or self.broken is not None) and not self.write_full:
+        if (self.waiting or self.phase is Phase.REFUSED) and not self.write_full:
             # The next request starts on the next turn of the loop: the one that just ended
             # finishes (and is logged) first.
             self.sink.schedule(self._next)
@@ -351,18 +377,18 @@ class Http1ServerCodec:
         buffered here: stop reading its next requests and start none of those parsed."""
         self.write_full = blocked
         if blocked:
-            if self.current_complete and not self.raw:
+            if self.current_complete and self.phase is not Phase.TUNNEL:
                 self.sink.pause("write")  # (a body still arriving keeps flowing upstream)
             return
         self.sink.resume("write")
-        if self.response is None and (self.waiting or self.broken is not None):
+        if self.response is None and (self.waiting or self.phase is Phase.REFUSED):
             self.sink.schedule(self._next)
 
     def _next(self) -> None:
         if self.closed or self.response is not None or self.write_full:
             return
-        if not self.waiting and self.broken is not None:
-            self._reject(*self.broken)
+        if not self.waiting and self.phase is Phase.REFUSED:
+            self._reject(*self.refusal)
             return
         if self.waiting:
             w = self.waiting.popleft()
@@ -392,14 +418,10 @@ class Http1ServerCodec:
         """What llhttp refused: the request it was parsing gets the error, as Envoy gives it
         (response flag DPE, counted and logged); requests before it still get theirs."""
         self.callbacks.protocol_error(details)
-        self.broken = (code, body, details, "DPE")
-        if self.response is None:
-            self._reject(*self.broken)
-        elif not self.current_complete and self.receiving is self.decoder \
-                and self.decoder is not None:
-            self.decoder.codec_error(code, body, details)  # its own body was malformed
-        else:
-            self.sink.pause("error")  # a pipelined request: after the responses owed
+        own = self.response is not None and not self.current_complete \
+            and self.receiving is self.decoder
+        self._enter(Phase.REFUSED, (code, body, details, "DPE"), stop_reading=False,
+                    by=self.decoder if own else None)
 
     def _reject(self, code: int, body: bytes, details: str, flag: str) -> None:
         response = _Response(self, False, False, False)
@@ -413,7 +435,4 @@ class Http1ServerCodec:
                               response, code, body, details, flag)
 
     def head_timed_out(self, body: bytes) -> None:
-        self.broken = (408, body, "request_header_timeout", "-")
-        self.sink.pause("error")
-        if self.response is None:
-            self._reject(*self.broken)
+        self._enter(Phase.REFUSED, (408, body, "request_header_timeout", "-"))
