@@ -69,13 +69,15 @@ class Lab:
         path.write_text(text)
         return path
 
-    def run(self, *args: str, kind: str = "edgegw", https: bool = True) -> Proc:
+    def run(self, *args: str, kind: str = "edgegw", https: bool = True,
+            prefix: tuple[str, ...] = ()) -> Proc:
+        """Starts the gateway (``prefix``: a command it runs under, e.g. as another user)."""
         if kind == "envoy":
             assert ENVOY
             cmd = [ENVOY, *args, "--concurrency", "1", "-l", "warning", "--base-id",
                    str(self.admin)]
         else:
-            cmd = [*EDGEGW, *args, "--concurrency", "1"]
+            cmd = [*prefix, *EDGEGW, *args, "--concurrency", "1"]
         proc = Proc(cmd, self.root / f"{kind}.log", cwd=self.root)
         self.procs.append(proc)
         deadline = time.monotonic() + 20

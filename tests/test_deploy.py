@@ -169,6 +169,7 @@ def native_sites(text: str, backends: Backends, https: int, http: int, admin: in
             .replace("https://192.168.1.21:443", f"https://127.0.0.21:{backends.b[1]}")
             .replace("http://backend-a:8080", f"http://127.0.0.20:{backends.a[1]}")
             .replace("https://backend-b:8443", f"https://127.0.0.21:{backends.b[1]}")
+            .replace("# ca: certs/internal-ca.pem", "ca: certs/internal-ca.pem")  # its own CA
             .replace("certs/internal-ca.pem", "certs/backend-ca.pem"))
 
 

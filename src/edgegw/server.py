@@ -115,6 +115,9 @@ class Server:
             self.config_seen = self._config_files_now()  # not again until it changes again
             return self._rejected(why, *e.problems)
         self.config_seen = dict(boot.files_seen)
+        for note in boot.notes:  # (a site left out, or still without a certificate)
+            if note not in self.boot.notes:
+                _config_log.warning("config reload (%s): %s", why, note)
         if raw == self.raw_config and boot.dynamic == self.boot.dynamic:
             _config_log.info("config reload (%s): the config is unchanged", why)
             return True
@@ -268,6 +271,7 @@ class Server:
     async def status_doc(self) -> dict[str, Any]:
         doc = status.status_doc(self.state, self.started, self.listeners, self.clusters,
                                 self.store, self.secrets.rejected())
+        doc["left_out"] = self.boot.left_out
         doc["acme"] = [st for c in self.acme for st in c.status()]
         return doc
 
@@ -341,7 +345,7 @@ class Server:
                 last = self.config_seen
                 changed = next((p for p in now if now[p] != last.get(p)), next(iter(now)))
                 await asyncio.sleep(CONFIG_POLL)  # let a writer finish
-                await self.reload(f"{os.path.basename(changed)} changed")
+                await self.reload(f"{os.path.normpath(changed)} changed")
 
     def _rejected(self, why: str, *problems: object) -> bool:
         for p in problems:

@@ -3,8 +3,8 @@
 ``/status`` is one self-contained HTML page (no CDN, no external script: it works offline)
 that polls ``/status.json`` and draws what a home lab keeps an eye on: each site's and each
 cluster's request rate, error rate and latency over the last hour as small charts, each
-certificate's days left with the files on disk that were refused, and each host's health
-history. The history is kept here, where the page is served: every ``SAMPLE_S`` seconds the
+certificate's days left with the files on disk that were refused, each host's health
+history, and the sites of a sites file left out for their broken files. The history is kept here, where the page is served: every ``SAMPLE_S`` seconds the
 cumulative counters are sampled, and the page gets the rates between samples.
 """
 
@@ -243,7 +243,11 @@ async function refresh() {
     <td class="num">${fmt(last(h.rps), "")}</td><td class="num">${fmt(last(h.errors), "")}</td>
     <td class="num">${fmt(last(h.latency_ms), " ms")}</td>
     <td>${chart([{values: h.rps, color: "#2563eb"}, {values: h.errors, color: "#dc2626"}])}</td>
-    <td>${chart([{values: h.latency_ms, color: "#7c3aed"}])}</td></tr>`;}).join("");
+    <td>${chart([{values: h.latency_ms, color: "#7c3aed"}])}</td></tr>`;}).join("") +
+    (cur.left_out || []).map(s => `<tr><td><span class="pill">${esc(s.site)}</span><br>
+      <small class="num">${esc(s.where)}</small></td><td colspan="5"><span class="bad">left
+      out: ${esc(s.why)}</span><br><small>The other sites are served; this one is once its
+      files are fixed.</small></td></tr>`).join("");
   document.querySelector("#clusters tbody").innerHTML = cur.clusters.map(c => {
     const h = hist.clusters[c.name] || {rps: [], errors: [], latency_ms: []};
     return `<tr>

@@ -118,6 +118,8 @@ def from_source(src: Source) -> Bootstrap:
         raise ConfigError(problems)
     boot._dynamic = dynamic
     boot._files_seen = src.files_seen
+    boot._notes = src.notes
+    boot._left_out = src.left_out
     return boot
 
 

@@ -31,12 +31,13 @@ FileSignature = tuple[str, int, int, int]
 
 
 def file_signature(path: str) -> FileSignature:
-    """What tells a changed file: its target (a swapped symlink), inode, mtime and size."""
+    """What tells a changed file: its target (a swapped symlink), inode, ctime (its content,
+    owner or mode changed: a key made readable counts) and size."""
     try:
         st = os.stat(path)
     except OSError:
         return ("", 0, 0, 0)
-    return (os.path.realpath(path), st.st_ino, st.st_mtime_ns, st.st_size)
+    return (os.path.realpath(path), st.st_ino, st.st_ctime_ns, st.st_size)
 
 
 @dataclass
@@ -52,6 +53,8 @@ class Source:
     """What the user should know of a config that loads (e.g. a site with no certificate)."""
     names: dict[Path, str] = field(default_factory=dict)
     """How errors show a path that was generated (from the sites file) rather than written."""
+    left_out: list[dict[str, str]] = field(default_factory=list)
+    """Sites of a sites file left out for their broken files (``site``, ``where``, ``why``)."""
 
     def where(self, path: Path) -> str | None:
         """The origin of ``path`` or of its nearest ancestor that has one."""
@@ -159,7 +162,7 @@ def merge_sources(base: Source, over: Source) -> Source:
         shifted[_shift(path, base.data, over.data)] = where
     origins.update(shifted)
     return Source(merge(base.data, over.data), origins, {**base.files_seen, **over.files_seen},
-                  base.notes + over.notes, base.names)
+                  base.notes + over.notes, base.names, base.left_out + over.left_out)
 
 
 def _shift(path: Path, base: Any, over: Any) -> Path:

@@ -5,7 +5,9 @@ own terms (errors name its fields and lines, with a suggestion for a near-miss n
 expanded to an Envoy bootstrap (``edgegw expand FILE`` prints it), which is loaded and
 checked like any other; a problem found there still points at the site's line. The
 certificate directory is part of the input: a certificate dropped in for a site that had none
-reloads the config, and the site is served.
+reloads the config, and the site is served. A site whose files are broken (see ``inputs``) is
+left out and the others are served; its files are watched, and it is served once they are
+fixed.
 """
 
 from __future__ import annotations
@@ -36,8 +38,10 @@ def compile_sites(src: Source) -> Source:
                                               "is not a sites file field")) from None
     out = expand(sites, lambda path: src.where(path) or "")
     files_seen = dict(src.files_seen)
-    files_seen[sites.certificates] = file_signature(sites.certificates)
-    return Source(out.bootstrap, out.origins, files_seen, src.notes + out.notes, out.names)
+    for path in (sites.certificates, *out.watch):
+        files_seen[path] = file_signature(path)
+    return Source(out.bootstrap, out.origins, files_seen, src.notes + out.notes, out.names,
+                  out.left_out)
 
 
 def load(config_path: str | None, config_yaml: str | None) -> Source:

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config.model import base as t
-from ..tls.cert_dir import on_disk
+from ..tls.cert_dir import candidates, on_disk
+from .inputs import ca_problem, certificate_problem, users_problem
 from .model import Site, SitesFile, Upstream, Url
 
 SYSTEM_CA = "/etc/ssl/certs/ca-certificates.crt"
@@ -63,7 +64,11 @@ class Expansion:
     names: dict[Path, str] = field(default_factory=dict)
     """How a generated path is shown in errors: as the sites file's field it came from."""
     notes: list[str] = field(default_factory=list)
-    """Sites served without TLS yet (no certificate), and such."""
+    """Sites served without TLS yet (no certificate), sites left out, and such."""
+    left_out: list[dict[str, str]] = field(default_factory=list)
+    """Sites left out for their broken files: ``site``, ``where`` and ``why``."""
+    watch: list[str] = field(default_factory=list)
+    """Files of the sites left out: a change to one loads the config again."""
 
 
 class Builder:
@@ -120,6 +125,11 @@ class Builder:
     def _site(self, name: str, site: Site) -> None:
         found = self._certificate(name)
         if found is None:
+            named = candidates(self.sites.certificates).get(name)
+            if named is not None:  # its files are there, and broken (or for other names)
+                self._leave_out(name, certificate_problem(*named) or (
+                    f"the certificate {named[0]} is not for {name}"), named)
+                return
             how = ("ACME is obtaining one" if self.acme_names(name) else
                    "NAME.crt + NAME.key, NAME.pem, or certbot's NAME/fullchain.pem + privkey.pem")
             self.out.notes.append(
@@ -127,6 +137,14 @@ class Builder:
                 f"{self.sites.certificates} yet ({how}); it is served once one is there")
             return
         chain, key = found
+        problem = certificate_problem(chain, key)
+        if problem is not None:
+            self._leave_out(name, problem, found)
+            return
+        problems = self._file_problems(site)
+        if problems:
+            self._leave_out(name, problems[0][0], tuple(path for _, path in problems))
+            return
         tls = _typed(t.DOWNSTREAM_TLS_TYPE, common_tls_context={
             "alpn_protocols": ["h2", "http/1.1"],
             "tls_certificates": [{"certificate_chain": {"filename": chain},
@@ -138,6 +156,28 @@ class Builder:
             "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": tls},
             "filters": [self._hcm(name, site)],
             "_origin": self.where(("sites", name))})
+
+    def _file_problems(self, site: Site) -> list[tuple[str, str]]:
+        """The site's other files that are broken (its upstreams' CAs, its users file)."""
+        out = []
+        for to in (site, *site.paths.values()):
+            if to.ca:
+                why = ca_problem(to.ca)
+                if why is not None:
+                    out.append((why, to.ca))
+        if site.auth is not None and site.auth.users_file:
+            why = users_problem(site.auth.users_file)
+            if why is not None:
+                out.append((why, site.auth.users_file))
+        return out
+
+    def _leave_out(self, name: str, why: str, files: tuple[str, ...]) -> None:
+        """The site is not served (its files are broken); the others are."""
+        where = self.where(("sites", name))
+        self.out.left_out.append({"site": name, "where": where, "why": why})
+        self.out.notes.append(f"site {name} ({where}) is left out: {why}; the other sites are "
+                              "served, and this one is once its files are fixed")
+        self.out.watch.extend(files)
 
     def _hcm(self, name: str, site: Site) -> dict[str, Any]:
         vhost: dict[str, Any] = {"name": cluster_name(name), "domains": [name],

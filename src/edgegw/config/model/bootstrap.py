@@ -77,6 +77,20 @@ class Bootstrap(Msg):
     _files_seen: dict[str, tuple[str, int, int, int]] = PrivateAttr(default_factory=dict)
     """The config files as they were when they were read; set by the loader."""
 
+    _notes: list[str] = PrivateAttr(default_factory=list)
+    _left_out: list[dict[str, str]] = PrivateAttr(default_factory=list)
+    """Sites of a sites file left out for their broken files; set by the loader."""
+
+    @property
+    def notes(self) -> list[str]:
+        """What the user should know of a config that loads (e.g. a site left out)."""
+        return self._notes
+
+    @property
+    def left_out(self) -> list[dict[str, str]]:
+        """Each site left out: ``site``, ``where`` (its line) and ``why``."""
+        return self._left_out
+
     @property
     def dynamic(self) -> dict[str, list[dict[str, Any]]]:
         return self._dynamic
