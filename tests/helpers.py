@@ -83,9 +83,9 @@ class Lab:
         deadline = time.monotonic() + 20
         while True:
             assert proc.p.poll() is None, proc.output()
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.admin}/ready", timeout=0.5
-                             ).status_code == 200:
+            try:  # (without HTTPS, /ready says INITIALIZING: no certificate yet)
+                r = httpx.get(f"http://127.0.0.1:{self.admin}/ready", timeout=0.5)
+                if r.status_code == 200 or not https:
                     break
             except httpx.HTTPError:
                 pass

@@ -197,6 +197,10 @@ def test_certbot_in_webroot_mode_renews_into_the_watched_directory(lab: Lab,
     (lab.root / "sites.yaml").write_text(
         text.replace("certificates: certs/", "certificates: letsencrypt/live/"))
     lab.run("-c", "sites.yaml", https=False)  # no certificate yet: port 80 only
+    ready = f"http://127.0.0.1:{lab.admin}/ready"
+    wait_for(lambda: httpx.get(ready).text.startswith(  # not serving HTTPS yet, and why
+        f"INITIALIZING\nwaiting for HTTPS (127.0.0.1:{lab.https}): no site has a usable "
+        "certificate yet\n"))
     r = subprocess.run(
         [certbot, "certonly", "--webroot", "-w", str(lab.root / "webroot"), "-d",
          "a.example.com", "--server", pebble.directory, "--agree-tos", "-m",
@@ -209,6 +213,7 @@ def test_certbot_in_webroot_mode_renews_into_the_watched_directory(lab: Lab,
     root = lab.root / "pebble-root.pem"
     root.write_text(pebble.roots())
     wait_for(lambda: served(lab, "a.example.com", root) is not None, timeout=30)
+    assert httpx.get(ready).status_code == 200
 
 
 def test_under_several_workers_one_renews_and_all_serve(lab: Lab, pebble: Pebble) -> None:
@@ -225,6 +230,7 @@ def test_under_several_workers_one_renews_and_all_serve(lab: Lab, pebble: Pebble
     assert all(served(lab, "a.example.com", root) is not None for _ in range(20))
     stats = httpx.get(f"http://127.0.0.1:{lab.admin}/stats").text
     assert "edgegw.acme.issued: 1" in stats  # summed over the workers: one issuance
+    wait_for(lambda: httpx.get(f"http://127.0.0.1:{lab.admin}/ready").text == "LIVE\n")
 
 
 def test_an_unreachable_acme_server_keeps_the_old_certificate_and_retries_later(

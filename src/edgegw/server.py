@@ -214,6 +214,10 @@ class Server:
 
     @property
     def state(self) -> str:
+        """Envoy's server state; LIVE only once every listener the sites file asks for is
+        there (HTTPS waits for a first certificate)."""
+        if self._state == "LIVE" and self.boot.waiting:
+            return "INITIALIZING"
         return "DRAINING" if self.health_failed and self._state == "LIVE" else self._state
 
     def update_server_gauges(self) -> None:
@@ -221,7 +225,7 @@ class Server:
         g = self.store.gauge
         g("server.live").value = int(self.state == "LIVE")
         g("server.state").value = {"LIVE": 0, "DRAINING": 1, "PRE_INITIALIZING": 2,
-                                   "INITIALIZING": 3}[self._state]
+                                   "INITIALIZING": 3}[self.state]
         g("server.uptime").value = int(time.time() - self.started)
         with open("/proc/self/statm") as f:
             g("server.memory_allocated").value = int(f.read().split()[1]) * os.sysconf(
@@ -250,6 +254,9 @@ class Server:
 
     async def current_state(self) -> str:
         return self.state
+
+    async def waiting(self) -> list[str]:
+        return list(self.boot.waiting)
 
     async def stats_store(self) -> Store:
         self.update_server_gauges()

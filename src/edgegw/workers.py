@@ -104,9 +104,9 @@ class Supervisor:
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline and w.proc is not None and w.proc.returncode is None:
             try:
-                code, _, _ = await w.ask("GET", "/ready")
-                if code == 200:
-                    w.ready = True
+                code, _, body = await w.ask("GET", "/ready")
+                if code == 200 or b"\nwaiting for " in body:  # (started, HTTPS waits for a
+                    w.ready = True                               # first certificate)
                     return
             except (OSError, ValueError, IndexError, TimeoutError):
                 pass
@@ -228,10 +228,16 @@ class Supervisor:
     async def current_state(self) -> str:
         if self.stopping or self.health_failed:
             return "DRAINING"
-        states = [body.decode().strip() for _, _, body in await self.ask_all("GET", "/ready")]
+        states = [body.decode().split("\n", 1)[0]
+                  for _, _, body in await self.ask_all("GET", "/ready")]
         if len(states) < len(self.workers):
             return "INITIALIZING"
         return next((s for s in states if s != "LIVE"), "LIVE")
+
+    async def waiting(self) -> list[str]:
+        waits = [line[len("waiting for "):] for _, _, body in await self.ask_all("GET", "/ready")
+                 for line in body.decode().splitlines()[1:]]
+        return list(dict.fromkeys(waits))
 
     async def stats_store(self) -> Store:
         store = await self.merged_store()
@@ -331,8 +337,8 @@ def _add_status(docs: list[dict[str, Any]]) -> dict[str, Any]:
                 m = mine.get(x[key])
                 if m is None:
                     continue
-                for f in ("requests", "errors", "connect_failures", "time_sum_ms",
-                          "time_count"):
+                for f in ("requests", "errors", "errors_4xx", "websockets",
+                          "connect_failures", "time_sum_ms", "time_count"):
                     if f in x:
                         m[f] += x[f]
                 hosts = {h["address"]: h for h in m.get("hosts", [])}

@@ -191,7 +191,8 @@ class Admin:
 
     async def ready(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
         state = await self.backend.current_state()
-        return (200 if state == "LIVE" else 503), "text/plain", f"{state}\n".encode()
+        waiting = "".join(f"waiting for {w}\n" for w in await self.backend.waiting())
+        return (200 if state == "LIVE" else 503), "text/plain", f"{state}\n{waiting}".encode()
 
     async def stats(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
         fmt = _arg(q, "format") or ""

@@ -19,6 +19,10 @@ class AdminBackend(Protocol):
     async def current_state(self) -> str:
         """LIVE, DRAINING, PRE_INITIALIZING or INITIALIZING."""
 
+    async def waiting(self) -> list[str]:
+        """What a sites file asks for that is not served yet (HTTPS before any certificate):
+        /ready says INITIALIZING and names it (edgegw-only)."""
+
     async def stats_store(self) -> Store:
         """Every stat, the server.* gauges brought up to date."""
 

@@ -15,9 +15,11 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
+from ..http.router.table import Direct
 from ..tls.certs import days_left
 
 if TYPE_CHECKING:
+    from ..http.router.table import VirtualHost
     from ..listener import Listener
     from ..stats import Store
     from ..upstream.cluster import ClusterManager
@@ -39,29 +41,35 @@ def status_doc(state: str, started: float, listeners: list[Listener],
                     certs.append({"names": pair.dns_names(), "path": path,
                                   "days_left": days_left(leaf),
                                   "expires": leaf.not_valid_after_utc.strftime("%Y-%m-%d")})
+            time_sum, time_count = 0.0, 0
+            errors_4xx = upgrades = 0
             if chain.hcm is not None:
                 routes = chain.hcm.routes
                 domains = sorted(routes.exact) + sorted("*" + s for s, _ in routes.suffixes) + \
                     sorted(p + "*" for p, _ in routes.prefixes) + (
-                        ["*"] if routes.default else [])
+                        ["*"] if routes.default and not _misdirected(routes.default) else [])
                 http = f"http.{chain.hcm.stat_prefix}."
                 requests = stats.get(http + "downstream_rq_total", 0)
                 errors = stats.get(http + "downstream_rq_5xx", 0)
+                errors_4xx = stats.get(http + "downstream_rq_4xx", 0)
+                upgrades = stats.get(http + "downstream_cx_upgrades_active", 0)
                 timing = store.histograms.get(http + "downstream_rq_time")
+                tunnels = store.private.get(http + "upgrade_time")
+                if timing is not None:  # WebSockets are not latency: their time is apart
+                    time_sum = timing.sum - (tunnels.sum if tunnels else 0.0)
+                    time_count = timing.count - (tunnels.count if tunnels else 0)
             else:  # a TCP proxy: its server names, connections rather than requests
                 assert chain.tcp is not None
                 domains = lst.server_names(chain)
                 tcp = f"tcp.{chain.tcp.stat_prefix}."
                 requests = stats.get(tcp + "downstream_cx_total", 0)
                 errors = stats.get(tcp + "downstream_cx_no_route", 0)
-                timing = None
             sites.append({
                 "id": f"{lst.name}#{i}", "listener": lst.name,
                 "address": f"{lst.address[0]}:{lst.address[1]}",
                 "tls": chain.tls is not None, "domains": domains, "certificates": certs,
-                "requests": requests, "errors": errors,
-                "time_sum_ms": timing.sum if timing else 0.0,
-                "time_count": timing.count if timing else 0,
+                "requests": requests, "errors": errors, "errors_4xx": errors_4xx,
+                "websockets": upgrades, "time_sum_ms": time_sum, "time_count": time_count,
                 "kind": "http" if chain.hcm is not None else "tcp",
             })
     cluster_docs = []
@@ -84,6 +92,12 @@ def status_doc(state: str, started: float, listeners: list[Listener],
             "sites": sites, "clusters": cluster_docs, "rejected_certificates": rejected}
 
 
+def _misdirected(vhost: VirtualHost) -> bool:
+    """A catch-all that only answers 421 (the sites file's, for names of other sites): not
+    one of the site's names."""
+    return all(isinstance(r.action, Direct) and r.action.status == 421 for r in vhost.routes)
+
+
 SAMPLE_S = 5.0
 KEEP = 720
 """An hour of samples."""
@@ -97,9 +111,9 @@ class History:
         self.samples: deque[dict[str, Any]] = deque(maxlen=KEEP)
 
     def add(self, doc: dict[str, Any]) -> None:
-        def counts(x: dict[str, Any]) -> tuple[float, float, float, float]:
+        def counts(x: dict[str, Any]) -> tuple[float, float, float, float, float]:
             return (x["requests"], x["errors"], x.get("time_sum_ms", 0.0),
-                    x.get("time_count", 0))
+                    x.get("time_count", 0), x.get("errors_4xx", 0))
 
         self.samples.append({
             "t": doc["time"],
@@ -117,19 +131,22 @@ class History:
             for key in keys:
                 rps: list[float | None] = []
                 err: list[float | None] = []
+                err4: list[float | None] = []
                 lat: list[float | None] = []
                 for a, b in zip(samples, samples[1:], strict=False):
                     pa, pb = a[part].get(key), b[part].get(key)
                     dt = max(b["t"] - a["t"], 1e-3)
                     if pa is None or pb is None:
-                        for series in (rps, err, lat):
+                        for series in (rps, err, err4, lat):
                             series.append(None)
                         continue
                     n = pb[3] - pa[3]
                     rps.append(round(max(pb[0] - pa[0], 0) / dt, 2))
                     err.append(round(max(pb[1] - pa[1], 0) / dt, 2))
+                    err4.append(round(max(pb[4] - pa[4], 0) / dt, 2))
                     lat.append(round((pb[2] - pa[2]) / n, 1) if n > 0 else None)
-                out[part][key] = {"rps": rps, "errors": err, "latency_ms": lat}
+                out[part][key] = {"rps": rps, "errors": err, "errors_4xx": err4,
+                                  "latency_ms": lat}
         hosts = {k for b in samples for k in b["hosts"]}
         for key in hosts:
             out["hosts"][key] = [b["hosts"].get(key) for b in samples[1:]]
@@ -164,8 +181,8 @@ PAGE = """<!doctype html>
   <th>Renews after</th><th>Last problem</th></tr></thead><tbody></tbody></table></div></section>
  <section><h2>Sites <span class="legend">last hour:<i style="background:#2563eb"></i>requests/s
   <i style="background:#dc2626"></i>5xx/s<i style="background:#7c3aed"></i>latency ms</span></h2>
-  <table id="sites"><thead><tr><th>Site</th><th>Requests/s</th><th>5xx/s</th><th>Latency</th>
-  <th>Traffic</th><th>Latency</th></tr></thead><tbody></tbody></table></section>
+  <table id="sites"><thead><tr><th>Site</th><th>Requests/s</th><th>4xx/s</th><th>5xx/s</th>
+  <th>Latency</th><th>Traffic</th><th>Latency</th></tr></thead><tbody></tbody></table></section>
  <section><h2>Clusters</h2><table id="clusters"><thead><tr><th>Cluster</th><th>Requests/s</th>
   <th>5xx/s</th><th>Latency</th><th>Traffic</th><th>Hosts and their health (last hour)</th></tr>
   </thead><tbody></tbody></table></section>
@@ -235,17 +252,19 @@ async function refresh() {
     <td>${days(c.days_left)}</td><td class="num">${esc(c.expires)}</td>
     <td class="num">${esc(c.path)}</td></tr>`).join("") || `<tr><td colspan="4">none</td></tr>`;
   document.querySelector("#sites tbody").innerHTML = cur.sites.map(s => {
-    const h = hist.sites[s.id] || {rps: [], errors: [], latency_ms: []};
+    const h = hist.sites[s.id] || {rps: [], errors: [], errors_4xx: [], latency_ms: []};
     return `<tr>
     <td>${s.domains.map(d => `<span class="pill">${esc(d)}</span>`).join(" ")}<br>
       <small>${esc(s.listener)} <span class="num">${esc(s.address)}</span>${s.tls ? " · TLS" : ""}
-      ${s.kind === "tcp" ? " · passthrough" : ""}</small></td>
-    <td class="num">${fmt(last(h.rps), "")}</td><td class="num">${fmt(last(h.errors), "")}</td>
+      ${s.kind === "tcp" ? " · passthrough" : ""}${s.websockets ? ` · ${s.websockets} open
+      WebSocket(s)` : ""}</small></td>
+    <td class="num">${fmt(last(h.rps), "")}</td><td class="num">${fmt(last(h.errors_4xx), "")}</td>
+    <td class="num">${fmt(last(h.errors), "")}</td>
     <td class="num">${fmt(last(h.latency_ms), " ms")}</td>
     <td>${chart([{values: h.rps, color: "#2563eb"}, {values: h.errors, color: "#dc2626"}])}</td>
     <td>${chart([{values: h.latency_ms, color: "#7c3aed"}])}</td></tr>`;}).join("") +
     (cur.left_out || []).map(s => `<tr><td><span class="pill">${esc(s.site)}</span><br>
-      <small class="num">${esc(s.where)}</small></td><td colspan="5"><span class="bad">left
+      <small class="num">${esc(s.where)}</small></td><td colspan="6"><span class="bad">left
       out: ${esc(s.why)}</span><br><small>The other sites are served; this one is once its
       files are fixed.</small></td></tr>`).join("");
   document.querySelector("#clusters tbody").innerHTML = cur.clusters.map(c => {

@@ -120,6 +120,7 @@ def from_source(src: Source) -> Bootstrap:
     boot._files_seen = src.files_seen
     boot._notes = src.notes
     boot._left_out = src.left_out
+    boot._waiting = src.waiting
     return boot
 
 

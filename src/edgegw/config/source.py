@@ -55,6 +55,8 @@ class Source:
     """How errors show a path that was generated (from the sites file) rather than written."""
     left_out: list[dict[str, str]] = field(default_factory=list)
     """Sites of a sites file left out for their broken files (``site``, ``where``, ``why``)."""
+    waiting: list[str] = field(default_factory=list)
+    """Listeners a sites file asks for that are not there yet (no certificate)."""
 
     def where(self, path: Path) -> str | None:
         """The origin of ``path`` or of its nearest ancestor that has one."""
@@ -162,7 +164,8 @@ def merge_sources(base: Source, over: Source) -> Source:
         shifted[_shift(path, base.data, over.data)] = where
     origins.update(shifted)
     return Source(merge(base.data, over.data), origins, {**base.files_seen, **over.files_seen},
-                  base.notes + over.notes, base.names, base.left_out + over.left_out)
+                  base.notes + over.notes, base.names, base.left_out + over.left_out,
+                  base.waiting + over.waiting)
 
 
 def _shift(path: Path, base: Any, over: Any) -> Path:

@@ -427,8 +427,10 @@ class Stream:
         st.downstream_rq_completed.value += 1
         if self.info.code:
             st.count_code(self.info.code)
-        st.downstream_rq_time.record((time.monotonic() - self.info.start_mono) * 1000)
+        ms = (time.monotonic() - self.info.start_mono) * 1000
+        st.downstream_rq_time.record(ms)
         if self.upgraded:
+            self.hcm.upgrade_time.record(ms)
             self.conn.upgrade_ended()
         for logger in self.hcm.access_logs:
             logger.log(self.info)

@@ -10,7 +10,10 @@ Home-lab defaults, each a plain Envoy setting in the expansion:
 - one TLS filter chain per site, its certificate found in the certificate directory, which is
   also the chain's drop-in directory (edgegw-only metadata), so renewals are served at once;
 - strict SNI/Host (edgegw-only metadata), and a request for another site on a reused
-  connection gets 421 so that the browser opens one for it.
+  connection gets 421 so that the browser opens one for it;
+- passive health on every upstream (outlier detection: five failures in a row, connect
+  failures included, take a host out for 30 s, so that it shows red);
+- a request log line per request on stdout (``access_log``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,22 @@ from .model import Site, SitesFile, Upstream, Url
 SYSTEM_CA = "/etc/ssl/certs/ca-certificates.crt"
 Path = tuple[str | int, ...]
 
+
+ACCESS_LOG = ('[%START_TIME(%Y-%m-%dT%H:%M:%S%z)%] {site} %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% '
+              '"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" %RESPONSE_CODE% '
+              '%DURATION%ms %UPSTREAM_HOST% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% '
+              '%UPSTREAM_TRANSPORT_FAILURE_REASON%\n')
+"""What the sites file logs of each request (``-`` for what a request does not have)."""
+ACCESS_LOG_JSON = {
+    "time": "%START_TIME%", "site": "{site}", "client": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+    "method": "%REQ(:METHOD)%", "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "protocol": "%PROTOCOL%", "status": "%RESPONSE_CODE%", "duration_ms": "%DURATION%",
+    "upstream": "%UPSTREAM_HOST%", "flags": "%RESPONSE_FLAGS%",
+    "details": "%RESPONSE_CODE_DETAILS%", "failure": "%UPSTREAM_TRANSPORT_FAILURE_REASON%"}
+PASSIVE_HEALTH = {"consecutive_5xx": 5, "interval": "10s", "base_ejection_time": "30s",
+                  "max_ejection_percent": 100}
+"""Envoy's outlier detection as a home lab wants it: a lone backend may be taken out too
+(Envoy's 10 % default would never eject it), so that a dead one shows red."""
 
 EDGE_HTTP2 = {"max_concurrent_streams": 100, "initial_stream_window_size": 65536,
               "initial_connection_window_size": 1048576}
@@ -69,6 +88,8 @@ class Expansion:
     """Sites left out for their broken files: ``site``, ``where`` and ``why``."""
     watch: list[str] = field(default_factory=list)
     """Files of the sites left out: a change to one loads the config again."""
+    waiting: list[str] = field(default_factory=list)
+    """Listeners the sites file asks for that cannot be bound yet (/ready says so)."""
 
 
 class Builder:
@@ -104,6 +125,10 @@ class Builder:
             for i, chain in enumerate(self.chains):
                 self.out.origins[("static_resources", "listeners", 0, "filter_chains", i)] = \
                     chain.pop("_origin")
+        else:
+            host, port = s.listen.https
+            self.out.waiting.append(f"HTTPS ({host}:{port}): no site has a usable certificate "
+                                    "yet")
         if s.listen.http is not None:
             listeners.append(self._redirect())
             if s.acme is not None:
@@ -198,12 +223,29 @@ class Builder:
         return {"name": "envoy.filters.network.http_connection_manager",
                 "typed_config": _typed(
                     t.HCM_TYPE, stat_prefix=cluster_name(name), use_remote_address=True,
+                    **self._access_log(name),
                     request_headers_timeout="10s", stream_idle_timeout="300s",
                     upgrade_configs=[{"upgrade_type": "websocket"}],
                     http2_protocol_options=EDGE_HTTP2,
                     http_filters=filters,
                     route_config={"name": cluster_name(name), "ignore_port_in_host_matching": True,
                                   "virtual_hosts": [vhost, other]})}
+
+    def _access_log(self, name: str) -> dict[str, Any]:
+        how = self.sites.access_log
+        if how == "off":
+            return {}
+        if how == "json":
+            sink: dict[str, Any] = {"log_format": {"json_format": {
+                k: v.replace("{site}", name) for k, v in ACCESS_LOG_JSON.items()}}}
+        else:
+            sink = {"log_format": {"text_format": ACCESS_LOG.replace("{site}", name)}}
+        if how in ("stdout", "json"):
+            typed = _typed(t.STDOUT_LOG_TYPE, **sink)
+        else:
+            typed = _typed(t.FILE_LOG_TYPE, path=how, **sink)
+        return {"access_log": [{"name": "envoy.access_loggers.file" if how not in (
+            "stdout", "json") else "envoy.access_loggers.stdout", "typed_config": typed}]}
 
     def _routes(self, name: str, site: Site) -> list[dict[str, Any]]:
         routes = []
@@ -270,7 +312,8 @@ class Builder:
         names = any(not u.is_ip for u in ups)
         cluster: dict[str, Any] = {
             "name": cname, "type": "STRICT_DNS" if names else "STATIC",
-            "connect_timeout": "5s",
+            "connect_timeout": "5s", "outlier_detection": PASSIVE_HEALTH,
+            "metadata": {"filter_metadata": {"edgegw": {"site": str(at[1])}}},
             "load_assignment": {"cluster_name": cname, "endpoints": [{"lb_endpoints": [
                 {"endpoint": {"address": _socket(u.host, u.port)}} for u in ups]}]},
             "_origin": self.where(at)}

@@ -230,6 +230,11 @@ def _sites(value: Any) -> Any:
     return value
 
 
+def _on_off(value: Any) -> Any:
+    """YAML reads an unquoted ``off`` (or ``on``) as a boolean."""
+    return ("stdout" if value else "off") if isinstance(value, bool) else value
+
+
 class SitesFile(SitesMsg):
     listen: Listen = Listen()
     admin: Address = ("127.0.0.1", 9901)
@@ -237,6 +242,10 @@ class SitesFile(SitesMsg):
     webroot: str = "webroot"
     """Port 80 answers ACME HTTP-01 challenges from here (certbot/acme.sh ``--webroot -w``)."""
     acme: AcmeSettings | None = None
+    access_log: Annotated[str, BeforeValidator(_on_off)] = "stdout"
+    """One line per request to stdout (time, site, client, request, status, duration,
+    upstream, response flags and the cause of a failure); ``json``: the same as JSON lines;
+    ``off``; or a file path to write the lines to."""
     sites: Annotated[dict[str, Annotated[Site, BeforeValidator(_short)]],
                      BeforeValidator(_sites), Field(min_length=1)]
 

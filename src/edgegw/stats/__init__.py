@@ -76,6 +76,9 @@ class Store:
         self.counters: dict[str, Counter] = {}
         self.gauges: dict[str, Gauge] = {}
         self.histograms: dict[str, Histogram] = {}
+        self.private: dict[str, Histogram] = {}
+        """edgegw's own measures for the status page (e.g. WebSocket durations, kept apart
+        from request latency); never in /stats, so the stat names stay Envoy's."""
 
     def counter(self, name: str) -> Counter:
         c = self.counters.get(name)
@@ -93,6 +96,12 @@ class Store:
         h = self.histograms.get(name)
         if h is None:
             h = self.histograms[name] = Histogram()
+        return h
+
+    def private_histogram(self, name: str) -> Histogram:
+        h = self.private.get(name)
+        if h is None:
+            h = self.private[name] = Histogram()
         return h
 
     def dump(self) -> dict[str, Any]:

@@ -39,6 +39,9 @@ class Cluster(ClusterInfo):
     def __init__(self, cfg: m.Cluster, store: Store, secrets: SecretManager | None = None) -> None:
         super().__init__(cfg, store, secrets)
         self.hosts: list[Host] = []
+        self.counted: dict[str, tuple[int, int, int, int, int]] = {}
+        """The counters of the previous config's hosts of this cluster, which new hosts at
+        the same address carry on."""
         self._tasks: list[asyncio.Task[None]] = []
         self.endpoints = [
             (e.endpoint.address.socket_address.address,
@@ -160,7 +163,10 @@ class Cluster(ClusterInfo):
         old = {(h.address, h.port): h for h in self.hosts}
         hosts = []
         for address, port, hostname, weight in endpoints:
-            h = old.pop((address, port), None) or Host(self, address, port, hostname, weight)
+            h = old.pop((address, port), None)
+            if h is None:
+                h = Host(self, address, port, hostname, weight)
+                h.carry(self.counted.get(h.label))
             h.weight = weight
             hosts.append(h)
         if old or len(hosts) != len(self.hosts):
@@ -228,7 +234,11 @@ class ClusterManager:
                 self.clusters[c.name] = old
                 self.kept.add(c.name)
             else:
-                self.clusters[c.name] = Cluster(c, store, secrets)
+                new = self.clusters[c.name] = Cluster(c, store, secrets)
+                if old is not None:  # its hosts' counters go on, as the cluster's stats do
+                    new.counted = {h.label: h.totals() for h in old.hosts}
+                    for h in new.hosts:
+                        h.carry(new.counted.get(h.label))
 
     async def start(self) -> None:
         await asyncio.gather(*(c.start() for n, c in self.clusters.items()

@@ -82,6 +82,9 @@ class ClusterInfo:
     def __init__(self, cfg: m.Cluster, store: Store, secrets: SecretManager | None = None) -> None:
         self.cfg = cfg
         self.name: str = cfg.name
+        site = cfg.metadata.ours("site") if cfg.metadata else None
+        self.label = f"site {site}" if isinstance(site, str) else f"cluster '{cfg.name}'"
+        """How log lines name it: the sites file's site it serves, else the cluster."""
         self.stats = ClusterStats(store, f"cluster.{cfg.name}.", code_classes="upstream_rq",
                                   lazy_classes=True)
         self._rq_time: Histogram | None = None

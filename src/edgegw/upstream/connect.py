@@ -29,6 +29,27 @@ class ConnectError(Exception):
         self.reason = reason
         self.detail = detail
 
+    def explain(self) -> str:
+        """The failure as a home-lab user reads it: refused, no answer, or TLS (and whether
+        the backend looks like plain HTTP behind an https:// upstream)."""
+        if self.reason == "connection timeout":
+            return "no answer within the connect timeout (is the host up?)"
+        detail = self.detail
+        if detail.startswith("delayed_connect_error: "):
+            return detail.split(": ", 1)[1].lower()
+        if detail.startswith("TLS_error:"):
+            why = detail[len("TLS_error:"):]
+            if any(s in why.upper() for s in _PLAIN_HTTP):
+                return (f"the TLS handshake failed ({why}): the backend seems to speak plain "
+                        "HTTP; write its upstream as http://")
+            return f"the TLS handshake failed ({why})"
+        return detail or self.reason
+
+
+_PLAIN_HTTP = ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG",
+               "HTTP_REQUEST")
+"""What OpenSSL says when the peer answers a ClientHello in plain HTTP."""
+
 
 async def connect(cluster: ClusterInfo, host: Endpoint, protocol: Callable[[], asyncio.Protocol],
                   proxy_header: bytes = b"") -> asyncio.Transport:

@@ -51,6 +51,17 @@ class Host:
         self.rq_error = 0
         self.rq_timeout = 0
 
+    def totals(self) -> tuple[int, int, int, int, int]:
+        return (self.cx_total, self.cx_connect_fail, self.rq_total, self.rq_error,
+                self.rq_timeout)
+
+    def carry(self, totals: tuple[int, int, int, int, int] | None) -> None:
+        """Goes on counting from the ``totals`` of the same address's host in the previous
+        config (a reload does not zero /clusters or the status page, nor does it zero stats)."""
+        if totals is not None:
+            (self.cx_total, self.cx_connect_fail, self.rq_total, self.rq_error,
+             self.rq_timeout) = totals
+
     @property
     def healthy(self) -> bool:
         return not (self.failed_active_hc or self.ejected)

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from .cluster_info import ClusterInfo
 
 _log = log.get("upstream")
+WARN_EVERY = 10.0
 
 
 class PoolHost(Endpoint, Protocol):
@@ -96,6 +97,8 @@ class Pool:
         so that no more are opened than the waiters need."""
         self.waiters: collections.deque[Waiter] = collections.deque()
         self.assign_scheduled = False
+        self.warned_at = -WARN_EVERY
+        self.unwarned = 0
 
     @property
     def label(self) -> str:
@@ -164,6 +167,8 @@ class Pool:
 
     def _assign_later(self) -> None:
         self.assign_scheduled = False
+        self.warned_at = -WARN_EVERY
+        self.unwarned = 0
         self._assign()
 
     def capacity_changed(self, conn: ClientConnection) -> None:
@@ -331,13 +336,25 @@ class Pool:
         if e.reason == "connection timeout":
             stats.upstream_cx_connect_timeout.value += 1
         host.cx_connect_fail += 1
-        _log.debug("connect to %s failed: %s", host.label, e)
+        self._warn(e)
         purged = list(self.waiters)
         self.waiters.clear()
         stats.upstream_rq_pending_active.value -= len(purged)
         for w in purged:
             w.client.pool_failure(e.reason, e.detail)
         self._assign()
+
+    def _warn(self, e: ConnectError) -> None:
+        """A failed connect is logged once per ``WARN_EVERY`` seconds per host, with how many
+        failed since (a dead backend under load would otherwise flood the log)."""
+        now = time.monotonic()
+        if now - self.warned_at < WARN_EVERY:
+            self.unwarned += 1
+            return
+        more = f" ({self.unwarned} more failures since)" if self.unwarned else ""
+        self.warned_at, self.unwarned = now, 0
+        _log.warning("%s: cannot connect to %s: %s%s", self.cluster.label, self.host.label,
+                     e.explain(), more)
 
     async def _open_tcp(self, conn: ClientConnection) -> ClientConnection | None:
         """The cluster's transport to the host (see connect); under auto_config, ALPN

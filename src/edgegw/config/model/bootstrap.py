@@ -81,6 +81,13 @@ class Bootstrap(Msg):
     _left_out: list[dict[str, str]] = PrivateAttr(default_factory=list)
     """Sites of a sites file left out for their broken files; set by the loader."""
 
+    _waiting: list[str] = PrivateAttr(default_factory=list)
+
+    @property
+    def waiting(self) -> list[str]:
+        """Listeners a sites file asks for that are not there yet: not ready until they are."""
+        return self._waiting
+
     @property
     def notes(self) -> list[str]:
         """What the user should know of a config that loads (e.g. a site left out)."""

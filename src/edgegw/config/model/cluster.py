@@ -8,7 +8,13 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from .base import HTTP_OPTIONS_TYPE, Bool, Duration, Int, Msg, UInt32, one_of, typed_as
-from .core import Address, HeaderValueOption, Http2ProtocolOptions, HttpProtocolOptions
+from .core import (
+    Address,
+    HeaderValueOption,
+    Http2ProtocolOptions,
+    HttpProtocolOptions,
+    Metadata,
+)
 from .tls import UpstreamTransportSocket
 
 
@@ -230,6 +236,9 @@ class Cluster(Msg):
     dns_refresh_rate: Duration = 5.0
     transport_socket: UpstreamTransportSocket | None = None
     circuit_breakers: CircuitBreakers = CircuitBreakers()
+    metadata: Metadata | None = None
+    """edgegw reads ``edgegw.site``: the sites file's site the cluster serves, which its log
+    lines name."""
     typed_extension_protocol_options: dict[
         Literal["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"],
         Annotated[UpstreamHttpProtocolOptions, typed_as(HTTP_OPTIONS_TYPE)],
