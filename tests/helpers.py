@@ -106,13 +106,14 @@ class Lab:
         out.write_text(r.stdout)
         return out
 
-    def get(self, host: str, path: str = "/headers", extra: str = "") -> tuple[int, dict, bytes]:
+    def get(self, host: str, path: str = "/headers", extra: str = "",
+            method: str = "GET") -> tuple[int, dict, bytes]:
         """One HTTPS request with SNI and Host ``host``; (status, headers, body)."""
         ctx = ssl.create_default_context(cafile=str(self.root / "certs" / "dev-ca.pem"))
         with socket.create_connection(("127.0.0.1", self.https), timeout=5) as raw, \
                 ctx.wrap_socket(raw, server_hostname=host) as s:
-            s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}"
-                      "Connection: close\r\n\r\n".encode())
+            s.sendall(f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n{extra}"
+                      "Content-Length: 0\r\nConnection: close\r\n\r\n".encode())
             out = b""
             while chunk := s.recv(65536):
                 out += chunk

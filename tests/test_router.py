@@ -92,6 +92,29 @@ def test_redirect_and_direct_actions() -> None:
     assert r.action == Direct(200, b"ok")
 
 
+def test_header_matchers_see_the_pseudo_headers_as_envoy_s_do() -> None:
+    """``:method``, ``:path``, ``:authority`` and ``:scheme`` match like headers (a route for
+    GET only must not take a POST)."""
+    get = {"name": ":method", "string_match": {"exact": "GET"}}
+    routes = [
+        {"match": {"prefix": "/", "headers": [get, {"name": ":scheme", "string_match": {
+            "exact": "https"}}]}, "route": {"cluster": "get"}},
+        {"match": {"prefix": "/", "headers": [{"name": ":path", "string_match": {
+            "suffix": "?x=1"}}, {"name": ":authority", "string_match": {"exact": "h"}}]},
+         "route": {"cluster": "path"}},
+    ]
+    t = table([vh("v", "*", routes=routes)])
+
+    def cluster(method: bytes, path: str = "/", scheme: bytes = b"https") -> str | None:
+        _, r = t.route("h", path, [], method, scheme)
+        return r.action.cluster if r and isinstance(r.action, Forward) else None
+
+    assert cluster(b"GET") == "get"
+    assert cluster(b"POST") is None
+    assert cluster(b"GET", scheme=b"http") is None
+    assert cluster(b"POST", "/a?x=1") == "path"
+
+
 def test_header_mutations_append_overwrite_add_if_absent_remove() -> None:
     ops = HeaderOps(frozenset({b"x-drop"}), (
         (b"x-a", "1", b"1", "APPEND_IF_EXISTS_OR_ADD", False),

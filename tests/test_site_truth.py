@@ -4,6 +4,8 @@ from latency, no catch-all chip), and host counters that a reload does not zero.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import shutil
 import socket
@@ -28,7 +30,8 @@ from .helpers import Lab
 def lab(backends: Backends, certs: Path) -> Iterator[Lab]:
     root = Path(tempfile.mkdtemp(prefix="edgegw-lab-"))
     lab = Lab(root, backends, certs)
-    make_for(str(root / "certs"), ("dead.example.com", "plain.example.com", "ws.example.com"))
+    make_for(str(root / "certs"), ("dead.example.com", "plain.example.com", "ws.example.com",
+                                   "status.example.com"))
     yield lab
     lab.stop()
     shutil.rmtree(root)
@@ -160,3 +163,30 @@ def test_host_counters_go_on_across_a_reload(lab: Lab) -> None:
     wait_for(lambda: "now serving the new config" in proc.output(), timeout=10)
     assert lab.get("b.example.com")[1]["x-lab"] == "one"
     assert b_host()["rq_total"] == 4
+
+
+def test_the_status_page_opens_on_its_own_site_and_no_admin_command_does(lab: Lab) -> None:
+    """``status:`` serves the page and its JSON behind the site's auth; every other admin
+    path, /quitquitquit first, is a 404 there, and the gateway keeps running."""
+    b = lab.backends
+    hashed = "{SHA}" + base64.b64encode(hashlib.sha1(b"pw").digest()).decode()
+    lab.write(f"status:\n  name: status.example.com\n  auth: {{users: {{ops: '{hashed}'}}}}\n"
+              f"sites:\n  a.example.com: http://{b.a[0]}:{b.a[1]}\n")
+    proc = lab.run("-c", "sites.yaml")
+    auth = "Authorization: Basic " + base64.b64encode(b"ops:pw").decode() + "\r\n"
+    assert lab.get("status.example.com", "/status")[0] == 401
+    code, headers, page = lab.get("status.example.com", "/status", auth)
+    assert code == 200 and b"<title>edgegw status</title>" in page
+    code, _, body = lab.get("status.example.com", "/status.json", auth)
+    assert code == 200 and "a.example.com" in {d for s in json.loads(body)["sites"]
+                                               for d in s["domains"]}
+    assert lab.get("status.example.com", "/", auth)[1]["location"] == \
+        "https://status.example.com/status"
+    for method, path in (("POST", "/quitquitquit"), ("GET", "/quitquitquit"),
+                         ("POST", "/healthcheck/fail"), ("GET", "/stats"),
+                         ("GET", "/config_dump"), ("POST", "/status"),
+                         ("GET", "/status/../quitquitquit"), ("GET", "//quitquitquit")):
+        assert lab.get("status.example.com", path, auth, method)[0] in (400, 404), (method, path)
+    assert proc.p.poll() is None
+    assert httpx.get(f"http://127.0.0.1:{lab.admin}/ready").text == "LIVE\n"
+    assert lab.get("a.example.com")[0] == 200

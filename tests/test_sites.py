@@ -132,6 +132,7 @@ def test_allow_lists_basic_auth_paths_and_headers(lab: Lab) -> None:
     doc = json.loads(body)
     assert status == 200 and doc["backend"] == "a"
     assert doc["headers"]["x-lab"] == "yes" and doc["headers"]["x-remote-user"] == "alice"
+    assert "authorization" not in doc["headers"]  # the name goes on, the password does not
     assert headers["strict-transport-security"] == "max-age=63072000"
     forged = "Authorization: Basic " + base64.b64encode(b"admin:anything").decode() + "\r\n"
     assert lab.get("a.example.com", "/headers", creds + forged)[0] == 401  # one checked, one not
@@ -164,6 +165,8 @@ def test_passthrough_site_keeps_the_backends_own_certificate(lab: Lab) -> None:
      "'upstream'? (sites.yaml:8)"),
     ("sites:\n  a.example.com: ftp://127.0.0.20\n",
      "is not an upstream URL"),
+    ("site:\n  a.example.com: http://127.0.0.20:80\n",
+     "site: field 'site' is not a sites file field; did you mean 'sites'? (sites.yaml:6)"),
     ("sites:\n  a.example.com: {upstream: 'http://127.0.0.20:80', allow: [lan]}\n",
      "'lan' is not an address or range"),
     ("sites:\n  a.example.com: {upstream: 'http://127.0.0.20:80', auth: {users: {a: pw}}}\n",
@@ -317,3 +320,10 @@ def test_a_port_in_use_is_named_with_what_to_do(lab: Lab) -> None:
     assert "Traceback" not in r.stderr
     assert "CAP_NET_BIND_SERVICE" in bind_hint(13, 443)  # EACCES (this runs as root)
     assert bind_hint(13, 8443) == ""
+
+
+def test_help_names_the_other_commands() -> None:
+    r = subprocess.run([*EDGEGW, "--help"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0
+    for command in ("edgegw expand SITES_FILE", "edgegw certs list", "edgegw certs dev"):
+        assert command in r.stdout, r.stdout

@@ -16,8 +16,14 @@ _log = log.get("main")
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="edgegw", description="Edge TLS gateway configured with Envoy's v3 bootstrap.")
-    p.add_argument("-c", "--config-path", help="path to the bootstrap file (YAML or JSON)")
+        prog="edgegw", description="Edge TLS gateway configured with Envoy's v3 bootstrap.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=(
+            "other commands:\n"
+            "  edgegw expand SITES_FILE      print the Envoy bootstrap a sites file stands for\n"
+            "  edgegw certs list -c CONFIG   the certificates on disk and what is served\n"
+            "  edgegw certs dev NAME...      a local dev CA and certificates for the names"))
+    p.add_argument("-c", "--config-path", help="path to the bootstrap file (YAML or JSON), "
+                   "or a sites file (a top-level 'sites:')")
     p.add_argument("--config-yaml", help="bootstrap YAML merged over --config-path "
                    "(protobuf MergeFrom: scalars replace, messages merge, lists append)")
     p.add_argument("--mode", choices=("serve", "validate"), default="serve",

@@ -150,8 +150,9 @@ class Stream:
         if client is not None and client != self.conn.remote_ip:
             self.info.remote_ip, self.info.remote_port = client, 0
         info = self.info
-        info.vhost, info.route = hcm.routes.route(self.authority, path.decode("latin-1"),
-                                                  self.headers)
+        info.vhost, info.route = hcm.routes.route(
+            self.authority, path.decode("latin-1"), self.headers, self.method,
+            b"https" if self.conn.tls else b"http")
         if head.upgrade and not hcm.upgrade_allowed(head.upgrade, self.info.route):
             self.send_local_reply(403, b"", "upgrade_failed", close=True)
             return

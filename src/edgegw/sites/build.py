@@ -114,6 +114,11 @@ class Builder:
                 self._passthrough(name, site)
             else:
                 self._site(name, site)
+        if s.status is not None:
+            host, port = s.admin
+            page = Site(upstream=[Url("http", "127.0.0.1" if host in ("0.0.0.0", "::") else host,
+                                      port, "")], allow=s.status.allow, auth=s.status.auth)
+            self._site(s.status.name, page, status=True)
         listeners = boot["static_resources"]["listeners"]
         if self.chains:
             listeners.append({
@@ -147,7 +152,7 @@ class Builder:
                 return chain, key
         return None
 
-    def _site(self, name: str, site: Site) -> None:
+    def _site(self, name: str, site: Site, status: bool = False) -> None:
         found = self._certificate(name)
         if found is None:
             named = candidates(self.sites.certificates).get(name)
@@ -158,7 +163,7 @@ class Builder:
             how = ("ACME is obtaining one" if self.acme_names(name) else
                    "NAME.crt + NAME.key, NAME.pem, or certbot's NAME/fullchain.pem + privkey.pem")
             self.out.notes.append(
-                f"site {name} ({self.where(('sites', name))}): no certificate for it in "
+                f"site {name} ({self._where(name)}): no certificate for it in "
                 f"{self.sites.certificates} yet ({how}); it is served once one is there")
             return
         chain, key = found
@@ -179,8 +184,14 @@ class Builder:
             "metadata": {"filter_metadata": {"edgegw": {
                 "certificate_directory": self.sites.certificates, "strict_sni_host": True}}},
             "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": tls},
-            "filters": [self._hcm(name, site)],
-            "_origin": self.where(("sites", name))})
+            "filters": [self._hcm(name, site, status)],
+            "_origin": self._where(name)})
+
+    def _where(self, name: str) -> str:
+        """The line of a site (or of ``status:``, for the status page's name)."""
+        status = self.sites.status
+        return self.where(("status",) if status is not None and status.name == name
+                          else ("sites", name))
 
     def _file_problems(self, site: Site) -> list[tuple[str, str]]:
         """The site's other files that are broken (its upstreams' CAs, its users file)."""
@@ -198,19 +209,23 @@ class Builder:
 
     def _leave_out(self, name: str, why: str, files: tuple[str, ...]) -> None:
         """The site is not served (its files are broken); the others are."""
-        where = self.where(("sites", name))
+        where = self._where(name)
         self.out.left_out.append({"site": name, "where": where, "why": why})
         self.out.notes.append(f"site {name} ({where}) is left out: {why}; the other sites are "
                               "served, and this one is once its files are fixed")
         self.out.watch.extend(files)
 
-    def _hcm(self, name: str, site: Site) -> dict[str, Any]:
+    def _hcm(self, name: str, site: Site, status: bool = False) -> dict[str, Any]:
+        routes = self._status_routes(name, site) if status else self._routes(name, site)
         vhost: dict[str, Any] = {"name": cluster_name(name), "domains": [name],
-                                 "routes": self._routes(name, site)}
+                                 "routes": routes}
         if site.request_headers:
             vhost["request_headers_to_add"] = [
                 {"header": {"key": k, "value": v}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
                 for k, v in site.request_headers.items()]
+        if site.auth is not None and site.auth.forward is None:
+            # The backend gets the user's name (x-remote-user), never the password.
+            vhost["request_headers_to_remove"] = ["authorization"]
         if site.response_headers:
             vhost["response_headers_to_add"] = [
                 {"header": {"key": k, "value": v}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
@@ -239,13 +254,28 @@ class Builder:
             sink: dict[str, Any] = {"log_format": {"json_format": {
                 k: v.replace("{site}", name) for k, v in ACCESS_LOG_JSON.items()}}}
         else:
-            sink = {"log_format": {"text_format": ACCESS_LOG.replace("{site}", name)}}
+            sink = {"log_format": {"text_format_source": {  # (Envoy deprecates text_format)
+                "inline_string": ACCESS_LOG.replace("{site}", name)}}}
         if how in ("stdout", "json"):
             typed = _typed(t.STDOUT_LOG_TYPE, **sink)
         else:
             typed = _typed(t.FILE_LOG_TYPE, path=how, **sink)
         return {"access_log": [{"name": "envoy.access_loggers.file" if how not in (
             "stdout", "json") else "envoy.access_loggers.stdout", "typed_config": typed}]}
+
+    def _status_routes(self, name: str, site: Site) -> list[dict[str, Any]]:
+        """GET /status and /status.json go to the admin port; nothing else does (404), so
+        no admin command can be reached through the site."""
+        cname = cluster_name(name, "admin")
+        self._cluster(cname, site, ("status",), name)
+        get = [{"name": ":method", "string_match": {"exact": "GET"}}]
+        return [*({"match": {"path": path, "headers": get},
+                   "route": {"cluster": cname, "timeout": "10s"}}
+                  for path in ("/status", "/status.json")),
+                {"match": {"path": "/", "headers": get},
+                 "redirect": {"path_redirect": "/status"}},
+                {"match": {"prefix": "/"}, "direct_response": {
+                    "status": 404, "body": {"inline_string": "Not Found"}}}]
 
     def _routes(self, name: str, site: Site) -> list[dict[str, Any]]:
         routes = []
@@ -306,14 +336,14 @@ class Builder:
 
     # --- clusters ---------------------------------------------------------------------------
 
-    def _cluster(self, cname: str, to: Upstream, at: Path) -> None:
-        """A cluster for ``to``, written at ``at`` in the sites file."""
+    def _cluster(self, cname: str, to: Upstream, at: Path, site: str | None = None) -> None:
+        """A cluster for ``to``, written at ``at`` in the sites file (its site's part)."""
         ups: list[Url] = to.upstream
         names = any(not u.is_ip for u in ups)
         cluster: dict[str, Any] = {
             "name": cname, "type": "STRICT_DNS" if names else "STATIC",
             "connect_timeout": "5s", "outlier_detection": PASSIVE_HEALTH,
-            "metadata": {"filter_metadata": {"edgegw": {"site": str(at[1])}}},
+            "metadata": {"filter_metadata": {"edgegw": {"site": site or str(at[1])}}},
             "load_assignment": {"cluster_name": cname, "endpoints": [{"lb_endpoints": [
                 {"endpoint": {"address": _socket(u.host, u.port)}} for u in ups]}]},
             "_origin": self.where(at)}
@@ -377,6 +407,8 @@ class Builder:
             return []
         names = [n for n, s in self.sites.sites.items()
                  if not s.passthrough and not n.startswith("*.")]
+        if self.sites.status is not None:
+            names.append(self.sites.status.name)
         return [n for n in names if n == name] if name is not None else names
 
     def _redirect(self) -> dict[str, Any]:

@@ -230,6 +230,25 @@ def _sites(value: Any) -> Any:
     return value
 
 
+class StatusSite(SitesMsg):
+    """The status page on a site name of its own (edgegw-only): the page and its JSON,
+    read-only; nothing else of the admin API is reachable through it."""
+
+    name: str
+    allow: list[Cidr] = []
+    auth: Auth | None = None
+
+    @model_validator(mode="after")
+    def _named(self) -> StatusSite:
+        if not _NAME.match(self.name.lower()) or self.name.startswith("*."):
+            raise ValueError(f"'{self.name}' is not a host name (status.example.com)")
+        return self
+
+
+def _status(value: Any) -> Any:
+    return {"name": value} if isinstance(value, str) else value
+
+
 def _on_off(value: Any) -> Any:
     """YAML reads an unquoted ``off`` (or ``on``) as a boolean."""
     return ("stdout" if value else "off") if isinstance(value, bool) else value
@@ -246,11 +265,17 @@ class SitesFile(SitesMsg):
     """One line per request to stdout (time, site, client, request, status, duration,
     upstream, response flags and the cause of a failure); ``json``: the same as JSON lines;
     ``off``; or a file path to write the lines to."""
+    status: Annotated[StatusSite | None, BeforeValidator(_status)] = None
+    """``status.example.com``, or ``{name, allow, auth}``: the status page (``/status`` and
+    ``/status.json`` only) served on that name, like a site."""
     sites: Annotated[dict[str, Annotated[Site, BeforeValidator(_short)]],
                      BeforeValidator(_sites), Field(min_length=1)]
 
     @model_validator(mode="after")
     def _consistent(self) -> SitesFile:
+        if self.status is not None and self.status.name in self.sites:
+            raise ValueError(f"status: '{self.status.name}' is a site already: give the status "
+                             "page a name of its own")
         if self.acme is not None and self.listen.http is None:
             raise ValueError("acme needs the port-80 listener (listen.http): HTTP-01 "
                              "challenges come in there")

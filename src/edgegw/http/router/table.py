@@ -130,6 +130,9 @@ class Route:
     """typed_per_filter_config by filter name, the route's over its virtual host's."""
     upgrades: dict[str, bool] = field(default_factory=dict)
     """The route action's upgrade_configs: enabled by upgrade type (lower case)."""
+    pseudo: bool = False
+    """A header matcher names a pseudo-header (``:method``, ``:path``, ``:authority``,
+    ``:scheme``), which Envoy's matchers see as headers."""
 
     def matches(self, path: str, headers: Headers) -> bool:
         if not self.path_match(path):
@@ -216,13 +219,21 @@ class RouteTable:
                 return vh
         return self.default
 
-    def route(self, host: str, path: str, headers: Headers) -> tuple[VirtualHost | None,
-                                                                      Route | None]:
+    def route(self, host: str, path: str, headers: Headers, method: bytes = b"GET",
+              scheme: bytes = b"https") -> tuple[VirtualHost | None, Route | None]:
         vh = self.virtual_host(host)
         if vh is None:
             return None, None
+        with_pseudo: Headers | None = None
         for r in vh.routes:
-            if r.matches(path, headers):
+            seen = headers
+            if r.pseudo:
+                if with_pseudo is None:
+                    with_pseudo = [(b":method", method), (b":path", path.encode("latin-1")),
+                                   (b":authority", host.encode("latin-1")),
+                                   (b":scheme", scheme), *headers]
+                seen = with_pseudo
+            if r.matches(path, seen):
                 return vh, r
         return vh, None
 
@@ -251,6 +262,7 @@ def compile_routes(rc: m.RouteConfiguration) -> RouteTable:
                 filter_configs={**v.typed_per_filter_config, **r.typed_per_filter_config},
                 upgrades={u.upgrade_type.lower(): u.enabled
                           for u in (r.route.upgrade_configs if r.route else [])},
+                pseudo=any(h.name.startswith(":") for h in r.match.headers),
             )
             for r in v.routes
         ]
