@@ -207,6 +207,8 @@ def test_compose_command_runs_natively(workdir: Path, backends: Backends, tmp_pa
         assert (r.status_code, r.headers["location"]) == (301,
                                                           f"https://a.example.com:{https}/x")
         wait_for(lambda: healthcheck(gw, admin) == 0, timeout=10)
+        # a sites file runs one process by default (a home lab's traffic, a worker's memory)
+        assert "workers" not in httpx.get(f"http://127.0.0.1:{admin}/server_info").json()
         # docker stop: SIGTERM, then SIGKILL after stop_grace_period; edgegw drains and exits 0
         # before that (its --drain-time-s is shorter than the grace period).
         grace = float(gw["stop_grace_period"].rstrip("s"))

@@ -33,8 +33,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--component-log-level", default="",
                    help="per component levels, e.g. upstream:debug,connection:trace")
     p.add_argument("--log-path", help="write application logs to this file instead of stderr")
-    p.add_argument("--concurrency", type=int, default=len(os.sched_getaffinity(0)) or 1,
-                   help="worker processes (default: one per core); 1 runs a single process")
+    p.add_argument("--concurrency", type=int,
+                   help="worker processes (default: one per core, as Envoy; one for a sites "
+                        "file, which a home lab's traffic fills a small part of); 1 runs a "
+                        "single process")
     p.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     p.add_argument("--admin-socket", help=argparse.SUPPRESS)
     p.add_argument("--drain-time-s", type=float, default=600,
@@ -78,6 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.mode == "validate":
         print(f"configuration '{args.config_path or '--config-yaml'}' OK")
         return
+    if args.concurrency is None:
+        args.concurrency = 1 if src.from_sites else len(os.sched_getaffinity(0)) or 1
     if args.concurrency < 1:
         _log.critical("--concurrency must be at least 1")
         sys.exit(1)

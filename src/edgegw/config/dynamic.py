@@ -105,5 +105,5 @@ def expand(src: Source) -> tuple[Source, dict[str, list[dict[str, Any]]], dict[P
     if problems:
         raise ConfigError(problems)
     data["static_resources"] = static
-    return (Source(data, origins, seen, src.notes, src.names, src.left_out, src.waiting), read,
-            names)
+    return (Source(data, origins, seen, src.notes, src.names, src.left_out, src.waiting,
+                   src.from_sites), read, names)

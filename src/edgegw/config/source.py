@@ -57,6 +57,8 @@ class Source:
     """Sites of a sites file left out for their broken files (``site``, ``where``, ``why``)."""
     waiting: list[str] = field(default_factory=list)
     """Listeners a sites file asks for that are not there yet (no certificate)."""
+    from_sites: bool = False
+    """Expanded from a sites file (whose defaults are a home lab's: one worker)."""
 
     def where(self, path: Path) -> str | None:
         """The origin of ``path`` or of its nearest ancestor that has one."""
@@ -165,7 +167,7 @@ def merge_sources(base: Source, over: Source) -> Source:
     origins.update(shifted)
     return Source(merge(base.data, over.data), origins, {**base.files_seen, **over.files_seen},
                   base.notes + over.notes, base.names, base.left_out + over.left_out,
-                  base.waiting + over.waiting)
+                  base.waiting + over.waiting, base.from_sites)
 
 
 def _shift(path: Path, base: Any, over: Any) -> Path:

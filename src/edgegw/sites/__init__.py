@@ -58,7 +58,7 @@ def compile_sites(src: Source) -> Source:
     for path in (sites.certificates, *out.watch):
         files_seen[path] = file_signature(path)
     return Source(out.bootstrap, out.origins, files_seen, src.notes + out.notes, out.names,
-                  out.left_out, out.waiting)
+                  out.left_out, out.waiting, from_sites=True)
 
 
 def load(config_path: str | None, config_yaml: str | None) -> Source:
