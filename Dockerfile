@@ -9,7 +9,8 @@ COPY src ./src
 RUN EDGEGW_MYPYC=1 pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 FROM python:3.11-slim
-RUN useradd --system --uid 10001 edgegw
+# uid and gid 10001: keys made readable by group 10001 on the host are readable here
+RUN groupadd --system --gid 10001 edgegw && useradd --system --uid 10001 --gid 10001 edgegw
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 WORKDIR /etc/edgegw

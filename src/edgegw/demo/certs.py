@@ -93,6 +93,10 @@ def main() -> None:
         raise SystemExit(str(e)) from None
     print(f"certificates in {a.dir}/: " + (f"made {', '.join(made)}" if made else
                                             "nothing missing, nothing changed"))
+    print("the demo answers for its sites' names (there is no site named localhost); try:")
+    for name in SITES:  # (the demo gateway listens on 8443)
+        print(f"  curl --cacert {a.dir}/dev-ca.pem --resolve {name}:8443:127.0.0.1 "
+              f"https://{name}:8443/headers")
 
 
 if __name__ == "__main__":
