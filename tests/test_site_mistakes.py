@@ -81,8 +81,10 @@ def test_a_key_the_gateway_cannot_read_takes_down_only_its_site(lab: Lab) -> Non
     assert list(left_out(lab)) == ["c.example.com"]
     assert left_out(lab)["c.example.com"].startswith(why)
 
-    key.chmod(0o644)  # fixed: served without a restart
+    key.chmod(0o644)  # fixed: served without a restart, and the log says so
     wait_for(lambda: served(lab, "c.example.com"), timeout=15)
+    assert re.search(r"config reload \(certs/c\.example\.com\.key changed\): now serving the "
+                     r"new config \(.*, now serving c\.example\.com\)", proc.output())
     assert left_out(lab) == {}
     assert served(lab, "a.example.com")
     assert proc.p.poll() is None
@@ -126,3 +128,13 @@ def test_the_shipped_template_names_no_file_that_is_not_there() -> None:
         field = line.split("#", 1)[0].strip()
         if field.startswith(("ca:", "users_file:")):
             assert (root / field.split(":", 1)[1].strip()).exists(), line
+
+
+def test_a_site_added_without_a_certificate_is_warned_about_on_reload(lab: Lab) -> None:
+    b = lab.backends
+    site_a = f"sites:\n  a.example.com: http://{b.a[0]}:{b.a[1]}\n"
+    lab.write(site_a)
+    proc = lab.run("-c", "sites.yaml")
+    lab.write(site_a + f"  d.example.com: http://{b.a[0]}:{b.a[1]}\n")
+    wait_for(lambda: "config reload (sites.yaml changed): site d.example.com (sites.yaml:8): "
+                     "no certificate for it in certs/ yet" in proc.output(), timeout=10)

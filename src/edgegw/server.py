@@ -37,6 +37,12 @@ CONFIG_POLL = 0.5
 """Seconds between looks at the config files for changes."""
 
 
+def _server_names(boot: Bootstrap) -> set[str]:
+    """The names TLS filter chains are chosen by: a site added or dropped by a reload."""
+    return {n for lst in boot.static_resources.listeners for fc in lst.filter_chains
+            for n in (fc.filter_chain_match.server_names if fc.filter_chain_match else [])}
+
+
 class Server:
     def __init__(self, boot: Bootstrap, options: dict[str, Any] | None = None,
                  raw_config: dict[str, Any] | None = None,
@@ -151,6 +157,7 @@ class Server:
         for old in old_keys.values():
             old.drain()
         self.retired_listeners += old_listeners
+        before = _server_names(self.boot)
         self.boot, self.raw_config = boot, raw
         self.loaded_at = time.time()
         self.secrets, self.clusters, self.listeners = secrets, clusters, listeners
@@ -159,8 +166,11 @@ class Server:
         self._follow_acme(boot)
         self.background.start(self._retire(old_listeners, old_clusters, old_secrets))
         counter("edgegw.config_reload.success").value += 1
+        now = _server_names(boot)
+        names = "".join([*(f", now serving {n}" for n in sorted(now - before)),
+                         *(f", no longer serving {n}" for n in sorted(before - now))])
         _config_log.info("config reload (%s): now serving the new config (%d listener(s), %d "
-                  "cluster(s))", why, len(listeners), len(clusters.clusters))
+                         "cluster(s)%s)", why, len(listeners), len(clusters.clusters), names)
         return True
 
     def _follow_acme(self, boot: Bootstrap) -> None:
