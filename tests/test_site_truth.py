@@ -17,6 +17,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 from websockets.sync.server import ServerConnection, serve
 
@@ -190,3 +192,28 @@ def test_the_status_page_opens_on_its_own_site_and_no_admin_command_does(lab: La
     assert proc.p.poll() is None
     assert httpx.get(f"http://127.0.0.1:{lab.admin}/ready").text == "LIVE\n"
     assert lab.get("a.example.com")[0] == 200
+
+
+def test_a_site_s_idle_timeout_cuts_a_silent_websocket_and_is_envoy_s_setting(lab: Lab) -> None:
+    ws_port = free_port("127.0.0.22")
+    server = serve(_echo, "127.0.0.22", ws_port)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        lab.write(f"sites:\n  ws.example.com:\n    upstream: http://127.0.0.22:{ws_port}\n"
+                  f"    idle_timeout: 1s\n"
+                  f"  a.example.com: http://{lab.backends.a[0]}:{lab.backends.a[1]}\n")
+        timeouts = {hcm["stat_prefix"]: hcm["stream_idle_timeout"] for hcm in (
+            fc["filters"][0]["typed_config"] for fc in yaml.safe_load(
+                lab.expand().read_text())["static_resources"]["listeners"][0]["filter_chains"])}
+        assert timeouts == {"ws_example_com": "1s", "a_example_com": "300s"}
+        lab.run("-c", "sites.yaml")
+        ctx = ssl.create_default_context(cafile=str(lab.root / "certs" / "dev-ca.pem"))
+        sock = socket.create_connection(("127.0.0.1", lab.https))
+        with connect("wss://ws.example.com/", sock=sock, ssl=ctx,
+                     server_hostname="ws.example.com", ping_interval=None) as ws:
+            ws.send("hi")
+            assert ws.recv(timeout=5) == "hi"
+            with pytest.raises(ConnectionClosed):  # silent both ways: closed by the gateway
+                ws.recv(timeout=30)
+    finally:
+        server.shutdown()

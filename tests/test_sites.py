@@ -165,6 +165,8 @@ def test_passthrough_site_keeps_the_backends_own_certificate(lab: Lab) -> None:
      "'upstream'? (sites.yaml:8)"),
     ("sites:\n  a.example.com: ftp://127.0.0.20\n",
      "is not an upstream URL"),
+    ("sites:\n  a.example.com: {upstream: 'http://127.0.0.20:80', idle_timeout: soon}\n",
+     "'soon' is not a duration: write 300s, 90m or 1h"),
     ("site:\n  a.example.com: http://127.0.0.20:80\n",
      "site: field 'site' is not a sites file field; did you mean 'sites'? (sites.yaml:6)"),
     ("sites:\n  a.example.com: {upstream: 'http://127.0.0.20:80', allow: [lan]}\n",

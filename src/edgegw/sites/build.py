@@ -5,7 +5,7 @@ Home-lab defaults, each a plain Envoy setting in the expansion:
 - port 80 redirects to HTTPS, except ACME HTTP-01 challenges, answered from the webroot
   (edgegw-only route metadata; Envoy answers 404 there);
 - WebSocket upgrades on; no route timeout (uploads and long streams), the stream idle
-  timeout (5 min) instead; request headers within 10 s;
+  timeout (5 min, a site's ``idle_timeout``) instead; request headers within 10 s;
 - the client's address passed on (``use_remote_address``); admin on loopback;
 - one TLS filter chain per site, its certificate found in the certificate directory, which is
   also the chain's drop-in directory (edgegw-only metadata), so renewals are served at once;
@@ -239,7 +239,7 @@ class Builder:
                 "typed_config": _typed(
                     t.HCM_TYPE, stat_prefix=cluster_name(name), use_remote_address=True,
                     **self._access_log(name),
-                    request_headers_timeout="10s", stream_idle_timeout="300s",
+                    request_headers_timeout="10s", stream_idle_timeout=site.idle_timeout,
                     upgrade_configs=[{"upgrade_type": "websocket"}],
                     http2_protocol_options=EDGE_HTTP2,
                     http_filters=filters,

@@ -175,7 +175,24 @@ def _short(value: Any) -> Any:
     return value
 
 
+def _seconds(value: Any) -> Any:
+    """``300s``, ``1h``, ``90m`` or a number of seconds, as Envoy's duration (``300s``)."""
+    text = str(value).strip()
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        raise ValueError(f"'{text}' is not a duration: write 300s, 90m or 1h") from None
+    if seconds < 0:
+        raise ValueError(f"'{text}': a duration cannot be negative")
+    return f"{seconds:g}s"
+
+
 class Site(Upstream):
+    idle_timeout: Annotated[str, BeforeValidator(_seconds)] = "300s"
+    """How long a request or WebSocket may stay silent both ways before it is closed (``0``:
+    never; a dashboard's WebSocket without pings wants hours, ``1h``)."""
     allow: list[Cidr] = []
     auth: Auth | None = None
     passthrough: bool = False
