@@ -213,7 +213,9 @@ def test_a_site_s_idle_timeout_cuts_a_silent_websocket_and_is_envoy_s_setting(la
                      server_hostname="ws.example.com", ping_interval=None) as ws:
             ws.send("hi")
             assert ws.recv(timeout=5) == "hi"
-            with pytest.raises(ConnectionClosed):  # silent both ways: closed by the gateway
-                ws.recv(timeout=30)
+            with pytest.raises(ConnectionClosed) as closed:  # silent both ways: the gateway
+                ws.recv(timeout=30)                           # says so with a close frame
+            assert closed.value.rcvd is not None
+            assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1001, "idle timeout")
     finally:
         server.shutdown()

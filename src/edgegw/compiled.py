@@ -33,6 +33,7 @@ MODULES = (  # no package __init__: compiled, it cannot import its submodules (m
     "edgegw.http.sink",
     "edgegw.http.stream",
     "edgegw.http.stream_info",
+    "edgegw.http.websocket",
     "edgegw.listener.filter_chain",
     "edgegw.listener.tls_inspector",
     "edgegw.rbac",

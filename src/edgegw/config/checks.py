@@ -250,12 +250,14 @@ def _check_listener(lst: Listener, base: Path, clusters: set[str],
         if ours is not None:
             mpath = path + ("metadata", "filter_metadata", "edgegw")
             for setting in ours:
-                if setting not in ("certificate_directory", "strict_sni_host"):
+                if setting not in ("certificate_directory", "strict_sni_host",
+                                   "websocket_close_on_idle"):
                     yield (mpath + (setting,), f"'{setting}' is not an edgegw setting (known: "
-                           "certificate_directory, strict_sni_host)")
+                           "certificate_directory, strict_sni_host, websocket_close_on_idle)")
+            for flag in ("strict_sni_host", "websocket_close_on_idle"):
+                if ours.get(flag) is not None and not isinstance(ours.get(flag), bool):
+                    yield (mpath + (flag,), f"{flag} is true or false")
             strict = ours.get("strict_sni_host")
-            if strict is not None and not isinstance(strict, bool):
-                yield (mpath + ("strict_sni_host",), "strict_sni_host is true or false")
             if strict and not fc.transport_socket:
                 yield (mpath + ("strict_sni_host",), "strict_sni_host needs a TLS "
                        "transport_socket on the same filter chain")

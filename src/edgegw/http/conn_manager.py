@@ -317,6 +317,5 @@ class DownstreamConnection(asyncio.Protocol):
                 last = max(self.last_activity, s.info.start_mono)
                 if now - last > hcm.stream_idle_timeout and not s.response_done:
                     hcm.stats.downstream_rq_idle_timeout.value += 1
-                    s.info.add_flag(ResponseFlag.SI)
-                    s.send_local_reply(408, b"stream timeout", close=True)
+                    s.idle_timed_out()
         self._arm_watchdog()

@@ -4,6 +4,7 @@ grpc-timeout, and local replies as trailers-only responses with a gRPC status.""
 from __future__ import annotations
 
 from .codec import Headers
+from .router.table import Forward
 
 _GRPC_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
 
@@ -14,6 +15,20 @@ def grpc_timeout(value: bytes | None) -> float | None:
         return None
     unit = _GRPC_UNITS.get(value[-1:])
     return int(value[:-1]) * unit if unit is not None else None
+
+
+def stream_deadline(action: object, grpc_timeout_header: bytes | None) -> float:
+    """Envoy's max_stream_duration.grpc_timeout_header_max: the client's grpc-timeout (capped,
+    less the offset) bounds the stream from its start; 0 when nothing does."""
+    if not isinstance(action, Forward) or action.grpc_timeout_max is None:
+        return 0.0
+    limit = action.grpc_timeout_max
+    asked = grpc_timeout(grpc_timeout_header)
+    if not asked:
+        return 0.0
+    if limit and asked > limit:
+        asked = limit
+    return max(asked - action.grpc_timeout_offset, 0.0)
 
 
 _GRPC_STATUS = {400: b"13", 401: b"16", 403: b"7", 404: b"12", 429: b"14", 502: b"14",

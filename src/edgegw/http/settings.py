@@ -56,9 +56,12 @@ class HttpConnectionManager:
     """The compiled settings of one http_connection_manager filter."""
 
     def __init__(self, cfg: m.HttpConnectionManager, clusters: ClusterManager,
-                 store: Store) -> None:
+                 store: Store, close_websockets: bool = False) -> None:
         self.stat_prefix = cfg.stat_prefix
         self.stats = HcmStats(store, f"http.{cfg.stat_prefix}.", code_classes="downstream_rq")
+        self.close_websockets = close_websockets
+        """edgegw-only (filter chain metadata ``websocket_close_on_idle``): a WebSocket the
+        stream idle timeout cuts gets a close frame when it is between frames."""
         self.upgrade_time = store.private_histogram(f"http.{cfg.stat_prefix}.upgrade_time")
         """How long upgraded streams (WebSockets) lasted: in downstream_rq_time too, as in
         Envoy, and subtracted from the latency the status page shows."""

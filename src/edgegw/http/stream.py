@@ -19,12 +19,12 @@ from ..matchers import first_header
 from ..tls.cert_dir import covers
 from .codec import Headers, RequestHead, ResponseEncoder, http_date
 from .filter import Downstream
-from .grpc import grpc_local_reply, grpc_timeout
+from .grpc import grpc_local_reply, stream_deadline
 from .head_checks import check_head
 from .path import Outcome
 from .router.filter import Router
-from .router.table import Forward
 from .stream_info import ResponseFlag, StreamInfo
+from .websocket import GOING_AWAY, FrameEdge
 
 if TYPE_CHECKING:
     from ..upstream.cluster import ClusterManager
@@ -71,6 +71,8 @@ class Stream:
     deadline = 0.0
     """When the router's route timeout runs out (0: not armed)."""
     upgraded = False
+    frames: FrameEdge | None = None
+    """A WebSocket's server-side frames, followed once it is upgraded."""
     grpc = False
     duration_timer: asyncio.TimerHandle | None = None
 
@@ -182,19 +184,10 @@ class Stream:
         return True
 
     def _grpc_deadline(self) -> None:
-        """Envoy's max_stream_duration.grpc_timeout_header_max: the client's grpc-timeout
-        (capped, less the offset) bounds the stream from its start."""
-        action = self.info.route.action if self.info.route is not None else None
-        if not isinstance(action, Forward) or action.grpc_timeout_max is None:
-            return
-        limit = action.grpc_timeout_max
-        asked = grpc_timeout(first_header(self.headers, b"grpc-timeout"))
-        if not asked:
-            return
-        if limit and asked > limit:
-            asked = limit
-        asked -= action.grpc_timeout_offset
-        if asked > 0:
+        route = self.info.route
+        asked = stream_deadline(route.action if route is not None else None,
+                                first_header(self.headers, b"grpc-timeout"))
+        if asked:
             self.duration_timer = self.conn.loop.call_later(asked, self._duration_reached)
 
     def _duration_reached(self) -> None:
@@ -375,6 +368,8 @@ class Stream:
         self.info.response_headers = headers
         if status == 101 and self.head.upgrade:
             self.upgraded = True
+            if self.hcm.close_websockets and self.head.upgrade.lower() == b"websocket":
+                self.frames = FrameEdge()
             self.conn.upgrade_started()
         self.encoder.encode_headers(status, headers, end_stream, self.conn.draining)
         if end_stream:
@@ -386,6 +381,8 @@ class Stream:
         if data:
             self.info.bytes_sent += len(data)
             self.conn.last_activity = time.monotonic()
+            if self.frames is not None:
+                self.frames.feed(data)
         self.encoder.encode_data(data, end_stream)
         if end_stream:
             self.finish()
@@ -398,6 +395,17 @@ class Stream:
 
     def flush(self) -> None:
         self.encoder.flush()
+
+    def idle_timed_out(self) -> None:
+        """Silent both ways for the stream idle timeout: Envoy's 408 or reset; a WebSocket
+        between frames gets a close frame (1001) and a clean close instead, when its chain
+        asks for it (edgegw-only)."""
+        self.info.add_flag(ResponseFlag.SI)
+        if self.hcm.close_websockets and self.frames is not None and self.frames.at_edge \
+                and not self.response_done:
+            self.encode_data(GOING_AWAY, True)
+            return
+        self.send_local_reply(408, b"stream timeout", close=True)
 
     def reset_stream(self) -> None:
         """Resets the stream (on HTTP/1.1, the connection) and ends it."""

@@ -112,8 +112,9 @@ class Listener:
             if isinstance(typed, m.TcpProxy):
                 return Chain(fc.name, None, TcpProxyConfig(typed, clusters, store), tls,
                              rbac=rbac)
-            return Chain(fc.name, HttpConnectionManager(typed, clusters, store), None, tls,
-                         strict_sni_host(fc), rbac)
+            hcm = HttpConnectionManager(typed, clusters, store, close_websockets=bool(
+                fc.metadata and fc.metadata.ours("websocket_close_on_idle") is True))
+            return Chain(fc.name, hcm, None, tls, strict_sni_host(fc), rbac)
 
         self.chains = [build(fc) for fc in cfg.filter_chains]
         default = build(cfg.default_filter_chain) if cfg.default_filter_chain else None

@@ -182,7 +182,8 @@ class Builder:
         self.chains.append({
             "filter_chain_match": {"server_names": [name]},
             "metadata": {"filter_metadata": {"edgegw": {
-                "certificate_directory": self.sites.certificates, "strict_sni_host": True}}},
+                "certificate_directory": self.sites.certificates, "strict_sni_host": True,
+                "websocket_close_on_idle": True}}},
             "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": tls},
             "filters": [self._hcm(name, site, status)],
             "_origin": self._where(name)})
