@@ -3,6 +3,7 @@ and a screenshot checked for content."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import time
@@ -92,6 +93,20 @@ def test_status_page_draws_the_last_hour_as_charts(gateway, certs: Path, backend
     assert any(v for v in site["errors"]) and any(v for v in site["latency_ms"])
     assert all(doc["history"]["hosts"][k][-1] for k in doc["history"]["hosts"]
                if k.startswith("a/"))
+    # The numbers never overlap the lines: every point is below the top label's band and
+    # above the bottom label's.
+    dom = chromium(tmp_path, "--virtual-time-budget=3000", "--dump-dom",
+                   f"http://127.0.0.1:{g.admin_port}/status").stdout
+    charts = [(int(h), body) for h, body in re.findall(
+        r'<svg class="chart"[^>]*?height="(\d+)"[^>]*>(.*?)</svg>', dom, re.S)]
+    points = [(h, float(y)) for h, body in charts
+              for d in re.findall(r'<path d="([^"]+)"', body)
+              for y in re.findall(r"[ML][\d.]+,([\d.]+)", d)]
+    assert points, "no chart lines in the page"
+    assert all(13 <= y <= h - 12 for h, y in points), sorted({y for _, y in points})
+    labels = [(h, float(y)) for h, body in charts
+              for y in re.findall(r'<text x="[\d.]+" y="([\d.]+)"[^>]*font-size="10">[^<]', body)]
+    assert labels and all(y <= 12 or y >= h - 3 for h, y in labels), labels
     shot = tmp_path / "charts.png"
     chromium(tmp_path, "--virtual-time-budget=3000", "--window-size=1400,1200",
              f"--screenshot={shot}", f"http://127.0.0.1:{g.admin_port}/status")

@@ -189,14 +189,14 @@ PAGE = """<!doctype html>
 </main>
 <script>
 const esc = s => String(s).replace(/[&<>"]/g, c => ({"&":"&amp;","<":"&lt;",">":"&gt;",'"':"&quot;"}[c]));
-const W = 240, H = 48;
+const W = 240, H = 60, TOP = 15, BOTTOM = H - 14;  // lines between TOP and BOTTOM, labels outside
 function last(xs) { for (let i = xs.length - 1; i >= 0; i--) if (xs[i] !== null) return xs[i]; return null; }
 function fmt(v, unit) { return v === null || v === undefined ? "–" : `${v < 10 ? v.toFixed(1) : Math.round(v)}${unit}`; }
 function path(xs, n, top) {
   let d = "", pen = false;
   xs.forEach((v, i) => {
     if (v === null) { pen = false; return; }
-    const x = n > 1 ? (i * (W - 4)) / (n - 1) + 2 : W / 2, y = H - 3 - (v / top) * (H - 8);
+    const x = n > 1 ? (i * (W - 4)) / (n - 1) + 2 : W / 2, y = BOTTOM - (v / top) * (BOTTOM - TOP);
     d += `${pen ? "L" : "M"}${x.toFixed(1)},${y.toFixed(1)}`; pen = true;
   });
   return d;
@@ -205,12 +205,12 @@ let span = "";
 function chart(lines) {
   const n = Math.max(0, ...lines.map(l => l.values.length));
   const top = Math.max(1e-9, ...lines.flatMap(l => l.values.filter(v => v !== null)));
-  const body = n < 2 ? `<text x="8" y="28" fill="#8a96a3" font-size="11">collecting…</text>` :
+  const body = n < 2 ? `<text x="8" y="${(TOP + BOTTOM) / 2 + 4}" fill="#8a96a3" font-size="11">collecting…</text>` :
     lines.map(l => `<path d="${path(l.values, n, top)}" fill="none" stroke="${l.color}"
       stroke-width="2" stroke-linejoin="round"/>`).join("");
   return `<svg class="chart" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}">${body}
     <text x="${W - 4}" y="11" text-anchor="end" fill="#8a96a3" font-size="10">${n < 2 ? "" : fmt(top, "")}</text>
-    <text x="4" y="${H - 3}" fill="#8a96a3" font-size="10">${n < 2 ? "" : span}</text></svg>`;
+    <text x="4" y="${H - 2}" fill="#8a96a3" font-size="10">${n < 2 ? "" : span}</text></svg>`;
 }
 function health(xs) {
   if (!xs || !xs.length) return "";
