@@ -64,9 +64,6 @@ class Http1Connection:
         """Open, and free for a request."""
         return self.sink is not None and not self.sink.is_closing() and self.streams == 0
 
-    def is_idle(self) -> bool:
-        return self.streams == 0
-
     def expired(self, cutoff: float) -> bool:
         """Idle since before ``cutoff``."""
         return self.streams == 0 and self.idle_since < cutoff

@@ -126,9 +126,6 @@ class Http2Connection:
         return (self.sink is not None and not self.sink.is_closing() and not self.goaway
                 and self.streams < self.capacity)
 
-    def is_idle(self) -> bool:
-        return self.streams == 0
-
     def expired(self, cutoff: float) -> bool:
         """Idle since before ``cutoff``."""
         return self.streams == 0 and self.idle_since < cutoff
