@@ -248,21 +248,22 @@ class Builder:
                                   "virtual_hosts": [vhost, other]})}
 
     def _access_log(self, name: str) -> dict[str, Any]:
+        """``access_log``: a line (or a JSON object) per request to stdout or a file."""
         how = self.sites.access_log
         if how == "off":
             return {}
         if how == "json":
-            sink: dict[str, Any] = {"log_format": {"json_format": {
-                k: v.replace("{site}", name) for k, v in ACCESS_LOG_JSON.items()}}}
-        else:
-            sink = {"log_format": {"text_format_source": {  # (Envoy deprecates text_format)
-                "inline_string": ACCESS_LOG.replace("{site}", name)}}}
+            fmt: dict[str, Any] = {"json_format": {
+                k: v.replace("{site}", name) for k, v in ACCESS_LOG_JSON.items()}}
+        else:  # (text_format_source: Envoy deprecates text_format)
+            fmt = {"text_format_source": {"inline_string": ACCESS_LOG.replace("{site}", name)}}
         if how in ("stdout", "json"):
-            typed = _typed(t.STDOUT_LOG_TYPE, **sink)
+            logger = {"name": "envoy.access_loggers.stdout",
+                      "typed_config": _typed(t.STDOUT_LOG_TYPE, log_format=fmt)}
         else:
-            typed = _typed(t.FILE_LOG_TYPE, path=how, **sink)
-        return {"access_log": [{"name": "envoy.access_loggers.file" if how not in (
-            "stdout", "json") else "envoy.access_loggers.stdout", "typed_config": typed}]}
+            logger = {"name": "envoy.access_loggers.file",
+                      "typed_config": _typed(t.FILE_LOG_TYPE, path=how, log_format=fmt)}
+        return {"access_log": [logger]}
 
     def _status_routes(self, name: str, site: Site) -> list[dict[str, Any]]:
         """GET /status and /status.json go to the admin port; nothing else does (404), so
