@@ -20,6 +20,24 @@ from .conftest import ENVOY, Backends, Proc, free_port, wait_port
 EDGEGW = [sys.executable, "-m", "edgegw"]
 
 
+def ws_client_tls(cafile: Path) -> ssl.SSLContext:
+    """A TLS context for websockets' sync client, held to TLS 1.2.
+
+    That client reads its socket on a thread of its own while the caller writes from another,
+    so two threads use one OpenSSL object at once, which OpenSSL forbids. Under TLS 1.3 the
+    server's session tickets arrive just after the handshake, while the reader thread's
+    SSL_read waits and the caller's SSL_write sends the upgrade request. Seen in a CI run
+    (about one connection in a few hundred): the client's write of the request returned, but
+    the gateway had received the handshake alone (597 bytes, by ss); the client timed out
+    waiting for the response, then joined its reader, which sat in SSL_read on a socket with
+    no timeout until pytest-timeout ended the test 600 s later. TLS 1.2 sends nothing after
+    the handshake. Browsers, and the gateway, use each TLS connection from one thread.
+    """
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
 class RawBackend:
     """A TCP server on a loopback address of its own: each connection is served by
     ``serve`` on a thread of its own, then closed; ``peers`` lists who connected."""

@@ -9,7 +9,6 @@ import hashlib
 import json
 import shutil
 import socket
-import ssl
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from websockets.sync.server import ServerConnection, serve
 from edgegw.demo.certs import make_for
 
 from .conftest import Backends, free_port, wait_for
-from .helpers import Lab
+from .helpers import Lab, ws_client_tls
 
 
 @pytest.fixture
@@ -128,7 +127,7 @@ def test_status_counts_4xx_keeps_websockets_out_of_latency_and_shows_no_catch_al
         lab.run("-c", "sites.yaml")
         for path in ("/status/404", "/status/401", "/headers"):
             lab.get("a.example.com", path)
-        ctx = ssl.create_default_context(cafile=str(lab.root / "certs" / "dev-ca.pem"))
+        ctx = ws_client_tls(lab.root / "certs" / "dev-ca.pem")
         sock = socket.create_connection(("127.0.0.1", lab.https))
         with connect("wss://ws.example.com/", sock=sock, ssl=ctx,
                      server_hostname="ws.example.com") as ws:
@@ -207,7 +206,7 @@ def test_a_site_s_idle_timeout_cuts_a_silent_websocket_and_is_envoy_s_setting(la
                 lab.expand().read_text())["static_resources"]["listeners"][0]["filter_chains"])}
         assert timeouts == {"ws_example_com": "1s", "a_example_com": "300s"}
         lab.run("-c", "sites.yaml")
-        ctx = ssl.create_default_context(cafile=str(lab.root / "certs" / "dev-ca.pem"))
+        ctx = ws_client_tls(lab.root / "certs" / "dev-ca.pem")
         sock = socket.create_connection(("127.0.0.1", lab.https))
         with connect("wss://ws.example.com/", sock=sock, ssl=ctx,
                      server_hostname="ws.example.com", ping_interval=None) as ws:

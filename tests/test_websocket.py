@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import ssl
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +34,7 @@ from .conftest import (
     tls_socket,
     wait_for,
 )
+from .helpers import ws_client_tls
 
 WS = [{"upgrade_type": "websocket"}]
 
@@ -72,7 +72,7 @@ def ws_config(certs: Path, port: int, backend: tuple[str, int], routes: list[dic
 
 
 def open_ws(port: int, certs: Path, path: str = "/chat") -> ClientConnection:
-    ctx = ssl.create_default_context(cafile=str(certs / "dev-ca.pem"))
+    ctx = ws_client_tls(certs / "dev-ca.pem")
     sock = socket.create_connection(("127.0.0.1", port), timeout=5)
     return connect(f"wss://a.example.com:{port}{path}", sock=sock, ssl=ctx,
                    server_hostname="a.example.com", max_size=None, open_timeout=5)
