@@ -142,6 +142,10 @@ def test_status_counts_4xx_keeps_websockets_out_of_latency_and_shows_no_catch_al
         assert a["domains"] == ["a.example.com"]  # the 421 catch-all is not a name of it
         assert (a["requests"], a["errors_4xx"], a["errors"], a["time_count"]) == (3, 2, 0, 3)
         assert (w["requests"], w["time_count"], w["time_sum_ms"]) == (1, 0, 0.0)
+        # its bytes are counted apart: the upgrade request and the 101 are not in them, the
+        # frames both ways are ("hi" is 8 bytes masked from the client, 4 back, then the
+        # close frames)
+        assert a["websocket_bytes"] == 0 and w["websocket_bytes"] >= 8 + 4 + 8 + 4
     finally:
         server.shutdown()
 

@@ -337,7 +337,7 @@ def _add_status(docs: list[dict[str, Any]]) -> dict[str, Any]:
                 m = mine.get(x[key])
                 if m is None:
                     continue
-                for f in ("requests", "errors", "errors_4xx", "websockets",
+                for f in ("requests", "errors", "errors_4xx", "websockets", "websocket_bytes",
                           "connect_failures", "time_sum_ms", "time_count"):
                     if f in x:
                         m[f] += x[f]

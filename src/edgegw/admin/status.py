@@ -42,7 +42,7 @@ def status_doc(state: str, started: float, listeners: list[Listener],
                                   "days_left": days_left(leaf),
                                   "expires": leaf.not_valid_after_utc.strftime("%Y-%m-%d")})
             time_sum, time_count = 0.0, 0
-            errors_4xx = upgrades = 0
+            errors_4xx = upgrades = upgrade_bytes = 0
             if chain.hcm is not None:
                 routes = chain.hcm.routes
                 domains = sorted(routes.exact) + sorted("*" + s for s, _ in routes.suffixes) + \
@@ -55,6 +55,8 @@ def status_doc(state: str, started: float, listeners: list[Listener],
                 upgrades = stats.get(http + "downstream_cx_upgrades_active", 0)
                 timing = store.histograms.get(http + "downstream_rq_time")
                 tunnels = store.private.get(http + "upgrade_time")
+                carried = store.private.get(http + "upgrade_bytes")
+                upgrade_bytes = int(carried.sum) if carried else 0
                 if timing is not None:  # WebSockets are not latency: their time is apart
                     time_sum = timing.sum - (tunnels.sum if tunnels else 0.0)
                     time_count = timing.count - (tunnels.count if tunnels else 0)
@@ -69,7 +71,8 @@ def status_doc(state: str, started: float, listeners: list[Listener],
                 "address": f"{lst.address[0]}:{lst.address[1]}",
                 "tls": chain.tls is not None, "domains": domains, "certificates": certs,
                 "requests": requests, "errors": errors, "errors_4xx": errors_4xx,
-                "websockets": upgrades, "time_sum_ms": time_sum, "time_count": time_count,
+                "websockets": upgrades, "websocket_bytes": upgrade_bytes,
+                "time_sum_ms": time_sum, "time_count": time_count,
                 "kind": "http" if chain.hcm is not None else "tcp",
             })
     cluster_docs = []
@@ -192,6 +195,7 @@ const esc = s => String(s).replace(/[&<>"]/g, c => ({"&":"&amp;","<":"&lt;",">":
 const W = 240, H = 60, TOP = 15, BOTTOM = H - 14;  // lines between TOP and BOTTOM, labels outside
 function last(xs) { for (let i = xs.length - 1; i >= 0; i--) if (xs[i] !== null) return xs[i]; return null; }
 function fmt(v, unit) { return v === null || v === undefined ? "–" : `${v < 10 ? v.toFixed(1) : Math.round(v)}${unit}`; }
+function size(b) { return b < 1e6 ? fmt(b / 1e3, " kB") : fmt(b / 1e6, " MB"); }
 function path(xs, n, top) {
   let d = "", pen = false;
   xs.forEach((v, i) => {
@@ -257,7 +261,8 @@ async function refresh() {
     <td>${s.domains.map(d => `<span class="pill">${esc(d)}</span>`).join(" ")}<br>
       <small>${esc(s.listener)} <span class="num">${esc(s.address)}</span>${s.tls ? " · TLS" : ""}
       ${s.kind === "tcp" ? " · passthrough" : ""}${s.websockets ? ` · ${s.websockets} open
-      WebSocket(s)` : ""}</small></td>
+      WebSocket(s)` : ""}${s.websocket_bytes ? ` · ${size(s.websocket_bytes)} by closed
+      WebSockets` : ""}</small></td>
     <td class="num">${fmt(last(h.rps), "")}</td><td class="num">${fmt(last(h.errors_4xx), "")}</td>
     <td class="num">${fmt(last(h.errors), "")}</td>
     <td class="num">${fmt(last(h.latency_ms), " ms")}</td>

@@ -65,6 +65,8 @@ class HttpConnectionManager:
         self.upgrade_time = store.private_histogram(f"http.{cfg.stat_prefix}.upgrade_time")
         """How long upgraded streams (WebSockets) lasted: in downstream_rq_time too, as in
         Envoy, and subtracted from the latency the status page shows."""
+        self.upgrade_bytes = store.private_histogram(f"http.{cfg.stat_prefix}.upgrade_bytes")
+        """The bytes each upgraded stream carried, both ways (the status page's sum)."""
         self.routes = compile_routes(cfg.route_config)
         self.clusters = clusters
         self.server_name = (cfg.server_name or "edgegw").encode("latin-1")

@@ -440,6 +440,7 @@ class Stream:
         st.downstream_rq_time.record(ms)
         if self.upgraded:
             self.hcm.upgrade_time.record(ms)
+            self.hcm.upgrade_bytes.record(self.info.bytes_sent + self.info.bytes_received)
             self.conn.upgrade_ended()
         for logger in self.hcm.access_logs:
             logger.log(self.info)
