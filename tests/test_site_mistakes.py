@@ -135,6 +135,11 @@ def test_a_site_added_without_a_certificate_is_warned_about_on_reload(lab: Lab) 
     site_a = f"sites:\n  a.example.com: http://{b.a[0]}:{b.a[1]}\n"
     lab.write(site_a)
     proc = lab.run("-c", "sites.yaml")
-    lab.write(site_a + f"  d.example.com: http://{b.a[0]}:{b.a[1]}\n")
-    wait_for(lambda: "config reload (sites.yaml changed): site d.example.com (sites.yaml:8): "
-                     "no certificate for it in certs/ yet" in proc.output(), timeout=10)
+    both = site_a + f"  d.example.com: http://{b.a[0]}:{b.a[1]}\n"
+    lab.write(both)
+    warning = ("config reload (sites.yaml changed): site d.example.com (sites.yaml:8): no "
+               "certificate for it in certs/ yet")
+    wait_for(lambda: warning in proc.output(), timeout=10)
+    lab.write(both + "# touched\n")  # loaded again, nothing new to say: said once
+    wait_for(lambda: proc.output().count("the config is unchanged") == 2, timeout=10)
+    assert proc.output().count(warning) == 1

@@ -48,6 +48,8 @@ class Server:
                  raw_config: dict[str, Any] | None = None,
                  loader: Callable[[], tuple[Bootstrap, dict[str, Any]]] | None = None) -> None:
         self.boot = boot
+        self.notes = list(boot.notes)
+        """The warnings of the config as last read (a reload logs only new ones)."""
         self.raw_config = raw_config if raw_config is not None else boot.model_dump(
             exclude_defaults=True)
         self.options = options or {}
@@ -122,8 +124,9 @@ class Server:
             return self._rejected(why, *e.problems)
         self.config_seen = dict(boot.files_seen)
         for note in boot.notes:  # (a site left out, or still without a certificate)
-            if note not in self.boot.notes:
+            if note not in self.notes:
                 _config_log.warning("config reload (%s): %s", why, note)
+        self.notes = list(boot.notes)
         if raw == self.raw_config and boot.dynamic == self.boot.dynamic:
             _config_log.info("config reload (%s): the config is unchanged", why)
             return True
