@@ -510,13 +510,19 @@ def config(port: int, clusters: list[dict], routes: list[dict] | None = None,
         "clusters": clusters}}
 
 
-def served_by(port: int, n: int, path: str = "/headers") -> collections.Counter[str]:
-    """Which backend answered each of n requests ('503' when none did)."""
+def served_by(port: int, n: int, path: str = "/headers",
+              between: Callable[[], object] | None = None) -> collections.Counter[str]:
+    """Which backend answered each of n requests ('503' when none did). ``between`` runs
+    after each failed one: an admin round trip lets Envoy's main thread, which ejects hosts,
+    catch up before the next request (under load a worker could route one more to the host
+    being ejected: 3 × 503 where 2 are due)."""
     seen: collections.Counter[str] = collections.Counter()
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as c:
         for _ in range(n):
             r = c.get(path, headers={"host": "a.example.com"})
             seen[r.json()["backend"] if r.status_code == 200 else str(r.status_code)] += 1
+            if r.status_code != 200 and between is not None:
+                between()
     return seen
 
 

@@ -137,7 +137,7 @@ def test_health_and_outlier_match_envoy(pair, backend) -> None:
     for kind, (gw, port) in gws.items():
         wait_for(lambda gw=gw: "/failed_active_hc" in flags(gw.admin_port, "checked").values())
         checked = served_by(port, 4, "/checked/headers")
-        outlier = served_by(port, 10)
+        outlier = served_by(port, 10, between=gw.stats)
         stats = gw.stats()
         results[kind] = {
             "checked": checked, "outlier": outlier,
