@@ -25,23 +25,25 @@ from .model import SitesFile, SitesMsg
 __all__ = ["is_sites", "compile_sites", "load", "Expansion"]
 
 
-ENVOY_KEYS = frozenset(("static_resources", "dynamic_resources", "admin", "node",
-                        "overload_manager", "layered_runtime", "stats_sinks"))
-"""Top-level fields of Envoy's bootstrap that a sites file does not have but ``admin``
-(both have it)."""
+ENVOY_ONLY = frozenset(("static_resources", "dynamic_resources", "node", "overload_manager",
+                        "layered_runtime", "stats_sinks"))
+"""Top-level fields of Envoy's bootstrap that a sites file does not have (both have
+``admin``)."""
 
 
 def is_sites(data: dict) -> bool:
     """A sites file has ``sites:``, or (misspelled) has no field of Envoy's bootstrap but
     one of its own: then its errors speak of the sites file (``site:`` → did you mean
     'sites'?), not of Envoy's listeners."""
-    if "static_resources" in data or "dynamic_resources" in data:
+    keys = set(data)
+    if "static_resources" in keys or "dynamic_resources" in keys:
         return False
-    if "sites" in data or (ENVOY_KEYS - {"admin"}) & set(data):
-        return "sites" in data
-    own = set(SitesFile.model_fields) - {"admin"}
-    return bool(own & set(data)) or any(
-        difflib.get_close_matches(str(k), ["sites"], cutoff=0.8) for k in data)
+    if "sites" in keys:
+        return True
+    if keys & ENVOY_ONLY:
+        return False
+    return bool(keys & (set(SitesFile.model_fields) - {"admin"})) or any(
+        difflib.get_close_matches(str(k), ["sites"], cutoff=0.8) for k in keys)
 
 
 def compile_sites(src: Source) -> Source:
