@@ -34,8 +34,8 @@ compile: $(BUILT)
 # nginx are the real peers in front of and behind the gateway (PROXY protocol); pebble is a
 # real ACME server and certbot a real ACME client.
 sysdeps:
-	@(for t in curl openssl chromium haproxy nginx pebble certbot; do command -v $$t >/dev/null || exit 1; done) || \
-	  (apt-get update -q && RUNLEVEL=1 apt-get install -y -q curl openssl chromium haproxy nginx pebble certbot)
+	@(for t in curl openssl chromium haproxy nginx pebble certbot htpasswd; do command -v $$t >/dev/null || exit 1; done) || \
+	  (apt-get update -q && RUNLEVEL=1 apt-get install -y -q curl openssl chromium haproxy nginx pebble certbot apache2-utils)
 
 demo: compile
 	$(COMPILED) $(PY) -m edgegw.demo

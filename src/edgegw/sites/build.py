@@ -24,10 +24,12 @@ from typing import Any
 
 from ..config.model import base as t
 from ..tls.cert_dir import candidates, on_disk
-from .inputs import ca_problem, certificate_problem, users_problem
+from .inputs import ca_problem, certificate_problem, has_bcrypt, users_problem
 from .model import Site, SitesFile, Upstream, Url
 
 SYSTEM_CA = "/etc/ssl/certs/ca-certificates.crt"
+BCRYPT_NOTE = ("# bcrypt users are edgegw's (Envoy takes {SHA} alone): edgegw reads every user "
+               "from the filter chain's metadata edgegw.basic_auth_users\n")
 Path = tuple[str | int, ...]
 
 
@@ -183,10 +185,13 @@ class Builder:
             "filter_chain_match": {"server_names": [name]},
             "metadata": {"filter_metadata": {"edgegw": {
                 "certificate_directory": self.sites.certificates, "strict_sni_host": True,
-                "websocket_close_on_idle": True}}},
+                "websocket_close_on_idle": True, **self._bcrypt_users(site)}}},
             "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": tls},
             "filters": [self._hcm(name, site, status)],
             "_origin": self._where(name)})
+        if site.auth is not None and site.auth.users_file:
+            # Watched: a bcrypt hash added to it (or the last one gone) changes the expansion.
+            self.out.watch.append(site.auth.users_file)
 
     def _where(self, name: str) -> str:
         """The line of a site (or of ``status:``, for the status page's name)."""
@@ -321,13 +326,31 @@ class Builder:
                         "allowed_client_headers_on_success": {"patterns": [
                             {"exact": "set-cookie"}]}}})})
             return out
-        if auth.users is not None:
+        if self._bcrypt_users(site):  # Envoy gets the {SHA} users alone (or a comment)
+            users = {"inline_string": BCRYPT_NOTE + "".join(
+                f"{u}:{h}\n" for u, h in (auth.users or {}).items() if h.startswith("{SHA}"))}
+        elif auth.users is not None:
             users = {"inline_string": "".join(f"{u}:{h}\n" for u, h in auth.users.items())}
         else:
             users = {"filename": str(auth.users_file)}
         out.append({"name": "envoy.filters.http.basic_auth", "typed_config": _typed(
             t.BASIC_AUTH_TYPE, users=users, forward_username_header="x-remote-user")})
         return out
+
+    @staticmethod
+    def _bcrypt_users(site: Site) -> dict[str, Any]:
+        """The chain metadata that carries a site's users when some are bcrypt hashes, which
+        Envoy's basic_auth refuses: edgegw reads them all from there (edgegw-only)."""
+        auth = site.auth
+        if auth is None:
+            return {}
+        if auth.users is not None and any(not h.startswith("{SHA}")
+                                          for h in auth.users.values()):
+            return {"basic_auth_users": {"inline_string": "".join(
+                f"{u}:{h}\n" for u, h in auth.users.items())}}
+        if auth.users_file is not None and has_bcrypt(auth.users_file):
+            return {"basic_auth_users": {"filename": auth.users_file}}
+        return {}
 
     @staticmethod
     def _allow(site: Site) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import stat
 from cryptography import x509
 
 from ..config.datasource import DataSourceError
-from ..config.htpasswd import parse_users
+from ..config.htpasswd import SHA1_LEN, parse_users
 from ..config.model import DataSource
 from ..tls.certs import load_pair
 
@@ -83,7 +83,18 @@ def users_problem(path: str) -> str | None:
     if text is None:
         return why
     try:
-        parse_users(text.decode("utf-8", "replace"))
+        parse_users(text.decode("utf-8", "replace"), bcrypt=True)
     except ValueError as e:
         return f"the users file {path}: {e}"
     return None
+
+
+def has_bcrypt(path: str) -> bool:
+    """Whether a users file (one ``users_problem`` passed) holds bcrypt hashes, which Envoy's
+    basic_auth does not take."""
+    text, _ = read(path, "users file")
+    try:
+        users = parse_users(text.decode("utf-8", "replace"), bcrypt=True) if text else {}
+    except ValueError:
+        return False
+    return any(len(h) != SHA1_LEN for h in users.values())

@@ -21,6 +21,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from ..config.htpasswd import parse_users
+
 _NAME = re.compile(r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}"
                    r"[a-z0-9])?$")
 _URL = re.compile(r"^(?P<scheme>[a-z0-9]+)://(?P<host>\[[0-9a-fA-F:.]+\]|[^/:\[\]]+)"
@@ -123,8 +125,8 @@ class Listen(SitesMsg):
 
 
 class Auth(SitesMsg):
-    """Who may use a site: basic users (htpasswd ``{SHA}`` hashes, inline or in a file) or
-    a forward-auth service (Authelia, Authentik, oauth2-proxy)."""
+    """Who may use a site: basic users (htpasswd bcrypt or ``{SHA}`` hashes, inline or in a
+    file) or a forward-auth service (Authelia, Authentik, oauth2-proxy)."""
 
     users: dict[str, str] | None = None
     users_file: str | None = None
@@ -142,9 +144,11 @@ class Auth(SitesMsg):
         if len(given) != 1:
             raise ValueError("give exactly one of 'users', 'users_file' or 'forward'")
         for user, hashed in (self.users or {}).items():
-            if not hashed.startswith("{SHA}"):
-                raise ValueError(f"user '{user}': the password must be an htpasswd {{SHA}} "
-                                 "hash, e.g. from `htpasswd -nbs USER PASSWORD`")
+            try:
+                parse_users(f"{user}:{hashed}", bcrypt=True)
+            except ValueError:
+                raise ValueError(f"user '{user}': the password must be an htpasswd bcrypt or "
+                                 "{SHA} hash, e.g. from `htpasswd -nbB USER PASSWORD`") from None
         return self
 
 
