@@ -254,6 +254,25 @@ def test_log_path_and_envoy_log_line_shape(tmp_path: Path, certs: Path) -> None:
     assert not any("[admin]" in ln for ln in lines)  # admin stays at warning
 
 
+def test_a_log_line_from_compiled_code_names_no_event_loop_line() -> None:
+    """Compiled modules have no Python frame: the nearest is asyncio's, and a line such as
+    ``[runners.py:118]`` sent readers to the event loop. Such a line says compiled instead."""
+    import logging
+
+    from edgegw.log import EnvoyFormatter
+
+    def line(name: str, pathname: str) -> str:
+        return EnvoyFormatter().format(logging.LogRecord(
+            name, logging.WARNING, pathname, 118, "cannot connect", None, None))
+
+    assert line("edgegw.upstream", "/usr/lib/python3.11/asyncio/runners.py").endswith(
+        "[warning][upstream] [edgegw (compiled)] cannot connect")
+    assert line("edgegw.upstream", "/x/src/edgegw/upstream/pool.py").endswith(
+        "[upstream] [edgegw/upstream/pool.py:118] cannot connect")
+    assert line("asyncio", "/usr/lib/python3.11/asyncio/runners.py").endswith(
+        "[main] [runners.py:118] cannot connect")
+
+
 def test_admin_bound_beyond_loopback_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
     """Checked without binding: tests never listen beyond loopback."""
     import logging

@@ -63,18 +63,25 @@ class EnvoyFormatter(logging.Formatter):
         ms = int(record.msecs)
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", t)
         component = record.name.rsplit(".", 1)[-1] if record.name.startswith("edgegw.") else "main"
-        where = _source_path(record.pathname)
+        where = _source(record)
         msg = record.getMessage()
         if record.exc_info:
             msg = f"{msg}\n{self.formatException(record.exc_info)}"
         level = _NAMES.get(record.levelno, record.levelname.lower())
-        return f"[{stamp}.{ms:03d}][{record.process}][{level}][{component}] [{where}:{record.lineno}] {msg}"
+        return f"[{stamp}.{ms:03d}][{record.process}][{level}][{component}] [{where}] {msg}"
 
 
-def _source_path(pathname: str) -> str:
+def _source(record: logging.LogRecord) -> str:
+    """``edgegw/path.py:line`` of the call. A compiled module has no Python frame, so the
+    nearest one is the event loop's, whose line would mislead (the component, before it,
+    still says which part logged)."""
     marker = f"{os.sep}edgegw{os.sep}"
-    i = pathname.rfind(marker)
-    return pathname[i + 1 :] if i >= 0 else os.path.basename(pathname)
+    i = record.pathname.rfind(marker)
+    if i >= 0:
+        return f"{record.pathname[i + 1:]}:{record.lineno}"
+    if record.name.startswith("edgegw."):
+        return "edgegw (compiled)"
+    return f"{os.path.basename(record.pathname)}:{record.lineno}"
 
 
 def parse_level(name: str) -> int:
