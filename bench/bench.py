@@ -132,9 +132,23 @@ def rss_bytes(pid: int) -> int:
     return total
 
 
-def steady_rss(pid: int) -> float:
-    """The RSS (MB) of ``pid`` and its children once two reads half a second apart agree
-    within 64 kB (a process finishing its start-up or a load's last requests)."""
+def private_bytes(pid: int) -> int:
+    """What the process and its children hold alone (USS: private pages, clean or dirty):
+    what their exit would free. RSS also counts every shared library page once per process
+    (a second worker's RSS repeats the first's libraries)."""
+    total = 0
+    for p in tree(pid):
+        try:
+            text = Path(f"/proc/{p}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        total += sum(int(m) * 1024 for m in re.findall(r"^Private_\w+:\s+(\d+) kB", text, re.M))
+    return total
+
+
+def steady_memory(pid: int) -> tuple[float, float]:
+    """RSS and USS (MB) of ``pid`` and its children once two RSS reads half a second apart
+    agree within 64 kB (a process finishing its start-up or a load's last requests)."""
     last = rss_bytes(pid)
     for _ in range(20):
         time.sleep(0.5)
@@ -142,7 +156,7 @@ def steady_rss(pid: int) -> float:
         if abs(now - last) <= 64 * 1024:
             break
         last = now
-    return now / 2**20
+    return now / 2**20, private_bytes(pid) / 2**20
 
 
 class Bench:
@@ -552,10 +566,10 @@ class Bench:
                 "filter_chains": chains}],
             "clusters": clusters}}
 
-    def lab_memory(self, name: str, workers: int, load: bool) -> tuple[float, float]:
+    def lab_memory(self, name: str, workers: int, load: bool) -> tuple[float, float, float]:
         """M1: starts ``name`` on the six-site lab, sends one request to each site and returns
-        the RSS (MB, all its processes) once it is steady, then (``load``) after W1's load
-        on the first site (0 without)."""
+        the RSS and USS (MB, all its processes) once steady, then (``load``) the RSS after
+        W1's load on the first site (0 without)."""
         port = LAB_PORTS[name]
         free(port)
         self.start(f"lab-{name}", self.lab_args(name, workers), "1" if workers == 1 else "0-1",
@@ -570,14 +584,14 @@ class Bench:
                                    capture_output=True, timeout=10)
                 if r.stdout != SMALL:
                     raise RuntimeError(f"{name} does not serve {site}: {r.stderr!r}")
-            idle = steady_rss(pid)
+            idle, private = steady_memory(pid)
             if not load:
-                return idle, 0.0
+                return idle, private, 0.0
             subprocess.run(["taskset", "-c", "0", "wrk", "-t1", "-c32", f"-d{self.seconds}s",
                             "-s", str(self.work / "resolve.lua"),
                             f"https://{LAB[0]}:{port}/small"],
                            capture_output=True, timeout=self.seconds + 60)
-            return idle, steady_rss(pid)
+            return idle, private, steady_memory(pid)[0]
         finally:
             self.stop(f"lab-{name}")
 
@@ -972,6 +986,8 @@ ROWS = [("W1 keep-alive req/s", "rps", "higher"), ("W1 p50 ms", "p50_ms", "lower
         ("M1 RSS MB after W1's load", "m1_loaded", "lower"),
         ("M1 RSS MB idle, 2 workers", "m1_idle_2w", "lower"),
         ("M1 MB for the second worker", "m1_extra_worker", "lower"),
+        ("M1 private MB (USS) idle", "m1_private", "lower"),
+        ("M1 private MB for the second worker", "m1_private_extra", "lower"),
         ("W1 req/s, 2 workers (all cores)", "rps_all_cores", "higher"),
         ("W1 2 workers / 1 worker", "scaling", "higher")]
 
@@ -1110,13 +1126,15 @@ def main() -> None:
                 print(f"P1 {name:8s} {mb_s:7.1f}MB/s {conns_s:6.0f}conn/s "
                       f"cpu/conn={cpu_us:5.0f}us", file=sys.stderr, flush=True)
             if "M1" not in skip:
-                idle, loaded = b.lab_memory(name, 1, load=True)
-                idle2, _ = b.lab_memory(name, 2, load=False)
+                idle, private, loaded = b.lab_memory(name, 1, load=True)
+                idle2, private2, _ = b.lab_memory(name, 2, load=False)
                 for k, v in (("m1_idle", idle), ("m1_loaded", loaded), ("m1_idle_2w", idle2),
-                             ("m1_extra_worker", idle2 - idle)):
+                             ("m1_extra_worker", idle2 - idle), ("m1_private", private),
+                             ("m1_private_extra", private2 - private)):
                     note(name, k, v)
-                print(f"M1 {name:8s} 6 sites: idle {idle:5.1f} MB, after load {loaded:5.1f} MB, "
-                      f"2 workers idle {idle2:5.1f} MB", file=sys.stderr, flush=True)
+                print(f"M1 {name:8s} 6 sites: RSS idle {idle:5.1f} MB, after load {loaded:5.1f}"
+                      f" MB, 2 workers {idle2:5.1f} MB; private (USS) idle {private:5.1f} MB, "
+                      f"2 workers {private2:5.1f} MB", file=sys.stderr, flush=True)
             if "all-cores" not in skip:
                 b.start_proxy(name, workers=2)
                 rps2 = b.wrk(name, "/small", 64)["rps"]
