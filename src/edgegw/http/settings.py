@@ -97,13 +97,14 @@ class HttpConnectionManager:
         router = cfg.http_filters[-1].typed_config if cfg.http_filters else None
         self.router = RouterConfig(clusters, store, cfg.stat_prefix,
                                    isinstance(router, m.Router) and router.suppress_envoy_headers)
-        self.filters: list[tuple[str, http_filter.HttpFilter]] = [
+        self.filters: list[tuple[str, http_filter.HttpFilter, bool]] = [
             (f.name, BasicAuthFilter(f.typed_config, store, cfg.stat_prefix, basic_auth_users)
              if basic_auth_users is not None and isinstance(f.typed_config, m.BasicAuth)
-             else http_filter.build(f.typed_config, store, cfg.stat_prefix))
+             else http_filter.build(f.typed_config, store, cfg.stat_prefix), f.disabled)
             for f in cfg.http_filters[:-1]]
-        """The HTTP filters before the router, with the names per-route configs use. A
-        basic_auth filter takes the chain's ``basic_auth_users`` (edgegw-only) if set."""
+        """The HTTP filters before the router, with the names per-route configs use and
+        whether each is off unless a route turns it on. A basic_auth filter takes the chain's
+        ``basic_auth_users`` (edgegw-only) if set."""
         self.upgrades = {u.upgrade_type.lower(): u.enabled for u in cfg.upgrade_configs}
         """upgrade_configs: the upgrades the connection manager allows, by type."""
 

@@ -215,11 +215,16 @@ class Stream:
         """Runs the HTTP filters before the router, in order; one may reply or pause."""
         filters = self.hcm.filters
         while self.filter_index < len(filters):
-            name, f = filters[self.filter_index]
+            name, f, off = filters[self.filter_index]
             self.filter_index += 1
             route = self.info.route
-            cfg = route.filter_configs.get(name) if route is not None else None
-            if not f.decode_headers(self, cfg):
+            cfg = None
+            if route is not None:
+                on = route.filters_on.get(name)
+                if on is not None:
+                    off = not on
+                cfg = route.filter_configs.get(name)
+            if not off and not f.decode_headers(self, cfg):
                 return
         if self.response_done:
             return

@@ -45,6 +45,7 @@ EXT_AUTHZ_PER_ROUTE_TYPE = T + "extensions.filters.http.ext_authz.v3.ExtAuthzPer
 BASIC_AUTH_TYPE = T + "extensions.filters.http.basic_auth.v3.BasicAuth"
 BASIC_AUTH_PER_ROUTE_TYPE = T + "extensions.filters.http.basic_auth.v3.BasicAuthPerRoute"
 RBAC_PER_ROUTE_TYPE = T + "extensions.filters.http.rbac.v3.RBACPerRoute"
+FILTER_CONFIG_TYPE = T + "config.route.v3.FilterConfig"
 
 
 class Msg(BaseModel):

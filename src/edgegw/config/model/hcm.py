@@ -39,6 +39,10 @@ from .route import (
 class HttpFilter(Msg):
     name: str
     typed_config: HttpFilterConfig | None = None
+    disabled: Bool = False
+    """Off unless a route (or its virtual host) turns it on with a ``typed_per_filter_config``
+    for this filter's name: its per-route config, or a ``FilterConfig`` that is not
+    ``disabled``."""
 
     @model_validator(mode="before")
     @classmethod
@@ -193,6 +197,9 @@ class HttpConnectionManager(TypedMsg):
                              "(it is a cluster's option)")
         if not self.http_filters:
             raise ValueError("http_filters must end with envoy.filters.http.router")
+        if self.http_filters[-1].disabled:
+            raise ValueError(f"the last (terminal) filter ({self.http_filters[-1].name}) in the "
+                             "chain cannot be disabled by default (as in Envoy)")
         if self.original_ip_detection_extensions and (self.use_remote_address
                                                       or self.xff_num_trusted_hops):
             raise ValueError("original_ip_detection_extensions cannot be used with "

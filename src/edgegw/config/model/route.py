@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from .base import (
     BASIC_AUTH_PER_ROUTE_TYPE,
@@ -13,6 +14,7 @@ from .base import (
     EXT_AUTHZ_PER_ROUTE_TYPE,
     EXT_AUTHZ_TYPE,
     FAULT_TYPE,
+    FILTER_CONFIG_TYPE,
     LOCAL_RATELIMIT_TYPE,
     RBAC_PER_ROUTE_TYPE,
     RBAC_TYPE,
@@ -495,16 +497,54 @@ class ExtAuthzPerRoute(TypedMsg):
 
 if TYPE_CHECKING:  # what the discriminated unions below hold, for the type checker
     HttpFilterConfig = Router | HTTPFault | LocalRateLimit | RBAC | BasicAuth | ExtAuthz
-    PerFilterConfig = HTTPFault | LocalRateLimit | RBACPerRoute | BasicAuthPerRoute | \
+    FilterPerRoute = HTTPFault | LocalRateLimit | RBACPerRoute | BasicAuthPerRoute | \
         ExtAuthzPerRoute
 else:
     HttpFilterConfig = by_type((ROUTER_TYPE, Router), (FAULT_TYPE, HTTPFault),
                                 (LOCAL_RATELIMIT_TYPE, LocalRateLimit), (RBAC_TYPE, RBAC),
                                 (BASIC_AUTH_TYPE, BasicAuth), (EXT_AUTHZ_TYPE, ExtAuthz))
+    FilterPerRoute = by_type((FAULT_TYPE, HTTPFault), (LOCAL_RATELIMIT_TYPE, LocalRateLimit),
+                             (RBAC_PER_ROUTE_TYPE, RBACPerRoute),
+                             (BASIC_AUTH_PER_ROUTE_TYPE, BasicAuthPerRoute),
+                             (EXT_AUTHZ_PER_ROUTE_TYPE, ExtAuthzPerRoute))
+
+
+class FilterConfig(TypedMsg):
+    """``envoy.config.route.v3.FilterConfig``: what a route (or virtual host) says of one
+    HTTP filter: ``disabled`` turns it off there; otherwise the filter runs there, even one
+    its chain lists as ``disabled``, with ``config`` as its per-route config (an empty
+    ``config: {}`` enables it with its own settings). Envoy Gateway turns filters on per
+    route this way."""
+
+    config: FilterPerRoute | None = None
+    is_optional: Bool = False
+    disabled: Bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_any(cls, v: Any) -> Any:
+        """``config: {}`` (an Any with no type) enables the filter with no per-route config,
+        as Envoy reads it; neither ``config`` nor ``disabled`` says nothing, which Envoy
+        refuses."""
+        if not isinstance(v, dict):
+            return v
+        if "config" not in v and not v.get("disabled"):
+            raise PydanticCustomError(
+                "empty_filter_config", "a FilterConfig needs a config (an empty one turns "
+                "the filter on with its own settings) or disabled: true, as in Envoy")
+        if v.get("config") == {}:
+            return {k: x for k, x in v.items() if k != "config"}
+        return v
+
+
+if TYPE_CHECKING:
+    PerFilterConfig = FilterPerRoute | FilterConfig
+else:
     PerFilterConfig = by_type((FAULT_TYPE, HTTPFault), (LOCAL_RATELIMIT_TYPE, LocalRateLimit),
                               (RBAC_PER_ROUTE_TYPE, RBACPerRoute),
                               (BASIC_AUTH_PER_ROUTE_TYPE, BasicAuthPerRoute),
-                              (EXT_AUTHZ_PER_ROUTE_TYPE, ExtAuthzPerRoute))
+                              (EXT_AUTHZ_PER_ROUTE_TYPE, ExtAuthzPerRoute),
+                              (FILTER_CONFIG_TYPE, FilterConfig))
 
 
 class Route(HeaderMutations):

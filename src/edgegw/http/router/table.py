@@ -127,7 +127,10 @@ class Route:
     mutations: tuple[Mutations, ...]
     """This route's, its vhost's and the route_config's, in the order Envoy applies them."""
     filter_configs: dict[str, object] = field(default_factory=dict)
-    """typed_per_filter_config by filter name, the route's over its virtual host's."""
+    """Per-route filter configs by filter name, the route's over its virtual host's."""
+    filters_on: dict[str, bool] = field(default_factory=dict)
+    """Filters the route (or else its virtual host) turns on or off by name: any per-route
+    config turns a filter on, a ``FilterConfig`` with ``disabled`` off."""
     upgrades: dict[str, bool] = field(default_factory=dict)
     """The route action's upgrade_configs: enabled by upgrade type (lower case)."""
     pseudo: bool = False
@@ -246,6 +249,27 @@ def _strip_port(host: str) -> str:
     return host[:i] if i >= 0 and host[i + 1 :].isdigit() else host
 
 
+def _filter_configs(r: m.Route, v: m.VirtualHost) -> dict[str, object]:
+    """Each filter's per-route config, from the most specific level that has one (a
+    FilterConfig's ``config``; one without leaves the filter's own settings)."""
+    out: dict[str, object] = {}
+    for level in (r.typed_per_filter_config, v.typed_per_filter_config):
+        for name, pf in level.items():
+            cfg = pf.config if isinstance(pf, m.FilterConfig) else pf
+            if cfg is not None:
+                out.setdefault(name, cfg)
+    return out
+
+
+def _filters_on(r: m.Route, v: m.VirtualHost) -> dict[str, bool]:
+    """Whether the most specific level that names a filter turns it on or off."""
+    out: dict[str, bool] = {}
+    for level in (r.typed_per_filter_config, v.typed_per_filter_config):
+        for name, pf in level.items():
+            out.setdefault(name, not (isinstance(pf, m.FilterConfig) and pf.disabled))
+    return out
+
+
 def compile_routes(rc: m.RouteConfiguration) -> RouteTable:
     table = RouteTable(rc.name, rc.ignore_port_in_host_matching)
     top = _mutations(rc)
@@ -259,7 +283,8 @@ def compile_routes(rc: m.RouteConfiguration) -> RouteTable:
                 action=_action(r, v),
                 mutations=tuple(x for x in (_mutations(r), vmut, top)
                                 if x.request or x.response),
-                filter_configs={**v.typed_per_filter_config, **r.typed_per_filter_config},
+                filter_configs=_filter_configs(r, v),
+                filters_on=_filters_on(r, v),
                 upgrades={u.upgrade_type.lower(): u.enabled
                           for u in (r.route.upgrade_configs if r.route else [])},
                 pseudo=any(h.name.startswith(":") for h in r.match.headers),
