@@ -243,3 +243,24 @@ def test_a_second_gateway_on_a_taken_port_exits_and_names_the_address(
     assert f"cannot bind 127.0.0.1:{port}: Address already in use" in r.stderr
     assert time.monotonic() - started < 10
     assert "worker 0 started" not in r.stderr  # refused before any worker ran
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs a machine of 2 CPUs or more")
+def test_cpuset_threads_counts_the_cpus_the_gateway_may_run_on(backend, tmp_path: Path) -> None:
+    """Envoy's --cpuset-threads: without --concurrency, one worker per CPU of the process's
+    cpuset (taskset here, a container's CPU set in Envoy Gateway's pods), not per CPU of the
+    machine."""
+    c = backend("127.0.0.22", "c")
+    admin = free_port()
+    cfg = {**config(free_port(), [cluster("app", [c])]), "admin": admin_config(admin)}
+    path = tmp_path / "gw.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    gw = Proc(["taskset", "-c", "0", sys.executable, "-m", "edgegw", "-c", str(path),
+               "--cpuset-threads"], tmp_path / "gw.log")
+    try:
+        wait_port("127.0.0.1", admin)
+        stats = httpx.get(f"http://127.0.0.1:{admin}/stats", timeout=5).text
+        assert "server.concurrency: 1\n" in stats
+        assert "worker 0 started" not in gw.output()  # one process, no supervisor
+    finally:
+        gw.stop()

@@ -37,6 +37,10 @@ def parser() -> argparse.ArgumentParser:
                    help="worker processes (default: one per core, as Envoy; one for a sites "
                         "file, which a home lab's traffic fills a small part of); 1 runs a "
                         "single process")
+    p.add_argument("--cpuset-threads", action="store_true",
+                   help="without --concurrency, one worker per CPU this process may run on "
+                        "(its cpuset, as in a container limited to some CPUs) instead of per "
+                        "CPU of the machine, as Envoy")
     p.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     p.add_argument("--admin-socket", help=argparse.SUPPRESS)
     p.add_argument("--drain-time-s", type=float, default=600,
@@ -81,7 +85,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"configuration '{args.config_path or '--config-yaml'}' OK")
         return
     if args.concurrency is None:
-        args.concurrency = 1 if src.from_sites else len(os.sched_getaffinity(0)) or 1
+        args.concurrency = 1 if src.from_sites else (
+            len(os.sched_getaffinity(0)) if args.cpuset_threads else os.cpu_count()) or 1
     if args.concurrency < 1:
         _log.critical("--concurrency must be at least 1")
         sys.exit(1)
