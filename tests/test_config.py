@@ -112,8 +112,8 @@ def test_every_error_is_reported(tmp_path: Path) -> None:
 
 
 def test_unsupported_enum_value(tmp_path: Path) -> None:
-    [p] = problems(tmp_path, MINIMAL.replace("  - name: c\n", "  - name: c\n    type: EDS\n"))
-    assert "clusters[0].type" in p and "'EDS' is not supported by edgegw" in p
+    [p] = problems(tmp_path, MINIMAL.replace("  - name: c\n", "  - name: c\n    type: ORIGINAL_DST\n"))
+    assert "clusters[0].type" in p and "'ORIGINAL_DST' is not supported by edgegw" in p
 
 
 def test_duplicate_domains_are_an_error(tmp_path: Path) -> None:

@@ -24,7 +24,6 @@ NEEDS_NO_READING = {
     "InternalAddressConfig.unix_sockets": "edgegw listens on no Unix socket",
     "RingHashLbConfig.hash_function": "only XX_HASH is accepted",
     "OutlierDetection.split_external_local_origin_errors": "only false is accepted",
-    "ClusterLoadAssignment.cluster_name": "Envoy reads it only for EDS, which edgegw refuses",
     "CircuitBreakers.thresholds": "read through the model's default property",
     "Thresholds.priority": "read through the model's default property",
     "Cluster.typed_extension_protocol_options": "read through the model's http_options",

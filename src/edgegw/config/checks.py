@@ -81,6 +81,10 @@ def cross_check(boot: Bootstrap) -> list[Problem]:
     if _uses_file_sds(boot) and not (boot.node.id and boot.node.cluster):
         out.append((("node",), "file-based SDS secrets need node.id and node.cluster to be set "
                     "(Envoy requires them too)"))
+    if any(c.type == "EDS" for c in clusters) and not (boot.node.id and boot.node.cluster):
+        out.append((("node",), "EDS clusters (type.googleapis.com/envoy.config.endpoint.v3."
+                    "ClusterLoadAssignment) need node.id and node.cluster to be set, in node "
+                    "or by --service-node and --service-cluster (Envoy requires them too)"))
     return out
 
 
@@ -179,6 +183,10 @@ def _check_cluster(c: Cluster, base: Path, static: dict[str, Secret]) -> Iterato
                        "for host names)")
         if ep.address.socket_address.port_value == 0:
             yield (path[:-1] + ("port_value",), "an endpoint needs a port_value")
+    eds = c.eds_cluster_config
+    if eds is not None and not os.path.exists(eds.eds_config.file):
+        yield (base + ("eds_cluster_config", "eds_config"), "paths must refer to an existing "
+               f"path in the system: '{eds.eds_config.file}' does not exist")
     tls = c.transport_socket.tls if c.transport_socket else None
     if tls is not None:
         inner = () if tls is c.transport_socket.typed_config else (  # type: ignore[union-attr]

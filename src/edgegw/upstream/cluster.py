@@ -20,6 +20,7 @@ from ..stats import Store
 from ..tls.sds import SecretManager
 from . import lb
 from .cluster_info import ClusterInfo, RemainingStats
+from .eds import EdsFile, endpoints_of
 from .health import HealthChecker
 from .host import Host
 from .outlier import OutlierDetector
@@ -43,13 +44,11 @@ class Cluster(ClusterInfo):
         """The counters of the previous config's hosts of this cluster, which new hosts at
         the same address carry on."""
         self._tasks: list[asyncio.Task[None]] = []
-        self.endpoints = [
-            (e.endpoint.address.socket_address.address,
-             e.endpoint.address.socket_address.port_value, e.endpoint.hostname,
-             e.load_balancing_weight)
-            for loc in (cfg.load_assignment.endpoints if cfg.load_assignment else [])
-            for e in loc.lb_endpoints
-        ]
+        self.endpoints = (endpoints_of(cfg.load_assignment)
+                          if cfg.load_assignment and cfg.type != "EDS" else [])
+        self.eds = (EdsFile(self.name, cfg.eds_cluster_config, self.stats.update_attempt,
+                            self.stats.update_success, self.set_hosts, store)
+                    if cfg.eds_cluster_config is not None else None)
         panic = cfg.common_lb_config.healthy_panic_threshold
         self.panic_threshold = 50.0 if panic is None else panic.value
         self.panic = False
@@ -59,7 +58,7 @@ class Cluster(ClusterInfo):
         self.outlier = (OutlierDetector(self, cfg.outlier_detection, store)
                         if cfg.outlier_detection else None)
         if cfg.type == "STATIC":
-            self._set_hosts(self.endpoints)
+            self.set_hosts(self.endpoints)
 
     def update_breakers(self) -> None:
         """The *_open gauges: 1 while a circuit breaker is at its limit, as Envoy shows them."""
@@ -95,9 +94,12 @@ class Cluster(ClusterInfo):
     async def start(self) -> None:
         """Warms the cluster as Envoy does: resolves DNS once and runs a first round of health
         checks before serving; then keeps refreshing and checking."""
-        if self.cfg.type != "STATIC" and self.endpoints:
+        if self.cfg.type in ("STRICT_DNS", "LOGICAL_DNS") and self.endpoints:
             await self.resolve()
             self._tasks.append(asyncio.ensure_future(self._refresh()))
+        if self.eds is not None:
+            self.eds.load()
+            self._tasks.append(asyncio.ensure_future(self.eds.watch()))
         self._tasks.append(asyncio.ensure_future(self._expire_idle()))
         if self.outlier is not None:
             self.outlier.start()
@@ -157,10 +159,13 @@ class Cluster(ClusterInfo):
         else:
             self.stats.update_failure.value += 1
         if found or ok:
-            self._set_hosts(found)
+            self.set_hosts(found)
 
-    def _set_hosts(self, endpoints: Iterable[tuple[str, int, str, int]]) -> None:
+    def set_hosts(self, endpoints: Iterable[tuple[str, int, str, int]]) -> bool:
+        """Makes these the cluster's hosts; a host already there is kept as it is (its pool,
+        health and outlier state). Says whether anything changed."""
         old = {(h.address, h.port): h for h in self.hosts}
+        before = [(h.address, h.port, h.weight) for h in self.hosts]
         hosts = []
         for address, port, hostname, weight in endpoints:
             h = old.pop((address, port), None)
@@ -169,6 +174,8 @@ class Cluster(ClusterInfo):
                 h.carry(self.counted.get(h.label))
             h.weight = weight
             hosts.append(h)
+        if before == [(h.address, h.port, h.weight) for h in hosts]:
+            return False
         if old or len(hosts) != len(self.hosts):
             self.stats.membership_change.value += 1
         for h in old.values():
@@ -180,6 +187,7 @@ class Cluster(ClusterInfo):
         if self.health_checker is not None and self._tasks:
             self.health_checker.sync_hosts()
         self.health_changed()
+        return True
 
     def health_changed(self) -> None:
         """Rebuilds the load balancer over the hosts it may use now (and the health gauges)."""

@@ -15,7 +15,7 @@ from .core import (
     HttpProtocolOptions,
     Metadata,
 )
-from .tls import UpstreamTransportSocket
+from .tls import ConfigSource, UpstreamTransportSocket
 
 
 class Endpoint(Msg):
@@ -219,9 +219,18 @@ class LeastRequestLbConfig(Msg):
     choice_count: UInt32 = Field(default=2, ge=2)
 
 
+class EdsClusterConfig(Msg):
+    """An EDS cluster's endpoints: from a file of ClusterLoadAssignment resources (a
+    DiscoveryResponse), the one named ``service_name`` (default: the cluster's name)."""
+
+    eds_config: ConfigSource
+    service_name: str = ""
+
+
 class Cluster(Msg):
     name: str = Field(min_length=1)
-    type: Literal["STATIC", "STRICT_DNS", "LOGICAL_DNS"] = "STATIC"
+    type: Literal["STATIC", "STRICT_DNS", "LOGICAL_DNS", "EDS"] = "STATIC"
+    eds_cluster_config: EdsClusterConfig | None = None
     connect_timeout: Duration = Field(default=5.0, gt=0)
     lb_policy: Literal["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH",
                        "MAGLEV"] = "ROUND_ROBIN"
@@ -243,6 +252,14 @@ class Cluster(Msg):
         Literal["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"],
         Annotated[UpstreamHttpProtocolOptions, typed_as(HTTP_OPTIONS_TYPE)],
     ] = {}
+
+    @model_validator(mode="after")
+    def _eds(self) -> Cluster:
+        if self.type == "EDS" and self.eds_cluster_config is None:
+            raise ValueError("cannot create an EDS cluster without an EDS config (as in Envoy)")
+        if self.type != "EDS" and self.eds_cluster_config is not None:
+            raise ValueError("eds_cluster_config set in a non-EDS cluster (as in Envoy)")
+        return self
 
     @model_validator(mode="after")
     def _alpn_needs_tls(self) -> Cluster:

@@ -41,7 +41,8 @@ class PathConfigSource(Msg):
 
 
 class ConfigSource(Msg):
-    """Where a secret comes from: a file (``path_config_source``, or the deprecated ``path``)."""
+    """Where SDS secrets or EDS endpoints come from: a file (``path_config_source``, or the
+    deprecated ``path``)."""
 
     path: str | None = None
     path_config_source: PathConfigSource | None = None
