@@ -151,3 +151,31 @@ def test_grafana_dashboard_reads_metrics_edgegw_and_envoy_both_export(
         assert wanted <= families, (kind, sorted(wanted - families))
         for label in labels - {"le"}:
             assert f"{label}=" in text, (kind, label)
+
+
+def test_the_history_keeps_an_hour_and_forgets_what_left() -> None:
+    """Byte level: rates per interval between samples (None across a gap), the last KEEP
+    samples only, and a site absent for the whole hour no longer drawn."""
+    from edgegw.admin.status import KEEP, History
+
+    def doc(t: int, sites: list[str]) -> dict:
+        return {"time": 5.0 * t, "sites": [
+            {"id": s, "requests": 10 * t, "errors": t, "errors_4xx": 2 * t,
+             "time_sum_ms": 30.0 * t, "time_count": 10 * t} for s in sites],
+            "clusters": [{"name": "c", "requests": 0, "errors": 0,
+                          "hosts": [{"address": "127.0.0.1:80", "healthy": t % 2 == 0}]}]}
+
+    h = History()
+    for t in range(4):
+        h.add(doc(t, ["a", "b"] if t != 2 else ["a"]))
+    s = h.series()
+    assert s["t"] == [5.0, 10.0, 15.0]
+    assert s["sites"]["a"] == {"rps": [2.0, 2.0, 2.0], "errors": [0.2, 0.2, 0.2],
+                               "errors_4xx": [0.4, 0.4, 0.4], "latency_ms": [3.0, 3.0, 3.0]}
+    assert s["sites"]["b"]["rps"] == [2.0, None, None]
+    assert s["hosts"]["c/127.0.0.1:80"] == [False, True, False]
+    for t in range(4, KEEP + 4):
+        h.add(doc(t, ["a"]))
+    s = h.series()
+    assert len(s["t"]) == KEEP - 1 and s["t"][0] == 5.0 * 5
+    assert set(s["sites"]) == {"a"}  # b was last seen more than an hour ago
