@@ -26,12 +26,14 @@ from .model import (
     Bootstrap,
     Cluster,
     CommonTlsContext,
+    ConfigSource,
     DataSource,
     FilterChain,
     FilterConfig,
     HttpConnectionManager,
     Listener,
     PerFilterConfig,
+    RouteConfiguration,
     SdsSecretConfig,
     Secret,
     TcpProxy,
@@ -81,11 +83,22 @@ def cross_check(boot: Bootstrap) -> list[Problem]:
     if _uses_file_sds(boot) and not (boot.node.id and boot.node.cluster):
         out.append((("node",), "file-based SDS secrets need node.id and node.cluster to be set "
                     "(Envoy requires them too)"))
-    if any(c.type == "EDS" for c in clusters) and not (boot.node.id and boot.node.cluster):
-        out.append((("node",), "EDS clusters (type.googleapis.com/envoy.config.endpoint.v3."
-                    "ClusterLoadAssignment) need node.id and node.cluster to be set, in node "
-                    "or by --service-node and --service-cluster (Envoy requires them too)"))
+    if not (boot.node.id and boot.node.cluster):
+        for kind, used in (("EDS clusters", any(c.type == "EDS" for c in clusters)),
+                           ("RDS routes", any(h.rds is not None for h in _hcms(boot)))):
+            if used:
+                out.append((("node",), f"{kind} from files need node.id and node.cluster to "
+                            "be set, in node or by --service-node and --service-cluster "
+                            "(Envoy requires them too)"))
     return out
+
+
+def _hcms(boot: Bootstrap) -> Iterator[HttpConnectionManager]:
+    for lst in boot.static_resources.listeners:
+        for fc in [*lst.filter_chains, *([lst.default_filter_chain]
+                                         if lst.default_filter_chain else [])]:
+            if isinstance(fc.terminal, HttpConnectionManager):
+                yield fc.terminal
 
 
 def _tls_contexts(boot: Bootstrap) -> Iterator[CommonTlsContext]:
@@ -116,7 +129,7 @@ def _check_proxy_protocol_clusters(boot: Bootstrap) -> Iterator[Problem]:
                 typed = f.typed_config
                 if not isinstance(typed, HttpConnectionManager):
                     continue
-                for vh in typed.route_config.virtual_hosts:
+                for vh in typed.route_config.virtual_hosts if typed.route_config else []:
                     for r in vh.routes:
                         action = r.route
                         used = {action.cluster} | {w.name for w in (
@@ -183,10 +196,9 @@ def _check_cluster(c: Cluster, base: Path, static: dict[str, Secret]) -> Iterato
                        "for host names)")
         if ep.address.socket_address.port_value == 0:
             yield (path[:-1] + ("port_value",), "an endpoint needs a port_value")
-    eds = c.eds_cluster_config
-    if eds is not None and not os.path.exists(eds.eds_config.file):
-        yield (base + ("eds_cluster_config", "eds_config"), "paths must refer to an existing "
-               f"path in the system: '{eds.eds_config.file}' does not exist")
+    if c.eds_cluster_config is not None:
+        yield from _check_path_source(c.eds_cluster_config.eds_config,
+                                      base + ("eds_cluster_config", "eds_config"))
     tls = c.transport_socket.tls if c.transport_socket else None
     if tls is not None:
         inner = () if tls is c.transport_socket.typed_config else (  # type: ignore[union-attr]
@@ -367,10 +379,25 @@ def _check_hcm(hcm: HttpConnectionManager, base: Path, clusters: set[str]) -> It
                    "envoy.filters.http.fault, local_ratelimit and rbac before it)"
                    if not last else
                    f"'{f.name}': the last HTTP filter must be envoy.filters.http.router")
-    rc = hcm.route_config
+    if hcm.route_config is not None:
+        yield from _check_routes(hcm.route_config, base + ("route_config",), clusters)
+    else:  # (RDS: the routes are checked as each version of the file arrives)
+        yield from _check_path_source(hcm.rds.config_source,  # type: ignore[union-attr]
+                                      base + ("rds", "config_source"))
+    yield from _check_access_logs(hcm.access_log, base)
+
+
+def _check_path_source(source: ConfigSource, where: Path) -> Iterator[Problem]:
+    """A file subscription's file must be there at start, as Envoy requires."""
+    if not os.path.exists(source.file):
+        yield (where, "paths must refer to an existing path in the system: "
+                      f"'{source.file}' does not exist")
+
+
+def _check_routes(rc: RouteConfiguration, base: Path, clusters: set[str]) -> Iterator[Problem]:
     domains: dict[str, int] = {}
     for v, vh in enumerate(rc.virtual_hosts):
-        vpath = base + ("route_config", "virtual_hosts", v)
+        vpath = base + ("virtual_hosts", v)
         for d, dom in enumerate(vh.domains):
             key = dom.lower()
             if key in domains:
@@ -408,7 +435,6 @@ def _check_hcm(hcm: HttpConnectionManager, base: Path, clusters: set[str]) -> It
                     read(route.direct_response.body)
                 except DataSourceError as e:
                     yield (rpath + ("direct_response", "body"), str(e))
-    yield from _check_access_logs(hcm.access_log, base)
 
 
 def _check_access_logs(logs: list[AccessLog], base: Path) -> Iterator[Problem]:

@@ -17,8 +17,9 @@ from .codec import http1, http2
 from .filters.basic_auth import BasicAuthFilter
 from .headers import ForwardingPolicy
 from .path import PathPolicy
+from .rds import RdsFile
 from .router.config import RouterConfig
-from .router.table import Route, compile_routes
+from .router.table import Route, RouteTable, compile_routes
 
 
 class HcmStats(StatSet):
@@ -69,7 +70,13 @@ class HttpConnectionManager:
         Envoy, and subtracted from the latency the status page shows."""
         self.upgrade_bytes = store.private_histogram(f"http.{cfg.stat_prefix}.upgrade_bytes")
         """The bytes each upgraded stream carried, both ways (the status page's sum)."""
-        self.routes = compile_routes(cfg.route_config)
+        self.routes = (compile_routes(cfg.route_config) if cfg.route_config is not None
+                       else RouteTable("", False))
+        self.rds: RdsFile | None = None
+        """RDS from a file: swaps ``routes`` as the file changes (read once here)."""
+        if cfg.rds is not None:
+            self.rds = RdsFile(cfg.rds, cfg.stat_prefix, store, self._swap_routes)
+            self.rds.load()
         self.clusters = clusters
         self.server_name = (cfg.server_name or "edgegw").encode("latin-1")
         self.forwarding = ForwardingPolicy.from_config(cfg)
@@ -128,6 +135,15 @@ class HttpConnectionManager:
         on_route = route.upgrades.get(kind) if route is not None else None
         return on_route if on_route is not None else self.upgrades.get(kind, False)
 
+    def _swap_routes(self, routes: RouteTable) -> None:
+        self.routes = routes
+
+    def start(self) -> None:
+        if self.rds is not None:
+            self.rds.start()
+
     def close(self) -> None:
+        if self.rds is not None:
+            self.rds.stop()
         for a in self.access_logs:
             a.close()

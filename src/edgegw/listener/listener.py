@@ -72,6 +72,10 @@ class Chain:
     def access_logs(self) -> list[AccessLogger]:
         return (self.hcm or self.tcp).access_logs  # type: ignore[union-attr]
 
+    def start(self) -> None:
+        if self.hcm is not None:
+            self.hcm.start()
+
     def close(self) -> None:
         (self.hcm or self.tcp).close()  # type: ignore[union-attr]
 
@@ -166,6 +170,8 @@ class Listener:
         assert self.sock is not None
         self.loop = asyncio.get_running_loop()
         self.loop.add_reader(self.sock.fileno(), self._accept)
+        for c in self.all_chains:
+            c.start()
 
     def server_names(self, chain: Chain) -> list[str]:
         """The server names a chain is matched by (for the status page)."""

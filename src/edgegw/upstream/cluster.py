@@ -99,7 +99,7 @@ class Cluster(ClusterInfo):
             self._tasks.append(asyncio.ensure_future(self._refresh()))
         if self.eds is not None:
             self.eds.load()
-            self._tasks.append(asyncio.ensure_future(self.eds.watch()))
+            self.eds.start()
         self._tasks.append(asyncio.ensure_future(self._expire_idle()))
         if self.outlier is not None:
             self.outlier.start()
@@ -113,6 +113,8 @@ class Cluster(ClusterInfo):
     def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
+        if self.eds is not None:
+            self.eds.stop()
         if self.health_checker is not None:
             self.health_checker.stop()
         if self.outlier is not None:

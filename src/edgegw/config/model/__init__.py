@@ -66,6 +66,7 @@ from .cluster import (
 )
 from .core import (
     Address,
+    ConfigSource,
     DataSource,
     HeaderValue,
     HeaderValueOption,
@@ -73,9 +74,11 @@ from .core import (
     HttpProtocolOptions,
     Metadata,
     PassThroughTlvs,
+    PathConfigSource,
     RegexMatcher,
     SocketAddress,
     StringMatcher,
+    WatchedDirectory,
     address_string,
 )
 from .hcm import (
@@ -86,6 +89,7 @@ from .hcm import (
     HttpConnectionManager,
     HttpFilter,
     InternalAddressConfig,
+    Rds,
     SubstitutionFormatString,
     XffConfig,
 )
@@ -159,10 +163,8 @@ from .tls import (
     CURVES,
     CertificateValidationContext,
     CommonTlsContext,
-    ConfigSource,
     DownstreamTlsContext,
     DownstreamTransportSocket,
-    PathConfigSource,
     SdsSecretConfig,
     Secret,
     SubjectAltNameMatcher,
@@ -171,7 +173,6 @@ from .tls import (
     TlsVersion,
     UpstreamTlsContext,
     UpstreamTransportSocket,
-    WatchedDirectory,
     cipher_names,
 )
 
@@ -270,6 +271,7 @@ __all__ = [
     "PREVIOUS_HOSTS",
     "PREVIOUS_HOSTS_TYPE",
     "PathConfigSource",
+    "Rds",
     "Payload",
     "PerFilterConfig",
     "Percent",

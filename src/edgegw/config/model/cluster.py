@@ -10,12 +10,13 @@ from pydantic import Field, model_validator
 from .base import HTTP_OPTIONS_TYPE, Bool, Duration, Int, Msg, UInt32, one_of, typed_as
 from .core import (
     Address,
+    ConfigSource,
     HeaderValueOption,
     Http2ProtocolOptions,
     HttpProtocolOptions,
     Metadata,
 )
-from .tls import ConfigSource, UpstreamTransportSocket
+from .tls import UpstreamTransportSocket
 
 
 class Endpoint(Msg):

@@ -136,3 +136,36 @@ class Metadata(Msg):
         """The value of ``filter_metadata.edgegw.<key>``, or None."""
         own = self.filter_metadata.get("edgegw")
         return own.get(key) if isinstance(own, dict) else None
+
+
+class WatchedDirectory(Msg):
+    path: str = Field(min_length=1)
+
+
+class PathConfigSource(Msg):
+    path: str = Field(min_length=1)
+    watched_directory: WatchedDirectory | None = None
+
+
+class ConfigSource(Msg):
+    """Where SDS secrets, EDS endpoints or RDS routes come from: a file
+    (``path_config_source``, or the deprecated ``path``)."""
+
+    path: str | None = None
+    path_config_source: PathConfigSource | None = None
+    resource_api_version: Literal["AUTO", "V3"] = "AUTO"
+    initial_fetch_timeout: Duration | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> ConfigSource:
+        one_of(self, ("path", "path_config_source"))
+        return self
+
+    @property
+    def file(self) -> str:
+        return self.path_config_source.path if self.path_config_source else self.path or ""
+
+    @property
+    def watched_directory(self) -> str | None:
+        pcs = self.path_config_source
+        return pcs.watched_directory.path if pcs and pcs.watched_directory else None

@@ -22,7 +22,7 @@ from .base import (
     named_filter,
     one_of,
 )
-from .core import CidrRange, DataSource, Http2ProtocolOptions, HttpProtocolOptions
+from .core import CidrRange, ConfigSource, DataSource, Http2ProtocolOptions, HttpProtocolOptions
 from .route import (
     RBAC,
     BasicAuth,
@@ -34,6 +34,14 @@ from .route import (
     RouteConfiguration,
     UpgradeConfig,
 )
+
+
+class Rds(Msg):
+    """Routes from a file: the RouteConfiguration named ``route_config_name`` in the
+    DiscoveryResponse at ``config_source``, followed as the file changes."""
+
+    config_source: ConfigSource
+    route_config_name: str = Field(min_length=1)
 
 
 class HttpFilter(Msg):
@@ -165,7 +173,8 @@ class OriginalIpDetection(Msg):
 class HttpConnectionManager(TypedMsg):
     stat_prefix: str = Field(min_length=1)
     codec_type: Literal["AUTO", "HTTP1", "HTTP2"] = "AUTO"
-    route_config: RouteConfiguration
+    route_config: RouteConfiguration | None = None
+    rds: Rds | None = None
     http_filters: list[HttpFilter] = []
     access_log: list[AccessLog] = []
     use_remote_address: Bool = False
@@ -188,6 +197,11 @@ class HttpConnectionManager(TypedMsg):
         "IMPLEMENTATION_SPECIFIC_DEFAULT", "KEEP_UNCHANGED", "REJECT_REQUEST",
         "UNESCAPE_AND_REDIRECT", "UNESCAPE_AND_FORWARD"] = "IMPLEMENTATION_SPECIFIC_DEFAULT"
     """The default is Envoy's: KEEP_UNCHANGED."""
+
+    @model_validator(mode="after")
+    def _routes(self) -> HttpConnectionManager:
+        one_of(self, ("route_config", "rds"))
+        return self
 
     @model_validator(mode="after")
     def _router_last(self) -> HttpConnectionManager:

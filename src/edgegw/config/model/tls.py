@@ -14,7 +14,6 @@ from .base import (
     RAW_BUFFER_TYPE,
     UPSTREAM_TLS_TYPE,
     Bool,
-    Duration,
     Msg,
     TypedMsg,
     by_type,
@@ -22,46 +21,13 @@ from .base import (
     one_of,
     typed_as,
 )
-from .core import DataSource, PassThroughTlvs, StringMatcher
-
-
-class WatchedDirectory(Msg):
-    path: str = Field(min_length=1)
+from .core import ConfigSource, DataSource, PassThroughTlvs, StringMatcher, WatchedDirectory
 
 
 class TlsCertificate(Msg):
     certificate_chain: DataSource
     private_key: DataSource
     watched_directory: WatchedDirectory | None = None
-
-
-class PathConfigSource(Msg):
-    path: str = Field(min_length=1)
-    watched_directory: WatchedDirectory | None = None
-
-
-class ConfigSource(Msg):
-    """Where SDS secrets or EDS endpoints come from: a file (``path_config_source``, or the
-    deprecated ``path``)."""
-
-    path: str | None = None
-    path_config_source: PathConfigSource | None = None
-    resource_api_version: Literal["AUTO", "V3"] = "AUTO"
-    initial_fetch_timeout: Duration | None = None
-
-    @model_validator(mode="after")
-    def _one(self) -> ConfigSource:
-        one_of(self, ("path", "path_config_source"))
-        return self
-
-    @property
-    def file(self) -> str:
-        return self.path_config_source.path if self.path_config_source else self.path or ""
-
-    @property
-    def watched_directory(self) -> str | None:
-        pcs = self.path_config_source
-        return pcs.watched_directory.path if pcs and pcs.watched_directory else None
 
 
 class SdsSecretConfig(Msg):

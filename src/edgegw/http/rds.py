@@ -1,0 +1,71 @@
+"""RDS from a file (``http_connection_manager.rds`` with a ``path_config_source``): one
+connection manager's route table, from a DiscoveryResponse of one RouteConfiguration,
+followed as the file changes.
+
+A new version is swapped in for the requests that start after it; a request under way keeps
+the route it was given, and nothing else is rebuilt. Counted as Envoy counts it, under
+``http.<stat_prefix>.rds.<route_config_name>.``: ``update_attempt`` at each read, then
+``update_success`` (and ``config_reload`` when the routes changed, ``update_empty`` for a
+response without resources, which keeps them) or ``update_rejected`` and a warning, the
+routes unchanged; ``version`` is the xxHash64 of ``version_info``. A file refused at start
+leaves the connection manager without routes (404), as Envoy starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import xxhash
+
+from .. import log
+from ..config import model as m
+from ..config.source import file_signature
+from ..config.subscription import FileSubscription, SubscriptionError, read_response
+from ..stats import Counter, Gauge, StatSet, Store
+from .router.table import RouteTable, compile_routes
+
+_log = log.get("router")
+
+ROUTES_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+
+
+class RdsStats(StatSet):
+    update_attempt: Counter
+    update_success: Counter
+    update_rejected: Counter
+    update_empty: Counter
+    config_reload: Counter
+    version: Gauge
+
+
+class RdsFile(FileSubscription):
+    """One connection manager's subscription to its RDS file; ``apply`` swaps its table."""
+
+    def __init__(self, cfg: m.Rds, stat_prefix: str, store: Store,
+                 apply: Callable[[RouteTable], None]) -> None:
+        super().__init__(cfg.config_source.file)
+        self.name = cfg.route_config_name
+        self.apply = apply
+        self.stats = RdsStats(store, f"http.{stat_prefix}.rds.{self.name}.")
+        self.current: m.RouteConfiguration | None = None
+
+    def load(self) -> None:
+        self.seen = file_signature(self.path)
+        self.stats.update_attempt.value += 1
+        try:
+            version, rc = read_response(self.path, "RDS", ROUTES_TYPE, m.RouteConfiguration)
+            if rc is not None and rc.name != self.name:
+                raise SubscriptionError(f"Unexpected RDS configuration (expecting "
+                                        f"{self.name}): {rc.name}")
+        except SubscriptionError as e:
+            self.stats.update_rejected.value += 1
+            _log.warning("rds: route config '%s' rejected, its routes stay: %s", self.name, e)
+            return
+        self.stats.update_success.value += 1
+        self.stats.version.value = xxhash.xxh64_intdigest(version.encode())
+        if rc is None:
+            self.stats.update_empty.value += 1
+        elif rc != self.current:
+            self.current = rc
+            self.apply(compile_routes(rc))
+            self.stats.config_reload.value += 1
