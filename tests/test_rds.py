@@ -98,6 +98,12 @@ def test_rds_file_updates_swap_the_routes_as_in_envoy(pair, backend, tmp_path: P
         "update_attempt": 5, "update_success": 4, "update_rejected": 1, "update_empty": 1,
         "config_reload": 2}
     assert seen["edgegw"] == seen["envoy"]
+    dumps = {kind: [{k: v for k, v in c.items() if k != "last_updated"} for c in httpx.get(
+        f"http://127.0.0.1:{gw.admin_port}/config_dump?resource=dynamic_route_configs",
+        timeout=5).json()["configs"]] for kind, (gw, _) in gws.items()}
+    assert dumps["edgegw"][0]["version_info"] == "2"  # the version that brought these routes
+    assert dumps["edgegw"][0]["route_config"] == routes("local", "v2", slow_to_backend=False)
+    assert dumps["edgegw"] == dumps["envoy"]
 
 
 def test_rds_is_checked_as_envoy_checks_it(backend, tmp_path: Path) -> None:

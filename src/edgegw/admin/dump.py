@@ -49,9 +49,12 @@ def _routes(listeners: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def build(raw: dict[str, Any], loaded_at: float, secrets: list[dict[str, Any]],
-          dynamic: dict[str, list[dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
+          dynamic: dict[str, list[dict[str, Any]]] | None = None,
+          routes: list[tuple[str, dict[str, Any], float]] | None = None
+          ) -> list[dict[str, Any]]:
     """``dynamic``: listeners and clusters from LDS/CDS files, dumped as Envoy dumps
-    resources it received (``dynamic_listeners``, ``dynamic_active_clusters``)."""
+    resources it received (``dynamic_listeners``, ``dynamic_active_clusters``). ``routes``:
+    the route configurations RDS files gave, each (version_info, as written, when)."""
     raw = redact(copy.deepcopy(raw))
     dyn = redact(copy.deepcopy(dynamic or {}))
     stamp = _stamp(loaded_at)
@@ -77,7 +80,10 @@ def build(raw: dict[str, Any], loaded_at: float, secrets: list[dict[str, Any]],
         listeners,
         {"@type": ADMIN + "RoutesConfigDump", "static_route_configs": [
             {"route_config": rc, "last_updated": stamp}
-            for rc in _routes([*sr.get("listeners", []), *dyn.get("listeners", [])])]},
+            for rc in _routes([*sr.get("listeners", []), *dyn.get("listeners", [])])],
+         **({"dynamic_route_configs": [
+             {"version_info": version, "route_config": redact(rc), "last_updated": _stamp(at)}
+             for version, rc, at in routes]} if routes else {})},
         {"@type": ADMIN + "SecretsConfigDump",
          "static_secrets": [{"name": s.get("name"), "last_updated": stamp,
                              "secret": {"@type": SECRET, **s}}
@@ -92,6 +98,7 @@ _ITEM_TYPES = {
     "dynamic_listeners": "ListenersConfigDump.DynamicListener",
     "dynamic_active_clusters": "ClustersConfigDump.DynamicCluster",
     "static_route_configs": "RoutesConfigDump.StaticRouteConfig",
+    "dynamic_route_configs": "RoutesConfigDump.DynamicRouteConfig",
     "static_secrets": "SecretsConfigDump.StaticSecret",
     "dynamic_active_secrets": "SecretsConfigDump.DynamicSecret",
 }

@@ -6,7 +6,8 @@ it, or a write)."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -21,9 +22,19 @@ class SubscriptionError(ValueError):
     """Why a file's new version is refused (what it gave before stays)."""
 
 
-def read_response(path: str, kind: str, url: str, model: type[M]) -> tuple[str, M | None]:
-    """``version_info`` and the one resource of the DiscoveryResponse file at ``path`` (``kind``
-    names it in errors: EDS, RDS), parsed as ``model``; None when it lists no resources."""
+@dataclass(frozen=True)
+class Response(Generic[M]):
+    version: str
+    """``version_info``."""
+    resource: M | None
+    """The one resource, parsed; None when the response lists none."""
+    raw: dict[str, Any]
+    """The resource as written, ``@type`` included (what /config_dump shows)."""
+
+
+def read_response(path: str, kind: str, url: str, model: type[M]) -> Response[M]:
+    """The DiscoveryResponse in the file at ``path``, holding at most one resource of type
+    ``url`` (``kind`` names it in errors: EDS, RDS), parsed as ``model``."""
     try:
         with open(path, encoding="utf-8") as f:
             doc: Any = yaml.safe_load(f)
@@ -36,15 +47,16 @@ def read_response(path: str, kind: str, url: str, model: type[M]) -> tuple[str, 
         raise SubscriptionError(f"{kind} file '{path}' needs a 'resources' list")
     version = str(doc.get("version_info") or "")
     if not resources:
-        return version, None
+        return Response(version, None, {})
     if len(resources) != 1:
         raise SubscriptionError(f"Unexpected {kind} resource length: {len(resources)} "
                                 "(expected 1)")
-    res = dict(resources[0]) if isinstance(resources[0], dict) else {}
-    if res.pop("@type", None) != url:
+    raw = dict(resources[0]) if isinstance(resources[0], dict) else {}
+    if raw.get("@type") != url:
         raise SubscriptionError(f"{kind} file '{path}': resource \"@type\" must be {url}")
     try:
-        return version, model.model_validate(res)
+        return Response(version, model.model_validate(
+            {k: v for k, v in raw.items() if k != "@type"}), raw)
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"])

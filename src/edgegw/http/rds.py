@@ -13,7 +13,9 @@ leaves the connection manager without routes (404), as Envoy starts.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from typing import Any
 
 import xxhash
 
@@ -48,12 +50,17 @@ class RdsFile(FileSubscription):
         self.apply = apply
         self.stats = RdsStats(store, f"http.{stat_prefix}.rds.{self.name}.")
         self.current: m.RouteConfiguration | None = None
+        self.version = ""
+        self.raw: dict[str, Any] = {}
+        """The route configuration in use as the file wrote it (for /config_dump)."""
+        self.updated = 0.0
 
     def load(self) -> None:
         self.seen = file_signature(self.path)
         self.stats.update_attempt.value += 1
         try:
-            version, rc = read_response(self.path, "RDS", ROUTES_TYPE, m.RouteConfiguration)
+            response = read_response(self.path, "RDS", ROUTES_TYPE, m.RouteConfiguration)
+            rc = response.resource
             if rc is not None and rc.name != self.name:
                 raise SubscriptionError(f"Unexpected RDS configuration (expecting "
                                         f"{self.name}): {rc.name}")
@@ -62,10 +69,12 @@ class RdsFile(FileSubscription):
             _log.warning("rds: route config '%s' rejected, its routes stay: %s", self.name, e)
             return
         self.stats.update_success.value += 1
-        self.stats.version.value = xxhash.xxh64_intdigest(version.encode())
+        self.stats.version.value = xxhash.xxh64_intdigest(response.version.encode())
         if rc is None:
             self.stats.update_empty.value += 1
-        elif rc != self.current:
+            return
+        if rc != self.current:  # (an unchanged one keeps the version that brought it)
             self.current = rc
+            self.version, self.raw, self.updated = response.version, response.raw, time.time()
             self.apply(compile_routes(rc))
             self.stats.config_reload.value += 1

@@ -64,8 +64,9 @@ class EdsFile(FileSubscription):
         self.seen = file_signature(self.path)
         self.attempt.value += 1
         try:
-            version, cla = read_response(self.path, "EDS", ASSIGNMENT_TYPE,
-                                         m.ClusterLoadAssignment)
+            response = read_response(self.path, "EDS", ASSIGNMENT_TYPE,
+                                     m.ClusterLoadAssignment)
+            cla = response.resource
             if cla is not None and cla.cluster_name != self.name:
                 raise SubscriptionError(f"Unexpected EDS cluster (expecting {self.name}): "
                                         f"{cla.cluster_name}")
@@ -75,7 +76,7 @@ class EdsFile(FileSubscription):
                          self.cluster_name, e)
             return
         self.success.value += 1
-        self.stats.version.value = xxhash.xxh64_intdigest(version.encode())
+        self.stats.version.value = xxhash.xxh64_intdigest(response.version.encode())
         if cla is None:
             self.stats.update_empty.value += 1
         elif not self.apply(endpoints_of(cla)):
