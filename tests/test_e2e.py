@@ -334,7 +334,8 @@ def test_reused_connection_dropped_by_backend_is_retried_once(edge, certs: Path)
 def test_drain_listeners_closes_the_door_and_lets_open_requests_finish(
         gateway, certs: Path, backends: Backends) -> None:
     port = free_port()
-    edge = gateway(edge_config(certs, backends, port))  # (drained: a gateway of its own)
+    edge = gateway(edge_config(certs, backends, port),  # (drained: a gateway of its own)
+                   flags=("--drain-strategy", "immediate"))
     edge.port = port
     s = _tls(edge.port, certs)
     s.sendall(b"GET /delay/0.5 HTTP/1.1\r\nHost: a.example.com\r\n\r\n")

@@ -484,7 +484,8 @@ def test_a_client_that_never_reads_holds_the_upstream(h2gw, certs: Path) -> None
 def test_drain_sends_goaway_and_lets_streams_finish(gateway, certs: Path,
                                                     backends: Backends) -> None:
     port = free_port()
-    h2gw = gateway(h2_config(certs, backends, port))  # (drained: a gateway of its own)
+    h2gw = gateway(h2_config(certs, backends, port),  # (drained: a gateway of its own)
+                   flags=("--drain-strategy", "immediate"))
     c = Raw(port, certs)
     c.get(1, "/delay/0.5")
     h2gw.wait_requests_active(1)

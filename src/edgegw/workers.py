@@ -305,8 +305,10 @@ class Supervisor:
         self.health_failed = failed
         await self.broadcast("/healthcheck/fail" if failed else "/healthcheck/ok")
 
-    async def drain_listeners(self) -> None:
-        await self.broadcast("/drain_listeners")
+    async def drain_listeners(self, graceful: bool = False, skip_exit: bool = False
+                              ) -> None:
+        flags = [f for f, on in (("graceful", graceful), ("skip_exit", skip_exit)) if on]
+        await self.broadcast("/drain_listeners" + (f"?{'&'.join(flags)}" if flags else ""))
 
 
 def _union(into: list[Any], more: list[Any]) -> None:

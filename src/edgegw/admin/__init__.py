@@ -286,7 +286,7 @@ class Admin:
 
     async def drain_listeners(self, q: dict[str, list[str]], method: str
                               ) -> tuple[int, str, bytes]:
-        await self.backend.drain_listeners()
+        await self.backend.drain_listeners("graceful" in q, "skip_exit" in q)
         return 200, "text/plain", b"OK\n"
 
     async def quit(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:

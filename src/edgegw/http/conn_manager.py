@@ -70,6 +70,9 @@ class DownstreamConnection(asyncio.Protocol):
         self.streams: set[Stream] = set()
         self.closed = False
         self.draining = False
+        self.drain_decision: collections.abc.Callable[[], bool] | None = None
+        """The drain manager's word on each response while a drain is under way (set by the
+        listener)."""
         self.last_activity = time.monotonic()
         self.watchdog: asyncio.TimerHandle | None = None
         self.loop = asyncio.get_running_loop()
@@ -237,16 +240,28 @@ class DownstreamConnection(asyncio.Protocol):
             self.transport.abort()
             self.connection_lost(None)
 
-    def drain(self) -> None:
-        """Envoy's drain: streams under way (upgraded ones too) finish, idle connections
-        close now."""
+    def drain_close(self) -> bool:
+        """Whether the response being sent ends the connection: it was told to drain, or the
+        drain under way says so for this response (which then tells it to)."""
+        if self.draining:
+            return True
+        if self.drain_decision is not None and self.drain_decision():
+            self.drain()
+            return True
+        return False
+
+    def drain(self, close_idle: bool = True) -> None:
+        """Envoy's drain: streams under way (upgraded ones too) finish; an idle connection
+        closes now, or (not ``close_idle``, as Envoy's drain sequence has it) an idle
+        HTTP/1.1 one after its next response, since a request may be on its way."""
         self.draining = True
         if self.closed:
             return
         if self.codec is None:
-            self.transport.close()
+            if close_idle:
+                self.transport.close()
         else:
-            self.codec.drain()
+            self.codec.drain(close_idle)
 
     # --- timeouts -----------------------------------------------------------------------
 

@@ -35,11 +35,11 @@ class Owner(Downstream, Protocol):
     """What a stream asks of its connection (the connection manager)."""
 
     hcm: HttpConnectionManager
-    draining: bool
     last_activity: float
     host_names: tuple[frozenset[str], frozenset[str]] | None
 
     def count_request(self) -> None: ...
+    def drain_close(self) -> bool: ...
     def arm_deadline(self, timeout: float) -> float: ...
     def upgrade_started(self) -> None: ...
     def upgrade_ended(self) -> None: ...
@@ -351,7 +351,7 @@ class Stream:
         self.info.response_headers = headers
         if self.router is not None:
             self.router.on_local_reply()
-        close = close or self.conn.draining
+        close = close or self.conn.drain_close()
         if body:
             self.encoder.encode_headers(status, headers, False, close)
             self.encoder.encode_data(body, True)
@@ -376,7 +376,7 @@ class Stream:
             if self.hcm.close_websockets and self.head.upgrade.lower() == b"websocket":
                 self.frames = FrameEdge()
             self.conn.upgrade_started()
-        self.encoder.encode_headers(status, headers, end_stream, self.conn.draining)
+        self.encoder.encode_headers(status, headers, end_stream, self.conn.drain_close())
         if end_stream:
             self.finish()
 

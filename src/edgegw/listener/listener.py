@@ -29,6 +29,7 @@ from ..tls.cert_dir import directory_of, strict_sni_host
 from ..tls.context import ServerTls, SslStats
 from ..tls.sds import SecretManager
 from ..upstream.cluster import ClusterManager
+from .drain import DrainManager
 from .filter_chain import FilterChainIndex
 from .network_rbac import NetworkRbac
 from .tls_inspector import MAX_HELLO, ClientHello, NeedMore, TlsInspectorStats, TooLarge
@@ -148,6 +149,8 @@ class Listener:
         """Connections accepted whose ClientHello is still awaited."""
         self.limit: ConnectionLimit | None = None
         """The overload manager's global connection limit, set by the server."""
+        self.drainer: DrainManager | None = None
+        """The server's drain sequence (/drain_listeners), set by the server."""
 
     @property
     def active(self) -> int:
@@ -211,18 +214,22 @@ class Listener:
     def drain(self) -> None:
         """Stops accepting; open connections answer with ``connection: close`` and idle ones
         close now (Envoy's drain for HTTP/1.1)."""
-        self._close_socket()
+        self.stop_accepting()
         for proto in list(self.open):
             proto.drain()
 
-    def _close_socket(self) -> None:
+    def http_connections(self) -> list[DownstreamConnection]:
+        return [p for p in self.open if isinstance(p, DownstreamConnection)]
+
+    def stop_accepting(self) -> None:
+        """Closes the listening socket; the connections it accepted go on."""
         if self.sock is not None and self.loop is not None:
             self.loop.remove_reader(self.sock.fileno())
             self.sock.close()
             self.sock = None
 
     def stop(self) -> None:
-        self._close_socket()
+        self.stop_accepting()
         for c in self.all_chains:
             c.close()
 
@@ -309,6 +316,8 @@ class Listener:
             assert chain.hcm is not None
             proto = DownstreamConnection(chain.hcm, ctx is not None, hello.server_name, limit,
                                          self._closed)
+            if self.drainer is not None:
+                proto.drain_decision = self.drainer.drain_close
             if cert is not None and chain.strict_host:
                 proto.host_names = cert.host_names
         proto.hello = hello
@@ -332,6 +341,8 @@ class Listener:
                 self.ssl.no_certificate.value += 1
         if not proto.closed:
             self.open.add(proto)
+            if self.drainer is not None and isinstance(proto, DownstreamConnection):
+                self.drainer.accepted(proto)
 
     def _refuse_version(self, conn: socket.socket, hello: ClientHello) -> None:
         """A hello whose versions we do not speak gets the fatal protocol_version alert that

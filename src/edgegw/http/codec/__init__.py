@@ -99,9 +99,10 @@ class ServerCodec(Protocol):
     request_headers_timeout."""
 
     def feed(self, data: bytes) -> None: ...
-    def drain(self) -> None:
+    def drain(self, close_idle: bool = True) -> None:
         """Let the streams under way finish and accept no new one (GOAWAY, or
-        ``connection: close`` on the next response)."""
+        ``connection: close`` on the next response); an idle HTTP/1.1 connection closes now
+        unless ``close_idle`` is false (a request may be on its way)."""
     def head_timed_out(self, body: bytes) -> None:
         """Answers 408 to a request whose head never completed in time, and closes."""
     def write_blocked(self, blocked: bool) -> None:

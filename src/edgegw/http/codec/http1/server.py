@@ -260,9 +260,9 @@ class Http1ServerCodec:
     def _http09(self) -> None:
         self._enter(Phase.REFUSED, (426, b"Upgrade Required", "low_version", "-"))
 
-    def drain(self) -> None:
+    def drain(self, close_idle: bool = True) -> None:
         self.draining = True
-        if self.response is None and not self.head_started and not self.waiting:
+        if close_idle and self.response is None and not self.head_started and not self.waiting:
             self.sink.close()
 
     def connection_lost(self) -> None:

@@ -392,7 +392,7 @@ class Http2ServerCodec:
 
     # --- the connection -----------------------------------------------------------------
 
-    def drain(self) -> None:
+    def drain(self, close_idle: bool = True) -> None:
         """A GOAWAY naming the last stream accepted; streams under way finish."""
         if self.draining or self.closed:
             return
