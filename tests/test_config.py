@@ -111,6 +111,16 @@ def test_every_error_is_reported(tmp_path: Path) -> None:
     assert any("unknown cluster 'nope'" in p and "route.cluster" in p for p in ps)
 
 
+def test_a_field_known_elsewhere_is_not_suggested_to_itself(tmp_path: Path) -> None:
+    """Envoy Gateway puts per_connection_buffer_limit_bytes on clusters; edgegw has it on
+    listeners only. "did you mean 'per_connection_buffer_limit_bytes'?" said nothing."""
+    [p] = problems(tmp_path, MINIMAL.replace(
+        "  - name: c\n", "  - name: c\n    per_connection_buffer_limit_bytes: 32768\n"))
+    assert "clusters[0].per_connection_buffer_limit_bytes" in p
+    assert "is not supported by edgegw on this message (only on others)" in p
+    assert "did you mean" not in p
+
+
 def test_unsupported_enum_value(tmp_path: Path) -> None:
     [p] = problems(tmp_path, MINIMAL.replace("  - name: c\n", "  - name: c\n    type: ORIGINAL_DST\n"))
     assert "clusters[0].type" in p and "'ORIGINAL_DST' is not supported by edgegw" in p

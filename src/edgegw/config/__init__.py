@@ -63,8 +63,11 @@ def message_of(err: dict[str, Any], model: type[BaseModel] = Msg,
     kind = err["type"]
     loc = err["loc"]
     if kind == "extra_forbidden":
-        close = _close(str(loc[-1]), field_names(model))
-        return f"field '{loc[-1]}' {unknown}" + (f"; did you mean '{close}'?" if close else "")
+        name, known = str(loc[-1]), field_names(model)
+        if name in known:  # (a suggestion would repeat the name)
+            return f"field '{name}' {unknown} on this message (only on others)"
+        close = _close(name, known)
+        return f"field '{name}' {unknown}" + (f"; did you mean '{close}'?" if close else "")
     if kind == "missing":
         return f"required field '{loc[-1]}' is missing"
     if kind == "literal_error":
