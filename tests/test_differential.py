@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import threading
 import time
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from .conftest import (
     TEST_CONFIGS,
     Backends,
     addr,
+    cluster,
+    config,
     edge_config,
     envoyize,
     exchange,
@@ -509,3 +512,41 @@ def test_weighted_clusters_shift_traffic_like_envoy(pair, backends: Backends) ->
         share = backends_seen.count("a") / 200
         assert 0.6 < share < 0.9, (kind, share)
         assert set(backends_seen) == {"a", "b"}, kind
+
+
+@pytest.mark.parametrize("mode", ["OVERWRITE", "APPEND_IF_ABSENT", "PASS_THROUGH"])
+def test_server_header_transformation_as_envoy(gateway, mode: str) -> None:
+    """The Server header of an upstream response (the backend sends one) and of a local
+    reply, under each server_header_transformation (Envoy Gateway sets PASS_THROUGH)."""
+    import http.server
+
+    class App(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            self.send_response(200)
+            self.send_header("content-length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    app = http.server.ThreadingHTTPServer(("127.0.0.23", 0), App)
+    threading.Thread(target=app.serve_forever, daemon=True).start()
+    try:
+        seen = {}
+        for kind in ("envoy", "edgegw"):
+            port = free_port()
+            cfg = config(port, [cluster("app", [app.server_address[:2]])], routes=[
+                {"match": {"prefix": "/local"}, "direct_response": {"status": 404}},
+                route("/", "app")], server_name="gw", server_header_transformation=mode)
+            gateway(cfg, kind=kind)
+            seen[kind] = [httpx.get(f"http://127.0.0.1:{port}{p}", timeout=5).headers.get_list(
+                "server") for p in ("/app", "/local")]
+        theirs = [f"BaseHTTP/{http.server.BaseHTTPRequestHandler.server_version[9:]} "
+                  f"{http.server.BaseHTTPRequestHandler.sys_version}"]
+        assert seen["edgegw"] == {"OVERWRITE": [["gw"], ["gw"]],
+                                  "APPEND_IF_ABSENT": [theirs, ["gw"]],
+                                  "PASS_THROUGH": [theirs, []]}[mode]
+        assert seen["edgegw"] == seen["envoy"]
+    finally:
+        app.shutdown()

@@ -79,6 +79,7 @@ class HttpConnectionManager:
             self.rds.load()
         self.clusters = clusters
         self.server_name = (cfg.server_name or "edgegw").encode("latin-1")
+        self.server_header = cfg.server_header_transformation
         self.forwarding = ForwardingPolicy.from_config(cfg)
         self.max_header_bytes = cfg.max_request_headers_kb * 1024
         self.codec_type = cfg.codec_type

@@ -343,7 +343,9 @@ class Stream:
         elif body:
             headers[:0] = [(b"content-length", b"%d" % len(body)),
                            (b"content-type", b"text/plain")]
-        headers += [(b"date", http_date()), (b"server", self.hcm.server_name)]
+        headers.append((b"date", http_date()))
+        if self.hcm.server_header != "PASS_THROUGH":
+            headers.append((b"server", self.hcm.server_name))
         if not body and not self.grpc:
             headers.append((b"content-length", b"0"))
         self.info.code = status
@@ -365,7 +367,12 @@ class Stream:
         """A response from upstream: Envoy's connection manager adds Date and Server."""
         if not any(k == b"date" for k, _ in headers):
             headers.append((b"date", http_date()))
-        headers.append((b"server", self.hcm.server_name))
+        mode = self.hcm.server_header
+        if mode == "OVERWRITE":
+            headers[:] = [kv for kv in headers if kv[0] != b"server"]
+            headers.append((b"server", self.hcm.server_name))
+        elif mode == "APPEND_IF_ABSENT" and not any(k == b"server" for k, _ in headers):
+            headers.append((b"server", self.hcm.server_name))
         for hook in self.response_hooks:
             hook(headers)
         self.info.code = status

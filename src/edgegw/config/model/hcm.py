@@ -182,6 +182,11 @@ class HttpConnectionManager(TypedMsg):
     skip_xff_append: Bool = False
     internal_address_config: InternalAddressConfig | None = None
     server_name: str = ""
+    server_header_transformation: Literal["OVERWRITE", "APPEND_IF_ABSENT",
+                                          "PASS_THROUGH"] = "OVERWRITE"
+    """The Server header of responses: always ``server_name`` (OVERWRITE), the upstream's
+    if it sent one (APPEND_IF_ABSENT), or only what the upstream sent (PASS_THROUGH; local
+    replies then have none)."""
     generate_request_id: Bool = True
     request_headers_timeout: Duration | None = None
     request_timeout: Duration | None = None

@@ -11,9 +11,6 @@ from ..codec import HOP_BY_HOP, Headers, connection_tokens
 if TYPE_CHECKING:
     from ..filter import FilterCallbacks
 
-RESPONSE_DROP = HOP_BY_HOP | {b"server"}
-
-
 def downstream_headers(cb: FilterCallbacks, status: int, headers: Headers, service_time: bytes,
                        suppress_envoy_headers: bool) -> Headers:
     tokens = None
@@ -21,7 +18,7 @@ def downstream_headers(cb: FilterCallbacks, status: int, headers: Headers, servi
     upgrade = status == 101 and bool(cb.head.upgrade)
     for kv in headers:
         k = kv[0]
-        if k in RESPONSE_DROP:
+        if k in HOP_BY_HOP:  # (Server stays: the connection manager transforms it)
             if k == b"connection":
                 tokens = kv[1]
                 if upgrade:
