@@ -112,11 +112,10 @@ def test_every_error_is_reported(tmp_path: Path) -> None:
 
 
 def test_a_field_known_elsewhere_is_not_suggested_to_itself(tmp_path: Path) -> None:
-    """Envoy Gateway puts per_connection_buffer_limit_bytes on clusters; edgegw has it on
-    listeners only. "did you mean 'per_connection_buffer_limit_bytes'?" said nothing."""
-    [p] = problems(tmp_path, MINIMAL.replace(
-        "  - name: c\n", "  - name: c\n    per_connection_buffer_limit_bytes: 32768\n"))
-    assert "clusters[0].per_connection_buffer_limit_bytes" in p
+    """Envoy Gateway puts access_log on listeners; edgegw has it on the connection manager
+    only. "did you mean 'access_log'?" said nothing."""
+    [p] = problems(tmp_path, MINIMAL.replace("  - name: l\n", "  - name: l\n    access_log: []\n"))
+    assert "listeners[0].access_log" in p
     assert "is not supported by edgegw on this message (only on others)" in p
     assert "did you mean" not in p
 

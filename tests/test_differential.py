@@ -550,3 +550,24 @@ def test_server_header_transformation_as_envoy(gateway, mode: str) -> None:
         assert seen["edgegw"] == seen["envoy"]
     finally:
         app.shutdown()
+
+
+def test_settings_envoy_gateway_writes_on_every_listener_and_cluster(pair, backend) -> None:
+    """max_connections_to_accept_per_socket_event: 1, a cluster's
+    per_connection_buffer_limit_bytes: 32768 and ignore_health_on_host_removal: true, a
+    locality and its weight: the config loads and serves under both (Envoy Gateway writes
+    them on every listener and cluster)."""
+    c = backend("127.0.0.22", "c")
+
+    def make(port: int) -> dict:
+        cfg = config(port, [cluster("app", [c], ignore_health_on_host_removal=True,
+                                    per_connection_buffer_limit_bytes=32768)])
+        cfg["static_resources"]["listeners"][0]["max_connections_to_accept_per_socket_event"] = 1
+        loc = cfg["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]
+        loc.update(locality={"region": "home", "zone": "rack-1"}, load_balancing_weight=1)
+        return cfg
+
+    for kind, (_, port) in pair(make).items():
+        with httpx.Client(timeout=5) as client:
+            got = [client.get(f"http://127.0.0.1:{port}/headers").status_code for _ in range(3)]
+        assert got == [200] * 3, kind

@@ -235,7 +235,7 @@ class Listener:
 
     def _accept(self) -> None:
         assert self.sock is not None
-        for _ in range(64):
+        for _ in range(self.cfg.max_connections_to_accept_per_socket_event or 64):
             try:
                 # socket.accept() without its wrapping: it converts family and type to enums
                 # and makes the socket blocking again, per connection

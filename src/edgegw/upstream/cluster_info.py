@@ -104,7 +104,7 @@ class ClusterInfo:
         self.max_response_header_bytes = (cfg.http_options.max_response_headers_kb or 60) * 1024
         self.max_response_headers = cfg.http_options.max_headers_count or 100
         """Envoy's response header limits: past them the response is a protocol error (502)."""
-        self.buffer_limit = 1024 * 1024
+        self.buffer_limit = cfg.per_connection_buffer_limit_bytes
         auto = cfg.auto_http
         h2opts = cfg.http2_options or (auto.http2_protocol_options if auto else None)
         self.http2 = cfg.http2_options is not None

@@ -29,8 +29,19 @@ class LbEndpoint(Msg):
     load_balancing_weight: UInt32 = Field(default=1, ge=1)
 
 
+class Locality(Msg):
+    region: str = ""
+    zone: str = ""
+    sub_zone: str = ""
+
+
 class LocalityLbEndpoints(Msg):
     lb_endpoints: list[LbEndpoint] = []
+    locality: Locality | None = None
+    """Where the endpoints are; read only by zone-aware and locality-weighted balancing,
+    which edgegw does not do (nor does Envoy without their settings, which edgegw refuses)."""
+    load_balancing_weight: UInt32 | None = Field(default=None, ge=1)
+    """The locality's weight: read only by locality-weighted balancing, as above."""
 
 
 class ClusterLoadAssignment(Msg):
@@ -231,6 +242,13 @@ class EdsClusterConfig(Msg):
 class Cluster(Msg):
     name: str = Field(min_length=1)
     type: Literal["STATIC", "STRICT_DNS", "LOGICAL_DNS", "EDS"] = "STATIC"
+    per_connection_buffer_limit_bytes: UInt32 = Field(default=1024 * 1024, ge=1)
+    """What an upstream connection buffers before the request's reading from the client
+    pauses (Envoy Gateway sets 32768)."""
+    ignore_health_on_host_removal: Literal[True] | None = None
+    """A host that service discovery (EDS, DNS) drops is dropped at once, whatever its health:
+    what edgegw always does (Envoy Gateway sets it). Envoy's default keeps a healthy one
+    while active health checks run, which edgegw does not, so false is refused."""
     eds_cluster_config: EdsClusterConfig | None = None
     connect_timeout: Duration = Field(default=5.0, gt=0)
     lb_policy: Literal["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH",

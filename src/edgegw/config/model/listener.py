@@ -182,6 +182,9 @@ class Listener(Msg):
     filter_chains: list[FilterChain] = []
     default_filter_chain: FilterChain | None = None
     per_connection_buffer_limit_bytes: UInt32 = Field(default=1024 * 1024, ge=1)
+    max_connections_to_accept_per_socket_event: UInt32 | None = Field(default=None, gt=0)
+    """How many pending connections one wake-up of the listener accepts before the loop
+    turns to other work (Envoy Gateway sets 1); unset: up to 64."""
     tcp_backlog_size: UInt32 | None = None
     ignore_global_conn_limit: Bool = False
 
