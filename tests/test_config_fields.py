@@ -40,11 +40,12 @@ NEEDS_NO_READING = {
     "PassThroughTlvs.tlv_type": "read through the model's keeps()",
     "NetworkRbac.enforcement_type": "only ONE_TIME_ON_FIRST_BYTE is accepted",
     "ExtAuthz.transport_api_version": "only V3 is accepted (it shapes gRPC checks only)",
-    "Locality.region": "read by zone-aware and locality-weighted balancing only, whose "
-                       "settings edgegw refuses (Envoy ignores it too then)",
+    "Locality.region": "a name: read by zone-aware routing only, whose settings edgegw "
+                       "refuses (locality weighting goes by the endpoint group)",
     "Locality.zone": "as region",
     "Locality.sub_zone": "as region",
     "Cluster.ignore_health_on_host_removal": "only true, what edgegw always does, is accepted",
+    "Policy.typed_extension_config": "read through LoadBalancingPolicy's chosen property",
     "FilterConfig.is_optional": "it lets Envoy skip a per-route config of a type it does not "
                                 "know; one edgegw does not know is refused either way",
     "OverloadManager.refresh_interval": "the connection limit is checked at each accept, as "

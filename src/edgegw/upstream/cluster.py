@@ -20,7 +20,7 @@ from ..stats import Store
 from ..tls.sds import SecretManager
 from . import lb
 from .cluster_info import ClusterInfo, RemainingStats
-from .eds import EdsFile, endpoints_of
+from .eds import EdsFile, Endpoint, Endpoints, endpoints_of
 from .health import HealthChecker
 from .host import Host
 from .outlier import OutlierDetector
@@ -136,10 +136,10 @@ class Cluster(ClusterInfo):
 
     async def resolve(self) -> None:
         self.stats.update_attempt.value += 1
-        found: list[tuple[str, int, str, int]] = []
+        found: Endpoints = []
         loop = asyncio.get_running_loop()
         ok = True
-        for name, port, hostname, weight in self.endpoints:
+        for name, port, hostname, weight, locality, locality_weight in self.endpoints:
             addrs: list[str] = []
             for family in _FAMILIES[self.cfg.dns_lookup_family]:
                 try:
@@ -155,7 +155,8 @@ class Cluster(ClusterInfo):
                     break
             if self.cfg.type == "LOGICAL_DNS":
                 addrs = addrs[:1]
-            found.extend((a, port, hostname or name, weight) for a in addrs)
+            found.extend((a, port, hostname or name, weight, locality, locality_weight)
+                         for a in addrs)
         if ok:
             self.stats.update_success.value += 1
         else:
@@ -163,20 +164,20 @@ class Cluster(ClusterInfo):
         if found or ok:
             self.set_hosts(found)
 
-    def set_hosts(self, endpoints: Iterable[tuple[str, int, str, int]]) -> bool:
+    def set_hosts(self, endpoints: Iterable[Endpoint]) -> bool:
         """Makes these the cluster's hosts; a host already there is kept as it is (its pool,
         health and outlier state). Says whether anything changed."""
         old = {(h.address, h.port): h for h in self.hosts}
-        before = [(h.address, h.port, h.weight) for h in self.hosts]
+        before = [h.placed for h in self.hosts]
         hosts = []
-        for address, port, hostname, weight in endpoints:
+        for address, port, hostname, weight, locality, locality_weight in endpoints:
             h = old.pop((address, port), None)
             if h is None:
                 h = Host(self, address, port, hostname, weight)
                 h.carry(self.counted.get(h.label))
-            h.weight = weight
+            h.weight, h.locality, h.locality_weight = weight, locality, locality_weight
             hosts.append(h)
-        if before == [(h.address, h.port, h.weight) for h in hosts]:
+        if before == [h.placed for h in hosts]:
             return False
         if old or len(hosts) != len(self.hosts):
             self.stats.membership_change.value += 1
@@ -198,7 +199,7 @@ class Cluster(ClusterInfo):
         total = len(self.hosts)
         self.panic = bool(total) and min(100.0, 140.0 * len(healthy) / total) \
             < self.panic_threshold
-        self.lb = lb.build(self.cfg, self.hosts if self.panic else healthy)
+        self.lb = lb.build(self.cfg, self.hosts if self.panic else healthy, self.hosts)
         store = self.stats._store
         prefix = f"cluster.{self.name}."
         if isinstance(self.lb, lb.RingHash):

@@ -27,8 +27,10 @@ _log = log.get("upstream")
 
 ASSIGNMENT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 
-Endpoints = list[tuple[str, int, str, int]]
-"""(address, port, hostname, weight) of each endpoint, in order."""
+Endpoint = tuple[str, int, str, int, int, int]
+"""(address, port, hostname, weight, locality, the locality's weight): locality is the index
+of the endpoint's group in the load assignment."""
+Endpoints = list[Endpoint]
 
 
 class EdsStats(StatSet):
@@ -44,8 +46,8 @@ class EdsStats(StatSet):
 def endpoints_of(cla: m.ClusterLoadAssignment) -> Endpoints:
     return [(e.endpoint.address.socket_address.address,
              e.endpoint.address.socket_address.port_value, e.endpoint.hostname,
-             e.load_balancing_weight)
-            for loc in cla.endpoints for e in loc.lb_endpoints]
+             e.load_balancing_weight, i, loc.load_balancing_weight or 1)
+            for i, loc in enumerate(cla.endpoints) for e in loc.lb_endpoints]
 
 
 class EdsFile(FileSubscription):

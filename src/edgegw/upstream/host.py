@@ -34,6 +34,9 @@ class Host:
         self.address = address
         self.port = port
         self.weight = weight
+        self.locality = 0
+        """The index of the host's group (locality) in the cluster's load assignment."""
+        self.locality_weight = 1
         self.failed_active_hc = False
         self.ejected = False
         """Out of the pool by outlier detection (Envoy's /failed_outlier_check)."""
@@ -61,6 +64,11 @@ class Host:
         if totals is not None:
             (self.cx_total, self.cx_connect_fail, self.rq_total, self.rq_error,
              self.rq_timeout) = totals
+
+    @property
+    def placed(self) -> tuple[str, int, int, int, int]:
+        """What service discovery says of the host: a change rebuilds the balancer."""
+        return (self.address, self.port, self.weight, self.locality, self.locality_weight)
 
     @property
     def healthy(self) -> bool:

@@ -13,6 +13,7 @@ import bisect
 import itertools
 import math
 import random
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import xxhash
@@ -204,8 +205,58 @@ class Maglev(LoadBalancer):
         return self.table[h % self.size]
 
 
-def build(cfg: m.Cluster, hosts: list[Host]) -> LoadBalancer:
-    """The balancer that the cluster's lb_policy names, over ``hosts``."""
+class LocalityWeighted(LoadBalancer):
+    """Envoy's locality-weighted balancing: a locality (a group of the load assignment) by its
+    weight scaled down by the share of its hosts that may be used (times the 1.4
+    overprovisioning factor, capped at 1), then a host within it by the cluster's policy.
+    Localities take turns by smooth weighted round robin, as Envoy's EDF scheduler spreads
+    them. Envoy Gateway splits traffic between backends this way."""
+
+    def __init__(self, hosts: list[Host], every: list[Host],
+                 make: Callable[[list[Host]], LoadBalancer]) -> None:
+        super().__init__(hosts)
+        total: dict[int, int] = {}
+        weight: dict[int, int] = {}
+        for h in every:
+            total[h.locality] = total.get(h.locality, 0) + 1
+            weight[h.locality] = h.locality_weight
+        usable: dict[int, list[Host]] = {}
+        for h in hosts:
+            usable.setdefault(h.locality, []).append(h)
+        self.localities = [(make(group), weight[loc] * min(1.0, 1.4 * len(group) / total[loc]))
+                           for loc, group in sorted(usable.items())]
+        self.current = [0.0] * len(self.localities)
+        self.total = sum(w for _, w in self.localities)
+
+    def choose(self, hash: int | None, attempt: int = 0) -> Host | None:
+        if not self.localities:
+            return None
+        cur = self.current
+        best = 0
+        for i, (_, w) in enumerate(self.localities):
+            cur[i] += w
+            if cur[i] > cur[best]:
+                best = i
+        cur[best] -= self.total
+        return self.localities[best][0].choose(hash, attempt)
+
+
+def build(cfg: m.Cluster, hosts: list[Host], every: list[Host] | None = None) -> LoadBalancer:
+    """The balancer that the cluster's lb_policy (or load_balancing_policy) names, over
+    ``hosts``; ``every`` is all the cluster's hosts, usable or not (locality weighting
+    scales a locality by its usable share)."""
+    if cfg.load_balancing_policy is not None:
+        typed = cfg.load_balancing_policy.chosen
+
+        def make(group: list[Host]) -> LoadBalancer:
+            if isinstance(typed, m.LeastRequestPolicy):
+                return LeastRequest(group, typed.choice_count)
+            return Random(group) if isinstance(typed, m.RandomPolicy) else RoundRobin(group)
+
+        llc = typed.locality_lb_config
+        if llc is not None and llc.locality_weighted_lb_config is not None:
+            return LocalityWeighted(hosts, every if every is not None else hosts, make)
+        return make(hosts)
     use_hostname = cfg.common_lb_config.consistent_hashing_lb_config.use_hostname_for_hashing
     policy = cfg.lb_policy
     if policy == "LEAST_REQUEST":

@@ -3,11 +3,23 @@ and upstream protocol options."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from .base import HTTP_OPTIONS_TYPE, Bool, Duration, Int, Msg, UInt32, one_of, typed_as
+from .base import (
+    HTTP_OPTIONS_TYPE,
+    Bool,
+    Duration,
+    Int,
+    Msg,
+    T,
+    TypedMsg,
+    UInt32,
+    by_type,
+    one_of,
+    typed_as,
+)
 from .core import (
     Address,
     ConfigSource,
@@ -38,10 +50,11 @@ class Locality(Msg):
 class LocalityLbEndpoints(Msg):
     lb_endpoints: list[LbEndpoint] = []
     locality: Locality | None = None
-    """Where the endpoints are; read only by zone-aware and locality-weighted balancing,
-    which edgegw does not do (nor does Envoy without their settings, which edgegw refuses)."""
+    """Where the endpoints are (a name; Envoy's zone-aware routing, which edgegw lacks, reads
+    it too). Each group of endpoints is a locality to locality-weighted balancing."""
     load_balancing_weight: UInt32 | None = Field(default=None, ge=1)
-    """The locality's weight: read only by locality-weighted balancing, as above."""
+    """The locality's weight, read by locality-weighted balancing (else by nothing, as in
+    Envoy)."""
 
 
 class ClusterLoadAssignment(Msg):
@@ -227,8 +240,66 @@ class MaglevLbConfig(Msg):
         return self
 
 
+_LB = T + "extensions.load_balancing_policies."
+
+
 class LeastRequestLbConfig(Msg):
     choice_count: UInt32 = Field(default=2, ge=2)
+
+
+class LocalityWeightedLbConfig(Msg):
+    """No fields: its presence turns locality-weighted balancing on."""
+
+
+class LocalityLbConfig(Msg):
+    locality_weighted_lb_config: LocalityWeightedLbConfig | None = None
+
+
+class RoundRobinPolicy(TypedMsg):
+    """envoy.load_balancing_policies.round_robin."""
+
+    locality_lb_config: LocalityLbConfig | None = None
+
+
+class LeastRequestPolicy(TypedMsg):
+    """envoy.load_balancing_policies.least_request."""
+
+    choice_count: UInt32 = Field(default=2, ge=2)
+    locality_lb_config: LocalityLbConfig | None = None
+
+
+class RandomPolicy(TypedMsg):
+    """envoy.load_balancing_policies.random."""
+
+    locality_lb_config: LocalityLbConfig | None = None
+
+
+if TYPE_CHECKING:
+    PolicyConfig = RoundRobinPolicy | LeastRequestPolicy | RandomPolicy
+else:
+    PolicyConfig = by_type((_LB + "round_robin.v3.RoundRobin", RoundRobinPolicy),
+                           (_LB + "least_request.v3.LeastRequest", LeastRequestPolicy),
+                           (_LB + "random.v3.Random", RandomPolicy))
+
+
+class PolicyExtension(Msg):
+    name: str = ""
+    typed_config: PolicyConfig
+
+
+class Policy(Msg):
+    typed_extension_config: PolicyExtension
+
+
+class LoadBalancingPolicy(Msg):
+    """The typed form of ``lb_policy`` (what Envoy Gateway writes): the first policy is the
+    cluster's (Envoy takes the first it knows; edgegw refuses one it does not know)."""
+
+    policies: list[Policy] = Field(min_length=1)
+
+    @property
+    def chosen(self) -> PolicyConfig:
+        return self.policies[0].typed_extension_config.typed_config
 
 
 class EdsClusterConfig(Msg):
@@ -253,6 +324,7 @@ class Cluster(Msg):
     connect_timeout: Duration = Field(default=5.0, gt=0)
     lb_policy: Literal["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH",
                        "MAGLEV"] = "ROUND_ROBIN"
+    load_balancing_policy: LoadBalancingPolicy | None = None
     common_lb_config: CommonLbConfig = CommonLbConfig()
     ring_hash_lb_config: RingHashLbConfig | None = None
     maglev_lb_config: MaglevLbConfig | None = None
@@ -271,6 +343,12 @@ class Cluster(Msg):
         Literal["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"],
         Annotated[UpstreamHttpProtocolOptions, typed_as(HTTP_OPTIONS_TYPE)],
     ] = {}
+
+    @model_validator(mode="after")
+    def _one_policy(self) -> Cluster:
+        if self.load_balancing_policy is not None and "lb_policy" in self.model_fields_set:
+            raise ValueError("set lb_policy or load_balancing_policy, not both")
+        return self
 
     @model_validator(mode="after")
     def _eds(self) -> Cluster:
