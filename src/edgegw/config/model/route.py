@@ -55,15 +55,25 @@ class RouteMatch(Msg):
     prefix: str | None = None
     path: str | None = None
     safe_regex: RegexMatcher | None = None
+    path_separated_prefix: str | None = Field(default=None, pattern=r"^[^?#]+[^?#/]$")
+    """The path (its query aside) is this or starts with it and a '/': ``/api`` matches
+    ``/api`` and ``/api/x``, not ``/apis`` (Envoy Gateway's PathPrefix matches)."""
     case_sensitive: Bool = True
     headers: list[HeaderMatcher] = []
 
     @model_validator(mode="after")
     def _one(self) -> RouteMatch:
-        given = [n for n in ("prefix", "path", "safe_regex") if getattr(self, n) is not None]
+        given = [n for n in ("prefix", "path", "safe_regex", "path_separated_prefix")
+                 if getattr(self, n) is not None]
         if len(given) != 1:
-            raise ValueError("exactly one of prefix, path, safe_regex must be set")
+            raise ValueError("exactly one of prefix, path, safe_regex, path_separated_prefix "
+                             "must be set")
         return self
+
+    @property
+    def rewritable_prefix(self) -> str | None:
+        """What prefix_rewrite replaces: the prefix of either kind of prefix match."""
+        return self.prefix if self.prefix is not None else self.path_separated_prefix
 
 
 RETRY_ON = ("5xx", "gateway-error", "reset", "connect-failure", "retriable-4xx",
@@ -219,6 +229,10 @@ class MaxStreamDuration(Msg):
 
 class RouteAction(Msg):
     cluster: str | None = Field(default=None, min_length=1)
+    cluster_not_found_response_code: Literal["SERVICE_UNAVAILABLE", "NOT_FOUND",
+                                             "INTERNAL_SERVER_ERROR"] = "SERVICE_UNAVAILABLE"
+    """The answer when the cluster is not there (a route from RDS may name one CDS has not
+    sent, or has removed): 503, 404 or 500."""
     weighted_clusters: WeightedCluster | None = None
     hash_policy: list[HashPolicy] = []
     request_mirror_policies: list[RequestMirrorPolicy] = []
@@ -570,6 +584,9 @@ class Route(HeaderMutations):
 
 class VirtualHost(HeaderMutations):
     name: str = Field(min_length=1)
+    metadata: Metadata | None = None
+    """Kept and acted on by nothing (as in Envoy with no filter that reads it; Envoy Gateway
+    names the Kubernetes resources there)."""
     domains: list[str] = Field(min_length=1)
     routes: list[Route] = []
     require_tls: Literal["NONE", "EXTERNAL_ONLY", "ALL"] = "NONE"

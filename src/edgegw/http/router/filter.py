@@ -113,7 +113,7 @@ class Router:
         if cluster is None:
             self.cfg.stats.no_cluster.value += 1
             cb.info.add_flag(ResponseFlag.NC)
-            cb.send_local_reply(503, b"")
+            cb.send_local_reply(action.not_found, b"")
             return
         cb.info.cluster = cluster
         if action.hash is not None:

@@ -45,6 +45,16 @@ def _path_matcher(rm: m.RouteMatch) -> Callable[[str], bool]:
     if rm.prefix is not None:
         p = rm.prefix if cs else rm.prefix.lower()
         return (lambda path: path.startswith(p)) if cs else (lambda path: path.lower().startswith(p))
+    if rm.path_separated_prefix is not None:
+        p = rm.path_separated_prefix if cs else rm.path_separated_prefix.lower()
+        q = p + "/"
+
+        def separated(path: str) -> bool:
+            base = path.partition("?")[0]
+            base = base if cs else base.lower()
+            return base == p or base.startswith(q)
+
+        return separated
     if rm.path is not None:
         p = rm.path if cs else rm.path.lower()
         if cs:
@@ -81,6 +91,8 @@ class Forward:
     """max_stream_duration.grpc_timeout_header_max: a gRPC request's grpc-timeout becomes the
     route timeout, capped by it (0: uncapped); None: grpc-timeout is not honoured."""
     grpc_timeout_offset: float = 0.0
+    not_found: int = 503
+    """The status when the cluster is not there (cluster_not_found_response_code)."""
 
     def pick_cluster(self) -> str:
         if not self.weighted:
@@ -116,6 +128,7 @@ class Direct:
 _REDIRECT_CODES = {"MOVED_PERMANENTLY": 301, "FOUND": 302, "SEE_OTHER": 303,
                    "TEMPORARY_REDIRECT": 307, "PERMANENT_REDIRECT": 308}
 DEFAULT_ROUTE_TIMEOUT = 15.0
+_NOT_FOUND = {"SERVICE_UNAVAILABLE": 503, "NOT_FOUND": 404, "INTERNAL_SERVER_ERROR": 500}
 
 
 @dataclass(frozen=True)
@@ -155,6 +168,7 @@ def _action(r: m.Route, vhost: m.VirtualHost) -> Forward | Redirect | Direct:
             if cw.weight:
                 weighted.append(((weighted[-1][0] if weighted else 0) + cw.weight, cw.name))
         return Forward(
+            not_found=_NOT_FOUND[a.cluster_not_found_response_code],
             cluster=a.cluster or weighted[0][1],
             weighted=tuple(weighted),
             timeout=timeout,
@@ -163,7 +177,8 @@ def _action(r: m.Route, vhost: m.VirtualHost) -> Forward | Redirect | Direct:
             host_rewrite=a.host_rewrite_literal.encode("latin-1")
             if a.host_rewrite_literal else None,
             auto_host_rewrite=a.auto_host_rewrite,
-            prefix=r.match.prefix.encode("latin-1") if r.match.prefix is not None else None,
+            prefix=(r.match.rewritable_prefix.encode("latin-1")
+                    if r.match.rewritable_prefix is not None else None),
             prefix_rewrite=a.prefix_rewrite.encode("latin-1")
             if a.prefix_rewrite is not None else None,
             hash=compile_hash_policy(a.hash_policy),
@@ -179,7 +194,8 @@ def _action(r: m.Route, vhost: m.VirtualHost) -> Forward | Redirect | Direct:
     if r.redirect is not None:
         d = r.redirect
         return Redirect(https=d.https_redirect, scheme=d.scheme_redirect, host=d.host_redirect,
-                        port=d.port_redirect, path=d.path_redirect, prefix=r.match.prefix,
+                        port=d.port_redirect, path=d.path_redirect,
+                        prefix=r.match.rewritable_prefix,
                         prefix_rewrite=d.prefix_rewrite, status=_REDIRECT_CODES[d.response_code],
                         strip_query=d.strip_query)
     assert r.direct_response is not None
