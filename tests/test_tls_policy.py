@@ -125,3 +125,38 @@ def _yaml_with(sock: dict) -> str:
         "name": "l", "address": addr("127.0.0.1", 1), "filter_chains": [{
             "transport_socket": sock, "filters": [hcm([{"name": "v", "domains": ["*"],
                                                         "routes": []}])]}]}]}})
+
+
+@pytest.mark.envoy
+@pytest.mark.parametrize("disabled", [False, True])
+def test_session_resumption_switches_as_envoy(pair, certs: Path, backends: Backends,
+                                             disabled: bool) -> None:
+    """disable_stateless_session_resumption (with the stateful switch, as Envoy Gateway
+    writes both): a second connection resumes the first one's TLS 1.3 session, or does not."""
+    import socket
+    import ssl
+
+    def make(port: int) -> dict:
+        cfg = edge_config(certs, backends, port)
+        for fc in cfg["static_resources"]["listeners"][0]["filter_chains"]:
+            fc["transport_socket"]["typed_config"].update(
+                disable_stateless_session_resumption=disabled,
+                disable_stateful_session_resumption=disabled)
+        return cfg
+
+    ctx = ssl.create_default_context(cafile=str(certs / "dev-ca.pem"))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+
+    def connect(port: int, session: ssl.SSLSession | None) -> tuple[bool, ssl.SSLSession | None]:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+                ctx.wrap_socket(raw, server_hostname="a.example.com", session=session) as s:
+            s.sendall(b"GET /headers HTTP/1.1\r\nhost: a.example.com\r\nconnection: close\r\n\r\n")
+            while s.recv(65536):  # (the tickets come after the handshake, before the reply)
+                pass
+            return s.session_reused, s.session
+
+    seen = {}
+    for kind, (_, port) in pair(make).items():
+        _, first = connect(port, None)
+        seen[kind] = connect(port, first)[0]
+    assert seen == {"edgegw": not disabled, "envoy": not disabled}

@@ -232,6 +232,9 @@ class ServerTls:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             _params(ctx, common.tls_params, ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3)
             ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+            if self.cfg.disable_stateless_session_resumption:
+                ctx.options |= ssl.OP_NO_TICKET
+                ctx.num_tickets = 0  # (TLS 1.3: OpenSSL would issue stateful tickets instead)
             ctx.set_alpn_protocols(_alpn(common.alpn_protocols))
             _load_chain(ctx, pair)
             if ca_pem:

@@ -126,6 +126,12 @@ class Secret(Msg):
 class DownstreamTlsContext(Msg):
     common_tls_context: CommonTlsContext = CommonTlsContext()
     require_client_certificate: Bool = False
+    disable_stateless_session_resumption: Bool = False
+    """No session tickets (TLS 1.2 and 1.3): each connection makes a full handshake, as
+    Envoy Gateway sets it."""
+    disable_stateful_session_resumption: Bool = False
+    """No session cache (TLS 1.2 session IDs). edgegw keeps none either way (Python's ssl
+    resumes a server's sessions by tickets only), so this changes nothing."""
 
     @model_validator(mode="after")
     def _certs(self) -> DownstreamTlsContext:
