@@ -12,7 +12,11 @@ from typing import Any, Generic, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from .. import log
+from ..stats import Counter
 from .source import FileSignature, file_signature
+
+_log = log.get("config")
 
 POLL = 0.5
 M = TypeVar("M", bound=BaseModel)
@@ -63,13 +67,43 @@ def read_response(path: str, kind: str, url: str, model: type[M]) -> Response[M]
         raise SubscriptionError(f"{kind} file '{path}': {where}: {first['msg']}") from None
 
 
-class FileSubscription:
-    """Calls ``load`` again whenever the file at ``path`` changes, once started."""
+class FileSubscription(Generic[M]):
+    """Calls ``load`` again whenever the file at ``path`` changes, once started. ``fetch``
+    reads it for ``load``: the one resource named ``name`` (a subclass says its ``kind``,
+    type ``url``, ``model``, the ``noun`` Envoy's errors use, and ``name_of``), counting
+    each read in ``attempt`` and each refused one in ``rejected`` (logged as ``what``'s,
+    e.g. "cluster 'app'")."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    kind = ""
+    url = ""
+    noun = ""
+    model: type[M]
+
+    def __init__(self, path: str, name: str, what: str, attempt: Counter,
+                 rejected: Counter) -> None:
+        self.path, self.name, self.what = path, name, what
+        self.attempt, self.rejected = attempt, rejected
         self.seen: FileSignature | None = None
         self._task: asyncio.Task[None] | None = None
+
+    def name_of(self, resource: M) -> str:
+        raise NotImplementedError
+
+    def fetch(self) -> Response[M] | None:
+        self.seen = file_signature(self.path)
+        self.attempt.value += 1
+        try:
+            response = read_response(self.path, self.kind, self.url, self.model)
+            got = response.resource
+            if got is not None and self.name_of(got) != self.name:
+                raise SubscriptionError(f"Unexpected {self.kind} {self.noun} (expecting "
+                                        f"{self.name}): {self.name_of(got)}")
+        except SubscriptionError as e:
+            self.rejected.value += 1
+            _log.warning("%s: %s update rejected, what it gave before stays: %s",
+                         self.kind.lower(), self.what, e)
+            return None
+        return response
 
     def load(self) -> None:
         raise NotImplementedError

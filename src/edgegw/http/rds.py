@@ -19,14 +19,10 @@ from typing import Any
 
 import xxhash
 
-from .. import log
 from ..config import model as m
-from ..config.source import file_signature
-from ..config.subscription import FileSubscription, SubscriptionError, read_response
+from ..config.subscription import FileSubscription
 from ..stats import Counter, Gauge, StatSet, Store
 from .router.table import RouteTable, compile_routes
-
-_log = log.get("router")
 
 ROUTES_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 
@@ -40,36 +36,34 @@ class RdsStats(StatSet):
     version: Gauge
 
 
-class RdsFile(FileSubscription):
+class RdsFile(FileSubscription[m.RouteConfiguration]):
     """One connection manager's subscription to its RDS file; ``apply`` swaps its table."""
+
+    kind, url, noun, model = "RDS", ROUTES_TYPE, "configuration", m.RouteConfiguration
 
     def __init__(self, cfg: m.Rds, stat_prefix: str, store: Store,
                  apply: Callable[[RouteTable], None]) -> None:
-        super().__init__(cfg.config_source.file)
-        self.name = cfg.route_config_name
+        name = cfg.route_config_name
+        self.stats = RdsStats(store, f"http.{stat_prefix}.rds.{name}.")
+        super().__init__(cfg.config_source.file, name, f"route config '{name}'",
+                         self.stats.update_attempt, self.stats.update_rejected)
         self.apply = apply
-        self.stats = RdsStats(store, f"http.{stat_prefix}.rds.{self.name}.")
         self.current: m.RouteConfiguration | None = None
         self.version = ""
         self.raw: dict[str, Any] = {}
         """The route configuration in use as the file wrote it (for /config_dump)."""
         self.updated = 0.0
 
+    def name_of(self, resource: m.RouteConfiguration) -> str:
+        return resource.name
+
     def load(self) -> None:
-        self.seen = file_signature(self.path)
-        self.stats.update_attempt.value += 1
-        try:
-            response = read_response(self.path, "RDS", ROUTES_TYPE, m.RouteConfiguration)
-            rc = response.resource
-            if rc is not None and rc.name != self.name:
-                raise SubscriptionError(f"Unexpected RDS configuration (expecting "
-                                        f"{self.name}): {rc.name}")
-        except SubscriptionError as e:
-            self.stats.update_rejected.value += 1
-            _log.warning("rds: route config '%s' rejected, its routes stay: %s", self.name, e)
+        response = self.fetch()
+        if response is None:
             return
         self.stats.update_success.value += 1
         self.stats.version.value = xxhash.xxh64_intdigest(response.version.encode())
+        rc = response.resource
         if rc is None:
             self.stats.update_empty.value += 1
             return

@@ -17,13 +17,9 @@ from collections.abc import Callable
 
 import xxhash
 
-from .. import log
 from ..config import model as m
-from ..config.source import file_signature
-from ..config.subscription import FileSubscription, SubscriptionError, read_response
+from ..config.subscription import FileSubscription
 from ..stats import Counter, Gauge, StatSet, Store
-
-_log = log.get("upstream")
 
 ASSIGNMENT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 
@@ -50,36 +46,29 @@ def endpoints_of(cla: m.ClusterLoadAssignment) -> Endpoints:
             for i, loc in enumerate(cla.endpoints) for e in loc.lb_endpoints]
 
 
-class EdsFile(FileSubscription):
+class EdsFile(FileSubscription[m.ClusterLoadAssignment]):
     """One EDS cluster's subscription to its file. ``apply`` sets the cluster's hosts and
     says whether they changed."""
 
+    kind, url, noun, model = "EDS", ASSIGNMENT_TYPE, "cluster", m.ClusterLoadAssignment
+
     def __init__(self, cluster_name: str, cfg: m.EdsClusterConfig, attempt: Counter,
                  success: Counter, apply: Callable[[Endpoints], bool], store: Store) -> None:
-        super().__init__(cfg.eds_config.file)
-        self.cluster_name = cluster_name
-        self.name = cfg.service_name or cluster_name
-        self.attempt, self.success, self.apply = attempt, success, apply
         self.stats = EdsStats(store, f"cluster.{cluster_name}.")
+        super().__init__(cfg.eds_config.file, cfg.service_name or cluster_name,
+                         f"cluster '{cluster_name}'", attempt, self.stats.update_rejected)
+        self.success, self.apply = success, apply
+
+    def name_of(self, resource: m.ClusterLoadAssignment) -> str:
+        return resource.cluster_name
 
     def load(self) -> None:
-        self.seen = file_signature(self.path)
-        self.attempt.value += 1
-        try:
-            response = read_response(self.path, "EDS", ASSIGNMENT_TYPE,
-                                     m.ClusterLoadAssignment)
-            cla = response.resource
-            if cla is not None and cla.cluster_name != self.name:
-                raise SubscriptionError(f"Unexpected EDS cluster (expecting {self.name}): "
-                                        f"{cla.cluster_name}")
-        except SubscriptionError as e:
-            self.stats.update_rejected.value += 1
-            _log.warning("eds: cluster '%s' update rejected, its endpoints stay: %s",
-                         self.cluster_name, e)
+        response = self.fetch()
+        if response is None:
             return
         self.success.value += 1
         self.stats.version.value = xxhash.xxh64_intdigest(response.version.encode())
-        if cla is None:
+        if response.resource is None:
             self.stats.update_empty.value += 1
-        elif not self.apply(endpoints_of(cla)):
+        elif not self.apply(endpoints_of(response.resource)):
             self.stats.update_no_rebuild.value += 1
