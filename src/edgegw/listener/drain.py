@@ -28,6 +28,9 @@ class DrainManager:
         self.drain_time = drain_time
         self.strategy = strategy
         self.started: float | None = None
+        self.health_failed = False
+        """POST /healthcheck/fail: every response closes its connection, as in Envoy, so
+        that clients move to the nodes a balancer still sends them to."""
 
     @property
     def draining(self) -> bool:
@@ -50,6 +53,8 @@ class DrainManager:
 
     def drain_close(self) -> bool:
         """Whether the response being sent closes its connection."""
+        if self.health_failed:
+            return True
         if self.started is None:
             return False
         elapsed = time.monotonic() - self.started
