@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import copy
 import os
+import random
 import shutil
 import signal
 import socket
@@ -34,7 +35,29 @@ EXAMPLES = ROOT / "configs" / "examples"
 ENVOY = shutil.which("envoy", path=str(Path(sys.executable).parent)) or shutil.which("envoy")
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+EPHEMERAL_LOW = _ephemeral_low()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on, below the kernel's ephemeral range. A port from bind(0) is
+    an ephemeral one, which any client connection may take as its own before the test's
+    server binds it (a CI run under load: "cannot bind 127.0.0.1:45835: Address already in
+    use"); a port below the range is never handed to a client."""
+    for _ in range(200):
+        port = random.randrange(10000, EPHEMERAL_LOW)
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
