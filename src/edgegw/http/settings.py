@@ -104,7 +104,8 @@ class HttpConnectionManager:
         self.access_logs = [AccessLogger(a) for a in cfg.access_log]
         router = cfg.http_filters[-1].typed_config if cfg.http_filters else None
         self.router = RouterConfig(clusters, store, cfg.stat_prefix,
-                                   isinstance(router, m.Router) and router.suppress_envoy_headers)
+                                   isinstance(router, m.Router) and router.suppress_envoy_headers,
+                                   cfg.server_header_transformation)
         self.filters: list[tuple[str, http_filter.HttpFilter, bool]] = [
             (f.name, BasicAuthFilter(f.typed_config, store, cfg.stat_prefix, basic_auth_users)
              if basic_auth_users is not None and isinstance(f.typed_config, m.BasicAuth)

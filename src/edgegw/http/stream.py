@@ -367,11 +367,9 @@ class Stream:
         """A response from upstream: Envoy's connection manager adds Date and Server."""
         if not any(k == b"date" for k, _ in headers):
             headers.append((b"date", http_date()))
-        mode = self.hcm.server_header
-        if mode == "OVERWRITE":
-            headers[:] = [kv for kv in headers if kv[0] != b"server"]
-            headers.append((b"server", self.hcm.server_name))
-        elif mode == "APPEND_IF_ABSENT" and not any(k == b"server" for k, _ in headers):
+        mode = self.hcm.server_header  # (under OVERWRITE the router dropped the upstream's)
+        if mode == "OVERWRITE" or (mode == "APPEND_IF_ABSENT"
+                                   and not any(k == b"server" for k, _ in headers)):
             headers.append((b"server", self.hcm.server_name))
         for hook in self.response_hooks:
             hook(headers)

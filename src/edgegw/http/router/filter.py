@@ -242,7 +242,7 @@ class Router:
         self._charge(status)
         self.service_time = b"%d" % int((time.monotonic() - req.sent_at) * 1000)
         out = downstream_headers(cb, status, headers, self.service_time,
-                                 self.cfg.suppress_envoy_headers)
+                                 self.cfg.suppress_envoy_headers, self.cfg.response_drop)
         cb.info.details = "via_upstream"
         if end_stream:
             self._complete(req)

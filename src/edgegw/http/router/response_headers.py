@@ -6,19 +6,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..codec import HOP_BY_HOP, Headers, connection_tokens
+from ..codec import Headers, connection_tokens
 
 if TYPE_CHECKING:
     from ..filter import FilterCallbacks
 
 def downstream_headers(cb: FilterCallbacks, status: int, headers: Headers, service_time: bytes,
-                       suppress_envoy_headers: bool) -> Headers:
+                       suppress_envoy_headers: bool, drop: frozenset[bytes]) -> Headers:
+    """``drop``: the hop-by-hop headers, and Server when the connection manager overwrites
+    it (RouterConfig.response_drop)."""
     tokens = None
     out: Headers = []
     upgrade = status == 101 and bool(cb.head.upgrade)
     for kv in headers:
         k = kv[0]
-        if k in HOP_BY_HOP:  # (Server stays: the connection manager transforms it)
+        if k in drop:
             if k == b"connection":
                 tokens = kv[1]
                 if upgrade:
