@@ -102,10 +102,11 @@ def main(argv: list[str] | None = None) -> None:
         die_with_parent()
     config_yaml = _merge_yaml(args.config_yaml, override)
 
-    def loader():
-        """The same files and flags again, for a config reload."""
+    def loader(xds=None):
+        """The same files and flags again, for a config reload, with what a control plane
+        gave (``xds``)."""
         src = load(args.config_path, config_yaml)
-        return from_source(src), src.data
+        return from_source(src, xds), src.data
 
     _serve(boot, vars(args), src.data, loader)
 

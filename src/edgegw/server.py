@@ -20,7 +20,9 @@ from . import compiled, log
 from .admin import Admin, clusters_doc, dump, listener_statuses, server_info, status
 from .config import Bootstrap, ConfigError
 from .config.dynamic import files as dynamic_files
+from .config.model import HttpConnectionManager
 from .config.source import FileSignature, file_signature
+from .config.subscription import Subscription
 from .listener import Listener
 from .listener.drain import DrainManager
 from .overload import ConnectionLimit
@@ -30,12 +32,29 @@ from .tls.acme import AcmeClient, clients_for
 from .tls.certs import cert_details, days_left, parse_chain
 from .tls.sds import SecretManager
 from .upstream.cluster import ClusterManager
+from .xds.listeners_clusters import DynamicConfig
+from .xds.mux import XdsMux
 
 _log = log.get("main")
 _config_log = log.get("config")
 
 CONFIG_POLL = 0.5
 """Seconds between looks at the config files for changes."""
+
+
+def _uses_xds(boot: Bootstrap) -> bool:
+    """Whether anything comes from a control plane (the config checks have each source)."""
+    dyn = boot.dynamic_resources
+    if dyn is not None and (dyn.ads_config is not None or any(
+            cs is not None and cs.xds for cs in (dyn.lds_config, dyn.cds_config))):
+        return True
+    return any(c.eds_cluster_config is not None and c.eds_cluster_config.eds_config.xds
+               for c in boot.static_resources.clusters) or any(
+        isinstance(f.typed_config, HttpConnectionManager) and f.typed_config.rds is not None
+        and f.typed_config.rds.config_source.xds for lst in boot.static_resources.listeners
+        for fc in [*lst.filter_chains, *([lst.default_filter_chain]
+                                         if lst.default_filter_chain else [])]
+        for f in fc.filters)
 
 
 def _server_names(boot: Bootstrap) -> set[str]:
@@ -47,7 +66,7 @@ def _server_names(boot: Bootstrap) -> set[str]:
 class Server:
     def __init__(self, boot: Bootstrap, options: dict[str, Any] | None = None,
                  raw_config: dict[str, Any] | None = None,
-                 loader: Callable[[], tuple[Bootstrap, dict[str, Any]]] | None = None) -> None:
+                 loader: Callable[..., tuple[Bootstrap, dict[str, Any]]] | None = None) -> None:
         self.boot = boot
         self.notes = list(boot.notes)
         """The warnings of the config as last read (a reload logs only new ones)."""
@@ -74,8 +93,19 @@ class Server:
         self.limit = ConnectionLimit(self.active_downstream, int(
             self.options.get("concurrency") or 1) if self.worker is not None else 1)
         self.limit.configure(boot.overload_manager.max_connections)
+        self.xds: XdsMux | None = None
+        """The streams to the control plane, when the config has one."""
+        if _uses_xds(boot):
+            dyn = boot.dynamic_resources
+            self.xds = XdsMux(boot.node, dyn.ads_config if dyn else None, self._cluster,
+                              self.store)
         self.secrets, self.clusters, self.listeners = self._build(boot)
         self.loader = loader
+        self.dynamic: DynamicConfig | None = None
+        """Listeners and clusters from the control plane (LDS, CDS)."""
+        if self.xds is not None and loader is not None and boot.dynamic_resources:
+            self.dynamic = DynamicConfig(boot.dynamic_resources, self.xds, self.store,
+                                         loader, self._apply_xds)
         """Reads and checks the config again (the command line's files): what reloads use."""
         self.background = Tasks()
         """Retiring old configs, the config file watch, SIGHUP reloads."""
@@ -96,7 +126,8 @@ class Server:
         """The runtime objects of one config: what a reload builds anew and swaps in
         (unchanged plain clusters are carried over from ``previous``)."""
         secrets = SecretManager(boot, self.store)
-        clusters = ClusterManager(boot.static_resources.clusters, self.store, secrets, previous)
+        clusters = ClusterManager(boot.static_resources.clusters, self.store, secrets, previous,
+                                  self.xds)
         listeners = [Listener(lc, clusters, self.store, secrets)
                      for lc in boot.static_resources.listeners]
         for lst in listeners:
@@ -104,6 +135,10 @@ class Server:
             lst.limit = self.limit
             lst.drainer = self.drainer
         return secrets, clusters, listeners
+
+    def _cluster(self, name: str) -> Any:
+        """The cluster of that name in the config now served (the control plane's)."""
+        return self.clusters.get(name)
 
     async def reload(self, why: str) -> bool:
         """Loads the config again and swaps it in if it is valid (edgegw-only; Envoy's own
@@ -123,7 +158,7 @@ class Server:
         counter = self.store.counter
         counter("edgegw.config_reload.attempt").value += 1
         try:
-            boot, raw = loader()
+            boot, raw = loader(self.dynamic.resources if self.dynamic else None)
         except ConfigError as e:
             self.config_seen = self._config_files_now()  # not again until it changes again
             return self._rejected(why, *e.problems)
@@ -138,23 +173,41 @@ class Server:
         if boot.admin.model_dump() != self.boot.admin.model_dump():
             _config_log.warning("config reload (%s): admin changes take effect after a restart",
                                 why)
+        if (boot.dynamic_resources, boot.node) != (self.boot.dynamic_resources, self.boot.node):
+            _config_log.warning("config reload (%s): node and dynamic_resources changes take "
+                                "effect after a restart", why)
+        return await self._swap(boot, raw, why)
+
+    async def _apply_xds(self, built: tuple[Bootstrap, dict[str, Any]], why: str) -> bool:
+        """Serves the config an LDS or CDS update made (checked already)."""
+        if self._reload_lock is None:
+            self._reload_lock = asyncio.Lock()
+        async with self._reload_lock:
+            boot, raw = built
+            counter = self.store.counter
+            counter("edgegw.config_reload.attempt").value += 1
+            return await self._swap(boot, raw, why)
+
+    async def _swap(self, boot: Bootstrap, raw: dict[str, Any], why: str) -> bool:
+        """Builds the runtime of ``boot``, warms it, and swaps it in for new requests."""
+        counter = self.store.counter
         try:
             secrets, clusters, listeners = self._build(boot, self.clusters)
         except (OSError, ValueError) as e:
             return self._rejected(why, e)
         old_keys = {lst.key: lst for lst in self.listeners}
-        bound: list[Listener] = []
         try:
             for lst in listeners:
                 if lst.key not in old_keys or lst.key[1] == 0:
                     lst.bind()
-                    bound.append(lst)
             await clusters.start()
-        except OSError as e:
-            for lst in bound:
-                if lst.sock is not None:
-                    lst.sock.close()
+            await self._warm(clusters, listeners)
+        except (OSError, asyncio.CancelledError) as e:
+            for lst in listeners:  # (closes the sockets bound above, ends RDS watches)
+                lst.stop()
             clusters.stop(keep=self.clusters)
+            if isinstance(e, asyncio.CancelledError):
+                raise
             return self._rejected(why, e)
         old_listeners, old_clusters, old_secrets = self.listeners, self.clusters, self.secrets
         for lst in listeners:
@@ -180,6 +233,16 @@ class Server:
         _config_log.info("config reload (%s): now serving the new config (%d listener(s), %d "
                          "cluster(s)%s)", why, len(listeners), len(clusters.clusters), names)
         return True
+
+    async def _warm(self, clusters: ClusterManager, listeners: list[Listener]) -> None:
+        """Waits for what new clusters and listeners ask a control plane for (EDS hosts,
+        RDS routes), each up to its initial_fetch_timeout: nothing half-built serves."""
+        subs: list[Subscription[Any]] = [c.eds for n, c in clusters.clusters.items()
+                                          if c.eds is not None and n not in clusters.kept]
+        subs += [sub for lst in listeners for sub in lst.subscriptions()]
+        waiting = [s for s in subs if not s.ready.is_set()]
+        if waiting:
+            await asyncio.gather(*(s.warmed() for s in waiting))
 
     def _follow_acme(self, boot: Bootstrap) -> None:
         """(Re)starts the ACME clients when their settings are new or changed."""
@@ -216,6 +279,7 @@ class Server:
             await self.admin.start()
         _config_log.info("loading %d cluster(s)", len(self.clusters.clusters))
         await self.clusters.start()
+        await self._warm(self.clusters, self.listeners)
         _config_log.info("loading %d listener(s)", len(self.listeners))
         for lst in self.listeners:
             lst.start()
@@ -224,6 +288,8 @@ class Server:
         gc.freeze()
         self.secrets.start()
         self._follow_acme(self.boot)
+        if self.dynamic is not None:
+            self.dynamic.start()
         self._state = "LIVE"
         self.store.gauge("server.concurrency").value = int(self.options.get("concurrency") or 1) \
             if self.worker is not None else 1
@@ -234,7 +300,8 @@ class Server:
     def state(self) -> str:
         """Envoy's server state; LIVE only once every listener the sites file asks for is
         there (HTTPS waits for a first certificate)."""
-        if self._state == "LIVE" and self.boot.waiting:
+        if self._state == "LIVE" and (self.boot.waiting or (
+                self.dynamic is not None and not self.dynamic.initialized.is_set())):
             return "INITIALIZING"
         return "DRAINING" if self.health_failed and self._state == "LIVE" else self._state
 
@@ -440,6 +507,10 @@ class Server:
     async def stop(self) -> None:
         self._state = "DRAINING"
         self.background.cancel()
+        if self.dynamic is not None:
+            self.dynamic.stop()
+        if self.xds is not None:
+            self.xds.stop()
         for lst in [*self.listeners, *self.retired_listeners]:
             lst.stop()
         self.clusters.stop()

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from .dynamic import expand
+from .dynamic import XdsResources, expand
 from .model import Bootstrap
 from .model.base import Msg
 from .source import ConfigError, Path, Source, load
@@ -104,8 +104,10 @@ def clean_loc(loc: tuple[Any, ...]) -> Path:
                  or not str(p).startswith(("function-", "[", "type.googleapis.com/")))
 
 
-def from_source(src: Source) -> Bootstrap:
-    src, dynamic, names = expand(src)
+def from_source(src: Source, xds: XdsResources | None = None) -> Bootstrap:
+    """The checked model of ``src``, with the listeners and clusters a control plane sent
+    (``xds``) where its dynamic_resources asks for them."""
+    src, dynamic, names = expand(src, xds)
     names = {**src.names, **names}
     problems: list[str] = []
     try:

@@ -21,6 +21,7 @@ from .datasource import DataSourceError, read
 from .htpasswd import parse_users
 from .model import (
     AccessLog,
+    ApiConfigSource,
     BasicAuth,
     BasicAuthPerRoute,
     Bootstrap,
@@ -70,6 +71,7 @@ def cross_check(boot: Bootstrap) -> list[Problem]:
         out.extend(_check_ip(sa.address, base + ("address", "socket_address", "address")))
         out.extend(_check_listener(lst, base, known, static))
     out.extend(_check_proxy_protocol_clusters(boot))
+    out.extend(_check_control_plane(boot))
     if boot.admin.address is not None:
         out.extend(_check_ip(boot.admin.address.socket_address.address,
                              ("admin", "address", "socket_address", "address")))
@@ -143,6 +145,59 @@ def _check_proxy_protocol_clusters(boot: Bootstrap) -> Iterator[Problem]:
                                    f"of listeners[{li}] uses it")
 
 
+def _config_sources(boot: Bootstrap) -> Iterator[tuple[Path, ConfigSource]]:
+    """Every config source of a control plane's kind, with its path."""
+    dyn = boot.dynamic_resources
+    for key in ("lds_config", "cds_config"):
+        cs = getattr(dyn, key) if dyn else None
+        if cs is not None:
+            yield ("dynamic_resources", key), cs
+    for i, c in enumerate(boot.static_resources.clusters):
+        if c.eds_cluster_config is not None:
+            yield (("static_resources", "clusters", i, "eds_cluster_config", "eds_config"),
+                   c.eds_cluster_config.eds_config)
+    for i, lst in enumerate(boot.static_resources.listeners):
+        base: Path = ("static_resources", "listeners", i)
+        chains = [(base + ("filter_chains", j), fc) for j, fc in enumerate(lst.filter_chains)]
+        if lst.default_filter_chain:
+            chains.append((base + ("default_filter_chain",), lst.default_filter_chain))
+        for path, fc in chains:
+            for k, f in enumerate(fc.filters):
+                hcm = f.typed_config
+                if isinstance(hcm, HttpConnectionManager) and hcm.rds is not None:
+                    yield (path + ("filters", k, "typed_config", "rds", "config_source"),
+                           hcm.rds.config_source)
+
+
+def _check_control_plane(boot: Bootstrap) -> Iterator[Problem]:
+    """``ads: {}`` needs an ads_config; a gRPC service's cluster must be a static cluster
+    that speaks HTTP/2 (gRPC rides edgegw's own HTTP/2 connections to it)."""
+    dyn = boot.dynamic_resources
+    ads = dyn.ads_config if dyn else None
+    apis: list[tuple[Path, ApiConfigSource]] = (
+        [(("dynamic_resources", "ads_config"), ads)] if ads else [])
+    for path, cs in _config_sources(boot):
+        if cs.ads is not None and ads is None:
+            yield (path + ("ads",), "ads: {} needs dynamic_resources.ads_config (the control "
+                   "plane's stream)")
+        if cs.api_config_source is not None:
+            apis.append((path + ("api_config_source",), cs.api_config_source))
+    clusters = {c.name: c for c in boot.static_resources.clusters}
+    for path, api in apis:
+        for i, svc in enumerate(api.grpc_services):
+            name = svc.envoy_grpc.cluster_name
+            where = path + ("grpc_services", i, "envoy_grpc", "cluster_name")
+            c = clusters.get(name)
+            if c is None or c.type == "EDS" or boot.dynamic.get("clusters") and any(
+                    d.get("name") == name for d in boot.dynamic["clusters"]):
+                yield (where, "envoy.config.core.v3.ApiConfigSource must have a statically "
+                       f"defined non-EDS cluster: '{name}' does not exist, was added via api, "
+                       "or is an EDS cluster")
+            elif c.http2_options is None:
+                yield (where, f"envoy_grpc: cluster '{name}' must speak HTTP/2 for gRPC: give "
+                       "it explicit_http_config.http2_protocol_options")
+
+
 def _uses_file_sds(boot: Bootstrap) -> bool:
     return any(ref.sds_config is not None for ctx in _tls_contexts(boot)
                for ref in [*ctx.tls_certificate_sds_secret_configs,
@@ -159,6 +214,10 @@ def _check_sds(ref: SdsSecretConfig, want: str, path: Path,
             yield (path + ("name",), f"no secret named '{ref.name}' in static_resources.secrets "
                    "(or give an sds_config with a path_config_source)")
             return
+    elif ref.sds_config.xds:
+        yield (path + ("sds_config",), "SDS from a control plane is not supported by edgegw "
+               "yet: give the secret in a file (path_config_source) or in static_resources")
+        return
     else:
         try:
             secret = read_sds_file(ref.sds_config.file, ref.name)
@@ -389,7 +448,7 @@ def _check_hcm(hcm: HttpConnectionManager, base: Path, clusters: set[str]) -> It
 
 def _check_path_source(source: ConfigSource, where: Path) -> Iterator[Problem]:
     """A file subscription's file must be there at start, as Envoy requires."""
-    if not os.path.exists(source.file):
+    if not source.xds and not os.path.exists(source.file):
         yield (where, "paths must refer to an existing path in the system: "
                       f"'{source.file}' does not exist")
 

@@ -1,11 +1,11 @@
-"""dynamic_resources from files: Envoy's LDS and CDS with ``path_config_source``.
+"""dynamic_resources: Envoy's LDS and CDS, from files (``path_config_source``) or a control
+plane (``ads``, ``api_config_source``).
 
-The bootstrap names a file of listeners (``lds_config``) and one of clusters (``cds_config``),
-each a DiscoveryResponse (``resources:`` with ``@type`` Listener or Cluster). Their resources
-join the static ones in one model, so everything downstream (checks, runtime, reload) treats
-them alike; errors in them name the file, the resource and the line. A change to either file
-reloads the config, as Envoy reloads these files when they are moved into place. Control
-planes (``api_config_source``, ``ads_config``) are not supported.
+A file is a DiscoveryResponse (``resources:`` with ``@type`` Listener or Cluster); a control
+plane's resources are what it last sent, given to ``expand`` as ``xds``. Either way they join
+the static ones in one model, so everything downstream (checks, runtime, reload) treats them
+alike; errors in them name the file or the resource. A change to a file reloads the config,
+as Envoy reloads these files when they are moved into place.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from .source import ConfigError, Path, Source, file_signature, parse
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 KINDS = {"lds_config": ("listeners", LISTENER), "cds_config": ("clusters", CLUSTER)}
-XDS = ("dynamic resources from a control plane (gRPC/REST xDS) are not supported by edgegw: "
-       "use path_config_source files for lds_config and cds_config, or static_resources")
+XdsResources = dict[str, list[dict[str, Any]]]
+"""What a control plane sent and is accepted, by field (``listeners``, ``clusters``): each
+resource as JSON, ``@type`` included."""
 
 
 def files(data: dict[str, Any]) -> dict[str, str]:
@@ -35,32 +36,25 @@ def files(data: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def expand(src: Source) -> tuple[Source, dict[str, list[dict[str, Any]]], dict[Path, str]]:
-    """Reads the LDS/CDS files into static_resources. Returns the combined source, the
-    resources as read (for /config_dump's dynamic sections) and how to name their paths in
-    errors (``static_resources.listeners[2]`` → ``lds.yaml: resources[0]``)."""
+def xds_kinds(data: dict[str, Any]) -> list[str]:
+    """The fields (``clusters``, ``listeners``) a control plane gives, CDS first."""
+    dyn = data.get("dynamic_resources")
+    return [KINDS[key][0] for key in ("cds_config", "lds_config")
+            if isinstance(dyn, dict) and isinstance(dyn.get(key), dict)
+            and ("ads" in dyn[key] or "api_config_source" in dyn[key])]
+
+
+def expand(src: Source, xds: XdsResources | None = None
+           ) -> tuple[Source, dict[str, list[dict[str, Any]]], dict[Path, str]]:
+    """Reads the LDS/CDS files, and takes the control plane's resources from ``xds``, into
+    static_resources. Returns the combined source, the dynamic resources as given (for
+    /config_dump's dynamic sections) and how to name their paths in errors
+    (``static_resources.listeners[2]`` → ``lds.yaml: resources[0]``)."""
     data = dict(src.data)
-    dyn = data.pop("dynamic_resources", None)
-    if dyn is None:
+    dyn = data.get("dynamic_resources")
+    if not isinstance(dyn, dict):
         return src, {}, {}
     problems: list[str] = []
-    where = src.where(("dynamic_resources",))
-    suffix = f" ({where})" if where else ""
-    if not isinstance(dyn, dict):
-        raise ConfigError([f"dynamic_resources: must be a mapping{suffix}"])
-    for key, value in dyn.items():
-        ok = key in KINDS and isinstance(value, dict) and set(value) <= {
-            "path", "path_config_source", "resource_api_version", "initial_fetch_timeout"} \
-            and ("path" in value or "path_config_source" in value)
-        if not ok:
-            at: Path = ("dynamic_resources", key)
-            if isinstance(value, dict):
-                at += tuple(k for k in value if k in ("api_config_source", "ads", "ads_config")
-                            )[:1]
-            line = src.where(at)
-            problems.append(f"{'.'.join(map(str, at))}: {XDS}" + (f" ({line})" if line else ""))
-    if problems:
-        raise ConfigError(problems)
     static = dict(data.get("static_resources") or {})
     origins = dict(src.origins)
     names: dict[Path, str] = {}
@@ -99,6 +93,15 @@ def expand(src: Source) -> tuple[Source, dict[str, list[dict[str, Any]]], dict[P
             for p, w in doc.origins.items():
                 if p[:2] == ("resources", i):
                     origins[at + p[2:]] = w
+            items.append({k: v for k, v in res.items() if k != "@type"})
+        static[field] = [*(static.get(field) or []), *items]
+        read[field] = items
+    for field in xds_kinds(src.data):
+        base = len(static.get(field) or [])
+        items = []
+        for res in (xds or {}).get(field, []):
+            names[("static_resources", field, base + len(items))] = \
+                f"{field[:-1]} '{res.get('name', '')}'"
             items.append({k: v for k, v in res.items() if k != "@type"})
         static[field] = [*(static.get(field) or []), *items]
         read[field] = items

@@ -1,25 +1,42 @@
-"""Resources followed in files, as Envoy's filesystem subscriptions (EDS, RDS) follow them: a
-DiscoveryResponse holding one resource, read at start and read again when the file changes
-(checked by stat twice a second, as the config file is; a rename into place, as Envoy wants
-it, or a write)."""
+"""Resources followed as Envoy's subscriptions (EDS, RDS) follow them, from a file or a control
+plane.
+
+A file holds a DiscoveryResponse of one resource, read at start and read again when the file
+changes (checked by stat twice a second, as the config file is; a rename into place, as Envoy
+wants it, or a write). A control plane's resource arrives through the xDS mux (``watch``);
+until the first one is accepted the subscription is not ``ready`` (what warming waits for,
+up to the source's ``initial_fetch_timeout``)."""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
 from .. import log
 from ..stats import Counter
+from . import model as m
 from .source import FileSignature, file_signature
 
 _log = log.get("config")
 
 POLL = 0.5
 M = TypeVar("M", bound=BaseModel)
+
+
+class Cancel(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Watches(Protocol):
+    """The xDS mux, as a subscription sees it."""
+
+    def watch(self, source: m.ConfigSource, type_url: str, name: str, watcher: Any,
+              prefix: str) -> Cancel:
+        ...
 
 
 class SubscriptionError(ValueError):
@@ -58,36 +75,55 @@ def read_response(path: str, kind: str, url: str, model: type[M]) -> Response[M]
     raw = dict(resources[0]) if isinstance(resources[0], dict) else {}
     if raw.get("@type") != url:
         raise SubscriptionError(f"{kind} file '{path}': resource \"@type\" must be {url}")
+    return Response(version, parse(raw, model, f"{kind} file '{path}': "), raw)
+
+
+def parse(raw: dict[str, Any], model: type[M], prefix: str) -> M:
+    """One resource as JSON (``@type`` ignored), checked as ``model``."""
     try:
-        return Response(version, model.model_validate(
-            {k: v for k, v in raw.items() if k != "@type"}), raw)
+        return model.model_validate({k: v for k, v in raw.items() if k != "@type"})
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise SubscriptionError(f"{kind} file '{path}': {where}: {first['msg']}") from None
+        raise SubscriptionError(f"{prefix}{where}: {first['msg']}") from None
 
 
-class FileSubscription(Generic[M]):
-    """Calls ``load`` again whenever the file at ``path`` changes, once started. ``fetch``
-    reads it for ``load``: the one resource named ``name`` (a subclass says its ``kind``,
-    type ``url``, ``model``, the ``noun`` Envoy's errors use, and ``name_of``), counting
-    each read in ``attempt`` and each refused one in ``rejected`` (logged as ``what``'s,
-    e.g. "cluster 'app'")."""
+class Subscription(Generic[M]):
+    """Follows the one resource named ``name`` from ``source``, calling ``update`` with each
+    new version (a subclass says its ``kind``, type ``url``, ``model``, the ``noun`` Envoy's
+    errors use, and ``name_of``). Each version is counted in ``attempt``, each refused one in
+    ``rejected`` and logged as ``what``'s (e.g. "cluster 'app'"). ``load`` is the first read
+    (a file) or the start of the watch (a control plane, through ``xds``); ``start`` follows
+    a file's changes."""
 
     kind = ""
     url = ""
     noun = ""
     model: type[M]
 
-    def __init__(self, path: str, name: str, what: str, attempt: Counter,
-                 rejected: Counter) -> None:
-        self.path, self.name, self.what = path, name, what
+    def __init__(self, source: m.ConfigSource, name: str, what: str, attempt: Counter,
+                 rejected: Counter, xds: Watches | None, prefix: str) -> None:
+        self.source, self.path, self.name, self.what = source, source.file, name, what
         self.attempt, self.rejected = attempt, rejected
+        self.xds = xds if source.xds else None
         self.seen: FileSignature | None = None
         self._task: asyncio.Task[None] | None = None
+        self._watch: Cancel | None = None
+        self.ready = asyncio.Event()
+        """Set once a first version is in (at once for a file)."""
+        self.prefix = prefix
+        """Where its stats are (``cluster.app.``)."""
 
     def name_of(self, resource: M) -> str:
         raise NotImplementedError
+
+    def update(self, response: Response[M]) -> None:
+        raise NotImplementedError
+
+    def _refused(self, why: str) -> None:
+        self.rejected.value += 1
+        _log.warning("%s: %s update rejected, what it gave before stays: %s",
+                     self.kind.lower(), self.what, why)
 
     def fetch(self) -> Response[M] | None:
         self.seen = file_signature(self.path)
@@ -99,25 +135,59 @@ class FileSubscription(Generic[M]):
                 raise SubscriptionError(f"Unexpected {self.kind} {self.noun} (expecting "
                                         f"{self.name}): {self.name_of(got)}")
         except SubscriptionError as e:
-            self.rejected.value += 1
-            _log.warning("%s: %s update rejected, what it gave before stays: %s",
-                         self.kind.lower(), self.what, e)
+            self._refused(str(e))
             return None
         return response
 
     def load(self) -> None:
-        raise NotImplementedError
+        if self.xds is not None:
+            if self._watch is None:
+                self.attempt.value += 1  # (Envoy counts the first request as an attempt)
+                self._watch = self.xds.watch(self.source, self.url, self.name, self,
+                                             self.prefix)
+            return
+        response = self.fetch()
+        if response is not None:
+            self.update(response)
+        self.ready.set()
+
+    def xds_update(self, version: str, resources: dict[str, dict[str, Any]]) -> str | None:
+        """A control plane's version of the resource: None when taken, else why not."""
+        self.attempt.value += 1
+        raw = resources[self.name]
+        try:
+            resource = parse(raw, self.model, f"{self.kind} {self.noun} '{self.name}': ")
+        except SubscriptionError as e:
+            self._refused(str(e))
+            return str(e)
+        self.update(Response(version, resource, raw))
+        self.ready.set()
+        return None
+
+    async def warmed(self) -> None:
+        """Returns once a first version is in, or the source's initial_fetch_timeout is
+        over (then what is built goes on without it, as in Envoy)."""
+        timeout = self.source.fetch_timeout
+        try:
+            await asyncio.wait_for(self.ready.wait(), timeout or None)
+        except TimeoutError:
+            _log.warning("%s: %s: nothing from the control plane in %.1f s "
+                         "(initial_fetch_timeout): going on without it", self.kind.lower(),
+                         self.what, timeout)
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.ensure_future(self._watch())
+        if self._task is None and self.xds is None:
+            self._task = asyncio.ensure_future(self._watch_file())
 
     def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             self._task = None
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
 
-    async def _watch(self) -> None:
+    async def _watch_file(self) -> None:
         while True:
             await asyncio.sleep(POLL)
             if file_signature(self.path) != self.seen:

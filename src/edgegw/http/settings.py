@@ -17,7 +17,7 @@ from .codec import http1, http2
 from .filters.basic_auth import BasicAuthFilter
 from .headers import ForwardingPolicy
 from .path import PathPolicy
-from .rds import RdsFile
+from .rds import RdsSubscription
 from .router.config import RouterConfig
 from .router.table import Route, RouteTable, compile_routes
 
@@ -72,10 +72,11 @@ class HttpConnectionManager:
         """The bytes each upgraded stream carried, both ways (the status page's sum)."""
         self.routes = (compile_routes(cfg.route_config) if cfg.route_config is not None
                        else RouteTable("", False))
-        self.rds: RdsFile | None = None
-        """RDS from a file: swaps ``routes`` as the file changes (read once here)."""
+        self.rds: RdsSubscription | None = None
+        """RDS: swaps ``routes`` as new versions come (the first one asked for here)."""
         if cfg.rds is not None:
-            self.rds = RdsFile(cfg.rds, cfg.stat_prefix, store, self._swap_routes)
+            self.rds = RdsSubscription(cfg.rds, cfg.stat_prefix, store, self._swap_routes,
+                                       clusters.xds)
             self.rds.load()
         self.clusters = clusters
         self.server_name = (cfg.server_name or "edgegw").encode("latin-1")

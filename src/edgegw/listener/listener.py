@@ -20,6 +20,7 @@ from .. import proxy_protocol as pp
 from ..accesslog import AccessLogger
 from ..config import model as m
 from ..http.conn_manager import DownstreamConnection
+from ..http.rds import RdsSubscription
 from ..http.settings import HttpConnectionManager
 from ..overload import ConnectionLimit
 from ..stats import Counter, Gauge, StatSet, Store
@@ -175,6 +176,10 @@ class Listener:
         self.loop.add_reader(self.sock.fileno(), self._accept)
         for c in self.all_chains:
             c.start()
+
+    def subscriptions(self) -> list[RdsSubscription]:
+        """What its connection managers follow (their RDS)."""
+        return [c.hcm.rds for c in self.all_chains if c.hcm is not None and c.hcm.rds is not None]
 
     def server_names(self, chain: Chain) -> list[str]:
         """The server names a chain is matched by (for the status page)."""

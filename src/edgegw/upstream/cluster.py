@@ -16,11 +16,12 @@ from collections.abc import Iterable
 
 from .. import log
 from ..config import model as m
+from ..config.subscription import Watches
 from ..stats import Store
 from ..tls.sds import SecretManager
 from . import lb
 from .cluster_info import ClusterInfo, RemainingStats
-from .eds import EdsFile, Endpoint, Endpoints, endpoints_of
+from .eds import EdsSubscription, Endpoint, Endpoints, endpoints_of
 from .health import HealthChecker
 from .host import Host
 from .outlier import OutlierDetector
@@ -37,7 +38,8 @@ _FAMILIES = {
 class Cluster(ClusterInfo):
     """A cluster's hosts, their health and how one is chosen, over its ``ClusterInfo``."""
 
-    def __init__(self, cfg: m.Cluster, store: Store, secrets: SecretManager | None = None) -> None:
+    def __init__(self, cfg: m.Cluster, store: Store, secrets: SecretManager | None = None,
+                 xds: Watches | None = None) -> None:
         super().__init__(cfg, store, secrets)
         self.hosts: list[Host] = []
         self.counted: dict[str, tuple[int, int, int, int, int]] = {}
@@ -46,8 +48,9 @@ class Cluster(ClusterInfo):
         self._tasks: list[asyncio.Task[None]] = []
         self.endpoints = (endpoints_of(cfg.load_assignment)
                           if cfg.load_assignment and cfg.type != "EDS" else [])
-        self.eds = (EdsFile(self.name, cfg.eds_cluster_config, self.stats.update_attempt,
-                            self.stats.update_success, self.set_hosts, store)
+        self.eds = (EdsSubscription(self.name, cfg.eds_cluster_config,
+                                    self.stats.update_attempt, self.stats.update_success,
+                                    self.set_hosts, store, xds)
                     if cfg.eds_cluster_config is not None else None)
         panic = cfg.common_lb_config.healthy_panic_threshold
         self.panic_threshold = 50.0 if panic is None else panic.value
@@ -235,8 +238,10 @@ class ClusterManager:
 
     def __init__(self, clusters: list[m.Cluster], store: Store,
                  secrets: SecretManager | None = None,
-                 previous: ClusterManager | None = None) -> None:
+                 previous: ClusterManager | None = None, xds: Watches | None = None) -> None:
         self.clusters: dict[str, Cluster] = {}
+        self.xds = xds
+        """The control plane's mux, for RDS and EDS subscriptions (None without one)."""
         self.kept: set[str] = set()
         """Names of the clusters carried over from the previous manager (already started)."""
         for c in clusters:
@@ -245,7 +250,7 @@ class ClusterManager:
                 self.clusters[c.name] = old
                 self.kept.add(c.name)
             else:
-                new = self.clusters[c.name] = Cluster(c, store, secrets)
+                new = self.clusters[c.name] = Cluster(c, store, secrets, xds)
                 if old is not None:  # its hosts' counters go on, as the cluster's stats do
                     new.counted = {h.label: h.totals() for h in old.hosts}
                     for h in new.hosts:

@@ -1,14 +1,13 @@
-"""EDS from a file (``eds_cluster_config.eds_config.path_config_source``): an EDS cluster's
-endpoints, from a DiscoveryResponse of one ClusterLoadAssignment, followed as the file
-changes.
+"""EDS (``eds_cluster_config.eds_config``): an EDS cluster's endpoints, one
+ClusterLoadAssignment followed in a file or from a control plane.
 
 An update changes that cluster's hosts and nothing else: hosts that stay keep their pools,
 health and outlier state. It is counted as Envoy counts it: ``cluster.<name>.update_attempt``
 at each read, then ``update_success`` (with ``update_no_rebuild`` when the hosts are the same,
 ``update_empty`` when the file holds no assignment and the hosts stay), or
 ``update_rejected`` and a warning, the hosts unchanged; ``version`` is the xxHash64 of the
-response's ``version_info``. A file refused at start leaves the cluster without hosts (503),
-as Envoy starts.
+response's ``version_info``. A file refused at start, or a control plane that sends nothing
+within ``initial_fetch_timeout``, leaves the cluster without hosts (503), as Envoy starts.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from collections.abc import Callable
 import xxhash
 
 from ..config import model as m
-from ..config.subscription import FileSubscription
+from ..config.subscription import Response, Subscription, Watches
 from ..stats import Counter, Gauge, StatSet, Store
 
 ASSIGNMENT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
@@ -46,26 +45,25 @@ def endpoints_of(cla: m.ClusterLoadAssignment) -> Endpoints:
             for i, loc in enumerate(cla.endpoints) for e in loc.lb_endpoints]
 
 
-class EdsFile(FileSubscription[m.ClusterLoadAssignment]):
-    """One EDS cluster's subscription to its file. ``apply`` sets the cluster's hosts and
-    says whether they changed."""
+class EdsSubscription(Subscription[m.ClusterLoadAssignment]):
+    """One EDS cluster's subscription. ``apply`` sets the cluster's hosts and says whether
+    they changed."""
 
     kind, url, noun, model = "EDS", ASSIGNMENT_TYPE, "cluster", m.ClusterLoadAssignment
 
     def __init__(self, cluster_name: str, cfg: m.EdsClusterConfig, attempt: Counter,
-                 success: Counter, apply: Callable[[Endpoints], bool], store: Store) -> None:
+                 success: Counter, apply: Callable[[Endpoints], bool], store: Store,
+                 xds: Watches | None) -> None:
         self.stats = EdsStats(store, f"cluster.{cluster_name}.")
-        super().__init__(cfg.eds_config.file, cfg.service_name or cluster_name,
-                         f"cluster '{cluster_name}'", attempt, self.stats.update_rejected)
+        super().__init__(cfg.eds_config, cfg.service_name or cluster_name,
+                         f"cluster '{cluster_name}'", attempt, self.stats.update_rejected, xds,
+                         f"cluster.{cluster_name}.")
         self.success, self.apply = success, apply
 
     def name_of(self, resource: m.ClusterLoadAssignment) -> str:
         return resource.cluster_name
 
-    def load(self) -> None:
-        response = self.fetch()
-        if response is None:
-            return
+    def update(self, response: Response[m.ClusterLoadAssignment]) -> None:
         self.success.value += 1
         self.stats.version.value = xxhash.xxh64_intdigest(response.version.encode())
         if response.resource is None:

@@ -37,6 +37,7 @@ from .base import (
 from .bootstrap import (
     Admin,
     Bootstrap,
+    DynamicResources,
     Node,
     StaticResources,
 )
@@ -70,8 +71,12 @@ from .cluster import (
 )
 from .core import (
     Address,
+    AggregatedConfigSource,
+    ApiConfigSource,
     ConfigSource,
     DataSource,
+    EnvoyGrpc,
+    GrpcService,
     HeaderValue,
     HeaderValueOption,
     Http2ProtocolOptions,
@@ -79,6 +84,7 @@ from .core import (
     Metadata,
     PassThroughTlvs,
     PathConfigSource,
+    RateLimitSettings,
     RegexMatcher,
     SocketAddress,
     StringMatcher,
@@ -277,6 +283,12 @@ __all__ = [
     "PREVIOUS_HOSTS",
     "PREVIOUS_HOSTS_TYPE",
     "PathConfigSource",
+    "AggregatedConfigSource",
+    "ApiConfigSource",
+    "EnvoyGrpc",
+    "GrpcService",
+    "RateLimitSettings",
+    "DynamicResources",
     "Rds",
     "Payload",
     "PerFilterConfig",

@@ -8,7 +8,7 @@ from pydantic import Field, PrivateAttr, model_validator
 
 from .base import Duration, Int, Msg, T, named_filter, typed_as
 from .cluster import Cluster
-from .core import Address
+from .core import Address, ApiConfigSource, ConfigSource
 from .listener import Listener
 from .tls import Secret
 
@@ -22,6 +22,15 @@ class Node(Msg):
 class Admin(Msg):
     address: Address | None = None
     access_log_path: str = ""
+
+
+class DynamicResources(Msg):
+    """Listeners and clusters from files or a control plane; ``ads_config`` is the stream
+    the ``ads: {}`` sources share."""
+
+    lds_config: ConfigSource | None = None
+    cds_config: ConfigSource | None = None
+    ads_config: ApiConfigSource | None = None
 
 
 class StaticResources(Msg):
@@ -69,6 +78,7 @@ class Bootstrap(Msg):
     node: Node = Node()
     admin: Admin = Admin()
     static_resources: StaticResources = StaticResources()
+    dynamic_resources: DynamicResources | None = None
     overload_manager: OverloadManager = OverloadManager()
     _dynamic: dict[str, list[dict[str, Any]]] = PrivateAttr(default_factory=dict)
     """Listeners and clusters read from dynamic_resources' LDS/CDS files, as written (they

@@ -147,19 +147,68 @@ class PathConfigSource(Msg):
     watched_directory: WatchedDirectory | None = None
 
 
+class EnvoyGrpc(Msg):
+    """A gRPC service reached through one of the bootstrap's clusters, on edgegw's own
+    HTTP/2 connections (Envoy's ``envoy_grpc``)."""
+
+    cluster_name: str = Field(min_length=1)
+    authority: str = ""
+
+
+class GrpcService(Msg):
+    envoy_grpc: EnvoyGrpc
+    timeout: Duration | None = None
+    initial_metadata: list[HeaderValue] = []
+
+
+class RateLimitSettings(Msg):
+    """How fast requests may go to the control plane: a token bucket (Envoy's defaults)."""
+
+    max_tokens: UInt32 = 100
+    fill_rate: float = Field(default=10.0, gt=0)
+
+
+class ApiConfigSource(Msg):
+    """A control plane: state-of-the-world xDS over a gRPC stream."""
+
+    api_type: Literal["GRPC"]
+    transport_api_version: Literal["AUTO", "V3"] = "AUTO"
+    grpc_services: list[GrpcService] = Field(min_length=1)
+    set_node_on_first_message_only: Bool = False
+    rate_limit_settings: RateLimitSettings | None = None
+    request_timeout: Duration | None = None
+
+
+class AggregatedConfigSource(Msg):
+    """``ads: {}``: the resource comes on the bootstrap's ``ads_config`` stream."""
+
+
 class ConfigSource(Msg):
-    """Where SDS secrets, EDS endpoints or RDS routes come from: a file
-    (``path_config_source``, or the deprecated ``path``)."""
+    """Where listeners, clusters, SDS secrets, EDS endpoints or RDS routes come from: a file
+    (``path_config_source``, or the deprecated ``path``) or a control plane (``ads``,
+    ``api_config_source``)."""
 
     path: str | None = None
     path_config_source: PathConfigSource | None = None
+    ads: AggregatedConfigSource | None = None
+    api_config_source: ApiConfigSource | None = None
     resource_api_version: Literal["AUTO", "V3"] = "AUTO"
     initial_fetch_timeout: Duration | None = None
 
     @model_validator(mode="after")
     def _one(self) -> ConfigSource:
-        one_of(self, ("path", "path_config_source"))
+        one_of(self, ("path", "path_config_source", "ads", "api_config_source"))
         return self
+
+    @property
+    def xds(self) -> bool:
+        """From a control plane, not a file."""
+        return self.ads is not None or self.api_config_source is not None
+
+    @property
+    def fetch_timeout(self) -> float:
+        """How long the first answer is waited for; 0 waits forever (Envoy's default 15 s)."""
+        return 15.0 if self.initial_fetch_timeout is None else self.initial_fetch_timeout
 
     @property
     def file(self) -> str:

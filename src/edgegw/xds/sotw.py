@@ -1,0 +1,119 @@
+"""The state-of-the-world protocol of one resource type on one stream, without I/O.
+
+What a request says (``version_info``, ``response_nonce``, ``resource_names``, an
+``error_detail`` for a NACK) follows from what was accepted and what is watched:
+- a response is ACKed with its own version and nonce, NACKed with the last accepted version,
+  its nonce and the error, and what was served before stays;
+- LDS and CDS are wildcard (every resource; absence deletes); RDS, EDS and SDS name the
+  resources watched, and a response may carry some of them only;
+- after a reconnect every type is asked again with the last accepted version and no nonce.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .resources import ENDPOINTS, WRAPPER, ResourceError
+
+Resources = dict[str, dict[str, Any]]
+"""Resources by name, each as JSON."""
+
+
+class Watcher(Protocol):
+    def xds_update(self, version: str, resources: Resources) -> str | None:
+        """Takes a new version of the resources watched (a wildcard watcher gets them all,
+        others only theirs); returns why it refuses them, or None."""
+
+
+@dataclass
+class Request:
+    type_url: str
+    version: str
+    nonce: str
+    names: list[str]
+    error: str | None = None
+
+
+def name_of(type_url: str, resource: dict[str, Any]) -> str:
+    return str(resource.get("cluster_name" if type_url == ENDPOINTS else "name", ""))
+
+
+class TypeState:
+    """One type's subscription on a stream: who watches what, and what was accepted."""
+
+    def __init__(self, type_url: str, wildcard: bool) -> None:
+        self.type_url = type_url
+        self.wildcard = wildcard
+        self.watchers: dict[str, list[Watcher]] = {}
+        """By resource name ("" for a wildcard watcher)."""
+        self.version = ""
+        """The last version accepted (ACKed)."""
+        self.nonce = ""
+        self.accepted: Resources = {}
+        """The last accepted version of each named resource: given at once to a new watcher."""
+        self.accepted_version: dict[str, str] = {}
+
+    def names(self) -> list[str]:
+        return [] if self.wildcard else sorted(n for n, ws in self.watchers.items() if ws)
+
+    def request(self, error: str | None = None) -> Request:
+        return Request(self.type_url, self.version, self.nonce, self.names(), error)
+
+    def reconnected(self) -> None:
+        self.nonce = ""
+
+    def add(self, name: str, watcher: Watcher) -> bool:
+        """Adds a watcher; True when the names asked for changed."""
+        ws = self.watchers.setdefault("" if self.wildcard else name, [])
+        ws.append(watcher)
+        known = self.accepted.get(name)
+        if known is not None:
+            watcher.xds_update(self.accepted_version[name], {name: known})
+        return len(ws) == 1 and not self.wildcard
+
+    def remove(self, name: str, watcher: Watcher) -> bool:
+        """Removes a watcher; True when the names asked for changed."""
+        key = "" if self.wildcard else name
+        ws = self.watchers.get(key, [])
+        if watcher in ws:
+            ws.remove(watcher)
+        if ws or self.wildcard:
+            return False
+        self.watchers.pop(key, None)
+        self.accepted.pop(name, None)
+        return True
+
+    def respond(self, version: str, nonce: str,
+                resources: list[tuple[str, Callable[[], dict[str, Any]]]]) -> Request:
+        """A response: each resource as its type URL and a way to read it. Returns the ACK
+        or the NACK to send."""
+        self.nonce = nonce
+        got: Resources = {}
+        try:
+            for url, read in resources:
+                if url not in (self.type_url, WRAPPER):
+                    raise ResourceError(f"type URL {url} embedded in an individual Any does "
+                                        f"not match the message-wide type URL {self.type_url}"
+                                        " in DiscoveryResponse")
+                res = read()
+                name = name_of(self.type_url, res)
+                if name in got:
+                    raise ResourceError(f"duplicate resource '{name}' in one response")
+                got[name] = res
+        except ResourceError as e:
+            return self.request(str(e))
+        errors = []
+        for name, ws in list(self.watchers.items()):
+            given = got if self.wildcard else ({name: got[name]} if name in got else None)
+            if given is None:
+                continue
+            refused = [why for w in list(ws) if (why := w.xds_update(version, given))]
+            errors += refused
+            if not refused and not self.wildcard:
+                self.accepted[name], self.accepted_version[name] = got[name], version
+        if errors:
+            return self.request("\n".join(errors))
+        self.version = version
+        return self.request()

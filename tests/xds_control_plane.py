@@ -1,0 +1,192 @@
+"""A state-of-the-world xDS control plane for tests, on grpcio and xds-protos: the ADS service
+and the per-type ones (LDS, CDS, RDS, EDS), serving one snapshot of JSON resources to every
+node that connects (edgegw and real Envoy alike), and recording every request.
+
+Like go-control-plane's SotW server: a type is sent when a stream first asks for it or asks
+for other names, and pushed again to every stream that asked for it when the snapshot of that
+type changes; a request that only ACKs or NACKs gets no answer.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from envoy.service.cluster.v3 import cds_pb2_grpc
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.endpoint.v3 import eds_pb2_grpc
+from envoy.service.listener.v3 import lds_pb2_grpc
+from envoy.service.route.v3 import rds_pb2_grpc
+from google.protobuf import any_pb2, json_format
+
+from edgegw.xds.resources import CLUSTER, ENDPOINTS, LISTENER, ROUTES, load_types
+
+from .conftest import free_port
+
+
+@dataclass
+class Seen:
+    """One request a node sent."""
+
+    node: str
+    type_url: str
+    version: str
+    nonce: str
+    names: list[str]
+    error: str | None
+
+
+def name_of(resource: dict) -> str:
+    return resource.get("cluster_name" if resource["@type"] == ENDPOINTS else "name", "")
+
+
+def to_any(resource: dict) -> Any:
+    load_types(json.dumps(resource).encode())
+    msg = any_pb2.Any()
+    json_format.ParseDict(resource, msg)
+    return msg
+
+
+class _Stream:
+    def __init__(self, cp: ControlPlane) -> None:
+        self.cp = cp
+        self.out: queue.Queue[Any] = queue.Queue()
+        self.names: dict[str, list[str]] = {}
+        self.node = ""
+        self.nonce = 0
+
+    def on_request(self, req: Any) -> None:
+        if req.node.id:
+            self.node = req.node.id
+        names = list(req.resource_names)
+        with self.cp.lock:
+            self.cp.seen.append(Seen(self.node, req.type_url, req.version_info,
+                                     req.response_nonce, names,
+                                     req.error_detail.message if req.HasField("error_detail")
+                                     else None))
+            changed = self.names.get(req.type_url) != names
+            self.names[req.type_url] = names
+            if changed or not req.response_nonce:
+                self.push(req.type_url)
+
+    def push(self, type_url: str) -> None:
+        """(With the lock held.)"""
+        if type_url not in self.cp.snapshot or type_url not in self.names:
+            return
+        version, resources = self.cp.snapshot[type_url]
+        if callable(resources):
+            resources = resources(self.node)
+        names = self.names[type_url]
+        self.nonce += 1
+        self.out.put(discovery_pb2.DiscoveryResponse(
+            version_info=version, type_url=type_url, nonce=str(self.nonce),
+            resources=[r if isinstance(r, any_pb2.Any) else to_any(r) for r in resources
+                       if not names or isinstance(r, any_pb2.Any) or name_of(r) in names]))
+
+    def serve(self, requests: Iterator[Any], context: Any) -> Iterator[Any]:
+        def read() -> None:
+            try:
+                for req in requests:
+                    self.on_request(req)
+            except grpc.RpcError:
+                pass
+            self.out.put(None)
+
+        with self.cp.lock:
+            self.cp.streams.append(self)
+        threading.Thread(target=read, daemon=True).start()
+        try:
+            while (item := self.out.get()) is not None:
+                yield item
+        finally:
+            with self.cp.lock:
+                self.cp.streams.remove(self)
+
+
+class _Services(ads_pb2_grpc.AggregatedDiscoveryServiceServicer,
+                lds_pb2_grpc.ListenerDiscoveryServiceServicer,
+                cds_pb2_grpc.ClusterDiscoveryServiceServicer,
+                rds_pb2_grpc.RouteDiscoveryServiceServicer,
+                eds_pb2_grpc.EndpointDiscoveryServiceServicer):
+    def __init__(self, cp: ControlPlane) -> None:
+        self.cp = cp
+
+    def StreamAggregatedResources(self, requests, context):  # noqa: N802
+        yield from _Stream(self.cp).serve(requests, context)
+
+    StreamListeners = StreamClusters = StreamRoutes = StreamEndpoints = \
+        StreamAggregatedResources
+
+
+class ControlPlane:
+    """``set(type_url, version, resources)`` publishes; ``seen`` holds every request."""
+
+    def __init__(self, host: str = "127.0.0.2") -> None:
+        self.host, self.port = host, free_port(host)
+        self.lock = threading.Lock()
+        self.snapshot: dict[str, tuple[str, Any]] = {}
+        self.streams: list[_Stream] = []
+        self.seen: list[Seen] = []
+        self.server: grpc.Server | None = None
+        self.start()
+
+    def start(self) -> None:
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=32),
+                             options=[("grpc.so_reuseport", 0)])
+        services = _Services(self)
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(services, server)
+        lds_pb2_grpc.add_ListenerDiscoveryServiceServicer_to_server(services, server)
+        cds_pb2_grpc.add_ClusterDiscoveryServiceServicer_to_server(services, server)
+        rds_pb2_grpc.add_RouteDiscoveryServiceServicer_to_server(services, server)
+        eds_pb2_grpc.add_EndpointDiscoveryServiceServicer_to_server(services, server)
+        server.add_insecure_port(f"{self.host}:{self.port}")
+        server.start()
+        self.server = server
+
+    def stop(self) -> None:
+        """Goes away: every stream ends (clients reconnect once it is started again)."""
+        with self.lock:
+            for s in self.streams:
+                s.out.put(None)
+        if self.server is not None:
+            self.server.stop(grace=None).wait()
+            self.server = None
+
+    def set(self, type_url: str, version: str,
+            resources: list[Any] | Callable[[str], list[Any]]) -> None:
+        """Publishes a type's resources (JSON, or an ``Any`` sent as it is), or a function
+        of the node id that gives them (listeners on each node's own port)."""
+        with self.lock:
+            self.snapshot[type_url] = (version, resources)
+            for s in self.streams:
+                s.push(type_url)
+
+    def requests(self, node: str, type_url: str) -> list[Seen]:
+        with self.lock:
+            return [s for s in self.seen if s.node == node and s.type_url == type_url]
+
+    def answers(self, node: str, type_url: str) -> list[tuple[str, bool]]:
+        """The node's ACKs and NACKs of a type: (version, True for an ACK)."""
+        return [(s.version, s.error is None) for s in self.requests(node, type_url)
+                if s.nonce]
+
+    def cluster(self, name: str = "xds_cluster") -> dict:
+        """The static cluster a bootstrap reaches this control plane by."""
+        return {"name": name, "type": "STATIC", "connect_timeout": "1s",
+                "typed_extension_protocol_options": {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3."
+                                 "HttpProtocolOptions",
+                        "explicit_http_config": {"http2_protocol_options": {}}}},
+                "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+                    {"endpoint": {"address": {"socket_address": {
+                        "address": self.host, "port_value": self.port}}}}]}]}}
+
+
+__all__ = ["CLUSTER", "ENDPOINTS", "LISTENER", "ROUTES", "ControlPlane", "Seen"]
