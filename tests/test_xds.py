@@ -142,3 +142,88 @@ def test_lds_and_cds_streams_with_an_update_a_nack_and_a_control_plane_away(
         # the new stream asks again with what was accepted, and no nonce
         again = [s for s in cp.requests(kind, LISTENER) if not s.nonce][-1]
         assert (again.version, again.error) == ("l3", None)
+
+
+def ads() -> dict:
+    return {"ads": {}, "resource_api_version": "V3"}
+
+
+def eds_cluster(name: str) -> dict:
+    return {"@type": CLUSTER, "name": name, "type": "EDS", "connect_timeout": "1s",
+            "eds_cluster_config": {"eds_config": ads()}}
+
+
+def assignment(name: str, *hosts: tuple[str, int]) -> dict:
+    return {"@type": ENDPOINTS, "cluster_name": name, "endpoints": [
+        {"lb_endpoints": [{"endpoint": {"address": addr(*h)}} for h in hosts]}]}
+
+
+def routes(name: str, version: str, cluster_name: str = "app") -> dict:
+    return {"@type": ROUTES, "name": name, "virtual_hosts": [
+        {"name": "all", "domains": ["*"], "routes": [
+            {"match": {"prefix": "/"}, "route": {"cluster": cluster_name},
+             "response_headers_to_add": [{"header": {"key": "x-routes",
+                                                     "value": version}}]}]}]}
+
+
+def rds_listener(name: str, port: int, route_name: str) -> dict:
+    lst = listener(name, port)
+    tc = lst["filter_chains"][0]["filters"][0]["typed_config"]
+    del tc["route_config"]
+    tc["rds"] = {"route_config_name": route_name,
+                 "config_source": {**ads(), "initial_fetch_timeout": "0s"}}
+    return lst
+
+
+def test_ads_with_eds_rds_and_warming(cp, gateway, backend) -> None:
+    """One ADS stream carries CDS, EDS, LDS and RDS: an EDS update changes the hosts of its
+    cluster only (a host that stays keeps its connection), an RDS update swaps the routes,
+    and a listener whose routes have not come does not serve (warming) until they do."""
+    a, b = backend("127.0.0.22", "a"), backend("127.0.0.23", "b")
+    ports = Ports()
+    cp.set(CLUSTER, "c1", [eds_cluster("app")])
+    cp.set(ENDPOINTS, "e1", [assignment("app", a)])
+    cp.set(ROUTES, "r1", [routes("main", "r1")])
+    cp.set(LISTENER, "l1", listeners(ports, ("http", lambda p: rds_listener("http", p, "main"))))
+    gws = {kind: gateway(bootstrap(cp, kind, ads(), ads(), ads=True), kind=kind)
+           for kind in KINDS}
+
+    def look(kind: str, port_name: str = "http") -> tuple[str, str]:
+        r = httpx.get(f"http://127.0.0.1:{ports(kind, port_name)}/", timeout=5)
+        return r.json()["backend"], r.headers.get("x-routes", "")
+
+    for kind in KINDS:
+        wait_port("127.0.0.1", ports(kind, "http"))
+        assert look(kind) == ("a", "r1")
+
+    cp.set(ENDPOINTS, "e2", [assignment("app", a, b)])
+    for kind in KINDS:
+        wait_for(lambda k=kind: {look(k)[0] for _ in range(4)} == {"a", "b"}, timeout=10)
+    cp.set(ROUTES, "r2", [routes("main", "r2"), routes("other", "o1")])
+    for kind in KINDS:
+        wait_for(lambda k=kind: look(k)[1] == "r2", timeout=10)
+
+    # a second listener whose routes ("late") are not published yet: it warms, unserved
+    cp.set(LISTENER, "l2", listeners(
+        ports, ("http", lambda p: rds_listener("http", p, "main")),
+        ("second", lambda p: rds_listener("second", p, "late"))))
+    for kind in KINDS:
+        wait_for(lambda k=kind: ("l2", True) in cp.answers(k, LISTENER), timeout=10)
+        wait_for(lambda k=kind: "late" in cp.requests(k, ROUTES)[-1].names, timeout=10)
+        assert served(ports(kind, "second")) == "refused"
+        assert look(kind)[1] == "r2"
+    cp.set(ROUTES, "r3", [routes("main", "r3"), routes("late", "late1")])
+    for kind in KINDS:
+        wait_port("127.0.0.1", ports(kind, "second"), timeout=10)
+        assert look(kind, "second")[1] == "late1"
+        assert look(kind)[1] == "r3"
+
+    answers = {kind: {t: cp.answers(kind, t) for t in (CLUSTER, ENDPOINTS, LISTENER, ROUTES)}
+               for kind in KINDS}
+    assert answers["edgegw"] == answers["envoy"]
+    stats = {kind: gws[kind].stats() for kind in KINDS}
+    names = ["control_plane.connected_state", "cluster.app.update_success",
+             "cluster.app.update_rejected", "cluster.app.membership_total",
+             "http.ingress.rds.main.update_success", "http.ingress.rds.main.update_rejected"]
+    assert {n: stats["edgegw"].get(n) for n in names} == {n: stats["envoy"].get(n)
+                                                          for n in names}

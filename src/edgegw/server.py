@@ -197,11 +197,11 @@ class Server:
             return self._rejected(why, e)
         old_keys = {lst.key: lst for lst in self.listeners}
         try:
-            for lst in listeners:
-                if lst.key not in old_keys or lst.key[1] == 0:
-                    lst.bind()
             await clusters.start()
             await self._warm(clusters, listeners)
+            for lst in listeners:  # (after warming: a warming listener refuses connections)
+                if lst.key not in old_keys or lst.key[1] == 0:
+                    lst.bind()
         except (OSError, asyncio.CancelledError) as e:
             for lst in listeners:  # (closes the sockets bound above, ends RDS watches)
                 lst.stop()

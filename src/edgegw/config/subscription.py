@@ -34,8 +34,7 @@ class Cancel(Protocol):
 class Watches(Protocol):
     """The xDS mux, as a subscription sees it."""
 
-    def watch(self, source: m.ConfigSource, type_url: str, name: str, watcher: Any,
-              prefix: str) -> Cancel:
+    def watch(self, source: m.ConfigSource, type_url: str, name: str, watcher: Any) -> Cancel:
         ...
 
 
@@ -113,6 +112,8 @@ class Subscription(Generic[M]):
         """Set once a first version is in (at once for a file)."""
         self.prefix = prefix
         """Where its stats are (``cluster.app.``)."""
+        self.counting = True
+        """Whether the version ``update`` takes is counted (see ``xds_update``)."""
 
     def name_of(self, resource: M) -> str:
         raise NotImplementedError
@@ -143,24 +144,29 @@ class Subscription(Generic[M]):
         if self.xds is not None:
             if self._watch is None:
                 self.attempt.value += 1  # (Envoy counts the first request as an attempt)
-                self._watch = self.xds.watch(self.source, self.url, self.name, self,
-                                             self.prefix)
+                self._watch = self.xds.watch(self.source, self.url, self.name, self)
             return
         response = self.fetch()
         if response is not None:
             self.update(response)
         self.ready.set()
 
-    def xds_update(self, version: str, resources: dict[str, dict[str, Any]]) -> str | None:
-        """A control plane's version of the resource: None when taken, else why not."""
-        self.attempt.value += 1
+    def xds_update(self, version: str, resources: dict[str, dict[str, Any]],
+                   count: bool) -> str | None:
+        """A control plane's version of the resource: None when taken, else why not; counted
+        in the stats when ``count`` says so."""
+        self.counting = count
+        if count:
+            self.attempt.value += 1
         raw = resources[self.name]
         try:
             resource = parse(raw, self.model, f"{self.kind} {self.noun} '{self.name}': ")
         except SubscriptionError as e:
-            self._refused(str(e))
+            if count:
+                self._refused(str(e))
             return str(e)
         self.update(Response(version, resource, raw))
+        self.counting = True
         self.ready.set()
         return None
 

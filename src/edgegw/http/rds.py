@@ -59,14 +59,16 @@ class RdsSubscription(Subscription[m.RouteConfiguration]):
         return resource.name
 
     def update(self, response: Response[m.RouteConfiguration]) -> None:
-        self.stats.update_success.value += 1
-        self.stats.version.value = xxhash.xxh64_intdigest(response.version.encode())
+        count = self.counting
+        if count:
+            self.stats.update_success.value += 1
+            self.stats.version.value = xxhash.xxh64_intdigest(response.version.encode())
         rc = response.resource
         if rc is None:
-            self.stats.update_empty.value += 1
+            self.stats.update_empty.value += count
             return
         if rc != self.current:  # (an unchanged one keeps the version that brought it)
             self.current = rc
             self.version, self.raw, self.updated = response.version, response.raw, time.time()
             self.apply(compile_routes(rc))
-            self.stats.config_reload.value += 1
+            self.stats.config_reload.value += count

@@ -64,9 +64,11 @@ class EdsSubscription(Subscription[m.ClusterLoadAssignment]):
         return resource.cluster_name
 
     def update(self, response: Response[m.ClusterLoadAssignment]) -> None:
-        self.success.value += 1
-        self.stats.version.value = xxhash.xxh64_intdigest(response.version.encode())
+        count = self.counting
+        if count:
+            self.success.value += 1
+            self.stats.version.value = xxhash.xxh64_intdigest(response.version.encode())
         if response.resource is None:
-            self.stats.update_empty.value += 1
+            self.stats.update_empty.value += count
         elif not self.apply(endpoints_of(response.resource)):
-            self.stats.update_no_rebuild.value += 1
+            self.stats.update_no_rebuild.value += count

@@ -64,7 +64,8 @@ class _Kind:
         self.first = asyncio.Event()
         """Set once a first response was taken."""
 
-    def xds_update(self, version: str, resources: dict[str, dict[str, Any]]) -> str | None:
+    def xds_update(self, version: str, resources: dict[str, dict[str, Any]],
+                   count: bool) -> str | None:
         self.stats.update_attempt.value += 1
         error = self.owner.take(self, version, resources)
         if error is not None:
@@ -106,7 +107,7 @@ class DynamicConfig:
             if kind is None:
                 continue
             kind.stats.update_attempt.value += 1  # (Envoy counts the first request)
-            kind.watch = self.mux.watch(kind.source, kind.url, "", kind, kind.prefix)
+            kind.watch = self.mux.watch(kind.source, kind.url, "", kind)
             timeout = kind.source.fetch_timeout
             try:
                 await asyncio.wait_for(kind.first.wait(), timeout or None)

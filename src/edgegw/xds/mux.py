@@ -238,10 +238,9 @@ class XdsMux:
         self.channels: dict[Any, Channel] = {}
         self.stopped = False
 
-    def watch(self, source: m.ConfigSource, type_url: str, name: str, watcher: Watcher,
-              prefix: str) -> Watch:
-        """Watches the resource ``name`` (any name for LDS and CDS) from ``source``;
-        ``prefix`` is the watcher's stats prefix (``cluster.app.``)."""
+    def watch(self, source: m.ConfigSource, type_url: str, name: str,
+              watcher: Watcher) -> Watch:
+        """Watches the resource ``name`` (any name for LDS and CDS) from ``source``."""
         api = self.ads if source.ads is not None else source.api_config_source
         assert api is not None  # (the config checks say so)
         path = ADS if source.ads is not None else SERVICES[type_url]
@@ -249,7 +248,7 @@ class XdsMux:
         channel = self.channels.get(key)
         if channel is None:
             channel = self.channels[key] = Channel(self, api, path,
-                                                   "" if path == ADS else prefix)
+                                                   "" if path == ADS else watcher.prefix)
         return channel.watch(type_url, name, watcher)
 
     def node_message(self) -> Any:

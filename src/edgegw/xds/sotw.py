@@ -22,9 +22,15 @@ Resources = dict[str, dict[str, Any]]
 
 
 class Watcher(Protocol):
-    def xds_update(self, version: str, resources: Resources) -> str | None:
+    prefix: str
+    """Where its stats are: of the watchers that share it, only the newest counts."""
+
+    def xds_update(self, version: str, resources: Resources, count: bool) -> str | None:
         """Takes a new version of the resources watched (a wildcard watcher gets them all,
-        others only theirs); returns why it refuses them, or None."""
+        others only theirs); returns why it refuses them, or None. ``count``: count it in
+        the stats (not when a new watcher is given what was accepted before, nor when a
+        newer watcher with the same stats also gets it, as the next config's cluster does
+        beside the one it replaces)."""
 
 
 @dataclass
@@ -70,7 +76,7 @@ class TypeState:
         ws.append(watcher)
         known = self.accepted.get(name)
         if known is not None:
-            watcher.xds_update(self.accepted_version[name], {name: known})
+            watcher.xds_update(self.accepted_version[name], {name: known}, False)
         return len(ws) == 1 and not self.wildcard
 
     def remove(self, name: str, watcher: Watcher) -> bool:
@@ -109,7 +115,9 @@ class TypeState:
             given = got if self.wildcard else ({name: got[name]} if name in got else None)
             if given is None:
                 continue
-            refused = [why for w in list(ws) if (why := w.xds_update(version, given))]
+            counting = {w.prefix: w for w in ws}.values()
+            refused = [why for w in list(ws)
+                       if (why := w.xds_update(version, given, w in counting))]
             errors += refused
             if not refused and not self.wildcard:
                 self.accepted[name], self.accepted_version[name] = got[name], version
