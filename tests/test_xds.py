@@ -227,3 +227,18 @@ def test_ads_with_eds_rds_and_warming(cp, gateway, backend) -> None:
              "http.ingress.rds.main.update_success", "http.ingress.rds.main.update_rejected"]
     assert {n: stats["edgegw"].get(n) for n in names} == {n: stats["envoy"].get(n)
                                                           for n in names}
+
+    def dumped(kind: str) -> dict:
+        doc = httpx.get(f"http://127.0.0.1:{gws[kind].admin_port}/config_dump", timeout=5).json()
+        by = {c["@type"].rsplit(".", 1)[-1]: c for c in doc["configs"]}
+        return {
+            "clusters": sorted((c["cluster"]["name"], c["version_info"]) for c in
+                               by["ClustersConfigDump"].get("dynamic_active_clusters", [])),
+            "listeners": sorted((lst["name"], lst["active_state"]["version_info"]) for lst in
+                                by["ListenersConfigDump"].get("dynamic_listeners", [])),
+            "routes": sorted((r["route_config"]["name"], r["version_info"]) for r in
+                             by["RoutesConfigDump"].get("dynamic_route_configs", []))}
+
+    assert dumped("edgegw") == dumped("envoy") == {
+        "clusters": [("app", "c1")], "listeners": [("http", "l1"), ("second", "l2")],
+        "routes": [("late", "r3"), ("main", "r3")]}

@@ -351,10 +351,11 @@ class Server:
         return clusters_doc(self.clusters)
 
     async def config_dump_doc(self) -> list[dict[str, Any]]:
-        rds = [c.hcm.rds for lst in self.listeners for c in lst.all_chains
-               if c.hcm is not None and c.hcm.rds is not None and c.hcm.rds.raw]
+        rds = list({c.hcm.rds.name: c.hcm.rds for lst in self.listeners for c in lst.all_chains
+                    if c.hcm is not None and c.hcm.rds is not None and c.hcm.rds.raw}.values())
         return dump.build(self.raw_config, self.loaded_at, self.secrets.dump(),
-                          self.boot.dynamic, [(r.version, r.raw, r.updated) for r in rds])
+                          self.boot.dynamic, [(r.version, r.raw, r.updated) for r in rds],
+                          self.dynamic.version_of if self.dynamic else None)
 
     async def certs_doc(self) -> dict[str, Any]:
         return {"certificates": self.certificates(), "rejected": self.secrets.rejected()}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from typing import Any
 
 ADMIN = "type.googleapis.com/envoy.admin.v3."
@@ -50,11 +51,14 @@ def _routes(listeners: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def build(raw: dict[str, Any], loaded_at: float, secrets: list[dict[str, Any]],
           dynamic: dict[str, list[dict[str, Any]]] | None = None,
-          routes: list[tuple[str, dict[str, Any], float]] | None = None
+          routes: list[tuple[str, dict[str, Any], float]] | None = None,
+          versions: Callable[[str, str], tuple[str, float]] | None = None
           ) -> list[dict[str, Any]]:
-    """``dynamic``: listeners and clusters from LDS/CDS files, dumped as Envoy dumps
-    resources it received (``dynamic_listeners``, ``dynamic_active_clusters``). ``routes``:
-    the route configurations RDS files gave, each (version_info, as written, when)."""
+    """``dynamic``: listeners and clusters from LDS/CDS files or a control plane, dumped as
+    Envoy dumps resources it received (``dynamic_listeners``, ``dynamic_active_clusters``),
+    each with the version that brought it and when (``versions(field, name)``, for a control
+    plane's). ``routes``: the route configurations RDS gave, each (version_info, as given,
+    when)."""
     raw = redact(copy.deepcopy(raw))
     dyn = redact(copy.deepcopy(dynamic or {}))
     stamp = _stamp(loaded_at)
@@ -62,18 +66,24 @@ def build(raw: dict[str, Any], loaded_at: float, secrets: list[dict[str, Any]],
     clusters: dict[str, Any] = {"@type": ADMIN + "ClustersConfigDump", "static_clusters": [
         {"cluster": {"@type": CLUSTER, **c}, "last_updated": stamp}
         for c in sr.get("clusters", [])]}
+
+    def version(field: str, name: str) -> tuple[str, str]:
+        got, at = versions(field, name) if versions else ("", 0.0)
+        return got, _stamp(at) if at else stamp
+
     if dyn.get("clusters"):
         clusters["dynamic_active_clusters"] = [
-            {"version_info": "", "cluster": {"@type": CLUSTER, **c}, "last_updated": stamp}
-            for c in dyn["clusters"]]
+            {"version_info": v, "cluster": {"@type": CLUSTER, **c}, "last_updated": at}
+            for c in dyn["clusters"] for v, at in [version("clusters", c.get("name", ""))]]
     listeners: dict[str, Any] = {"@type": ADMIN + "ListenersConfigDump", "static_listeners": [
         {"listener": {"@type": LISTENER, **lst}, "last_updated": stamp}
         for lst in sr.get("listeners", [])]}
     if dyn.get("listeners"):
         listeners["dynamic_listeners"] = [
             {"name": lst.get("name", ""), "active_state": {
-                "version_info": "", "listener": {"@type": LISTENER, **lst},
-                "last_updated": stamp}} for lst in dyn["listeners"]]
+                "version_info": v, "listener": {"@type": LISTENER, **lst},
+                "last_updated": at}} for lst in dyn["listeners"]
+            for v, at in [version("listeners", lst.get("name", ""))]]
     return [
         {"@type": ADMIN + "BootstrapConfigDump", "bootstrap": raw, "last_updated": stamp},
         clusters,
