@@ -242,3 +242,54 @@ def test_ads_with_eds_rds_and_warming(cp, gateway, backend) -> None:
     assert dumped("edgegw") == dumped("envoy") == {
         "clusters": [("app", "c1")], "listeners": [("http", "l1"), ("second", "l2")],
         "routes": [("late", "r3"), ("main", "r3")]}
+
+
+def test_bad_resources_are_nacked_as_envoy_nacks_them(cp, gateway, backend) -> None:
+    """A resource of a type no one knows, a malformed one, two of one name, and one that
+    fails the checks: each response NACKed, by both, with the last good version kept and
+    served; then a good one is taken."""
+    from google.protobuf import any_pb2
+
+    a, b = backend("127.0.0.22", "a"), backend("127.0.0.23", "b")
+    ports = Ports()
+    cp.set(CLUSTER, "c1", [{"@type": CLUSTER, **cluster("app", [a])}])
+    cp.set(LISTENER, "l1", listeners(ports, ("http", lambda p: listener("http", p))))
+    gws = {kind: gateway(bootstrap(cp, kind, ads(), ads(), ads=True), kind=kind)
+           for kind in KINDS}
+    to_a, to_b = ({"@type": CLUSTER, **cluster("app", [h])} for h in (a, b))
+    bad = [  # (each keeps 'a', but the duplicates: the first of them is taken, as in Envoy)
+        ([any_pb2.Any(type_url="type.googleapis.com/nobody.knows.This", value=b"")], "a"),
+        ([any_pb2.Any(type_url=CLUSTER, value=b"\xff\xff\xff")], "a"),
+        ([{**to_b, "connect_timeout": "-1s"}], "a"),
+        ([to_b, to_a], "b"),
+    ]
+    for n, (resources, backend_name) in enumerate(bad, 2):
+        cp.set(CLUSTER, f"c{n}", resources)
+        for kind in KINDS:
+            wait_for(lambda k=kind, n=n: len(cp.answers(k, CLUSTER)) == n, timeout=10)
+            wait_for(lambda k=kind, b=backend_name: served(ports(k, "http")) == b)
+    cp.set(CLUSTER, "c9", [to_a])
+    for kind in KINDS:
+        wait_for(lambda k=kind: served(ports(k, "http")) == "a", timeout=10)
+    answers = {kind: cp.answers(kind, CLUSTER) for kind in KINDS}
+    assert answers["edgegw"] == answers["envoy"] == [
+        ("c1", True), *[("c1", False)] * len(bad), ("c9", True)]
+    names = [f"cluster_manager.cds.update_{s}" for s in ("attempt", "success", "rejected")]
+    stats = {kind: gws[kind].stats() for kind in KINDS}
+    assert {n: stats["edgegw"].get(n) for n in names} == {n: stats["envoy"].get(n)
+                                                          for n in names}
+
+
+def test_a_control_plane_that_never_answers_holds_nothing_forever(cp, gateway,
+                                                                   backend) -> None:
+    """CDS with a 1 s initial_fetch_timeout that never answers: LDS is asked for after it,
+    and the node goes live serving the listeners (their routes on a static cluster)."""
+    a = backend("127.0.0.22", "a")
+    ports = Ports()
+    cp.set(LISTENER, "l1", listeners(ports, ("http", lambda p: listener("http", p))))
+    for kind in KINDS:
+        gateway(bootstrap(cp, kind, ads(), {**ads(), "initial_fetch_timeout": "1s"},
+                          ads=True, static=[cluster("app", [a])]), kind=kind)
+        wait_port("127.0.0.1", ports(kind, "http"))
+        assert served(ports(kind, "http")) == "a"
+        assert cp.answers(kind, CLUSTER) == []

@@ -170,6 +170,10 @@ class Subscription(Generic[M]):
         self.ready.set()
         return None
 
+    def xds_refused(self, why: str) -> None:
+        self.attempt.value += 1
+        self._refused(why)
+
     async def warmed(self) -> None:
         """Returns once a first version is in, or the source's initial_fetch_timeout is
         over (then what is built goes on without it, as in Envoy)."""

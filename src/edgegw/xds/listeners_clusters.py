@@ -59,24 +59,29 @@ class _Kind:
         self.owner, self.field, self.source = owner, field, source
         self.url, self.short, self.prefix, self.noun = KINDS[field]
         self.stats = XdsUpdateStats(store, self.prefix)
-        self.version = ""
         self.watch: Watch | None = None
         self.first = asyncio.Event()
         """Set once a first response was taken."""
 
     def xds_update(self, version: str, resources: dict[str, dict[str, Any]],
                    count: bool) -> str | None:
-        self.stats.update_attempt.value += 1
         error = self.owner.take(self, version, resources)
         if error is not None:
-            self.stats.update_rejected.value += 1
             _log.warning("%s: %s", self.short, error)
-        else:
-            self.version = version
+        if count and error is not None:
+            self.stats.update_attempt.value += 1
+            self.stats.update_rejected.value += 1
+        elif count:
+            self.stats.update_attempt.value += 1
             self.stats.update_success.value += 1
             self.stats.version.value = xxhash.xxh64_intdigest(version.encode())
         self.first.set()
         return error
+
+    def xds_refused(self, why: str) -> None:
+        self.stats.update_attempt.value += 1
+        self.stats.update_rejected.value += 1
+        self.first.set()
 
 
 class DynamicConfig:

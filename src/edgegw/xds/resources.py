@@ -57,7 +57,8 @@ def to_dict(type_url: str, value: bytes) -> dict[str, Any]:
     try:
         out = json_format.MessageToDict(msg, preserving_proto_field_name=True)
     except Exception as e:  # (an unknown type; protobuf's DecodeError for a bad message)
-        raise ResourceError(f"cannot read a resource of type {type_url}: {e}") from None
+        raise ResourceError(f"Unable to unpack as {type_url.removeprefix(PREFIX)}: {e}"
+                            ) from None
     if type_url == WRAPPER:
         inner = out.get("resource")
         if not isinstance(inner, dict):

@@ -15,8 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .resources import ENDPOINTS, WRAPPER, ResourceError
+from .resources import CLUSTER, ENDPOINTS, LISTENER, ROUTES, SECRET, WRAPPER, ResourceError
 
+NOUNS = {LISTENER: "listener", CLUSTER: "cluster", ROUTES: "route configuration",
+         ENDPOINTS: "cluster load assignment", SECRET: "secret"}
 Resources = dict[str, dict[str, Any]]
 """Resources by name, each as JSON."""
 
@@ -31,6 +33,9 @@ class Watcher(Protocol):
         the stats (not when a new watcher is given what was accepted before, nor when a
         newer watcher with the same stats also gets it, as the next config's cluster does
         beside the one it replaces)."""
+
+    def xds_refused(self, why: str) -> None:
+        """A response of its type was refused as a whole (unreadable): counted, logged."""
 
 
 @dataclass
@@ -97,30 +102,38 @@ class TypeState:
         or the NACK to send."""
         self.nonce = nonce
         got: Resources = {}
+        errors = []
+        noun = NOUNS.get(self.type_url, "resource")
         try:
             for url, read in resources:
                 if url not in (self.type_url, WRAPPER):
-                    raise ResourceError(f"type URL {url} embedded in an individual Any does "
-                                        f"not match the message-wide type URL {self.type_url}"
-                                        " in DiscoveryResponse")
+                    raise ResourceError(f"{url} does not match the message-wide type URL "
+                                        f"{self.type_url} in DiscoveryResponse")
                 res = read()
                 name = name_of(self.type_url, res)
-                if name in got:
-                    raise ResourceError(f"duplicate resource '{name}' in one response")
-                got[name] = res
+                if name in got:  # (the first is taken, as in Envoy)
+                    errors.append(f"Error adding/updating {noun}(s) {name}: duplicate {noun} "
+                                  f"{name} found")
+                else:
+                    got[name] = res
         except ResourceError as e:
+            for w in {w.prefix: w for ws in self.watchers.values() for w in ws}.values():
+                w.xds_refused(str(e))
             return self.request(str(e))
-        errors = []
+        duplicates = "\n".join(errors)
         for name, ws in list(self.watchers.items()):
             given = got if self.wildcard else ({name: got[name]} if name in got else None)
             if given is None:
                 continue
             counting = {w.prefix: w for w in ws}.values()
-            refused = [why for w in list(ws)
-                       if (why := w.xds_update(version, given, w in counting))]
+            refused = [why for w in list(ws) if (why := w.xds_update(
+                version, given, w in counting and not duplicates))]
             errors += refused
             if not refused and not self.wildcard:
                 self.accepted[name], self.accepted_version[name] = got[name], version
+            if duplicates:  # (what was taken is counted as a rejected update, as in Envoy)
+                for w in counting:
+                    w.xds_refused(duplicates)
         if errors:
             return self.request("\n".join(errors))
         self.version = version
