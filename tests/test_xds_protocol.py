@@ -1,0 +1,129 @@
+"""The xDS protocol at the byte level, without processes: the state-of-the-world state of one
+type (what each request says after each response), resources read from protobuf, and gRPC's
+message framing over a stream."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from edgegw.xds.grpc import GrpcStream, frame
+from edgegw.xds.resources import CLUSTER, ENDPOINTS, ResourceError, to_dict
+from edgegw.xds.sotw import TypeState
+
+
+class Recorder:
+    """A watcher that refuses what ``refuse`` says, and remembers what it was given."""
+
+    def __init__(self, prefix: str = "p.", refuse: str | None = None) -> None:
+        self.prefix = prefix
+        self.refuse = refuse
+        self.got: list[tuple[str, dict, bool]] = []
+        self.refused: list[str] = []
+
+    def xds_update(self, version: str, resources: dict, count: bool) -> str | None:
+        self.got.append((version, resources, count))
+        return self.refuse
+
+    def xds_refused(self, why: str) -> None:
+        self.refused.append(why)
+
+
+def cla(name: str) -> tuple[str, Any]:
+    return ENDPOINTS, lambda: {"@type": ENDPOINTS, "cluster_name": name}
+
+
+def test_ack_echoes_the_version_and_nonce_and_nack_keeps_the_last_accepted() -> None:
+    t = TypeState(ENDPOINTS, wildcard=False)
+    w = Recorder()
+    t.add("app", w)
+    assert t.request().names == ["app"] and t.request().version == ""
+    ack = t.respond("v1", "n1", [cla("app")])
+    assert (ack.version, ack.nonce, ack.error) == ("v1", "n1", None)
+    w.refuse = "no thanks"
+    nack = t.respond("v2", "n2", [cla("app")])
+    assert (nack.version, nack.nonce, nack.error) == ("v1", "n2", "no thanks")
+    t.reconnected()
+    again = t.request()
+    assert (again.version, again.nonce, again.names) == ("v1", "", ["app"])
+
+
+def test_named_resources_go_to_their_watchers_only_and_a_late_watcher_gets_the_last() -> None:
+    t = TypeState(ENDPOINTS, wildcard=False)
+    a, b = Recorder(), Recorder()
+    assert t.add("a", a) and t.add("b", b)
+    t.respond("v1", "n1", [cla("a")])
+    assert [g[0] for g in a.got] == ["v1"] and b.got == []
+    late = Recorder()
+    assert not t.add("a", late)  # (the names asked for are the same)
+    assert late.got == [("v1", {"a": {"@type": ENDPOINTS, "cluster_name": "a"}}, False)]
+    newer = Recorder()  # the next config's watcher with the same stats: only it counts
+    t.add("a", newer)
+    t.respond("v2", "n2", [cla("a")])
+    assert [w.got[-1][2] for w in (a, late, newer)] == [False, False, True]
+    assert not t.remove("a", a) and not t.remove("a", late) and t.remove("a", newer)
+    assert t.request().names == ["b"]
+
+
+def test_whole_responses_refused_with_envoy_words() -> None:
+    t = TypeState(CLUSTER, wildcard=True)
+    w = Recorder()
+    t.add("", w)
+    mismatch = t.respond("v1", "n1", [(ENDPOINTS, lambda: {})])
+    assert mismatch.error == (f"{ENDPOINTS} does not match the message-wide type URL "
+                              f"{CLUSTER} in DiscoveryResponse")
+    assert w.got == [] and w.refused == [mismatch.error]
+    dup = t.respond("v2", "n2", [(CLUSTER, lambda: {"name": "x", "n": 1}),
+                                 (CLUSTER, lambda: {"name": "x", "n": 2})])
+    assert dup.error == "Error adding/updating cluster(s) x: duplicate cluster x found"
+    assert w.got[-1] == ("v2", {"x": {"name": "x", "n": 1}}, False)  # the first is taken
+    assert dup.version == ""
+
+
+def test_resources_read_from_protobuf() -> None:
+    from envoy.config.cluster.v3 import cluster_pb2
+
+    c = cluster_pb2.Cluster(name="app", type=cluster_pb2.Cluster.STATIC)
+    c.connect_timeout.FromMilliseconds(1500)
+    assert to_dict(CLUSTER, c.SerializeToString()) == {
+        "@type": CLUSTER, "name": "app", "type": "STATIC", "connect_timeout": "1.500s"}
+    with pytest.raises(ResourceError, match="Unable to unpack as envoy.config.cluster.v3"):
+        to_dict(CLUSTER, b"\xff\xff\xff")
+    with pytest.raises(ResourceError, match="Unable to unpack as no.such.Type"):
+        to_dict("type.googleapis.com/no.such.Type", b"")
+
+
+class _Cluster:
+    name = "xds"
+
+
+def _stream() -> tuple[GrpcStream, list[bytes], list[str]]:
+    got: list[bytes] = []
+    closed: list[str] = []
+    stream = GrpcStream(_Cluster(), "/svc/M", "", [], 0.0,  # type: ignore[arg-type]
+                        got.append, closed.append)
+    return stream, got, closed
+
+
+def test_grpc_messages_split_and_joined_across_frames() -> None:
+    s, got, closed = _stream()
+    s.upstream_headers(200, [(b"content-type", b"application/grpc")], False)
+    data = frame(b"one") + frame(b"") + frame(b"x" * 70000)
+    for i in range(0, len(data), 7):
+        s.upstream_data(data[i:i + 7], False)
+    assert got == [b"one", b"", b"x" * 70000] and closed == []
+    s.upstream_trailers([(b"grpc-status", b"14"), (b"grpc-message", b"going away")])
+    assert closed == ["gRPC status 14: going away"]
+
+
+def test_grpc_streams_end_on_what_is_not_a_message() -> None:
+    s, got, closed = _stream()
+    s.upstream_data(b"\x01\x00\x00\x00\x01x", False)
+    assert closed == ["the control plane sent a compressed message"] and got == []
+    s, got, closed = _stream()
+    s.upstream_headers(503, [], False)
+    assert closed == ["the control plane answered HTTP 503"]
+    s, got, closed = _stream()
+    s.upstream_headers(200, [(b"grpc-status", b"12")], True)  # trailers-only
+    assert closed == ["gRPC status 12"]
