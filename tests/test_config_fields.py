@@ -50,7 +50,6 @@ NEEDS_NO_READING = {
         "session cache either way (Python's ssl resumes server sessions by tickets only)",
     "FilterConfig.is_optional": "it lets Envoy skip a per-route config of a type it does not "
                                 "know; one edgegw does not know is refused either way",
-    "ApiConfigSource.api_type": "only GRPC (state of the world) is accepted",
     "ApiConfigSource.transport_api_version": "only V3 (AUTO means V3 in Envoy 1.40)",
     "ConfigSource.resource_api_version": "only V3 (AUTO means V3 in Envoy 1.40)",
     "ConfigSource.initial_fetch_timeout": "read through the model's fetch_timeout",

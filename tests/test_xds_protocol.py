@@ -22,7 +22,8 @@ class Recorder:
         self.got: list[tuple[str, dict, bool]] = []
         self.refused: list[str] = []
 
-    def xds_update(self, version: str, resources: dict, count: bool) -> str | None:
+    def xds_update(self, version: str, resources: dict, count: bool,
+                   versions: dict | None = None) -> str | None:
         self.got.append((version, resources, count))
         return self.refuse
 
@@ -127,3 +128,41 @@ def test_grpc_streams_end_on_what_is_not_a_message() -> None:
     s, got, closed = _stream()
     s.upstream_headers(200, [(b"grpc-status", b"12")], True)  # trailers-only
     assert closed == ["gRPC status 12"]
+
+
+def test_delta_requests_carry_changes_and_reconnects_carry_what_is_held() -> None:
+    from edgegw.xds.delta import DeltaState
+
+    t = DeltaState(ENDPOINTS, wildcard=False)
+    a, b = Recorder(), Recorder()
+    t.add("a", a)
+    first = t.request()
+    assert (first.subscribe, first.unsubscribe, first.nonce) == (["a"], [], "")
+    ack = t.respond_delta("s1", "n1", [("a", "va1", *cla("a"))], [])
+    assert (ack.nonce, ack.error, ack.subscribe) == ("n1", None, [])
+    assert a.got[-1][0] == "va1"  # (each resource's own version)
+    t.add("b", b)
+    t.remove("a", a)
+    change = t.request()  # a subscription change answers no response: no nonce
+    assert (change.subscribe, change.unsubscribe, change.nonce) == (["b"], ["a"], "")
+    t.respond_delta("s2", "n2", [("b", "vb1", *cla("b"))], [])
+    t.reconnected()
+    again = t.request()
+    assert (again.subscribe, again.initial_versions, again.nonce) == (["b"], {"b": "vb1"}, "")
+
+
+def test_delta_wildcard_watchers_see_the_whole_set_after_each_change() -> None:
+    from edgegw.xds.delta import DeltaState
+
+    t = DeltaState(CLUSTER, wildcard=True)
+    w = Recorder()
+    t.add("", w)
+    assert t.request().subscribe == []  # (an empty first request is the wildcard)
+
+    def c(name: str) -> tuple[str, str, str, Any]:
+        return name, f"v-{name}", CLUSTER, lambda: {"name": name}
+
+    t.respond_delta("s1", "n1", [c("x"), c("y")], [])
+    t.respond_delta("s2", "n2", [c("z")], ["x"])
+    assert sorted(w.got[-1][1]) == ["y", "z"]
+    assert t.versions == {"y": "v-y", "z": "v-z"}

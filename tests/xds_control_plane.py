@@ -1,14 +1,18 @@
-"""A state-of-the-world xDS control plane for tests, on grpcio and xds-protos: the ADS service
-and the per-type ones (LDS, CDS, RDS, EDS), serving one snapshot of JSON resources to every
-node that connects (edgegw and real Envoy alike), and recording every request.
+"""An xDS control plane for tests, on grpcio and xds-protos: the ADS service and the per-type
+ones (LDS, CDS, RDS, EDS), state of the world and delta, serving one snapshot of JSON
+resources to every node that connects (edgegw and real Envoy alike), and recording every
+request.
 
-Like go-control-plane's SotW server: a type is sent when a stream first asks for it or asks
-for other names, and pushed again to every stream that asked for it when the snapshot of that
-type changes; a request that only ACKs or NACKs gets no answer.
+Like go-control-plane's servers: a type is sent when a stream first asks for it or asks for
+other names, and pushed again to every stream that asked for it when the snapshot of that
+type changes; a request that only ACKs or NACKs gets no answer. A delta stream is sent only
+the resources whose version it does not hold (a resource's version is a hash of it) and the
+names removed; an empty first request for LDS or CDS, or ``*``, is a wildcard.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import queue
 import threading
@@ -53,29 +57,59 @@ def to_any(resource: dict) -> Any:
     return msg
 
 
+def version_of(resource: Any) -> str:
+    blob = resource.SerializeToString() if isinstance(resource, any_pb2.Any) else \
+        json.dumps(resource, sort_keys=True).encode()
+    return hashlib.sha1(blob).hexdigest()[:12]
+
+
 class _Stream:
-    def __init__(self, cp: ControlPlane) -> None:
+    def __init__(self, cp: ControlPlane, delta: bool) -> None:
         self.cp = cp
+        self.delta = delta
         self.out: queue.Queue[Any] = queue.Queue()
         self.names: dict[str, list[str]] = {}
+        self.wildcard: dict[str, bool] = {}
+        self.held: dict[str, dict[str, str]] = {}
+        """Delta: each type's resources the client holds, with their versions."""
+        self.versions: dict[str, str] = {}
+        """Delta: the system version each nonce sent."""
         self.node = ""
         self.nonce = 0
 
     def on_request(self, req: Any) -> None:
         if req.node.id:
             self.node = req.node.id
-        names = list(req.resource_names)
+        url = req.type_url
+        error = req.error_detail.message if req.HasField("error_detail") else None
         with self.cp.lock:
-            self.cp.seen.append(Seen(self.node, req.type_url, req.version_info,
-                                     req.response_nonce, names,
-                                     req.error_detail.message if req.HasField("error_detail")
-                                     else None))
-            changed = self.names.get(req.type_url) != names
-            self.names[req.type_url] = names
-            if changed or not req.response_nonce:
-                self.push(req.type_url)
+            if not self.delta:
+                names = list(req.resource_names)
+                self.cp.seen.append(Seen(self.node, url, req.version_info, req.response_nonce,
+                                         names, error))
+                changed = self.names.get(url) != names
+                self.names[url] = names
+                if changed or not req.response_nonce:
+                    self.push(url)
+                return
+            subscribe, unsubscribe = list(req.resource_names_subscribe), \
+                list(req.resource_names_unsubscribe)
+            self.cp.seen.append(Seen(self.node, url, self.versions.get(req.response_nonce, ""),
+                                     req.response_nonce, subscribe, error))
+            first = url not in self.names
+            if first:
+                self.wildcard[url] = not subscribe or "*" in subscribe
+                self.names[url] = []
+                self.held[url] = dict(req.initial_resource_versions)
+            names = set(self.names[url]) | (set(subscribe) - {"*"})
+            names -= set(unsubscribe)
+            for n in unsubscribe:
+                self.held[url].pop(n, None)
+            self.names[url] = sorted(names)
+            if first or subscribe:
+                self.push(url, first)
 
-    def push(self, type_url: str) -> None:
+    def push(self, type_url: str, first: bool = False) -> None:
         """(With the lock held.)"""
         if type_url not in self.cp.snapshot or type_url not in self.names:
             return
@@ -83,11 +117,37 @@ class _Stream:
         if callable(resources):
             resources = resources(self.node)
         names = self.names[type_url]
+        if self.delta:
+            self._push_delta(type_url, version, resources, first)
+            return
         self.nonce += 1
         self.out.put(discovery_pb2.DiscoveryResponse(
             version_info=version, type_url=type_url, nonce=str(self.nonce),
             resources=[r if isinstance(r, any_pb2.Any) else to_any(r) for r in resources
                        if not names or isinstance(r, any_pb2.Any) or name_of(r) in names]))
+
+    def _push_delta(self, type_url: str, version: str, resources: list[Any],
+                    first: bool) -> None:
+        wanted = {("" if isinstance(r, any_pb2.Any) else name_of(r)): r for r in resources
+                  if self.wildcard[type_url] or isinstance(r, any_pb2.Any)
+                  or name_of(r) in self.names[type_url]}
+        held = self.held[type_url]
+        changed = {n: r for n, r in wanted.items() if held.get(n) != version_of(r)}
+        removed = [n for n in held if n not in wanted]
+        if not (changed or removed or first):
+            return
+        self.nonce += 1
+        self.versions[str(self.nonce)] = version
+        self.out.put(discovery_pb2.DeltaDiscoveryResponse(
+            system_version_info=version, type_url=type_url, nonce=str(self.nonce),
+            removed_resources=removed, resources=[discovery_pb2.Resource(
+                name=n, version=version_of(r),
+                resource=r if isinstance(r, any_pb2.Any) else to_any(r))
+                for n, r in changed.items()]))
+        for n, r in changed.items():
+            held[n] = version_of(r)
+        for n in removed:
+            del held[n]
 
     def serve(self, requests: Iterator[Any], context: Any) -> Iterator[Any]:
         def read() -> None:
@@ -118,10 +178,14 @@ class _Services(ads_pb2_grpc.AggregatedDiscoveryServiceServicer,
         self.cp = cp
 
     def StreamAggregatedResources(self, requests, context):  # noqa: N802
-        yield from _Stream(self.cp).serve(requests, context)
+        yield from _Stream(self.cp, False).serve(requests, context)
+
+    def DeltaAggregatedResources(self, requests, context):  # noqa: N802
+        yield from _Stream(self.cp, True).serve(requests, context)
 
     StreamListeners = StreamClusters = StreamRoutes = StreamEndpoints = \
         StreamAggregatedResources
+    DeltaListeners = DeltaClusters = DeltaRoutes = DeltaEndpoints = DeltaAggregatedResources
 
 
 class ControlPlane:
@@ -172,7 +236,8 @@ class ControlPlane:
             return [s for s in self.seen if s.node == node and s.type_url == type_url]
 
     def answers(self, node: str, type_url: str) -> list[tuple[str, bool]]:
-        """The node's ACKs and NACKs of a type: (version, True for an ACK)."""
+        """The node's ACKs and NACKs of a type: (the version answered, True for an ACK; on
+        a delta stream, the system version of the response answered)."""
         return [(s.version, s.error is None) for s in self.requests(node, type_url)
                 if s.nonce]
 

@@ -152,13 +152,14 @@ class Subscription(Generic[M]):
         self.ready.set()
 
     def xds_update(self, version: str, resources: dict[str, dict[str, Any]],
-                   count: bool) -> str | None:
+                   count: bool, versions: dict[str, str] | None = None) -> str | None:
         """A control plane's version of the resource: None when taken, else why not; counted
         in the stats when ``count`` says so."""
         self.counting = count
         if count:
             self.attempt.value += 1
         raw = resources[self.name]
+        version = (versions or {}).get(self.name, version)
         try:
             resource = parse(raw, self.model, f"{self.kind} {self.noun} '{self.name}': ")
         except SubscriptionError as e:

@@ -64,8 +64,8 @@ class _Kind:
         """Set once a first response was taken."""
 
     def xds_update(self, version: str, resources: dict[str, dict[str, Any]],
-                   count: bool) -> str | None:
-        error = self.owner.take(self, version, resources)
+                   count: bool, versions: dict[str, str] | None = None) -> str | None:
+        error = self.owner.take(self, version, resources, versions or {})
         if error is not None:
             _log.warning("%s: %s", self.short, error)
         if count and error is not None:
@@ -124,9 +124,10 @@ class DynamicConfig:
                 await asyncio.wait([self.last])
         self.initialized.set()
 
-    def take(self, kind: _Kind, version: str, given: dict[str, dict[str, Any]]) -> str | None:
-        """A response of ``kind``: what of it is taken goes to ``apply``; returns the NACK's
-        error, or None."""
+    def take(self, kind: _Kind, version: str, given: dict[str, dict[str, Any]],
+             versions: dict[str, str]) -> str | None:
+        """A response of ``kind`` (``versions``: each resource's own, on a delta stream):
+        what of it is taken goes to ``apply``; returns the NACK's error, or None."""
         field = kind.field
         before = {r.get("name", ""): r for r in self.resources[field]}
         wanted = dict(given)
@@ -151,7 +152,7 @@ class DynamicConfig:
         now = time.time()
         for name, res in wanted.items():
             if before.get(name) != res:
-                self.updated[(field, name)] = (version, now)
+                self.updated[(field, name)] = (versions.get(name, version), now)
         for name in set(before) - set(wanted):
             self.updated.pop((field, name), None)
         self.resources = snapshot

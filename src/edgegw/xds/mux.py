@@ -2,7 +2,8 @@
 
 Each config source of a control plane's kind is a channel: ``ads: {}`` sources share the one
 ADS stream of ``ads_config``; an ``api_config_source`` gets a stream of its type's service
-(``ClusterDiscoveryService/StreamClusters`` …). A channel opens its stream when the first
+(``ClusterDiscoveryService/StreamClusters`` …). ``api_type`` chooses the protocol: ``GRPC``
+is the state of the world (``sotw``), ``DELTA_GRPC`` the incremental one (``delta``). A channel opens its stream when the first
 resource is watched, asks for each type as watchers come and go (coalesced per loop turn), and
 answers each response with an ACK or a NACK. A stream that ends is opened again after a
 jittered exponential backoff (0.5 s doubling to 30 s, as Envoy's); meanwhile the accepted
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from .. import __version__, log
 from ..config import model as m
 from ..stats import Counter, Gauge, StatSet, Store
+from .delta import DeltaRequest, DeltaState
 from .grpc import GrpcStream
 from .resources import CLUSTER, ENDPOINTS, LISTENER, ROUTES, SECRET, to_dict
 from .sotw import Request, TypeState, Watcher
@@ -36,14 +38,17 @@ if TYPE_CHECKING:
 
 _log = log.get("config")
 
-ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
+ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/"
 SERVICES = {
-    LISTENER: "/envoy.service.listener.v3.ListenerDiscoveryService/StreamListeners",
-    CLUSTER: "/envoy.service.cluster.v3.ClusterDiscoveryService/StreamClusters",
-    ROUTES: "/envoy.service.route.v3.RouteDiscoveryService/StreamRoutes",
-    ENDPOINTS: "/envoy.service.endpoint.v3.EndpointDiscoveryService/StreamEndpoints",
-    SECRET: "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets",
+    LISTENER: "/envoy.service.listener.v3.ListenerDiscoveryService/",
+    CLUSTER: "/envoy.service.cluster.v3.ClusterDiscoveryService/",
+    ROUTES: "/envoy.service.route.v3.RouteDiscoveryService/",
+    ENDPOINTS: "/envoy.service.endpoint.v3.EndpointDiscoveryService/",
+    SECRET: "/envoy.service.secret.v3.SecretDiscoveryService/",
 }
+METHODS = {LISTENER: "Listeners", CLUSTER: "Clusters", ROUTES: "Routes", ENDPOINTS: "Endpoints",
+           SECRET: "Secrets"}
+"""A service's methods: ``Stream<X>`` (state of the world) and ``Delta<X>``."""
 WILDCARD = (LISTENER, CLUSTER)
 BACKOFF_BASE, BACKOFF_MAX = 0.5, 30.0
 
@@ -69,6 +74,7 @@ class Channel:
 
     def __init__(self, mux: XdsMux, api: m.ApiConfigSource, path: str, prefix: str) -> None:
         self.mux, self.api, self.path = mux, api, path
+        self.delta = api.api_type == "DELTA_GRPC"
         self.stats = ControlPlaneStats(mux.store, prefix + "control_plane.")
         self.types: dict[str, TypeState] = {}
         self.stream: GrpcStream | None = None
@@ -80,13 +86,14 @@ class Channel:
         limits = api.rate_limit_settings
         self.tokens = float(limits.max_tokens) if limits else 0.0
         self.refilled = time.monotonic()
-        self.held: list[Request] = []
+        self.held: list[Request | DeltaRequest] = []
         """Requests the rate limit holds back."""
 
     def watch(self, type_url: str, name: str, watcher: Watcher) -> Watch:
         state = self.types.get(type_url)
         if state is None:
-            state = self.types[type_url] = TypeState(type_url, type_url in WILDCARD)
+            state = self.types[type_url] = (DeltaState if self.delta else TypeState)(
+                type_url, type_url in WILDCARD)
             self._ask(type_url)
         if state.add(name, watcher):
             self._ask(type_url)
@@ -132,19 +139,29 @@ class Channel:
         for state in self.types.values():
             self._send(state.request())
 
-    def _send(self, req: Request) -> None:
+    def _send(self, req: Request | DeltaRequest) -> None:
         if self.stream is None or self.stream.closed:
             return  # (sent again on the next stream)
         if self.api.rate_limit_settings is not None and not self._token():
-            self.held = [r for r in self.held if r.type_url != req.type_url] + [req]
+            if isinstance(req, Request):  # (a newer one says all an older one said)
+                self.held = [r for r in self.held if r.type_url != req.type_url]
+            self.held.append(req)
             self.stats.rate_limit_enforced.value += 1
             self.stats.pending_requests.value = len(self.held)
             return
         from envoy.service.discovery.v3 import discovery_pb2
 
-        msg = discovery_pb2.DiscoveryRequest(
-            version_info=req.version, response_nonce=req.nonce, type_url=req.type_url,
-            resource_names=req.names)
+        msg: Any
+        if isinstance(req, DeltaRequest):
+            msg = discovery_pb2.DeltaDiscoveryRequest(
+                type_url=req.type_url, response_nonce=req.nonce,
+                resource_names_subscribe=req.subscribe,
+                resource_names_unsubscribe=req.unsubscribe,
+                initial_resource_versions=req.initial_versions)
+        else:
+            msg = discovery_pb2.DiscoveryRequest(
+                version_info=req.version, response_nonce=req.nonce, type_url=req.type_url,
+                resource_names=req.names)
         if not (self.api.set_node_on_first_message_only and self.node_sent):
             msg.node.CopyFrom(self.mux.node_message())
             self.node_sent = True
@@ -182,20 +199,29 @@ class Channel:
             self.failures = 0
             self.stats.connected_state.value = 1
         try:
-            resp = discovery_pb2.DiscoveryResponse.FromString(message)
+            resp = (discovery_pb2.DeltaDiscoveryResponse if self.delta
+                    else discovery_pb2.DiscoveryResponse).FromString(message)
         except Exception as e:  # protobuf's DecodeError
-            self._fail(f"the control plane sent a malformed DiscoveryResponse: {e}")
+            self._fail(f"the control plane sent a malformed response: {e}")
             return
         state = self.types.get(resp.type_url)
         if state is None:
             _log.warning("xds: ignoring a response of type %s, which nothing here asked for",
                          resp.type_url or "(none)")
             return
-        req = state.respond(resp.version_info, resp.nonce, [
-            (a.type_url, functools.partial(to_dict, a.type_url, a.value))
-            for a in resp.resources])
+        req: Request | DeltaRequest
+        if isinstance(state, DeltaState):
+            req = state.respond_delta(resp.system_version_info, resp.nonce, [
+                (r.name, r.version, r.resource.type_url,
+                 functools.partial(to_dict, r.resource.type_url, r.resource.value))
+                for r in resp.resources], list(resp.removed_resources))
+        else:
+            req = state.respond(resp.version_info, resp.nonce, [
+                (a.type_url, functools.partial(to_dict, a.type_url, a.value))
+                for a in resp.resources])
         if req.error is not None:
-            _log.warning("xds: gRPC config for %s rejected: %s", resp.type_url, req.error)
+            _log.warning("xds: %s config for %s rejected: %s",
+                         "delta gRPC" if self.delta else "gRPC", resp.type_url, req.error)
         self._send(req)
 
     def _fail(self, why: str) -> None:
@@ -243,12 +269,16 @@ class XdsMux:
         """Watches the resource ``name`` (any name for LDS and CDS) from ``source``."""
         api = self.ads if source.ads is not None else source.api_config_source
         assert api is not None  # (the config checks say so)
-        path = ADS if source.ads is not None else SERVICES[type_url]
+        delta = api.api_type == "DELTA_GRPC"
+        if source.ads is not None:
+            path = ADS + ("DeltaAggregatedResources" if delta else "StreamAggregatedResources")
+        else:
+            path = SERVICES[type_url] + ("Delta" if delta else "Stream") + METHODS[type_url]
         key = (api.model_dump_json(), path)
         channel = self.channels.get(key)
         if channel is None:
             channel = self.channels[key] = Channel(self, api, path,
-                                                   "" if path == ADS else watcher.prefix)
+                                                   "" if source.ads is not None else watcher.prefix)
         return channel.watch(type_url, name, watcher)
 
     def node_message(self) -> Any:

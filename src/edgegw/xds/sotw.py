@@ -27,12 +27,13 @@ class Watcher(Protocol):
     prefix: str
     """Where its stats are: of the watchers that share it, only the newest counts."""
 
-    def xds_update(self, version: str, resources: Resources, count: bool) -> str | None:
+    def xds_update(self, version: str, resources: Resources, count: bool,
+                   versions: dict[str, str] | None = None) -> str | None:
         """Takes a new version of the resources watched (a wildcard watcher gets them all,
         others only theirs); returns why it refuses them, or None. ``count``: count it in
         the stats (not when a new watcher is given what was accepted before, nor when a
         newer watcher with the same stats also gets it, as the next config's cluster does
-        beside the one it replaces)."""
+        beside the one it replaces). ``versions``: each resource's own version (delta)."""
 
     def xds_refused(self, why: str) -> None:
         """A response of its type was refused as a whole (unreadable): counted, logged."""
@@ -101,6 +102,21 @@ class TypeState:
         """A response: each resource as its type URL and a way to read it. Returns the ACK
         or the NACK to send."""
         self.nonce = nonce
+        try:
+            got, duplicates = self.read(resources)
+        except ResourceError as e:
+            return self.request(str(e))
+        error = self.deliver(version, got, got, duplicates)
+        if error:
+            return self.request(error)
+        self.version = version
+        return self.request()
+
+    def read(self, resources: list[tuple[str, Callable[[], dict[str, Any]]]]
+             ) -> tuple[Resources, str]:
+        """The resources by name, and why some were dropped (names given twice: the first
+        is taken, as in Envoy). A response that cannot be read is refused whole: its
+        watchers count it, and the ResourceError says why."""
         got: Resources = {}
         errors = []
         noun = NOUNS.get(self.type_url, "resource")
@@ -111,7 +127,7 @@ class TypeState:
                                         f"{self.type_url} in DiscoveryResponse")
                 res = read()
                 name = name_of(self.type_url, res)
-                if name in got:  # (the first is taken, as in Envoy)
+                if name in got:
                     errors.append(f"Error adding/updating {noun}(s) {name}: duplicate {noun} "
                                   f"{name} found")
                 else:
@@ -119,22 +135,27 @@ class TypeState:
         except ResourceError as e:
             for w in {w.prefix: w for ws in self.watchers.values() for w in ws}.values():
                 w.xds_refused(str(e))
-            return self.request(str(e))
-        duplicates = "\n".join(errors)
+            raise
+        return got, "\n".join(errors)
+
+    def deliver(self, version: str, got: Resources, every: Resources, duplicates: str,
+                versions: dict[str, str] | None = None) -> str:
+        """Gives the watchers what is theirs of ``got`` (a wildcard watcher: ``every``, the
+        whole set), with each one's ``versions`` if they have their own; returns the errors
+        (with ``duplicates``), empty when all was taken."""
+        errors = [duplicates] if duplicates else []
         for name, ws in list(self.watchers.items()):
-            given = got if self.wildcard else ({name: got[name]} if name in got else None)
+            given = every if self.wildcard else ({name: got[name]} if name in got else None)
             if given is None:
                 continue
             counting = {w.prefix: w for w in ws}.values()
             refused = [why for w in list(ws) if (why := w.xds_update(
-                version, given, w in counting and not duplicates))]
+                version, given, w in counting and not duplicates, versions))]
             errors += refused
             if not refused and not self.wildcard:
-                self.accepted[name], self.accepted_version[name] = got[name], version
+                self.accepted[name] = got[name]
+                self.accepted_version[name] = (versions or {}).get(name, version)
             if duplicates:  # (what was taken is counted as a rejected update, as in Envoy)
                 for w in counting:
                     w.xds_refused(duplicates)
-        if errors:
-            return self.request("\n".join(errors))
-        self.version = version
-        return self.request()
+        return "\n".join(errors)

@@ -169,9 +169,9 @@ class RateLimitSettings(Msg):
 
 
 class ApiConfigSource(Msg):
-    """A control plane: state-of-the-world xDS over a gRPC stream."""
+    """A control plane: xDS over a gRPC stream, state of the world or incremental (delta)."""
 
-    api_type: Literal["GRPC"]
+    api_type: Literal["GRPC", "DELTA_GRPC"]
     transport_api_version: Literal["AUTO", "V3"] = "AUTO"
     grpc_services: list[GrpcService] = Field(min_length=1)
     set_node_on_first_message_only: Bool = False
