@@ -25,6 +25,7 @@ class Recorder:
     def xds_update(self, version: str, resources: dict, count: bool,
                    versions: dict | None = None) -> str | None:
         self.got.append((version, resources, count))
+        self.versions = versions
         return self.refuse
 
     def xds_refused(self, why: str) -> None:
@@ -140,7 +141,7 @@ def test_delta_requests_carry_changes_and_reconnects_carry_what_is_held() -> Non
     assert (first.subscribe, first.unsubscribe, first.nonce) == (["a"], [], "")
     ack = t.respond_delta("s1", "n1", [("a", "va1", *cla("a"))], [])
     assert (ack.nonce, ack.error, ack.subscribe) == ("n1", None, [])
-    assert a.got[-1][0] == "va1"  # (each resource's own version)
+    assert a.versions == {"a": "va1"}  # (each resource's own version)
     t.add("b", b)
     t.remove("a", a)
     change = t.request()  # a subscription change answers no response: no nonce
