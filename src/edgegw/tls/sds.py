@@ -1,4 +1,5 @@
-"""The secret manager: named secrets from SDS files, watched and rotated without a restart.
+"""The secret manager: named secrets from SDS files or a control plane, rotated without a
+restart.
 
 Envoy reacts only to files moved into place (and to ``watched_directory``). Users and certbot
 hooks also rewrite files in place or ``cp`` over them, Kubernetes swaps a ``..data`` symlink,
@@ -7,7 +8,8 @@ bind mounts and network filesystems deliver no events at all, and events alone m
 and inotify (through watchfiles) only makes the check happen sooner. A change is debounced,
 read twice and compared, checked (key matches, not expired when the current one is valid) and
 only then swapped in; anything wrong leaves the last good secret serving, with a log line
-naming the file and the problem and a counter.
+naming the file and the problem and a counter. A control plane's secret (``XdsSecret``) is
+checked the same way as it arrives, and NACKed when refused.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 from .. import log
 from ..config import model as m
+from ..config.subscription import Cancel, SubscriptionError, Watches, parse
 from ..stats import Counter, StatSet, Store
 from .secrets import (
     Material,
     SecretError,
     Signature,
     files_of,
+    materialize,
     now_stamp,
     read_sds_file,
     signature_of,
@@ -131,11 +135,80 @@ class Subscription:
         return True
 
 
+class XdsSecret(Subscription):
+    """A secret from a control plane (``sds_config`` with ``ads`` or ``api_config_source``):
+    none until the first version is in (``ready``, what warming waits for)."""
+
+    def __init__(self, name: str, source: m.ConfigSource, store: Store, xds: Watches) -> None:
+        super().__init__(name, None, None, store)
+        self.source, self.xds = source, xds
+        self.prefix = f"sds.{name}."
+        self.version = ""
+        self.ready = asyncio.Event()
+        self._watch: Cancel | None = None
+
+    def load(self) -> None:
+        if self._watch is None:
+            self.stats.update_attempt.value += 1  # (Envoy counts the first request)
+            self._watch = self.xds.watch(self.source, m.SECRET_TYPE, self.name, self)
+
+    def changed(self) -> bool:
+        return False  # (no file to poll)
+
+    def xds_update(self, version: str, resources: dict[str, dict[str, Any]], count: bool,
+                   versions: dict[str, str] | None = None) -> str | None:
+        if count:
+            self.stats.update_attempt.value += 1
+        try:
+            secret = parse(resources[self.name], m.Secret, f"secret '{self.name}': ")
+            mat = materialize(secret)
+            problem = (validity_problem(mat) if self.value is not None
+                       and validity_problem(self.value) is None else None)
+            if problem:
+                raise SecretError(problem)
+        except (SubscriptionError, SecretError) as e:
+            if count:
+                self._reject(str(e))
+            return str(e)
+        self.version = (versions or {}).get(self.name, version)
+        self.ready.set()
+        if self.value is not None and mat.digest == self.value.digest:
+            return None
+        self.problem = None
+        self.value, self.secret = mat, secret
+        self.updated_at = now_stamp()
+        if count:
+            self.stats.update_success.value += 1
+            _log.info("secret '%s' updated from the control plane (version %s)", self.name,
+                      self.version)
+        for cb in self.callbacks:
+            cb()
+        return None
+
+    def xds_refused(self, why: str) -> None:
+        self.stats.update_attempt.value += 1
+        self._reject(why)
+
+    async def warmed(self) -> None:
+        timeout = self.source.fetch_timeout
+        try:
+            await asyncio.wait_for(self.ready.wait(), timeout or None)
+        except TimeoutError:
+            _log.warning("sds: secret '%s': nothing from the control plane in %.1f s "
+                         "(initial_fetch_timeout): going on without it", self.name, timeout)
+
+    def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+
+
 class SecretManager:
     """All secrets of the running config, watched together."""
 
-    def __init__(self, boot: m.Bootstrap, store: Store) -> None:
+    def __init__(self, boot: m.Bootstrap, store: Store, xds: Watches | None = None) -> None:
         self.store = store
+        self.xds = xds
         self.static = {s.name: s for s in boot.static_resources.secrets}
         self.subs: dict[tuple[str, str | None], Subscription] = {}
         self.cert_dirs: dict[str, CertDirectory] = {}
@@ -147,7 +220,12 @@ class SecretManager:
         key = (cfg.name, cfg.sds_config.file if cfg.sds_config else None)
         sub = self.subs.get(key)
         if sub is None:
-            sub = Subscription(cfg.name, cfg.sds_config, self.static.get(cfg.name), self.store)
+            if cfg.sds_config is not None and cfg.sds_config.xds:
+                assert self.xds is not None  # (a control plane's source makes a mux)
+                sub = XdsSecret(cfg.name, cfg.sds_config, self.store, self.xds)
+            else:
+                sub = Subscription(cfg.name, cfg.sds_config, self.static.get(cfg.name),
+                                   self.store)
             sub.load()
             self.subs[key] = sub
         return sub
@@ -168,9 +246,11 @@ class SecretManager:
         """The SDS secrets in /config_dump's ``dynamic_active_secrets`` shape."""
         out = []
         for sub in self.subs.values():
-            if sub.path is None or sub.secret is None:
+            if (sub.path is None and not isinstance(sub, XdsSecret)) or sub.secret is None:
                 continue
-            out.append({"name": sub.name, "version_info": str(sub.stats.update_success.value),
+            version = sub.version if isinstance(sub, XdsSecret) else \
+                str(sub.stats.update_success.value)
+            out.append({"name": sub.name, "version_info": version,
                         "last_updated": sub.updated_at,
                         "secret": {"@type": m.SECRET_TYPE,
                                    **sub.secret.model_dump(exclude_none=True)}})
@@ -187,10 +267,15 @@ class SecretManager:
         if self._watched() and self._task is None:
             self._task = asyncio.ensure_future(self._run())
 
+    def from_control_plane(self) -> list[XdsSecret]:
+        return [s for s in self.subs.values() if isinstance(s, XdsSecret)]
+
     def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             self._task = None
+        for sub in self.from_control_plane():
+            sub.stop()
 
     def directories(self) -> set[str]:
         dirs = set()
