@@ -8,11 +8,13 @@ from collections.abc import Callable
 
 import httpx
 import pytest
+import yaml
 
 from .conftest import (
     DTLS,
     ENVOY,
     ROUTER,
+    UTLS,
     addr,
     cluster,
     free_port,
@@ -372,3 +374,48 @@ def test_sds_certificates_from_the_control_plane_rotate_and_bad_ones_are_nacked(
         assert served_serial(ports(kind, "https"), site.ca_file) == second[2]
     assert cp.answers("edgegw", SECRET) == cp.answers("envoy", SECRET) == [
         ("s1", True), ("s2", True), ("s2", False)]
+
+
+def test_the_control_plane_over_mtls_with_a_client_certificate_from_an_sds_file(
+        gateway, backend, ca, tmp_path) -> None:
+    """What Envoy Gateway and Contour bootstrap: the control plane's cluster speaks TLS,
+    checks the server against a CA and presents a client certificate named by an SDS file;
+    the control plane refuses clients without one."""
+    import grpc
+
+    server = ca.issue_cert("xds.internal")
+    client = ca.issue_cert("edge-node")
+    for name, leaf in (("server", server), ("client", client)):
+        leaf.cert_chain_pems[0].write_to_path(str(tmp_path / f"{name}.pem"))
+        leaf.private_key_pem.write_to_path(str(tmp_path / f"{name}.key"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    (tmp_path / "client-secret.yaml").write_text(yaml.safe_dump({"resources": [{
+        "@type": SECRET, "name": "xds_client", "tls_certificate": {
+            "certificate_chain": {"filename": str(tmp_path / "client.pem")},
+            "private_key": {"filename": str(tmp_path / "client.key")}}}]}))
+    creds = grpc.ssl_server_credentials(
+        [(server.private_key_pem.bytes(), server.cert_chain_pems[0].bytes())],
+        root_certificates=ca.cert_pem.bytes(), require_client_auth=True)
+    cp = ControlPlane(tls=creds)
+    try:
+        a = backend("127.0.0.22", "a")
+        ports = Ports()
+        cp.set(CLUSTER, "c1", [{"@type": CLUSTER, **cluster("app", [a])}])
+        cp.set(LISTENER, "l1", listeners(ports, ("http", lambda p: listener("http", p))))
+        for kind in KINDS:
+            cfg = bootstrap(cp, kind, ads(), ads(), ads=True, api_type="DELTA_GRPC")
+            cfg["static_resources"]["clusters"][0]["transport_socket"] = {
+                "name": "envoy.transport_sockets.tls", "typed_config": {
+                    "@type": UTLS, "sni": "xds.internal", "common_tls_context": {
+                        "tls_certificate_sds_secret_configs": [{
+                            "name": "xds_client", "sds_config": {"path_config_source": {
+                                "path": str(tmp_path / "client-secret.yaml")},
+                                "resource_api_version": "V3"}}],
+                        "validation_context": {"trusted_ca": {
+                            "filename": str(tmp_path / "ca.pem")}}}}}
+            gateway(cfg, kind=kind)
+            wait_port("127.0.0.1", ports(kind, "http"))
+            assert served(ports(kind, "http")) == "a"
+        assert {s.node for s in cp.seen} == set(KINDS)
+    finally:
+        cp.stop()

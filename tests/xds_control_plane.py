@@ -194,8 +194,10 @@ class _Services(ads_pb2_grpc.AggregatedDiscoveryServiceServicer,
 class ControlPlane:
     """``set(type_url, version, resources)`` publishes; ``seen`` holds every request."""
 
-    def __init__(self, host: str = "127.0.0.2") -> None:
+    def __init__(self, host: str = "127.0.0.2", tls: Any = None) -> None:
+        """``tls``: grpc server credentials (mTLS), else plaintext HTTP/2."""
         self.host, self.port = host, free_port(host)
+        self.tls = tls
         self.lock = threading.Lock()
         self.snapshot: dict[str, tuple[str, Any]] = {}
         self.streams: list[_Stream] = []
@@ -213,7 +215,10 @@ class ControlPlane:
         rds_pb2_grpc.add_RouteDiscoveryServiceServicer_to_server(services, server)
         eds_pb2_grpc.add_EndpointDiscoveryServiceServicer_to_server(services, server)
         sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(services, server)
-        server.add_insecure_port(f"{self.host}:{self.port}")
+        if self.tls is not None:
+            server.add_secure_port(f"{self.host}:{self.port}", self.tls)
+        else:
+            server.add_insecure_port(f"{self.host}:{self.port}")
         server.start()
         self.server = server
 

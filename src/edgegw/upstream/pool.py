@@ -99,6 +99,8 @@ class Pool:
         self.assign_scheduled = False
         self.warned_at = -WARN_EVERY
         self.unwarned = 0
+        self.closing = False
+        """Set by ``close_all``: each connection closes once its last request is done."""
 
     @property
     def label(self) -> str:
@@ -156,6 +158,9 @@ class Pool:
             self._to_idle(conn)
         elif conn.streams == 0:
             conn.idle_since = time.monotonic()
+        if self.closing and conn.streams == 0:
+            conn.close()
+            return
         self._assign_soon()
 
     def _assign_soon(self) -> None:
@@ -208,9 +213,12 @@ class Pool:
 
     def close_all(self) -> None:
         """The host left the cluster or the cluster stopped: idle connections go now, busy
-        ones when their response ends."""
+        ones when their last request ends (an HTTP/2 connection that could take more is
+        among the idle ones, but its streams under way finish first)."""
+        self.closing = True
         for conn in list(self.idle):
-            conn.close()
+            if conn.streams == 0:
+                conn.close()
 
     # --- the decisions ----------------------------------------------------------------------
 
