@@ -419,3 +419,48 @@ def test_the_control_plane_over_mtls_with_a_client_certificate_from_an_sds_file(
         assert {s.node for s in cp.seen} == set(KINDS)
     finally:
         cp.stop()
+
+
+def test_requests_in_flight_through_100_eds_updates_all_succeed(cp, gateway, backend) -> None:
+    """100 EDS updates, each adding or removing a host, while clients keep requesting over
+    keep-alive connections: no request fails (a host removed finishes what it carries), and
+    both hosts served."""
+    import threading
+
+    a, b = backend("127.0.0.22", "a"), backend("127.0.0.23", "b")
+    ports = Ports()
+    cp.set(CLUSTER, "c1", [eds_cluster("app")])
+    cp.set(ENDPOINTS, "e0", [assignment("app", a)])
+    cp.set(LISTENER, "l1", listeners(ports, ("http", lambda p: listener("http", p))))
+    gw = gateway(bootstrap(cp, "edgegw", ads(), ads(), ads=True))
+    port = ports("edgegw", "http")
+    wait_port("127.0.0.1", port)
+    results: list[str] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as c:
+            while not stop.is_set():
+                try:
+                    r = c.get("/")
+                    results.append(r.json()["backend"] if r.status_code == 200
+                                   else str(r.status_code))
+                except httpx.HTTPError as e:
+                    results.append(repr(e))
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        sets = [(a,), (a, b), (b,), (a, b)]
+        for n in range(1, 101):
+            cp.set(ENDPOINTS, f"e{n}", [assignment("app", *sets[n % 4])])
+            wait_for(lambda n=n: gw.stats()["cluster.app.update_success"] == n + 1,
+                     timeout=10)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert len(results) > 100
+    assert {r for r in results if r not in ("a", "b")} == set()
+    assert {"a", "b"} <= set(results)
