@@ -54,6 +54,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import trustme
 import yaml
 
@@ -790,6 +791,87 @@ class Bench:
         out.update({f"{label}_cpu_us": statistics.median(v) for label, v in cpu.items()})
         return out
 
+    def xds(self, name: str, reps: int) -> dict[str, float]:
+        """X1 (edgegw and Envoy): driven by the tests' control plane over ADS, an EDS cluster
+        of 1,000 endpoints. Each rep sends a new 1,000-endpoint assignment (one endpoint
+        moved) and times it until ``update_success`` counts it; then 100 such updates back
+        to back, until the last is counted (updates/s, and the proxy's CPU per update). The
+        assignments are encoded before the clock starts: the control plane's own JSON to
+        protobuf work would otherwise be what is measured."""
+        sys.path.insert(0, str(ROOT))
+        from tests.xds_control_plane import CLUSTER, ENDPOINTS, ControlPlane, to_any
+
+        def assignment(shift: int) -> object:
+            return to_any({"@type": ENDPOINTS, "cluster_name": "app", "endpoints": [{
+                "lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                    "address": f"127.1.{(i + shift) // 250}.{(i + shift) % 250 + 1}",
+                    "port_value": 9}}}} for i in range(1000)]}]})
+
+        big = [assignment(rep) for rep in range(reps + 101)]
+
+        cp = ControlPlane("127.0.0.3")
+        admin = 19950
+        free(admin)
+        cp.set(CLUSTER, "c1", [{"@type": CLUSTER, "name": "app", "type": "EDS",
+                                "connect_timeout": "1s", "eds_cluster_config": {
+                                    "eds_config": {"ads": {}, "resource_api_version": "V3"}}}])
+        cp.set(ENDPOINTS, "e0", [big[0]])
+        ads = {"ads": {}, "resource_api_version": "V3"}
+        cfg = {"node": {"id": name, "cluster": "bench"},
+               "admin": {"address": {"socket_address": {"address": "127.0.0.1",
+                                                        "port_value": admin}}},
+               "dynamic_resources": {"cds_config": ads, "ads_config": {
+                   "api_type": "GRPC", "transport_api_version": "V3",
+                   "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}]}},
+               "static_resources": {"clusters": [cp.cluster("xds")]}}
+        path = self.work / f"{name}-xds.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        args = [str(TOOLS / "edgegw"), "-c", str(path), "-l", "warning", "--concurrency", "1"] \
+            if name == "edgegw" else [shutil.which("envoy", path=str(TOOLS)) or "envoy", "-c",
+                                      str(path), "--concurrency", "1", "-l", "warning",
+                                      "--base-id", "78"]
+        key = f"{name}-xds"
+        self.start(key, args, "1")
+
+        def updates() -> int:
+            try:
+                text = httpx.get(f"http://127.0.0.1:{admin}/stats?filter="
+                                 "cluster.app.update_success", timeout=2).text
+            except httpx.HTTPError:
+                return -1
+            for line in text.splitlines():
+                if line.startswith("cluster.app.update_success:"):
+                    return int(line.split(":")[1])
+            return -1
+
+        def until(n: int, limit: float = 60) -> None:
+            deadline = time.monotonic() + limit
+            while updates() < n:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{name}: EDS update {n} not applied")
+                time.sleep(0.01)  # (each look costs the proxy an admin request)
+
+        try:
+            until(1)
+            pid = self.procs[key].pid
+            apply_ms = []
+            for rep in range(1, reps + 1):
+                seen, t0 = updates(), time.monotonic()
+                cp.set(ENDPOINTS, f"big{rep}", [big[rep]])
+                until(seen + 1)
+                apply_ms.append((time.monotonic() - t0) * 1000)
+            seen, cpu0, t0 = updates(), cpu_seconds(pid), time.monotonic()
+            for n in range(100):
+                cp.set(ENDPOINTS, f"many{n}", [big[reps + 1 + n]])
+            until(seen + 100)
+            rate = 100 / (time.monotonic() - t0)
+            cpu_ms = (cpu_seconds(pid) - cpu0) * 1000 / 100
+        finally:
+            self.stop(key)
+            cp.stop()
+        return {"xds_apply_ms": statistics.median(apply_ms),
+                "xds_cpu_ms": cpu_ms, "xds_updates_s": rate}
+
     def under_change(self, name: str) -> float:
         """W5: wrk for 8 s with a reload at 2 s and a certificate rotation at 5 s; returns the
         requests that failed. Envoy's static config has no reload (that takes LDS files or a
@@ -989,7 +1071,10 @@ ROWS = [("W1 keep-alive req/s", "rps", "higher"), ("W1 p50 ms", "p50_ms", "lower
         ("M1 private MB (USS) idle", "m1_private", "lower"),
         ("M1 private MB for the second worker", "m1_private_extra", "lower"),
         ("W1 req/s, 2 workers (all cores)", "rps_all_cores", "higher"),
-        ("W1 2 workers / 1 worker", "scaling", "higher")]
+        ("W1 2 workers / 1 worker", "scaling", "higher"),
+        ("X1 ms to apply a 1,000-endpoint EDS update", "xds_apply_ms", "lower"),
+        ("X1 proxy CPU ms for that update", "xds_cpu_ms", "lower"),
+        ("X1 1,000-endpoint EDS updates/s applied", "xds_updates_s", "higher")]
 
 
 def main() -> None:
@@ -1135,6 +1220,13 @@ def main() -> None:
                 print(f"M1 {name:8s} 6 sites: RSS idle {idle:5.1f} MB, after load {loaded:5.1f}"
                       f" MB, 2 workers {idle2:5.1f} MB; private (USS) idle {private:5.1f} MB, "
                       f"2 workers {private2:5.1f} MB", file=sys.stderr, flush=True)
+            if "X1" not in skip and name in ("edgegw", "envoy"):
+                got = b.xds(name, a.reps)
+                for k, v in got.items():
+                    note(name, k, v)
+                print(f"X1 {name:8s} 1,000 endpoints: applied in {got['xds_apply_ms']:6.1f} ms "
+                      f"(proxy CPU {got['xds_cpu_ms']:6.1f} ms); {got['xds_updates_s']:5.1f} "
+                      "updates/s back to back", file=sys.stderr, flush=True)
             if "all-cores" not in skip:
                 b.start_proxy(name, workers=2)
                 rps2 = b.wrk(name, "/small", 64)["rps"]
