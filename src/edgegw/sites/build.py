@@ -25,9 +25,11 @@ from typing import Any
 from ..config.model import base as t
 from ..tls.cert_dir import candidates, on_disk
 from .inputs import ca_problem, certificate_problem, has_bcrypt, users_problem
-from .model import Site, SitesFile, Upstream, Url
+from .model import ControlPlane, Site, SitesFile, Upstream, Url
 
 SYSTEM_CA = "/etc/ssl/certs/ca-certificates.crt"
+CONTROL_PLANE = "xds_control_plane"
+"""The cluster the sites file's control plane is reached by."""
 BCRYPT_NOTE = ("# bcrypt users are edgegw's (Envoy takes {SHA} alone): edgegw reads every user "
                "from the filter chain's metadata edgegw.basic_auth_users\n")
 Path = tuple[str | int, ...]
@@ -141,6 +143,8 @@ class Builder:
             if s.acme is not None:
                 self.out.origins[("static_resources", "listeners", len(listeners) - 1,
                                   "metadata")] = self.where(("acme",))
+        if s.control_plane is not None:
+            self._control_plane(boot, s.control_plane)
         for i, c in enumerate(self.clusters):
             self.out.origins[("static_resources", "clusters", i)] = c.pop("_origin")
         self.out.bootstrap = boot
@@ -389,6 +393,30 @@ class Builder:
                 self.out.origins[ca] = self.where((*at, "ca"))
                 self.out.names[ca] = ".".join(map(str, (*at, "ca")))
         self.clusters.append(cluster)
+
+    def _control_plane(self, boot: dict[str, Any], cp: ControlPlane) -> None:
+        """ADS to the control plane for listeners and clusters, over a static cluster that
+        speaks HTTP/2 (and TLS, with a client certificate for mTLS)."""
+        boot["node"] = {"id": cp.node, "cluster": "edgegw"}
+        ads = {"ads": {}, "resource_api_version": "V3"}
+        boot["dynamic_resources"] = {
+            "ads_config": {"api_type": "DELTA_GRPC" if cp.protocol == "delta" else "GRPC",
+                           "transport_api_version": "V3",
+                           "set_node_on_first_message_only": True,
+                           "grpc_services": [{"envoy_grpc": {"cluster_name": CONTROL_PLANE}}]},
+            "lds_config": ads, "cds_config": ads}
+        to = Upstream(upstream=[cp.url], sni=cp.sni, ca=cp.ca,
+                      insecure_skip_verify=cp.insecure_skip_verify)
+        self._cluster(CONTROL_PLANE, to, ("control_plane",), site="control_plane")
+        cluster = self.clusters[-1]
+        cluster.pop("outlier_detection")
+        cluster["typed_extension_protocol_options"] = {
+            t.HTTP_OPTIONS_TYPE.rsplit("/", 1)[-1]: _typed(
+                t.HTTP_OPTIONS_TYPE, explicit_http_config={"http2_protocol_options": {}})}
+        if cp.client_certificate is not None:
+            cluster["transport_socket"]["typed_config"]["common_tls_context"][
+                "tls_certificates"] = [{"certificate_chain": {"filename": cp.client_certificate},
+                                        "private_key": {"filename": cp.client_key}}]
 
     @staticmethod
     def _upstream_tls(to: Upstream, url: Url) -> dict[str, Any]:

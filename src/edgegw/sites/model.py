@@ -17,7 +17,7 @@ import ipaddress
 import os
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
@@ -251,6 +251,37 @@ def _sites(value: Any) -> Any:
     return value
 
 
+class ControlPlane(SitesMsg):
+    """An xDS control plane that adds listeners and clusters beside the sites (Envoy
+    Gateway, Contour, go-control-plane…): an ADS stream to ``url`` (``http://`` for HTTP/2
+    in the clear, ``https://`` for TLS)."""
+
+    url: UrlField
+    node: str = Field(default="edgegw", min_length=1)
+    """The node id the control plane knows this gateway by (its cluster is ``edgegw``)."""
+    protocol: Literal["delta", "sotw"] = "delta"
+    """``delta`` (incremental xDS, what Envoy Gateway speaks) or ``sotw`` (state of the
+    world, what Contour speaks)."""
+    sni: str | None = None
+    ca: str | None = None
+    """The CA that signs the control plane's certificate (default: the system's)."""
+    client_certificate: str | None = None
+    """The certificate (and ``client_key``) this gateway presents: mTLS, as Envoy Gateway
+    and Contour ask."""
+    client_key: str | None = None
+    insecure_skip_verify: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ControlPlane:
+        if self.url.scheme not in ("http", "https"):
+            raise ValueError("the control plane's url is http://HOST:PORT or https://HOST:PORT")
+        if (self.client_certificate is None) != (self.client_key is None):
+            raise ValueError("client_certificate and client_key go together")
+        if self.client_certificate is not None and self.url.scheme != "https":
+            raise ValueError("a client certificate needs an https:// url")
+        return self
+
+
 class StatusSite(SitesMsg):
     """The status page on a site name of its own (edgegw-only): the page and its JSON,
     read-only; nothing else of the admin API is reachable through it."""
@@ -289,6 +320,9 @@ class SitesFile(SitesMsg):
     status: Annotated[StatusSite | None, BeforeValidator(_status)] = None
     """``status.example.com``, or ``{name, allow, auth}``: the status page (``/status`` and
     ``/status.json`` only) served on that name, like a site."""
+    control_plane: ControlPlane | None = None
+    """Listeners and clusters from an xDS control plane, beside the sites (a home lab never
+    needs one)."""
     sites: Annotated[dict[str, Annotated[Site, BeforeValidator(_short)]],
                      BeforeValidator(_sites), Field(min_length=1)]
 
