@@ -464,3 +464,28 @@ def test_requests_in_flight_through_100_eds_updates_all_succeed(cp, gateway, bac
     assert len(results) > 100
     assert {r for r in results if r not in ("a", "b")} == set()
     assert {"a", "b"} <= set(results)
+
+
+def test_every_worker_applies_every_update(cp, gateway, backend) -> None:
+    """--concurrency 2: each worker process follows the control plane (a stream each, where
+    Envoy has one for its threads) and serves every update; the supervisor's admin port adds
+    their counters up."""
+    a, b = backend("127.0.0.22", "a"), backend("127.0.0.23", "b")
+    ports = Ports()
+    cp.set(CLUSTER, "c1", [eds_cluster("app")])
+    cp.set(ENDPOINTS, "e1", [assignment("app", a)])
+    cp.set(LISTENER, "l1", listeners(ports, ("http", lambda p: listener("http", p))))
+    gw = gateway(bootstrap(cp, "edgegw", ads(), ads(), ads=True, api_type="DELTA_GRPC"),
+                 flags=("--concurrency", "2"))
+    port = ports("edgegw", "http")
+    wait_port("127.0.0.1", port)
+
+    def backends_seen() -> set[str]:  # new connections: the kernel spreads them on both
+        return {served(port) for _ in range(20)}
+
+    assert backends_seen() == {"a"}
+    cp.set(ENDPOINTS, "e2", [assignment("app", b)])
+    wait_for(lambda: backends_seen() == {"b"}, timeout=10)
+    assert len(cp.streams) == 2
+    st = gw.stats()  # (what each worker counts once for the same update is counted once)
+    assert (st["control_plane.connected_state"], st["cluster.app.update_success"]) == (1, 2)

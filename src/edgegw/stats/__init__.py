@@ -151,7 +151,8 @@ _KINDS = {"Counter": "counter", "Gauge": "gauge", "Histogram": "histogram"}
 _SHARED_PREFIXES = ("sds.", "edgegw.certificate_directory.", "edgegw.config_reload.")
 _SHARED_PARTS = (".health_check.", ".outlier_detection.")
 _SHARED_LAST = ("ssl_context_update_by_sds", "update_attempt", "update_success",
-                "update_failure", "membership_change")
+                "update_failure", "update_rejected", "update_no_rebuild", "update_empty",
+                "config_reload", "membership_change")
 
 
 def _shared(name: str) -> bool:
