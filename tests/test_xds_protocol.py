@@ -167,3 +167,146 @@ def test_delta_wildcard_watchers_see_the_whole_set_after_each_change() -> None:
     t.respond_delta("s2", "n2", [c("z")], ["x"])
     assert sorted(w.got[-1][1]) == ["y", "z"]
     assert t.versions == {"y": "v-y", "z": "v-z"}
+
+
+class _Encoder:
+    def __init__(self, sent: list[bytes]) -> None:
+        self.sent = sent
+        self.was_reset = False
+
+    def encode_headers(self, head: Any, end_stream: bool) -> None:
+        self.head = head
+
+    def encode_data(self, data: bytes, end_stream: bool) -> None:
+        self.sent.append(data)
+
+    def reset(self) -> None:
+        self.was_reset = True
+
+
+class _Conn:
+    def __init__(self, sent: list[bytes]) -> None:
+        self.sent = sent
+        self.receivers: list[Any] = []
+
+    def new_stream(self, receiver: Any) -> _Encoder:
+        self.receivers.append(receiver)
+        return _Encoder(self.sent)
+
+
+class _Pool:
+    def __init__(self, conn: _Conn) -> None:
+        self.conn = conn
+
+    def request(self, client: Any) -> None:
+        client.pool_ready(self.conn, False)
+
+
+class _Host:
+    def __init__(self, conn: _Conn) -> None:
+        self.pool = _Pool(conn)
+
+
+class _FakeCluster:
+    name = "xds"
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.conn = _Conn(self.sent)
+
+    def choose(self) -> _Host:
+        return _Host(self.conn)
+
+
+def _requests(sent: list[bytes]) -> list[Any]:
+    from envoy.service.discovery.v3 import discovery_pb2
+
+    return [discovery_pb2.DiscoveryRequest.FromString(m[5:]) for m in sent]
+
+
+async def _until(check: Any, limit: float = 5.0) -> None:
+    """Waits, on the loop, until ``check()`` holds."""
+    import asyncio
+
+    for _ in range(int(limit / 0.01)):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached in time")
+
+
+def _mux(rate_limit: dict | None = None) -> tuple[Any, _FakeCluster, Any]:
+    from edgegw.config import model as m
+    from edgegw.stats import Store
+    from edgegw.xds.mux import XdsMux
+
+    api = m.ApiConfigSource.model_validate({
+        "api_type": "GRPC", "set_node_on_first_message_only": True,
+        "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}],
+        **({"rate_limit_settings": rate_limit} if rate_limit else {})})
+    cluster = _FakeCluster()
+    store = Store()
+    return XdsMux(m.Node(id="n1", cluster="c1"), api, lambda name: cluster, store), cluster, \
+        store
+
+
+def test_the_mux_asks_acks_and_reconnects_after_garbage() -> None:
+    import asyncio
+
+    from envoy.config.endpoint.v3 import endpoint_pb2
+    from envoy.service.discovery.v3 import discovery_pb2
+
+    from edgegw.config import model as m
+
+    async def run() -> None:
+        mux, cluster, store = _mux()
+        w = Recorder("cluster.app.")
+        mux.watch(m.ConfigSource(ads={}), ENDPOINTS, "app", w)
+        await asyncio.sleep(0)
+        [first] = _requests(cluster.sent)
+        assert (first.node.id, first.resource_names, first.type_url) == ("n1", ["app"],
+                                                                          ENDPOINTS)
+        receiver = cluster.conn.receivers[-1]
+        receiver.upstream_headers(200, [], False)
+        cla = endpoint_pb2.ClusterLoadAssignment(cluster_name="app")
+        resp = discovery_pb2.DiscoveryResponse(version_info="v1", nonce="1", type_url=ENDPOINTS)
+        resp.resources.add().Pack(cla)
+        receiver.upstream_data(frame(resp.SerializeToString()), False)
+        ack = _requests(cluster.sent)[-1]
+        assert (ack.version_info, ack.response_nonce, ack.HasField("node")) == ("v1", "1",
+                                                                                 False)
+        assert w.got[-1][0] == "v1"
+        assert store.gauge("control_plane.connected_state").value == 1
+        receiver.upstream_data(frame(b"\xff\xff\xff\xff"), False)  # not a DiscoveryResponse
+        assert store.gauge("control_plane.connected_state").value == 0
+        channel = next(iter(mux.channels.values()))
+        assert channel.stream is None and channel.retry is not None
+        before = len(cluster.sent)
+        await _until(lambda: len(cluster.sent) > before)  # (a backoff of at most 0.5 s)
+        again = _requests(cluster.sent)[-1]
+        assert (again.version_info, again.response_nonce, again.node.id) == ("v1", "", "n1")
+        mux.stop()
+
+    asyncio.run(run())
+
+
+def test_the_mux_holds_requests_past_the_rate_limit() -> None:
+    import asyncio
+
+    from edgegw.config import model as m
+
+    async def run() -> None:
+        mux, cluster, store = _mux({"max_tokens": 1, "fill_rate": 20})
+        mux.watch(m.ConfigSource(ads={}), ENDPOINTS, "a", Recorder())
+        await asyncio.sleep(0)
+        mux.watch(m.ConfigSource(ads={}), ENDPOINTS, "b", Recorder())
+        await asyncio.sleep(0)
+        assert [r.resource_names for r in _requests(cluster.sent)] == [["a"]]
+        assert store.counter("control_plane.rate_limit_enforced").value == 1
+        assert store.gauge("control_plane.pending_requests").value == 1
+        await _until(lambda: len(cluster.sent) == 2)  # (a token comes back in 50 ms)
+        assert [r.resource_names for r in _requests(cluster.sent)] == [["a"], ["a", "b"]]
+        assert store.gauge("control_plane.pending_requests").value == 0
+        mux.stop()
+
+    asyncio.run(run())
