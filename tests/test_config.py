@@ -87,21 +87,21 @@ def test_unsupported_field_in_a_tutorial_config_names_the_path_and_line(tmp_path
 
 
 def test_xds_bootstrap_loads_and_what_it_lacks_is_named(tmp_path: Path) -> None:
-    """A control plane's bootstrap loads; REST, not supported yet, is refused at its line;
-    a control plane's cluster must be static and speak HTTP/2."""
+    """A control plane's bootstrap loads; AGGREGATED_GRPC (Envoy's deprecated name) is refused
+    at its line; a control plane's cluster must be static and speak HTTP/2 for gRPC."""
     boot = load_bootstrap(str(TEST_CONFIGS / "xds-bootstrap.yaml"))
     assert boot.dynamic_resources and boot.dynamic_resources.lds_config
     text = (TEST_CONFIGS / "xds-bootstrap.yaml").read_text()
-    f = tmp_path / "rest.yaml"
-    f.write_text(text.replace("api_type: GRPC", "api_type: REST", 1))
+    f = tmp_path / "agg.yaml"
+    f.write_text(text.replace("api_type: GRPC", "api_type: AGGREGATED_GRPC", 1))
     with pytest.raises(ConfigError) as e:
         load_bootstrap(str(f))
     [p] = e.value.problems
     line = text.splitlines().index("      api_type: GRPC") + 1
     assert p.startswith("dynamic_resources.lds_config.api_config_source.api_type: "
-                        "'REST' is not supported by edgegw here (supported: 'GRPC' or "
-                        "'DELTA_GRPC')")
-    assert p.endswith(f"rest.yaml:{line})")
+                        "'AGGREGATED_GRPC' is not supported by edgegw here (supported: 'GRPC', "
+                        "'DELTA_GRPC' or 'REST')")
+    assert p.endswith(f"agg.yaml:{line})")
     f.write_text(text.replace("          http2_protocol_options: {}\n", ""))
     with pytest.raises(ConfigError) as e:
         load_bootstrap(str(f))

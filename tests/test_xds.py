@@ -489,3 +489,48 @@ def test_every_worker_applies_every_update(cp, gateway, backend) -> None:
     assert len(cp.streams) == 2
     st = gw.stats()  # (what each worker counts once for the same update is counted once)
     assert (st["control_plane.connected_state"], st["cluster.app.update_success"]) == (1, 2)
+
+
+def rest_source(cp: ControlPlane) -> dict:
+    return {"resource_api_version": "V3", "api_config_source": {
+        "api_type": "REST", "transport_api_version": "V3", "cluster_names": ["xds_rest"],
+        "refresh_delay": "0.2s"}}
+
+
+def distinct(answers: list[tuple[str, bool]]) -> list[tuple[str, bool]]:
+    """Polls repeat their last answer: each change once."""
+    return [a for i, a in enumerate(answers) if i == 0 or answers[i - 1] != a]
+
+
+def test_rest_json_polling_as_envoy_polls(cp, gateway, backend) -> None:
+    """api_type REST: LDS and CDS polled as JSON over HTTP/1.1 every refresh_delay; an
+    update, and a refused one (the good listener beside the bad one taken)."""
+    a, b = backend("127.0.0.22", "a"), backend("127.0.0.23", "b")
+    cp.serve_rest()
+
+    def polls(kind: str) -> list[tuple[str, bool]]:
+        """Each change of what the node's polls say: (version held, without an error)."""
+        return distinct([(s.version, s.error is None) for s in cp.requests(kind, LISTENER)])
+
+    ports = Ports()
+    cp.set(CLUSTER, "c1", [{"@type": CLUSTER, **cluster("app", [a])}])
+    cp.set(LISTENER, "l1", listeners(ports, ("http", lambda p: listener("http", p))))
+    rest_cluster = cluster("xds_rest", [(cp.host, cp.rest_port)])
+    gws = {}
+    for kind in KINDS:
+        gws[kind] = gateway(bootstrap(cp, kind, rest_source(cp), rest_source(cp),
+                                      static=[rest_cluster]), kind=kind)
+        wait_port("127.0.0.1", ports(kind, "http"))
+        assert served(ports(kind, "http")) == "a"
+    cp.set(CLUSTER, "c2", [{"@type": CLUSTER, **cluster("app", [b])}])
+    cp.set(LISTENER, "l2", listeners(
+        ports, ("http", lambda p: listener("http", p)),
+        ("second", lambda p: listener("second", p)),
+        ("bad", lambda p: {**listener("bad", p), "address": addr("999.0.0.1", p)})))
+    for kind in KINDS:
+        wait_for(lambda k=kind: served(ports(k, "http")) == "b", timeout=10)
+        wait_port("127.0.0.1", ports(kind, "second"), timeout=10)
+        wait_for(lambda k=kind: gws[k].stats()["listener_manager.lds.update_rejected"] > 0,
+                 timeout=10)
+    # a refusal is told by the version alone: the polls go on holding l1, as Envoy's do
+    assert polls("edgegw") == polls("envoy") == [("", True), ("l1", True)]

@@ -13,6 +13,7 @@ names removed; an empty first request for LDS or CDS, or ``*``, is a wildcard.
 from __future__ import annotations
 
 import hashlib
+import http.server
 import json
 import queue
 import threading
@@ -191,8 +192,50 @@ class _Services(ads_pb2_grpc.AggregatedDiscoveryServiceServicer,
         DeltaAggregatedResources
 
 
+class _Rest(http.server.BaseHTTPRequestHandler):
+    """REST-JSON: ``POST /v3/discovery:<type>`` answered from the snapshot (304 when the
+    node holds its version), as sovereign answers it."""
+
+    protocol_version = "HTTP/1.1"
+    cp: ControlPlane
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        req = json_format.Parse(body, discovery_pb2.DiscoveryRequest())
+        cp = self.cp
+        with cp.lock:
+            cp.seen.append(Seen(req.node.id, req.type_url, req.version_info, req.response_nonce,
+                                list(req.resource_names), req.error_detail.message
+                                if req.HasField("error_detail") else None))
+            version, resources = cp.snapshot.get(req.type_url, ("", []))
+            if callable(resources):
+                resources = resources(req.node.id)
+            cp.rest_nonce += 1
+            nonce = str(cp.rest_nonce)
+        if version == req.version_info or req.type_url not in cp.snapshot:
+            self.send_response(304)
+            self.send_header("content-length", "0")
+            self.end_headers()
+            return
+        names = set(req.resource_names)
+        out = json_format.MessageToJson(discovery_pb2.DiscoveryResponse(
+            version_info=version, type_url=req.type_url, nonce=nonce,
+            resources=[r if isinstance(r, any_pb2.Any) else to_any(r) for r in resources
+                       if not names or isinstance(r, any_pb2.Any)
+                       or name_of(r) in names])).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
 class ControlPlane:
-    """``set(type_url, version, resources)`` publishes; ``seen`` holds every request."""
+    """``set(type_url, version, resources)`` publishes; ``seen`` holds every request. gRPC
+    on ``port``; REST-JSON too on ``rest_port`` once ``serve_rest()`` is called."""
 
     def __init__(self, host: str = "127.0.0.2", tls: Any = None) -> None:
         """``tls``: grpc server credentials (mTLS), else plaintext HTTP/2."""
@@ -203,7 +246,17 @@ class ControlPlane:
         self.streams: list[_Stream] = []
         self.seen: list[Seen] = []
         self.server: grpc.Server | None = None
+        self.rest: http.server.ThreadingHTTPServer | None = None
+        self.rest_port = 0
+        self.rest_nonce = 0
         self.start()
+
+    def serve_rest(self) -> None:
+        handler = type("Rest", (_Rest,), {"cp": self})
+        self.rest_port = free_port(self.host)
+        self.rest = http.server.ThreadingHTTPServer((self.host, self.rest_port), handler)
+        self.rest.daemon_threads = True
+        threading.Thread(target=self.rest.serve_forever, daemon=True).start()
 
     def start(self) -> None:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=32),
@@ -224,6 +277,10 @@ class ControlPlane:
 
     def stop(self) -> None:
         """Goes away: every stream ends (clients reconnect once it is started again)."""
+        if self.rest is not None:
+            self.rest.shutdown()
+            self.rest.server_close()
+            self.rest = None
         with self.lock:
             for s in self.streams:
                 s.out.put(None)

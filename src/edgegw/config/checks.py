@@ -184,16 +184,20 @@ def _check_control_plane(boot: Bootstrap) -> Iterator[Problem]:
             apis.append((path + ("api_config_source",), cs.api_config_source))
     clusters = {c.name: c for c in boot.static_resources.clusters}
     for path, api in apis:
-        for i, svc in enumerate(api.grpc_services):
-            name = svc.envoy_grpc.cluster_name
-            where = path + ("grpc_services", i, "envoy_grpc", "cluster_name")
+        if path[-1] == "ads_config" and api.api_type == "REST":
+            yield (path + ("api_type",), "REST is not an ADS transport: use GRPC or DELTA_GRPC")
+        named: list[tuple[Path, str]] = [
+            (path + ("grpc_services", i, "envoy_grpc", "cluster_name"), svc.envoy_grpc.cluster_name)
+            for i, svc in enumerate(api.grpc_services)]
+        named += [(path + ("cluster_names", i), n) for i, n in enumerate(api.cluster_names)]
+        for where, name in named:
             c = clusters.get(name)
             if c is None or c.type == "EDS" or boot.dynamic.get("clusters") and any(
                     d.get("name") == name for d in boot.dynamic["clusters"]):
                 yield (where, "envoy.config.core.v3.ApiConfigSource must have a statically "
                        f"defined non-EDS cluster: '{name}' does not exist, was added via api, "
                        "or is an EDS cluster")
-            elif c.http2_options is None:
+            elif c.http2_options is None and api.api_type != "REST":
                 yield (where, f"envoy_grpc: cluster '{name}' must speak HTTP/2 for gRPC: give "
                        "it explicit_http_config.http2_protocol_options")
 

@@ -30,8 +30,9 @@ from ..config import model as m
 from ..config.dynamic import XdsResources
 from ..stats import Counter, Gauge, StatSet, Store
 from ..tasks import Tasks
-from .mux import Watch, XdsMux
+from .mux import XdsMux
 from .resources import CLUSTER, LISTENER
+from .sotw import Watch
 
 _log = log.get("config")
 
@@ -149,6 +150,8 @@ class DynamicConfig:
                         wanted[name] = before[name]
                     else:
                         del wanted[name]
+        if snapshot == self.resources:  # (a response sent again: nothing to build)
+            return "\n".join(p for ps in refused.values() for p in ps) or None
         now = time.time()
         for name, res in wanted.items():
             if before.get(name) != res:

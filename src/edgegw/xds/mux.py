@@ -31,7 +31,8 @@ from ..stats import Counter, Gauge, StatSet, Store
 from .delta import DeltaRequest, DeltaState
 from .grpc import GrpcStream
 from .resources import CLUSTER, ENDPOINTS, LISTENER, ROUTES, SECRET, to_dict
-from .sotw import Request, TypeState, Watcher
+from .rest import RestChannel
+from .sotw import Request, TypeState, Watch, Watcher
 
 if TYPE_CHECKING:
     from ..upstream.cluster import Cluster
@@ -57,16 +58,6 @@ class ControlPlaneStats(StatSet):
     connected_state: Gauge
     pending_requests: Gauge
     rate_limit_enforced: Counter
-
-
-class Watch:
-    """A watcher's registration; ``cancel`` ends it."""
-
-    def __init__(self, channel: Channel, type_url: str, name: str, watcher: Watcher) -> None:
-        self.channel, self.type_url, self.name, self.watcher = channel, type_url, name, watcher
-
-    def cancel(self) -> None:
-        self.channel.unwatch(self)
 
 
 class Channel:
@@ -123,7 +114,7 @@ class Channel:
     def _open(self) -> None:
         self.retry = None
         service = self.api.grpc_services[0]
-        cluster = self.mux.cluster(service.envoy_grpc.cluster_name)
+        cluster = self.mux.cluster(self.api.cluster)
         if cluster is None:
             self._closed(f"no cluster '{service.envoy_grpc.cluster_name}'")
             return
@@ -261,7 +252,7 @@ class XdsMux:
         self.ads = ads
         self.cluster = cluster
         self.store = store
-        self.channels: dict[Any, Channel] = {}
+        self.channels: dict[Any, Channel | RestChannel] = {}
         self.stopped = False
 
     def watch(self, source: m.ConfigSource, type_url: str, name: str,
@@ -269,6 +260,12 @@ class XdsMux:
         """Watches the resource ``name`` (any name for LDS and CDS) from ``source``."""
         api = self.ads if source.ads is not None else source.api_config_source
         assert api is not None  # (the config checks say so)
+        if api.api_type == "REST":
+            key = (api.model_dump_json(), type_url)
+            rest = self.channels.get(key)
+            if rest is None:
+                rest = self.channels[key] = RestChannel(self, api, type_url)
+            return rest.watch(type_url, name, watcher)
         delta = api.api_type == "DELTA_GRPC"
         if source.ads is not None:
             path = ADS + ("DeltaAggregatedResources" if delta else "StreamAggregatedResources")

@@ -39,6 +39,20 @@ class Watcher(Protocol):
         """A response of its type was refused as a whole (unreadable): counted, logged."""
 
 
+class Unwatches(Protocol):
+    def unwatch(self, w: Watch) -> None: ...
+
+
+class Watch:
+    """A watcher's registration on a channel; ``cancel`` ends it."""
+
+    def __init__(self, channel: Unwatches, type_url: str, name: str, watcher: Watcher) -> None:
+        self.channel, self.type_url, self.name, self.watcher = channel, type_url, name, watcher
+
+    def cancel(self) -> None:
+        self.channel.unwatch(self)
+
+
 @dataclass
 class Request:
     type_url: str

@@ -169,14 +169,43 @@ class RateLimitSettings(Msg):
 
 
 class ApiConfigSource(Msg):
-    """A control plane: xDS over a gRPC stream, state of the world or incremental (delta)."""
+    """A control plane: xDS over a gRPC stream (state of the world or incremental: delta),
+    or REST-JSON polled every ``refresh_delay``."""
 
-    api_type: Literal["GRPC", "DELTA_GRPC"]
+    api_type: Literal["GRPC", "DELTA_GRPC", "REST"]
     transport_api_version: Literal["AUTO", "V3"] = "AUTO"
-    grpc_services: list[GrpcService] = Field(min_length=1)
+    grpc_services: list[GrpcService] = []
+    cluster_names: list[str] = []
+    refresh_delay: Duration | None = None
     set_node_on_first_message_only: Bool = False
     rate_limit_settings: RateLimitSettings | None = None
     request_timeout: Duration | None = None
+
+    @model_validator(mode="after")
+    def _transport(self) -> ApiConfigSource:
+        """Envoy's rules, in its words."""
+        what = "envoy.config.core.v3.ApiConfigSource"
+        if self.api_type == "REST":
+            if self.grpc_services:
+                raise ValueError(f"{what}, if not a gRPC type, must not have a gRPC service "
+                                 "specified")
+            if len(self.cluster_names) != 1:
+                raise ValueError(f"{what} must have a singleton cluster name specified")
+            if self.refresh_delay is None:
+                raise ValueError("refresh_delay is required for REST API configuration sources")
+        else:
+            if self.cluster_names:
+                raise ValueError(f"{what}::(AGGREGATED_)(DELTA_)GRPC must not have a cluster "
+                                 "name specified")
+            if not self.grpc_services:
+                raise ValueError(f"{what} must have a gRPC service specified")
+        return self
+
+    @property
+    def cluster(self) -> str:
+        """The cluster the control plane is reached by."""
+        return (self.cluster_names[0] if self.api_type == "REST"
+                else self.grpc_services[0].envoy_grpc.cluster_name)
 
 
 class AggregatedConfigSource(Msg):
