@@ -165,6 +165,10 @@ def test_lds_and_cds_streams_with_an_update_a_nack_and_a_control_plane_away(
         # the new stream asks again with what was accepted, and no nonce
         again = [s for s in cp.requests(kind, LISTENER) if not s.nonce][-1]
         assert (again.version, again.error) == ("l3", None)
+    for kind in KINDS:  # (how many failed attempts were counted depends on the retries' timing)
+        st = gws[kind].stats()
+        assert min(st["listener_manager.lds.update_failure"],
+                   st["cluster_manager.cds.update_failure"]) >= 1
 
 
 def ads() -> dict:
@@ -328,12 +332,15 @@ def test_a_control_plane_that_never_answers_holds_nothing_forever(cp, gateway,
     a = backend("127.0.0.22", "a")
     ports = Ports()
     cp.set(LISTENER, "l1", listeners(ports, ("http", lambda p: listener("http", p))))
+    gws = {}
     for kind in KINDS:
-        gateway(bootstrap(cp, kind, ads(), {**ads(), "initial_fetch_timeout": "1s"},
-                          ads=True, static=[cluster("app", [a])]), kind=kind)
+        gws[kind] = gateway(bootstrap(cp, kind, ads(), {**ads(), "initial_fetch_timeout": "1s"},
+                                      ads=True, static=[cluster("app", [a])]), kind=kind)
         wait_port("127.0.0.1", ports(kind, "http"))
         assert served(ports(kind, "http")) == "a"
         assert cp.answers(kind, CLUSTER) == []
+    for kind in KINDS:
+        assert gws[kind].stats()["cluster_manager.cds.init_fetch_timeout"] == 1
 
 
 def test_sds_certificates_from_the_control_plane_rotate_and_bad_ones_are_nacked(

@@ -21,6 +21,7 @@ class Recorder:
         self.refuse = refuse
         self.got: list[tuple[str, dict, bool]] = []
         self.refused: list[str] = []
+        self.failures = 0
 
     def xds_update(self, version: str, resources: dict, count: bool,
                    versions: dict | None = None) -> str | None:
@@ -30,6 +31,9 @@ class Recorder:
 
     def xds_refused(self, why: str) -> None:
         self.refused.append(why)
+
+    def xds_failed(self) -> None:
+        self.failures += 1
 
 
 def cla(name: str) -> tuple[str, Any]:

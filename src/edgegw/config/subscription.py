@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from .. import log
-from ..stats import Counter
+from ..stats import Counter, Store
 from . import model as m
 from .source import FileSignature, file_signature
 
@@ -101,9 +101,12 @@ class Subscription(Generic[M]):
     model: type[M]
 
     def __init__(self, source: m.ConfigSource, name: str, what: str, attempt: Counter,
-                 rejected: Counter, xds: Watches | None, prefix: str) -> None:
+                 rejected: Counter, xds: Watches | None, prefix: str, store: Store) -> None:
         self.source, self.path, self.name, self.what = source, source.file, name, what
         self.attempt, self.rejected = attempt, rejected
+        self.failure = store.counter(prefix + "update_failure")
+        """Counted when the control plane's stream fails, as Envoy counts it."""
+        self.timeouts = store.counter(prefix + "init_fetch_timeout")
         self.xds = xds if source.xds else None
         self.seen: FileSignature | None = None
         self._task: asyncio.Task[None] | None = None
@@ -175,6 +178,9 @@ class Subscription(Generic[M]):
         self.attempt.value += 1
         self._refused(why)
 
+    def xds_failed(self) -> None:
+        self.failure.value += 1
+
     async def warmed(self) -> None:
         """Returns once a first version is in, or the source's initial_fetch_timeout is
         over (then what is built goes on without it, as in Envoy)."""
@@ -182,6 +188,7 @@ class Subscription(Generic[M]):
         try:
             await asyncio.wait_for(self.ready.wait(), timeout or None)
         except TimeoutError:
+            self.timeouts.value += 1
             _log.warning("%s: %s: nothing from the control plane in %.1f s "
                          "(initial_fetch_timeout): going on without it", self.kind.lower(),
                          self.what, timeout)

@@ -47,7 +47,7 @@ class RdsSubscription(Subscription[m.RouteConfiguration]):
         self.stats = RdsStats(store, f"http.{stat_prefix}.rds.{name}.")
         super().__init__(cfg.config_source, name, f"route config '{name}'",
                          self.stats.update_attempt, self.stats.update_rejected, xds,
-                         f"http.{stat_prefix}.rds.{name}.")
+                         f"http.{stat_prefix}.rds.{name}.", store)
         self.apply = apply
         self.current: m.RouteConfiguration | None = None
         self.version = ""

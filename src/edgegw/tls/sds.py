@@ -143,6 +143,7 @@ class XdsSecret(Subscription):
         super().__init__(name, None, None, store)
         self.source, self.xds = source, xds
         self.prefix = f"sds.{name}."
+        self.timeouts = store.counter(self.prefix + "init_fetch_timeout")
         self.version = ""
         self.ready = asyncio.Event()
         self._watch: Cancel | None = None
@@ -189,11 +190,15 @@ class XdsSecret(Subscription):
         self.stats.update_attempt.value += 1
         self._reject(why)
 
+    def xds_failed(self) -> None:
+        self.stats.update_failure.value += 1
+
     async def warmed(self) -> None:
         timeout = self.source.fetch_timeout
         try:
             await asyncio.wait_for(self.ready.wait(), timeout or None)
         except TimeoutError:
+            self.timeouts.value += 1
             _log.warning("sds: secret '%s': nothing from the control plane in %.1f s "
                          "(initial_fetch_timeout): going on without it", self.name, timeout)
 

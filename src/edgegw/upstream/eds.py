@@ -57,7 +57,7 @@ class EdsSubscription(Subscription[m.ClusterLoadAssignment]):
         self.stats = EdsStats(store, f"cluster.{cluster_name}.")
         super().__init__(cfg.eds_config, cfg.service_name or cluster_name,
                          f"cluster '{cluster_name}'", attempt, self.stats.update_rejected, xds,
-                         f"cluster.{cluster_name}.")
+                         f"cluster.{cluster_name}.", store)
         self.success, self.apply = success, apply
 
     def name_of(self, resource: m.ClusterLoadAssignment) -> str:

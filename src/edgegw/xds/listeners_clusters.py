@@ -49,6 +49,8 @@ class XdsUpdateStats(StatSet):
     update_attempt: Counter
     update_success: Counter
     update_rejected: Counter
+    update_failure: Counter
+    init_fetch_timeout: Counter
     version: Gauge
 
 
@@ -84,6 +86,9 @@ class _Kind:
         self.stats.update_rejected.value += 1
         self.first.set()
 
+    def xds_failed(self) -> None:
+        self.stats.update_failure.value += 1
+
 
 class DynamicConfig:
     """The listeners and clusters a control plane gave, as accepted."""
@@ -118,6 +123,7 @@ class DynamicConfig:
             try:
                 await asyncio.wait_for(kind.first.wait(), timeout or None)
             except TimeoutError:
+                kind.stats.init_fetch_timeout.value += 1
                 _log.warning("%s: nothing from the control plane in %.1f s "
                              "(initial_fetch_timeout): going on without it", kind.short,
                              timeout)

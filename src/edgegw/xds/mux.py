@@ -222,6 +222,8 @@ class Channel:
 
     def _closed(self, why: str) -> None:
         self.stream = None
+        for state in self.types.values():
+            state.failed()
         if self.up:
             self.up = False
             self.stats.connected_state.value = 0

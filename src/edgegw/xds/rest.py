@@ -202,6 +202,7 @@ class RestChannel:
             _log.warning("xds: REST config for %s rejected: %s", self.type_url, answer.error)
 
     def _failed(self, why: str) -> None:
+        self.state.failed()
         if not self.failing:  # (once, not at every tick)
             _log.warning("xds: REST fetch of %s failed: %s; asking again every %.1f s, the "
                          "config in use keeps serving", PATHS[self.type_url], why,

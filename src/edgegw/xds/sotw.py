@@ -38,6 +38,9 @@ class Watcher(Protocol):
     def xds_refused(self, why: str) -> None:
         """A response of its type was refused as a whole (unreadable): counted, logged."""
 
+    def xds_failed(self) -> None:
+        """The stream failed (counted in ``update_failure``)."""
+
 
 class Unwatches(Protocol):
     def unwatch(self, w: Watch) -> None: ...
@@ -89,6 +92,11 @@ class TypeState:
 
     def reconnected(self) -> None:
         self.nonce = ""
+
+    def failed(self) -> None:
+        """The stream failed: each watcher counts it once per stats prefix."""
+        for w in {w.prefix: w for ws in self.watchers.values() for w in ws}.values():
+            w.xds_failed()
 
     def add(self, name: str, watcher: Watcher) -> bool:
         """Adds a watcher; True when the names asked for changed."""
