@@ -314,3 +314,31 @@ def test_the_mux_holds_requests_past_the_rate_limit() -> None:
         mux.stop()
 
     asyncio.run(run())
+
+
+def test_assignments_read_fast_check_every_endpoint_as_the_model_does() -> None:
+    """Endpoints are checked once and taken from a cache after; a refused one still makes
+    the whole assignment refused, with the path the model names."""
+    from envoy.config.endpoint.v3 import endpoint_pb2
+
+    from edgegw.config import model as m
+    from edgegw.config.subscription import SubscriptionError, parse
+
+    def assignment(port: int) -> bytes:
+        cla = endpoint_pb2.ClusterLoadAssignment(cluster_name="app")
+        group = cla.endpoints.add()
+        group.load_balancing_weight.value = 3
+        for last in (1, 2):
+            sa = group.lb_endpoints.add().endpoint.address.socket_address
+            sa.address, sa.port_value = f"10.0.0.{last}", port
+        return cla.SerializeToString()
+
+    for _ in range(2):  # (the second time from the cache)
+        got = parse(to_dict(ENDPOINTS, assignment(80)), m.ClusterLoadAssignment, "")
+        assert [(e.endpoint.address.socket_address.address, g.load_balancing_weight)
+                for g in got.endpoints for e in g.lb_endpoints] == [("10.0.0.1", 3),
+                                                                     ("10.0.0.2", 3)]
+    bad = to_dict(ENDPOINTS, assignment(70000))
+    with pytest.raises(SubscriptionError, match="endpoints.0.lb_endpoints.0.endpoint.address"
+                                                ".socket_address.port_value"):
+        parse(bad, m.ClusterLoadAssignment, "")
