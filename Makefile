@@ -11,7 +11,16 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[test]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# sovereign (Atlassian's REST-JSON xDS control plane) in a virtualenv of its own: its web stack
+# would otherwise move the versions edgegw runs on. The xDS tests put it in front of edgegw
+# and Envoy.
+SOVEREIGN := $(VENV)/sovereign/.installed
+$(SOVEREIGN):
+	python3 -m venv $(VENV)/sovereign
+	$(VENV)/sovereign/bin/pip install -q 'sovereign==0.32.12'
+	touch $@
+
+install: $(STAMP) $(SOVEREIGN)
 
 # The source tree always runs as the plain Python it shows. The compiled build is the wheel the
 # Docker image ships (the request path compiled with mypyc; src/edgegw/compiled.py lists it),

@@ -77,11 +77,12 @@ def wait_port(host: str, port: int, timeout: float = 10.0) -> None:
 class Proc:
     """A child process we started, stopped by its PID only."""
 
-    def __init__(self, args: list[str], log: Path, cwd: Path | None = None) -> None:
+    def __init__(self, args: list[str], log: Path, cwd: Path | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.log = log
         self.fh = open(log, "wb")  # noqa: SIM115
-        self.p = subprocess.Popen(args, stdout=self.fh, stderr=subprocess.STDOUT,
-                                  cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.p = subprocess.Popen(args, stdout=self.fh, stderr=subprocess.STDOUT, cwd=cwd,
+                                  env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
 
     def output(self) -> str:
         self.fh.flush()

@@ -13,8 +13,10 @@ import yaml
 from .conftest import (
     DTLS,
     ENVOY,
+    ROOT,
     ROUTER,
     UTLS,
+    Proc,
     addr,
     cluster,
     free_port,
@@ -541,3 +543,58 @@ def test_rest_json_polling_as_envoy_polls(cp, gateway, backend) -> None:
                  timeout=10)
     # a refusal is told by the version alone: the polls go on holding l1, as Envoy's do
     assert polls("edgegw") == polls("envoy") == [("", True), ("l1", True)]
+
+
+SOVEREIGN = ROOT / ".venv" / "sovereign" / "bin" / "sovereign"
+
+
+@pytest.mark.skipif(not SOVEREIGN.exists(), reason="sovereign (make install) missing")
+def test_sovereign_a_real_rest_control_plane_in_front_of_both(gateway, backend,
+                                                              tmp_path) -> None:
+    """sovereign (Atlassian's REST-JSON control plane, pip) renders listeners and clusters
+    from its templates; edgegw and Envoy poll it and serve the same, holding the same
+    versions of the clusters."""
+    a = backend("127.0.0.22", "a")
+    ports = {kind: free_port() for kind in KINDS}
+    port = "{% if discovery_request.node.id == 'envoy' %}" + str(ports["envoy"]) + \
+        "{% else %}" + str(ports["edgegw"]) + "{% endif %}"
+    lst = listener("http", 0)
+    (tmp_path / "listeners.yaml").write_text(yaml.safe_dump({"resources": [lst]}).replace(
+        "port_value: 0", f"port_value: {port}"))
+    (tmp_path / "clusters.yaml").write_text(yaml.safe_dump({"resources": [
+        {"@type": CLUSTER, **cluster("app", [a])}]}))
+    (tmp_path / "sovereign.yaml").write_text(yaml.safe_dump({
+        "sources": [{"type": "inline", "config": {"instances": [
+            {"name": "lab", "service_clusters": ["*"]}]}}],
+        "templates": {"default": {
+            "clusters": f"file+jinja2://{tmp_path / 'clusters.yaml'}",
+            "listeners": f"file+jinja2://{tmp_path / 'listeners.yaml'}"}}}))
+    sov_port = free_port("127.0.0.3")
+    sov = Proc([str(SOVEREIGN)], tmp_path / "sovereign.log", cwd=tmp_path, env={
+        "SOVEREIGN_CONFIG": f"file://{tmp_path / 'sovereign.yaml'}",
+        "SOVEREIGN_HOST": "127.0.0.3", "SOVEREIGN_PORT": str(sov_port)})
+    try:
+        wait_port("127.0.0.3", sov_port, timeout=60)
+        source = {"resource_api_version": "V3", "api_config_source": {
+            "api_type": "REST", "transport_api_version": "V3", "cluster_names": ["sovereign"],
+            "refresh_delay": "0.5s", "request_timeout": "5s"}}
+        gws = {}
+        for kind in KINDS:
+            cfg = {"node": {"id": kind, "cluster": "edge"},
+                   "dynamic_resources": {"lds_config": source, "cds_config": source},
+                   "static_resources": {"clusters": [
+                       cluster("sovereign", [("127.0.0.3", sov_port)])]}}
+            gws[kind] = gateway(cfg, kind=kind)
+            wait_port("127.0.0.1", ports[kind], timeout=20)
+            assert served(ports[kind]) == "a"
+
+        def versions(kind: str) -> list[str]:
+            doc = httpx.get(f"http://127.0.0.1:{gws[kind].admin_port}/config_dump",
+                            timeout=5).json()
+            by = {c["@type"].rsplit(".", 1)[-1]: c for c in doc["configs"]}
+            return [c["version_info"] for c in
+                    by["ClustersConfigDump"].get("dynamic_active_clusters", [])]
+
+        assert versions("edgegw") == versions("envoy") != [""]
+    finally:
+        sov.stop()
