@@ -12,11 +12,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..config.model.base import CLUSTER_TYPE as CLUSTER
+from ..config.model.base import LISTENER_TYPE as LISTENER
+from ..config.model.base import ROUTES_TYPE as ROUTES
+from ..config.model.base import SECRET_TYPE as SECRET
+
 ADMIN = "type.googleapis.com/envoy.admin.v3."
-CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
-LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
-ROUTES = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
-SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 REDACTED = "[redacted]"
 
 

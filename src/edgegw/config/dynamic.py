@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from .model.base import CLUSTER_TYPE as CLUSTER
+from .model.base import LISTENER_TYPE as LISTENER
 from .source import ConfigError, Path, Source, file_signature, parse
 
-LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
-CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 KINDS = {"lds_config": ("listeners", LISTENER), "cds_config": ("clusters", CLUSTER)}
 XdsResources = dict[str, list[dict[str, Any]]]
 """What a control plane sent and is accepted, by field (``listeners``, ``clusters``): each

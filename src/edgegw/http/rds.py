@@ -24,8 +24,6 @@ from ..config.subscription import Response, Subscription, Watches
 from ..stats import Counter, Gauge, StatSet, Store
 from .router.table import RouteTable, compile_routes
 
-ROUTES_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
-
 
 class RdsStats(StatSet):
     update_attempt: Counter
@@ -39,7 +37,7 @@ class RdsStats(StatSet):
 class RdsSubscription(Subscription[m.RouteConfiguration]):
     """One connection manager's route subscription; ``apply`` swaps its table."""
 
-    kind, url, noun, model = "RDS", ROUTES_TYPE, "configuration", m.RouteConfiguration
+    kind, url, noun, model = "RDS", m.ROUTES_TYPE, "configuration", m.RouteConfiguration
 
     def __init__(self, cfg: m.Rds, stat_prefix: str, store: Store,
                  apply: Callable[[RouteTable], None], xds: Watches | None) -> None:

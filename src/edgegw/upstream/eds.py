@@ -20,8 +20,6 @@ from ..config import model as m
 from ..config.subscription import Response, Subscription, Watches
 from ..stats import Counter, Gauge, StatSet, Store
 
-ASSIGNMENT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
-
 Endpoint = tuple[str, int, str, int, int, int]
 """(address, port, hostname, weight, locality, the locality's weight): locality is the index
 of the endpoint's group in the load assignment."""
@@ -49,7 +47,7 @@ class EdsSubscription(Subscription[m.ClusterLoadAssignment]):
     """One EDS cluster's subscription. ``apply`` sets the cluster's hosts and says whether
     they changed."""
 
-    kind, url, noun, model = "EDS", ASSIGNMENT_TYPE, "cluster", m.ClusterLoadAssignment
+    kind, url, noun, model = "EDS", m.ENDPOINTS_TYPE, "cluster", m.ClusterLoadAssignment
 
     def __init__(self, cluster_name: str, cfg: m.EdsClusterConfig, attempt: Counter,
                  success: Counter, apply: Callable[[Endpoints], bool], store: Store,

@@ -24,11 +24,8 @@ from typing import Any
 from ..config import model as m
 
 PREFIX = "type.googleapis.com/"
-LISTENER = PREFIX + "envoy.config.listener.v3.Listener"
-CLUSTER = PREFIX + "envoy.config.cluster.v3.Cluster"
-ROUTES = PREFIX + "envoy.config.route.v3.RouteConfiguration"
-ENDPOINTS = PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
-SECRET = PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
+LISTENER, CLUSTER, ROUTES = m.LISTENER_TYPE, m.CLUSTER_TYPE, m.ROUTES_TYPE
+ENDPOINTS, SECRET = m.ENDPOINTS_TYPE, m.SECRET_TYPE
 WRAPPER = PREFIX + "envoy.service.discovery.v3.Resource"
 
 _TYPE_URL = re.compile(rb"type\.googleapis\.com/([A-Za-z_][A-Za-z0-9_.]*)")

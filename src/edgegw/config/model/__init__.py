@@ -10,13 +10,17 @@ tutorials print (``envoy.filters.http.router`` with no typed_config) are accepte
 from __future__ import annotations
 
 from .base import (
+    CLUSTER_TYPE,
     DOWNSTREAM_TLS_TYPE,
+    ENDPOINTS_TYPE,
     FAULT_TYPE,
     FILE_LOG_TYPE,
     HCM_TYPE,
     HTTP_OPTIONS_TYPE,
+    LISTENER_TYPE,
     LOCAL_RATELIMIT_TYPE,
     ROUTER_TYPE,
+    ROUTES_TYPE,
     SECRET_TYPE,
     STDERR_LOG_TYPE,
     STDOUT_LOG_TYPE,
@@ -315,6 +319,10 @@ __all__ = [
     "RouteMatch",
     "Router",
     "RuntimeFractionalPercent",
+    "CLUSTER_TYPE",
+    "ENDPOINTS_TYPE",
+    "LISTENER_TYPE",
+    "ROUTES_TYPE",
     "SECRET_TYPE",
     "STDERR_LOG_TYPE",
     "STDOUT_LOG_TYPE",

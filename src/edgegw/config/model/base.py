@@ -18,6 +18,10 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 T = "type.googleapis.com/envoy."
+LISTENER_TYPE = T + "config.listener.v3.Listener"
+CLUSTER_TYPE = T + "config.cluster.v3.Cluster"
+ROUTES_TYPE = T + "config.route.v3.RouteConfiguration"
+ENDPOINTS_TYPE = T + "config.endpoint.v3.ClusterLoadAssignment"
 HCM_TYPE = T + "extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 TCP_PROXY_TYPE = T + "extensions.filters.network.tcp_proxy.v3.TcpProxy"
 ROUTER_TYPE = T + "extensions.filters.http.router.v3.Router"
