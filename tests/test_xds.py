@@ -4,6 +4,9 @@ plane receives, and the stats."""
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 from collections.abc import Callable
 
 import httpx
@@ -476,9 +479,9 @@ def test_requests_in_flight_through_100_eds_updates_all_succeed(cp, gateway, bac
 
 
 def test_every_worker_applies_every_update(cp, gateway, backend) -> None:
-    """--concurrency 2: each worker process follows the control plane (a stream each, where
-    Envoy has one for its threads) and serves every update; the supervisor's admin port adds
-    their counters up."""
+    """--concurrency 2: one stream for the node, as Envoy has one for its threads (worker 0
+    talks to the control plane, worker 1 follows it), and every worker serves every update;
+    the supervisor's admin port counts each update once."""
     a, b = backend("127.0.0.22", "a"), backend("127.0.0.23", "b")
     ports = Ports()
     cp.set(CLUSTER, "c1", [eds_cluster("app")])
@@ -495,7 +498,25 @@ def test_every_worker_applies_every_update(cp, gateway, backend) -> None:
     assert backends_seen() == {"a"}
     cp.set(ENDPOINTS, "e2", [assignment("app", b)])
     wait_for(lambda: backends_seen() == {"b"}, timeout=10)
-    assert len(cp.streams) == 2
+    cp.set(LISTENER, "l2", listeners(ports, ("http", lambda p: listener("http", p)),
+                                     ("second", lambda p: listener("second", p))))
+    wait_port("127.0.0.1", ports("edgegw", "second"), timeout=10)
+    assert {served(ports("edgegw", "second")) for _ in range(20)} == {"b"}
+    assert len(cp.streams) == 1
+
+    def applied_by(version: str) -> set[str]:  # (each process logs under its pid)
+        return {line.split("][")[1] for line in gw.proc.output().splitlines()
+                if f"version '{version}'): now serving" in line}
+
+    wait_for(lambda: len(applied_by("l2")) == 2, timeout=10)
+
+    # the leading worker dies: the other serves on; the new one leads, and is followed
+    leader = int(re.findall(r"worker 0 started \(pid (\d+)\)", gw.proc.output())[-1])
+    os.kill(leader, signal.SIGKILL)
+    wait_for(lambda: len(re.findall(r"worker 0 started", gw.proc.output())) == 2, timeout=20)
+    cp.set(LISTENER, "l3", listeners(ports, ("http", lambda p: listener("http", p))))
+    wait_for(lambda: len(applied_by("l3")) == 2, timeout=20)
+    assert len(cp.streams) == 1
     st = gw.stats()  # (what each worker counts once for the same update is counted once)
     assert (st["control_plane.connected_state"], st["cluster.app.update_success"]) == (1, 2)
 

@@ -283,7 +283,7 @@ def test_the_mux_asks_acks_and_reconnects_after_garbage() -> None:
         assert store.gauge("control_plane.connected_state").value == 1
         receiver.upstream_data(frame(b"\xff\xff\xff\xff"), False)  # not a DiscoveryResponse
         assert store.gauge("control_plane.connected_state").value == 0
-        channel = next(iter(mux.channels.values()))
+        channel = next(iter(mux.streams.values()))
         assert channel.stream is None and channel.retry is not None
         before = len(cluster.sent)
         await _until(lambda: len(cluster.sent) > before)  # (a backoff of at most 0.5 s)

@@ -97,8 +97,12 @@ class Server:
         """The streams to the control plane, when the config has one."""
         if _uses_xds(boot):
             dyn = boot.dynamic_resources
-            self.xds = XdsMux(boot.node, dyn.ads_config if dyn else None, self._cluster,
-                              self.store)
+            socket_path = self.options.get("admin_socket") or ""
+            self.xds = XdsMux(  # (one stream per node: worker 0 leads, the others follow it)
+                boot.node, dyn.ads_config if dyn else None, self._cluster, self.store,
+                leading=self.worker == 0, leader_socket=os.path.join(
+                    os.path.dirname(socket_path), "worker-0.sock")
+                if self.worker and socket_path else None)
         self.secrets, self.clusters, self.listeners = self._build(boot)
         self.loader = loader
         self.dynamic: DynamicConfig | None = None
@@ -376,6 +380,10 @@ class Server:
 
     async def server_info_doc(self) -> dict[str, Any]:
         return server_info(self.state, self.options, self.boot.node, self.started)
+
+    async def xds_doc(self, after: int, epoch: str) -> dict[str, Any] | None:
+        published = self.xds.published if self.xds is not None else None
+        return await published.doc(after, epoch) if published is not None else None
 
     async def set_log_levels(self, levels: list[tuple[str | None, int]]) -> None:
         for component, level in levels:

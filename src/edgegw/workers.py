@@ -310,6 +310,9 @@ class Supervisor:
         flags = [f for f, on in (("graceful", graceful), ("skip_exit", skip_exit)) if on]
         await self.broadcast("/drain_listeners" + (f"?{'&'.join(flags)}" if flags else ""))
 
+    async def xds_doc(self, after: int, epoch: str) -> dict[str, Any] | None:
+        return None  # (workers follow worker 0 directly)
+
 
 def _union(into: list[Any], more: list[Any]) -> None:
     """Appends the entries of ``more`` that ``into`` does not hold yet (when each worker

@@ -73,6 +73,9 @@ class Admin:
             "/edgegw/store": ("every stat, raw, for the worker supervisor (edgegw)",
                               self.raw_store),
         }
+        if unix_path:
+            self.routes["/edgegw/xds"] = ("what the control plane gave, for the other "
+                                          "workers (edgegw)", self.xds)
         try:
             if not unix_path and not ipaddress.ip_address(host).is_loopback:
                 _log.warning("admin interface bound to %s:%d, which is not loopback: anyone who "
@@ -263,6 +266,14 @@ class Admin:
     async def raw_store(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
         store = await self.backend.stats_store()
         return 200, "application/json", json.dumps(store.dump()).encode()
+
+    async def xds(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
+        after = _arg(q, "after") or "0"
+        doc = await self.backend.xds_doc(int(after) if after.isdigit() else 0,
+                                         _arg(q, "epoch") or "")
+        if doc is None:
+            return 404, "text/plain", b"this worker does not lead\n"
+        return 200, "application/json", json.dumps(doc).encode()
 
     async def server_info(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
         doc = await self.backend.server_info_doc()

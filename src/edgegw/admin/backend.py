@@ -52,4 +52,8 @@ class AdminBackend(Protocol):
     async def drain_listeners(self, graceful: bool = False, skip_exit: bool = False
                               ) -> None: ...
 
+    async def xds_doc(self, after: int, epoch: str) -> Doc | None:
+        """What a leading worker's followers are given (``xds/follow.py``), once newer than
+        generation ``after`` of ``epoch``; None where there is none."""
+
     def request_stop(self) -> None: ...

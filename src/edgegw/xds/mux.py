@@ -3,12 +3,14 @@
 Each config source of a control plane's kind is a channel: ``ads: {}`` sources share the one
 ADS stream of ``ads_config``; an ``api_config_source`` gets a stream of its type's service
 (``ClusterDiscoveryService/StreamClusters`` …). ``api_type`` chooses the protocol: ``GRPC``
-is the state of the world (``sotw``), ``DELTA_GRPC`` the incremental one (``delta``). A channel opens its stream when the first
-resource is watched, asks for each type as watchers come and go (coalesced per loop turn), and
-answers each response with an ACK or a NACK. A stream that ends is opened again after a
-jittered exponential backoff (0.5 s doubling to 30 s, as Envoy's); meanwhile the accepted
-config keeps serving, and the new stream asks every type again with the versions accepted.
-``rate_limit_settings`` bounds the requests sent (a token bucket) when given.
+is the state of the world (``sotw``), ``DELTA_GRPC`` the incremental one (``delta``), and
+``REST`` is polled (``rest``). A channel opens its stream when the first resource is
+watched, asks for each type as watchers come and go (coalesced per loop turn), and answers
+each response with an ACK or a NACK. A stream that ends is opened again after a jittered
+exponential backoff (0.5 s doubling to 30 s, as Envoy's); meanwhile the accepted config
+keeps serving, and the new stream asks every type again with the versions accepted.
+``rate_limit_settings`` bounds the requests sent (a token bucket) when given. Under several
+workers only worker 0 has streams; the others follow it (``follow``).
 
 Stats, as Envoy scopes them: ``control_plane.connected_state`` (1 while the stream is up),
 ``control_plane.rate_limit_enforced`` and ``control_plane.pending_requests`` for the ADS
@@ -29,6 +31,7 @@ from .. import __version__, log
 from ..config import model as m
 from ..stats import Counter, Gauge, StatSet, Store
 from .delta import DeltaRequest, DeltaState
+from .follow import Follower, Published
 from .grpc import GrpcStream
 from .resources import CLUSTER, ENDPOINTS, LISTENER, ROUTES, SECRET, to_dict
 from .rest import RestChannel
@@ -63,8 +66,9 @@ class ControlPlaneStats(StatSet):
 class Channel:
     """One stream (ADS, or one type's service) of one API config source, and its reconnects."""
 
-    def __init__(self, mux: XdsMux, api: m.ApiConfigSource, path: str, prefix: str) -> None:
-        self.mux, self.api, self.path = mux, api, path
+    def __init__(self, mux: XdsMux, api: m.ApiConfigSource, path: str, prefix: str,
+                 key: str) -> None:
+        self.mux, self.api, self.path, self.key = mux, api, path, key
         self.delta = api.api_type == "DELTA_GRPC"
         self.stats = ControlPlaneStats(mux.store, prefix + "control_plane.")
         self.types: dict[str, TypeState] = {}
@@ -88,7 +92,10 @@ class Channel:
             self._ask(type_url)
         if state.add(name, watcher):
             self._ask(type_url)
-        if self.stream is None and self.retry is None:
+        if self.mux.follower is not None:  # (a follower worker: the leader's stream serves)
+            self.mux.follower.start()
+            self.mux.follower.watched(f"{self.key}|{type_url}")
+        elif self.stream is None and self.retry is None:
             self._open()
         return Watch(self, type_url, name, watcher)
 
@@ -210,6 +217,17 @@ class Channel:
             req = state.respond(resp.version_info, resp.nonce, [
                 (a.type_url, functools.partial(to_dict, a.type_url, a.value))
                 for a in resp.resources])
+        published = self.mux.published
+        if published is not None:
+            key = f"{self.key}|{resp.type_url}"
+            if isinstance(resp, discovery_pb2.DeltaDiscoveryResponse):
+                published.delta(key, state.wildcard, resp.system_version_info, [
+                    (r.name, r.resource.type_url, r.resource.value, r.version)
+                    for r in resp.resources], list(resp.removed_resources))
+            elif len(state.read_names) == len(resp.resources):  # (else unreadable: refused)
+                published.sotw(key, state.wildcard, resp.version_info, [
+                    (name, a.type_url, a.value)
+                    for name, a in zip(state.read_names, resp.resources, strict=True)])
         if req.error is not None:
             _log.warning("xds: %s config for %s rejected: %s",
                          "delta gRPC" if self.delta else "gRPC", resp.type_url, req.error)
@@ -249,13 +267,20 @@ class XdsMux:
     ``cluster`` finds the control plane's cluster in the config now served."""
 
     def __init__(self, node: m.Node, ads: m.ApiConfigSource | None,
-                 cluster: Callable[[str], Cluster | None], store: Store) -> None:
+                 cluster: Callable[[str], Cluster | None], store: Store,
+                 leading: bool = False, leader_socket: str | None = None) -> None:
         self.node = node
         self.ads = ads
         self.cluster = cluster
         self.store = store
-        self.channels: dict[Any, Channel | RestChannel] = {}
+        self.polls: dict[str, RestChannel] = {}
+        """REST channels, by API source and type (every worker polls for itself)."""
+        self.streams: dict[str, Channel] = {}
         self.stopped = False
+        self.published = Published() if leading else None
+        """What the other workers follow (worker 0 of several)."""
+        self.follower = Follower(self, leader_socket) if leader_socket else None
+        """A worker other than 0: no stream of its own, worker 0's are followed."""
 
     def watch(self, source: m.ConfigSource, type_url: str, name: str,
               watcher: Watcher) -> Watch:
@@ -263,21 +288,21 @@ class XdsMux:
         api = self.ads if source.ads is not None else source.api_config_source
         assert api is not None  # (the config checks say so)
         if api.api_type == "REST":
-            key = (api.model_dump_json(), type_url)
-            rest = self.channels.get(key)
+            rest = self.polls.get(f"{api.model_dump_json()} {type_url}")
             if rest is None:
-                rest = self.channels[key] = RestChannel(self, api, type_url)
+                rest = self.polls[f"{api.model_dump_json()} {type_url}"] = RestChannel(
+                    self, api, type_url)
             return rest.watch(type_url, name, watcher)
         delta = api.api_type == "DELTA_GRPC"
         if source.ads is not None:
             path = ADS + ("DeltaAggregatedResources" if delta else "StreamAggregatedResources")
         else:
             path = SERVICES[type_url] + ("Delta" if delta else "Stream") + METHODS[type_url]
-        key = (api.model_dump_json(), path)
-        channel = self.channels.get(key)
+        key = f"{api.model_dump_json()} {path}"
+        channel = self.streams.get(key)
         if channel is None:
-            channel = self.channels[key] = Channel(self, api, path,
-                                                   "" if source.ads is not None else watcher.prefix)
+            channel = self.streams[key] = Channel(
+                self, api, path, "" if source.ads is not None else watcher.prefix, key)
         return channel.watch(type_url, name, watcher)
 
     def node_message(self) -> Any:
@@ -292,5 +317,9 @@ class XdsMux:
 
     def stop(self) -> None:
         self.stopped = True
-        for c in self.channels.values():
-            c.stop()
+        for rest in self.polls.values():
+            rest.stop()
+        for channel in self.streams.values():
+            channel.stop()
+        if self.follower is not None:
+            self.follower.stop()

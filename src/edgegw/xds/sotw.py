@@ -83,6 +83,8 @@ class TypeState:
         self.accepted: Resources = {}
         """The last accepted version of each named resource: given at once to a new watcher."""
         self.accepted_version: dict[str, str] = {}
+        self.read_names: list[str] = []
+        """The name of each resource of the response read last, in its order."""
 
     def names(self) -> list[str]:
         return [] if self.wildcard else sorted(n for n, ws in self.watchers.items() if ws)
@@ -142,6 +144,7 @@ class TypeState:
         got: Resources = {}
         errors = []
         noun = NOUNS.get(self.type_url, "resource")
+        self.read_names.clear()
         try:
             for url, read in resources:
                 if url not in (self.type_url, WRAPPER):
@@ -149,6 +152,7 @@ class TypeState:
                                         f"{self.type_url} in DiscoveryResponse")
                 res = read()
                 name = name_of(self.type_url, res)
+                self.read_names.append(name)
                 if name in got:
                     errors.append(f"Error adding/updating {noun}(s) {name}: duplicate {noun} "
                                   f"{name} found")
