@@ -619,3 +619,59 @@ def test_sovereign_a_real_rest_control_plane_in_front_of_both(gateway, backend,
         assert versions("edgegw") == versions("envoy") != [""]
     finally:
         sov.stop()
+
+
+def test_a_changed_listener_drains_its_connections_on_the_old_config(cp, gateway,
+                                                                     backend) -> None:
+    """An LDS update that changes a listener: a keep-alive connection opened before it is
+    answered on the old config (and drains), a new connection on the new one, as Envoy."""
+    import socket
+
+    a = backend("127.0.0.22", "a")
+    ports = Ports()
+
+    def tagged(tag: str) -> Callable[[int], dict]:
+        def make(p: int) -> dict:
+            lst = listener("http", p)
+            vh = lst["filter_chains"][0]["filters"][0]["typed_config"]["route_config"][
+                "virtual_hosts"][0]
+            vh["response_headers_to_add"] = [{"header": {"key": "x-tag", "value": tag}}]
+            return lst
+        return make
+
+    def tag_on(s: socket.socket) -> str:
+        s.sendall(b"GET / HTTP/1.1\r\nhost: a.example.com\r\n\r\n")
+        data = b""
+        while b"\r\n\r\n" not in data:
+            got = s.recv(65536)
+            if not got:
+                return "closed"
+            data += got
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(re.search(rb"(?i)content-length: (\d+)", head)[1])  # type: ignore[index]
+        while len(body) < length:
+            body += s.recv(65536)
+        return (re.search(rb"(?i)x-tag: (\w+)", head) or [b"", b""])[1].decode()
+
+    cp.set(CLUSTER, "c1", [{"@type": CLUSTER, **cluster("app", [a])}])
+    cp.set(LISTENER, "l1", listeners(ports, ("http", tagged("one"))))
+    seen = {}
+    for kind in KINDS:
+        gateway(bootstrap(cp, kind, ads(), ads(), ads=True), kind=kind)
+        wait_port("127.0.0.1", ports(kind, "http"))
+    conns = {kind: socket.create_connection(("127.0.0.1", ports(kind, "http")), timeout=5)
+             for kind in KINDS}
+    try:
+        for kind in KINDS:
+            assert tag_on(conns[kind]) == "one"
+        cp.set(LISTENER, "l2", listeners(ports, ("http", tagged("two"))))
+        for kind in KINDS:
+            def fresh(k: str = kind) -> str:
+                with socket.create_connection(("127.0.0.1", ports(k, "http")), timeout=5) as s:
+                    return tag_on(s)
+            wait_for(lambda: fresh() == "two", timeout=10)
+            seen[kind] = tag_on(conns[kind])
+    finally:
+        for s in conns.values():
+            s.close()
+    assert seen == {"envoy": "one", "edgegw": "one"}

@@ -190,10 +190,13 @@ class Server:
             boot, raw = built
             counter = self.store.counter
             counter("edgegw.config_reload.attempt").value += 1
-            return await self._swap(boot, raw, why)
+            return await self._swap(boot, raw, why, from_control_plane=True)
 
-    async def _swap(self, boot: Bootstrap, raw: dict[str, Any], why: str) -> bool:
-        """Builds the runtime of ``boot``, warms it, and swaps it in for new requests."""
+    async def _swap(self, boot: Bootstrap, raw: dict[str, Any], why: str,
+                    from_control_plane: bool = False) -> bool:
+        """Builds the runtime of ``boot``, warms it, and swaps it in for new requests. The
+        connections of a listener that changed move to the new config on a reload
+        (edgegw's), and drain on the old one on an LDS update (Envoy's)."""
         counter = self.store.counter
         try:
             secrets, clusters, listeners = self._build(boot, self.clusters)
@@ -217,7 +220,7 @@ class Server:
         for lst in listeners:
             old = old_keys.pop(lst.key, None)
             if old is not None and lst.sock is None:
-                lst.adopt(old)
+                lst.adopt(old, drain_if_changed=from_control_plane)
             lst.start()
         for old in old_keys.values():
             old.drain()

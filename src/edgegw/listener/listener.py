@@ -194,14 +194,21 @@ class Listener:
         sa = self.cfg.address.socket_address
         return sa.address, sa.port_value
 
-    def adopt(self, old: Listener) -> None:
+    def adopt(self, old: Listener, drain_if_changed: bool = False) -> None:
         """Takes over a listener of the previous config at the same address: its socket (no
         connection is refused during a reload) and its open connections, whose next requests
-        use this config's filter chain; one that no chain here matches is drained."""
+        use this config's filter chain; one that no chain here matches is drained. With
+        ``drain_if_changed`` (an LDS update, as Envoy applies it), the connections of a
+        listener whose config changed stay on the old one and drain instead."""
         if old.sock is not None and old.loop is not None:
             old.loop.remove_reader(old.sock.fileno())
         self.sock, old.sock = old.sock, None
         self.family = old.family
+        if drain_if_changed and old.cfg != self.cfg:
+            for proto in list(old.open):  # (an idle one too: it may still bring a request)
+                if not isinstance(proto, TcpSession):
+                    proto.drain(close_idle=False)
+            return
         for proto in list(old.open):
             if isinstance(proto, TcpSession):
                 continue  # bytes already flow to its upstream: it ends on the old config

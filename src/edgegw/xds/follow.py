@@ -20,13 +20,12 @@ import base64
 import functools
 import json
 import secrets
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from .. import log
 from .resources import ResourceError, to_dict
-
-if TYPE_CHECKING:
-    from .mux import XdsMux
+from .sotw import TypeState
 
 _log = log.get("config")
 
@@ -86,10 +85,21 @@ class Published:
         return {"epoch": self.epoch, "generation": self.generation, "types": self.types}
 
 
+class Streams(Protocol):
+    """What a follower feeds: the mux's channels (by key), each with its types' states."""
+
+    types: dict[str, TypeState]
+
+
+class Mux(Protocol):
+    @property
+    def streams(self) -> Mapping[str, Streams]: ...
+
+
 class Follower:
     """A follower's side: asks the leader at ``leader_socket`` and feeds ``mux``'s channels."""
 
-    def __init__(self, mux: XdsMux, leader_socket: str) -> None:
+    def __init__(self, mux: Mux, leader_socket: str) -> None:
         self.mux, self.leader_socket = mux, leader_socket
         self.epoch = ""
         self.generation = 0
