@@ -390,3 +390,39 @@ def test_log_components_are_exactly_those_the_code_logs_under() -> None:
     assert log.parse_component_levels("hc:debug,config:trace")
     with pytest.raises(ValueError):
         log.parse_component_levels("filter:debug")
+
+
+def test_every_control_plane_source_is_known_sds_too() -> None:
+    """A secret from ADS alone (the listeners static) is a control plane's source: it needs
+    ads_config, and with it the gateway opens the stream for it."""
+    import json
+
+    from edgegw.config.checks import config_sources
+
+    cfg = {"node": {"id": "n", "cluster": "c"}, "static_resources": {
+        "listeners": [{"name": "tls", "address": {"socket_address": {
+            "address": "127.0.0.1", "port_value": 8443}},
+            "filter_chains": [{"transport_socket": {
+                "name": "envoy.transport_sockets.tls", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
+                             "DownstreamTlsContext",
+                    "common_tls_context": {"tls_certificate_sds_secret_configs": [
+                        {"name": "site", "sds_config": {"ads": {}}}]}}},
+                "filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network."
+                             "tcp_proxy.v3.TcpProxy", "stat_prefix": "t", "cluster": "c"}}]}]}],
+        "clusters": [{"name": "c", "type": "STATIC", "connect_timeout": "1s",
+                      "typed_extension_protocol_options": {
+                          "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                              "@type": "type.googleapis.com/envoy.extensions.upstreams.http."
+                                       "v3.HttpProtocolOptions",
+                              "explicit_http_config": {"http2_protocol_options": {}}}},
+                      "load_assignment": {"cluster_name": "c", "endpoints": [{"lb_endpoints": [
+                          {"endpoint": {"address": {"socket_address": {
+                              "address": "127.0.0.2", "port_value": 18000}}}}]}]}}]}}
+    with pytest.raises(ConfigError, match="ads: {} needs dynamic_resources.ads_config"):
+        load_bootstrap(None, json.dumps(cfg))
+    cfg["dynamic_resources"] = {"ads_config": {
+        "api_type": "GRPC", "grpc_services": [{"envoy_grpc": {"cluster_name": "c"}}]}}
+    boot = load_bootstrap(None, json.dumps(cfg))
+    assert [p for p, s in config_sources(boot) if s.xds] == [("secret", "site", "sds_config")]

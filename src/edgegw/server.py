@@ -19,8 +19,8 @@ from typing import Any
 from . import compiled, log
 from .admin import Admin, clusters_doc, dump, listener_statuses, server_info, status
 from .config import Bootstrap, ConfigError
+from .config.checks import config_sources
 from .config.dynamic import files as dynamic_files
-from .config.model import HttpConnectionManager
 from .config.source import FileSignature, file_signature
 from .config.subscription import Subscription
 from .listener import Listener
@@ -43,18 +43,10 @@ CONFIG_POLL = 0.5
 
 
 def _uses_xds(boot: Bootstrap) -> bool:
-    """Whether anything comes from a control plane (the config checks have each source)."""
+    """Whether anything comes from a control plane."""
     dyn = boot.dynamic_resources
-    if dyn is not None and (dyn.ads_config is not None or any(
-            cs is not None and cs.xds for cs in (dyn.lds_config, dyn.cds_config))):
-        return True
-    return any(c.eds_cluster_config is not None and c.eds_cluster_config.eds_config.xds
-               for c in boot.static_resources.clusters) or any(
-        isinstance(f.typed_config, HttpConnectionManager) and f.typed_config.rds is not None
-        and f.typed_config.rds.config_source.xds for lst in boot.static_resources.listeners
-        for fc in [*lst.filter_chains, *([lst.default_filter_chain]
-                                         if lst.default_filter_chain else [])]
-        for f in fc.filters)
+    return (dyn is not None and dyn.ads_config is not None) or any(
+        source.xds for _, source in config_sources(boot))
 
 
 def _server_names(boot: Bootstrap) -> set[str]:
@@ -105,12 +97,12 @@ class Server:
                 if self.worker and socket_path else None)
         self.secrets, self.clusters, self.listeners = self._build(boot)
         self.loader = loader
+        """Reads and checks the config again (the command line's files): what reloads use."""
         self.dynamic: DynamicConfig | None = None
         """Listeners and clusters from the control plane (LDS, CDS)."""
         if self.xds is not None and loader is not None and boot.dynamic_resources:
             self.dynamic = DynamicConfig(boot.dynamic_resources, self.xds, self.store,
                                          loader, self._apply_xds)
-        """Reads and checks the config again (the command line's files): what reloads use."""
         self.background = Tasks()
         """Retiring old configs, the config file watch, SIGHUP reloads."""
         self._reload_lock: asyncio.Lock | None = None

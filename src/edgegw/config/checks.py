@@ -145,7 +145,7 @@ def _check_proxy_protocol_clusters(boot: Bootstrap) -> Iterator[Problem]:
                                    f"of listeners[{li}] uses it")
 
 
-def _config_sources(boot: Bootstrap) -> Iterator[tuple[Path, ConfigSource]]:
+def config_sources(boot: Bootstrap) -> Iterator[tuple[Path, ConfigSource]]:
     """Every config source of a control plane's kind, with its path."""
     dyn = boot.dynamic_resources
     for key in ("lds_config", "cds_config"):
@@ -167,6 +167,12 @@ def _config_sources(boot: Bootstrap) -> Iterator[tuple[Path, ConfigSource]]:
                 if isinstance(hcm, HttpConnectionManager) and hcm.rds is not None:
                     yield (path + ("filters", k, "typed_config", "rds", "config_source"),
                            hcm.rds.config_source)
+    for ctx in _tls_contexts(boot):
+        for ref in [*ctx.tls_certificate_sds_secret_configs,
+                    *([ctx.validation_context_sds_secret_config]
+                      if ctx.validation_context_sds_secret_config else [])]:
+            if ref.sds_config is not None:
+                yield ("secret", ref.name, "sds_config"), ref.sds_config
 
 
 def _check_control_plane(boot: Bootstrap) -> Iterator[Problem]:
@@ -176,7 +182,7 @@ def _check_control_plane(boot: Bootstrap) -> Iterator[Problem]:
     ads = dyn.ads_config if dyn else None
     apis: list[tuple[Path, ApiConfigSource]] = (
         [(("dynamic_resources", "ads_config"), ads)] if ads else [])
-    for path, cs in _config_sources(boot):
+    for path, cs in config_sources(boot):
         if cs.ads is not None and ads is None:
             yield (path + ("ads",), "ads: {} needs dynamic_resources.ads_config (the control "
                    "plane's stream)")
