@@ -107,7 +107,7 @@ class _Cluster:
 def _stream() -> tuple[GrpcStream, list[bytes], list[str]]:
     got: list[bytes] = []
     closed: list[str] = []
-    stream = GrpcStream(_Cluster(), "/svc/M", "", [], 0.0,  # type: ignore[arg-type]
+    stream = GrpcStream(_Cluster(), "/svc/M", "", [],  # type: ignore[arg-type]
                         got.append, closed.append)
     return stream, got, closed
 

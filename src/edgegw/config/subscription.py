@@ -27,6 +27,20 @@ POLL = 0.5
 M = TypeVar("M", bound=BaseModel)
 
 
+async def first_version(ready: asyncio.Event, source: m.ConfigSource, timeouts: Counter,
+                        what: str) -> None:
+    """Waits for ``ready`` (a first version in) up to the source's initial_fetch_timeout;
+    past it, counted in ``timeouts`` and logged as ``what``'s, what waits goes on without
+    it, as in Envoy."""
+    timeout = source.fetch_timeout
+    try:
+        await asyncio.wait_for(ready.wait(), timeout or None)
+    except TimeoutError:
+        timeouts.value += 1
+        _log.warning("%s: nothing from the control plane in %.1f s (initial_fetch_timeout): "
+                     "going on without it", what, timeout)
+
+
 class Cancel(Protocol):
     def cancel(self) -> None: ...
 
@@ -182,16 +196,8 @@ class Subscription(Generic[M]):
         self.failure.value += 1
 
     async def warmed(self) -> None:
-        """Returns once a first version is in, or the source's initial_fetch_timeout is
-        over (then what is built goes on without it, as in Envoy)."""
-        timeout = self.source.fetch_timeout
-        try:
-            await asyncio.wait_for(self.ready.wait(), timeout or None)
-        except TimeoutError:
-            self.timeouts.value += 1
-            _log.warning("%s: %s: nothing from the control plane in %.1f s "
-                         "(initial_fetch_timeout): going on without it", self.kind.lower(),
-                         self.what, timeout)
+        await first_version(self.ready, self.source, self.timeouts,
+                            f"{self.kind.lower()}: {self.what}")
 
     def start(self) -> None:
         if self._task is None and self.xds is None:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import log
 from ..config import model as m
-from ..config.subscription import Cancel, SubscriptionError, Watches, parse
+from ..config.subscription import Cancel, SubscriptionError, Watches, first_version, parse
 from ..stats import Counter, StatSet, Store
 from .secrets import (
     Material,
@@ -194,13 +194,7 @@ class XdsSecret(Subscription):
         self.stats.update_failure.value += 1
 
     async def warmed(self) -> None:
-        timeout = self.source.fetch_timeout
-        try:
-            await asyncio.wait_for(self.ready.wait(), timeout or None)
-        except TimeoutError:
-            self.timeouts.value += 1
-            _log.warning("sds: secret '%s': nothing from the control plane in %.1f s "
-                         "(initial_fetch_timeout): going on without it", self.name, timeout)
+        await first_version(self.ready, self.source, self.timeouts, f"sds: secret '{self.name}'")
 
     def stop(self) -> None:
         if self._watch is not None:

@@ -29,21 +29,17 @@ class GrpcStream:
     (once, with why). ``send`` queues messages until the stream is open."""
 
     def __init__(self, cluster: Cluster, path: str, authority: str, metadata: Headers,
-                 timeout: float, on_message: Callable[[bytes], None],
-                 on_close: Callable[[str], None]) -> None:
+                 on_message: Callable[[bytes], None], on_close: Callable[[str], None]) -> None:
         self.cluster = cluster
         self.path = path.encode()
         self.authority = (authority or cluster.name).encode()
         self.metadata = metadata
         self.on_message, self.on_close = on_message, on_close
-        self.timeout = timeout
         self.host: Host | None = None
         self.encoder: RequestEncoder | None = None
         self.queued: list[bytes] = []
         self.buffer = bytearray()
         self.closed = False
-        self.opened = False
-        """Response headers have arrived: the server took the call."""
 
     def start(self) -> None:
         host = self.cluster.choose()
@@ -81,8 +77,6 @@ class GrpcStream:
             return
         headers: Headers = [(b"host", self.authority), (b"content-type", b"application/grpc"),
                             (b"te", b"trailers"), *self.metadata]
-        if self.timeout:
-            headers.append((b"grpc-timeout", b"%dm" % int(self.timeout * 1000)))
         self.encoder = conn.new_stream(self)
         self.encoder.encode_headers(RequestHead(b"POST", self.path, headers, "HTTP/2"), False)
         queued, self.queued = self.queued, []
@@ -101,8 +95,6 @@ class GrpcStream:
             self._close(f"the control plane answered HTTP {status}")
         elif end_stream:  # (trailers-only: the call failed at once)
             self.upstream_trailers(headers)
-        else:
-            self.opened = True
 
     def upstream_data(self, data: bytes, end_stream: bool) -> None:
         buf = self.buffer

@@ -28,6 +28,7 @@ from .. import log
 from ..config import ConfigError
 from ..config import model as m
 from ..config.dynamic import XdsResources
+from ..config.subscription import first_version
 from ..stats import Counter, Gauge, StatSet, Store
 from ..tasks import Tasks
 from .mux import XdsMux
@@ -119,14 +120,8 @@ class DynamicConfig:
                 continue
             kind.stats.update_attempt.value += 1  # (Envoy counts the first request)
             kind.watch = self.mux.watch(kind.source, kind.url, "", kind)
-            timeout = kind.source.fetch_timeout
-            try:
-                await asyncio.wait_for(kind.first.wait(), timeout or None)
-            except TimeoutError:
-                kind.stats.init_fetch_timeout.value += 1
-                _log.warning("%s: nothing from the control plane in %.1f s "
-                             "(initial_fetch_timeout): going on without it", kind.short,
-                             timeout)
+            await first_version(kind.first, kind.source, kind.stats.init_fetch_timeout,
+                                kind.short)
             if self.last is not None:  # (what was taken serves before the next kind)
                 await asyncio.wait([self.last])
         self.initialized.set()

@@ -127,7 +127,7 @@ class Channel:
             return
         metadata = [(h.key.lower().encode(), h.value.encode()) for h in service.initial_metadata]
         self.stream = GrpcStream(cluster, self.path, service.envoy_grpc.authority, metadata,
-                                 0.0, self._received, self._closed)
+                                 self._received, self._closed)
         self.node_sent = False
         self.held.clear()
         self.dirty.clear()  # (every type is asked below)
