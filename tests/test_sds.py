@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import signal
 import socket
 import ssl
 import threading
@@ -355,6 +356,20 @@ def test_upstream_trust_and_client_certificate_rotate(gateway, tmp_path: Path, c
             time.sleep(0.8)  # let the pooled connection idle out: new ones use the new cert
         name = "cluster.b.client_ssl_socket_factory.ssl_context_update_by_sds"
         assert g.stats()[name] >= 2
+
+        # A reload that leaves the cluster as it was carries it and its secrets over: the
+        # rotations after it still reach it.
+        changed = yaml.safe_load(g.path.read_text())
+        changed["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+            "typed_config"]["route_config"]["virtual_hosts"][0]["name"] = "b2"
+        g.path.write_text(yaml.safe_dump(changed))
+        g.proc.p.send_signal(signal.SIGHUP)
+        wait_for(lambda: g.stats().get("edgegw.config_reload.success") == 1)
+        third = issue_client()
+        deadline = time.monotonic() + 5
+        while get().json()["client_cert_serial"] != third:
+            assert time.monotonic() < deadline
+            time.sleep(0.8)
     finally:
         backend.stop()
 

@@ -237,15 +237,27 @@ def test_ads_with_eds_rds_and_warming(cp, gateway, backend, api_type: str) -> No
     for kind in KINDS:
         wait_for(lambda k=kind: look(k)[1] == "r2", timeout=10)
 
-    # a second listener whose routes ("late") are not published yet: it warms, unserved
+    def states(kind: str) -> list[tuple[str, list[str]]]:
+        doc = httpx.get(f"http://127.0.0.1:{gws[kind].admin_port}/config_dump", timeout=5).json()
+        return sorted((lst["name"], sorted(k for k in lst if k.endswith("_state")))
+                      for c in doc["configs"] for lst in c.get("dynamic_listeners", []))
+
+    # a second listener whose routes ("late") are not published yet: it warms, unserved,
+    # while a third one of the same update serves (each listener warms on its own)
     cp.set(LISTENER, "l2", listeners(
         ports, ("http", lambda p: rds_listener("http", p, "main")),
-        ("second", lambda p: rds_listener("second", p, "late"))))
+        ("second", lambda p: rds_listener("second", p, "late")),
+        ("third", lambda p: listener("third", p))))
     for kind in KINDS:
         wait_for(lambda k=kind: ("l2", True) in cp.answers(k, LISTENER), timeout=10)
         wait_for(lambda k=kind: "late" in cp.requests(k, ROUTES)[-1].names, timeout=10)
+        wait_port("127.0.0.1", ports(kind, "third"), timeout=10)
+        assert served(ports(kind, "third")) in ("a", "b")
         assert served(ports(kind, "second")) == "refused"
         assert look(kind)[1] == "r2"
+    assert states("edgegw") == states("envoy") == [
+        ("http", ["active_state"]), ("second", ["warming_state"]),
+        ("third", ["active_state"])]
     cp.set(ROUTES, "r3", [routes("main", "r3"), routes("late", "late1")])
     for kind in KINDS:
         wait_port("127.0.0.1", ports(kind, "second"), timeout=10)
@@ -275,7 +287,8 @@ def test_ads_with_eds_rds_and_warming(cp, gateway, backend, api_type: str) -> No
 
     if api_type == "GRPC":  # each resource with the version of the response that brought it
         assert dumped("edgegw") == dumped("envoy") == {
-            "clusters": [("app", "c1")], "listeners": [("http", "l1"), ("second", "l2")],
+            "clusters": [("app", "c1")],
+            "listeners": [("http", "l1"), ("second", "l2"), ("third", "l2")],
             "routes": [("late", "r3"), ("main", "r3")]}
     else:  # each with its own version (each node's listeners have their own ports)
         for kind in KINDS:
@@ -290,7 +303,19 @@ def test_ads_with_eds_rds_and_warming(cp, gateway, backend, api_type: str) -> No
                                                                             "main"))))
     for kind in KINDS:
         wait_for(lambda k=kind: served(ports(k, "second")) == "refused", timeout=10)
+        wait_for(lambda k=kind: served(ports(k, "third")) == "refused", timeout=10)
         assert look(kind)[1] == "r3"
+
+    # "http" replaced by one whose routes have not come: the one it replaces serves on
+    cp.set(LISTENER, "l4", listeners(ports, ("http", lambda p: rds_listener("http", p,
+                                                                            "newer"))))
+    for kind in KINDS:
+        wait_for(lambda k=kind: "newer" in cp.requests(k, ROUTES)[-1].names, timeout=10)
+        assert look(kind)[1] == "r3"
+    cp.set(ROUTES, "r4", [routes("main", "r3"), routes("late", "late1"),
+                          routes("newer", "n1")])
+    for kind in KINDS:
+        wait_for(lambda k=kind: look(k)[1] == "n1", timeout=10)
     assert cp.answers("edgegw", LISTENER) == cp.answers("envoy", LISTENER)
 
 
@@ -386,6 +411,50 @@ def test_sds_certificates_from_the_control_plane_rotate_and_bad_ones_are_nacked(
         assert served_serial(ports(kind, "https"), site.ca_file) == second[2]
     assert cp.answers("edgegw", SECRET) == cp.answers("envoy", SECRET) == [
         ("s1", True), ("s2", True), ("s2", False)]
+
+
+def test_an_unchanged_tls_cluster_keeps_its_connection_through_a_cds_update(
+        cp, gateway, backend, backends, certs) -> None:
+    """A CDS update that repeats a TLS cluster (its CA by SDS on the ADS stream) and changes
+    another leaves it alone, as Envoy does: the next request rides the same upstream
+    connection, with no new handshake. A change to it makes a new connection."""
+    a, c = backend("127.0.0.22", "a"), backend("127.0.0.23", "c")
+    ports = Ports()
+    ca = {"@type": SECRET, "name": "backend_ca", "validation_context": {
+        "trusted_ca": {"inline_string": (certs / "backend-ca.pem").read_text()}}}
+
+    def secure(timeout: str = "1s") -> dict:
+        return {"@type": CLUSTER, **cluster("secure", [backends.b], connect_timeout=timeout,
+                                            transport_socket={
+            "name": "envoy.transport_sockets.tls", "typed_config": {
+                "@type": UTLS, "sni": "b.internal", "common_tls_context": {
+                    "validation_context_sds_secret_config": {
+                        "name": "backend_ca", "sds_config": ads()}}}})}
+
+    def connections(kind: str) -> tuple[int, int]:
+        st = gws[kind].stats()
+        return st["cluster.secure.upstream_cx_total"], st["cluster.secure.ssl.handshake"]
+
+    def update(version: str, clusters: list[dict]) -> None:
+        cp.set(CLUSTER, version, clusters)
+        for kind in KINDS:
+            wait_for(lambda k=kind: cp.answers(k, CLUSTER)[-1] == (version, True), timeout=10)
+            assert served(ports(kind, "http")) == "b"
+
+    cp.set(SECRET, "s1", [ca])
+    cp.set(CLUSTER, "c1", [secure(), {"@type": CLUSTER, **cluster("app", [a])}])
+    cp.set(LISTENER, "l1", listeners(ports, ("http", lambda p: listener("http", p, "secure"))))
+    gws = {kind: gateway(bootstrap(cp, kind, ads(), ads(), ads=True), kind=kind)
+           for kind in KINDS}
+    for kind in KINDS:
+        wait_port("127.0.0.1", ports(kind, "http"))
+        assert served(ports(kind, "http")) == "b"
+        assert connections(kind) == (1, 1)
+    update("c2", [secure(), {"@type": CLUSTER, **cluster("app", [c])}])
+    assert {kind: connections(kind) for kind in KINDS} == {kind: (1, 1) for kind in KINDS}
+    update("c3", [secure("2s"), {"@type": CLUSTER, **cluster("app", [c])}])
+    assert {kind: connections(kind) for kind in KINDS} == {kind: (2, 2) for kind in KINDS}
+    assert cp.answers("edgegw", SECRET) == cp.answers("envoy", SECRET) == [("s1", True)]
 
 
 def test_the_control_plane_over_mtls_with_a_client_certificate_from_an_sds_file(

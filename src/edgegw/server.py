@@ -22,7 +22,7 @@ from .config import Bootstrap, ConfigError
 from .config.checks import config_sources
 from .config.dynamic import files as dynamic_files
 from .config.source import FileSignature, file_signature
-from .config.subscription import Subscription
+from .config.subscription import warmed
 from .listener import Listener
 from .listener.drain import DrainManager
 from .overload import ConnectionLimit
@@ -30,7 +30,7 @@ from .stats import Store
 from .tasks import Tasks
 from .tls.acme import AcmeClient, clients_for
 from .tls.certs import cert_details, days_left, parse_chain
-from .tls.sds import SecretManager, XdsSecret
+from .tls.sds import SecretManager
 from .upstream.cluster import ClusterManager
 from .xds.listeners_clusters import DynamicConfig
 from .xds.mux import XdsMux
@@ -82,6 +82,10 @@ class Server:
         """The config files as they were when the config now served was read."""
         self.retired_listeners: list[Listener] = []
         """Listeners of previous configs whose connections are still finishing."""
+        self.retired: list[tuple[ClusterManager, SecretManager]] = []
+        """Previous configs' clusters and secrets, until no listener uses them."""
+        self.warming: dict[tuple[str, int], tuple[Listener, asyncio.Task[None]]] = {}
+        """Listeners of an LDS update waiting for their RDS or SDS (by address)."""
         self.limit = ConnectionLimit(self.active_downstream, int(
             self.options.get("concurrency") or 1) if self.worker is not None else 1)
         self.limit.configure(boot.overload_manager.max_connections)
@@ -117,15 +121,22 @@ class Server:
         self.acme: list[AcmeClient] = []
         """Built-in ACME, run by one process only: the single one, or worker 0."""
 
-    def _build(self, boot: Bootstrap, previous: ClusterManager | None = None
+    def _build(self, boot: Bootstrap, previous: Server | None = None
                ) -> tuple[SecretManager, ClusterManager, list[Listener]]:
         """The runtime objects of one config: what a reload builds anew and swaps in
-        (unchanged plain clusters are carried over from ``previous``)."""
-        secrets = SecretManager(boot, self.store, self.xds)
-        clusters = ClusterManager(boot.static_resources.clusters, self.store, secrets, previous,
-                                  self.xds)
-        listeners = [Listener(lc, clusters, self.store, secrets)
-                     for lc in boot.static_resources.listeners]
+        (unchanged secrets and clusters are carried over from the ``previous`` ones)."""
+        secrets = SecretManager(boot, self.store, self.xds,
+                                previous.secrets if previous is not None else None)
+        try:
+            clusters = ClusterManager(boot.static_resources.clusters, self.store, secrets,
+                                      previous.clusters if previous is not None else None,
+                                      self.xds)
+            listeners = [Listener(lc, clusters, self.store, secrets)
+                         for lc in boot.static_resources.listeners]
+        except BaseException:
+            secrets.stop()  # (gives back what it took over from the previous manager)
+            raise
+        secrets.previous = None  # (everything is subscribed: the old manager may go)
         for lst in listeners:
             lst.reuse_port = self.worker is not None
             lst.limit = self.limit
@@ -188,64 +199,98 @@ class Server:
                     from_control_plane: bool = False) -> bool:
         """Builds the runtime of ``boot``, warms it, and swaps it in for new requests. The
         connections of a listener that changed move to the new config on a reload
-        (edgegw's), and drain on the old one on an LDS update (Envoy's)."""
+        (edgegw's), and drain on the old one on an LDS update (Envoy's). On an LDS or CDS
+        update, each listener warms on its own, as in Envoy: one whose routes or
+        certificates have not come yet leaves the one it replaces serving, and the rest of
+        the update serves meanwhile."""
         counter = self.store.counter
         try:
-            secrets, clusters, listeners = self._build(boot, self.clusters)
+            secrets, clusters, listeners = self._build(boot, self)
         except (OSError, ValueError) as e:
             return self._rejected(why, e)
         old_keys = {lst.key: lst for lst in self.listeners}
         try:
             await clusters.start()
-            await self._warm(clusters, listeners, secrets)
-            for lst in listeners:  # (after warming: a warming listener refuses connections)
+            await warmed([s for n, c in clusters.clusters.items() if n not in clusters.kept
+                          for s in c.subscriptions()])
+            if not from_control_plane:
+                await warmed([s for lst in listeners for s in lst.subscriptions()])
+            ready = [lst for lst in listeners if not from_control_plane or lst.warm()]
+            for lst in ready:  # (after warming: a warming listener refuses connections)
                 if lst.key not in old_keys or lst.key[1] == 0:
                     lst.bind()
         except (OSError, asyncio.CancelledError) as e:
             for lst in listeners:  # (closes the sockets bound above, ends RDS watches)
                 lst.stop()
-            clusters.stop(keep=self.clusters)
+            clusters.stop(keep=[self.clusters])
+            secrets.stop()
             if isinstance(e, asyncio.CancelledError):
                 raise
             return self._rejected(why, e)
-        old_listeners, old_clusters, old_secrets = self.listeners, self.clusters, self.secrets
+        for lst, task in self.warming.values():  # (this update supersedes theirs)
+            task.cancel()
+            lst.stop()
+        self.warming.clear()
+        active, leaving = [], []
         for lst in listeners:
             old = old_keys.pop(lst.key, None)
-            if old is not None and lst.sock is None:
-                lst.adopt(old, drain_if_changed=from_control_plane)
+            if lst not in ready:
+                self.warming[lst.key] = (lst, self.background.start(self._warm_listener(lst)))
+                if old is not None:  # (serves on until the new one is warm)
+                    active.append(old)
+                continue
+            if old is not None:
+                if lst.sock is None:
+                    lst.adopt(old, drain_if_changed=from_control_plane)
+                leaving.append(old)
             lst.start()
-        for old in old_keys.values():
+            active.append(lst)
+        for old in old_keys.values():  # (removed)
             old.drain()
-        self.retired_listeners += old_listeners
+            leaving.append(old)
+        self.retired_listeners += leaving
+        self.retired.append((self.clusters, self.secrets))
         before = _server_names(self.boot)
         self.boot, self.raw_config = boot, raw
         self.loaded_at = time.time()
-        self.secrets, self.clusters, self.listeners = secrets, clusters, listeners
+        self.secrets, self.clusters, self.listeners = secrets, clusters, active
         self.limit.configure(boot.overload_manager.max_connections)
         secrets.start()
         self._follow_acme(boot)
-        self.background.start(self._retire(old_listeners, old_clusters, old_secrets))
+        self.background.start(self._retire(leaving))
         counter("edgegw.config_reload.success").value += 1
         now = _server_names(boot)
         names = "".join([*(f", now serving {n}" for n in sorted(now - before)),
                          *(f", no longer serving {n}" for n in sorted(before - now))])
-        _config_log.info("config reload (%s): now serving the new config (%d listener(s), %d "
-                         "cluster(s)%s)", why, len(listeners), len(clusters.clusters), names)
+        warming = f", {len(self.warming)} warming" if self.warming else ""
+        _config_log.info("config reload (%s): now serving the new config (%d listener(s)%s, "
+                         "%d cluster(s)%s)", why, len(listeners), warming,
+                         len(clusters.clusters), names)
         return True
 
-    async def _warm(self, clusters: ClusterManager, listeners: list[Listener],
-                    secrets: SecretManager) -> None:
-        """Waits for what new clusters and listeners ask a control plane for (EDS hosts,
-        RDS routes, SDS secrets), each up to its initial_fetch_timeout: nothing half-built
-        serves."""
-        subs: list[Subscription[Any] | XdsSecret] = [
-            c.eds for n, c in clusters.clusters.items()
-            if c.eds is not None and n not in clusters.kept]
-        subs += [sub for lst in listeners for sub in lst.subscriptions()]
-        subs += secrets.from_control_plane()
-        waiting = [s for s in subs if not s.ready.is_set()]
-        if waiting:
-            await asyncio.gather(*(s.warmed() for s in waiting))
+    async def _warm_listener(self, lst: Listener) -> None:
+        """Serves a listener of an LDS update once its RDS and SDS have come, in place of
+        the one at its address (whose connections drain)."""
+        await warmed(lst.subscriptions())  # (cancelled by a newer update, which stops it)
+        old = next((o for o in self.listeners if o.key == lst.key), None)
+        try:
+            if old is None or lst.key[1] == 0:
+                lst.bind()
+        except OSError as e:
+            lst.stop()
+            del self.warming[lst.key]
+            _config_log.error("listener '%s' warmed but cannot serve: %s", lst.name, e)
+            return
+        del self.warming[lst.key]
+        if old is not None and lst.sock is None:
+            lst.adopt(old, drain_if_changed=True)
+        lst.start()
+        self.listeners = [lst if o is old else o for o in self.listeners] if old is not None \
+            else [*self.listeners, lst]
+        _config_log.info("listener '%s' warmed: now serving", lst.name)
+        if old is not None:  # (its connections drain: adopt said so)
+            self.retired_listeners.append(old)
+            await self._retire([old])
 
     def _follow_acme(self, boot: Bootstrap) -> None:
         """(Re)starts the ACME clients when their settings are new or changed."""
@@ -260,10 +305,10 @@ class Server:
         for c in self.acme:
             c.start()
 
-    async def _retire(self, listeners: list[Listener], clusters: ClusterManager,
-                      secrets: SecretManager) -> None:
-        """Stops what the previous config ran once its last connection is gone (requests in
-        flight finish on it), or after the drain time."""
+    async def _retire(self, listeners: list[Listener]) -> None:
+        """Stops listeners that left service once their last connection is gone (requests in
+        flight finish on them), or after the drain time; then what their configs ran, once
+        no listener uses it."""
         deadline = time.monotonic() + float(self.options.get("drain_time_s") or 600)
         while any(lst.open for lst in listeners) and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
@@ -272,8 +317,13 @@ class Server:
                 proto.abort()
             lst.stop()
             self.retired_listeners.remove(lst)
-        clusters.stop(keep=self.clusters)
-        secrets.stop()
+        used = [self.clusters, *(lst.clusters for lst in [
+            *self.listeners, *self.retired_listeners, *(w for w, _ in self.warming.values())])]
+        for clusters, secrets in list(self.retired):
+            if not any(clusters is u for u in used):
+                self.retired.remove((clusters, secrets))
+                clusters.stop(keep=[self.clusters, *(c for c, _ in self.retired)])
+                secrets.stop()
 
     async def start(self) -> None:
         self._stopped = asyncio.Event()
@@ -282,7 +332,8 @@ class Server:
             await self.admin.start()
         _config_log.info("loading %d cluster(s)", len(self.clusters.clusters))
         await self.clusters.start()
-        await self._warm(self.clusters, self.listeners, self.secrets)
+        await warmed([*(s for c in self.clusters.clusters.values() for s in c.subscriptions()),
+                      *(s for lst in self.listeners for s in lst.subscriptions())])
         _config_log.info("loading %d listener(s)", len(self.listeners))
         for lst in self.listeners:
             lst.start()
@@ -358,7 +409,8 @@ class Server:
                     if c.hcm is not None and c.hcm.rds is not None and c.hcm.rds.raw}.values())
         return dump.build(self.raw_config, self.loaded_at, self.secrets.dump(),
                           self.boot.dynamic, [(r.version, r.raw, r.updated) for r in rds],
-                          self.dynamic.version_of if self.dynamic else None)
+                          self.dynamic.version_of if self.dynamic else None,
+                          frozenset(lst.name for lst, _ in self.warming.values()))
 
     async def certs_doc(self) -> dict[str, Any]:
         return {"certificates": self.certificates(), "rejected": self.secrets.rejected()}
@@ -519,10 +571,13 @@ class Server:
             self.dynamic.stop()
         if self.xds is not None:
             self.xds.stop()
-        for lst in [*self.listeners, *self.retired_listeners]:
+        for lst in [*self.listeners, *self.retired_listeners,
+                    *(w for w, _ in self.warming.values())]:
             lst.stop()
-        self.clusters.stop()
-        self.secrets.stop()
+        managers = [*self.retired, (self.clusters, self.secrets)]
+        for i, (clusters, secrets) in enumerate(managers):
+            clusters.stop(keep=[c for c, _ in managers[i + 1:]])
+            secrets.stop()
         for c in self.acme:
             c.stop()
         if self.admin is not None:

@@ -53,13 +53,13 @@ def _routes(listeners: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def build(raw: dict[str, Any], loaded_at: float, secrets: list[dict[str, Any]],
           dynamic: dict[str, list[dict[str, Any]]] | None = None,
           routes: list[tuple[str, dict[str, Any], float]] | None = None,
-          versions: Callable[[str, str], tuple[str, float]] | None = None
-          ) -> list[dict[str, Any]]:
+          versions: Callable[[str, str], tuple[str, float]] | None = None,
+          warming: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
     """``dynamic``: listeners and clusters from LDS/CDS files or a control plane, dumped as
     Envoy dumps resources it received (``dynamic_listeners``, ``dynamic_active_clusters``),
     each with the version that brought it and when (``versions(field, name)``, for a control
     plane's). ``routes``: the route configurations RDS gave, each (version_info, as given,
-    when)."""
+    when). ``warming``: the listeners waiting for their RDS or SDS (``warming_state``)."""
     raw = redact(copy.deepcopy(raw))
     dyn = redact(copy.deepcopy(dynamic or {}))
     stamp = _stamp(loaded_at)
@@ -81,7 +81,8 @@ def build(raw: dict[str, Any], loaded_at: float, secrets: list[dict[str, Any]],
         for lst in sr.get("listeners", [])]}
     if dyn.get("listeners"):
         listeners["dynamic_listeners"] = [
-            {"name": lst.get("name", ""), "active_state": {
+            {"name": lst.get("name", ""),
+             "warming_state" if lst.get("name", "") in warming else "active_state": {
                 "version_info": v, "listener": {"@type": LISTENER, **lst},
                 "last_updated": at}} for lst in dyn["listeners"]
             for v, at in [version("listeners", lst.get("name", ""))]]

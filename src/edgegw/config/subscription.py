@@ -41,6 +41,21 @@ async def first_version(ready: asyncio.Event, source: m.ConfigSource, timeouts: 
                      "going on without it", what, timeout)
 
 
+class Warms(Protocol):
+    """What a cluster or listener waits for before it serves (EDS, RDS, SDS)."""
+
+    ready: asyncio.Event
+
+    async def warmed(self) -> None: ...
+
+
+async def warmed(subs: list[Warms]) -> None:
+    """Waits for each of ``subs``' first version (each up to its initial_fetch_timeout)."""
+    waiting = [s for s in subs if not s.ready.is_set()]
+    if waiting:
+        await asyncio.gather(*(s.warmed() for s in waiting))
+
+
 class Cancel(Protocol):
     def cancel(self) -> None: ...
 

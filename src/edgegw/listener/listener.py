@@ -19,8 +19,8 @@ from .. import log
 from .. import proxy_protocol as pp
 from ..accesslog import AccessLogger
 from ..config import model as m
+from ..config.subscription import Warms
 from ..http.conn_manager import DownstreamConnection
-from ..http.rds import RdsSubscription
 from ..http.settings import HttpConnectionManager
 from ..overload import ConnectionLimit
 from ..stats import Counter, Gauge, StatSet, Store
@@ -80,6 +80,8 @@ class Chain:
 
     def close(self) -> None:
         (self.hcm or self.tcp).close()  # type: ignore[union-attr]
+        if self.tls is not None:
+            self.tls.close()
 
 
 Session = DownstreamConnection | TcpSession
@@ -96,6 +98,8 @@ class Listener:
     def __init__(self, cfg: m.Listener, clusters: ClusterManager, store: Store,
                  secrets: SecretManager | None = None) -> None:
         self.cfg = cfg
+        self.clusters = clusters
+        """The config's clusters it routes to: that config retires with its last listener."""
         sa = cfg.address.socket_address
         self.address = (sa.address, sa.port_value)
         self.name = cfg.name or f"{sa.address}:{sa.port_value}"
@@ -177,9 +181,13 @@ class Listener:
         for c in self.all_chains:
             c.start()
 
-    def subscriptions(self) -> list[RdsSubscription]:
-        """What its connection managers follow (their RDS)."""
-        return [c.hcm.rds for c in self.all_chains if c.hcm is not None and c.hcm.rds is not None]
+    def subscriptions(self) -> list[Warms]:
+        """What it warms on: its connection managers' RDS, its chains' SDS secrets."""
+        return [*(c.hcm.rds for c in self.all_chains if c.hcm is not None and c.hcm.rds),
+                *(s for c in self.all_chains if c.tls for s in c.tls.sources.from_control_plane())]
+
+    def warm(self) -> bool:
+        return all(s.ready.is_set() for s in self.subscriptions())
 
     def server_names(self, chain: Chain) -> list[str]:
         """The server names a chain is matched by (for the status page)."""

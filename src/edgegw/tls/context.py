@@ -28,8 +28,8 @@ from ..config.datasource import path_of, read
 from ..matchers import string_matcher
 from ..stats import Counter, StatSet
 from .certs import CertPair, load_pair
-from .sds import SecretManager, Subscription
-from .secrets import CaSecret, CertSecret
+from .sds import SecretManager, Subscription, XdsSecret
+from .secrets import CaSecret, CertSecret, signature_of
 
 _log = log.get("secret")
 
@@ -129,6 +129,7 @@ class _Sources:
 
     def __init__(self, common: m.CommonTlsContext, secrets: SecretManager | None,
                  on_update: Callable[[], None], cert_dir: str | None = None) -> None:
+        self.common, self.on_update = common, on_update
         self.static_pairs = [load_pair(c.certificate_chain, c.private_key)
                              for c in common.tls_certificates]
         self.static_paths = [path_of(c.certificate_chain) for c in common.tls_certificates]
@@ -143,6 +144,11 @@ class _Sources:
             if vc.trusted_ca is not None:
                 self.static_ca = read(vc.trusted_ca)
                 self.static_ca_path = path_of(vc.trusted_ca)
+        self.files = [ds.filename for c in common.tls_certificates
+                      for ds in (c.certificate_chain, c.private_key) if ds.filename] + \
+            ([vc.trusted_ca.filename] if vc and vc.trusted_ca and vc.trusted_ca.filename else [])
+        self.signature = signature_of(self.files)
+        """The files read above, as they were: a reload keeps these sources while they hold."""
         if common.tls_certificate_sds_secret_configs or common.validation_context_sds_secret_config:
             if secrets is None:
                 raise ValueError("SDS secrets need a secret manager")
@@ -150,12 +156,41 @@ class _Sources:
                               for c in common.tls_certificate_sds_secret_configs]
             if common.validation_context_sds_secret_config is not None:
                 self.ca_sub = secrets.subscribe(common.validation_context_sds_secret_config)
-            for sub in [*self.cert_subs, *([self.ca_sub] if self.ca_sub else [])]:
+            for sub in self._subs():
                 sub.callbacks.append(on_update)
         self.cert_dir = None
         if cert_dir is not None and secrets is not None:
             self.cert_dir = secrets.directory(cert_dir)
             self.cert_dir.callbacks.append(on_update)
+
+    def _subs(self) -> list[Subscription]:
+        return [*self.cert_subs, *([self.ca_sub] if self.ca_sub else [])]
+
+    def from_control_plane(self) -> list[XdsSecret]:
+        """Its secrets that a control plane sends: what its owner warms on."""
+        return [s for s in self._subs() if isinstance(s, XdsSecret)]
+
+    def current(self, secrets: SecretManager | None) -> bool:
+        """Whether a new config's ``secrets`` give these sources the same secrets, and the
+        files read are unchanged: then what was built from them can be kept."""
+        common = self.common
+        if self.cert_dir is not None or signature_of(self.files) != self.signature:
+            return False
+        if not self._subs():
+            return True
+        vc_sds = common.validation_context_sds_secret_config
+        return secrets is not None and self.cert_subs == [
+            secrets.subscribe(c) for c in common.tls_certificate_sds_secret_configs] and \
+            self.ca_sub is (secrets.subscribe(vc_sds) if vc_sds is not None else None)
+
+    def release(self) -> None:
+        """No more updates: what was built from these sources is retired."""
+        lists = [sub.callbacks for sub in self._subs()]
+        if self.cert_dir is not None:
+            lists.append(self.cert_dir.callbacks)
+        for callbacks in lists:
+            if self.on_update in callbacks:
+                callbacks.remove(self.on_update)
 
     def pairs(self) -> list[tuple[CertPair, str]]:
         """Configured certificates first, then the drop-in directory's. A configured file
@@ -256,6 +291,9 @@ class ServerTls:
     def pairs(self) -> list[tuple[CertPair, str]]:
         return [(sc.pair, sc.path) for sc in self.certs]
 
+    def close(self) -> None:
+        self.sources.release()
+
     def cert_for(self, sni: str | None) -> ServerCert:
         """SAN exact match, then a wildcard one level up, then the first certificate."""
         certs = self.certs
@@ -332,6 +370,14 @@ class ClientTls:
 
     def pairs(self) -> list[tuple[CertPair, str]]:
         return self.client_certs
+
+    def current(self, secrets: SecretManager | None) -> bool:
+        """Still what a new config with these ``secrets`` would build (same settings
+        assumed): a cluster carried over keeps it."""
+        return self.sources.current(secrets)
+
+    def close(self) -> None:
+        self.sources.release()
 
     def check_peer(self, sslobj: ssl.SSLObject | None) -> str | None:
         """None when the peer's SANs satisfy match_typed_subject_alt_names, else the reason."""

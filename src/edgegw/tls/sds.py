@@ -73,6 +73,9 @@ class Subscription:
         self.callbacks: list[Callable[[], None]] = []
         self.problem: dict[str, str] | None = None
         """The file on disk that was refused, until it is fixed."""
+        self.owners = 0
+        """The secret managers holding it: a reload's new manager takes over the previous
+        one's subscriptions of the same source, so what they serve stays as it is."""
 
     def _reject(self, why: str) -> None:
         self.stats.update_rejected.value += 1
@@ -203,11 +206,16 @@ class XdsSecret(Subscription):
 
 
 class SecretManager:
-    """All secrets of the running config, watched together."""
+    """All secrets of the running config, watched together. Built again by a reload with the
+    previous manager at hand: a secret whose source did not change is taken over as it is
+    (its value, its watch on the control plane), so the clusters carried over with it and
+    the contexts built anew see the same secret."""
 
-    def __init__(self, boot: m.Bootstrap, store: Store, xds: Watches | None = None) -> None:
+    def __init__(self, boot: m.Bootstrap, store: Store, xds: Watches | None = None,
+                 previous: SecretManager | None = None) -> None:
         self.store = store
         self.xds = xds
+        self.previous = previous
         self.static = {s.name: s for s in boot.static_resources.secrets}
         self.subs: dict[tuple[str, str | None], Subscription] = {}
         self.cert_dirs: dict[str, CertDirectory] = {}
@@ -218,15 +226,22 @@ class SecretManager:
     def subscribe(self, cfg: m.SdsSecretConfig) -> Subscription:
         key = (cfg.name, cfg.sds_config.file if cfg.sds_config else None)
         sub = self.subs.get(key)
-        if sub is None:
-            if cfg.sds_config is not None and cfg.sds_config.xds:
-                assert self.xds is not None  # (a control plane's source makes a mux)
-                sub = XdsSecret(cfg.name, cfg.sds_config, self.store, self.xds)
-            else:
-                sub = Subscription(cfg.name, cfg.sds_config, self.static.get(cfg.name),
-                                   self.store)
-            sub.load()
+        if sub is not None:
+            return sub
+        sub = self.previous.subs.get(key) if self.previous is not None else None
+        if sub is not None and sub.static == self.static.get(cfg.name) and (
+                not isinstance(sub, XdsSecret) or sub.source == cfg.sds_config):
+            sub.owners += 1
             self.subs[key] = sub
+            return sub
+        if cfg.sds_config is not None and cfg.sds_config.xds:
+            assert self.xds is not None  # (a control plane's source makes a mux)
+            sub = XdsSecret(cfg.name, cfg.sds_config, self.store, self.xds)
+        else:
+            sub = Subscription(cfg.name, cfg.sds_config, self.static.get(cfg.name), self.store)
+        sub.load()
+        sub.owners = 1
+        self.subs[key] = sub
         return sub
 
     def directory(self, path: str) -> CertDirectory:
@@ -270,11 +285,15 @@ class SecretManager:
         return [s for s in self.subs.values() if isinstance(s, XdsSecret)]
 
     def stop(self) -> None:
+        """Stops watching; a control plane's secret is unsubscribed once no manager holds it."""
         if self._task is not None:
             self._task.cancel()
             self._task = None
-        for sub in self.from_control_plane():
-            sub.stop()
+        self.previous = None
+        for sub in self.subs.values():
+            sub.owners -= 1
+            if sub.owners == 0 and isinstance(sub, XdsSecret):
+                sub.stop()
 
     def directories(self) -> set[str]:
         dirs = set()

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 
 from .. import log
 from ..config import model as m
-from ..config.subscription import Watches
+from ..config.subscription import Warms, Watches
 from ..stats import Store
 from ..tls.sds import SecretManager
 from . import lb
@@ -62,6 +62,11 @@ class Cluster(ClusterInfo):
                         if cfg.outlier_detection else None)
         if cfg.type == "STATIC":
             self.set_hosts(self.endpoints)
+
+    def subscriptions(self) -> list[Warms]:
+        """What it warms on: its EDS, its TLS secrets from a control plane."""
+        return [*([self.eds] if self.eds is not None else []),
+                *(self.tls.sources.from_control_plane() if self.tls is not None else [])]
 
     def update_breakers(self) -> None:
         """The *_open gauges: 1 while a circuit breaker is at its limit, as Envoy shows them."""
@@ -124,6 +129,8 @@ class Cluster(ClusterInfo):
             self.outlier.stop()
         for h in self.hosts:
             h.pool.close_all()
+        if self.tls is not None:
+            self.tls.close()
 
     async def _refresh(self) -> None:
         while True:
@@ -231,9 +238,9 @@ class ClusterManager:
 
     Built again by a config reload with the previous manager at hand: a cluster whose config
     did not change is carried over as it is (its pooled connections, health check and outlier
-    state stay), as Envoy leaves a cluster alone when CDS sends it unchanged. Clusters with a
-    transport socket are always built anew, since their certificates belong to the previous
-    config's secret manager.
+    state stay), as Envoy leaves a cluster alone when CDS sends it unchanged. A TLS cluster
+    is carried over when its secrets are too (the new secret manager took them over) and the
+    certificate files it read are unchanged.
     """
 
     def __init__(self, clusters: list[m.Cluster], store: Store,
@@ -246,7 +253,7 @@ class ClusterManager:
         """Names of the clusters carried over from the previous manager (already started)."""
         for c in clusters:
             old = previous.clusters.get(c.name) if previous is not None else None
-            if old is not None and old.cfg == c and c.transport_socket is None:
+            if old is not None and old.cfg == c and (old.tls is None or old.tls.current(secrets)):
                 self.clusters[c.name] = old
                 self.kept.add(c.name)
             else:
@@ -260,9 +267,9 @@ class ClusterManager:
         await asyncio.gather(*(c.start() for n, c in self.clusters.items()
                                if n not in self.kept))
 
-    def stop(self, keep: ClusterManager | None = None) -> None:
-        """Stops every cluster, but those that ``keep`` (the next config's manager) took."""
-        taken = set(keep.clusters.values()) if keep is not None else set()
+    def stop(self, keep: Iterable[ClusterManager] = ()) -> None:
+        """Stops every cluster, but those that the managers in ``keep`` took over."""
+        taken = {c for other in keep for c in other.clusters.values()}
         for c in self.clusters.values():
             if c not in taken:
                 c.stop()
