@@ -41,10 +41,10 @@ compile: $(BUILT)
 
 # curl, openssl and chromium are the real clients the end-to-end tests drive; HAProxy and
 # nginx are the real peers in front of and behind the gateway (PROXY protocol); pebble is a
-# real ACME server and certbot a real ACME client.
+# real ACME server and certbot a real ACME client; BIND 9 is the zone DNS-01 writes into.
 sysdeps:
-	@(for t in curl openssl chromium haproxy nginx pebble certbot htpasswd; do command -v $$t >/dev/null || exit 1; done) || \
-	  (apt-get update -q && RUNLEVEL=1 apt-get install -y -q curl openssl chromium haproxy nginx pebble certbot apache2-utils)
+	@(for t in curl openssl chromium haproxy nginx pebble certbot htpasswd named; do command -v $$t >/dev/null || exit 1; done) || \
+	  (apt-get update -q && RUNLEVEL=1 apt-get install -y -q curl openssl chromium haproxy nginx pebble certbot apache2-utils bind9)
 
 demo: compile
 	$(COMPILED) $(PY) -m edgegw.demo

@@ -3,6 +3,7 @@ and a raw TCP backend whose connections a test's function serves (``RawBackend``
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import ssl
@@ -14,10 +15,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import trustme
+from cryptography import x509
 
 from .conftest import ENVOY, Backends, Proc, free_port, wait_port
 
 EDGEGW = [sys.executable, "-m", "edgegw"]
+PEBBLE = shutil.which("pebble")
+CHALLTESTSRV = shutil.which("pebble-challtestsrv")
 
 
 def ws_client_tls(cafile: Path) -> ssl.SSLContext:
@@ -139,3 +144,63 @@ class Lab:
         lines = head.decode().split("\r\n")
         headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
         return int(lines[0].split()[1]), headers, body
+
+
+class Pebble:
+    """Debian's pebble, a real ACME server, on loopback. Its DNS is the challenge test
+    server's (every name is 127.0.0.1), or ``dns`` (``host:port``, a real zone's server)."""
+
+    def __init__(self, root: Path, http_port: int, dns: str | None = None) -> None:
+        root.mkdir()
+        ca = trustme.CA()
+        leaf = ca.issue_cert("127.0.0.1", "localhost")
+        ca.cert_pem.write_to_path(str(root / "ca.pem"))
+        leaf.cert_chain_pems[0].write_to_path(str(root / "cert.pem"))
+        leaf.private_key_pem.write_to_path(str(root / "key.pem"))
+        self.ca = root / "ca.pem"
+        own_dns, dns_admin = free_port(), free_port()
+        self.port, self.admin = free_port(), free_port()
+        (root / "pebble.json").write_text(json.dumps({"pebble": {
+            "listenAddress": f"127.0.0.1:{self.port}",
+            "managementListenAddress": f"127.0.0.1:{self.admin}",
+            "certificate": str(root / "cert.pem"), "privateKey": str(root / "key.pem"),
+            "httpPort": http_port, "tlsPort": free_port(), "ocspResponderURL": "",
+            "externalAccountBindingRequired": False}}))
+        assert CHALLTESTSRV and PEBBLE
+        self.procs = [] if dns else [
+            Proc([CHALLTESTSRV, "-dns01", f"127.0.0.1:{own_dns}", "-http01", "", "-https01",
+                  "", "-tlsalpn01", "", "-management", f"127.0.0.1:{dns_admin}",
+                  "-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""], root / "dns.log")]
+        self.procs.append(
+            Proc(["env", "PEBBLE_VA_NOSLEEP=1", "PEBBLE_WFE_NONCEREJECT=0",
+                  "PEBBLE_AUTHZREUSE=0", PEBBLE, "-config", str(root / "pebble.json"),
+                  "-dnsserver", dns or f"127.0.0.1:{own_dns}"], root / "pebble.log"))
+        wait_port("127.0.0.1", self.port)
+        wait_port("127.0.0.1", self.admin)
+        self.directory = f"https://127.0.0.1:{self.port}/dir"
+
+    def roots(self) -> str:
+        """pebble's issuing root (a new one each run), PEM."""
+        return httpx.get(f"https://127.0.0.1:{self.admin}/roots/0",
+                         verify=ssl.create_default_context(cafile=str(self.ca))).text
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.stop()
+
+
+def served(lab: Lab, name: str, trust: Path) -> x509.Certificate | None:
+    """The certificate the gateway serves for ``name``, if a client trusting ``trust`` takes
+    it and gets an answer through it."""
+    ctx = ssl.create_default_context(cafile=str(trust))
+    try:
+        with socket.create_connection(("127.0.0.1", lab.https), timeout=5) as raw, \
+                ctx.wrap_socket(raw, server_hostname=name) as s:
+            s.sendall(f"GET /headers HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n"
+                      .encode())
+            if not s.recv(12).startswith(b"HTTP/1.1 200"):
+                return None
+            der = s.getpeercert(binary_form=True)
+    except (OSError, ssl.SSLError):
+        return None
+    return x509.load_der_x509_certificate(der) if der else None

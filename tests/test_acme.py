@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import json
 import shutil
-import socket
-import ssl
 import subprocess
 import threading
 import time
@@ -19,54 +16,12 @@ from pathlib import Path
 import httpx
 import pytest
 import trustme
-from cryptography import x509
 
 from .conftest import Backends, Proc, free_port, wait_for, wait_port
-from .helpers import EDGEGW, Lab
+from .helpers import CHALLTESTSRV, EDGEGW, PEBBLE, Lab, Pebble, served
 
-PEBBLE = shutil.which("pebble")
-CHALLTESTSRV = shutil.which("pebble-challtestsrv")
 pytestmark = pytest.mark.skipif(PEBBLE is None or CHALLTESTSRV is None,
                                 reason="Debian's pebble is missing (make sysdeps)")
-
-
-class Pebble:
-    def __init__(self, root: Path, http_port: int) -> None:
-        root.mkdir()
-        ca = trustme.CA()
-        leaf = ca.issue_cert("127.0.0.1", "localhost")
-        ca.cert_pem.write_to_path(str(root / "ca.pem"))
-        leaf.cert_chain_pems[0].write_to_path(str(root / "cert.pem"))
-        leaf.private_key_pem.write_to_path(str(root / "key.pem"))
-        self.ca = root / "ca.pem"
-        dns, dns_admin = free_port(), free_port()
-        self.port, self.admin = free_port(), free_port()
-        (root / "pebble.json").write_text(json.dumps({"pebble": {
-            "listenAddress": f"127.0.0.1:{self.port}",
-            "managementListenAddress": f"127.0.0.1:{self.admin}",
-            "certificate": str(root / "cert.pem"), "privateKey": str(root / "key.pem"),
-            "httpPort": http_port, "tlsPort": free_port(), "ocspResponderURL": "",
-            "externalAccountBindingRequired": False}}))
-        assert CHALLTESTSRV and PEBBLE
-        self.procs = [
-            Proc([CHALLTESTSRV, "-dns01", f"127.0.0.1:{dns}", "-http01", "", "-https01", "",
-                  "-tlsalpn01", "", "-management", f"127.0.0.1:{dns_admin}",
-                  "-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""], root / "dns.log"),
-            Proc(["env", "PEBBLE_VA_NOSLEEP=1", "PEBBLE_WFE_NONCEREJECT=0", PEBBLE,
-                  "-config", str(root / "pebble.json"), "-dnsserver", f"127.0.0.1:{dns}"],
-                 root / "pebble.log")]
-        wait_port("127.0.0.1", self.port)
-        wait_port("127.0.0.1", self.admin)
-        self.directory = f"https://127.0.0.1:{self.port}/dir"
-
-    def roots(self) -> str:
-        """pebble's issuing root (a new one each run), PEM."""
-        return httpx.get(f"https://127.0.0.1:{self.admin}/roots/0",
-                         verify=ssl.create_default_context(cafile=str(self.ca))).text
-
-    def stop(self) -> None:
-        for p in self.procs:
-            p.stop()
 
 
 @pytest.fixture
@@ -81,23 +36,6 @@ def pebble(tmp_path: Path, lab: Lab) -> Iterator[Pebble]:
     p = Pebble(tmp_path / "pebble", lab.http)
     yield p
     p.stop()
-
-
-def served(lab: Lab, name: str, trust: Path) -> x509.Certificate | None:
-    """The certificate the gateway serves for ``name``, if a client trusting ``trust`` takes
-    it and gets an answer through it."""
-    ctx = ssl.create_default_context(cafile=str(trust))
-    try:
-        with socket.create_connection(("127.0.0.1", lab.https), timeout=5) as raw, \
-                ctx.wrap_socket(raw, server_hostname=name) as s:
-            s.sendall(f"GET /headers HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n"
-                      .encode())
-            if not s.recv(12).startswith(b"HTTP/1.1 200"):
-                return None
-            der = s.getpeercert(binary_form=True)
-    except (OSError, ssl.SSLError):
-        return None
-    return x509.load_der_x509_certificate(der) if der else None
 
 
 def sites(lab: Lab, pebble: Pebble) -> str:

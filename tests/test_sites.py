@@ -173,6 +173,9 @@ def test_passthrough_site_keeps_the_backends_own_certificate(lab: Lab) -> None:
      "'lan' is not an address or range"),
     ("sites:\n  a.example.com: {upstream: 'http://127.0.0.20:80', auth: {users: {a: pw}}}\n",
      "must be an htpasswd bcrypt or {SHA} hash, e.g. from `htpasswd -nbB USER PASSWORD`"),
+    ("acme: {email: ops@example.com, dns: {provider: rfc2136, server: 192.168.1.53}}\n"
+     "sites:\n  '*.example.com': http://127.0.0.20:80\n",
+     "the rfc2136 provider needs tsig_key (sites.yaml:6)"),
 ])
 def test_mistakes_point_at_the_sites_file(lab: Lab, text: str, expected: str) -> None:
     lab.write(text)

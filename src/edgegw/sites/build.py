@@ -455,13 +455,17 @@ class Builder:
                  "typed_config": _typed(t.PROXY_PROTOCOL_TYPE)}]
 
     def acme_names(self, name: str | None = None) -> list[str]:
-        """The names built-in ACME obtains certificates for (HTTP-01 cannot do wildcards)."""
-        if self.sites.acme is None:
+        """The names built-in ACME obtains certificates for: HTTP-01 cannot do wildcards;
+        under DNS-01, a name a wildcard of the sites covers is served by the wildcard's."""
+        acme = self.sites.acme
+        if acme is None:
             return []
-        names = [n for n, s in self.sites.sites.items()
-                 if not s.passthrough and not n.startswith("*.")]
+        names = [n for n, s in self.sites.sites.items() if not s.passthrough]
         if self.sites.status is not None:
             names.append(self.sites.status.name)
+        wild = [n for n in names if n.startswith("*.")]
+        names = [n for n in names if not n.startswith("*.")] if acme.dns is None else \
+            [n for n in names if n in wild or not any(_covers(w, n) for w in wild)]
         return [n for n in names if n == name] if name is not None else names
 
     def _redirect(self) -> dict[str, Any]:
@@ -475,11 +479,16 @@ class Builder:
             listener["listener_filters"] = self._proxy_protocol()
         acme = self.sites.acme
         if acme is not None:
-            settings = {"email": acme.email, "directory": acme.directory,
+            settings: dict[str, Any] = {"email": acme.email, "directory": acme.directory,
                         "names": self.acme_names(), "certificates": self.sites.certificates,
                         "webroot": self.sites.webroot, "renew_interval": acme.renew_interval}
             if acme.ca:
                 settings["ca"] = acme.ca
+            if acme.dns is not None:
+                dns = acme.dns.model_dump(exclude_defaults=True)
+                if "propagation_timeout" in dns:
+                    dns["propagation_timeout"] = f"{dns['propagation_timeout']:g}s"
+                settings["dns"] = dns
             listener["metadata"] = {"filter_metadata": {"edgegw": {"acme": settings}}}
         return {**listener, "filter_chains": [
             {"filters": [{"name": "envoy.filters.network.http_connection_manager",

@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from ..config import model as m
 from ..config.htpasswd import parse_users
 
 _NAME = re.compile(r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}"
@@ -224,13 +225,18 @@ class Site(Upstream):
 
 
 class AcmeSettings(SitesMsg):
-    """Certificates for every site, obtained and renewed by HTTP-01 (edgegw-only)."""
+    """Certificates for every site, obtained and renewed by HTTP-01, or by DNS-01 with
+    ``dns`` (edgegw-only)."""
 
     email: str = Field(min_length=3)
     directory: str = "https://acme-v02.api.letsencrypt.org/directory"
     ca: str | None = None
     """The CA file of the ACME server's own HTTPS (a test server such as pebble)."""
     renew_interval: str = "3600s"
+    dns: m.AcmeDns | None = None
+    """DNS-01 for every name, wildcards included: ``{provider: rfc2136, server:
+    192.168.1.53:53, tsig_key: certs/acme.key}``, ``{provider: exec, command: ...}`` or
+    ``{provider: httpreq, endpoint: ...}``."""
 
 
 def _directory(value: Any) -> Any:
@@ -333,5 +339,7 @@ class SitesFile(SitesMsg):
                              "page a name of its own")
         if self.acme is not None and self.listen.http is None:
             raise ValueError("acme needs the port-80 listener (listen.http): HTTP-01 "
-                             "challenges come in there")
+                             "challenges come in there" if self.acme.dns is None else
+                             "acme's settings ride on the port-80 listener (listen.http), "
+                             "even under DNS-01")
         return self

@@ -1,11 +1,14 @@
-"""Built-in ACME (edgegw-only): certificates obtained and renewed by HTTP-01, the Caddy way.
+"""Built-in ACME (edgegw-only): certificates obtained and renewed by HTTP-01 or DNS-01, the
+Caddy way.
 
-For each name of a listener's ``edgegw.acme`` settings, the certificate in the certificate
-directory is looked at every ``renew_interval``. One that is missing, or past two thirds of
-its life, is ordered from the ACME server (the ``acme`` library, certbot's own): the HTTP-01
-answer goes into the webroot, which the port-80 listener serves, and the new chain and key
-are written into the directory as one ``NAME.pem``, renamed into place, so the directory
-watch serves it like any renewal. Until then the old certificate keeps serving.
+For each name of a listener's ``edgegw.acme`` settings (under DNS-01, ``*.NAME`` with
+``NAME``: one certificate for both), the certificate in the certificate directory is looked
+at every ``renew_interval``. One that is missing, or past two thirds of its life, is ordered
+from the ACME server (the ``acme`` library, certbot's own). The HTTP-01 answer goes into the
+webroot, which the port-80 listener serves; the DNS-01 one into the zone (``dns01``). The new
+chain and key are written into the directory as one ``NAME.pem`` (``wildcard.NAME.pem``),
+renamed into place, so the directory watch serves it like any renewal. Until then the old
+certificate keeps serving.
 
 A failure is logged and tried again later, backing off from a minute to the renew interval.
 A certificate this client did not write (``NAME.crt`` + ``NAME.key``, certbot's folders) is
@@ -22,7 +25,7 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -32,6 +35,9 @@ from .. import log
 from ..config import model as m
 from ..stats import Counter, StatSet, Store
 from .cert_dir import on_disk
+
+if TYPE_CHECKING:
+    from .dns01 import Challenges
 
 _log = log.get("secret")
 
@@ -71,9 +77,10 @@ class AcmeStats(StatSet):
 
 @dataclass
 class NameState:
-    """What the client knows of one name, for /certs, /status and the log."""
+    """What the client knows of one certificate (its names), for /certs, /status and the
+    log."""
 
-    name: str
+    names: list[str]
     not_after: float = 0.0
     renew_at: float = 0.0
     ours: bool = False
@@ -86,17 +93,36 @@ class NameState:
             return datetime.datetime.fromtimestamp(t, datetime.UTC).isoformat(
                 timespec="seconds") if t else ""
 
-        return {"name": self.name, "expires": stamp(self.not_after),
+        return {"name": self.name, "names": self.names, "expires": stamp(self.not_after),
                 "renews_at": stamp(self.renew_at), "managed": self.ours,
                 "failures": self.failures, "last_error": self.last_error,
                 "next_attempt": stamp(self.next_try)}
 
+    @property
+    def name(self) -> str:
+        return self.names[0]
 
-def _current(directory: str, name: str) -> tuple[x509.Certificate, str, str] | None:
-    """The certificate on disk that names ``name`` and lives longest."""
+    @property
+    def file(self) -> str:
+        """The file name it is written as (``*`` is no name for a file)."""
+        return self.name.replace("*.", "wildcard.", 1)
+
+
+def certificates_of(names: list[str], dns: bool) -> list[list[str]]:
+    """The certificates ``names`` are ordered in: one each, but under DNS-01 ``*.NAME`` and
+    ``NAME`` go together (one order, one TXT name, one file)."""
+    if not dns:
+        return [[n] for n in names if not n.startswith("*.")]
+    wild = {n[2:] for n in names if n.startswith("*.")}
+    return [[n, n[2:]] if n.startswith("*.") and n[2:] in names else [n]
+            for n in names if n not in wild or f"*.{n}" not in names]
+
+
+def _current(directory: str, wanted: list[str]) -> tuple[x509.Certificate, str, str] | None:
+    """The certificate on disk that names all of ``wanted`` and lives longest."""
     best = None
     for chain, key, leaf, names in on_disk(directory):
-        if name.lower() in (n.lower() for n in names) and (
+        if {w.lower() for w in wanted} <= {n.lower() for n in names} and (
                 best is None or leaf.not_valid_after_utc > best[0].not_valid_after_utc):
             best = (leaf, chain, key)
     return best
@@ -108,7 +134,8 @@ class AcmeClient:
     def __init__(self, cfg: m.Acme, store: Store) -> None:
         self.cfg = cfg
         self.stats = AcmeStats(store, "edgegw.acme.")
-        self.states = {n: NameState(n) for n in cfg.names}
+        self.states = {group[0]: NameState(group)
+                       for group in certificates_of(cfg.names, cfg.dns is not None)}
         self._task: asyncio.Task[None] | None = None
         self._client: Any = None
 
@@ -137,7 +164,7 @@ class AcmeClient:
         return max(1.0, soonest - now)
 
     def _look(self, st: NameState) -> None:
-        found = _current(self.cfg.certificates, st.name)
+        found = _current(self.cfg.certificates, st.names)
         if found is None:
             st.not_after = st.renew_at = 0.0
             st.ours = True
@@ -145,16 +172,16 @@ class AcmeClient:
         cert, chain, key = found
         start, end = cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp()
         st.not_after, st.renew_at = end, start + (end - start) * 2 / 3
-        st.ours = chain == key and self._wrote(st.name, chain)
+        st.ours = chain == key and self._wrote(st.file, chain)
 
-    def _record(self, name: str) -> str:
-        return os.path.join(self.cfg.certificates, ACCOUNT_DIR, f"{name}.sha256")
+    def _record(self, file: str) -> str:
+        return os.path.join(self.cfg.certificates, ACCOUNT_DIR, f"{file}.sha256")
 
-    def _wrote(self, name: str, path: str) -> bool:
-        """Whether ``path`` is the file this client last wrote for ``name`` (its digest is
+    def _wrote(self, file: str, path: str) -> bool:
+        """Whether ``path`` is the file this client last wrote as ``file`` (its digest is
         kept beside the account key): only those are ever replaced."""
         try:
-            with open(path, "rb") as f, open(self._record(name)) as r:
+            with open(path, "rb") as f, open(self._record(file)) as r:
                 return hashlib.sha256(f.read()).hexdigest() == r.read().strip()
         except OSError:
             return False
@@ -172,10 +199,11 @@ class AcmeClient:
         return True
 
     async def _renew(self, st: NameState) -> None:
-        _log.info("acme: ordering a certificate for %s from %s", st.name, self.cfg.directory)
+        _log.info("acme: ordering a certificate for %s from %s", ", ".join(st.names),
+                  self.cfg.directory)
         try:
-            pem = await asyncio.to_thread(self._order, st.name)
-            self._write(st.name, pem)
+            pem = await asyncio.to_thread(self._order, st.names)
+            self._write(st.file, pem)
         except Exception as e:  # noqa: BLE001 (any failure of the exchange is one outcome)
             st.failures += 1
             st.last_error = f"{type(e).__name__}: {e}"[:500]
@@ -229,31 +257,27 @@ class AcmeClient:
         self._client = acme
         return acme
 
-    def _order(self, name: str) -> bytes:
-        from acme import challenges, crypto_util
+    def _order(self, names: list[str]) -> bytes:
+        from acme import crypto_util
 
         acme = self._account()
         key = ec.generate_private_key(ec.SECP256R1())
         key_pem = key.private_bytes(serialization.Encoding.PEM,
                                     serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption())
-        order = acme.new_order(crypto_util.make_csr(key_pem, [name]))
+        order = acme.new_order(crypto_util.make_csr(key_pem, names))
+        if self.cfg.dns is not None:
+            from .dns01 import Challenges  # (dnspython: only when DNS-01 is used)
+
+            with Challenges(self.cfg.dns) as records:
+                answers = [self._dns01(acme, authz, records) for authz in order.authorizations]
+                records.wait()
+                done = self._finish(acme, order, answers)
+            return done.fullchain_pem.encode() + key_pem
         written: list[str] = []
         try:
-            for authz in order.authorizations:
-                chall = next((c for c in authz.body.challenges
-                              if isinstance(c.chall, challenges.HTTP01)), None)
-                if chall is None:
-                    raise RuntimeError(f"the ACME server offers no HTTP-01 challenge for {name}")
-                response, validation = chall.response_and_validation(acme.net.key)
-                path = os.path.join(self.cfg.webroot, ".well-known", "acme-challenge",
-                                    chall.chall.encode("token"))
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                _write_atomic(path, validation.encode(), mode=0o644)
-                written.append(path)
-                acme.answer_challenge(chall, response)
-            deadline = datetime.datetime.now() + datetime.timedelta(seconds=90)
-            done = acme.poll_and_finalize(order, deadline=deadline)
+            answers = [self._http01(acme, authz, written) for authz in order.authorizations]
+            done = self._finish(acme, order, answers)
         finally:
             for path in written:
                 try:
@@ -262,13 +286,52 @@ class AcmeClient:
                     pass
         return done.fullchain_pem.encode() + key_pem
 
-    def _write(self, name: str, pem: bytes) -> None:
-        path = os.path.join(self.cfg.certificates, f"{name}.pem")
-        if os.path.exists(path) and not self._wrote(name, path):
+    @staticmethod
+    def _challenge(authz: Any, kind: type, what: str) -> Any:
+        chall = next((c for c in authz.body.challenges if isinstance(c.chall, kind)), None)
+        if chall is None:
+            raise RuntimeError(f"the ACME server offers no {what} challenge for "
+                               f"{authz.body.identifier.value}")
+        return chall
+
+    def _http01(self, acme: Any, authz: Any, written: list[str]) -> tuple[Any, Any]:
+        """Writes the HTTP-01 answer where the port-80 listener serves it."""
+        from acme import challenges
+
+        chall = self._challenge(authz, challenges.HTTP01, "HTTP-01")
+        response, validation = chall.response_and_validation(acme.net.key)
+        path = os.path.join(self.cfg.webroot, ".well-known", "acme-challenge",
+                            chall.chall.encode("token"))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        _write_atomic(path, validation.encode(), mode=0o644)
+        written.append(path)
+        return chall, response
+
+    def _dns01(self, acme: Any, authz: Any, records: Challenges) -> tuple[Any, Any]:
+        """Presents the DNS-01 TXT record of one authorization (the wildcard's too: its
+        identifier is the name under the ``*``)."""
+        from acme import challenges
+
+        chall = self._challenge(authz, challenges.DNS01, "DNS-01")
+        response, validation = chall.response_and_validation(acme.net.key)
+        records.add(authz.body.identifier.value, validation)
+        return chall, response
+
+    @staticmethod
+    def _finish(acme: Any, order: Any, answers: list[tuple[Any, Any]]) -> Any:
+        """Tells the CA to look, and waits for the certificate."""
+        for chall, response in answers:
+            acme.answer_challenge(chall, response)
+        deadline = datetime.datetime.now() + datetime.timedelta(seconds=90)
+        return acme.poll_and_finalize(order, deadline=deadline)
+
+    def _write(self, file: str, pem: bytes) -> None:
+        path = os.path.join(self.cfg.certificates, f"{file}.pem")
+        if os.path.exists(path) and not self._wrote(file, path):
             raise RuntimeError(f"{path} appeared meanwhile and was not written by edgegw; "
                                "it is left as it is")
-        os.makedirs(os.path.dirname(self._record(name)), mode=0o700, exist_ok=True)
-        _write_atomic(self._record(name), hashlib.sha256(pem).hexdigest().encode())
+        os.makedirs(os.path.dirname(self._record(file)), mode=0o700, exist_ok=True)
+        _write_atomic(self._record(file), hashlib.sha256(pem).hexdigest().encode())
         _write_atomic(path, pem)
 
     def status(self) -> list[dict[str, Any]]:

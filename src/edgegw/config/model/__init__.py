@@ -109,6 +109,7 @@ from .hcm import (
 )
 from .listener import (
     Acme,
+    AcmeDns,
     FilterChain,
     FilterChainMatch,
     Listener,
@@ -270,6 +271,7 @@ __all__ = [
     "LoadBalancingPolicy",
     "Listener",
     "Acme",
+    "AcmeDns",
     "ListenerFilter",
     "LocalRateLimit",
     "LocalityLbEndpoints",

@@ -139,10 +139,44 @@ class FilterChain(Msg):
 LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 
 
+DNS_NEEDS = {"rfc2136": ("server", "tsig_key"), "exec": ("command",), "httpreq": ("endpoint",)}
+
+
+class AcmeDns(Msg):
+    """edgegw-only: DNS-01 through the zone's DNS, for every name (wildcards too)."""
+
+    provider: Literal["rfc2136", "exec", "httpreq"]
+    server: str | None = None
+    """rfc2136: the zone's primary server, ``host`` or ``host:port``."""
+    tsig_key: str | None = None
+    """rfc2136: the key file, as BIND's ``tsig-keygen`` writes it."""
+    command: str | None = None
+    """exec: run as ``COMMAND present|cleanup FQDN VALUE``."""
+    endpoint: str | None = None
+    """httpreq: the base URL of lego's ``/present`` and ``/cleanup``."""
+    username: str | None = None
+    password_file: str | None = None
+    resolvers: list[str] = []
+    """Where zones, CNAMEs and name servers are looked up (``host:port``); the system's
+    resolvers when empty."""
+    propagation_timeout: Duration = Field(default=120.0, gt=0)
+    propagation_check: Literal["authoritative", "resolvers", "off"] = "authoritative"
+    """Before the CA looks, wait until the record is served by every authoritative server
+    of its zone (its NS, on port 53), or by each of ``resolvers``, or do not wait."""
+
+    @model_validator(mode="after")
+    def _complete(self) -> AcmeDns:
+        missing = [f for f in DNS_NEEDS[self.provider] if getattr(self, f) is None]
+        if missing:
+            raise ValueError(f"the {self.provider} provider needs {' and '.join(missing)}")
+        return self
+
+
 class Acme(Msg):
     """edgegw-only (the listener's ``metadata.filter_metadata.edgegw.acme``; Envoy keeps and
-    ignores it): certificates for ``names`` obtained and renewed by HTTP-01 and written into
-    ``certificates``, the directory the listener's chains serve from."""
+    ignores it): certificates for ``names`` obtained and renewed by HTTP-01, or DNS-01 when
+    ``dns`` is given, and written into ``certificates``, the directory the listener's chains
+    serve from. Under DNS-01, ``*.NAME`` and ``NAME`` share one certificate."""
 
     email: str = Field(min_length=3)
     directory: str = LETS_ENCRYPT
@@ -155,6 +189,7 @@ class Acme(Msg):
     """Where HTTP-01 answers are written; a route with ``edgegw.webroot`` serves them."""
     renew_interval: Duration = Field(default=3600.0, gt=0)
     """How often certificates are looked at; each is renewed at two thirds of its life."""
+    dns: AcmeDns | None = None
 
 
 class ListenerEdgegw(Msg):
