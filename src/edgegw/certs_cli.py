@@ -87,17 +87,24 @@ def _table(rows: list[dict[str, Any]], keys: list[str]) -> str:
     return "\n".join(out)
 
 
-def _served(boot: m.Bootstrap) -> list[dict[str, Any]] | str:
-    """What the running gateway serves (its admin /certs), or why that is unknown."""
+def _ask(boot: m.Bootstrap, path: str) -> dict[str, Any] | str:
+    """A JSON page of the running gateway's admin port, or why there is none."""
     if boot.admin.address is None:
         return "the config has no admin address"
     sa = boot.admin.address.socket_address
-    url = f"http://{sa.address}:{sa.port_value}/certs"
+    url = f"http://{sa.address}:{sa.port_value}{path}"
     try:
         with urllib.request.urlopen(url, timeout=3) as r:
-            doc = json.load(r)
+            return dict(json.load(r))
     except (OSError, ValueError) as e:
         return f"no gateway answers on {url} ({getattr(e, 'reason', e)})"
+
+
+def _served(boot: m.Bootstrap) -> list[dict[str, Any]] | str:
+    """What the running gateway serves (its admin /certs), or why that is unknown."""
+    doc = _ask(boot, "/certs")
+    if isinstance(doc, str):
+        return doc
     rows = []
     for ctx in doc.get("certificates", []):
         for c in ctx.get("cert_chain", [])[:1]:
@@ -105,6 +112,19 @@ def _served(boot: m.Bootstrap) -> list[dict[str, Any]] | str:
                 s.get("dns", "") for s in c.get("subject_alt_names", [])),
                 "days_left": c.get("days_until_expiration", "")})
     return rows
+
+
+def _renewals(boot: m.Bootstrap) -> list[dict[str, Any]] | str:
+    """The built-in ACME client's state in the running gateway: when each certificate
+    renews (and by whose rule), and its last failure."""
+    doc = _ask(boot, "/status.json")
+    if isinstance(doc, str):
+        return doc
+    return [{"names": ", ".join(a.get("names") or [a["name"]]), "expires": a["expires"],
+             "renews_at": a["renews_at"], "by": {"ari": "CA (ARI)"}.get(
+                 a.get("renewal_from", ""), "2/3 of life"),
+             "last_error": (f"{a['last_error_at']}: {a['last_error']}"
+                            if a.get("last_error") else "")} for a in doc.get("acme", [])]
 
 
 def list_certs(config: str) -> int:
@@ -125,6 +145,11 @@ def list_certs(config: str) -> int:
     print("\nServed now:")
     print(_table(served, ["file", "names", "days_left"]) if isinstance(served, list) and served
           else f"  {served or 'none'}")
+    if any(lst.acme is not None for lst in boot.static_resources.listeners):
+        renewals = _renewals(boot)
+        print("\nRenewals (built-in ACME):")
+        print(_table(renewals, ["names", "expires", "renews_at", "by", "last_error"])
+              if isinstance(renewals, list) and renewals else f"  {renewals or 'none'}")
     return 1 if any(r["problem"] for r in rows) else 0
 
 

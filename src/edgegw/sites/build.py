@@ -484,6 +484,10 @@ class Builder:
                         "webroot": self.sites.webroot, "renew_interval": acme.renew_interval}
             if acme.ca:
                 settings["ca"] = acme.ca
+            if acme.profile:
+                settings["profile"] = acme.profile
+            if acme.eab is not None:
+                settings["eab"] = acme.eab.model_dump()
             if acme.dns is not None:
                 dns = acme.dns.model_dump(exclude_defaults=True)
                 if "propagation_timeout" in dns:

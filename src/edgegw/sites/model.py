@@ -233,6 +233,11 @@ class AcmeSettings(SitesMsg):
     ca: str | None = None
     """The CA file of the ACME server's own HTTPS (a test server such as pebble)."""
     renew_interval: str = "3600s"
+    profile: str | None = None
+    """The CA's certificate profile (Let's Encrypt: ``classic``, ``tlsserver``,
+    ``shortlived``)."""
+    eab: m.AcmeEab | None = None
+    """``{kid, hmac_key_file}``: the external account binding a CA such as ZeroSSL asks."""
     dns: m.AcmeDns | None = None
     """DNS-01 for every name, wildcards included: ``{provider: rfc2136, server:
     192.168.1.53:53, tsig_key: certs/acme.key}``, ``{provider: exec, command: ...}`` or

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from .. import log
 from ..config import model as m
-from ..stats import Counter, StatSet, Store
+from ..stats import Counter, Gauge, StatSet, Store
 from .cert_dir import on_disk
 
 if TYPE_CHECKING:
@@ -68,11 +68,13 @@ def challenge_answer(webroot: str, path: bytes) -> bytes | None:
 
 
 class AcmeStats(StatSet):
-    """``edgegw.acme.*``."""
+    """``edgegw.acme.*``: ``days_left``, the fewest days any certificate it keeps has left
+    (what an alert watches: renewals that keep failing bring it down)."""
 
     issued: Counter
     failed: Counter
     checks: Counter
+    days_left: Gauge
 
 
 @dataclass
@@ -87,6 +89,13 @@ class NameState:
     next_try: float = 0.0
     failures: int = 0
     last_error: str = ""
+    failed_at: float = 0.0
+    serial: int = 0
+    """The certificate on disk now (its ARI answer is kept while it stays)."""
+    ari_at: float = 0.0
+    """When the CA's renewal info says to renew it (0: no answer, two thirds of its life)."""
+    ari_next: float = 0.0
+    """When to ask the CA again."""
 
     def doc(self) -> dict[str, Any]:
         def stamp(t: float) -> str:
@@ -94,8 +103,10 @@ class NameState:
                 timespec="seconds") if t else ""
 
         return {"name": self.name, "names": self.names, "expires": stamp(self.not_after),
-                "renews_at": stamp(self.renew_at), "managed": self.ours,
-                "failures": self.failures, "last_error": self.last_error,
+                "renews_at": stamp(self.renew_at),
+                "renewal_from": "ari" if self.ari_at else "lifetime",
+                "managed": self.ours, "failures": self.failures,
+                "last_error": self.last_error, "last_error_at": stamp(self.failed_at),
                 "next_attempt": stamp(self.next_try)}
 
     @property
@@ -151,9 +162,32 @@ class AcmeClient:
             self.stats.checks.value += 1
             for st in self.states.values():
                 self._look(st)
+                if st.ours and st.not_after and time.time() >= st.ari_next:
+                    await self._ask_ari(st)
                 if self._due(st) and time.time() >= st.next_try:
                     await self._renew(st)
+            kept = [st.not_after for st in self.states.values() if st.not_after]
+            self.stats.days_left.value = int((min(kept) - time.time()) // 86400) if kept else 0
             await asyncio.sleep(self._sleep())
+
+    async def _ask_ari(self, st: NameState) -> None:
+        """Asks the CA when to renew (RFC 9773), if it says; its answer holds until
+        ``Retry-After``."""
+        found = _current(self.cfg.certificates, st.names)
+        if found is None:
+            return
+        with open(found[1], "rb") as f:
+            pem = f.read()
+        try:
+            at, again = await asyncio.to_thread(self._renewal_time, pem)
+        except Exception as e:  # noqa: BLE001 (no answer: two thirds of its life, as without)
+            st.ari_next = time.time() + FIRST_RETRY
+            _log.info("acme: no renewal info for %s this time: %s", st.name, e)
+            return
+        st.ari_next = again
+        if at is not None:
+            st.ari_at = min(at, st.not_after)
+            st.renew_at = st.ari_at
 
     def _sleep(self) -> float:
         now = time.time()
@@ -170,8 +204,11 @@ class AcmeClient:
             st.ours = True
             return
         cert, chain, key = found
+        if cert.serial_number != st.serial:  # (a new one: ask the CA about it anew)
+            st.serial, st.ari_at, st.ari_next = cert.serial_number, 0.0, 0.0
         start, end = cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp()
-        st.not_after, st.renew_at = end, start + (end - start) * 2 / 3
+        st.not_after = end
+        st.renew_at = st.ari_at or start + (end - start) * 2 / 3
         st.ours = chain == key and self._wrote(st.file, chain)
 
     def _record(self, file: str) -> str:
@@ -201,12 +238,14 @@ class AcmeClient:
     async def _renew(self, st: NameState) -> None:
         _log.info("acme: ordering a certificate for %s from %s", ", ".join(st.names),
                   self.cfg.directory)
+        found = _current(self.cfg.certificates, st.names) if st.ours else None
         try:
-            pem = await asyncio.to_thread(self._order, st.names)
+            pem = await asyncio.to_thread(self._order, st.names, found[1] if found else None)
             self._write(st.file, pem)
         except Exception as e:  # noqa: BLE001 (any failure of the exchange is one outcome)
             st.failures += 1
             st.last_error = f"{type(e).__name__}: {e}"[:500]
+            st.failed_at = time.time()
             delay = min(FIRST_RETRY * 2 ** (st.failures - 1), self.cfg.renew_interval)
             st.next_try = time.time() + delay
             self.stats.failed.value += 1
@@ -214,7 +253,7 @@ class AcmeClient:
             _log.error("acme: no certificate for %s this time%s: %s; trying again in %.0f s",
                        st.name, kept, st.last_error, delay)
             return
-        st.failures, st.last_error, st.next_try = 0, "", 0.0
+        st.failures, st.last_error, st.next_try, st.failed_at = 0, "", 0.0, 0.0
         self.stats.issued.value += 1
         self._look(st)
         _log.info("acme: new certificate for %s written to %s (renews after %s)", st.name,
@@ -227,6 +266,8 @@ class AcmeClient:
         # no ACME settings a noticeable time.
         import josepy as jose
         from acme import client, errors, messages
+
+        from .acme_orders import registration
 
         if self._client is not None:
             return self._client
@@ -247,36 +288,55 @@ class AcmeClient:
             net.verify_ssl = self.cfg.ca  # type: ignore[assignment]  # requests takes a path
         directory = client.ClientV2.get_directory(self.cfg.directory, net)
         acme = client.ClientV2(directory, net)
-        registration = messages.NewRegistration.from_data(
-            email=self.cfg.email, terms_of_service_agreed=True)
+        eab = None
+        if self.cfg.eab is not None:
+            with open(self.cfg.eab.hmac_key_file) as f:
+                eab = (self.cfg.eab.kid, f.read().strip())
         try:
-            net.account = acme.new_account(registration)
+            net.account = acme.new_account(registration(acme, jwk, self.cfg.email, eab))
         except errors.ConflictError as e:  # this key has an account already
             net.account = messages.RegistrationResource(uri=e.location,
                                                         body=messages.Registration())
         self._client = acme
         return acme
 
-    def _order(self, names: list[str]) -> bytes:
-        from acme import crypto_util
+    def _renewal_time(self, pem: bytes) -> tuple[float | None, float]:
+        """The CA's renewal info for a certificate: when to renew (None: the CA has no ARI)
+        and when to ask again."""
+        at, again = self._account().renewal_time(pem)
+        return (at.timestamp() if at is not None else None), again.timestamp()
+
+    def _order(self, names: list[str], replacing: str | None = None) -> bytes:
+        """A certificate for ``names``: its chain and key, PEM. ``replacing``: the file of
+        the certificate it renews (named to the CA, which may then renew it early)."""
+        from acme import crypto_util, messages
+
+        from .acme_orders import ari_id, new_order
 
         acme = self._account()
+        replaces = None
+        if replacing is not None:
+            with open(replacing, "rb") as f:
+                replaces = ari_id(x509.load_pem_x509_certificate(f.read()))
         key = ec.generate_private_key(ec.SECP256R1())
         key_pem = key.private_bytes(serialization.Encoding.PEM,
                                     serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption())
-        order = acme.new_order(crypto_util.make_csr(key_pem, names))
+        order = new_order(acme, crypto_util.make_csr(key_pem, names), self.cfg.profile,
+                          replaces)
+        pending = [a for a in order.authorizations  # (a valid one: reused, nothing to prove)
+                   if a.body.status != messages.STATUS_VALID]
         if self.cfg.dns is not None:
             from .dns01 import Challenges  # (dnspython: only when DNS-01 is used)
 
             with Challenges(self.cfg.dns) as records:
-                answers = [self._dns01(acme, authz, records) for authz in order.authorizations]
+                answers = [self._dns01(acme, authz, records) for authz in pending]
                 records.wait()
                 done = self._finish(acme, order, answers)
             return done.fullchain_pem.encode() + key_pem
         written: list[str] = []
         try:
-            answers = [self._http01(acme, authz, written) for authz in order.authorizations]
+            answers = [self._http01(acme, authz, written) for authz in pending]
             done = self._finish(acme, order, answers)
         finally:
             for path in written:

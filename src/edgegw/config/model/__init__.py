@@ -110,6 +110,7 @@ from .hcm import (
 from .listener import (
     Acme,
     AcmeDns,
+    AcmeEab,
     FilterChain,
     FilterChainMatch,
     Listener,
@@ -272,6 +273,7 @@ __all__ = [
     "Listener",
     "Acme",
     "AcmeDns",
+    "AcmeEab",
     "ListenerFilter",
     "LocalRateLimit",
     "LocalityLbEndpoints",

@@ -172,6 +172,14 @@ class AcmeDns(Msg):
         return self
 
 
+class AcmeEab(Msg):
+    """edgegw-only: an external account binding, for CAs that ask one (ZeroSSL, Google)."""
+
+    kid: str = Field(min_length=1)
+    hmac_key_file: str
+    """The file holding the base64url HMAC key the CA gave (never inline)."""
+
+
 class Acme(Msg):
     """edgegw-only (the listener's ``metadata.filter_metadata.edgegw.acme``; Envoy keeps and
     ignores it): certificates for ``names`` obtained and renewed by HTTP-01, or DNS-01 when
@@ -188,8 +196,13 @@ class Acme(Msg):
     webroot: str = "webroot"
     """Where HTTP-01 answers are written; a route with ``edgegw.webroot`` serves them."""
     renew_interval: Duration = Field(default=3600.0, gt=0)
-    """How often certificates are looked at; each is renewed at two thirds of its life."""
+    """How often certificates are looked at; each is renewed when the CA's renewal info
+    (ARI) says, or at two thirds of its life where the CA has none."""
     dns: AcmeDns | None = None
+    profile: str | None = None
+    """The CA's certificate profile (Let's Encrypt: ``classic``, ``tlsserver``,
+    ``shortlived``)."""
+    eab: AcmeEab | None = None
 
 
 class ListenerEdgegw(Msg):
