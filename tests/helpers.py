@@ -159,6 +159,10 @@ class Pebble:
         leaf.private_key_pem.write_to_path(str(root / "key.pem"))
         self.ca = root / "ca.pem"
         own_dns, dns_admin = free_port(), free_port()
+        self.dns = dns or f"127.0.0.1:{own_dns}"
+        """The DNS server pebble asks."""
+        self.management = f"http://127.0.0.1:{dns_admin}"
+        """The challenge test server's management API (set-txt, set-cname…), when it runs."""
         self.port, self.admin = free_port(), free_port()
         (root / "pebble.json").write_text(json.dumps({"pebble": {
             "listenAddress": f"127.0.0.1:{self.port}",

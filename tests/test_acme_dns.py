@@ -3,6 +3,7 @@ edgegw's built-in client writes there by RFC 2136 updates signed with TSIG."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -18,6 +19,7 @@ import pytest
 from cryptography import x509
 
 from .conftest import ENVOY, Backends, Proc, free_port, wait_for
+from .dns_apis import CLOUDFLARE_TOKEN, HTTPREQ_USER, DnsApis
 from .helpers import PEBBLE, Lab, Pebble, served
 
 NAMED = shutil.which("named")
@@ -198,3 +200,70 @@ def test_a_record_that_is_not_there_fails_and_the_script_is_called_to_clean_up(
     assert actions == ["cleanup", "cleanup", "present", "present"], calls
     assert {c.split()[1] for c in calls} == {"_acme-challenge.home.test."}
     assert not os.path.exists(lab.root / "certs" / "wildcard.home.test.pem")
+
+
+@pytest.fixture
+def apis(tmp_path: Path, lab: Lab) -> Iterator[tuple[Pebble, DnsApis]]:
+    """pebble asking its challenge test server, and the provider APIs in front of it."""
+    p = Pebble(tmp_path / "pebble-cts", lab.http)
+    a = DnsApis(p.management)
+    yield p, a
+    a.stop()
+    p.stop()
+
+
+def through(pebble: Pebble, provider: str) -> str:
+    return (f"    provider: {provider}\n    resolvers: ['{pebble.dns}']\n"
+            "    propagation_check: resolvers\n")
+
+
+@pytest.mark.parametrize("provider", ["httpreq", "cloudflare"])
+def test_a_wildcard_through_an_http_dns_api(lab: Lab, apis: tuple[Pebble, DnsApis],
+                                            provider: str) -> None:
+    """httpreq (basic auth from a file) and Cloudflare's API (a token from a file): both
+    values of the shared TXT name are presented, pebble finds them, both are removed."""
+    pebble, api = apis
+    (lab.root / "secret").write_text(HTTPREQ_USER[1] if provider == "httpreq"
+                                     else CLOUDFLARE_TOKEN)
+    extra = (f"    endpoint: {api.base}/httpreq\n    username: {HTTPREQ_USER[0]}\n"
+             "    password_file: secret\n" if provider == "httpreq" else
+             f"    endpoint: {api.base}/cf\n    api_token_file: secret\n")
+    lab.write(sites(lab, pebble, through(pebble, provider) + extra))
+    lab.run("-c", "sites.yaml", https=False)
+    root = lab.root / "pebble-root.pem"
+    root.write_text(pebble.roots())
+    wait_for(lambda: served(lab, "app.home.test", root) is not None, timeout=60)
+    cert = served(lab, "home.test", root)
+    assert cert is not None and names_of(cert) == {"*.home.test", "home.test"}
+    kinds = [(method, path.rsplit("/", 1)[-1] if provider == "httpreq" else method)
+             for method, path, _ in api.calls if "zones?" not in path]
+    assert sorted(k for _, k in kinds) == (["cleanup", "cleanup", "present", "present"]
+                                           if provider == "httpreq" else
+                                           ["DELETE", "DELETE", "POST", "POST"])
+    assert api.cf_records == {}
+    host, port = pebble.dns.split(":")
+    r = dns.query.udp(dns.message.make_query("_acme-challenge.home.test", "TXT"), host,
+                      port=int(port), timeout=2)
+    assert r.answer == []  # what pebble reads is gone
+
+
+def test_acme_dns_registers_asks_for_its_cname_then_issues(
+        lab: Lab, apis: tuple[Pebble, DnsApis]) -> None:
+    """acme-dns: the name gets an account; until its _acme-challenge is a CNAME to the
+    account's domain, /status says which CNAME to make; once made, the certificate comes."""
+    pebble, api = apis
+    a = lab.backends.a
+    text = sites(lab, pebble, through(pebble, "acme-dns") + f"    endpoint: {api.base}/acme-dns\n")
+    lab.write(text.split("sites:")[0] + f"sites:\n  lab.test: http://{a[0]}:{a[1]}\n")
+    lab.run("-c", "sites.yaml", https=False)
+    wait_for(lambda: "must be a CNAME" in acme_status(lab)[0]["last_error"], timeout=30)
+    error = acme_status(lab)[0]["last_error"]
+    assert "_acme-challenge.lab.test must be a CNAME to acct" in error, error
+    stored = json.loads((lab.root / "certs" / ".acme" / "acme-dns.json").read_text())
+    assert stat.S_IMODE((lab.root / "certs" / ".acme" / "acme-dns.json").stat().st_mode) == 0o600
+    api.manage("set-cname", {"host": "_acme-challenge.lab.test.",
+                             "target": stored["lab.test"]["fulldomain"] + "."})
+    root = lab.root / "pebble-root.pem"
+    root.write_text(pebble.roots())
+    wait_for(lambda: served(lab, "lab.test", root) is not None, timeout=60)
+    assert [p for _, p, _ in api.calls].count("/acme-dns/register") == 1

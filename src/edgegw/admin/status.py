@@ -272,9 +272,11 @@ async function refresh() {
   document.getElementById("acme").hidden = !acme.length;
   document.querySelector("#acme tbody").innerHTML = acme.map(a => `<tr>
     <td><span class="pill">${esc(a.name)}</span>${a.managed ? "" : " <small>(not written by edgegw)</small>"}</td>
-    <td class="num">${esc(a.expires || "not yet")}</td><td class="num">${esc(a.renews_at)}</td>
-    <td>${a.last_error ? `<span class="bad">${esc(a.last_error)}</span> <small>${a.failures}
-      failure(s), next try ${esc(a.next_attempt)}</small>` : '<span class="ok">none</span>'}</td></tr>`).join("");
+    <td class="num">${esc(a.expires || "not yet")}</td><td class="num">${esc(a.renews_at)}
+      <small>${a.renewal_from === "ari" ? "(the CA's window)" : ""}</small></td>
+    <td>${a.last_error ? `<span class="bad">${esc(a.last_error)}</span> <small>at
+      ${esc(a.last_error_at)}, ${a.failures} failure(s), next try ${esc(a.next_attempt)}</small>`
+      : '<span class="ok">none</span>'}</td></tr>`).join("");
   const certs = new Map();
   cur.sites.forEach(s => s.certificates.forEach(c => certs.set(c.path + c.names, c)));
   document.querySelector("#certs tbody").innerHTML = [...certs.values()].sort(

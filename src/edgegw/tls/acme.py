@@ -329,7 +329,8 @@ class AcmeClient:
         if self.cfg.dns is not None:
             from .dns01 import Challenges  # (dnspython: only when DNS-01 is used)
 
-            with Challenges(self.cfg.dns) as records:
+            with Challenges(self.cfg.dns, os.path.join(self.cfg.certificates,
+                                                       ACCOUNT_DIR)) as records:
                 answers = [self._dns01(acme, authz, records) for authz in pending]
                 records.wait()
                 done = self._finish(acme, order, answers)

@@ -12,20 +12,24 @@ it, as lego and certbot's plugins do:
 - the records are always removed afterwards, whatever happened.
 
 Providers here: ``rfc2136`` (dynamic updates signed with TSIG: BIND, Knot, PowerDNS,
-Technitium, OPNsense), ``exec`` (a script called as ``SCRIPT present|cleanup FQDN VALUE``,
-as lego's) and ``httpreq`` (lego's JSON ``/present`` and ``/cleanup``). The dnspython
-library does the DNS; the exchange runs in the ACME client's thread.
+Technitium, OPNsense), ``cloudflare`` (its API, with a token), ``acme-dns`` (joohoi's
+server: an account per name, which the name's ``_acme-challenge`` CNAME points at),
+``exec`` (a script called as ``SCRIPT present|cleanup FQDN VALUE``, as lego's) and
+``httpreq`` (lego's JSON ``/present`` and ``/cleanup``). The dnspython library does the DNS;
+the exchange runs in the ACME client's thread.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import subprocess
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
-from collections.abc import Callable
 from typing import Any, Protocol
 
 import dns.exception
@@ -53,11 +57,13 @@ class DnsError(RuntimeError):
 
 
 class Provider(Protocol):
+    """Adds and removes one TXT value at ``fqdn``, which proves ``domain``."""
+
     name: str
 
-    def present(self, fqdn: str, value: str) -> None: ...
+    def present(self, domain: str, fqdn: str, value: str) -> None: ...
 
-    def cleanup(self, fqdn: str, value: str) -> None: ...
+    def cleanup(self, domain: str, fqdn: str, value: str) -> None: ...
 
 
 def _host_port(address: str) -> tuple[str, int]:
@@ -207,10 +213,10 @@ class Rfc2136:
             raise DnsError(f"rfc2136: {host}:{port} answered {dns.rcode.to_text(r.rcode())} "
                            f"to the update of zone {zone}{why}")
 
-    def present(self, fqdn: str, value: str) -> None:
+    def present(self, domain: str, fqdn: str, value: str) -> None:
         self._update(fqdn, value, True)
 
-    def cleanup(self, fqdn: str, value: str) -> None:
+    def cleanup(self, domain: str, fqdn: str, value: str) -> None:
         self._update(fqdn, value, False)
 
 
@@ -235,11 +241,31 @@ class Exec:
             raise DnsError(f"exec: {self.command} {action} {fqdn} exited with "
                            f"{done.returncode}: {out}")
 
-    def present(self, fqdn: str, value: str) -> None:
+    def present(self, domain: str, fqdn: str, value: str) -> None:
         self._run("present", fqdn, value)
 
-    def cleanup(self, fqdn: str, value: str) -> None:
+    def cleanup(self, domain: str, fqdn: str, value: str) -> None:
         self._run("cleanup", fqdn, value)
+
+
+def _call(provider: str, method: str, url: str, body: dict[str, Any] | None = None,
+          headers: dict[str, str] | None = None) -> Any:
+    """One JSON request of an HTTP DNS API; its answer, parsed."""
+    req = urllib.request.Request(url, method=method, headers={
+        "content-type": "application/json", "accept": "application/json", **(headers or {})},
+        data=json.dumps(body).encode() if body is not None else None)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            data = r.read()
+    except urllib.error.HTTPError as e:
+        detail = e.read().decode(errors="replace")[:300]
+        raise DnsError(f"{provider}: {method} {url} answered {e.code}: {detail}") from e
+    except OSError as e:
+        raise DnsError(f"{provider}: {method} {url} failed: {e}") from e
+    try:
+        return json.loads(data) if data.strip() else None
+    except ValueError as e:
+        raise DnsError(f"{provider}: {method} {url} answered no JSON") from e
 
 
 class HttpReq:
@@ -248,33 +274,113 @@ class HttpReq:
 
     name = "httpreq"
 
-    def __init__(self, cfg: m.AcmeDns, read_secret: Callable[[str], str]) -> None:
+    def __init__(self, cfg: m.AcmeDns) -> None:
         assert cfg.endpoint is not None
         self.endpoint = cfg.endpoint.rstrip("/")
         self.username = cfg.username
         self.password_file = cfg.password_file
-        self.read_secret = read_secret
 
     def _post(self, action: str, fqdn: str, value: str) -> None:
-        req = urllib.request.Request(
-            f"{self.endpoint}/{action}", method="POST",
-            data=json.dumps({"fqdn": fqdn, "value": value}).encode(),
-            headers={"content-type": "application/json"})
+        headers = {}
         if self.username:
-            password = self.read_secret(self.password_file) if self.password_file else ""
+            password = _read_secret(self.password_file) if self.password_file else ""
             token = base64.b64encode(f"{self.username}:{password}".encode()).decode()
-            req.add_header("authorization", f"Basic {token}")
-        try:
-            with urllib.request.urlopen(req, timeout=30) as r:
-                r.read()
-        except OSError as e:
-            raise DnsError(f"httpreq: {action} {fqdn} at {self.endpoint} failed: {e}") from e
+            headers["authorization"] = f"Basic {token}"
+        _call(self.name, "POST", f"{self.endpoint}/{action}", {"fqdn": fqdn, "value": value},
+              headers)
 
-    def present(self, fqdn: str, value: str) -> None:
+    def present(self, domain: str, fqdn: str, value: str) -> None:
         self._post("present", fqdn, value)
 
-    def cleanup(self, fqdn: str, value: str) -> None:
+    def cleanup(self, domain: str, fqdn: str, value: str) -> None:
         self._post("cleanup", fqdn, value)
+
+
+class AcmeDnsServer:
+    """joohoi's acme-dns: each name gets an account (``POST /register``, kept in
+    ``accounts``), and its ``_acme-challenge`` must be a CNAME to the account's
+    ``fulldomain``; ``POST /update`` sets the value (acme-dns keeps the last two, which an
+    apex and its wildcard need). Nothing to remove."""
+
+    name = "acme-dns"
+
+    def __init__(self, cfg: m.AcmeDns, accounts: str) -> None:
+        assert cfg.endpoint is not None
+        self.endpoint = cfg.endpoint.rstrip("/")
+        self.accounts = accounts
+
+    def _account(self, domain: str) -> dict[str, Any]:
+        try:
+            with open(self.accounts) as f:
+                known: dict[str, Any] = json.load(f)
+        except FileNotFoundError:
+            known = {}
+        except (OSError, ValueError) as e:
+            raise DnsError(f"acme-dns: {self.accounts} cannot be read: {e}") from e
+        if domain not in known:
+            known[domain] = _call(self.name, "POST", f"{self.endpoint}/register", {})
+            fd = os.open(f"{self.accounts}.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(known, f)
+            os.replace(f"{self.accounts}.tmp", self.accounts)
+        return dict(known[domain])
+
+    def present(self, domain: str, fqdn: str, value: str) -> None:
+        account = self._account(domain)
+        target = account["fulldomain"].rstrip(".") + "."
+        if fqdn != target:
+            raise DnsError(f"acme-dns: _acme-challenge.{domain} must be a CNAME to {target} "
+                           f"(the account registered for it); it resolves to {fqdn} now")
+        _call(self.name, "POST", f"{self.endpoint}/update",
+              {"subdomain": account["subdomain"], "txt": value},
+              {"X-Api-User": account["username"], "X-Api-Key": account["password"]})
+
+    def cleanup(self, domain: str, fqdn: str, value: str) -> None:
+        pass  # (acme-dns keeps two values and replaces the older one next time)
+
+
+class Cloudflare:
+    """Cloudflare's API with a token (Zone.DNS edit): the zone is found by the API (the
+    longest of the name's suffixes that is a zone of the account), the record is created,
+    then deleted by its id."""
+
+    name = "cloudflare"
+    API = "https://api.cloudflare.com/client/v4"
+
+    def __init__(self, cfg: m.AcmeDns) -> None:
+        assert cfg.api_token_file is not None
+        self.api = (cfg.endpoint or self.API).rstrip("/")
+        self.token_file = cfg.api_token_file
+        self.records: dict[tuple[str, str], tuple[str, str]] = {}
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        token = _read_secret(self.token_file)
+        doc = _call(self.name, method, self.api + path, body,
+                    {"authorization": f"Bearer {token}"})
+        if not isinstance(doc, dict) or not doc.get("success"):
+            errors = doc.get("errors") if isinstance(doc, dict) else doc
+            raise DnsError(f"cloudflare: {method} {path} failed: {errors}")
+        return doc["result"]
+
+    def _zone(self, fqdn: str) -> tuple[str, str]:
+        labels = fqdn.rstrip(".").split(".")
+        for i in range(1, len(labels) - 1):
+            name = ".".join(labels[i:])
+            found = self._call("GET", f"/zones?name={urllib.parse.quote(name)}")
+            if found:
+                return found[0]["id"], name
+        raise DnsError(f"cloudflare: no zone of this token's account holds {fqdn}")
+
+    def present(self, domain: str, fqdn: str, value: str) -> None:
+        zone, _ = self._zone(fqdn)
+        made = self._call("POST", f"/zones/{zone}/dns_records", {
+            "type": "TXT", "name": fqdn.rstrip("."), "content": value, "ttl": 120})
+        self.records[(fqdn, value)] = (zone, made["id"])
+
+    def cleanup(self, domain: str, fqdn: str, value: str) -> None:
+        found = self.records.pop((fqdn, value), None)
+        if found is not None:
+            self._call("DELETE", f"/zones/{found[0]}/dns_records/{found[1]}")
 
 
 def _read_secret(path: str) -> str:
@@ -282,40 +388,45 @@ def _read_secret(path: str) -> str:
         return f.read().strip()
 
 
-def provider_for(cfg: m.AcmeDns, lookup: Lookup) -> Provider:
+def provider_for(cfg: m.AcmeDns, lookup: Lookup, state: str) -> Provider:
+    """The provider ``cfg`` names (``state``: a private directory it may keep files in)."""
     if cfg.provider == "rfc2136":
         return Rfc2136(cfg, lookup)
     if cfg.provider == "exec":
         return Exec(cfg)
-    return HttpReq(cfg, _read_secret)
+    if cfg.provider == "acme-dns":
+        return AcmeDnsServer(cfg, os.path.join(state, "acme-dns.json"))
+    if cfg.provider == "cloudflare":
+        return Cloudflare(cfg)
+    return HttpReq(cfg)
 
 
 class Challenges:
     """The TXT records of one order: presented together, waited for, always cleaned up."""
 
-    def __init__(self, cfg: m.AcmeDns) -> None:
+    def __init__(self, cfg: m.AcmeDns, state: str) -> None:
         self.cfg = cfg
         self.lookup = Lookup(cfg.resolvers)
-        self.provider = provider_for(cfg, self.lookup)
-        self.records: list[tuple[str, str]] = []
+        self.provider = provider_for(cfg, self.lookup, state)
+        self.records: list[tuple[str, str, str]] = []
 
     def add(self, domain: str, value: str) -> None:
         """The record that proves ``domain`` (``_acme-challenge.DOMAIN``, followed through a
         CNAME), presented at once."""
         fqdn = self.lookup.follow(f"_acme-challenge.{domain}.")
-        self.provider.present(fqdn, value)
-        self.records.append((fqdn, value))
+        self.records.append((domain, fqdn, value))  # (cleaned up even if this fails)
+        self.provider.present(domain, fqdn, value)
         _log.info("acme: dns-01 (%s): TXT %s presented", self.provider.name, fqdn)
 
     def wait(self) -> None:
         if self.cfg.propagation_check != "off" and self.records:
-            self.lookup.wait(self.records, self.cfg.propagation_check,
-                             self.cfg.propagation_timeout)
+            self.lookup.wait([(fqdn, value) for _, fqdn, value in self.records],
+                             self.cfg.propagation_check, self.cfg.propagation_timeout)
 
     def cleanup(self) -> None:
-        for fqdn, value in self.records:
+        for domain, fqdn, value in self.records:
             try:
-                self.provider.cleanup(fqdn, value)
+                self.provider.cleanup(domain, fqdn, value)
             except DnsError as e:
                 _log.warning("acme: dns-01: the TXT record %s could not be removed: %s",
                              fqdn, e)

@@ -139,13 +139,14 @@ class FilterChain(Msg):
 LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 
 
-DNS_NEEDS = {"rfc2136": ("server", "tsig_key"), "exec": ("command",), "httpreq": ("endpoint",)}
+DNS_NEEDS = {"rfc2136": ("server", "tsig_key"), "exec": ("command",), "httpreq": ("endpoint",),
+             "acme-dns": ("endpoint",), "cloudflare": ("api_token_file",)}
 
 
 class AcmeDns(Msg):
     """edgegw-only: DNS-01 through the zone's DNS, for every name (wildcards too)."""
 
-    provider: Literal["rfc2136", "exec", "httpreq"]
+    provider: Literal["rfc2136", "exec", "httpreq", "acme-dns", "cloudflare"]
     server: str | None = None
     """rfc2136: the zone's primary server, ``host`` or ``host:port``."""
     tsig_key: str | None = None
@@ -153,7 +154,10 @@ class AcmeDns(Msg):
     command: str | None = None
     """exec: run as ``COMMAND present|cleanup FQDN VALUE``."""
     endpoint: str | None = None
-    """httpreq: the base URL of lego's ``/present`` and ``/cleanup``."""
+    """httpreq: the base URL of lego's ``/present`` and ``/cleanup``; acme-dns: the
+    server's API; cloudflare: another API base than Cloudflare's own."""
+    api_token_file: str | None = None
+    """cloudflare: the file holding an API token with Zone.DNS edit rights."""
     username: str | None = None
     password_file: str | None = None
     resolvers: list[str] = []
