@@ -32,6 +32,7 @@ ZONES = {
     # lab.test points its challenge at the one name the key may change (a CNAME)
     "lab.test": ('_acme-challenge IN CNAME challenge.lab.test.\nchallenge IN TXT "placeholder"\n',
                  "update-policy { grant acme-key name challenge.lab.test. TXT; };"),
+    "closed.test": ("", "allow-update { none; };"),
 }
 
 
@@ -119,9 +120,8 @@ def sites(lab: Lab, pebble: Pebble, dns: str, extra: str = "") -> str:
 
 
 def rfc2136(bind: Bind, key: str = "acme.key") -> str:
-    return (f"    provider: rfc2136\n    server: 127.0.0.1:{bind.port}\n"
-            f"    tsig_key: {key}\n    resolvers: ['127.0.0.1:{bind.port}']\n"
-            f"    propagation_check: resolvers\n")
+    """The issue's shape: the zone's primary and the key, nothing else."""
+    return f"    provider: rfc2136\n    server: 127.0.0.1:{bind.port}\n    tsig_key: {key}\n"
 
 
 def names_of(cert: x509.Certificate) -> set[str]:
@@ -180,6 +180,23 @@ def test_a_wrong_tsig_key_is_refused_with_a_clear_message(lab: Lab, bind: Bind,
     assert "rfc2136" in error and "zone home.test" in error and "TSIG key" in error, error
     assert "acme: no certificate for *.home.test" in proc.output()
     assert bind.txt("_acme-challenge.home.test") == set()
+
+
+def test_a_zone_that_takes_no_update_is_named_in_the_error(lab: Lab, bind: Bind,
+                                                           pebble: Pebble) -> None:
+    """BIND refuses updates of closed.test: REFUSED, with what to check, naming the zone;
+    the wildcard of home.test beside it is issued all the same."""
+    shutil.copy(bind.key, lab.root / "acme.key")
+    a = lab.backends.a
+    lab.write(sites(lab, pebble, rfc2136(bind), f"  closed.test: http://{a[0]}:{a[1]}\n"))
+    lab.run("-c", "sites.yaml", https=False)
+    wait_for(lambda: any(s["last_error"] for s in acme_status(lab)), timeout=30)
+    closed = next(s for s in acme_status(lab) if s["name"] == "closed.test")
+    assert "answered REFUSED to the update of zone closed.test" in closed["last_error"]
+    assert "allow-update" in closed["last_error"]
+    root = lab.root / "pebble-root.pem"
+    root.write_text(pebble.roots())
+    wait_for(lambda: served(lab, "app.home.test", root) is not None, timeout=60)
 
 
 def test_a_record_that_is_not_there_fails_and_the_script_is_called_to_clean_up(

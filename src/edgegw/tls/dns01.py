@@ -81,13 +81,16 @@ class Lookup:
     """Names as the DNS tells them: zones, CNAMEs and the authoritative servers, asked of
     ``resolvers`` (``host:port``; the system's when none)."""
 
-    def __init__(self, resolvers: list[str]) -> None:
+    def __init__(self, resolvers: list[str], primary: str | None = None) -> None:
         self.resolver = dns.resolver.Resolver(configure=not resolvers)
         self.resolvers = [_host_port(r) for r in resolvers]
         if resolvers:
             self.resolver.nameservers = [h for h, _ in self.resolvers]
             self.resolver.nameserver_ports = dict(self.resolvers)
         self.resolver.lifetime = QUERY_TIMEOUT
+        self.primary = _host_port(primary) if primary else None
+        """The server updates go to: an authoritative server at its address is asked on
+        its port."""
 
     def follow(self, fqdn: str) -> str:
         """``fqdn``, or where its CNAME chain ends."""
@@ -122,7 +125,8 @@ class Lookup:
         zone, or the configured resolvers."""
         if how == "resolvers" and self.resolvers:
             return self.resolvers
-        return [(a, 53) for a in self.authoritative(self.zone_of(fqdn))]
+        primary = dict([self.primary]) if self.primary else {}
+        return [(a, primary.get(a, 53)) for a in self.authoritative(self.zone_of(fqdn))]
 
     def wait(self, records: list[tuple[str, str]], how: str, timeout: float) -> None:
         """Waits until every server ``how`` says serves each record's value."""
@@ -406,7 +410,9 @@ class Challenges:
 
     def __init__(self, cfg: m.AcmeDns, state: str) -> None:
         self.cfg = cfg
-        self.lookup = Lookup(cfg.resolvers)
+        # (an RFC 2136 server is the zone's primary: the one to ask when none is named)
+        self.lookup = Lookup(cfg.resolvers or ([cfg.server] if cfg.server else []),
+                             cfg.server)
         self.provider = provider_for(cfg, self.lookup, state)
         self.records: list[tuple[str, str, str]] = []
 

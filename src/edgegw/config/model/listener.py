@@ -161,12 +161,13 @@ class AcmeDns(Msg):
     username: str | None = None
     password_file: str | None = None
     resolvers: list[str] = []
-    """Where zones, CNAMEs and name servers are looked up (``host:port``); the system's
-    resolvers when empty."""
+    """Where zones, CNAMEs and name servers are looked up (``host:port``); when empty, the
+    rfc2136 ``server``, else the system's resolvers."""
     propagation_timeout: Duration = Field(default=120.0, gt=0)
     propagation_check: Literal["authoritative", "resolvers", "off"] = "authoritative"
     """Before the CA looks, wait until the record is served by every authoritative server
-    of its zone (its NS, on port 53), or by each of ``resolvers``, or do not wait."""
+    of its zone (its NS, on port 53; the rfc2136 ``server``'s address on its port), or by
+    each of ``resolvers``, or do not wait."""
 
     @model_validator(mode="after")
     def _complete(self) -> AcmeDns:
