@@ -46,8 +46,6 @@ NEEDS_NO_READING = {
     "Locality.sub_zone": "as region",
     "Cluster.ignore_health_on_host_removal": "only true, what edgegw always does, is accepted",
     "Policy.typed_extension_config": "read through LoadBalancingPolicy's chosen property",
-    "DownstreamTlsContext.disable_stateful_session_resumption": "edgegw keeps no TLS 1.2 "
-        "session cache either way (Python's ssl resumes server sessions by tickets only)",
     "FilterConfig.is_optional": "it lets Envoy skip a per-route config of a type it does not "
                                 "know; one edgegw does not know is refused either way",
     "ApiConfigSource.transport_api_version": "only V3 (AUTO means V3 in Envoy 1.40)",

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from .conftest import Proc, cluster, config, free_port, served_serial, versioned, wait_port
+from .helpers import Resumer
 
 
 def admin_config(port: int) -> dict:
@@ -138,6 +139,21 @@ def test_certificate_rotation_reaches_every_worker(site, backends, supervised) -
         time.sleep(0.05)
     # And what clients get, over many new connections spread by the kernel: only the new one.
     assert {served_serial(port, site.ca_file) for _ in range(20)} == {new}
+
+
+def test_sessions_resume_on_every_worker(site, backends, supervised) -> None:
+    """A client that offers its session again resumes whichever worker the kernel hands
+    the connection to: the workers share their ticket key."""
+    port = free_port()
+    gw = supervised(site.config(port, backends))
+    client = Resumer(site.ca_file)
+    assert client.connect(port, "a.example.com") is False
+    resumed = [client.connect(port, "a.example.com") for _ in range(30)]
+    assert resumed == [True] * 30  # (without shared keys: about half)
+    name = f"listener.127.0.0.1_{port}.ssl."
+    per_worker = [worker_stats(w["admin_socket"]) for w in gw.workers()]
+    assert all(st[name + "handshake"] > 0 for st in per_worker)  # (both took connections)
+    assert f"{name}session_reused: 30\n" in gw.stats()
 
 
 def test_the_admin_port_tells_the_truth_about_every_worker(site, backends, supervised) -> None:

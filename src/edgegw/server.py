@@ -31,6 +31,7 @@ from .tasks import Tasks
 from .tls.acme import AcmeClient, clients_for
 from .tls.certs import cert_details, days_left, parse_chain
 from .tls.sds import SecretManager
+from .tls.tickets import TicketKeys, shared_master
 from .upstream.cluster import ClusterManager
 from .xds.listeners_clusters import DynamicConfig
 from .xds.mux import XdsMux
@@ -99,6 +100,8 @@ class Server:
                 leading=self.worker == 0, leader_socket=os.path.join(
                     os.path.dirname(socket_path), "worker-0.sock")
                 if self.worker and socket_path else None)
+        self.tickets = TicketKeys(shared_master(self.options.get("admin_socket")))
+        """Session tickets: one key for every worker (see tls/tickets.py)."""
         self.secrets, self.clusters, self.listeners = self._build(boot)
         self.loader = loader
         """Reads and checks the config again (the command line's files): what reloads use."""
@@ -127,6 +130,7 @@ class Server:
         (unchanged secrets and clusters are carried over from the ``previous`` ones)."""
         secrets = SecretManager(boot, self.store, self.xds,
                                 previous.secrets if previous is not None else None)
+        secrets.tickets = self.tickets
         try:
             clusters = ClusterManager(boot.static_resources.clusters, self.store, secrets,
                                       previous.clusters if previous is not None else None,
@@ -325,6 +329,16 @@ class Server:
                 clusters.stop(keep=[self.clusters, *(c for c, _ in self.retired)])
                 secrets.stop()
 
+    async def _rotate_tickets(self) -> None:
+        """At each period's start, every server context takes the period's ticket key (each
+        worker does it at the same moment, from the same master secret)."""
+        while True:
+            await asyncio.sleep(self.tickets.next_rotation() + 0.5)
+            for lst in [*self.listeners, *self.retired_listeners]:
+                for chain in lst.all_chains:
+                    if chain.tls is not None:
+                        chain.tls.rotate_tickets()
+
     async def start(self) -> None:
         self._stopped = asyncio.Event()
         self._state = "INITIALIZING"
@@ -342,6 +356,7 @@ class Server:
         gc.freeze()
         self.secrets.start()
         self._follow_acme(self.boot)
+        self.background.start(self._rotate_tickets())
         if self.dynamic is not None:
             self.dynamic.start()
         self._state = "LIVE"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -30,6 +31,7 @@ from .admin import Admin, server_info
 from .config import Bootstrap
 from .listener import check_addresses_free
 from .stats import Store
+from .tls.tickets import shared_master
 
 _log = log.get("main")
 
@@ -78,6 +80,7 @@ class Supervisor:
         self.stopping = False
         self.finishing: asyncio.Task[None] | None = None
         self.folder = tempfile.mkdtemp(prefix="edgegw-workers-")
+        shared_master(None, self.folder)  # (the workers' session ticket keys come from it)
         self.workers = [Worker(i, os.path.join(self.folder, f"worker-{i}.sock"))
                         for i in range(count)]
         self.admin: Admin | None = None
@@ -194,10 +197,7 @@ class Supervisor:
         _log.info("exiting")
 
     def _cleanup(self) -> None:
-        for w in self.workers:
-            if os.path.exists(w.socket_path):
-                os.unlink(w.socket_path)
-        os.rmdir(self.folder)
+        shutil.rmtree(self.folder, ignore_errors=True)  # (sockets, the ticket master secret)
 
     # --- what the admin port asks -----------------------------------------------------------
 

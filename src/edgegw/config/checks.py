@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from ..accesslog.format import compile_template
 from ..tls.certs import load_pair, parse_chain
 from ..tls.secrets import SecretError, materialize, read_sds_file
+from ..tls.tickets import read_key
 from .datasource import DataSourceError, read
 from .htpasswd import parse_users
 from .model import (
@@ -364,10 +365,18 @@ def _check_listener(lst: Listener, base: Path, clusters: set[str],
                 yield (mpath + ("certificate_directory",), "a certificate directory needs a "
                        "TLS transport_socket on the same filter chain")
         if fc.transport_socket:
+            tls = fc.transport_socket.typed_config
             yield from _check_tls_files(
-                fc.transport_socket.typed_config.common_tls_context,
+                tls.common_tls_context,
                 path + ("transport_socket", "typed_config", "common_tls_context"), static,
             )
+            for i, ds in enumerate(tls.session_ticket_keys.keys if tls.session_ticket_keys
+                                   else []):
+                try:
+                    read_key(ds)
+                except DataSourceError as e:
+                    yield (path + ("transport_socket", "typed_config", "session_ticket_keys",
+                                   "keys", i), str(e))
         for k, f in enumerate(fc.filters):
             fpath = path + ("filters", k, "typed_config")
             if isinstance(f.typed_config, TcpProxy):

@@ -357,8 +357,12 @@ class Listener:
             return
         if ctx is not None and self.ssl is not None:
             self.ssl.handshake.value += 1
-            if proto.transport is not None and not proto.transport.get_extra_info("peercert"):
+            transport = proto.transport
+            if transport is not None and not transport.get_extra_info("peercert"):
                 self.ssl.no_certificate.value += 1
+            sslobj = transport.get_extra_info("ssl_object") if transport is not None else None
+            if sslobj is not None and sslobj.session_reused:
+                self.ssl.session_reused.value += 1
         if not proto.closed:
             self.open.add(proto)
             if self.drainer is not None and isinstance(proto, DownstreamConnection):

@@ -11,8 +11,6 @@ the contexts are rebuilt and swapped in for new connections, while open ones kee
 
 from __future__ import annotations
 
-import _ssl
-import ctypes
 import functools
 import os
 import ssl
@@ -27,9 +25,13 @@ from ..config import model as m
 from ..config.datasource import path_of, read
 from ..matchers import string_matcher
 from ..stats import Counter, StatSet
+from . import tickets
 from .certs import CertPair, load_pair
+from .openssl import lib as openssl
+from .openssl import ssl_ctx
 from .sds import SecretManager, Subscription, XdsSecret
 from .secrets import CaSecret, CertSecret, signature_of
+from .tickets import TicketKeys, read_key
 
 _log = log.get("secret")
 
@@ -78,22 +80,16 @@ def _params(ctx: ssl.SSLContext, p: m.TlsParameters, default_min: ssl.TLSVersion
     set_groups(ctx, [m.CURVES[c] for c in p.ecdh_curves or ENVOY_CURVES])
 
 
-_libssl = ctypes.CDLL(_ssl.__file__)
-_libssl.SSL_CTX_get_options.restype = ctypes.c_uint64
-_libssl.SSL_CTX_get_options.argtypes = [ctypes.c_void_p]
-_libssl.SSL_CTX_ctrl.restype = ctypes.c_long
-_libssl.SSL_CTX_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_char_p]
 _SET_GROUPS_LIST = 92  # SSL_CTRL_SET_GROUPS_LIST
 
 
 def set_groups(ctx: ssl.SSLContext, groups: list[str]) -> None:
     """The key-exchange groups, in order. Python 3.11's ssl can set one group only
     (set_ecdh_curve), so OpenSSL's SSL_CTX_set1_groups_list is called on the context's
-    SSL_CTX, the first field after the object header; the pointer is checked against the
-    context's own options before use, and one group is set the supported way if it fails."""
-    ptr = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
-    if ptr and _libssl.SSL_CTX_get_options(ptr) == ctx.options:
-        if _libssl.SSL_CTX_ctrl(ptr, _SET_GROUPS_LIST, 0, ":".join(groups).encode()) == 1:
+    SSL_CTX; one group is set the supported way if that cannot be reached."""
+    ptr = ssl_ctx(ctx)
+    if ptr is not None:
+        if openssl.SSL_CTX_ctrl(ptr, _SET_GROUPS_LIST, 0, ":".join(groups).encode()) == 1:
             return
         raise ssl.SSLError(f"OpenSSL refused the groups {':'.join(groups)}")
     _log.warning("cannot set the group list %s on this Python; offering %s only",
@@ -241,6 +237,9 @@ class ServerTls:
                  updates: Counter | None = None, cert_dir: str | None = None) -> None:
         self.cfg = cfg
         self.updates = updates
+        self.tickets = secrets.tickets if secrets is not None else TicketKeys()
+        if cfg.session_ticket_keys is not None:
+            self.tickets = TicketKeys(configured=read_key(cfg.session_ticket_keys.keys[0]))
         self.sources = _Sources(cfg.common_tls_context, secrets, self._updated, cert_dir)
         self.certs: list[ServerCert] = []
         self._exact: dict[str, ServerCert] = {}
@@ -277,6 +276,12 @@ class ServerTls:
                 ctx.verify_mode = (ssl.CERT_REQUIRED if self.cfg.require_client_certificate
                                    else ssl.CERT_OPTIONAL)
             certs.append(ServerCert(pair.dns_names(), ctx, pair, path))
+        identity = b"".join([*(p.chain_pem for p, _ in self.sources.pairs()), ca_pem or b"",
+                             self.cfg.model_dump_json(exclude={"common_tls_context"}).encode()])
+        for sc in certs:
+            tickets.configure(sc.ctx, identity, self._ticket_key(),
+                              not self.cfg.disable_stateful_session_resumption,
+                              self.cfg.session_timeout)
         exact: dict[str, ServerCert] = {}
         wild: dict[str, ServerCert] = {}
         for sc in certs:
@@ -290,6 +295,17 @@ class ServerTls:
 
     def pairs(self) -> list[tuple[CertPair, str]]:
         return [(sc.pair, sc.path) for sc in self.certs]
+
+    def _ticket_key(self) -> bytes | None:
+        return None if self.cfg.disable_stateless_session_resumption else \
+            self.tickets.current()
+
+    def rotate_tickets(self) -> None:
+        """The ticket key of the period that begins now (every worker changes together)."""
+        key = self._ticket_key()
+        if key is not None:
+            for sc in self.certs:
+                tickets.rotate(sc.ctx, key)
 
     def close(self) -> None:
         self.sources.release()

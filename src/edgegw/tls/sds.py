@@ -35,6 +35,7 @@ from .secrets import (
     stable_materialize,
     validity_problem,
 )
+from .tickets import TicketKeys
 
 if TYPE_CHECKING:
     from .cert_dir import CertDirectory
@@ -216,6 +217,8 @@ class SecretManager:
         self.store = store
         self.xds = xds
         self.previous = previous
+        self.tickets = TicketKeys()
+        """The session ticket keys the server contexts share (the server's, once set)."""
         self.static = {s.name: s for s in boot.static_resources.secrets}
         self.subs: dict[tuple[str, str | None], Subscription] = {}
         self.cert_dirs: dict[str, CertDirectory] = {}

@@ -14,6 +14,7 @@ from .base import (
     RAW_BUFFER_TYPE,
     UPSTREAM_TLS_TYPE,
     Bool,
+    Duration,
     Msg,
     TypedMsg,
     by_type,
@@ -123,6 +124,11 @@ class Secret(Msg):
         return self
 
 
+class TlsSessionTicketKeys(Msg):
+    keys: list[DataSource] = Field(min_length=1)
+    """80 bytes each (``openssl rand 80``); the first one is used."""
+
+
 class DownstreamTlsContext(Msg):
     common_tls_context: CommonTlsContext = CommonTlsContext()
     require_client_certificate: Bool = False
@@ -130,8 +136,12 @@ class DownstreamTlsContext(Msg):
     """No session tickets (TLS 1.2 and 1.3): each connection makes a full handshake, as
     Envoy Gateway sets it."""
     disable_stateful_session_resumption: Bool = False
-    """No session cache (TLS 1.2 session IDs). edgegw keeps none either way (Python's ssl
-    resumes a server's sessions by tickets only), so this changes nothing."""
+    """No session cache (TLS 1.2 session IDs, each worker's own)."""
+    session_ticket_keys: TlsSessionTicketKeys | None = None
+    """Keys every worker (and every other node with the same keys) encrypts tickets with;
+    by default one made at start, shared by the workers and rotated every 12 hours."""
+    session_timeout: Duration | None = Field(default=None, ge=0)
+    """How long a session may be resumed (OpenSSL's default, 7200 s, when unset)."""
 
     @model_validator(mode="after")
     def _certs(self) -> DownstreamTlsContext:
