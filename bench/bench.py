@@ -8,6 +8,9 @@ reported, with every figure also as a ratio edgegw / peer.
   W2  full TLS handshakes, no session resumption (openssl s_time -new): connections/s and the
       proxy's own CPU time per handshake (from /proc), what matters when the client is the
       bottleneck, as it is on 2 cores
+  R1  connections that resume a session, one request each, from a client that offers its
+      last session every time (as a browser): connections/s (client-bound) and the proxy's
+      CPU time per connection; under 2 workers (R2), the share of them that resumed
   W3  1 MiB responses over keep-alive (wrk -c4): MB/s
   W4  idle TLS connections: 10,000 opened and held (how many the proxy kept) and the proxy's
       RSS per idle connection
@@ -640,6 +643,33 @@ class Bench:
         conns = int(m.group(1))
         return conns / self.seconds, cpu / max(conns, 1) * 1e6
 
+    def resumptions(self, name: str) -> tuple[float, float, float]:
+        """R1 and R2: for ``seconds``, new connections from a client that offers its last
+        session each time and sends one request (a browser's way; openssl s_time -reuse
+        sends none, or HTTP/1.0 with -www, which Envoy answers 426 and holds open).
+        Returns connections/s, the proxy's CPU µs per connection (all its processes) and
+        the % of connections that resumed."""
+        pid = self.procs[name].pid
+        cpu0 = cpu_seconds(pid)  # (with its children: the workers under R2)
+        ctx = ssl.create_default_context(cafile=str(self.work / "ca.pem"))
+        session, conns, reused = None, 0, 0
+        deadline = time.monotonic() + self.seconds
+        while time.monotonic() < deadline:
+            with socket.create_connection(("127.0.0.1", PORTS[name]), timeout=5) as raw:
+                raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # (a browser's)
+                with ctx.wrap_socket(raw, server_hostname="a.example.com",
+                                     session=session) as s:
+                    s.sendall(b"GET /small HTTP/1.1\r\nHost: a.example.com\r\n"
+                              b"Connection: close\r\n\r\n")
+                    while s.recv(65536):
+                        pass
+                    reused += s.session_reused
+                    session = s.session
+                conns += 1
+        cpu = cpu_seconds(pid) - cpu0
+        return conns / self.seconds, cpu / max(conns, 1) * 1e6, \
+            100.0 * reused / max(conns - 1, 1)
+
     def h2load(self, name: str) -> float:
         """HTTP/2 keep-alive: h2load, 4 connections of 32 concurrent streams; requests/s."""
         r = subprocess.run(
@@ -1037,11 +1067,14 @@ ROWS = [("W1 keep-alive req/s", "rps", "higher"), ("W1 p50 ms", "p50_ms", "lower
         ("W1 proxy CPU us/request", "cpu_us_per_req", "lower"),
         ("W2 handshakes/s (client-bound)", "handshakes_s", "higher"),
         ("W2 proxy CPU us/handshake", "cpu_us_per_handshake", "lower"),
+        ("R1 resumed conns/s (client-bound)", "resumed_s", "higher"),
+        ("R1 proxy CPU us/resumed conn", "cpu_us_per_resumed", "lower"),
         ("W3 1 MiB MB/s", "mb_s", "higher"),
         ("H2 keep-alive req/s (h2load)", "h2_rps", "higher"),
         ("WS messages/s (16 conns)", "ws_msgs", "higher"),
         ("WS proxy CPU us/message", "ws_cpu_us", "lower"),
         ("W4 idle TLS conns held", "idle_held", "higher"),
+        ("R2 resumptions resumed, 2 workers %", "resumed_pct_2w", "higher"),
         ("W4 RSS kB per idle TLS conn", "kb_per_idle", "lower"),
         ("W5 failed reqs (reload+rotation)", "w5_failed", "lower"),
         ("P1 passthrough 1 MiB MB/s (1 conn)", "pt_mb_s", "higher"),
@@ -1134,6 +1167,8 @@ def main() -> None:
                 w1_us = (cpu_seconds(b.procs[name].pid) - cpu0) / max(
                     w1["rps"] * b.seconds, 1) * 1e6
                 hs, cpu_us = b.handshakes(name)
+                rs, rs_cpu, _ = b.resumptions(name) if "R1" not in skip else \
+                    (float("nan"), float("nan"), float("nan"))
                 w3 = b.wrk(name, "/1m", 4)
                 h2 = b.h2load(name) if "H2" not in skip else float("nan")
                 ws, ws_cpu = b.websocket(name) if "WS" not in skip and name in WS_PROXIES \
@@ -1141,13 +1176,15 @@ def main() -> None:
                 for k, v in (("rps", w1["rps"]), ("p50_ms", w1["p50_ms"]),
                              ("p99_ms", w1["p99_ms"]), ("cpu_us_per_req", w1_us),
                              ("handshakes_s", hs),
-                             ("cpu_us_per_handshake", cpu_us), ("mb_s", w3["mb_s"]),
+                             ("cpu_us_per_handshake", cpu_us), ("resumed_s", rs),
+                             ("cpu_us_per_resumed", rs_cpu), ("mb_s", w3["mb_s"]),
                              ("h2_rps", h2), ("ws_msgs", ws), ("ws_cpu_us", ws_cpu)):
                     if v == v:
                         note(name, k, v)
                 print(f"rep {rep + 1} {name:8s} rps={w1['rps']:8.0f} p50={w1['p50_ms']:5.2f}ms "
                       f"p99={w1['p99_ms']:6.2f}ms cpu/req={w1_us:5.1f}us "
-                      f"hs/s={hs:6.0f} cpu/hs={cpu_us:5.0f}us "
+                      f"hs/s={hs:6.0f} cpu/hs={cpu_us:5.0f}us res/s={rs:6.0f} "
+                      f"cpu/res={rs_cpu:5.0f}us "
                       f"1MiB={w3['mb_s']:7.1f}MB/s h2={h2:8.0f} ws={ws:7.0f}/s "
                       f"ws_cpu={ws_cpu:5.1f}us", file=sys.stderr, flush=True)
                 b.stop(name)
@@ -1231,8 +1268,12 @@ def main() -> None:
                 b.start_proxy(name, workers=2)
                 rps2 = b.wrk(name, "/small", 64)["rps"]
                 note(name, "rps_all_cores", rps2)
-                note(name, "scaling", rps2 / statistics.median(runs[name]["rps"]))
-                print(f"2w {name:8s} rps={rps2:8.0f}", file=sys.stderr, flush=True)
+                if runs[name].get("rps"):
+                    note(name, "scaling", rps2 / statistics.median(runs[name]["rps"]))
+                share = b.resumptions(name)[2]
+                note(name, "resumed_pct_2w", share)
+                print(f"2w {name:8s} rps={rps2:8.0f} resumed={share:5.1f}%", file=sys.stderr,
+                      flush=True)
                 b.stop(name)
     finally:
         b.stop_all()
