@@ -405,6 +405,16 @@ def wait_serial(port: int, ca_file: Path, serial: int, within: float = 1.0) -> f
 
 
 @pytest.fixture
+def lab(tmp_path: Path, backends: Backends, certs: Path) -> Iterator:
+    """A user's directory (tests/helpers.py's Lab) in the test's tmp_path, stopped after."""
+    from .helpers import Lab
+
+    lab = Lab(tmp_path / "lab", backends, certs)
+    yield lab
+    lab.stop()
+
+
+@pytest.fixture
 def site(tmp_path: Path, ca: trustme.CA) -> Site:
     return Site(tmp_path / "site", ca)
 

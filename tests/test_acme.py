@@ -17,18 +17,11 @@ import httpx
 import pytest
 import trustme
 
-from .conftest import Backends, Proc, free_port, wait_for, wait_port
+from .conftest import Proc, free_port, wait_for, wait_port
 from .helpers import CHALLTESTSRV, EDGEGW, PEBBLE, Lab, Pebble, served
 
 pytestmark = pytest.mark.skipif(PEBBLE is None or CHALLTESTSRV is None,
                                 reason="Debian's pebble is missing (make sysdeps)")
-
-
-@pytest.fixture
-def lab(tmp_path: Path, backends: Backends, certs: Path) -> Iterator[Lab]:
-    lab = Lab(tmp_path / "lab", backends, certs)
-    yield lab
-    lab.stop()
 
 
 @pytest.fixture

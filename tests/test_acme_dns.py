@@ -18,7 +18,7 @@ import httpx
 import pytest
 from cryptography import x509
 
-from .conftest import ENVOY, Backends, Proc, free_port, wait_for
+from .conftest import ENVOY, Proc, free_port, wait_for
 from .dns_apis import CLOUDFLARE_TOKEN, HTTPREQ_USER, DnsApis
 from .helpers import PEBBLE, Lab, Pebble, served
 
@@ -87,13 +87,6 @@ def keygen() -> str:
     assert TSIG_KEYGEN
     return subprocess.run([TSIG_KEYGEN, "-a", "hmac-sha256", "acme-key"], check=True,
                           capture_output=True, text=True, timeout=10).stdout
-
-
-@pytest.fixture
-def lab(tmp_path: Path, backends: Backends, certs: Path) -> Iterator[Lab]:
-    lab = Lab(tmp_path / "lab", backends, certs)
-    yield lab
-    lab.stop()
 
 
 @pytest.fixture

@@ -7,25 +7,16 @@ from __future__ import annotations
 import base64
 import datetime
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 from cryptography import x509
 
 from .acme_server import AcmeServer, cert_id
-from .conftest import Backends, wait_for
+from .conftest import wait_for
 from .helpers import EDGEGW, Lab, served
 
 HMAC_KEY = b"an hmac key the CA gave out, 32+"
-
-
-@pytest.fixture
-def lab(tmp_path: Path, backends: Backends, certs: Path) -> Iterator[Lab]:
-    lab = Lab(tmp_path / "lab", backends, certs)
-    yield lab
-    lab.stop()
 
 
 def sites(lab: Lab, ca: AcmeServer, extra: str = "") -> str:
@@ -43,6 +34,16 @@ def certs_list(lab: Lab) -> str:
 
 def acme_status(lab: Lab) -> list[dict]:
     return httpx.get(f"http://127.0.0.1:{lab.admin}/status.json", timeout=5).json()["acme"]
+
+
+def first_certificate(lab: Lab, ca: AcmeServer) -> x509.Certificate:
+    """Starts the gateway on the sites file and waits for the certificate it obtains."""
+    lab.write(sites(lab, ca))
+    lab.run("-c", "sites.yaml", https=False)
+    wait_for(lambda: served(lab, "new.example.com", ca.issuer_file) is not None, timeout=30)
+    cert = served(lab, "new.example.com", ca.issuer_file)
+    assert cert is not None
+    return cert
 
 
 def test_an_external_account_binding_and_a_profile(lab: Lab, tmp_path: Path) -> None:
@@ -94,12 +95,7 @@ def test_renewal_info_brings_a_renewal_forward_and_the_order_names_what_it_repla
     says which certificate it replaces. Until then /status says the CA's window rules."""
     ca = AcmeServer(tmp_path / "ca")
     try:
-        lab.write(sites(lab, ca))
-        lab.run("-c", "sites.yaml", https=False)
-        wait_for(lambda: served(lab, "new.example.com", ca.issuer_file) is not None,
-                 timeout=30)
-        first = served(lab, "new.example.com", ca.issuer_file)
-        assert first is not None
+        first = first_certificate(lab, ca)
         wait_for(lambda: acme_status(lab)[0]["renewal_from"] == "ari", timeout=30)
         st = acme_status(lab)[0]
         assert st["renews_at"] < st["expires"]
@@ -129,12 +125,7 @@ def test_without_renewal_info_two_thirds_of_the_lifetime_rule(lab: Lab,
                                                              tmp_path: Path) -> None:
     ca = AcmeServer(tmp_path / "ca", ari=False)
     try:
-        lab.write(sites(lab, ca))
-        lab.run("-c", "sites.yaml", https=False)
-        wait_for(lambda: served(lab, "new.example.com", ca.issuer_file) is not None,
-                 timeout=30)
-        cert = served(lab, "new.example.com", ca.issuer_file)
-        assert cert is not None
+        cert = first_certificate(lab, ca)
         wait_for(lambda: acme_status(lab)[0]["renews_at"] != "", timeout=10)
         st = acme_status(lab)[0]
         start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
