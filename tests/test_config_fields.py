@@ -46,6 +46,8 @@ NEEDS_NO_READING = {
     "Locality.sub_zone": "as region",
     "Cluster.ignore_health_on_host_removal": "only true, what edgegw always does, is accepted",
     "Policy.typed_extension_config": "read through LoadBalancingPolicy's chosen property",
+    "HeaderMutation.most_specific_header_mutations_wins": "it orders Envoy's several levels "
+        "of per-route mutations; edgegw applies the most specific one only",
     "FilterConfig.is_optional": "it lets Envoy skip a per-route config of a type it does not "
                                 "know; one edgegw does not know is refused either way",
     "ApiConfigSource.transport_api_version": "only V3 (AUTO means V3 in Envoy 1.40)",

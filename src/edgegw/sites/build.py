@@ -25,7 +25,7 @@ from typing import Any
 from ..config.model import base as t
 from ..tls.cert_dir import candidates, on_disk
 from .inputs import ca_problem, certificate_problem, has_bcrypt, users_problem
-from .model import ControlPlane, Site, SitesFile, Upstream, Url
+from .model import SECURITY_HEADERS, ControlPlane, Site, SitesFile, Upstream, Url
 
 SYSTEM_CA = "/etc/ssl/certs/ca-certificates.crt"
 CONTROL_PLANE = "xds_control_plane"
@@ -243,7 +243,7 @@ class Builder:
         other = {"name": "other_sites", "domains": ["*"], "routes": [
             {"match": {"prefix": "/"}, "direct_response": {"status": 421, "body": {
                 "inline_string": "Misdirected Request"}}}]}
-        filters = [*self._access_filters(name, site),
+        filters = [*self._access_filters(name, site), *self._security_headers(site),
                    {"name": "envoy.filters.http.router", "typed_config": _typed(t.ROUTER_TYPE)}]
         return {"name": "envoy.filters.network.http_connection_manager",
                 "typed_config": _typed(
@@ -301,6 +301,20 @@ class Builder:
         routes.append({"match": {"prefix": "/"},
                        "route": {"cluster": cluster_name(name), "timeout": "0s"}})
         return routes
+
+    def _security_headers(self, site: Site) -> list[dict[str, Any]]:
+        """security_headers: a header_mutation filter adding each one a response lacks."""
+        wanted = site.security_headers if site.security_headers is not None \
+            else self.sites.security_headers
+        if not wanted:
+            return []
+        headers = {**SECURITY_HEADERS, **({k.lower(): v for k, v in wanted.items()}
+                                          if isinstance(wanted, dict) else {})}
+        mutations = [{"append": {"header": {"key": k, "value": v},
+                                 "append_action": "ADD_IF_ABSENT"}}
+                     for k, v in headers.items() if v is not None]
+        return [{"name": "envoy.filters.http.header_mutation", "typed_config": _typed(
+            t.HEADER_MUTATION_TYPE, mutations={"response_mutations": mutations})}]
 
     def _access_filters(self, name: str, site: Site) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []

@@ -194,6 +194,20 @@ def _seconds(value: Any) -> Any:
     return f"{seconds:g}s"
 
 
+SECURITY_HEADERS = {
+    "strict-transport-security": "max-age=31536000",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "strict-origin-when-cross-origin",
+    "x-frame-options": "SAMEORIGIN",
+}
+"""What ``security_headers: true`` adds to every response that lacks them (HSTS without
+includeSubDomains: a subdomain may not speak HTTPS)."""
+
+SecurityHeaders = bool | dict[str, str | None]
+"""``true``, or the headers to change: a value replaces the default, ``null`` drops it, and
+any other header is added."""
+
+
 class Site(Upstream):
     idle_timeout: Annotated[str, BeforeValidator(_seconds)] = "300s"
     """How long a request or WebSocket may stay silent both ways before it is closed (``0``:
@@ -203,6 +217,9 @@ class Site(Upstream):
     passthrough: bool = False
     request_headers: dict[str, str] = {}
     response_headers: dict[str, str] = {}
+    security_headers: SecurityHeaders | None = None
+    """HSTS, X-Content-Type-Options, Referrer-Policy and X-Frame-Options on every response
+    (edgegw's own replies too) that lacks them; default: the file's ``security_headers``."""
     paths: dict[str, Annotated[PathRoute, BeforeValidator(_short)]] = {}
     health_path: str | None = None
     """With several upstreams, an HTTP path to check (default: a TCP connect)."""
@@ -213,7 +230,8 @@ class Site(Upstream):
         if len(schemes) > 1:
             raise ValueError("the upstreams of one site must share one scheme")
         if self.passthrough:
-            if self.auth or self.paths or self.request_headers or self.response_headers:
+            if self.auth or self.paths or self.request_headers or self.response_headers \
+                    or self.security_headers:
                 raise ValueError("a passthrough site forwards TLS unopened: it can have "
                                  "'allow', but no 'auth', 'paths' or headers")
         elif "tcp" in schemes:
@@ -328,6 +346,9 @@ class SitesFile(SitesMsg):
     """One line per request to stdout (time, site, client, request, status, duration,
     upstream, response flags and the cause of a failure); ``json``: the same as JSON lines;
     ``off``; or a file path to write the lines to."""
+    security_headers: SecurityHeaders = False
+    """``true`` (or the headers to change) for every site: see a site's
+    ``security_headers``."""
     status: Annotated[StatusSite | None, BeforeValidator(_status)] = None
     """``status.example.com``, or ``{name, allow, auth}``: the status page (``/status`` and
     ``/status.json`` only) served on that name, like a site."""

@@ -27,6 +27,7 @@ from .route import (
     RBAC,
     BasicAuth,
     ExtAuthz,
+    HeaderMutation,
     HTTPFault,
     HttpFilterConfig,
     HttpStatus,
@@ -58,7 +59,7 @@ class HttpFilter(Msg):
         if isinstance(v, dict) and "typed_config" not in v and v.get("name") in (
                 "envoy.filters.http.fault", "envoy.filters.http.local_ratelimit",
                 "envoy.filters.http.rbac", "envoy.filters.http.basic_auth",
-                "envoy.filters.http.ext_authz"):
+                "envoy.filters.http.ext_authz", "envoy.filters.http.header_mutation"):
             raise PydanticCustomError("missing_typed_config",
                                       "HTTP filter '{name}' needs a typed_config", v)
         return named_filter(v, ("envoy.filters.http.router", "envoy.router"), "HTTP filter",
@@ -72,7 +73,8 @@ class HttpFilter(Msg):
                 "local_ratelimit" if isinstance(c, LocalRateLimit) else
                 "rbac" if isinstance(c, RBAC) else
                 "basic_auth" if isinstance(c, BasicAuth) else
-                "ext_authz" if isinstance(c, ExtAuthz) else "router")
+                "ext_authz" if isinstance(c, ExtAuthz) else
+                "header_mutation" if isinstance(c, HeaderMutation) else "router")
 
 
 class SubstitutionFormatString(Msg):

@@ -15,6 +15,8 @@ from .base import (
     EXT_AUTHZ_TYPE,
     FAULT_TYPE,
     FILTER_CONFIG_TYPE,
+    HEADER_MUTATION_PER_ROUTE_TYPE,
+    HEADER_MUTATION_TYPE,
     LOCAL_RATELIMIT_TYPE,
     RBAC_PER_ROUTE_TYPE,
     RBAC_TYPE,
@@ -509,18 +511,52 @@ class ExtAuthzPerRoute(TypedMsg):
     disabled: Bool = False
 
 
+class HeaderMutationRule(Msg):
+    """config.common.mutation_rules.v3.HeaderMutation: remove one header, or add one."""
+
+    remove: str | None = None
+    append: HeaderValueOption | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> HeaderMutationRule:
+        one_of(self, ("remove", "append"))
+        return self
+
+
+class HeaderMutationLists(Msg):
+    request_mutations: list[HeaderMutationRule] = []
+    response_mutations: list[HeaderMutationRule] = []
+
+
+class HeaderMutation(TypedMsg):
+    """envoy.filters.http.header_mutation: request and response headers changed in order,
+    the filter's first, then a route's HeaderMutationPerRoute."""
+
+    mutations: HeaderMutationLists = HeaderMutationLists()
+    most_specific_header_mutations_wins: Bool = False
+    """Orders Envoy's several levels of HeaderMutationPerRoute (route table, virtual host,
+    route); edgegw reads the most specific one only, so this changes nothing."""
+
+
+class HeaderMutationPerRoute(TypedMsg):
+    mutations: HeaderMutationLists = HeaderMutationLists()
+
+
 if TYPE_CHECKING:  # what the discriminated unions below hold, for the type checker
-    HttpFilterConfig = Router | HTTPFault | LocalRateLimit | RBAC | BasicAuth | ExtAuthz
+    HttpFilterConfig = Router | HTTPFault | LocalRateLimit | RBAC | BasicAuth | ExtAuthz | \
+        HeaderMutation
     FilterPerRoute = HTTPFault | LocalRateLimit | RBACPerRoute | BasicAuthPerRoute | \
-        ExtAuthzPerRoute
+        ExtAuthzPerRoute | HeaderMutationPerRoute
 else:
     HttpFilterConfig = by_type((ROUTER_TYPE, Router), (FAULT_TYPE, HTTPFault),
                                 (LOCAL_RATELIMIT_TYPE, LocalRateLimit), (RBAC_TYPE, RBAC),
-                                (BASIC_AUTH_TYPE, BasicAuth), (EXT_AUTHZ_TYPE, ExtAuthz))
+                                (BASIC_AUTH_TYPE, BasicAuth), (EXT_AUTHZ_TYPE, ExtAuthz),
+                                (HEADER_MUTATION_TYPE, HeaderMutation))
     FilterPerRoute = by_type((FAULT_TYPE, HTTPFault), (LOCAL_RATELIMIT_TYPE, LocalRateLimit),
                              (RBAC_PER_ROUTE_TYPE, RBACPerRoute),
                              (BASIC_AUTH_PER_ROUTE_TYPE, BasicAuthPerRoute),
-                             (EXT_AUTHZ_PER_ROUTE_TYPE, ExtAuthzPerRoute))
+                             (EXT_AUTHZ_PER_ROUTE_TYPE, ExtAuthzPerRoute),
+                             (HEADER_MUTATION_PER_ROUTE_TYPE, HeaderMutationPerRoute))
 
 
 class FilterConfig(TypedMsg):
@@ -558,6 +594,7 @@ else:
                               (RBAC_PER_ROUTE_TYPE, RBACPerRoute),
                               (BASIC_AUTH_PER_ROUTE_TYPE, BasicAuthPerRoute),
                               (EXT_AUTHZ_PER_ROUTE_TYPE, ExtAuthzPerRoute),
+                              (HEADER_MUTATION_PER_ROUTE_TYPE, HeaderMutationPerRoute),
                               (FILTER_CONFIG_TYPE, FilterConfig))
 
 
