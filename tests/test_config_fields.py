@@ -14,13 +14,13 @@ from .conftest import PACKAGE, ROOT
 
 NEEDS_NO_READING = {
     "RegexMatcher.google_re2": "an empty marker in Envoy; it holds no setting",
+    "RuntimeUInt32.runtime_key": "no runtime layer, so Envoy's default_value applies",
     "RuntimeFractionalPercent.runtime_key": "no runtime layer, so Envoy's default_value "
                                             "applies, as in Envoy without a runtime",
     "WeightedCluster.total_weight": "checked at load against the weights",
     "RetryPolicy.retry_on": "parsed at load into the model's retry conditions",
     "RouteConfiguration.validate_clusters": "only true is accepted: clusters are checked",
     "AccessLogSink.log_format": "read through the model's format property",
-    "SubstitutionFormatString.content_type": "Envoy ignores it in access logs too",
     "InternalAddressConfig.unix_sockets": "edgegw listens on no Unix socket",
     "RingHashLbConfig.hash_function": "only XX_HASH is accepted",
     "OutlierDetection.split_external_local_origin_errors": "only false is accepted",

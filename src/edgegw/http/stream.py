@@ -332,6 +332,10 @@ class Stream:
             self.reset_stream()
             return
         headers: Headers = list(extra or [])
+        kind = None
+        if self.hcm.local_reply is not None and not self.grpc:
+            status, body, kind = self.hcm.local_reply.rewrite(status, body, self.info,
+                                                              self.headers, headers)
         if mutate and self.info.route is not None:
             for mut in self.info.route.mutations:
                 mut.response.apply(headers, self.info.expand)
@@ -342,7 +346,7 @@ class Stream:
             status, body = grpc_local_reply(status, body, headers, grpc_status)
         elif body:
             headers[:0] = [(b"content-length", b"%d" % len(body)),
-                           (b"content-type", b"text/plain")]
+                           (b"content-type", kind or b"text/plain")]
         headers.append((b"date", http_date()))
         if self.hcm.server_header != "PASS_THROUGH":
             headers.append((b"server", self.hcm.server_name))

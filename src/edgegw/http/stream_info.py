@@ -93,6 +93,8 @@ class StreamInfo:
     host: Host | None = None
     """The host of the latest attempt (what access logs and counters name)."""
     response_headers: Headers | None = None
+    local_reply_body = ""
+    """%LOCAL_REPLY_BODY%: a local reply's body, as local_reply_config formats it."""
 
     def __init__(self, downstream: ConnectionInfo, protocol: str | None,
                  request: RequestHead | None = None) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 from ..config.model import base as t
 from ..tls.cert_dir import candidates, on_disk
 from .inputs import ca_problem, certificate_problem, has_bcrypt, users_problem
-from .model import SECURITY_HEADERS, ControlPlane, Site, SitesFile, Upstream, Url
+from .model import SECURITY_HEADERS, STARTING_PAGE, ControlPlane, Site, SitesFile, Upstream, Url
 
 SYSTEM_CA = "/etc/ssl/certs/ca-certificates.crt"
 CONTROL_PLANE = "xds_control_plane"
@@ -252,7 +252,7 @@ class Builder:
                     request_headers_timeout="10s", stream_idle_timeout=site.idle_timeout,
                     upgrade_configs=[{"upgrade_type": "websocket"}],
                     http2_protocol_options=EDGE_HTTP2,
-                    http_filters=filters,
+                    http_filters=filters, **self._error_pages(site),
                     route_config={"name": cluster_name(name), "ignore_port_in_host_matching": True,
                                   "virtual_hosts": [vhost, other]})}
 
@@ -301,6 +301,21 @@ class Builder:
         routes.append({"match": {"prefix": "/"},
                        "route": {"cluster": cluster_name(name), "timeout": "0s"}})
         return routes
+
+    def _error_pages(self, site: Site) -> dict[str, Any]:
+        """error_pages: local_reply_config, a mapper per status code."""
+        pages = {**self.sites.error_pages, **site.error_pages}
+        if not pages:
+            return {}
+        mappers = [{"filter": {"status_code_filter": {"comparison": {
+                        "op": "EQ", "value": {"default_value": code,
+                                              "runtime_key": f"error_page_{code}"}}}},
+                    "body": {"inline_string": STARTING_PAGE} if page == "starting"
+                    else {"filename": page},
+                    "body_format_override": {"text_format": "%LOCAL_REPLY_BODY%",
+                                             "content_type": "text/html; charset=UTF-8"}}
+                   for code, page in sorted(pages.items())]
+        return {"local_reply_config": {"mappers": mappers}}
 
     def _security_headers(self, site: Site) -> list[dict[str, Any]]:
         """security_headers: a header_mutation filter adding each one a response lacks."""

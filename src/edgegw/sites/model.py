@@ -203,6 +203,34 @@ SECURITY_HEADERS = {
 """What ``security_headers: true`` adds to every response that lacks them (HSTS without
 includeSubDomains: a subdomain may not speak HTTPS)."""
 
+STARTING_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Starting…</title><style>body{font:16px system-ui,sans-serif;margin:20vh auto;
+max-width:32em;text-align:center;color:#333}</style></head>
+<body><h1>This service is starting</h1>
+<p>It is not answering yet. This page tries again every 5 seconds.</p></body></html>
+"""
+"""``error_pages: {503: starting}``: a page that reloads itself, with nothing from elsewhere."""
+
+
+def _error_pages(value: Any) -> Any:
+    if not isinstance(value, dict):
+        raise ValueError("error_pages maps status codes to HTML files, e.g. "
+                         "{503: pages/starting.html}, or to 'starting' for the built-in page")
+    for code, page in value.items():
+        if not isinstance(code, int) or not 400 <= code <= 599:
+            raise ValueError(f"error_pages: {code!r} is not a status code from 400 to 599")
+        if page != "starting" and not (isinstance(page, str) and os.path.isfile(page)):
+            raise ValueError(f"error_pages: {page!r} is not a file (relative paths start "
+                             f"where the gateway runs: {os.getcwd()}), nor 'starting'")
+    return value
+
+
+ErrorPages = Annotated[dict[int, str], BeforeValidator(_error_pages)]
+"""Status code → an HTML file, or ``starting``: the page the gateway's own replies with that
+status get (no healthy backend, a backend that refuses connections, a timeout …)."""
+
 SecurityHeaders = bool | dict[str, str | None]
 """``true``, or the headers to change: a value replaces the default, ``null`` drops it, and
 any other header is added."""
@@ -220,6 +248,8 @@ class Site(Upstream):
     security_headers: SecurityHeaders | None = None
     """HSTS, X-Content-Type-Options, Referrer-Policy and X-Frame-Options on every response
     (edgegw's own replies too) that lacks them; default: the file's ``security_headers``."""
+    error_pages: ErrorPages = {}
+    """Pages for the gateway's own replies, over the file's ``error_pages``."""
     paths: dict[str, Annotated[PathRoute, BeforeValidator(_short)]] = {}
     health_path: str | None = None
     """With several upstreams, an HTTP path to check (default: a TCP connect)."""
@@ -231,7 +261,7 @@ class Site(Upstream):
             raise ValueError("the upstreams of one site must share one scheme")
         if self.passthrough:
             if self.auth or self.paths or self.request_headers or self.response_headers \
-                    or self.security_headers:
+                    or self.security_headers or self.error_pages:
                 raise ValueError("a passthrough site forwards TLS unopened: it can have "
                                  "'allow', but no 'auth', 'paths' or headers")
         elif "tcp" in schemes:
@@ -349,6 +379,9 @@ class SitesFile(SitesMsg):
     security_headers: SecurityHeaders = False
     """``true`` (or the headers to change) for every site: see a site's
     ``security_headers``."""
+    error_pages: ErrorPages = {}
+    """``{503: starting, 502: pages/down.html}``: pages for the gateway's own replies with
+    those statuses (no healthy backend, a refused connection, a timeout), for every site."""
     status: Annotated[StatusSite | None, BeforeValidator(_status)] = None
     """``status.example.com``, or ``{name, allow, auth}``: the status page (``/status`` and
     ``/status.json`` only) served on that name, like a site."""

@@ -22,11 +22,19 @@ from .base import (
     named_filter,
     one_of,
 )
-from .core import CidrRange, ConfigSource, DataSource, Http2ProtocolOptions, HttpProtocolOptions
+from .core import (
+    CidrRange,
+    ConfigSource,
+    DataSource,
+    HeaderValueOption,
+    Http2ProtocolOptions,
+    HttpProtocolOptions,
+)
 from .route import (
     RBAC,
     BasicAuth,
     ExtAuthz,
+    HeaderMatcher,
     HeaderMutation,
     HTTPFault,
     HttpFilterConfig,
@@ -172,6 +180,70 @@ class OriginalIpDetection(Msg):
     typed_config: IpDetectionConfig
 
 
+class RuntimeUInt32(Msg):
+    default_value: UInt32 = 0
+    runtime_key: str = ""
+
+
+class ComparisonFilter(Msg):
+    op: Literal["EQ", "GE", "LE"] = "EQ"
+    value: RuntimeUInt32 = RuntimeUInt32()
+
+
+class StatusCodeFilter(Msg):
+    comparison: ComparisonFilter
+
+
+class ResponseFlagFilter(Msg):
+    flags: list[str] = []
+    """Envoy's short flags (``UH``, ``UF`` …); none: any flag."""
+
+
+class HeaderFilter(Msg):
+    header: HeaderMatcher
+
+
+class FilterList(Msg):
+    filters: list[AccessLogFilter] = Field(min_length=2)
+
+
+class AccessLogFilter(Msg):
+    """config.accesslog.v3.AccessLogFilter, the kinds a local reply mapper needs."""
+
+    status_code_filter: StatusCodeFilter | None = None
+    response_flag_filter: ResponseFlagFilter | None = None
+    header_filter: HeaderFilter | None = None
+    and_filter: FilterList | None = None
+    or_filter: FilterList | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> AccessLogFilter:
+        one_of(self, ("status_code_filter", "response_flag_filter", "header_filter",
+                      "and_filter", "or_filter"))
+        return self
+
+
+FilterList.model_rebuild()
+
+
+class ResponseMapper(Msg):
+    """A local reply that ``filter`` matches gets this status, body and headers."""
+
+    filter: AccessLogFilter
+    status_code: UInt32 | None = Field(default=None, ge=200, lt=600)
+    body: DataSource | None = None
+    body_format_override: SubstitutionFormatString | None = None
+    headers_to_add: list[HeaderValueOption] = Field(default=[], max_length=1000)
+
+
+class LocalReplyConfig(Msg):
+    """The replies edgegw makes itself (no route, no healthy upstream, timeouts …),
+    rewritten by the first mapper that matches, then formatted by ``body_format``."""
+
+    mappers: list[ResponseMapper] = []
+    body_format: SubstitutionFormatString | None = None
+
+
 class HttpConnectionManager(TypedMsg):
     stat_prefix: str = Field(min_length=1)
     codec_type: Literal["AUTO", "HTTP1", "HTTP2"] = "AUTO"
@@ -179,6 +251,7 @@ class HttpConnectionManager(TypedMsg):
     rds: Rds | None = None
     http_filters: list[HttpFilter] = []
     access_log: list[AccessLog] = []
+    local_reply_config: LocalReplyConfig | None = None
     use_remote_address: Bool = False
     xff_num_trusted_hops: UInt32 = Field(default=0, ge=0)
     skip_xff_append: Bool = False
