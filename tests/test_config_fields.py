@@ -14,6 +14,12 @@ from .conftest import PACKAGE, ROOT
 
 NEEDS_NO_READING = {
     "RegexMatcher.google_re2": "an empty marker in Envoy; it holds no setting",
+    "RuntimeFeatureFlag.runtime_key": "no runtime layer, so Envoy's default_value applies",
+    "Gzip.chunk_size": "Envoy's output buffer size; edgegw passes each flushed piece whole",
+    "Brotli.chunk_size": "Envoy's output buffer size; edgegw passes each flushed piece whole",
+    "Zstd.chunk_size": "Envoy's output buffer size; edgegw passes each flushed piece whole",
+    "Brotli.disable_literal_context_modeling": "refused when true: the brotli binding has no "
+                                               "such switch",
     "RuntimeUInt32.runtime_key": "no runtime layer, so Envoy's default_value applies",
     "RuntimeFractionalPercent.runtime_key": "no runtime layer, so Envoy's default_value "
                                             "applies, as in Envoy without a runtime",

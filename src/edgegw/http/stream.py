@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..matchers import first_header
 from ..tls.cert_dir import covers
 from .codec import Headers, RequestHead, ResponseEncoder, http_date
-from .filter import Downstream
+from .filter import Downstream, ResponseTransform
 from .grpc import grpc_local_reply, stream_deadline
 from .head_checks import check_head
 from .path import Outcome
@@ -67,6 +67,9 @@ class Stream:
     pause_handle: asyncio.TimerHandle | None = None
     pause_abandoned: Callable[[], None] | None = None
     response_hooks: tuple[Callable[[Headers], None], ...] = ()
+    transforms: tuple[ResponseTransform, ...] = ()
+    """What filters do to the response body (the compressor), in the filters' order."""
+    shared: dict[str, Any] | None = None
     """Filters' additions to the response headers (e.g. x-ratelimit-*)."""
     deadline = 0.0
     """When the router's route timeout runs out (0: not armed)."""
@@ -295,6 +298,16 @@ class Stream:
     def add_response_hook(self, hook: Callable[[Headers], None]) -> None:
         self.response_hooks = (*self.response_hooks, hook)
 
+    def add_response_transform(self, transform: ResponseTransform) -> None:
+        self.transforms = (*self.transforms, transform)
+
+    @property
+    def filter_state(self) -> dict[str, Any]:
+        """What the filters of this stream share (Envoy's FilterState)."""
+        if self.shared is None:
+            self.shared = {}
+        return self.shared
+
     @property
     def clusters(self) -> ClusterManager:
         return self.hcm.clusters
@@ -377,6 +390,8 @@ class Stream:
             headers.append((b"server", self.hcm.server_name))
         for hook in self.response_hooks:
             hook(headers)
+        for t in self.transforms:
+            t.headers(status, headers, end_stream)
         self.info.code = status
         self.response_started = True
         self.info.response_headers = headers
@@ -392,6 +407,8 @@ class Stream:
     def encode_data(self, data: bytes, end_stream: bool) -> None:
         if self.response_done:
             return
+        for t in self.transforms:
+            data = t.data(data, end_stream)
         if data:
             self.info.bytes_sent += len(data)
             self.conn.last_activity = time.monotonic()
@@ -404,6 +421,10 @@ class Stream:
     def encode_trailers(self, trailers: Headers) -> None:
         if self.response_done:
             return
+        for t in self.transforms:
+            tail = t.data(b"", True)
+            if tail:
+                self.encoder.encode_data(tail, False)
         self.encoder.encode_trailers(trailers)
         self.finish()
 

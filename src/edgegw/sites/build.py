@@ -244,6 +244,7 @@ class Builder:
             {"match": {"prefix": "/"}, "direct_response": {"status": 421, "body": {
                 "inline_string": "Misdirected Request"}}}]}
         filters = [*self._access_filters(name, site), *self._security_headers(site),
+                   *self._compressors(site),
                    {"name": "envoy.filters.http.router", "typed_config": _typed(t.ROUTER_TYPE)}]
         return {"name": "envoy.filters.network.http_connection_manager",
                 "typed_config": _typed(
@@ -301,6 +302,17 @@ class Builder:
         routes.append({"match": {"prefix": "/"},
                        "route": {"cluster": cluster_name(name), "timeout": "0s"}})
         return routes
+
+    def _compressors(self, site: Site) -> list[dict[str, Any]]:
+        """compress: a compressor filter per library, zstd first (what ``*`` gets, and what
+        wins a tie: browsers send ``gzip, deflate, br, zstd``, all at q=1)."""
+        if not (site.compress if site.compress is not None else self.sites.compress):
+            return []
+        return [{"name": f"envoy.filters.http.compressor.{lib}", "typed_config": _typed(
+            t.COMPRESSOR_TYPE, compressor_library={"name": lib, "typed_config": _typed(url)},
+            **({"choose_first": True} if lib == "zstd" else {}))}
+            for lib, url in (("zstd", t.ZSTD_TYPE), ("brotli", t.BROTLI_TYPE),
+                             ("gzip", t.GZIP_TYPE))]
 
     def _error_pages(self, site: Site) -> dict[str, Any]:
         """error_pages: local_reply_config, a mapper per status code."""

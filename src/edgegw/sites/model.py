@@ -250,6 +250,9 @@ class Site(Upstream):
     (edgegw's own replies too) that lacks them; default: the file's ``security_headers``."""
     error_pages: ErrorPages = {}
     """Pages for the gateway's own replies, over the file's ``error_pages``."""
+    compress: bool | None = None
+    """Compress responses (zstd, br or gzip, as the client prefers); default: the file's
+    ``compress``."""
     paths: dict[str, Annotated[PathRoute, BeforeValidator(_short)]] = {}
     health_path: str | None = None
     """With several upstreams, an HTTP path to check (default: a TCP connect)."""
@@ -261,7 +264,7 @@ class Site(Upstream):
             raise ValueError("the upstreams of one site must share one scheme")
         if self.passthrough:
             if self.auth or self.paths or self.request_headers or self.response_headers \
-                    or self.security_headers or self.error_pages:
+                    or self.security_headers or self.error_pages or self.compress:
                 raise ValueError("a passthrough site forwards TLS unopened: it can have "
                                  "'allow', but no 'auth', 'paths' or headers")
         elif "tcp" in schemes:
@@ -382,6 +385,9 @@ class SitesFile(SitesMsg):
     error_pages: ErrorPages = {}
     """``{503: starting, 502: pages/down.html}``: pages for the gateway's own replies with
     those statuses (no healthy backend, a refused connection, a timeout), for every site."""
+    compress: bool = False
+    """Compress every site's text responses (zstd, br or gzip); off by default (BREACH:
+    see docs/sites.md)."""
     status: Annotated[StatusSite | None, BeforeValidator(_status)] = None
     """``status.example.com``, or ``{name, allow, auth}``: the status page (``/status`` and
     ``/status.json`` only) served on that name, like a site."""

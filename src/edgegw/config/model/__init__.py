@@ -124,13 +124,17 @@ from .listener import (
     TlsInspector,
 )
 from .route import (
+    GZIP_LEVELS,
     PREVIOUS_HOSTS,
     PREVIOUS_HOSTS_TYPE,
     RBAC,
     RETRY_ON,
     BasicAuth,
     BasicAuthPerRoute,
+    Brotli,
     ClusterWeight,
+    Compressor,
+    CompressorPerRoute,
     DirectResponseAction,
     ExtAuthz,
     ExtAuthzPerRoute,
@@ -139,6 +143,7 @@ from .route import (
     FilterConfig,
     FilterPerRoute,
     FractionalPercent,
+    Gzip,
     HashConnectionProperties,
     HashCookie,
     HashHeader,
@@ -180,6 +185,7 @@ from .route import (
     UpgradeConfig,
     VirtualHost,
     WeightedCluster,
+    Zstd,
 )
 from .tcp import TcpHashPolicy, TcpProxy
 from .tls import (
@@ -202,7 +208,13 @@ from .tls import (
 __all__ = [
     "ExtAuthz",
     "ExtAuthzPerRoute",
+    "Brotli",
+    "Compressor",
+    "CompressorPerRoute",
+    "GZIP_LEVELS",
+    "Gzip",
     "HeaderMutation",
+    "Zstd",
     "HeaderMutationLists",
     "HeaderMutationPerRoute",
     "HeaderMutationRule",

@@ -33,6 +33,7 @@ from .core import (
 from .route import (
     RBAC,
     BasicAuth,
+    Compressor,
     ExtAuthz,
     HeaderMatcher,
     HeaderMutation,
@@ -67,7 +68,8 @@ class HttpFilter(Msg):
         if isinstance(v, dict) and "typed_config" not in v and v.get("name") in (
                 "envoy.filters.http.fault", "envoy.filters.http.local_ratelimit",
                 "envoy.filters.http.rbac", "envoy.filters.http.basic_auth",
-                "envoy.filters.http.ext_authz", "envoy.filters.http.header_mutation"):
+                "envoy.filters.http.ext_authz", "envoy.filters.http.header_mutation",
+                "envoy.filters.http.compressor"):
             raise PydanticCustomError("missing_typed_config",
                                       "HTTP filter '{name}' needs a typed_config", v)
         return named_filter(v, ("envoy.filters.http.router", "envoy.router"), "HTTP filter",
@@ -82,7 +84,8 @@ class HttpFilter(Msg):
                 "rbac" if isinstance(c, RBAC) else
                 "basic_auth" if isinstance(c, BasicAuth) else
                 "ext_authz" if isinstance(c, ExtAuthz) else
-                "header_mutation" if isinstance(c, HeaderMutation) else "router")
+                "header_mutation" if isinstance(c, HeaderMutation) else
+                "compressor" if isinstance(c, Compressor) else "router")
 
 
 class SubstitutionFormatString(Msg):

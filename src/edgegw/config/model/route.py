@@ -11,16 +11,21 @@ from pydantic_core import PydanticCustomError
 from .base import (
     BASIC_AUTH_PER_ROUTE_TYPE,
     BASIC_AUTH_TYPE,
+    BROTLI_TYPE,
+    COMPRESSOR_PER_ROUTE_TYPE,
+    COMPRESSOR_TYPE,
     EXT_AUTHZ_PER_ROUTE_TYPE,
     EXT_AUTHZ_TYPE,
     FAULT_TYPE,
     FILTER_CONFIG_TYPE,
+    GZIP_TYPE,
     HEADER_MUTATION_PER_ROUTE_TYPE,
     HEADER_MUTATION_TYPE,
     LOCAL_RATELIMIT_TYPE,
     RBAC_PER_ROUTE_TYPE,
     RBAC_TYPE,
     ROUTER_TYPE,
+    ZSTD_TYPE,
     Bool,
     Duration,
     Msg,
@@ -542,21 +547,109 @@ class HeaderMutationPerRoute(TypedMsg):
     mutations: HeaderMutationLists = HeaderMutationLists()
 
 
+GZIP_LEVELS = {"DEFAULT_COMPRESSION": 6, "BEST_SPEED": 1, "BEST_COMPRESSION": 9,
+               **{f"COMPRESSION_LEVEL_{n}": n for n in range(1, 10)}}
+
+
+class Gzip(TypedMsg):
+    """envoy.compression.gzip.compressor, with Envoy's defaults (zlib)."""
+
+    memory_level: UInt32 = Field(default=5, ge=1, le=9)
+    compression_level: Literal[tuple(GZIP_LEVELS)] = "DEFAULT_COMPRESSION"  # type: ignore[valid-type]
+    compression_strategy: Literal["DEFAULT_STRATEGY", "FILTERED", "HUFFMAN_ONLY", "RLE",
+                                  "FIXED"] = "DEFAULT_STRATEGY"
+    window_bits: UInt32 = Field(default=12, ge=9, le=15)
+    chunk_size: UInt32 = Field(default=4096, ge=4096, le=65536)
+
+
+class Brotli(TypedMsg):
+    """envoy.compression.brotli.compressor, with Envoy's defaults."""
+
+    quality: UInt32 = Field(default=3, le=11)
+    encoder_mode: Literal["DEFAULT", "GENERIC", "TEXT", "FONT"] = "DEFAULT"
+    window_bits: UInt32 = Field(default=18, ge=10, le=24)
+    input_block_bits: UInt32 = Field(default=24, ge=16, le=24)
+    chunk_size: UInt32 = Field(default=4096, ge=4096, le=65536)
+    disable_literal_context_modeling: Bool = False
+
+    @model_validator(mode="after")
+    def _literal_modeling(self) -> Brotli:
+        if self.disable_literal_context_modeling:
+            raise ValueError("disable_literal_context_modeling is not supported by edgegw "
+                             "(the brotli binding has no such switch)")
+        return self
+
+
+class Zstd(TypedMsg):
+    """envoy.compression.zstd.compressor, with Envoy's defaults."""
+
+    compression_level: UInt32 = 3
+    enable_checksum: Bool = False
+    chunk_size: UInt32 = Field(default=4096, ge=4096, le=65536)
+
+
+if TYPE_CHECKING:
+    CompressorLibraryConfig = Gzip | Brotli | Zstd
+else:
+    CompressorLibraryConfig = by_type((GZIP_TYPE, Gzip), (BROTLI_TYPE, Brotli),
+                                      (ZSTD_TYPE, Zstd))
+
+
+class CompressorLibrary(Msg):
+    name: str = Field(min_length=1)
+    typed_config: CompressorLibraryConfig
+
+
+class RuntimeFeatureFlag(Msg):
+    default_value: Bool = True
+    runtime_key: str = ""
+
+
+class CommonDirectionConfig(Msg):
+    enabled: RuntimeFeatureFlag = RuntimeFeatureFlag()
+    min_content_length: UInt32 = 30
+    content_type: list[str] = []
+    """Envoy's list when empty (text, JSON, JavaScript, XML, SVG; not text/event-stream)."""
+
+
+class ResponseDirectionConfig(Msg):
+    common_config: CommonDirectionConfig = CommonDirectionConfig()
+    disable_on_etag_header: Bool = False
+    remove_accept_encoding_header: Bool = False
+    uncompressible_response_codes: list[Annotated[int, Field(ge=200, lt=600)]] = []
+
+
+class Compressor(TypedMsg):
+    """envoy.filters.http.compressor: responses compressed with the library the client
+    prefers among the chain's compressors (one filter per library, as in Envoy)."""
+
+    compressor_library: CompressorLibrary
+    response_direction_config: ResponseDirectionConfig = ResponseDirectionConfig()
+    choose_first: Bool = False
+    """On a tie of q-values, this filter's library wins."""
+
+
+class CompressorPerRoute(TypedMsg):
+    disabled: Bool = False
+
+
 if TYPE_CHECKING:  # what the discriminated unions below hold, for the type checker
     HttpFilterConfig = Router | HTTPFault | LocalRateLimit | RBAC | BasicAuth | ExtAuthz | \
-        HeaderMutation
+        HeaderMutation | Compressor
     FilterPerRoute = HTTPFault | LocalRateLimit | RBACPerRoute | BasicAuthPerRoute | \
-        ExtAuthzPerRoute | HeaderMutationPerRoute
+        ExtAuthzPerRoute | HeaderMutationPerRoute | CompressorPerRoute
 else:
     HttpFilterConfig = by_type((ROUTER_TYPE, Router), (FAULT_TYPE, HTTPFault),
                                 (LOCAL_RATELIMIT_TYPE, LocalRateLimit), (RBAC_TYPE, RBAC),
                                 (BASIC_AUTH_TYPE, BasicAuth), (EXT_AUTHZ_TYPE, ExtAuthz),
-                                (HEADER_MUTATION_TYPE, HeaderMutation))
+                                (HEADER_MUTATION_TYPE, HeaderMutation),
+                                (COMPRESSOR_TYPE, Compressor))
     FilterPerRoute = by_type((FAULT_TYPE, HTTPFault), (LOCAL_RATELIMIT_TYPE, LocalRateLimit),
                              (RBAC_PER_ROUTE_TYPE, RBACPerRoute),
                              (BASIC_AUTH_PER_ROUTE_TYPE, BasicAuthPerRoute),
                              (EXT_AUTHZ_PER_ROUTE_TYPE, ExtAuthzPerRoute),
-                             (HEADER_MUTATION_PER_ROUTE_TYPE, HeaderMutationPerRoute))
+                             (HEADER_MUTATION_PER_ROUTE_TYPE, HeaderMutationPerRoute),
+                             (COMPRESSOR_PER_ROUTE_TYPE, CompressorPerRoute))
 
 
 class FilterConfig(TypedMsg):
@@ -595,6 +688,7 @@ else:
                               (BASIC_AUTH_PER_ROUTE_TYPE, BasicAuthPerRoute),
                               (EXT_AUTHZ_PER_ROUTE_TYPE, ExtAuthzPerRoute),
                               (HEADER_MUTATION_PER_ROUTE_TYPE, HeaderMutationPerRoute),
+                              (COMPRESSOR_PER_ROUTE_TYPE, CompressorPerRoute),
                               (FILTER_CONFIG_TYPE, FilterConfig))
 
 
