@@ -368,3 +368,29 @@ def test_compression_as_envoy_compresses(pair, backend) -> None:
     stats = gws["edgegw"][0].stats()
     assert stats["http.ingress.compressor.gzip.gzip.response.compressed"] == 2
     assert stats["http.ingress.compressor.zstd.zstd.response.compressed"] == 1
+
+
+def test_an_upgrade_and_a_headers_only_response_are_never_compressed() -> None:
+    """A 101's tunnel and a response without a body pass as they are, whatever the client
+    accepts; a chunked text body is compressed."""
+    from edgegw.config import model as m
+    from edgegw.http.filters.compressor import CompressorFilter, _Compress, _Shared
+    from edgegw.stats import Store
+
+    f = CompressorFilter(m.Compressor.model_validate({
+        "@type": COMPRESSOR, "compressor_library": {"name": "gzip", "typed_config": {
+            "@type": LIBRARIES["gzip"]}}}), Store(), "ingress")
+
+    def after(status: int, headers: list, end_stream: bool) -> list:
+        shared = _Shared()
+        shared.filters.append(f)
+        t = _Compress(f, shared, b"gzip")
+        t.headers(status, headers, end_stream)
+        return headers
+
+    upgrade = [(b"upgrade", b"websocket"), (b"connection", b"upgrade")]
+    assert after(101, list(upgrade), False) == upgrade
+    assert (b"content-encoding", b"gzip") not in after(200, [(b"content-type", b"text/plain")],
+                                                       True)
+    assert (b"content-encoding", b"gzip") in after(200, [(b"content-type", b"text/plain")],
+                                                   False)

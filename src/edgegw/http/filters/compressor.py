@@ -202,7 +202,8 @@ class _Compress:
     def headers(self, status: int, headers: Headers, end_stream: bool) -> None:
         f = self.f
         length = _value(headers, b"content-length")
-        long_enough = f.enabled and (length is None or (
+        # (no length: the body comes chunked, as Envoy requires; never an upgrade's tunnel)
+        long_enough = f.enabled and status >= 200 and (length is None or (
             length.isdigit() and int(length) >= f.min_length))
         if f.enabled and not long_enough:
             f.stats.content_length_too_small.value += 1
