@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ...config import model as m
+from ...matchers import first_header
 from ...stats import Counter, StatSet, Store
 from ..filter import register
 
@@ -140,10 +141,6 @@ def _choose(accept: str, content_type: str, filters: list[CompressorFilter]
     return choice, "used"
 
 
-def _value(headers: Headers, name: bytes) -> bytes | None:
-    return next((v for k, v in headers if k == name), None)
-
-
 @register(m.Compressor)
 class CompressorFilter:
     def __init__(self, cfg: m.Compressor, store: Store, hcm_prefix: str) -> None:
@@ -165,7 +162,7 @@ class CompressorFilter:
     def decode_headers(self, cb: FilterCallbacks, route_cfg: object) -> bool:
         if isinstance(route_cfg, m.CompressorPerRoute) and route_cfg.disabled:
             return True
-        accept = next((v for k, v in cb.headers if k == b"accept-encoding"), None)
+        accept = first_header(cb.headers, b"accept-encoding")
         if self.enabled and self.remove_accept:
             cb.headers[:] = [h for h in cb.headers if h[0] != b"accept-encoding"]
         shared: _Shared = cb.filter_state.setdefault("compressors", _Shared())
@@ -201,23 +198,23 @@ class _Compress:
 
     def headers(self, status: int, headers: Headers, end_stream: bool) -> None:
         f = self.f
-        length = _value(headers, b"content-length")
+        length = first_header(headers, b"content-length")
         # (no length: the body comes chunked, as Envoy requires; never an upgrade's tunnel)
         long_enough = f.enabled and status >= 200 and (length is None or (
             length.isdigit() and int(length) >= f.min_length))
         if f.enabled and not long_enough:
             f.stats.content_length_too_small.value += 1
-        ctype = (_value(headers, b"content-type") or b"").split(b";")[0].strip().decode(
+        ctype = (first_header(headers, b"content-type") or b"").split(b";")[0].strip().decode(
             "latin-1").lower()
-        cache = (_value(headers, b"cache-control") or b"").lower()
-        etag = _value(headers, b"etag")
+        cache = (first_header(headers, b"cache-control") or b"").lower()
+        etag = first_header(headers, b"etag")
         etag_ok = not (f.no_etag and etag is not None)
         if not etag_ok:
             f.stats.not_compressed_etag.value += 1
         compressible = long_enough and (not ctype or ctype in f.types) and \
             b"no-transform" not in [t.strip() for t in cache.split(b",")] and etag_ok and \
-            _value(headers, b"content-encoding") is None and status not in f.uncompressible
-        te = [t.strip().lower() for t in (_value(headers, b"transfer-encoding") or b"").split(
+            first_header(headers, b"content-encoding") is None and status not in f.uncompressible
+        te = [t.strip().lower() for t in (first_header(headers, b"transfer-encoding") or b"").split(
             b",")]
         if not end_stream and long_enough and self._accepted(ctype) and compressible and not (
                 {f.encoding.encode(), b"gzip", b"deflate"} & set(te)):
@@ -230,7 +227,7 @@ class _Compress:
         else:
             f.stats.not_compressed.value += 1
         if compressible:
-            vary = _value(headers, b"vary")
+            vary = first_header(headers, b"vary")
             if vary is None:
                 headers.append((b"vary", b"Accept-Encoding"))
             elif b"accept-encoding" not in [t.strip().lower() for t in vary.split(b",")]:
