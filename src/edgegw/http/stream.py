@@ -70,6 +70,11 @@ class Stream:
     transforms: tuple[ResponseTransform, ...] = ()
     """What filters do to the response body (the compressor), in the filters' order."""
     shared: dict[str, Any] | None = None
+    overrides: tuple[Callable[[int, Headers], bool], ...] = ()
+    """What may answer instead of a response (custom_response), upstream or local: each is
+    asked with its status and headers, and True means it replied."""
+    overridden = False
+    """A local reply was offered to the overrides already (theirs is not offered again)."""
     """Filters' additions to the response headers (e.g. x-ratelimit-*)."""
     deadline = 0.0
     """When the router's route timeout runs out (0: not armed)."""
@@ -301,6 +306,9 @@ class Stream:
     def add_response_transform(self, transform: ResponseTransform) -> None:
         self.transforms = (*self.transforms, transform)
 
+    def add_response_override(self, override: Callable[[int, Headers], bool]) -> None:
+        self.overrides = (*self.overrides, override)
+
     @property
     def filter_state(self) -> dict[str, Any]:
         """What the filters of this stream share (Envoy's FilterState)."""
@@ -334,7 +342,8 @@ class Stream:
 
     def send_local_reply(self, status: int, body: bytes, details: str = "",
                          extra: Headers | None = None, mutate: bool = False,
-                         close: bool = False, grpc_status: bytes | None = None) -> None:
+                         close: bool = False, grpc_status: bytes | None = None,
+                         content_type: bytes | None = None) -> None:
         """A reply made by edgegw itself, unless a response has already started (then the
         stream is reset: a client must never take a cut response for a whole one)."""
         if self.response_done:
@@ -344,11 +353,17 @@ class Stream:
         if self.response_started:
             self.reset_stream()
             return
+        if self.overrides and not self.overridden:  # (as Envoy's, they see local replies too)
+            self.overridden = True
+            for override in self.overrides:
+                if override(status, list(extra or [])):
+                    return
         headers: Headers = list(extra or [])
-        kind = None
+        kind = content_type
         if self.hcm.local_reply is not None and not self.grpc:
-            status, body, kind = self.hcm.local_reply.rewrite(status, body, self.info,
-                                                              self.headers, headers)
+            status, body, rewritten = self.hcm.local_reply.rewrite(status, body, self.info,
+                                                                   self.headers, headers)
+            kind = rewritten or kind
         if mutate and self.info.route is not None:
             for mut in self.info.route.mutations:
                 mut.response.apply(headers, self.info.expand)
@@ -382,6 +397,11 @@ class Stream:
 
     def encode_headers(self, status: int, headers: Headers, end_stream: bool) -> None:
         """A response from upstream: Envoy's connection manager adds Date and Server."""
+        if self.overrides and not self.overridden:
+            self.overridden = True  # (the reply an override makes is not offered again)
+            for override in self.overrides:
+                if override(status, headers):
+                    return  # (replied: the upstream's body is dropped, the stream is done)
         if not any(k == b"date" for k, _ in headers):
             headers.append((b"date", http_date()))
         mode = self.hcm.server_header  # (under OVERWRITE the router dropped the upstream's)

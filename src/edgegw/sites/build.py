@@ -244,7 +244,7 @@ class Builder:
             {"match": {"prefix": "/"}, "direct_response": {"status": 421, "body": {
                 "inline_string": "Misdirected Request"}}}]}
         filters = [*self._access_filters(name, site), *self._security_headers(site),
-                   *self._compressors(site),
+                   *self._compressors(site), *self._backend_error_pages(site),
                    {"name": "envoy.filters.http.router", "typed_config": _typed(t.ROUTER_TYPE)}]
         return {"name": "envoy.filters.network.http_connection_manager",
                 "typed_config": _typed(
@@ -314,20 +314,35 @@ class Builder:
             for lib, url in (("zstd", t.ZSTD_TYPE), ("brotli", t.BROTLI_TYPE),
                              ("gzip", t.GZIP_TYPE))]
 
-    def _error_pages(self, site: Site) -> dict[str, Any]:
-        """error_pages: local_reply_config, a mapper per status code."""
+    def _pages(self, site: Site) -> list[tuple[int, dict[str, str]]]:
+        """error_pages: each status code and its page as a DataSource."""
         pages = {**self.sites.error_pages, **site.error_pages}
-        if not pages:
-            return {}
+        return [(code, {"inline_string": STARTING_PAGE} if page == "starting"
+                 else {"filename": page}) for code, page in sorted(pages.items())]
+
+    def _error_pages(self, site: Site) -> dict[str, Any]:
+        """error_pages for the gateway's own replies: local_reply_config."""
         mappers = [{"filter": {"status_code_filter": {"comparison": {
                         "op": "EQ", "value": {"default_value": code,
                                               "runtime_key": f"error_page_{code}"}}}},
-                    "body": {"inline_string": STARTING_PAGE} if page == "starting"
-                    else {"filename": page},
-                    "body_format_override": {"text_format": "%LOCAL_REPLY_BODY%",
-                                             "content_type": "text/html; charset=UTF-8"}}
-                   for code, page in sorted(pages.items())]
-        return {"local_reply_config": {"mappers": mappers}}
+                    "body": body, "body_format_override": PAGE_FORMAT}
+                   for code, body in self._pages(site)]
+        return {"local_reply_config": {"mappers": mappers}} if mappers else {}
+
+    def _backend_error_pages(self, site: Site) -> list[dict[str, Any]]:
+        """error_pages for a backend's own replies: a custom_response filter."""
+        rules = [{"predicate": {"single_predicate": {
+                      "input": {"name": "status", "typed_config": _typed(
+                          t.STATUS_CODE_INPUT_TYPE)},
+                      "value_match": {"exact": str(code)}}},
+                  "on_match": {"action": {"name": f"page_{code}", "typed_config": _typed(
+                      t.LOCAL_RESPONSE_POLICY_TYPE, body=body, body_format=PAGE_FORMAT)}}}
+                 for code, body in self._pages(site)]
+        if not rules:
+            return []
+        return [{"name": "envoy.filters.http.custom_response", "typed_config": _typed(
+            t.CUSTOM_RESPONSE_TYPE, custom_response_matcher={"matcher_list": {
+                "matchers": rules}})}]
 
     def _security_headers(self, site: Site) -> list[dict[str, Any]]:
         """security_headers: a header_mutation filter adding each one a response lacks."""
@@ -549,6 +564,10 @@ class Builder:
                                            "webroot": self.sites.webroot}}}},
                                       {"match": {"prefix": "/"},
                                        "redirect": redirect}]}]})}]}]}
+
+
+PAGE_FORMAT = {"text_format": "%LOCAL_REPLY_BODY%", "content_type": "text/html; charset=UTF-8"}
+"""An error page goes out as it is, as HTML."""
 
 
 def expand(sites: SitesFile, where: Callable[[Path], str]) -> Expansion:

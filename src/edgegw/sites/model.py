@@ -228,8 +228,8 @@ def _error_pages(value: Any) -> Any:
 
 
 ErrorPages = Annotated[dict[int, str], BeforeValidator(_error_pages)]
-"""Status code → an HTML file, or ``starting``: the page the gateway's own replies with that
-status get (no healthy backend, a backend that refuses connections, a timeout …)."""
+"""Status code → an HTML file, or ``starting``: the page replies with that status get, the
+gateway's own (no healthy backend, a refused connection, a timeout …) and the backend's."""
 
 SecurityHeaders = bool | dict[str, str | None]
 """``true``, or the headers to change: a value replaces the default, ``null`` drops it, and
@@ -249,7 +249,7 @@ class Site(Upstream):
     """HSTS, X-Content-Type-Options, Referrer-Policy and X-Frame-Options on every response
     (edgegw's own replies too) that lacks them; default: the file's ``security_headers``."""
     error_pages: ErrorPages = {}
-    """Pages for the gateway's own replies, over the file's ``error_pages``."""
+    """Pages for replies with those statuses, over the file's ``error_pages``."""
     compress: bool | None = None
     """Compress responses (zstd, br or gzip, as the client prefers); default: the file's
     ``compress``."""
@@ -383,8 +383,9 @@ class SitesFile(SitesMsg):
     """``true`` (or the headers to change) for every site: see a site's
     ``security_headers``."""
     error_pages: ErrorPages = {}
-    """``{503: starting, 502: pages/down.html}``: pages for the gateway's own replies with
-    those statuses (no healthy backend, a refused connection, a timeout), for every site."""
+    """``{503: starting, 502: pages/down.html}``: pages for the replies with those
+    statuses, the gateway's own (no healthy backend, a refused connection, a timeout) and
+    the backend's, for every site."""
     compress: bool = False
     """Compress every site's text responses (zstd, br or gzip); off by default (BREACH:
     see docs/sites.md)."""

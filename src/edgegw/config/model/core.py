@@ -247,3 +247,19 @@ class ConfigSource(Msg):
     def watched_directory(self) -> str | None:
         pcs = self.path_config_source
         return pcs.watched_directory.path if pcs and pcs.watched_directory else None
+
+
+class SubstitutionFormatString(Msg):
+    """An access log (or local reply) format: a text template or a JSON object of
+    templates."""
+
+    text_format: str | None = None
+    text_format_source: DataSource | None = None
+    json_format: dict[str, Any] | None = None
+    omit_empty_values: Bool = False
+    content_type: str = ""
+
+    @model_validator(mode="after")
+    def _one(self) -> SubstitutionFormatString:
+        one_of(self, ("text_format", "text_format_source", "json_format"))
+        return self

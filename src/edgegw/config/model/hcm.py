@@ -29,11 +29,13 @@ from .core import (
     HeaderValueOption,
     Http2ProtocolOptions,
     HttpProtocolOptions,
+    SubstitutionFormatString,
 )
 from .route import (
     RBAC,
     BasicAuth,
     Compressor,
+    CustomResponse,
     ExtAuthz,
     HeaderMatcher,
     HeaderMutation,
@@ -69,7 +71,7 @@ class HttpFilter(Msg):
                 "envoy.filters.http.fault", "envoy.filters.http.local_ratelimit",
                 "envoy.filters.http.rbac", "envoy.filters.http.basic_auth",
                 "envoy.filters.http.ext_authz", "envoy.filters.http.header_mutation",
-                "envoy.filters.http.compressor"):
+                "envoy.filters.http.compressor", "envoy.filters.http.custom_response"):
             raise PydanticCustomError("missing_typed_config",
                                       "HTTP filter '{name}' needs a typed_config", v)
         return named_filter(v, ("envoy.filters.http.router", "envoy.router"), "HTTP filter",
@@ -85,22 +87,8 @@ class HttpFilter(Msg):
                 "basic_auth" if isinstance(c, BasicAuth) else
                 "ext_authz" if isinstance(c, ExtAuthz) else
                 "header_mutation" if isinstance(c, HeaderMutation) else
-                "compressor" if isinstance(c, Compressor) else "router")
-
-
-class SubstitutionFormatString(Msg):
-    """An access log format: a text template or a JSON object of templates."""
-
-    text_format: str | None = None
-    text_format_source: DataSource | None = None
-    json_format: dict[str, Any] | None = None
-    omit_empty_values: Bool = False
-    content_type: str = ""
-
-    @model_validator(mode="after")
-    def _one(self) -> SubstitutionFormatString:
-        one_of(self, ("text_format", "text_format_source", "json_format"))
-        return self
+                "compressor" if isinstance(c, Compressor) else
+                "custom_response" if isinstance(c, CustomResponse) else "router")
 
 
 _LOG_KINDS = {STDOUT_LOG_TYPE: "stdout", STDERR_LOG_TYPE: "stderr", FILE_LOG_TYPE: "file"}

@@ -14,6 +14,7 @@ from .base import (
     BROTLI_TYPE,
     COMPRESSOR_PER_ROUTE_TYPE,
     COMPRESSOR_TYPE,
+    CUSTOM_RESPONSE_TYPE,
     EXT_AUTHZ_PER_ROUTE_TYPE,
     EXT_AUTHZ_TYPE,
     FAULT_TYPE,
@@ -22,9 +23,12 @@ from .base import (
     HEADER_MUTATION_PER_ROUTE_TYPE,
     HEADER_MUTATION_TYPE,
     LOCAL_RATELIMIT_TYPE,
+    LOCAL_RESPONSE_POLICY_TYPE,
     RBAC_PER_ROUTE_TYPE,
     RBAC_TYPE,
     ROUTER_TYPE,
+    STATUS_CLASS_INPUT_TYPE,
+    STATUS_CODE_INPUT_TYPE,
     ZSTD_TYPE,
     Bool,
     Duration,
@@ -43,6 +47,7 @@ from .core import (
     Metadata,
     RegexMatcher,
     StringMatcher,
+    SubstitutionFormatString,
 )
 
 
@@ -633,9 +638,102 @@ class CompressorPerRoute(TypedMsg):
     disabled: Bool = False
 
 
+class StatusCodeInput(TypedMsg):
+    """The response's status code, as text (``502``)."""
+
+
+class StatusClassInput(TypedMsg):
+    """The response's status class, as text (``5xx``)."""
+
+
+if TYPE_CHECKING:
+    MatchInput = StatusCodeInput | StatusClassInput
+else:
+    MatchInput = by_type((STATUS_CODE_INPUT_TYPE, StatusCodeInput),
+                         (STATUS_CLASS_INPUT_TYPE, StatusClassInput))
+
+
+class TypedInput(Msg):
+    name: str = ""
+    typed_config: MatchInput
+
+
+class SinglePredicate(Msg):
+    input: TypedInput
+    value_match: StringMatcher
+
+
+class PredicateList(Msg):
+    predicate: list[Predicate] = Field(min_length=2)
+
+
+class Predicate(Msg):
+    """xds.type.matcher.v3.Matcher.MatcherList.Predicate."""
+
+    single_predicate: SinglePredicate | None = None
+    or_matcher: PredicateList | None = None
+    and_matcher: PredicateList | None = None
+    not_matcher: Predicate | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Predicate:
+        one_of(self, ("single_predicate", "or_matcher", "and_matcher", "not_matcher"))
+        return self
+
+
+PredicateList.model_rebuild()
+
+
+class LocalResponsePolicy(TypedMsg):
+    """The reply that replaces a matched response."""
+
+    body: DataSource | None = None
+    body_format: SubstitutionFormatString | None = None
+    status_code: UInt32 | None = Field(default=None, ge=100, lt=600)
+    response_headers_to_add: list[HeaderValueOption] = Field(default=[], max_length=1000)
+
+
+if TYPE_CHECKING:
+    ResponsePolicy = LocalResponsePolicy
+else:
+    ResponsePolicy = by_type((LOCAL_RESPONSE_POLICY_TYPE, LocalResponsePolicy))
+
+
+class TypedAction(Msg):
+    name: str = ""
+    typed_config: ResponsePolicy
+
+
+class OnMatch(Msg):
+    action: TypedAction
+
+
+class FieldMatcher(Msg):
+    predicate: Predicate
+    on_match: OnMatch
+
+
+class MatcherList(Msg):
+    matchers: list[FieldMatcher] = Field(min_length=1)
+
+
+class ResponseMatcher(Msg):
+    """xds.type.matcher.v3.Matcher, on a response's status: the first that matches."""
+
+    matcher_list: MatcherList
+    on_no_match: OnMatch | None = None
+
+
+class CustomResponse(TypedMsg):
+    """envoy.filters.http.custom_response: a backend's response replaced by a reply of
+    the gateway's own (its status, body and format) when the matcher says so."""
+
+    custom_response_matcher: ResponseMatcher
+
+
 if TYPE_CHECKING:  # what the discriminated unions below hold, for the type checker
     HttpFilterConfig = Router | HTTPFault | LocalRateLimit | RBAC | BasicAuth | ExtAuthz | \
-        HeaderMutation | Compressor
+        HeaderMutation | Compressor | CustomResponse
     FilterPerRoute = HTTPFault | LocalRateLimit | RBACPerRoute | BasicAuthPerRoute | \
         ExtAuthzPerRoute | HeaderMutationPerRoute | CompressorPerRoute
 else:
@@ -643,7 +741,8 @@ else:
                                 (LOCAL_RATELIMIT_TYPE, LocalRateLimit), (RBAC_TYPE, RBAC),
                                 (BASIC_AUTH_TYPE, BasicAuth), (EXT_AUTHZ_TYPE, ExtAuthz),
                                 (HEADER_MUTATION_TYPE, HeaderMutation),
-                                (COMPRESSOR_TYPE, Compressor))
+                                (COMPRESSOR_TYPE, Compressor),
+                                (CUSTOM_RESPONSE_TYPE, CustomResponse))
     FilterPerRoute = by_type((FAULT_TYPE, HTTPFault), (LOCAL_RATELIMIT_TYPE, LocalRateLimit),
                              (RBAC_PER_ROUTE_TYPE, RBACPerRoute),
                              (BASIC_AUTH_PER_ROUTE_TYPE, BasicAuthPerRoute),

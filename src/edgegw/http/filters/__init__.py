@@ -1,5 +1,14 @@
 """The HTTP filters before the router; importing this package registers each by its @type."""
 
-from . import basic_auth, compressor, ext_authz, fault, header_mutation, local_ratelimit, rbac
+from . import (
+    basic_auth,
+    compressor,
+    custom_response,
+    ext_authz,
+    fault,
+    header_mutation,
+    local_ratelimit,
+    rbac,
+)
 
-__all__ = ["basic_auth", "compressor", "ext_authz", "fault", "header_mutation", "local_ratelimit", "rbac"]
+__all__ = ["basic_auth", "compressor", "custom_response", "ext_authz", "fault", "header_mutation", "local_ratelimit", "rbac"]
