@@ -52,6 +52,13 @@ def body_format(fmt: m.SubstitutionFormatString) -> tuple[Format, bytes]:
     return compile_template(fmt), kind.encode("latin-1")
 
 
+def render_body(render: Format, body: bytes, status: int, info: StreamInfo) -> bytes:
+    """A reply's body through a body format (``%LOCAL_REPLY_BODY%``, ``%RESPONSE_CODE%``)."""
+    info.local_reply_body = body.decode("utf-8", "replace")
+    info.code = status
+    return render(info).encode("utf-8")
+
+
 @dataclass(frozen=True)
 class Mapper:
     match: Match
@@ -86,6 +93,4 @@ class LocalReply:
         if fmt is None:
             return status, body, None
         render, kind = fmt
-        info.local_reply_body = body.decode("utf-8", "replace")
-        info.code = status
-        return status, render(info).encode("utf-8"), kind
+        return status, render_body(render, body, status, info), kind

@@ -19,7 +19,7 @@ from ...matchers import string_matcher
 from ...stats import Store
 from ..codec import Headers
 from ..filter import register
-from ..local_reply import Format, body_format
+from ..local_reply import Format, body_format, render_body
 from ..router.header_parser import HeaderOps, header_ops
 
 if TYPE_CHECKING:
@@ -60,10 +60,7 @@ class _Policy:
         self.headers.apply(extra, cb.info.expand)
         body = self.body
         if self.format is not None:  # (its content_type is not used: Envoy 1.40 sends
-            render, _ = self.format  # text/plain whatever the format says, measured)
-            cb.info.local_reply_body = body.decode("utf-8", "replace")
-            cb.info.code = status
-            body = render(cb.info).encode("utf-8")
+            body = render_body(self.format[0], body, status, cb.info)  # text/plain, measured)
         cb.send_local_reply(status, body, "custom_response", extra=extra)
 
 
