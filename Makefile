@@ -27,7 +27,7 @@ install: $(STAMP) $(SOVEREIGN)
 # installed apart in build/compiled and put first on PYTHONPATH where the compiled path is
 # wanted. Its stamp is named by a hash of the sources: any change, however its timestamps
 # look (an edit, a checkout, tar -x), builds it again; nothing else does.
-SOURCES  := $(shell find src -name '*.py' | sort) setup.py pyproject.toml
+SOURCES  := $(shell find src -name '*.py' -o -name '*.c' | sort) setup.py pyproject.toml
 BUILT    := build/compiled/.sources-$(shell cat $(SOURCES) | sha256sum | cut -c1-16)
 COMPILED := PYTHONPATH=$(CURDIR)/build/compiled
 
@@ -42,9 +42,11 @@ compile: $(BUILT)
 # curl, openssl and chromium are the real clients the end-to-end tests drive; HAProxy and
 # nginx are the real peers in front of and behind the gateway (PROXY protocol); pebble is a
 # real ACME server and certbot a real ACME client; BIND 9 is the zone DNS-01 writes into.
+# libnghttp2-dev: the HTTP/2 codec's binding is built against it (as in the Dockerfile).
 sysdeps:
-	@(for t in curl openssl chromium haproxy nginx pebble certbot htpasswd named; do command -v $$t >/dev/null || exit 1; done) || \
-	  (apt-get update -q && RUNLEVEL=1 apt-get install -y -q curl openssl chromium haproxy nginx pebble certbot apache2-utils bind9)
+	@(for t in curl openssl chromium haproxy nginx pebble certbot htpasswd named; do command -v $$t >/dev/null || exit 1; done; \
+	  test -f /usr/include/nghttp2/nghttp2.h) || \
+	  (apt-get update -q && RUNLEVEL=1 apt-get install -y -q curl openssl chromium haproxy nginx pebble certbot apache2-utils bind9 libnghttp2-dev)
 
 demo: compile
 	$(COMPILED) $(PY) -m edgegw.demo
@@ -66,9 +68,11 @@ test-pure: install sysdeps
 	$(PY) -c 'import edgegw.compiled as c; assert not c.active(), "compiled"'
 	$(PYTEST) $(PURE_TESTS)
 
+# HTTP/2 runs on nghttp2 there; its suites run once more on the h2 codec (the fallback).
 test-compiled: install sysdeps compile
 	$(COMPILED) $(PY) -c 'import edgegw.compiled as c; assert c.active(), "not compiled"'
 	$(COMPILED) $(PYTEST) --durations=25
+	EDGEGW_HTTP2_CODEC=h2 $(COMPILED) $(PYTEST) tests/test_http2.py tests/test_grpc.py
 
 bench: compile
 	$(COMPILED) bash bench/run.sh

@@ -11,6 +11,7 @@ import h2.events
 from hyperframe.frame import PingFrame
 
 from edgegw.config import model as m
+from edgegw.http.codec import http2
 
 from .codec_harness import Manager, Sink, h1_codec, h2_codec
 
@@ -117,7 +118,9 @@ def test_h2_streams_past_the_limit_are_refused_one_by_one() -> None:
 
 def test_h2_a_body_sent_on_a_refused_stream_leaves_the_connection_alone() -> None:
     """A client that sent its upload's first DATA before it saw REFUSED_STREAM: that stream
-    is answered alone (RST_STREAM) and its bytes still count back to the connection window."""
+    is answered alone (RST_STREAM) and its bytes still count back to the connection window.
+    nghttp2 refuses so only before the client acknowledged the limit; past an acknowledged
+    limit it ends the connection (PROTOCOL_ERROR), as Envoy did on nghttp2."""
 
     mgr, sink, client = Manager(body=None), Sink(), Client()
     codec = h2_codec(mgr, sink, m.Http2ProtocolOptions(max_concurrent_streams=1,
@@ -130,6 +133,11 @@ def test_h2_a_body_sent_on_a_refused_stream_leaves_the_connection_alone() -> Non
     codec.feed(client.send())
     sink.settle()
     events = client.events(bytes(sink.out))
+    if http2.CODEC == "nghttp2":
+        assert sink.closing and [e.error_code for e in events if isinstance(
+            e, h2.events.ConnectionTerminated)] == [h2.errors.ErrorCodes.PROTOCOL_ERROR]
+        assert ("protocol_error",) in mgr.events
+        return
     assert not sink.closing
     assert not any(isinstance(e, h2.events.ConnectionTerminated) for e in events)
     resets = {e.stream_id for e in events if isinstance(e, h2.events.StreamReset)}
@@ -156,7 +164,8 @@ def test_h2_streams_answered_between_reads_never_count_against_the_limit() -> No
         sink.settle()
     assert sum(1 for e in mgr.events if e[0] == "head") == 3000
     assert codec.stats.tx_reset.value == 0
-    assert len(codec.h2.streams) < 400  # answered streams are not kept
+    if http2.CODEC == "h2":
+        assert len(codec.h2.streams) < 400  # answered streams are not kept
 
 
 def ping_reads(client: Client, reads: int, per_read: int = 100) -> list[bytes]:

@@ -36,14 +36,22 @@ def test_the_source_tree_runs_its_own_python_and_says_pure() -> None:
     assert run_tree("import edgegw.http.stream as s", "print(s.__file__)") == [str(stream)]
     assert not list((PACKAGE.parent).rglob("*.so"))
     assert version({**os.environ, "PYTHONPATH": str(PACKAGE.parent)}) == \
-        "edgegw version: 0.1.0/Python/RELEASE/pure"
+        "edgegw version: 0.1.0/Python/RELEASE/pure+h2"  # (no binding in the tree)
 
 
 @pytest.mark.skipif(not compiled.active(), reason="the source tree: `make test-compiled` runs "
                     "this on the compiled build")
 def test_the_compiled_build_says_compiled_in_its_version_and_server_info() -> None:
-    assert version(dict(os.environ)) == "edgegw version: 0.1.0/Python/RELEASE/compiled"
+    """Built where libnghttp2's headers are (`make sysdeps`), HTTP/2 runs on the system's
+    libnghttp2, and says so; EDGEGW_HTTP2_CODEC=h2 chooses the fallback."""
+    dpkg = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "libnghttp2-14"],
+                          capture_output=True, text=True).stdout
+    codec = f"nghttp2-{dpkg.split('-')[0]}"
+    assert version(dict(os.environ)) == f"edgegw version: 0.1.0/Python/RELEASE/compiled+{codec}"
+    assert version({**os.environ, "EDGEGW_HTTP2_CODEC": "h2"}) == \
+        "edgegw version: 0.1.0/Python/RELEASE/compiled+h2"
     from edgegw.admin import server_info
     from edgegw.config.model import Node
 
-    assert server_info("LIVE", {}, Node(), 0.0)["version"] == "edgegw/0.1.0/Python/RELEASE/compiled"
+    assert server_info("LIVE", {}, Node(), 0.0)["version"] == \
+        f"edgegw/0.1.0/Python/RELEASE/compiled+{codec}"

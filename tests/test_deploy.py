@@ -130,6 +130,7 @@ def test_image_build_stage_builds_from_what_it_copies_the_wheel_the_tests_run(
     src, wheels = tmp_path / "src", tmp_path / "wheels"
     src.mkdir()
     runs = []
+    make = (ROOT / "Makefile").read_text()
     for op, args in build_stage():
         if op == "COPY":
             *names, _ = args.split()
@@ -139,10 +140,13 @@ def test_image_build_stage_builds_from_what_it_copies_the_wheel_the_tests_run(
                         "__pycache__", "*.egg-info"))
                 else:
                     shutil.copy(ROOT / n, src / n)
+        elif op == "RUN" and args.startswith("apt-get "):  # what `make sysdeps` installs here
+            for pkg in args.split("--no-install-recommends")[1].split():
+                assert pkg in make and shutil.which("dpkg") and subprocess.run(
+                    ["dpkg", "-s", pkg], capture_output=True).returncode == 0, pkg
         elif op == "RUN":
             runs.append(args)
     assert len(runs) == 1 and runs[0].startswith("EDGEGW_MYPYC=1 pip wheel "), runs
-    make = (ROOT / "Makefile").read_text()
     assert "\tEDGEGW_MYPYC=1 $(PY) -m pip wheel -q --no-deps " in make
     cmd = runs[0].replace("/wheels", str(wheels)).split()
     r = subprocess.run([sys.executable, "-m", *cmd[1:], "--no-build-isolation"], cwd=src,

@@ -30,6 +30,8 @@ from hyperframe.frame import (
     RstStreamFrame,
 )
 
+from edgegw.http.codec import http2
+
 from .conftest import (
     ENVOY,
     ROUTER,
@@ -416,7 +418,9 @@ def test_oversized_header_list_is_refused(h2gw, certs: Path) -> None:
     except (ConnectionError, ssl.SSLError, OSError):
         pass
     evs = c.events(h2.events.ConnectionTerminated)
-    assert goaway_code(evs) == 11  # ENHANCE_YOUR_CALM: the connection ends
+    # The connection ends: h2 calls it ENHANCE_YOUR_CALM, nghttp2 a COMPRESSION_ERROR (one
+    # field past what its HPACK decoder takes, 64 kB).
+    assert goaway_code(evs) == (11 if http2.CODEC == "h2" else 9)
     assert c.closed()
     c.close()
 

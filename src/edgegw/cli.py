@@ -64,7 +64,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(certs(argv[1:]))
     args = parser().parse_args(argv)
     if args.version:
-        print(f"edgegw version: {__version__}/Python/RELEASE/{compiled.build()}")
+        from .http.codec import http2
+
+        print(f"edgegw version: {__version__}/Python/RELEASE/{compiled.build()}+{http2.describe()}")
         return
     try:
         level = log.parse_level(args.log_level)

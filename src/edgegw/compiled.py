@@ -20,6 +20,7 @@ MODULES = (  # no package __init__: compiled, it cannot import its submodules (m
     "edgegw.http.codec.http2.client",
     "edgegw.http.codec.http2.common",
     "edgegw.http.codec.http2.connection",
+    "edgegw.http.codec.http2.native",
     "edgegw.http.codec.http2.server",
     "edgegw.http.conn_manager",
     "edgegw.http.filters.basic_auth",

@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from .. import __version__, compiled, log
 from ..config.model import address_string
-from ..http.codec import REASONS, http_date
+from ..http.codec import REASONS, http2, http_date
 from ..listener import bind_hint
 from ..stats import render
 from . import dump, status
@@ -318,7 +318,7 @@ def _address(a: dict[str, Any]) -> str:
 def server_info(state: str, options: dict[str, Any], node: Node, started: float) -> Doc:
     """``/server_info``, as Envoy shapes it (the options that JSON can carry)."""
     uptime = f"{int(time.time() - started)}s"
-    return {"version": f"edgegw/{__version__}/Python/RELEASE/{compiled.build()}",
+    return {"version": f"edgegw/{__version__}/Python/RELEASE/{compiled.build()}+{http2.describe()}",
             "state": state,
             "hot_restart_version": "disabled",
             "command_line_options": {k: v for k, v in options.items()

@@ -126,7 +126,7 @@ class DownstreamConnection(asyncio.Protocol):
             st.downstream_cx_http2_total.value += 1
             self.cx_protocol_active = st.downstream_cx_http2_active
             self.rq_protocol_total = st.downstream_rq_http2_total
-            codec: ServerCodec = http2.Http2ServerCodec(
+            codec: ServerCodec = http2.ServerCodec(
                 self, self.sink, hcm.http2, hcm.max_header_bytes, hcm.max_headers,
                 hcm.http2_stats)
         else:
