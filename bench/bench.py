@@ -670,18 +670,22 @@ class Bench:
         return conns / self.seconds, cpu / max(conns, 1) * 1e6, \
             100.0 * reused / max(conns - 1, 1)
 
-    def h2load(self, name: str) -> float:
-        """HTTP/2 keep-alive: h2load, 4 connections of 32 concurrent streams; requests/s."""
+    def h2load(self, name: str) -> tuple[float, float]:
+        """HTTP/2 keep-alive: h2load, 4 connections of 32 concurrent streams; requests/s and
+        the proxy's CPU µs per request (warm-up included in both the CPU and the count)."""
+        pid = self.procs[name].pid
+        cpu0 = cpu_seconds(pid)
         r = subprocess.run(
             ["taskset", "-c", "0", "h2load", "-t1", "-c4", "-m32", "-D", str(self.seconds),
              "--warm-up-time=1", f"https://127.0.0.1:{PORTS[name]}/small"],
             capture_output=True, text=True, timeout=self.seconds + 60)
+        cpu = cpu_seconds(pid) - cpu0
         m = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", r.stdout)
         ok = re.search(r"status codes: (\d+) 2xx", r.stdout)
         if not m or not ok or int(ok.group(1)) == 0:
             print(f"  h2load {name}: {r.stdout[-300:]}{r.stderr[-300:]}", file=sys.stderr)
-            return 0.0
-        return float(m.group(1))
+            return 0.0, 0.0
+        return float(m.group(1)), cpu / int(ok.group(1)) * 1e6
 
     def websocket(self, name: str) -> tuple[float, float]:
         """WebSocket messages: 16 connections echoing 100-byte messages through the proxy;
@@ -1071,6 +1075,7 @@ ROWS = [("W1 keep-alive req/s", "rps", "higher"), ("W1 p50 ms", "p50_ms", "lower
         ("R1 proxy CPU us/resumed conn", "cpu_us_per_resumed", "lower"),
         ("W3 1 MiB MB/s", "mb_s", "higher"),
         ("H2 keep-alive req/s (h2load)", "h2_rps", "higher"),
+        ("H2 proxy CPU us/request", "h2_cpu_us", "lower"),
         ("WS messages/s (16 conns)", "ws_msgs", "higher"),
         ("WS proxy CPU us/message", "ws_cpu_us", "lower"),
         ("W4 idle TLS conns held", "idle_held", "higher"),
@@ -1170,7 +1175,7 @@ def main() -> None:
                 rs, rs_cpu, _ = b.resumptions(name) if "R1" not in skip else \
                     (float("nan"), float("nan"), float("nan"))
                 w3 = b.wrk(name, "/1m", 4)
-                h2 = b.h2load(name) if "H2" not in skip else float("nan")
+                h2, h2_cpu = b.h2load(name) if "H2" not in skip else (float("nan"),) * 2
                 ws, ws_cpu = b.websocket(name) if "WS" not in skip and name in WS_PROXIES \
                     else (float("nan"), float("nan"))
                 for k, v in (("rps", w1["rps"]), ("p50_ms", w1["p50_ms"]),
@@ -1178,14 +1183,14 @@ def main() -> None:
                              ("handshakes_s", hs),
                              ("cpu_us_per_handshake", cpu_us), ("resumed_s", rs),
                              ("cpu_us_per_resumed", rs_cpu), ("mb_s", w3["mb_s"]),
-                             ("h2_rps", h2), ("ws_msgs", ws), ("ws_cpu_us", ws_cpu)):
+                             ("h2_rps", h2), ("h2_cpu_us", h2_cpu), ("ws_msgs", ws), ("ws_cpu_us", ws_cpu)):
                     if v == v:
                         note(name, k, v)
                 print(f"rep {rep + 1} {name:8s} rps={w1['rps']:8.0f} p50={w1['p50_ms']:5.2f}ms "
                       f"p99={w1['p99_ms']:6.2f}ms cpu/req={w1_us:5.1f}us "
                       f"hs/s={hs:6.0f} cpu/hs={cpu_us:5.0f}us res/s={rs:6.0f} "
                       f"cpu/res={rs_cpu:5.0f}us "
-                      f"1MiB={w3['mb_s']:7.1f}MB/s h2={h2:8.0f} ws={ws:7.0f}/s "
+                      f"1MiB={w3['mb_s']:7.1f}MB/s h2={h2:8.0f} h2cpu={h2_cpu:5.1f}us ws={ws:7.0f}/s "
                       f"ws_cpu={ws_cpu:5.1f}us", file=sys.stderr, flush=True)
                 b.stop(name)
         for name in which:

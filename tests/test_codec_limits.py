@@ -260,3 +260,36 @@ def test_h2_a_slow_upstream_stops_the_credit_of_its_stream() -> None:
     updates = [e for e in client.events(bytes(sink.out))
                if isinstance(e, h2.events.WindowUpdated) and e.stream_id == 1]
     assert sum(e.delta or 0 for e in updates) == 39_000
+
+
+def test_h2_an_hpack_bomb_never_becomes_a_request() -> None:
+    """A 5 kB header block that decodes to 4 MB: one 4,000-byte field put in the dynamic
+    table, then named by its index a thousand times. The decoded list passes the 60 kB limit
+    long before the end: nothing reaches the streams, ``header_overflow`` counts it, and the
+    stream (nghttp2) or the connection (h2) is refused."""
+
+    mgr, sink, client = Manager(), Sink(), Client()
+    codec = h2_codec(mgr, sink)
+    sink.settle()
+    client.events(bytes(sink.out))
+    block = (b"\x82\x87\x84" + b"\x01\x09a.example"  # GET https / a.example (not indexed)
+             + b"\x40\x06x-bomb\x7f\xa1\x1e" + b"v" * 4000  # into the dynamic table (62)
+             + b"\xbe" * 1000)
+    header = len(block).to_bytes(3, "big") + b"\x01\x05" + (1).to_bytes(4, "big")
+    codec.feed(client.send() + header + block)
+    sink.settle()
+    assert not [e for e in mgr.events if e[0] == "head"]
+    assert codec.stats.header_overflow.value == 1
+    out, at, resets = bytes(sink.out), 0, []
+    while at + 9 <= len(out):  # (the client never opened stream 1: h2 would not take its RST)
+        if out[at + 3] == 3:
+            resets.append(int.from_bytes(out[at + 5:at + 9], "big"))
+        at += 9 + int.from_bytes(out[at:at + 3], "big")
+    assert sink.closing or resets == [1]
+    if not sink.closing:  # the connection goes on: the next request is served
+        client.h2.send_headers(3, [(":method", "GET"), (":scheme", "https"),
+                                   (":authority", "a.example"), (":path", "/next")],
+                               end_stream=True)
+        codec.feed(client.send())
+        sink.settle()
+        assert [e[2] for e in mgr.events if e[0] == "head"] == [b"/next"]
