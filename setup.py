@@ -18,7 +18,7 @@ if os.environ.get("EDGEGW_MYPYC") == "1":
     if any(os.path.exists(os.path.join(d, "nghttp2", "nghttp2.h"))
            for d in ("/usr/include", "/usr/local/include")):
         build = os.path.join("src", "edgegw", "http", "codec", "http2", "nghttp2_build.py")
-        ffi = runpy.run_path(build)["ffibuilder"]
+        ffi = runpy.run_path(build)["builder"]()
         ext_modules.append(ffi.distutils_extension(tmpdir=os.path.join("build", "cffi")))
 
 setup(ext_modules=ext_modules)

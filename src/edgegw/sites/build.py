@@ -29,6 +29,8 @@ from .model import SECURITY_HEADERS, STARTING_PAGE, ControlPlane, Site, SitesFil
 
 SYSTEM_CA = "/etc/ssl/certs/ca-certificates.crt"
 CONTROL_PLANE = "xds_control_plane"
+GEO_COUNTRY = "x-geo-country"
+"""The request header the geoip filter writes a client's country to (backends see it too)."""
 """The cluster the sites file's control plane is reached by."""
 BCRYPT_NOTE = ("# bcrypt users are edgegw's (Envoy takes {SHA} alone): edgegw reads every user "
                "from the filter chain's metadata edgegw.basic_auth_users\n")
@@ -358,8 +360,35 @@ class Builder:
         return [{"name": "envoy.filters.http.header_mutation", "typed_config": _typed(
             t.HEADER_MUTATION_TYPE, mutations={"response_mutations": mutations})}]
 
+    def _countries(self, site: Site) -> list[dict[str, Any]]:
+        """countries: the client's own x-geo-country dropped (a country not found would
+        leave it, as in Envoy), the geoip filter writing it, and RBAC on it."""
+        countries = site.countries or self.sites.countries
+        geo = self.sites.geoip
+        if countries is None or geo is None:
+            return []
+        db = {"country_db_path": geo.country_db} if geo.country_db else \
+            {"city_db_path": geo.city_db}
+        action, listed = ("ALLOW", countries.allow) if countries.allow else \
+            ("DENY", countries.deny)
+        return [
+            {"name": "envoy.filters.http.header_mutation.countries", "typed_config": _typed(
+                t.HEADER_MUTATION_TYPE, mutations={"request_mutations": [
+                    {"remove": GEO_COUNTRY}]})},
+            {"name": "envoy.filters.http.geoip", "typed_config": _typed(
+                t.GEOIP_TYPE, provider={"name": "envoy.geoip_providers.maxmind",
+                                        "typed_config": _typed(t.MAXMIND_TYPE, **db,
+                                            common_provider_config={"geo_headers_to_add": {
+                                                "country": GEO_COUNTRY}})})},
+            {"name": "envoy.filters.http.rbac.countries", "typed_config": _typed(
+                t.RBAC_TYPE, rules={"action": action, "policies": {"countries": {
+                    "permissions": [{"any": True}],
+                    "principals": [{"or_ids": {"ids": [
+                        {"header": {"name": GEO_COUNTRY, "string_match": {"exact": c}}}
+                        for c in listed]}}]}}})}]
+
     def _access_filters(self, name: str, site: Site) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
+        out: list[dict[str, Any]] = self._countries(site)
         if site.allow:
             out.append({"name": "envoy.filters.http.rbac",
                         "typed_config": _typed(t.RBAC_TYPE, rules=self._allow(site))})

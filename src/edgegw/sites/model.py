@@ -231,6 +231,48 @@ ErrorPages = Annotated[dict[int, str], BeforeValidator(_error_pages)]
 """Status code → an HTML file, or ``starting``: the page replies with that status get, the
 gateway's own (no healthy backend, a refused connection, a timeout …) and the backend's."""
 
+def _country(value: Any) -> Any:
+    if not (isinstance(value, str) and len(value) == 2 and value.isalpha()):
+        raise ValueError(f"{value!r} is not a country code (two letters, ISO 3166: DE, FR)")
+    return value.upper()
+
+
+class Countries(SitesMsg):
+    """``{allow: [DE, FR]}``: only clients from these countries; ``{deny: [...]}``: all but
+    these. The country is the client's address looked up in ``geoip``'s database; an
+    address it does not know is refused by ``allow`` and let through by ``deny``."""
+
+    allow: list[Annotated[str, BeforeValidator(_country)]] = []
+    deny: list[Annotated[str, BeforeValidator(_country)]] = []
+
+    @model_validator(mode="after")
+    def _one(self) -> Countries:
+        if bool(self.allow) == bool(self.deny):
+            raise ValueError("countries takes 'allow' or 'deny', with at least one country")
+        return self
+
+
+def _database(value: Any) -> Any:
+    if isinstance(value, str) and not os.path.isfile(value):
+        raise ValueError(f"'{value}' is not a file (relative paths start where the gateway "
+                         f"runs: {os.getcwd()}); GeoLite2-Country.mmdb comes free from MaxMind")
+    return value
+
+
+class GeoipSettings(SitesMsg):
+    """The MaxMind database (GeoIP2 or GeoLite2, Country or City) that ``countries`` reads;
+    a new file renamed over it is read at once."""
+
+    country_db: Annotated[str, BeforeValidator(_database)] | None = None
+    city_db: Annotated[str, BeforeValidator(_database)] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> GeoipSettings:
+        if (self.country_db is None) == (self.city_db is None):
+            raise ValueError("geoip takes 'country_db' or 'city_db' (the path of a .mmdb file)")
+        return self
+
+
 SecurityHeaders = bool | dict[str, str | None]
 """``true``, or the headers to change: a value replaces the default, ``null`` drops it, and
 any other header is added."""
@@ -241,6 +283,9 @@ class Site(Upstream):
     """How long a request or WebSocket may stay silent both ways before it is closed (``0``:
     never; a dashboard's WebSocket without pings wants hours, ``1h``)."""
     allow: list[Cidr] = []
+    countries: Countries | None = None
+    """Clients let in by their country (``geoip`` says which database); default: the
+    file's ``countries``."""
     auth: Auth | None = None
     passthrough: bool = False
     request_headers: dict[str, str] = {}
@@ -264,7 +309,8 @@ class Site(Upstream):
             raise ValueError("the upstreams of one site must share one scheme")
         if self.passthrough:
             if self.auth or self.paths or self.request_headers or self.response_headers \
-                    or self.security_headers or self.error_pages or self.compress:
+                    or self.security_headers or self.error_pages or self.compress \
+                    or self.countries:
                 raise ValueError("a passthrough site forwards TLS unopened: it can have "
                                  "'allow', but no 'auth', 'paths' or headers")
         elif "tcp" in schemes:
@@ -389,6 +435,10 @@ class SitesFile(SitesMsg):
     compress: bool = False
     """Compress every site's text responses (zstd, br or gzip); off by default (BREACH:
     see docs/sites.md)."""
+    geoip: GeoipSettings | None = None
+    countries: Countries | None = None
+    """``{allow: [DE, FR]}`` or ``{deny: [...]}`` for every site (a site's own replaces it);
+    needs ``geoip``."""
     status: Annotated[StatusSite | None, BeforeValidator(_status)] = None
     """``status.example.com``, or ``{name, allow, auth}``: the status page (``/status`` and
     ``/status.json`` only) served on that name, like a site."""
@@ -408,4 +458,8 @@ class SitesFile(SitesMsg):
                              "challenges come in there" if self.acme.dns is None else
                              "acme's settings ride on the port-80 listener (listen.http), "
                              "even under DNS-01")
+        wanting = [n for n, site in self.sites.items() if site.countries is not None]
+        if self.geoip is None and (self.countries is not None or wanting):
+            raise ValueError("countries needs geoip: {country_db: PATH} (a MaxMind .mmdb "
+                             "file, such as GeoLite2-Country.mmdb)")
         return self

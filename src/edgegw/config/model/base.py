@@ -48,6 +48,8 @@ EXT_AUTHZ_TYPE = T + "extensions.filters.http.ext_authz.v3.ExtAuthz"
 EXT_AUTHZ_PER_ROUTE_TYPE = T + "extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"
 HEADER_MUTATION_TYPE = T + "extensions.filters.http.header_mutation.v3.HeaderMutation"
 COMPRESSOR_TYPE = T + "extensions.filters.http.compressor.v3.Compressor"
+GEOIP_TYPE = T + "extensions.filters.http.geoip.v3.Geoip"
+MAXMIND_TYPE = T + "extensions.geoip_providers.maxmind.v3.MaxMindConfig"
 CUSTOM_RESPONSE_TYPE = T + "extensions.filters.http.custom_response.v3.CustomResponse"
 LOCAL_RESPONSE_POLICY_TYPE = \
     T + "extensions.http.custom_response.local_response_policy.v3.LocalResponsePolicy"

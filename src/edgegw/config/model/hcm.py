@@ -37,6 +37,7 @@ from .route import (
     Compressor,
     CustomResponse,
     ExtAuthz,
+    Geoip,
     HeaderMatcher,
     HeaderMutation,
     HTTPFault,
@@ -71,7 +72,8 @@ class HttpFilter(Msg):
                 "envoy.filters.http.fault", "envoy.filters.http.local_ratelimit",
                 "envoy.filters.http.rbac", "envoy.filters.http.basic_auth",
                 "envoy.filters.http.ext_authz", "envoy.filters.http.header_mutation",
-                "envoy.filters.http.compressor", "envoy.filters.http.custom_response"):
+                "envoy.filters.http.compressor", "envoy.filters.http.custom_response",
+                "envoy.filters.http.geoip"):
             raise PydanticCustomError("missing_typed_config",
                                       "HTTP filter '{name}' needs a typed_config", v)
         return named_filter(v, ("envoy.filters.http.router", "envoy.router"), "HTTP filter",
@@ -88,7 +90,8 @@ class HttpFilter(Msg):
                 "ext_authz" if isinstance(c, ExtAuthz) else
                 "header_mutation" if isinstance(c, HeaderMutation) else
                 "compressor" if isinstance(c, Compressor) else
-                "custom_response" if isinstance(c, CustomResponse) else "router")
+                "custom_response" if isinstance(c, CustomResponse) else
+                "geoip" if isinstance(c, Geoip) else "router")
 
 
 _LOG_KINDS = {STDOUT_LOG_TYPE: "stdout", STDERR_LOG_TYPE: "stderr", FILE_LOG_TYPE: "file"}

@@ -19,11 +19,13 @@ from .base import (
     EXT_AUTHZ_TYPE,
     FAULT_TYPE,
     FILTER_CONFIG_TYPE,
+    GEOIP_TYPE,
     GZIP_TYPE,
     HEADER_MUTATION_PER_ROUTE_TYPE,
     HEADER_MUTATION_TYPE,
     LOCAL_RATELIMIT_TYPE,
     LOCAL_RESPONSE_POLICY_TYPE,
+    MAXMIND_TYPE,
     RBAC_PER_ROUTE_TYPE,
     RBAC_TYPE,
     ROUTER_TYPE,
@@ -638,6 +640,91 @@ class CompressorPerRoute(TypedMsg):
     disabled: Bool = False
 
 
+class GeolocationHeadersToAdd(Msg):
+    """Which request header each geolocation field is written to (empty: not looked up)."""
+
+    country: str = ""
+    city: str = ""
+    region: str = ""
+    asn: str = ""
+    is_anon: str = ""
+    anon: str = ""
+    """The same as ``is_anon`` (its newer name)."""
+    anon_vpn: str = ""
+    anon_hosting: str = ""
+    anon_tor: str = ""
+    anon_proxy: str = ""
+    isp: str = ""
+    apple_private_relay: str = ""
+
+
+class CommonGeoipProviderConfig(Msg):
+    geo_headers_to_add: GeolocationHeadersToAdd
+
+
+GEO_DATABASES = {  # field: the databases that hold it, the first one set is read
+    "country": ("country_db_path", "city_db_path"), "city": ("city_db_path",),
+    "region": ("city_db_path",), "asn": ("asn_db_path", "isp_db_path"),
+    "is_anon": ("anon_db_path",), "anon": ("anon_db_path",), "anon_vpn": ("anon_db_path",),
+    "anon_hosting": ("anon_db_path",), "anon_tor": ("anon_db_path",),
+    "anon_proxy": ("anon_db_path",), "isp": ("isp_db_path",),
+    "apple_private_relay": ("isp_db_path",)}
+
+
+class MaxMindConfig(TypedMsg):
+    """envoy.geoip_providers.maxmind: MaxMind (GeoIP2, GeoLite2) database files, each
+    reopened when it is replaced."""
+
+    city_db_path: str = ""
+    country_db_path: str = ""
+    asn_db_path: str = ""
+    anon_db_path: str = ""
+    isp_db_path: str = ""
+    common_provider_config: CommonGeoipProviderConfig
+
+    @model_validator(mode="after")
+    def _databases(self) -> MaxMindConfig:
+        headers = self.common_provider_config.geo_headers_to_add
+        for field, paths in GEO_DATABASES.items():
+            if getattr(headers, field) and not any(getattr(self, p) for p in paths):
+                raise ValueError(f"geo_headers_to_add.{field} needs {' or '.join(paths)}")
+        if not any(getattr(self, p) for p in (
+                "city_db_path", "country_db_path", "asn_db_path", "anon_db_path", "isp_db_path")):
+            raise ValueError("at least one database path is needed")
+        return self
+
+
+if TYPE_CHECKING:
+    GeoipProviderConfig = MaxMindConfig
+else:
+    GeoipProviderConfig = by_type((MAXMIND_TYPE, MaxMindConfig))
+
+
+class GeoipProvider(Msg):
+    name: str = Field(min_length=1)
+    typed_config: GeoipProviderConfig
+
+
+class GeoipXff(Msg):
+    xff_num_trusted_hops: UInt32 = 0
+    """The address this many entries from the end of x-forwarded-for (0: not used)."""
+
+
+class GeoipCustomHeader(Msg):
+    header_name: str = Field(min_length=1)
+
+
+class Geoip(TypedMsg):
+    """envoy.filters.http.geoip: the client's address looked up, and what is found written
+    to request headers (a header the client sent stays when nothing is found, as in Envoy)."""
+
+    xff_config: GeoipXff | None = None
+    custom_header_config: GeoipCustomHeader | None = None
+    """The address is read from this header; where it is missing or not an address, the
+    connection's is used."""
+    provider: GeoipProvider
+
+
 class StatusCodeInput(TypedMsg):
     """The response's status code, as text (``502``)."""
 
@@ -733,7 +820,7 @@ class CustomResponse(TypedMsg):
 
 if TYPE_CHECKING:  # what the discriminated unions below hold, for the type checker
     HttpFilterConfig = Router | HTTPFault | LocalRateLimit | RBAC | BasicAuth | ExtAuthz | \
-        HeaderMutation | Compressor | CustomResponse
+        HeaderMutation | Compressor | CustomResponse | Geoip
     FilterPerRoute = HTTPFault | LocalRateLimit | RBACPerRoute | BasicAuthPerRoute | \
         ExtAuthzPerRoute | HeaderMutationPerRoute | CompressorPerRoute
 else:
@@ -742,7 +829,8 @@ else:
                                 (BASIC_AUTH_TYPE, BasicAuth), (EXT_AUTHZ_TYPE, ExtAuthz),
                                 (HEADER_MUTATION_TYPE, HeaderMutation),
                                 (COMPRESSOR_TYPE, Compressor),
-                                (CUSTOM_RESPONSE_TYPE, CustomResponse))
+                                (CUSTOM_RESPONSE_TYPE, CustomResponse),
+                                (GEOIP_TYPE, Geoip))
     FilterPerRoute = by_type((FAULT_TYPE, HTTPFault), (LOCAL_RATELIMIT_TYPE, LocalRateLimit),
                              (RBAC_PER_ROUTE_TYPE, RBACPerRoute),
                              (BASIC_AUTH_PER_ROUTE_TYPE, BasicAuthPerRoute),

@@ -6,9 +6,10 @@ from . import (
     custom_response,
     ext_authz,
     fault,
+    geoip,
     header_mutation,
     local_ratelimit,
     rbac,
 )
 
-__all__ = ["basic_auth", "compressor", "custom_response", "ext_authz", "fault", "header_mutation", "local_ratelimit", "rbac"]
+__all__ = ["basic_auth", "compressor", "custom_response", "ext_authz", "fault", "geoip", "header_mutation", "local_ratelimit", "rbac"]

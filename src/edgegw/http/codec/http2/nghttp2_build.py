@@ -39,11 +39,13 @@ uint32_t eg_peer_max_streams(eg_session *g);
 const char *eg_version(void);
 """
 
-ffibuilder = FFI()
-ffibuilder.cdef(CDEF)
-with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "nghttp2_shim.c")) as f:
-    ffibuilder.set_source("edgegw.http.codec.http2._nghttp2", f.read(), libraries=["nghttp2"],
-                          extra_compile_args=["-O2"])
 
-if __name__ == "__main__":
-    ffibuilder.compile(tmpdir="/tmp/eg-nghttp2", verbose=False)
+
+def builder() -> FFI:
+    """The binding's builder: the declarations above over the shim's C source."""
+    ffi = FFI()
+    ffi.cdef(CDEF)
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "nghttp2_shim.c")) as f:
+        ffi.set_source("edgegw.http.codec.http2._nghttp2", f.read(), libraries=["nghttp2"],
+                       extra_compile_args=["-O2"])
+    return ffi
