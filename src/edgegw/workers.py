@@ -313,6 +313,9 @@ class Supervisor:
     async def xds_doc(self, after: int, epoch: str) -> dict[str, Any] | None:
         return None  # (workers follow worker 0 directly)
 
+    async def crowdsec_doc(self, url: str, after: int, epoch: str) -> dict[str, Any] | None:
+        return None  # (as for xds)
+
 
 def _union(into: list[Any], more: list[Any]) -> None:
     """Appends the entries of ``more`` that ``into`` does not hold yet (when each worker

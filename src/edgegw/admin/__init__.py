@@ -76,6 +76,8 @@ class Admin:
         if unix_path:
             self.routes["/edgegw/xds"] = ("what the control plane gave, for the other "
                                           "workers (edgegw)", self.xds)
+            self.routes["/edgegw/crowdsec"] = ("CrowdSec decisions, for the other workers "
+                                               "(edgegw)", self.crowdsec)
         try:
             if not unix_path and not ipaddress.ip_address(host).is_loopback:
                 _log.warning("admin interface bound to %s:%d, which is not loopback: anyone who "
@@ -273,6 +275,15 @@ class Admin:
                                          _arg(q, "epoch") or "")
         if doc is None:
             return 404, "text/plain", b"this worker does not lead\n"
+        return 200, "application/json", json.dumps(doc).encode()
+
+    async def crowdsec(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:
+        after = _arg(q, "after") or "0"
+        doc = await self.backend.crowdsec_doc(_arg(q, "url") or "",
+                                              int(after) if after.isdigit() else 0,
+                                              _arg(q, "epoch") or "")
+        if doc is None:
+            return 404, "text/plain", b"no bouncer leads here for that LAPI\n"
         return 200, "application/json", json.dumps(doc).encode()
 
     async def server_info(self, q: dict[str, list[str]], method: str) -> tuple[int, str, bytes]:

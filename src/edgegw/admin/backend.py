@@ -56,4 +56,8 @@ class AdminBackend(Protocol):
         """What a leading worker's followers are given (``xds/follow.py``), once newer than
         generation ``after`` of ``epoch``; None where there is none."""
 
+    async def crowdsec_doc(self, url: str, after: int, epoch: str) -> Doc | None:
+        """What a leading worker's bouncer gives the other workers' (``crowdsec.py``); None
+        where there is none."""
+
     def request_stop(self) -> None: ...

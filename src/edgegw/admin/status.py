@@ -209,6 +209,8 @@ PAGE = """<!doctype html>
   <th>Expires</th><th>File</th></tr></thead><tbody></tbody></table>
   <div id="acme" hidden><h2>ACME</h2><table><thead><tr><th>Name</th><th>Expires</th>
   <th>Renews after</th><th>Last problem</th></tr></thead><tbody></tbody></table></div></section>
+ <section id="crowdsec" hidden><h2>CrowdSec</h2><table><thead><tr><th>Local API</th><th>State</th>
+  <th>Decisions in force</th></tr></thead><tbody></tbody></table></section>
  <section><h2>Sites <span class="legend">last hour:<i style="background:#2563eb"></i>requests/s
   <i style="background:#dc2626"></i>5xx/s<i style="background:#7c3aed"></i>latency ms</span></h2>
   <table id="sites"><thead><tr><th>Site</th><th>Requests/s</th><th>4xx/s</th><th>5xx/s</th>
@@ -277,6 +279,13 @@ async function refresh() {
     <td>${a.last_error ? `<span class="bad">${esc(a.last_error)}</span> <small>at
       ${esc(a.last_error_at)}, ${a.failures} failure(s), next try ${esc(a.next_attempt)}</small>`
       : '<span class="ok">none</span>'}</td></tr>`).join("");
+  const cs = cur.crowdsec || [];
+  document.getElementById("crowdsec").hidden = !cs.length;
+  document.querySelector("#crowdsec tbody").innerHTML = cs.map(c => `<tr>
+    <td class="num">${esc(c.url)}</td><td>${c.up ? '<span class="ok">following</span>'
+      : `<span class="bad">unreachable</span> <small>${esc(c.last_error || "not asked yet")}:
+      the last decisions stay in force</small>`}</td><td class="num">${c.decisions}</td></tr>`
+  ).join("");
   const certs = new Map();
   cur.sites.forEach(s => s.certificates.forEach(c => certs.set(c.path + c.names, c)));
   document.querySelector("#certs tbody").innerHTML = [...certs.values()].sort(

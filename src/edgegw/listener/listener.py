@@ -20,6 +20,7 @@ from .. import proxy_protocol as pp
 from ..accesslog import AccessLogger
 from ..config import model as m
 from ..config.subscription import Warms
+from ..crowdsec import Bouncer, RequestCheck
 from ..http.conn_manager import DownstreamConnection
 from ..http.settings import HttpConnectionManager
 from ..overload import ConnectionLimit
@@ -96,8 +97,11 @@ def stat_address(sa: m.SocketAddress) -> str:
 
 class Listener:
     def __init__(self, cfg: m.Listener, clusters: ClusterManager, store: Store,
-                 secrets: SecretManager | None = None) -> None:
+                 secrets: SecretManager | None = None, bouncer: Bouncer | None = None) -> None:
         self.cfg = cfg
+        self.bouncer = bouncer
+        """CrowdSec's decisions (edgegw-only): bans refused at accept, all checked per
+        request."""
         self.clusters = clusters
         """The config's clusters it routes to: that config retires with its last listener."""
         sa = cfg.address.socket_address
@@ -126,6 +130,8 @@ class Listener:
             hcm = HttpConnectionManager(typed, clusters, store, close_websockets=bool(
                 fc.metadata and fc.metadata.ours("websocket_close_on_idle") is True),
                 basic_auth_users=None if own is None else m.DataSource.model_validate(own))
+            if bouncer is not None:
+                hcm.filters.insert(0, ("edgegw.crowdsec", RequestCheck(bouncer), False))
             return Chain(fc.name, hcm, None, tls, strict_sni_host(fc), rbac)
 
         self.chains = [build(fc) for fc in cfg.filter_chains]
@@ -266,6 +272,10 @@ class Listener:
                 self._accept_failed(e)
                 return
             conn = socket.socket(self.family, socket.SOCK_STREAM, 0, fd)
+            if self.bouncer is not None and self.proxy_protocol is None \
+                    and self.bouncer.banned(_addr[0]):
+                _reset(conn)  # (before TLS: a banned address costs no handshake)
+                continue
             if self.limit is not None and not self.cfg.ignore_global_conn_limit \
                     and not self.limit.admit():
                 self.stats.downstream_global_cx_overflow.value += 1
@@ -305,6 +315,9 @@ class Listener:
                  tlvs: tuple[tuple[int, bytes], ...] = ()) -> None:
         """Hands a new connection to its filter chain; ``proxied`` is the client's address
         from a PROXY header, ``tlvs`` what of it is passed through."""
+        if proxied is not None and self.bouncer is not None and self.bouncer.banned(proxied[0]):
+            _reset(conn)
+            return
         transport = "tls" if hello.tls else "raw_buffer"
         chain = self.index.find(hello.server_name, transport, hello.alpn)
         if chain is None:

@@ -145,6 +145,15 @@ class Builder:
             if s.acme is not None:
                 self.out.origins[("static_resources", "listeners", len(listeners) - 1,
                                   "metadata")] = self.where(("acme",))
+        if s.crowdsec is not None:
+            for i, listener in enumerate(listeners):  # (the HTTPS and the port-80 listener)
+                own = listener.setdefault("metadata", {}).setdefault(
+                    "filter_metadata", {}).setdefault("edgegw", {})
+                own["crowdsec"] = {"url": s.crowdsec.url,
+                                   "api_key_file": s.crowdsec.api_key_file,
+                                   "poll_interval": s.crowdsec.poll_interval}
+                self.out.origins.setdefault(("static_resources", "listeners", i, "metadata"),
+                                            self.where(("crowdsec",)))
         if s.control_plane is not None:
             self._control_plane(boot, s.control_plane)
         for i, c in enumerate(self.clusters):

@@ -259,6 +259,25 @@ def _database(value: Any) -> Any:
     return value
 
 
+def _key_file(value: Any) -> Any:
+    if isinstance(value, str) and not os.path.isfile(value):
+        raise ValueError(f"'{value}' is not a file (relative paths start where the gateway "
+                         f"runs: {os.getcwd()}): write the key `cscli bouncers add edgegw` "
+                         "printed into it")
+    return value
+
+
+class CrowdSecSettings(SitesMsg):
+    """A CrowdSec bouncer (edgegw-only): the Local API's bans refuse connections before TLS,
+    and every decision refuses its client's requests with a 403 page."""
+
+    url: str = Field(pattern=r"^https?://")
+    """The Local API, e.g. ``http://127.0.0.1:8080``."""
+    api_key_file: Annotated[str, BeforeValidator(_key_file)]
+    """The file holding the key ``cscli bouncers add edgegw`` printed."""
+    poll_interval: Annotated[str, BeforeValidator(_seconds)] = "10s"
+
+
 class GeoipSettings(SitesMsg):
     """The MaxMind database (GeoIP2 or GeoLite2, Country or City) that ``countries`` reads;
     a new file renamed over it is read at once."""
@@ -437,6 +456,7 @@ class SitesFile(SitesMsg):
     see docs/sites.md)."""
     geoip: GeoipSettings | None = None
     countries: Countries | None = None
+    crowdsec: CrowdSecSettings | None = None
     """``{allow: [DE, FR]}`` or ``{deny: [...]}`` for every site (a site's own replaces it);
     needs ``geoip``."""
     status: Annotated[StatusSite | None, BeforeValidator(_status)] = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -210,8 +211,29 @@ class Acme(Msg):
     eab: AcmeEab | None = None
 
 
+class CrowdSec(Msg):
+    """edgegw-only (the listener's ``metadata.filter_metadata.edgegw.crowdsec``): a CrowdSec
+    bouncer. Bans refuse connections as they are accepted, and every decision refuses its
+    client's requests with a 403 page."""
+
+    url: str = Field(pattern=r"^https?://")
+    """The Local API (``http://127.0.0.1:8080``)."""
+    api_key_file: str
+    """The file holding the bouncer's key (``cscli bouncers add edgegw``; never inline)."""
+    poll_interval: Duration = Field(default=10.0, gt=0)
+    """How often the decision stream is asked for what changed."""
+
+    @model_validator(mode="after")
+    def _key(self) -> CrowdSec:
+        if not os.path.isfile(self.api_key_file):
+            raise ValueError(f"api_key_file: '{self.api_key_file}' is not a file (relative "
+                             f"paths start where the gateway runs: {os.getcwd()})")
+        return self
+
+
 class ListenerEdgegw(Msg):
     acme: Acme | None = None
+    crowdsec: CrowdSec | None = None
 
 
 class ListenerFilterMetadata(BaseModel):
@@ -245,6 +267,11 @@ class Listener(Msg):
     def acme(self) -> Acme | None:
         own = self.metadata.filter_metadata.edgegw if self.metadata else None
         return own.acme if own else None
+
+    @property
+    def crowdsec(self) -> CrowdSec | None:
+        own = self.metadata.filter_metadata.edgegw if self.metadata else None
+        return own.crowdsec if own else None
 
     @property
     def proxy_protocol(self) -> ProxyProtocol | None:
