@@ -172,6 +172,8 @@ class Bench:
         """F1: an HTTP filter put before the router in edgegw's and Envoy's config."""
         self.pure = False
         """C1: edgegw runs the source tree (plain Python) instead of the compiled build."""
+        self.metadata: dict | None = None
+        """B1: the listener's metadata (a CrowdSec bouncer)."""
         self.ca = trustme.CA()
         self.issue(1)
         self.ca.cert_pem.write_to_path(str(work / "ca.pem"))
@@ -269,6 +271,7 @@ class Bench:
                 "listeners": [{
                     "name": "https",
                     "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+                    **({"metadata": self.metadata} if self.metadata else {}),
                     "filter_chains": [{
                         "transport_socket": {"name": "envoy.transport_sockets.tls",
                                              "typed_config": {
@@ -802,6 +805,70 @@ class Bench:
         out.update({f"{label}_cpu_us": statistics.median(v) for label, v in cpu.items()})
         return out
 
+    def bouncer_cost(self, reps: int, count: int = 100_000) -> dict[str, float]:
+        """B1: W1 on edgegw with a CrowdSec bouncer holding ``count`` decisions (none on the
+        client: every request is looked up and let through), beside W1 without it,
+        interleaved; the LAPI is a stub of the bench's own that serves the decisions once.
+        Also the RSS the decisions take."""
+        import http.server  # noqa: PLC0415 (B1 alone needs it)
+
+        rows = [{"value": f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", "scope": "Ip",
+                 "type": "ban"} for i in range(count - count // 10)]
+        rows += [{"value": f"100.{64 + (i >> 8 & 63)}.{i & 255}.0/24", "scope": "Range",
+                  "type": "ban"} for i in range(count // 20)]
+        rows += [{"value": f"2001:db8:{i:x}::/48", "scope": "Range", "type": "captcha"}
+                 for i in range(count - len(rows))]
+        full = json.dumps({"new": rows, "deleted": None}).encode()
+        polls = [0]
+
+        class Lapi(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                body = full if "startup=true" in self.path else b'{"new":null,"deleted":null}'
+                polls[0] += 1
+                self.send_response(200)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Lapi)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        (self.work / "bouncer.key").write_text("bench\n")
+        bouncer = {"filter_metadata": {"edgegw": {"crowdsec": {
+            "url": f"http://127.0.0.1:{server.server_address[1]}",
+            "api_key_file": str(self.work / "bouncer.key"), "poll_interval": "0.2s"}}}}
+        seen: dict[str, list[float]] = {"plain": [], "crowdsec": []}
+        cpu: dict[str, list[float]] = {"plain": [], "crowdsec": []}
+        rss: list[float] = []
+        try:
+            for _ in range(reps):
+                for label in ("plain", "crowdsec"):
+                    self.metadata = bouncer if label == "crowdsec" else None
+                    self.start_proxy("edgegw")
+                    pid = self.procs["edgegw"].pid
+                    if label == "crowdsec":  # a second poll: the first one's decisions are in
+                        polls[0] = 0
+                        while polls[0] < 2:
+                            time.sleep(0.05)
+                        rss.append(rss_bytes(pid) / 2**20)
+                    before = cpu_seconds(pid)
+                    rps = self.wrk("edgegw", "/small", 32)["rps"]
+                    seen[label].append(rps)
+                    cpu[label].append((cpu_seconds(pid) - before) / max(rps * self.seconds, 1)
+                                      * 1e6)
+                    if label == "plain":
+                        rss.append(-rss_bytes(pid) / 2**20)
+                    self.stop("edgegw")
+        finally:
+            self.metadata = None
+            server.shutdown()
+        out = {label: statistics.median(v) for label, v in seen.items()}
+        out.update({f"{label}_cpu_us": statistics.median(v) for label, v in cpu.items()})
+        out["rss_mb"] = statistics.median(rss[i] + rss[i + 1] for i in range(0, len(rss) - 1, 2))
+        return out
+
     def compiled_gain(self, reps: int) -> dict[str, float]:
         """C1: W1 on edgegw compiled and pure, in ABBA order (this VM drifts between runs):
         the median requests/s and proxy CPU µs per request of each."""
@@ -1091,6 +1158,9 @@ ROWS = [("W1 keep-alive req/s", "rps", "higher"), ("W1 p50 ms", "p50_ms", "lower
         ("F1 proxy CPU us/req, no filter", "cpu_us_plain", "lower"),
         ("F1 proxy CPU us/req with rbac", "cpu_us_rbac", "lower"),
         ("F1 proxy CPU us/req with basic_auth", "cpu_us_basic_auth", "lower"),
+        ("B1 W1 proxy CPU us/req, no bouncer (edgegw)", "b1_cpu_plain", "lower"),
+        ("B1 W1 proxy CPU us/req, 100k CrowdSec decisions", "b1_cpu_crowdsec", "lower"),
+        ("B1 MB the 100k decisions take", "b1_rss_mb", "lower"),
         ("C1 W1 req/s, compiled (edgegw only)", "rps_compiled", "higher"),
         ("C1 W1 req/s, pure Python", "rps_pure", "higher"),
         ("C1 proxy CPU us/req, compiled", "cpu_us_compiled", "lower"),
@@ -1217,6 +1287,18 @@ def main() -> None:
                     cost = (us / got["plain_cpu_us"] - 1) * 100
                     print(f"F1 {name:8s} {label:10s} rps={rps:8.0f} proxy CPU {us:6.1f} us/req "
                           f"(+{cost:.0f} % over no filter)", file=sys.stderr, flush=True)
+            if "B1" not in skip and name == "edgegw":
+                got = b.bouncer_cost(a.reps)
+                note(name, "b1_rps_plain", got["plain"])
+                note(name, "b1_rps_crowdsec", got["crowdsec"])
+                note(name, "b1_cpu_plain", got["plain_cpu_us"])
+                note(name, "b1_cpu_crowdsec", got["crowdsec_cpu_us"])
+                note(name, "b1_rss_mb", got["rss_mb"])
+                print(f"B1 edgegw   plain rps={got['plain']:8.0f} cpu/req="
+                      f"{got['plain_cpu_us']:5.1f}us, 100k CrowdSec decisions rps="
+                      f"{got['crowdsec']:8.0f} cpu/req={got['crowdsec_cpu_us']:5.1f}us "
+                      f"(+{(got['crowdsec_cpu_us'] / got['plain_cpu_us'] - 1) * 100:.1f} %), "
+                      f"decisions take {got['rss_mb']:.1f} MB", file=sys.stderr, flush=True)
             if "C1" not in skip and name == "edgegw" and compiled.active():
                 got = b.compiled_gain(a.reps)
                 for label in ("compiled", "pure"):

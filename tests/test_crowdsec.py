@@ -64,7 +64,11 @@ class Lapi:
     def start(self) -> None:
         assert CROWDSEC
         self.proc = Proc([CROWDSEC, "-c", str(self.config), "-no-cs"], self.root / "lapi.log")
-        wait_port("127.0.0.1", self.port)
+        try:
+            wait_port("127.0.0.1", self.port)
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         if self.proc is not None:
