@@ -20,6 +20,12 @@ reported, with every figure also as a ratio edgegw / peer.
       beside nginx `stream` (ssl_preread) and HAProxy `mode tcp` (req.ssl_sni)
   F1  W1 with one more HTTP filter before the router (rbac, basic_auth), edgegw and Envoy:
       requests/s beside plain W1, i.e. what each filter costs per request
+  Z1  compression, edgegw and Envoy: the proxy's CPU per request with no compressor, gzip or
+      zstd, on W1's 100-byte body and on a 100 kB text page (a client accepting both)
+  B1  edgegw's CrowdSec bouncer holding 100,000 decisions (none on the client), W1 beside
+      W1 without it, interleaved; the LAPI is a stub that serves them; and their memory
+  H2  HTTP/2 keep-alive (h2load, 4 connections of 32 streams): requests/s and the proxy's
+      CPU per request
   C1  edgegw's compiled request path (mypyc, as the image ships it) against the same code
       pure, W1 interleaved compiled, pure, pure, compiled …: what compiling gains
   W6  slow clients: 2,000 connections stalled (half in the TLS handshake, half in the request
@@ -180,6 +186,10 @@ class Bench:
         (work / "www").mkdir()
         (work / "www" / "small").write_bytes(SMALL)
         (work / "www" / "1m").write_bytes(os.urandom(1024 * 1024))
+        words = [b"gateway", b"edge", b"certificate", b"request", b"<li>", b"</li>",
+                 b"backend", b"status", b"\n", b"class=\"x\"", b"home", b"lab"]
+        (work / "www" / "100k").write_bytes(b" ".join(
+            words[(i * 7 + i // 13) % len(words)] for i in range(14_000))[:100_000])
         (work / "lab").mkdir()
         for site in LAB:
             cert = self.ca.issue_cert(site)
@@ -805,6 +815,36 @@ class Bench:
         out.update({f"{label}_cpu_us": statistics.median(v) for label, v in cpu.items()})
         return out
 
+    def compression_cost(self, name: str, reps: int) -> dict[str, float]:
+        """Z1: the proxy's CPU µs per request without a compressor and with gzip or zstd
+        (Envoy's defaults), on W1's 100-byte body and on a 100 kB text page, a client that
+        accepts both; interleaved reps, medians."""
+        lib = "type.googleapis.com/envoy.extensions.compression.{0}.compressor.v3.{1}"
+        filters: dict[str, dict | None] = {"plain": None, **{
+            label: {"name": "envoy.filters.http.compressor", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.compressor.v3."
+                         "Compressor", "compressor_library": {
+                    "name": label, "typed_config": {"@type": lib.format(label, kind)}}}}
+            for label, kind in (("gzip", "Gzip"), ("zstd", "Zstd"))}}
+        cpu: dict[str, list[float]] = {}
+        for _ in range(reps):
+            for label, f in filters.items():
+                self.extra_filter = f
+                try:
+                    self.start_proxy(name)
+                    pid = self.procs[name].pid
+                    for path in ("/small", "/100k"):
+                        before = cpu_seconds(pid)
+                        rps = self.wrk(name, path, 32,
+                                       headers=["Accept-Encoding: gzip, zstd"])["rps"]
+                        used = cpu_seconds(pid) - before
+                        cpu.setdefault(f"{label}{path}", []).append(
+                            used / max(rps * self.seconds, 1) * 1e6)
+                    self.stop(name)
+                finally:
+                    self.extra_filter = None
+        return {k: statistics.median(v) for k, v in cpu.items()}
+
     def bouncer_cost(self, reps: int, count: int = 100_000) -> dict[str, float]:
         """B1: W1 on edgegw with a CrowdSec bouncer holding ``count`` decisions (none on the
         client: every request is looked up and let through), beside W1 without it,
@@ -1158,6 +1198,12 @@ ROWS = [("W1 keep-alive req/s", "rps", "higher"), ("W1 p50 ms", "p50_ms", "lower
         ("F1 proxy CPU us/req, no filter", "cpu_us_plain", "lower"),
         ("F1 proxy CPU us/req with rbac", "cpu_us_rbac", "lower"),
         ("F1 proxy CPU us/req with basic_auth", "cpu_us_basic_auth", "lower"),
+        ("Z1 proxy CPU us/req, 100 B, no compressor", "z1_plain_small", "lower"),
+        ("Z1 proxy CPU us/req, 100 B, gzip", "z1_gzip_small", "lower"),
+        ("Z1 proxy CPU us/req, 100 B, zstd", "z1_zstd_small", "lower"),
+        ("Z1 proxy CPU us/req, 100 kB text, no compressor", "z1_plain_100k", "lower"),
+        ("Z1 proxy CPU us/req, 100 kB text, gzip", "z1_gzip_100k", "lower"),
+        ("Z1 proxy CPU us/req, 100 kB text, zstd", "z1_zstd_100k", "lower"),
         ("B1 W1 proxy CPU us/req, no bouncer (edgegw)", "b1_cpu_plain", "lower"),
         ("B1 W1 proxy CPU us/req, 100k CrowdSec decisions", "b1_cpu_crowdsec", "lower"),
         ("B1 MB the 100k decisions take", "b1_rss_mb", "lower"),
@@ -1287,6 +1333,14 @@ def main() -> None:
                     cost = (us / got["plain_cpu_us"] - 1) * 100
                     print(f"F1 {name:8s} {label:10s} rps={rps:8.0f} proxy CPU {us:6.1f} us/req "
                           f"(+{cost:.0f} % over no filter)", file=sys.stderr, flush=True)
+            if "Z1" not in skip and name in ("edgegw", "envoy"):
+                got = b.compression_cost(name, a.reps)
+                for k, v in got.items():
+                    note(name, "z1_" + k.replace("/", "_"), v)
+                print(f"Z1 {name:8s} proxy CPU us/req, 100 B: plain {got['plain/small']:5.1f} "
+                      f"gzip {got['gzip/small']:5.1f} zstd {got['zstd/small']:5.1f}; 100 kB: "
+                      f"plain {got['plain/100k']:6.1f} gzip {got['gzip/100k']:6.1f} zstd "
+                      f"{got['zstd/100k']:6.1f}", file=sys.stderr, flush=True)
             if "B1" not in skip and name == "edgegw":
                 got = b.bouncer_cost(a.reps)
                 note(name, "b1_rps_plain", got["plain"])
