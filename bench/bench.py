@@ -26,6 +26,8 @@ reported, with every figure also as a ratio edgegw / peer.
       W1 without it, interleaved; the LAPI is a stub that serves them; and their memory
   H2  HTTP/2 keep-alive (h2load, 4 connections of 32 streams): requests/s and the proxy's
       CPU per request
+  G1  gRPC unary calls (h2load posting a 100-byte message to a grpcio echo backend over an
+      HTTP/2 cluster), edgegw and Envoy: calls/s and the proxy's CPU per call
   C1  edgegw's compiled request path (mypyc, as the image ships it) against the same code
       pure, W1 interleaved compiled, pure, pure, compiled …: what compiling gains
   W6  slow clients: 2,000 connections stalled (half in the TLS handshake, half in the request
@@ -74,6 +76,9 @@ TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 BACKEND = ("127.0.0.20", 18080)
 WS_BACKEND = ("127.0.0.20", 18081)
+GRPC_BACKEND = ("127.0.0.20", 18082)
+GRPC_PROXIES = ("edgegw", "envoy")
+"""The proxies G1 runs on (gRPC routes and an HTTP/2 cluster in their shared config)."""
 WS_PROXIES = ("edgegw", "envoy", "nginx")
 PORTS = {"edgegw": 18443, "nginx": 18445, "haproxy": 18446, "envoy": 18444, "caddy": 18447}
 TLS_BACKEND = ("127.0.0.20", 18543)
@@ -268,8 +273,13 @@ class Bench:
         wait_port(*TLS_BACKEND)
         self.start("ws-backend", [sys.executable, __file__, "--ws-echo", *map(str, WS_BACKEND)],
                    "0")
+        self.start("grpc-backend", [sys.executable, __file__, "--grpc-echo",
+                                    *map(str, GRPC_BACKEND)], "0")
         wait_port(*BACKEND)
         wait_port(*WS_BACKEND)
+        wait_port(*GRPC_BACKEND)
+        message = b"x" * 100
+        (self.work / "grpc-call").write_bytes(b"\0" + len(message).to_bytes(4, "big") + message)
 
     # --- the proxies ------------------------------------------------------------------------
 
@@ -307,6 +317,8 @@ class Bench:
                                          "router.v3.Router"}}],
                             "route_config": {"virtual_hosts": [{
                                 "name": "all", "domains": ["*"], "routes": [
+                                    {"match": {"prefix": "/bench.Echo/"},
+                                     "route": {"cluster": "grpc"}},
                                     {"match": {"prefix": "/ws"}, "route": {"cluster": "ws"}},
                                     {"match": {"prefix": "/"},
                                      "route": {"cluster": "backend"}}],
@@ -320,7 +332,17 @@ class Bench:
                     {"name": "ws", "type": "STATIC", "connect_timeout": "1s",
                      "load_assignment": {"cluster_name": "ws", "endpoints": [{
                          "lb_endpoints": [{"endpoint": {"address": {"socket_address": {
-                             "address": WS_BACKEND[0], "port_value": WS_BACKEND[1]}}}}]}]}}]}}
+                             "address": WS_BACKEND[0], "port_value": WS_BACKEND[1]}}}}]}]}},
+                    {"name": "grpc", "type": "STATIC", "connect_timeout": "1s",
+                     "typed_extension_protocol_options": {
+                         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                             "@type": "type.googleapis.com/envoy.extensions.upstreams.http."
+                                      "v3.HttpProtocolOptions",
+                             "explicit_http_config": {"http2_protocol_options": {}}}},
+                     "load_assignment": {"cluster_name": "grpc", "endpoints": [{
+                         "lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                             "address": GRPC_BACKEND[0],
+                             "port_value": GRPC_BACKEND[1]}}}}]}]}}]}}
 
     def write_config(self, name: str, workers: int, version: str) -> list[str]:
         """Writes ``name``'s config and returns its command line."""
@@ -700,6 +722,26 @@ class Bench:
             return 0.0, 0.0
         return float(m.group(1)), cpu / int(ok.group(1)) * 1e6
 
+    def grpc(self, name: str) -> tuple[float, float]:
+        """G1: gRPC unary calls (100-byte message, echoed) from h2load, 4 connections of 32
+        streams, through the proxy to an HTTP/2 backend (grpcio); calls/s and the proxy's CPU
+        µs per call."""
+        pid = self.procs[name].pid
+        cpu0 = cpu_seconds(pid)
+        r = subprocess.run(
+            ["taskset", "-c", "0", "h2load", "-t1", "-c4", "-m32", "-D", str(self.seconds),
+             "--warm-up-time=1", "-d", str(self.work / "grpc-call"),
+             "-H", "content-type: application/grpc", "-H", "te: trailers",
+             f"https://127.0.0.1:{PORTS[name]}/bench.Echo/Call"],
+            capture_output=True, text=True, timeout=self.seconds + 60)
+        cpu = cpu_seconds(pid) - cpu0
+        m = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", r.stdout)
+        ok = re.search(r"status codes: (\d+) 2xx", r.stdout)
+        if not m or not ok or int(ok.group(1)) == 0:
+            print(f"  grpc {name}: {r.stdout[-300:]}{r.stderr[-300:]}", file=sys.stderr)
+            return 0.0, 0.0
+        return float(m.group(1)), cpu / int(ok.group(1)) * 1e6
+
     def websocket(self, name: str) -> tuple[float, float]:
         """WebSocket messages: 16 connections echoing 100-byte messages through the proxy;
         returns messages/s (round trips) and the proxy's CPU µs per message."""
@@ -1034,6 +1076,20 @@ class Bench:
         return result["failed"] if result.get("done") else float("nan")
 
 
+def grpc_echo(host: str, port: int) -> None:
+    """G1's backend: a gRPC server (grpcio) whose one unary method echoes the message."""
+    from concurrent import futures  # noqa: PLC0415
+
+    import grpc  # noqa: PLC0415
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Echo", {
+        "Call": grpc.unary_unary_rpc_method_handler(lambda request, context: request)}),))
+    server.add_insecure_port(f"{host}:{port}")
+    server.start()
+    server.wait_for_termination()
+
+
 async def ws_echo(host: str, port: int) -> None:
     """The WebSocket backend: echoes every message."""
     from websockets.asyncio.server import ServerConnection, serve
@@ -1183,6 +1239,8 @@ ROWS = [("W1 keep-alive req/s", "rps", "higher"), ("W1 p50 ms", "p50_ms", "lower
         ("W3 1 MiB MB/s", "mb_s", "higher"),
         ("H2 keep-alive req/s (h2load)", "h2_rps", "higher"),
         ("H2 proxy CPU us/request", "h2_cpu_us", "lower"),
+        ("G1 gRPC unary calls/s (h2load)", "grpc_rps", "higher"),
+        ("G1 proxy CPU us/call", "grpc_cpu_us", "lower"),
         ("WS messages/s (16 conns)", "ws_msgs", "higher"),
         ("WS proxy CPU us/message", "ws_cpu_us", "lower"),
         ("W4 idle TLS conns held", "idle_held", "higher"),
@@ -1247,6 +1305,7 @@ def main() -> None:
     ap.add_argument("--stall", nargs=3, help=argparse.SUPPRESS)
     ap.add_argument("--attack", nargs=3, help=argparse.SUPPRESS)
     ap.add_argument("--ws-echo", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--grpc-echo", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--ws-load", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.hold:
@@ -1255,6 +1314,9 @@ def main() -> None:
         return
     if a.ws_echo:
         asyncio.run(ws_echo(a.ws_echo[0], int(a.ws_echo[1])))
+        return
+    if a.grpc_echo:
+        grpc_echo(a.grpc_echo[0], int(a.grpc_echo[1]))
         return
     if a.attack:
         attack(a.attack[0], int(a.attack[1]), a.attack[2])
@@ -1292,6 +1354,8 @@ def main() -> None:
                     (float("nan"), float("nan"), float("nan"))
                 w3 = b.wrk(name, "/1m", 4)
                 h2, h2_cpu = b.h2load(name) if "H2" not in skip else (float("nan"),) * 2
+                g1, g1_cpu = b.grpc(name) if "G1" not in skip and name in GRPC_PROXIES \
+                    else (float("nan"),) * 2
                 ws, ws_cpu = b.websocket(name) if "WS" not in skip and name in WS_PROXIES \
                     else (float("nan"), float("nan"))
                 for k, v in (("rps", w1["rps"]), ("p50_ms", w1["p50_ms"]),
@@ -1299,14 +1363,16 @@ def main() -> None:
                              ("handshakes_s", hs),
                              ("cpu_us_per_handshake", cpu_us), ("resumed_s", rs),
                              ("cpu_us_per_resumed", rs_cpu), ("mb_s", w3["mb_s"]),
-                             ("h2_rps", h2), ("h2_cpu_us", h2_cpu), ("ws_msgs", ws), ("ws_cpu_us", ws_cpu)):
+                             ("h2_rps", h2), ("h2_cpu_us", h2_cpu), ("grpc_rps", g1),
+                             ("grpc_cpu_us", g1_cpu), ("ws_msgs", ws), ("ws_cpu_us", ws_cpu)):
                     if v == v:
                         note(name, k, v)
                 print(f"rep {rep + 1} {name:8s} rps={w1['rps']:8.0f} p50={w1['p50_ms']:5.2f}ms "
                       f"p99={w1['p99_ms']:6.2f}ms cpu/req={w1_us:5.1f}us "
                       f"hs/s={hs:6.0f} cpu/hs={cpu_us:5.0f}us res/s={rs:6.0f} "
                       f"cpu/res={rs_cpu:5.0f}us "
-                      f"1MiB={w3['mb_s']:7.1f}MB/s h2={h2:8.0f} h2cpu={h2_cpu:5.1f}us ws={ws:7.0f}/s "
+                      f"1MiB={w3['mb_s']:7.1f}MB/s h2={h2:8.0f} h2cpu={h2_cpu:5.1f}us "
+                      f"grpc={g1:7.0f} grpccpu={g1_cpu:5.1f}us ws={ws:7.0f}/s "
                       f"ws_cpu={ws_cpu:5.1f}us", file=sys.stderr, flush=True)
                 b.stop(name)
         for name in which:
