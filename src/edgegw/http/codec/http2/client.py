@@ -15,10 +15,16 @@ from .. import (
     Headers,
     RequestHead,
     ResponseReceiver,
-    Sink,
     State,
 )
-from .common import Http2Stats, Options, Sender, clean_headers
+from .common import (
+    ClientConnectionBase,
+    Http2Stats,
+    Options,
+    Sender,
+    clean_headers,
+    client_factory,
+)
 from .connection import client_connection
 
 _log = log.get("http")
@@ -95,60 +101,12 @@ class _Request:
             self.conn.finish(self, h2.errors.ErrorCodes.CANCEL)
 
 
-class Http2Connection:
-    """One HTTP/2 connection to a host, carrying up to ``capacity`` requests at once. Its
-    bytes come through ``feed`` and go to its ``Sink``."""
-
-    protocol = "HTTP/2"
+class Http2Connection(ClientConnectionBase):
+    """One HTTP/2 connection to a host on the h2 library."""
 
     def __init__(self, pool: ConnectionOwner, opts: Options, stats: Http2Stats) -> None:
-        self.pool = pool
-        self.opts = opts
-        self.stats = stats
-        self.state = State.CONNECTING
-        self.sink: Sink | None = None
+        super().__init__(pool, opts, stats)
         self.h2 = client_connection(opts, pool.max_header_bytes)
-        self.configured = opts.max_concurrent_streams
-        self.capacity = min(self.configured, 100)
-        """Until the server's SETTINGS say otherwise, as Envoy assumes."""
-        self.streams = 0
-        self.requests = 0
-        self.idle_since = 0.0
-        self.active: dict[int, _Request] = {}
-        self.goaway = False
-        self.flush_scheduled = False
-        self.scheme = b"https" if pool.secure else b"http"
-
-    # what the pool asks
-
-    def can_take(self) -> bool:
-        """Open, not going away, and with a stream to spare."""
-        return (self.sink is not None and not self.sink.is_closing() and not self.goaway
-                and self.streams < self.capacity)
-
-    def expired(self, cutoff: float) -> bool:
-        """Idle since before ``cutoff``."""
-        return self.streams == 0 and self.idle_since < cutoff
-
-    # the connection's side
-
-    def connected(self, sink: Sink) -> None:
-        self.sink = sink
-        self.write_now()
-
-    def connection_lost(self) -> None:
-        if self.state is State.CLOSED:
-            return
-        if self.state is State.CONNECTING:
-            self.state = State.CLOSED
-            return
-        active, self.active = self.active, {}
-        self.pool.closed(self, with_request=bool(active))
-        self.state = State.CLOSED
-        for r in active.values():
-            r.ended = True
-            if r.receiver is not None:
-                r.receiver.upstream_reset("connection termination", stale=False)
 
     def feed(self, data: bytes) -> None:
         try:
@@ -156,7 +114,7 @@ class Http2Connection:
         except h2.exceptions.ProtocolError as e:
             _log.debug("HTTP/2 protocol error from %s: %r", self.pool.label, e)
             self.stats.rx_messaging_error.value += 1
-            self._fail("protocol error")
+            self.fail("protocol error")
             return
         touched: dict[int, _Request] = {}
         for ev in events:
@@ -244,13 +202,6 @@ class Http2Connection:
             return
         self.flush()
 
-    def flush(self) -> None:
-        """Writes at the end of this turn of the event loop: requests opened together leave
-        together."""
-        if not self.flush_scheduled and self.sink is not None:
-            self.flush_scheduled = True
-            self.sink.schedule(self.write_now)
-
     def write_now(self) -> None:
         self.flush_scheduled = False
         if self.sink is not None and self.state is not State.CLOSED:
@@ -275,44 +226,13 @@ class Http2Connection:
         if self.state is not State.CLOSED:
             self.pool.release(self)
 
-    def _fail(self, reason: str) -> None:
-        active, self.active = self.active, {}
-        self.close()
-        for r in active.values():
-            r.ended = True
-            if r.receiver is not None:
-                r.receiver.upstream_reset(reason, stale=False)
-
-    def write_blocked(self, blocked: bool) -> None:
-        for r in self.active.values():
-            if r.receiver is not None:
-                r.receiver.upstream_write_blocked(blocked)
-
-    # the pool's side
-
     def new_stream(self, receiver: ResponseReceiver) -> _Request:
         self.requests += 1
         return _Request(self, receiver)
 
-    def close(self) -> None:
-        if self.state is State.CLOSED:
-            return
-        if self.state is not State.CONNECTING:
-            self.pool.closed(self, with_request=bool(self.active))
-        self.state = State.CLOSED
-        if self.sink is not None:
-            self.sink.abort()
 
 
 def client_codec(opts: Options, store: Store,
                  cluster_name: str) -> Callable[[ConnectionOwner], Http2Connection]:
-    """The cluster's factory of HTTP/2 connections; ``cluster.<name>.http2.*`` is made with
-    the first connection, as Envoy makes it."""
-    made: list[Http2Stats] = []
-
-    def connection(pool: ConnectionOwner) -> Http2Connection:
-        if not made:
-            made.append(Http2Stats(store, f"cluster.{cluster_name}.http2."))
-        return Http2Connection(pool, opts, made[0])
-
-    return connection
+    """The cluster's factory of HTTP/2 connections on h2."""
+    return client_factory(Http2Connection, opts, store, cluster_name)

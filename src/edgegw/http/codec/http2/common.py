@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import collections
+from collections.abc import Callable
+from typing import Any
+
 import h2.connection
 from mypy_extensions import mypyc_attr
 
 from ....config import model as m
-from ....stats import Counter, Gauge, StatSet
-from .. import Headers
+from ....stats import Counter, Gauge, StatSet, Store
+from .. import ConnectionOwner, Headers, RequestHead, Sink, State
 
 CONNECTION_SPECIFIC = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade",
@@ -107,3 +111,169 @@ def clean_headers(headers: Headers) -> Headers:
             continue
         out.append(kv)
     return out
+
+
+def request_head(fields: Headers, max_headers: int) -> RequestHead | None:
+    """A request's header fields as the core sees them: the pseudo-headers taken out,
+    Cookie fields joined into one, ``:authority`` as Host; None past ``max_headers``."""
+    method = path = b""
+    authority: bytes | None = None
+    headers: Headers = []
+    cookies: list[bytes] = []
+    for k, v in fields:
+        if k[:1] == b":":
+            if k == b":method":
+                method = v
+            elif k == b":path":
+                path = v
+            elif k == b":authority":
+                authority = v
+        elif k == b"cookie":
+            cookies.append(v)
+        else:
+            headers.append((k, v))
+    if cookies:
+        headers.append((b"cookie", b"; ".join(cookies)))
+    if authority is not None and not any(k == b"host" for k, _ in headers):
+        headers.insert(0, (b"host", authority))
+    if len(headers) > max_headers:
+        return None
+    return RequestHead(method, path, headers, "HTTP/2")
+
+
+class OutboundFrames:
+    """Envoy's outbound frame accounting: the frames (and control frames: RST_STREAM,
+    SETTINGS, PING) in the connection's write buffer that the client has not taken yet. A
+    client that asks faster than it reads ends with ``outbound_flood`` or
+    ``outbound_control_flood`` instead of growing the buffer."""
+
+    def __init__(self, opts: Options, stats: Http2Stats) -> None:
+        self.opts = opts
+        self.stats = stats
+        self.frames = 0
+        self.control = 0
+        self.written = 0
+        self.queued: collections.deque[tuple[int, int, int]] = collections.deque()
+        """Each write still (partly) in the buffer: where it ends in the bytes written, and
+        its frames and control frames."""
+
+    def add(self, size: int, frames: int, control: int, buffered: int) -> Counter | None:
+        """Counts one write (the buffer holding ``buffered`` bytes before it); the flood
+        counter it passes, if any."""
+        queued = self.queued
+        if queued:
+            taken = self.written - buffered
+            while queued and queued[0][0] <= taken:
+                _, f, c = queued.popleft()
+                self.frames -= f
+                self.control -= c
+        self.written += size
+        queued.append((self.written, frames, control))
+        self.frames += frames
+        self.control += control
+        if self.control > self.opts.max_outbound_control_frames:
+            return self.stats.outbound_control_flood
+        if self.frames > self.opts.max_outbound_frames:
+            return self.stats.outbound_flood
+        return None
+
+
+class ClientConnectionBase:
+    """What both HTTP/2 client codecs share: one connection to a host as the pool sees it,
+    carrying up to ``capacity`` requests at once; its bytes come through ``feed`` and go to
+    its ``Sink``. A codec adds the framing (``feed``, ``write_now``, ``finish``) and its
+    requests (``new_stream``)."""
+
+    protocol = "HTTP/2"
+
+    def __init__(self, pool: ConnectionOwner, opts: Options, stats: Http2Stats) -> None:
+        self.pool = pool
+        self.opts = opts
+        self.stats = stats
+        self.state = State.CONNECTING
+        self.sink: Sink | None = None
+        self.configured = opts.max_concurrent_streams
+        self.capacity = min(self.configured, 100)
+        """Until the server's SETTINGS say otherwise, as Envoy assumes."""
+        self.streams = 0
+        self.requests = 0
+        self.idle_since = 0.0
+        self.active: dict[int, Any] = {}
+        """The requests under way, by stream id (each has ``ended`` and ``receiver``)."""
+        self.goaway = False
+        self.flush_scheduled = False
+        self.scheme = b"https" if pool.secure else b"http"
+
+    def can_take(self) -> bool:
+        """Open, not going away, and with a stream to spare."""
+        return (self.sink is not None and not self.sink.is_closing() and not self.goaway
+                and self.streams < self.capacity)
+
+    def expired(self, cutoff: float) -> bool:
+        """Idle since before ``cutoff``."""
+        return self.streams == 0 and self.idle_since < cutoff
+
+    def connected(self, sink: Sink) -> None:
+        self.sink = sink
+        self.write_now()
+
+    def write_now(self) -> None:
+        raise NotImplementedError
+
+    def connection_lost(self) -> None:
+        if self.state is State.CLOSED:
+            return
+        if self.state is State.CONNECTING:
+            self.state = State.CLOSED
+            return
+        active, self.active = self.active, {}
+        self.pool.closed(self, with_request=bool(active))
+        self.state = State.CLOSED
+        for r in active.values():
+            r.ended = True
+            if r.receiver is not None:
+                r.receiver.upstream_reset("connection termination", stale=False)
+
+    def flush(self) -> None:
+        """Writes at the end of this turn of the event loop: requests opened together leave
+        together."""
+        if not self.flush_scheduled and self.sink is not None:
+            self.flush_scheduled = True
+            self.sink.schedule(self.write_now)
+
+    def fail(self, reason: str) -> None:
+        """Ends the connection and every request on it."""
+        active, self.active = self.active, {}
+        self.close()
+        for r in active.values():
+            r.ended = True
+            if r.receiver is not None:
+                r.receiver.upstream_reset(reason, stale=False)
+
+    def write_blocked(self, blocked: bool) -> None:
+        for r in self.active.values():
+            if r.receiver is not None:
+                r.receiver.upstream_write_blocked(blocked)
+
+    def close(self) -> None:
+        if self.state is State.CLOSED:
+            return
+        if self.state is not State.CONNECTING:
+            self.pool.closed(self, with_request=bool(self.active))
+        self.state = State.CLOSED
+        if self.sink is not None:
+            self.sink.abort()
+
+
+def client_factory(make: Callable[[ConnectionOwner, Options, Http2Stats], Any], opts: Options,
+                   store: Store, cluster_name: str) -> Callable[[ConnectionOwner], Any]:
+    """A cluster's factory of HTTP/2 connections; ``cluster.<name>.http2.*`` is made with
+    the first connection, as Envoy makes it."""
+    made: list[Http2Stats] = []
+
+    def connection(pool: ConnectionOwner) -> Any:
+        if not made:
+            made.append(Http2Stats(store, f"cluster.{cluster_name}.http2."))
+        return make(pool, opts, made[0])
+
+    return connection

@@ -11,10 +11,8 @@ events (see ``nghttp2_shim.c``), parsed here in one pass.
 
 from __future__ import annotations
 
-import collections
 import struct
 from collections.abc import Callable
-from typing import Any
 
 from .... import log
 from ....stats import Counter, Store
@@ -29,7 +27,16 @@ from .. import (
     StreamDecoder,
 )
 from ._nghttp2 import ffi, lib
-from .common import WRITE_HIGH, Http2Stats, Options, clean_headers
+from .common import (
+    WRITE_HIGH,
+    ClientConnectionBase,
+    Http2Stats,
+    Options,
+    OutboundFrames,
+    clean_headers,
+    client_factory,
+    request_head,
+)
 
 _log = log.get("http")
 _HEAD = struct.Struct("<BBxxiI")
@@ -223,12 +230,7 @@ class NativeServerCodec:
         self.priority_frames = 0
         self.window_updates = 0
         self.data_frames_sent = 0
-        self.queued_frames = 0
-        self.queued_control = 0
-        """Frames (and control frames among them) in the connection's write buffer, not yet
-        taken by the client: Envoy's outbound frame accounting."""
-        self.written = 0
-        self.queued: collections.deque[tuple[int, int, int]] = collections.deque()
+        self.outbound = OutboundFrames(opts, stats)
         self.flush_scheduled = False
         self.write_now()
 
@@ -328,35 +330,15 @@ class NativeServerCodec:
             self.session.rst(sid, lib.NGHTTP2_REFUSED_STREAM)
             return
         self.opened += 1
-        method = path = b""
-        authority: bytes | None = None
-        headers: Headers = []
-        cookies: list[bytes] = []
-        for k, v in _pairs(block):
-            if k[:1] == b":":
-                if k == b":method":
-                    method = v
-                elif k == b":path":
-                    path = v
-                elif k == b":authority":
-                    authority = v
-            elif k == b"cookie":
-                cookies.append(v)
-            else:
-                headers.append((k, v))
-        if cookies:
-            headers.append((b"cookie", b"; ".join(cookies)))
-        if authority is not None and not any(k == b"host" for k, _ in headers):
-            headers.insert(0, (b"host", authority))
+        head = request_head(_pairs(block), self.max_headers)
         r = _Response(self, sid)
         self.streams[sid] = r
         self.stats.streams_active.value += 1
-        if len(headers) > self.max_headers:
+        if head is None:
             self.stats.header_overflow.value += 1
             self.reset(r, lib.NGHTTP2_PROTOCOL_ERROR)
             return
         r.remote_ended = ended
-        head = RequestHead(method, path, headers, "HTTP/2")
         decoder = self.callbacks.new_stream(head, r, ended)
         if not r.done:
             r.decoder = decoder
@@ -443,7 +425,9 @@ class NativeServerCodec:
         data, frames, control, resets = self.session.output()
         self.stats.tx_reset.value += resets
         if data:
-            if self._flooded(len(data), frames, control):
+            flood = self.outbound.add(len(data), frames, control, self.sink.buffered())
+            if flood is not None:
+                self._flood(flood)
                 return
             self.data_frames_sent += frames
             self.sink.write(data)
@@ -455,29 +439,6 @@ class NativeServerCodec:
                 self.stats.rx_messaging_error.value += 1
                 self.callbacks.protocol_error("http2.codec_error")
             self._close()
-
-    def _flooded(self, size: int, frames: int, control: int) -> bool:
-        """Counts the frames in the write buffer with this write's, as Envoy counts its
-        outbound buffer: a client that asks (PING, SETTINGS, streams refused or answered)
-        faster than it reads ends with ``outbound_flood`` or ``outbound_control_flood``."""
-        queued = self.queued
-        if queued:
-            taken = self.written - self.sink.buffered()
-            while queued and queued[0][0] <= taken:
-                _, f, c = queued.popleft()
-                self.queued_frames -= f
-                self.queued_control -= c
-        self.written += size
-        queued.append((self.written, frames, control))
-        self.queued_frames += frames
-        self.queued_control += control
-        if self.queued_control > self.opts.max_outbound_control_frames:
-            self._flood(self.stats.outbound_control_flood)
-        elif self.queued_frames > self.opts.max_outbound_frames:
-            self._flood(self.stats.outbound_flood)
-        else:
-            return False
-        return True
 
     def write_blocked(self, blocked: bool) -> None:
         """Nothing at the connection level: each stream hears it, and queued frames are
@@ -594,62 +555,18 @@ class _Request:
             self.conn.finish(self, lib.NGHTTP2_CANCEL)
 
 
-class NativeConnection:
-    """One HTTP/2 connection to a host on nghttp2, carrying up to ``capacity`` requests at
-    once. Its bytes come through ``feed`` and go to its ``Sink``."""
-
-    protocol = "HTTP/2"
+class NativeConnection(ClientConnectionBase):
+    """One HTTP/2 connection to a host on nghttp2."""
 
     def __init__(self, pool: ConnectionOwner, opts: Options, stats: Http2Stats) -> None:
-        self.pool = pool
-        self.opts = opts
-        self.stats = stats
-        self.state = State.CONNECTING
-        self.sink: Sink | None = None
+        super().__init__(pool, opts, stats)
         self.session = _Session(False, opts, pool.max_header_bytes, pool.max_headers)
-        self.configured = opts.max_concurrent_streams
-        self.capacity = min(self.configured, 100)
-        """Until the server's SETTINGS say otherwise, as Envoy assumes."""
-        self.streams = 0
-        self.requests = 0
-        self.idle_since = 0.0
-        self.active: dict[int, _Request] = {}
-        self.goaway = False
-        self.flush_scheduled = False
-        self.scheme = b"https" if pool.secure else b"http"
-
-    def can_take(self) -> bool:
-        """Open, not going away, and with a stream to spare."""
-        return (self.sink is not None and not self.sink.is_closing() and not self.goaway
-                and self.streams < self.capacity)
-
-    def expired(self, cutoff: float) -> bool:
-        """Idle since before ``cutoff``."""
-        return self.streams == 0 and self.idle_since < cutoff
-
-    def connected(self, sink: Sink) -> None:
-        self.sink = sink
-        self.write_now()
-
-    def connection_lost(self) -> None:
-        if self.state is State.CLOSED:
-            return
-        if self.state is State.CONNECTING:
-            self.state = State.CLOSED
-            return
-        active, self.active = self.active, {}
-        self.pool.closed(self, with_request=bool(active))
-        self.state = State.CLOSED
-        for r in active.values():
-            r.ended = True
-            if r.receiver is not None:
-                r.receiver.upstream_reset("connection termination", stale=False)
 
     def feed(self, data: bytes) -> None:
         if lib.eg_recv(self.session.g, data, len(data)) < 0:
             _log.debug("HTTP/2 protocol error from %s", self.pool.label)
             self.stats.rx_messaging_error.value += 1
-            self._fail("protocol error")
+            self.fail("protocol error")
             return
         touched: dict[int, _Request] = {}
         self._events(self.session.events(), touched)
@@ -741,13 +658,6 @@ class NativeConnection:
             self.finish(r)
         receiver.upstream_headers(status, headers, end)
 
-    def flush(self) -> None:
-        """Writes at the end of this turn of the event loop: requests opened together leave
-        together."""
-        if not self.flush_scheduled and self.sink is not None:
-            self.flush_scheduled = True
-            self.sink.schedule(self.write_now)
-
     def write_now(self) -> None:
         self.flush_scheduled = False
         if self.sink is not None and self.state is not State.CLOSED:
@@ -757,7 +667,7 @@ class NativeConnection:
                 self.sink.write(data)
             self._events(self.session.events(), {})
             if not self.session.alive() and self.state is not State.CLOSED:
-                self._fail("protocol error")
+                self.fail("protocol error")
 
     def finish(self, r: _Request, code: int | None = None) -> None:
         """The stream is over: its slot goes back to the pool."""
@@ -772,41 +682,12 @@ class NativeConnection:
         if self.state is not State.CLOSED:
             self.pool.release(self)
 
-    def _fail(self, reason: str) -> None:
-        active, self.active = self.active, {}
-        self.close()
-        for r in active.values():
-            r.ended = True
-            if r.receiver is not None:
-                r.receiver.upstream_reset(reason, stale=False)
-
-    def write_blocked(self, blocked: bool) -> None:
-        for r in self.active.values():
-            if r.receiver is not None:
-                r.receiver.upstream_write_blocked(blocked)
-
     def new_stream(self, receiver: ResponseReceiver) -> _Request:
         self.requests += 1
         return _Request(self, receiver)
 
-    def close(self) -> None:
-        if self.state is State.CLOSED:
-            return
-        if self.state is not State.CONNECTING:
-            self.pool.closed(self, with_request=bool(self.active))
-        self.state = State.CLOSED
-        if self.sink is not None:
-            self.sink.abort()
-
 
 def client_codec(opts: Options, store: Store,
-                 cluster_name: str) -> Callable[[ConnectionOwner], Any]:
+                 cluster_name: str) -> Callable[[ConnectionOwner], NativeConnection]:
     """The cluster's factory of HTTP/2 connections on nghttp2."""
-    made: list[Http2Stats] = []
-
-    def connection(pool: ConnectionOwner) -> NativeConnection:
-        if not made:
-            made.append(Http2Stats(store, f"cluster.{cluster_name}.http2."))
-        return NativeConnection(pool, opts, made[0])
-
-    return connection
+    return client_factory(NativeConnection, opts, store, cluster_name)

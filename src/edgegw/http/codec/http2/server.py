@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import collections
-
 import h2.errors
 import h2.events
 import h2.exceptions
@@ -13,12 +11,20 @@ from .... import log
 from ....stats import Counter
 from .. import (
     Headers,
-    RequestHead,
     ServerCallbacks,
     Sink,
     StreamDecoder,
 )
-from .common import CONTROL_FRAMES, WRITE_HIGH, Http2Stats, Options, Sender, clean_headers
+from .common import (
+    CONTROL_FRAMES,
+    WRITE_HIGH,
+    Http2Stats,
+    Options,
+    OutboundFrames,
+    Sender,
+    clean_headers,
+    request_head,
+)
 from .connection import ServerConnection, setup_connection
 
 _log = log.get("http")
@@ -118,14 +124,7 @@ class Http2ServerCodec:
         self.priority_frames = 0
         self.window_updates = 0
         self.data_frames_sent = 0
-        self.queued_frames = 0
-        self.queued_control = 0
-        """Frames (and control frames among them) in the connection's write buffer, not yet taken
-        by the client: Envoy's outbound frame accounting."""
-        self.written = 0
-        self.queued: collections.deque[tuple[int, int, int]] = collections.deque()
-        """Each write still (partly) in the buffer: where it ends in the bytes written,
-        and its frames and control frames."""
+        self.outbound = OutboundFrames(opts, stats)
         self.flush_scheduled = False
         self.write_now()
 
@@ -227,36 +226,16 @@ class Http2ServerCodec:
             self.stats.tx_reset.value += 1
             return
         self.opened += 1
-        method = path = b""
-        authority: bytes | None = None
-        headers: Headers = []
-        cookies: list[bytes] = []
-        for k, v in ev.headers or []:
-            k, v = bytes(k), bytes(v)  # noqa: PLW2901
-            if k[:1] == b":":
-                if k == b":method":
-                    method = v
-                elif k == b":path":
-                    path = v
-                elif k == b":authority":
-                    authority = v
-            elif k == b"cookie":
-                cookies.append(v)
-            else:
-                headers.append((k, v))
-        if cookies:
-            headers.append((b"cookie", b"; ".join(cookies)))
-        if authority is not None and not any(k == b"host" for k, _ in headers):
-            headers.insert(0, (b"host", authority))
+        head = request_head([(bytes(k), bytes(v)) for k, v in ev.headers or []],
+                            self.max_headers)
         r = _Response(self, sid)
         self.streams[sid] = r
         self.stats.streams_active.value += 1
-        if len(headers) > self.max_headers:
+        if head is None:
             self.stats.header_overflow.value += 1
             self.reset(r, h2.errors.ErrorCodes.PROTOCOL_ERROR)
             return
         r.remote_ended = ended
-        head = RequestHead(method, path, headers, "HTTP/2")
         decoder = self.callbacks.new_stream(head, r, ended)
         if not r.done:
             r.decoder = decoder
@@ -343,17 +322,8 @@ class Http2ServerCodec:
             self.sink.write(data)
 
     def _flooded(self, data: bytes) -> bool:
-        """Counts the frames in the write buffer with this write's, as Envoy counts
-        its outbound buffer (a read's answers are one write): a client that asks (PING,
-        SETTINGS, streams refused or answered) faster than it reads ends with
-        ``outbound_flood`` or ``outbound_control_flood`` instead of growing the buffer."""
-        queued = self.queued
-        if queued:
-            taken = self.written - self.sink.buffered()
-            while queued and queued[0][0] <= taken:
-                _, frames, control = queued.popleft()
-                self.queued_frames -= frames
-                self.queued_control -= control
+        """Counts the frames in this write (a read's answers are one write) against what the
+        client has not read yet."""
         frames = control = 0
         at, end = 0, len(data)
         while at + 9 <= end:
@@ -361,17 +331,10 @@ class Http2ServerCodec:
             if data[at + 3] in CONTROL_FRAMES:
                 control += 1
             at += 9 + int.from_bytes(data[at:at + 3], "big")
-        self.written += len(data)
-        queued.append((self.written, frames, control))
-        self.queued_frames += frames
-        self.queued_control += control
-        if self.queued_control > self.opts.max_outbound_control_frames:
-            self._flood(self.stats.outbound_control_flood)
-        elif self.queued_frames > self.opts.max_outbound_frames:
-            self._flood(self.stats.outbound_flood)
-        else:
-            return False
-        return True
+        flood = self.outbound.add(len(data), frames, control, self.sink.buffered())
+        if flood is not None:
+            self._flood(flood)
+        return flood is not None
 
     def write_blocked(self, blocked: bool) -> None:
         """Nothing at the connection level: each stream hears it, and queued frames are
@@ -403,7 +366,7 @@ class Http2ServerCodec:
         frame.error_code = 0
         self.write_now()
         data = frame.serialize()
-        self.written += len(data)
+        self.outbound.add(len(data), 1, 0, self.sink.buffered())
         self.sink.write(data)
         self.stats.goaway_sent.value += 1
         if not self.streams:
