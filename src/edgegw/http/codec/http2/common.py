@@ -9,9 +9,12 @@ from typing import Any
 import h2.connection
 from mypy_extensions import mypyc_attr
 
+from .... import log
 from ....config import model as m
 from ....stats import Counter, Gauge, StatSet, Store
-from .. import ConnectionOwner, Headers, RequestHead, Sink, State
+from .. import ConnectionOwner, Headers, RequestHead, ServerCallbacks, Sink, State
+
+_log = log.get("http")
 
 CONNECTION_SPECIFIC = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade",
@@ -176,6 +179,125 @@ class OutboundFrames:
         if self.frames > self.opts.max_outbound_frames:
             return self.stats.outbound_flood
         return None
+
+
+class ServerCodecBase:
+    """What both HTTP/2 server codecs share: the streams of one client connection (each has
+    ``sid``, ``decoder``, ``done`` and ``remote_ended``), Envoy's inbound flood limits,
+    closing, and the end of the connection. A codec adds the framing."""
+
+    protocol = "HTTP/2"
+    head_started = 0.0
+
+    def __init__(self, callbacks: ServerCallbacks, sink: Sink, opts: Options,
+                 max_headers: int, stats: Http2Stats) -> None:
+        self.callbacks = callbacks
+        self.sink = sink
+        self.opts = opts
+        self.max_headers = max_headers
+        self.stats = stats
+        self.streams: dict[int, Any] = {}
+        """Open until both their request and response are done."""
+        self.closed = False
+        self.draining = False
+        self.goaway_at = 0
+        """The last stream accepted once a GOAWAY went out (later ones are refused)."""
+        self.opened = 0
+        self.empty_frames = 0
+        self.priority_frames = 0
+        self.window_updates = 0
+        self.data_frames_sent = 0
+        self.outbound = OutboundFrames(opts, stats)
+        self.flush_scheduled = False
+
+    # --- Envoy's inbound flood limits ----------------------------------------------------
+
+    def empty_frame(self) -> None:
+        """A DATA frame with neither payload nor END_STREAM."""
+        self.empty_frames += 1
+        if self.empty_frames > self.opts.max_empty_frames:
+            self._flood(self.stats.inbound_empty_frames_flood)
+
+    def priority_frame(self) -> None:
+        self.priority_frames += 1
+        if self.priority_frames > self.opts.max_priority_per_stream * (1 + self.opened):
+            self._flood(self.stats.inbound_priority_frames_flood)
+
+    def window_update(self) -> None:
+        self.window_updates += 1
+        if self.window_updates > 5 + 2 * (self.opened + self.opts.max_window_updates_per_data
+                                           * self.data_frames_sent):
+            self._flood(self.stats.inbound_window_update_frames_flood)
+
+    # --- streams ending ------------------------------------------------------------------
+
+    def _remote_end(self, sid: int) -> None:
+        r = self.streams.get(sid)
+        if r is None or r.remote_ended:
+            return
+        r.remote_ended = True
+        if r.decoder is not None and not r.done:
+            r.decoder.decode_end()
+        self._maybe_forget(r)
+
+    def _maybe_forget(self, r: Any) -> None:
+        if r.done and r.remote_ended and self.streams.pop(r.sid, None) is not None:
+            self.stats.streams_active.value -= 1
+            self._drop_pending(r)
+            if self.draining and not self.streams:
+                self._close()
+
+    def _drop_pending(self, r: Any) -> None:
+        """Forgets the response bytes still waiting for the client's window."""
+        raise NotImplementedError
+
+    # --- bytes out and the connection -----------------------------------------------------
+
+    def flush(self) -> None:
+        """Writes what the streams produced at the end of this turn of the event loop:
+        responses that complete together leave in one TLS record and one syscall."""
+        if not self.flush_scheduled and not self.closed:
+            self.flush_scheduled = True
+            self.sink.schedule(self.write_now)
+
+    def write_now(self) -> None:
+        raise NotImplementedError
+
+    def _last_bytes(self) -> bytes:
+        """What the framing still has to send, as the connection closes."""
+        raise NotImplementedError
+
+    def write_blocked(self, blocked: bool) -> None:
+        """Nothing at the connection level: each stream hears it, and queued frames are
+        counted as they are written."""
+
+    def _flood(self, counter: Counter) -> None:
+        counter.value += 1
+        _log.debug("HTTP/2 flood from a client: closing its connection")
+        self.closed = True
+        self.callbacks.protocol_error("http2.flood")
+        self.sink.abort()
+
+    def _close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            data = self._last_bytes()
+            if data:
+                self.sink.write(data)
+            self.sink.close()
+
+    def head_timed_out(self, body: bytes) -> None:
+        raise AssertionError("an HTTP/2 head arrives whole: head_started stays 0")
+
+    def connection_lost(self) -> None:
+        self.closed = True
+        streams, self.streams = self.streams, {}
+        self.stats.streams_active.value -= len(streams)
+        for r in streams.values():
+            self._drop_pending(r)
+            r.done = True
+            if r.decoder is not None:
+                r.decoder.decode_reset()
 
 
 class ClientConnectionBase:

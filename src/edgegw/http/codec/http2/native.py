@@ -15,7 +15,7 @@ import struct
 from collections.abc import Callable
 
 from .... import log
-from ....stats import Counter, Store
+from ....stats import Store
 from .. import (
     ConnectionOwner,
     Headers,
@@ -32,7 +32,7 @@ from .common import (
     ClientConnectionBase,
     Http2Stats,
     Options,
-    OutboundFrames,
+    ServerCodecBase,
     clean_headers,
     client_factory,
     request_head,
@@ -205,33 +205,15 @@ class _Response:
                 self.codec.flush()
 
 
-class NativeServerCodec:
+class NativeServerCodec(ServerCodecBase):
     """HTTP/2 from one client connection, on nghttp2."""
-
-    protocol = "HTTP/2"
-    head_started = 0.0
 
     def __init__(self, callbacks: ServerCallbacks, sink: Sink, opts: Options,
                  max_header_bytes: int, max_headers: int, stats: Http2Stats) -> None:
-        self.callbacks = callbacks
-        self.sink = sink
-        self.opts = opts
-        self.max_headers = max_headers
-        self.stats = stats
+        super().__init__(callbacks, sink, opts, max_headers, stats)
         self.session = _Session(True, opts, max_header_bytes, max_headers)
-        self.streams: dict[int, _Response] = {}
         self.slow: dict[int, _Response] = {}
         """Streams whose response waits for the client's window."""
-        self.closed = False
-        self.draining = False
-        self.goaway_at = 0
-        self.opened = 0
-        self.empty_frames = 0
-        self.priority_frames = 0
-        self.window_updates = 0
-        self.data_frames_sent = 0
-        self.outbound = OutboundFrames(opts, stats)
-        self.flush_scheduled = False
         self.write_now()
 
     # --- bytes in -----------------------------------------------------------------------
@@ -303,18 +285,11 @@ class NativeServerCodec:
                 if r is not None:
                     self._gone(r)
             elif typ == EV_EMPTY:
-                self.empty_frames += 1
-                if self.empty_frames > self.opts.max_empty_frames:
-                    self._flood(self.stats.inbound_empty_frames_flood)
+                self.empty_frame()
             elif typ == EV_WINDOW:
-                self.window_updates += 1
-                if self.window_updates > 5 + 2 * (self.opened + self.opts.max_window_updates_per_data
-                                                   * self.data_frames_sent):
-                    self._flood(self.stats.inbound_window_update_frames_flood)
+                self.window_update()
             elif typ == EV_PRIORITY:
-                self.priority_frames += 1
-                if self.priority_frames > self.opts.max_priority_per_stream * (1 + self.opened):
-                    self._flood(self.stats.inbound_priority_frames_flood)
+                self.priority_frame()
             elif typ == EV_OVERFLOW:
                 self.stats.header_overflow.value += 1
             elif typ == EV_INVALID:
@@ -342,15 +317,6 @@ class NativeServerCodec:
         decoder = self.callbacks.new_stream(head, r, ended)
         if not r.done:
             r.decoder = decoder
-
-    def _remote_end(self, sid: int) -> None:
-        r = self.streams.get(sid)
-        if r is None or r.remote_ended:
-            return
-        r.remote_ended = True
-        if r.decoder is not None and not r.done:
-            r.decoder.decode_end()
-        self._maybe_forget(r)
 
     def _gone(self, r: _Response) -> None:
         """The stream closed before both its ends were done: reset by the client or by
@@ -393,12 +359,8 @@ class NativeServerCodec:
             self.flush()
         self._maybe_forget(r)
 
-    def _maybe_forget(self, r: _Response) -> None:
-        if r.done and r.remote_ended and self.streams.pop(r.sid, None) is not None:
-            self.stats.streams_active.value -= 1
-            self._drop_pending(r)
-            if self.draining and not self.streams:
-                self._close()
+    def _last_bytes(self) -> bytes:
+        return self.session.output()[0]
 
     def _drop_pending(self, r: _Response) -> None:
         self.stats.pending_send_data.value -= r.pending
@@ -410,13 +372,6 @@ class NativeServerCodec:
         self.session.rst(r.sid, code)
         self._maybe_forget(r)
         self.flush()
-
-    def flush(self) -> None:
-        """Writes what the streams produced at the end of this turn of the event loop:
-        responses that complete together leave in one TLS record and one syscall."""
-        if not self.flush_scheduled and not self.closed:
-            self.flush_scheduled = True
-            self.sink.schedule(self.write_now)
 
     def write_now(self) -> None:
         self.flush_scheduled = False
@@ -440,25 +395,6 @@ class NativeServerCodec:
                 self.callbacks.protocol_error("http2.codec_error")
             self._close()
 
-    def write_blocked(self, blocked: bool) -> None:
-        """Nothing at the connection level: each stream hears it, and queued frames are
-        counted as they are written."""
-
-    def _flood(self, counter: Counter) -> None:
-        counter.value += 1
-        _log.debug("HTTP/2 flood from a client: closing its connection")
-        self.closed = True
-        self.callbacks.protocol_error("http2.flood")
-        self.sink.abort()
-
-    def _close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            data = self.session.output()[0]
-            if data:
-                self.sink.write(data)
-            self.sink.close()
-
     # --- the connection -----------------------------------------------------------------
 
     def drain(self, close_idle: bool = True) -> None:
@@ -471,19 +407,6 @@ class NativeServerCodec:
         self.write_now()
         if not self.streams:
             self._close()
-
-    def head_timed_out(self, body: bytes) -> None:
-        raise AssertionError("an HTTP/2 head arrives whole: head_started stays 0")
-
-    def connection_lost(self) -> None:
-        self.closed = True
-        streams, self.streams = self.streams, {}
-        self.stats.streams_active.value -= len(streams)
-        for r in streams.values():
-            self._drop_pending(r)
-            r.done = True
-            if r.decoder is not None:
-                r.decoder.decode_reset()
 
 
 # --- the client side ---------------------------------------------------------------------

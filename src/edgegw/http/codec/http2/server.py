@@ -8,7 +8,6 @@ import h2.exceptions
 from hyperframe.frame import GoAwayFrame
 
 from .... import log
-from ....stats import Counter
 from .. import (
     Headers,
     ServerCallbacks,
@@ -20,8 +19,8 @@ from .common import (
     WRITE_HIGH,
     Http2Stats,
     Options,
-    OutboundFrames,
     Sender,
+    ServerCodecBase,
     clean_headers,
     request_head,
 )
@@ -98,34 +97,15 @@ class _Response:
         self.codec.stream_ended(self)
 
 
-class Http2ServerCodec:
-    """HTTP/2 from one client connection."""
-
-    protocol = "HTTP/2"
-    head_started = 0.0
+class Http2ServerCodec(ServerCodecBase):
+    """HTTP/2 from one client connection, on the h2 library."""
 
     def __init__(self, callbacks: ServerCallbacks, sink: Sink, opts: Options,
                  max_header_bytes: int, max_headers: int,
                  stats: Http2Stats) -> None:
-        self.callbacks = callbacks
-        self.sink = sink
-        self.opts = opts
-        self.max_headers = max_headers
-        self.stats = stats
-        self.streams: dict[int, _Response] = {}
+        super().__init__(callbacks, sink, opts, max_headers, stats)
         self.h2 = ServerConnection(self.streams)
         setup_connection(self.h2, opts, max_header_bytes)
-        self.closed = False
-        self.draining = False
-        self.goaway_at = 0
-        """The last stream accepted once a GOAWAY went out (later ones are refused)."""
-        self.opened = 0
-        self.empty_frames = 0
-        self.priority_frames = 0
-        self.window_updates = 0
-        self.data_frames_sent = 0
-        self.outbound = OutboundFrames(opts, stats)
-        self.flush_scheduled = False
         self.write_now()
 
     # --- bytes in -----------------------------------------------------------------------
@@ -160,9 +140,7 @@ class Http2ServerCodec:
             assert ev.stream_id is not None and ev.data is not None
             r = self.streams.get(ev.stream_id)
             if not ev.data and ev.stream_ended is None:
-                self.empty_frames += 1
-                if self.empty_frames > self.opts.max_empty_frames:
-                    self._flood(self.stats.inbound_empty_frames_flood)
+                self.empty_frame()
                 return
             self.empty_frames = 0
             size = ev.flow_controlled_length or 0
@@ -196,10 +174,8 @@ class Http2ServerCodec:
                 if r.decoder is not None:
                     r.decoder.decode_reset()
         elif isinstance(ev, h2.events.WindowUpdated):
-            self.window_updates += 1
-            if self.window_updates > 5 + 2 * (self.opened + self.opts.max_window_updates_per_data
-                                               * self.data_frames_sent):
-                self._flood(self.stats.inbound_window_update_frames_flood)
+            self.window_update()
+            if self.closed:
                 return
             if ev.stream_id:
                 r = self.streams.get(ev.stream_id)
@@ -209,9 +185,7 @@ class Http2ServerCodec:
                 for r in list(self.streams.values()):
                     self.send(r)
         elif isinstance(ev, h2.events.PriorityUpdated):
-            self.priority_frames += 1
-            if self.priority_frames > self.opts.max_priority_per_stream * (1 + self.opened):
-                self._flood(self.stats.inbound_priority_frames_flood)
+            self.priority_frame()
         elif isinstance(ev, h2.events.ConnectionTerminated):
             self.draining = True
             if not self.streams:
@@ -239,15 +213,6 @@ class Http2ServerCodec:
         decoder = self.callbacks.new_stream(head, r, ended)
         if not r.done:
             r.decoder = decoder
-
-    def _remote_end(self, sid: int) -> None:
-        r = self.streams.get(sid)
-        if r is None or r.remote_ended:
-            return
-        r.remote_ended = True
-        if r.decoder is not None and not r.done:
-            r.decoder.decode_end()
-        self._maybe_forget(r)
 
     # --- bytes out ----------------------------------------------------------------------
 
@@ -281,12 +246,9 @@ class Http2ServerCodec:
         self._maybe_forget(r)
         self.flush()
 
-    def _maybe_forget(self, r: _Response) -> None:
-        if r.done and r.remote_ended and self.streams.pop(r.sid, None) is not None:
-            self.stats.streams_active.value -= 1
-            self._drop_pending(r)
-            if self.draining and not self.streams:
-                self._close()
+    def _last_bytes(self) -> bytes:
+        data: bytes = self.h2.data_to_send()
+        return data
 
     def _drop_pending(self, r: _Response) -> None:
         self.stats.pending_send_data.value -= r.out.pending_bytes
@@ -305,13 +267,6 @@ class Http2ServerCodec:
             self.stats.tx_reset.value += 1
         except h2.exceptions.StreamClosedError:
             pass
-
-    def flush(self) -> None:
-        """Writes what the streams produced at the end of this turn of the event loop:
-        responses that complete together leave in one TLS record and one syscall."""
-        if not self.flush_scheduled and not self.closed:
-            self.flush_scheduled = True
-            self.sink.schedule(self.write_now)
 
     def write_now(self) -> None:
         self.flush_scheduled = False
@@ -336,23 +291,6 @@ class Http2ServerCodec:
             self._flood(flood)
         return flood is not None
 
-    def write_blocked(self, blocked: bool) -> None:
-        """Nothing at the connection level: each stream hears it, and queued frames are
-        counted as they are written."""
-
-    def _flood(self, counter: Counter) -> None:
-        counter.value += 1
-        _log.debug("HTTP/2 flood from a client: closing its connection")
-        self.closed = True
-        self.callbacks.protocol_error("http2.flood")
-        self.sink.abort()
-
-    def _close(self) -> None:
-        if not self.closed:
-            self.write_now()
-            self.sink.close()
-        self.closed = True
-
     # --- the connection -----------------------------------------------------------------
 
     def drain(self, close_idle: bool = True) -> None:
@@ -371,16 +309,3 @@ class Http2ServerCodec:
         self.stats.goaway_sent.value += 1
         if not self.streams:
             self._close()
-
-    def head_timed_out(self, body: bytes) -> None:
-        raise AssertionError("an HTTP/2 head arrives whole: head_started stays 0")
-
-    def connection_lost(self) -> None:
-        self.closed = True
-        streams, self.streams = self.streams, {}
-        self.stats.streams_active.value -= len(streams)
-        for r in streams.values():
-            self._drop_pending(r)
-            r.done = True
-            if r.decoder is not None:
-                r.decoder.decode_reset()
