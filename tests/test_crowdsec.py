@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import secrets
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -177,3 +178,34 @@ def test_the_decision_set() -> None:
     assert d.lookup("203.0.113.1") is None and d.lookup("198.51.100.1") is None
     assert sorted(d.all()) == [("192.0.2.7/32", "ban"), ("198.51.100.9/32", "ban"),
                                ("2001:db8::/32", "ban")]
+
+
+def test_behind_a_proxy_the_address_in_the_proxy_header_is_banned(gateway, backend,
+                                                                  lapi: Lapi) -> None:
+    """With the PROXY protocol, the ban looks at the client the header names, before any
+    byte of HTTP: a banned client behind the proxy is cut, another one is served."""
+    port = free_port()
+    cfg = bounced(port, backend("127.0.0.22", "c"), lapi)
+    cfg["static_resources"]["listeners"][0]["listener_filters"] = [{
+        "name": "envoy.filters.listener.proxy_protocol", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol."
+                     "v3.ProxyProtocol"}}]
+    gw = gateway(cfg)
+
+    def through_proxy(client: str) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(f"PROXY TCP4 {client} 127.0.0.1 40000 {port}\r\n".encode()
+                      + b"GET /headers HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            out = b""
+            try:
+                while chunk := s.recv(65536):
+                    out += chunk
+            except ConnectionResetError:
+                return b"reset"
+            return out or b"reset"
+
+    wait_for(lambda: gw.stats().get("edgegw.crowdsec.lapi_up") == 1)
+    lapi.cscli("decisions", "add", "--ip", "203.0.113.9", "--type", "ban", "--duration", "1h")
+    wait_for(lambda: through_proxy("203.0.113.9") == b"reset")
+    assert through_proxy("203.0.113.10").startswith(b"HTTP/1.1 200")
+    assert gw.stats()["edgegw.crowdsec.refused_connections"] >= 1

@@ -90,11 +90,19 @@ class _RequestIds:
 _ids = _RequestIds()
 
 
-def _ip_or_none(text: str) -> str | None:
+def ip_or_none(text: str) -> str | None:
     try:
         return str(ipaddress.ip_address(text))
     except ValueError:
         return None
+
+
+def xff_address(headers: Headers, skip: int) -> str | None:
+    """The address ``skip`` entries from the end of x-forwarded-for (Envoy's
+    getLastAddressFromXFF), or None."""
+    xff = [a.strip() for a in b",".join(v for k, v in headers if k == b"x-forwarded-for")
+           .decode("latin-1").split(",") if a.strip()]
+    return ip_or_none(xff[-1 - skip]) if len(xff) > skip else None
 
 
 @dataclass
@@ -127,17 +135,13 @@ class ForwardingPolicy:
         whether it may be trusted as internal, the status to refuse the request with)."""
         for d in self.detectors:
             if isinstance(d, m.XffConfig):
-                xff = [a.strip() for a in b",".join(
-                    v for k, v in headers if k == b"x-forwarded-for").decode("latin-1").split(",")
-                    if a.strip()]
-                if len(xff) > d.xff_num_trusted_hops:
-                    ip = _ip_or_none(xff[-1 - d.xff_num_trusted_hops])
-                    if ip is not None:
-                        return ip, False, None
+                ip = xff_address(headers, d.xff_num_trusted_hops)
+                if ip is not None:
+                    return ip, False, None
                 continue
             name = d.header_name.lower().encode("latin-1")
             value = next((v for k, v in headers if k == name), None)
-            ip = _ip_or_none(value.decode("latin-1").strip()) if value is not None else None
+            ip = ip_or_none(value.decode("latin-1").strip()) if value is not None else None
             if ip is not None:
                 return ip, d.allow_extension_to_set_address_as_trusted, None
             if d.reject_with_status is not None:
@@ -165,7 +169,7 @@ class ForwardingPolicy:
                         if a.strip()]
             client: str | None = None
             if self.xff_num_trusted_hops > 0 and len(xff_list) >= self.xff_num_trusted_hops:
-                client = _ip_or_none(xff_list[-self.xff_num_trusted_hops])
+                client = ip_or_none(xff_list[-self.xff_num_trusted_hops])
             client = client or remote_ip
             internal = not xff and self.is_internal(client)
             if not self.skip_xff_append:

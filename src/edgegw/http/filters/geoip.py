@@ -20,7 +20,6 @@ second); one that does not open keeps the previous one serving and counts a relo
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import time
 from typing import TYPE_CHECKING, Any
@@ -31,6 +30,7 @@ from ... import log
 from ...config import model as m
 from ...stats import Counter, Store
 from ..filter import register
+from ..headers import ip_or_none, xff_address
 
 if TYPE_CHECKING:
     from ..filter import FilterCallbacks
@@ -117,13 +117,6 @@ def _value(record: Any, path: tuple[Any, ...]) -> str:
     return record if isinstance(record, str) else ""
 
 
-def _address(value: bytes) -> str | None:
-    try:
-        return str(ipaddress.ip_address(value.decode("latin-1").strip()))
-    except ValueError:
-        return None
-
-
 @register(m.Geoip)
 class GeoipFilter:
     def __init__(self, cfg: m.Geoip, store: Store, hcm_prefix: str) -> None:
@@ -153,18 +146,13 @@ class GeoipFilter:
         """Each database read, with the headers it fills."""
 
     def _client(self, cb: FilterCallbacks) -> str:
+        ip: str | None = None
         if self.header is not None:
             value = next((v for k, v in cb.headers if k == self.header), None)
-            ip = _address(value) if value is not None else None
-            if ip is not None:
-                return ip
+            ip = ip_or_none(value.decode("latin-1").strip()) if value is not None else None
         elif self.hops:
-            xff = [a for a in b",".join(v for k, v in cb.headers if k == b"x-forwarded-for")
-                   .split(b",") if a.strip()]
-            ip = _address(xff[-1 - self.hops]) if len(xff) > self.hops else None
-            if ip is not None:
-                return ip
-        return cb.info.remote_ip
+            ip = xff_address(cb.headers, self.hops)
+        return ip or cb.info.remote_ip
 
     def decode_headers(self, cb: FilterCallbacks, route_cfg: object) -> bool:
         ip = self._client(cb)
