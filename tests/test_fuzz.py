@@ -1,5 +1,6 @@
 """Properties under generated input, bounded so the suite stays fast: the HTTP/1 and HTTP/2
-codecs (any split of valid bytes gives the same events; no input raises), the ClientHello
+codecs, HTTP/2 both ways (any split of valid bytes gives the same events; no input raises;
+h2 in the tree, nghttp2 on the compiled build), the ClientHello
 parser and config loading (bad input is an answer or a ConfigError, never a traceback)."""
 
 from __future__ import annotations
@@ -233,3 +234,125 @@ def test_a_version_less_line_followed_by_junk_gets_426_however_it_is_read() -> N
     whole = run_codec("h1", [data])
     assert whole[0] == [("reject", 426)]
     assert run_codec("h1", split(data, [25])) == whole
+
+
+class _Pool:
+    """The pool's side of an upstream connection, as the client codecs see it."""
+
+    label = "backend"
+    secure = True
+    max_header_bytes = 60 * 1024
+    max_headers = 100
+
+    def release(self, conn: object) -> None:
+        pass
+
+    def closed(self, conn: object, with_request: bool = False) -> None:
+        pass
+
+    def capacity_changed(self, conn: object) -> None:
+        pass
+
+
+class _Receiver:
+    """Records one request's response: headers, the body joined, trailers, the end, a reset."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[object, ...]] = []
+
+    def upstream_headers(self, status: int, headers: list, end_stream: bool) -> None:
+        self.events.append(("headers", status, tuple(headers), end_stream))
+
+    def upstream_data(self, data: bytes, end_stream: bool) -> None:
+        if self.events and self.events[-1][0] == "data":
+            data = self.events.pop()[1] + data  # type: ignore[operator]
+        self.events.append(("data", data))
+        if end_stream:
+            self.events.append(("end",))
+
+    def upstream_trailers(self, trailers: list) -> None:
+        self.events.append(("trailers", tuple(trailers)))
+
+    def upstream_reset(self, reason: str, stale: bool) -> None:
+        self.events.append(("reset",))
+
+    def flush(self) -> None:
+        pass
+
+    def upstream_write_blocked(self, blocked: bool) -> None:
+        pass
+
+
+H2_RESPONSE = st.tuples(st.sampled_from([200, 204, 404, 503]),
+                        st.lists(st.tuples(TOKEN.map(lambda t: "x-" + t), VALUE), max_size=4),
+                        st.binary(max_size=300), st.booleans()).map(
+    lambda r: (r[0], r[1], b"" if r[0] == 204 else r[2], r[3]))  # (204 has no content)
+
+
+def h2_exchange(responses: list) -> tuple[object, list[_Receiver], bytes]:
+    """A client codec (the one this process runs) that sent one request per response, and
+    the bytes a server (h2) answers them with."""
+    from edgegw.http.codec import RequestHead, State, http2
+    from edgegw.stats import Store
+
+    from .codec_harness import Sink
+
+    conn = http2.client_codec(http2.Options(None), Store(), "backend")(_Pool())
+    sink = Sink()
+    conn.connected(sink)
+    conn.state = State.READY
+    receivers = []
+    for _ in responses:
+        r = _Receiver()
+        conn.new_stream(r).encode_headers(RequestHead(b"GET", b"/", [(b"host", b"a")],
+                                                      "HTTP/2"), True)
+        receivers.append(r)
+    sink.settle()
+    server = h2.connection.H2Connection(h2.config.H2Configuration(
+        client_side=False, header_encoding=None))
+    server.initiate_connection()
+    server.receive_data(bytes(sink.out))
+    for i, (status, extra, body, trailers) in enumerate(responses):
+        sid = 1 + 2 * i
+        end = not body and not trailers
+        server.send_headers(sid, [(":status", str(status)), *extra], end_stream=end)
+        if body:
+            server.send_data(sid, body, end_stream=not trailers)
+        if trailers:
+            server.send_headers(sid, [("grpc-status", "0")], end_stream=True)
+    return conn, receivers, server.data_to_send()
+
+
+@FAST
+@given(st.lists(H2_RESPONSE, min_size=1, max_size=4), st.lists(st.integers(0, 4096),
+                                                               max_size=12))
+def test_h2_upstream_any_split_of_a_servers_frames_gives_the_same_responses(
+        responses: list, cuts: list[int]) -> None:
+    """The client codec (h2 in the tree, nghttp2 compiled) hears each response whole, however
+    the backend's bytes are cut into reads."""
+    seen = []
+    for pieces in ("whole", "split"):
+        conn, receivers, data = h2_exchange(responses)
+        for piece in [data] if pieces == "whole" else split(data, cuts):
+            conn.feed(piece)  # type: ignore[attr-defined]
+        seen.append([r.events for r in receivers])
+    assert seen[0] == seen[1]
+    for (status, _, body, trailers), events in zip(responses, seen[0], strict=True):
+        assert events[0][:2] == ("headers", status)
+        assert events[-1] == (("trailers", ((b"grpc-status", b"0"),)) if trailers
+                              else ("end",) if body else events[0])
+        assert (b"".join(e[1] for e in events if e[0] == "data")) == body
+
+
+@FAST
+@given(st.lists(H2_RESPONSE, min_size=1, max_size=2), st.lists(
+    st.tuples(st.integers(0, 4096), st.binary(min_size=1, max_size=8)), min_size=1,
+    max_size=4))
+def test_h2_upstream_corrupted_frames_never_raise(responses: list, edits: list) -> None:
+    """A backend's bytes changed anywhere: the client codec ends the connection or the
+    stream, and never raises (nghttp2 reads them in C)."""
+    conn, _, data = h2_exchange(responses)
+    for at, piece in edits:
+        at = at % len(data)
+        data = data[:at] + piece + data[at + len(piece):]
+    conn.feed(data)  # type: ignore[attr-defined]
