@@ -135,6 +135,7 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
     (void)flags;
     g->header_bytes += nlen + vlen;
     g->header_count += 1;
+    /* The count allows for the pseudo-headers: Python checks the regular headers exactly. */
     if (g->header_bytes > g->max_header_bytes || g->header_count > g->max_headers + 8) {
         if (!g->overflow) {
             g->overflow = 1;
