@@ -44,6 +44,9 @@ NEEDS_NO_READING = {
     "PassThroughTlvs.match_type": "read through the model's keeps()",
     "BufferSettings.pack_as_bytes": "for the gRPC service mode; over HTTP Envoy ignores it too",
     "PassThroughTlvs.tlv_type": "read through the model's keeps()",
+    "CommonGeoipProviderConfig.geo_field_keys": "read through the model's headers property",
+    "CommonGeoipProviderConfig.geo_headers_to_add": "read through the model's headers "
+                                                    "property",
     "NetworkRbac.enforcement_type": "only ONE_TIME_ON_FIRST_BYTE is accepted",
     "ExtAuthz.transport_api_version": "only V3 is accepted (it shapes gRPC checks only)",
     "Locality.zone": "a name: read by zone-aware routing only, whose settings edgegw "

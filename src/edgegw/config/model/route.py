@@ -658,8 +658,40 @@ class GeolocationHeadersToAdd(Msg):
     apple_private_relay: str = ""
 
 
+class GeolocationFieldKeys(Msg):
+    """Envoy's newer name for the same thing: under the HTTP filter, the request header of
+    each field."""
+
+    country: str = ""
+    city: str = ""
+    region: str = ""
+    asn: str = ""
+    anon: str = ""
+    anon_vpn: str = ""
+    anon_hosting: str = ""
+    anon_tor: str = ""
+    anon_proxy: str = ""
+    isp: str = ""
+    apple_private_relay: str = ""
+
+
 class CommonGeoipProviderConfig(Msg):
-    geo_headers_to_add: GeolocationHeadersToAdd
+    geo_headers_to_add: GeolocationHeadersToAdd | None = None
+    geo_field_keys: GeolocationFieldKeys | None = None
+    """Takes precedence over ``geo_headers_to_add`` when both are set, as in Envoy."""
+
+    @model_validator(mode="after")
+    def _one(self) -> CommonGeoipProviderConfig:
+        if self.geo_headers_to_add is None and self.geo_field_keys is None:
+            raise ValueError("geo_field_keys (or geo_headers_to_add) is needed")
+        return self
+
+    @property
+    def headers(self) -> GeolocationHeadersToAdd | GeolocationFieldKeys:
+        """The header of each field."""
+        keys = self.geo_field_keys or self.geo_headers_to_add
+        assert keys is not None
+        return keys
 
 
 GEO_DATABASES = {  # field: the databases that hold it, the first one set is read
@@ -684,9 +716,9 @@ class MaxMindConfig(TypedMsg):
 
     @model_validator(mode="after")
     def _databases(self) -> MaxMindConfig:
-        headers = self.common_provider_config.geo_headers_to_add
+        headers = self.common_provider_config.headers
         for field, paths in GEO_DATABASES.items():
-            if getattr(headers, field) and not any(getattr(self, p) for p in paths):
+            if getattr(headers, field, "") and not any(getattr(self, p) for p in paths):
                 raise ValueError(f"geo_headers_to_add.{field} needs {' or '.join(paths)}")
         if not any(getattr(self, p) for p in (
                 "city_db_path", "country_db_path", "asn_db_path", "anon_db_path", "isp_db_path")):

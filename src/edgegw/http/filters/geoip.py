@@ -121,7 +121,7 @@ def _value(record: Any, path: tuple[Any, ...]) -> str:
 class GeoipFilter:
     def __init__(self, cfg: m.Geoip, store: Store, hcm_prefix: str) -> None:
         provider = cfg.provider.typed_config
-        headers = provider.common_provider_config.geo_headers_to_add
+        headers = provider.common_provider_config.headers
         prefix = f"http.{hcm_prefix}."
         self.total: Counter = store.counter(prefix + "geoip.total")
         self.header = cfg.custom_header_config.header_name.lower().encode("latin-1") \
@@ -134,7 +134,7 @@ class GeoipFilter:
         opened: dict[str, _Database] = {}
         plan: dict[str, list[tuple[bytes, tuple[Any, ...]]]] = {}
         for field, paths in m.GEO_DATABASES.items():
-            name = getattr(headers, field)
+            name = getattr(headers, field, "")  # (geo_field_keys has no is_anon)
             if not name:
                 continue
             attr = next(p for p in paths if files[p])
