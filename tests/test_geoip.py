@@ -12,7 +12,7 @@ import pytest
 from mmdb_writer import MmdbU32, MMDBWriter
 from netaddr import IPSet
 
-from .conftest import ENVOY, ROUTER, cluster, config, route, wait_for
+from .conftest import ENVOY, ROUTER, cluster, config, free_port, route, wait_for
 
 GEOIP = "type.googleapis.com/envoy.extensions.filters.http.geoip.v3.Geoip"
 MAXMIND = "type.googleapis.com/envoy.extensions.geoip_providers.maxmind.v3.MaxMindConfig"
@@ -152,3 +152,31 @@ def test_a_database_replaced_while_serving_is_read_and_a_broken_one_is_not(
     errors = f"maxmind.country_db.{paths['country_db_path']}.db_reload_error"
     wait_for(lambda: (country(port), edgegw.stats().get(errors, 0) > 0) == ("CA", True),
              timeout=10)
+
+
+def test_a_database_that_cannot_be_read_or_a_field_without_its_database_is_a_config_error(
+        tmp_path: Path) -> None:
+    """As Envoy refuses to load such a config (or fails at the first request, for a field
+    whose database is missing), each is an error naming the field and the file."""
+    import yaml
+
+    from edgegw.config import ConfigError, load_bootstrap
+
+    paths = databases(tmp_path)
+    (tmp_path / "junk.mmdb").write_text("not a database\n")
+
+    def load(filter_: dict) -> str:
+        cfg = config(free_port(), [cluster("app", [("127.0.0.22", 80)])],
+                     routes=[route("/", "app")], http_filters=[filter_, ROUTER])
+        with pytest.raises(ConfigError) as e:
+            load_bootstrap(None, yaml.safe_dump(cfg))
+        return str(e.value)
+
+    assert "country_db_path: '/nowhere.mmdb' is not a MaxMind database" in load(
+        geoip({**paths, "country_db_path": "/nowhere.mmdb"}))
+    assert f"city_db_path: '{tmp_path}/junk.mmdb' is not a MaxMind database" in load(
+        geoip({**paths, "city_db_path": str(tmp_path / "junk.mmdb")}))
+    isp = geoip(paths, "geo_field_keys")
+    isp["typed_config"]["provider"]["typed_config"]["common_provider_config"][
+        "geo_field_keys"]["isp"] = "x-geo-isp"
+    assert "the isp header needs isp_db_path" in load(isp)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
+import maxminddb
 from pydantic import BeforeValidator, Field, model_validator
 from pydantic_core import PydanticCustomError
 
@@ -719,10 +720,18 @@ class MaxMindConfig(TypedMsg):
         headers = self.common_provider_config.headers
         for field, paths in GEO_DATABASES.items():
             if getattr(headers, field, "") and not any(getattr(self, p) for p in paths):
-                raise ValueError(f"geo_headers_to_add.{field} needs {' or '.join(paths)}")
-        if not any(getattr(self, p) for p in (
-                "city_db_path", "country_db_path", "asn_db_path", "anon_db_path", "isp_db_path")):
+                raise ValueError(f"the {field} header needs {' or '.join(paths)}")
+        files = {p: getattr(self, p) for p in (
+            "city_db_path", "country_db_path", "asn_db_path", "anon_db_path", "isp_db_path")}
+        if not any(files.values()):
             raise ValueError("at least one database path is needed")
+        for name, path in files.items():
+            if path:  # (as Envoy, which fails to load a config whose file it cannot open)
+                try:
+                    maxminddb.open_database(path).close()
+                except (OSError, ValueError, maxminddb.InvalidDatabaseError) as e:
+                    raise ValueError(f"{name}: '{path}' is not a MaxMind database that can "
+                                     f"be read: {e}") from None
         return self
 
 
