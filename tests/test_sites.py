@@ -564,7 +564,13 @@ def test_countries_without_a_database_is_a_clear_error(lab: Lab) -> None:
     lab.write("geoip: {country_db: geo/missing.mmdb}\n" + two_sites(lab.backends))
     r = check()
     assert r.returncode != 0 and "geo/missing.mmdb' is not a file" in r.stderr, r.stderr
-    lab.write("geoip: {country_db: sites.yaml}\ncountries: {deny: [Germany]}\n"
+    lab.write("geoip: {country_db: sites.yaml}\n" + two_sites(lab.backends))
+    r = check()
+    assert r.returncode != 0 and "'sites.yaml' is not a MaxMind database" in r.stderr, r.stderr
+    from .test_geoip import write_db
+
+    write_db(lab.root / "country.mmdb", "GeoLite2-Country", [])
+    lab.write("geoip: {country_db: country.mmdb}\ncountries: {deny: [Germany]}\n"
               + two_sites(lab.backends))
     r = check()
     assert r.returncode != 0 and "'Germany' is not a country code" in r.stderr, r.stderr

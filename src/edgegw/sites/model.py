@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+import maxminddb
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from ..config import model as m
@@ -256,6 +257,12 @@ def _database(value: Any) -> Any:
     if isinstance(value, str) and not os.path.isfile(value):
         raise ValueError(f"'{value}' is not a file (relative paths start where the gateway "
                          f"runs: {os.getcwd()}); GeoLite2-Country.mmdb comes free from MaxMind")
+    if isinstance(value, str):
+        try:
+            maxminddb.open_database(value).close()
+        except (OSError, ValueError, maxminddb.InvalidDatabaseError):
+            raise ValueError(f"'{value}' is not a MaxMind database (a .mmdb file such as "
+                             "GeoLite2-Country.mmdb)") from None
     return value
 
 
