@@ -231,7 +231,6 @@ class Http2Connection(ClientConnectionBase):
         return _Request(self, receiver)
 
 
-
 def client_codec(opts: Options, store: Store,
                  cluster_name: str) -> Callable[[ConnectionOwner], Http2Connection]:
     """The cluster's factory of HTTP/2 connections on h2."""
