@@ -34,6 +34,7 @@ from .model import (
     FilterConfig,
     HttpConnectionManager,
     Listener,
+    OAuth2,
     PerFilterConfig,
     RouteConfiguration,
     SdsSecretConfig,
@@ -382,7 +383,7 @@ def _check_listener(lst: Listener, base: Path, clusters: set[str],
             if isinstance(f.typed_config, TcpProxy):
                 yield from _check_tcp_proxy(f.typed_config, fpath, clusters)
             elif isinstance(f.typed_config, HttpConnectionManager):
-                yield from _check_hcm(f.typed_config, fpath, clusters)
+                yield from _check_hcm(f.typed_config, fpath, clusters, static)
 
 
 def _short(path: Path) -> str:
@@ -442,12 +443,19 @@ def _check_own_users(value: object, fc: FilterChain, where: Path) -> Iterator[Pr
     yield from _check_users(ds, where, bcrypt=True)
 
 
-def _check_hcm(hcm: HttpConnectionManager, base: Path, clusters: set[str]) -> Iterator[Problem]:
+def _check_hcm(hcm: HttpConnectionManager, base: Path, clusters: set[str],
+               static: dict[str, Secret]) -> Iterator[Problem]:
     filters = hcm.http_filters
     for i, f in enumerate(filters):
         if isinstance(f.typed_config, BasicAuth):
             yield from _check_users(f.typed_config.users,
                                     base + ("http_filters", i, "typed_config", "users"))
+        if isinstance(f.typed_config, OAuth2) and f.typed_config.config is not None:
+            creds = f.typed_config.config.credentials
+            where = base + ("http_filters", i, "typed_config", "config", "credentials")
+            for field in ("token_secret", "hmac_secret"):
+                yield from _check_sds(getattr(creds, field), "generic_secret",
+                                      where + (field,), static)
         last = i == len(filters) - 1
         if (f.kind == "router") != last:
             yield (base + ("http_filters", i, "name"),

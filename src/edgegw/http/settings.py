@@ -7,6 +7,8 @@ and the connection manager's stats.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..accesslog import AccessLogger
 from ..config import model as m
 from ..stats import Counter, Gauge, Histogram, StatSet, Store
@@ -15,12 +17,16 @@ from . import filter as http_filter
 from . import filters as _filters  # noqa: F401 (registers the HTTP filters)
 from .codec import http1, http2
 from .filters.basic_auth import BasicAuthFilter
+from .filters.oauth2 import OAuth2Filter
 from .headers import ForwardingPolicy
 from .local_reply import LocalReply
 from .path import PathPolicy
 from .rds import RdsSubscription
 from .router.config import RouterConfig
 from .router.table import Route, RouteTable, compile_routes
+
+if TYPE_CHECKING:
+    from ..tls.sds import SecretManager
 
 
 class HcmStats(StatSet):
@@ -60,7 +66,8 @@ class HttpConnectionManager:
 
     def __init__(self, cfg: m.HttpConnectionManager, clusters: ClusterManager,
                  store: Store, close_websockets: bool = False,
-                 basic_auth_users: m.DataSource | None = None) -> None:
+                 basic_auth_users: m.DataSource | None = None,
+                 secrets: SecretManager | None = None) -> None:
         self.stat_prefix = cfg.stat_prefix
         self.stats = HcmStats(store, f"http.{cfg.stat_prefix}.", code_classes="downstream_rq")
         self.close_websockets = close_websockets
@@ -114,11 +121,14 @@ class HttpConnectionManager:
         self.filters: list[tuple[str, http_filter.HttpFilter, bool]] = [
             (f.name, BasicAuthFilter(f.typed_config, store, cfg.stat_prefix, basic_auth_users)
              if basic_auth_users is not None and isinstance(f.typed_config, m.BasicAuth)
+             else OAuth2Filter(f.typed_config, store, cfg.stat_prefix, secrets)
+             if isinstance(f.typed_config, m.OAuth2)
              else http_filter.build(f.typed_config, store, cfg.stat_prefix), f.disabled)
             for f in cfg.http_filters[:-1]]
         """The HTTP filters before the router, with the names per-route configs use and
         whether each is off unless a route turns it on. A basic_auth filter takes the chain's
-        ``basic_auth_users`` (edgegw-only) if set."""
+        ``basic_auth_users`` (edgegw-only) if set; oauth2 reads its secrets through the
+        config's secret manager."""
         self.upgrades = {u.upgrade_type.lower(): u.enabled for u in cfg.upgrade_configs}
         """upgrade_configs: the upgrades the connection manager allows, by type."""
 

@@ -129,7 +129,8 @@ class Listener:
             own = fc.metadata.ours("basic_auth_users") if fc.metadata else None
             hcm = HttpConnectionManager(typed, clusters, store, close_websockets=bool(
                 fc.metadata and fc.metadata.ours("websocket_close_on_idle") is True),
-                basic_auth_users=None if own is None else m.DataSource.model_validate(own))
+                basic_auth_users=None if own is None else m.DataSource.model_validate(own),
+                secrets=secrets)
             if bouncer is not None:
                 hcm.filters.insert(0, ("edgegw.crowdsec", RequestCheck(bouncer), False))
             return Chain(fc.name, hcm, None, tls, strict_sni_host(fc), rbac)

@@ -51,7 +51,15 @@ class CaSecret:
     digest: bytes
 
 
-Material = CertSecret | CaSecret
+@dataclass(frozen=True)
+class GenericMaterial:
+    """A generic secret's bytes (oauth2's client secret and HMAC key)."""
+
+    value: bytes
+    digest: bytes
+
+
+Material = CertSecret | CaSecret | GenericMaterial
 
 
 def read_sds_file(path: str, name: str) -> m.Secret:
@@ -102,6 +110,9 @@ def materialize(secret: m.Secret) -> Material:
             warn_if_key_readable(tc.private_key)
             return CertSecret(pair, path_of(tc.certificate_chain),
                               digest(pair.chain_pem, pair.key_pem))
+        if secret.generic_secret is not None:
+            value = read(secret.generic_secret.secret)
+            return GenericMaterial(value, digest(value))
         vc = secret.validation_context
         assert vc is not None
         if vc.trusted_ca is None:
@@ -166,6 +177,9 @@ def files_of(secret: m.Secret) -> list[str]:
         for ds in (secret.tls_certificate.certificate_chain, secret.tls_certificate.private_key):
             if ds.filename:
                 out.append(ds.filename)
+    elif secret.generic_secret is not None:
+        if secret.generic_secret.secret.filename:
+            out.append(secret.generic_secret.secret.filename)
     elif secret.validation_context is not None and secret.validation_context.trusted_ca:
         if secret.validation_context.trusted_ca.filename:
             out.append(secret.validation_context.trusted_ca.filename)

@@ -44,6 +44,7 @@ from .route import (
     HttpFilterConfig,
     HttpStatus,
     LocalRateLimit,
+    OAuth2,
     RouteConfiguration,
     UpgradeConfig,
 )
@@ -73,7 +74,7 @@ class HttpFilter(Msg):
                 "envoy.filters.http.rbac", "envoy.filters.http.basic_auth",
                 "envoy.filters.http.ext_authz", "envoy.filters.http.header_mutation",
                 "envoy.filters.http.compressor", "envoy.filters.http.custom_response",
-                "envoy.filters.http.geoip"):
+                "envoy.filters.http.geoip", "envoy.filters.http.oauth2"):
             raise PydanticCustomError("missing_typed_config",
                                       "HTTP filter '{name}' needs a typed_config", v)
         return named_filter(v, ("envoy.filters.http.router", "envoy.router"), "HTTP filter",
@@ -91,7 +92,8 @@ class HttpFilter(Msg):
                 "header_mutation" if isinstance(c, HeaderMutation) else
                 "compressor" if isinstance(c, Compressor) else
                 "custom_response" if isinstance(c, CustomResponse) else
-                "geoip" if isinstance(c, Geoip) else "router")
+                "geoip" if isinstance(c, Geoip) else
+                "oauth2" if isinstance(c, OAuth2) else "router")
 
 
 _LOG_KINDS = {STDOUT_LOG_TYPE: "stdout", STDERR_LOG_TYPE: "stderr", FILE_LOG_TYPE: "file"}

@@ -3,6 +3,7 @@ the HTTP filters' configs (router, fault, local_ratelimit)."""
 
 from __future__ import annotations
 
+import urllib.parse
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import maxminddb
@@ -27,6 +28,7 @@ from .base import (
     LOCAL_RATELIMIT_TYPE,
     LOCAL_RESPONSE_POLICY_TYPE,
     MAXMIND_TYPE,
+    OAUTH2_TYPE,
     RBAC_PER_ROUTE_TYPE,
     RBAC_TYPE,
     ROUTER_TYPE,
@@ -52,6 +54,7 @@ from .core import (
     StringMatcher,
     SubstitutionFormatString,
 )
+from .tls import SdsSecretConfig
 
 
 class HeaderMatcher(Msg):
@@ -766,6 +769,98 @@ class Geoip(TypedMsg):
     provider: GeoipProvider
 
 
+class OAuth2CookieNames(Msg):
+    """The cookies' names (Envoy's, where empty)."""
+
+    bearer_token: str = ""
+    oauth_hmac: str = ""
+    oauth_expires: str = ""
+    id_token: str = ""
+    refresh_token: str = ""
+    oauth_nonce: str = ""
+    code_verifier: str = ""
+
+
+class OAuth2Credentials(Msg):
+    client_id: str = Field(min_length=1)
+    token_secret: SdsSecretConfig
+    """The client secret: an SDS ``generic_secret``."""
+    hmac_secret: SdsSecretConfig
+    """What signs (and encrypts) the cookies: an SDS ``generic_secret``, the only trust
+    anchor of a login."""
+    cookie_names: OAuth2CookieNames = OAuth2CookieNames()
+    cookie_domain: str = ""
+
+
+class OAuth2CookieConfig(Msg):
+    same_site: Literal["DISABLED", "STRICT", "LAX", "NONE"] = "DISABLED"
+    path: str = ""
+    """The cookie's Path (``/`` when empty)."""
+
+
+class OAuth2CookieConfigs(Msg):
+    bearer_token_cookie_config: OAuth2CookieConfig = OAuth2CookieConfig()
+    oauth_hmac_cookie_config: OAuth2CookieConfig = OAuth2CookieConfig()
+    oauth_expires_cookie_config: OAuth2CookieConfig = OAuth2CookieConfig()
+    id_token_cookie_config: OAuth2CookieConfig = OAuth2CookieConfig()
+    refresh_token_cookie_config: OAuth2CookieConfig = OAuth2CookieConfig()
+    oauth_nonce_cookie_config: OAuth2CookieConfig = OAuth2CookieConfig()
+    code_verifier_cookie_config: OAuth2CookieConfig = OAuth2CookieConfig()
+
+
+class OAuth2Config(Msg):
+    """A login at the edge: the authorization code flow with PKCE against an OAuth 2.0 /
+    OpenID provider, the session kept in HMAC-signed cookies."""
+
+    token_endpoint: HttpUri
+    authorization_endpoint: str = Field(min_length=1)
+    end_session_endpoint: str = ""
+    """The provider's RP-initiated logout (OpenID): sign-out redirects there."""
+    credentials: OAuth2Credentials
+    redirect_uri: str = Field(min_length=1)
+    """The callback URL, a format string (``%REQ(:authority)%``…)."""
+    redirect_path_matcher: PathMatcher
+    signout_path: PathMatcher
+    forward_bearer_token: Bool = False
+    preserve_authorization_header: Bool = False
+    pass_through_matcher: list[HeaderMatcher] = []
+    auth_scopes: list[str] = []
+    """``user`` when empty, as in Envoy."""
+    resources: list[str] = []
+    auth_type: Literal["URL_ENCODED_BODY", "BASIC_AUTH"] = "URL_ENCODED_BODY"
+    use_refresh_token: Bool | None = None
+    """True when unset."""
+    default_expires_in: Duration | None = None
+    deny_redirect_matcher: list[HeaderMatcher] = []
+    default_refresh_token_expires_in: Duration | None = None
+    disable_id_token_set_cookie: Bool = False
+    disable_access_token_set_cookie: Bool = False
+    disable_refresh_token_set_cookie: Bool = False
+    cookie_configs: OAuth2CookieConfigs = OAuth2CookieConfigs()
+    stat_prefix: str = ""
+    csrf_token_expires_in: Duration | None = None
+    code_verifier_token_expires_in: Duration | None = None
+    disable_token_encryption: Bool = False
+
+    @model_validator(mode="after")
+    def _checks(self) -> OAuth2Config:
+        if self.end_session_endpoint and "openid" not in self.auth_scopes:
+            raise ValueError("end_session_endpoint is only supported for OpenID Connect: "
+                             "auth_scopes must include openid")
+        url = urllib.parse.urlsplit(self.authorization_endpoint)
+        if url.scheme not in ("http", "https") or not url.netloc:
+            raise ValueError(f"invalid authorization endpoint URL "
+                             f"'{self.authorization_endpoint}'")
+        return self
+
+
+class OAuth2(TypedMsg):
+    """envoy.filters.http.oauth2."""
+
+    config: OAuth2Config | None = None
+    """None: the filter lets everything through (Envoy's empty OAuth2)."""
+
+
 class StatusCodeInput(TypedMsg):
     """The response's status code, as text (``502``)."""
 
@@ -861,7 +956,7 @@ class CustomResponse(TypedMsg):
 
 if TYPE_CHECKING:  # what the discriminated unions below hold, for the type checker
     HttpFilterConfig = Router | HTTPFault | LocalRateLimit | RBAC | BasicAuth | ExtAuthz | \
-        HeaderMutation | Compressor | CustomResponse | Geoip
+        HeaderMutation | Compressor | CustomResponse | Geoip | OAuth2
     FilterPerRoute = HTTPFault | LocalRateLimit | RBACPerRoute | BasicAuthPerRoute | \
         ExtAuthzPerRoute | HeaderMutationPerRoute | CompressorPerRoute
 else:
@@ -871,7 +966,7 @@ else:
                                 (HEADER_MUTATION_TYPE, HeaderMutation),
                                 (COMPRESSOR_TYPE, Compressor),
                                 (CUSTOM_RESPONSE_TYPE, CustomResponse),
-                                (GEOIP_TYPE, Geoip))
+                                (GEOIP_TYPE, Geoip), (OAUTH2_TYPE, OAuth2))
     FilterPerRoute = by_type((FAULT_TYPE, HTTPFault), (LOCAL_RATELIMIT_TYPE, LocalRateLimit),
                              (RBAC_PER_ROUTE_TYPE, RBACPerRoute),
                              (BASIC_AUTH_PER_ROUTE_TYPE, BasicAuthPerRoute),

@@ -111,16 +111,22 @@ class CommonTlsContext(Msg):
         return bool(vc and vc.trusted_ca) or self.validation_context_sds_secret_config is not None
 
 
+class GenericSecret(Msg):
+    secret: DataSource
+
+
 class Secret(Msg):
     """``extensions.transport_sockets.tls.v3.Secret``: what an SDS file carries."""
 
     name: str = Field(min_length=1)
     tls_certificate: TlsCertificate | None = None
     validation_context: CertificateValidationContext | None = None
+    generic_secret: GenericSecret | None = None
+    """Bytes a filter keeps secret (oauth2's client secret and HMAC key)."""
 
     @model_validator(mode="after")
     def _one(self) -> Secret:
-        one_of(self, ("tls_certificate", "validation_context"))
+        one_of(self, ("tls_certificate", "validation_context", "generic_secret"))
         return self
 
 

@@ -27,17 +27,15 @@ from typing import TYPE_CHECKING
 from ...config import model as m
 from ...matchers import string_matcher
 from ...stats import Counter, StatSet, Store
-from ..codec import HOP_BY_HOP, ClientConnection, Headers, RequestEncoder, RequestHead
+from ..codec import HOP_BY_HOP, Headers, RequestHead
 from ..filter import register
 from ..headers import set_header
+from ..service_call import ServiceCall
 from ..stream_info import ResponseFlag
 
 if TYPE_CHECKING:
-    from ...upstream.host import Host
     from ..filter import FilterCallbacks
 
-MAX_BODY = 64 * 1024
-"""What of the service's (denial) body is kept; the rest is dropped."""
 NOT_TO_CLIENT = HOP_BY_HOP | {b"host", b"content-length", b"date", b"server"}
 
 
@@ -56,93 +54,6 @@ def _names(lm: m.ListStringMatcher | None) -> Names | None:
         return None
     checks = [string_matcher(p) for p in lm.patterns]
     return lambda name: any(c(name.decode("latin-1")) for c in checks)
-
-
-class _Call:
-    """One check request to the service: a pool client and the sink of its response."""
-
-    def __init__(self, f: ExtAuthzFilter, cb: FilterCallbacks, head: RequestHead,
-                 body: bytes | None) -> None:
-        self.f = f
-        self.cb = cb
-        self.head = head
-        self.request_body = body
-        self.status = 0
-        self.headers: Headers = []
-        self.body = b""
-        self.done = False
-        self.encoder: RequestEncoder | None = None
-        self.host: Host | None = None
-        self.timer = cb.conn.loop.call_later(f.timeout, self._fail)
-
-    def start(self) -> None:
-        cluster = self.cb.clusters.get(self.f.cluster)
-        host = cluster.choose() if cluster is not None else None
-        if host is None:
-            self._fail()
-            return
-        self.host = host
-        host.pool.request(self)
-
-    # PoolClient
-    def pool_ready(self, conn: ClientConnection, reused: bool) -> None:
-        if self.done:
-            assert self.host is not None
-            self.host.pool.release(conn)
-            return
-        self.encoder = conn.new_stream(self)
-        if self.request_body:
-            self.encoder.encode_headers(self.head, False)
-            self.encoder.encode_data(self.request_body, True)
-        else:
-            self.encoder.encode_headers(self.head, True)
-
-    def pool_overflow(self) -> None:
-        self._fail()
-
-    def pool_failure(self, reason: str, detail: str) -> None:
-        self._fail()
-
-    # ResponseReceiver
-    def upstream_headers(self, status: int, headers: Headers, end_stream: bool) -> None:
-        self.status, self.headers = status, headers
-        if end_stream:
-            self._finish()
-
-    def upstream_data(self, data: bytes, end_stream: bool) -> None:
-        if len(self.body) < MAX_BODY:
-            self.body += data[: MAX_BODY - len(self.body)]
-        if end_stream:
-            self._finish()
-
-    def upstream_trailers(self, trailers: Headers) -> None:
-        self._finish()
-
-    def upstream_reset(self, reason: str, stale: bool) -> None:
-        self._fail()
-
-    def flush(self) -> None:
-        pass
-
-    def upstream_write_blocked(self, blocked: bool) -> None:
-        pass
-
-    def _finish(self) -> None:
-        self.encoder = None
-        if not self.done:
-            self.done = True
-            self.timer.cancel()
-            self.f.answered(self.cb, self)
-
-    def _fail(self) -> None:
-        if self.done:
-            return
-        self.done = True
-        self.timer.cancel()
-        encoder, self.encoder = self.encoder, None
-        if encoder is not None:
-            encoder.reset()
-        self.f.failed(self.cb)
 
 
 @register(m.ExtAuthz)
@@ -212,9 +123,11 @@ class ExtAuthzFilter:
             headers.append((b"x-envoy-auth-partial-body", b"true" if partial else b"false"))
         headers.append((b"content-length", b"%d" % len(body or b"")))
         head = RequestHead(cb.method, self.prefix + cb.path, headers, "HTTP/1.1")
-        _Call(self, cb, head, body).start()
+        ServiceCall(cb.conn.loop, self.timeout, head, body,
+                    lambda call: self.answered(cb, call),
+                    lambda: self.failed(cb)).start(cb.clusters, self.cluster)
 
-    def answered(self, cb: FilterCallbacks, call: _Call) -> None:
+    def answered(self, cb: FilterCallbacks, call: ServiceCall) -> None:
         if cb.response_done:
             return
         cb.read_disable("ext_authz", False)
