@@ -12,7 +12,6 @@ import json
 import re
 import shutil
 import ssl
-import subprocess
 import threading
 import time
 import urllib.parse as up
