@@ -29,6 +29,13 @@ from .stats import Counter, StatSet
 if TYPE_CHECKING:
     from .http.filter import FilterCallbacks
 
+
+def metadata_of(cb: FilterCallbacks, namespace: str) -> dict[str, Any] | None:
+    """A stream's dynamic metadata under ``namespace`` (a filter's name), as Envoy's
+    StreamInfo keeps it: in the stream's filter state here."""
+    found: dict[str, dict[str, Any]] | None = cb.filter_state.get("dynamic_metadata")
+    return found.get(namespace) if found is not None else None
+
 Check = Callable[["Request"], bool]
 
 
@@ -211,6 +218,37 @@ def permission(p: m.Permission) -> Check:
     return _all_of(parts) if p.and_rules is not None else _any_of(parts)
 
 
+def value_matcher(vm: m.ValueMatcher) -> Callable[[object], bool]:
+    """type.matcher.v3.ValueMatcher on a metadata value (None: absent)."""
+    if vm.string_match is not None:
+        match = string_matcher(vm.string_match)
+        return lambda v: isinstance(v, str) and match(v)
+    if vm.bool_match is not None:
+        want = vm.bool_match
+        return lambda v: isinstance(v, bool) and v == want
+    if vm.present_match is not None:
+        present = vm.present_match
+        return lambda v: (v is not None) == present
+    assert vm.list_match is not None
+    item = value_matcher(vm.list_match.one_of)
+    return lambda v: isinstance(v, list) and any(item(x) for x in v)
+
+
+def _metadata(mm: m.MetadataMatcher) -> Check:
+    """The request's dynamic metadata (jwt_authn's payload) at ``filter``, then ``path``."""
+    match = value_matcher(mm.value)
+    keys = [seg.key for seg in mm.path]
+    namespace, invert = mm.filter, mm.invert
+
+    def check(r: Request) -> bool:
+        node: object = metadata_of(r._stream, namespace) if r._stream is not None else None
+        for key in keys:
+            node = node.get(key) if isinstance(node, dict) else None
+        return match(node) != invert
+
+    return check
+
+
 def principal(p: m.Principal) -> Check:
     if p.any is not None:
         return ALWAYS if p.any else NEVER
@@ -224,6 +262,8 @@ def principal(p: m.Principal) -> Check:
         return _headers(p.header)
     if p.url_path is not None:
         return _path(p.url_path)
+    if p.metadata is not None:
+        return _metadata(p.metadata)
     if p.authenticated is not None:
         name = p.authenticated.principal_name
         if name is None:

@@ -57,6 +57,23 @@ def _machine_address() -> str:
     return "127.0.0.1"
 
 
+def parse_cookies(headers: Headers) -> dict[str, str]:
+    """Envoy's parseCookies: every Cookie header, ``;``-separated, the first of a name wins,
+    surrounding double quotes dropped."""
+    out: dict[str, str] = {}
+    for k, v in headers:
+        if k != b"cookie":
+            continue
+        for part in v.decode("latin-1").split(";"):
+            name, eq, value = part.lstrip(" \t").partition("=")
+            if not eq or not name:
+                continue
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            out.setdefault(name, value)
+    return out
+
+
 def set_header(headers: Headers, name: bytes, value: bytes) -> None:
     """Sets ``name`` where it already stands (as Envoy's header map does), else appends it."""
     for i, (k, _) in enumerate(headers):

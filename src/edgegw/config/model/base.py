@@ -50,6 +50,7 @@ HEADER_MUTATION_TYPE = T + "extensions.filters.http.header_mutation.v3.HeaderMut
 COMPRESSOR_TYPE = T + "extensions.filters.http.compressor.v3.Compressor"
 GEOIP_TYPE = T + "extensions.filters.http.geoip.v3.Geoip"
 OAUTH2_TYPE = T + "extensions.filters.http.oauth2.v3.OAuth2"
+JWT_AUTHN_TYPE = T + "extensions.filters.http.jwt_authn.v3.JwtAuthentication"
 MAXMIND_TYPE = T + "extensions.geoip_providers.maxmind.v3.MaxMindConfig"
 CUSTOM_RESPONSE_TYPE = T + "extensions.filters.http.custom_response.v3.CustomResponse"
 LOCAL_RESPONSE_POLICY_TYPE = \

@@ -43,6 +43,7 @@ from .route import (
     HTTPFault,
     HttpFilterConfig,
     HttpStatus,
+    JwtAuthentication,
     LocalRateLimit,
     OAuth2,
     RouteConfiguration,
@@ -74,7 +75,8 @@ class HttpFilter(Msg):
                 "envoy.filters.http.rbac", "envoy.filters.http.basic_auth",
                 "envoy.filters.http.ext_authz", "envoy.filters.http.header_mutation",
                 "envoy.filters.http.compressor", "envoy.filters.http.custom_response",
-                "envoy.filters.http.geoip", "envoy.filters.http.oauth2"):
+                "envoy.filters.http.geoip", "envoy.filters.http.oauth2",
+                "envoy.filters.http.jwt_authn"):
             raise PydanticCustomError("missing_typed_config",
                                       "HTTP filter '{name}' needs a typed_config", v)
         return named_filter(v, ("envoy.filters.http.router", "envoy.router"), "HTTP filter",
@@ -93,7 +95,8 @@ class HttpFilter(Msg):
                 "compressor" if isinstance(c, Compressor) else
                 "custom_response" if isinstance(c, CustomResponse) else
                 "geoip" if isinstance(c, Geoip) else
-                "oauth2" if isinstance(c, OAuth2) else "router")
+                "oauth2" if isinstance(c, OAuth2) else
+                "jwt_authn" if isinstance(c, JwtAuthentication) else "router")
 
 
 _LOG_KINDS = {STDOUT_LOG_TYPE: "stdout", STDERR_LOG_TYPE: "stderr", FILE_LOG_TYPE: "file"}

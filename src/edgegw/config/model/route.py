@@ -25,6 +25,7 @@ from .base import (
     GZIP_TYPE,
     HEADER_MUTATION_PER_ROUTE_TYPE,
     HEADER_MUTATION_TYPE,
+    JWT_AUTHN_TYPE,
     LOCAL_RATELIMIT_TYPE,
     LOCAL_RESPONSE_POLICY_TYPE,
     MAXMIND_TYPE,
@@ -402,6 +403,41 @@ class Authenticated(Msg):
     principal_name: StringMatcher | None = None
 
 
+class ListMatcher(Msg):
+    one_of: ValueMatcher
+
+
+class ValueMatcher(Msg):
+    """type.matcher.v3.ValueMatcher (strings, booleans, presence, lists)."""
+
+    string_match: StringMatcher | None = None
+    bool_match: Bool | None = None
+    present_match: Bool | None = None
+    list_match: ListMatcher | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> ValueMatcher:
+        one_of(self, ("string_match", "bool_match", "present_match", "list_match"))
+        return self
+
+
+ListMatcher.model_rebuild()
+
+
+class MetadataPathSegment(Msg):
+    key: str = Field(min_length=1)
+
+
+class MetadataMatcher(Msg):
+    """type.matcher.v3.MetadataMatcher on the request's dynamic metadata (what jwt_authn's
+    ``payload_in_metadata`` writes)."""
+
+    filter: str = Field(min_length=1)
+    path: list[MetadataPathSegment] = Field(min_length=1)
+    value: ValueMatcher
+    invert: Bool = False
+
+
 class Principal(Msg):
     """config.rbac.v3.Principal: who asks (one of the fields)."""
 
@@ -412,6 +448,7 @@ class Principal(Msg):
     remote_ip: CidrRange | None = None
     header: HeaderMatcher | None = None
     url_path: PathMatcher | None = None
+    metadata: MetadataMatcher | None = None
     and_ids: PrincipalSet | None = None
     or_ids: PrincipalSet | None = None
     not_id: Principal | None = None
@@ -419,7 +456,7 @@ class Principal(Msg):
     @model_validator(mode="after")
     def _one(self) -> Principal:
         one_of(self, ("any", "authenticated", "source_ip", "direct_remote_ip", "remote_ip",
-                      "header", "url_path", "and_ids", "or_ids", "not_id"))
+                      "header", "url_path", "metadata", "and_ids", "or_ids", "not_id"))
         return self
 
 
@@ -769,6 +806,73 @@ class Geoip(TypedMsg):
     provider: GeoipProvider
 
 
+class RemoteJwks(Msg):
+    http_uri: HttpUri
+    cache_duration: Duration | None = None
+    """How long fetched keys are kept (Envoy's 10 minutes when unset)."""
+
+
+class LocalJwks(Msg):
+    inline_string: str | None = None
+    filename: str | None = None
+
+
+class JwtHeader(Msg):
+    name: str = Field(min_length=1)
+    value_prefix: str = ""
+
+
+class JwtClaimToHeader(Msg):
+    header_name: str = Field(min_length=1)
+    claim_name: str = Field(min_length=1)
+
+
+class JwtProvider(Msg):
+    """Who issues the tokens and where their keys are: the issuer, audiences and expiry
+    are checked, then the signature (RS256/384/512, PS256/384/512, ES256/384)."""
+
+    issuer: str = ""
+    audiences: list[str] = []
+    remote_jwks: RemoteJwks | None = None
+    local_jwks: LocalJwks | None = None
+    forward: Bool = False
+    from_headers: list[JwtHeader] = []
+    from_cookies: list[str] = []
+    payload_in_metadata: str = ""
+    claim_to_headers: list[JwtClaimToHeader] = []
+    clock_skew_seconds: UInt32 = 60
+
+    @model_validator(mode="after")
+    def _one(self) -> JwtProvider:
+        one_of(self, ("remote_jwks", "local_jwks"))
+        return self
+
+
+class JwtRequirement(Msg):
+    provider_name: str = Field(min_length=1)
+
+
+class JwtRequirementRule(Msg):
+    match: RouteMatch
+    requires: JwtRequirement | None = None
+    """None: the requests it matches need no token."""
+
+
+class JwtAuthentication(TypedMsg):
+    """envoy.filters.http.jwt_authn: a JWT verified per request, its claims handed on."""
+
+    providers: dict[str, JwtProvider] = Field(min_length=1)
+    rules: list[JwtRequirementRule] = []
+
+    @model_validator(mode="after")
+    def _names(self) -> JwtAuthentication:
+        for rule in self.rules:
+            if rule.requires is not None and rule.requires.provider_name not in self.providers:
+                raise ValueError(f"rule requires provider '{rule.requires.provider_name}', "
+                                 "which is not in providers")
+        return self
+
+
 class OAuth2CookieNames(Msg):
     """The cookies' names (Envoy's, where empty)."""
 
@@ -956,7 +1060,7 @@ class CustomResponse(TypedMsg):
 
 if TYPE_CHECKING:  # what the discriminated unions below hold, for the type checker
     HttpFilterConfig = Router | HTTPFault | LocalRateLimit | RBAC | BasicAuth | ExtAuthz | \
-        HeaderMutation | Compressor | CustomResponse | Geoip | OAuth2
+        HeaderMutation | Compressor | CustomResponse | Geoip | OAuth2 | JwtAuthentication
     FilterPerRoute = HTTPFault | LocalRateLimit | RBACPerRoute | BasicAuthPerRoute | \
         ExtAuthzPerRoute | HeaderMutationPerRoute | CompressorPerRoute
 else:
@@ -966,7 +1070,8 @@ else:
                                 (HEADER_MUTATION_TYPE, HeaderMutation),
                                 (COMPRESSOR_TYPE, Compressor),
                                 (CUSTOM_RESPONSE_TYPE, CustomResponse),
-                                (GEOIP_TYPE, Geoip), (OAUTH2_TYPE, OAuth2))
+                                (GEOIP_TYPE, Geoip), (OAUTH2_TYPE, OAuth2),
+                                (JWT_AUTHN_TYPE, JwtAuthentication))
     FilterPerRoute = by_type((FAULT_TYPE, HTTPFault), (LOCAL_RATELIMIT_TYPE, LocalRateLimit),
                              (RBAC_PER_ROUTE_TYPE, RBACPerRoute),
                              (BASIC_AUTH_PER_ROUTE_TYPE, BasicAuthPerRoute),

@@ -8,8 +8,9 @@ from . import (
     fault,
     geoip,
     header_mutation,
+    jwt_authn,
     local_ratelimit,
     rbac,
 )
 
-__all__ = ["basic_auth", "compressor", "custom_response", "ext_authz", "fault", "geoip", "header_mutation", "local_ratelimit", "rbac"]
+__all__ = ["basic_auth", "compressor", "custom_response", "ext_authz", "fault", "geoip", "header_mutation", "jwt_authn", "local_ratelimit", "rbac"]

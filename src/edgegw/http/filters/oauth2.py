@@ -44,7 +44,7 @@ from ...matchers import header_matcher, string_matcher
 from ...stats import Counter, StatSet, Store
 from ...tls.secrets import GenericMaterial
 from ..codec import Headers, RequestHead
-from ..headers import set_header
+from ..headers import parse_cookies, set_header
 from ..service_call import ServiceCall
 
 if TYPE_CHECKING:
@@ -147,23 +147,6 @@ def jwt_expiry(token: str) -> int | None:
         return None
     exp = claims.get("exp") if isinstance(claims, dict) else None
     return exp if isinstance(exp, int) and not isinstance(exp, bool) and exp > 0 else None
-
-
-def parse_cookies(headers: Headers) -> dict[str, str]:
-    """Envoy's parseCookies: every Cookie header, ``;``-separated, the first of a name wins,
-    surrounding double quotes dropped."""
-    out: dict[str, str] = {}
-    for k, v in headers:
-        if k != b"cookie":
-            continue
-        for part in v.decode("latin-1").split(";"):
-            name, eq, value = part.lstrip(" \t").partition("=")
-            if not eq or not name:
-                continue
-            if len(value) >= 2 and value[0] == value[-1] == '"':
-                value = value[1:-1]
-            out.setdefault(name, value)
-    return out
 
 
 def set_cookies(headers: Headers, cookies: dict[str, str]) -> None:

@@ -65,6 +65,14 @@ def _path_matcher(rm: m.RouteMatch) -> Callable[[str], bool]:
     return lambda path: rx.fullmatch(path.partition("?")[0]) is not None
 
 
+def request_matcher(rm: m.RouteMatch) -> Callable[[str, Headers], bool]:
+    """A route's match as a predicate of (path, headers), for a filter whose rules match
+    requests as routes do (jwt_authn)."""
+    path = _path_matcher(rm)
+    headers = [header_matcher(h) for h in rm.headers]
+    return lambda p, h: path(p) and all(x(h) for x in headers)
+
+
 # --- compiled routes ------------------------------------------------------------------------
 
 
