@@ -11,6 +11,7 @@ import http.server
 import json
 import re
 import shutil
+import socket
 import ssl
 import threading
 import time
@@ -23,6 +24,7 @@ import pytest
 import trustme
 
 from .conftest import ENVOY, ROUTER, Proc, addr, cluster, free_port, wait_port
+from .helpers import Lab
 
 OIDC_DIR = Path(__file__).parent / "oidc"
 NODE = shutil.which("node")
@@ -42,14 +44,16 @@ FLOW = ("OauthNonce", "CodeVerifier", "OauthHMAC", "OauthExpires", "RefreshToken
 
 class Provider:
     """oidc-provider at 127.0.0.40, with one confidential client whose callbacks are the
-    given gateway ports' /callback."""
+    given sites' (gateway ports on 127.0.0.1, or origins) /callback and /oauth2/callback."""
 
-    def __init__(self, workdir: Path, ports: list[int]) -> None:
+    def __init__(self, workdir: Path, sites: list[int | str]) -> None:
+        origins = [f"https://127.0.0.1:{s}" if isinstance(s, int) else s for s in sites]
         self.port = free_port("127.0.0.40")
         self.issuer = f"http://127.0.0.40:{self.port}"
         client = {"client_id": "edgegw", "client_secret": SECRET,
-                  "redirect_uris": [f"https://127.0.0.1:{p}/callback" for p in ports],
-                  "post_logout_redirect_uris": [f"https://127.0.0.1:{p}/" for p in ports],
+                  "redirect_uris": [f"{o}/callback" for o in origins] +
+                                   [f"{o}/oauth2/callback" for o in origins],
+                  "post_logout_redirect_uris": [f"{o}/" for o in origins],
                   "grant_types": ["authorization_code", "refresh_token"],
                   "response_types": ["code"], "token_endpoint_auth_method": "client_secret_post"}
         assert NODE is not None
@@ -62,10 +66,10 @@ class Provider:
 
 
 @pytest.fixture
-def provider(tmp_path: Path) -> Iterator[Callable[[list[int]], Provider]]:
+def provider(tmp_path: Path) -> Iterator[Callable[[list[int | str]], Provider]]:
     started: list[Provider] = []
 
-    def start(ports: list[int]) -> Provider:
+    def start(ports: list[int | str]) -> Provider:
         started.append(Provider(tmp_path, ports))
         return started[-1]
 
@@ -89,7 +93,7 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def oauth2_filter(token_uri: str, authorize: str, end_session: str = "", **extra: object
                   ) -> dict:
     cfg = {
-        "token_endpoint": {"cluster": "oidc", "uri": token_uri, "timeout": "2s"},
+        "token_endpoint": {"cluster": "oidc", "uri": token_uri, "timeout": "10s"},
         "authorization_endpoint": authorize,
         "redirect_uri": "%REQ(x-forwarded-proto)%://%REQ(:authority)%/callback",
         "redirect_path_matcher": {"path": {"exact": "/callback"}},
@@ -430,3 +434,91 @@ def test_bad_callbacks_tokens_and_sessions_get_envoys_answers(gateway, backend,
                           "redirect_uri"], "xyz", SECRET, True)
     assert (r["valid"], r["same host"]) == (200, 200)
     assert {r[k] for k in ("forged hmac", "later expiry", "other host", "expired")} == {302}
+
+
+# --- the sites file's shorthand ----------------------------------------------------------------
+
+
+def sites_login(lab: Lab, issuer: str, claims: str = "") -> None:
+    (lab.root / "oidc-secret").write_text(SECRET)
+    b = lab.backends
+    lab.write(f"login:\n  oidc:\n    issuer: {issuer}\n    client_id: edgegw\n"
+              f"    client_secret_file: oidc-secret\n{claims}"
+              f"sites:\n"
+              f"  a.example.com:\n    upstream: http://{b.a[0]}:{b.a[1]}\n    login: oidc\n"
+              f"    allow_groups: [admins]\n"
+              f"  b.example.com:\n    upstream: https://{b.b[0]}:{b.b[1]}\n"
+              f"    sni: b.internal\n    ca: certs/backend-ca.pem\n")
+
+
+@pytest.fixture
+def resolve_lab(monkeypatch: pytest.MonkeyPatch) -> None:
+    """*.example.com is 127.0.0.1 for this process's clients (curl's --resolve)."""
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: object, *args: object, **kw: object) -> object:
+        if isinstance(host, str) and host.endswith(".example.com"):
+            host = "127.0.0.1"
+        return real(host, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+def lab_session(lab: Lab, user: str) -> dict[str, object]:
+    """``user`` logs in to a.example.com through the provider; what each step gives."""
+    base = f"https://a.example.com:{lab.https}"
+    ca = ssl.create_default_context(cafile=str(lab.root / "certs" / "dev-ca.pem"))
+    out: dict[str, object] = {}
+    with httpx.Client(verify=ca, timeout=10) as c:
+        r = c.get(base + "/headers", headers={"remote-user": "root"})
+        out["anonymous"] = (r.status_code, up.urlsplit(r.headers.get("location", "")).path)
+        out["other site"] = c.get(f"https://b.example.com:{lab.https}/headers").status_code
+        r = c.get(base + "/headers", headers={"x-requested-with": "XMLHttpRequest"})
+        out["ajax"] = r.status_code
+        anonymous = c.get(base + "/headers")
+        callback = provider_login(c, anonymous.headers["location"], base, user)
+        out["callback"] = up.urlsplit(callback).path
+        r = c.get(callback)
+        out["logged in"] = (r.status_code, r.headers.get("location", "").replace(base, ""))
+        r = c.get(base + "/headers", headers={"remote-user": "root",
+                                              "remote-email": "root@example.com"})
+        sent = r.json()["headers"] if r.status_code == 200 else {}
+        out["app"] = (r.status_code, sent.get("remote-user"), sent.get("remote-email"),
+                      "cookie" in sent and "OauthHMAC" in sent["cookie"])
+        r = c.get(base + "/oauth2/sign_out")
+        out["signed out"] = (r.status_code, up.urlsplit(r.headers["location"]).path)
+        out["after"] = c.get(base + "/headers").status_code
+    return out
+
+
+@needs_provider
+@needs_envoy
+def test_the_sites_login_shorthand_under_edgegw_and_envoy(lab: Lab, provider,
+                                                          resolve_lab: None) -> None:
+    """``login: {oidc: {issuer, client_id, client_secret_file}}`` and a site's ``login:
+    oidc`` with ``allow_groups``: discovery fills the endpoints; alice (in admins) reaches
+    the app, which sees her name and email from the ID token and never a client's own
+    Remote-User; bob (in users) gets 403; b.example.com (no login) is untouched; AJAX gets
+    401; sign-out goes to the provider. Envoy runs the expansion alike. The cookies' key is
+    made in the certificate directory's private folder."""
+    idp = provider([f"https://a.example.com:{lab.https}"])
+    try:
+        sites_login(lab, idp.issuer)
+        boot = lab.expand()
+        hmac_file = lab.root / "certs" / ".oidc" / "hmac-secret"
+        assert hmac_file.stat().st_mode & 0o077 == 0 and len(hmac_file.read_text()) == 64
+        results = {}
+        for kind, args in (("edgegw", ["-c", "sites.yaml"]), ("envoy", ["-c", str(boot)])):
+            lab.run(*args, kind=kind)
+            results[kind] = (lab_session(lab, "alice"), lab_session(lab, "bob")["app"])
+            lab.stop()
+    finally:
+        idp.stop()
+    assert results["edgegw"] == results["envoy"]
+    alice, bob_app = results["edgegw"]
+    assert alice == {
+        "anonymous": (302, "/auth"), "other site": 200, "ajax": 401,
+        "callback": "/oauth2/callback", "logged in": (302, "/headers"),
+        "app": (200, "alice", "alice@example.com", False),
+        "signed out": (302, "/session/end"), "after": 302}
+    assert bob_app == (403, None, None, False)

@@ -18,6 +18,8 @@ Home-lab defaults, each a plain Envoy setting in the expansion:
 
 from __future__ import annotations
 
+import os
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +27,16 @@ from typing import Any
 from ..config.model import base as t
 from ..tls.cert_dir import candidates, on_disk
 from .inputs import ca_problem, certificate_problem, has_bcrypt, users_problem
-from .model import SECURITY_HEADERS, STARTING_PAGE, ControlPlane, Site, SitesFile, Upstream, Url
+from .model import (
+    SECURITY_HEADERS,
+    STARTING_PAGE,
+    ControlPlane,
+    Oidc,
+    Site,
+    SitesFile,
+    Upstream,
+    Url,
+)
 
 SYSTEM_CA = "/etc/ssl/certs/ca-certificates.crt"
 CONTROL_PLANE = "xds_control_plane"
@@ -35,6 +46,11 @@ GEO_COUNTRY = "x-geo-country"
 BCRYPT_NOTE = ("# bcrypt users are edgegw's (Envoy takes {SHA} alone): edgegw reads every user "
                "from the filter chain's metadata edgegw.basic_auth_users\n")
 Path = tuple[str | int, ...]
+LOGIN_CALLBACK = "/oauth2/callback"
+LOGIN_SIGN_OUT = "/oauth2/sign_out"
+HMAC_FILE = os.path.join(".oidc", "hmac-secret")
+"""Where, in the certificate directory, the key that signs login cookies is made and kept
+(every worker and every reload use the one there)."""
 
 
 ACCESS_LOG = ('[%START_TIME(%Y-%m-%dT%H:%M:%S%z)%] {site} %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% '
@@ -107,6 +123,8 @@ class Builder:
         self.clusters: list[dict[str, Any]] = []
         self.chains: list[dict[str, Any]] = []
         self.certs = on_disk(sites.certificates)
+        self.login_clusters: dict[tuple[str, str, int], str] = {}
+        self.secrets: list[dict[str, Any]] = []
 
     def build(self) -> Expansion:
         s = self.sites
@@ -115,6 +133,8 @@ class Builder:
             "admin": {"address": _socket(*s.admin)},
             "static_resources": {"listeners": [], "clusters": self.clusters},
         }
+        if any(site.login for site in s.sites.values()):
+            boot["static_resources"]["secrets"] = self.secrets
         for name, site in s.sites.items():
             if site.passthrough:
                 self._passthrough(name, site)
@@ -401,6 +421,8 @@ class Builder:
         if site.allow:
             out.append({"name": "envoy.filters.http.rbac",
                         "typed_config": _typed(t.RBAC_TYPE, rules=self._allow(site))})
+        if site.login is not None:
+            out.extend(self._login(site))
         auth = site.auth
         if auth is None:
             return out
@@ -434,6 +456,98 @@ class Builder:
         out.append({"name": "envoy.filters.http.basic_auth", "typed_config": _typed(
             t.BASIC_AUTH_TYPE, users=users, forward_username_header="x-remote-user")})
         return out
+
+    def _login(self, site: Site) -> list[dict[str, Any]]:
+        """login: oidc: the client's own claim headers dropped, the OAuth2 filter (the login,
+        its session in cookies), jwt_authn on its ID token (claims to headers, the payload
+        for RBAC), and RBAC on the groups when ``allow_groups`` asks."""
+        assert self.sites.login is not None
+        oidc = self.sites.login.oidc
+        found = oidc.found
+        if not self.secrets:
+            self.secrets.extend([
+                {"name": "oidc-client-secret",
+                 "generic_secret": {"secret": {"filename": oidc.client_secret_file}}},
+                {"name": "oidc-hmac",
+                 "generic_secret": {"secret": {"filename": self._hmac_file()}}}])
+        scopes = ["openid", *(sc for sc in oidc.scopes if sc != "openid")]
+        oauth2: dict[str, Any] = {
+            "token_endpoint": {"uri": found.token_endpoint, "timeout": "10s",
+                               "cluster": self._login_cluster(oidc, found.token_endpoint)},
+            "authorization_endpoint": found.authorization_endpoint,
+            "redirect_uri": "https://%REQ(:authority)%" + LOGIN_CALLBACK,
+            "redirect_path_matcher": {"path": {"exact": LOGIN_CALLBACK}},
+            "signout_path": {"path": {"exact": LOGIN_SIGN_OUT}},
+            "credentials": {"client_id": oidc.client_id,
+                            "token_secret": {"name": "oidc-client-secret"},
+                            "hmac_secret": {"name": "oidc-hmac"}},
+            "auth_scopes": scopes,
+            "deny_redirect_matcher": [{"name": "x-requested-with",
+                                       "string_match": {"exact": "XMLHttpRequest"}}]}
+        if found.end_session_endpoint:
+            oauth2["end_session_endpoint"] = found.end_session_endpoint
+        out: list[dict[str, Any]] = []
+        if oidc.claims:
+            out.append({"name": "envoy.filters.http.header_mutation.login", "typed_config": _typed(
+                t.HEADER_MUTATION_TYPE, mutations={"request_mutations": [
+                    {"remove": h.lower()} for h in oidc.claims]})})
+        out.append({"name": "envoy.filters.http.oauth2", "typed_config": _typed(
+            t.OAUTH2_TYPE, config=oauth2)})
+        out.append({"name": "envoy.filters.http.jwt_authn", "typed_config": _typed(
+            t.JWT_AUTHN_TYPE, providers={"oidc": {
+                "issuer": found.issuer, "audiences": [oidc.client_id],
+                "remote_jwks": {"http_uri": {
+                    "uri": found.jwks_uri, "timeout": "10s",
+                    "cluster": self._login_cluster(oidc, found.jwks_uri)},
+                    "cache_duration": "600s"},
+                "from_cookies": ["IdToken"], "forward": True, "payload_in_metadata": "oidc",
+                "claim_to_headers": [{"header_name": h.lower(), "claim_name": c}
+                                     for h, c in oidc.claims.items()]}},
+            rules=[{"match": {"prefix": "/"}, "requires": {"provider_name": "oidc"}}],
+            )})
+        if site.allow_groups:
+            out.append({"name": "envoy.filters.http.rbac.groups", "typed_config": _typed(
+                t.RBAC_TYPE, rules={"action": "ALLOW", "policies": {"groups": {
+                    "permissions": [{"any": True}],
+                    "principals": [{"metadata": {
+                        "filter": "envoy.filters.http.jwt_authn",
+                        "path": [{"key": "oidc"}, {"key": "groups"}],
+                        "value": {"list_match": {"one_of": {"string_match": {"exact": g}}}}}}
+                        for g in site.allow_groups]}}})})
+        return out
+
+    def _login_cluster(self, oidc: Oidc, url: str) -> str:
+        """The cluster an endpoint of the provider is reached by (one per host)."""
+        parts = urllib.parse.urlsplit(url)
+        scheme, host = parts.scheme, parts.hostname or ""
+        port = parts.port or (443 if scheme == "https" else 80)
+        key = (scheme, host, port)
+        if key not in self.login_clusters:
+            cname = "login_oidc" if not self.login_clusters else \
+                f"login_oidc_{len(self.login_clusters) + 1}"
+            self.login_clusters[key] = cname
+            self._cluster(cname, Upstream(upstream=[Url(scheme, host, port, "")], ca=oidc.ca),
+                          ("login", "oidc"), site="login")
+        return self.login_clusters[key]
+
+    def _hmac_file(self) -> str:
+        """The login cookies' key, made once (32 random bytes, hex) and kept in the
+        certificate directory's private folder."""
+        path = os.path.join(self.sites.certificates, HMAC_FILE)
+        if os.path.exists(path):
+            return path
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        tmp = f"{path}.{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(os.urandom(32).hex())
+        try:
+            os.link(tmp, path)  # (whole, and only once: another worker's may be there first)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+        return path
 
     @staticmethod
     def _bcrypt_users(site: Site) -> dict[str, Any]:

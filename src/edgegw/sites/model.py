@@ -299,6 +299,95 @@ class GeoipSettings(SitesMsg):
         return self
 
 
+def _secret_file(value: Any) -> Any:
+    if isinstance(value, str) and not os.path.isfile(value):
+        raise ValueError(f"'{value}' is not a file (relative paths start where the gateway "
+                         f"runs: {os.getcwd()}): write the client secret your identity "
+                         "provider gave into it")
+    if isinstance(value, str):
+        with open(value, "rb") as f:
+            secret = f.read()
+        if not secret.strip() or secret != secret.strip():
+            raise ValueError(f"'{value}' must hold the client secret alone, without a line "
+                             f"break or spaces around it (the provider would refuse it): "
+                             f"printf %s 'SECRET' > {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Discovered:
+    """What an OpenID provider's discovery document says (``/.well-known/openid-
+    configuration``)."""
+
+    issuer: str
+    authorization_endpoint: str
+    token_endpoint: str
+    jwks_uri: str
+    end_session_endpoint: str
+
+
+def discover(issuer: str, ca: str | None, timeout: float = 5.0) -> Discovered:
+    """Reads the provider's discovery document; ValueError naming the issuer and what went
+    wrong when it cannot be read or lacks an endpoint."""
+    import json
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    url = issuer.rstrip("/") + "/.well-known/openid-configuration"
+    ctx = ssl.create_default_context(cafile=ca) if url.startswith("https:") else None
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                         urllib.request.HTTPSHandler(context=ctx))
+    try:
+        with opener.open(url, timeout=timeout) as r:
+            doc = json.loads(r.read(1 << 20))
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        why = getattr(e, "reason", None) or e
+        raise ValueError(f"the OpenID provider {issuer} could not be asked for its "
+                         f"endpoints ({url}): {why}") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{url} is not an OpenID discovery document")
+    missing = [k for k in ("issuer", "authorization_endpoint", "token_endpoint", "jwks_uri")
+               if not isinstance(doc.get(k), str)]
+    if missing:
+        raise ValueError(f"{url} lacks {', '.join(missing)}")
+    end = doc.get("end_session_endpoint")
+    return Discovered(doc["issuer"], doc["authorization_endpoint"], doc["token_endpoint"],
+                      doc["jwks_uri"], end if isinstance(end, str) else "")
+
+
+class Oidc(SitesMsg):
+    """A login at an OpenID provider (Authentik, Keycloak, Pocket ID, Zitadel, Google):
+    its endpoints come from its discovery document, read at every load."""
+
+    issuer: str = Field(pattern=r"^https?://")
+    client_id: str = Field(min_length=1)
+    client_secret_file: Annotated[str, BeforeValidator(_secret_file)]
+    scopes: list[str] = ["openid", "email", "profile"]
+    """What to ask the provider for (``openid`` is always asked); add ``groups`` where the
+    provider has such a scope."""
+    claims: dict[str, str] = {"Remote-User": "preferred_username", "Remote-Email": "email"}
+    """Request headers the backend gets, from the ID token's claims (a client's own header
+    of that name never reaches it)."""
+    ca: str | None = None
+    """A CA file to trust the provider's certificate with (else the system's)."""
+    _found: Discovered | None = None
+
+    @model_validator(mode="after")
+    def _discover(self) -> Oidc:
+        self._found = discover(self.issuer, self.ca)
+        return self
+
+    @property
+    def found(self) -> Discovered:
+        assert self._found is not None
+        return self._found
+
+
+class Login(SitesMsg):
+    oidc: Oidc
+
+
 SecurityHeaders = bool | dict[str, str | None]
 """``true``, or the headers to change: a value replaces the default, ``null`` drops it, and
 any other header is added."""
@@ -327,6 +416,11 @@ class Site(Upstream):
     paths: dict[str, Annotated[PathRoute, BeforeValidator(_short)]] = {}
     health_path: str | None = None
     """With several upstreams, an HTTP path to check (default: a TCP connect)."""
+    login: Literal["oidc"] | None = None
+    """``oidc``: only users logged in at the file's ``login.oidc`` provider reach the site
+    (its callback is ``https://SITE/oauth2/callback``; ``/oauth2/sign_out`` signs out)."""
+    allow_groups: list[str] = []
+    """With ``login``: only members of these groups (the ID token's ``groups`` claim)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Site:
@@ -336,7 +430,7 @@ class Site(Upstream):
         if self.passthrough:
             if self.auth or self.paths or self.request_headers or self.response_headers \
                     or self.security_headers or self.error_pages or self.compress \
-                    or self.countries:
+                    or self.countries or self.login:
                 raise ValueError("a passthrough site forwards TLS unopened: it can have "
                                  "'allow', but no 'auth', 'paths' or headers")
         elif "tcp" in schemes:
@@ -344,6 +438,11 @@ class Site(Upstream):
         for prefix in self.paths:
             if not prefix.startswith("/"):
                 raise ValueError(f"path '{prefix}' must start with /")
+        if self.allow_groups and self.login is None:
+            raise ValueError("allow_groups needs 'login: oidc' (the groups are the logged-in "
+                             "user's)")
+        if self.login is not None and self.auth is not None:
+            raise ValueError("a site has 'login' or 'auth', not both")
         return self
 
 
@@ -463,9 +562,12 @@ class SitesFile(SitesMsg):
     see docs/sites.md)."""
     geoip: GeoipSettings | None = None
     countries: Countries | None = None
-    crowdsec: CrowdSecSettings | None = None
     """``{allow: [DE, FR]}`` or ``{deny: [...]}`` for every site (a site's own replaces it);
     needs ``geoip``."""
+    crowdsec: CrowdSecSettings | None = None
+    login: Login | None = None
+    """``{oidc: {issuer, client_id, client_secret_file}}``: the provider that sites with
+    ``login: oidc`` send their users to."""
     status: Annotated[StatusSite | None, BeforeValidator(_status)] = None
     """``status.example.com``, or ``{name, allow, auth}``: the status page (``/status`` and
     ``/status.json`` only) served on that name, like a site."""
@@ -485,6 +587,10 @@ class SitesFile(SitesMsg):
                              "challenges come in there" if self.acme.dns is None else
                              "acme's settings ride on the port-80 listener (listen.http), "
                              "even under DNS-01")
+        logins = [n for n, site in self.sites.items() if site.login is not None]
+        if logins and self.login is None:
+            raise ValueError(f"site {logins[0]} has 'login: oidc', but the file has no "
+                             "login: {oidc: {issuer, client_id, client_secret_file}}")
         wanting = [n for n, site in self.sites.items() if site.countries is not None]
         if self.geoip is None and (self.countries is not None or wanting):
             raise ValueError("countries needs geoip: {country_db: PATH} (a MaxMind .mmdb "
