@@ -93,14 +93,14 @@ class Lab:
         return path
 
     def run(self, *args: str, kind: str = "edgegw", https: bool = True,
-            prefix: tuple[str, ...] = ()) -> Proc:
+            prefix: tuple[str, ...] = (), concurrency: int = 1) -> Proc:
         """Starts the gateway (``prefix``: a command it runs under, e.g. as another user)."""
         if kind == "envoy":
             assert ENVOY
             cmd = [ENVOY, *args, "--concurrency", "1", "-l", "warning", "--base-id",
                    str(self.admin)]
         else:
-            cmd = [*prefix, *EDGEGW, *args, "--concurrency", "1"]
+            cmd = [*prefix, *EDGEGW, *args, "--concurrency", str(concurrency)]
         proc = Proc(cmd, self.root / f"{kind}.log", cwd=self.root)
         self.procs.append(proc)
         deadline = time.monotonic() + 20

@@ -13,6 +13,7 @@ import re
 import shutil
 import socket
 import ssl
+import subprocess
 import threading
 import time
 import urllib.parse as up
@@ -23,8 +24,8 @@ import httpx
 import pytest
 import trustme
 
-from .conftest import ENVOY, ROUTER, Proc, addr, cluster, free_port, wait_port
-from .helpers import Lab
+from .conftest import ENVOY, ROUTER, Proc, addr, cluster, free_port, wait_for, wait_port
+from .helpers import EDGEGW, Lab
 
 OIDC_DIR = Path(__file__).parent / "oidc"
 NODE = shutil.which("node")
@@ -522,3 +523,75 @@ def test_the_sites_login_shorthand_under_edgegw_and_envoy(lab: Lab, provider,
         "app": (200, "alice", "alice@example.com", False),
         "signed out": (302, "/session/end"), "after": 302}
     assert bob_app == (403, None, None, False)
+
+
+@needs_provider
+def test_a_login_holds_across_workers_http2_and_a_reload(lab: Lab, provider,
+                                                         resolve_lab: None) -> None:
+    """Under --concurrency 2 each request on a new connection may reach either worker: the
+    login (redirect, callback) and the session hold on both, as they share the cookies' key;
+    over HTTP/2 too; a reload (the sites file changed) keeps the session; and a reload while
+    the provider is down is refused (both workers count it) and the last config serves."""
+    idp = provider([f"https://a.example.com:{lab.https}"])
+    sites_login(lab, idp.issuer)
+    lab.run("-c", "sites.yaml", concurrency=2)
+    base = f"https://a.example.com:{lab.https}"
+    ca = ssl.create_default_context(cafile=str(lab.root / "certs" / "dev-ca.pem"))
+    fresh = httpx.Limits(max_keepalive_connections=0)  # (each request: a new connection)
+    with httpx.Client(verify=ca, timeout=10, limits=fresh) as c:
+        r = c.get(base + "/headers")
+        r = c.get(provider_login(c, r.headers["location"], base, "alice"))
+        assert r.status_code == 302
+        statuses = [c.get(base + "/headers").status_code for _ in range(12)]
+        assert statuses == [200] * 12
+    session = {ck.name: ck.value for ck in c.cookies.jar if ck.domain.startswith("a.")}
+    with httpx.Client(verify=ca, timeout=10, http2=True, cookies=session) as h2:
+        r = h2.get(base + "/headers")
+        assert (r.http_version, r.status_code, r.json()["headers"]["remote-user"]) == \
+            ("HTTP/2", 200, "alice")
+    admin = f"http://127.0.0.1:{lab.admin}/stats?filter=config_reload.success"
+
+    def reloads() -> str:
+        return httpx.get(admin, timeout=5).text
+
+    before = reloads()
+    with (lab.root / "sites.yaml").open("a") as f:
+        f.write("    idle_timeout: 600s\n")  # (b.example.com's, the last site)
+    wait_for(lambda: reloads() != before, timeout=20)
+    with httpx.Client(verify=ca, timeout=10, cookies=session) as c:
+        assert c.get(base + "/headers").status_code == 200
+    idp.stop()  # the provider down: a reload cannot read its endpoints, and is refused
+    rejected = f"http://127.0.0.1:{lab.admin}/stats?filter=config_reload.rejected"
+    with (lab.root / "sites.yaml").open("a") as f:
+        f.write("    compress: true\n")
+    wait_for(lambda: httpx.get(rejected, timeout=5).text.split(": ")[-1].strip() not in
+             ("", "0"), timeout=20)
+    with httpx.Client(verify=ca, timeout=10, cookies=session) as c:
+        assert c.get(base + "/headers").status_code == 200  # the last good config serves
+
+
+def test_login_mistakes_in_the_sites_file_are_clear_errors(lab: Lab) -> None:
+    """A provider that cannot be asked (named, with the URL tried), a client secret file
+    missing or with a line break, ``allow_groups`` without ``login``, ``login: oidc`` without
+    the file's ``login``: each an error on its line, before anything runs."""
+    def check() -> str:
+        r = subprocess.run([*EDGEGW, "--mode", "validate", "-c", "sites.yaml"],
+                           cwd=lab.root, capture_output=True, text=True, timeout=30)
+        assert r.returncode != 0, r.stdout
+        return r.stderr
+
+    down = f"http://127.0.0.40:{free_port('127.0.0.40')}"
+    sites_login(lab, down)
+    err = check()
+    assert f"the OpenID provider {down} could not be asked for its endpoints" in err, err
+    assert "/.well-known/openid-configuration" in err and "login.oidc" in err and \
+        "(sites.yaml:7)" in err, err
+    (lab.root / "oidc-secret").write_text(SECRET + "\n")
+    text = (lab.root / "sites.yaml").read_text()
+    err = check()
+    assert "without a line break" in err and "printf %s" in err, err
+    lab.write(text.split("sites:\n", 1)[1].join(["sites:\n", ""])
+              .replace("    login: oidc\n", ""))
+    assert "allow_groups needs 'login: oidc'" in check()
+    lab.write("sites:\n" + text.split("sites:\n", 1)[1])
+    assert "the file has no login: {oidc:" in check()
