@@ -7,6 +7,7 @@ sessions, bad callbacks, and a token endpoint that refuses, breaks or does not a
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.server
 import json
 import re
@@ -23,12 +24,14 @@ from pathlib import Path
 import httpx
 import pytest
 import trustme
+import websockets.sync.client
 
 from .conftest import ENVOY, ROUTER, Proc, addr, cluster, free_port, wait_for, wait_port
 from .helpers import EDGEGW, Lab
 
 OIDC_DIR = Path(__file__).parent / "oidc"
 NODE = shutil.which("node")
+CHROMIUM = shutil.which("chromium")
 HAVE_PROVIDER = NODE is not None and (OIDC_DIR / "node_modules" / "oidc-provider").is_dir()
 needs_provider = pytest.mark.skipif(not HAVE_PROVIDER, reason="node or tests/oidc's "
                                     "node_modules missing (make install runs npm ci)")
@@ -595,3 +598,91 @@ def test_login_mistakes_in_the_sites_file_are_clear_errors(lab: Lab) -> None:
     assert "allow_groups needs 'login: oidc'" in check()
     lab.write("sites:\n" + text.split("sites:\n", 1)[1])
     assert "the file has no login: {oidc:" in check()
+
+
+class Browser:
+    """Headless Chromium driven over the DevTools protocol: navigate, wait for each page,
+    fill and submit forms, take a screenshot."""
+
+    def __init__(self, workdir: Path, *flags: str) -> None:
+        assert CHROMIUM is not None
+        self.port = free_port()
+        self.proc = Proc([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+                          "--disable-quic", "--no-first-run", "--disable-background-networking",
+                          "--disable-component-update", "--disable-sync",
+                          "--window-size=1100,700", f"--user-data-dir={workdir / 'profile'}",
+                          f"--remote-debugging-port={self.port}", *flags, "about:blank"],
+                         workdir / "chromium.log")
+        wait_for(lambda: self._page_socket() is not None, timeout=30)
+        url = self._page_socket()
+        assert url is not None
+        self.stack = contextlib.ExitStack()
+        self.ws = self.stack.enter_context(websockets.sync.client.connect(url, max_size=None))
+        self.seq = 0
+        self.call("Page.enable")
+
+    def _page_socket(self) -> str | None:
+        try:
+            pages = httpx.get(f"http://127.0.0.1:{self.port}/json/list", timeout=1).json()
+        except (httpx.HTTPError, ValueError):
+            return None
+        return next((p["webSocketDebuggerUrl"] for p in pages if p.get("type") == "page"),
+                    None)
+
+    def call(self, method: str, **params: object) -> dict:
+        self.seq += 1
+        self.ws.send(json.dumps({"id": self.seq, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv(timeout=30))
+            if msg.get("id") == self.seq:
+                assert "error" not in msg, msg
+                return msg.get("result", {})
+
+    def wait_loaded(self) -> None:
+        while True:
+            msg = json.loads(self.ws.recv(timeout=30))
+            if msg.get("method") == "Page.loadEventFired":
+                return
+
+    def run(self, script: str) -> object:
+        return self.call("Runtime.evaluate", expression=script,
+                         returnByValue=True)["result"].get("value")
+
+    def submit(self, fields: dict[str, str]) -> None:
+        sets = "".join(f"document.querySelector('[name={k}]').value = {json.dumps(v)};"
+                       for k, v in fields.items())
+        self.call("Runtime.evaluate", expression=f"{sets} document.forms[0].submit();")
+        self.wait_loaded()
+
+    def close(self) -> None:
+        self.stack.close()
+        self.proc.stop()
+
+
+@needs_provider
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is installed by make sysdeps")
+def test_chromium_logs_in_through_the_sites_shorthand(lab: Lab, provider,
+                                                     tmp_path: Path) -> None:
+    """A real browser: the site sends it to the provider, it logs in (alice) and consents,
+    comes back to the page it asked for, which the backend served knowing who it is; a
+    screenshot of that page is kept (login-app.png beside the test's files)."""
+    idp = provider([f"https://a.example.com:{lab.https}"])
+    sites_login(lab, idp.issuer)
+    lab.run("-c", "sites.yaml")
+    browser = Browser(tmp_path, "--host-resolver-rules=MAP *.example.com 127.0.0.1",
+                      "--ignore-certificate-errors",
+                      f"--explicitly-allowed-ports={lab.https},{idp.port}")
+    try:
+        browser.call("Page.navigate", url=f"https://a.example.com:{lab.https}/headers")
+        browser.wait_loaded()
+        assert str(browser.run("location.href")).startswith(idp.issuer + "/interaction/")
+        browser.submit({"login": "alice", "password": "any"})
+        browser.submit({})  # (consent)
+        assert browser.run("location.href") == f"https://a.example.com:{lab.https}/headers"
+        seen = json.loads(str(browser.run("document.body.innerText")))["headers"]
+        assert (seen["remote-user"], seen["remote-email"]) == ("alice", "alice@example.com")
+        shot = browser.call("Page.captureScreenshot", format="png")["data"]
+        (tmp_path / "login-app.png").write_bytes(base64.b64decode(shot))
+        assert (tmp_path / "login-app.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        browser.close()
