@@ -286,6 +286,9 @@ class TokenEndpoint:
                 outer.forms.append(dict(up.parse_qsl(self.rfile.read(n).decode())))
                 if outer.mode == "slow":
                     outer.release.wait(10)
+                if outer.mode == "down":  # (the connection closed, no answer)
+                    self.close_connection = True
+                    return
                 status, body = outer.answer()
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
@@ -348,7 +351,7 @@ def outcomes(port: int, ca: Path, token: TokenEndpoint) -> dict[str, object]:
         out["wrong state"] = c.get(base + f"/callback?code=abc&state={forged}").status_code
         out["provider error"] = c.get(
             base + f"/callback?error=access_denied&state={state}").status_code
-    for mode in ("refuse", "broken", "no_token", "slow"):
+    for mode in ("refuse", "broken", "no_token", "slow", "down"):
         token.mode = mode
         token.release.clear()
         with fresh() as c:
@@ -409,7 +412,7 @@ def test_bad_callbacks_tokens_and_sessions_get_envoys_answers(gateway, backend,
                                                                tls: Path) -> None:
     """Each way a login or a session can be wrong, under both: the callback without state or
     code, a forged state, the provider's error; a token endpoint that refuses the code,
-    answers garbage, gives no access token, or does not answer in time; an HMAC cookie
+    answers garbage, gives no access token, does not answer in time, or drops the connection; an HMAC cookie
     forged, an expiry moved, a session taken to another host or kept past its expiry. Only
     valid sessions reach the backend (200); a malformed ID token still logs in, as Envoy
     does not verify it."""
@@ -431,7 +434,7 @@ def test_bad_callbacks_tokens_and_sessions_get_envoys_answers(gateway, backend,
     r = results["edgegw"]
     assert {k: r[k] for k in ("no state", "no code", "wrong state", "provider error")} == \
         dict.fromkeys(("no state", "no code", "wrong state", "provider error"), 401)
-    assert {r[k] for k in ("refuse", "broken", "no_token", "slow")} == \
+    assert {r[k] for k in ("refuse", "broken", "no_token", "slow", "down")} == \
         {(401, "OAuth flow failed.")}
     assert r["bad id token"] == (302, "IdToken=*;path=/;Max-Age=3600;secure;HttpOnly")
     assert r["form"] == (["client_id", "client_secret", "code", "code_verifier", "grant_type",
