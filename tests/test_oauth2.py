@@ -277,6 +277,7 @@ class TokenEndpoint:
         self.mode = "ok"
         self.expires_in = 3600
         self.forms: list[dict[str, str]] = []
+        self.auth: list[str | None] = []
         self.release = threading.Event()
         outer = self
 
@@ -284,6 +285,7 @@ class TokenEndpoint:
             def do_POST(self) -> None:  # noqa: N802
                 n = int(self.headers.get("content-length", 0))
                 outer.forms.append(dict(up.parse_qsl(self.rfile.read(n).decode())))
+                outer.auth.append(self.headers.get("authorization"))
                 if outer.mode == "slow":
                     outer.release.wait(10)
                 if outer.mode == "down":  # (the connection closed, no answer)
@@ -307,9 +309,11 @@ class TokenEndpoint:
     def answer(self) -> tuple[int, bytes]:
         claims = base64.urlsafe_b64encode(json.dumps(
             {"sub": "bob", "exp": int(time.time()) + 600}).encode()).rstrip(b"=").decode()
-        tokens = {"access_token": "at-" + str(len(self.forms)), "token_type": "Bearer",
-                  "expires_in": self.expires_in, "refresh_token": "rt-1",
-                  "id_token": f"eyJhbGciOiJub25lIn0.{claims}.sig"}
+        tokens: dict[str, object] = {
+            "access_token": "at-" + str(len(self.forms)), "token_type": "Bearer",
+            "refresh_token": "rt-1", "id_token": f"eyJhbGciOiJub25lIn0.{claims}.sig"}
+        if self.expires_in:
+            tokens["expires_in"] = self.expires_in
         if self.mode == "refuse":
             return 400, b'{"error": "invalid_grant"}'
         if self.mode == "broken":
@@ -689,3 +693,65 @@ def test_chromium_logs_in_through_the_sites_shorthand(lab: Lab, provider,
         assert (tmp_path / "login-app.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     finally:
         browser.close()
+
+
+@pytest.mark.envoy
+@needs_envoy
+def test_the_other_settings_as_envoy(gateway, backend, tls: Path) -> None:
+    """The settings the login sequence leaves at their defaults, on one config under both:
+    BASIC_AUTH at the token endpoint, ``resources``, the authorization endpoint's own query,
+    custom cookie names, ``cookie_domain``, ``cookie_configs`` (SameSite and paths),
+    ``default_expires_in`` (the provider gives none), ``disable_id_token_set_cookie``,
+    ``disable_token_encryption``, ``preserve_authorization_header`` and ``stat_prefix``."""
+    app = backend("127.0.0.22", "app")
+    token = TokenEndpoint()
+    token.expires_in = 0  # (left out of the answer below)
+    results = {}
+    try:
+        for kind in ("envoy", "edgegw"):
+            port = free_port()
+            f = oauth2_filter(
+                f"http://127.0.0.41:{token.port}/token",
+                "https://idp.example/authorize?prompt=login", auth_type="BASIC_AUTH",
+                resources=["https://api.example/v1", "urn:lab"],
+                default_expires_in="120s", disable_id_token_set_cookie=True,
+                disable_token_encryption=True, preserve_authorization_header=True,
+                forward_bearer_token=False, use_refresh_token=False, stat_prefix="lab_",
+                cookie_configs={"oauth_hmac_cookie_config": {"same_site": "STRICT"},
+                                "bearer_token_cookie_config": {"same_site": "LAX",
+                                                               "path": "/app"},
+                                "oauth_nonce_cookie_config": {"same_site": "NONE"}})
+            creds = f["typed_config"]["config"]["credentials"]
+            creds["cookie_names"] = {"bearer_token": "AT", "oauth_hmac": "Session",
+                                     "oauth_expires": "Until", "oauth_nonce": "Nonce"}
+            creds["cookie_domain"] = "127.0.0.1"
+            gateway(gateway_config(port, tls, app, ("127.0.0.41", token.port), f), kind=kind)
+            base = f"https://127.0.0.1:{port}"
+            verify = ssl.create_default_context(cafile=str(tls / "ca.pem"))
+            with httpx.Client(verify=verify, timeout=10) as c:
+                r = c.get(base + "/app")
+                location = r.headers["location"]
+                query = up.urlsplit(location).query
+                first = (step(r, base), sorted(k for k, _ in up.parse_qsl(query)),
+                         location.split("&resource=", 1)[1])
+                state = dict(up.parse_qsl(query))["state"]
+                r = c.get(base + f"/callback?code=xyz&state={state}")
+                called = sorted(token.forms[-1]), token.auth[-1]
+                r2 = c.get(base + "/app/x", headers={"authorization": "Basic keep-me"})
+                sent = r2.json()["headers"]
+                results[kind] = (first, step(r, base), called, r2.status_code,
+                                 sent.get("authorization"), sorted(
+                                     p.split("=")[0] for p in sent.get("cookie", "").split("; ")))
+    finally:
+        token.stop()
+    assert results["edgegw"] == results["envoy"]
+    first, callback, (form, auth), status, authorization, upstream_cookies = results["edgegw"]
+    assert "prompt" in first[1] and first[2] == "https%3A%2F%2Fapi.example%2Fv1&resource=urn%3Alab"
+    assert auth == "Basic " + base64.b64encode(f"edgegw:{SECRET}".encode()).decode()
+    assert form == ["code", "code_verifier", "grant_type", "redirect_uri"]  # (no secret)
+    assert callback[1][:3] == ["Session=*;domain=127.0.0.1;path=/;Max-Age=120;secure;HttpOnly;"
+                               "SameSite=Strict",
+                               "Until=*;domain=127.0.0.1;path=/;Max-Age=120;secure;HttpOnly",
+                               "AT=*;domain=127.0.0.1;path=/app;Max-Age=120;secure;HttpOnly;"
+                               "SameSite=Lax"]
+    assert (status, authorization) == (200, "Basic keep-me")

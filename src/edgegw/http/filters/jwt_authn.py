@@ -6,7 +6,8 @@ or one without ``requires``: no token needed). The token comes from ``from_heade
 must be ``header.payload.signature``, from the provider's ``issuer``, for one of its
 ``audiences``, not expired nor used before ``nbf`` (``clock_skew_seconds`` either way), and
 signed by a key of the provider's JWKS: local, or fetched through a cluster and kept for
-``cache_duration`` (requests wait for the first fetch). Then ``claim_to_headers`` sets
+``cache_duration`` (requests wait for the first fetch; *edgegw-only*: a reloaded config
+starts with the keys in hand, and they keep serving while a refetch fails). Then ``claim_to_headers`` sets
 request headers (strings, numbers and booleans as they are; lists and objects as base64 of
 their JSON, as Envoy writes them), and ``payload_in_metadata`` puts the payload where RBAC's
 ``metadata`` principals read it.
@@ -47,6 +48,8 @@ _log = get_log("jwt_authn")
 NAMESPACE = "envoy.filters.http.jwt_authn"
 """Where ``payload_in_metadata`` writes, as Envoy names it."""
 DEFAULT_CACHE = 600.0
+RETRY = 30.0
+"""After a failed refetch, how long the keys in hand serve before the next attempt."""
 HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512}
 
@@ -167,6 +170,13 @@ def claim_value(value: object) -> str | None:
     return None
 
 
+Keys = list[tuple[str | None, Any]]
+_fetched: dict[str, tuple[Keys, float]] = {}
+"""The keys last fetched from each JWKS URL in this process, and when: a reloaded config
+starts with them (edgegw-only; Envoy fetches again), and they stay in use while a refetch
+fails, so that a provider down for a while does not log everyone out."""
+
+
 class Provider:
     """One provider: its checks and its keys (fetched once per ``cache_duration``)."""
 
@@ -174,9 +184,10 @@ class Provider:
         self.name = name
         self.cfg = cfg
         self.stats = stats
-        self.keys: list[tuple[str | None, Any]] | None = None
+        self.keys: Keys | None = None
         self.fetched_at = 0.0
         self.waiting: list[Callable[[bool], None]] = []
+        self.fetching = False
         self.cache = DEFAULT_CACHE
         if cfg.local_jwks is not None:
             src = cfg.local_jwks
@@ -187,8 +198,11 @@ class Provider:
             except ValueError as e:
                 raise ValueError(f"provider '{name}': local_jwks: {e}") from None
             self.fetched_at = float("inf")
-        elif cfg.remote_jwks is not None and cfg.remote_jwks.cache_duration is not None:
-            self.cache = cfg.remote_jwks.cache_duration
+        elif cfg.remote_jwks is not None:
+            if cfg.remote_jwks.cache_duration is not None:
+                self.cache = cfg.remote_jwks.cache_duration
+            self.keys, self.fetched_at = _fetched.get(cfg.remote_jwks.http_uri.uri,
+                                                      (None, 0.0))
 
     def token(self, cb: FilterCallbacks) -> tuple[str, bytes | None] | None:
         """The token and the header it came in (None: a cookie), or None when absent."""
@@ -212,13 +226,20 @@ class Provider:
         return None
 
     def with_keys(self, cb: FilterCallbacks, then: Callable[[bool], None]) -> None:
-        """Calls ``then(True)`` once the keys are there (fetched if they are stale)."""
-        if self.keys is not None and time.monotonic() - self.fetched_at < self.cache:
+        """Calls ``then(ok)`` once there are keys. Stale ones serve at once while a fetch
+        renews them (edgegw-only); without any, the request waits for the first fetch."""
+        if self.keys is not None:
+            if time.monotonic() - self.fetched_at >= self.cache:
+                self._fetch(cb)
             then(True)
             return
         self.waiting.append(then)
-        if len(self.waiting) > 1:
+        self._fetch(cb)
+
+    def _fetch(self, cb: FilterCallbacks) -> None:
+        if self.fetching:
             return
+        self.fetching = True
         remote = self.cfg.remote_jwks
         assert remote is not None
         uri = remote.http_uri
@@ -240,17 +261,25 @@ class Provider:
             self._done(False, str(e))
             return
         self.fetched_at = time.monotonic()
+        assert self.cfg.remote_jwks is not None
+        _fetched[self.cfg.remote_jwks.http_uri.uri] = (self.keys, self.fetched_at)
         self._done(True, "")
 
     def _done(self, ok: bool, why: str) -> None:
+        self.fetching = False
         if ok:
             self.stats.jwks_fetch_success.value += 1
         else:
+            if self.keys is not None:  # (kept: asked again in RETRY seconds, not per request)
+                self.fetched_at = time.monotonic() - self.cache + RETRY
             self.stats.jwks_fetch_failed.value += 1
-            _log.warning("jwt_authn provider '%s': fetching its JWKS failed: %s", self.name, why)
+            kept = " (the keys fetched before stay in use)" if self.keys is not None else ""
+            _log.warning("jwt_authn provider '%s': fetching its JWKS failed: %s%s", self.name,
+                         why, kept)
+        usable = ok or self.keys is not None
         waiting, self.waiting = self.waiting, []
         for then in waiting:
-            then(ok)
+            then(usable)
 
     def check(self, jwt: Jwt) -> None:
         """Everything but the signature; raises JwtError."""

@@ -279,11 +279,14 @@ class OAuth2Filter:
         out.append((b"set-cookie", f"{name}={value}{self._tail(base, max_age)}"
                     .encode("latin-1")))
 
-    def _delete(self, out: Headers, name: str, base: str, secure_prefix: bool = True) -> None:
+    def _delete(self, out: Headers, name: str, base: str, mark_secure: bool = True) -> None:
+        """A cookie deleted; ``mark_secure``: ``__Secure-``/``__Host-`` names get the Secure
+        attribute browsers need to delete them (Envoy adds it everywhere but where a new
+        session drops a token it no longer has)."""
         text = DELETED.format(name, self._path(base))
         if self.domain:
             text += f";domain={self.domain}"
-        if secure_prefix and (name.startswith("__Secure-") or name.startswith("__Host-")):
+        if mark_secure and (name.startswith("__Secure-") or name.startswith("__Host-")):
             text += "; Secure"
         out.append((b"set-cookie", text.encode("latin-1")))
 
@@ -600,9 +603,7 @@ class OAuth2Filter:
                 sealed = encrypt(value, secret) if self.encrypt_tokens else value
                 self._set(out, name, sealed, name, max_age)
             elif name in request_cookies:
-                text = DELETED.format(name, self._path(name))
-                out.append((b"set-cookie", (text + (f";domain={self.domain}" if self.domain
-                                                    else "")).encode("latin-1")))
+                self._delete(out, name, name, mark_secure=False)
         return out
 
     @staticmethod
