@@ -605,6 +605,11 @@ def test_login_mistakes_in_the_sites_file_are_clear_errors(lab: Lab) -> None:
     assert "allow_groups needs 'login: oidc'" in check()
     lab.write("sites:\n" + text.split("sites:\n", 1)[1])
     assert "the file has no login: {oidc:" in check()
+    (lab.root / "oidc-secret").write_text(SECRET)
+    (lab.root / "sites.yaml").write_text(text.replace(
+        "    client_secret_file: oidc-secret\n",
+        "    client_secret_file: oidc-secret\n    hmac_secret_file: keys/login\n"))
+    assert "'keys/login' is not a file" in check()
 
 
 class Browser:

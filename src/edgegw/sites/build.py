@@ -468,8 +468,8 @@ class Builder:
             self.secrets.extend([
                 {"name": "oidc-client-secret",
                  "generic_secret": {"secret": {"filename": oidc.client_secret_file}}},
-                {"name": "oidc-hmac",
-                 "generic_secret": {"secret": {"filename": self._hmac_file()}}}])
+                {"name": "oidc-hmac", "generic_secret": {"secret": {
+                    "filename": oidc.hmac_secret_file or self._hmac_file()}}}])
         scopes = ["openid", *(sc for sc in oidc.scopes if sc != "openid")]
         oauth2: dict[str, Any] = {
             "token_endpoint": {"uri": found.token_endpoint, "timeout": "10s",

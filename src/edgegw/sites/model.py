@@ -302,14 +302,13 @@ class GeoipSettings(SitesMsg):
 def _secret_file(value: Any) -> Any:
     if isinstance(value, str) and not os.path.isfile(value):
         raise ValueError(f"'{value}' is not a file (relative paths start where the gateway "
-                         f"runs: {os.getcwd()}): write the client secret your identity "
-                         "provider gave into it")
+                         f"runs: {os.getcwd()}): write the secret into it")
     if isinstance(value, str):
         with open(value, "rb") as f:
             secret = f.read()
         if not secret.strip() or secret != secret.strip():
-            raise ValueError(f"'{value}' must hold the client secret alone, without a line "
-                             f"break or spaces around it (the provider would refuse it): "
+            raise ValueError(f"'{value}' must hold the secret alone, without a line break "
+                             f"or spaces around it (they would be part of it): "
                              f"printf %s 'SECRET' > {value}")
     return value
 
@@ -371,6 +370,10 @@ class Oidc(SitesMsg):
     of that name never reaches it)."""
     ca: str | None = None
     """A CA file to trust the provider's certificate with (else the system's)."""
+    hmac_secret_file: Annotated[str, BeforeValidator(_secret_file)] | None = None
+    """The key that signs the login cookies (``openssl rand -hex 32``); by default one is
+    made once and kept in the certificate directory's private folder. Give the same file to
+    every gateway that serves the same sites."""
     _found: Discovered | None = None
 
     @model_validator(mode="after")
