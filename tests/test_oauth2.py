@@ -707,7 +707,8 @@ def test_the_other_settings_as_envoy(gateway, backend, tls: Path) -> None:
     BASIC_AUTH at the token endpoint, ``resources``, the authorization endpoint's own query,
     custom cookie names, ``cookie_domain``, ``cookie_configs`` (SameSite and paths),
     ``default_expires_in`` (the provider gives none), ``disable_id_token_set_cookie``,
-    ``disable_token_encryption``, ``preserve_authorization_header`` and ``stat_prefix``."""
+    ``disable_token_encryption``, ``preserve_authorization_header`` and ``stat_prefix``.
+    Neither shows the secrets in /config_dump."""
     app = backend("127.0.0.22", "app")
     token = TokenEndpoint()
     token.expires_in = 0  # (left out of the answer below)
@@ -730,7 +731,10 @@ def test_the_other_settings_as_envoy(gateway, backend, tls: Path) -> None:
             creds["cookie_names"] = {"bearer_token": "AT", "oauth_hmac": "Session",
                                      "oauth_expires": "Until", "oauth_nonce": "Nonce"}
             creds["cookie_domain"] = "127.0.0.1"
-            gateway(gateway_config(port, tls, app, ("127.0.0.41", token.port), f), kind=kind)
+            gw = gateway(gateway_config(port, tls, app, ("127.0.0.41", token.port), f),
+                         kind=kind)
+            dump = httpx.get(f"http://127.0.0.1:{gw.admin_port}/config_dump", timeout=5).text
+            assert SECRET not in dump and HMAC not in dump and "[redacted]" in dump, kind
             base = f"https://127.0.0.1:{port}"
             verify = ssl.create_default_context(cafile=str(tls / "ca.pem"))
             with httpx.Client(verify=verify, timeout=10) as c:

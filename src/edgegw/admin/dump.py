@@ -22,10 +22,10 @@ REDACTED = "[redacted]"
 
 
 def redact(value: Any, key: str = "") -> Any:
-    """A deep copy with private keys, passwords and basic_auth users (their hashes) replaced
-    by ``[redacted]``."""
+    """A deep copy with private keys, passwords, generic secrets (oauth2's client secret and
+    HMAC key) and basic_auth users (their hashes) replaced by ``[redacted]``."""
     if isinstance(value, dict):
-        if key in ("private_key", "password", "users", "basic_auth_users"):  # users' hashes
+        if key in ("private_key", "password", "secret", "users", "basic_auth_users"):
             return {k: (REDACTED if k in ("inline_string", "inline_bytes") else v)
                     for k, v in value.items()}
         return {k: redact(v, k) for k, v in value.items()}
