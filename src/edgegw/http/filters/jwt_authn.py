@@ -50,6 +50,8 @@ NAMESPACE = "envoy.filters.http.jwt_authn"
 DEFAULT_CACHE = 600.0
 RETRY = 30.0
 """After a failed refetch, how long the keys in hand serve before the next attempt."""
+VERIFIED_KEPT = 100
+"""How many verified tokens a provider remembers (Envoy's jwt_cache_size default)."""
 HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512}
 
@@ -135,6 +137,7 @@ class Jwt:
     """A token split and decoded, not yet verified."""
 
     def __init__(self, token: str) -> None:
+        self.token = token
         parts = token.split(".")
         if len(parts) != 3 or not all(parts):
             raise JwtError("Jwt is not in the form of Header.Payload.Signature with two dots "
@@ -188,6 +191,9 @@ class Provider:
         self.fetched_at = 0.0
         self.waiting: list[Callable[[bool], None]] = []
         self.fetching = False
+        self.verified: dict[str, Jwt] = {}
+        """Tokens whose signature checked, the last VERIFIED_KEPT of them (Envoy's JWT
+        cache): a session's requests verify its token once, not each time."""
         self.cache = DEFAULT_CACHE
         if cfg.local_jwks is not None:
             src = cfg.local_jwks
@@ -298,6 +304,11 @@ class Provider:
         if isinstance(exp, int | float) and exp < now - skew:
             raise JwtError("Jwt is expired")
 
+    def remember(self, jwt: Jwt) -> None:
+        if len(self.verified) >= VERIFIED_KEPT:
+            del self.verified[next(iter(self.verified))]
+        self.verified[jwt.token] = jwt
+
     def signed_by_us(self, jwt: Jwt) -> None:
         keys = self.keys or []
         candidates = [k for kid, k in keys if jwt.kid is None or kid == jwt.kid]
@@ -329,12 +340,16 @@ class JwtAuthnFilter:
             self._deny(cb, "Jwt is missing", missing=True)
             return False
         token, header = found
+        known = provider.verified.get(token)
         try:
-            jwt = Jwt(token)
+            jwt = known or Jwt(token)
             provider.check(jwt)
         except JwtError as e:
             self._deny(cb, str(e), status=e.status)
             return False
+        if known is not None:  # (its signature checked before: only the times again)
+            self._accept(cb, provider, jwt, header)
+            return True
         provider.with_keys(cb, lambda ok: self._keys_ready(cb, provider, jwt, header, ok))
         return False
 
@@ -350,6 +365,12 @@ class JwtAuthnFilter:
         except JwtError as e:
             self._deny(cb, str(e))
             return
+        provider.remember(jwt)
+        self._accept(cb, provider, jwt, header)
+        cb.continue_decoding()
+
+    def _accept(self, cb: FilterCallbacks, provider: Provider, jwt: Jwt,
+                header: bytes | None) -> None:
         cfg = provider.cfg
         for c in cfg.claim_to_headers:
             node: object = jwt.payload
@@ -365,7 +386,6 @@ class JwtAuthnFilter:
         if not cfg.forward and header is not None:
             cb.headers[:] = [h for h in cb.headers if h[0] != header]
         self.stats.allowed.value += 1
-        cb.continue_decoding()
 
     def _deny(self, cb: FilterCallbacks, why: str, missing: bool = False,
               status: int = 401) -> None:
