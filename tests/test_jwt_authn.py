@@ -140,3 +140,8 @@ def test_tokens_claims_and_metadata_rbac_as_envoy(pair, backend) -> None:
     stats = {kind: {n: gw.stats().get(f"http.ingress.jwt_authn.{n}") for n in names}
              for kind, (gw, _) in gws.items()}
     assert stats["edgegw"] == stats["envoy"]
+    edgegw_port = gws["edgegw"][1]  # (a claim that would split a header is not written)
+    resp = httpx.get(f"http://127.0.0.1:{edgegw_port}/headers", timeout=5, headers={
+        "host": "a", "authorization": "Bearer " + token(claims(email="a@b\r\nx-evil: 1"))})
+    sent = resp.json()["headers"]
+    assert resp.status_code == 200 and "x-evil" not in sent and "x-auth-email" not in sent

@@ -322,6 +322,8 @@ class TokenEndpoint:
             return 200, b'{"token_type": "Bearer"}'
         if self.mode == "bad_id_token":
             tokens["id_token"] = "not-a-jwt"
+        if self.mode == "crlf":
+            tokens["access_token"] = "at\r\nset-cookie: evil=1"
         return 200, json.dumps(tokens).encode()
 
     def stop(self) -> None:
@@ -432,6 +434,12 @@ def test_bad_callbacks_tokens_and_sessions_get_envoys_answers(gateway, backend,
             f["typed_config"]["config"]["use_refresh_token"] = False  # (no renewal here)
             gateway(gateway_config(port, tls, app, ("127.0.0.41", token.port), f), kind=kind)
             results[kind] = outcomes(port, tls / "ca.pem", token)
+        token.mode = "crlf"  # (edgegw, the last started: a token that would split a header)
+        with httpx.Client(verify=ssl.create_default_context(cafile=str(tls / "ca.pem")),
+                          timeout=10) as c:
+            state, _ = start_flow(c, f"https://127.0.0.1:{port}")
+            r = c.get(f"https://127.0.0.1:{port}/callback?code=xyz&state={state}")
+            assert (r.status_code, "evil" in str(r.headers)) == (401, False)
     finally:
         token.stop()
     assert results["edgegw"] == results["envoy"]

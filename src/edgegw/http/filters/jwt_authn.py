@@ -50,6 +50,8 @@ NAMESPACE = "envoy.filters.http.jwt_authn"
 DEFAULT_CACHE = 600.0
 RETRY = 30.0
 """After a failed refetch, how long the keys in hand serve before the next attempt."""
+UNSAFE = frozenset("\r\n\0")
+"""What a header value never holds: a claim with one is not written."""
 VERIFIED_KEPT = 100
 """How many verified tokens a provider remembers (Envoy's jwt_cache_size default)."""
 HASHES: dict[str, type[hashes.HashAlgorithm]] = {
@@ -377,9 +379,9 @@ class JwtAuthnFilter:
             for part in c.claim_name.split("."):
                 node = node.get(part) if isinstance(node, dict) else None
             value = claim_value(node)
-            if value is not None:
+            if value is not None and not UNSAFE.intersection(value):  # (never a header split)
                 set_header(cb.headers, c.header_name.lower().encode("latin-1"),
-                           value.encode("utf-8").decode("latin-1").encode("latin-1"))
+                           value.encode("utf-8"))
         if cfg.payload_in_metadata:
             cb.filter_state.setdefault("dynamic_metadata", {}).setdefault(
                 NAMESPACE, {})[cfg.payload_in_metadata] = jwt.payload

@@ -576,6 +576,8 @@ class OAuth2Filter:
         if not isinstance(id_token, str) or not isinstance(refresh, str) or \
                 not isinstance(expires_in, int) or isinstance(expires_in, bool):
             return "Failed to parse oauth response body"
+        if any(c in t for t in (access, id_token, refresh) for c in "\r\n\0"):
+            return "a token holds a character no header can carry"
         if expires_in <= 0:
             return "No default or explicit access token expiration found in the token " \
                    "exchange response"
