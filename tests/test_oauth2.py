@@ -357,6 +357,11 @@ def outcomes(port: int, ca: Path, token: TokenEndpoint) -> dict[str, object]:
         out["wrong state"] = c.get(base + f"/callback?code=abc&state={forged}").status_code
         out["provider error"] = c.get(
             base + f"/callback?error=access_denied&state={state}").status_code
+        fields = json.loads(base64.urlsafe_b64decode(state + "==="))
+        fields["url"] = base + "/\r\nset-cookie: evil=1"  # (our CSRF token, a split URL)
+        split = base64.urlsafe_b64encode(json.dumps(fields).encode()).decode().rstrip("=")
+        r = c.get(base + f"/callback?code=abc&state={split}")
+        out["split url"] = (r.status_code, "evil" in str(r.headers))
     for mode in ("refuse", "broken", "no_token", "slow", "down"):
         token.mode = mode
         token.release.clear()
@@ -446,6 +451,7 @@ def test_bad_callbacks_tokens_and_sessions_get_envoys_answers(gateway, backend,
     r = results["edgegw"]
     assert {k: r[k] for k in ("no state", "no code", "wrong state", "provider error")} == \
         dict.fromkeys(("no state", "no code", "wrong state", "provider error"), 401)
+    assert r["split url"] == (401, False)
     assert {r[k] for k in ("refuse", "broken", "no_token", "slow", "down")} == \
         {(401, "OAuth flow failed.")}
     assert r["bad id token"] == (302, "IdToken=*;path=/;Max-Age=3600;secure;HttpOnly")

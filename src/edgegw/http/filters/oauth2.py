@@ -473,8 +473,9 @@ class OAuth2Filter:
                 not hmac.compare_digest(hmac_b64(secret, token), mac):
             return False, "CSRF token validation failed", "", ""
         parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            return False, f"State url can not be initialized: {url}", "", flow
+        if parts.scheme not in ("http", "https") or not parts.netloc or \
+                any(c <= " " or c == "\x7f" for c in url):  # (it becomes a Location)
+            return False, f"State url can not be initialized: {url!r}", "", flow
         return True, "", url, flow
 
     def _callback_when_logged_in(self, cb: FilterCallbacks, path: str,
