@@ -46,14 +46,6 @@ class ServiceCall:
         self.host = host
         host.pool.request(self)
 
-    def cancel(self) -> None:
-        """The caller no longer waits (its stream ended): nothing more is reported."""
-        self.done = True
-        self.timer.cancel()
-        encoder, self.encoder = self.encoder, None
-        if encoder is not None:
-            encoder.reset()
-
     # PoolClient
     def pool_ready(self, conn: ClientConnection, reused: bool) -> None:
         if self.done:
@@ -107,5 +99,9 @@ class ServiceCall:
     def _fail(self) -> None:
         if self.done:
             return
-        self.cancel()
+        self.done = True
+        self.timer.cancel()
+        encoder, self.encoder = self.encoder, None
+        if encoder is not None:
+            encoder.reset()
         self.on_failed()

@@ -14,8 +14,12 @@ sites:
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
+import ssl
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -253,10 +257,14 @@ class Countries(SitesMsg):
         return self
 
 
+def _no_file(value: str, then: str) -> ValueError:
+    return ValueError(f"'{value}' is not a file (relative paths start where the gateway "
+                      f"runs: {os.getcwd()}){then}")
+
+
 def _database(value: Any) -> Any:
     if isinstance(value, str) and not os.path.isfile(value):
-        raise ValueError(f"'{value}' is not a file (relative paths start where the gateway "
-                         f"runs: {os.getcwd()}); GeoLite2-Country.mmdb comes free from MaxMind")
+        raise _no_file(value, "; GeoLite2-Country.mmdb comes free from MaxMind")
     if isinstance(value, str):
         try:
             maxminddb.open_database(value).close()
@@ -268,9 +276,7 @@ def _database(value: Any) -> Any:
 
 def _key_file(value: Any) -> Any:
     if isinstance(value, str) and not os.path.isfile(value):
-        raise ValueError(f"'{value}' is not a file (relative paths start where the gateway "
-                         f"runs: {os.getcwd()}): write the key `cscli bouncers add edgegw` "
-                         "printed into it")
+        raise _no_file(value, ": write the key `cscli bouncers add edgegw` printed into it")
     return value
 
 
@@ -301,8 +307,7 @@ class GeoipSettings(SitesMsg):
 
 def _secret_file(value: Any) -> Any:
     if isinstance(value, str) and not os.path.isfile(value):
-        raise ValueError(f"'{value}' is not a file (relative paths start where the gateway "
-                         f"runs: {os.getcwd()}): write the secret into it")
+        raise _no_file(value, ": write the secret into it")
     if isinstance(value, str):
         with open(value, "rb") as f:
             secret = f.read()
@@ -328,11 +333,6 @@ class Discovered:
 def discover(issuer: str, ca: str | None, timeout: float = 5.0) -> Discovered:
     """Reads the provider's discovery document; ValueError naming the issuer and what went
     wrong when it cannot be read or lacks an endpoint."""
-    import json
-    import ssl
-    import urllib.error
-    import urllib.request
-
     url = issuer.rstrip("/") + "/.well-known/openid-configuration"
     ctx = ssl.create_default_context(cafile=ca) if url.startswith("https:") else None
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),

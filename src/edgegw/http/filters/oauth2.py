@@ -350,7 +350,7 @@ class OAuth2Filter:
             if at_callback:
                 self._callback_when_logged_in(cb, path, cookies, secret)
                 return False
-            self._strip_flow_cookies(cb)
+            self._strip_flow_cookies(cb, cookies)
             return True
         if not at_callback:
             if self.use_refresh and session.refresh:
@@ -390,9 +390,9 @@ class OAuth2Filter:
             return False
         return s.expires.isdigit() and int(s.expires) > time.time()
 
-    def _strip_flow_cookies(self, cb: FilterCallbacks) -> None:
-        """What only the filter reads never reaches the backend (Envoy's cookie cleanup)."""
-        cookies = parse_cookies(cb.headers)
+    def _strip_flow_cookies(self, cb: FilterCallbacks, cookies: dict[str, str]) -> None:
+        """What only the filter reads never reaches the backend (Envoy's cookie cleanup);
+        ``cookies``: the request's, as the filter last wrote them."""
         if not cookies:
             return
         n = self.names
@@ -666,7 +666,7 @@ class OAuth2Filter:
         cb.add_response_hook(lambda headers: headers.extend(set_back))
         self.stats.oauth_refreshtoken_success.value += 1
         self.stats.oauth_success.value += 1
-        self._strip_flow_cookies(cb)
+        self._strip_flow_cookies(cb, cookies)
         cb.continue_decoding()
 
     def _refresh_failed(self, cb: FilterCallbacks) -> None:
