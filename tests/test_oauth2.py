@@ -141,11 +141,13 @@ def gateway_config(port: int, tls: Path, app: tuple[str, int], idp: tuple[str, i
 
 def cookie_shapes(r: httpx.Response) -> list[str]:
     """Each Set-Cookie with its value and its flow id masked (both random): name and
-    attributes."""
-    return [re.sub(r"^([^=.]+)(\.[0-9a-f]{16})?=[^;]*", lambda mt: mt.group(1) + (
-        ".<flow>" if mt.group(2) else "") + "=" + (
-        "deleted" if mt.group(0).endswith("=deleted") else "*"), v)
-        for v in r.headers.get_list("set-cookie")]
+    attributes. A Max-Age counted from a token's `exp` (exp - now) depends on the second the
+    gateway answers in, so it is rounded up to the minute."""
+    return [re.sub(r"Max-Age=(\d+)", lambda mt: f"Max-Age={-(-int(mt.group(1)) // 60) * 60}",
+                   re.sub(r"^([^=.]+)(\.[0-9a-f]{16})?=[^;]*", lambda mt: mt.group(1) + (
+                       ".<flow>" if mt.group(2) else "") + "=" + (
+                       "deleted" if mt.group(0).endswith("=deleted") else "*"), v))
+            for v in r.headers.get_list("set-cookie")]
 
 
 def location_shape(r: httpx.Response, base: str) -> str:
