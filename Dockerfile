@@ -1,10 +1,11 @@
 # edgegw gateway image. The sites file, certificates and configs are mounted under /etc/edgegw,
 # which is the working directory, so the relative paths in configs/ work here and in a checkout.
 # The build stage compiles the request path with mypyc (src/edgegw/compiled.py; it needs gcc and
-# the Python headers) and HTTP/2's binding of libnghttp2 (its headers); the image itself carries
-# the built wheel and the library, not the compiler.
+# the Python headers) and the cffi bindings of libnghttp2 (HTTP/2) and OpenSSL (downstream TLS),
+# from their headers; the image itself carries the built wheel and the libraries, not the
+# compiler.
 FROM python:3.11 AS build
-RUN apt-get update && apt-get install -y --no-install-recommends libnghttp2-dev
+RUN apt-get update && apt-get install -y --no-install-recommends libnghttp2-dev libssl-dev
 WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
 COPY src ./src

@@ -49,16 +49,17 @@ compile: $(BUILT)
 # curl, openssl and chromium are the real clients the end-to-end tests drive; HAProxy and
 # nginx are the real peers in front of and behind the gateway (PROXY protocol); pebble is a
 # real ACME server and certbot a real ACME client; BIND 9 is the zone DNS-01 writes into.
-# libnghttp2-dev: the HTTP/2 codec's binding is built against it (as in the Dockerfile).
+# libnghttp2-dev and libssl-dev: the HTTP/2 codec's and the TLS transport's bindings are built
+# against them (as in the Dockerfile).
 # crowdsec: its Local API is what the bouncer tests follow (installed offline: a non-empty
 # online_api_credentials.yaml keeps its setup from registering with CrowdSec's servers).
 # Node.js and npm run the OpenID provider of the oauth2 tests.
 sysdeps:
 	@(for t in curl openssl chromium haproxy nginx pebble certbot htpasswd named crowdsec node npm; do command -v $$t >/dev/null || exit 1; done; \
-	  test -f /usr/include/nghttp2/nghttp2.h) || \
+	  test -f /usr/include/nghttp2/nghttp2.h && test -f /usr/include/openssl/ssl.h) || \
 	  (mkdir -p /etc/crowdsec && (test -s /etc/crowdsec/online_api_credentials.yaml || \
 	     echo "url: http://127.0.0.1:1/" > /etc/crowdsec/online_api_credentials.yaml) && \
-	   apt-get update -q && RUNLEVEL=1 apt-get install -y -q curl openssl chromium haproxy nginx pebble certbot apache2-utils bind9 libnghttp2-dev crowdsec nodejs npm)
+	   apt-get update -q && RUNLEVEL=1 apt-get install -y -q curl openssl chromium haproxy nginx pebble certbot apache2-utils bind9 libnghttp2-dev libssl-dev crowdsec nodejs npm)
 
 demo: compile
 	$(COMPILED) $(PY) -m edgegw.demo

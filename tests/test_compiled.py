@@ -36,22 +36,27 @@ def test_the_source_tree_runs_its_own_python_and_says_pure() -> None:
     assert run_tree("import edgegw.http.stream as s", "print(s.__file__)") == [str(stream)]
     assert not list((PACKAGE.parent).rglob("*.so"))
     assert version({**os.environ, "PYTHONPATH": str(PACKAGE.parent)}) == \
-        "edgegw version: 0.1.0/Python/RELEASE/pure+h2"  # (no binding in the tree)
+        "edgegw version: 0.1.0/Python/RELEASE/pure+h2+tls-loop"  # (no binding in the tree)
 
 
 @pytest.mark.skipif(not compiled.active(), reason="the source tree: `make test-compiled` runs "
                     "this on the compiled build")
 def test_the_compiled_build_says_compiled_in_its_version_and_server_info() -> None:
-    """Built where libnghttp2's headers are (`make sysdeps`), HTTP/2 runs on the system's
-    libnghttp2, and says so; EDGEGW_HTTP2_CODEC=h2 chooses the fallback."""
-    dpkg = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "libnghttp2-14"],
-                          capture_output=True, text=True).stdout
-    codec = f"nghttp2-{dpkg.split('-')[0]}"
-    assert version(dict(os.environ)) == f"edgegw version: 0.1.0/Python/RELEASE/compiled+{codec}"
-    assert version({**os.environ, "EDGEGW_HTTP2_CODEC": "h2"}) == \
-        "edgegw version: 0.1.0/Python/RELEASE/compiled+h2"
+    """Built where libnghttp2's and OpenSSL's headers are (`make sysdeps`), HTTP/2 runs on the
+    system's libnghttp2 and downstream TLS on OpenSSL driven on the socket, and each says so;
+    EDGEGW_HTTP2_CODEC=h2 and EDGEGW_TLS_TRANSPORT=loop choose the fallbacks."""
+    def package(name: str) -> str:
+        return subprocess.run(["dpkg-query", "-W", "-f", "${Version}", name],
+                              capture_output=True, text=True).stdout.split("-")[0]
+
+    codec = f"nghttp2-{package('libnghttp2-14')}"
+    tls = f"tls-openssl-{package('libssl3')}"
+    assert version(dict(os.environ)) == \
+        f"edgegw version: 0.1.0/Python/RELEASE/compiled+{codec}+{tls}"
+    assert version({**os.environ, "EDGEGW_HTTP2_CODEC": "h2", "EDGEGW_TLS_TRANSPORT": "loop"}) \
+        == "edgegw version: 0.1.0/Python/RELEASE/compiled+h2+tls-loop"
     from edgegw.admin import server_info
     from edgegw.config.model import Node
 
     assert server_info("LIVE", {}, Node(), 0.0)["version"] == \
-        f"edgegw/0.1.0/Python/RELEASE/compiled+{codec}"
+        f"edgegw/0.1.0/Python/RELEASE/compiled+{codec}+{tls}"

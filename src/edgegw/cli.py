@@ -7,7 +7,7 @@ import asyncio
 import os
 import sys
 
-from . import __version__, compiled, log
+from . import __version__, log
 from .config import ConfigError, from_source
 from .sites import load
 
@@ -64,9 +64,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(certs(argv[1:]))
     args = parser().parse_args(argv)
     if args.version:
-        from .http.codec import http2
+        from .admin import version
 
-        print(f"edgegw version: {__version__}/Python/RELEASE/{compiled.build()}+{http2.describe()}")
+        print(f"edgegw version: {version()}")
         return
     try:
         level = log.parse_level(args.log_level)

@@ -21,6 +21,7 @@ from ..config.model import address_string
 from ..http.codec import REASONS, http2, http_date
 from ..listener import bind_hint
 from ..stats import render
+from ..tls import transport as tls_transport
 from . import dump, status
 from .backend import AdminBackend, Doc
 
@@ -326,10 +327,17 @@ def _address(a: dict[str, Any]) -> str:
     return address_string(sa["address"], sa["port_value"])
 
 
+def version() -> str:
+    """edgegw's version and build, Envoy's way: how the request path runs, the HTTP/2 codec,
+    the downstream TLS transport."""
+    return (f"{__version__}/Python/RELEASE/{compiled.build()}+{http2.describe()}"
+            f"+{tls_transport.describe()}")
+
+
 def server_info(state: str, options: dict[str, Any], node: Node, started: float) -> Doc:
     """``/server_info``, as Envoy shapes it (the options that JSON can carry)."""
     uptime = f"{int(time.time() - started)}s"
-    return {"version": f"edgegw/{__version__}/Python/RELEASE/{compiled.build()}+{http2.describe()}",
+    return {"version": f"edgegw/{version()}",
             "state": state,
             "hot_restart_version": "disabled",
             "command_line_options": {k: v for k, v in options.items()

@@ -27,6 +27,7 @@ from ..overload import ConnectionLimit
 from ..stats import Counter, Gauge, StatSet, Store
 from ..tasks import Tasks
 from ..tcp.proxy import TcpProxyConfig, TcpSession
+from ..tls import transport as tls_transport
 from ..tls.cert_dir import directory_of, strict_sni_host
 from ..tls.context import ServerTls, SslStats
 from ..tls.sds import SecretManager
@@ -327,12 +328,12 @@ class Listener:
                        hello.server_name)
             _reset(conn)
             return
-        assert self.loop is not None
-        self.serving.start(self._serve(conn, chain, hello, proxied, tlvs))
+        self._serve(conn, chain, hello, proxied, tlvs)
 
-    async def _serve(self, conn: socket.socket, chain: Chain, hello: ClientHello,
-                     proxied: tuple[str, int] | None,
-                     tlvs: tuple[tuple[int, bytes], ...]) -> None:
+    def _serve(self, conn: socket.socket, chain: Chain, hello: ClientHello,
+               proxied: tuple[str, int] | None, tlvs: tuple[tuple[int, bytes], ...]) -> None:
+        """Makes the connection's session and starts its transport: TLS by OpenSSL on the
+        socket where the build has it, else the loop's own layer."""
         assert self.loop is not None
         cert = chain.tls.cert_for(hello.server_name) if chain.tls else None
         ctx = cert.ctx if cert is not None else None
@@ -357,24 +358,46 @@ class Listener:
         proto.hello = hello
         proto.admit = chain.rbac.allows if chain.rbac is not None else None
         proto.proxied = proxied
+        if ctx is not None and tls_transport.available():
+            try:
+                tls_transport.accept(self.loop, conn, ctx, proto, HANDSHAKE_TIMEOUT,
+                                     lambda exc: self._started(proto, conn, ctx, exc))
+            except ssl.SSLError as e:
+                self._started(proto, conn, ctx, e)
+        else:
+            self.serving.start(self._connect(proto, conn, ctx))
+
+    async def _connect(self, proto: Session, conn: socket.socket,
+                       ctx: ssl.SSLContext | None) -> None:
+        """The connection on the loop's own transport (and TLS layer)."""
+        assert self.loop is not None
         try:
             await self.loop.connect_accepted_socket(
                 lambda: proto, conn, ssl=ctx,
                 ssl_handshake_timeout=HANDSHAKE_TIMEOUT if ctx else None)
         except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as e:
+            self._started(proto, conn, ctx, e)
+            return
+        self._started(proto, conn, ctx, None)
+
+    def _started(self, proto: Session, conn: socket.socket, ctx: ssl.SSLContext | None,
+                 exc: BaseException | None) -> None:
+        """After the handshake (or at once without TLS): the connection is counted and held,
+        or its failure counted."""
+        if exc is not None:
             self.stats.downstream_cx_active.value -= 1
             self.stats.downstream_cx_destroy.value += 1
             if self.ssl is not None:
                 self.ssl.connection_error.value += 1
-            _log.debug("listener %s: TLS handshake failed: %s", self.name, e)
+            _log.debug("listener %s: TLS handshake failed: %s", self.name, exc)
             conn.close()
             return
         if ctx is not None and self.ssl is not None:
             self.ssl.handshake.value += 1
             transport = proto.transport
-            if transport is not None and not transport.get_extra_info("peercert"):
-                self.ssl.no_certificate.value += 1
             sslobj = transport.get_extra_info("ssl_object") if transport is not None else None
+            if sslobj is None or not sslobj.getpeercert(True):
+                self.ssl.no_certificate.value += 1
             if sslobj is not None and sslobj.session_reused:
                 self.ssl.session_reused.value += 1
         if not proto.closed:
