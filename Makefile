@@ -81,11 +81,14 @@ test-pure: install sysdeps
 	$(PY) -c 'import edgegw.compiled as c; assert not c.active(), "compiled"'
 	$(PYTEST) $(PURE_TESTS)
 
-# HTTP/2 runs on nghttp2 there; its suites run once more on the h2 codec (the fallback).
+# HTTP/2 runs on nghttp2 there and downstream TLS on OpenSSL driven on the socket; the HTTP/2
+# suites run once more on the h2 codec, and the TLS suites on the loop's TLS layer (the
+# fallbacks; the pure run is on that layer too).
 test-compiled: install sysdeps compile
 	$(COMPILED) $(PY) -c 'import edgegw.compiled as c; assert c.active(), "not compiled"'
 	$(COMPILED) $(PYTEST) --durations=25
-	EDGEGW_HTTP2_CODEC=h2 $(COMPILED) $(PYTEST) tests/test_http2.py tests/test_grpc.py
+	EDGEGW_HTTP2_CODEC=h2 EDGEGW_TLS_TRANSPORT=loop $(COMPILED) $(PYTEST) tests/test_http2.py \
+	  tests/test_grpc.py tests/test_tls_policy.py tests/test_tls_sessions.py tests/test_rbac.py
 
 bench: compile
 	$(COMPILED) bash bench/run.sh
