@@ -38,6 +38,7 @@ MODULES = (  # no package __init__: compiled, it cannot import its submodules (m
     "edgegw.listener.filter_chain",
     "edgegw.listener.tls_inspector",
     "edgegw.rbac",
+    "edgegw.tls.transport",
     "edgegw.upstream.pool",
 )
 

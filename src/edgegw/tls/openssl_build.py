@@ -24,6 +24,7 @@ void eg_tls_free(eg_tls *t);
 int eg_tls_handshake(eg_tls *t);
 size_t eg_tls_read(eg_tls *t, char *buf, size_t cap, int *status);
 size_t eg_tls_write(eg_tls *t, const char *data, size_t len, int *status);
+int eg_tls_pending(eg_tls *t);
 int eg_tls_shutdown(eg_tls *t);
 void eg_tls_error(eg_tls *t, char *buf, size_t cap);
 int eg_tls_errno(eg_tls *t);

@@ -39,6 +39,8 @@ eg_tls *eg_tls_new(SSL_CTX *ctx, int fd)
     /* a write returns once a record is out, and is retried with the rest from wherever
      * Python holds it */
     SSL_set_mode(t->ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    /* one recv() takes what the socket has, not a record's header and then its body */
+    SSL_set_read_ahead(t->ssl, 1);
     return t;
 }
 
@@ -85,7 +87,9 @@ int eg_tls_handshake(eg_tls *t)
     return ret == 1 ? EG_DONE : why(t, ret);
 }
 
-/* Reads records until the socket has no more or `cap` bytes are in `buf`. */
+/* Reads records until OpenSSL holds no more of what it read or `cap` bytes are in `buf`.
+ * Once its buffer is empty the socket is not read again (that recv() would mostly say
+ * EAGAIN): the loop's readiness says when more came. */
 size_t eg_tls_read(eg_tls *t, char *buf, size_t cap, int *status)
 {
     size_t got = 0, n = 0;
@@ -96,9 +100,20 @@ size_t eg_tls_read(eg_tls *t, char *buf, size_t cap, int *status)
             return got;
         }
         got += n;
+        if (!SSL_has_pending(t->ssl)) {
+            *status = EG_WANT_READ;
+            return got;
+        }
     }
     *status = EG_DONE;
     return got;
+}
+
+/* Whether OpenSSL holds bytes it read from the socket (after the handshake: the client's
+ * first request, read ahead with its Finished). */
+int eg_tls_pending(eg_tls *t)
+{
+    return SSL_has_pending(t->ssl);
 }
 
 /* Writes until all of `data` is out or the socket is full. */

@@ -20,6 +20,7 @@ import asyncio
 import os
 import socket
 import ssl
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +44,8 @@ _buf: Any = ffi.new("char[]", READ_SIZE) if ffi is not None else None
 """One read buffer for every connection: a read is copied out of it before the next."""
 _status: Any = ffi.new("int *") if ffi is not None else None
 _err: Any = ffi.new("char[]", 256) if ffi is not None else None
+_contexts: weakref.WeakKeyDictionary[ssl.SSLContext, Any] = weakref.WeakKeyDictionary()
+"""Each context's SSL_CTX, found once (a context lives as long as its certificate)."""
 
 
 def available() -> bool:
@@ -62,8 +65,11 @@ def accept(loop: asyncio.AbstractEventLoop, sock: socket.socket, ctx: ssl.SSLCon
            done: Callable[[BaseException | None], None]) -> TlsTransport:
     """Starts the server handshake on an accepted socket whose ClientHello is waiting in it;
     ``done`` is called once, after ``protocol.connection_made`` or with why it failed."""
-    ptr = ssl_ctx(ctx)
-    t = lib.eg_tls_new(ffi.cast("SSL_CTX *", ptr), sock.fileno()) if ptr else ffi.NULL
+    ptr = _contexts.get(ctx)
+    if ptr is None:
+        found = ssl_ctx(ctx)
+        ptr = _contexts[ctx] = ffi.cast("SSL_CTX *", found) if found else ffi.NULL
+    t = lib.eg_tls_new(ptr, sock.fileno()) if ptr != ffi.NULL else ffi.NULL
     if t == ffi.NULL:
         raise ssl.SSLError("cannot make an OpenSSL connection on this context")
     transport = TlsTransport(loop, sock, ctx, t, protocol)
@@ -167,6 +173,8 @@ class TlsTransport(asyncio.Transport):
             self._set_reader(self._read_ready)
             self._protocol.connection_made(self)
             self._finish_handshake(None)
+            if self._t is not None and lib.eg_tls_pending(self._t):
+                self._loop.call_soon(self._read_ready)  # (read ahead with the handshake)
         elif st == lib.EG_WANT_READ:
             self._set_writer(False)
             self._set_reader(self._handshake)
