@@ -328,3 +328,35 @@ def test_a_stalled_handshake_times_out(pki) -> None:
         server.close()
 
     run(main)
+
+
+def test_a_request_sent_with_the_clients_finished_is_read(pki) -> None:
+    """A client may send its Finished and its first request in one segment; OpenSSL reads both
+    with the handshake, and the request must not wait in its buffer for more bytes that will
+    never come."""
+    async def main() -> None:
+        server = Server(server_context(pki))
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        client = client_context(pki).wrap_bio(incoming, outgoing,
+                                              server_hostname="a.example.com")
+        raw = await asyncio.to_thread(socket.create_connection, ("127.0.0.1", server.port))
+        proto, done = await server.accepted.get()
+
+        def handshake() -> None:
+            while True:
+                try:
+                    client.do_handshake()
+                    return
+                except ssl.SSLWantReadError:
+                    raw.sendall(outgoing.read())
+                    incoming.write(raw.recv(65536))
+
+        await asyncio.to_thread(handshake)
+        client.write(b"GET / HTTP/1.1\r\n\r\n")
+        raw.sendall(outgoing.read())  # Finished and the request, in one send
+        assert await done is None
+        await asyncio.wait_for(proto.until(lambda: proto.data == b"GET / HTTP/1.1\r\n\r\n"), 30)
+        raw.close()
+        server.close()
+
+    run(main)
