@@ -45,18 +45,26 @@ def _ephemeral_low() -> int:
 EPHEMERAL_LOW = _ephemeral_low()
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port nothing listens on, below the kernel's ephemeral range. A port from bind(0) is
     an ephemeral one, which any client connection may take as its own before the test's
     server binds it (a CI run under load: "cannot bind 127.0.0.1:45835: Address already in
-    use"); a port below the range is never handed to a client."""
+    use"); a port below the range is never handed to a client. Nor is one this process handed out
+    before: a gateway's listener and admin ports, taken before either is bound, once came out
+    the same."""
     for _ in range(200):
         port = random.randrange(10000, EPHEMERAL_LOW)
+        if port in _HANDED_OUT:
+            continue
         with socket.socket() as s:
             try:
                 s.bind((host, port))
             except OSError:
                 continue
+            _HANDED_OUT.add(port)
             return port
     with socket.socket() as s:
         s.bind((host, 0))

@@ -360,3 +360,26 @@ def test_a_request_sent_with_the_clients_finished_is_read(pki) -> None:
         server.close()
 
     run(main)
+
+
+def test_an_answer_outlives_the_bytes_the_client_was_still_sending(pki) -> None:
+    """The server answers and closes while the client is still sending (an upload refused
+    early): its input is read and dropped until the client is done (Envoy's delayed close), so
+    no reset destroys the answer before the client reads it."""
+    async def main() -> None:
+        server = Server(server_context(pki))
+        c = await asyncio.to_thread(blocking_client, server.port, client_context(pki))
+        proto, done = await server.accepted.get()
+        assert await done is None
+        sending = asyncio.create_task(asyncio.to_thread(c.sendall, b"x" * (8 << 20)))
+        await proto.until(lambda: len(proto.data) > 0)
+        proto.transport.write(b"413 refused")
+        proto.transport.close()
+        await sending  # (a reset would have failed it)
+        assert await asyncio.to_thread(c.recv, 11) == b"413 refused"
+        assert await asyncio.to_thread(c.recv, 1) == b""  # close_notify
+        await proto.happened("lost")
+        c.close()
+        server.close()
+
+    run(main)

@@ -39,6 +39,9 @@ if TRANSPORT not in ("openssl", "loop") or (TRANSPORT == "openssl" and lib is No
     raise SystemExit(f"EDGEGW_TLS_TRANSPORT={TRANSPORT}: this build has "
                      + ("openssl and loop" if lib is not None else "loop only"))
 
+DELAYED_CLOSE = 1.0
+"""How long a closed connection waits for the client's own close (Envoy's HCM
+``delayed_close_timeout``, 1 s by default)."""
 READ_SIZE = 65536
 _buf: Any = ffi.new("char[]", READ_SIZE) if ffi is not None else None
 """One read buffer for every connection: a read is copied out of it before the next."""
@@ -169,6 +172,7 @@ class TlsTransport(asyncio.Transport):
             self._set_writer(False)
             if self._timer is not None:
                 self._timer.cancel()
+                self._timer = None
             self._reading = True
             self._set_reader(self._read_ready)
             self._protocol.connection_made(self)
@@ -346,9 +350,33 @@ class TlsTransport(asyncio.Transport):
         self._end(None)
 
     def _shutdown(self) -> None:
+        """close_notify, then Envoy's delayed close: a FIN, and what the client still sends
+        is read and dropped until it closes too or DELAYED_CLOSE passes. Closed at once with
+        unread bytes, the socket would send a reset, which can destroy the answer (a GOAWAY,
+        a 4xx) before the client reads it."""
         if self._t is not None:
             lib.eg_tls_shutdown(self._t)  # (best effort: a full socket loses the alert)
-        self._end(None)
+            lib.eg_tls_free(self._t)
+            self._t = None
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._end(None)
+            return
+        self._set_writer(False)
+        self._loop.add_reader(self._fd, self._drop_input)
+        self._timer = self._loop.call_later(DELAYED_CLOSE, self._release)
+        self._loop.call_soon(self._protocol.connection_lost, None)
+
+    def _drop_input(self) -> None:
+        try:
+            if self._sock.recv(65536):
+                return
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            pass
+        self._release()
 
     def _fatal(self, exc: Exception, where: str | None) -> None:
         if where is not None:
@@ -364,6 +392,9 @@ class TlsTransport(asyncio.Transport):
 
     def _release(self) -> None:
         """Stops watching the socket, closes it and frees OpenSSL's connection."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._set_reader(None)
         self._set_writer(False)
         self._reading = False
