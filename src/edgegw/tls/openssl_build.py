@@ -32,8 +32,6 @@ int eg_tls_peer_der(eg_tls *t, unsigned char *buf, int cap);
 const unsigned char *eg_tls_alpn(eg_tls *t, unsigned int *len);
 int eg_tls_session_reused(eg_tls *t);
 const char *eg_tls_version(eg_tls *t);
-const char *eg_tls_cipher(eg_tls *t);
-int eg_tls_cipher_bits(eg_tls *t);
 unsigned long eg_openssl_version(void);
 """
 

@@ -189,16 +189,6 @@ const char *eg_tls_version(eg_tls *t)
     return SSL_get_version(t->ssl);
 }
 
-const char *eg_tls_cipher(eg_tls *t)
-{
-    return SSL_get_cipher_name(t->ssl);
-}
-
-int eg_tls_cipher_bits(eg_tls *t)
-{
-    return SSL_get_cipher_bits(t->ssl, NULL);
-}
-
 unsigned long eg_openssl_version(void)
 {
     return OpenSSL_version_num();

@@ -42,6 +42,10 @@ if TRANSPORT not in ("openssl", "loop") or (TRANSPORT == "openssl" and lib is No
 DELAYED_CLOSE = 1.0
 """How long a closed connection waits for the client's own close (Envoy's HCM
 ``delayed_close_timeout``, 1 s by default)."""
+DONE, WANT_READ, WANT_WRITE, CLOSED, EOF = (
+    (lib.EG_DONE, lib.EG_WANT_READ, lib.EG_WANT_WRITE, lib.EG_CLOSED, lib.EG_EOF)
+    if lib is not None else (0, 1, 2, 3, 4))
+"""Why a call into OpenSSL stopped (``openssl_shim.c``), read from the binding once."""
 READ_SIZE = 65536
 _buf: Any = ffi.new("char[]", READ_SIZE) if ffi is not None else None
 """One read buffer for every connection: a read is copied out of it before the next."""
@@ -119,12 +123,6 @@ class TlsInfo:
         t = self._transport._t
         return ffi.string(lib.eg_tls_version(t)).decode() if t is not None else None
 
-    def cipher(self) -> tuple[str, str, int] | None:
-        t = self._transport._t
-        if t is None:
-            return None
-        return (ffi.string(lib.eg_tls_cipher(t)).decode(),
-                ffi.string(lib.eg_tls_version(t)).decode(), lib.eg_tls_cipher_bits(t))
 
 
 class TlsTransport(asyncio.Transport):
@@ -168,7 +166,7 @@ class TlsTransport(asyncio.Transport):
         if self._t is None:
             return
         st = lib.eg_tls_handshake(self._t)
-        if st == lib.EG_DONE:
+        if st == DONE:
             self._set_writer(False)
             if self._timer is not None:
                 self._timer.cancel()
@@ -179,10 +177,10 @@ class TlsTransport(asyncio.Transport):
             self._finish_handshake(None)
             if self._t is not None and lib.eg_tls_pending(self._t):
                 self._loop.call_soon(self._read_ready)  # (read ahead with the handshake)
-        elif st == lib.EG_WANT_READ:
+        elif st == WANT_READ:
             self._set_writer(False)
             self._set_reader(self._handshake)
-        elif st == lib.EG_WANT_WRITE:
+        elif st == WANT_WRITE:
             self._set_reader(None)
             self._set_writer(True)
         else:
@@ -193,8 +191,6 @@ class TlsTransport(asyncio.Transport):
         self._handshake_failed(TimeoutError("TLS handshake timed out"))
 
     def _handshake_failed(self, exc: BaseException) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
         self._release()
         self._finish_handshake(exc)
 
@@ -219,14 +215,14 @@ class TlsTransport(asyncio.Transport):
                 return
         if self._t is None or self._closing:
             return
-        if st == lib.EG_WANT_READ:
+        if st == WANT_READ:
             return
-        if st == lib.EG_DONE:  # the buffer filled: more may wait inside OpenSSL
+        if st == DONE:  # the buffer filled: more may wait inside OpenSSL
             self._loop.call_soon(self._read_ready)
-        elif st == lib.EG_WANT_WRITE:  # (a key update to answer)
+        elif st == WANT_WRITE:  # (a key update to answer)
             self._read_wants_write = True
             self._set_writer(True)
-        elif st in (lib.EG_CLOSED, lib.EG_EOF):
+        elif st in (CLOSED, EOF):
             self._set_reader(None)
             self._reading = False
             try:
@@ -267,7 +263,7 @@ class TlsTransport(asyncio.Transport):
         if n == len(data):
             return
         st = _status[0]
-        if st in (lib.EG_WANT_WRITE, lib.EG_WANT_READ):
+        if st in (WANT_WRITE, WANT_READ):
             self._pending += memoryview(data)[n:]
             self._set_writer(True)
             self._maybe_pause_protocol()
@@ -288,7 +284,7 @@ class TlsTransport(asyncio.Transport):
                                  _status)
             del self._pending[:n]
             st = _status[0]
-            if self._pending and st not in (lib.EG_WANT_WRITE, lib.EG_WANT_READ):
+            if self._pending and st not in (WANT_WRITE, WANT_READ):
                 self._fatal(self._error(st), None)
                 return
         if self._read_wants_write:
@@ -420,8 +416,6 @@ class TlsTransport(asyncio.Transport):
             return TlsInfo(self)
         if name == "sslcontext":
             return self._ctx
-        if name == "cipher":
-            return TlsInfo(self).cipher()
         return default
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
@@ -447,7 +441,7 @@ class TlsTransport(asyncio.Transport):
                 self._loop.remove_writer(self._fd)
 
     def _error(self, st: int) -> Exception:
-        if st == lib.EG_EOF:
+        if st == EOF:
             return ConnectionResetError("the client closed the connection")
         if self._t is None:
             return ssl.SSLError("closed")
