@@ -28,8 +28,10 @@ MODULES = (  # no package __init__: compiled, it cannot import its submodules (m
     "edgegw.http.head_checks",
     "edgegw.http.headers",
     "edgegw.http.router.filter",
+    "edgegw.http.router.header_parser",
     "edgegw.http.router.request_headers",
     "edgegw.http.router.response_headers",
+    "edgegw.http.router.table",
     "edgegw.http.router.upstream_request",
     "edgegw.http.sink",
     "edgegw.http.stream",
@@ -39,6 +41,7 @@ MODULES = (  # no package __init__: compiled, it cannot import its submodules (m
     "edgegw.listener.tls_inspector",
     "edgegw.rbac",
     "edgegw.tls.transport",
+    "edgegw.upstream.lb",
     "edgegw.upstream.pool",
 )
 
