@@ -14,6 +14,7 @@ import importlib.util
 import os
 
 MODULES = (  # no package __init__: compiled, it cannot import its submodules (mypyc 1.x–2.4)
+    "edgegw.http.codec.head",
     "edgegw.http.codec.http1.client",
     "edgegw.http.codec.http1.common",
     "edgegw.http.codec.http1.server",
@@ -40,6 +41,7 @@ MODULES = (  # no package __init__: compiled, it cannot import its submodules (m
     "edgegw.listener.filter_chain",
     "edgegw.listener.tls_inspector",
     "edgegw.rbac",
+    "edgegw.stats.values",
     "edgegw.tls.transport",
     "edgegw.upstream.lb",
     "edgegw.upstream.pool",

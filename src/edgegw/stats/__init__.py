@@ -8,65 +8,12 @@ Envoy's tag extraction) lives in ``render``.
 
 from __future__ import annotations
 
-import bisect
 from typing import Any, ClassVar
 
-BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000,
-           300000, 600000, 1800000, 3600000)
-"""Envoy's default histogram bucket bounds (milliseconds)."""
-
-
-class Counter:
-    """A value that only goes up; Envoy's counters."""
-
-    __slots__ = ("value",)
-
-    def __init__(self) -> None:
-        self.value = 0
-
-
-class Gauge:
-    """A value that goes up and down; Envoy's gauges."""
-
-    __slots__ = ("value",)
-
-    def __init__(self) -> None:
-        self.value = 0
-
-
-class Histogram:
-    """Counts of recorded values per Envoy bucket, with their sum."""
-
-    __slots__ = ("counts", "sum", "count")
-
-    def __init__(self) -> None:
-        self.counts = [0] * (len(BUCKETS) + 1)
-        self.sum = 0.0
-        self.count = 0
-
-    def record(self, value: float) -> None:
-        self.counts[bisect.bisect_left(BUCKETS, value)] += 1
-        self.sum += value
-        self.count += 1
-
-    def cumulative(self) -> list[int]:
-        out, total = [], 0
-        for c in self.counts[:-1]:
-            total += c
-            out.append(total)
-        return out
-
-    def quantile(self, q: float) -> float | None:
-        """An upper-bound estimate of a quantile from the buckets (None when empty)."""
-        if not self.count:
-            return None
-        rank = q * self.count
-        total = 0
-        for i, c in enumerate(self.counts):
-            total += c
-            if total >= rank and c:
-                return float(BUCKETS[i]) if i < len(BUCKETS) else float(BUCKETS[-1])
-        return float(BUCKETS[-1])
+from .values import BUCKETS as BUCKETS
+from .values import Counter as Counter
+from .values import Gauge as Gauge
+from .values import Histogram as Histogram
 
 
 class Store:
