@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import bisect
 
-BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000,
-           300000, 600000, 1800000, 3600000)
-"""Envoy's default histogram bucket bounds (milliseconds)."""
+BUCKETS: tuple[float, ...] = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000,
+                              30000, 60000, 300000, 600000, 1800000, 3600000)
+"""Envoy's default histogram bucket bounds (milliseconds). (Typed as a tuple of any length:
+mypyc would otherwise keep it as a fixed-size C tuple and box it anew on every record.)"""
 
 
 class Counter:
