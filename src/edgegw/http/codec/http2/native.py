@@ -54,14 +54,24 @@ VERSION: str = ffi.string(lib.eg_version()).decode()
 
 def _block(fields: Headers) -> bytes | None:
     """Header fields as the binding takes them; None where a value holds a NUL."""
-    block = b"\0".join([x for kv in fields for x in kv])
+    parts: list[bytes] = []
+    for k, v in fields:
+        parts.append(k)
+        parts.append(v)
+    block = b"\0".join(parts)
     return block if block.count(b"\0") == 2 * len(fields) - 1 else None
 
 
 def _pairs(block: bytes) -> Headers:
-    """A block from the binding as header fields."""
-    f = block.split(b"\0") if block else []
-    return list(zip(f[::2], f[1::2], strict=True))
+    """A block from the binding as header fields (plain loops: compiled, they cost a third
+    of slicing and ``zip``)."""
+    if not block:
+        return []
+    f = block.split(b"\0")
+    n = len(f)
+    if n % 2:
+        raise ValueError("a header block with a name and no value")
+    return [(f[i], f[i + 1]) for i in range(0, n, 2)]
 
 
 class _Session:
