@@ -53,13 +53,15 @@ compile: $(BUILT)
 # against them (as in the Dockerfile).
 # crowdsec: its Local API is what the bouncer tests follow (installed offline: a non-empty
 # online_api_credentials.yaml keeps its setup from registering with CrowdSec's servers).
-# Node.js and npm run the OpenID provider of the oauth2 tests.
+# Node.js and npm run the OpenID provider of the oauth2 tests; Debian's are installed only where
+# the machine has none (NodeSource's nodejs carries its own npm and conflicts with Debian's).
 sysdeps:
 	@(for t in curl openssl chromium haproxy nginx pebble certbot htpasswd named crowdsec node npm; do command -v $$t >/dev/null || exit 1; done; \
 	  test -f /usr/include/nghttp2/nghttp2.h && test -f /usr/include/openssl/ssl.h) || \
 	  (mkdir -p /etc/crowdsec && (test -s /etc/crowdsec/online_api_credentials.yaml || \
 	     echo "url: http://127.0.0.1:1/" > /etc/crowdsec/online_api_credentials.yaml) && \
-	   apt-get update -q && RUNLEVEL=1 apt-get install -y -q curl openssl chromium haproxy nginx pebble certbot apache2-utils bind9 libnghttp2-dev libssl-dev crowdsec nodejs npm)
+	   apt-get update -q && RUNLEVEL=1 apt-get install -y -q curl openssl chromium haproxy nginx pebble certbot apache2-utils bind9 libnghttp2-dev libssl-dev crowdsec \
+	     $$(command -v npm >/dev/null || echo nodejs npm))
 
 demo: compile
 	$(COMPILED) $(PY) -m edgegw.demo
