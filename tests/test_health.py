@@ -66,8 +66,10 @@ def test_http_health_check_takes_a_sick_host_out_and_back(gateway, backend) -> N
 def test_tcp_health_check_and_the_panic_threshold(gateway, backend) -> None:
     c = backend("127.0.0.22", "c")
     dead = ("127.0.0.23", free_port("127.0.0.23"))
-    tcp_hc = {"timeout": "0.3s", "interval": "0.2s", "no_traffic_interval": "0.2s",
-              "unhealthy_threshold": 1, "healthy_threshold": 1, "tcp_health_check": {}}
+    # The dead host is refused at once and starts failed; the live one must not fail on a
+    # loaded machine, so a generous timeout and three failures in a row to mark it down.
+    tcp_hc = {"timeout": "5s", "interval": "0.2s", "no_traffic_interval": "0.2s",
+              "unhealthy_threshold": 3, "healthy_threshold": 1, "tcp_health_check": {}}
     port = free_port()
     gw = gateway(config(port, [
         cluster("two", [c, dead], health_checks=[tcp_hc]),

@@ -39,10 +39,13 @@ MODULES = (  # no package __init__: compiled, it cannot import its submodules (m
     "edgegw.http.stream_info",
     "edgegw.http.websocket",
     "edgegw.listener.filter_chain",
+    "edgegw.listener.listener",
     "edgegw.listener.tls_inspector",
     "edgegw.rbac",
     "edgegw.stats.values",
     "edgegw.tls.transport",
+    "edgegw.upstream.cluster",
+    "edgegw.upstream.cluster_info",
     "edgegw.upstream.lb",
     "edgegw.upstream.pool",
 )

@@ -14,6 +14,7 @@ import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .. import log
 from .. import proxy_protocol as pp
@@ -24,7 +25,7 @@ from ..crowdsec import Bouncer, RequestCheck
 from ..http.conn_manager import DownstreamConnection
 from ..http.settings import HttpConnectionManager
 from ..overload import ConnectionLimit
-from ..stats import Counter, Gauge, StatSet, Store
+from ..stats import Store
 from ..tasks import Tasks
 from ..tcp.proxy import TcpProxyConfig, TcpSession
 from ..tls import transport as tls_transport
@@ -34,6 +35,7 @@ from ..tls.sds import SecretManager
 from ..upstream.cluster import ClusterManager
 from .drain import DrainManager
 from .filter_chain import FilterChainIndex
+from .listener_stats import ListenerStats
 from .network_rbac import NetworkRbac
 from .tls_inspector import MAX_HELLO, ClientHello, NeedMore, TlsInspectorStats, TooLarge
 
@@ -41,16 +43,10 @@ ACCEPT_BACKOFF = 0.1
 ACCEPT_LOG_INTERVAL = 1.0
 _log = log.get("connection")
 
-class ListenerStats(StatSet):
-    """``listener.<address>.*``."""
-
-    downstream_cx_total: Counter
-    downstream_cx_destroy: Counter
-    no_filter_chain_match: Counter
-    downstream_listener_filter_error: Counter
-    downstream_pre_cx_timeout: Counter
-    downstream_global_cx_overflow: Counter
-    downstream_cx_active: Gauge
+def _unwatch(loop: Any, fd: int) -> None:
+    """``loop.remove_reader(fd)``, its result unused: uvloop's is None where asyncio's
+    types say bool, which compiled code would check."""
+    loop.remove_reader(fd)
 
 
 HANDSHAKE_TIMEOUT = 10.0
@@ -217,7 +213,7 @@ class Listener:
         ``drain_if_changed`` (an LDS update, as Envoy applies it), the connections of a
         listener whose config changed stay on the old one and drain instead."""
         if old.sock is not None and old.loop is not None:
-            old.loop.remove_reader(old.sock.fileno())
+            _unwatch(old.loop, old.sock.fileno())
         self.sock, old.sock = old.sock, None
         self.family = old.family
         if drain_if_changed and old.cfg != self.cfg:
@@ -252,7 +248,7 @@ class Listener:
     def stop_accepting(self) -> None:
         """Closes the listening socket; the connections it accepted go on."""
         if self.sock is not None and self.loop is not None:
-            self.loop.remove_reader(self.sock.fileno())
+            _unwatch(self.loop, self.sock.fileno())
             self.sock.close()
             self.sock = None
 
@@ -305,7 +301,7 @@ class Listener:
             self.accept_logged = now
         if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM) \
                 and self.sock is not None and self.loop is not None:
-            self.loop.remove_reader(self.sock.fileno())
+            _unwatch(self.loop, self.sock.fileno())
             self.loop.call_later(ACCEPT_BACKOFF, self._resume_accepting)
 
     def _resume_accepting(self) -> None:
@@ -576,7 +572,7 @@ class _Peek:
     def _done(self) -> None:
         self.finished = True
         if self.timer is not None:
-            self.loop.remove_reader(self.fd)
+            _unwatch(self.loop, self.fd)
             self.timer.cancel()
         self.listener.peeking -= 1
         if self.lowat:

@@ -129,8 +129,8 @@ class TlsTransport(asyncio.Transport):
     """asyncio's Transport over an OpenSSL connection on a non-blocking socket."""
 
     __slots__ = ("_closing", "_ctx", "_done", "_fd", "_high", "_loop", "_low", "_pending",
-                 "_protocol", "_protocol_paused", "_read_wants_write", "_reading", "_sock",
-                 "_t", "_timer", "_writer")
+                 "_protocol", "_protocol_paused", "_read_wants_write", "_reader", "_reading",
+                 "_sock", "_t", "_timer", "_writer")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
                  ctx: ssl.SSLContext, t: Any, protocol: asyncio.Protocol) -> None:
@@ -149,6 +149,10 @@ class TlsTransport(asyncio.Transport):
         """Bytes written while the socket was full, in order."""
         self._closing = False
         self._reading = False
+        self._reader = False
+        """The loop watches the socket for reading, with ``_readable``: one watch from the
+        handshake to the close, because each new watch costs uvloop a poll handle and
+        epoll_ctl calls, and each end of one two more."""
         self._writer = False
         self._read_wants_write = False
         self._high = 65536
@@ -172,16 +176,16 @@ class TlsTransport(asyncio.Transport):
                 self._timer.cancel()
                 self._timer = None
             self._reading = True
-            self._set_reader(self._read_ready)
+            self._set_reader(True)
             self._protocol.connection_made(self)
             self._finish_handshake(None)
             if self._t is not None and lib.eg_tls_pending(self._t):
                 self._loop.call_soon(self._read_ready)  # (read ahead with the handshake)
         elif st == WANT_READ:
             self._set_writer(False)
-            self._set_reader(self._handshake)
+            self._set_reader(True)
         elif st == WANT_WRITE:
-            self._set_reader(None)
+            self._set_reader(False)
             self._set_writer(True)
         else:
             self._handshake_failed(self._error(st))
@@ -200,6 +204,16 @@ class TlsTransport(asyncio.Transport):
             done(exc)
 
     # --- reading -------------------------------------------------------------------------
+
+    def _readable(self) -> None:
+        """The socket's one read watch: the handshake, then the stream, then the input that
+        is dropped after close_notify."""
+        if self._t is None:
+            self._drop_input()
+        elif self._done is not None:
+            self._handshake()
+        else:
+            self._read_ready()
 
     def _read_ready(self) -> None:
         t = self._t
@@ -223,14 +237,15 @@ class TlsTransport(asyncio.Transport):
             self._read_wants_write = True
             self._set_writer(True)
         elif st in (CLOSED, EOF):
-            self._set_reader(None)
             self._reading = False
             try:
                 keep_open = self._protocol.eof_received()
             except Exception as e:
                 self._fatal(e, "eof_received")
                 return
-            if not keep_open:
+            if keep_open:
+                self._set_reader(False)  # (level-triggered: the EOF would wake us again)
+            else:
                 self.close()
         else:
             self._fatal(self._error(st), None)
@@ -238,12 +253,12 @@ class TlsTransport(asyncio.Transport):
     def pause_reading(self) -> None:
         if self._reading and not self._closing:
             self._reading = False
-            self._set_reader(None)
+            self._set_reader(False)
 
     def resume_reading(self) -> None:
         if not self._reading and not self._closing and self._t is not None:
             self._reading = True
-            self._set_reader(self._read_ready)
+            self._set_reader(True)
             self._loop.call_soon(self._read_ready)  # (OpenSSL may hold decrypted bytes)
 
     def is_reading(self) -> bool:
@@ -335,8 +350,9 @@ class TlsTransport(asyncio.Transport):
             return
         self._closing = True
         self._reading = False
-        self._set_reader(None)
-        if not self._pending:
+        if self._pending:
+            self._set_reader(False)  # (until the rest is sent; then input is dropped)
+        else:
             self._shutdown()
 
     def abort(self) -> None:
@@ -360,7 +376,7 @@ class TlsTransport(asyncio.Transport):
             self._end(None)
             return
         self._set_writer(False)
-        self._loop.add_reader(self._fd, self._drop_input)
+        self._set_reader(True)  # (now with _t gone, what comes is dropped)
         self._timer = self._loop.call_later(DELAYED_CLOSE, self._release)
         self._loop.call_soon(self._protocol.connection_lost, None)
 
@@ -391,7 +407,7 @@ class TlsTransport(asyncio.Transport):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._set_reader(None)
+        self._set_reader(False)
         self._set_writer(False)
         self._reading = False
         self._pending.clear()
@@ -426,11 +442,13 @@ class TlsTransport(asyncio.Transport):
 
     # --- helpers -------------------------------------------------------------------------
 
-    def _set_reader(self, callback: Callable[[], None] | None) -> None:
-        if callback is None:
-            self._loop.remove_reader(self._fd)
-        else:
-            self._loop.add_reader(self._fd, callback)
+    def _set_reader(self, on: bool) -> None:
+        if on != self._reader:
+            self._reader = on
+            if on:
+                self._loop.add_reader(self._fd, self._readable)
+            else:
+                self._loop.remove_reader(self._fd)
 
     def _set_writer(self, on: bool) -> None:
         if on != self._writer:

@@ -20,7 +20,8 @@ from ..config.subscription import Warms, Watches
 from ..stats import Store
 from ..tls.sds import SecretManager
 from . import lb
-from .cluster_info import ClusterInfo, RemainingStats
+from .cluster_info import ClusterInfo
+from .cluster_stats import RemainingStats
 from .eds import EdsSubscription, Endpoint, Endpoints, endpoints_of
 from .health import HealthChecker
 from .host import Host

@@ -29,7 +29,7 @@ from ..stats import Counter, Gauge, StatSet, Store
 
 if TYPE_CHECKING:
     from ..tls.context import ClientTls
-    from .cluster_info import ClusterStats
+    from .cluster_stats import ClusterStats
     from .host import Host
     from .outlier import OutlierDetector
 
