@@ -113,7 +113,7 @@ def inspect(data: bytes) -> ClientHello:
     return _parse_hello(bytes(payload[4:need]))
 
 
-def _u16(b: bytes | bytearray, p: int) -> int:
+def _u16(b: bytes, p: int) -> int:
     """The big-endian 16-bit number at ``p``, as ``int.from_bytes(b[p : p + 2])`` reads it
     (a short tail gives what is there), without the slice and call, which cost most of a
     compiled parse."""
