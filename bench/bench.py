@@ -28,6 +28,10 @@ reported, with every figure also as a ratio edgegw / peer.
       CPU per request
   G1  gRPC unary calls (h2load posting a 100-byte message to a grpcio echo backend over an
       HTTP/2 cluster), edgegw and Envoy: calls/s and the proxy's CPU per call
+  I1  edgegw's own user-space instructions (callgrind) per keep-alive request, one at a time
+      on one connection, and per resumed connection with one request: repeatable to about
+      half a percent whatever the VM's steal, so two builds compare where CPU time cannot
+      (the kernel's share and cache misses are not in it: a count, not a time)
   C1  edgegw's compiled request path (mypyc, as the image ships it) against the same code
       pure, W1 interleaved compiled, pure, pure, compiled …: what compiling gains
   W6  slow clients: 2,000 connections stalled (half in the TLS handshake, half in the request
@@ -954,6 +958,76 @@ class Bench:
         out["rss_mb"] = statistics.median(rss[i] + rss[i + 1] for i in range(0, len(rss) - 1, 2))
         return out
 
+    def instructions(self, requests: int = 1000, connections: int = 200) -> dict[str, float]:
+        """I1: edgegw under callgrind, counting only while the load runs (after a warm-up):
+        instructions per W1-shaped request and per R1-shaped connection. libuv's io_uring is
+        off (valgrind does not follow it). Empty without valgrind."""
+        valgrind, control = shutil.which("valgrind"), shutil.which("callgrind_control")
+        if valgrind is None or control is None:
+            print("  I1: valgrind missing (apt valgrind)", file=sys.stderr)
+            return {}
+        port = PORTS["edgegw"]
+        free(port)
+        out = self.work / "callgrind.out"
+        args = self.write_config("edgegw", 1, "1")
+        log = open(self.work / "callgrind.log", "ab")  # noqa: SIM115
+        p = subprocess.Popen([valgrind, "--tool=callgrind", "--instr-atstart=no",
+                              f"--callgrind-out-file={out}", sys.executable, "-m", "edgegw",
+                              *args[1:]], stdout=log, stderr=log,
+                             env={**os.environ, "UV_USE_IO_URING": "0"})
+        got: dict[str, float] = {}
+        try:
+            wait_port("127.0.0.1", port, timeout=300)
+            for key, load, n in (("i1_per_request", self._requests, requests),
+                                 ("i1_per_resumed", self._resumed, connections)):
+                load(port, 20)
+                for flag in ("-z", "-i on"):
+                    subprocess.run([control, *flag.split(), str(p.pid)], capture_output=True,
+                                   check=True)
+                load(port, n)
+                subprocess.run([control, "-i", "off", str(p.pid)], capture_output=True,
+                               check=True)
+                subprocess.run([control, "-d", key, str(p.pid)], capture_output=True,
+                               check=True)
+                dump = max(self.work.glob("callgrind.out.*"), key=os.path.getmtime)
+                totals = [ln for ln in dump.read_text().splitlines()
+                          if ln.startswith("totals:")]
+                got[key] = int(totals[0].split()[1]) / n
+                dump.unlink()
+        finally:
+            p.terminate()
+            p.wait(timeout=60)
+        return got
+
+    def _requests(self, port: int, n: int) -> None:
+        """``n`` keep-alive requests for /small, one at a time, on one TLS connection."""
+        ctx = ssl.create_default_context(cafile=str(self.work / "ca.pem"))
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as raw, \
+                ctx.wrap_socket(raw, server_hostname="a.example.com") as s:
+            f = s.makefile("rb")
+            for _ in range(n):
+                s.sendall(b"GET /small HTTP/1.1\r\nHost: a.example.com\r\n\r\n")
+                f.readline()
+                length = 0
+                while (line := f.readline()) not in (b"\r\n", b""):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                f.read(length)
+
+    def _resumed(self, port: int, n: int) -> None:
+        """``n`` connections offering the last session, one request each (R1's shape)."""
+        ctx = ssl.create_default_context(cafile=str(self.work / "ca.pem"))
+        session = None
+        for _ in range(n):
+            with socket.create_connection(("127.0.0.1", port), timeout=60) as raw, \
+                    ctx.wrap_socket(raw, server_hostname="a.example.com",
+                                    session=session) as s:
+                s.sendall(b"GET /small HTTP/1.1\r\nHost: a.example.com\r\n"
+                          b"Connection: close\r\n\r\n")
+                while s.recv(65536):
+                    pass
+                session = s.session
+
     def compiled_gain(self, reps: int) -> dict[str, float]:
         """C1: W1 on edgegw compiled and pure, in ABBA order (this VM drifts between runs):
         the median requests/s and proxy CPU µs per request of each."""
@@ -1243,6 +1317,8 @@ ROWS = [("W1 keep-alive req/s", "rps", "higher"), ("W1 p50 ms", "p50_ms", "lower
         ("H2 keep-alive req/s (h2load)", "h2_rps", "higher"),
         ("H2 proxy CPU us/request", "h2_cpu_us", "lower"),
         ("G1 gRPC unary calls/s (h2load)", "grpc_rps", "higher"),
+        ("I1 edgegw instructions/request", "i1_per_request", "lower"),
+        ("I1 edgegw instructions/resumed conn", "i1_per_resumed", "lower"),
         ("G1 proxy CPU us/call", "grpc_cpu_us", "lower"),
         ("WS messages/s (16 conns)", "ws_msgs", "higher"),
         ("WS proxy CPU us/message", "ws_cpu_us", "lower"),
@@ -1422,6 +1498,14 @@ def main() -> None:
                       f"{got['crowdsec']:8.0f} cpu/req={got['crowdsec_cpu_us']:5.1f}us "
                       f"(+{(got['crowdsec_cpu_us'] / got['plain_cpu_us'] - 1) * 100:.1f} %), "
                       f"decisions take {got['rss_mb']:.1f} MB", file=sys.stderr, flush=True)
+            if "I1" not in skip and name == "edgegw":
+                got = b.instructions()
+                for k, v in got.items():
+                    note(name, k, v)
+                if got:
+                    print(f"I1 edgegw   instructions per request {got['i1_per_request']:,.0f}, "
+                          f"per resumed connection {got['i1_per_resumed']:,.0f}",
+                          file=sys.stderr, flush=True)
             if "C1" not in skip and name == "edgegw" and compiled.active():
                 got = b.compiled_gain(a.reps)
                 for label in ("compiled", "pure"):

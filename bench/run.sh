@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
-for tool in nginx haproxy wrk openssl curl taskset h2load; do
+for tool in nginx haproxy wrk openssl curl taskset h2load valgrind; do
   command -v "$tool" >/dev/null || need+=("$tool")
 done
 [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(nginx-stream)
