@@ -42,16 +42,15 @@ from .tls_inspector import MAX_HELLO, ClientHello, NeedMore, TlsInspectorStats, 
 ACCEPT_BACKOFF = 0.1
 ACCEPT_LOG_INTERVAL = 1.0
 _log = log.get("connection")
+HANDSHAKE_TIMEOUT = 10.0
+PROTOCOL_VERSION_ALERT = bytes([21, 3, 1, 0, 2, 2, 70])
+"""An alert record (TLS 1.0 framing, which every client reads): fatal, protocol_version."""
+
 
 def _unwatch(loop: Any, fd: int) -> None:
     """``loop.remove_reader(fd)``, its result unused: uvloop's is None where asyncio's
     types say bool, which compiled code would check."""
     loop.remove_reader(fd)
-
-
-HANDSHAKE_TIMEOUT = 10.0
-PROTOCOL_VERSION_ALERT = bytes([21, 3, 1, 0, 2, 2, 70])
-"""An alert record (TLS 1.0 framing, which every client reads): fatal, protocol_version."""
 
 
 @dataclass
