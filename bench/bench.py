@@ -112,6 +112,20 @@ def wait_port(host: str, port: int, timeout: float = 20) -> None:
     raise TimeoutError(f"{host}:{port} not listening")
 
 
+def resumed_request(ctx: ssl.SSLContext, port: int, session: ssl.SSLSession | None,
+                    timeout: float = 5) -> tuple[ssl.SSLSession | None, bool]:
+    """One connection offering ``session`` (TCP_NODELAY, as a browser) and one request with
+    ``Connection: close``: the session to offer next, and whether this one resumed."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with ctx.wrap_socket(raw, server_hostname="a.example.com", session=session) as s:
+            s.sendall(b"GET /small HTTP/1.1\r\nHost: a.example.com\r\n"
+                      b"Connection: close\r\n\r\n")
+            while s.recv(65536):
+                pass
+            return s.session, s.session_reused
+
+
 def tree(pid: int) -> list[int]:
     """A process and all its descendants (nginx and HAProxy masters, edgegw's supervisor)."""
     parents: dict[int, list[int]] = {}
@@ -697,17 +711,9 @@ class Bench:
         session, conns, reused = None, 0, 0
         deadline = time.monotonic() + self.seconds
         while time.monotonic() < deadline:
-            with socket.create_connection(("127.0.0.1", PORTS[name]), timeout=5) as raw:
-                raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # (a browser's)
-                with ctx.wrap_socket(raw, server_hostname="a.example.com",
-                                     session=session) as s:
-                    s.sendall(b"GET /small HTTP/1.1\r\nHost: a.example.com\r\n"
-                              b"Connection: close\r\n\r\n")
-                    while s.recv(65536):
-                        pass
-                    reused += s.session_reused
-                    session = s.session
-                conns += 1
+            session, was = resumed_request(ctx, PORTS[name], session)
+            reused += was
+            conns += 1
         cpu = cpu_seconds(pid) - cpu0
         return conns / self.seconds, cpu / max(conns, 1) * 1e6, \
             100.0 * reused / max(conns - 1, 1)
@@ -1019,14 +1025,7 @@ class Bench:
         ctx = ssl.create_default_context(cafile=str(self.work / "ca.pem"))
         session = None
         for _ in range(n):
-            with socket.create_connection(("127.0.0.1", port), timeout=60) as raw, \
-                    ctx.wrap_socket(raw, server_hostname="a.example.com",
-                                    session=session) as s:
-                s.sendall(b"GET /small HTTP/1.1\r\nHost: a.example.com\r\n"
-                          b"Connection: close\r\n\r\n")
-                while s.recv(65536):
-                    pass
-                session = s.session
+            session, _ = resumed_request(ctx, port, session, timeout=60)  # (valgrind)
 
     def compiled_gain(self, reps: int) -> dict[str, float]:
         """C1: W1 on edgegw compiled and pure, in ABBA order (this VM drifts between runs):
@@ -1317,9 +1316,9 @@ ROWS = [("W1 keep-alive req/s", "rps", "higher"), ("W1 p50 ms", "p50_ms", "lower
         ("H2 keep-alive req/s (h2load)", "h2_rps", "higher"),
         ("H2 proxy CPU us/request", "h2_cpu_us", "lower"),
         ("G1 gRPC unary calls/s (h2load)", "grpc_rps", "higher"),
+        ("G1 proxy CPU us/call", "grpc_cpu_us", "lower"),
         ("I1 edgegw instructions/request", "i1_per_request", "lower"),
         ("I1 edgegw instructions/resumed conn", "i1_per_resumed", "lower"),
-        ("G1 proxy CPU us/call", "grpc_cpu_us", "lower"),
         ("WS messages/s (16 conns)", "ws_msgs", "higher"),
         ("WS proxy CPU us/message", "ws_cpu_us", "lower"),
         ("W4 idle TLS conns held", "idle_held", "higher"),
